@@ -1,0 +1,93 @@
+"""quantum-partitioner: run a graph of Python callables at the highest concurrency it allows.
+
+Units are plain callables called as ``fn(ctx)``; each declares the units it depends on. A
+sans-I/O scheduler decides what runs next, and a backend runs it: in the calling thread, on
+threads, or on any ``concurrent.futures.Executor``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from importlib.metadata import PackageNotFoundError, version
+
+from ._context import ExecutionContext as ExecutionContext
+from ._errors import BrokenBackendError as BrokenBackendError
+from ._errors import CircularDependency as CircularDependency
+from ._errors import CircularDependencyError as CircularDependencyError
+from ._errors import DuplicateUnitError as DuplicateUnitError
+from ._errors import GraphError as GraphError
+from ._errors import InternalError as InternalError
+from ._errors import PartitionerError as PartitionerError
+from ._errors import TaskError as TaskError
+from ._errors import UnitCancelledError as UnitCancelledError
+from ._errors import UnitSkippedError as UnitSkippedError
+from ._errors import UnitTimeoutError as UnitTimeoutError
+from ._errors import UnknownDependencyError as UnknownDependencyError
+from ._events import Instrument as Instrument
+from ._events import RunFinished as RunFinished
+from ._events import RunStarted as RunStarted
+from ._events import UnitCancelled as UnitCancelled
+from ._events import UnitFailed as UnitFailed
+from ._events import UnitFinished as UnitFinished
+from ._events import UnitRetrying as UnitRetrying
+from ._events import UnitSkipped as UnitSkipped
+from ._events import UnitStarted as UnitStarted
+from ._graph import ExecutionMode as ExecutionMode
+from ._graph import QuantumUnit as QuantumUnit
+from ._graph import UnitState as UnitState
+from ._partitioner import QuantumPartitioner as QuantumPartitioner
+from ._plan import ExecutionPlan as ExecutionPlan
+from ._policies import ExponentialBackoff as ExponentialBackoff
+from ._policies import RetryPolicy as RetryPolicy
+from ._scheduler import Scheduler as Scheduler
+from ._scheduler import Transition as Transition
+from .backends import Backend as Backend
+
+try:
+    __version__ = version("quantum-partitioner")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Backend",
+    "BrokenBackendError",
+    "CircularDependency",
+    "CircularDependencyError",
+    "DuplicateUnitError",
+    "ExecutionContext",
+    "ExecutionMode",
+    "ExecutionPlan",
+    "ExponentialBackoff",
+    "GraphError",
+    "Instrument",
+    "InternalError",
+    "PartitionerError",
+    "QuantumPartitioner",
+    "QuantumUnit",
+    "RetryPolicy",
+    "RunFinished",
+    "RunStarted",
+    "Scheduler",
+    "TaskError",
+    "Transition",
+    "UnitCancelled",
+    "UnitCancelledError",
+    "UnitFailed",
+    "UnitFinished",
+    "UnitRetrying",
+    "UnitSkipped",
+    "UnitSkippedError",
+    "UnitStarted",
+    "UnitState",
+    "UnitTimeoutError",
+    "UnknownDependencyError",
+]
+
+# Public objects say they live here, not in private modules (for reprs, docs and pickles of
+# exceptions).
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("quantum_partitioner._"):
+        with contextlib.suppress(AttributeError, TypeError):
+            _obj.__module__ = __name__
+del _name, _obj, contextlib

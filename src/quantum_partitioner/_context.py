@@ -1,0 +1,169 @@
+"""What a unit receives: a read-only view of the caller's context and its dependencies.
+
+A unit is called as ``fn(ctx)``. ``ctx[name]`` is the result of a declared dependency
+``name`` if there is one, else the caller's context value; a unit never sees the results of
+units it did not declare. The view is built per attempt from a dict of just those results,
+so it pickles with them to a worker process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
+from typing import Any, Final, Protocol
+
+from ._errors import UnitCancelledError
+
+__all__ = ["ExecutionContext"]
+
+_NO_RESULTS: Final[Mapping[str, Any]] = MappingProxyType({})
+
+
+class _AttemptWatch(Protocol):
+    """Whoever can tell whether an attempt is still wanted (the run, in-process)."""
+
+    def attempt_abandoned(self, index: int, attempt: int) -> bool: ...
+
+
+class ExecutionContext(Mapping[str, Any]):
+    """The read-only mapping a unit is called with.
+
+    It holds the caller's context plus one entry per declared dependency (its result, which
+    wins over a context key of the same name), and offers the seed's helpers.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = (
+        "_attempt",
+        "_context",
+        "_index",
+        "_mode",
+        "_results",
+        "_unit_id",
+        "_watch",
+        "metrics",
+    )
+
+    def __init__(  # noqa: PLR0917 - built by the engine on the hot path, positionally
+        self,
+        context: Mapping[str, Any],
+        results: Mapping[str, Any],
+        unit_id: str,
+        attempt: int = 1,
+        mode: str = "sequential",
+        watch: _AttemptWatch | None = None,
+        index: int = -1,
+    ) -> None:
+        """Create a view; units receive one, they do not build it."""
+        self._context = context
+        self._results = results
+        self._unit_id = unit_id
+        self._attempt = attempt
+        self._mode = mode
+        self._watch = watch
+        self._index = index
+        #: Metrics recorded by :meth:`record_metric` during this attempt.
+        self.metrics: dict[str, Any] | None = None
+
+    # -- Mapping ---------------------------------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        """A dependency's result, else the caller's context value."""
+        results = self._results
+        if key in results:
+            return results[key]
+        try:
+            return self._context[key]
+        except KeyError:
+            raise KeyError(
+                f"unit {self._unit_id!r}: {key!r} is neither a context key nor a declared "
+                "dependency"
+            ) from None
+
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` is a declared dependency or a context key."""
+        return key in self._results or key in self._context
+
+    def __iter__(self) -> Iterator[str]:
+        """Context keys, then dependency names not shadowing one."""
+        results = self._results
+        for key in self._context:
+            if key not in results:
+                yield key
+        yield from results
+
+    def __len__(self) -> int:
+        """The number of distinct keys."""
+        return len(self._results) + sum(1 for key in self._context if key not in self._results)
+
+    def __repr__(self) -> str:
+        """Show the unit and what it can see."""
+        return (
+            f"ExecutionContext(unit={self._unit_id!r}, context={list(self._context)!r}, "
+            f"dependencies={list(self._results)!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle without the cancellation hook, which stays in the caller's process."""
+        return (
+            ExecutionContext,
+            (dict(self._context), dict(self._results), self._unit_id, self._attempt, self._mode),
+        )
+
+    # -- the seed's helpers ----------------------------------------------------------------
+
+    @property
+    def unit_id(self) -> str:
+        """The name of the unit being run."""
+        return self._unit_id
+
+    @property
+    def attempt(self) -> int:
+        """Which attempt this is, from 1."""
+        return self._attempt
+
+    @property
+    def unit_results(self) -> Mapping[str, Any]:
+        """The results of this unit's declared dependencies, by name."""
+        return MappingProxyType(dict(self._results)) if self._results else _NO_RESULTS
+
+    @property
+    def environment(self) -> Mapping[str, Any]:
+        """Facts about this attempt: ``unit_id``, ``attempt`` and ``execution_mode``."""
+        return MappingProxyType(
+            {"unit_id": self._unit_id, "attempt": self._attempt, "execution_mode": self._mode}
+        )
+
+    def get_dependency_result(self, unit_id: str) -> Any:
+        """The result of the declared dependency ``unit_id``.
+
+        Raises:
+            KeyError: ``unit_id`` is not a declared dependency of this unit.
+        """
+        try:
+            return self._results[unit_id]
+        except KeyError:
+            raise KeyError(
+                f"unit {self._unit_id!r} did not declare {unit_id!r} as a dependency"
+            ) from None
+
+    def record_metric(self, name: str, value: Any) -> None:
+        """Record a metric for this unit; it appears in the run's metrics."""
+        if self.metrics is None:
+            self.metrics = {}
+        self.metrics[name] = value
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether this attempt was abandoned (timed out, run cancelled): stop early."""
+        watch = self._watch
+        return watch is not None and watch.attempt_abandoned(self._index, self._attempt)
+
+    def raise_if_cancelled(self) -> None:
+        """Raise :class:`UnitCancelledError` if this attempt was abandoned.
+
+        Long units running in threads, which cannot be killed, call this now and then.
+        """
+        if self.cancelled:
+            raise UnitCancelledError(self._unit_id, "attempt abandoned")

@@ -1,0 +1,147 @@
+"""The exceptions quantum-partitioner raises.
+
+Every error the library raises on purpose derives from :class:`PartitionerError`, and each
+also derives from the builtin that matches its meaning, so ``except ValueError`` keeps
+working for code that does not know this library::
+
+    PartitionerError
+    ├── GraphError(ValueError)              # bad graph, raised before any unit runs
+    │   ├── DuplicateUnitError              # two units with one name
+    │   ├── UnknownDependencyError          # a dependency names no unit
+    │   └── CircularDependencyError         # .cycle: [a, b, ..., a] (alias CircularDependency)
+    ├── TaskError                           # raise_on_error=True: .errors .partial_results
+    │                                       #   .failed_tasks
+    ├── UnitTimeoutError(TimeoutError)      # a unit's error when it ran past its timeout
+    ├── UnitSkippedError                    # why a unit did not run (a dependency failed)
+    ├── UnitCancelledError                  # why a unit did not run (fail_fast, cancel())
+    ├── BrokenBackendError(RuntimeError)    # a backend can no longer run attempts
+    └── InternalError(RuntimeError)         # a bug in quantum-partitioner: please report it
+
+Plain argument checks (a negative timeout, a non-callable unit) raise plain ``TypeError`` or
+``ValueError`` whose message names the unit, as ``concurrent.futures`` does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+__all__ = [
+    "BrokenBackendError",
+    "CircularDependency",
+    "CircularDependencyError",
+    "DuplicateUnitError",
+    "GraphError",
+    "InternalError",
+    "PartitionerError",
+    "TaskError",
+    "UnitCancelledError",
+    "UnitSkippedError",
+    "UnitTimeoutError",
+    "UnknownDependencyError",
+]
+
+
+class PartitionerError(Exception):
+    """Base class of every error quantum-partitioner raises on purpose."""
+
+
+class GraphError(PartitionerError, ValueError):
+    """The graph of units is invalid; raised before any unit runs."""
+
+
+class DuplicateUnitError(GraphError):
+    """Two units share one name."""
+
+    def __init__(self, unit_id: str) -> None:
+        super().__init__(f"unit {unit_id!r} already exists; pass replace=True to replace it")
+        self.unit_id = unit_id
+
+
+class UnknownDependencyError(GraphError):
+    """A unit depends on a name that is no unit."""
+
+    def __init__(self, unit_id: str, dependency: str) -> None:
+        super().__init__(f"unit {unit_id!r} depends on unknown unit {dependency!r}")
+        self.unit_id = unit_id
+        self.dependency = dependency
+
+
+class CircularDependencyError(GraphError):
+    """The dependencies form a cycle.
+
+    Attributes:
+        cycle: The cycle's path, its first unit repeated last, as in ``graphlib.CycleError``:
+            each unit depends on the one after it.
+    """
+
+    def __init__(self, cycle: Sequence[str]) -> None:
+        self.cycle = list(cycle)
+        path = " -> ".join(repr(name) for name in self.cycle)
+        super().__init__(f"circular dependency: {path}")
+
+
+#: The seed's name for :class:`CircularDependencyError`.
+CircularDependency = CircularDependencyError
+
+
+class TaskError(PartitionerError):
+    """One or more units failed; raised by ``execute(..., raise_on_error=True)``.
+
+    Attributes:
+        errors: Each failed unit's exception, by unit name.
+        partial_results: The results of the units that completed, by unit name.
+        failed_tasks: The names of the failed units, in the order they failed.
+    """
+
+    def __init__(
+        self,
+        errors: Mapping[str, BaseException],
+        partial_results: Mapping[str, Any],
+        failed_tasks: Sequence[str] | None = None,
+    ) -> None:
+        self.errors = dict(errors)
+        self.partial_results = dict(partial_results)
+        self.failed_tasks = list(self.errors if failed_tasks is None else failed_tasks)
+        names = ", ".join(repr(name) for name in self.failed_tasks[:5])
+        more = "" if len(self.failed_tasks) <= 5 else f" and {len(self.failed_tasks) - 5} more"
+        first = next(iter(self.errors.values()), None)
+        cause = f"; first error: {first!r}" if first is not None else ""
+        super().__init__(f"{len(self.failed_tasks)} unit(s) failed: {names}{more}{cause}")
+
+
+class UnitTimeoutError(PartitionerError, TimeoutError):
+    """A unit ran past its timeout. Stored as the unit's error."""
+
+    def __init__(self, unit_id: str, timeout: float) -> None:
+        super().__init__(f"unit {unit_id!r} timed out after {timeout:g} s")
+        self.unit_id = unit_id
+        self.timeout = timeout
+
+
+class UnitSkippedError(PartitionerError):
+    """A unit was skipped because a unit it depends on failed."""
+
+    def __init__(self, unit_id: str, failed_dependency: str) -> None:
+        super().__init__(f"unit {unit_id!r} skipped: dependency {failed_dependency!r} failed")
+        self.unit_id = unit_id
+        self.failed_dependency = failed_dependency
+
+
+class UnitCancelledError(PartitionerError):
+    """A unit was cancelled before it finished (``fail_fast``, ``cancel()``, Ctrl-C)."""
+
+    def __init__(self, unit_id: str, reason: str) -> None:
+        super().__init__(f"unit {unit_id!r} cancelled: {reason}")
+        self.unit_id = unit_id
+        self.reason = reason
+
+
+class BrokenBackendError(PartitionerError, RuntimeError):
+    """A backend can no longer run attempts (its pool or cluster is gone)."""
+
+
+class InternalError(PartitionerError, RuntimeError):
+    """Something that should never happen did: please report it as a bug."""

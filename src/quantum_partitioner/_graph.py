@@ -1,0 +1,444 @@
+"""Layer 1, pure data: units, their validation, and the compiled graph.
+
+Nothing here starts a thread, reads a clock or calls a unit. ``compile_graph`` turns the
+user's units (keyed by name) into a :class:`Graph` addressed by integer index, which is what
+the scheduler works on: lists, not dicts of strings, on the hot path.
+
+Compilation is O(units + edges): one pass maps dependency names to indices, one pass checks
+the order (units added after their dependencies need no sort at all, otherwise Kahn's
+algorithm), one pass computes levels and the longest path to each unit, and one reverse pass
+computes the longest remaining path from each unit (its *rank*, which orders ready units).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._errors import CircularDependencyError, DuplicateUnitError, UnknownDependencyError
+
+if TYPE_CHECKING:
+    from ._policies import RetryPolicy
+
+__all__ = [
+    "ExecutionMode",
+    "Graph",
+    "QuantumUnit",
+    "UnitState",
+    "compile_graph",
+]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class UnitState(enum.Enum):
+    """Lifecycle states of a unit. Every unit ends a run in exactly one terminal state."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELED = "canceled"
+    TIMEOUT = "timeout"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether a unit in this state has finished for this run."""
+        return self not in _NOT_TERMINAL
+
+
+_NOT_TERMINAL = frozenset({UnitState.PENDING, UnitState.RUNNING})
+
+
+class ExecutionMode(enum.Enum):
+    """Where units run."""
+
+    SEQUENTIAL = "sequential"
+    PROCESS = "process"
+    THREAD = "thread"
+    ASYNC = "async"
+    CUSTOM = "custom"
+
+
+class _RunView:
+    """What a unit reads of the run that last executed it (set by the partitioner)."""
+
+    __slots__ = ("record",)
+
+    def __init__(self) -> None:
+        self.record: Any = None
+
+
+class QuantumUnit(Generic[T, R]):
+    """A unit of computation: a callable, the units it depends on, and how to run it.
+
+    The runtime attributes (``state``, ``result``, ``error``, ``attempt``, ``start_time``,
+    ``end_time``) describe the unit's last run. They are read from that run's record, so a
+    run does not pay to copy them into every unit.
+
+    Attributes:
+        id: The unit's unique name.
+        function: Called as ``function(ctx)`` with an :class:`ExecutionContext`.
+        dependencies: Names of the units whose results this unit needs.
+        timeout: Seconds one attempt may take, or None for no limit.
+        retries: Extra attempts after a failure (``retries=2`` allows 3 attempts).
+        priority: Among ready units, higher runs sooner.
+        metadata: Free-form; the library reads ``estimated_duration``, ``fallback_value``,
+            ``resource_type``, ``cacheable`` and ``cache_keys``.
+        retry_policy: Overrides the partitioner's retry policy for this unit.
+    """
+
+    __slots__ = (
+        "_error",
+        "_index",
+        "_result",
+        "_state",
+        "_view",
+        "dependencies",
+        "function",
+        "id",
+        "metadata",
+        "priority",
+        "retries",
+        "retry_policy",
+        "timeout",
+    )
+
+    def __init__(  # noqa: PLR0917 - the seed's dataclass takes these positionally
+        self,
+        id: str,  # noqa: A002 - the seed's field name
+        function: Callable[[Any], R],
+        dependencies: list[str] | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        priority: int = 0,
+        metadata: dict[str, Any] | None = None,
+        *,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        """Create a unit; validate it with :func:`validate_unit`."""
+        self.id = id
+        self.function = function
+        self.dependencies: list[str] = [] if dependencies is None else dependencies
+        self.timeout = timeout
+        self.retries = retries
+        self.priority = priority
+        self.metadata: dict[str, Any] = {} if metadata is None else metadata
+        self.retry_policy = retry_policy
+        self._view: _RunView | None = None
+        self._index = -1
+        self._state = UnitState.PENDING
+        self._result: R | None = None
+        self._error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        """Show the unit's name, dependencies and state."""
+        return (
+            f"QuantumUnit(id={self.id!r}, dependencies={self.dependencies!r}, state={self.state})"
+        )
+
+    def _record(self) -> Any:
+        view = self._view
+        return None if view is None or self._index < 0 else view.record
+
+    @property
+    def state(self) -> UnitState:
+        """The unit's state in its last run (PENDING before any run)."""
+        record = self._record()
+        return self._state if record is None else record.state_of(self._index)
+
+    @property
+    def result(self) -> R | None:
+        """The unit's result in its last run (its fallback value if it failed with one)."""
+        record = self._record()
+        return self._result if record is None else record.result_of(self._index)
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception that ended the unit's last run, with its ``__traceback__``."""
+        record = self._record()
+        return self._error if record is None else record.error_of(self._index)
+
+    @property
+    def traceback(self) -> str | None:
+        """The formatted traceback of :attr:`error` (from a worker process too), or None."""
+        record = self._record()
+        return None if record is None else record.traceback_of(self._index)
+
+    @property
+    def attempt(self) -> int:
+        """How many attempts the unit's last run made."""
+        record = self._record()
+        return 0 if record is None else record.attempt_of(self._index)
+
+    @property
+    def start_time(self) -> float | None:
+        """When the last attempt started, in seconds since the epoch."""
+        record = self._record()
+        return None if record is None else record.start_time_of(self._index)
+
+    @property
+    def end_time(self) -> float | None:
+        """When the unit reached its terminal state, in seconds since the epoch."""
+        record = self._record()
+        return None if record is None else record.end_time_of(self._index)
+
+    @property
+    def execution_time(self) -> float | None:
+        """Seconds the last attempt took; the seed's name for :meth:`get_execution_time`."""
+        return self.get_execution_time()
+
+    def get_execution_time(self) -> float | None:
+        """Seconds the last attempt took, or None if it did not run to an end."""
+        start, end = self.start_time, self.end_time
+        if start is None or end is None:
+            return None
+        return end - start
+
+    def can_execute(self, completed_units: Iterable[str]) -> bool:
+        """Whether every dependency is among ``completed_units``."""
+        done = (
+            completed_units
+            if isinstance(completed_units, set | frozenset)
+            else set(completed_units)
+        )
+        return all(dep in done for dep in self.dependencies)
+
+
+def validate_unit(unit: QuantumUnit[Any, Any]) -> None:
+    """Check one unit's own fields; raise TypeError/ValueError naming the unit.
+
+    Raises:
+        TypeError: A field has the wrong type.
+        ValueError: A field has a value out of range.
+    """
+    name = unit.id
+    if not isinstance(name, str) or not name:
+        msg = f"unit name must be a non-empty string, got {name!r}"
+        raise TypeError(msg) if not isinstance(name, str) else ValueError(msg)
+    if not callable(unit.function):
+        raise TypeError(f"unit {name!r}: fn must be callable, got {type(unit.function).__name__}")
+    deps: object = unit.dependencies
+    if isinstance(deps, str) or not isinstance(deps, Sequence):
+        raise TypeError(f"unit {name!r}: dependencies must be a list of unit names, got {deps!r}")
+    for dep in deps:
+        if not isinstance(dep, str):
+            raise TypeError(f"unit {name!r}: dependency names must be strings, got {dep!r}")
+    _check_number(name, "timeout", unit.timeout, allow_none=True, positive=True)
+    if isinstance(unit.retries, bool) or not isinstance(unit.retries, int):
+        raise TypeError(f"unit {name!r}: retries must be an int, got {unit.retries!r}")
+    if unit.retries < 0:
+        raise ValueError(f"unit {name!r}: retries must be >= 0, got {unit.retries}")
+    if isinstance(unit.priority, bool) or not isinstance(unit.priority, int | float):
+        raise TypeError(f"unit {name!r}: priority must be a number, got {unit.priority!r}")
+    if not isinstance(unit.metadata, Mapping):
+        raise TypeError(f"unit {name!r}: metadata must be a dict, got {unit.metadata!r}")
+    if "estimated_duration" in unit.metadata:
+        _check_number(name, "estimated_duration", unit.metadata["estimated_duration"])
+
+
+def _check_number(
+    unit_id: str, field: str, value: object, *, allow_none: bool = False, positive: bool = False
+) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"unit {unit_id!r}: {field} must be a number, got {value!r}")
+    if math.isnan(value) or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"unit {unit_id!r}: {field} must be {bound}, got {value!r}")
+
+
+class Graph:
+    """The units compiled to integer indices: what the scheduler and plans read.
+
+    Attributes:
+        names: Unit names by index, in insertion order.
+        index: Unit index by name.
+        deps: Each unit's dependencies, as indices.
+        dependents: Each unit's direct dependents, as indices.
+        order: A topological order of the indices.
+        level: Each unit's level: 0 without dependencies, else 1 + its deepest dependency's.
+        weight: Each unit's estimated duration (``metadata["estimated_duration"]``, else 1).
+        finish: Longest weighted path from any root to the end of each unit.
+        rank: Longest weighted path from the start of each unit to any sink.
+    """
+
+    __slots__ = (
+        "_priority_order",
+        "dependents",
+        "deps",
+        "finish",
+        "index",
+        "level",
+        "names",
+        "order",
+        "rank",
+        "units",
+        "weight",
+    )
+
+    def __init__(self, units: Sequence[QuantumUnit[Any, Any]]) -> None:
+        """Compile ``units``; see :func:`compile_graph`."""
+        self.units = list(units)
+        names = [unit.id for unit in self.units]
+        self.names = names
+        index = {name: i for i, name in enumerate(names)}
+        if len(index) != len(names):
+            seen: set[str] = set()
+            for name in names:
+                if name in seen:
+                    raise DuplicateUnitError(name)
+                seen.add(name)
+        self.index = index
+        n = len(names)
+        deps: list[list[int]] = []
+        in_order = True
+        for i, unit in enumerate(self.units):
+            try:
+                row = [index[name] for name in unit.dependencies]
+            except KeyError:
+                unknown = next(d for d in unit.dependencies if d not in index)
+                raise UnknownDependencyError(unit.id, unknown) from None
+            if len(row) > 1 and len(set(row)) != len(row):
+                row = list(dict.fromkeys(row))
+            if row and max(row) >= i:
+                in_order = False
+            deps.append(row)
+        self.deps = deps
+        dependents: list[list[int]] = [[] for _ in range(n)]
+        for i, row in enumerate(deps):
+            for j in row:
+                dependents[j].append(i)
+        self.dependents = dependents
+        # Units added after their dependencies (the common case) are already in topological
+        # order, which also proves there is no cycle; otherwise sort with Kahn's algorithm.
+        self.order: Sequence[int] = range(n) if in_order else _kahn_order(names, deps, dependents)
+        self.weight = [_weight(unit) for unit in self.units]
+        self.level, self.finish = _levels_and_finish(self.order, deps, self.weight)
+        self.rank = _ranks(self.order, dependents, self.weight)
+        self._priority_order: tuple[list[int], list[int]] | None = None
+
+    def __len__(self) -> int:
+        """The number of units."""
+        return len(self.names)
+
+    def priority_order(self) -> tuple[list[int], list[int]]:
+        """Rank every unit once for the ready queue: ``(by_position, position_of)``.
+
+        Ready units run by higher priority, then longer remaining critical path, then
+        insertion order. That is one total order, computed here once, so the scheduler's ready
+        queue holds plain integers. Two stable sorts give the lexicographic key without
+        building a tuple per unit.
+        """
+        if self._priority_order is None:
+            n = len(self.names)
+            by_position = sorted(range(n), key=self.rank.__getitem__, reverse=True)
+            priorities = [unit.priority for unit in self.units]
+            if any(priorities):
+                by_position.sort(key=priorities.__getitem__, reverse=True)
+            position_of = [0] * n
+            for position, i in enumerate(by_position):
+                position_of[i] = position
+            self._priority_order = (by_position, position_of)
+        return self._priority_order
+
+    def critical_path(self) -> list[int]:
+        """The longest weighted chain of dependencies, as indices from root to sink."""
+        if not self.names:
+            return []
+        finish = self.finish
+        node = max(range(len(finish)), key=finish.__getitem__)
+        path = [node]
+        while self.deps[node]:
+            node = max(self.deps[node], key=finish.__getitem__)
+            path.append(node)
+        path.reverse()
+        return path
+
+    def levels(self) -> list[list[int]]:
+        """Units grouped by level: each level's units depend only on earlier levels."""
+        if not self.names:
+            return []
+        grouped: list[list[int]] = [[] for _ in range(max(self.level) + 1)]
+        for i, lvl in enumerate(self.level):
+            grouped[lvl].append(i)
+        return grouped
+
+
+def compile_graph(units: Iterable[QuantumUnit[Any, Any]]) -> Graph:
+    """Validate ``units`` as a graph and compile it for scheduling.
+
+    Raises:
+        DuplicateUnitError: Two units share one name.
+        UnknownDependencyError: A unit depends on a name that is no unit.
+        CircularDependencyError: The dependencies form a cycle; ``.cycle`` is its path.
+    """
+    return Graph(list(units))
+
+
+def _weight(unit: QuantumUnit[Any, Any]) -> float:
+    estimate = unit.metadata.get("estimated_duration") if unit.metadata else None
+    return 1.0 if estimate is None else float(estimate)
+
+
+def _kahn_order(names: list[str], deps: list[list[int]], dependents: list[list[int]]) -> list[int]:
+    waiting = [len(row) for row in deps]
+    order = [i for i, count in enumerate(waiting) if count == 0]
+    # order grows while we walk it: a queue without a deque.
+    for i in order:
+        for j in dependents[i]:
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                order.append(j)
+    if len(order) != len(names):
+        raise CircularDependencyError(_find_cycle(names, deps, waiting))
+    return order
+
+
+def _find_cycle(names: list[str], deps: list[list[int]], waiting: list[int]) -> list[str]:
+    """Walk dependencies among the units Kahn could not order until one repeats.
+
+    Every such unit has a dependency that is also unordered, so the walk must close a cycle.
+    """
+    start = next(i for i, count in enumerate(waiting) if count > 0)
+    seen: dict[int, int] = {}
+    path: list[int] = []
+    node = start
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = next(j for j in deps[node] if waiting[j] > 0)
+    cycle = [*path[seen[node] :], node]
+    return [names[i] for i in cycle]
+
+
+def _levels_and_finish(
+    order: Sequence[int], deps: list[list[int]], weight: list[float]
+) -> tuple[list[int], list[float]]:
+    n = len(deps)
+    level = [0] * n
+    finish = [0.0] * n
+    level_of = level.__getitem__
+    finish_of = finish.__getitem__
+    for i in order:
+        row = deps[i]
+        if row:
+            level[i] = max(map(level_of, row)) + 1
+            finish[i] = max(map(finish_of, row)) + weight[i]
+        else:
+            finish[i] = weight[i]
+    return level, finish
+
+
+def _ranks(order: Sequence[int], dependents: list[list[int]], weight: list[float]) -> list[float]:
+    rank = [0.0] * len(dependents)
+    rank_of = rank.__getitem__
+    for i in reversed(order):
+        row = dependents[i]
+        rank[i] = weight[i] + (max(map(rank_of, row)) if row else 0.0)
+    return rank

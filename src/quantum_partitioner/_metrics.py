@@ -1,0 +1,91 @@
+"""The seed's ``last_execution_metrics`` dict, built from a run's record when first read.
+
+Keys: ``start_time``, ``end_time``, ``total_duration`` (epoch seconds and seconds),
+``unit_times`` (per unit that ran: ``start``, ``end``, ``duration``, ``state``,
+``attempts``, and ``error`` if it did not complete), ``total_units``, ``completed_units``,
+``failed_units``, ``skipped_units``, ``canceled_units`` (counts), ``execution_trace``
+(events in time order: ``start``, ``retry``, ``complete``, ``error``, ``timeout``, ``skip``,
+``cancel``), ``unit_metrics`` (what units recorded with ``ctx.record_metric``),
+``execution_mode`` and ``max_workers``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._graph import UnitState
+
+if TYPE_CHECKING:
+    from ._run import Run
+
+__all__ = ["build_metrics"]
+
+_END_EVENT = {
+    UnitState.COMPLETED: "complete",
+    UnitState.FAILED: "error",
+    UnitState.TIMEOUT: "timeout",
+    UnitState.SKIPPED: "skip",
+    UnitState.CANCELED: "cancel",
+}
+
+
+def build_metrics(run: Run) -> dict[str, Any]:
+    """Build the metrics dict of ``run``."""
+    sched = run.scheduler
+    names = run.graph.names
+    epoch = run.to_epoch
+    unit_times: dict[str, dict[str, Any]] = {}
+    trace: list[dict[str, Any]] = []
+    # Attempts that failed: each has a start; those that were not a unit's last attempt
+    # (or whose unit still waits to retry) end in a retry.
+    failed_attempts = set()
+    for i, attempt, start, end, error in run.failed_attempts:
+        failed_attempts.add((i, attempt))
+        trace.append({"event": "start", "unit": names[i], "time": epoch(start), "attempt": attempt})
+        if attempt < sched.attempts[i] or not sched.state[i].is_terminal:
+            retry = {"event": "retry", "unit": names[i], "time": epoch(end), "attempt": attempt}
+            trace.append({**retry, "error": str(error)})
+    for i, state in enumerate(sched.state):
+        name = names[i]
+        attempts = sched.attempts[i]
+        ran = attempts > 0
+        end = sched.ended[i]
+        if ran:
+            start = sched.started[i]
+            if (i, attempts) not in failed_attempts:
+                trace.append(
+                    {"event": "start", "unit": name, "time": epoch(start), "attempt": attempts}
+                )
+            times: dict[str, Any] = {
+                "start": epoch(start),
+                "end": epoch(end) if state.is_terminal else None,
+                "duration": (end - start) if state.is_terminal else None,
+                "state": state.value,
+                "attempts": attempts,
+            }
+            if i in sched.errors:
+                times["error"] = str(sched.errors[i])
+            unit_times[name] = times
+        event = _END_EVENT.get(state)
+        if event is not None:
+            record: dict[str, Any] = {"event": event, "unit": name, "time": epoch(end)}
+            if state is not UnitState.COMPLETED:
+                record["error"] = str(sched.errors.get(i))
+            trace.append(record)
+    trace.sort(key=lambda record: record["time"])
+    counts = run.counts()
+    return {
+        "start_time": epoch(run.started_at),
+        "end_time": epoch(run.ended_at) if run.ended_at else None,
+        "total_duration": (run.ended_at - run.started_at) if run.ended_at else None,
+        "unit_times": unit_times,
+        "total_units": len(names),
+        "completed_units": counts[UnitState.COMPLETED],
+        "failed_units": counts[UnitState.FAILED] + counts[UnitState.TIMEOUT],
+        "skipped_units": counts[UnitState.SKIPPED],
+        "canceled_units": counts[UnitState.CANCELED],
+        "execution_trace": trace,
+        "unit_metrics": {names[i]: dict(m) for i, m in run.unit_metrics.items()},
+        "execution_mode": run.mode,
+        "max_workers": run.max_workers,
+    }

@@ -1,0 +1,531 @@
+"""Layer 4: :class:`QuantumPartitioner`, the seed's API over the scheduler and backends.
+
+A partitioner holds units by name. ``execute`` validates everything it is given before any
+unit runs, compiles the graph (cached until the units change), starts a :class:`Run` and
+hands it to the backend of the chosen mode. The run's record then backs ``units[...]``'s
+runtime attributes, the results, ``get_failed_units()`` and ``last_execution_metrics``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+from ._errors import DuplicateUnitError, TaskError
+from ._events import Instrument, UnitFailed, UnitFinished, UnitRetrying, UnitSkipped, UnitStarted
+from ._graph import (
+    ExecutionMode,
+    Graph,
+    QuantumUnit,
+    UnitState,
+    _RunView,
+    compile_graph,
+    validate_unit,
+)
+from ._metrics import build_metrics
+from ._plan import ExecutionPlan
+from ._run import Run
+from .backends import Backend, ExecutorBackend, SequentialBackend, ThreadBackend
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+    from ._policies import RetryPolicy
+
+__all__ = ["QuantumPartitioner"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_FAILED_STATES = frozenset({UnitState.FAILED, UnitState.TIMEOUT})
+_STRATEGIES = ("priority",)
+
+
+def _check_max_workers(value: object, name: str = "max_workers") -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int or None, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be greater than 0, got {value}")
+    return value
+
+
+def _check_mode(value: object) -> ExecutionMode:
+    if isinstance(value, ExecutionMode):
+        return value
+    if isinstance(value, str):
+        try:
+            return ExecutionMode(value.lower())
+        except ValueError:
+            pass
+    known = ", ".join(mode.name for mode in ExecutionMode)
+    raise ValueError(f"unknown execution mode {value!r}; use one of ExecutionMode.{{{known}}}")
+
+
+def default_thread_workers() -> int:
+    """The thread pool size when none is given, as ``ThreadPoolExecutor`` chooses it."""
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+class QuantumPartitioner(Generic[T, R]):
+    """Runs a graph of units with as much concurrency as their dependencies allow.
+
+    Args:
+        max_workers: Units that may run at once (per run); None picks a default per mode.
+        default_execution_mode: Where units run when ``execute`` does not say.
+        retry_policy: Which failures are retried and the backoff between attempts.
+        instruments: Observers of every run (progress, traces, ...).
+
+    Attributes:
+        units: The units, by name, in insertion order.
+        completed_units: Names of the units that completed in the last run.
+        failed_units: Names of the units that failed or timed out in the last run.
+        on_unit_start: ``fn(unit_id)`` when an attempt starts.
+        on_unit_complete: ``fn(unit_id, result)`` when a unit completes.
+        on_unit_error: ``fn(unit_id, error)`` when a unit fails for good.
+        on_unit_retry: ``fn(unit_id, attempt, error)`` when a failed attempt will be retried.
+        on_unit_skip: ``fn(unit_id, reason)`` when a unit is skipped.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        default_execution_mode: ExecutionMode = ExecutionMode.THREAD,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        instruments: list[Instrument] | tuple[Instrument, ...] = (),
+    ) -> None:
+        """Create an empty partitioner."""
+        self.max_workers = _check_max_workers(max_workers)
+        self.default_execution_mode = _check_mode(default_execution_mode)
+        self.retry_policy = retry_policy
+        for instrument in instruments:
+            if not isinstance(instrument, Instrument):
+                raise TypeError(f"instruments must be Instrument objects, got {instrument!r}")
+        self.instruments: list[Instrument] = list(instruments)
+        self.units: dict[str, QuantumUnit[T, R]] = {}
+        self.completed_units: set[str] = set()
+        self.failed_units: set[str] = set()
+        self.on_unit_start: Callable[[str], Any] | None = None
+        self.on_unit_complete: Callable[[str, Any], Any] | None = None
+        self.on_unit_error: Callable[[str, BaseException], Any] | None = None
+        self.on_unit_retry: Callable[[str, int, BaseException], Any] | None = None
+        self.on_unit_skip: Callable[[str, BaseException], Any] | None = None
+        self._graph: Graph | None = None
+        self._plan: ExecutionPlan | None = None
+        self._view = _RunView()
+        self._last_run: Run | None = None
+        self._last_metrics: dict[str, Any] | None = None
+        self._active_run: Run | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        """Name the mode and count the units."""
+        return (
+            f"QuantumPartitioner(units={len(self.units)}, max_workers={self.max_workers}, "
+            f"default_execution_mode={self.default_execution_mode})"
+        )
+
+    # -- building the graph ----------------------------------------------------------------
+
+    @overload
+    def add_unit(
+        self,
+        fn: Callable[..., R],
+        dependencies: list[str] | None = None,
+        name: str | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        priority: int = 0,
+        metadata: dict[str, Any] | None = None,
+        *,
+        replace: bool = False,
+        retry_policy: RetryPolicy | None = None,
+    ) -> QuantumUnit[T, R]: ...
+
+    @overload
+    def add_unit(
+        self,
+        fn: None = None,
+        dependencies: list[str] | None = None,
+        name: str | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        priority: int = 0,
+        metadata: dict[str, Any] | None = None,
+        *,
+        replace: bool = False,
+        retry_policy: RetryPolicy | None = None,
+    ) -> Callable[[Callable[..., R]], Callable[..., R]]: ...
+
+    def add_unit(  # noqa: PLR0917 - the seed's positional signature
+        self,
+        fn: Callable[..., R] | None = None,
+        dependencies: list[str] | None = None,
+        name: str | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        priority: int = 0,
+        metadata: dict[str, Any] | None = None,
+        *,
+        replace: bool = False,
+        retry_policy: RetryPolicy | None = None,
+    ) -> QuantumUnit[T, R] | Callable[[Callable[..., R]], Callable[..., R]]:
+        """Add a unit; called without ``fn``, return a decorator that adds the function.
+
+        Args:
+            fn: Called as ``fn(ctx)`` with an :class:`ExecutionContext`.
+            dependencies: Names of the units whose results ``fn`` needs.
+            name: The unit's unique name; defaults to ``unit_<n>`` (the seed's rule), or to
+                the function's ``__name__`` when ``add_unit`` is used as a decorator.
+            timeout: Seconds one attempt may take (> 0), or None.
+            retries: Extra attempts after a failure (>= 0).
+            priority: Among ready units, higher runs sooner.
+            metadata: Free-form; see :class:`QuantumUnit`.
+            replace: Replace an existing unit of the same name instead of raising.
+            retry_policy: This unit's retry policy, overriding the partitioner's.
+
+        Returns:
+            The new unit, or a decorator that adds its function and returns it unchanged.
+
+        Raises:
+            DuplicateUnitError: A unit of that name exists and ``replace`` is false.
+            TypeError: An argument has the wrong type (message names the unit).
+            ValueError: An argument is out of range (message names the unit).
+        """
+        if fn is None:
+
+            def decorator(function: Callable[..., R]) -> Callable[..., R]:
+                self.add_unit(
+                    function,
+                    dependencies,
+                    self._name_for(function, name, use_function_name=True),
+                    timeout,
+                    retries,
+                    priority,
+                    metadata,
+                    replace=replace,
+                    retry_policy=retry_policy,
+                )
+                return function
+
+            return decorator
+        unit_id = self._name_for(fn, name, use_function_name=False)
+        if unit_id in self.units and not replace:
+            raise DuplicateUnitError(unit_id)
+        deps = dependencies
+        if isinstance(deps, list | tuple) and all(isinstance(d, str) for d in deps):
+            deps = list(dict.fromkeys(deps))  # a dependency listed twice counts once
+        unit: QuantumUnit[T, R] = QuantumUnit(
+            unit_id,
+            fn,
+            deps,
+            timeout,
+            retries,
+            priority,
+            metadata,
+            retry_policy=retry_policy,
+        )
+        validate_unit(unit)
+        self.units[unit_id] = unit
+        self._graph = None
+        self._plan = None
+        return unit
+
+    def _name_for(
+        self, fn: Callable[..., Any], name: str | None, *, use_function_name: bool
+    ) -> str:
+        if name is not None:
+            if not isinstance(name, str):
+                raise TypeError(f"unit name must be a string, got {name!r}")
+            if not name:
+                raise ValueError("unit name must not be empty")
+            return name
+        fn_name = getattr(fn, "__name__", None)
+        if use_function_name and isinstance(fn_name, str) and fn_name != "<lambda>":
+            return fn_name
+        return f"unit_{len(self.units)}"
+
+    def remove_unit(self, name: str) -> QuantumUnit[T, R]:
+        """Remove the unit ``name`` and return it.
+
+        Raises:
+            KeyError: There is no such unit.
+        """
+        try:
+            unit = self.units.pop(name)
+        except KeyError:
+            raise KeyError(f"no unit named {name!r}") from None
+        self._graph = None
+        self._plan = None
+        return unit
+
+    def _compiled(self) -> Graph:
+        graph = self._graph
+        if graph is None:
+            graph = compile_graph(self.units.values())
+            # Bind each unit to the run record it will read its state from.
+            view = self._view
+            view.record = None
+            for i, unit in enumerate(graph.units):
+                unit._view = view
+                unit._index = i
+            self._graph = graph
+        return graph
+
+    def build_execution_plan(self) -> ExecutionPlan:
+        """Validate the graph and describe it: levels, critical path, picture.
+
+        Raises:
+            UnknownDependencyError: A unit depends on a name that is no unit.
+            CircularDependencyError: The dependencies form a cycle (``.cycle`` has its path).
+        """
+        if self._plan is None or self._graph is None:
+            self._plan = ExecutionPlan(self._compiled(), self.units)
+        return self._plan
+
+    # -- running ---------------------------------------------------------------------------
+
+    def execute(
+        self,
+        context: Mapping[str, Any] | None = None,
+        execution_mode: ExecutionMode | None = None,
+        max_workers: int | None = None,
+        custom_executor: Executor | None = None,
+        *,
+        fail_fast: bool = False,
+        raise_on_error: bool = False,
+        backend: Backend | None = None,
+    ) -> dict[str, R]:
+        """Run every unit, respecting dependencies; return the results that exist.
+
+        Args:
+            context: Read-only values every unit sees through ``ctx``.
+            execution_mode: Where units run (default: ``default_execution_mode``).
+            max_workers: Units that may run at once for this run.
+            custom_executor: The executor for ``ExecutionMode.CUSTOM``.
+            fail_fast: Once a unit fails for good, cancel every unit that has not started.
+            raise_on_error: Raise :class:`TaskError` if any unit failed or timed out.
+            backend: Run on this backend instead of the mode's own.
+
+        Returns:
+            Results by unit name: every completed unit, plus the fallback value of each
+            failed unit that has one. Failed, skipped and cancelled units are absent (see
+            :meth:`get_failed_units` and ``units[name].state``).
+
+        Raises:
+            TaskError: With ``raise_on_error``, after the run, if any unit failed.
+            GraphError: The graph is invalid; raised before any unit runs.
+            KeyboardInterrupt: After cancelling what had not finished; completed results
+                stay available through :meth:`get_partial_results`.
+        """
+        if context is None:
+            context = {}
+        elif not isinstance(context, Mapping):
+            raise TypeError(f"context must be a mapping (a dict), got {type(context).__name__}")
+        workers = _check_max_workers(max_workers)
+        chosen = self._choose_backend(execution_mode, workers, custom_executor, backend)
+        graph = self._compiled()
+        run = Run(
+            graph,
+            context,
+            mode=chosen.name,
+            max_workers=workers or self.max_workers or default_thread_workers(),
+            retry_policy=self.retry_policy,
+            fail_fast=bool(fail_fast),
+            instruments=[*self.instruments, *self._callback_instruments()],
+        )
+        with self._lock:
+            if self._active_run is not None:
+                raise RuntimeError("this partitioner is already executing; wait for it to end")
+            self._active_run = run
+        self._view.record = run
+        self._last_run = run
+        self._last_metrics = None
+        run.begin()
+        try:
+            chosen.run(run)
+        finally:
+            run.end()
+            self._finish(run)
+        results: dict[str, R] = run.results()
+        if raise_on_error and self.failed_units:
+            failed = run.failed()
+            raise TaskError(failed, results, list(failed))
+        return results
+
+    def _choose_backend(
+        self,
+        execution_mode: ExecutionMode | None,
+        workers: int | None,
+        custom_executor: Executor | None,
+        backend: Backend | None,
+    ) -> Backend:
+        if backend is not None:
+            if not isinstance(backend, Backend):
+                raise TypeError(f"backend must be a Backend, got {backend!r}")
+            return backend
+        if execution_mode is None:
+            mode = (
+                ExecutionMode.CUSTOM if custom_executor is not None else self.default_execution_mode
+            )
+        else:
+            mode = _check_mode(execution_mode)
+        if custom_executor is not None and mode is not ExecutionMode.CUSTOM:
+            raise ValueError(f"custom_executor is only used with ExecutionMode.CUSTOM, not {mode}")
+        workers = workers or self.max_workers
+        if mode is ExecutionMode.SEQUENTIAL:
+            return SequentialBackend()
+        if mode is ExecutionMode.THREAD:
+            return ThreadBackend(workers or default_thread_workers())
+        if mode is ExecutionMode.CUSTOM:
+            if custom_executor is None:
+                raise ValueError("ExecutionMode.CUSTOM needs custom_executor=<an Executor>")
+            return ExecutorBackend(custom_executor, workers)
+        raise NotImplementedError(
+            f"{mode} is not available in this version; use SEQUENTIAL, THREAD or CUSTOM"
+        )
+
+    def _finish(self, run: Run) -> None:
+        state = run.scheduler.state
+        names = run.graph.names
+        self.completed_units = {names[i] for i, s in enumerate(state) if s is UnitState.COMPLETED}
+        self.failed_units = {names[i] for i, s in enumerate(state) if s in _FAILED_STATES}
+        with self._lock:
+            self._active_run = None
+
+    def _callback_instruments(self) -> list[Instrument]:
+        instruments: list[Instrument] = []
+        if self.on_unit_start is not None:
+            instruments.append(_OnStart(self.on_unit_start))
+        if self.on_unit_complete is not None:
+            instruments.append(_OnComplete(self.on_unit_complete))
+        if self.on_unit_error is not None:
+            instruments.append(_OnError(self.on_unit_error))
+        if self.on_unit_retry is not None:
+            instruments.append(_OnRetry(self.on_unit_retry))
+        if self.on_unit_skip is not None:
+            instruments.append(_OnSkip(self.on_unit_skip))
+        return instruments
+
+    def cancel(self) -> None:
+        """Stop the current run from any thread.
+
+        Nothing new starts, unfinished units are CANCELED, completed results are kept, and
+        ``execute`` returns them.
+        """
+        run = self._active_run
+        if run is not None:
+            run.request_cancel()
+
+    # -- the seed's variants ---------------------------------------------------------------
+
+    def execute_with_monitoring(
+        self, context: Mapping[str, Any] | None = None, **options: Any
+    ) -> dict[str, R]:
+        """Execute (threads unless told otherwise) and keep detailed metrics.
+
+        Every run sets :attr:`last_execution_metrics`; this is ``execute`` under the seed's
+        name, kept for code written against it.
+        """
+        return self.execute(context, **options)
+
+    def execute_with_recovery(
+        self, context: Mapping[str, Any] | None = None, **options: Any
+    ) -> dict[str, R]:
+        """Execute with retries and fallbacks, returning partial results instead of raising.
+
+        Retries (``retries=N``) wait without holding a worker; a unit that still fails
+        hands its ``metadata["fallback_value"]`` to its dependents, which then run; units
+        downstream of a failure without fallback are skipped. This is what ``execute``
+        always does; the seed's name is kept for code written against it.
+        """
+        options.setdefault("raise_on_error", False)
+        return self.execute(context, **options)
+
+    def execute_with_strategy(
+        self, context: Mapping[str, Any] | None, strategy: str, **options: Any
+    ) -> dict[str, R]:
+        """Execute with a named strategy.
+
+        Strategies:
+            ``"priority"``: ready units run by ``priority`` (higher first), then by the
+            longest remaining critical path. It is the scheduler's own order, used by every
+            run; naming it changes nothing and is kept for the seed's code.
+
+        Raises:
+            ValueError: The strategy is unknown.
+        """
+        if strategy not in _STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; use one of {list(_STRATEGIES)}")
+        return self.execute(context, **options)
+
+    # -- results of the last run -----------------------------------------------------------
+
+    def get_partial_results(self) -> dict[str, R]:
+        """The results of the last (or current) run that exist, by unit name."""
+        run = self._last_run
+        return {} if run is None else run.results()
+
+    def get_failed_units(self) -> dict[str, BaseException]:
+        """The units that failed or timed out in the last run, with their errors."""
+        run = self._last_run
+        return {} if run is None else run.failed()
+
+    @property
+    def last_execution_metrics(self) -> dict[str, Any] | None:
+        """Metrics of the last run (the seed's keys), built when first read; None before."""
+        run = self._last_run
+        if run is None:
+            return None
+        if self._last_metrics is None or self._active_run is run:
+            metrics = build_metrics(run)
+            if self._active_run is run:
+                return metrics
+            self._last_metrics = metrics
+        return self._last_metrics
+
+
+class _OnStart(Instrument):
+    def __init__(self, callback: Callable[[str], Any]) -> None:
+        self.callback = callback
+
+    def unit_started(self, event: UnitStarted) -> None:
+        self.callback(event.unit_id)
+
+
+class _OnComplete(Instrument):
+    def __init__(self, callback: Callable[[str, Any], Any]) -> None:
+        self.callback = callback
+
+    def unit_finished(self, event: UnitFinished) -> None:
+        self.callback(event.unit_id, event.result)
+
+
+class _OnError(Instrument):
+    def __init__(self, callback: Callable[[str, BaseException], Any]) -> None:
+        self.callback = callback
+
+    def unit_failed(self, event: UnitFailed) -> None:
+        self.callback(event.unit_id, event.error)
+
+
+class _OnRetry(Instrument):
+    def __init__(self, callback: Callable[[str, int, BaseException], Any]) -> None:
+        self.callback = callback
+
+    def unit_retrying(self, event: UnitRetrying) -> None:
+        self.callback(event.unit_id, event.attempt, event.error)
+
+
+class _OnSkip(Instrument):
+    def __init__(self, callback: Callable[[str, BaseException], Any]) -> None:
+        self.callback = callback
+
+    def unit_skipped(self, event: UnitSkipped) -> None:
+        self.callback(event.unit_id, event.reason)

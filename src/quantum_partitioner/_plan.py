@@ -1,0 +1,115 @@
+"""Layer 1: the execution plan, a read-only picture of a compiled graph.
+
+Levels, dependency maps and the critical path are computed from the :class:`Graph` when
+first asked for, so planning a million units costs only what the caller reads.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, final
+
+from ._render import to_dot, to_mermaid
+
+if TYPE_CHECKING:
+    from ._graph import Graph, QuantumUnit
+
+__all__ = ["ExecutionPlan"]
+
+
+@final
+class ExecutionPlan:
+    """The units of a partitioner, validated, levelled and measured.
+
+    Built by :meth:`QuantumPartitioner.build_execution_plan`; do not construct it.
+
+    Attributes:
+        units: The units, by name.
+        levels: Names grouped by level: each level depends only on earlier ones. Execution
+            does not wait for levels (it is dataflow); they describe the graph's shape.
+        execution_order: The same lists as ``levels`` (the seed's name).
+        max_level: The number of levels.
+        dependencies: Each unit's dependencies, by name.
+        dependents: Each unit's direct dependents, by name.
+        critical_path: The longest chain of dependencies, weighted by
+            ``metadata["estimated_duration"]`` (1 per unit without one), root first.
+        critical_path_length: That chain's total weight.
+    """
+
+    def __init__(self, graph: Graph, units: dict[str, QuantumUnit[Any, Any]]) -> None:
+        """Wrap a compiled graph."""
+        self._graph = graph
+        self.units = dict(units)
+
+    def __repr__(self) -> str:
+        """Summarise the plan."""
+        return (
+            f"ExecutionPlan(unit_count={self.unit_count}, max_level={self.max_level}, "
+            f"max_parallel_units={self.max_parallel_units})"
+        )
+
+    @property
+    def graph(self) -> Graph:
+        """The compiled graph (integer-indexed) behind this plan."""
+        return self._graph
+
+    @property
+    def unit_count(self) -> int:
+        """How many units the plan has."""
+        return len(self._graph)
+
+    @cached_property
+    def levels(self) -> list[list[str]]:
+        """Unit names by level, each level in insertion order."""
+        names = self._graph.names
+        return [[names[i] for i in level] for level in self._graph.levels()]
+
+    @property
+    def execution_order(self) -> list[list[str]]:
+        """The seed's name for :attr:`levels`."""
+        return self.levels
+
+    @property
+    def max_level(self) -> int:
+        """How many levels there are."""
+        return max(self._graph.level) + 1 if len(self._graph) else 0
+
+    @cached_property
+    def max_parallel_units(self) -> int:
+        """The size of the widest level (0 for an empty plan)."""
+        return max((len(level) for level in self._graph.levels()), default=0)
+
+    @cached_property
+    def dependencies(self) -> dict[str, set[str]]:
+        """Each unit's dependencies, by name."""
+        names = self._graph.names
+        return {names[i]: {names[j] for j in row} for i, row in enumerate(self._graph.deps)}
+
+    @cached_property
+    def dependents(self) -> dict[str, set[str]]:
+        """Each unit's direct dependents, by name."""
+        names = self._graph.names
+        return {names[i]: {names[j] for j in row} for i, row in enumerate(self._graph.dependents)}
+
+    @cached_property
+    def critical_path(self) -> list[str]:
+        """The longest weighted chain of dependencies, root first."""
+        names = self._graph.names
+        return [names[i] for i in self._graph.critical_path()]
+
+    @property
+    def critical_path_length(self) -> float:
+        """The total ``estimated_duration`` along :attr:`critical_path`."""
+        return max(self._graph.finish, default=0.0)
+
+    def visualize(self, *, states: bool = True) -> str:
+        """Graphviz DOT source of the plan, the critical path drawn in bold red.
+
+        Args:
+            states: Colour units by their state in the last run, if there was one.
+        """
+        return to_dot(self._graph, self.critical_path, states=states)
+
+    def to_mermaid(self, *, states: bool = True) -> str:
+        """Mermaid flowchart source of the plan, the critical path highlighted."""
+        return to_mermaid(self._graph, self.critical_path, states=states)

@@ -1,0 +1,79 @@
+"""Retry policies: which failures are retried, and how long to wait before the next attempt.
+
+A policy is a small frozen object and a pure function of the attempt number; the scheduler
+turns its delay into a ``not_before`` deadline, so a unit waiting for its retry holds no
+worker. ``QuantumPartitioner(retry_policy=...)`` sets the default, ``add_unit(...,
+retry_policy=...)`` overrides it per unit, and ``retries=N`` on a unit says how many extra
+attempts it gets.
+
+The default reproduces the seed's backoff, ``min(2**attempt * 0.1, 5)`` seconds after the
+``attempt``-th failure, plus up to 10% random jitter so that many units failing together do
+not retry in lockstep.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+__all__ = ["ExponentialBackoff", "RetryPolicy"]
+
+
+@dataclass(frozen=True, slots=True)
+class ExponentialBackoff:
+    """Wait ``min(initial * multiplier**failures, maximum)`` seconds, plus jitter.
+
+    Args:
+        initial: Seconds before the multiplier applies (the seed: 0.1).
+        multiplier: Growth per failure (the seed: 2).
+        maximum: Longest wait in seconds before jitter (the seed: 5).
+        jitter: Up to this fraction of the wait is added at random; 0 makes it exact.
+
+    .. versionadded:: 0.1
+    """
+
+    initial: float = 0.1
+    multiplier: float = 2.0
+    maximum: float = 5.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        """Reject negative settings."""
+        for name in ("initial", "multiplier", "maximum", "jitter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"ExponentialBackoff: {name} must be a number >= 0, got {value!r}")
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th failed attempt (1 for the first)."""
+        base = min(self.initial * self.multiplier**failures, self.maximum)
+        if self.jitter:
+            base += random.random() * self.jitter * base  # noqa: S311 - jitter, not crypto
+        return base
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Which exceptions earn another attempt, and the backoff before it.
+
+    Args:
+        backoff: The wait before each retry.
+        retry_on: Exception types that are retried; others fail the unit at once.
+            Timeouts (:class:`UnitTimeoutError`) are retried when they match.
+
+    .. versionadded:: 0.1
+    """
+
+    backoff: ExponentialBackoff = field(default_factory=ExponentialBackoff)
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception
+
+    def should_retry(self, error: BaseException) -> bool:
+        """Whether ``error`` is worth another attempt."""
+        return isinstance(error, self.retry_on)
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th failure."""
+        return self.backoff.delay(failures)
+
+
+DEFAULT_RETRY_POLICY = RetryPolicy()

@@ -1,0 +1,98 @@
+"""Layer 1: text pictures of a graph, Graphviz DOT and Mermaid. Pure string building."""
+
+from __future__ import annotations
+
+import json
+import re
+from itertools import pairwise
+from typing import TYPE_CHECKING
+
+from ._graph import UnitState
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._graph import Graph
+
+__all__ = ["STATE_COLOURS", "to_dot", "to_mermaid"]
+
+#: Fill colour of a unit by state, shared by every picture.
+STATE_COLOURS = {
+    UnitState.PENDING: "#f5f5f5",
+    UnitState.RUNNING: "#fff3b0",
+    UnitState.COMPLETED: "#c8f7c5",
+    UnitState.FAILED: "#f7c5c5",
+    UnitState.TIMEOUT: "#f7d9b0",
+    UnitState.SKIPPED: "#dddddd",
+    UnitState.CANCELED: "#c5d5f7",
+}
+
+_CRITICAL = "#d62728"
+
+
+def _dot_id(name: str) -> str:
+    # json.dumps gives a double-quoted string with backslash escapes, which DOT accepts.
+    return json.dumps(name)
+
+
+def to_dot(graph: Graph, critical_path: Sequence[str], *, states: bool = True) -> str:
+    """Graphviz DOT source: one node per unit, one edge per dependency.
+
+    Edges point from a dependency to its dependent. Critical-path nodes and edges are bold
+    and red; with ``states``, nodes are filled by their unit's state in the last run.
+    """
+    critical = set(critical_path)
+    critical_edges = set(pairwise(critical_path))
+    lines = [
+        "digraph ExecutionPlan {",
+        "  rankdir=LR;",
+        '  node [shape=box, style="rounded,filled", fillcolor="#ffffff", fontname="Helvetica"];',
+    ]
+    for unit in graph.units:
+        attrs = []
+        if states:
+            state = unit.state
+            attrs.append(f'fillcolor="{STATE_COLOURS[state]}"')
+            if state is not UnitState.PENDING:
+                attrs.append(f"tooltip={_dot_id(state.value)}")
+        if unit.id in critical:
+            attrs.append(f'color="{_CRITICAL}", penwidth=2.5')
+        suffix = f" [{', '.join(attrs)}]" if attrs else ""
+        lines.append(f"  {_dot_id(unit.id)}{suffix};")
+    names = graph.names
+    for i, row in enumerate(graph.deps):
+        for j in row:
+            edge = (names[j], names[i])
+            style = f' [color="{_CRITICAL}", penwidth=2.5]' if edge in critical_edges else ""
+            lines.append(f"  {_dot_id(edge[0])} -> {_dot_id(edge[1])}{style};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+_MERMAID_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+
+
+def to_mermaid(graph: Graph, critical_path: Sequence[str], *, states: bool = True) -> str:
+    """Mermaid flowchart source; critical-path edges are thick, nodes classed by state."""
+    node_ids = [f"u{i}_{_MERMAID_UNSAFE.sub('_', name)[:40]}" for i, name in enumerate(graph.names)]
+    critical = set(critical_path)
+    critical_edges = set(pairwise(critical_path))
+    lines = ["flowchart LR"]
+    for i, unit in enumerate(graph.units):
+        label = unit.id.replace('"', "#quot;")
+        lines.append(f'  {node_ids[i]}["{label}"]')
+    names = graph.names
+    for i, row in enumerate(graph.deps):
+        for j in row:
+            arrow = "==>" if (names[j], names[i]) in critical_edges else "-->"
+            lines.append(f"  {node_ids[j]} {arrow} {node_ids[i]}")
+    if states:
+        for state, colour in STATE_COLOURS.items():
+            lines.append(f"  classDef {state.value} fill:{colour}")
+        for i, unit in enumerate(graph.units):
+            lines.append(f"  class {node_ids[i]} {unit.state.value}")
+    if critical:
+        lines.append(f"  classDef critical stroke:{_CRITICAL},stroke-width:3px")
+        ids = ",".join(node_ids[graph.index[name]] for name in critical_path)
+        lines.append(f"  class {ids} critical")
+    return "\n".join(lines) + "\n"

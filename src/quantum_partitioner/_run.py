@@ -1,0 +1,303 @@
+"""One run of a graph: the scheduler, the caller's context, the instruments, and the record.
+
+A :class:`Run` is what backends drive. It calls units (building each one's
+:class:`ExecutionContext`), turns scheduler transitions into instrument events, and once the
+run is over it *is* the record that units, results and metrics are read from, so finishing a
+run copies nothing per unit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+import traceback
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final
+
+from ._context import ExecutionContext
+from ._events import (
+    Dispatcher,
+    Instrument,
+    RunFinished,
+    RunStarted,
+    UnitCancelled,
+    UnitFailed,
+    UnitFinished,
+    UnitRetrying,
+    UnitSkipped,
+    UnitStarted,
+)
+from ._graph import Graph, UnitState
+from ._scheduler import Scheduler, Transition
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
+    from ._policies import RetryPolicy
+
+__all__ = ["Run"]
+
+_NO_RESULTS: Final[Mapping[str, Any]] = MappingProxyType({})
+_COMPLETED: Final = UnitState.COMPLETED
+_FAILED_STATES: Final = frozenset({UnitState.FAILED, UnitState.TIMEOUT})
+
+
+def _nothing() -> None:
+    """Wake nobody: the default until a backend installs its own."""
+
+
+class Run:
+    """The state of one execution of a graph, then its record.
+
+    Args:
+        graph: The compiled units.
+        context: The caller's context, shared read-only by every unit.
+        mode: The execution mode's name, as units see it in ``ctx.environment``.
+        max_workers: How many attempts may run at once.
+        retry_policy: The default retry policy.
+        fail_fast: Cancel what has not started once a unit fails for good.
+        instruments: Observers of the run.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        context: Mapping[str, Any],
+        *,
+        mode: str,
+        max_workers: int,
+        retry_policy: RetryPolicy | None = None,
+        fail_fast: bool = False,
+        instruments: Iterable[Instrument] = (),
+    ) -> None:
+        """Prepare the run; nothing starts until a backend drives it."""
+        self.graph = graph
+        self.context = context
+        self.mode = mode
+        self.max_workers = max_workers
+        self.scheduler = Scheduler(graph, retry_policy=retry_policy, fail_fast=fail_fast)
+        self.dispatcher = Dispatcher(instruments)
+        self.clock: Callable[[], float] = time.perf_counter
+        self.unit_metrics: dict[int, dict[str, Any]] = {}
+        #: Every attempt that ended without completing: (index, attempt, start, end, error).
+        self.failed_attempts: list[tuple[int, int, float, float, BaseException]] = []
+        #: Set when the run is interrupted or cancelled; units can watch ``ctx.cancelled``.
+        self.stopping = threading.Event()
+        self.interrupted: BaseException | None = None
+        #: Set by :meth:`request_cancel`; the backend checks it between steps.
+        self.cancel_requested = threading.Event()
+        #: Wakes the driving backend when it sleeps; a backend that sleeps replaces it.
+        self.wake: Callable[[], None] = _nothing
+        self._functions = [unit.function for unit in graph.units]
+        self._is_async = [inspect.iscoroutinefunction(f) for f in self._functions]
+        self._names = graph.names
+        self._deps = graph.deps
+        self._epoch_offset = time.time() - time.perf_counter()
+        self.started_at = 0.0
+        self.ended_at = 0.0
+
+    # -- calling units ---------------------------------------------------------------------
+
+    def call(self, i: int, attempt: int) -> tuple[bool, Any]:
+        """Run attempt ``attempt`` of unit ``i`` in this thread.
+
+        Returns ``(True, result)`` or ``(False, exception)``. Only ``Exception`` is caught: a
+        ``KeyboardInterrupt`` raised inside a unit interrupts the run.
+        """
+        ctx = self.context_for(i, attempt)
+        try:
+            if self._is_async[i]:
+                value = asyncio.run(self._functions[i](ctx))
+            else:
+                value = self._functions[i](ctx)
+        except Exception as error:  # a unit may raise anything; it fails only that unit
+            return False, error
+        if ctx.metrics is not None:
+            self.unit_metrics[i] = ctx.metrics
+        return True, value
+
+    def context_for(self, i: int, attempt: int) -> ExecutionContext:
+        """The context unit ``i`` is called with: the caller's plus its dependencies'."""
+        deps = self._deps[i]
+        if deps:
+            names, results = self._names, self.scheduler.results
+            view: Mapping[str, Any] = {names[j]: results[j] for j in deps}
+        else:
+            view = _NO_RESULTS
+        return ExecutionContext(self.context, view, self._names[i], attempt, self.mode, self, i)
+
+    def attempt_abandoned(self, i: int, attempt: int) -> bool:
+        """Whether attempt ``attempt`` of unit ``i`` is no longer wanted (``ctx.cancelled``)."""
+        sched = self.scheduler
+        return (
+            self.stopping.is_set()
+            or sched.attempts[i] != attempt
+            or sched.state[i] is not UnitState.RUNNING
+        )
+
+    # -- events ----------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Mark the start of the run and tell the instruments."""
+        self.started_at = self.clock()
+        if self.dispatcher.run_started:
+            event = RunStarted(
+                len(self.graph), self.mode, self.max_workers, self.to_epoch(self.started_at)
+            )
+            self.dispatcher.emit(self.dispatcher.run_started, event)
+
+    def end(self) -> None:
+        """Mark the end of the run and tell the instruments."""
+        self.ended_at = self.clock()
+        if self.dispatcher.run_finished:
+            counts = self.counts()
+            event = RunFinished(
+                len(self.graph),
+                counts[UnitState.COMPLETED],
+                counts[UnitState.FAILED] + counts[UnitState.TIMEOUT],
+                counts[UnitState.SKIPPED],
+                counts[UnitState.CANCELED],
+                self.to_epoch(self.ended_at),
+                self.ended_at - self.started_at,
+            )
+            self.dispatcher.emit(self.dispatcher.run_finished, event)
+
+    def emit_started(self, i: int, attempt: int, now: float) -> None:
+        """Tell the instruments an attempt started (call only if some listen)."""
+        event = UnitStarted(
+            self._names[i], attempt, self.to_epoch(now), threading.current_thread().name
+        )
+        self.dispatcher.emit(self.dispatcher.unit_started, event)
+
+    def emit_finished(self, i: int, attempt: int, now: float) -> None:
+        """Tell the instruments a unit completed (call only if some listen)."""
+        sched = self.scheduler
+        event = UnitFinished(
+            self._names[i], attempt, self.to_epoch(now), now - sched.started[i], sched.results[i]
+        )
+        self.dispatcher.emit(self.dispatcher.unit_finished, event)
+
+    def report(self, transitions: list[Transition]) -> None:
+        """Record transitions and tell the instruments about them."""
+        if not transitions:
+            return
+        sched = self.scheduler
+        dispatcher = self.dispatcher
+        for t in transitions:
+            i, state = t.index, t.state
+            name = self._names[i]
+            if state is UnitState.PENDING or state in _FAILED_STATES:
+                end = sched.ended[i] if state is not UnitState.PENDING else self.clock()
+                assert t.error is not None
+                self.failed_attempts.append((i, t.attempt, sched.started[i], end, t.error))
+            if state is UnitState.PENDING:
+                if dispatcher.unit_retrying:
+                    assert t.error is not None
+                    assert t.retry_at is not None
+                    delay = max(0.0, t.retry_at - self.clock())
+                    event: object = UnitRetrying(
+                        name, t.attempt, self.to_epoch(self.clock()), t.error, delay
+                    )
+                    dispatcher.emit(dispatcher.unit_retrying, event)
+            elif state in _FAILED_STATES:
+                if dispatcher.unit_failed:
+                    assert t.error is not None
+                    event = UnitFailed(
+                        name,
+                        t.attempt,
+                        self.to_epoch(sched.ended[i]),
+                        t.error,
+                        state,
+                        i in sched.fallbacks,
+                    )
+                    dispatcher.emit(dispatcher.unit_failed, event)
+            elif state is UnitState.SKIPPED:
+                if dispatcher.unit_skipped:
+                    assert t.error is not None
+                    event = UnitSkipped(name, self.to_epoch(sched.ended[i]), t.error)
+                    dispatcher.emit(dispatcher.unit_skipped, event)
+            elif state is UnitState.CANCELED and dispatcher.unit_cancelled:
+                assert t.error is not None
+                event = UnitCancelled(name, self.to_epoch(sched.ended[i]), t.error, t.was_running)
+                dispatcher.emit(dispatcher.unit_cancelled, event)
+
+    def interrupt(self, reason: str, error: BaseException | None = None) -> list[Transition]:
+        """Stop the run: cancel every unit not finished, running ones included.
+
+        Returns the transitions for the caller to :meth:`report` (outside its lock).
+        """
+        self.stopping.set()
+        if error is not None and self.interrupted is None:
+            self.interrupted = error
+        return self.scheduler.cancel(self.clock(), reason, running=True)
+
+    def request_cancel(self) -> None:
+        """Ask the driving backend to stop at its next step (safe from any thread)."""
+        self.cancel_requested.set()
+        self.wake()
+
+    # -- the record ------------------------------------------------------------------------
+
+    def to_epoch(self, t: float) -> float:
+        """Convert a run clock reading to seconds since the epoch."""
+        return t + self._epoch_offset
+
+    def counts(self) -> dict[UnitState, int]:
+        """How many units are in each state."""
+        counts = dict.fromkeys(UnitState, 0)
+        for state in self.scheduler.state:
+            counts[state] += 1
+        return counts
+
+    def state_of(self, i: int) -> UnitState:
+        """Unit ``i``'s state."""
+        return self.scheduler.state[i]
+
+    def result_of(self, i: int) -> Any:
+        """Unit ``i``'s result (or fallback value), else None."""
+        return self.scheduler.results[i]
+
+    def error_of(self, i: int) -> BaseException | None:
+        """Why unit ``i`` did not complete, else None."""
+        return self.scheduler.errors.get(i)
+
+    def traceback_of(self, i: int) -> str | None:
+        """Unit ``i``'s error with its traceback, formatted, else None."""
+        error = self.error_of(i)
+        if error is None:
+            return None
+        return "".join(traceback.format_exception(error))
+
+    def attempt_of(self, i: int) -> int:
+        """How many attempts unit ``i`` made."""
+        return self.scheduler.attempts[i]
+
+    def start_time_of(self, i: int) -> float | None:
+        """When unit ``i``'s last attempt started (epoch seconds), else None."""
+        sched = self.scheduler
+        return self.to_epoch(sched.started[i]) if sched.attempts[i] else None
+
+    def end_time_of(self, i: int) -> float | None:
+        """When unit ``i`` finished (epoch seconds), else None."""
+        sched = self.scheduler
+        return self.to_epoch(sched.ended[i]) if sched.state[i].is_terminal else None
+
+    def results(self) -> dict[str, Any]:
+        """Results by unit name: completed units, and failed units' fallback values."""
+        names, state, results = self._names, self.scheduler.state, self.scheduler.results
+        out = {names[i]: results[i] for i, s in enumerate(state) if s is _COMPLETED}
+        for i, value in self.scheduler.fallbacks.items():
+            if state[i] in _FAILED_STATES:
+                out[names[i]] = value
+        return out
+
+    def failed(self) -> dict[str, BaseException]:
+        """Errors of the units that FAILED or timed out, by name, in the order they failed."""
+        sched = self.scheduler
+        return {
+            self._names[i]: error
+            for i, error in sched.errors.items()
+            if sched.state[i] in _FAILED_STATES
+        }

@@ -1,0 +1,350 @@
+"""Layer 2, the sans-I/O scheduling core: the one place that decides what runs next.
+
+It has the shape of ``graphlib.TopologicalSorter``: a driver asks for the next ready unit
+(:meth:`Scheduler.start_next`), runs it however it likes, and reports the outcome
+(:meth:`~Scheduler.complete` or :meth:`~Scheduler.fail`). The core never calls user code,
+never sleeps and never reads the clock: time comes in as ``now`` and leaves as a deadline
+(:meth:`~Scheduler.next_deadline`) that the driver waits for before calling
+:meth:`~Scheduler.advance`. Every backend drives this same machine, so the semantics below
+hold in every mode.
+
+Policy:
+    * A unit is ready when every dependency completed or failed with a fallback value.
+    * Among ready units: higher ``priority`` first, then the longer remaining critical path
+      (weighted by ``estimated_duration``), then insertion order (:meth:`Graph.priority_order`).
+    * A failed attempt with retries left goes back to PENDING with a ``not_before`` deadline:
+      it holds no worker while it waits.
+    * A running attempt past its ``timeout`` deadline fails with :class:`UnitTimeoutError`
+      (retried like any failure); the driver is told so it can stop or abandon it.
+    * A unit that fails for good is FAILED (or TIMEOUT). With ``metadata["fallback_value"]``
+      its dependents receive that value and run; otherwise its transitive dependents are
+      SKIPPED. With ``fail_fast`` every unit that has not started is CANCELED.
+    * Outcomes of attempts that are no longer current (timed out, cancelled) are ignored.
+
+State:
+    Per unit, in lists indexed by unit: ``state``, ``attempts``, ``started``, ``ended``,
+    ``results``, plus the count of dependencies still unfinished. The ready queue is a heap of
+    integer positions in the precomputed priority order; retries and timeouts are heaps of
+    deadlines. ``errors`` is sparse: only units that did not complete have an entry.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from ._errors import InternalError, UnitCancelledError, UnitSkippedError, UnitTimeoutError
+from ._graph import Graph, UnitState
+from ._policies import DEFAULT_RETRY_POLICY, RetryPolicy
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["Scheduler", "Transition"]
+
+_PENDING: Final = UnitState.PENDING
+_RUNNING: Final = UnitState.RUNNING
+_COMPLETED: Final = UnitState.COMPLETED
+_FAILED: Final = UnitState.FAILED
+_TIMEOUT: Final = UnitState.TIMEOUT
+_SKIPPED: Final = UnitState.SKIPPED
+_CANCELED: Final = UnitState.CANCELED
+
+_FALLBACK_KEY: Final = "fallback_value"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A state change the driver did not cause directly, for it to act on and report.
+
+    Attributes:
+        index: The unit's index.
+        state: Its new state. PENDING means a retry was scheduled for ``retry_at``.
+        attempt: The attempt this concerns (the failed one for a retry).
+        error: The failure, or why the unit was skipped or cancelled.
+        retry_at: For a scheduled retry, the time it becomes ready.
+        was_running: The unit had an attempt in flight that the driver should stop.
+    """
+
+    index: int
+    state: UnitState
+    attempt: int
+    error: BaseException | None
+    retry_at: float | None = None
+    was_running: bool = False
+
+
+class Scheduler:
+    """The state machine of one run over a compiled :class:`Graph`.
+
+    Args:
+        graph: The compiled units.
+        retry_policy: The default retry policy; a unit's own ``retry_policy`` wins.
+        fail_fast: Cancel every unit that has not started once one fails for good.
+
+    Not thread-safe: a threaded driver holds one lock around every call.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        fail_fast: bool = False,
+    ) -> None:
+        """Set every unit PENDING and queue the units without dependencies."""
+        n = len(graph)
+        units = graph.units
+        self.graph = graph
+        self.fail_fast = fail_fast
+        self.default_policy = DEFAULT_RETRY_POLICY if retry_policy is None else retry_policy
+        self.names = graph.names
+        self.timeouts: list[float | None] = [unit.timeout for unit in units]
+        self.has_timeouts = any(t is not None for t in self.timeouts)
+        self.retries: list[int] = [unit.retries for unit in units]
+        self.fallbacks: dict[int, Any] = {
+            i: unit.metadata[_FALLBACK_KEY]
+            for i, unit in enumerate(units)
+            if unit.metadata and _FALLBACK_KEY in unit.metadata
+        }
+
+        self.state: list[UnitState] = [_PENDING] * n
+        self.attempts: list[int] = [0] * n
+        self.started: list[float] = [0.0] * n
+        self.ended: list[float] = [0.0] * n
+        self.results: list[Any] = [None] * n
+        self.errors: dict[int, BaseException] = {}
+        self.running = 0
+        self.terminal = 0
+        self.stopped = False
+
+        self._n = n
+        self._deps = graph.deps
+        self._dependents = graph.dependents
+        self._waiting = [len(row) for row in graph.deps]
+        self._by_position, self._position_of = graph.priority_order()
+        position_of = self._position_of
+        self._ready = [position_of[i] for i in range(n) if not self._waiting[i]]
+        heapq.heapify(self._ready)
+        self._timeouts_heap: list[tuple[float, int, int]] = []
+        self._retries_heap: list[tuple[float, int]] = []
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def is_active(self) -> bool:
+        """Whether some unit has not reached a terminal state."""
+        return self.terminal < self._n
+
+    @property
+    def ready_count(self) -> int:
+        """How many units are ready to start now."""
+        return len(self._ready)
+
+    @property
+    def has_deadlines(self) -> bool:
+        """Whether a timeout or retry deadline may be pending (cheap; may be stale)."""
+        return bool(self._timeouts_heap or self._retries_heap)
+
+    def next_deadline(self) -> float | None:
+        """The earliest time :meth:`advance` has work: a timeout or a retry, else None."""
+        timeouts = self._timeouts_heap
+        state, attempts = self.state, self.attempts
+        while timeouts:
+            _, i, attempt = timeouts[0]
+            if state[i] is _RUNNING and attempts[i] == attempt:
+                break
+            heapq.heappop(timeouts)  # that attempt already ended
+        retries = self._retries_heap
+        while retries and state[retries[0][1]] is not _PENDING:
+            heapq.heappop(retries)  # cancelled while it waited
+        if timeouts and retries:
+            return min(timeouts[0][0], retries[0][0])
+        if timeouts:
+            return timeouts[0][0]
+        if retries:
+            return retries[0][0]
+        return None
+
+    # -- the hot path ----------------------------------------------------------------------
+
+    def start_next(self, now: float) -> int:
+        """Mark the best ready unit RUNNING at ``now`` and return its index, or -1 if none.
+
+        The attempt number is then ``attempts[index]``.
+        """
+        ready = self._ready
+        if not ready:
+            return -1
+        i = self._by_position[heapq.heappop(ready)]
+        self.state[i] = _RUNNING
+        attempt = self.attempts[i] + 1
+        self.attempts[i] = attempt
+        self.started[i] = now
+        self.running += 1
+        timeout = self.timeouts[i]
+        if timeout is not None:
+            heapq.heappush(self._timeouts_heap, (now + timeout, i, attempt))
+        return i
+
+    def complete(self, i: int, attempt: int, result: Any, now: float) -> int:
+        """Record that attempt ``attempt`` of unit ``i`` returned ``result``.
+
+        Returns:
+            How many units became ready, or -1 if that attempt was no longer current
+            (it timed out or was cancelled) and its result was discarded.
+        """
+        if self.state[i] is not _RUNNING or self.attempts[i] != attempt:
+            return -1
+        self.state[i] = _COMPLETED
+        self.results[i] = result
+        self.ended[i] = now
+        self.running -= 1
+        self.terminal += 1
+        return self._release_dependents(i)
+
+    def _release_dependents(self, i: int) -> int:
+        waiting = self._waiting
+        state = self.state
+        released = 0
+        for j in self._dependents[i]:
+            left = waiting[j] - 1
+            waiting[j] = left
+            if not left and state[j] is _PENDING:
+                heapq.heappush(self._ready, self._position_of[j])
+                released += 1
+        return released
+
+    # -- failures, deadlines, cancellation -------------------------------------------------
+
+    def fail(self, i: int, attempt: int, error: BaseException, now: float) -> list[Transition]:
+        """Record that attempt ``attempt`` of unit ``i`` raised ``error``.
+
+        Returns:
+            What followed: a scheduled retry, or the unit's terminal failure followed by the
+            units it skipped or (``fail_fast``) cancelled. Empty if the attempt was no longer
+            current.
+        """
+        if self.state[i] is not _RUNNING or self.attempts[i] != attempt:
+            return []
+        self.running -= 1
+        return self._after_failure(i, error, now, timed_out=False)
+
+    def advance(self, now: float) -> list[Transition]:
+        """Act on every deadline that has passed at ``now``.
+
+        Running attempts past their timeout fail with :class:`UnitTimeoutError` (the driver
+        should stop them: ``was_running`` is set); retries whose wait is over become ready.
+        """
+        transitions: list[Transition] = []
+        timeouts = self._timeouts_heap
+        state, attempts = self.state, self.attempts
+        while timeouts and timeouts[0][0] <= now:
+            _, i, attempt = heapq.heappop(timeouts)
+            if state[i] is not _RUNNING or attempts[i] != attempt:
+                continue
+            self.running -= 1
+            timeout = self.timeouts[i]
+            assert timeout is not None
+            error = UnitTimeoutError(self.names[i], timeout)
+            transitions += self._after_failure(i, error, now, timed_out=True)
+        retries = self._retries_heap
+        while retries and retries[0][0] <= now:
+            _, i = heapq.heappop(retries)
+            if state[i] is _PENDING and not self.stopped:
+                heapq.heappush(self._ready, self._position_of[i])
+        return transitions
+
+    def cancel(self, now: float, reason: str, *, running: bool = True) -> list[Transition]:
+        """Stop the run: every unit that has not finished becomes CANCELED.
+
+        Args:
+            now: The current time.
+            reason: Why, for each unit's :class:`UnitCancelledError`.
+            running: Cancel running attempts too (their late outcomes are then ignored);
+                otherwise they may still complete.
+
+        Returns:
+            One transition per cancelled unit; ``was_running`` marks attempts to stop.
+        """
+        self.stopped = True
+        self._ready.clear()
+        transitions = []
+        state = self.state
+        for i in range(self._n):
+            current = state[i]
+            if current is _PENDING or (running and current is _RUNNING):
+                transitions.append(
+                    self._cancel_one(i, now, reason, was_running=current is _RUNNING)
+                )
+        return transitions
+
+    def _cancel_one(self, i: int, now: float, reason: str, *, was_running: bool) -> Transition:
+        if was_running:
+            self.running -= 1
+        self.state[i] = _CANCELED
+        error = UnitCancelledError(self.names[i], reason)
+        self.errors[i] = error
+        self.ended[i] = now
+        self.terminal += 1
+        return Transition(i, _CANCELED, self.attempts[i], error, was_running=was_running)
+
+    def _after_failure(
+        self, i: int, error: BaseException, now: float, *, timed_out: bool
+    ) -> list[Transition]:
+        attempt = self.attempts[i]
+        unit_policy = self.graph.units[i].retry_policy
+        policy = self.default_policy if unit_policy is None else unit_policy
+        if attempt <= self.retries[i] and not self.stopped and policy.should_retry(error):
+            retry_at = now + policy.delay(attempt)
+            self.state[i] = _PENDING
+            heapq.heappush(self._retries_heap, (retry_at, i))
+            return [Transition(i, _PENDING, attempt, error, retry_at, was_running=timed_out)]
+        failed_state = _TIMEOUT if timed_out else _FAILED
+        self.state[i] = failed_state
+        self.errors[i] = error
+        self.ended[i] = now
+        self.terminal += 1
+        transitions = [Transition(i, failed_state, attempt, error, was_running=timed_out)]
+        if i in self.fallbacks:
+            self.results[i] = self.fallbacks[i]
+            self._release_dependents(i)
+            return transitions
+        transitions += self._skip_dependents(i, now)
+        if self.fail_fast:
+            reason = f"fail_fast after {self.names[i]!r} failed"
+            transitions += self.cancel(now, reason, running=False)
+        return transitions
+
+    def _skip_dependents(self, failed: int, now: float) -> list[Transition]:
+        # Every transitive dependent of a failed unit is still PENDING: none can have
+        # started, since this unit never completed. Walk them breadth-first.
+        state, dependents = self.state, self._dependents
+        name = self.names[failed]
+        skipped: list[Transition] = []
+        frontier = [failed]
+        for node in frontier:
+            for j in dependents[node]:
+                if state[j] is _PENDING:
+                    state[j] = _SKIPPED
+                    error = UnitSkippedError(self.names[j], name)
+                    self.errors[j] = error
+                    self.ended[j] = now
+                    self.terminal += 1
+                    skipped.append(Transition(j, _SKIPPED, 0, error))
+                    frontier.append(j)
+        return skipped
+
+    def check_finished(self) -> None:
+        """Assert that an inactive run left every unit terminal (an internal invariant).
+
+        Raises:
+            InternalError: The run stalled with units that can never run.
+        """
+        if self.is_active() and not self.running and not self._ready and not self._retries_heap:
+            stuck = [self.names[i] for i, s in enumerate(self.state) if not s.is_terminal]
+            raise InternalError(f"scheduler stalled with units left: {stuck[:10]}")
+
+    def unfinished(self) -> Sequence[int]:
+        """Indices of units not yet terminal."""
+        return [i for i, s in enumerate(self.state) if not s.is_terminal]

@@ -1,0 +1,73 @@
+"""SEQUENTIAL: every attempt runs in the calling thread, one at a time, in scheduler order.
+
+This is the reference semantics and it is deterministic: the same graph always runs in the
+same order. A unit cannot be interrupted in the calling thread, so a unit that returns after
+its timeout is marked TIMEOUT and its result discarded. While a retry waits for its backoff,
+other ready units run; the thread sleeps only when nothing else can.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._errors import InternalError
+from ._base import Backend
+
+if TYPE_CHECKING:
+    from .._run import Run
+
+__all__ = ["SequentialBackend"]
+
+
+class SequentialBackend(Backend):
+    """Run every attempt in the calling thread.
+
+    .. versionadded:: 0.1
+    """
+
+    name = "sequential"
+
+    def run(self, run: Run) -> None:
+        """Drive ``run`` to the end in this thread."""
+        sched = run.scheduler
+        clock, call, report = run.clock, run.call, run.report
+        start_next, complete, fail = sched.start_next, sched.complete, sched.fail
+        attempts = sched.attempts
+        dispatcher = run.dispatcher
+        started_hooks, finished_hooks = dispatcher.unit_started, dispatcher.unit_finished
+        try:
+            while sched.is_active():
+                if run.cancel_requested.is_set():
+                    report(run.interrupt("cancel() was called"))
+                    break
+                now = clock()
+                if sched.has_deadlines:
+                    report(sched.advance(now))
+                i = start_next(now)
+                if i < 0:
+                    _sleep_until_deadline(run, now)
+                    continue
+                attempt = attempts[i]
+                if started_hooks:
+                    run.emit_started(i, attempt, now)
+                ok, value = call(i, attempt)
+                now = clock()
+                if sched.has_deadlines:
+                    report(sched.advance(now))  # a unit past its timeout becomes TIMEOUT
+                if ok:
+                    if complete(i, attempt, value, now) >= 0 and finished_hooks:
+                        run.emit_finished(i, attempt, now)
+                else:
+                    report(fail(i, attempt, value, now))
+        except BaseException as error:
+            report(run.interrupt("interrupted", error))
+            raise
+
+
+def _sleep_until_deadline(run: Run, now: float) -> None:
+    sched = run.scheduler
+    deadline = sched.next_deadline()
+    if deadline is None:
+        raise InternalError("no unit is ready, running or waiting, yet the run is not over")
+    if deadline > now:
+        run.cancel_requested.wait(deadline - now)  # cancel() cuts the wait short

@@ -1,0 +1,231 @@
+"""THREAD: a pool of worker threads pulling ready units from the scheduler (dataflow).
+
+There are no level barriers: a unit starts as soon as its dependencies are done. One lock
+guards the scheduler. A worker that finishes a unit reports it and picks its next unit in the
+same critical section, so the dependent it just made ready usually runs on the same thread
+without a hand-off; it wakes only as many idle workers as there are extra ready units. No
+``Future`` is created per unit.
+
+The calling thread is the driver: it sleeps until the next deadline (a timeout or a retry)
+or until the run ends. Threads cannot be killed, so at a unit's timeout the unit becomes
+TIMEOUT, its worker is *retired* (its late result is discarded and it exits when the unit
+returns) and a fresh worker replaces it: the rest of the run keeps its full concurrency, and
+the unit can notice through ``ctx.cancelled``. Workers are daemon threads, so a unit stuck
+forever never keeps the interpreter alive after an interrupt.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .._errors import InternalError
+from ._base import Backend
+
+if TYPE_CHECKING:
+    from .._run import Run
+    from .._scheduler import Transition
+
+__all__ = ["ThreadBackend"]
+
+_thread_ids = itertools.count(1)
+
+
+class ThreadBackend(Backend):
+    """Run attempts on ``max_workers`` threads.
+
+    Args:
+        max_workers: How many units may run at once.
+
+    .. versionadded:: 0.1
+    """
+
+    name = "thread"
+
+    def __init__(self, max_workers: int) -> None:
+        """Remember the pool size; threads start per run."""
+        if max_workers < 1:
+            raise ValueError("max_workers must be greater than 0")
+        self.max_workers = max_workers
+
+    def run(self, run: Run) -> None:
+        """Drive ``run`` on a fresh pool of worker threads."""
+        _ThreadPool(run, self.max_workers).drive()
+
+
+class _Worker:
+    __slots__ = ("retired", "thread")
+
+    def __init__(self) -> None:
+        self.retired = False
+        self.thread: threading.Thread | None = None
+
+
+class _ThreadPool:
+    """The workers and the driver of one run, around one lock."""
+
+    def __init__(self, run: Run, max_workers: int) -> None:
+        self.run = run
+        self.sched = run.scheduler
+        self.lock = threading.Lock()
+        self.work = threading.Condition(self.lock)  # idle workers wait here
+        self.main = threading.Condition(self.lock)  # the driver waits here
+        self.idle = 0
+        # When the sleeping driver will wake by itself; -inf while it is awake (then nobody
+        # needs to wake it: it looks at the deadlines before it sleeps again).
+        self.wake_at = -math.inf
+        self.stopping = False
+        self.failure: BaseException | None = None
+        self.owner: list[_Worker | None] = [None] * len(run.graph)
+        self.workers: list[_Worker] = []
+        self.size = max(1, min(max_workers, len(run.graph)))
+
+    # -- the driver ------------------------------------------------------------------------
+
+    def drive(self) -> None:
+        run, sched, lock = self.run, self.sched, self.lock
+        clock = run.clock
+        previous_wake, run.wake = run.wake, self._wake
+        for _ in range(self.size):
+            self._spawn()
+        try:
+            while True:
+                with lock:
+                    self._raise_failure()
+                    if not sched.is_active() or run.cancel_requested.is_set():
+                        break
+                    deadline = sched.next_deadline()
+                    now = clock()
+                    if deadline is None or deadline > now:
+                        self.wake_at = math.inf if deadline is None else deadline
+                        self.main.wait(None if deadline is None else deadline - now)
+                        self.wake_at = -math.inf
+                        now = clock()
+                    transitions = sched.advance(now)
+                    for t in transitions:
+                        if t.was_running:
+                            self._retire(t.index)
+                    self._wake_workers()
+                run.report(transitions)
+            if run.cancel_requested.is_set():
+                with lock:
+                    transitions = run.interrupt("cancel() was called")
+                run.report(transitions)
+        except BaseException as error:
+            with lock:
+                transitions = run.interrupt("interrupted", error)
+            run.report(transitions)
+            raise
+        finally:
+            with lock:
+                self.stopping = True
+                self.work.notify_all()
+            run.wake = previous_wake
+
+    def _raise_failure(self) -> None:
+        if self.failure is not None:
+            raise InternalError("a worker thread crashed") from self.failure
+
+    def _wake(self) -> None:
+        with self.lock:
+            self.main.notify()
+
+    def _spawn(self) -> None:
+        worker = _Worker()
+        thread = threading.Thread(
+            target=self._work,
+            args=(worker,),
+            name=f"quantum-partitioner-{next(_thread_ids)}",
+            daemon=True,
+        )
+        worker.thread = thread
+        self.workers.append(worker)
+        thread.start()
+
+    def _retire(self, i: int) -> None:
+        """Abandon the worker stuck in unit ``i`` and start another in its place."""
+        worker = self.owner[i]
+        if worker is not None and not worker.retired:
+            worker.retired = True
+            self._spawn()
+
+    def _dismissed(self, worker: _Worker) -> bool:
+        """Whether ``worker`` should exit: it was retired, or the run is over."""
+        return worker.retired or self.stopping
+
+    def _wake_workers(self) -> None:
+        ready = self.sched.ready_count
+        if ready and self.idle:
+            self.work.notify(min(ready, self.idle))
+
+    # -- the workers -----------------------------------------------------------------------
+
+    def _work(self, me: _Worker) -> None:
+        try:
+            self._work_loop(me)
+        except BaseException as error:  # a bug here must not hang the driver
+            with self.lock:
+                self.failure = error
+                self.main.notify()
+
+    def _work_loop(self, me: _Worker) -> None:
+        run, sched, lock = self.run, self.sched, self.lock
+        clock, call, report = run.clock, run.call, run.report
+        start_next, complete, fail = sched.start_next, sched.complete, sched.fail
+        attempts, timeouts, owner = sched.attempts, sched.timeouts, self.owner
+        started_hooks = run.dispatcher.unit_started
+        finished_hooks = run.dispatcher.unit_finished
+        work, main = self.work, self.main
+        i, attempt, ok = -1, 0, True
+        value: Any = None
+        while True:
+            transitions: list[Transition] = []
+            finished = False
+            with lock:
+                now = clock()
+                if i >= 0:
+                    if ok:
+                        finished = complete(i, attempt, value, now) >= 0 and bool(finished_hooks)
+                    else:
+                        transitions = fail(i, attempt, value, now)
+                        for t in transitions:
+                            if t.retry_at is not None and t.retry_at < self.wake_at:
+                                main.notify()
+                    if not sched.is_active():
+                        main.notify()
+                done_at = now
+                nxt = -1
+                if not self._dismissed(me):
+                    nxt = start_next(now)
+                    while nxt < 0 and sched.is_active():
+                        self.idle += 1
+                        work.wait()
+                        self.idle -= 1
+                        if self._dismissed(me):
+                            break
+                        now = clock()
+                        nxt = start_next(now)
+                if nxt >= 0:
+                    if sched.ready_count and self.idle:
+                        work.notify(min(sched.ready_count, self.idle))
+                    timeout = timeouts[nxt]
+                    if timeout is not None:
+                        owner[nxt] = me
+                        if now + timeout < self.wake_at:
+                            main.notify()
+                    next_attempt = attempts[nxt]
+            if finished:
+                run.emit_finished(i, attempt, done_at)
+            if transitions:
+                report(transitions)
+            if nxt < 0:
+                return
+            i, attempt = nxt, next_attempt
+            if started_hooks:
+                run.emit_started(i, attempt, now)
+            try:
+                ok, value = call(i, attempt)
+            except BaseException as error:
+                ok, value = False, error

@@ -1,0 +1,157 @@
+"""The seed's TaskMap engine, as a thin functional layer over the same scheduler.
+
+A task map is a dict ``name -> (fn, dependencies)``; each function is called as ``fn(ctx)``
+exactly like a partitioner's unit. Runs raise :class:`TaskError` (with ``errors``,
+``partial_results`` and ``failed_tasks``) when a task fails, as the seed's code expects::
+
+    from quantum_partitioner.taskmap import TaskMap, run_parallel_threads
+
+    tasks = {"load": (load, []), "clean": (clean, ["load"])}
+    results = run_parallel_threads(TaskMap(tasks), {"path": "data.csv"}, max_workers=4)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._errors import CircularDependency, CircularDependencyError, TaskError
+from ._graph import ExecutionMode
+from ._partitioner import QuantumPartitioner
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+    from ._plan import ExecutionPlan
+
+__all__ = [
+    "CircularDependency",
+    "CircularDependencyError",
+    "TaskError",
+    "TaskMap",
+    "build_graph",
+    "run_parallel_threads",
+    "run_tasks",
+]
+
+TaskSpec = tuple[Callable[..., Any], Iterable[str]] | Callable[..., Any]
+
+
+class TaskMap:
+    """Named tasks with dependencies, plus the seed's callbacks.
+
+    Args:
+        tasks: ``name -> (fn, dependencies)``; a bare ``fn`` means no dependencies.
+
+    Attributes:
+        on_task_start: ``fn(name)`` when a task starts.
+        on_task_complete: ``fn(name, result)`` when a task completes.
+        on_task_error: ``fn(name, error)`` when a task fails.
+
+    Raises:
+        TypeError: A task is not a function or a ``(function, dependencies)`` pair.
+        GraphError: Unknown dependencies or a cycle (when the map is first run or planned).
+    """
+
+    def __init__(self, tasks: Mapping[str, TaskSpec]) -> None:
+        """Validate the tasks' shape; the graph itself is checked before running."""
+        if not isinstance(tasks, Mapping):
+            raise TypeError(f"tasks must be a dict of name -> (fn, dependencies), got {tasks!r}")
+        self.tasks: dict[str, tuple[Callable[..., Any], list[str]]] = {}
+        for name, spec in tasks.items():
+            if callable(spec):
+                self.tasks[name] = (spec, [])
+            elif isinstance(spec, tuple) and len(spec) == 2:
+                fn, deps = spec
+                if isinstance(deps, str):
+                    raise TypeError(f"task {name!r}: dependencies must be a list, got {deps!r}")
+                self.tasks[name] = (fn, list(deps))
+            else:
+                raise TypeError(f"task {name!r}: expected (fn, dependencies), got {spec!r}")
+        self.on_task_start: Callable[[str], Any] | None = None
+        self.on_task_complete: Callable[[str, Any], Any] | None = None
+        self.on_task_error: Callable[[str, BaseException], Any] | None = None
+        self._partitioner: QuantumPartitioner[Any, Any] | None = None
+
+    def partitioner(self) -> QuantumPartitioner[Any, Any]:
+        """The partitioner that runs this map (built once, callbacks refreshed each call)."""
+        if self._partitioner is None:
+            partitioner: QuantumPartitioner[Any, Any] = QuantumPartitioner()
+            for name, (fn, deps) in self.tasks.items():
+                partitioner.add_unit(fn, deps, name=name)
+            self._partitioner = partitioner
+        partitioner = self._partitioner
+        partitioner.on_unit_start = self.on_task_start
+        partitioner.on_unit_complete = self.on_task_complete
+        partitioner.on_unit_error = self.on_task_error
+        return partitioner
+
+    def plan(self) -> ExecutionPlan:
+        """Validate the map and describe it (levels, critical path, DOT)."""
+        return self.partitioner().build_execution_plan()
+
+    def run(self, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Run every task in this thread, in order; see :func:`run_tasks`."""
+        return run_tasks(self, context)
+
+
+def _as_task_map(task_map: TaskMap | Mapping[str, TaskSpec]) -> TaskMap:
+    return task_map if isinstance(task_map, TaskMap) else TaskMap(task_map)
+
+
+def run_tasks(
+    task_map: TaskMap | Mapping[str, TaskSpec], context: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Run every task sequentially in the calling thread (for debugging and tracing).
+
+    Raises:
+        TaskError: Some task failed; completed results are in ``partial_results``.
+    """
+    partitioner = _as_task_map(task_map).partitioner()
+    return partitioner.execute(
+        context, execution_mode=ExecutionMode.SEQUENTIAL, raise_on_error=True
+    )
+
+
+def run_parallel_threads(
+    task_map: TaskMap | Mapping[str, TaskSpec],
+    context: Mapping[str, Any] | None = None,
+    executor: Executor | None = None,
+    max_workers: int | None = None,
+) -> dict[str, Any]:
+    """Run tasks on threads (for I/O-bound work), or on ``executor`` if given.
+
+    Raises:
+        TaskError: Some task failed; completed results are in ``partial_results``.
+    """
+    partitioner = _as_task_map(task_map).partitioner()
+    if executor is not None:
+        return partitioner.execute(
+            context,
+            ExecutionMode.CUSTOM,
+            max_workers,
+            custom_executor=executor,
+            raise_on_error=True,
+        )
+    return partitioner.execute(context, ExecutionMode.THREAD, max_workers, raise_on_error=True)
+
+
+def _never_called(_ctx: object) -> None:  # pragma: no cover - plans never run
+    raise RuntimeError("build_graph() describes a graph; it has no functions to run")
+
+
+def build_graph(dependencies: Mapping[str, Iterable[str]]) -> ExecutionPlan:
+    """Validate ``name -> dependencies`` as a graph and return its plan.
+
+    Raises:
+        UnknownDependencyError: A dependency names no task.
+        CircularDependencyError: The dependencies form a cycle (``.cycle`` has its path).
+    """
+    partitioner: QuantumPartitioner[Any, Any] = QuantumPartitioner()
+    for name, deps in dependencies.items():
+        if isinstance(deps, tuple) and len(deps) == 2 and callable(deps[0]):
+            fn, deps = deps  # a TaskMap-style (fn, dependencies) pair
+            partitioner.add_unit(fn, list(deps), name=name)
+        else:
+            partitioner.add_unit(_never_called, list(deps), name=name)
+    return partitioner.build_execution_plan()
