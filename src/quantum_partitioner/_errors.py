@@ -73,14 +73,14 @@ class CircularDependencyError(GraphError):
     """The dependencies form a cycle.
 
     Attributes:
-        cycle: The cycle's path, its first unit repeated last, as in ``graphlib.CycleError``:
-            each unit depends on the one after it.
+        cycle: The cycle's path, its first unit repeated last, in the order of
+            ``graphlib.CycleError``: each unit is a dependency of the one after it.
     """
 
     def __init__(self, cycle: Sequence[str]) -> None:
         self.cycle = list(cycle)
         path = " -> ".join(repr(name) for name in self.cycle)
-        super().__init__(f"circular dependency: {path}")
+        super().__init__(f"circular dependency: {path} (each unit is a dependency of the next)")
 
 
 #: The seed's name for :class:`CircularDependencyError`.

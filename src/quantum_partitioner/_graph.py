@@ -414,7 +414,8 @@ def _find_cycle(names: list[str], deps: list[list[int]], waiting: list[int]) -> 
         path.append(node)
         node = next(j for j in deps[node] if waiting[j] > 0)
     cycle = [*path[seen[node] :], node]
-    return [names[i] for i in cycle]
+    # The walk followed "depends on" edges; graphlib lists a cycle the other way round.
+    return [names[i] for i in reversed(cycle)]
 
 
 def _levels_and_finish(

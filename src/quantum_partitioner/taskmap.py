@@ -148,10 +148,10 @@ def build_graph(dependencies: Mapping[str, Iterable[str]]) -> ExecutionPlan:
         CircularDependencyError: The dependencies form a cycle (``.cycle`` has its path).
     """
     partitioner: QuantumPartitioner[Any, Any] = QuantumPartitioner()
-    for name, deps in dependencies.items():
-        if isinstance(deps, tuple) and len(deps) == 2 and callable(deps[0]):
-            fn, deps = deps  # a TaskMap-style (fn, dependencies) pair
+    for name, spec in dependencies.items():
+        if isinstance(spec, tuple) and len(spec) == 2 and callable(spec[0]):
+            fn, deps = spec  # a TaskMap-style (fn, dependencies) pair
             partitioner.add_unit(fn, list(deps), name=name)
         else:
-            partitioner.add_unit(_never_called, list(deps), name=name)
+            partitioner.add_unit(_never_called, list(spec), name=name)
     return partitioner.build_execution_plan()
