@@ -148,6 +148,7 @@ def build_graph(dependencies: Mapping[str, Iterable[str]]) -> ExecutionPlan:
         CircularDependencyError: The dependencies form a cycle (``.cycle`` has its path).
     """
     partitioner: QuantumPartitioner[Any, Any] = QuantumPartitioner()
+    spec: Any
     for name, spec in dependencies.items():
         if isinstance(spec, tuple) and len(spec) == 2 and callable(spec[0]):
             fn, deps = spec  # a TaskMap-style (fn, dependencies) pair
