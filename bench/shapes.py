@@ -2,7 +2,9 @@
 
 Every runner (the project and its peers) is built from the same :class:`GraphSpec`, so all
 of them execute exactly the same graph. The insertion order of ``GraphSpec.deps`` is a
-topological order: a unit is always listed after the units it depends on.
+topological order: a unit is always listed after the units it depends on. The dependency
+lists are handed to the runners as they are (runners must not mutate them), so that the
+memory measurement, which starts after the spec is built, counts none of them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class GraphSpec:
     """A graph of no-op units: unit name -> names of the units it depends on."""
 
     shape: str
-    deps: dict[str, tuple[str, ...]]
+    deps: dict[str, list[str]]
 
     @property
     def size(self) -> int:
@@ -35,16 +37,16 @@ ShapeBuilder = Callable[[int], GraphSpec]
 def fanout(n: int) -> GraphSpec:
     """N independent units plus one sink that depends on all of them."""
     sources = [f"u{i}" for i in range(n)]
-    deps: dict[str, tuple[str, ...]] = dict.fromkeys(sources, ())
-    deps["sink"] = tuple(sources)
+    deps: dict[str, list[str]] = {name: [] for name in sources}
+    deps["sink"] = sources
     return GraphSpec("fanout", deps)
 
 
 def chain(n: int) -> GraphSpec:
     """N units, each depending on the one before: no concurrency at all."""
-    deps: dict[str, tuple[str, ...]] = {"u0": ()}
+    deps: dict[str, list[str]] = {"u0": []}
     for i in range(1, n):
-        deps[f"u{i}"] = (f"u{i - 1}",)
+        deps[f"u{i}"] = [f"u{i - 1}"]
     return GraphSpec("chain", deps)
 
 
@@ -53,12 +55,12 @@ def layered(n: int) -> GraphSpec:
     rng = random.Random(LAYERED_SEED)
     width = max(1, n // LAYER_COUNT)
     fan_in = min(LAYERED_FAN_IN, width)
-    deps: dict[str, tuple[str, ...]] = {}
+    deps: dict[str, list[str]] = {}
     previous: list[str] = []
     for layer in range(LAYER_COUNT):
         current = [f"l{layer}_{i}" for i in range(width)]
         for name in current:
-            deps[name] = tuple(rng.sample(previous, fan_in)) if previous else ()
+            deps[name] = rng.sample(previous, fan_in) if previous else []
         previous = current
     return GraphSpec("layered", deps)
 

@@ -23,6 +23,7 @@ from ._errors import UnitCancelledError as UnitCancelledError
 from ._errors import UnitSkippedError as UnitSkippedError
 from ._errors import UnitTimeoutError as UnitTimeoutError
 from ._errors import UnknownDependencyError as UnknownDependencyError
+from ._errors import WorkerDiedError as WorkerDiedError
 from ._events import Instrument as Instrument
 from ._events import RunFinished as RunFinished
 from ._events import RunStarted as RunStarted
@@ -81,6 +82,7 @@ __all__ = [
     "UnitState",
     "UnitTimeoutError",
     "UnknownDependencyError",
+    "WorkerDiedError",
 ]
 
 # Public objects say they live here, not in private modules (for reprs, docs and pickles of

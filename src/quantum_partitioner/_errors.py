@@ -14,6 +14,7 @@ working for code that does not know this library::
     ├── UnitTimeoutError(TimeoutError)      # a unit's error when it ran past its timeout
     ├── UnitSkippedError                    # why a unit did not run (a dependency failed)
     ├── UnitCancelledError                  # why a unit did not run (fail_fast, cancel())
+    ├── WorkerDiedError(RuntimeError)       # the process running a unit died (crash, kill)
     ├── BrokenBackendError(RuntimeError)    # a backend can no longer run attempts
     └── InternalError(RuntimeError)         # a bug in quantum-partitioner: please report it
 
@@ -41,6 +42,7 @@ __all__ = [
     "UnitSkippedError",
     "UnitTimeoutError",
     "UnknownDependencyError",
+    "WorkerDiedError",
 ]
 
 
@@ -137,6 +139,38 @@ class UnitCancelledError(PartitionerError):
         super().__init__(f"unit {unit_id!r} cancelled: {reason}")
         self.unit_id = unit_id
         self.reason = reason
+
+
+class WorkerDiedError(PartitionerError, RuntimeError):
+    """The worker process running a unit died: a crash, ``os._exit``, a kill, out of memory.
+
+    Only that unit fails (and is retried if it has retries); the worker is replaced.
+
+    Attributes:
+        unit_id: The unit the worker was running.
+        exitcode: The process's exit status; negative for the signal that killed it.
+    """
+
+    def __init__(self, unit_id: str, exitcode: int | None) -> None:
+        self.unit_id = unit_id
+        self.exitcode = exitcode
+        super().__init__(f"unit {unit_id!r}: its worker process died ({describe_exit(exitcode)})")
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Say how a process ended, from its exit status, in words."""
+    if exitcode is None:
+        return "exit status unknown"
+    if exitcode < 0:
+        import signal  # noqa: PLC0415 - only needed on this rare path
+
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"killed by {name}{hint}"
+    return f"exited with status {exitcode}"
 
 
 class BrokenBackendError(PartitionerError, RuntimeError):

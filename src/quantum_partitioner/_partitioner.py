@@ -27,7 +27,13 @@ from ._graph import (
 from ._metrics import build_metrics
 from ._plan import ExecutionPlan
 from ._run import Run
-from .backends import Backend, ExecutorBackend, SequentialBackend, ThreadBackend
+from .backends import (
+    Backend,
+    ExecutorBackend,
+    ProcessBackend,
+    SequentialBackend,
+    ThreadBackend,
+)
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -339,6 +345,7 @@ class QuantumPartitioner(Generic[T, R]):
             retry_policy=self.retry_policy,
             fail_fast=bool(fail_fast),
             instruments=[*self.instruments, *self._callback_instruments()],
+            lane_of=chosen.lane_of(graph),
         )
         with self._lock:
             if self._active_run is not None:
@@ -387,6 +394,8 @@ class QuantumPartitioner(Generic[T, R]):
             if custom_executor is None:
                 raise ValueError("ExecutionMode.CUSTOM needs custom_executor=<an Executor>")
             return ExecutorBackend(custom_executor, workers)
+        if mode is ExecutionMode.PROCESS:
+            return ProcessBackend(workers)
         raise NotImplementedError(
             f"{mode} is not available in this version; use SEQUENTIAL, THREAD or CUSTOM"
         )

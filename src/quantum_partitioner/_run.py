@@ -33,7 +33,7 @@ from ._graph import Graph, UnitState
 from ._scheduler import Scheduler, Transition
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from ._policies import RetryPolicy
 
@@ -59,6 +59,7 @@ class Run:
         retry_policy: The default retry policy.
         fail_fast: Cancel what has not started once a unit fails for good.
         instruments: Observers of the run.
+        lane_of: Each unit's lane, for backends that run units in several places.
     """
 
     def __init__(
@@ -71,13 +72,16 @@ class Run:
         retry_policy: RetryPolicy | None = None,
         fail_fast: bool = False,
         instruments: Iterable[Instrument] = (),
+        lane_of: Sequence[int] | None = None,
     ) -> None:
         """Prepare the run; nothing starts until a backend drives it."""
         self.graph = graph
         self.context = context
         self.mode = mode
         self.max_workers = max_workers
-        self.scheduler = Scheduler(graph, retry_policy=retry_policy, fail_fast=fail_fast)
+        self.scheduler = Scheduler(
+            graph, retry_policy=retry_policy, fail_fast=fail_fast, lane_of=lane_of
+        )
         self.dispatcher = Dispatcher(instruments)
         self.clock: Callable[[], float] = time.perf_counter
         self.unit_metrics: dict[int, dict[str, Any]] = {}

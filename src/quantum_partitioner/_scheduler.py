@@ -82,6 +82,9 @@ class Scheduler:
         graph: The compiled units.
         retry_policy: The default retry policy; a unit's own ``retry_policy`` wins.
         fail_fast: Cancel every unit that has not started once one fails for good.
+        lane_of: For drivers that run units in several places at once (processes for some,
+            threads for others), each unit's lane: ready units are queued per lane, so a
+            full lane never holds back another. Default: one lane.
 
     Not thread-safe: a threaded driver holds one lock around every call.
     """
@@ -92,6 +95,7 @@ class Scheduler:
         *,
         retry_policy: RetryPolicy | None = None,
         fail_fast: bool = False,
+        lane_of: Sequence[int] | None = None,
     ) -> None:
         """Set every unit PENDING and queue the units without dependencies."""
         n = len(graph)
@@ -125,8 +129,18 @@ class Scheduler:
         self._waiting = [len(row) for row in graph.deps]
         self._by_position, self._position_of = graph.priority_order()
         position_of = self._position_of
-        self._ready = [position_of[i] for i in range(n) if not self._waiting[i]]
-        heapq.heapify(self._ready)
+        self.lane_of: Sequence[int] = [0] * n if lane_of is None else lane_of
+        if len(self.lane_of) != n:
+            raise ValueError(f"lane_of has {len(self.lane_of)} entries for {n} units")
+        lanes = max(self.lane_of, default=0) + 1
+        self._heaps: list[list[int]] = [[] for _ in range(lanes)]
+        for i in range(n):
+            if not self._waiting[i]:
+                self._heaps[self.lane_of[i]].append(position_of[i])
+        for heap in self._heaps:
+            heapq.heapify(heap)
+        # The single-lane case (every backend but the mixed one) reads this heap directly.
+        self._ready = self._heaps[0] if lanes == 1 else None
         self._timeouts_heap: list[tuple[float, int, int]] = []
         self._retries_heap: list[tuple[float, int]] = []
 
@@ -139,7 +153,13 @@ class Scheduler:
     @property
     def ready_count(self) -> int:
         """How many units are ready to start now."""
-        return len(self._ready)
+        if self._ready is not None:
+            return len(self._ready)
+        return sum(map(len, self._heaps))
+
+    def ready_in(self, lane: int) -> int:
+        """How many units of ``lane`` are ready to start now."""
+        return len(self._heaps[lane])
 
     @property
     def has_deadlines(self) -> bool:
@@ -168,12 +188,13 @@ class Scheduler:
 
     # -- the hot path ----------------------------------------------------------------------
 
-    def start_next(self, now: float) -> int:
+    def start_next(self, now: float, lane: int = 0) -> int:
         """Mark the best ready unit RUNNING at ``now`` and return its index, or -1 if none.
 
-        The attempt number is then ``attempts[index]``.
+        The attempt number is then ``attempts[index]``. With several lanes, only units of
+        ``lane`` are considered.
         """
-        ready = self._ready
+        ready = self._heaps[lane]
         if not ready:
             return -1
         i = self._by_position[heapq.heappop(ready)]
@@ -206,12 +227,13 @@ class Scheduler:
     def _release_dependents(self, i: int) -> int:
         waiting = self._waiting
         state = self.state
+        lane_of = self.lane_of
         released = 0
         for j in self._dependents[i]:
             left = waiting[j] - 1
             waiting[j] = left
             if not left and state[j] is _PENDING:
-                heapq.heappush(self._ready, self._position_of[j])
+                heapq.heappush(self._heaps[lane_of[j]], self._position_of[j])
                 released += 1
         return released
 
@@ -252,7 +274,7 @@ class Scheduler:
         while retries and retries[0][0] <= now:
             _, i = heapq.heappop(retries)
             if state[i] is _PENDING and not self.stopped:
-                heapq.heappush(self._ready, self._position_of[i])
+                heapq.heappush(self._heaps[self.lane_of[i]], self._position_of[i])
         return transitions
 
     def cancel(self, now: float, reason: str, *, running: bool = True) -> list[Transition]:
@@ -268,7 +290,8 @@ class Scheduler:
             One transition per cancelled unit; ``was_running`` marks attempts to stop.
         """
         self.stopped = True
-        self._ready.clear()
+        for heap in self._heaps:
+            heap.clear()
         transitions = []
         state = self.state
         for i in range(self._n):
@@ -341,7 +364,12 @@ class Scheduler:
         Raises:
             InternalError: The run stalled with units that can never run.
         """
-        if self.is_active() and not self.running and not self._ready and not self._retries_heap:
+        if (
+            self.is_active()
+            and not self.running
+            and not self.ready_count
+            and not self._retries_heap
+        ):
             stuck = [self.names[i] for i, s in enumerate(self.state) if not s.is_terminal]
             raise InternalError(f"scheduler stalled with units left: {stuck[:10]}")
 

@@ -6,8 +6,22 @@ Backends with heavy dependencies are imported only when asked for.
 from __future__ import annotations
 
 from ._base import Backend
-from ._executor import ExecutorBackend
+from ._executor import ExecutorBackend, ExecutorLane
+from ._lanes import Lane, LaneBackend
+from ._processes import ProcessBackend, ProcessLane
 from ._sequential import SequentialBackend
+from ._thread_lane import ThreadLane
 from ._threads import ThreadBackend
 
-__all__ = ["Backend", "ExecutorBackend", "SequentialBackend", "ThreadBackend"]
+__all__ = [
+    "Backend",
+    "ExecutorBackend",
+    "ExecutorLane",
+    "Lane",
+    "LaneBackend",
+    "ProcessBackend",
+    "ProcessLane",
+    "SequentialBackend",
+    "ThreadBackend",
+    "ThreadLane",
+]

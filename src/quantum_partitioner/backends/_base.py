@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .._graph import Graph
     from .._run import Run
 
 __all__ = ["Backend"]
@@ -36,6 +37,11 @@ class Backend(ABC):
 
     #: The name units see as ``ctx.environment["execution_mode"]``.
     name: str = "custom"
+
+    def lane_of(self, graph: Graph) -> list[int] | None:
+        """Each unit's lane when the backend runs units in several places, else None."""
+        del graph
+        return None
 
     @abstractmethod
     def run(self, run: Run) -> None:

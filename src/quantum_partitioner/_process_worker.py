@@ -1,0 +1,119 @@
+"""The program a PROCESS-mode worker runs: receive attempts, run them, send outcomes back.
+
+Started by :mod:`.backends._processes` as ``python -m quantum_partitioner._process_worker
+IN_FD OUT_FD``, it never imports the caller's ``__main__`` (functions from there travel by
+value, pickled with cloudpickle). Its protocol, one pickled tuple per message:
+
+parent → worker: ``("context", blob)`` once, ``("function", key, blob)`` once per function,
+``("run", key, unit_id, attempt, results_blob)`` per attempt, ``("stop",)``.
+
+worker → parent: ``("ready", pid)``, then per attempt ``("ok", result_blob, metrics)`` or
+``("error", exception_blob_or_None, description, traceback_text)``.
+
+Anything the unit prints goes to stderr: stdout is not the protocol channel, but keeping the
+two apart means no unit can corrupt the stream. A watchdog thread exits the worker if its
+parent dies, so no worker outlives the program that started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import pickle
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+import cloudpickle
+
+from ._context import ExecutionContext
+
+_PARENT_CHECK_SECONDS = 0.5
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(_PARENT_CHECK_SECONDS)
+        if os.getppid() != parent:
+            os._exit(1)  # orphaned: the parent died without stopping us
+
+
+def _error_message(error: BaseException, unit_id: str) -> tuple[Any, ...]:
+    text = "".join(traceback.format_exception(error))
+    try:
+        blob = cloudpickle.dumps(error)
+        pickle.loads(blob)  # noqa: S301 - our own bytes; checks the error survives the trip
+    except Exception:  # the exception itself cannot travel: send its description
+        blob = None
+    return ("error", blob, f"unit {unit_id!r}: {error!r}", text)
+
+
+def serve(inbox: Connection, outbox: Connection, parent: int) -> None:
+    """Answer the parent's messages until it says stop or goes away."""
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    context: Any = {}
+    functions: dict[int, Any] = {}
+    outbox.send_bytes(pickle.dumps(("ready", os.getpid())))
+    while True:
+        try:
+            message = pickle.loads(inbox.recv_bytes())  # noqa: S301 - from our parent
+        except EOFError:
+            return
+        kind = message[0]
+        if kind == "run":
+            _, key, unit_id, attempt, results_blob = message
+            reply = _run_one(context, functions[key], unit_id, attempt, results_blob)
+            outbox.send_bytes(pickle.dumps(reply))
+        elif kind == "function":
+            _, key, blob = message
+            try:
+                functions[key] = cloudpickle.loads(blob)
+            except Exception as error:
+                functions[key] = error
+        elif kind == "context":
+            context = cloudpickle.loads(message[1])
+        elif kind == "stop":
+            return
+
+
+def _run_one(
+    context: Any, function: Any, unit_id: str, attempt: int, blob: bytes
+) -> tuple[Any, ...]:
+    if isinstance(function, BaseException):
+        note = RuntimeError(f"unit {unit_id!r}: its function could not be loaded in the worker")
+        note.__cause__ = function
+        return _error_message(note, unit_id)
+    try:
+        results = cloudpickle.loads(blob)
+        ctx = ExecutionContext(context, results, unit_id, attempt, "process")
+        if inspect.iscoroutinefunction(function):
+            value = asyncio.run(function(ctx))
+        else:
+            value = function(ctx)
+    except BaseException as error:
+        return _error_message(error, unit_id)
+    try:
+        return ("ok", cloudpickle.dumps(value), ctx.metrics)
+    except Exception as error:
+        problem = TypeError(
+            f"unit {unit_id!r}: its result {type(value).__name__} cannot be sent back from "
+            f"the worker process: {error}"
+        )
+        return _error_message(problem, unit_id)
+
+
+def main() -> None:
+    """Entry point: ``python -m quantum_partitioner._process_worker IN_FD OUT_FD PARENT``."""
+    in_fd, out_fd, parent = (int(arg) for arg in sys.argv[1:4])
+    # Units that print must not write into the protocol: send their stdout to stderr.
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    serve(Connection(in_fd, writable=False), Connection(out_fd, readable=False), parent)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""A driver for backends that hand attempts to somewhere else: executors, processes, loops.
+
+The :class:`LaneBackend` runs in the calling thread and owns the scheduler. It starts ready
+units on one or more :class:`Lane` objects (a thread pool, a process pool, an event loop,
+a user's executor) and waits on one queue into which every lane posts outcomes, from any
+thread. Several lanes make a mixed run: each unit goes to the lane its
+``metadata["resource_type"]`` names, and the scheduler keeps one ready queue per lane so a
+full lane never holds back another. There is still one scheduler and one graph.
+
+A lane only runs attempts: the driver tells it to ``submit`` one, to ``abandon`` one that
+timed out or was cancelled, and that an outcome was ``settled``; the lane posts
+``(index, attempt, ok, value_or_error, metrics)`` when an attempt ends, or ``None`` to wake
+the driver (for example when a replacement worker is ready).
+"""
+
+from __future__ import annotations
+
+import queue
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+from .._errors import InternalError
+from ._base import Backend
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from .._graph import Graph
+    from .._run import Run
+
+__all__ = ["Lane", "LaneBackend", "Outcome", "Post"]
+
+#: ``(index, attempt, ok, result or exception, metrics)``, or None to wake the driver.
+Outcome = tuple[int, int, bool, Any, "dict[str, Any] | None"] | None
+Post = "Callable[[Outcome], None]"
+
+
+class Lane(ABC):
+    """Somewhere attempts run, driven by a :class:`LaneBackend`.
+
+    .. versionadded:: 0.1
+    """
+
+    #: The name units see as ``ctx.environment["execution_mode"]``.
+    name = "lane"
+
+    def open(self, run: Run, post: Callable[[Outcome], None]) -> None:  # noqa: B027 - optional hook
+        """Prepare to run attempts of ``run``; outcomes go to ``post`` (any thread)."""
+
+    @abstractmethod
+    def has_room(self) -> bool:
+        """Whether another attempt can start now (called by the driver only)."""
+
+    @abstractmethod
+    def submit(self, i: int, attempt: int) -> None:
+        """Start attempt ``attempt`` of unit ``i``; post its outcome when it ends."""
+
+    def settled(self, i: int, attempt: int) -> None:  # noqa: B027 - optional hook
+        """The driver received the outcome of that attempt: its slot is free."""
+
+    def abandon(self, i: int, attempt: int) -> None:  # noqa: B027 - optional hook
+        """Stop that attempt if possible (timeout, cancel); its outcome will be ignored."""
+
+    def close(self, *, cancel: bool) -> None:  # noqa: B027 - optional hook
+        """Release resources; with ``cancel``, stop what still runs."""
+
+
+class LaneBackend(Backend):
+    """Drive a run over one or more lanes from the calling thread.
+
+    Args:
+        lanes: Where attempts run.
+        lane_for: Which lane a unit goes to, by its metadata (default: the first lane).
+        name: The mode's name.
+    """
+
+    def __init__(
+        self,
+        lanes: Sequence[Lane],
+        lane_for: Callable[[dict[str, Any]], int] | None = None,
+        name: str | None = None,
+    ) -> None:
+        """Wrap the lanes."""
+        if not lanes:
+            raise ValueError("a LaneBackend needs at least one lane")
+        self.lanes = list(lanes)
+        self.lane_for = lane_for
+        self.name = name or self.lanes[0].name
+
+    def lane_of(self, graph: Graph) -> list[int] | None:
+        """Each unit's lane, or None when there is one lane."""
+        if len(self.lanes) == 1 or self.lane_for is None:
+            return None
+        lane_for = self.lane_for
+        return [lane_for(unit.metadata) for unit in graph.units]
+
+    def run(self, run: Run) -> None:
+        """Drive ``run`` until every unit is terminal."""
+        outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        previous_wake = run.wake
+        run.wake = lambda: outcomes.put(None)
+        opened: list[Lane] = []
+        cancel = True
+        try:
+            for lane in self.lanes:
+                lane.open(run, outcomes.put)
+                opened.append(lane)
+            self._drive(run, outcomes)
+            cancel = False
+        except BaseException as error:
+            run.report(run.interrupt("interrupted", error))
+            raise
+        finally:
+            run.wake = previous_wake
+            for lane in opened:
+                lane.close(cancel=cancel)
+
+    def _drive(self, run: Run, outcomes: queue.SimpleQueue[Outcome]) -> None:
+        sched, clock, lanes = run.scheduler, run.clock, self.lanes
+        lane_of = sched.lane_of
+        in_flight: dict[int, int] = {}  # unit -> attempt, for what the lanes hold
+        started_hooks = run.dispatcher.unit_started
+        while sched.is_active():
+            if run.cancel_requested.is_set():
+                for i, attempt in in_flight.items():
+                    lanes[lane_of[i]].abandon(i, attempt)
+                run.report(run.interrupt("cancel() was called"))
+                return
+            now = clock()
+            if sched.has_deadlines:
+                transitions = sched.advance(now)
+                for t in transitions:
+                    if t.was_running and in_flight.pop(t.index, None) is not None:
+                        lanes[lane_of[t.index]].abandon(t.index, t.attempt)
+                run.report(transitions)
+            for k, lane in enumerate(lanes):
+                while lane.has_room():
+                    i = sched.start_next(now, k)
+                    if i < 0:
+                        break
+                    attempt = sched.attempts[i]
+                    in_flight[i] = attempt
+                    if started_hooks:
+                        run.emit_started(i, attempt, now)
+                    lane.submit(i, attempt)
+            deadline = sched.next_deadline()
+            if not in_flight and deadline is None:
+                if sched.is_active() and not sched.ready_count:
+                    raise InternalError("no unit is ready, running or waiting")
+                if sched.ready_count:  # ready, but every lane is full: wait for a wake-up
+                    self._settle(run, outcomes.get(), in_flight)
+                continue
+            timeout = None if deadline is None else max(0.0, deadline - clock())
+            try:
+                item = outcomes.get(timeout=timeout)
+            except queue.Empty:
+                continue
+            self._settle(run, item, in_flight)
+            while True:  # drain what else arrived, without blocking
+                try:
+                    item = outcomes.get_nowait()
+                except queue.Empty:
+                    break
+                self._settle(run, item, in_flight)
+
+    def _settle(self, run: Run, item: Outcome, in_flight: dict[int, int]) -> None:
+        if item is None:
+            return
+        i, attempt, ok, value, metrics = item
+        if in_flight.get(i) == attempt:
+            del in_flight[i]
+            self.lanes[run.scheduler.lane_of[i]].settled(i, attempt)
+        sched = run.scheduler
+        now = run.clock()
+        if ok:
+            if metrics:
+                run.unit_metrics[i] = metrics
+            if sched.complete(i, attempt, value, now) >= 0 and run.dispatcher.unit_finished:
+                run.emit_finished(i, attempt, now)
+        else:
+            run.report(sched.fail(i, attempt, value, now))

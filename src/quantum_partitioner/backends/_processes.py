@@ -1,0 +1,386 @@
+"""PROCESS: attempts run in worker processes, one attempt per worker at a time.
+
+Why not ``ProcessPoolExecutor`` or loky: both hand work to a shared queue, so when a worker
+dies every in-flight future is failed and nobody knows which unit killed it, and neither can
+stop one running call on a timeout. Here the driver knows which unit each worker runs, so:
+
+* a worker that dies (segfault, ``os._exit``, SIGKILL, out of memory) fails only its unit,
+  with :class:`WorkerDiedError` saying how it died, and a new worker takes its place;
+* a unit past its timeout is stopped for real: its worker's process group is killed (the
+  CPU is free again, the unit's own children go too) and replaced;
+* functions and results travel with cloudpickle, so lambdas and closures work; a function,
+  dependency result or return value that cannot be pickled fails that unit with an error
+  naming the unit and the object, and the pool is untouched;
+* only a unit's own inputs travel per attempt (its dependencies' results); the caller's
+  context is sent to each worker once per run, and each function once per worker.
+
+Workers are fresh interpreters (``python -m quantum_partitioner._process_worker``), started
+in their own session so terminal signals reach only the parent, which stops them; they exit
+by themselves if the parent dies. Each worker reports ``ready`` before it gets work, so a
+unit's timeout never counts a worker's start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._errors import WorkerDiedError
+from ._lanes import Lane, LaneBackend
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .._run import Run
+    from ._lanes import Outcome
+
+__all__ = ["ProcessBackend", "ProcessLane"]
+
+
+class RemoteTraceback(Exception):  # noqa: N818 - named after concurrent.futures'
+    """The traceback of an error raised in a worker process, attached as its ``__cause__``."""
+
+    def __init__(self, text: str) -> None:
+        """Keep the formatted traceback."""
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        """The traceback as the worker formatted it."""
+        return f'\n"""\n{self.text}"""'
+
+
+class RemoteUnitError(Exception):
+    """Stands for an exception raised in a worker that could not be pickled back."""
+
+
+def _load_cloudpickle() -> Any:
+    try:
+        import cloudpickle  # noqa: PLC0415 - an optional dependency, loaded when needed
+    except ImportError:  # pragma: no cover - the extra is part of the test install
+        raise ImportError(
+            "ExecutionMode.PROCESS needs cloudpickle: pip install 'quantum-partitioner[processes]'"
+        ) from None
+    return cloudpickle
+
+
+class _Worker:
+    __slots__ = ("functions", "has_context", "inbox", "job", "outbox", "process", "ready")
+
+    def __init__(
+        self, process: subprocess.Popen[bytes], inbox: Connection, outbox: Connection
+    ) -> None:
+        self.process = process
+        self.inbox = inbox  # we write attempts here
+        self.outbox = outbox  # the worker writes outcomes here
+        self.ready = False
+        self.job: tuple[int, int] | None = None
+        self.has_context = False
+        self.functions: set[int] = set()
+
+
+class ProcessLane(Lane):
+    """Run attempts in ``max_workers`` worker processes.
+
+    Args:
+        max_workers: How many worker processes (default: the number of CPUs).
+    """
+
+    name = "process"
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        """Size the pool; workers start when the lane opens."""
+        if max_workers is not None and max_workers < 1:
+            raise ValueError("max_workers must be greater than 0")
+        self.size = max_workers or os.cpu_count() or 1
+        self._workers: list[_Worker] = []
+        self._closing = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self, run: Run, post: Callable[[Outcome], None]) -> None:
+        """Pickle the context once and start the workers and the reader thread."""
+        self._pickle = _load_cloudpickle()
+        self._run = run
+        self._post = post
+        self._context_blob = self._pickle_context(run)
+        self._functions: dict[int, tuple[Any, bytes | BaseException]] = {}
+        self._lock = threading.Lock()
+        self._closing = False
+        self._workers = []
+        self._wake_r, self._wake_w = os.pipe()
+        with self._lock:
+            for _ in range(min(self.size, max(1, len(run.graph)))):
+                self._spawn()
+        self._reader = threading.Thread(
+            target=self._read, name="quantum-partitioner-process-reader", daemon=True
+        )
+        self._reader.start()
+
+    def _pickle_context(self, run: Run) -> bytes:
+        context = dict(run.context)
+        try:
+            return bytes(self._pickle.dumps(context))
+        except Exception as error:
+            for key, value in context.items():
+                try:
+                    self._pickle.dumps(value)
+                except Exception:
+                    raise TypeError(
+                        f"context key {key!r} ({type(value).__name__}) cannot be sent to "
+                        f"worker processes: {error}"
+                    ) from error
+            raise TypeError(f"the context cannot be sent to worker processes: {error}") from error
+
+    def _spawn(self) -> None:
+        """Start one worker (hold the lock)."""
+        child_in, parent_out = os.pipe()
+        parent_in, child_out = os.pipe()
+        env = dict(os.environ)
+        # The worker imports the caller's modules by name, so it gets the caller's path.
+        env["PYTHONPATH"] = os.pathsep.join(p or str(Path.cwd()) for p in sys.path)
+        command = [sys.executable, "-m", "quantum_partitioner._process_worker"]
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [*command, str(child_in), str(child_out), str(os.getpid())],
+            pass_fds=(child_in, child_out),
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        os.close(child_in)
+        os.close(child_out)
+        worker = _Worker(
+            process, Connection(parent_out, readable=False), Connection(parent_in, writable=False)
+        )
+        self._workers.append(worker)
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def close(self, *, cancel: bool) -> None:
+        """Stop every worker: politely when idle, by killing when busy or cancelled."""
+        with self._lock:
+            self._closing = True
+            workers = list(self._workers)
+        for worker in workers:
+            if cancel or worker.job is not None or not worker.ready:
+                _kill(worker)
+            else:
+                with contextlib.suppress(OSError):
+                    worker.inbox.send_bytes(pickle.dumps(("stop",)))
+        for worker in workers:
+            try:
+                worker.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                _kill(worker)
+                worker.process.wait()
+        self._wake_reader()
+        self._reader.join(timeout=5)
+        for worker in workers:
+            worker.inbox.close()
+            worker.outbox.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    # -- the driver's side -----------------------------------------------------------------
+
+    def has_room(self) -> bool:
+        """Whether a started worker is idle."""
+        with self._lock:
+            return any(w.ready and w.job is None for w in self._workers)
+
+    def submit(self, i: int, attempt: int) -> None:
+        """Send the attempt to an idle worker, or fail it if it cannot be pickled."""
+        run = self._run
+        unit = run.graph.units[i]
+        with self._lock:
+            worker = next(w for w in self._workers if w.ready and w.job is None)
+            worker.job = (i, attempt)
+        try:
+            messages = self._messages_for(worker, i, attempt)
+        except Exception as error:
+            with self._lock:
+                worker.job = None
+            self._post((i, attempt, False, error, None))
+            return
+        try:
+            for message in messages:
+                worker.inbox.send_bytes(message)
+        except OSError:
+            pass  # the worker died; the reader sees it and fails this attempt
+        else:
+            worker.has_context = True
+            worker.functions.add(id(unit.function))
+
+    def _messages_for(self, worker: _Worker, i: int, attempt: int) -> list[bytes]:
+        run = self._run
+        unit = run.graph.units[i]
+        messages = []
+        if not worker.has_context:
+            messages.append(pickle.dumps(("context", self._context_blob)))
+        key = id(unit.function)
+        if key not in worker.functions:
+            messages.append(
+                pickle.dumps(("function", key, self._function_blob(unit.id, unit.function)))
+            )
+        names, results = run.graph.names, run.scheduler.results
+        inputs = {names[j]: results[j] for j in run.graph.deps[i]}
+        try:
+            blob = self._pickle.dumps(inputs)
+        except Exception as error:
+            culprit = next(
+                (name for name, value in inputs.items() if not _picklable(self._pickle, value)),
+                "?",
+            )
+            raise TypeError(
+                f"unit {unit.id!r}: the result of its dependency {culprit!r} cannot be sent to "
+                f"a worker process: {error}"
+            ) from error
+        messages.append(pickle.dumps(("run", key, unit.id, attempt, blob)))
+        return messages
+
+    def _function_blob(self, unit_id: str, function: Any) -> bytes:
+        key = id(function)
+        cached = self._functions.get(key)
+        if cached is None:
+            try:
+                blob: bytes | BaseException = bytes(self._pickle.dumps(function))
+            except Exception as error:
+                blob = error
+            cached = (function, blob)  # holding the function keeps its id unique
+            self._functions[key] = cached
+        blob = cached[1]
+        if isinstance(blob, BaseException):
+            raise TypeError(
+                f"unit {unit_id!r}: its function {function!r} cannot be sent to a worker "
+                f"process: {blob}"
+            ) from blob
+        return blob
+
+    def abandon(self, i: int, attempt: int) -> None:
+        """Kill the worker running that attempt; a new one replaces it."""
+        with self._lock:
+            for worker in self._workers:
+                if worker.job == (i, attempt):
+                    worker.job = None  # its death is expected: nothing to report
+                    _kill(worker)
+                    return
+
+    # -- the reader thread -----------------------------------------------------------------
+
+    def _read(self) -> None:
+        while True:
+            with self._lock:
+                if self._closing and not self._workers:
+                    return
+                watched = {w.outbox: w for w in self._workers}
+            ready = wait([*watched, self._wake_r])
+            for conn in ready:
+                if conn == self._wake_r:
+                    with contextlib.suppress(OSError):
+                        os.read(self._wake_r, 4096)
+                    continue
+                assert isinstance(conn, Connection)
+                worker = watched[conn]
+                try:
+                    message = pickle.loads(conn.recv_bytes())  # noqa: S301 - our own worker
+                except (EOFError, OSError):
+                    self._bury(worker)
+                    continue
+                self._receive(worker, message)
+            with self._lock:
+                if self._closing and all(w.process.poll() is not None for w in self._workers):
+                    return
+
+    def _receive(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "ready":
+            with self._lock:
+                worker.ready = True
+            self._post(None)  # the driver may have work for it
+            return
+        with self._lock:
+            job, worker.job = worker.job, None
+        if job is None:
+            return  # an abandoned attempt's late answer
+        i, attempt = job
+        if kind == "ok":
+            _, blob, metrics = message
+            try:
+                value = pickle.loads(blob)  # noqa: S301 - our own worker's bytes
+            except Exception as error:
+                self._post((i, attempt, False, error, None))
+                return
+            self._post((i, attempt, True, value, metrics))
+        else:
+            self._post((i, attempt, False, _rebuild_error(message), None))
+
+    def _bury(self, worker: _Worker) -> None:
+        """A worker's pipe closed: it died. Fail its attempt and start a replacement."""
+        try:
+            exitcode = worker.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            _kill(worker)
+            exitcode = worker.process.wait()
+        with self._lock:
+            if worker in self._workers:
+                self._workers.remove(worker)
+            job, worker.job = worker.job, None
+            if not self._closing:
+                self._spawn()
+        worker.inbox.close()
+        worker.outbox.close()
+        if job is not None:
+            i, attempt = job
+            self._post(
+                (i, attempt, False, WorkerDiedError(self._run.graph.names[i], exitcode), None)
+            )
+
+
+def _rebuild_error(message: tuple[Any, ...]) -> BaseException:
+    _, blob, description, text = message
+    error: BaseException
+    try:
+        error = pickle.loads(blob) if blob is not None else RemoteUnitError(description)  # noqa: S301
+    except Exception:
+        error = RemoteUnitError(description)
+    error.__cause__ = RemoteTraceback(text)
+    return error
+
+
+def _picklable(pickler: Any, value: Any) -> bool:
+    try:
+        pickler.dumps(value)
+    except Exception:
+        return False
+    return True
+
+
+def _kill(worker: _Worker) -> None:
+    """Kill a worker and whatever its unit started (its whole process group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(worker.process.pid, signal.SIGKILL)
+
+
+class ProcessBackend(LaneBackend):
+    """Run attempts in worker processes (see the module docstring).
+
+    Args:
+        max_workers: How many worker processes (default: the number of CPUs).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        """Create the backend; workers start per run."""
+        super().__init__([ProcessLane(max_workers)], name="process")
