@@ -2,7 +2,7 @@
 
 Units are plain callables called as ``fn(ctx)``; each declares the units it depends on. A
 sans-I/O scheduler decides what runs next, and a backend runs it: in the calling thread, on
-threads, or on any ``concurrent.futures.Executor``.
+threads, on worker processes, on an asyncio loop, or on any ``concurrent.futures.Executor``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ from ._policies import ExponentialBackoff as ExponentialBackoff
 from ._policies import RetryPolicy as RetryPolicy
 from ._scheduler import Scheduler as Scheduler
 from ._scheduler import Transition as Transition
+from ._simulate import Simulation as Simulation
+from ._strategies import select_execution_strategy as select_execution_strategy
+from ._strategies import select_optimal_workers as select_optimal_workers
 from .backends import Backend as Backend
 
 try:
@@ -69,6 +72,7 @@ __all__ = [
     "RunFinished",
     "RunStarted",
     "Scheduler",
+    "Simulation",
     "TaskError",
     "Transition",
     "UnitCancelled",
@@ -83,6 +87,8 @@ __all__ = [
     "UnitTimeoutError",
     "UnknownDependencyError",
     "WorkerDiedError",
+    "select_execution_strategy",
+    "select_optimal_workers",
 ]
 
 # Public objects say they live here, not in private modules (for reprs, docs and pickles of

@@ -27,13 +27,16 @@ from ._graph import (
 from ._metrics import build_metrics
 from ._plan import ExecutionPlan
 from ._run import Run
+from ._strategies import AdaptiveBackend, resource_balanced_backend
 from .backends import (
+    AsyncBackend,
     Backend,
     ExecutorBackend,
     ProcessBackend,
     SequentialBackend,
     ThreadBackend,
 )
+from .backends._asyncio import check_no_running_loop
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -46,7 +49,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _FAILED_STATES = frozenset({UnitState.FAILED, UnitState.TIMEOUT})
-_STRATEGIES = ("priority",)
+_STRATEGIES = ("priority", "resource_balanced", "adaptive")
 
 
 def _check_max_workers(value: object, name: str = "max_workers") -> int | None:
@@ -330,12 +333,69 @@ class QuantumPartitioner(Generic[T, R]):
             KeyboardInterrupt: After cancelling what had not finished; completed results
                 stay available through :meth:`get_partial_results`.
         """
+        chosen, run = self._prepare(
+            context, execution_mode, max_workers, custom_executor, backend, fail_fast=fail_fast
+        )
+        run.begin()
+        try:
+            chosen.run(run)
+        finally:
+            run.end()
+            self._finish(run)
+        return self._outcome(run, raise_on_error=raise_on_error)
+
+    async def aexecute(
+        self,
+        context: Mapping[str, Any] | None = None,
+        max_workers: int | None = None,
+        *,
+        fail_fast: bool = False,
+        raise_on_error: bool = False,
+    ) -> dict[str, R]:
+        """Run every unit on the running event loop (ASYNC mode) and return the results.
+
+        Use it where a loop already runs (a web server, a notebook): coroutine units share
+        that loop, plain functions run in threads. Arguments and results are those of
+        :meth:`execute`.
+        """
+        chosen, run = self._prepare(
+            context,
+            ExecutionMode.ASYNC,
+            max_workers,
+            None,
+            None,
+            fail_fast=fail_fast,
+            from_loop=True,
+        )
+        assert isinstance(chosen, AsyncBackend)
+        run.begin()
+        try:
+            await chosen.arun(run)
+        finally:
+            run.end()
+            self._finish(run)
+        return self._outcome(run, raise_on_error=raise_on_error)
+
+    def _prepare(
+        self,
+        context: Mapping[str, Any] | None,
+        execution_mode: ExecutionMode | None,
+        max_workers: int | None,
+        custom_executor: Executor | None,
+        backend: Backend | None,
+        *,
+        fail_fast: bool,
+        from_loop: bool = False,
+    ) -> tuple[Backend, Run]:
+        """Validate a run's arguments and graph, then claim the partitioner for it."""
         if context is None:
             context = {}
         elif not isinstance(context, Mapping):
             raise TypeError(f"context must be a mapping (a dict), got {type(context).__name__}")
         workers = _check_max_workers(max_workers)
         chosen = self._choose_backend(execution_mode, workers, custom_executor, backend)
+        if isinstance(chosen, AsyncBackend) and not from_loop:
+            check_no_running_loop()
         graph = self._compiled()
         run = Run(
             graph,
@@ -354,12 +414,9 @@ class QuantumPartitioner(Generic[T, R]):
         self._view.record = run
         self._last_run = run
         self._last_metrics = None
-        run.begin()
-        try:
-            chosen.run(run)
-        finally:
-            run.end()
-            self._finish(run)
+        return chosen, run
+
+    def _outcome(self, run: Run, *, raise_on_error: bool) -> dict[str, R]:
         results: dict[str, R] = run.results()
         if raise_on_error and self.failed_units:
             failed = run.failed()
@@ -396,9 +453,7 @@ class QuantumPartitioner(Generic[T, R]):
             return ExecutorBackend(custom_executor, workers)
         if mode is ExecutionMode.PROCESS:
             return ProcessBackend(workers)
-        raise NotImplementedError(
-            f"{mode} is not available in this version; use SEQUENTIAL, THREAD or CUSTOM"
-        )
+        return AsyncBackend(workers)
 
     def _finish(self, run: Run) -> None:
         state = run.scheduler.state
@@ -465,14 +520,34 @@ class QuantumPartitioner(Generic[T, R]):
         Strategies:
             ``"priority"``: ready units run by ``priority`` (higher first), then by the
             longest remaining critical path. It is the scheduler's own order, used by every
-            run; naming it changes nothing and is kept for the seed's code.
+            run in the default mode.
+
+            ``"resource_balanced"``: each unit runs where its ``metadata["resource_type"]``
+            says (``"cpu"``: processes, ``"io"`` or none: threads, ``"async"``: an event
+            loop), in one run over one dependency graph.
+
+            ``"adaptive"``: threads whose number follows the machine's CPU and memory load
+            (psutil), adjusted while the run goes on, up to ``max_workers``.
+
+        Other keyword arguments are those of :meth:`execute`.
 
         Raises:
-            ValueError: The strategy is unknown.
+            ValueError: The strategy is unknown, or a unit's ``resource_type`` is.
         """
         if strategy not in _STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; use one of {list(_STRATEGIES)}")
-        return self.execute(context, **options)
+        if strategy == "priority":
+            return self.execute(context, **options)
+        workers = _check_max_workers(options.pop("max_workers", None)) or self.max_workers
+        for name in ("execution_mode", "custom_executor", "backend"):
+            if options.get(name) is not None:
+                raise ValueError(f"strategy {strategy!r} chooses its own backend; drop {name}=")
+        backend: Backend
+        if strategy == "resource_balanced":
+            backend = resource_balanced_backend(self.units, workers)
+        else:
+            backend = AdaptiveBackend(workers or default_thread_workers())
+        return self.execute(context, backend=backend, **options)
 
     # -- results of the last run -----------------------------------------------------------
 

@@ -1,7 +1,8 @@
-"""Layer 1: the execution plan, a read-only picture of a compiled graph.
+"""The execution plan: a read-only picture of a compiled graph, and its simulation.
 
 Levels, dependency maps and the critical path are computed from the :class:`Graph` when
-first asked for, so planning a million units costs only what the caller reads.
+first asked for, so planning a million units costs only what the caller reads. The plan sits
+just above the scheduling core, which :meth:`ExecutionPlan.simulate` replays.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, final
 
 from ._render import to_dot, to_mermaid
+from ._simulate import Simulation, simulate
 
 if TYPE_CHECKING:
     from ._graph import Graph, QuantumUnit
@@ -109,6 +111,17 @@ class ExecutionPlan:
             states: Colour units by their state in the last run, if there was one.
         """
         return to_dot(self._graph, self.critical_path, states=states)
+
+    def simulate(self, workers: int = 1) -> Simulation:
+        """Predict a run on ``workers`` workers from each unit's ``estimated_duration``.
+
+        The plan is replayed on the real scheduling core with a virtual clock, so the
+        prediction follows the same ordering a real run uses.
+
+        Returns:
+            The predicted makespan, and each unit's start, end and worker.
+        """
+        return simulate(self._graph, workers)
 
     def to_mermaid(self, *, states: bool = True) -> str:
         """Mermaid flowchart source of the plan, the critical path highlighted."""

@@ -13,7 +13,7 @@ import inspect
 import threading
 import time
 import traceback
-from types import MappingProxyType
+from types import CoroutineType, MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 from ._context import ExecutionContext
@@ -116,6 +116,8 @@ class Run:
                 value = asyncio.run(self._functions[i](ctx))
             else:
                 value = self._functions[i](ctx)
+            if type(value) is CoroutineType:  # a plain function that returned a coroutine
+                value = asyncio.run(value)
         except Exception as error:  # a unit may raise anything; it fails only that unit
             return False, error
         if ctx.metrics is not None:

@@ -30,6 +30,8 @@ __all__ = [
     "TaskError",
     "TaskMap",
     "build_graph",
+    "run_async",
+    "run_parallel",
     "run_parallel_threads",
     "run_tasks",
 ]
@@ -134,6 +136,47 @@ def run_parallel_threads(
             raise_on_error=True,
         )
     return partitioner.execute(context, ExecutionMode.THREAD, max_workers, raise_on_error=True)
+
+
+def run_parallel(
+    task_map: TaskMap | Mapping[str, TaskSpec],
+    context: Mapping[str, Any] | None = None,
+    executor: Executor | None = None,
+    max_workers: int | None = None,
+) -> dict[str, Any]:
+    """Run tasks in worker processes (for CPU-bound work), or on ``executor`` if given.
+
+    Lambdas and closures work: they travel with cloudpickle.
+
+    Raises:
+        TaskError: Some task failed; completed results are in ``partial_results``.
+    """
+    partitioner = _as_task_map(task_map).partitioner()
+    if executor is not None:
+        return partitioner.execute(
+            context,
+            ExecutionMode.CUSTOM,
+            max_workers,
+            custom_executor=executor,
+            raise_on_error=True,
+        )
+    return partitioner.execute(context, ExecutionMode.PROCESS, max_workers, raise_on_error=True)
+
+
+def run_async(
+    task_map: TaskMap | Mapping[str, TaskSpec],
+    context: Mapping[str, Any] | None = None,
+    max_workers: int | None = None,
+) -> dict[str, Any]:
+    """Run tasks on an event loop: coroutine functions as tasks, plain ones in threads.
+
+    From inside a running loop, use ``await task_map.partitioner().aexecute(...)``.
+
+    Raises:
+        TaskError: Some task failed; completed results are in ``partial_results``.
+    """
+    partitioner = _as_task_map(task_map).partitioner()
+    return partitioner.execute(context, ExecutionMode.ASYNC, max_workers, raise_on_error=True)
 
 
 def _never_called(_ctx: object) -> None:  # pragma: no cover - plans never run

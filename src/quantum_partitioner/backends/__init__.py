@@ -5,6 +5,7 @@ Backends with heavy dependencies are imported only when asked for.
 
 from __future__ import annotations
 
+from ._asyncio import AsyncBackend, AsyncLane
 from ._base import Backend
 from ._executor import ExecutorBackend, ExecutorLane
 from ._lanes import Lane, LaneBackend
@@ -14,6 +15,8 @@ from ._thread_lane import ThreadLane
 from ._threads import ThreadBackend
 
 __all__ = [
+    "AsyncBackend",
+    "AsyncLane",
     "Backend",
     "ExecutorBackend",
     "ExecutorLane",

@@ -25,7 +25,7 @@ from ._base import Backend
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from .._graph import Graph
+    from .._graph import Graph, QuantumUnit
     from .._run import Run
 
 __all__ = ["Lane", "LaneBackend", "Outcome", "Post"]
@@ -70,14 +70,14 @@ class LaneBackend(Backend):
 
     Args:
         lanes: Where attempts run.
-        lane_for: Which lane a unit goes to, by its metadata (default: the first lane).
+        lane_for: Which lane a unit goes to (default: the first lane).
         name: The mode's name.
     """
 
     def __init__(
         self,
         lanes: Sequence[Lane],
-        lane_for: Callable[[dict[str, Any]], int] | None = None,
+        lane_for: Callable[[QuantumUnit[Any, Any]], int] | None = None,
         name: str | None = None,
     ) -> None:
         """Wrap the lanes."""
@@ -92,7 +92,7 @@ class LaneBackend(Backend):
         if len(self.lanes) == 1 or self.lane_for is None:
             return None
         lane_for = self.lane_for
-        return [lane_for(unit.metadata) for unit in graph.units]
+        return [lane_for(unit) for unit in graph.units]
 
     def run(self, run: Run) -> None:
         """Drive ``run`` until every unit is terminal."""

@@ -43,6 +43,8 @@ class ThreadLane(Lane):
         """Size the pool; threads start when the lane opens."""
         if max_workers < 1:
             raise ValueError("max_workers must be greater than 0")
+        self.size = max_workers
+        #: How many attempts may run at once; an adaptive controller may lower it.
         self.capacity = max_workers
         self._busy = 0
 
@@ -54,7 +56,7 @@ class ThreadLane(Lane):
         self._slots: list[_Slot] = []
         self._lock = threading.Lock()
         self._busy = 0
-        for _ in range(min(self.capacity, max(1, len(run.graph)))):
+        for _ in range(min(self.size, max(1, len(run.graph)))):
             self._spawn()
 
     def _spawn(self) -> None:
