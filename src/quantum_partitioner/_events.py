@@ -1,6 +1,7 @@
 """Instruments: the one mechanism through which a run can be watched.
 
-Subclass :class:`Instrument` and override the hooks you need; each receives a frozen event.
+Subclass :class:`Instrument` and override the hooks you need; each receives an immutable
+event record (a named tuple: cheaper to build per unit than a frozen dataclass).
 The seed's ``on_unit_*`` callbacks, run metrics, progress and trace exporters are all
 instruments. A run only dispatches to hooks that some instrument overrides, so unused hooks
 cost nothing per unit. Hooks run in the caller's process, one at a time (a lock serialises
@@ -13,8 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -36,8 +36,7 @@ __all__ = [
 LOGGER = logging.getLogger("quantum_partitioner")
 
 
-@dataclass(frozen=True, slots=True)
-class RunStarted:
+class RunStarted(NamedTuple):
     """A run began."""
 
     total_units: int
@@ -46,8 +45,7 @@ class RunStarted:
     time: float
 
 
-@dataclass(frozen=True, slots=True)
-class RunFinished:
+class RunFinished(NamedTuple):
     """A run ended; counts are by terminal state."""
 
     total_units: int
@@ -59,8 +57,7 @@ class RunFinished:
     duration: float
 
 
-@dataclass(frozen=True, slots=True)
-class UnitStarted:
+class UnitStarted(NamedTuple):
     """An attempt of a unit started."""
 
     unit_id: str
@@ -69,8 +66,7 @@ class UnitStarted:
     worker: str
 
 
-@dataclass(frozen=True, slots=True)
-class UnitFinished:
+class UnitFinished(NamedTuple):
     """A unit completed."""
 
     unit_id: str
@@ -80,8 +76,7 @@ class UnitFinished:
     result: Any
 
 
-@dataclass(frozen=True, slots=True)
-class UnitFailed:
+class UnitFailed(NamedTuple):
     """A unit failed for good (``state`` is FAILED or TIMEOUT); ``fallback`` if it had one."""
 
     unit_id: str
@@ -92,8 +87,7 @@ class UnitFailed:
     has_fallback: bool
 
 
-@dataclass(frozen=True, slots=True)
-class UnitRetrying:
+class UnitRetrying(NamedTuple):
     """An attempt failed and another will start after ``delay`` seconds."""
 
     unit_id: str
@@ -103,8 +97,7 @@ class UnitRetrying:
     delay: float
 
 
-@dataclass(frozen=True, slots=True)
-class UnitSkipped:
+class UnitSkipped(NamedTuple):
     """A unit will not run because a unit it depends on failed."""
 
     unit_id: str
@@ -112,8 +105,7 @@ class UnitSkipped:
     reason: BaseException
 
 
-@dataclass(frozen=True, slots=True)
-class UnitCancelled:
+class UnitCancelled(NamedTuple):
     """A unit was cancelled (fail_fast, cancel(), Ctrl-C); ``was_running`` if mid-attempt."""
 
     unit_id: str
@@ -187,7 +179,7 @@ class Dispatcher:
 
     def __init__(self, instruments: Iterable[Instrument]) -> None:
         """Collect the hooks each instrument overrides."""
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         instruments = list(instruments)
         for hook in HOOKS:
             base = getattr(Instrument, hook)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import math
+from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -318,16 +319,17 @@ class Graph:
         # Units added after their dependencies (the common case) are already in topological
         # order, which also proves there is no cycle; otherwise sort with Kahn's algorithm.
         self.order: Sequence[int] = range(n) if in_order else _kahn_order(names, deps, dependents)
-        self.weight = [_weight(unit) for unit in self.units]
+        # Per-unit numbers live in typed arrays: 8 bytes each, no float object per unit.
+        self.weight = array("d", [_weight(unit) for unit in self.units])
         self.level, self.finish = _levels_and_finish(self.order, deps, self.weight)
         self.rank = _ranks(self.order, dependents, self.weight)
-        self._priority_order: tuple[list[int], list[int]] | None = None
+        self._priority_order: tuple[array[int], array[int]] | None = None
 
     def __len__(self) -> int:
         """The number of units."""
         return len(self.names)
 
-    def priority_order(self) -> tuple[list[int], list[int]]:
+    def priority_order(self) -> tuple[array[int], array[int]]:
         """Rank every unit once for the ready queue: ``(by_position, position_of)``.
 
         Ready units run by higher priority, then longer remaining critical path, then
@@ -337,11 +339,13 @@ class Graph:
         """
         if self._priority_order is None:
             n = len(self.names)
-            by_position = sorted(range(n), key=self.rank.__getitem__, reverse=True)
+            order = sorted(range(n), key=self.rank.__getitem__, reverse=True)
             priorities = [unit.priority for unit in self.units]
             if any(priorities):
-                by_position.sort(key=priorities.__getitem__, reverse=True)
-            position_of = [0] * n
+                order.sort(key=priorities.__getitem__, reverse=True)
+            by_position = array("l", order)
+            del order
+            position_of = array("l", bytes(by_position.itemsize * n))
             for position, i in enumerate(by_position):
                 position_of[i] = position
             self._priority_order = (by_position, position_of)
@@ -419,11 +423,11 @@ def _find_cycle(names: list[str], deps: list[list[int]], waiting: list[int]) -> 
 
 
 def _levels_and_finish(
-    order: Sequence[int], deps: list[list[int]], weight: list[float]
-) -> tuple[list[int], list[float]]:
+    order: Sequence[int], deps: list[list[int]], weight: array[float]
+) -> tuple[list[int], array[float]]:
     n = len(deps)
     level = [0] * n
-    finish = [0.0] * n
+    finish = array("d", bytes(8 * n))
     level_of = level.__getitem__
     finish_of = finish.__getitem__
     for i in order:
@@ -436,8 +440,8 @@ def _levels_and_finish(
     return level, finish
 
 
-def _ranks(order: Sequence[int], dependents: list[list[int]], weight: list[float]) -> list[float]:
-    rank = [0.0] * len(dependents)
+def _ranks(order: Sequence[int], dependents: list[list[int]], weight: array[float]) -> array[float]:
+    rank = array("d", bytes(8 * len(dependents)))
     rank_of = rank.__getitem__
     for i in reversed(order):
         row = dependents[i]

@@ -281,7 +281,8 @@ class QuantumPartitioner(Generic[T, R]):
             # Bind each unit to the run record it will read its state from.
             view = self._view
             view.record = None
-            for i, unit in enumerate(graph.units):
+            # zip with the index's values shares its int objects instead of making new ones.
+            for unit, i in zip(graph.units, graph.index.values(), strict=True):
                 unit._view = view
                 unit._index = i
             self._graph = graph

@@ -31,6 +31,7 @@ State:
 from __future__ import annotations
 
 import heapq
+from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -115,8 +116,9 @@ class Scheduler:
 
         self.state: list[UnitState] = [_PENDING] * n
         self.attempts: list[int] = [0] * n
-        self.started: list[float] = [0.0] * n
-        self.ended: list[float] = [0.0] * n
+        # Times as raw doubles: no float object per unit.
+        self.started: array[float] = array("d", bytes(8 * n))
+        self.ended: array[float] = array("d", bytes(8 * n))
         self.results: list[Any] = [None] * n
         self.errors: dict[int, BaseException] = {}
         self.running = 0
