@@ -95,7 +95,9 @@ __all__ = [
 # exceptions).
 for _name in __all__:
     _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("quantum_partitioner._"):
+    if getattr(_obj, "__module__", "").startswith(
+        ("quantum_partitioner._", "quantum_partitioner.backends._")
+    ):
         with contextlib.suppress(AttributeError, TypeError):
             _obj.__module__ = __name__
 del _name, _obj, contextlib

@@ -61,6 +61,10 @@ class DuplicateUnitError(GraphError):
         super().__init__(f"unit {unit_id!r} already exists; pass replace=True to replace it")
         self.unit_id = unit_id
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with the constructor's arguments (errors cross process boundaries)."""
+        return (type(self), (self.unit_id,))
+
 
 class UnknownDependencyError(GraphError):
     """A unit depends on a name that is no unit."""
@@ -69,6 +73,10 @@ class UnknownDependencyError(GraphError):
         super().__init__(f"unit {unit_id!r} depends on unknown unit {dependency!r}")
         self.unit_id = unit_id
         self.dependency = dependency
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with the constructor's arguments (errors cross process boundaries)."""
+        return (type(self), (self.unit_id, self.dependency))
 
 
 class CircularDependencyError(GraphError):
@@ -83,6 +91,10 @@ class CircularDependencyError(GraphError):
         self.cycle = list(cycle)
         path = " -> ".join(repr(name) for name in self.cycle)
         super().__init__(f"circular dependency: {path} (each unit is a dependency of the next)")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with the constructor's arguments (errors cross process boundaries)."""
+        return (type(self), (self.cycle,))
 
 
 #: The seed's name for :class:`CircularDependencyError`.
@@ -113,6 +125,10 @@ class TaskError(PartitionerError):
         cause = f"; first error: {first!r}" if first is not None else ""
         super().__init__(f"{len(self.failed_tasks)} unit(s) failed: {names}{more}{cause}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with the constructor's arguments (errors cross process boundaries)."""
+        return (type(self), (self.errors, self.partial_results, self.failed_tasks))
+
 
 class UnitTimeoutError(PartitionerError, TimeoutError):
     """A unit ran past its timeout. Stored as the unit's error."""
@@ -121,6 +137,10 @@ class UnitTimeoutError(PartitionerError, TimeoutError):
         super().__init__(f"unit {unit_id!r} timed out after {timeout:g} s")
         self.unit_id = unit_id
         self.timeout = timeout
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with the constructor's arguments (errors cross process boundaries)."""
+        return (type(self), (self.unit_id, self.timeout))
 
 
 class UnitSkippedError(PartitionerError):
@@ -131,6 +151,10 @@ class UnitSkippedError(PartitionerError):
         self.unit_id = unit_id
         self.failed_dependency = failed_dependency
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with the constructor's arguments (errors cross process boundaries)."""
+        return (type(self), (self.unit_id, self.failed_dependency))
+
 
 class UnitCancelledError(PartitionerError):
     """A unit was cancelled before it finished (``fail_fast``, ``cancel()``, Ctrl-C)."""
@@ -139,6 +163,10 @@ class UnitCancelledError(PartitionerError):
         super().__init__(f"unit {unit_id!r} cancelled: {reason}")
         self.unit_id = unit_id
         self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with the constructor's arguments (errors cross process boundaries)."""
+        return (type(self), (self.unit_id, self.reason))
 
 
 class WorkerDiedError(PartitionerError, RuntimeError):
@@ -155,6 +183,10 @@ class WorkerDiedError(PartitionerError, RuntimeError):
         self.unit_id = unit_id
         self.exitcode = exitcode
         super().__init__(f"unit {unit_id!r}: its worker process died ({describe_exit(exitcode)})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with the constructor's arguments (errors cross process boundaries)."""
+        return (type(self), (self.unit_id, self.exitcode))
 
 
 def describe_exit(exitcode: int | None) -> str:

@@ -113,6 +113,8 @@ class _ThreadPool:
                 with lock:
                     transitions = run.interrupt("cancel() was called")
                 run.report(transitions)
+            else:
+                self._join_workers()
         except BaseException as error:
             with lock:
                 transitions = run.interrupt("interrupted", error)
@@ -123,6 +125,20 @@ class _ThreadPool:
                 self.stopping = True
                 self.work.notify_all()
             run.wake = previous_wake
+
+    def _join_workers(self) -> None:
+        """Wait for the workers of a finished run, so their last events are delivered.
+
+        Every unit is terminal, so no current worker is inside a unit: each is idle or
+        reporting its last outcome. Retired workers may still be stuck in a unit that timed
+        out; they are daemons and are not waited for.
+        """
+        with self.lock:
+            self.stopping = True
+            self.work.notify_all()
+        for worker in self.workers:
+            if not worker.retired and worker.thread is not None:
+                worker.thread.join()
 
     def _raise_failure(self) -> None:
         if self.failure is not None:
