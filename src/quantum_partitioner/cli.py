@@ -34,7 +34,16 @@ if TYPE_CHECKING:
     from ._demo import DemoReport
     from ._plan import ExecutionPlan
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "CommandError", "build_parser", "main"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "CommandError",
+    "build_parser",
+    "load_partitioner",
+    "main",
+]
 
 PROG = "quantum-partitioner"
 #: Everything went as asked.

@@ -273,6 +273,7 @@ class ProcessLane(Lane):
             for worker in self._workers:
                 if worker.job == (i, attempt):
                     worker.job = None  # its death is expected: nothing to report
+                    worker.ready = False  # never hand it another attempt
                     _kill(worker)
                     return
 

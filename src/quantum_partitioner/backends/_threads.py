@@ -213,9 +213,11 @@ class _ThreadPool:
                         main.notify()
                 done_at = now
                 nxt = -1
+                deferred = False  # events to deliver before this worker goes idle
                 if not self._dismissed(me):
                     nxt = start_next(now)
-                    while nxt < 0 and sched.is_active():
+                    deferred = nxt < 0 and (finished or bool(transitions)) and sched.is_active()
+                    while nxt < 0 and sched.is_active() and not deferred:
                         self.idle += 1
                         work.wait()
                         self.idle -= 1
@@ -236,6 +238,9 @@ class _ThreadPool:
                 run.emit_finished(i, attempt, done_at)
             if transitions:
                 report(transitions)
+            if deferred:
+                i = -1  # events delivered: now wait for work like any idle worker
+                continue
             if nxt < 0:
                 return
             i, attempt = nxt, next_attempt

@@ -1,0 +1,141 @@
+"""ASYNC mode: coroutines on one loop, plain functions in threads, aexecute in a running loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from quantum_partitioner import ExecutionMode, QuantumPartitioner, UnitState, UnitTimeoutError
+
+ASYNC = ExecutionMode.ASYNC
+
+
+def test_coroutines_share_one_loop_and_run_concurrently():
+    """Fifty units sleeping 0.2 s each finish together, on one event loop."""
+    loops = set()
+
+    async def nap(ctx):
+        loops.add(id(asyncio.get_running_loop()))
+        await asyncio.sleep(0.2)
+        return ctx.unit_id
+
+    p = QuantumPartitioner()
+    for k in range(50):
+        p.add_unit(nap, name=f"nap{k}")
+    start = time.monotonic()
+    results = p.execute({}, execution_mode=ASYNC)
+    elapsed = time.monotonic() - start
+    assert len(results) == 50
+    assert len(loops) == 1
+    assert elapsed < 5  # 50 x 0.2 s = 10 s if they ran one after another
+
+
+def test_plain_functions_do_not_block_the_loop():
+    """A blocking plain function runs in a thread while coroutines keep going."""
+    release = threading.Event()
+
+    def blocking(ctx):
+        release.wait(10)
+        return threading.current_thread() is not threading.main_thread()
+
+    async def releaser(ctx):
+        await asyncio.sleep(0.05)
+        release.set()
+        return "released"
+
+    p = QuantumPartitioner()
+    p.add_unit(blocking, name="blocking")
+    p.add_unit(releaser, name="releaser")
+    start = time.monotonic()
+    results = p.execute({}, execution_mode=ASYNC)
+    assert results == {"blocking": True, "releaser": "released"}
+    assert time.monotonic() - start < 5
+
+
+def test_plain_function_returning_a_coroutine_is_awaited_on_the_loop():
+    """lambda ctx: client.fetch(...) style units have their coroutine awaited."""
+
+    async def fetch(value):
+        await asyncio.sleep(0)
+        return value * 2
+
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: fetch(ctx["x"]), name="fetch")
+    assert p.execute({"x": 21}, execution_mode=ASYNC) == {"fetch": 42}
+
+
+def test_timeout_cancels_the_coroutine():
+    """A coroutine past its timeout is cancelled and the unit is TIMEOUT."""
+    cancelled = []
+
+    async def slow(ctx):
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    p = QuantumPartitioner()
+    p.add_unit(slow, name="slow", timeout=0.2)
+    p.add_unit(lambda ctx: 1, name="quick")
+    start = time.monotonic()
+    results = p.execute({}, execution_mode=ASYNC)
+    assert time.monotonic() - start < 10
+    assert results == {"quick": 1}
+    assert p.units["slow"].state is UnitState.TIMEOUT
+    assert isinstance(p.units["slow"].error, UnitTimeoutError)
+    assert cancelled == [True]
+
+
+def test_aexecute_runs_inside_a_running_loop():
+    """await aexecute() works where a loop already runs, and units share that loop."""
+
+    async def main():
+        running = asyncio.get_running_loop()
+
+        async def which_loop(ctx):
+            return asyncio.get_running_loop() is running
+
+        p = QuantumPartitioner()
+        p.add_unit(which_loop, name="a")
+        return await p.aexecute({})
+
+    assert asyncio.run(main()) == {"a": True}
+
+
+def test_sync_execute_inside_a_loop_explains_aexecute():
+    """execute(ASYNC) inside a running loop raises before any unit runs, naming aexecute."""
+    ran = []
+
+    async def main():
+        p = QuantumPartitioner()
+        p.add_unit(lambda ctx: ran.append(1), name="a")
+        with pytest.raises(RuntimeError, match="aexecute"):
+            p.execute({}, execution_mode=ASYNC)
+        return p
+
+    p = asyncio.run(main())
+    assert ran == []
+    assert p.execute({}, execution_mode=ExecutionMode.SEQUENTIAL) == {"a": None}
+
+
+def test_max_workers_caps_concurrent_coroutines():
+    """max_workers limits how many coroutines run at once."""
+    running = 0
+    peak = 0
+
+    async def track(ctx):
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+
+    p = QuantumPartitioner()
+    for k in range(20):
+        p.add_unit(track, name=f"t{k}")
+    p.execute({}, execution_mode=ASYNC, max_workers=3)
+    assert peak == 3

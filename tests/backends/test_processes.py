@@ -1,0 +1,210 @@
+"""PROCESS mode: real worker processes, crashes, kills, timeouts and pickling failures.
+
+Unit functions here are closures or lambdas built inside the tests: cloudpickle sends them by
+value, which is what users' lambdas rely on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from quantum_partitioner import (
+    ExecutionMode,
+    ExponentialBackoff,
+    QuantumPartitioner,
+    RetryPolicy,
+    UnitState,
+    UnitTimeoutError,
+    WorkerDiedError,
+)
+
+PROCESS = ExecutionMode.PROCESS
+FAST_RETRY = RetryPolicy(backoff=ExponentialBackoff(initial=0.001, jitter=0))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie still answers kill(0); reap it if it is our child
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done == 0
+
+
+def _wait_gone(pid: int, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_lambdas_and_closures_run_in_other_processes():
+    """Lambdas and closures travel to workers, and units run outside the caller's process."""
+    offset = 10
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(lambda ctx: (os.getpid(), ctx["x"] + offset), name="a")
+    p.add_unit(lambda ctx: ctx["a"][1] * 2, ["a"], name="b")
+    results = p.execute({"x": 1}, execution_mode=PROCESS)
+    assert results["a"][0] != os.getpid()
+    assert results["a"][1] == 11
+    assert results["b"] == 22
+
+
+def test_worker_that_exits_fails_only_its_unit():
+    """os._exit in a unit fails that unit with WorkerDiedError; the run goes on."""
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(lambda ctx: os._exit(3), name="dies")
+    p.add_unit(lambda ctx: "after", ["dies"], name="downstream")
+    for k in range(6):
+        p.add_unit(lambda ctx, k=k: k * k, name=f"ok{k}")
+    results = p.execute({}, execution_mode=PROCESS)
+    assert {f"ok{k}": k * k for k in range(6)} == results
+    error = p.units["dies"].error
+    assert isinstance(error, WorkerDiedError)
+    assert "exited with status 3" in str(error)
+    assert "dies" in str(error)
+    assert p.units["downstream"].state is UnitState.SKIPPED
+
+
+def test_worker_killed_by_a_signal_is_retried_on_a_new_worker(tmp_path):
+    """A worker killed by SIGKILL fails its attempt; the retry runs on a replacement."""
+    p = QuantumPartitioner(max_workers=1, retry_policy=FAST_RETRY)
+
+    def crash_once(ctx):
+        marker = ctx["marker"]
+        if not marker.exists():
+            marker.write_text("x")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return os.getpid()
+
+    p.add_unit(crash_once, name="flaky", retries=1)
+    p.add_unit(lambda ctx: os.getpid(), name="other")
+    results = p.execute({"marker": tmp_path / "marker"}, execution_mode=PROCESS)
+    assert p.units["flaky"].state is UnitState.COMPLETED
+    assert p.units["flaky"].attempt == 2
+    assert "flaky" in results
+    assert "other" in results
+
+
+def test_timeout_kills_the_worker_and_frees_the_cpu(tmp_path):
+    """A unit looping forever is TIMEOUT at its deadline and its process is gone."""
+    p = QuantumPartitioner(max_workers=2)
+
+    def spin(ctx):
+        ctx["pidfile"].write_text(str(os.getpid()))
+        while True:
+            pass
+
+    pidfile = tmp_path / "spin.pid"
+    p.add_unit(spin, name="spin", timeout=1.0)
+    p.add_unit(lambda ctx: "fine", name="fine")
+    start = time.monotonic()
+    results = p.execute({"pidfile": pidfile}, execution_mode=PROCESS)
+    elapsed = time.monotonic() - start
+    spinner = int(pidfile.read_text())
+    assert results == {"fine": "fine"}
+    assert p.units["spin"].state is UnitState.TIMEOUT
+    assert isinstance(p.units["spin"].error, UnitTimeoutError)
+    assert elapsed < 30
+    assert _wait_gone(spinner), "the timed-out worker process is still running"
+
+
+def test_unpicklable_function_fails_that_unit_and_names_it():
+    """A unit whose function cannot be pickled fails with an error naming it and the object."""
+    lock = threading.Lock()
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(lambda ctx: lock is not None, name="holds_lock")
+    p.add_unit(lambda ctx: 1, name="fine")
+    results = p.execute({}, execution_mode=PROCESS)
+    assert results == {"fine": 1}
+    error = p.units["holds_lock"].error
+    assert isinstance(error, TypeError)
+    assert "holds_lock" in str(error)
+    assert "lock" in str(error)
+
+
+def test_unpicklable_result_fails_that_unit_and_names_it():
+    """A result that cannot travel back fails its unit, naming the unit; workers go on."""
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(lambda ctx: threading.Lock(), name="returns_lock")
+    p.add_unit(lambda ctx: 2, name="fine")
+    results = p.execute({}, execution_mode=PROCESS)
+    assert results == {"fine": 2}
+    error = p.units["returns_lock"].error
+    assert "returns_lock" in str(error)
+    assert "cannot be sent back" in str(error)
+
+
+def test_unpicklable_context_is_refused_before_any_unit_runs():
+    """A context value that cannot be pickled raises TypeError naming the key, nothing runs."""
+    ran = []
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: ran.append(1), name="a")
+    with pytest.raises(TypeError, match="'bad'"):
+        p.execute({"bad": threading.Lock(), "good": 1}, execution_mode=PROCESS)
+    assert ran == []
+
+
+def test_worker_traceback_reaches_the_caller():
+    """The worker's traceback is kept as the error's cause and in unit.traceback."""
+
+    def explode(ctx):
+        msg = "deep inside"
+        raise ValueError(msg)
+
+    p = QuantumPartitioner()
+    p.add_unit(explode, name="explode")
+    p.execute({}, execution_mode=PROCESS)
+    unit = p.units["explode"]
+    assert isinstance(unit.error, ValueError)
+    assert unit.traceback is not None
+    assert "explode" in unit.traceback
+    assert "deep inside" in unit.traceback
+
+
+def test_metrics_and_callbacks_work_across_processes():
+    """record_metric in a worker reaches the run's metrics; callbacks run in the caller."""
+    seen = []
+    p = QuantumPartitioner(max_workers=2)
+    p.on_unit_complete = lambda uid, result: seen.append((uid, os.getpid()))
+
+    def measured(ctx):
+        ctx.record_metric("items", 3)
+        return 1
+
+    p.add_unit(measured, name="m")
+    p.execute({}, execution_mode=PROCESS)
+    assert seen == [("m", os.getpid())]
+    metrics = p.last_execution_metrics
+    assert metrics is not None
+    assert metrics["unit_metrics"]["m"] == {"items": 3}
+
+
+def test_only_declared_results_travel():
+    """A worker sees the context and its declared dependencies, not other results."""
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(lambda ctx: "a", name="a")
+    p.add_unit(lambda ctx: "b", name="b")
+    p.add_unit(lambda ctx: sorted(ctx), ["a"], name="c")  # noqa: PLW0108 - a unit is fn(ctx)
+    results = p.execute({"k": 1}, execution_mode=PROCESS)
+    assert results["c"] == ["a", "k"]
+
+
+def test_no_worker_outlives_the_run():
+    """After a run, none of its worker processes is left."""
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(lambda ctx: os.getpid(), name="a")
+    p.add_unit(lambda ctx: os.getpid(), name="b")
+    results = p.execute({}, execution_mode=PROCESS)
+    for pid in set(results.values()):
+        assert _wait_gone(pid)
