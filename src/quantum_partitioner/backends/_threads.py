@@ -88,9 +88,9 @@ class _ThreadPool:
         run, sched, lock = self.run, self.sched, self.lock
         clock = run.clock
         previous_wake, run.wake = run.wake, self._wake
-        for _ in range(self.size):
-            self._spawn()
         try:
+            for _ in range(self.size):
+                self._spawn()
             while True:
                 with lock:
                     self._raise_failure()
