@@ -26,7 +26,7 @@ from ._graph import (
 )
 from ._metrics import build_metrics
 from ._plan import ExecutionPlan
-from ._run import Run
+from ._run import Run, UnitCache
 from ._strategies import AdaptiveBackend, resource_balanced_backend
 from .backends import (
     AsyncBackend,
@@ -408,6 +408,7 @@ class QuantumPartitioner(Generic[T, R]):
             instruments=[*self.instruments, *self._callback_instruments()],
             lane_of=chosen.lane_of(graph),
         )
+        run.cache = self._cache_for(run)
         with self._lock:
             if self._active_run is not None:
                 raise RuntimeError("this partitioner is already executing; wait for it to end")
@@ -416,6 +417,11 @@ class QuantumPartitioner(Generic[T, R]):
         self._last_run = run
         self._last_metrics = None
         return chosen, run
+
+    def _cache_for(self, run: Run) -> UnitCache | None:
+        """The cache a run consults: none here; ``CachingQuantumPartitioner`` has one."""
+        del run
+        return None
 
     def _outcome(self, run: Run, *, raise_on_error: bool) -> dict[str, R]:
         results: dict[str, R] = run.results()

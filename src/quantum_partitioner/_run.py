@@ -14,7 +14,7 @@ import threading
 import time
 import traceback
 from types import CoroutineType, MappingProxyType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ._context import ExecutionContext
 from ._events import (
@@ -44,6 +44,22 @@ _COMPLETED: Final = UnitState.COMPLETED
 _FAILED_STATES: Final = frozenset({UnitState.FAILED, UnitState.TIMEOUT})
 
 
+class UnitCache(Protocol):
+    """Serves results of units whose inputs have not changed (see ``_cache``).
+
+    Backends consult it in the caller's process only: :meth:`Run.call` for attempts that
+    run here, the lane driver and the asyncio driver for attempts that run elsewhere.
+    """
+
+    def lookup(self, run: Run, i: int) -> tuple[bool, Any]:
+        """``(True, result)`` if unit ``i``'s result for its current inputs is stored."""
+        ...
+
+    def remember(self, run: Run, i: int, value: Any) -> None:
+        """Store unit ``i``'s fresh result."""
+        ...
+
+
 def _nothing() -> None:
     """Wake nobody: the default until a backend installs its own."""
 
@@ -60,6 +76,7 @@ class Run:
         fail_fast: Cancel what has not started once a unit fails for good.
         instruments: Observers of the run.
         lane_of: Each unit's lane, for backends that run units in several places.
+        cache: Serves and stores results of cacheable units.
     """
 
     def __init__(
@@ -73,8 +90,11 @@ class Run:
         fail_fast: bool = False,
         instruments: Iterable[Instrument] = (),
         lane_of: Sequence[int] | None = None,
+        cache: UnitCache | None = None,
     ) -> None:
         """Prepare the run; nothing starts until a backend drives it."""
+        #: Where results of unchanged units come from, if anywhere.
+        self.cache = cache
         self.graph = graph
         self.context = context
         self.mode = mode
@@ -110,6 +130,11 @@ class Run:
         Returns ``(True, result)`` or ``(False, exception)``. Only ``Exception`` is caught: a
         ``KeyboardInterrupt`` raised inside a unit interrupts the run.
         """
+        cache = self.cache
+        if cache is not None:
+            hit, value = cache.lookup(self, i)
+            if hit:
+                return True, value
         ctx = self.context_for(i, attempt)
         try:
             if self._is_async[i]:
@@ -122,6 +147,8 @@ class Run:
             return False, error
         if ctx.metrics is not None:
             self.unit_metrics[i] = ctx.metrics
+        if cache is not None:
+            cache.remember(self, i, value)
         return True, value
 
     def context_for(self, i: int, attempt: int) -> ExecutionContext:

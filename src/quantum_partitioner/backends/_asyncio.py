@@ -36,6 +36,11 @@ __all__ = ["AsyncBackend", "AsyncLane", "call_async", "check_no_running_loop"]
 
 async def call_async(run: Run, i: int, attempt: int) -> tuple[Any, dict[str, Any] | None]:
     """Run one attempt on the current loop: await a coroutine unit, thread a plain one."""
+    cache = run.cache
+    if cache is not None:
+        hit, cached = cache.lookup(run, i)
+        if hit:
+            return cached, None
     function = run.graph.units[i].function
     ctx = run.context_for(i, attempt)
     if inspect.iscoroutinefunction(function):
@@ -44,6 +49,8 @@ async def call_async(run: Run, i: int, attempt: int) -> tuple[Any, dict[str, Any
         value = await _in_daemon_thread(function, ctx)
         if inspect.isawaitable(value):
             value = await value
+    if cache is not None:
+        cache.remember(run, i, value)
     return value, ctx.metrics
 
 
@@ -214,6 +221,7 @@ class AsyncLane(Lane):
     """Coroutine units of a mixed run, on an event loop in a background thread."""
 
     name = "async"
+    calls_in_process = True  # call_async consults the run's cache itself
 
     def __init__(self, max_workers: int | None = None) -> None:
         """Set the concurrency cap (None: no cap)."""

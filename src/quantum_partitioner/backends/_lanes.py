@@ -43,6 +43,9 @@ class Lane(ABC):
 
     #: The name units see as ``ctx.environment["execution_mode"]``.
     name = "lane"
+    #: Whether attempts go through ``Run.call`` (which consults the run's cache itself);
+    #: otherwise the driver looks results up before ``submit`` and stores them after.
+    calls_in_process = False
 
     def open(self, run: Run, post: Callable[[Outcome], None]) -> None:  # noqa: B027 - optional hook
         """Prepare to run attempts of ``run``; outcomes go to ``post`` (any thread)."""
@@ -142,6 +145,11 @@ class LaneBackend(Backend):
                     in_flight[i] = attempt
                     if started_hooks:
                         run.emit_started(i, attempt, now)
+                    if run.cache is not None and not lane.calls_in_process:
+                        hit, value = run.cache.lookup(run, i)
+                        if hit:
+                            outcomes.put((i, attempt, True, value, None))
+                            continue
                     lane.submit(i, attempt)
             deadline = sched.next_deadline()
             if not in_flight and deadline is None:
@@ -167,15 +175,19 @@ class LaneBackend(Backend):
         if item is None:
             return
         i, attempt, ok, value, metrics = item
+        lane = self.lanes[run.scheduler.lane_of[i]]
         if in_flight.get(i) == attempt:
             del in_flight[i]
-            self.lanes[run.scheduler.lane_of[i]].settled(i, attempt)
+            lane.settled(i, attempt)
         sched = run.scheduler
         now = run.clock()
         if ok:
             if metrics:
                 run.unit_metrics[i] = metrics
-            if sched.complete(i, attempt, value, now) >= 0 and run.dispatcher.unit_finished:
+            current = sched.complete(i, attempt, value, now) >= 0
+            if current and run.cache is not None and not lane.calls_in_process:
+                run.cache.remember(run, i, value)
+            if current and run.dispatcher.unit_finished:
                 run.emit_finished(i, attempt, now)
         else:
             run.report(sched.fail(i, attempt, value, now))

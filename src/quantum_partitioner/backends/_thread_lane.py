@@ -38,6 +38,7 @@ class ThreadLane(Lane):
     """Run attempts on ``max_workers`` daemon threads."""
 
     name = "thread"
+    calls_in_process = True
 
     def __init__(self, max_workers: int) -> None:
         """Size the pool; threads start when the lane opens."""
