@@ -16,12 +16,10 @@ import enum
 import math
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ._errors import CircularDependencyError, DuplicateUnitError, UnknownDependencyError
-
-if TYPE_CHECKING:
-    from ._policies import RetryPolicy
+from ._policies import RetryPolicy
 
 __all__ = [
     "ExecutionMode",
@@ -230,12 +228,20 @@ def validate_unit(unit: QuantumUnit[Any, Any]) -> None:
         if not isinstance(dep, str):
             raise TypeError(f"unit {name!r}: dependency names must be strings, got {dep!r}")
     _check_number(name, "timeout", unit.timeout, allow_none=True, positive=True)
+    if unit.timeout is not None and math.isinf(unit.timeout):
+        raise ValueError(f"unit {name!r}: timeout must be finite; use None for no limit")
     if isinstance(unit.retries, bool) or not isinstance(unit.retries, int):
         raise TypeError(f"unit {name!r}: retries must be an int, got {unit.retries!r}")
     if unit.retries < 0:
         raise ValueError(f"unit {name!r}: retries must be >= 0, got {unit.retries}")
     if isinstance(unit.priority, bool) or not isinstance(unit.priority, int | float):
         raise TypeError(f"unit {name!r}: priority must be a number, got {unit.priority!r}")
+    if math.isnan(unit.priority):
+        raise ValueError(f"unit {name!r}: priority must not be NaN")
+    if unit.retry_policy is not None and not isinstance(unit.retry_policy, RetryPolicy):
+        raise TypeError(
+            f"unit {name!r}: retry_policy must be a RetryPolicy or None, got {unit.retry_policy!r}"
+        )
     if not isinstance(unit.metadata, Mapping):
         raise TypeError(f"unit {name!r}: metadata must be a dict, got {unit.metadata!r}")
     if "estimated_duration" in unit.metadata:

@@ -26,6 +26,7 @@ from ._graph import (
 )
 from ._metrics import build_metrics
 from ._plan import ExecutionPlan
+from ._policies import RetryPolicy
 from ._run import Run, UnitCache
 from ._strategies import AdaptiveBackend, resource_balanced_backend
 from .backends import (
@@ -40,8 +41,6 @@ from .backends._asyncio import check_no_running_loop
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
-
-    from ._policies import RetryPolicy
 
 __all__ = ["QuantumPartitioner"]
 
@@ -112,6 +111,8 @@ class QuantumPartitioner(Generic[T, R]):
         """Create an empty partitioner."""
         self.max_workers = _check_max_workers(max_workers)
         self.default_execution_mode = _check_mode(default_execution_mode)
+        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+            raise TypeError(f"retry_policy must be a RetryPolicy or None, got {retry_policy!r}")
         self.retry_policy = retry_policy
         for instrument in instruments:
             if not isinstance(instrument, Instrument):

@@ -13,6 +13,7 @@ not retry in lockstep.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -41,8 +42,10 @@ class ExponentialBackoff:
         """Reject negative settings."""
         for name in ("initial", "multiplier", "maximum", "jitter"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"ExponentialBackoff: {name} must be a number >= 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"ExponentialBackoff: {name} must be a number, got {value!r}")
+            if math.isnan(value) or value < 0:
+                raise ValueError(f"ExponentialBackoff: {name} must be >= 0, got {value!r}")
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after the ``failures``-th failed attempt (1 for the first)."""
@@ -66,6 +69,21 @@ class RetryPolicy:
 
     backoff: ExponentialBackoff = field(default_factory=ExponentialBackoff)
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception
+
+    def __post_init__(self) -> None:
+        """Reject what would only fail at the first retry."""
+        kinds = self.retry_on if isinstance(self.retry_on, tuple) else (self.retry_on,)
+        if not kinds or not all(
+            isinstance(kind, type) and issubclass(kind, BaseException) for kind in kinds
+        ):
+            raise TypeError(
+                f"RetryPolicy: retry_on must be an exception class or a tuple of them, "
+                f"got {self.retry_on!r}"
+            )
+        if not callable(getattr(self.backoff, "delay", None)):
+            raise TypeError(
+                f"RetryPolicy: backoff must have a delay(failures) method, got {self.backoff!r}"
+            )
 
     def should_retry(self, error: BaseException) -> bool:
         """Whether ``error`` is worth another attempt."""

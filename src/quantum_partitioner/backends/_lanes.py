@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Lane", "LaneBackend", "Outcome", "Post"]
 
+#: The longest single wait; far deadlines are waited for in steps (lock waits overflow).
+_MAX_WAIT = 3600.0
+
 #: ``(index, attempt, ok, result or exception, metrics)``, or None to wake the driver.
 Outcome = tuple[int, int, bool, Any, "dict[str, Any] | None"] | None
 Post = "Callable[[Outcome], None]"
@@ -158,7 +161,7 @@ class LaneBackend(Backend):
                 if sched.ready_count:  # ready, but every lane is full: wait for a wake-up
                     self._settle(run, outcomes.get(), in_flight)
                 continue
-            timeout = None if deadline is None else max(0.0, deadline - clock())
+            timeout = None if deadline is None else min(max(0.0, deadline - clock()), _MAX_WAIT)
             try:
                 item = outcomes.get(timeout=timeout)
             except queue.Empty:

@@ -8,6 +8,7 @@ other ready units run; the thread sleeps only when nothing else can.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 from .._errors import InternalError
@@ -70,4 +71,5 @@ def _sleep_until_deadline(run: Run, now: float) -> None:
     if deadline is None:
         raise InternalError("no unit is ready, running or waiting, yet the run is not over")
     if deadline > now:
-        run.cancel_requested.wait(deadline - now)  # cancel() cuts the wait short
+        # cancel() cuts the wait short; far deadlines are waited for in steps.
+        run.cancel_requested.wait(min(deadline - now, threading.TIMEOUT_MAX))

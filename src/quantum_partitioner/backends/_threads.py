@@ -100,7 +100,7 @@ class _ThreadPool:
                     now = clock()
                     if deadline is None or deadline > now:
                         self.wake_at = math.inf if deadline is None else deadline
-                        self.main.wait(None if deadline is None else deadline - now)
+                        self.main.wait(None if deadline is None else _wait_time(deadline - now))
                         self.wake_at = -math.inf
                         now = clock()
                     transitions = sched.advance(now)
@@ -250,3 +250,8 @@ class _ThreadPool:
                 ok, value = call(i, attempt)
             except BaseException as error:
                 ok, value = False, error
+
+
+def _wait_time(seconds: float) -> float:
+    """``seconds`` capped at what a lock wait accepts (deadlines may be far away)."""
+    return min(seconds, threading.TIMEOUT_MAX)

@@ -1,0 +1,500 @@
+"""Layer 1: unit validation, graph compilation, levels and the critical path."""
+
+from __future__ import annotations
+
+import graphlib
+import itertools
+import math
+
+import pytest
+
+from quantum_partitioner import (
+    CircularDependency,
+    CircularDependencyError,
+    DuplicateUnitError,
+    ExecutionMode,
+    GraphError,
+    QuantumPartitioner,
+    QuantumUnit,
+    RetryPolicy,
+    UnknownDependencyError,
+)
+from quantum_partitioner._graph import Graph, compile_graph, validate_unit
+
+
+def noop(ctx):
+    return None
+
+
+def other(ctx):
+    return 1
+
+
+def units_from(spec, **metadata_by_name):
+    """QuantumUnits from ``{name: [dependencies]}``, in the dict's order."""
+    return [
+        QuantumUnit(name, noop, list(deps), metadata=metadata_by_name.get(name))
+        for name, deps in spec.items()
+    ]
+
+
+def graph_of(spec, **metadata_by_name) -> Graph:
+    return compile_graph(units_from(spec, **metadata_by_name))
+
+
+def named_levels(graph):
+    return [[graph.names[i] for i in level] for level in graph.levels()]
+
+
+def named_path(graph):
+    return [graph.names[i] for i in graph.critical_path()]
+
+
+# -- duplicate names ------------------------------------------------------------------------
+
+
+def test_add_unit_duplicate_name_raises_naming_the_unit():
+    """Adding a second unit under an existing name raises DuplicateUnitError naming it."""
+    p = QuantumPartitioner()
+    first = p.add_unit(noop, name="load")
+    with pytest.raises(DuplicateUnitError, match="'load'") as info:
+        p.add_unit(other, name="load")
+    assert info.value.unit_id == "load"
+    assert isinstance(info.value, GraphError)
+    assert isinstance(info.value, ValueError)
+    assert p.units["load"] is first
+    assert list(p.units) == ["load"]
+
+
+def test_add_unit_replace_true_replaces_in_place():
+    """replace=True swaps the unit but keeps its position in insertion order."""
+    p = QuantumPartitioner()
+    p.add_unit(noop, name="a")
+    p.add_unit(noop, name="b")
+    p.add_unit(noop, ["b"], name="c")
+    new = p.add_unit(other, ["a"], name="b", replace=True)
+    assert list(p.units) == ["a", "b", "c"]
+    assert p.units["b"] is new
+    assert new.function is other
+    assert new.dependencies == ["a"]
+    assert p.build_execution_plan().levels == [["a"], ["b"], ["c"]]
+
+
+def test_add_unit_replace_with_bad_arguments_keeps_the_old_unit():
+    """A rejected replacement leaves the existing unit in place."""
+    p = QuantumPartitioner()
+    old = p.add_unit(noop, name="a")
+    with pytest.raises(ValueError, match="'a'"):
+        p.add_unit(other, name="a", timeout=-1, replace=True)
+    assert p.units["a"] is old
+
+
+def test_compile_graph_rejects_duplicate_unit_ids():
+    """Two QuantumUnits with one id fail compilation with DuplicateUnitError naming it."""
+    units = [QuantumUnit("x", noop), QuantumUnit("y", noop), QuantumUnit("x", other)]
+    with pytest.raises(DuplicateUnitError, match="'x'") as info:
+        compile_graph(units)
+    assert info.value.unit_id == "x"
+
+
+# -- unknown dependencies -------------------------------------------------------------------
+
+
+def test_unknown_dependency_names_both_units():
+    """A dependency on a missing unit raises UnknownDependencyError naming unit and dependency."""
+    with pytest.raises(UnknownDependencyError) as info:
+        graph_of({"a": [], "b": ["a", "ghost"]})
+    error = info.value
+    assert (error.unit_id, error.dependency) == ("b", "ghost")
+    assert "'b'" in str(error)
+    assert "'ghost'" in str(error)
+    assert isinstance(error, GraphError)
+
+
+def test_unknown_dependency_is_reported_by_the_plan_not_by_add_unit():
+    """add_unit accepts a dependency added later; the plan rejects one that never comes."""
+    p = QuantumPartitioner()
+    p.add_unit(noop, ["later"], name="a")
+    with pytest.raises(UnknownDependencyError, match="'later'"):
+        p.build_execution_plan()
+    p.add_unit(noop, name="later")
+    assert p.build_execution_plan().levels == [["later"], ["a"]]
+
+
+# -- cycles ---------------------------------------------------------------------------------
+
+CYCLES = {
+    # a -> a
+    "self-loop": {"a": ["a"]},
+    # a -> b -> a
+    "two": {"a": ["b"], "b": ["a"]},
+    # c -> a -> b -> c, units added out of order
+    "three": {"a": ["c"], "b": ["a"], "c": ["b"]},
+    # x depends on the cycle a <-> b; x is inserted first and is not on the cycle
+    "reachable-only-from-non-cycle-node": {"x": ["a"], "a": ["b"], "b": ["a"]},
+    # r -> x, and x also depends on the cycle a -> c -> b -> a
+    "behind-a-root": {"r": [], "x": ["r", "a"], "a": ["b"], "b": ["c"], "c": ["a"]},
+    # a -> b -> c -> d -> b: the tail a is not on the cycle
+    "tail-into-cycle": {"a": ["b"], "b": ["c"], "c": ["d"], "d": ["b"]},
+    # a self-loop next to healthy units
+    "self-loop-among-others": {"a": [], "b": ["a"], "c": ["b", "c"], "d": ["c"]},
+}
+
+
+def graphlib_cycle(spec):
+    try:
+        graphlib.TopologicalSorter(spec).prepare()
+    except graphlib.CycleError as error:
+        return error.args[1]
+    return None
+
+
+@pytest.mark.parametrize("spec", CYCLES.values(), ids=CYCLES.keys())
+def test_cycle_path_matches_graphlib(spec):
+    """CircularDependencyError.cycle is graphlib's CycleError path for the same graph."""
+    with pytest.raises(CircularDependencyError) as info:
+        graph_of(spec)
+    cycle = info.value.cycle
+    assert cycle[0] == cycle[-1]
+    # Each unit is a dependency of the next one, as in graphlib.
+    for dependency, dependent in itertools.pairwise(cycle):
+        assert dependency in spec[dependent]
+    assert cycle == graphlib_cycle(spec)
+
+
+def test_cycle_message_shows_the_path():
+    """The cycle error's message lists the cycle's units in order."""
+    with pytest.raises(CircularDependencyError) as info:
+        graph_of({"a": ["c"], "b": ["a"], "c": ["b"]})
+    assert "'a' -> 'b' -> 'c' -> 'a'" in str(info.value)
+    assert isinstance(info.value, GraphError)
+
+
+def test_cycle_raised_by_plan_under_seed_alias_before_any_unit_runs():
+    """A cycle fails build_execution_plan and execute (as CircularDependency) with no unit run."""
+    calls = []
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: calls.append("root"), name="root")
+    p.add_unit(lambda ctx: calls.append("a"), ["root", "b"], name="a")
+    p.add_unit(lambda ctx: calls.append("b"), ["a"], name="b")
+    with pytest.raises(CircularDependency) as info:
+        p.build_execution_plan()
+    assert info.value.cycle == ["a", "b", "a"]
+    with pytest.raises(CircularDependency):
+        p.execute(execution_mode=ExecutionMode.SEQUENTIAL)
+    assert calls == []
+
+
+# -- argument validation: every message names the unit ---------------------------------------
+
+BAD_ADD_UNIT_ARGUMENTS = [
+    pytest.param({"timeout": -1}, ValueError, "timeout", id="negative-timeout"),
+    pytest.param({"timeout": 0}, ValueError, "timeout", id="zero-timeout"),
+    pytest.param({"timeout": math.nan}, ValueError, "timeout", id="nan-timeout"),
+    # None means "no limit"; an infinite deadline crashes the thread driver's wait.
+    pytest.param({"timeout": math.inf}, ValueError, "timeout", id="inf-timeout"),
+    pytest.param({"timeout": "5"}, TypeError, "timeout", id="str-timeout"),
+    pytest.param({"timeout": True}, TypeError, "timeout", id="bool-timeout"),
+    pytest.param({"retries": -1}, ValueError, "retries", id="negative-retries"),
+    pytest.param({"retries": 1.5}, TypeError, "retries", id="float-retries"),
+    pytest.param({"retries": 2.0}, TypeError, "retries", id="integral-float-retries"),
+    pytest.param({"retries": "2"}, TypeError, "retries", id="str-retries"),
+    pytest.param({"retries": True}, TypeError, "retries", id="bool-retries"),
+    pytest.param({"retries": False}, TypeError, "retries", id="bool-false-retries"),
+    pytest.param({"dependencies": "a"}, TypeError, "dependencies", id="deps-as-str"),
+    pytest.param({"dependencies": {"a"}}, TypeError, "dependencies", id="deps-as-set"),
+    pytest.param({"dependencies": [1]}, TypeError, "dependency names", id="int-dep"),
+    pytest.param({"dependencies": ["a", None]}, TypeError, "dependency names", id="none-dep"),
+    pytest.param({"priority": "high"}, TypeError, "priority", id="str-priority"),
+    pytest.param({"priority": math.nan}, ValueError, "priority", id="nan-priority"),
+    pytest.param({"metadata": [("k", 1)]}, TypeError, "metadata", id="list-metadata"),
+    pytest.param(
+        {"metadata": {"estimated_duration": -1}}, ValueError, "estimated_duration", id="neg-est"
+    ),
+    pytest.param(
+        {"metadata": {"estimated_duration": math.nan}},
+        ValueError,
+        "estimated_duration",
+        id="nan-est",
+    ),
+    pytest.param(
+        {"metadata": {"estimated_duration": "1s"}}, TypeError, "estimated_duration", id="str-est"
+    ),
+    pytest.param(
+        {"metadata": {"estimated_duration": True}},
+        TypeError,
+        "estimated_duration",
+        id="bool-est",
+    ),
+    pytest.param({"retry_policy": "fast"}, TypeError, "retry_policy", id="str-retry-policy"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "field"), BAD_ADD_UNIT_ARGUMENTS)
+def test_add_unit_rejects_bad_argument_naming_the_unit(kwargs, error, field):
+    """add_unit rejects a bad argument with TypeError/ValueError naming the unit and field."""
+    p = QuantumPartitioner()
+    p.add_unit(noop, name="a")
+    with pytest.raises(error) as info:
+        p.add_unit(noop, name="bad_unit", **kwargs)
+    message = str(info.value)
+    assert "'bad_unit'" in message
+    assert field in message
+    assert "bad_unit" not in p.units
+
+
+@pytest.mark.parametrize("fn", [5, "noop", object()], ids=["int", "str", "object"])
+def test_add_unit_rejects_non_callable_naming_the_unit(fn):
+    """A non-callable fn raises TypeError naming the unit, and the unit is not added."""
+    p = QuantumPartitioner()
+    with pytest.raises(TypeError, match=r"'bad_unit'.*callable"):
+        p.add_unit(fn, name="bad_unit")
+    assert p.units == {}
+
+
+def test_validate_unit_rejects_non_callable_function():
+    """validate_unit rejects a QuantumUnit whose function is None, naming the unit."""
+    with pytest.raises(TypeError, match=r"'bad_unit'.*callable"):
+        validate_unit(QuantumUnit("bad_unit", None))
+
+
+def test_add_unit_non_callable_with_default_name_names_the_default():
+    """Without a name, the error names the default unit_<n> the unit would get."""
+    p = QuantumPartitioner()
+    p.add_unit(noop)
+    with pytest.raises(TypeError, match="'unit_1'"):
+        p.add_unit(42)
+
+
+@pytest.mark.parametrize("name", [5, b"bytes", ("a",)], ids=["int", "bytes", "tuple"])
+def test_add_unit_rejects_non_string_name(name):
+    """A name that is not a str raises TypeError showing the name."""
+    p = QuantumPartitioner()
+    with pytest.raises(TypeError, match="name") as info:
+        p.add_unit(noop, name=name)
+    assert repr(name) in str(info.value)
+    assert p.units == {}
+
+
+def test_add_unit_rejects_empty_name():
+    """An empty name raises ValueError."""
+    p = QuantumPartitioner()
+    with pytest.raises(ValueError, match="empty"):
+        p.add_unit(noop, name="")
+    assert p.units == {}
+
+
+@pytest.mark.parametrize(
+    ("unit_id", "error"), [(5, TypeError), ("", ValueError), (None, TypeError)]
+)
+def test_validate_unit_rejects_bad_ids(unit_id, error):
+    """validate_unit rejects a non-string id with TypeError and an empty one with ValueError."""
+    with pytest.raises(error, match="name"):
+        validate_unit(QuantumUnit(unit_id, noop))
+
+
+def test_validate_unit_accepts_good_units():
+    """A fully specified valid unit passes validate_unit and keeps its fields."""
+    unit = QuantumUnit(
+        "ok",
+        noop,
+        ["a"],
+        timeout=0.5,
+        retries=3,
+        priority=-2,
+        metadata={"estimated_duration": 0},
+        retry_policy=RetryPolicy(),
+    )
+    validate_unit(unit)
+    assert (unit.timeout, unit.retries, unit.priority) == (0.5, 3, -2)
+
+
+@pytest.mark.parametrize(
+    ("max_workers", "error"),
+    [(0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError), ("2", TypeError)],
+)
+def test_max_workers_must_be_positive_int_or_none(max_workers, error):
+    """max_workers other than a positive int or None is rejected by the partitioner."""
+    with pytest.raises(error, match="max_workers"):
+        QuantumPartitioner(max_workers=max_workers)
+
+
+def test_max_workers_accepts_positive_int_and_none():
+    """max_workers=None and positive ints are stored as given."""
+    assert QuantumPartitioner().max_workers is None
+    assert QuantumPartitioner(max_workers=3).max_workers == 3
+
+
+def test_partitioner_rejects_retry_policy_that_is_not_a_policy():
+    """QuantumPartitioner(retry_policy=...) must be a RetryPolicy or None (TypeError otherwise)."""
+    assert QuantumPartitioner(retry_policy=None).retry_policy is None
+    with pytest.raises(TypeError, match="retry_policy"):
+        QuantumPartitioner(retry_policy="fast")
+
+
+@pytest.mark.parametrize("max_workers", [0, -1, 1.5, True])
+def test_execute_rejects_bad_max_workers_before_running(max_workers):
+    """execute(max_workers=...) is checked before any unit runs."""
+    calls = []
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: calls.append(1), name="a")
+    with pytest.raises((TypeError, ValueError), match="max_workers"):
+        p.execute(execution_mode=ExecutionMode.SEQUENTIAL, max_workers=max_workers)
+    assert calls == []
+
+
+def test_unknown_execution_mode_string_is_rejected():
+    """An unknown mode string raises ValueError naming it; known names work in any case."""
+    with pytest.raises(ValueError, match="'warp'"):
+        QuantumPartitioner(default_execution_mode="warp")
+    p = QuantumPartitioner(default_execution_mode="Sequential")
+    assert p.default_execution_mode is ExecutionMode.SEQUENTIAL
+    calls = []
+    p.add_unit(lambda ctx: calls.append(1), name="a")
+    with pytest.raises(ValueError, match="'warp'"):
+        p.execute(execution_mode="warp")
+    assert calls == []
+
+
+# -- compilation: order, duplicates ----------------------------------------------------------
+
+
+def test_units_added_out_of_topological_order_compile():
+    """Units listed before their dependencies compile (Kahn's path) to a topological order."""
+    #
+    #   d -> c -> b -> a      (listed as a, b, c, d: every unit before its dependency)
+    #
+    graph = graph_of({"a": ["b"], "b": ["c"], "c": ["d"], "d": []})
+    assert [graph.names[i] for i in graph.order] == ["d", "c", "b", "a"]
+    assert named_levels(graph) == [["d"], ["c"], ["b"], ["a"]]
+    assert named_path(graph) == ["d", "c", "b", "a"]
+
+
+def test_out_of_order_compile_gives_a_valid_order_on_a_wider_graph():
+    """Kahn's order puts every unit after all of its dependencies."""
+    spec = {"f": ["d", "e"], "e": ["c"], "d": ["a"], "c": ["a", "b"], "b": [], "a": []}
+    graph = graph_of(spec)
+    position = {graph.names[i]: k for k, i in enumerate(graph.order)}
+    assert sorted(position) == sorted(spec)
+    for name, deps in spec.items():
+        for dep in deps:
+            assert position[dep] < position[name]
+
+
+def test_in_order_units_keep_insertion_order():
+    """Units added after their dependencies keep insertion order as the topological order."""
+    graph = graph_of({"a": [], "b": ["a"], "c": [], "d": ["c", "b"]})
+    assert list(graph.order) == [0, 1, 2, 3]
+
+
+def test_duplicate_dependency_entries_count_once():
+    """A dependency listed twice is one edge: one dependent entry, one wait."""
+    graph = compile_graph([QuantumUnit("a", noop), QuantumUnit("b", noop, ["a", "a", "a"])])
+    assert graph.deps == [[], [0]]
+    assert graph.dependents == [[1], []]
+    assert graph.level == [0, 1]
+
+
+def test_add_unit_stores_duplicate_dependencies_once():
+    """add_unit drops repeated dependency names, keeping first-seen order."""
+    p = QuantumPartitioner()
+    p.add_unit(noop, name="a")
+    p.add_unit(noop, name="b")
+    unit = p.add_unit(noop, ["b", "a", "b", "a"], name="c")
+    assert unit.dependencies == ["b", "a"]
+    assert p.build_execution_plan().dependencies["c"] == {"a", "b"}
+
+
+def test_empty_graph_compiles():
+    """No units compile to an empty graph with no levels and no critical path."""
+    graph = compile_graph([])
+    assert len(graph) == 0
+    assert graph.levels() == []
+    assert graph.critical_path() == []
+
+
+# -- levels and the critical path ----------------------------------------------------------
+
+
+def test_levels_of_a_diamond_with_a_tail():
+    """Levels group units by their longest distance from a root."""
+    #
+    #   a   b
+    #   |\ /
+    #   | c
+    #   |  \
+    #   d   e
+    #    \ /
+    #     f
+    #
+    graph = graph_of({"a": [], "b": [], "c": ["a", "b"], "d": ["a"], "e": ["c"], "f": ["d", "e"]})
+    assert named_levels(graph) == [["a", "b"], ["c", "d"], ["e"], ["f"]]
+    assert graph.level == [0, 0, 1, 1, 2, 3]
+
+
+def test_levels_of_independent_chains():
+    """Independent chains share levels by depth; each level keeps insertion order."""
+    #
+    #   a -> b -> c
+    #   x -> y
+    #   z
+    #
+    graph = graph_of({"x": [], "a": [], "y": ["x"], "b": ["a"], "z": [], "c": ["b"]})
+    assert named_levels(graph) == [["x", "a", "z"], ["y", "b"], ["c"]]
+
+
+def test_unweighted_critical_path_is_the_longest_chain():
+    """Without estimates every unit weighs 1 and the longest chain is critical."""
+    #
+    #   a ------> d
+    #    \        \
+    #     b -> c -> e
+    #
+    graph = graph_of({"a": [], "b": ["a"], "c": ["b"], "d": ["a"], "e": ["c", "d"]})
+    assert named_path(graph) == ["a", "b", "c", "e"]
+    assert max(graph.finish) == 4.0
+
+
+def test_critical_path_weighted_by_estimated_duration():
+    """A heavy unit on a short chain beats a long chain of light units."""
+    #
+    #   a ------> d (10 s)
+    #    \        \
+    #     b -> c -> e
+    #
+    spec = {"a": [], "b": ["a"], "c": ["b"], "d": ["a"], "e": ["c", "d"]}
+    graph = graph_of(spec, d={"estimated_duration": 10})
+    assert named_path(graph) == ["a", "d", "e"]
+    assert max(graph.finish) == 12.0
+    assert graph.rank[graph.index["a"]] == 12.0
+    assert graph.rank[graph.index["b"]] == 3.0
+
+
+def test_critical_path_counts_zero_and_fractional_estimates():
+    """Estimates of 0 and fractions are used as given."""
+    #
+    #   p (0.5) -> q (0) -> r (0.25)
+    #   s (0.6)
+    #
+    graph = graph_of(
+        {"p": [], "q": ["p"], "r": ["q"], "s": []},
+        p={"estimated_duration": 0.5},
+        q={"estimated_duration": 0},
+        r={"estimated_duration": 0.25},
+        s={"estimated_duration": 0.6},
+    )
+    assert named_path(graph) == ["p", "q", "r"]
+    assert max(graph.finish) == 0.75
+    assert list(graph.weight) == [0.5, 0.0, 0.25, 0.6]
+
+
+def test_critical_path_of_independent_units_is_the_heaviest_unit():
+    """Without edges the critical path is the single heaviest unit."""
+    graph = graph_of(
+        {"a": [], "b": [], "c": []},
+        a={"estimated_duration": 1},
+        b={"estimated_duration": 3},
+        c={"estimated_duration": 2},
+    )
+    assert named_path(graph) == ["b"]
+    assert graph.level == [0, 0, 0]
