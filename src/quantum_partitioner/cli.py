@@ -2,14 +2,21 @@
 
 Subcommands:
     ``demo``: run the bundled document-ingestion pipeline and print what happened.
-    ``plan MODULE:FACTORY``: describe the graph a factory builds (levels, critical path),
-    as text, Graphviz DOT or Mermaid.
+    ``plan MODULE:FACTORY``: describe the graph a factory builds (levels, critical path,
+    simulated makespan), as text, Graphviz DOT or Mermaid.
+    ``run MODULE:FACTORY``: run the graph a factory builds and print each unit's outcome;
+    exit status 1 if any unit failed or timed out.
 
 Each subcommand is one ``_add_<name>`` function that adds its parser and sets the handler
 that runs it; a handler returns the exit status. Bad input a user can fix (a module that
 does not import, a factory that is missing or returns no partitioner, an invalid graph)
 raises :class:`CommandError`, which :func:`main` prints as one line on stderr with exit
-status 2, without a traceback.
+status 2, without a traceback. ``MODULE`` is a module name (found as ``python -m`` would,
+the current directory first) or the path of a ``.py`` file.
+
+``run`` keeps its options in argument groups and builds its run in small steps
+(:func:`_run_instruments`, then ``execute``, then :func:`_run_lines`), so an option that
+observes the run (a progress bar, a trace, a report) is an argument plus an instrument.
 
 This module is the only part of the package that writes to stdout.
 """
@@ -18,20 +25,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from ._errors import GraphError
+from ._errors import GraphError, PartitionerError
 from ._graph import ExecutionMode, UnitState
 from ._partitioner import QuantumPartitioner
+from ._strategies import RESOURCE_TYPES
 from .taskmap import TaskMap
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
     from ._demo import DemoReport
+    from ._events import Instrument
     from ._plan import ExecutionPlan
 
 __all__ = [
@@ -55,10 +66,16 @@ EXIT_USAGE = 2
 #: Interrupted by Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
 
-#: The modes ``demo --mode`` offers (CUSTOM needs an executor object, not a name).
-_DEMO_MODES = ("sequential", "thread", "process", "async")
+#: The modes ``demo --mode`` and ``run --mode`` offer (CUSTOM needs an executor object).
+_MODES = ("sequential", "thread", "process", "async")
+#: The strategies ``run --strategy`` offers (``priority`` is what every mode does).
+_STRATEGIES = ("resource_balanced", "adaptive")
 #: How many names ``plan`` lists per level before it only counts the rest.
 _LEVEL_NAMES_SHOWN = 8
+#: The widest ``detail`` (a result's repr or an error) ``run`` prints per unit.
+_DETAIL_WIDTH = 60
+#: Unit states that make ``run`` exit with :data:`EXIT_FAILED`.
+_FAILED_STATES = frozenset({UnitState.FAILED, UnitState.TIMEOUT})
 
 
 class CommandError(Exception):
@@ -104,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(commands)
     _add_plan(commands)
+    _add_run(commands)
     return parser
 
 
@@ -130,6 +148,12 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
+def _shorten(text: str, width: int = _DETAIL_WIDTH) -> str:
+    """``text`` on one line, cut to ``width`` characters with an ellipsis."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 # -- demo ----------------------------------------------------------------------------------
 
 
@@ -145,7 +169,7 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     parser.add_argument(
         "--mode",
-        choices=_DEMO_MODES,
+        choices=_MODES,
         default="thread",
         help="where units run (default: %(default)s)",
     )
@@ -228,10 +252,21 @@ def _add_plan(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         default="text",
         help="text summary, Graphviz DOT, or a Mermaid flowchart (default: %(default)s)",
     )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help=(
+            "also print the makespan simulated on N workers, from each unit's "
+            "metadata['estimated_duration'] (1 without one); text format only"
+        ),
+    )
     parser.set_defaults(handler=_run_plan)
 
 
 def _run_plan(args: argparse.Namespace) -> int:
+    if args.workers is not None and args.format != "text":
+        raise CommandError(f"--workers is shown by --format text only, not {args.format}")
     partitioner = load_partitioner(args.target)
     try:
         plan = partitioner.build_execution_plan()
@@ -242,7 +277,15 @@ def _run_plan(args: argparse.Namespace) -> int:
     elif args.format == "mermaid":
         _write([plan.to_mermaid(states=False).rstrip("\n")])
     else:
-        _write(_plan_lines(plan))
+        lines = _plan_lines(plan)
+        if args.workers is not None:
+            simulation = plan.simulate(args.workers)
+            workers = f"{args.workers} worker{'s' if args.workers > 1 else ''}"
+            lines.append(
+                f"makespan         {simulation.makespan:g} on {workers}"
+                f"  [utilisation {simulation.utilisation:.0%}]"
+            )
+        _write(lines)
     return EXIT_OK
 
 
@@ -268,24 +311,191 @@ def _plan_lines(plan: ExecutionPlan) -> list[str]:
     return lines
 
 
+# -- run -----------------------------------------------------------------------------------
+
+
+def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="run the graph a factory builds",
+        description=(
+            "Import MODULE, call FACTORY() (or take it as is if it is a partitioner), run "
+            "the QuantumPartitioner or TaskMap it returns, and print each unit's state, "
+            "attempts, duration and result or error. Exit status: 0 if no unit failed or "
+            "timed out, 1 if one did, 2 for bad input, 130 if interrupted."
+        ),
+    )
+    parser.add_argument("target", metavar="MODULE:FACTORY", help="e.g. myproject.jobs:build")
+    where = parser.add_argument_group("where units run")
+    placement = where.add_mutually_exclusive_group()
+    placement.add_argument(
+        "--mode",
+        choices=_MODES,
+        help="execution mode (default: the partitioner's default_execution_mode)",
+    )
+    placement.add_argument(
+        "--strategy",
+        choices=_STRATEGIES,
+        help=(
+            "resource_balanced: place each unit by metadata['resource_type'] "
+            f"({', '.join(RESOURCE_TYPES)}); adaptive: threads that follow the machine's load"
+        ),
+    )
+    where.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="units that may run at once (default: the partitioner's max_workers)",
+    )
+    how = parser.add_argument_group("how the run goes")
+    how.add_argument(
+        "--context",
+        metavar="JSON",
+        default="{}",
+        help='a JSON object every unit sees in ctx, e.g. \'{"query": "..."}\'',
+    )
+    how.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="once a unit fails for good, cancel every unit that has not started",
+    )
+    parser.set_defaults(handler=_run_run)
+
+
+def _parse_context(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CommandError(f"--context is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise CommandError(f"--context must be a JSON object, got a JSON {_json_kind(value)}")
+    return value
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"
+
+
+def _run_instruments(args: argparse.Namespace) -> list[Instrument]:
+    """The instruments the options of ``run`` ask for (progress, traces, ... go here)."""
+    del args
+    return []
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    context = _parse_context(args.context)  # before the import: the cheaper mistake first
+    partitioner = load_partitioner(args.target)
+    try:
+        partitioner.build_execution_plan()
+    except GraphError as error:
+        raise CommandError(f"{args.target}: {error}") from error
+    partitioner.instruments.extend(_run_instruments(args))
+    options: dict[str, Any] = {"max_workers": args.workers, "fail_fast": args.fail_fast}
+    started = time.perf_counter()
+    try:
+        if args.strategy is not None:
+            partitioner.execute_with_strategy(context, args.strategy, **options)
+        else:
+            partitioner.execute(context, execution_mode=args.mode, **options)
+    except (GraphError, TypeError, ValueError, ImportError) as error:
+        # Raised before any unit runs (a unit's error never escapes execute): bad input, or
+        # an optional dependency a strategy needs.
+        raise CommandError(f"{args.target}: {_one_line(error)}") from error
+    except KeyboardInterrupt:
+        # Every unit is terminal by now; show what completed, then report the interrupt.
+        _write(_run_lines(args.target, partitioner, time.perf_counter() - started))
+        raise
+    seconds = time.perf_counter() - started
+    _write(_run_lines(args.target, partitioner, seconds))
+    failed = any(unit.state in _FAILED_STATES for unit in partitioner.units.values())
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _error_detail(name: str, error: BaseException) -> str:
+    """A user's error as ``Type: message``; the library's own without the unit's name."""
+    if isinstance(error, PartitionerError):
+        lines = str(error).strip().splitlines()
+        if lines:
+            return lines[0].removeprefix(f"unit {name!r}").lstrip(": ")
+    return _one_line(error)
+
+
+def _run_lines(target: str, partitioner: QuantumPartitioner[Any, Any], seconds: float) -> list[str]:
+    """The header, one row per unit, and a summary line with the count of each state."""
+    metrics = partitioner.last_execution_metrics or {}
+    mode = metrics.get("execution_mode", "?")
+    where = f"{mode} {'strategy' if mode in _STRATEGIES else 'mode'}"
+    workers = metrics.get("max_workers")
+    if mode != ExecutionMode.SEQUENTIAL.value:
+        where += f", {workers} worker{'' if workers == 1 else 's'}"
+    units = partitioner.units
+    width = min(40, max((len(name) for name in units), default=4))
+    lines = [
+        f"{target}: {len(units)} units, {where}",
+        "",
+        f"  {'unit':<{width}} {'state':<9} {'attempts':>8} {'ms':>9}  result or error",
+    ]
+    for name, unit in units.items():
+        state = unit.state
+        duration = unit.execution_time
+        ms = "-" if duration is None else f"{duration * 1000:.2f}"
+        if state is UnitState.COMPLETED:
+            detail = _shorten(repr(unit.result))
+        elif unit.error is not None:
+            detail = _shorten(_error_detail(name, unit.error))
+        else:
+            detail = ""
+        lines.append(
+            f"  {name:<{width}} {state.name:<9} {unit.attempt:>8} {ms:>9}  {detail}".rstrip()
+        )
+    counts = dict.fromkeys(UnitState, 0)
+    for unit in units.values():
+        counts[unit.state] += 1
+    summary = ", ".join(
+        f"{count} {state.value}" for state, count in counts.items() if count and state.is_terminal
+    )
+    lines += ["", f"{summary or 'no units'} in {seconds * 1000:.1f} ms"]
+    return lines
+
+
 def load_partitioner(target: str) -> QuantumPartitioner[Any, Any]:
     """Import ``MODULE:FACTORY`` and return the partitioner it names or builds.
 
-    ``FACTORY`` is a dotted attribute path in ``MODULE``: a :class:`QuantumPartitioner` or a
+    ``MODULE`` is a module name, imported with the current directory first on the path as
+    ``python -m`` would, or the path of a ``.py`` file, imported under its stem with its
+    directory first on the path (so worker processes can import it too). ``FACTORY`` is a
+    dotted attribute path in ``MODULE``: a :class:`QuantumPartitioner` or a
     :class:`TaskMap`, or a callable taking no arguments that returns one.
 
     Raises:
         CommandError: The target is malformed, the module does not import, the attribute is
             missing, the factory raises, or what it gives is no partitioner.
     """
-    module_name, sep, attribute = target.partition(":")
+    module_name, sep, attribute = target.rpartition(":")
     if not sep or not module_name or not attribute:
         raise CommandError(f"expected MODULE:FACTORY (e.g. myproject.jobs:build), got {target!r}")
-    # A console script's sys.path starts with its bin directory; 'python -m' puts the
-    # current directory first, which is where a user's module usually is.
-    cwd = str(Path.cwd())
-    if "" not in sys.path and cwd not in sys.path:
-        sys.path.insert(0, cwd)
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise CommandError(f"cannot import module {module_name!r}: no such file")
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        module_name = path.stem
+    else:
+        # A console script's sys.path starts with its bin directory; 'python -m' puts the
+        # current directory first, which is where a user's module usually is.
+        cwd = str(Path.cwd())
+        if "" not in sys.path and cwd not in sys.path:
+            sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
     except Exception as error:
