@@ -7,13 +7,14 @@ the graph construction, so only the callable is timed; the memory measurement co
 
 from __future__ import annotations
 
+import functools
 import gc
 import statistics
 import time
 import tracemalloc
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Mapping, Sized
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from shapes import GraphSpec
@@ -92,10 +93,51 @@ class Failure:
     message: str
 
 
+class ResultValueError(Exception):
+    """A runner returned a wrong value for a unit."""
+
+
 def check_result_count(spec: GraphSpec, results: Sized) -> None:
     """Fail unless the run returned one result per unit, so every runner does the same work."""
     if len(results) != spec.size:
         raise ResultCountError(f"returned {len(results)} results for {spec.size} units")
+
+
+def results_by_name(spec: GraphSpec, results: Sized) -> Mapping[str, Any]:
+    """A run's results by unit name: the project returns a dict, dask a tuple in key order."""
+    if isinstance(results, Mapping):
+        return results
+    return dict(zip(spec.deps, results, strict=True))
+
+
+def check_results(spec: GraphSpec, results: Sized, expected: Mapping[str, Any]) -> None:
+    """Fail unless every unit named in ``expected`` returned the expected value."""
+    check_result_count(spec, results)
+    by_name = results_by_name(spec, results)
+    wrong = [name for name, value in expected.items() if by_name.get(name) != value]
+    if wrong:
+        shown = ", ".join(f"{name}={by_name.get(name)!r}" for name in wrong[:3])
+        raise ResultValueError(f"{len(wrong)} of {len(expected)} results are wrong: {shown}")
+
+
+def run_and_check(spec: GraphSpec, run_once: RunOnce, expected: Mapping[str, Any]) -> Sized:
+    """Run once and check the results' values (used by :func:`checking_values`)."""
+    results = run_once()
+    check_results(spec, results, expected)
+    return results
+
+
+def checking_values(runner: Runner, expected: Mapping[str, Any]) -> Runner:
+    """The same runner, but every run also checks the values of the units in ``expected``.
+
+    The check is a few dict look-ups per checked unit, negligible beside units that do real
+    work (the cpu section); the no-op sections check only the number of results.
+    """
+
+    def prepare(spec: GraphSpec) -> RunOnce:
+        return functools.partial(run_and_check, spec, runner.prepare(spec), expected)
+
+    return Runner(runner.key, runner.label, prepare)
 
 
 def time_runner(runner: Runner, spec: GraphSpec, repeat: int) -> Timing:

@@ -1,5 +1,9 @@
 """The project's runners: ``QuantumPartitioner.execute()`` in each execution mode.
 
+Units are no-ops unless a :class:`~workloads.Workload` says otherwise (the cpu and async
+sections). ``workers`` is the partitioner's and the run's ``max_workers``; None leaves it
+unset (ASYNC: no cap, as with ``asyncio.gather``).
+
 The library is imported lazily, so the peers can still be measured while it does not
 import; its runners then report themselves unavailable. When it is not installed the
 checkout's ``src/`` is tried, so ``python bench/run.py`` measures the code next to it.
@@ -14,13 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import Runner, RunnerUnavailableError, RunOnce
+from workloads import ASYNC_RETURN_NONE, ASYNC_SLEEP_ZERO
 
 if TYPE_CHECKING:
     from types import ModuleType
 
     from shapes import GraphSpec
+    from workloads import Workload
 
 PROJECT_WORKERS = 4
+PROCESS_WORKERS = 2
 CHECKOUT_SRC = Path(__file__).resolve().parent.parent / "src"
 
 
@@ -57,42 +64,81 @@ def project_version() -> str:
     return str(getattr(api, "__version__", "unknown version"))
 
 
-def build_partitioner(spec: GraphSpec, with_callbacks: bool) -> Any:
-    """A partitioner holding one no-op unit per spec entry (optionally with no-op hooks)."""
+def build_partitioner(
+    spec: GraphSpec,
+    with_callbacks: bool,
+    workers: int | None = PROJECT_WORKERS,
+    workload: Workload | None = None,
+) -> Any:
+    """A partitioner holding one unit per spec entry (optionally with no-op hooks).
+
+    The units are no-ops, or run ``workload``'s functions.
+    """
     try:
         api = project_api()
     except ImportError as exc:
         raise RunnerUnavailableError(f"quantum_partitioner is not importable: {exc}") from exc
-    partitioner = api.QuantumPartitioner(max_workers=PROJECT_WORKERS)
+    partitioner = api.QuantumPartitioner(max_workers=workers)
     for name, deps in spec.deps.items():
-        partitioner.add_unit(noop_unit, dependencies=deps, name=name)
+        function = noop_unit if workload is None else workload.function_for(deps)
+        partitioner.add_unit(function, dependencies=deps, name=name)
     if with_callbacks:
         partitioner.on_unit_start = ignore_unit_start
         partitioner.on_unit_complete = ignore_unit_complete
     return partitioner
 
 
-def prepare_execute(spec: GraphSpec, mode: str, with_callbacks: bool) -> RunOnce:
+def prepare_execute(
+    spec: GraphSpec,
+    mode: str,
+    with_callbacks: bool,
+    workers: int | None = PROJECT_WORKERS,
+    workload: Workload | None = None,
+) -> RunOnce:
     """Build the partitioner once; the returned callable runs ``execute()`` in ``mode``."""
-    partitioner = build_partitioner(spec, with_callbacks)
+    partitioner = build_partitioner(spec, with_callbacks, workers, workload)
     execution_mode = project_api().ExecutionMode[mode]
-    if mode == "SEQUENTIAL":
+    if mode == "SEQUENTIAL" or workers is None:
         return functools.partial(partitioner.execute, {}, execution_mode=execution_mode)
     return functools.partial(
-        partitioner.execute, {}, execution_mode=execution_mode, max_workers=PROJECT_WORKERS
+        partitioner.execute, {}, execution_mode=execution_mode, max_workers=workers
     )
 
 
-def project_runner(mode: str, with_callbacks: bool = False) -> Runner:
-    """A runner for ``execute(execution_mode=ExecutionMode[mode])``."""
-    workers = "" if mode == "SEQUENTIAL" else f" ({PROJECT_WORKERS})"
+def project_runner(
+    mode: str,
+    with_callbacks: bool = False,
+    *,
+    workers: int | None = PROJECT_WORKERS,
+    workload: Workload | None = None,
+    tag: str = "",
+) -> Runner:
+    """A runner for ``execute(execution_mode=ExecutionMode[mode])``.
+
+    ``tag`` names the workload in the label and key, e.g. ``ASYNC [sleep(0)]``.
+    """
+    shown_workers = "" if mode == "SEQUENTIAL" or workers is None else f" ({workers})"
     suffix = " + callbacks" if with_callbacks else ""
+    label = f"{mode}{shown_workers}{suffix}" + (f" [{tag}]" if tag else "")
     key = mode.lower() + ("+cb" if with_callbacks else "")
-    prepare = functools.partial(prepare_execute, mode=mode, with_callbacks=with_callbacks)
-    return Runner(key, f"{mode}{workers}{suffix}", prepare)
+    if workers != PROJECT_WORKERS and mode != "SEQUENTIAL":
+        key += f"/{workers}"
+    if tag:
+        key += f"[{tag}]"
+    prepare = functools.partial(
+        prepare_execute,
+        mode=mode,
+        with_callbacks=with_callbacks,
+        workers=workers,
+        workload=workload,
+    )
+    return Runner(key, label, prepare)
 
 
 SEQUENTIAL = project_runner("SEQUENTIAL")
 SEQUENTIAL_CALLBACKS = project_runner("SEQUENTIAL", with_callbacks=True)
 THREAD = project_runner("THREAD")
 THREAD_CALLBACKS = project_runner("THREAD", with_callbacks=True)
+PROCESS = project_runner("PROCESS", workers=PROCESS_WORKERS)
+ASYNC_RETURN = project_runner("ASYNC", workers=None, workload=ASYNC_RETURN_NONE, tag="return None")
+ASYNC_SLEEP = project_runner("ASYNC", workers=None, workload=ASYNC_SLEEP_ZERO, tag="sleep(0)")

@@ -36,6 +36,27 @@ def format_us(value: float) -> str:
     return f"{value:.2f}"
 
 
+def format_optional_us(value: float | None) -> str:
+    """Microseconds, or n/a when the figure could not be computed."""
+    return "n/a" if value is None else format_us(value)
+
+
+def format_ms_timing(outcome: Timing | Failure) -> str:
+    """Table cell: a whole run's median in milliseconds and the spread of the samples."""
+    if isinstance(outcome, Failure):
+        return format_failure(outcome)
+    return f"{format_us(outcome.median * 1e3)} ms ±{outcome.spread:.0%}"
+
+
+def format_speedup(speedup: float | None, target: float | None) -> str:
+    """Table cell: a speed-up (higher is better) and, when there is a target, PASS or MISS."""
+    if speedup is None:
+        return "n/a"
+    if target is None:
+        return f"{speedup:.2f}x"
+    return f"{speedup:.2f}x {'PASS' if speedup >= target else 'MISS'}"
+
+
 def format_failure(failure: Failure) -> str:
     """Table cell for a missing measurement."""
     return "n/a" if failure.kind == "unavailable" else "ERROR"

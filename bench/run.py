@@ -18,6 +18,22 @@ What is measured:
   unit). The units share one no-op function and their names and dependency lists exist
   before the baseline, so what is counted is the library's own bookkeeping and the results
   it returns; ``dask.get`` on the fanout graph is shown for reference.
+* process: PROCESS mode (2 worker processes) beside ``dask.multiprocessing.get`` (2
+  workers, dask's default chunksize) on the same three no-op shapes at a smaller N (default
+  1,000; ``--process-n``), SEQUENTIAL for reference. Both start their worker processes in
+  every run, so µs per unit includes that start-up; a third table gives each runner's
+  1-unit run (its fixed cost per run) and the per-unit cost net of it.
+* cpu: a fanout of 16 units (``--cpu-units``) each doing ~50 ms (``--cpu-ms``) of
+  pure-Python work, the loop count calibrated once at the start, plus a no-op sink, in
+  SEQUENTIAL, PROCESS (2), THREAD (2, GIL-bound) and ``dask.multiprocessing.get`` (2, with
+  its default chunksize and with chunksize=1). It prints each speed-up over SEQUENTIAL
+  (target: PROCESS >= 1.8x on 2 cores), and the speed-up net of each runner's 1-unit run.
+  Every run checks every unit's result.
+* async: ASYNC mode (no cap on concurrency) on ``async def`` units that return at once or
+  ``await asyncio.sleep(0)``, beside the hand-rolled dataflow under one ``asyncio.run``: a
+  dict of tasks, each awaiting its dependencies' tasks (one after the other, or with
+  ``asyncio.gather``) then running, and ``asyncio.gather`` over all of them. N units
+  (``--n``), fanout and layered.
 
 Why ratios matter more than absolute times: this runs on small shared machines (2 cores,
 other jobs, frequency scaling), where absolute microseconds move by tens of percent from
@@ -29,7 +45,11 @@ to its target; the ± column shows how noisy each figure was. PASS/MISS is infor
 the script exits 0 whatever the verdicts, and 1 only when a measurement crashed or could
 not run (the library does not import).
 
-Usage: ``python bench/run.py [--quick] [--n N] [--repeat R] [--only time,memory]``.
+Parallel speed-ups need idle cores: on a machine where other jobs hold a core, the cpu
+section's speed-ups drop whatever the code does (the load averages it prints tell).
+
+Usage: ``python bench/run.py [--quick] [--n N] [--repeat R] [--process-n N] [--cpu-units U]
+[--cpu-ms MS] [--only time,memory,process,cpu,async]``.
 """
 
 from __future__ import annotations
@@ -47,9 +67,15 @@ from sections import SECTIONS, Options
 DEFAULT_N = 10_000
 DEFAULT_REPEAT = 5
 DEFAULT_MEMORY_N = 100_000
+DEFAULT_PROCESS_N = 1_000
+DEFAULT_CPU_UNITS = 16
+DEFAULT_CPU_MS = 50.0
 QUICK_N = 2_000
 QUICK_REPEAT = 3
 QUICK_MEMORY_N = 20_000
+QUICK_PROCESS_N = 200
+QUICK_CPU_UNITS = 8
+QUICK_CPU_MS = 20.0
 
 
 def parse_section_names(text: str) -> list[str]:
@@ -70,6 +96,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """A number greater than 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -81,9 +115,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-n", type=positive_int, help=f"units in the memory graph ({DEFAULT_MEMORY_N})"
     )
     parser.add_argument(
+        "--process-n",
+        type=positive_int,
+        help=f"units per graph in the process section ({DEFAULT_PROCESS_N})",
+    )
+    parser.add_argument(
+        "--cpu-units",
+        type=positive_int,
+        help=f"working units in the cpu section ({DEFAULT_CPU_UNITS})",
+    )
+    parser.add_argument(
+        "--cpu-ms",
+        type=positive_float,
+        help=f"calibrated work per unit in the cpu section, in ms ({DEFAULT_CPU_MS:g})",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"smoke test: N={QUICK_N}, repeat {QUICK_REPEAT}, memory N={QUICK_MEMORY_N}",
+        help=(
+            f"smoke test: N={QUICK_N}, repeat {QUICK_REPEAT}, memory N={QUICK_MEMORY_N}, "
+            f"process N={QUICK_PROCESS_N}, cpu {QUICK_CPU_UNITS} x {QUICK_CPU_MS:g} ms"
+        ),
     )
     parser.add_argument(
         "--only",
@@ -100,6 +152,9 @@ def resolve_options(args: argparse.Namespace) -> Options:
         n=args.n or (QUICK_N if args.quick else DEFAULT_N),
         repeat=args.repeat or (QUICK_REPEAT if args.quick else DEFAULT_REPEAT),
         memory_n=args.memory_n or (QUICK_MEMORY_N if args.quick else DEFAULT_MEMORY_N),
+        process_n=args.process_n or (QUICK_PROCESS_N if args.quick else DEFAULT_PROCESS_N),
+        cpu_units=args.cpu_units or (QUICK_CPU_UNITS if args.quick else DEFAULT_CPU_UNITS),
+        cpu_ms=args.cpu_ms or (QUICK_CPU_MS if args.quick else DEFAULT_CPU_MS),
     )
 
 
@@ -111,6 +166,9 @@ def print_header(options: Options) -> None:
     print(f"  Python {platform.python_version()} on {platform.platform()}")
     print(f"  {os.cpu_count()} CPUs, load average {load}")
     print(f"  N={options.n:,}, repeat={options.repeat}, memory N={options.memory_n:,}")
+    print(
+        f"  process N={options.process_n:,}, cpu {options.cpu_units} units x {options.cpu_ms:g} ms"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

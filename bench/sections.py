@@ -1,14 +1,17 @@
 """The benchmark's sections and the registries that say what each one measures.
 
 To add rows, append a :class:`~harness.Runner` to a section's ``runners`` (and a
-:class:`Comparison` if it has a peer); to add a measurement (PROCESS beside
-``dask.multiprocessing.get``, ASYNC beside ``asyncio.gather``, cache hits, ...), add a
+:class:`Comparison` if it has a peer); to add a measurement (cache hits, ...), add a
 section to :data:`SECTIONS`. A section is anything with ``name``, ``title`` and
-``run(options) -> bool``.
+``run(options) -> bool``. A :class:`TimingSection` picks its graph size from the options
+(``size``) and can also time a 1-unit graph to show a fixed per-run cost (``fixed_cost``);
+:class:`CpuSection` times units that do real work and reports speed-ups.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 import traceback
 from dataclasses import dataclass
@@ -21,12 +24,34 @@ from harness import (
     Runner,
     RunnerUnavailableError,
     Timing,
+    checking_values,
     measure_peak,
     time_runner,
 )
-from peer_runners import DASK_SYNC, DASK_THREADED, GRAPHLIB_LOOP
-from project_runners import SEQUENTIAL, SEQUENTIAL_CALLBACKS, THREAD, THREAD_CALLBACKS
-from shapes import SHAPES, GraphSpec
+from peer_runners import (
+    DASK_MULTIPROCESSING,
+    DASK_SYNC,
+    DASK_THREADED,
+    GRAPHLIB_LOOP,
+    TASKS_AWAIT_RETURN,
+    TASKS_AWAIT_SLEEP,
+    TASKS_GATHER_RETURN,
+    TASKS_GATHER_SLEEP,
+    dask_multiprocessing_runner,
+)
+from project_runners import (
+    ASYNC_RETURN,
+    ASYNC_SLEEP,
+    PROCESS,
+    PROCESS_WORKERS,
+    SEQUENTIAL,
+    SEQUENTIAL_CALLBACKS,
+    THREAD,
+    THREAD_CALLBACKS,
+    project_runner,
+)
+from shapes import SHAPES, GraphSpec, fanout, single_unit
+from workloads import Calibration, Workload, burn, calibrate_burn, noop
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -41,6 +66,19 @@ class Options:
     n: int
     repeat: int
     memory_n: int
+    process_n: int
+    cpu_units: int
+    cpu_ms: float
+
+
+def standard_size(options: Options) -> int:
+    """The graph size of the no-op sections: ``--n``."""
+    return options.n
+
+
+def process_size(options: Options) -> int:
+    """The graph size of the process section: ``--process-n``."""
+    return options.process_n
 
 
 class Section(Protocol):
@@ -86,7 +124,7 @@ class MemoryCheck:
 
 def progress_start(shape: str, label: str) -> None:
     """Say what is being measured; progress goes to stderr so stdout holds only the report."""
-    print(f"  {shape:8} {label:32} ", end="", file=sys.stderr, flush=True)
+    print(f"  {shape:8} {label:40} ", end="", file=sys.stderr, flush=True)
 
 
 def progress_end(outcome: Timing | MemoryPeak | Failure) -> None:
@@ -129,26 +167,40 @@ def print_failures(failures: dict[str, Failure]) -> None:
 
 @dataclass(frozen=True)
 class TimingSection:
-    """Median wall time per unit of each runner on each shape, then ratios to the peers."""
+    """Median wall time per unit of each runner on each shape, then ratios to the peers.
+
+    With ``fixed_cost``, each runner is also timed on a 1-unit graph, and a third table
+    shows that fixed cost per run and the per-unit cost net of it.
+    """
 
     name: str
     title: str
     runners: Sequence[Runner]
     comparisons: Sequence[Comparison]
     shapes: Sequence[str] = tuple(SHAPES)
+    size: Callable[[Options], int] = standard_size
+    fixed_cost: bool = False
 
     def run(self, options: Options) -> bool:
-        """Time every runner on every shape and print both tables."""
+        """Time every runner on every shape and print the tables."""
         timings: dict[tuple[str, str], Timing | Failure] = {}
         units: dict[str, int] = {}
         for shape in self.shapes:
-            spec = SHAPES[shape](options.n)
+            spec = SHAPES[shape](self.size(options))
             units[shape] = spec.size
             for runner in self.runners:
                 timings[runner.key, shape] = self.measure(runner, spec, options.repeat)
+        fixed: dict[str, Timing | Failure] = {}
+        if self.fixed_cost:
+            spec = single_unit()
+            fixed = {r.key: self.measure(r, spec, options.repeat) for r in self.runners}
         self.print_timings(timings, units, options.repeat)
         self.print_ratios(timings)
-        failures = failures_of({f"{k} on {s}": out for (k, s), out in timings.items()})
+        if self.fixed_cost:
+            self.print_fixed_costs(timings, fixed, options.repeat)
+        outcomes: dict[str, object] = {f"{k} on {s}": out for (k, s), out in timings.items()}
+        outcomes |= {f"{key} on 1 unit": out for key, out in fixed.items()}
+        failures = failures_of(outcomes)
         print_failures(failures)
         return not failures
 
@@ -191,6 +243,67 @@ class TimingSection:
             for comparison in self.comparisons
         ]
         print(report.format_table(header, rows))
+
+    def print_fixed_costs(
+        self,
+        timings: dict[tuple[str, str], Timing | Failure],
+        fixed: dict[str, Timing | Failure],
+        repeat: int,
+    ) -> None:
+        """Table of each runner's 1-unit run and its per-unit cost net of that, then ratios."""
+        print(f"\nFixed cost per run: one run of a 1-unit graph (ms, median of {repeat});")
+        print("net: µs per unit once that is taken off, (N-unit run - 1-unit run) / (N - 1)\n")
+        header = ["runner", "1-unit run", *(f"{shape} net" for shape in self.shapes)]
+        nets = {
+            (runner.key, shape): net_us_per_unit(timings[runner.key, shape], fixed[runner.key])
+            for runner in self.runners
+            for shape in self.shapes
+        }
+        rows = [
+            [
+                runner.label,
+                report.format_ms_timing(fixed[runner.key]),
+                *(report.format_optional_us(nets[runner.key, s]) for s in self.shapes),
+            ]
+            for runner in self.runners
+        ]
+        for comparison in self.comparisons:
+            numerator, denominator = comparison.numerator.key, comparison.denominator.key
+            rows.append(
+                [
+                    comparison.label,
+                    report.format_ratio(
+                        plain_ratio(median_of(fixed[numerator]), median_of(fixed[denominator])),
+                        None,
+                    ),
+                    *(
+                        report.format_ratio(
+                            plain_ratio(nets[numerator, s], nets[denominator, s]), None
+                        )
+                        for s in self.shapes
+                    ),
+                ]
+            )
+        print(report.format_table(header, rows))
+
+
+def median_of(outcome: Timing | Failure) -> float | None:
+    """A timing's median in seconds, or None if it failed."""
+    return outcome.median if isinstance(outcome, Timing) else None
+
+
+def plain_ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator, or None when either is missing or the divisor is not > 0."""
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+def net_us_per_unit(whole: Timing | Failure, one_unit: Timing | Failure) -> float | None:
+    """µs per unit beyond the fixed cost: (whole run - 1-unit run) / (units - 1)."""
+    if not isinstance(whole, Timing) or not isinstance(one_unit, Timing) or whole.units < 2:
+        return None
+    return (whole.median - one_unit.median) / (whole.units - 1) * 1e6
 
 
 def ratio_of(
@@ -249,6 +362,125 @@ class MemorySection:
         return outcome
 
 
+@dataclass(frozen=True)
+class CpuRow:
+    """A runner of the cpu section, made once the work per unit is calibrated.
+
+    ``make(workload=...)`` returns the runner.
+    """
+
+    make: Callable[..., Runner]
+    speedup_target: float | None = None
+
+
+@dataclass(frozen=True)
+class CpuSection:
+    """Wall time of a fanout of units doing pure-Python work, and speed-ups over the first row.
+
+    At the start, the loop count of one unit is calibrated so that it takes
+    ``options.cpu_ms`` in this interpreter; every run checks every unit's result. Each
+    runner is also timed on a 1-unit no-op graph, its fixed cost per run (the start-up of
+    worker processes), so that the table can also show the speed-up net of that cost.
+    """
+
+    name: str
+    title: str
+    rows: Sequence[CpuRow]
+    workers: int
+
+    def run(self, options: Options) -> bool:
+        """Calibrate, time every row on the same graph and print the table."""
+        load_before = os.getloadavg()[0]
+        calibration = calibrate_burn(options.cpu_ms / 1000)
+        spec = GraphSpec("cpu", fanout(options.cpu_units).deps)
+        workload = Workload(functools.partial(burn, calibration.loops), noop)
+        expected = {name: None if deps else calibration.result for name, deps in spec.deps.items()}
+        runners = [checking_values(row.make(workload=workload), expected) for row in self.rows]
+        timings = [TimingSection.measure(runner, spec, options.repeat) for runner in runners]
+        one_unit = single_unit()
+        fixed = [
+            TimingSection.measure(
+                checking_values(row.make(workload=Workload(noop, noop)), {"u0": None}),
+                one_unit,
+                options.repeat,
+            )
+            for row in self.rows
+        ]
+        self.print_table(
+            options, calibration, runners, timings=timings, fixed=fixed, load_before=load_before
+        )
+        outcomes: dict[str, object] = {}
+        for runner, timing, fixed_cost in zip(runners, timings, fixed, strict=True):
+            outcomes[f"{runner.key} on cpu"] = timing
+            outcomes[f"{runner.key} on 1 unit"] = fixed_cost
+        failures = failures_of(outcomes)
+        print_failures(failures)
+        return not failures
+
+    def print_table(
+        self,
+        options: Options,
+        calibration: Calibration,
+        runners: Sequence[Runner],
+        *,
+        timings: Sequence[Timing | Failure],
+        fixed: Sequence[Timing | Failure],
+        load_before: float,
+    ) -> None:
+        """Wall time per run and speed-up over the first row, with PASS/MISS on targets."""
+        work = options.cpu_units * calibration.measured
+        load_after = os.getloadavg()[0]
+        print(
+            f"\n{self.title}: {options.cpu_units} units of pure-Python work + a no-op sink, "
+            f"median of {options.repeat} after 1 warm-up"
+        )
+        print(
+            f"(one unit: burn({calibration.loops:,}), calibrated to {calibration.target * 1e3:g} "
+            f"ms, measures {calibration.measured * 1e3:.1f} ms here; {work * 1e3:.0f} ms of work "
+            f"in all,\n {work / self.workers * 1e3:.0f} ms if perfectly shared by {self.workers} "
+            f"workers; load average {load_before:.2f} before, {load_after:.2f} after)\n"
+        )
+        nets = [
+            net_seconds(timing, fixed_cost)
+            for timing, fixed_cost in zip(timings, fixed, strict=True)
+        ]
+        baseline, baseline_net = median_of(timings[0]), nets[0]
+        header = [
+            "runner",
+            "wall time",
+            f"speedup vs {runners[0].label}",
+            "target",
+            "1-unit run",
+            "speedup net of 1-unit run",
+        ]
+        rows = [
+            [
+                runner.label,
+                report.format_ms_timing(timing),
+                report.format_speedup(plain_ratio(baseline, median_of(timing)), row.speedup_target),
+                "" if row.speedup_target is None else f">= {row.speedup_target:g}x",
+                report.format_ms_timing(fixed_cost),
+                report.format_speedup(plain_ratio(baseline_net, net), None),
+            ]
+            for row, runner, timing, fixed_cost, net in zip(
+                self.rows, runners, timings, fixed, nets, strict=True
+            )
+        ]
+        print(report.format_table(header, rows))
+        print(
+            "\nThe verdict is on the wall time, which includes starting the worker processes"
+            "\n(PROCESS and dask.multiprocessing.get start theirs in every run); the last column"
+            "\ntakes each runner's 1-unit no-op run (its fixed cost per run) off both sides."
+        )
+
+
+def net_seconds(whole: Timing | Failure, one_unit: Timing | Failure) -> float | None:
+    """Median whole run minus median 1-unit run, or None if either failed."""
+    if not isinstance(whole, Timing) or not isinstance(one_unit, Timing):
+        return None
+    return whole.median - one_unit.median
+
+
 THREAD_VS_DASK_TARGET = 0.15
 SEQUENTIAL_VS_DASK_TARGET = 0.2
 MEMORY_TARGET_BYTES_PER_UNIT = 1024
@@ -291,4 +523,54 @@ MEMORY_SECTION = MemorySection(
     ),
 )
 
-SECTIONS: dict[str, Section] = {section.name: section for section in (TIME_SECTION, MEMORY_SECTION)}
+PROCESS_SECTION = TimingSection(
+    name="process",
+    title="PROCESS beside dask.multiprocessing, no-op units",
+    runners=(PROCESS, DASK_MULTIPROCESSING, SEQUENTIAL),
+    comparisons=(Comparison(PROCESS, DASK_MULTIPROCESSING),),
+    size=process_size,
+    fixed_cost=True,
+)
+
+PROCESS_SPEEDUP_TARGET = 1.8
+
+CPU_SECTION = CpuSection(
+    name="cpu",
+    title="CPU-bound graph",
+    rows=(
+        CpuRow(functools.partial(project_runner, "SEQUENTIAL")),
+        CpuRow(
+            functools.partial(project_runner, "PROCESS", workers=PROCESS_WORKERS),
+            PROCESS_SPEEDUP_TARGET,
+        ),
+        CpuRow(functools.partial(project_runner, "THREAD", workers=PROCESS_WORKERS)),
+        CpuRow(functools.partial(dask_multiprocessing_runner, PROCESS_WORKERS)),
+        CpuRow(functools.partial(dask_multiprocessing_runner, PROCESS_WORKERS, chunksize=1)),
+    ),
+    workers=PROCESS_WORKERS,
+)
+
+ASYNC_SECTION = TimingSection(
+    name="async",
+    title="ASYNC beside a hand-rolled asyncio dataflow, coroutine units",
+    runners=(
+        ASYNC_RETURN,
+        TASKS_AWAIT_RETURN,
+        TASKS_GATHER_RETURN,
+        ASYNC_SLEEP,
+        TASKS_AWAIT_SLEEP,
+        TASKS_GATHER_SLEEP,
+    ),
+    comparisons=(
+        Comparison(ASYNC_RETURN, TASKS_AWAIT_RETURN),
+        Comparison(ASYNC_SLEEP, TASKS_AWAIT_SLEEP),
+        Comparison(ASYNC_RETURN, TASKS_GATHER_RETURN),
+        Comparison(ASYNC_SLEEP, TASKS_GATHER_SLEEP),
+    ),
+    shapes=("fanout", "layered"),
+)
+
+SECTIONS: dict[str, Section] = {
+    section.name: section
+    for section in (TIME_SECTION, MEMORY_SECTION, PROCESS_SECTION, CPU_SECTION, ASYNC_SECTION)
+}

@@ -66,3 +66,8 @@ def layered(n: int) -> GraphSpec:
 
 
 SHAPES: dict[str, ShapeBuilder] = {"fanout": fanout, "chain": chain, "layered": layered}
+
+
+def single_unit() -> GraphSpec:
+    """One unit alone: what a run costs whatever its size (start-up and shut-down)."""
+    return GraphSpec("1 unit", {"u0": []})
