@@ -27,8 +27,11 @@ from ._graph import (
 from ._metrics import build_metrics
 from ._plan import ExecutionPlan
 from ._policies import RetryPolicy
+from ._progress import ProgressBar
+from ._report import render_dot, write_report
 from ._run import Run, UnitCache
 from ._strategies import AdaptiveBackend, resource_balanced_backend
+from ._trace import TraceRecorder, export_spans, write_chrome_trace
 from .backends import (
     AsyncBackend,
     Backend,
@@ -41,6 +44,7 @@ from .backends._asyncio import check_no_running_loop
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
+    from pathlib import Path
 
 __all__ = ["QuantumPartitioner"]
 
@@ -130,6 +134,7 @@ class QuantumPartitioner(Generic[T, R]):
         self._plan: ExecutionPlan | None = None
         self._view = _RunView()
         self._last_run: Run | None = None
+        self._last_recorder: TraceRecorder | None = None
         self._last_metrics: dict[str, Any] | None = None
         self._active_run: Run | None = None
         self._lock = threading.Lock()
@@ -259,7 +264,10 @@ class QuantumPartitioner(Generic[T, R]):
         fn_name = getattr(fn, "__name__", None)
         if use_function_name and isinstance(fn_name, str) and fn_name != "<lambda>":
             return fn_name
-        return f"unit_{len(self.units)}"
+        n = len(self.units)
+        while f"unit_{n}" in self.units:  # after remove_unit, the count may name a unit
+            n += 1
+        return f"unit_{n}"
 
     def remove_unit(self, name: str) -> QuantumUnit[T, R]:
         """Remove the unit ``name`` and return it.
@@ -312,6 +320,8 @@ class QuantumPartitioner(Generic[T, R]):
         fail_fast: bool = False,
         raise_on_error: bool = False,
         backend: Backend | None = None,
+        progress: bool = False,
+        trace: bool = False,
     ) -> dict[str, R]:
         """Run every unit, respecting dependencies; return the results that exist.
 
@@ -323,6 +333,10 @@ class QuantumPartitioner(Generic[T, R]):
             fail_fast: Once a unit fails for good, cancel every unit that has not started.
             raise_on_error: Raise :class:`TaskError` if any unit failed or timed out.
             backend: Run on this backend instead of the mode's own.
+            progress: Draw a live progress bar on standard error, if it is a terminal
+                (needs the ``progress`` extra).
+            trace: Record which worker runs each attempt, for :meth:`export_trace` and
+                :meth:`write_report` (one dict entry per attempt).
 
         Returns:
             Results by unit name: every completed unit, plus the fallback value of each
@@ -336,7 +350,14 @@ class QuantumPartitioner(Generic[T, R]):
                 stay available through :meth:`get_partial_results`.
         """
         chosen, run = self._prepare(
-            context, execution_mode, max_workers, custom_executor, backend, fail_fast=fail_fast
+            context,
+            execution_mode,
+            max_workers,
+            custom_executor,
+            backend,
+            fail_fast=fail_fast,
+            progress=progress,
+            trace=trace,
         )
         run.begin()
         try:
@@ -353,6 +374,8 @@ class QuantumPartitioner(Generic[T, R]):
         *,
         fail_fast: bool = False,
         raise_on_error: bool = False,
+        progress: bool = False,
+        trace: bool = False,
     ) -> dict[str, R]:
         """Run every unit on the running event loop (ASYNC mode) and return the results.
 
@@ -368,6 +391,8 @@ class QuantumPartitioner(Generic[T, R]):
             None,
             fail_fast=fail_fast,
             from_loop=True,
+            progress=progress,
+            trace=trace,
         )
         assert isinstance(chosen, AsyncBackend)
         run.begin()
@@ -388,6 +413,8 @@ class QuantumPartitioner(Generic[T, R]):
         *,
         fail_fast: bool,
         from_loop: bool = False,
+        progress: bool = False,
+        trace: bool = False,
     ) -> tuple[Backend, Run]:
         """Validate a run's arguments and graph, then claim the partitioner for it."""
         if context is None:
@@ -399,6 +426,7 @@ class QuantumPartitioner(Generic[T, R]):
         if isinstance(chosen, AsyncBackend) and not from_loop:
             check_no_running_loop()
         graph = self._compiled()
+        instruments = self._run_instruments(progress=progress, trace=trace)
         run = Run(
             graph,
             context,
@@ -406,7 +434,7 @@ class QuantumPartitioner(Generic[T, R]):
             max_workers=workers or self.max_workers or default_thread_workers(),
             retry_policy=self.retry_policy,
             fail_fast=bool(fail_fast),
-            instruments=[*self.instruments, *self._callback_instruments()],
+            instruments=instruments,
             lane_of=chosen.lane_of(graph),
         )
         run.cache = self._cache_for(run)
@@ -416,6 +444,7 @@ class QuantumPartitioner(Generic[T, R]):
             self._active_run = run
         self._view.record = run
         self._last_run = run
+        self._last_recorder = next((i for i in instruments if isinstance(i, TraceRecorder)), None)
         self._last_metrics = None
         return chosen, run
 
@@ -470,6 +499,17 @@ class QuantumPartitioner(Generic[T, R]):
         self.failed_units = {names[i] for i, s in enumerate(state) if s in _FAILED_STATES}
         with self._lock:
             self._active_run = None
+
+    def _run_instruments(self, *, progress: bool, trace: bool) -> list[Instrument]:
+        """The partitioner's instruments, its callbacks, and those this run asked for."""
+        instruments = [*self.instruments, *self._callback_instruments()]
+        if trace and not any(isinstance(i, TraceRecorder) for i in instruments):
+            instruments.append(TraceRecorder())
+        if progress:
+            bar = ProgressBar()  # raises ImportError naming the extra if rich is missing
+            if bar.active:  # not a terminal: nothing to draw, so nothing to pay per unit
+                instruments.append(bar)
+        return instruments
 
     def _callback_instruments(self) -> list[Instrument]:
         instruments: list[Instrument] = []
@@ -581,6 +621,87 @@ class QuantumPartitioner(Generic[T, R]):
                 return metrics
             self._last_metrics = metrics
         return self._last_metrics
+
+    # -- pictures and traces of the last run (see docs/observability.md) --------------------
+
+    def _finished_run(self) -> Run:
+        run = self._last_run
+        if run is None:
+            raise RuntimeError("there is no run to show yet: call execute() first")
+        if self._active_run is run:
+            raise RuntimeError("the run is still going; export it once execute() returns")
+        return run
+
+    def export_trace(self, path: str | Path) -> Path:
+        """Write the last run as a Chrome trace (JSON) that Perfetto and chrome://tracing open.
+
+        One track per worker, one slice per attempt; retries, failures, timeouts, skips and
+        cancellations are marked. Tracks are named after worker threads when the run had a
+        :class:`TraceRecorder` (``execute(..., trace=True)``), else numbered slots.
+
+        Args:
+            path: The file to write; a ``.gz`` suffix compresses it.
+
+        Returns:
+            The path written.
+
+        Raises:
+            RuntimeError: No run has finished yet.
+
+        .. versionadded:: 0.1
+        """
+        return write_chrome_trace(self._finished_run(), path, self._last_recorder)
+
+    def export_otel(self, tracer_provider: Any = None) -> Any:
+        """Send the last run to OpenTelemetry as one span, with one child span per attempt.
+
+        Args:
+            tracer_provider: Where spans go (default: the global tracer provider).
+
+        Returns:
+            The run's span (ended).
+
+        Raises:
+            ImportError: ``opentelemetry-api`` is missing (the ``otel`` extra).
+            RuntimeError: No run has finished yet.
+
+        .. versionadded:: 0.1
+        """
+        return export_spans(self._finished_run(), tracer_provider, self._last_recorder)
+
+    def write_report(self, path: str | Path, *, title: str = "quantum-partitioner run") -> Path:
+        """Write a self-contained HTML report of the last run.
+
+        It shows the graph coloured by state, a Gantt chart with one row per worker, the
+        critical path, and every unit's state, attempts and duration; it needs no network.
+
+        Returns:
+            The path written.
+
+        Raises:
+            RuntimeError: No run has finished yet.
+
+        .. versionadded:: 0.1
+        """
+        return write_report(self._finished_run(), path, self._last_recorder, title=title)
+
+    def render(self, path: str | Path, format: str | None = None) -> Path:  # noqa: A002
+        """Draw the graph (coloured by the last run's states) with Graphviz's ``dot``.
+
+        Args:
+            path: The image to write.
+            format: ``"svg"``, ``"png"`` or ``"pdf"``; None takes it from ``path``'s suffix.
+
+        Returns:
+            The path written.
+
+        Raises:
+            FileNotFoundError: Graphviz is not installed; the message says how to get it.
+            ValueError: The format is not one of those.
+
+        .. versionadded:: 0.1
+        """
+        return render_dot(self.build_execution_plan().visualize(), path, format)
 
 
 class _OnStart(Instrument):

@@ -1,0 +1,293 @@
+"""The seed's TaskMap engine: task maps, callbacks, run_tasks, run_parallel_threads, build_graph."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from quantum_partitioner import ExecutionPlan, UnitSkippedError, UnknownDependencyError
+from quantum_partitioner.taskmap import (
+    CircularDependency,
+    CircularDependencyError,
+    TaskError,
+    TaskMap,
+    build_graph,
+    run_parallel_threads,
+    run_tasks,
+)
+
+
+def fail(ctx):
+    raise ValueError("task failed")
+
+
+def diamond():
+    # a -> (b, c) -> d
+    return {
+        "a": (lambda ctx: ctx["n"], []),
+        "b": (lambda ctx: ctx["a"] + 1, ["a"]),
+        "c": (lambda ctx: ctx["a"] * 2, ["a"]),
+        "d": (lambda ctx: (ctx["b"], ctx["c"]), ["b", "c"]),
+    }
+
+
+DIAMOND_RESULTS = {"a": 3, "b": 4, "c": 6, "d": (4, 6)}
+
+
+# -- TaskMap ---------------------------------------------------------------------------------
+
+
+def test_task_map_accepts_pairs_and_bare_functions():
+    """Tasks are (fn, dependencies) pairs, or a bare fn meaning no dependencies."""
+    task_map = TaskMap({"a": lambda ctx: 1, "b": (lambda ctx: ctx["a"] + 1, ("a",))})
+
+    assert task_map.tasks["a"][1] == []
+    assert task_map.tasks["b"][1] == ["a"]
+    assert task_map.run() == {"a": 1, "b": 2}
+
+
+@pytest.mark.parametrize(
+    "tasks",
+    [
+        pytest.param([("a", lambda ctx: 1)], id="not-a-mapping"),
+        pytest.param({"a": 5}, id="not-callable"),
+        pytest.param({"a": (fail, "b")}, id="dependencies-as-string"),
+        pytest.param({"a": (fail, [], "extra")}, id="triple"),
+    ],
+)
+def test_task_map_rejects_malformed_tasks(tasks):
+    """A TaskMap of the wrong shape raises TypeError at construction."""
+    with pytest.raises(TypeError):
+        TaskMap(tasks)
+
+
+def test_task_map_plan_describes_the_graph():
+    """TaskMap.plan() validates the map and returns its ExecutionPlan."""
+    plan = TaskMap(diamond()).plan()
+
+    assert isinstance(plan, ExecutionPlan)
+    assert plan.levels == [["a"], ["b", "c"], ["d"]]
+
+
+def test_task_map_run_returns_every_result():
+    """TaskMap.run(ctx) runs every task in order and returns their results."""
+    assert TaskMap(diamond()).run({"n": 3}) == DIAMOND_RESULTS
+
+
+def test_task_map_can_run_again_with_another_context():
+    """A TaskMap runs again with a new context."""
+    task_map = TaskMap(diamond())
+    task_map.run({"n": 3})
+
+    assert task_map.run({"n": 0})["d"] == (1, 0)
+
+
+# -- callbacks -------------------------------------------------------------------------------
+
+
+class Calls:
+    def __init__(self):
+        self.calls = []
+        self.lock = threading.Lock()
+
+    def attach(self, task_map):
+        task_map.on_task_start = lambda name: self._add("start", name)
+        task_map.on_task_complete = lambda name, result: self._add("complete", name, result)
+        task_map.on_task_error = lambda name, error: self._add("error", name, error)
+
+    def _add(self, *call):
+        with self.lock:
+            self.calls.append(call)
+
+
+def test_callbacks_on_task_start_complete_error():
+    """on_task_start(name), on_task_complete(name, result), on_task_error(name, error) fire."""
+    calls = Calls()
+    task_map = TaskMap({"ok": lambda ctx: 1, "bad": fail, "after": (lambda ctx: 2, ["bad"])})
+    calls.attach(task_map)
+
+    with pytest.raises(TaskError):
+        task_map.run()
+
+    by_kind = {}
+    for kind, *args in calls.calls:
+        by_kind.setdefault(kind, []).append(args)
+    assert sorted(by_kind["start"]) == [["bad"], ["ok"]]  # 'after' was skipped: never started
+    assert by_kind["complete"] == [["ok", 1]]
+    [[name, error]] = by_kind["error"]
+    assert name == "bad"
+    assert isinstance(error, ValueError)
+    # Each task's start comes before its own outcome.
+    assert calls.calls.index(("start", "ok")) < calls.calls.index(("complete", "ok", 1))
+    assert calls.calls.index(("start", "bad")) < calls.calls.index(("error", "bad", error))
+
+
+def test_callbacks_set_after_a_run_are_used_by_the_next_run():
+    """Callbacks assigned between runs take effect on the next run."""
+    task_map = TaskMap({"a": lambda ctx: 1})
+    task_map.run()
+    calls = Calls()
+    calls.attach(task_map)
+
+    task_map.run()
+
+    assert calls.calls == [("start", "a"), ("complete", "a", 1)]
+
+
+def test_callbacks_with_run_parallel_threads():
+    """The callbacks fire for every task in a threaded run too."""
+    calls = Calls()
+    task_map = TaskMap(diamond())
+    calls.attach(task_map)
+
+    run_parallel_threads(task_map, {"n": 3}, max_workers=2)
+
+    assert sorted(c[1] for c in calls.calls if c[0] == "start") == ["a", "b", "c", "d"]
+    completed = {c[1]: c[2] for c in calls.calls if c[0] == "complete"}
+    assert completed == DIAMOND_RESULTS
+
+
+# -- run_tasks -------------------------------------------------------------------------------
+
+
+def test_run_tasks_accepts_a_task_map_or_a_plain_dict():
+    """run_tasks takes a TaskMap or the dict it would be built from."""
+    assert run_tasks(TaskMap(diamond()), {"n": 3}) == DIAMOND_RESULTS
+    assert run_tasks(diamond(), {"n": 3}) == DIAMOND_RESULTS
+
+
+def test_run_tasks_runs_in_the_calling_thread():
+    """run_tasks is sequential: every task runs in the caller's thread."""
+    tasks = {name: (lambda ctx: threading.get_ident(), []) for name in ("a", "b", "c")}
+
+    results = run_tasks(tasks)
+
+    assert set(results.values()) == {threading.get_ident()}
+
+
+def test_run_tasks_raises_task_error_with_partial_results():
+    """A failing task raises TaskError with the error, completed results and failed names."""
+    tasks = {"ok": lambda ctx: "fine", "bad": fail, "after": (lambda ctx: 1, ["bad"])}
+
+    with pytest.raises(TaskError) as info:
+        run_tasks(tasks)
+
+    assert info.value.partial_results == {"ok": "fine"}
+    assert info.value.failed_tasks == ["bad"]
+    assert isinstance(info.value.errors["bad"], ValueError)
+
+
+def test_run_tasks_rejects_unknown_dependencies_before_running():
+    """A dependency naming no task raises UnknownDependencyError before any task runs."""
+    ran = []
+
+    with pytest.raises(UnknownDependencyError, match="ghost"):
+        run_tasks({"a": (lambda ctx: ran.append(1), ["ghost"])})
+
+    assert ran == []
+
+
+# -- run_parallel_threads --------------------------------------------------------------------
+
+
+def test_run_parallel_threads_without_executor():
+    """run_parallel_threads runs the map on its own threads."""
+    assert run_parallel_threads(TaskMap(diamond()), {"n": 3}) == DIAMOND_RESULTS
+
+
+def test_run_parallel_threads_runs_tasks_concurrently():
+    """Independent tasks overlap: two tasks meet at a barrier only if they run at once."""
+    barrier = threading.Barrier(2, timeout=10)
+    tasks = {"x": lambda ctx: barrier.wait() >= 0, "y": lambda ctx: barrier.wait() >= 0}
+
+    assert run_parallel_threads(tasks, max_workers=2) == {"x": True, "y": True}
+
+
+def test_run_parallel_threads_with_an_executor():
+    """run_parallel_threads(..., executor=pool) runs the tasks on that pool, left open."""
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="given") as pool:
+        tasks = {"where": lambda ctx: threading.current_thread().name}
+
+        results = run_parallel_threads(TaskMap(tasks), executor=pool)
+
+        assert results["where"].startswith("given")
+        assert pool.submit(lambda: "still open").result(timeout=10) == "still open"
+
+
+@pytest.mark.parametrize("with_executor", [False, True], ids=["threads", "executor"])
+def test_run_parallel_threads_raises_task_error(with_executor):
+    """A failing task raises TaskError from run_parallel_threads too, skipped tasks excluded."""
+    tasks = {"ok": lambda ctx: 1, "bad": fail, "after": (lambda ctx: 2, ["bad"])}
+
+    with ThreadPoolExecutor(max_workers=2) as pool, pytest.raises(TaskError) as info:
+        run_parallel_threads(tasks, executor=pool if with_executor else None)
+
+    assert info.value.partial_results == {"ok": 1}
+    assert list(info.value.errors) == ["bad"]
+    assert info.value.failed_tasks == ["bad"]
+
+
+def test_task_error_message_names_the_failed_tasks():
+    """str(TaskError) names the failed tasks and the first error."""
+    with pytest.raises(TaskError, match=r"'bad'.*task failed"):
+        run_tasks({"bad": fail})
+
+
+# -- build_graph -----------------------------------------------------------------------------
+
+
+def test_build_graph_returns_an_execution_plan():
+    """build_graph(name -> dependencies) returns the plan with levels and critical path."""
+    plan = build_graph({"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"], "e": []})
+
+    assert isinstance(plan, ExecutionPlan)
+    assert plan.levels == [["a", "e"], ["b", "c"], ["d"]]
+    assert plan.critical_path in (["a", "b", "d"], ["a", "c", "d"])
+    assert plan.dependencies["d"] == {"b", "c"}
+    assert plan.dependents["a"] == {"b", "c"}
+
+
+def test_build_graph_accepts_taskmap_style_pairs():
+    """build_graph also accepts (fn, dependencies) pairs."""
+    plan = build_graph(diamond())
+
+    assert plan.levels == [["a"], ["b", "c"], ["d"]]
+
+
+def test_build_graph_raises_circular_dependency_with_the_cycle():
+    """A cycle raises CircularDependency (CircularDependencyError) naming its path."""
+    with pytest.raises(CircularDependency) as info:
+        build_graph({"a": ["b"], "b": ["a"], "c": []})
+
+    assert CircularDependency is CircularDependencyError
+    assert info.value.cycle in (["a", "b", "a"], ["b", "a", "b"])
+    assert "'a'" in str(info.value)
+    assert "'b'" in str(info.value)
+
+
+def test_build_graph_self_dependency_is_a_cycle():
+    """A task depending on itself is a cycle of one."""
+    with pytest.raises(CircularDependency) as info:
+        build_graph({"a": ["a"]})
+
+    assert info.value.cycle == ["a", "a"]
+
+
+def test_build_graph_rejects_unknown_dependencies():
+    """build_graph raises UnknownDependencyError for a dependency that is no task."""
+    with pytest.raises(UnknownDependencyError, match="'missing'"):
+        build_graph({"a": ["missing"]})
+
+
+def test_skipped_task_is_reported_with_the_failed_dependency():
+    """A task downstream of a failure is skipped, naming the failed dependency."""
+    task_map = TaskMap({"bad": fail, "after": (lambda ctx: 1, ["bad"])})
+
+    with pytest.raises(TaskError):
+        task_map.run()
+
+    unit = task_map.partitioner().units["after"]
+    assert isinstance(unit.error, UnitSkippedError)
+    assert unit.error.failed_dependency == "bad"
