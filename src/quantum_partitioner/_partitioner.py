@@ -431,7 +431,7 @@ class QuantumPartitioner(Generic[T, R]):
             graph,
             context,
             mode=chosen.name,
-            max_workers=workers or self.max_workers or default_thread_workers(),
+            max_workers=chosen.concurrency or 0,
             retry_policy=self.retry_policy,
             fail_fast=bool(fail_fast),
             instruments=instruments,

@@ -71,7 +71,7 @@ class Run:
         graph: The compiled units.
         context: The caller's context, shared read-only by every unit.
         mode: The execution mode's name, as units see it in ``ctx.environment``.
-        max_workers: How many attempts may run at once.
+        max_workers: How many attempts may run at once (0: no fixed limit, as in ASYNC).
         retry_policy: The default retry policy.
         fail_fast: Cancel what has not started once a unit fails for good.
         instruments: Observers of the run.
@@ -105,6 +105,11 @@ class Run:
         self.dispatcher = Dispatcher(instruments)
         self.clock: Callable[[], float] = time.perf_counter
         self.unit_metrics: dict[int, dict[str, Any]] = {}
+        #: Where each unit ran, for backends that know (a Dask worker's address).
+        self.unit_workers: dict[int, str] = {}
+        #: Completed units whose results stayed where they ran (a Dask cluster, not gathered):
+        #: absent from :meth:`results`.
+        self.withheld: set[int] = set()
         #: Every attempt that ended without completing: (index, attempt, start, end, error).
         self.failed_attempts: list[tuple[int, int, float, float, BaseException]] = []
         #: Set when the run is interrupted or cancelled; units can watch ``ctx.cancelled``.
@@ -324,6 +329,8 @@ class Run:
         for i, value in self.scheduler.fallbacks.items():
             if state[i] in _FAILED_STATES:
                 out[names[i]] = value
+        for i in self.withheld:
+            out.pop(names[i], None)
         return out
 
     def failed(self) -> dict[str, BaseException]:

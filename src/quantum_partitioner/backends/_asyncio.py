@@ -114,6 +114,11 @@ class AsyncBackend(Backend):
             raise ValueError("max_workers must be greater than 0")
         self.max_workers = max_workers
 
+    @property
+    def concurrency(self) -> int | None:
+        """The cap on concurrent units, if any."""
+        return self.max_workers
+
     def run(self, run: Run) -> None:
         """Run the driver with ``asyncio.run`` (there must be no running loop here).
 

@@ -38,6 +38,11 @@ class Backend(ABC):
     #: The name units see as ``ctx.environment["execution_mode"]``.
     name: str = "custom"
 
+    @property
+    def concurrency(self) -> int | None:
+        """How many attempts may run at once (None: no fixed limit), for the run's record."""
+        return None
+
     def lane_of(self, graph: Graph) -> list[int] | None:
         """Each unit's lane when the backend runs units in several places, else None."""
         del graph

@@ -93,6 +93,14 @@ class LaneBackend(Backend):
         self.lane_for = lane_for
         self.name = name or self.lanes[0].name
 
+    @property
+    def concurrency(self) -> int | None:
+        """The lanes' sizes added up (None if one has no limit)."""
+        sizes = [getattr(lane, "size", getattr(lane, "capacity", None)) for lane in self.lanes]
+        if any(not isinstance(size, int) for size in sizes):
+            return None
+        return sum(size for size in sizes if isinstance(size, int))
+
     def lane_of(self, graph: Graph) -> list[int] | None:
         """Each unit's lane, or None when there is one lane."""
         if len(self.lanes) == 1 or self.lane_for is None:

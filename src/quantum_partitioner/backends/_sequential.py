@@ -28,6 +28,11 @@ class SequentialBackend(Backend):
 
     name = "sequential"
 
+    @property
+    def concurrency(self) -> int:
+        """One attempt at a time."""
+        return 1
+
     def run(self, run: Run) -> None:
         """Drive ``run`` to the end in this thread."""
         sched = run.scheduler

@@ -50,6 +50,11 @@ class ThreadBackend(Backend):
             raise ValueError("max_workers must be greater than 0")
         self.max_workers = max_workers
 
+    @property
+    def concurrency(self) -> int:
+        """The pool size."""
+        return self.max_workers
+
     def run(self, run: Run) -> None:
         """Drive ``run`` on a fresh pool of worker threads."""
         _ThreadPool(run, self.max_workers).drive()
