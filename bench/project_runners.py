@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,5 +141,47 @@ SEQUENTIAL_CALLBACKS = project_runner("SEQUENTIAL", with_callbacks=True)
 THREAD = project_runner("THREAD")
 THREAD_CALLBACKS = project_runner("THREAD", with_callbacks=True)
 PROCESS = project_runner("PROCESS", workers=PROCESS_WORKERS)
+
+
+def prepare_progress(spec: GraphSpec, mode: str, drawn: bool) -> RunOnce:
+    """``execute(progress=True)``, or (``drawn``) with a bar forced to draw to /dev/null.
+
+    stdout and stderr are not terminals here, so ``progress=True`` attaches nothing; the
+    drawn variant shows what the bar costs a run that is watched from a terminal.
+    """
+    partitioner = build_partitioner(spec, with_callbacks=False)
+    api = project_api()
+    options: dict[str, Any] = {"execution_mode": api.ExecutionMode[mode]}
+    if mode != "SEQUENTIAL":
+        options["max_workers"] = PROJECT_WORKERS
+    if not hasattr(api, "ProgressBar"):
+        raise RunnerUnavailableError("this version has no progress bar")
+    try:
+        if drawn:
+            # Open for as long as the runner lives: closing it would end the measurement.
+            devnull = Path(os.devnull).open("w", encoding="utf-8")  # noqa: SIM115
+            bar = api.ProgressBar(file=devnull, force_terminal=True)
+            partitioner.instruments.append(bar)
+        else:
+            options["progress"] = True
+            api.ProgressBar()  # fails as execute(progress=True) would without rich
+    except ImportError as exc:
+        raise RunnerUnavailableError(str(exc)) from exc
+    return functools.partial(partitioner.execute, {}, **options)
+
+
+def progress_runner(mode: str, drawn: bool) -> Runner:
+    """A runner for ``execute(progress=True)`` in ``mode``: not a tty, or forced to draw."""
+    shown_workers = "" if mode == "SEQUENTIAL" else f" ({PROJECT_WORKERS})"
+    what = "progress bar drawn" if drawn else "progress=True, no tty"
+    key = f"{mode.lower()}+progress" + ("-drawn" if drawn else "")
+    prepare = functools.partial(prepare_progress, mode=mode, drawn=drawn)
+    return Runner(key, f"{mode}{shown_workers} + {what}", prepare)
+
+
+SEQUENTIAL_PROGRESS = progress_runner("SEQUENTIAL", drawn=False)
+SEQUENTIAL_PROGRESS_DRAWN = progress_runner("SEQUENTIAL", drawn=True)
+THREAD_PROGRESS = progress_runner("THREAD", drawn=False)
+THREAD_PROGRESS_DRAWN = progress_runner("THREAD", drawn=True)
 ASYNC_RETURN = project_runner("ASYNC", workers=None, workload=ASYNC_RETURN_NONE, tag="return None")
 ASYNC_SLEEP = project_runner("ASYNC", workers=None, workload=ASYNC_SLEEP_ZERO, tag="sleep(0)")

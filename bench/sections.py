@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import report
+from cache_section import CACHE_SECTION
 from harness import (
     Failure,
     MemoryPeak,
@@ -46,8 +47,12 @@ from project_runners import (
     PROCESS_WORKERS,
     SEQUENTIAL,
     SEQUENTIAL_CALLBACKS,
+    SEQUENTIAL_PROGRESS,
+    SEQUENTIAL_PROGRESS_DRAWN,
     THREAD,
     THREAD_CALLBACKS,
+    THREAD_PROGRESS,
+    THREAD_PROGRESS_DRAWN,
     project_runner,
 )
 from shapes import SHAPES, GraphSpec, fanout, single_unit
@@ -493,6 +498,10 @@ TIME_SECTION = TimingSection(
         SEQUENTIAL_CALLBACKS,
         THREAD,
         THREAD_CALLBACKS,
+        SEQUENTIAL_PROGRESS,
+        SEQUENTIAL_PROGRESS_DRAWN,
+        THREAD_PROGRESS,
+        THREAD_PROGRESS_DRAWN,
         DASK_SYNC,
         DASK_THREADED,
         GRAPHLIB_LOOP,
@@ -506,6 +515,10 @@ TIME_SECTION = TimingSection(
         Comparison(THREAD_CALLBACKS, THREAD),
         Comparison(SEQUENTIAL_CALLBACKS, SEQUENTIAL),
         Comparison(THREAD, SEQUENTIAL),
+        Comparison(SEQUENTIAL_PROGRESS, SEQUENTIAL),
+        Comparison(SEQUENTIAL_PROGRESS_DRAWN, SEQUENTIAL),
+        Comparison(THREAD_PROGRESS, THREAD),
+        Comparison(THREAD_PROGRESS_DRAWN, THREAD),
     ),
 )
 
@@ -572,5 +585,12 @@ ASYNC_SECTION = TimingSection(
 
 SECTIONS: dict[str, Section] = {
     section.name: section
-    for section in (TIME_SECTION, MEMORY_SECTION, PROCESS_SECTION, CPU_SECTION, ASYNC_SECTION)
+    for section in (
+        TIME_SECTION,
+        MEMORY_SECTION,
+        PROCESS_SECTION,
+        CPU_SECTION,
+        ASYNC_SECTION,
+        CACHE_SECTION,
+    )
 }

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -21,6 +23,10 @@ ERROR_PREFIX = "quantum-partitioner: error: "
 #         +--> validate_data ----+
 FACTORIES = textwrap.dedent(
     """
+    import os
+    import sys
+    import time
+
     from quantum_partitioner import QuantumPartitioner
     from quantum_partitioner.taskmap import TaskMap
 
@@ -53,6 +59,68 @@ FACTORIES = textwrap.dedent(
         return p
 
     NUMBER = 3
+
+    # -- for `run` ---------------------------------------------------------------------------
+    #
+    #   boom --> after_boom          slow (timeout 0.05 s)          fine
+    #
+    def boom(ctx):
+        raise ValueError("the disk is full\\nand a second line")
+
+    def failing():
+        p = QuantumPartitioner(max_workers=2)
+        p.add_unit(boom, name="boom")
+        p.add_unit(lambda ctx: 1, ["boom"], name="after_boom")
+        p.add_unit(lambda ctx: time.sleep(2), name="slow", timeout=0.05)
+        p.add_unit(lambda ctx: "fine", name="fine")
+        return p
+
+    def needs_context():
+        p = QuantumPartitioner()
+        p.add_unit(lambda ctx: ctx["n"] * 2, name="double")
+        p.add_unit(lambda ctx: ctx["double"] + ctx.get("extra", 0), ["double"], name="plus")
+        return p
+
+    def custom_mode():
+        return QuantumPartitioner(default_execution_mode="custom")
+
+    def bad_resource_type():
+        p = QuantumPartitioner()
+        p.add_unit(lambda ctx: 1, name="gpu_job", metadata={"resource_type": "gpu"})
+        return p
+
+    def placed():
+        p = QuantumPartitioner()
+        p.add_unit(lambda ctx: os.getpid(), name="cpu_job", metadata={"resource_type": "cpu"})
+        p.add_unit(lambda ctx: os.getpid(), name="io_job", metadata={"resource_type": "io"})
+        return p
+
+    def stuck():
+        p = QuantumPartitioner()
+        p.add_unit(lambda ctx: "done", name="quick")
+
+        def wait_forever(ctx):
+            print("READY", file=sys.stderr, flush=True)
+            while not ctx.cancelled:
+                time.sleep(0.01)
+
+        p.add_unit(wait_forever, ["quick"], name="waits")
+        p.add_unit(lambda ctx: 2, ["waits"], name="after")
+        return p
+
+    # load_data (3) --> process_data (5) --> store_results (1)
+    #      \\                                 /
+    #       +--------> validate_data (1) ---+
+    def weighted():
+        p = QuantumPartitioner()
+        for name, deps, seconds in [
+            ("load_data", [], 3),
+            ("process_data", ["load_data"], 5),
+            ("validate_data", ["load_data"], 1),
+            ("store_results", ["process_data", "validate_data"], 1),
+        ]:
+            p.add_unit(lambda ctx: 0, deps, name, metadata={"estimated_duration": seconds})
+        return p
     """
 )
 
@@ -74,6 +142,8 @@ def project(tmp_path: Path) -> Path:
     (tmp_path / "broken_import.py").write_text("import a_module_that_does_not_exist_xyz\n")
     (tmp_path / "broken_syntax.py").write_text("def f(:\n")
     (tmp_path / "raises_on_import.py").write_text("raise ValueError('bad config')\n")
+    (tmp_path / "clash").mkdir()  # not the current directory, which would shadow the stdlib
+    (tmp_path / "clash" / "json.py").write_text("def build():\n    pass\n")
     return tmp_path
 
 
@@ -191,12 +261,15 @@ def test_plan_of_the_bundled_demo_pipeline():
         ("factories:needs_an_argument", "raised TypeError"),
         ("factories:cycle", "circular dependency: 'a' -> 'b' -> 'a'"),
         ("factories", "expected MODULE:FACTORY"),
+        ("missing_file.py:build", "cannot import module 'missing_file.py': no such file"),
+        ("clash/json.py:build", "as module 'json': that name is taken by"),
         ("factories:", "expected MODULE:FACTORY"),
     ],
 )
-def test_plan_bad_input_is_one_line_and_exit_status_2(project, target, message):
-    """Bad input gets one clear line on stderr, exit status 2 and no traceback."""
-    result = run_cli("plan", target, cwd=project)
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_bad_factory_is_one_line_and_exit_status_2(project, command, target, message):
+    """`plan` and `run`: bad input gets one clear line on stderr, exit 2, no traceback."""
+    result = run_cli(command, target, cwd=project)
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.splitlines()
@@ -219,3 +292,261 @@ def test_help_lists_the_subcommands():
     assert result.returncode == 0
     assert "demo" in result.stdout
     assert "plan" in result.stdout
+    assert "run" in result.stdout
+
+
+# -- plan --workers ------------------------------------------------------------------------
+
+
+def test_plan_workers_prints_the_simulated_makespan(project):
+    """`plan --workers N` adds the makespan simulated on N workers from estimated durations."""
+    one = run_cli("plan", "factories:weighted", "--workers", "1", cwd=project)
+    two = run_cli("plan", "factories:weighted", "--workers", "2", cwd=project)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    assert "critical path    load_data -> process_data -> store_results" in two.stdout
+    assert "[3 units, length 9]" in two.stdout
+    assert one.stdout.splitlines()[-1] == "makespan         10 on 1 worker  [utilisation 100%]"
+    # validate_data runs beside process_data: two workers reach the critical path's 9.
+    assert two.stdout.splitlines()[-1] == "makespan         9 on 2 workers  [utilisation 56%]"
+
+
+def test_plan_without_workers_prints_no_makespan(project):
+    """Without `--workers`, `plan` prints no simulation."""
+    result = run_cli("plan", "factories:weighted", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "makespan" not in result.stdout
+
+
+def test_plan_workers_needs_the_text_format(project):
+    """`--workers` with `--format dot` is a usage error (one line, exit 2)."""
+    result = run_cli("plan", "factories:build", "--format", "dot", "--workers", "2", cwd=project)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{ERROR_PREFIX}--workers is shown by --format text only, not dot"
+    ]
+
+
+# -- run: good runs ------------------------------------------------------------------------
+
+
+def table(stdout: str) -> dict[str, list[str]]:
+    """The rows of `run`'s unit table by unit name: [state, attempts, ms, detail...]."""
+    lines = stdout.splitlines()
+    start = next(n for n, line in enumerate(lines) if line.split()[:2] == ["unit", "state"])
+    rows = {}
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            break
+        name, *fields = line.split()
+        rows[name] = fields
+    return rows
+
+
+def test_run_completes_and_prints_a_row_per_unit(project):
+    """`run` exits 0 when every unit completes and prints state, attempts, ms and result."""
+    result = run_cli("run", "factories:build", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[0] == "factories:build: 4 units, thread mode"
+    rows = table(result.stdout)
+    assert list(rows) == ["load_data", "process_data", "validate_data", "store_results"]
+    for name, (state, attempts, ms, *_) in rows.items():
+        assert (state, attempts) == ("COMPLETED", "1"), name
+        assert float(ms) >= 0
+    assert rows["store_results"][3:] == ["4"]  # the unit's result, as its repr
+    assert lines[-1].startswith("4 completed in ")
+    assert lines[-1].endswith(" ms")
+
+
+@pytest.mark.parametrize("mode", ["sequential", "thread", "process", "async"])
+def test_run_in_each_mode(project, mode):
+    """`run --mode M --workers 2` runs every unit in that mode and says so."""
+    result = run_cli("run", "factories:build", "--mode", mode, "--workers", "2", cwd=project)
+    assert result.returncode == 0, result.stderr
+    workers = "" if mode == "sequential" else ", 2 workers"
+    assert result.stdout.splitlines()[0] == f"factories:build: 4 units, {mode} mode{workers}"
+    assert {fields[0] for fields in table(result.stdout).values()} == {"COMPLETED"}
+
+
+def test_run_takes_a_task_map(project):
+    """A factory returning a TaskMap is run like a partitioner."""
+    result = run_cli("run", "factories:task_map", "--mode", "sequential", cwd=project)
+    assert result.returncode == 0, result.stderr
+    rows = table(result.stdout)
+    assert [(name, fields[0], fields[3:]) for name, fields in rows.items()] == [
+        ("a", "COMPLETED", ["1"]),
+        ("b", "COMPLETED", ["2"]),
+    ]
+
+
+def test_run_passes_the_json_context_to_units(project):
+    """`--context` is a JSON object every unit sees in ctx."""
+    result = run_cli(
+        "run", "factories:needs_context", "--context", '{"n": 21, "extra": 0.5}', cwd=project
+    )
+    assert result.returncode == 0, result.stderr
+    rows = table(result.stdout)
+    assert rows["double"][3:] == ["42"]
+    assert rows["plus"][3:] == ["42.5"]
+
+
+def test_run_a_factory_by_file_path(project, tmp_path_factory):
+    """MODULE may be the path of a .py file, run from another directory."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    target = f"{project / 'factories.py'}:build"
+    result = run_cli("run", target, "--mode", "process", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"{target}: 4 units, process mode"
+
+
+def test_run_strategy_resource_balanced_places_units(project):
+    """`--strategy resource_balanced` runs cpu units in a worker process, io units here."""
+    result = run_cli("run", "factories:placed", "--strategy", "resource_balanced", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "resource_balanced strategy" in result.stdout.splitlines()[0]
+    rows = table(result.stdout)
+    assert rows["cpu_job"][3] != rows["io_job"][3]  # two process ids
+
+
+# -- run: failures -------------------------------------------------------------------------
+
+
+def test_run_exits_1_and_explains_failed_skipped_and_timed_out_units(project):
+    """A failed or timed-out unit makes `run` exit 1; each row says what happened."""
+    result = run_cli("run", "factories:failing", cwd=project)
+    assert result.returncode == 1
+    assert result.stderr == ""
+    rows = table(result.stdout)
+    assert rows["boom"][:2] == ["FAILED", "1"]
+    assert " ".join(rows["boom"][3:]) == "ValueError: the disk is full"  # first line only
+    assert rows["after_boom"][:3] == ["SKIPPED", "0", "-"]
+    assert " ".join(rows["after_boom"][3:]) == "skipped: dependency 'boom' failed"
+    assert rows["slow"][:2] == ["TIMEOUT", "1"]
+    assert " ".join(rows["slow"][3:]) == "timed out after 0.05 s"
+    assert rows["fine"][0] == "COMPLETED"
+    last = result.stdout.splitlines()[-1]
+    assert last.startswith("1 completed, 1 failed, 1 skipped, 1 timeout in ")
+
+
+def test_run_fail_fast_cancels_what_has_not_started(project):
+    """`--fail-fast` in sequential mode: after the first failure the rest is CANCELED."""
+    result = run_cli("run", "factories:failing", "--mode", "sequential", "--fail-fast", cwd=project)
+    assert result.returncode == 1
+    rows = table(result.stdout)
+    assert rows["boom"][0] == "FAILED"
+    assert rows["after_boom"][0] == "SKIPPED"
+    assert rows["slow"][0] == rows["fine"][0] == "CANCELED"
+    assert " ".join(rows["fine"][3:]) == "cancelled: fail_fast after 'boom' failed"
+
+
+def test_run_without_the_context_a_unit_needs_fails_the_unit(project):
+    """A missing context key fails the unit that reads it (exit 1), naming the key."""
+    result = run_cli("run", "factories:needs_context", cwd=project)
+    assert result.returncode == 1
+    rows = table(result.stdout)
+    assert " ".join(rows["double"][3:]).startswith("KeyError: 'n' is neither a context key")
+    assert rows["plus"][0] == "SKIPPED"
+
+
+# -- run: bad input ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        ('{"n": 1', "--context is not valid JSON: Expecting ',' delimiter: line 1 column 8"),
+        ("", "--context is not valid JSON: Expecting value: line 1 column 1 (char 0)"),
+        ("n=1", "--context is not valid JSON"),
+        ("[1, 2]", "--context must be a JSON object, got a JSON array"),
+        ('"text"', "--context must be a JSON object, got a JSON string"),
+        ("3", "--context must be a JSON object, got a JSON number"),
+        ("true", "--context must be a JSON object, got a JSON boolean"),
+        ("null", "--context must be a JSON object, got a JSON null"),
+    ],
+)
+def test_run_bad_context_is_one_line_and_exit_status_2(project, context, message):
+    """Bad `--context` JSON gets one clear line on stderr and exit status 2; nothing runs."""
+    result = run_cli("run", "factories:needs_context", "--context", context, cwd=project)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(ERROR_PREFIX + message)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["factories:custom_mode"], "ExecutionMode.CUSTOM needs custom_executor"),
+        (
+            ["factories:bad_resource_type", "--strategy", "resource_balanced"],
+            "unit 'gpu_job': resource_type must be one of ['cpu', 'io', 'async'], got 'gpu'",
+        ),
+    ],
+)
+def test_run_partitioner_that_cannot_run_is_exit_status_2(project, args, message):
+    """A partitioner rejected before any unit runs is bad input: one line, exit 2."""
+    result = run_cli("run", *args, cwd=project)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--mode", "thread", "--strategy", "adaptive"],
+        ["--mode", "threads"],
+        ["--workers", "0"],
+    ],
+)
+def test_run_bad_options_are_usage_errors(project, args):
+    """Unknown modes, a zero worker count or both --mode and --strategy: exit 2."""
+    result = run_cli("run", "factories:build", *args, cwd=project)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "usage: quantum-partitioner run" in result.stderr
+
+
+# -- run: Ctrl-C ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_run_interrupted_prints_what_completed_and_exits_130(project, mode):
+    """Ctrl-C during `run`: the table shows completed and CANCELED units, exit status 130."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quantum_partitioner", "run", "factories:stuck", "--mode", mode],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        assert proc.stderr.readline().strip() == "READY"
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        out, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert elapsed < 10
+    assert err.splitlines() == ["quantum-partitioner: interrupted"]
+    rows = table(out)
+    assert rows["quick"][0] == "COMPLETED"
+    assert rows["waits"][0] == rows["after"][0] == "CANCELED"
+    assert out.splitlines()[-1].startswith("1 completed, 2 canceled in ")
+
+
+def test_help_of_run_lists_its_options():
+    """`run --help` documents the mode, strategy, workers, context and fail-fast options."""
+    result = run_cli("run", "--help")
+    assert result.returncode == 0
+    for option in ("--mode", "--strategy", "--workers", "--context", "--fail-fast"):
+        assert option in result.stdout

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
+from ._cache import CacheStats as CacheStats
+from ._cache import CachingQuantumPartitioner as CachingQuantumPartitioner
 from ._context import ExecutionContext as ExecutionContext
 from ._errors import BrokenBackendError as BrokenBackendError
 from ._errors import CircularDependency as CircularDependency
@@ -40,12 +43,37 @@ from ._partitioner import QuantumPartitioner as QuantumPartitioner
 from ._plan import ExecutionPlan as ExecutionPlan
 from ._policies import ExponentialBackoff as ExponentialBackoff
 from ._policies import RetryPolicy as RetryPolicy
+from ._progress import ProgressBar as ProgressBar
 from ._scheduler import Scheduler as Scheduler
 from ._scheduler import Transition as Transition
 from ._simulate import Simulation as Simulation
+from ._stores import CacheEntry as CacheEntry
+from ._stores import CacheStore as CacheStore
+from ._stores import MemoryStore as MemoryStore
+from ._stores import SQLiteStore as SQLiteStore
 from ._strategies import select_execution_strategy as select_execution_strategy
 from ._strategies import select_optimal_workers as select_optimal_workers
+from ._trace import TraceRecorder as TraceRecorder
 from .backends import Backend as Backend
+
+if TYPE_CHECKING:
+    from .backends._dask import DaskBackend as DaskBackend
+
+#: Exported names imported on first use, so that importing the package never imports dask.
+_LAZY = frozenset({"DaskBackend"})
+
+
+def __getattr__(name: str) -> Any:
+    """Import a lazily exported name (``DaskBackend``) on first use."""
+    if name in _LAZY:
+        from . import backends  # noqa: PLC0415 - lazy by design
+
+        obj = getattr(backends, name)
+        obj.__module__ = __name__
+        globals()[name] = obj
+        return obj
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 try:
     __version__ = version("quantum-partitioner")
@@ -55,8 +83,13 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "Backend",
     "BrokenBackendError",
+    "CacheEntry",
+    "CacheStats",
+    "CacheStore",
+    "CachingQuantumPartitioner",
     "CircularDependency",
     "CircularDependencyError",
+    "DaskBackend",
     "DuplicateUnitError",
     "ExecutionContext",
     "ExecutionMode",
@@ -65,15 +98,19 @@ __all__ = [
     "GraphError",
     "Instrument",
     "InternalError",
+    "MemoryStore",
     "PartitionerError",
+    "ProgressBar",
     "QuantumPartitioner",
     "QuantumUnit",
     "RetryPolicy",
     "RunFinished",
     "RunStarted",
+    "SQLiteStore",
     "Scheduler",
     "Simulation",
     "TaskError",
+    "TraceRecorder",
     "Transition",
     "UnitCancelled",
     "UnitCancelledError",
@@ -94,6 +131,8 @@ __all__ = [
 # Public objects say they live here, not in private modules (for reprs, docs and pickles of
 # exceptions).
 for _name in __all__:
+    if _name in _LAZY:
+        continue
     _obj = globals()[_name]
     if getattr(_obj, "__module__", "").startswith(
         ("quantum_partitioner._", "quantum_partitioner.backends._")

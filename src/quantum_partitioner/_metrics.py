@@ -2,8 +2,9 @@
 
 Keys: ``start_time``, ``end_time``, ``total_duration`` (epoch seconds and seconds),
 ``unit_times`` (per unit that ran: ``start``, ``end``, ``duration``, ``state``,
-``attempts``, and ``error`` if it did not complete), ``total_units``, ``completed_units``,
-``failed_units``, ``skipped_units``, ``canceled_units`` (counts), ``execution_trace``
+``attempts``, ``error`` if it did not complete, and ``worker`` if the backend knows where it
+ran), ``total_units``, ``completed_units``, ``failed_units``, ``skipped_units``,
+``canceled_units`` (counts), ``execution_trace``
 (events in time order: ``start``, ``retry``, ``complete``, ``error``, ``timeout``, ``skip``,
 ``cancel``), ``unit_metrics`` (what units recorded with ``ctx.record_metric``),
 ``execution_mode`` and ``max_workers``.
@@ -65,6 +66,8 @@ def build_metrics(run: Run) -> dict[str, Any]:
             }
             if i in sched.errors:
                 times["error"] = str(sched.errors[i])
+            if i in run.unit_workers:
+                times["worker"] = run.unit_workers[i]
             unit_times[name] = times
         event = _END_EVENT.get(state)
         if event is not None:

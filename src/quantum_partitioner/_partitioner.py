@@ -28,7 +28,6 @@ from ._metrics import build_metrics
 from ._plan import ExecutionPlan
 from ._policies import RetryPolicy
 from ._progress import ProgressBar
-from ._report import render_dot, write_report
 from ._run import Run, UnitCache
 from ._strategies import AdaptiveBackend, resource_balanced_backend
 from ._trace import TraceRecorder, export_spans, write_chrome_trace
@@ -683,6 +682,8 @@ class QuantumPartitioner(Generic[T, R]):
 
         .. versionadded:: 0.1
         """
+        from ._report import write_report  # noqa: PLC0415 - only reports need html & co
+
         return write_report(self._finished_run(), path, self._last_recorder, title=title)
 
     def render(self, path: str | Path, format: str | None = None) -> Path:  # noqa: A002
@@ -701,6 +702,8 @@ class QuantumPartitioner(Generic[T, R]):
 
         .. versionadded:: 0.1
         """
+        from ._report import render_dot  # noqa: PLC0415 - only pictures need subprocess
+
         return render_dot(self.build_execution_plan().visualize(), path, format)
 
 

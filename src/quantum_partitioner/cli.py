@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -70,10 +71,13 @@ EXIT_INTERRUPTED = 130
 _MODES = ("sequential", "thread", "process", "async")
 #: The strategies ``run --strategy`` offers (``priority`` is what every mode does).
 _STRATEGIES = ("resource_balanced", "adaptive")
+#: The help of the ``MODULE:FACTORY`` argument of ``plan`` and ``run``.
+_TARGET_HELP = "e.g. myproject.jobs:build, or path/to/jobs.py:build"
 #: How many names ``plan`` lists per level before it only counts the rest.
 _LEVEL_NAMES_SHOWN = 8
-#: The widest ``detail`` (a result's repr or an error) ``run`` prints per unit.
+#: The widest result (its repr) and error message ``run`` prints per unit.
 _DETAIL_WIDTH = 60
+_ERROR_WIDTH = 100
 #: Unit states that make ``run`` exit with :data:`EXIT_FAILED`.
 _FAILED_STATES = frozenset({UnitState.FAILED, UnitState.TIMEOUT})
 
@@ -109,6 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``| head``). Point stdout at devnull so that the flush at
+        # exit does not raise again, as the Python docs on SIGPIPE advise.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,10 +252,10 @@ def _add_plan(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             "Import MODULE, call FACTORY() (or take it as is if it is a partitioner) and "
             "describe the graph of the QuantumPartitioner or TaskMap it returns, without "
             "running any unit. MODULE is found as 'python -m' would, the current directory "
-            "first."
+            "first, or is the path of a .py file."
         ),
     )
-    parser.add_argument("target", metavar="MODULE:FACTORY", help="e.g. myproject.jobs:build")
+    parser.add_argument("target", metavar="MODULE:FACTORY", help=_TARGET_HELP)
     parser.add_argument(
         "--format",
         choices=("text", "dot", "mermaid"),
@@ -319,13 +329,13 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "run",
         help="run the graph a factory builds",
         description=(
-            "Import MODULE, call FACTORY() (or take it as is if it is a partitioner), run "
-            "the QuantumPartitioner or TaskMap it returns, and print each unit's state, "
-            "attempts, duration and result or error. Exit status: 0 if no unit failed or "
-            "timed out, 1 if one did, 2 for bad input, 130 if interrupted."
+            "Import MODULE (as 'plan' does), call FACTORY() (or take it as is if it is a "
+            "partitioner), run the QuantumPartitioner or TaskMap it returns, and print each "
+            "unit's state, attempts, duration and result or error. Exit status: 0 if no "
+            "unit failed or timed out, 1 if one did, 2 for bad input, 130 if interrupted."
         ),
     )
-    parser.add_argument("target", metavar="MODULE:FACTORY", help="e.g. myproject.jobs:build")
+    parser.add_argument("target", metavar="MODULE:FACTORY", help=_TARGET_HELP)
     where = parser.add_argument_group("where units run")
     placement = where.add_mutually_exclusive_group()
     placement.add_argument(
@@ -411,35 +421,44 @@ def _run_run(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.target}: {_one_line(error)}") from error
     except KeyboardInterrupt:
         # Every unit is terminal by now; show what completed, then report the interrupt.
-        _write(_run_lines(args.target, partitioner, time.perf_counter() - started))
+        _write(_run_lines(args, partitioner, time.perf_counter() - started))
         raise
     seconds = time.perf_counter() - started
-    _write(_run_lines(args.target, partitioner, seconds))
+    _write(_run_lines(args, partitioner, seconds))
     failed = any(unit.state in _FAILED_STATES for unit in partitioner.units.values())
     return EXIT_FAILED if failed else EXIT_OK
 
 
 def _error_detail(name: str, error: BaseException) -> str:
-    """A user's error as ``Type: message``; the library's own without the unit's name."""
-    if isinstance(error, PartitionerError):
-        lines = str(error).strip().splitlines()
-        if lines:
-            return lines[0].removeprefix(f"unit {name!r}").lstrip(": ")
-    return _one_line(error)
+    """``Type: message`` (the library's own errors without a type), minus the unit's name.
+
+    The row already names the unit, so a message's leading ``unit 'name':`` is dropped.
+    """
+    text = str(error)
+    if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(error.args[0], str):
+        text = error.args[0]  # str(KeyError) is the repr of its key
+    lines = text.strip().splitlines()
+    message = lines[0].removeprefix(f"unit {name!r}").lstrip(": ") if lines else ""
+    if isinstance(error, PartitionerError) and message:
+        return message
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
-def _run_lines(target: str, partitioner: QuantumPartitioner[Any, Any], seconds: float) -> list[str]:
+def _run_lines(
+    args: argparse.Namespace, partitioner: QuantumPartitioner[Any, Any], seconds: float
+) -> list[str]:
     """The header, one row per unit, and a summary line with the count of each state."""
     metrics = partitioner.last_execution_metrics or {}
     mode = metrics.get("execution_mode", "?")
     where = f"{mode} {'strategy' if mode in _STRATEGIES else 'mode'}"
-    workers = metrics.get("max_workers")
-    if mode != ExecutionMode.SEQUENTIAL.value:
+    # Only a count someone chose: each mode has its own default (threads, CPUs, ...).
+    workers = args.workers or partitioner.max_workers
+    if workers is not None and mode != ExecutionMode.SEQUENTIAL.value:
         where += f", {workers} worker{'' if workers == 1 else 's'}"
     units = partitioner.units
     width = min(40, max((len(name) for name in units), default=4))
     lines = [
-        f"{target}: {len(units)} units, {where}",
+        f"{args.target}: {len(units)} units, {where}",
         "",
         f"  {'unit':<{width}} {'state':<9} {'attempts':>8} {'ms':>9}  result or error",
     ]
@@ -450,7 +469,7 @@ def _run_lines(target: str, partitioner: QuantumPartitioner[Any, Any], seconds: 
         if state is UnitState.COMPLETED:
             detail = _shorten(repr(unit.result))
         elif unit.error is not None:
-            detail = _shorten(_error_detail(name, unit.error))
+            detail = _shorten(_error_detail(name, unit.error), _ERROR_WIDTH)
         else:
             detail = ""
         lines.append(
@@ -482,11 +501,12 @@ def load_partitioner(target: str) -> QuantumPartitioner[Any, Any]:
     module_name, sep, attribute = target.rpartition(":")
     if not sep or not module_name or not attribute:
         raise CommandError(f"expected MODULE:FACTORY (e.g. myproject.jobs:build), got {target!r}")
+    path: Path | None = None
     if module_name.endswith(".py"):
-        path = Path(module_name)
+        path = Path(module_name).resolve()
         if not path.is_file():
             raise CommandError(f"cannot import module {module_name!r}: no such file")
-        folder = str(path.resolve().parent)
+        folder = str(path.parent)
         if folder not in sys.path:
             sys.path.insert(0, folder)
         module_name = path.stem
@@ -500,6 +520,11 @@ def load_partitioner(target: str) -> QuantumPartitioner[Any, Any]:
         module = importlib.import_module(module_name)
     except Exception as error:
         raise CommandError(f"cannot import module {module_name!r}: {_one_line(error)}") from error
+    if path is not None and Path(getattr(module, "__file__", None) or "").resolve() != path:
+        raise CommandError(
+            f"cannot import {str(path)!r} as module {module_name!r}: that name is taken by "
+            f"{getattr(module, '__file__', None) or 'a built-in module'}; rename the file"
+        )
     found: object = module
     for part in attribute.split("."):
         try:

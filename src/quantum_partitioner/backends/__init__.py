@@ -5,6 +5,8 @@ Backends with heavy dependencies are imported only when asked for.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._asyncio import AsyncBackend, AsyncLane
 from ._base import Backend
 from ._executor import ExecutorBackend, ExecutorLane
@@ -14,10 +16,14 @@ from ._sequential import SequentialBackend
 from ._thread_lane import ThreadLane
 from ._threads import ThreadBackend
 
+if TYPE_CHECKING:
+    from ._dask import DaskBackend
+
 __all__ = [
     "AsyncBackend",
     "AsyncLane",
     "Backend",
+    "DaskBackend",
     "ExecutorBackend",
     "ExecutorLane",
     "Lane",
@@ -28,3 +34,13 @@ __all__ = [
     "ThreadBackend",
     "ThreadLane",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``DaskBackend`` on first use: importing the package never imports dask."""
+    if name == "DaskBackend":
+        from ._dask import DaskBackend  # noqa: PLC0415 - lazy by design
+
+        globals()[name] = DaskBackend
+        return DaskBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,596 @@
+"""Layer 4: :class:`CachingQuantumPartitioner`, results served again while inputs are unchanged.
+
+Key policy (docs/caching.md has the long form). A cacheable unit's key is the BLAKE2b digest
+of:
+
+* its name;
+* the fingerprint of its function, taken when the unit is added (code, constants, default
+  arguments, closed-over values, globals it reads; see :mod:`._fingerprint`);
+* ``metadata["cache_version"]``, if given;
+* the fingerprints of the context values it depends on: every key of the caller's context,
+  or only ``metadata["cache_keys"]`` (a key that is absent counts as absent);
+* for each dependency, by name: the dependency's own key if it is cacheable and completed
+  (so a change upstream reaches everything downstream of it, without fingerprinting
+  results), else the fingerprint of the result it handed over (a non-cacheable unit, or a
+  fallback value).
+
+State per partitioner: the store, the function fingerprints by unit name, and the counters.
+State per run (:class:`_RunCache`): each unit's fixed key part, computed before any unit
+runs (so a context value that cannot be fingerprinted is reported then), and each unit's
+key once its dependencies are known. The engine calls ``lookup`` before a unit runs and
+``remember`` after it completed, always in the caller's process (threads included, so
+both are thread-safe).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
+
+from ._fingerprint import UnfingerprintableError, digest, fingerprint, function_fingerprint
+from ._graph import ExecutionMode, QuantumUnit, UnitState
+from ._partitioner import QuantumPartitioner
+from ._stores import CacheEntry, CacheStore, MemoryStore, SQLiteStore
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable, Mapping, Sequence
+    from types import TracebackType
+
+    from ._policies import RetryPolicy
+    from ._run import Run
+
+__all__ = ["CacheStats", "CachingQuantumPartitioner"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+LOGGER = logging.getLogger("quantum_partitioner")
+
+#: Pickle protocol of stored results (part of the store's format version 1).
+PICKLE_PROTOCOL: Final = 5
+_MISS: Final[tuple[bool, Any]] = (False, None)
+_UNKEYABLE: Final = b""
+_COMPLETED: Final = UnitState.COMPLETED
+_KEY_FORMAT: Final = b"quantum-partitioner cache key v1"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """Counters of a :class:`CachingQuantumPartitioner`, since it was created.
+
+    Attributes:
+        hits: Units served from the store.
+        misses: Cacheable units that had to run.
+        writes: Results handed to the store (one larger than the size limit is dropped).
+        skipped: Cacheable units that ran without the cache: a dependency's result could not
+            be fingerprinted, or their result could not be pickled (the log says which).
+        corrupt: Damaged entries found, dropped and recomputed.
+        errors: Store operations that failed (the log says why); each counted as a miss.
+        entries: Entries in the store now.
+        size_bytes: Bytes of payload in the store now.
+
+    .. versionadded:: 0.1
+    """
+
+    hits: int
+    misses: int
+    writes: int
+    skipped: int
+    corrupt: int
+    errors: int
+    entries: int
+    size_bytes: int
+
+    @property
+    def hit_rate(self) -> float:
+        """The share of lookups served: hits / (hits + misses), 0.0 before any."""
+        looked_up = self.hits + self.misses
+        return self.hits / looked_up if looked_up else 0.0
+
+
+def dumps(value: Any) -> bytes:
+    """Serialise a result: pickle, or cloudpickle for what pickle refuses (lambdas)."""
+    try:
+        return pickle.dumps(value, protocol=PICKLE_PROTOCOL)
+    except Exception:
+        import cloudpickle  # noqa: PLC0415 - imported only for results pickle refuses
+
+        return bytes(cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL))
+
+
+def _check_names(unit_id: str, field: str, value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+        raise TypeError(
+            f"unit {unit_id!r}: metadata[{field!r}] must be a list of names, got {value!r}"
+        )
+    return tuple(value)
+
+
+class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
+    """A :class:`QuantumPartitioner` that serves results of units whose inputs did not change.
+
+    Units opt in with ``metadata={"cacheable": True}``. ``metadata["cache_keys"]`` lists the
+    context keys the result depends on (absent: the whole context; ``[]``: none);
+    ``metadata["cache_ignore"]`` names closure variables or globals of the function that do
+    not affect the result (a counter, a lock, a client); ``metadata["cache_version"]`` is
+    any plain value to bump by hand. Keys are content fingerprints (see docs/caching.md):
+    editing a unit's function, a context value it reads or anything upstream of it
+    recomputes it and everything downstream, and nothing else.
+
+    Args:
+        max_workers: As for :class:`QuantumPartitioner`.
+        default_execution_mode: As for :class:`QuantumPartitioner`.
+        cache_path: A SQLite file for results that outlive the process and are shared
+            between processes; None keeps them in memory.
+        cache_size_limit: Bytes of stored results to keep at most; least recently used
+            entries are evicted beyond it. None: no limit.
+        cache_store: Use this store instead (shared between partitioners, or your own
+            :class:`CacheStore`); excludes ``cache_path`` and ``cache_size_limit``.
+        **options: Passed on to :class:`QuantumPartitioner` (``retry_policy``,
+            ``instruments``, ...).
+
+    Attributes:
+        cache: The store (``cache.clear()`` and ``len(cache)`` work as on the seed's dict).
+        cache_hits: Units served from the store, over every run.
+        cache_misses: Cacheable units that had to run, over every run.
+
+    Raises:
+        ValueError: ``cache_path`` is not a cache store of this format version.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        default_execution_mode: ExecutionMode = ExecutionMode.THREAD,
+        *,
+        cache_path: str | os.PathLike[str] | None = None,
+        cache_size_limit: int | None = None,
+        cache_store: CacheStore | None = None,
+        **options: Any,
+    ) -> None:
+        """Create an empty partitioner and open (or create) its store."""
+        super().__init__(max_workers, default_execution_mode, **options)
+        if cache_store is not None:
+            if cache_path is not None or cache_size_limit is not None:
+                raise ValueError("pass either cache_store or cache_path/cache_size_limit, not both")
+            if not isinstance(cache_store, CacheStore):
+                raise TypeError(f"cache_store must be a CacheStore, got {cache_store!r}")
+            self.cache: CacheStore = cache_store
+        elif cache_path is not None:
+            self.cache = SQLiteStore(cache_path, cache_size_limit)
+        else:
+            self.cache = MemoryStore(cache_size_limit)
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self._cache_writes = 0
+        self._cache_skipped = 0
+        self._cache_errors = 0
+        self._counts = threading.Lock()
+        # unit name -> (function, ignored names, fingerprint), taken by add_unit.
+        self._fingerprints: dict[str, tuple[Callable[..., Any], tuple[str, ...], bytes]] = {}
+
+    def __repr__(self) -> str:
+        """Name the mode, count the units and show the store."""
+        return (
+            f"CachingQuantumPartitioner(units={len(self.units)}, max_workers={self.max_workers}, "
+            f"default_execution_mode={self.default_execution_mode}, cache={self.cache!r})"
+        )
+
+    # -- building the graph ----------------------------------------------------------------
+
+    @overload
+    def add_unit(
+        self,
+        fn: Callable[..., R],
+        dependencies: list[str] | None = None,
+        name: str | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        priority: int = 0,
+        metadata: dict[str, Any] | None = None,
+        *,
+        replace: bool = False,
+        retry_policy: RetryPolicy | None = None,
+    ) -> QuantumUnit[T, R]: ...
+
+    @overload
+    def add_unit(
+        self,
+        fn: None = None,
+        dependencies: list[str] | None = None,
+        name: str | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        priority: int = 0,
+        metadata: dict[str, Any] | None = None,
+        *,
+        replace: bool = False,
+        retry_policy: RetryPolicy | None = None,
+    ) -> Callable[[Callable[..., R]], Callable[..., R]]: ...
+
+    def add_unit(  # noqa: PLR0917 - the seed's positional signature
+        self,
+        fn: Callable[..., R] | None = None,
+        dependencies: list[str] | None = None,
+        name: str | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        priority: int = 0,
+        metadata: dict[str, Any] | None = None,
+        *,
+        replace: bool = False,
+        retry_policy: RetryPolicy | None = None,
+    ) -> QuantumUnit[T, R] | Callable[[Callable[..., R]], Callable[..., R]]:
+        """Add a unit as :meth:`QuantumPartitioner.add_unit` does; fingerprint it if cacheable.
+
+        The function's fingerprint is taken now, so a closed-over object that changes while
+        runs go on (a list the unit appends to) does not invalidate the unit's entries.
+
+        Raises:
+            TypeError: The unit is cacheable but its function depends on a value that cannot
+                be fingerprinted (the message names the unit and the value), or its cache
+                metadata has the wrong type. The unit is not added.
+        """
+        if fn is None:  # the decorator calls add_unit again with the function
+            return super().add_unit(
+                None,
+                dependencies,
+                name,
+                timeout,
+                retries,
+                priority,
+                metadata,
+                replace=replace,
+                retry_policy=retry_policy,
+            )
+        # What to restore if the function cannot be fingerprinted. An unnamed unit added with
+        # replace=True is the one case where the unit it replaces is known only afterwards.
+        previous = self.units.get(name) if isinstance(name, str) else None
+        snapshot = dict(self.units) if replace and not isinstance(name, str) else None
+        unit = super().add_unit(
+            fn,
+            dependencies,
+            name,
+            timeout,
+            retries,
+            priority,
+            metadata,
+            replace=replace,
+            retry_policy=retry_policy,
+        )
+        self._fingerprints.pop(unit.id, None)
+        if unit.metadata.get("cacheable"):
+            try:
+                self._function_fingerprint(unit)
+            except TypeError:
+                if snapshot is not None:
+                    self.units.clear()
+                    self.units.update(snapshot)
+                elif previous is not None:
+                    self.units[unit.id] = previous
+                else:
+                    del self.units[unit.id]
+                self._graph = None
+                self._plan = None
+                raise
+        return unit
+
+    def remove_unit(self, name: str) -> QuantumUnit[T, R]:
+        """Remove the unit ``name`` and return it (its stored results stay; see clear_cache).
+
+        Raises:
+            KeyError: There is no such unit.
+        """
+        unit = super().remove_unit(name)
+        self._fingerprints.pop(name, None)
+        return unit
+
+    def _function_fingerprint(self, unit: QuantumUnit[Any, Any]) -> bytes:
+        """The unit's function fingerprint: the one taken by add_unit, unless it changed."""
+        ignore = _check_names(unit.id, "cache_ignore", unit.metadata.get("cache_ignore")) or ()
+        known = self._fingerprints.get(unit.id)
+        if known is not None and known[0] is unit.function and known[1] == ignore:
+            return known[2]
+        try:
+            value = function_fingerprint(unit.function, frozenset(ignore))
+        except UnfingerprintableError as error:
+            raise TypeError(
+                f"unit {unit.id!r} is cacheable but its function cannot be fingerprinted: "
+                f"{error}. Make that value plain data, or list the variable in "
+                "metadata['cache_ignore'] if the result does not depend on it."
+            ) from None
+        self._fingerprints[unit.id] = (unit.function, ignore, value)
+        return value
+
+    # -- the engine's hooks ----------------------------------------------------------------
+
+    def _cache_for(self, run: Run) -> _RunCache | None:
+        """A run's cache, or None when no unit is cacheable (then runs pay nothing)."""
+        units = run.graph.units
+        if not any(unit.metadata.get("cacheable") for unit in units):
+            return None
+        return _RunCache(self, run)
+
+    def _finish(self, run: Run) -> None:
+        super()._finish(run)
+        try:
+            self.cache.flush()
+        except Exception as error:
+            LOGGER.warning("cache store: could not record read times: %s", error)
+
+    # -- management ------------------------------------------------------------------------
+
+    def clear_cache(self, unit: str | None = None) -> int:
+        """Delete every stored result, or only unit ``unit``'s; return how many.
+
+        The counters stay as they are.
+        """
+        return self.cache.clear(unit)
+
+    def cache_entries(self, unit: str | None = None) -> list[CacheEntry]:
+        """The stored results (or unit ``unit``'s), most recently used first."""
+        return self.cache.entries(unit)
+
+    def cache_stats(self) -> CacheStats:
+        """The counters and the store's size, as a frozen record."""
+        return CacheStats(
+            hits=self.cache_hits,
+            misses=self.cache_misses,
+            writes=self._cache_writes,
+            skipped=self._cache_skipped,
+            corrupt=self.cache.corrupt,
+            errors=self._cache_errors,
+            entries=len(self.cache),
+            size_bytes=self.cache.total_size(),
+        )
+
+    def close(self) -> None:
+        """Close the store (a SQLite file's connection); the partitioner is done with."""
+        self.cache.close()
+
+    def __enter__(self) -> CachingQuantumPartitioner[T, R]:
+        """Use the partitioner in a ``with`` block that closes its store."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the store."""
+        self.close()
+
+    # -- counters (any thread) -------------------------------------------------------------
+
+    def _count(self, *, hit: bool = False, miss: bool = False, write: bool = False) -> None:
+        with self._counts:
+            if hit:
+                self.cache_hits += 1
+            if miss:
+                self.cache_misses += 1
+            if write:
+                self._cache_writes += 1
+
+    def _count_trouble(self, *, skipped: bool = False, error: bool = False) -> None:
+        with self._counts:
+            if skipped:
+                self._cache_skipped += 1
+            if error:
+                self._cache_errors += 1
+
+
+class _RunCache:
+    """One run's keys; the engine's ``UnitCache`` (see the module docstring)."""
+
+    __slots__ = (
+        "_context",
+        "_context_digests",
+        "_dep_order",
+        "_keys",
+        "_names",
+        "_narrowed",
+        "_owner",
+        "_static",
+        "_store",
+        "_value_digests",
+        "_whole_context",
+    )
+
+    def __init__(self, owner: CachingQuantumPartitioner[Any, Any], run: Run) -> None:
+        """Compute each cacheable unit's fixed key part; raise if one cannot be made.
+
+        Raises:
+            TypeError: A context value a cacheable unit depends on cannot be fingerprinted,
+                or a cacheable unit's function or metadata is unusable (names the unit).
+        """
+        self._owner = owner
+        self._store = owner.cache
+        self._context: Mapping[str, Any] = run.context
+        self._context_digests: dict[Any, bytes | UnfingerprintableError] = {}
+        self._whole_context: bytes | None = None
+        self._narrowed: dict[tuple[Any, ...], bytes] = {}
+        self._value_digests: dict[int, bytes] = {}
+        graph = run.graph
+        self._names = graph.names
+        n = len(graph)
+        self._keys: list[bytes | None] = [None] * n
+        self._dep_order: list[Sequence[int] | None] = [None] * n
+        self._static: list[bytes | None] = [None] * n
+        for i, unit in enumerate(graph.units):
+            metadata = unit.metadata
+            if not metadata.get("cacheable"):
+                continue
+            function = owner._function_fingerprint(unit)
+            context = self._context_part(unit)
+            version = metadata.get("cache_version")
+            try:
+                version_part = b"" if version is None else fingerprint(version)
+            except UnfingerprintableError as error:
+                raise TypeError(
+                    f"unit {unit.id!r}: metadata['cache_version'] cannot be fingerprinted: {error}"
+                ) from None
+            name = unit.id.encode("utf-8", "surrogatepass")
+            self._static[i] = digest(
+                b"%s\0%d:%s%s%s%d:%s"
+                % (_KEY_FORMAT, len(name), name, function, context, len(version_part), version_part)
+            )
+
+    # -- fixed parts -----------------------------------------------------------------------
+
+    def _context_part(self, unit: QuantumUnit[Any, Any]) -> bytes:
+        keys = _check_names(unit.id, "cache_keys", unit.metadata.get("cache_keys"))
+        if keys is None:
+            if self._whole_context is None:
+                self._whole_context = self._digest_of_keys(unit.id, list(self._context))
+            return self._whole_context
+        known = self._narrowed.get(keys)
+        if known is None:
+            known = self._narrowed[keys] = self._digest_of_keys(unit.id, keys)
+        return known
+
+    def _digest_of_keys(self, unit_id: str, keys: Sequence[Any]) -> bytes:
+        context = self._context
+        parts = []
+        for key in dict.fromkeys(keys):
+            try:
+                encoded_key = fingerprint(key)
+            except UnfingerprintableError as error:
+                raise TypeError(
+                    f"unit {unit_id!r}: context key {key!r} cannot be fingerprinted: {error}"
+                ) from None
+            if key in context:
+                parts.append(encoded_key + b"=" + self._context_digest(unit_id, key))
+            else:
+                parts.append(encoded_key + b"-")
+        parts.sort()
+        return digest(b"".join(parts))
+
+    def _context_digest(self, unit_id: str, key: Any) -> bytes:
+        known = self._context_digests.get(key)
+        if known is None:
+            try:
+                known = fingerprint(self._context[key])
+            except UnfingerprintableError as error:
+                known = error
+            self._context_digests[key] = known
+        if isinstance(known, UnfingerprintableError):
+            raise TypeError(
+                f"unit {unit_id!r} is cacheable but context key {key!r} cannot be "
+                f"fingerprinted: {known}. List the keys the unit's result depends on in "
+                "metadata['cache_keys'] to leave it out."
+            )
+        return known
+
+    # -- per unit, once its dependencies are done ------------------------------------------
+
+    def _key_of(self, run: Run, i: int, static: bytes) -> bytes:
+        """Unit ``i``'s key, or ``_UNKEYABLE`` if a dependency's result has no fingerprint."""
+        deps = run.graph.deps[i]
+        if not deps:
+            return static
+        order = self._dep_order[i]
+        names = self._names
+        if order is None:
+            order = sorted(deps, key=names.__getitem__)
+            self._dep_order[i] = order
+        sched = run.scheduler
+        parts = [static]
+        for j in order:
+            own = self._keys[j]
+            if own and sched.state[j] is _COMPLETED:
+                part = b"k" + own
+            else:
+                value_digest = self._value_digests.get(j)
+                if value_digest is None:
+                    try:
+                        value_digest = fingerprint(sched.results[j])
+                    except UnfingerprintableError as error:
+                        LOGGER.warning(
+                            "unit %r runs without the cache: the result of its dependency %r "
+                            "cannot be fingerprinted: %s",
+                            names[i],
+                            names[j],
+                            error,
+                        )
+                        self._owner._count_trouble(skipped=True)
+                        return _UNKEYABLE
+                    self._value_digests[j] = value_digest
+                part = b"v" + value_digest
+            name = names[j].encode("utf-8", "surrogatepass")
+            parts.append(b"%d:%s%s" % (len(name), name, part))
+        return digest(b"".join(parts))
+
+    def lookup(self, run: Run, i: int) -> tuple[bool, Any]:
+        """``(True, result)`` if unit ``i``'s result for its current inputs is stored."""
+        static = self._static[i]
+        if static is None:
+            return _MISS
+        key = self._keys[i]
+        first = key is None
+        if key is None:
+            key = self._key_of(run, i, static)
+            self._keys[i] = key
+        if not key:
+            return _MISS
+        owner = self._owner
+        try:
+            payload = self._store.get(key)
+        except Exception as error:
+            LOGGER.warning("unit %r: cache lookup failed, running it: %s", self._names[i], error)
+            owner._count_trouble(error=True)
+            payload = None
+        if payload is not None:
+            try:
+                value = pickle.loads(payload)  # noqa: S301 - the store is trusted (docs/caching.md)
+            except Exception as error:
+                LOGGER.warning(
+                    "unit %r: stored result does not load (%s); it will be recomputed",
+                    self._names[i],
+                    error,
+                )
+                self._discard(key)
+            else:
+                owner._count(hit=True)
+                return True, value
+        if first:
+            owner._count(miss=True)
+        return _MISS
+
+    def _discard(self, key: bytes) -> None:
+        try:
+            self._store.discard(key, corrupt=True)
+        except Exception as error:
+            LOGGER.warning("cache store: could not drop a damaged entry: %s", error)
+            self._owner._count_trouble(error=True)
+
+    def remember(self, run: Run, i: int, value: Any) -> None:
+        """Store unit ``i``'s fresh result under the key its lookup computed."""
+        del run
+        key = self._keys[i]
+        if not key:
+            return
+        owner = self._owner
+        try:
+            payload = dumps(value)
+        except Exception as error:
+            LOGGER.warning(
+                "unit %r: result not cached, it cannot be pickled: %s", self._names[i], error
+            )
+            owner._count_trouble(skipped=True)
+            return
+        try:
+            self._store.put(key, self._names[i], payload)
+        except Exception as error:
+            LOGGER.warning("unit %r: result not cached: %s", self._names[i], error)
+            owner._count_trouble(error=True)
+            return
+        owner._count(write=True)

@@ -1,0 +1,753 @@
+"""Dask: attempts run as tasks on a ``dask.distributed`` cluster; results stay on the workers.
+
+``execute(context, backend=DaskBackend(client))`` runs the same graph, with the same units, on
+the cluster a :class:`distributed.Client` is connected to. ``docs/dask.md`` has the long form.
+
+Policy:
+    * One :class:`~distributed.Client.submit` per attempt. Its arguments are the *futures* of
+      the unit's dependencies, so Dask moves inputs worker to worker and a result never
+      visits the caller unless it is asked for (``gather=``). A dependency that failed with a
+      fallback value hands that value over as a plain argument.
+    * The caller's context is scattered once per run (``broadcast=True``) and every task
+      receives it as a future.
+    * The partitioner's scheduler decides every state change: when a unit is ready, its
+      retries (with the partitioner's backoff, never Dask's ``retries``), its timeout,
+      skip-downstream, fallbacks, ``fail_fast`` and cancellation. Dask decides only which
+      worker runs a task and when: the task's Dask ``priority`` is the unit's place in the
+      scheduler's order (``priority`` first, then remaining critical path).
+    * Lookahead (default on): a unit is handed to Dask as soon as each of its dependencies
+      has a future (is being computed or is done), not only once the client has heard that
+      they completed, so Dask starts it the moment its inputs exist with no round trip
+      through the client. The scheduler still starts the unit only when its dependencies
+      completed; an early outcome waits until then. If a dependency fails, times out or is
+      cancelled, the handed-over dependents are cancelled and handed over again with the
+      retry (or the fallback). With a run cache, lookahead is off: a unit is looked up when
+      it becomes ready and submitted only on a miss.
+    * ``metadata["resource_type"]`` becomes ``resources={type: 1}`` when some worker of the
+      cluster declares that resource; otherwise it is ignored.
+    * Timeouts: Dask cannot interrupt a running task. At the deadline the unit is TIMEOUT,
+      its future is cancelled, its late result is discarded, and the worker thread stays
+      busy until the function returns. A unit's timeout counts from when its inputs are
+      complete, including any time its task waits for a free worker thread.
+    * Cancellation (``cancel()``, Ctrl-C, ``fail_fast``): the futures of every attempt that
+      should not run are cancelled on the cluster (``client.cancel``), nothing of the run is
+      left queued there, and completed results are kept.
+    * When the client loses its scheduler, every unit in flight is FAILED with
+      :class:`BrokenBackendError` saying so, and so is every unit that would start later;
+      results already gathered are kept.
+
+State (per run, in :class:`_DaskRun`, touched only by the driver thread): each unit's live
+future and the attempt it runs, outcomes of looked-ahead attempts that arrived early, the
+attempts in flight, and the futures to cancel. Dask's done-callbacks only post
+``(index, attempt, future)`` to the driver's queue. The scheduler's ``results`` hold each
+completed unit's future; at the end the requested results are gathered in one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
+import queue
+import uuid
+from collections.abc import Collection
+from concurrent.futures import CancelledError, ThreadPoolExecutor
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+from .._context import ExecutionContext
+from .._errors import BrokenBackendError, InternalError
+from .._events import UnitFinished
+from .._graph import UnitState
+from ._base import Backend
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from .._run import Run
+
+__all__ = ["DaskBackend"]
+
+LOGGER = logging.getLogger("quantum_partitioner")
+
+#: What to install when ``distributed`` is missing.
+INSTALL_HINT: Final = "pip install 'quantum-partitioner[dask]'"
+
+#: How often the driver checks that the client still has its scheduler while it waits.
+_WATCH_INTERVAL: Final = 1.0
+#: The longest single wait; far deadlines are waited for in steps.
+_MAX_WAIT: Final = 3600.0
+
+_PENDING: Final = UnitState.PENDING
+_RUNNING: Final = UnitState.RUNNING
+_COMPLETED: Final = UnitState.COMPLETED
+_FAILED_STATES: Final = frozenset({UnitState.FAILED, UnitState.TIMEOUT})
+_DROPPED_STATES: Final = frozenset({UnitState.SKIPPED, UnitState.CANCELED})
+_CONNECTION_LOST: Final = "scheduler-connection-lost"
+
+
+def load_distributed() -> Any:
+    """Import ``distributed``, or say which extra to install."""
+    try:
+        import distributed  # noqa: PLC0415 - an optional dependency, loaded when needed
+    except ImportError as error:
+        raise ImportError(
+            f"DaskBackend needs dask.distributed, which is not installed: {INSTALL_HINT}"
+        ) from error
+    return distributed
+
+
+# -- what runs on the workers ------------------------------------------------------------------
+
+
+class UnitOutput(NamedTuple):
+    """What a unit's task leaves on its worker: the result and what the caller wants to know."""
+
+    value: Any
+    metrics: dict[str, Any] | None
+    worker: str
+
+
+def run_attempt(  # noqa: PLR0917 - called by Dask with positional arguments only
+    function: Callable[[ExecutionContext], Any],
+    unit_id: str,
+    attempt: int,
+    mode: str,
+    names: tuple[str, ...],
+    context: dict[str, Any],
+    *inputs: Any,
+) -> UnitOutput:
+    """Run one attempt of a unit on a Dask worker.
+
+    ``inputs`` are the dependencies' outputs in the order of ``names``: a dependency's
+    :class:`UnitOutput` (Dask resolved its future here, worker to worker) or a plain fallback
+    value.
+    """
+    results = {
+        name: value.value if type(value) is UnitOutput else value
+        for name, value in zip(names, inputs, strict=True)
+    }
+    ctx = ExecutionContext(context, results, unit_id, attempt, mode)
+    value = function(ctx)
+    if inspect.iscoroutine(value):  # an async def unit, or a function that returned one
+        value = asyncio.run(value)
+    return UnitOutput(value, ctx.metrics, _worker_address())
+
+
+def _worker_address() -> str:
+    from distributed import get_worker  # noqa: PLC0415 - present wherever this runs
+
+    try:
+        return str(get_worker().address)
+    except ValueError:  # not inside a worker (a test calling run_attempt directly)
+        return ""
+
+
+def read_outputs(keys: Collection[str], dask_worker: Any = None) -> dict[str, tuple[Any, str]]:
+    """On a worker (``client.run``): the metrics and worker of the outputs it holds."""
+    data = dask_worker.data
+    found = {}
+    for key in keys:
+        if key in data:
+            output = data[key]
+            if type(output) is UnitOutput:
+                found[key] = (output.metrics, output.worker)
+    return found
+
+
+# -- the backend -------------------------------------------------------------------------------
+
+
+class DaskBackend(Backend):
+    """Run attempts as tasks on a ``dask.distributed`` cluster (see the module docstring).
+
+    Args:
+        client: A synchronous :class:`distributed.Client`; None uses the default client at
+            each run. The run never closes it.
+        gather: Which results come back to the caller: ``"all"`` (the default, as
+            ``execute()`` returns every result), None (none), or unit names. The other
+            units' results stay on the workers and are absent from ``execute()``'s results,
+            ``get_partial_results()`` and ``units[name].result``.
+        lookahead: Hand a unit to Dask as soon as its dependencies have futures, so Dask
+            starts it without a round trip through the client. False submits a unit only
+            once its dependencies are known to have completed.
+
+    Raises:
+        ImportError: ``distributed`` is not installed (the message names the extra).
+
+    .. versionadded:: 0.1
+    """
+
+    name = "dask"
+
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        gather: str | Collection[str] | None = "all",
+        lookahead: bool = True,
+    ) -> None:
+        """Check that ``distributed`` is installed and remember the options."""
+        distributed = load_distributed()
+        if client is not None and not isinstance(client, distributed.Client):
+            raise TypeError(f"client must be a distributed.Client or None, got {client!r}")
+        if isinstance(gather, str):
+            if gather != "all":
+                raise ValueError(f'gather must be "all", None or unit names, got {gather!r}')
+        elif gather is not None:
+            if not isinstance(gather, Collection) or not all(isinstance(g, str) for g in gather):
+                raise TypeError(f'gather must be "all", None or unit names, got {gather!r}')
+            gather = frozenset(gather)
+        self.client = client
+        self.gather: frozenset[str] | str | None = gather
+        self.lookahead = bool(lookahead)
+        self._distributed = distributed
+
+    def __repr__(self) -> str:
+        """Name the client and the options."""
+        return f"DaskBackend({self.client!r}, gather={self.gather!r}, lookahead={self.lookahead})"
+
+    def run(self, run: Run) -> None:
+        """Drive ``run`` on the cluster until every unit is terminal.
+
+        Raises:
+            ValueError: ``gather`` names a unit the graph does not have (before any unit runs).
+            TypeError: The context cannot be sent to the cluster (before any unit runs).
+            KeyboardInterrupt: After cancelling the run's futures on the cluster.
+        """
+        client = self.client
+        if client is None:
+            client = self._distributed.client.default_client()
+        if getattr(client, "asynchronous", False):
+            raise TypeError("DaskBackend needs a synchronous Client (asynchronous=False)")
+        keep = self._indices_to_gather(run)
+        dask_run = _DaskRun(run, client, keep, lookahead=self.lookahead and run.cache is None)
+        previous_wake = run.wake
+        run.wake = dask_run.wake
+        try:
+            dask_run.open()
+            dask_run.drive()
+            dask_run.collect()
+        except BaseException as error:
+            run.report(run.interrupt("interrupted", error))
+            dask_run.cancel_all()
+            with contextlib.suppress(Exception):  # a second Ctrl-C still gets through
+                dask_run.collect()
+            raise
+        finally:
+            run.wake = previous_wake
+            dask_run.close()
+
+    def _indices_to_gather(self, run: Run) -> frozenset[int]:
+        names = run.graph.names
+        if self.gather == "all":
+            return frozenset(range(len(names)))
+        if self.gather is None:
+            return frozenset()
+        assert isinstance(self.gather, frozenset)
+        index = run.graph.index
+        unknown = sorted(name for name in self.gather if name not in index)
+        if unknown:
+            raise ValueError(f"gather names units that do not exist: {unknown}")
+        return frozenset(index[name] for name in self.gather)
+
+
+class _Fetched(NamedTuple):
+    """Outputs fetched during the run (for ``unit_finished`` hooks), posted to the driver."""
+
+    units: list[tuple[int, int]]
+    outputs: list[UnitOutput | BaseException]
+
+
+class _DaskRun:
+    """One run on the cluster: the driver loop and the futures it reconciles with the scheduler."""
+
+    def __init__(self, run: Run, client: Any, keep: frozenset[int], *, lookahead: bool) -> None:
+        graph = run.graph
+        n = len(graph)
+        self.run = run
+        self.client = client
+        self.keep = keep
+        self.lookahead = lookahead
+        self.token = uuid.uuid4().hex[:12]
+        #: Keys are unique per submission: a cancelled key is never reused.
+        self.serial = itertools.count()
+        self.outcomes: queue.SimpleQueue[tuple[int, int, Any] | _Fetched | None] = (
+            queue.SimpleQueue()
+        )
+        #: Each unit's live future (running, looked ahead, or completed) and its attempt.
+        self.futures: list[Any] = [None] * n
+        self.future_attempt: list[int] = [0] * n
+        #: Looked-ahead futures that ended before the scheduler started their unit.
+        self.early: dict[int, Any] = {}
+        #: Units the scheduler holds RUNNING, with the attempt.
+        self.in_flight: dict[int, int] = {}
+        self.to_cancel: list[Any] = []
+        self.outputs: dict[int, UnitOutput] = {}
+        self.broken: str | None = None
+        self.context: Any = {}
+        self.options: list[dict[str, Any]] = []
+        self.dep_names = [tuple(graph.names[j] for j in row) for row in graph.deps]
+        self.future_type: type[Any] = load_distributed().Future
+        self.fetcher: ThreadPoolExecutor | None = None
+        self.fetching = 0
+        self.to_fetch: list[tuple[int, int]] = []
+
+    def wake(self) -> None:
+        """Wake the driver (``cancel()`` from another thread)."""
+        self.outcomes.put(None)
+
+    # -- setting up ------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Scatter the context and work out each unit's task options."""
+        run = self.run
+        if run.context:
+            self.context = self._scatter(dict(run.context))
+        graph = run.graph
+        n = len(graph)
+        _, position_of = graph.priority_order()
+        declared = self._declared_resources()
+        units = graph.units
+        integral = all(float(unit.priority).is_integer() for unit in units)
+        for i, unit in enumerate(units):
+            rank = n - position_of[i]  # higher runs sooner, as Dask reads priorities
+            priority = unit.priority + rank / (n + 1) if integral else rank
+            options: dict[str, Any] = {"priority": priority, "pure": False, "retries": 0}
+            kind = unit.metadata.get("resource_type") if unit.metadata else None
+            if isinstance(kind, str) and kind in declared:
+                options["resources"] = {kind: 1}
+            self.options.append(options)
+
+    def _scatter(self, context: dict[str, Any]) -> Any:
+        client = self.client
+        try:
+            [future] = client.scatter([context], broadcast=True, hash=False)
+        except Exception as error:
+            pickle = load_distributed().protocol.pickle
+            for key, value in context.items():
+                try:
+                    pickle.dumps(value)
+                except Exception:
+                    raise TypeError(
+                        f"context key {key!r} ({type(value).__name__}) cannot be sent to the "
+                        f"Dask cluster: {error}"
+                    ) from error
+            raise
+        return future
+
+    def _declared_resources(self) -> frozenset[str]:
+        if not any(unit.metadata.get("resource_type") for unit in self.run.graph.units):
+            return frozenset()  # spare the round trip
+        workers = self.client.scheduler_info().get("workers", {})
+        return frozenset(
+            itertools.chain.from_iterable((w.get("resources") or {}) for w in workers.values())
+        )
+
+    # -- the driver loop -------------------------------------------------------------------
+
+    def drive(self) -> None:
+        """Start ready units, settle outcomes and act on deadlines until every unit is terminal.
+
+        This has the shape of the lane driver: everything the scheduler decides happens in
+        this thread; Dask's callbacks only post to ``outcomes``.
+        """
+        run = self.run
+        sched, clock = run.scheduler, run.clock
+        started_hooks = run.dispatcher.unit_started
+        while sched.is_active() or self.fetching or self.to_fetch:
+            if run.cancel_requested.is_set():
+                transitions = run.interrupt("cancel() was called")
+                self.cancel_all()
+                run.report(transitions)
+                return
+            now = clock()
+            if sched.has_deadlines:
+                transitions = sched.advance(now)
+                self._act(transitions)
+                run.report(transitions)
+            while True:
+                i = sched.start_next(now)
+                if i < 0:
+                    break
+                attempt = sched.attempts[i]
+                self.in_flight[i] = attempt
+                if started_hooks:
+                    run.emit_started(i, attempt, now)
+                self._launch(i, attempt)
+            self._flush()
+            deadline = sched.next_deadline()
+            if not self.in_flight and deadline is None and not self.fetching:
+                if sched.is_active() and not sched.ready_count:
+                    raise InternalError("no unit is ready, running or waiting")
+                continue  # units became ready, or the run is over
+            timeout = _MAX_WAIT if deadline is None else max(0.0, deadline - clock())
+            if self.in_flight:
+                timeout = min(timeout, _WATCH_INTERVAL)
+            try:
+                item = self.outcomes.get(timeout=timeout)
+            except queue.Empty:
+                self._watch_client()
+                continue
+            self._settle(item)
+            while True:  # drain what else arrived, without blocking
+                try:
+                    item = self.outcomes.get_nowait()
+                except queue.Empty:
+                    break
+                self._settle(item)
+
+    def _launch(self, i: int, attempt: int) -> None:
+        """Start attempt ``attempt`` of unit ``i``, which the scheduler just marked RUNNING."""
+        future = self.futures[i]
+        if future is not None and self.future_attempt[i] == attempt:
+            early = self.early.pop(i, None)  # looked ahead: Dask already has it
+            if early is not None:
+                self.outcomes.put((i, attempt, early))
+        else:
+            if future is not None:
+                self._drop(i)
+            run = self.run
+            cache = run.cache
+            if cache is not None:
+                hit, value = cache.lookup(run, i)
+                if hit:
+                    self.outcomes.put((i, attempt, _Served(value)))
+                    return
+            results = run.scheduler.results
+            self._submit(i, attempt, [results[j] for j in run.graph.deps[i]])
+        if self.lookahead:
+            self._look_ahead(i)
+
+    def _submit(self, i: int, attempt: int, inputs: Sequence[Any]) -> None:
+        """Hand attempt ``attempt`` of unit ``i`` to Dask with ``inputs`` (futures or values)."""
+        run = self.run
+        if self.broken is not None:
+            error = BrokenBackendError(f"unit {run.graph.names[i]!r}: {self.broken}")
+            self.outcomes.put((i, attempt, _Failed(error)))
+            return
+        unit = run.graph.units[i]
+        name = unit.id
+        try:
+            future = self.client.submit(
+                run_attempt,
+                unit.function,
+                name,
+                attempt,
+                run.mode,
+                self.dep_names[i],
+                self.context,
+                *inputs,
+                key=f"{name}-{attempt}-{self.token}-{next(self.serial)}",
+                **self.options[i],
+            )
+        except Exception as error:  # e.g. a function that cannot be pickled
+            failure = TypeError(f"unit {name!r} cannot be sent to the Dask cluster: {error}")
+            failure.__cause__ = error
+            self.outcomes.put((i, attempt, _Failed(failure)))
+            return
+        self.futures[i] = future
+        self.future_attempt[i] = attempt
+        future.add_done_callback(partial(_post, self.outcomes.put, i, attempt))
+
+    def _look_ahead(self, start: int) -> None:
+        """Hand over the dependents of ``start`` whose every dependency now has a future."""
+        sched = self.run.scheduler
+        if sched.stopped or self.broken is not None:
+            return
+        deps, dependents = self.run.graph.deps, self.run.graph.dependents
+        state, attempts, results = sched.state, sched.attempts, sched.results
+        futures = self.futures
+        stack = [start]
+        while stack:
+            for k in dependents[stack.pop()]:
+                if futures[k] is not None or state[k] is not _PENDING or attempts[k]:
+                    continue  # handed over already, ended, or waiting for a retry
+                inputs = []
+                for j in deps[k]:
+                    if state[j] is _COMPLETED or (
+                        state[j] in _FAILED_STATES and j in sched.fallbacks
+                    ):
+                        inputs.append(results[j])
+                    elif futures[j] is not None:
+                        inputs.append(futures[j])
+                    else:
+                        break
+                else:
+                    self._submit(k, 1, inputs)
+                    if futures[k] is not None:
+                        stack.append(k)
+
+    def _settle(self, item: tuple[int, int, Any] | _Fetched | None) -> None:
+        if item is None:
+            return
+        if isinstance(item, _Fetched):
+            self._receive_fetched(item)
+            return
+        i, attempt, future = item
+        local = isinstance(future, _Served | _Failed)
+        if not local and self.futures[i] is not future:
+            return  # dropped: timed out, cancelled or superseded; its outcome means nothing
+        run = self.run
+        sched = run.scheduler
+        if sched.state[i] is not _RUNNING or sched.attempts[i] != attempt:
+            if not local:
+                self.early[i] = future  # looked ahead, and done before its inputs were known
+            return
+        del self.in_flight[i]
+        now = run.clock()
+        if isinstance(future, _Served):  # from the run's cache: a plain value
+            self.futures[i] = None
+            sched.complete(i, attempt, future.value, now)
+            if run.dispatcher.unit_finished:
+                run.emit_finished(i, attempt, now)
+            return
+        if not local and future.status == "finished":
+            sched.complete(i, attempt, future, now)
+            if run.dispatcher.unit_finished:
+                if i in self.keep:
+                    self.to_fetch.append((i, attempt))  # announced once its value is here
+                else:
+                    run.emit_finished(i, attempt, now)  # the event carries the future
+            return
+        error = future.error if local else self._error_of(i, future)
+        self.futures[i] = None
+        transitions = sched.fail(i, attempt, error, now)
+        self._drop_dependents(i)
+        self._act(transitions)
+        run.report(transitions)
+
+    def _error_of(self, i: int, future: Any) -> BaseException:
+        """Why a future did not finish: the unit's exception, or what Dask said."""
+        name = self.run.graph.names[i]
+        if future.status == "error":
+            error: BaseException = future.exception()
+            traceback = future.traceback()
+            if traceback is not None:
+                error = error.with_traceback(traceback)
+            return error
+        status = self.client.status
+        reason = f"the client is {status}"
+        if status in {"running", "connecting"}:  # its loop answers: ask the future why
+            try:
+                future.result()
+            except CancelledError as cancelled:
+                reason = getattr(cancelled, "reason", None) or str(cancelled)
+            except Exception as error:
+                return error
+        if reason == _CONNECTION_LOST or status != "running":
+            self._break(_went_away(reason))
+            return BrokenBackendError(f"unit {name!r}: {self.broken}")
+        return BrokenBackendError(f"unit {name!r}: the Dask cluster cancelled it ({reason})")
+
+    def _break(self, reason: str) -> None:
+        """The cluster is gone: fail every attempt in flight now, and every later one."""
+        if self.broken is not None:
+            return
+        self.broken = reason
+        LOGGER.error("Dask backend: %s; unfinished units fail", reason)
+        for i, attempt in list(self.in_flight.items()):
+            error = BrokenBackendError(f"unit {self.run.graph.names[i]!r}: {reason}")
+            self.outcomes.put((i, attempt, _Failed(error)))
+            self.futures[i] = None
+
+    def _watch_client(self) -> None:
+        """Notice a client that lost its scheduler while nothing arrives."""
+        if self.broken is None and self.in_flight and self.client.status != "running":
+            self._break(_went_away(f"the client is {self.client.status}"))
+
+    def _act(self, transitions: Sequence[Any]) -> None:
+        """Stop the attempts the scheduler gave up on: timed out, skipped, cancelled."""
+        state = self.run.scheduler.state
+        for t in transitions:
+            i = t.index
+            if t.was_running:  # timed out, or cancelled while running: its result is discarded
+                self.in_flight.pop(i, None)
+                self._drop(i)
+                self._drop_dependents(i)
+            elif state[i] in _DROPPED_STATES and self.futures[i] is not None:
+                self._drop(i)  # looked ahead, but will never start
+
+    def _drop(self, i: int) -> None:
+        future = self.futures[i]
+        self.futures[i] = None
+        self.early.pop(i, None)
+        if future is not None:
+            self.to_cancel.append(future)
+
+    def _drop_dependents(self, i: int) -> None:
+        """Cancel the looked-ahead futures downstream of ``i``: an input of theirs will not come."""
+        futures, dependents = self.futures, self.run.graph.dependents
+        state = self.run.scheduler.state
+        stack = [i]
+        while stack:
+            for k in dependents[stack.pop()]:
+                if futures[k] is not None and state[k] is _PENDING:
+                    self._drop(k)
+                    stack.append(k)
+
+    def _flush(self) -> None:
+        """Cancel the dropped futures on the cluster, and start fetching for hooks."""
+        if self.to_cancel:
+            futures, self.to_cancel = self.to_cancel, []
+            if self.broken is None:
+                self.client.cancel(futures, force=True)
+        if self.to_fetch:
+            batch, self.to_fetch = self.to_fetch, []
+            if self.fetcher is None:
+                self.fetcher = ThreadPoolExecutor(1, thread_name_prefix="quantum-partitioner-dask")
+            futures = [self.run.scheduler.results[i] for i, _ in batch]
+            self.fetching += 1
+            self.fetcher.submit(self._fetch, batch, futures)
+
+    # -- results -----------------------------------------------------------------------------
+
+    def _fetch(self, batch: list[tuple[int, int]], futures: list[Any]) -> None:
+        """In the fetcher thread: bring outputs here so ``unit_finished`` hooks get values."""
+        outputs: list[UnitOutput | BaseException] = self._gather(futures)
+        self.outcomes.put(_Fetched(batch, outputs))
+
+    def _gather(self, futures: list[Any]) -> list[UnitOutput | BaseException]:
+        """Gather outputs in one call; if that fails, one by one, keeping each error."""
+        try:
+            return list(self.client.gather(futures))
+        except Exception:
+            outputs: list[UnitOutput | BaseException] = []
+            for future in futures:
+                try:
+                    outputs.append(future.result())
+                except Exception as error:
+                    outputs.append(error)
+            return outputs
+
+    def _receive_fetched(self, fetched: _Fetched) -> None:
+        self.fetching -= 1
+        run = self.run
+        sched = run.scheduler
+        hooks = run.dispatcher.unit_finished
+        for (i, attempt), output in zip(fetched.units, fetched.outputs, strict=True):
+            result = None
+            if type(output) is UnitOutput:
+                self.outputs[i] = output
+                result = output.value
+            else:
+                LOGGER.warning(
+                    "Dask backend: the result of %r is lost: %s", run.graph.names[i], output
+                )
+            ended = sched.ended[i]
+            event = UnitFinished(
+                run.graph.names[i], attempt, run.to_epoch(ended), ended - sched.started[i], result
+            )
+            run.dispatcher.emit(hooks, event)
+
+    def collect(self) -> None:
+        """Bring the requested results here; record metrics and workers; withhold the rest."""
+        run = self.run
+        sched = run.scheduler
+        names = run.graph.names
+        wanted = [
+            i
+            for i in self.keep
+            if sched.state[i] is _COMPLETED
+            and i not in self.outputs
+            and isinstance(sched.results[i], self.future_type)
+        ]
+        if wanted and self.broken is None:
+            futures = [sched.results[i] for i in wanted]
+            for i, gathered in zip(wanted, self._gather(futures), strict=True):
+                if type(gathered) is UnitOutput:
+                    self.outputs[i] = gathered
+                else:
+                    LOGGER.warning("Dask backend: the result of %r is lost: %s", names[i], gathered)
+        remote: dict[str, int] = {}
+        keep, future_type = self.keep, self.future_type
+        for i, state in enumerate(sched.state):
+            if state is _COMPLETED:
+                value = sched.results[i]
+                output = self.outputs.get(i)
+                if output is not None:
+                    sched.results[i] = output.value
+                    self._record(i, output.metrics, output.worker)
+                    if run.cache is not None:
+                        run.cache.remember(run, i, output.value)
+                elif isinstance(value, future_type):  # not asked for, or lost
+                    sched.results[i] = None
+                    run.withheld.add(i)
+                    remote[value.key] = i
+                elif i not in keep:  # a cached value, not asked for
+                    run.withheld.add(i)
+            elif state in _FAILED_STATES and i in sched.fallbacks and i not in keep:
+                run.withheld.add(i)
+        if remote and self.broken is None:
+            self._read_remote(remote)
+
+    def _read_remote(self, remote: dict[str, int]) -> None:
+        """Metrics and worker of results that stay on the cluster, without moving them."""
+        try:
+            found = self.client.run(read_outputs, list(remote), on_error="return")
+        except Exception as error:  # the metadata is a nicety: never fail the run for it
+            LOGGER.warning("Dask backend: cannot read metrics from the workers: %s", error)
+            return
+        for per_worker in found.values():
+            if isinstance(per_worker, dict):
+                for key, (metrics, worker) in per_worker.items():
+                    self._record(remote[key], metrics, worker)
+
+    def _record(self, i: int, metrics: dict[str, Any] | None, worker: str) -> None:
+        if metrics:
+            self.run.unit_metrics[i] = metrics
+        if worker:
+            self.run.unit_workers[i] = worker
+
+    # -- ending ------------------------------------------------------------------------------
+
+    def cancel_all(self) -> None:
+        """Cancel every future of the run that has not completed, on the cluster."""
+        sched = self.run.scheduler
+        for i, future in enumerate(self.futures):
+            if future is not None and sched.state[i] is not _COMPLETED:
+                self._drop(i)
+        self.in_flight.clear()
+        if self.to_cancel and self.broken is None:
+            futures, self.to_cancel = self.to_cancel, []
+            with contextlib.suppress(Exception):
+                self.client.cancel(futures, force=True)
+
+    def close(self) -> None:
+        """Release every future of the run (the cluster frees what nobody else holds)."""
+        if self.fetcher is not None:
+            self.fetcher.shutdown(wait=False, cancel_futures=True)
+        results = self.run.scheduler.results
+        for i, value in enumerate(results):
+            if isinstance(value, self.future_type):  # interrupted before collect() ran
+                results[i] = None
+                self.run.withheld.add(i)
+        self.futures = []
+        self.early.clear()
+        self.to_cancel = []
+        self.context = {}
+
+
+class _Served(NamedTuple):
+    """An outcome decided here: a cached result."""
+
+    value: Any
+
+
+class _Failed(NamedTuple):
+    """An outcome decided here: an attempt that could not be handed to Dask."""
+
+    error: BaseException
+
+
+def _went_away(reason: str) -> str:
+    if reason == _CONNECTION_LOST:
+        reason = "the client lost the connection to the scheduler"
+    return f"the Dask cluster went away ({reason})"
+
+
+def _post(put: Callable[[Any], None], i: int, attempt: int, future: Any) -> None:
+    """Dask's done-callback (in its callback thread): tell the driver, nothing else."""
+    put((i, attempt, future))

@@ -1,0 +1,96 @@
+"""A program for test_cache_resume.py: runs cached graphs in a process of its own.
+
+Usage:
+
+* ``python _cache_program.py resume STORE LOG GATE MODE``: the chain
+  ``a -> (b1, b2) -> c -> d -> e`` with every unit cacheable in the SQLite store ``STORE``.
+  Each unit appends its name to ``LOG`` when it starts; ``d`` then waits until the file
+  ``GATE`` exists. Prints one JSON line ``{"results": ..., "hits": ..., "misses": ...}``.
+* ``python _cache_program.py share STORE N BARRIER PARTIES``: ``N`` independent cacheable
+  units in THREAD mode. Before running, the program creates a file in the directory
+  ``BARRIER`` and waits until ``PARTIES`` files are there, so that several copies write the
+  store at the same time. Prints the same JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from quantum_partitioner import CachingQuantumPartitioner, ExecutionMode
+
+
+def log_start(ctx):
+    """Append this unit's name to the log, one line per start (O_APPEND: whole lines)."""
+    with Path(ctx["log"]).open("a", encoding="utf-8") as log:
+        log.write(ctx.unit_id + "\n")
+
+
+def unit(ctx):
+    """Log, wait at the gate if this is ``d``, then combine the dependencies' results."""
+    log_start(ctx)
+    if ctx.unit_id == "d":
+        while not Path(ctx["gate"]).exists():  # the test kills the process here
+            time.sleep(0.01)
+    upstream = ctx.unit_results
+    return [ctx.unit_id, ctx["seed"], [upstream[name] for name in sorted(upstream)]]
+
+
+def square(ctx):
+    """A small result per unit."""
+    return int(ctx.unit_id[1:]) ** 2
+
+
+def resume(store: str, log: str, gate: str, mode: str) -> dict[str, object]:
+    """Run the chain once (it blocks at ``d`` until the gate exists)."""
+    graph = {"a": [], "b1": ["a"], "b2": ["a"], "c": ["b1", "b2"], "d": ["c"], "e": ["d"]}
+    with CachingQuantumPartitioner(max_workers=2, cache_path=store) as p:
+        for name, deps in graph.items():
+            # The result depends on "seed" only: the log and gate paths are not inputs.
+            p.add_unit(unit, deps, name=name, metadata={"cacheable": True, "cache_keys": ["seed"]})
+        results = p.execute(
+            {"seed": 7, "log": log, "gate": gate},
+            execution_mode=ExecutionMode(mode),
+            raise_on_error=True,
+        )
+        return {"results": results, "hits": p.cache_hits, "misses": p.cache_misses}
+
+
+def share(store: str, n: int, barrier: str, parties: int) -> dict[str, object]:
+    """Wait for the other parties, then run ``n`` cacheable units on threads."""
+    with CachingQuantumPartitioner(max_workers=4, cache_path=store) as p:
+        for i in range(n):
+            p.add_unit(square, name=f"u{i}", metadata={"cacheable": True})
+        Path(barrier, uuid.uuid4().hex).touch()
+        deadline = time.monotonic() + 20
+        while len(list(Path(barrier).iterdir())) < parties:
+            if time.monotonic() > deadline:
+                msg = "the other parties never reached the barrier"
+                raise TimeoutError(msg)
+            time.sleep(0.005)
+        results = p.execute({}, execution_mode=ExecutionMode.THREAD, raise_on_error=True)
+        stats = p.cache_stats()
+        return {
+            "results": results,
+            "hits": stats.hits,
+            "misses": stats.misses,
+            "errors": stats.errors,
+        }
+
+
+def main() -> None:
+    """Dispatch on the first argument."""
+    command, *args = sys.argv[1:]
+    if command == "resume":
+        outcome = resume(*args)
+    else:
+        store, n, barrier, parties = args
+        outcome = share(store, int(n), barrier, int(parties))
+    print(json.dumps(outcome), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,784 @@
+"""CachingQuantumPartitioner: keys, invalidation, stores, corruption, management, every mode.
+
+Units count their executions in a thread-safe :class:`Counter` they close over; it is listed
+in ``metadata["cache_ignore"]`` since it does not affect their results. Graphs are drawn as
+ASCII where their shape matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from quantum_partitioner import (
+    CacheEntry,
+    CacheStats,
+    CachingQuantumPartitioner,
+    ExecutionMode,
+    ExponentialBackoff,
+    Instrument,
+    MemoryStore,
+    QuantumPartitioner,
+    RetryPolicy,
+    SQLiteStore,
+    UnitState,
+)
+
+SEQUENTIAL = ExecutionMode.SEQUENTIAL
+FAST_RETRY = RetryPolicy(backoff=ExponentialBackoff(initial=0.001, jitter=0))
+
+
+class Counter:
+    """Executions per unit name, safe to bump from several threads."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.counts = {}
+
+    def hit(self, name):
+        with self._lock:
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def take(self):
+        """The counts so far, then start again from zero."""
+        with self._lock:
+            counts, self.counts = self.counts, {}
+        return counts
+
+
+def cached(**metadata):
+    """Metadata of a cacheable unit that counts its runs in a closed-over ``counter``."""
+    return {"cacheable": True, "cache_ignore": ["counter"], **metadata}
+
+
+def combining(counter, name, keys=()):
+    """A unit that counts its run and returns its name, some context values and its inputs."""
+
+    def unit(ctx):
+        counter.hit(name)
+        upstream = ctx.unit_results
+        return (name, [ctx.get(k) for k in keys], [upstream[d] for d in sorted(upstream)])
+
+    return unit
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store_options(request, tmp_path):
+    """Constructor keyword arguments selecting each kind of store."""
+    if request.param == "memory":
+        return {}
+    return {"cache_path": tmp_path / "cache" / "results.sqlite"}
+
+
+@pytest.fixture
+def make(store_options):
+    """Build caching partitioners on the chosen store; closes them after the test."""
+    made = []
+
+    def factory(**options):
+        p = CachingQuantumPartitioner(**{**store_options, **options})
+        made.append(p)
+        return p
+
+    yield factory
+    for p in made:
+        p.close()
+
+
+def diamond(p, counter, **metadata):
+    """Add the graph below; every unit reads context key "x".
+
+          a
+         / \\
+        b   c      side (independent)
+         \\ /
+          d
+    """
+    graph = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"], "side": []}
+    for name, deps in graph.items():
+        p.add_unit(combining(counter, name, ["x"]), deps, name=name, metadata=cached(**metadata))
+
+
+# -- the seed's surface ------------------------------------------------------------------------
+
+
+def test_rerun_is_served_from_the_cache(make):
+    """A second run with the same inputs runs nothing and returns equal results."""
+    counter = Counter()
+    p = make(default_execution_mode=SEQUENTIAL)
+    diamond(p, counter)
+    first = p.execute({"x": 1})
+    assert counter.take() == dict.fromkeys(["a", "b", "c", "d", "side"], 1)
+    assert (p.cache_hits, p.cache_misses) == (0, 5)
+    assert p.execute({"x": 1}) == first
+    assert counter.take() == {}
+    assert (p.cache_hits, p.cache_misses) == (5, 5)
+    assert all(unit.state is UnitState.COMPLETED for unit in p.units.values())
+
+
+def test_only_cacheable_units_are_cached(make):
+    """Units without metadata["cacheable"] run every time and are not counted."""
+    counter = Counter()
+    p = make(default_execution_mode=SEQUENTIAL)
+    p.add_unit(combining(counter, "plain"), name="plain")
+    p.add_unit(combining(counter, "kept"), name="kept", metadata=cached())
+    p.execute()
+    p.execute()
+    assert counter.take() == {"plain": 2, "kept": 1}
+    assert (p.cache_hits, p.cache_misses) == (1, 1)
+    assert len(p.cache) == 1
+
+
+def test_stats_record(make):
+    """cache_stats() is a frozen record of the counters and the store's size."""
+    p = make(default_execution_mode=SEQUENTIAL)
+    p.add_unit(lambda ctx: "x" * 100, name="a", metadata={"cacheable": True})
+    p.execute()
+    p.execute()
+    stats = p.cache_stats()
+    assert isinstance(stats, CacheStats)
+    assert (stats.hits, stats.misses, stats.writes, stats.entries) == (1, 1, 1, 1)
+    assert (stats.skipped, stats.corrupt, stats.errors) == (0, 0, 0)
+    assert stats.size_bytes > 100
+    assert stats.hit_rate == 0.5
+    with pytest.raises(AttributeError):
+        stats.hits = 3  # type: ignore[misc]
+
+
+def test_base_keyword_arguments_pass_through(make):
+    """retry_policy and instruments reach QuantumPartitioner; a retried unit is cached once."""
+    seen = []
+
+    class Watch(Instrument):
+        def unit_finished(self, event):
+            seen.append(event.unit_id)
+
+    attempts = Counter()
+
+    def flaky(ctx):
+        attempts.hit("flaky")
+        if attempts.counts["flaky"] == 1:
+            raise ValueError("first attempt fails")
+        return 5
+
+    p = make(max_workers=2, retry_policy=FAST_RETRY, instruments=[Watch()])
+    p.add_unit(
+        flaky, name="flaky", retries=1, metadata={"cacheable": True, "cache_ignore": ["attempts"]}
+    )
+    assert p.execute() == {"flaky": 5}
+    assert p.execute() == {"flaky": 5}
+    assert attempts.counts == {"flaky": 2}
+    assert (p.cache_hits, p.cache_misses) == (1, 1)
+    assert seen == ["flaky", "flaky"]
+
+
+def test_decorator_form_fingerprints_too(make):
+    """@add_unit(metadata=...) units are cached like the others."""
+    counter = Counter()
+    p = make(default_execution_mode=SEQUENTIAL)
+
+    @p.add_unit(metadata=cached())
+    def load(ctx):
+        counter.hit("load")
+        return 1
+
+    p.execute()
+    p.execute()
+    assert counter.take() == {"load": 1}
+
+
+# -- what invalidates what ---------------------------------------------------------------------
+
+
+def test_a_context_change_recomputes_the_units_that_read_it(make):
+    """cache_keys narrows the context: absent = all of it, [] = none, a list = those keys."""
+    counter = Counter()
+    p = make(default_execution_mode=SEQUENTIAL)
+    p.add_unit(combining(counter, "all"), name="all", metadata=cached())
+    p.add_unit(combining(counter, "none"), name="none", metadata=cached(cache_keys=[]))
+    p.add_unit(combining(counter, "x", ["x"]), name="x", metadata=cached(cache_keys=["x"]))
+    p.add_unit(combining(counter, "y", ["y"]), name="y", metadata=cached(cache_keys=["y"]))
+    p.execute({"x": 1, "y": 1})
+    counter.take()
+    p.execute({"x": 2, "y": 1})
+    assert counter.take() == {"all": 1, "x": 1}
+    p.execute({"x": 2, "y": 1, "z": 0})
+    assert counter.take() == {"all": 1}
+    p.execute({"x": 2, "z": 0})  # "y" disappears: absent differs from any value
+    assert counter.take() == {"all": 1, "y": 1}
+
+
+def test_unhashable_context_values_are_fine(make):
+    """Lists and dicts in the context (which broke the seed's hash()) key normally."""
+    counter = Counter()
+    p = make(default_execution_mode=SEQUENTIAL)
+    p.add_unit(combining(counter, "a", ["rows"]), name="a", metadata=cached())
+    p.execute({"rows": [{"id": 1}, {"id": 2}]})
+    p.execute({"rows": [{"id": 1}, {"id": 2}]})
+    p.execute({"rows": [{"id": 1}, {"id": 3}]})
+    assert counter.take() == {"a": 2}
+
+
+def test_an_upstream_change_recomputes_exactly_what_is_downstream(make):
+    """Editing b's function recomputes b and d; a, c and side are served from the cache."""
+    counter = Counter()
+    p = make(default_execution_mode=SEQUENTIAL)
+    diamond(p, counter)
+    p.execute({"x": 1})
+    counter.take()
+
+    def new_b(ctx):
+        counter.hit("b")
+        return "edited"
+
+    p.add_unit(new_b, ["a"], name="b", metadata=cached(), replace=True)
+    results = p.execute({"x": 1})
+    assert counter.take() == {"b": 1, "d": 1}
+    assert results["b"] == "edited"
+    assert results["d"][2] == ["edited", results["c"]]
+
+
+def test_cache_version_bumps_by_hand(make):
+    """Changing metadata["cache_version"] recomputes the unit (and what is downstream)."""
+    counter = Counter()
+    p = make(default_execution_mode=SEQUENTIAL)
+    p.add_unit(combining(counter, "a"), name="a", metadata=cached(cache_version=1))
+    p.add_unit(combining(counter, "b"), ["a"], name="b", metadata=cached())
+    p.execute()
+    p.units["a"].metadata["cache_version"] = 2
+    p.execute()
+    assert counter.take() == {"a": 2, "b": 2}
+
+
+def test_non_cacheable_dependency_counts_by_its_result(make):
+    """Downstream of a unit that always runs, the key follows its result's value."""
+    counter = Counter()
+    source = {"value": 1}
+    p = make(default_execution_mode=SEQUENTIAL)
+    p.add_unit(lambda ctx: source["value"], name="live")  # not cacheable: runs every time
+    p.add_unit(combining(counter, "user"), ["live"], name="user", metadata=cached())
+    p.execute()
+    p.execute()
+    assert counter.take() == {"user": 1}
+    source["value"] = 2
+    assert p.execute()["user"] == ("user", [], [2])
+    assert counter.take() == {"user": 1}
+
+
+def test_fallback_value_counts_by_value(make):
+    """A failed dependency's fallback value keys its dependents like a result."""
+    counter = Counter()
+    p = make(default_execution_mode=SEQUENTIAL)
+
+    def broken(ctx):
+        raise RuntimeError("down")
+
+    p.add_unit(broken, name="src", metadata={"cacheable": True, "fallback_value": 0})
+    p.add_unit(combining(counter, "user"), ["src"], name="user", metadata=cached())
+    p.execute()
+    p.execute()
+    assert counter.take() == {"user": 1}
+    assert p.units["src"].state is UnitState.FAILED
+    assert p.cache_stats().writes == 1  # failures are never stored
+
+
+def test_closure_changing_during_runs_does_not_invalidate(make):
+    """The function's fingerprint is taken by add_unit: a list it appends to changes nothing."""
+    calls = []
+    p = make(default_execution_mode=SEQUENTIAL)
+
+    def unit(ctx):
+        calls.append(1)
+        return len(calls)
+
+    p.add_unit(unit, name="a", metadata={"cacheable": True})
+    assert p.execute() == {"a": 1}
+    assert p.execute() == {"a": 1}
+    assert calls == [1]
+
+
+# -- values that cannot be fingerprinted -------------------------------------------------------
+
+
+def test_unfingerprintable_context_value_fails_before_anything_runs(make):
+    """A lock in the context: TypeError naming the unit and the key, and nothing ran."""
+    counter = Counter()
+    p = make(default_execution_mode=SEQUENTIAL)
+    p.add_unit(combining(counter, "first"), name="first")
+    p.add_unit(combining(counter, "a"), ["first"], name="a", metadata=cached())
+    with pytest.raises(TypeError, match=r"unit 'a'.*context key 'lock'.*cache_keys"):
+        p.execute({"lock": threading.Lock(), "x": 1})
+    assert counter.take() == {}
+    p.units["a"].metadata["cache_keys"] = ["x"]  # the explicit opt-out
+    p.execute({"lock": threading.Lock(), "x": 1})
+    assert counter.take() == {"first": 1, "a": 1}
+
+
+def test_unfingerprintable_closure_is_refused_by_add_unit(make):
+    """A closed-over lock: TypeError naming unit and variable; the unit is not added."""
+    lock = threading.Lock()
+    p = make()
+    p.add_unit(lambda ctx: 0, name="keep", metadata={"cacheable": True})
+
+    def unit(ctx):
+        with lock:
+            return 1
+
+    with pytest.raises(TypeError, match=r"unit 'new'.*closure variable 'lock'.*cache_ignore"):
+        p.add_unit(unit, name="new", metadata={"cacheable": True})
+    assert "new" not in p.units
+    with pytest.raises(TypeError, match="closure variable 'lock'"):
+        p.add_unit(unit, name="keep", metadata={"cacheable": True}, replace=True)
+    assert p.units["keep"].function is not unit
+    p.add_unit(unit, name="new", metadata={"cacheable": True, "cache_ignore": ["lock"]})
+    assert p.execute(execution_mode=SEQUENTIAL) == {"keep": 0, "new": 1}
+
+
+def test_bad_cache_metadata_is_a_type_error(make):
+    """cache_keys and cache_ignore must be lists of names, not a string."""
+    p = make()
+    with pytest.raises(TypeError, match=r"unit 'a'.*cache_ignore"):
+        p.add_unit(lambda ctx: 0, name="a", metadata={"cacheable": True, "cache_ignore": "x"})
+    p.add_unit(lambda ctx: 0, name="b", metadata={"cacheable": True, "cache_keys": "x"})
+    with pytest.raises(TypeError, match=r"unit 'b'.*cache_keys"):
+        p.execute()
+
+
+def test_unfingerprintable_dependency_result_runs_uncached(make, caplog):
+    """A dependency handing over a lock: the unit runs without the cache, with a warning."""
+    counter = Counter()
+    p = make(default_execution_mode=SEQUENTIAL)
+    p.add_unit(lambda ctx: threading.Lock(), name="lock")
+    p.add_unit(combining(counter, "user"), ["lock"], name="user", metadata=cached())
+    with caplog.at_level(logging.WARNING, logger="quantum_partitioner"):
+        p.execute()
+        p.execute()
+    assert counter.take() == {"user": 2}
+    assert p.cache_stats().skipped == 2
+    assert "unit 'user' runs without the cache" in caplog.text
+    assert "'lock'" in caplog.text
+
+
+def test_unpicklable_result_is_not_stored(make, caplog):
+    """A result pickle cannot save is returned but not cached, with a warning."""
+    counter = Counter()
+    p = make(default_execution_mode=SEQUENTIAL)
+
+    def unit(ctx):
+        counter.hit("gen")
+        return threading.Lock()
+
+    p.add_unit(unit, name="gen", metadata=cached())
+    with caplog.at_level(logging.WARNING, logger="quantum_partitioner"):
+        p.execute()
+        p.execute()
+    assert counter.take() == {"gen": 2}
+    assert p.cache_stats().skipped == 2
+    assert len(p.cache) == 0
+    assert "cannot be pickled" in caplog.text
+
+
+# -- every execution mode ----------------------------------------------------------------------
+
+
+def square(ctx):
+    return ctx["n"] ** 2
+
+
+def plus_upstream(ctx):
+    return ctx["sq"] + 1
+
+
+@pytest.mark.parametrize("mode", list(ExecutionMode), ids=lambda m: m.name)
+def test_every_mode_serves_hits(make, mode):
+    """Each mode stores on the first run and serves every unit on the second."""
+    options = {"execution_mode": mode}
+    with ThreadPoolExecutor(2) as executor:
+        if mode is ExecutionMode.CUSTOM:
+            options["custom_executor"] = executor
+        p = make(max_workers=2)
+        p.add_unit(square, name="sq", metadata={"cacheable": True, "cache_keys": ["n"]})
+        p.add_unit(plus_upstream, ["sq"], name="up", metadata={"cacheable": True})
+        p.add_unit(lambda ctx: ctx["up"] * 2, ["up"], name="plain")
+        assert p.execute({"n": 3}, **options) == {"sq": 9, "up": 10, "plain": 20}
+        assert p.execute({"n": 3}, **options) == {"sq": 9, "up": 10, "plain": 20}
+        assert (p.cache_hits, p.cache_misses) == (2, 2)
+        assert p.execute({"n": 4}, **options) == {"sq": 16, "up": 17, "plain": 34}
+        assert (p.cache_hits, p.cache_misses) == (2, 4)
+
+
+def test_aexecute_uses_the_cache(make):
+    """await aexecute() consults the cache like execute()."""
+    counter = Counter()
+    p = make()
+
+    async def unit(ctx):
+        counter.hit("a")
+        return 1
+
+    p.add_unit(unit, name="a", metadata=cached())
+    assert asyncio.run(p.aexecute()) == {"a": 1}
+    assert asyncio.run(p.aexecute()) == {"a": 1}
+    assert counter.take() == {"a": 1}
+
+
+def test_mixed_lanes_use_the_cache(make):
+    """resource_balanced runs (processes, threads and a loop in one run) hit too."""
+    p = make(max_workers=2)
+    p.add_unit(square, name="cpu", metadata={"cacheable": True, "resource_type": "cpu"})
+    p.add_unit(plus_upstream, name="io", metadata={"cacheable": True, "resource_type": "io"})
+    p.execute_with_strategy({"n": 2, "sq": 1}, "resource_balanced")
+    assert p.execute_with_strategy({"n": 2, "sq": 1}, "resource_balanced") == {"cpu": 4, "io": 2}
+    assert (p.cache_hits, p.cache_misses) == (2, 2)
+
+
+# -- properties --------------------------------------------------------------------------------
+
+CONTEXT_KEYS = ("k0", "k1", "k2")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A random graph of cacheable units: deps[i] < i, and the context keys each one reads."""
+
+    deps: tuple[tuple[int, ...], ...]
+    reads: tuple[tuple[str, ...] | None, ...]  # None: no cache_keys (the whole context)
+
+    def downstream(self, roots):
+        found = set(roots)
+        for i, row in enumerate(self.deps):  # deps point backwards: one pass suffices
+            if found.intersection(row):
+                found.add(i)
+        return found
+
+
+@st.composite
+def specs(draw):
+    n = draw(st.integers(1, 7))
+    deps = tuple(
+        tuple(sorted(draw(st.sets(st.integers(0, i - 1), max_size=3)))) if i else ()
+        for i in range(n)
+    )
+    reads = tuple(
+        draw(st.none() | st.lists(st.sampled_from(CONTEXT_KEYS), unique=True).map(tuple))
+        for _ in range(n)
+    )
+    return Spec(deps, reads)
+
+
+def salted(counter, name, keys, salt):
+    """A unit whose code is the same for every salt, but whose closure is not."""
+
+    def unit(ctx):
+        counter.hit(name)
+        upstream = ctx.unit_results
+        return (name, salt, [ctx.get(k) for k in keys], [upstream[d] for d in sorted(upstream)])
+
+    return unit
+
+
+def build(partitioner, spec, counter, salts):
+    for i, row in enumerate(spec.deps):
+        keys = CONTEXT_KEYS if spec.reads[i] is None else spec.reads[i]
+        metadata = cached() if spec.reads[i] is None else cached(cache_keys=list(spec.reads[i]))
+        partitioner.add_unit(
+            salted(counter, f"u{i}", keys, salts[i]),
+            [f"u{j}" for j in row],
+            name=f"u{i}",
+            metadata=metadata,
+        )
+
+
+def uncached(spec, context, salts):
+    plain = QuantumPartitioner()
+    build(plain, spec, Counter(), salts)
+    return plain.execute(context, execution_mode=SEQUENTIAL)
+
+
+PROPERTY_SETTINGS = settings(
+    max_examples=40,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+
+@PROPERTY_SETTINGS
+@given(
+    spec=specs(),
+    values=st.tuples(*(st.integers(0, 3) for _ in CONTEXT_KEYS)),
+    change=st.tuples(
+        st.sampled_from(["context", "function"]), st.integers(0, 6), st.integers(4, 6)
+    ),
+    mode=st.sampled_from([ExecutionMode.SEQUENTIAL, ExecutionMode.THREAD]),
+)
+def test_property_reruns_and_changes_recompute_exactly_what_they_should(spec, values, change, mode):
+    """Re-runs equal uncached runs and run nothing; one change reruns its unit and downstream.
+
+    The change is either one context value (recomputing every unit that reads it) or one
+    unit's function (its closure changes), and then exactly those units and every unit
+    downstream of them run again, once each.
+    """
+    counter = Counter()
+    salts = [0] * len(spec.deps)
+    context = dict(zip(CONTEXT_KEYS, values, strict=True))
+    with CachingQuantumPartitioner(max_workers=3, default_execution_mode=mode) as p:
+        build(p, spec, counter, salts)
+        first = p.execute(context)
+        assert first == uncached(spec, context, salts)
+        assert counter.take() == {f"u{i}": 1 for i in range(len(spec.deps))}
+        assert p.execute(context) == first
+        assert counter.take() == {}
+
+        kind, index, new_value = change
+        if kind == "context":
+            key = CONTEXT_KEYS[index % len(CONTEXT_KEYS)]
+            context = {**context, key: new_value}
+            changed = {i for i, reads in enumerate(spec.reads) if reads is None or key in reads}
+        else:
+            unit = index % len(spec.deps)
+            salts[unit] = 1
+            keys = CONTEXT_KEYS if spec.reads[unit] is None else spec.reads[unit]
+            p.add_unit(
+                salted(counter, f"u{unit}", keys, 1),
+                [f"u{j}" for j in spec.deps[unit]],
+                name=f"u{unit}",
+                metadata=p.units[f"u{unit}"].metadata,
+                replace=True,
+            )
+            changed = {unit}
+        after = p.execute(context)
+        assert after == uncached(spec, context, salts)
+        assert counter.take() == {f"u{i}": 1 for i in spec.downstream(changed)}
+
+
+# -- the SQLite store: damage, format, permissions ---------------------------------------------
+
+
+def sqlite_partitioner(path, counter):
+    p = CachingQuantumPartitioner(cache_path=path, default_execution_mode=SEQUENTIAL)
+    p.add_unit(combining(counter, "a"), name="a", metadata=cached())
+    p.add_unit(combining(counter, "b"), ["a"], name="b", metadata=cached())
+    return p
+
+
+def damage(path, unit, how):
+    with sqlite3.connect(path) as db:
+        payload, checksum = db.execute(
+            "SELECT payload, checksum FROM entries WHERE unit = ?", (unit,)
+        ).fetchone()
+        if how == "flip":
+            payload = bytes([payload[0] ^ 0xFF]) + payload[1:]
+        elif how == "torn":
+            payload = payload[: len(payload) // 2]
+        elif how == "checksum":
+            checksum = bytes(len(checksum))
+        elif how == "garbage":  # a valid checksum over bytes that are no pickle
+            from quantum_partitioner._stores import checksum as make_checksum  # noqa: PLC0415
+
+            key = db.execute("SELECT key FROM entries WHERE unit = ?", (unit,)).fetchone()[0]
+            payload = b"not a pickle"
+            checksum = make_checksum(key, payload)
+        db.execute(
+            "UPDATE entries SET payload = ?, checksum = ? WHERE unit = ?",
+            (payload, checksum, unit),
+        )
+    db.close()
+
+
+@pytest.mark.parametrize("how", ["flip", "torn", "checksum", "garbage"])
+def test_damaged_entry_is_recomputed_not_returned(tmp_path, how, caplog):
+    """A damaged payload is detected, recomputed and overwritten; downstream still hits."""
+    path = tmp_path / "c.sqlite"
+    counter = Counter()
+    with sqlite_partitioner(path, counter) as p:
+        first = p.execute()
+    damage(path, "a", how)
+    counter.take()
+    with sqlite_partitioner(path, counter) as p, caplog.at_level(logging.WARNING):
+        assert p.execute() == first
+        assert counter.take() == {"a": 1}
+        assert p.cache_stats().corrupt == 1
+        assert p.execute() == first
+        assert counter.take() == {}
+    assert "recomputed" in caplog.text
+
+
+def test_other_format_version_is_a_clear_error(tmp_path):
+    """A store of another format version raises ValueError and is left as it was."""
+    path = tmp_path / "c.sqlite"
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'format_version'")
+    db.close()
+    with pytest.raises(ValueError, match=r"format version 99.*reads version 1"):
+        CachingQuantumPartitioner(cache_path=path)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta").fetchone() == ("99",)
+    db.close()
+
+
+def test_files_that_are_not_stores_are_refused(tmp_path):
+    """A text file or someone else's SQLite database is refused, untouched."""
+    text = tmp_path / "notes.txt"
+    text.write_text("hello " * 100)
+    with pytest.raises(ValueError, match="not a quantum-partitioner cache"):
+        SQLiteStore(text)
+    assert text.read_text() == "hello " * 100
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE users (name TEXT)")
+    db.close()
+    with pytest.raises(ValueError, match=r"not a quantum-partitioner cache.*users"):
+        SQLiteStore(other)
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_store_file_is_private_to_its_owner(tmp_path, umask):
+    """The file (and its WAL) is created with mode 0o600 whatever the umask."""
+    path = tmp_path / "c.sqlite"
+    old = os.umask(umask)
+    try:
+        store = SQLiteStore(path)
+        store.put(b"k" * 32, "a", b"payload")
+        modes = {
+            p.name: stat.S_IMODE(p.stat().st_mode)
+            for p in tmp_path.iterdir()
+            if p.name.startswith("c.sqlite")
+        }
+        store.close()
+    finally:
+        os.umask(old)
+    assert modes["c.sqlite"] == 0o600
+    assert set(modes.values()) == {0o600}
+
+
+def test_killed_writer_mid_transaction_leaves_no_entry(tmp_path):
+    """A transaction that never commits (the writer died) leaves the store as it was."""
+    path = tmp_path / "c.sqlite"
+    store = SQLiteStore(path)
+    store.put(b"a" * 32, "a", b"kept")
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("DELETE FROM entries")
+    db.execute(
+        "INSERT INTO entries VALUES (?, 'b', X'00', X'00', 1, 0, 0)",
+        (b"b" * 32,),
+    )
+    db.close()  # closing without COMMIT rolls back, as the death of the process does
+    assert store.get(b"a" * 32) == b"kept"
+    assert store.get(b"b" * 32) is None
+    store.close()
+
+
+# -- management --------------------------------------------------------------------------------
+
+
+def test_clear_all_or_one_unit(make):
+    """clear_cache() empties the store; clear_cache(unit) drops that unit's entries only."""
+    counter = Counter()
+    p = make(default_execution_mode=SEQUENTIAL)
+    diamond(p, counter)
+    p.execute({"x": 1})
+    p.execute({"x": 2})
+    assert len(p.cache) == 10
+    assert p.clear_cache("b") == 2
+    assert {e.unit for e in p.cache_entries()} == {"a", "c", "d", "side"}
+    counter.take()
+    p.execute({"x": 2})
+    assert counter.take() == {"b": 1}  # d's key depends on b's key, which did not change
+    assert p.clear_cache() == 9
+    assert len(p.cache) == 0
+    p.cache.clear()  # the seed's dict-like call still works
+
+
+def test_entries_list_sizes_and_ages(make):
+    """cache_entries() lists unit, key, payload size and times, most recently used first."""
+    p = make(default_execution_mode=SEQUENTIAL)
+    p.add_unit(lambda ctx: b"x" * 1000, name="big", metadata={"cacheable": True})
+    p.add_unit(lambda ctx: 1, name="small", metadata={"cacheable": True})
+    p.execute()
+    p.execute()
+    entries = p.cache_entries()
+    assert all(isinstance(e, CacheEntry) for e in entries)
+    by_unit = {e.unit: e for e in entries}
+    assert set(by_unit) == {"big", "small"}
+    assert by_unit["big"].size > 1000 > by_unit["small"].size
+    assert len(by_unit["big"].key) == 64
+    for entry in entries:
+        assert 0 <= entry.age < 60
+        assert 0 <= entry.idle <= entry.age
+        assert entry.accessed >= entry.created
+    assert [e.unit for e in p.cache_entries("small")] == ["small"]
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_size_limit_evicts_least_recently_used(tmp_path, kind):
+    """Over the limit, the entry read or written longest ago goes first."""
+    store = MemoryStore(2500) if kind == "memory" else SQLiteStore(tmp_path / "c.sqlite", 2500)
+    with store:
+        for name in "abc":  # two fit
+            store.put(name.encode() * 32, name, b"x" * 1000)
+        assert {e.unit for e in store.entries()} == {"b", "c"}
+        assert store.get(b"b" * 32) == b"x" * 1000  # b is now more recent than c
+        store.put(b"d" * 32, "d", b"x" * 1000)
+        assert {e.unit for e in store.entries()} == {"b", "d"}
+        assert store.total_size() == 2000
+        store.put(b"e" * 32, "e", b"x" * 3000)  # bigger than the limit: not stored
+        assert len(store) == 2
+
+
+def test_size_limit_through_the_partitioner(make):
+    """cache_size_limit keeps the store under its limit while runs go on."""
+    p = make(default_execution_mode=SEQUENTIAL, cache_size_limit=3000)
+    for i in range(6):
+        p.add_unit(lambda ctx: b"y" * 900, name=f"u{i}", metadata={"cacheable": True})
+    p.execute()
+    assert p.cache_stats().size_bytes <= 3000
+    assert len(p.cache) == 3
+    assert {e.unit for e in p.cache_entries()} == {"u3", "u4", "u5"}
+
+
+def test_constructor_checks_its_cache_arguments(tmp_path):
+    """Bad limits and conflicting store arguments are plain TypeError/ValueError."""
+    with pytest.raises(ValueError, match="greater than 0"):
+        CachingQuantumPartitioner(cache_size_limit=0)
+    with pytest.raises(TypeError, match="cache_size_limit"):
+        CachingQuantumPartitioner(cache_size_limit=1.5)
+    with pytest.raises(ValueError, match="not both"):
+        CachingQuantumPartitioner(cache_store=MemoryStore(), cache_path=tmp_path / "x")
+    with pytest.raises(TypeError, match="CacheStore"):
+        CachingQuantumPartitioner(cache_store={})
+
+
+def test_a_store_can_be_shared_by_partitioners():
+    """Two partitioners on one MemoryStore serve each other's results."""
+    store = MemoryStore()
+    counter = Counter()
+    for _ in range(2):
+        p = CachingQuantumPartitioner(cache_store=store, default_execution_mode=SEQUENTIAL)
+        p.add_unit(combining(counter, "a"), name="a", metadata=cached())
+        p.execute()
+    assert counter.take() == {"a": 1}
+    assert "MemoryStore" in repr(p)
+
+
+def test_concurrent_lookups_and_writes_on_threads(make):
+    """Many units on 8 threads: every result stored once, then every one served."""
+    p = make(max_workers=8, default_execution_mode=ExecutionMode.THREAD)
+    for i in range(200):
+        p.add_unit(square, name=f"u{i}", metadata={"cacheable": True, "cache_keys": ["n"]})
+    first = p.execute({"n": 3})
+    assert p.execute({"n": 3}) == first
+    stats = p.cache_stats()
+    assert (stats.hits, stats.misses, stats.writes, stats.entries) == (200, 200, 200, 200)

@@ -1,0 +1,320 @@
+"""Content fingerprints: canonical values, functions, and stability across processes."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import functools
+import math
+import pickle
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quantum_partitioner._fingerprint import (
+    UnfingerprintableError,
+    fingerprint,
+    function_fingerprint,
+)
+
+# -- values ------------------------------------------------------------------------------------
+
+
+def test_dict_insertion_order_does_not_count():
+    """Two dicts with the same items in another order have one fingerprint."""
+    assert fingerprint({"a": 1, "b": [2, 3]}) == fingerprint({"b": [2, 3], "a": 1})
+
+
+def test_types_are_tagged():
+    """Values that compare equal across types (1, 1.0, True) or look alike all differ."""
+    values = [1, 1.0, True, "1", b"1", bytearray(b"1"), [1], (1,), {1}, frozenset({1}), None, 0]
+    digests = [fingerprint(v) for v in values]
+    assert len(set(digests)) == len(values)
+
+
+def test_floats_by_bit_pattern_with_one_nan():
+    """-0.0 and 0.0 differ; every NaN is the same NaN."""
+    assert fingerprint(0.0) != fingerprint(-0.0)
+    other_nan = struct.unpack(">d", b"\x7f\xf8\x00\x00\x00\x00\x00\x01")[0]
+    assert math.isnan(other_nan)
+    assert fingerprint(float("nan")) == fingerprint(other_nan)
+
+
+def test_nesting_is_unambiguous():
+    """Structure counts: [[1], 2] differs from [1, [2]], "ab" + "c" from "a" + "bc"."""
+    assert fingerprint([[1], 2]) != fingerprint([1, [2]])
+    assert fingerprint(["ab", "c"]) != fingerprint(["a", "bc"])
+    assert fingerprint({"a": "b"}) != fingerprint({"b": "a"})
+
+
+class Colour(enum.Enum):
+    RED = 1
+    BLUE = 2
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+
+Pair = collections.namedtuple("Pair", "a b")  # noqa: PYI024 - a plain namedtuple on purpose
+
+
+def test_dataclasses_enums_and_subclasses():
+    """Dataclasses by fields, enums by member, container subclasses tagged with their class."""
+    assert fingerprint(Point(1, 2)) == fingerprint(Point(1, 2))
+    assert fingerprint(Point(1, 2)) != fingerprint(Point(2, 1))
+    assert fingerprint(Colour.RED) != fingerprint(Colour.BLUE)
+    assert fingerprint(Colour.RED) != fingerprint(1)
+    assert fingerprint(Pair(1, 2)) != fingerprint((1, 2))
+    assert fingerprint(collections.OrderedDict(a=1)) != fingerprint({"a": 1})
+    assert fingerprint(collections.defaultdict(list)) != fingerprint(collections.defaultdict(set))
+
+
+class Keyed:
+    def __init__(self, key, noise):
+        self.key = key
+        self.noise = noise
+
+    def __cache_key__(self):
+        return self.key
+
+
+def test_cache_key_hook_decides():
+    """An object's __cache_key__() is what counts, not its other state."""
+    assert fingerprint(Keyed("a", 1)) == fingerprint(Keyed("a", 2))
+    assert fingerprint(Keyed("a", 1)) != fingerprint(Keyed("b", 1))
+
+
+class Plain:
+    def __init__(self, value):
+        self.value = value
+
+
+def test_other_objects_count_what_pickle_saves():
+    """An ordinary object is fingerprinted by its state, like pickle saves it."""
+    assert fingerprint(Plain([1, 2])) == fingerprint(Plain([1, 2]))
+    assert fingerprint(Plain([1, 2])) != fingerprint(Plain([1, 3]))
+
+
+def test_unpicklable_value_names_its_path():
+    """A lock deep inside a value is refused with the path to it."""
+    with pytest.raises(UnfingerprintableError) as info:
+        fingerprint({"a": [1, Plain(threading.Lock())]})
+    assert isinstance(info.value, TypeError)
+    message = str(info.value)
+    assert "['a'] -> [1] -> <Plain>" in message
+    assert "lock" in message
+
+
+def test_reference_cycles_are_refused():
+    """A list that contains itself cannot be fingerprinted; shared references are fine."""
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(UnfingerprintableError, match="reference cycle"):
+        fingerprint(loop)
+    shared = [1]
+    assert fingerprint([shared, shared]) == fingerprint([[1], [1]])
+
+
+plain = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True)
+    | st.text(max_size=5)
+    | st.binary(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+        | st.frozensets(st.integers(-3, 3) | st.text(max_size=2), max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def canonical(value):
+    """A type-aware comparison key: what two values must share to have one fingerprint."""
+    if isinstance(value, float):
+        return ("float", "nan" if math.isnan(value) else struct.pack(">d", value))
+    if isinstance(value, dict):
+        return ("dict", sorted((repr(canonical(k)), canonical(v)) for k, v in value.items()))
+    if isinstance(value, frozenset):
+        return ("frozenset", sorted(repr(canonical(v)) for v in value))
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, [canonical(v) for v in value])
+    return (type(value).__name__, value)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(plain, plain)
+def test_fingerprints_match_exactly_when_values_do(a, b):
+    """Equal fingerprints if and only if the values are the same (type-aware)."""
+    assert (fingerprint(a) == fingerprint(b)) == (canonical(a) == canonical(b))
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(plain)
+def test_fingerprint_survives_a_pickle_round_trip(value):
+    """A value and its copy through pickle (a new object graph) have one fingerprint."""
+    assert fingerprint(pickle.loads(pickle.dumps(value))) == fingerprint(value)
+
+
+# -- functions ---------------------------------------------------------------------------------
+
+
+def compile_function(source, namespace=None, name="f"):
+    """Define a function from source, as if its module had been edited."""
+    namespace = {} if namespace is None else namespace
+    exec(textwrap.dedent(source), namespace)
+    return namespace[name]
+
+
+def test_same_function_same_fingerprint_and_edits_change_it():
+    """Editing code or a constant changes the fingerprint; moving the code does not."""
+    base = compile_function("def f(ctx):\n    return ctx['a'] + 1\n")
+    same = compile_function("def f(ctx):\n    return ctx['a'] + 1\n")
+    moved = compile_function("\n\n\n# a comment\ndef f(ctx):\n    return ctx['a'] + 1\n")
+    constant = compile_function("def f(ctx):\n    return ctx['a'] + 2\n")
+    code = compile_function("def f(ctx):\n    return ctx['a'] - 1\n")
+    assert function_fingerprint(base) == function_fingerprint(same)
+    assert function_fingerprint(base) == function_fingerprint(moved)
+    assert function_fingerprint(base) != function_fingerprint(constant)
+    assert function_fingerprint(base) != function_fingerprint(code)
+
+
+def test_nested_code_and_defaults_count():
+    """A change inside a nested lambda, or in a default argument, changes the fingerprint."""
+    inner1 = compile_function("def f(ctx):\n    g = lambda x: x + 1\n    return g(1)\n")
+    inner2 = compile_function("def f(ctx):\n    g = lambda x: x + 2\n    return g(1)\n")
+    assert function_fingerprint(inner1) != function_fingerprint(inner2)
+    default1 = compile_function("def f(ctx, scale=1):\n    return scale\n")
+    default2 = compile_function("def f(ctx, scale=2):\n    return scale\n")
+    assert function_fingerprint(default1) != function_fingerprint(default2)
+
+
+def make_closure(value):
+    def unit(ctx):
+        return value
+
+    return unit
+
+
+def test_closure_values_count():
+    """Closures over equal values match; over different values they differ."""
+    assert function_fingerprint(make_closure([1, 2])) == function_fingerprint(make_closure([1, 2]))
+    assert function_fingerprint(make_closure([1, 2])) != function_fingerprint(make_closure([1, 3]))
+
+
+def test_globals_read_count_and_others_do_not():
+    """A global the function reads counts; an unrelated global in its module does not."""
+    source = "def f(ctx):\n    return SCALE * 2\n"
+    two = compile_function(source, {"SCALE": 2, "OTHER": 1})
+    two_other = compile_function(source, {"SCALE": 2, "OTHER": 99})
+    three = compile_function(source, {"SCALE": 3, "OTHER": 1})
+    assert function_fingerprint(two) == function_fingerprint(two_other)
+    assert function_fingerprint(two) != function_fingerprint(three)
+
+
+def test_helper_functions_are_followed():
+    """Editing a helper the unit calls (a global function of user code) changes the unit."""
+    source = "def helper(x):\n    return x + {n}\ndef f(ctx):\n    return helper(ctx['a'])\n"
+    one = compile_function(source.format(n=1))
+    two = compile_function(source.format(n=2))
+    assert function_fingerprint(one) != function_fingerprint(two)
+    recursive = compile_function("def f(n):\n    return 1 if n < 1 else f(n - 1)\n")
+    assert function_fingerprint(recursive) == function_fingerprint(recursive)
+
+
+def test_library_functions_count_by_name():
+    """Modules and library functions are referenced by name (json.dumps is json.dumps)."""
+    source = "import json\ndef f(ctx):\n    return json.dumps(ctx['a'])\n"
+    assert function_fingerprint(compile_function(source)) == function_fingerprint(
+        compile_function(source)
+    )
+
+
+def test_partials_and_methods_count_their_parts():
+    """functools.partial and bound methods count their function and bound values."""
+
+    def add(a, b):
+        return a + b
+
+    assert function_fingerprint(functools.partial(add, 1)) != function_fingerprint(
+        functools.partial(add, 2)
+    )
+    assert function_fingerprint(Keyed("a", 0).__cache_key__) != function_fingerprint(
+        Keyed("b", 0).__cache_key__
+    )
+
+
+class Service:
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def fetch(self, ctx):
+        return 1
+
+
+def test_bound_method_of_an_unpicklable_object_can_ignore_self():
+    """A method bound to an object holding a lock is refused unless "self" is ignored."""
+    with pytest.raises(UnfingerprintableError, match=r"self -> <Service>"):
+        function_fingerprint(Service().fetch)
+    ignored = frozenset({"self"})
+    assert function_fingerprint(Service().fetch, ignored) == function_fingerprint(
+        Service().fetch, ignored
+    )
+
+
+def test_unpicklable_closure_names_the_variable_and_can_be_ignored():
+    """A closed-over lock is refused by name; ignoring it leaves it out."""
+    lock = threading.Lock()
+
+    def unit(ctx):
+        with lock:
+            return 1
+
+    with pytest.raises(UnfingerprintableError, match="closure variable 'lock'"):
+        function_fingerprint(unit)
+    assert function_fingerprint(unit, frozenset({"lock"})) == function_fingerprint(
+        unit, frozenset({"lock"})
+    )
+
+
+PROGRAM = """
+import json, sys
+from quantum_partitioner._fingerprint import fingerprint, function_fingerprint
+LIMIT = {"a": [1, 2], "b": frozenset({"x", "y", "z"})}
+def helper(x):
+    return x * 2
+def unit(ctx):
+    return helper(ctx["v"]) + len(LIMIT)
+values = [{"k": {"s", "t", "u"}}, ("x", 1.5, None), LIMIT]
+print(json.dumps([fingerprint(v).hex() for v in values] + [function_fingerprint(unit).hex()]))
+"""
+
+
+def test_fingerprints_are_stable_across_processes():
+    """Two interpreters with different hash seeds compute the same fingerprints."""
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", PROGRAM],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": seed, "PATH": ""},
+            timeout=60,
+        ).stdout
+        for seed in ("1", "2")
+    ]
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0]) > 64 * 4

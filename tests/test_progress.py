@@ -1,0 +1,231 @@
+"""The progress bar: counters from hooks, a timed redraw, silence when not on a terminal."""
+
+from __future__ import annotations
+
+import io
+import os
+import pty
+import select
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from quantum_partitioner import (
+    ExecutionMode,
+    ExponentialBackoff,
+    ProgressBar,
+    QuantumPartitioner,
+    RetryPolicy,
+)
+from quantum_partitioner._progress import format_eta, format_rate
+
+SEQ = ExecutionMode.SEQUENTIAL
+
+
+def mixed_partitioner(instruments=()):
+    """10 units complete; one fails after a retry and one is skipped because of it."""
+    qp = QuantumPartitioner(
+        max_workers=2,
+        instruments=list(instruments),
+        retry_policy=RetryPolicy(backoff=ExponentialBackoff(initial=0.001, jitter=0.0)),
+    )
+    for i in range(10):
+        qp.add_unit(lambda ctx: None, name=f"ok{i}")
+
+    def bad(ctx):
+        raise ValueError("no")
+
+    qp.add_unit(bad, name="bad", retries=1)
+    qp.add_unit(lambda ctx: None, ["bad"], name="after_bad")
+    return qp
+
+
+def drawn_bar(**options):
+    out = io.StringIO()
+    return ProgressBar(file=out, force_terminal=True, **options), out
+
+
+def test_counters_follow_the_run():
+    """After a run the bar counts done, failed, skipped and retried units; none running."""
+    bar, out = drawn_bar()
+    qp = mixed_partitioner([bar])
+    qp.execute()
+    assert (bar.total, bar.done, bar.failed, bar.skipped, bar.retries) == (12, 10, 1, 1, 1)
+    assert bar.running == 0
+    assert bar.finished == 12
+    text = out.getvalue()
+    assert "12/12" in text
+    assert "done 10" in text
+    assert "failed 1" in text
+    assert "skipped 1" in text
+
+
+def test_cancelled_units_are_counted():
+    """fail_fast cancels what has not started; the bar counts those units as cancelled."""
+    bar, _ = drawn_bar()
+    qp = QuantumPartitioner(instruments=[bar])
+
+    def bad(ctx):
+        raise ValueError("no")
+
+    qp.add_unit(bad, name="bad", priority=10)
+    for i in range(5):
+        qp.add_unit(lambda ctx: None, name=f"later{i}")
+    qp.execute(execution_mode=SEQ, fail_fast=True)
+    assert (bar.failed, bar.cancelled, bar.running) == (1, 5, 0)
+    assert bar.finished == 6
+
+
+def test_redraws_on_a_timer_not_per_unit(monkeypatch):
+    """Thousands of units cause a handful of redraws: hooks only count."""
+    bar, _ = drawn_bar(refresh_per_second=20)
+    redraws = []
+    original = ProgressBar._refresh
+
+    def counting(self):
+        redraws.append(time.monotonic())
+        original(self)
+
+    monkeypatch.setattr(ProgressBar, "_refresh", counting)
+    qp = QuantumPartitioner(instruments=[bar])
+    for i in range(3000):
+        qp.add_unit(lambda ctx: None, name=f"u{i}")
+    started = time.monotonic()
+    qp.execute(execution_mode=SEQ)
+    elapsed = time.monotonic() - started
+    assert bar.done == 3000
+    # one draw at the start, one per tick, one at the end
+    assert 2 <= len(redraws) <= 2 + elapsed * 20 + 2
+
+
+def test_rate_and_eta_are_shown_while_running():
+    """While units run, the line shows throughput and an ETA."""
+    bar, out = drawn_bar(refresh_per_second=50)
+    qp = QuantumPartitioner(max_workers=2, instruments=[bar])
+    for i in range(40):
+        qp.add_unit(lambda ctx: time.sleep(0.005), name=f"u{i}")
+    qp.execute()
+    text = out.getvalue()
+    assert "/s" in text
+    assert "ETA 0:" in text
+    assert "running" in text
+
+
+def test_the_bar_draws_nothing_when_not_a_terminal():
+    """Not a terminal and not forced: the run goes on and nothing is written."""
+    out = io.StringIO()
+    bar = ProgressBar(file=out)
+    assert not bar.active
+    qp = mixed_partitioner([bar])
+    qp.execute()
+    assert out.getvalue() == ""
+    assert bar.done == 10
+
+
+def test_force_color_does_not_make_a_log_a_terminal(monkeypatch):
+    """FORCE_COLOR (set by some CI systems) does not make a non-terminal draw."""
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    out = io.StringIO()
+    bar = ProgressBar(file=out)
+    assert not bar.active
+    mixed_partitioner([bar]).execute()
+    assert out.getvalue() == ""
+
+
+def test_progress_true_is_silent_and_free_when_stderr_is_not_a_terminal(capsys):
+    """execute(progress=True) with stderr captured: no output and no instrument attached."""
+    qp = mixed_partitioner()
+    qp.execute(progress=True)
+    assert capsys.readouterr() == ("", "")
+    assert not qp._last_run.dispatcher.unit_started
+
+
+def test_progress_true_draws_on_a_real_terminal(tmp_path):
+    """With stderr on a pseudo-terminal, progress=True draws the bar there."""
+    script = tmp_path / "watched.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import time
+            from quantum_partitioner import QuantumPartitioner
+
+            qp = QuantumPartitioner(max_workers=2)
+            for i in range(30):
+                qp.add_unit(lambda ctx: time.sleep(0.01), name=f"u{i}")
+            qp.execute(progress=True)
+            """
+        )
+    )
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
+    env.pop("NO_COLOR", None)
+    with subprocess.Popen(
+        [sys.executable, str(script)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=secondary,
+        env=env,
+    ) as child:
+        os.close(secondary)
+        chunks = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([primary], [], [], 0.5)
+            if not ready:
+                if child.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(primary)
+        assert child.wait(timeout=30) == 0
+    text = b"".join(chunks).decode(errors="replace")
+    assert "30/30" in text
+    assert "done 30" in text
+
+
+def test_missing_rich_names_the_extra(monkeypatch):
+    """Without rich, ProgressBar and execute(progress=True) say which extra to install."""
+    monkeypatch.setitem(sys.modules, "rich", None)
+    monkeypatch.setitem(sys.modules, "rich.progress", None)
+    with pytest.raises(ImportError, match=r"quantum-partitioner\[progress\]"):
+        ProgressBar()
+    ran = threading.Event()
+    qp = QuantumPartitioner()
+    qp.add_unit(lambda ctx: ran.set(), name="a")
+    with pytest.raises(ImportError, match=r"quantum-partitioner\[progress\]"):
+        qp.execute(progress=True)
+    assert not ran.is_set()
+
+
+def test_refresh_rate_must_be_positive():
+    """refresh_per_second <= 0 is rejected."""
+    with pytest.raises(ValueError, match="refresh_per_second"):
+        ProgressBar(refresh_per_second=0)
+
+
+@pytest.mark.parametrize(
+    ("rate", "text"),
+    [(None, "-/s"), (0.5, "0.50/s"), (12.34, "12.3/s"), (12345.6, "12,346/s")],
+)
+def test_format_rate(rate, text):
+    """Throughput keeps the digits that mean something."""
+    assert format_rate(rate) == text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(None, "-"), (0, "0:00"), (61.4, "1:01"), (3725, "1:02:05")]
+)
+def test_format_eta(seconds, text):
+    """The ETA reads as M:SS, or H:MM:SS past an hour."""
+    assert format_eta(seconds) == text

@@ -1,0 +1,137 @@
+"""Pictures of the graph after a run: DOT and Mermaid coloured by state, rendered by Graphviz."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+from quantum_partitioner import ExecutionMode, QuantumPartitioner, UnitState
+from quantum_partitioner._render import STATE_COLOURS
+
+SEQ = ExecutionMode.SEQUENTIAL
+RED = "#d62728"
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is absent")
+
+
+def boom(ctx):
+    raise ValueError("no")
+
+
+def after_a_run():
+    """A run that leaves units in four states.
+
+    a --> b --> c            (completed; the longest chain, so the critical path)
+    a --> bad --> skipped    (failed, then skipped)
+    """
+    qp = QuantumPartitioner()
+    qp.add_unit(lambda ctx: 1, name="a")
+    qp.add_unit(lambda ctx: 2, ["a"], name="b", metadata={"estimated_duration": 5})
+    qp.add_unit(lambda ctx: 3, ["b"], name="c", metadata={"estimated_duration": 5})
+    qp.add_unit(boom, ["a"], name="bad")
+    qp.add_unit(lambda ctx: 4, ["bad"], name="skipped")
+    qp.execute(execution_mode=SEQ)
+    return qp
+
+
+def dot_nodes(dot):
+    """``{name: attribute text}`` of each node statement of a DOT picture."""
+    return dict(re.findall(r'^  "([^"]+)" \[(.*)\];$', dot, re.MULTILINE))
+
+
+def test_dot_colours_each_unit_by_its_state_after_a_run():
+    """After a run, visualize() fills each node with its unit's state colour."""
+    qp = after_a_run()
+    nodes = dot_nodes(qp.build_execution_plan().visualize())
+    expected = {
+        "a": UnitState.COMPLETED,
+        "b": UnitState.COMPLETED,
+        "c": UnitState.COMPLETED,
+        "bad": UnitState.FAILED,
+        "skipped": UnitState.SKIPPED,
+    }
+    for name, state in expected.items():
+        assert f'fillcolor="{STATE_COLOURS[state]}"' in nodes[name], name
+        assert f'tooltip="{state.value}"' in nodes[name]
+
+
+def test_dot_marks_the_critical_path_after_a_run():
+    """The critical path (a, b, c by estimated duration) is red, its edges too."""
+    qp = after_a_run()
+    dot = qp.build_execution_plan().visualize()
+    nodes = dot_nodes(dot)
+    assert [name for name, attrs in nodes.items() if RED in attrs] == ["a", "b", "c"]
+    red_edges = re.findall(rf'"(\w+)" -> "(\w+)" \[color="{RED}"', dot)
+    assert red_edges == [("a", "b"), ("b", "c")]
+
+
+def test_mermaid_classes_each_unit_by_its_state_after_a_run():
+    """to_mermaid() gives each node its state's class and the critical path a thick edge."""
+    qp = after_a_run()
+    text = qp.build_execution_plan().to_mermaid()
+    classes = dict(re.findall(r"^  class u\d+_(\w+) (\w+)$", text, re.MULTILINE))
+    assert classes == {
+        "a": "completed",
+        "b": "completed",
+        "c": "completed",
+        "bad": "failed",
+        "skipped": "skipped",
+    }
+    assert f"classDef failed fill:{STATE_COLOURS[UnitState.FAILED]}" in text
+    assert re.search(r"u\d+_a ==> u\d+_b", text)
+    assert re.search(r"u\d+_a --> u\d+_bad", text)
+
+
+@needs_dot
+def test_render_svg_colours_units_by_state(tmp_path):
+    """render() writes an SVG drawn by dot with the state colours in it."""
+    qp = after_a_run()
+    path = qp.render(tmp_path / "graph.svg")
+    assert path == tmp_path / "graph.svg"
+    svg = path.read_text()
+    assert "<svg" in svg
+    assert STATE_COLOURS[UnitState.FAILED] in svg
+    assert ">skipped<" in svg
+
+
+@needs_dot
+def test_render_png_by_suffix_or_format(tmp_path):
+    """A .png path, or format="png", gives a PNG image."""
+    qp = after_a_run()
+    by_suffix = qp.render(tmp_path / "graph.png")
+    by_format = qp.render(tmp_path / "graph.image", format="png")
+    for path in (by_suffix, by_format):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_render_without_graphviz_says_how_to_install_it(tmp_path, monkeypatch):
+    """With no dot on PATH, render() raises FileNotFoundError naming Graphviz and how to get it."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    qp = after_a_run()
+    with pytest.raises(FileNotFoundError) as caught:
+        qp.render(tmp_path / "graph.svg")
+    message = str(caught.value)
+    assert "Graphviz" in message
+    assert "apt-get install graphviz" in message
+    assert "write_report()" in message
+    assert not (tmp_path / "graph.svg").exists()
+
+
+def test_render_rejects_an_unknown_format(tmp_path):
+    """An unknown format is a ValueError naming the known ones, before dot is looked for."""
+    qp = after_a_run()
+    with pytest.raises(ValueError, match="svg"):
+        qp.render(tmp_path / "graph.gif", format="gif")
+
+
+@needs_dot
+def test_render_before_any_run_draws_the_plan(tmp_path):
+    """Without a run, render() still draws the plan (every unit pending)."""
+    qp = QuantumPartitioner()
+    qp.add_unit(lambda ctx: 1, name="only")
+    svg = qp.render(tmp_path / "plan.svg").read_text()
+    assert ">only<" in svg
+    assert STATE_COLOURS[UnitState.PENDING] in svg
