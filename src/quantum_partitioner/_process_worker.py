@@ -17,7 +17,6 @@ parent dies, so no worker outlives the program that started it.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import os
 import pickle
@@ -91,6 +90,8 @@ def _run_one(
         results = cloudpickle.loads(blob)
         ctx = ExecutionContext(context, results, unit_id, attempt, "process")
         if inspect.iscoroutinefunction(function):
+            import asyncio  # noqa: PLC0415 - most workers never need it: keep start-up fast
+
             value = asyncio.run(function(ctx))
         else:
             value = function(ctx)

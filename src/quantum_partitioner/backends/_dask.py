@@ -86,6 +86,8 @@ _COMPLETED: Final = UnitState.COMPLETED
 _FAILED_STATES: Final = frozenset({UnitState.FAILED, UnitState.TIMEOUT})
 _DROPPED_STATES: Final = frozenset({UnitState.SKIPPED, UnitState.CANCELED})
 _CONNECTION_LOST: Final = "scheduler-connection-lost"
+#: Statuses of a done Dask future whose task did not produce a result.
+_UNFINISHED: Final = frozenset({"error", "cancelled"})
 
 
 def load_distributed() -> Any:
@@ -504,7 +506,7 @@ class _DaskRun:
             if run.dispatcher.unit_finished:
                 run.emit_finished(i, attempt, now)
             return
-        if not local and future.status == "finished":
+        if not local and future.status not in _UNFINISHED:  # "lost" data Dask recomputes
             sched.complete(i, attempt, future, now)
             if run.dispatcher.unit_finished:
                 if i in self.keep:
@@ -512,7 +514,14 @@ class _DaskRun:
                 else:
                     run.emit_finished(i, attempt, now)  # the event carries the future
             return
-        error = future.error if local else self._error_of(i, future)
+        if local:
+            error = future.error
+        else:
+            try:
+                error = self._error_of(i, future)
+            except Exception as unknown:  # the client itself failed while asked why
+                error = BrokenBackendError(f"unit {run.graph.names[i]!r}: {unknown!r}")
+                error.__cause__ = unknown
         self.futures[i] = None
         transitions = sched.fail(i, attempt, error, now)
         self._drop_dependents(i)
@@ -593,7 +602,10 @@ class _DaskRun:
         if self.to_cancel:
             futures, self.to_cancel = self.to_cancel, []
             if self.broken is None:
-                self.client.cancel(futures, force=True)
+                try:
+                    self.client.cancel(futures, force=True)
+                except Exception as error:  # released below anyway: nobody holds them
+                    LOGGER.debug("Dask backend: cancel failed: %r", error)
         if self.to_fetch:
             batch, self.to_fetch = self.to_fetch, []
             if self.fetcher is None:
