@@ -136,6 +136,22 @@ def project_runner(
     return Runner(key, label, prepare)
 
 
+def prepare_reused_process(
+    spec: GraphSpec, workers: int, workload: Workload | None = None
+) -> RunOnce:
+    """PROCESS on a backend that keeps its workers between runs (start-up paid once)."""
+    partitioner = build_partitioner(spec, False, workers, workload)  # noqa: FBT003
+    backends = importlib.import_module("quantum_partitioner.backends")
+    backend = backends.ProcessBackend(workers, reuse=True)  # stopped at interpreter exit
+    return functools.partial(partitioner.execute, {}, backend=backend)
+
+
+def reused_process_runner(workers: int, *, workload: Workload | None = None) -> Runner:
+    """A runner for PROCESS mode with ``ProcessBackend(workers, reuse=True)``."""
+    prepare = functools.partial(prepare_reused_process, workers=workers, workload=workload)
+    return Runner(f"process-reused/{workers}", f"PROCESS ({workers}, reused workers)", prepare)
+
+
 SEQUENTIAL = project_runner("SEQUENTIAL")
 SEQUENTIAL_CALLBACKS = project_runner("SEQUENTIAL", with_callbacks=True)
 THREAD = project_runner("THREAD")

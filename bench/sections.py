@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import report
 from cache_section import CACHE_SECTION
+from dask_section import DASK_SECTION
 from harness import (
     Failure,
     MemoryPeak,
@@ -54,6 +55,7 @@ from project_runners import (
     THREAD_PROGRESS,
     THREAD_PROGRESS_DRAWN,
     project_runner,
+    reused_process_runner,
 )
 from shapes import SHAPES, GraphSpec, fanout, single_unit
 from workloads import Calibration, Workload, burn, calibrate_burn, noop
@@ -556,6 +558,7 @@ CPU_SECTION = CpuSection(
             functools.partial(project_runner, "PROCESS", workers=PROCESS_WORKERS),
             PROCESS_SPEEDUP_TARGET,
         ),
+        CpuRow(functools.partial(reused_process_runner, PROCESS_WORKERS), PROCESS_SPEEDUP_TARGET),
         CpuRow(functools.partial(project_runner, "THREAD", workers=PROCESS_WORKERS)),
         CpuRow(functools.partial(dask_multiprocessing_runner, PROCESS_WORKERS)),
         CpuRow(functools.partial(dask_multiprocessing_runner, PROCESS_WORKERS, chunksize=1)),
@@ -592,5 +595,6 @@ SECTIONS: dict[str, Section] = {
         CPU_SECTION,
         ASYNC_SECTION,
         CACHE_SECTION,
+        DASK_SECTION,
     )
 }

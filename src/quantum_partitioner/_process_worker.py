@@ -73,8 +73,9 @@ def serve(inbox: Connection, outbox: Connection, parent: int) -> None:
                 functions[key] = cloudpickle.loads(blob)
             except Exception as error:
                 functions[key] = error
-        elif kind == "context":
+        elif kind == "context":  # a new run: its own context and functions
             context = cloudpickle.loads(message[1])
+            functions.clear()
         elif kind == "stop":
             return
 

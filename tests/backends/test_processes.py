@@ -22,6 +22,7 @@ from quantum_partitioner import (
     UnitTimeoutError,
     WorkerDiedError,
 )
+from quantum_partitioner.backends import ProcessBackend
 
 PROCESS = ExecutionMode.PROCESS
 FAST_RETRY = RetryPolicy(backoff=ExponentialBackoff(initial=0.001, jitter=0))
@@ -208,3 +209,29 @@ def test_no_worker_outlives_the_run():
     results = p.execute({}, execution_mode=PROCESS)
     for pid in set(results.values()):
         assert _wait_gone(pid)
+
+
+def test_reused_backend_keeps_its_workers_between_runs():
+    """ProcessBackend(reuse=True) runs later runs on the same workers; close() stops them."""
+    p = QuantumPartitioner()
+    for k in range(4):
+        p.add_unit(lambda ctx, k=k: (os.getpid(), ctx["run"] * k), name=f"u{k}")
+    with ProcessBackend(2, reuse=True) as backend:
+        first = p.execute({"run": 1}, backend=backend)
+        second = p.execute({"run": 2}, backend=backend)
+    assert {v[1] for v in first.values()} == {0, 1, 2, 3}
+    assert {v[1] for v in second.values()} == {0, 2, 4, 6}
+    first_pids = {v[0] for v in first.values()}
+    assert first_pids == {v[0] for v in second.values()}
+    for pid in first_pids:
+        assert _wait_gone(pid)
+
+
+def test_reused_backend_picks_up_new_functions():
+    """A unit replaced between runs on a reused pool runs its new function."""
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: "old", name="a")
+    with ProcessBackend(1, reuse=True) as backend:
+        assert p.execute({}, backend=backend) == {"a": "old"}
+        p.add_unit(lambda ctx: "new", name="a", replace=True)
+        assert p.execute({}, backend=backend) == {"a": "new"}

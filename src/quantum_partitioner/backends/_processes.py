@@ -29,9 +29,10 @@ import signal
 import subprocess
 import sys
 import threading
+import weakref
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from .._errors import WorkerDiedError
 from ._lanes import Lane, LaneBackend
@@ -92,38 +93,48 @@ class ProcessLane(Lane):
 
     Args:
         max_workers: How many worker processes (default: the number of CPUs).
+        reuse: Keep idle workers between runs (until :meth:`shutdown`) instead of stopping
+            them when a run ends; an interrupted run still stops them all.
     """
 
     name = "process"
 
-    def __init__(self, max_workers: int | None = None) -> None:
-        """Size the pool; workers start when the lane opens."""
+    def __init__(self, max_workers: int | None = None, *, reuse: bool = False) -> None:
+        """Size the pool; workers start when the lane first opens."""
         if max_workers is not None and max_workers < 1:
             raise ValueError("max_workers must be greater than 0")
         self.size = max_workers or os.cpu_count() or 1
+        self.reuse = reuse
         self._workers: list[_Worker] = []
         self._closing = False
+        self._lock = threading.Lock()
+        self._reader: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self, run: Run, post: Callable[[Outcome], None]) -> None:
-        """Pickle the context once and start the workers and the reader thread."""
+        """Pickle the context once; start (or reuse) the workers and the reader thread."""
         self._pickle = _load_cloudpickle()
-        self._run = run
-        self._post = post
-        self._context_blob = self._pickle_context(run)
-        self._functions: dict[int, tuple[Any, bytes | BaseException]] = {}
-        self._lock = threading.Lock()
-        self._closing = False
-        self._workers = []
-        self._wake_r, self._wake_w = os.pipe()
+        context_blob = self._pickle_context(run)  # a bad context fails before any worker
         with self._lock:
-            for _ in range(min(self.size, max(1, len(run.graph)))):
+            self._run = run
+            self._post = post
+            self._context_blob = context_blob
+            self._functions: dict[int, tuple[Any, bytes | BaseException]] = {}
+            self._closing = False
+            for worker in self._workers:  # reused: each gets this run's context and functions
+                worker.has_context = False
+                worker.functions = set()
+            starting = self._reader is None
+            if starting:
+                self._wake_r, self._wake_w = os.pipe()
+            for _ in range(min(self.size, max(1, len(run.graph))) - len(self._workers)):
                 self._spawn()
-        self._reader = threading.Thread(
-            target=self._read, name="quantum-partitioner-process-reader", daemon=True
-        )
-        self._reader.start()
+        if starting:
+            self._reader = threading.Thread(
+                target=self._read, name="quantum-partitioner-process-reader", daemon=True
+            )
+            self._reader.start()
 
     def _pickle_context(self, run: Run) -> bytes:
         context = dict(run.context)
@@ -168,10 +179,23 @@ class ProcessLane(Lane):
             os.write(self._wake_w, b"x")
 
     def close(self, *, cancel: bool) -> None:
-        """Stop every worker: politely when idle, by killing when busy or cancelled."""
+        """End the run: keep idle workers if reusing, else stop them all."""
+        if self.reuse and not cancel:
+            with self._lock:
+                busy = [w for w in self._workers if w.job is not None]
+            for worker in busy:  # cannot happen after a finished run; be safe anyway
+                _kill(worker)
+            return
+        self.shutdown(kill=cancel)
+
+    def shutdown(self, *, kill: bool = False) -> None:
+        """Stop every worker: politely when idle, by killing when busy or ``kill``."""
         with self._lock:
+            if self._reader is None:
+                return
             self._closing = True
             workers = list(self._workers)
+        cancel = kill
         for worker in workers:
             if cancel or worker.job is not None or not worker.ready:
                 _kill(worker)
@@ -191,6 +215,9 @@ class ProcessLane(Lane):
             worker.outbox.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        with self._lock:
+            self._workers = []
+            self._reader = None
 
     # -- the driver's side -----------------------------------------------------------------
 
@@ -378,10 +405,29 @@ class ProcessBackend(LaneBackend):
 
     Args:
         max_workers: How many worker processes (default: the number of CPUs).
+        reuse: Keep the workers between runs, so later runs skip their start-up; stop
+            them with :meth:`close` (or use the backend as a context manager). Without it,
+            each run starts and stops its own workers.
 
     .. versionadded:: 0.1
     """
 
-    def __init__(self, max_workers: int | None = None) -> None:
-        """Create the backend; workers start per run."""
-        super().__init__([ProcessLane(max_workers)], name="process")
+    def __init__(self, max_workers: int | None = None, *, reuse: bool = False) -> None:
+        """Create the backend; workers start with the first run."""
+        self.lane = ProcessLane(max_workers, reuse=reuse)
+        super().__init__([self.lane], name="process")
+        # Workers left by a forgotten backend are stopped with it (they also exit if this
+        # process dies).
+        self._finalizer = weakref.finalize(self, self.lane.shutdown)
+
+    def close(self) -> None:
+        """Stop the kept workers."""
+        self._finalizer()
+
+    def __enter__(self) -> Self:
+        """Use the backend for several runs."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Stop the kept workers."""
+        self.close()
