@@ -1,16 +1,24 @@
 """Property tests: random DAGs of up to 25 units, run in every execution mode.
 
-Each unit computes a number from its index and its dependencies' results and logs, under a
-lock, when each of its attempts starts and ends. Expectations (results, the skipped set) are
-computed here from the drawn graph, independently of the library.
+Each unit computes a number from its index and its dependencies' results, and each of its
+attempts appends "start" and "end" lines to a log file: units may run in other processes,
+and the order of the file's lines is the order in which those events happened, whichever
+process wrote them. Expectations (results, the skipped set) are computed here from the
+drawn graph, independently of the library.
+
+Units come from ``tests/backends/_contract_units.py`` (put on ``sys.path``), so they pickle by
+name for a plain ProcessPoolExecutor. Modes running units in other processes draw fewer
+graphs (a PROCESS run starts its worker processes), which keeps this file fast.
 """
 
 from __future__ import annotations
 
-import threading
+import itertools
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quantum_partitioner import (
@@ -20,6 +28,9 @@ from quantum_partitioner import (
     RetryPolicy,
     UnitState,
 )
+
+sys.path.insert(0, str(Path(__file__).parent / "backends"))
+import _contract_units as units  # needs the sys.path entry above
 
 FAST_RETRIES = RetryPolicy(backoff=ExponentialBackoff(initial=0.001, jitter=0))
 TERMINAL = frozenset(
@@ -31,13 +42,8 @@ TERMINAL = frozenset(
         UnitState.TIMEOUT,
     }
 )
-# The `mode` fixture's executor is reused across examples, which is what a user does too.
-RUN_SETTINGS = settings(
-    max_examples=50,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+EXAMPLES = 50
+EXAMPLES_IN_PROCESSES = 20
 
 
 @dataclass(frozen=True)
@@ -71,12 +77,8 @@ class Dag:
     def expected_values(self):
         values = {}
         for i, row in enumerate(self.deps):  # deps point backwards: index order is topological
-            values[i] = value_of(i, [values[j] for j in row])
+            values[i] = units.value_of(i, [values[j] for j in row])
         return values
-
-
-def value_of(i, dependency_values):
-    return (i + 3 * sum(dependency_values)) % 1_000_003
 
 
 @st.composite
@@ -97,69 +99,84 @@ def dags(draw, *, max_units=25, failures=False, retries=False):
 
 
 class Log:
-    """(event, unit, attempt) tuples in the order they happened, from any thread."""
+    """A file units append ``start|end <unit> <attempt>`` lines to, from any process."""
 
-    def __init__(self):
-        self.events = []
-        self.lock = threading.Lock()
+    def __init__(self, path):
+        self.path = path
 
-    def add(self, *event):
-        with self.lock:
-            self.events.append(event)
+    @property
+    def events(self):
+        """(event, unit, attempt) tuples in the order they happened."""
+        if not self.path.exists():
+            return []
+        rows = (line.split() for line in self.path.read_text().splitlines())
+        return [(kind, unit, int(attempt)) for kind, unit, attempt in rows]
 
 
 def name(i):
     return f"u{i}"
 
 
-def build(dag, log):
+def build(dag, log=None):
     p = QuantumPartitioner(retry_policy=FAST_RETRIES)
     for i in dag.order:
-        p.add_unit(
-            make_unit(i, dag, log),
-            [name(j) for j in dag.deps[i]],
-            name=name(i),
-            retries=1 if i in dag.flaky else 0,
+        dependencies = [name(j) for j in dag.deps[i]]
+        function = units.dag_unit(
+            None if log is None else str(log.path),
+            i,
+            dependencies,
+            fails=i in dag.failing,
+            flakes=i in dag.flaky,
         )
+        p.add_unit(function, dependencies, name=name(i), retries=1 if i in dag.flaky else 0)
     return p
 
 
-def make_unit(i, dag, log):
-    dep_names = [name(j) for j in dag.deps[i]]
+def property_test(strategy):
+    """Turn ``check(mode, dag, log)`` into a test of it on ``strategy``'s DAGs in each mode.
 
-    def unit(ctx):
-        log.add("start", ctx.unit_id, ctx.attempt)
-        try:
-            if i in dag.failing:
-                raise ValueError(f"{ctx.unit_id} fails")
-            if i in dag.flaky and ctx.attempt == 1:
-                raise ConnectionError(f"{ctx.unit_id} flakes")
-            return value_of(i, [ctx[d] for d in dep_names])
-        finally:
-            log.add("end", ctx.unit_id, ctx.attempt)
+    The test takes the ``mode`` and ``tmp_path`` fixtures; each drawn DAG gets a new Log.
+    Hypothesis runs inside the test, so the number of examples can depend on the mode.
+    """
 
-    return unit
+    def decorate(check):
+        def test(mode, tmp_path):
+            examples = EXAMPLES_IN_PROCESSES if mode.in_processes else EXAMPLES
+            logs = (Log(tmp_path / f"log-{n}") for n in itertools.count())
+
+            @settings(max_examples=examples, deadline=None, database=None)
+            @given(dag=strategy)
+            def run(dag):
+                check(mode, dag, next(logs))
+
+            run()
+
+        # pytest must see test(mode, tmp_path): no functools.wraps, whose __wrapped__ it reads.
+        test.__name__ = test.__qualname__ = check.__name__
+        test.__doc__ = check.__doc__
+        test.__module__ = check.__module__
+        return test
+
+    return decorate
 
 
 # -- properties ------------------------------------------------------------------------------
+# The `mode` fixture's executor is reused across examples, which is what a user does too.
 
 
-@RUN_SETTINGS
-@given(dag=dags())
-def test_results_equal_the_sequential_run(mode, dag):
+@property_test(dags())
+def test_results_equal_the_sequential_run(mode, dag, log):
     """Every mode returns what a SEQUENTIAL run returns, which is the expected value of each."""
-    results = mode.execute(build(dag, Log()))
-    sequential = build(dag, Log()).execute(None, ExecutionMode.SEQUENTIAL)
+    results = mode.execute(build(dag, log))
+    sequential = build(dag).execute(None, ExecutionMode.SEQUENTIAL)
 
     assert results == sequential
     assert results == {name(i): v for i, v in dag.expected_values().items()}
 
 
-@RUN_SETTINGS
-@given(dag=dags(retries=True))
-def test_no_unit_starts_before_its_dependencies_completed(mode, dag):
+@property_test(dags(retries=True))
+def test_no_unit_starts_before_its_dependencies_completed(mode, dag, log):
     """Each unit's first start comes after the last (successful) attempt of each dependency."""
-    log = Log()
     mode.execute(build(dag, log))
 
     events = log.events
@@ -176,28 +193,26 @@ def test_no_unit_starts_before_its_dependencies_completed(mode, dag):
             assert last_end[name(j)] < first_start[name(i)], (name(j), name(i), events)
 
 
-@RUN_SETTINGS
-@given(dag=dags(retries=True))
-def test_each_unit_runs_once_per_attempt(mode, dag):
+@property_test(dags(retries=True))
+def test_each_unit_runs_once_per_attempt(mode, dag, log):
     """A unit's function is called exactly once per attempt: once, or twice if it flaked."""
-    log = Log()
     p = build(dag, log)
     mode.execute(p)
 
+    events = log.events
     for i in range(dag.n):
         unit = p.units[name(i)]
-        calls = sorted(a for kind, u, a in log.events if kind == "start" and u == unit.id)
+        calls = sorted(a for kind, u, a in events if kind == "start" and u == unit.id)
         expected_attempts = 2 if i in dag.flaky else 1
         assert unit.attempt == expected_attempts
         assert calls == list(range(1, expected_attempts + 1))
         assert unit.state is UnitState.COMPLETED
 
 
-@RUN_SETTINGS
-@given(dag=dags(failures=True, retries=True))
-def test_every_unit_ends_in_exactly_one_terminal_state(mode, dag):
+@property_test(dags(failures=True, retries=True))
+def test_every_unit_ends_in_exactly_one_terminal_state(mode, dag, log):
     """With failures and retries, each unit is terminal and counted in exactly one state."""
-    p = build(dag, Log())
+    p = build(dag, log)
     results = mode.execute(p)
 
     final = {unit_id: unit.state for unit_id, unit in p.units.items()}
@@ -215,11 +230,9 @@ def test_every_unit_ends_in_exactly_one_terminal_state(mode, dag):
     assert p.completed_units.isdisjoint(p.failed_units)
 
 
-@RUN_SETTINGS
-@given(dag=dags(failures=True))
-def test_skipped_set_is_exactly_the_transitive_dependents_of_failures(mode, dag):
+@property_test(dags(failures=True))
+def test_skipped_set_is_exactly_the_transitive_dependents_of_failures(mode, dag, log):
     """Units downstream of a failing unit are SKIPPED, failing ones FAILED, the rest COMPLETED."""
-    log = Log()
     p = build(dag, log)
     mode.execute(p)
 

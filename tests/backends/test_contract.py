@@ -1,18 +1,25 @@
 """One behaviour suite, run on every execution mode (CPython ``create_executor_tests`` style).
 
-Every test takes the ``mode`` fixture (tests/conftest.py, section "running") and calls
+Every test takes the ``mode`` fixture (tests/conftest.py, section "Running graphs") and calls
 ``mode.execute(partitioner, context, ...)``; whatever the mode, the observable behaviour of a
-run must be the same. Units report what they saw through their return values, so the
-assertions run in the test, not inside units.
+run must be the same. Units may run in other processes, so they share no memory with the
+test: they report through return values, errors, ctx metrics and files under ``tmp_path``,
+and callbacks (which run in the caller's process in every mode) report to the test.
+
+Unit functions come from ``_contract_units`` (this directory, put on ``sys.path``): a plain
+``ProcessPoolExecutor`` pickles functions by name, so a lambda defined here could not reach
+its workers. ``test_lambdas_and_closures_are_units`` covers lambdas and closures in each mode.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +35,9 @@ from quantum_partitioner import (
     UnitState,
 )
 
+sys.path.insert(0, str(Path(__file__).parent))
+import _contract_units as u  # needs the sys.path entry above
+
 FAST_RETRIES = RetryPolicy(backoff=ExponentialBackoff(initial=0.001, jitter=0))
 TERMINAL = {
     UnitState.COMPLETED,
@@ -38,27 +48,17 @@ TERMINAL = {
 }
 
 
-def wait_until(predicate, timeout=5.0):
-    """Poll ``predicate`` until it is true or ``timeout`` seconds passed; return its value."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        pause.wait(0.001)
-    return True
-
-
 def states(partitioner):
     return {name: unit.state for name, unit in partitioner.units.items()}
 
 
-def exploding_unit(ctx):
-    raise ValueError(f"{ctx.unit_id} exploded")
+def lines(path):
+    """The lines units appended to ``path`` (none if they never wrote)."""
+    return path.read_text().splitlines() if path.exists() else []
 
 
 class Recorder:
-    """Thread-safe log of callback calls."""
+    """Thread-safe log of callback calls, each with the id of the process that made it."""
 
     def __init__(self):
         self.calls = []
@@ -82,6 +82,11 @@ class Recorder:
             return [call[1:-1] for call in self.calls if call[0] == kind]
 
 
+def open_gate_on_error(p, gate):
+    """Create the file ``gate`` when a unit fails (callbacks run in this process)."""
+    p.on_unit_error = lambda unit_id, error: gate.touch()
+
+
 # -- results and the context -----------------------------------------------------------------
 
 
@@ -93,10 +98,10 @@ def test_results_of_every_unit_are_returned(mode):
     #  \ /
     #   d
     p = QuantumPartitioner()
-    p.add_unit(lambda ctx: ctx["x"] + 1, name="a")
-    p.add_unit(lambda ctx: ctx["a"] * 10, ["a"], name="b")
-    p.add_unit(lambda ctx: ctx["a"] * 100, ["a"], name="c")
-    p.add_unit(lambda ctx: ctx["b"] + ctx["c"], ["b", "c"], name="d")
+    p.add_unit(u.plus("x", 1), name="a")
+    p.add_unit(u.times("a", 10), ["a"], name="b")
+    p.add_unit(u.times("a", 100), ["a"], name="c")
+    p.add_unit(u.total("b", "c"), ["b", "c"], name="d")
 
     results = mode.execute(p, {"x": 1})
 
@@ -104,95 +109,93 @@ def test_results_of_every_unit_are_returned(mode):
     assert all(state is UnitState.COMPLETED for state in states(p).values())
 
 
+def test_lambdas_and_closures_are_units(mode):
+    """Lambdas and closures run in every mode but on a plain process pool, which fails them."""
+    offset = 10
+
+    def closure(ctx):
+        return ctx["x"] + offset
+
+    p = QuantumPartitioner()
+    p.add_unit(closure, name="closure")
+    p.add_unit(lambda ctx: ctx["closure"] * 2, ["closure"], name="lambda")
+
+    results = mode.execute(p, {"x": 1})
+
+    if mode.pickles_functions_by_name:
+        # Documented CUSTOM behaviour: the executor's pickle cannot send a local function,
+        # and that fails the unit (naming the function), not the run.
+        assert results == {}
+        error = p.units["closure"].error
+        assert p.units["closure"].state is UnitState.FAILED
+        assert "pickle" in str(error)
+        assert "closure" in str(error)
+        assert p.units["lambda"].state is UnitState.SKIPPED
+    else:
+        assert results == {"closure": 11, "lambda": 22}
+
+
 def test_ctx_holds_the_callers_context_and_declared_dependencies(mode):
     """A unit reads context keys and the result of each dependency it declared."""
     p = QuantumPartitioner()
-    p.add_unit(lambda ctx: "from-a", name="a")
-    p.add_unit(
-        lambda ctx: (ctx["input"], ctx["a"], ctx.get_dependency_result("a"), sorted(ctx)),
-        ["a"],
-        name="b",
-    )
+    p.add_unit(u.const("from-a"), name="a")
+    p.add_unit(u.probe("input", "a"), ["a"], name="b")
 
-    results = mode.execute(p, {"input": 42})
+    seen = mode.execute(p, {"input": 42})["b"]
 
-    assert results["b"] == (42, "from-a", "from-a", ["a", "input"])
+    assert seen["keys"] == ["a", "input"]
+    assert seen["input"]["getitem"] == 42
+    assert seen["a"]["getitem"] == "from-a"
+    assert seen["a"]["dependency"] == "from-a"
 
 
 def test_ctx_hides_results_of_undeclared_units(mode):
     """A unit cannot read a result it did not declare, even of a transitive dependency."""
     # hidden -> a -> c   (c declares only a; hidden has surely completed before c runs)
     p = QuantumPartitioner()
-    p.add_unit(lambda ctx: "secret", name="hidden")
-    p.add_unit(lambda ctx: "a", ["hidden"], name="a")
+    p.add_unit(u.const("secret"), name="hidden")
+    p.add_unit(u.const("a"), ["hidden"], name="a")
+    p.add_unit(u.probe("hidden"), ["a"], name="c")
 
-    def c(ctx):
-        seen = {"contains": "hidden" in ctx, "iterated": "hidden" in list(ctx)}
-        try:
-            seen["getitem"] = ctx["hidden"]
-        except KeyError as error:
-            seen["getitem"] = f"KeyError: {error}"
-        try:
-            seen["get_dependency_result"] = ctx.get_dependency_result("hidden")
-        except KeyError as error:
-            seen["get_dependency_result"] = f"KeyError: {error}"
-        seen["get"] = ctx.get("hidden", "default")
-        return seen
+    seen = mode.execute(p, {"input": 1})["c"]["hidden"]
 
-    p.add_unit(c, ["a"], name="c")
-
-    seen = mode.execute(p, {"input": 1})["c"]
-
-    assert seen["contains"] is False
+    assert seen["in"] is False
     assert seen["iterated"] is False
     assert seen["getitem"].startswith("KeyError")
     assert "'c'" in seen["getitem"]
     assert "hidden" in seen["getitem"]
-    assert seen["get_dependency_result"].startswith("KeyError")
+    assert seen["dependency"].startswith("KeyError")
     assert seen["get"] == "default"
 
 
 def test_get_dependency_result_raises_for_a_context_key(mode):
     """get_dependency_result() only answers for declared dependencies, not context keys."""
-
-    def probe(ctx):
-        try:
-            ctx.get_dependency_result("input")
-        except KeyError:
-            return "KeyError"
-        return "no error"
-
     p = QuantumPartitioner()
-    p.add_unit(probe, name="probe")
+    p.add_unit(u.probe("input"), name="probe")
 
-    assert mode.execute(p, {"input": 1}) == {"probe": "KeyError"}
+    seen = mode.execute(p, {"input": 1})["probe"]["input"]
+
+    assert seen["getitem"] == 1
+    assert seen["dependency"].startswith("KeyError")
 
 
 def test_dependency_result_wins_over_context_key_of_same_name(mode):
     """ctx[name] is the dependency's result when a context key has the same name."""
     p = QuantumPartitioner()
-    p.add_unit(lambda ctx: "result", name="a")
-    p.add_unit(lambda ctx: ctx["a"], ["a"], name="declares_a")
-    p.add_unit(lambda ctx: ctx["a"], name="does_not_declare_a")
+    p.add_unit(u.const("result"), name="a")
+    p.add_unit(u.pair("declares", "a"), ["a"], name="declares_a")
+    p.add_unit(u.pair("does not declare", "a"), name="does_not_declare_a")
 
     results = mode.execute(p, {"a": "context"})
 
-    assert results["declares_a"] == "result"
-    assert results["does_not_declare_a"] == "context"
+    assert results["declares_a"] == ("declares", "result")
+    assert results["does_not_declare_a"] == ("does not declare", "context")
 
 
 def test_ctx_is_read_only(mode):
     """Units cannot write into ctx: it is a read-only mapping."""
-
-    def writer(ctx):
-        try:
-            ctx["x"] = 2
-        except TypeError:
-            return "TypeError"
-        return "written"
-
     p = QuantumPartitioner()
-    p.add_unit(writer, name="writer")
+    p.add_unit(u.write_into_ctx, name="writer")
 
     assert mode.execute(p, {"x": 1}) == {"writer": "TypeError"}
 
@@ -200,7 +203,7 @@ def test_ctx_is_read_only(mode):
 def test_ctx_environment_names_unit_attempt_and_mode(mode):
     """ctx.environment tells the unit its name, its attempt number and the execution mode."""
     p = QuantumPartitioner()
-    p.add_unit(lambda ctx: dict(ctx.environment), name="env")
+    p.add_unit(u.environment, name="env")
 
     env = mode.execute(p)["env"]
 
@@ -213,14 +216,9 @@ def test_ctx_environment_names_unit_attempt_and_mode(mode):
 
 def test_record_metric_shows_up_in_unit_metrics(mode):
     """Metrics recorded with ctx.record_metric appear under unit_metrics, per unit."""
-
-    def counting(ctx):
-        ctx.record_metric("rows", 42)
-        ctx.record_metric("source", "db")
-
     p = QuantumPartitioner()
-    p.add_unit(counting, name="counting")
-    p.add_unit(lambda ctx: 1, name="silent")
+    p.add_unit(u.record(rows=42, source="db"), name="counting")
+    p.add_unit(u.const(1), name="silent")
 
     mode.execute(p)
 
@@ -233,7 +231,7 @@ def test_record_metric_shows_up_in_unit_metrics(mode):
 def test_failure_marks_unit_failed_with_exception_and_traceback(mode):
     """A raising unit is FAILED with its exception, whose traceback names the unit function."""
     p = QuantumPartitioner()
-    p.add_unit(exploding_unit, name="boom")
+    p.add_unit(u.explode, name="boom")
 
     results = mode.execute(p)
 
@@ -242,8 +240,8 @@ def test_failure_marks_unit_failed_with_exception_and_traceback(mode):
     assert unit.state is UnitState.FAILED
     assert isinstance(unit.error, ValueError)
     assert str(unit.error) == "boom exploded"
-    assert "exploding_unit" in "".join(traceback.format_exception(unit.error))
-    assert "exploding_unit" in unit.traceback
+    assert "in explode" in "".join(traceback.format_exception(unit.error))
+    assert "in explode" in unit.traceback
     assert p.failed_units == {"boom"}
     assert p.get_failed_units() == {"boom": unit.error}
 
@@ -253,10 +251,10 @@ def test_transitive_dependents_of_a_failure_are_skipped(mode):
     # boom -> b -> c
     #   \--------> d
     p = QuantumPartitioner()
-    p.add_unit(exploding_unit, name="boom")
-    p.add_unit(lambda ctx: 1, ["boom"], name="b")
-    p.add_unit(lambda ctx: 2, ["b"], name="c")
-    p.add_unit(lambda ctx: 3, ["boom", "b"], name="d")
+    p.add_unit(u.explode, name="boom")
+    p.add_unit(u.const(1), ["boom"], name="b")
+    p.add_unit(u.const(2), ["b"], name="c")
+    p.add_unit(u.const(3), ["boom", "b"], name="d")
 
     results = mode.execute(p)
 
@@ -279,11 +277,11 @@ def test_independent_branches_complete_despite_a_failure(mode):
     """A failure does not stop units that do not depend on it."""
     # boom -> skipped        ok1 -> ok2 -> ok3
     p = QuantumPartitioner()
-    p.add_unit(exploding_unit, name="boom")
-    p.add_unit(lambda ctx: "never", ["boom"], name="skipped")
-    p.add_unit(lambda ctx: 1, name="ok1")
-    p.add_unit(lambda ctx: ctx["ok1"] + 1, ["ok1"], name="ok2")
-    p.add_unit(lambda ctx: ctx["ok2"] + 1, ["ok2"], name="ok3")
+    p.add_unit(u.explode, name="boom")
+    p.add_unit(u.const("never"), ["boom"], name="skipped")
+    p.add_unit(u.const(1), name="ok1")
+    p.add_unit(u.plus("ok1", 1), ["ok1"], name="ok2")
+    p.add_unit(u.plus("ok2", 1), ["ok2"], name="ok3")
 
     results = mode.execute(p)
 
@@ -295,8 +293,8 @@ def test_independent_branches_complete_despite_a_failure(mode):
 def test_fallback_value_lets_dependents_run_with_it(mode):
     """A failed unit with metadata['fallback_value'] hands that value to its dependents."""
     p = QuantumPartitioner()
-    p.add_unit(exploding_unit, name="fetch", metadata={"fallback_value": {"data": []}})
-    p.add_unit(lambda ctx: ("used", ctx["fetch"]), ["fetch"], name="use")
+    p.add_unit(u.explode, name="fetch", metadata={"fallback_value": {"data": []}})
+    p.add_unit(u.pair("used", "fetch"), ["fetch"], name="use")
 
     results = mode.execute(p)
 
@@ -306,61 +304,49 @@ def test_fallback_value_lets_dependents_run_with_it(mode):
     assert p.units["use"].state is UnitState.COMPLETED
 
 
-def test_retries_until_success(mode):
+def test_retries_until_success(mode, tmp_path):
     """A unit failing twice then succeeding with retries=2 completes on attempt 3."""
-
-    def flaky(ctx):
-        if ctx.attempt < 3:
-            raise ConnectionError(f"attempt {ctx.attempt}")
-        return f"ok on {ctx.attempt}"
-
+    attempts = tmp_path / "attempts"
     p = QuantumPartitioner(retry_policy=FAST_RETRIES)
-    p.add_unit(flaky, name="flaky", retries=2)
-    p.add_unit(lambda ctx: ctx["flaky"].upper(), ["flaky"], name="after")
+    p.add_unit(u.flaky(succeed_on=3), name="flaky", retries=2)
+    p.add_unit(u.upper("flaky"), ["flaky"], name="after")
 
-    results = mode.execute(p)
+    results = mode.execute(p, {"attempts": str(attempts)})
 
     assert results == {"flaky": "ok on 3", "after": "OK ON 3"}
     assert p.units["flaky"].state is UnitState.COMPLETED
     assert p.units["flaky"].attempt == 3
     assert p.units["flaky"].error is None
+    assert lines(attempts) == ["flaky 1", "flaky 2", "flaky 3"]
 
 
-def test_retries_exhausted_fail_with_the_last_error(mode):
+def test_retries_exhausted_fail_with_the_last_error(mode, tmp_path):
     """A unit failing on every attempt is FAILED after retries+1 attempts, with the last error."""
-
-    def always(ctx):
-        raise ConnectionError(f"attempt {ctx.attempt}")
-
-    calls = []
-    lock = threading.Lock()
-
-    def counted(ctx):
-        with lock:
-            calls.append(ctx.attempt)
-        return always(ctx)
-
+    attempts = tmp_path / "attempts"
     p = QuantumPartitioner(retry_policy=FAST_RETRIES)
-    p.add_unit(counted, name="always", retries=2)
+    p.add_unit(u.flaky(succeed_on=99), name="always", retries=2)
 
-    mode.execute(p)
+    mode.execute(p, {"attempts": str(attempts)})
 
     unit = p.units["always"]
     assert unit.state is UnitState.FAILED
     assert unit.attempt == 3
+    assert isinstance(unit.error, ConnectionError)
     assert str(unit.error) == "attempt 3"
-    assert sorted(calls) == [1, 2, 3]
+    assert lines(attempts) == ["always 1", "always 2", "always 3"]
 
 
-def test_fail_fast_cancels_units_that_have_not_started(mode):
+def test_fail_fast_cancels_units_that_have_not_started(mode, tmp_path):
     """With fail_fast=True, once a unit fails every unit not yet started is CANCELED."""
     # boom (fails first)      x -> y   (x waits until boom has failed, so y cannot start)
+    gate = tmp_path / "boom-failed"
     p = QuantumPartitioner(max_workers=2)
-    p.add_unit(exploding_unit, name="boom", priority=10)
-    p.add_unit(lambda ctx: wait_until(lambda: p.units["boom"].state.is_terminal), name="x")
-    p.add_unit(lambda ctx: "y ran", ["x"], name="y")
+    p.add_unit(u.explode, name="boom", priority=10)
+    p.add_unit(u.wait_for_gate, name="x")
+    p.add_unit(u.const("y ran"), ["x"], name="y")
+    open_gate_on_error(p, gate)
 
-    results = mode.execute(p, fail_fast=True)
+    results = mode.execute(p, {"gate": str(gate)}, fail_fast=True)
 
     assert p.units["boom"].state is UnitState.FAILED
     assert p.units["y"].state is UnitState.CANCELED
@@ -369,6 +355,8 @@ def test_fail_fast_cancels_units_that_have_not_started(mode):
     assert "y" not in results
     # x had either not started (CANCELED) or was running, which fail_fast lets finish.
     assert p.units["x"].state in {UnitState.CANCELED, UnitState.COMPLETED}
+    if p.units["x"].state is UnitState.COMPLETED:
+        assert results["x"] is True  # it saw the gate: it did wait for boom's failure
     if not mode.concurrent:
         assert p.units["x"].state is UnitState.CANCELED
 
@@ -376,9 +364,9 @@ def test_fail_fast_cancels_units_that_have_not_started(mode):
 def test_without_fail_fast_nothing_is_cancelled(mode):
     """By default a failure cancels nothing: units not downstream of it still run."""
     p = QuantumPartitioner(max_workers=1)
-    p.add_unit(exploding_unit, name="boom", priority=10)
-    p.add_unit(lambda ctx: 1, name="x")
-    p.add_unit(lambda ctx: 2, ["x"], name="y")
+    p.add_unit(u.explode, name="boom", priority=10)
+    p.add_unit(u.const(1), name="x")
+    p.add_unit(u.const(2), ["x"], name="y")
 
     assert mode.execute(p) == {"x": 1, "y": 2}
 
@@ -386,9 +374,9 @@ def test_without_fail_fast_nothing_is_cancelled(mode):
 def test_raise_on_error_raises_task_error_with_details(mode):
     """raise_on_error=True raises TaskError carrying errors, partial results and failed tasks."""
     p = QuantumPartitioner()
-    p.add_unit(lambda ctx: 1, name="ok")
-    p.add_unit(exploding_unit, name="boom")
-    p.add_unit(lambda ctx: 2, ["boom"], name="skipped")
+    p.add_unit(u.const(1), name="ok")
+    p.add_unit(u.explode, name="boom")
+    p.add_unit(u.const(2), ["boom"], name="skipped")
 
     with pytest.raises(TaskError) as info:
         mode.execute(p, raise_on_error=True)
@@ -405,7 +393,7 @@ def test_raise_on_error_raises_task_error_with_details(mode):
 def test_raise_on_error_returns_normally_when_nothing_failed(mode):
     """raise_on_error=True does not raise when every unit completed."""
     p = QuantumPartitioner()
-    p.add_unit(lambda ctx: 1, name="ok")
+    p.add_unit(u.const(1), name="ok")
 
     assert mode.execute(p, raise_on_error=True) == {"ok": 1}
 
@@ -415,16 +403,11 @@ def test_raise_on_error_returns_normally_when_nothing_failed(mode):
 
 def _callback_graph(recorder):
     # boom -> skipped      flaky (fails once) -> after
-    def flaky(ctx):
-        if ctx.attempt == 1:
-            raise ConnectionError("first attempt")
-        return "flaky ok"
-
     p = QuantumPartitioner(retry_policy=FAST_RETRIES)
-    p.add_unit(exploding_unit, name="boom")
-    p.add_unit(lambda ctx: "never", ["boom"], name="skipped")
-    p.add_unit(flaky, name="flaky", retries=1)
-    p.add_unit(lambda ctx: "after ok", ["flaky"], name="after")
+    p.add_unit(u.explode, name="boom")
+    p.add_unit(u.const("never"), ["boom"], name="skipped")
+    p.add_unit(u.flaky(succeed_on=2), name="flaky", retries=1)
+    p.add_unit(u.const("after ok"), ["flaky"], name="after")
     p.on_unit_start = recorder.hook("start")
     p.on_unit_complete = recorder.hook("complete")
     p.on_unit_error = recorder.hook("error")
@@ -447,7 +430,7 @@ def test_callbacks_receive_the_right_arguments_in_the_callers_process(mode):
     recorder.wait_for(_EXPECTED_CALLBACKS)
 
     assert sorted(recorder.of("start")) == [("after",), ("boom",), ("flaky",), ("flaky",)]
-    assert sorted(recorder.of("complete")) == [("after", "after ok"), ("flaky", "flaky ok")]
+    assert sorted(recorder.of("complete")) == [("after", "after ok"), ("flaky", "ok on 2")]
     [(error_unit, error)] = recorder.of("error")
     assert error_unit == "boom"
     assert error is p.units["boom"].error
@@ -488,8 +471,8 @@ def test_raising_callback_is_logged_and_does_not_break_the_run(mode, caplog):
         raise RuntimeError(f"callback broke on {unit_id}")
 
     p = QuantumPartitioner()
-    p.add_unit(lambda ctx: 1, name="a")
-    p.add_unit(lambda ctx: ctx["a"] + 1, ["a"], name="b")
+    p.add_unit(u.const(1), name="a")
+    p.add_unit(u.plus("a", 1), ["a"], name="b")
     p.on_unit_start = broken
 
     with caplog.at_level(logging.ERROR, logger="quantum_partitioner"):
@@ -510,21 +493,26 @@ class _TerminalEvents(Instrument):
         self.finished.append(event)
 
 
-def test_every_unit_ends_in_exactly_one_terminal_state(mode):
+def test_every_unit_ends_in_exactly_one_terminal_state(mode, tmp_path):
     """After a run with completions, failures, skips and cancellations, every unit is terminal."""
-    #  boom -> skipped      ok -> ok2
-    #  (fail_fast also cancels 'late', which waits for boom's failure before 'late2')
+    #  boom -> skipped      gate -> late
+    #  (fail_fast also cancels 'late': 'gate' waits for boom's failure before it ends)
+    gate = tmp_path / "boom-failed"
     instrument = _TerminalEvents()
     p = QuantumPartitioner(max_workers=2, instruments=[instrument])
-    p.add_unit(exploding_unit, name="boom", priority=5)
-    p.add_unit(lambda ctx: 0, ["boom"], name="skipped")
-    p.add_unit(lambda ctx: wait_until(lambda: p.units["boom"].state.is_terminal), name="gate")
-    p.add_unit(lambda ctx: 1, ["gate"], name="late")
+    p.add_unit(u.explode, name="boom", priority=5)
+    p.add_unit(u.const(0), ["boom"], name="skipped")
+    p.add_unit(u.wait_for_gate, name="gate")
+    p.add_unit(u.const(1), ["gate"], name="late")
+    open_gate_on_error(p, gate)
 
-    mode.execute(p, fail_fast=True)
+    mode.execute(p, {"gate": str(gate)}, fail_fast=True)
 
     final = states(p)
     assert all(state in TERMINAL for state in final.values()), final
+    assert final["boom"] is UnitState.FAILED
+    assert final["late"] is UnitState.CANCELED
+    assert final["gate"] in {UnitState.COMPLETED, UnitState.CANCELED}
     counts = {state: list(final.values()).count(state) for state in TERMINAL}
     [event] = instrument.finished
     assert event.total_units == 4
@@ -544,17 +532,10 @@ def test_every_unit_ends_in_exactly_one_terminal_state(mode):
 
 def test_async_def_units_are_awaited(mode):
     """A coroutine function unit is awaited: its dependents receive the value, not a coroutine."""
-
-    async def fetch(ctx):
-        return ctx["base"] * 2
-
-    async def refine(ctx):
-        return ctx["fetch"] + 1
-
     p = QuantumPartitioner()
-    p.add_unit(fetch, name="fetch")
-    p.add_unit(refine, ["fetch"], name="refine")
-    p.add_unit(lambda ctx: ctx["refine"] * 10, ["refine"], name="plain")
+    p.add_unit(u.async_times("base", 2), name="fetch")
+    p.add_unit(u.async_plus("fetch", 1), ["fetch"], name="refine")
+    p.add_unit(u.times("refine", 10), ["refine"], name="plain")
 
     results = mode.execute(p, {"base": 5})
 
@@ -563,12 +544,8 @@ def test_async_def_units_are_awaited(mode):
 
 def test_failing_async_unit_is_failed(mode):
     """An exception raised inside an async def unit fails that unit like a plain one."""
-
-    async def broken(ctx):
-        raise KeyError("missing")
-
     p = QuantumPartitioner()
-    p.add_unit(broken, name="broken")
+    p.add_unit(u.async_key_error, name="broken")
 
     assert mode.execute(p) == {}
     assert p.units["broken"].state is UnitState.FAILED
@@ -581,8 +558,8 @@ def test_failing_async_unit_is_failed(mode):
 def test_the_same_partitioner_runs_twice(mode):
     """Running a partitioner again runs every unit again, with the new context."""
     p = QuantumPartitioner()
-    p.add_unit(lambda ctx: ctx["x"] * 2, name="double")
-    p.add_unit(lambda ctx: ctx["double"] + 1, ["double"], name="inc")
+    p.add_unit(u.times("x", 2), name="double")
+    p.add_unit(u.plus("double", 1), ["double"], name="inc")
 
     first = mode.execute(p, {"x": 1})
     second = mode.execute(p, {"x": 10})
@@ -593,15 +570,9 @@ def test_the_same_partitioner_runs_twice(mode):
 
 def test_states_reset_between_runs(mode):
     """A unit that failed in one run and completes in the next shows only the last run."""
-
-    def sometimes(ctx):
-        if ctx["fail"]:
-            raise ValueError("asked to fail")
-        return "fine"
-
     p = QuantumPartitioner()
-    p.add_unit(sometimes, name="sometimes")
-    p.add_unit(lambda ctx: ctx["sometimes"], ["sometimes"], name="after")
+    p.add_unit(u.fail_if("fail"), name="sometimes")
+    p.add_unit(u.pair("after", "sometimes"), ["sometimes"], name="after")
 
     mode.execute(p, {"fail": True})
     assert p.units["after"].state is UnitState.SKIPPED
@@ -609,7 +580,7 @@ def test_states_reset_between_runs(mode):
 
     results = mode.execute(p, {"fail": False})
 
-    assert results == {"sometimes": "fine", "after": "fine"}
+    assert results == {"sometimes": "fine", "after": ("after", "fine")}
     assert states(p) == {"sometimes": UnitState.COMPLETED, "after": UnitState.COMPLETED}
     assert p.units["sometimes"].error is None
     assert p.units["sometimes"].attempt == 1
@@ -622,9 +593,9 @@ def test_states_reset_between_runs(mode):
 def test_unit_runtime_fields_describe_the_last_run(mode):
     """units[x] exposes state, result, error, attempt, start/end time and execution time."""
     p = QuantumPartitioner()
-    p.add_unit(lambda ctx: threading.Event().wait(0.05) or "slow", name="slow")
-    p.add_unit(exploding_unit, name="boom")
-    p.add_unit(lambda ctx: 0, ["boom"], name="skipped")
+    p.add_unit(u.sleep(0.05, "slow"), name="slow")
+    p.add_unit(u.explode, name="boom")
+    p.add_unit(u.const(0), ["boom"], name="skipped")
     before = time.time()
 
     mode.execute(p)
@@ -653,7 +624,7 @@ def test_unit_runtime_fields_describe_the_last_run(mode):
 def test_units_are_pending_before_any_run(mode):
     """Before a run, units are PENDING with no result, error, attempt or times."""
     p = QuantumPartitioner()
-    unit = p.add_unit(lambda ctx: 1, name="a")
+    unit = p.add_unit(u.const(1), name="a")
 
     assert (unit.state, unit.result, unit.error, unit.attempt) == (UnitState.PENDING, None, None, 0)
     assert unit.start_time is None
@@ -666,11 +637,11 @@ def test_units_are_pending_before_any_run(mode):
 def test_results_hold_only_completed_units_and_fallbacks(mode):
     """Failed (without fallback), skipped and cancelled units are absent from the results."""
     p = QuantumPartitioner()
-    p.add_unit(lambda ctx: "ok", name="ok")
-    p.add_unit(exploding_unit, name="boom")
-    p.add_unit(exploding_unit, name="soft", metadata={"fallback_value": 0})
-    p.add_unit(lambda ctx: ctx["soft"], ["soft"], name="after_soft")
-    p.add_unit(lambda ctx: 1, ["boom"], name="skipped")
+    p.add_unit(u.const("ok"), name="ok")
+    p.add_unit(u.explode, name="boom")
+    p.add_unit(u.explode, name="soft", metadata={"fallback_value": 0})
+    p.add_unit(u.plus("soft", 0), ["soft"], name="after_soft")
+    p.add_unit(u.const(1), ["boom"], name="skipped")
 
     results = mode.execute(p)
 

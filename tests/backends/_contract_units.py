@@ -1,0 +1,258 @@
+"""Unit functions for the behaviour suite (test_contract.py) and the run properties.
+
+Every mode must run these, including CUSTOM on a plain ``ProcessPoolExecutor``, which sends
+``call_unit(function, ctx)`` with the standard pickle: functions travel by reference, so they
+live here, in a module that test_contract.py and test_properties_run.py put on ``sys.path``
+and import as ``_contract_units`` (a name every worker process can import, whatever the
+start method). Parameters travel in ``functools.partial`` objects, which pickle too.
+
+Units observe nothing shared with the test: they report through their return values, ctx
+metrics, raised errors, and lines appended to a file whose path they are given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+# -- returning values ------------------------------------------------------------------------
+
+
+def const(value: Any) -> partial[Any]:
+    """A unit returning ``value``."""
+    return partial(_const, value)
+
+
+def _const(value: Any, ctx: Any) -> Any:
+    return value
+
+
+def plus(key: str, n: int) -> partial[Any]:
+    """A unit returning ``ctx[key] + n``."""
+    return partial(_plus, key, n)
+
+
+def _plus(key: str, n: int, ctx: Any) -> Any:
+    return ctx[key] + n
+
+
+def times(key: str, n: int) -> partial[Any]:
+    """A unit returning ``ctx[key] * n``."""
+    return partial(_times, key, n)
+
+
+def _times(key: str, n: int, ctx: Any) -> Any:
+    return ctx[key] * n
+
+
+def total(*keys: str) -> partial[Any]:
+    """A unit returning the sum of ``ctx[key]`` for each key."""
+    return partial(_total, keys)
+
+
+def _total(keys: tuple[str, ...], ctx: Any) -> Any:
+    return sum(ctx[key] for key in keys)
+
+
+def upper(key: str) -> partial[Any]:
+    """A unit returning ``ctx[key].upper()``."""
+    return partial(_upper, key)
+
+
+def _upper(key: str, ctx: Any) -> Any:
+    return ctx[key].upper()
+
+
+def pair(tag: str, key: str) -> partial[Any]:
+    """A unit returning ``(tag, ctx[key])``."""
+    return partial(_pair, tag, key)
+
+
+def _pair(tag: str, key: str, ctx: Any) -> Any:
+    return (tag, ctx[key])
+
+
+def sleep(seconds: float, value: Any) -> partial[Any]:
+    """A unit sleeping ``seconds``, then returning ``value``."""
+    return partial(_sleep, seconds, value)
+
+
+def _sleep(seconds: float, value: Any, ctx: Any) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+# -- looking at ctx --------------------------------------------------------------------------
+
+
+def probe(*names: str) -> partial[dict[str, Any]]:
+    """A unit returning its keys and, for each name, every way ctx answers for it."""
+    return partial(_probe, names)
+
+
+def _probe(names: tuple[str, ...], ctx: Any) -> dict[str, Any]:
+    seen: dict[str, Any] = {"keys": sorted(ctx)}
+    for name in names:
+        answers: dict[str, Any] = {"in": name in ctx, "iterated": name in list(ctx)}
+        answers["get"] = ctx.get(name, "default")
+        for how, read in (("getitem", ctx.__getitem__), ("dependency", ctx.get_dependency_result)):
+            try:
+                answers[how] = read(name)
+            except KeyError as error:
+                answers[how] = f"KeyError: {error}"
+        seen[name] = answers
+    return seen
+
+
+def write_into_ctx(ctx: Any) -> str:
+    """Try ``ctx["x"] = 2``; return the name of the error, or "written"."""
+    try:
+        ctx["x"] = 2
+    except TypeError:
+        return "TypeError"
+    return "written"
+
+
+def environment(ctx: Any) -> dict[str, Any]:
+    """Return ctx.environment as a dict."""
+    return dict(ctx.environment)
+
+
+def record(**metrics: Any) -> partial[None]:
+    """A unit recording each metric with ctx.record_metric, returning None."""
+    return partial(_record, metrics)
+
+
+def _record(metrics: dict[str, Any], ctx: Any) -> None:
+    for name, value in metrics.items():
+        ctx.record_metric(name, value)
+
+
+# -- failing ---------------------------------------------------------------------------------
+
+
+def explode(ctx: Any) -> None:
+    """Raise ValueError naming the unit."""
+    raise ValueError(f"{ctx.unit_id} exploded")
+
+
+def fail_if(key: str) -> partial[str]:
+    """A unit raising ValueError when ``ctx[key]`` is true, else returning "fine"."""
+    return partial(_fail_if, key)
+
+
+def _fail_if(key: str, ctx: Any) -> str:
+    if ctx[key]:
+        raise ValueError("asked to fail")
+    return "fine"
+
+
+def flaky(succeed_on: int) -> partial[str]:
+    """A unit raising ConnectionError before attempt ``succeed_on``, then returning "ok on N".
+
+    When the context has ``"attempts"`` (a file path), each call first appends
+    ``"<unit> <attempt>"`` to it, so a test can count the calls made in any process.
+    """
+    return partial(_flaky, succeed_on)
+
+
+def _flaky(succeed_on: int, ctx: Any) -> str:
+    if "attempts" in ctx:
+        append(ctx["attempts"], f"{ctx.unit_id} {ctx.attempt}")
+    if ctx.attempt < succeed_on:
+        raise ConnectionError(f"attempt {ctx.attempt}")
+    return f"ok on {ctx.attempt}"
+
+
+def wait_for_gate(ctx: Any) -> bool:
+    """Wait until the file ``ctx["gate"]`` exists (at most 10 s); return whether it does."""
+    gate = Path(ctx["gate"])
+    deadline = time.monotonic() + 10
+    while not gate.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+# -- async def units -------------------------------------------------------------------------
+
+
+def async_times(key: str, n: int) -> partial[Any]:
+    """An ``async def`` unit returning ``ctx[key] * n`` after yielding to its loop."""
+    return partial(_async_times, key, n)
+
+
+async def _async_times(key: str, n: int, ctx: Any) -> Any:
+    await asyncio.sleep(0)
+    return ctx[key] * n
+
+
+def async_plus(key: str, n: int) -> partial[Any]:
+    """An ``async def`` unit returning ``ctx[key] + n`` after yielding to its loop."""
+    return partial(_async_plus, key, n)
+
+
+async def _async_plus(key: str, n: int, ctx: Any) -> Any:
+    await asyncio.sleep(0)
+    return ctx[key] + n
+
+
+async def async_key_error(ctx: Any) -> None:
+    """An ``async def`` unit raising KeyError."""
+    await asyncio.sleep(0)
+    raise KeyError("missing")
+
+
+# -- random DAGs (test_properties_run.py) ----------------------------------------------------
+
+
+def value_of(i: int, dependency_values: list[int]) -> int:
+    """What unit ``i`` of a random DAG returns, given its dependencies' values in order."""
+    return (i + 3 * sum(dependency_values)) % 1_000_003
+
+
+def dag_unit(
+    log: str | None, i: int, dependencies: list[str], *, fails: bool, flakes: bool
+) -> partial[int]:
+    """Unit ``i`` of a random DAG: ``value_of`` its dependencies' results.
+
+    It fails on every attempt if ``fails``, on the first one if ``flakes``. When ``log`` is a
+    path, each attempt appends ``"start <unit> <attempt>"`` when it starts and ``"end ..."``
+    when it ends, so the file's line order is the order in which those events happened.
+    """
+    return partial(
+        _dag_unit, log=log, i=i, dependencies=tuple(dependencies), fails=fails, flakes=flakes
+    )
+
+
+def _dag_unit(
+    ctx: Any, *, log: str | None, i: int, dependencies: tuple[str, ...], fails: bool, flakes: bool
+) -> int:
+    if log is not None:
+        append(log, f"start {ctx.unit_id} {ctx.attempt}")
+    try:
+        if fails:
+            raise ValueError(f"{ctx.unit_id} fails")
+        if flakes and ctx.attempt == 1:
+            raise ConnectionError(f"{ctx.unit_id} flakes")
+        return value_of(i, [ctx[d] for d in dependencies])
+    finally:
+        if log is not None:
+            append(log, f"end {ctx.unit_id} {ctx.attempt}")
+
+
+# -- files -----------------------------------------------------------------------------------
+
+
+def append(path: str, line: str) -> None:
+    """Append one line to ``path`` with a single O_APPEND write (atomic across processes)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
