@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -189,6 +190,20 @@ def test_demo_mode_and_workers_options(mode):
     assert result.returncode == 0, result.stderr
     assert f"{mode} mode, 2 workers" in result.stdout
     assert all(fields[1] == "COMPLETED" for fields in unit_rows(result.stdout).values())
+
+
+def test_demo_writes_its_trace_report_and_picture(tmp_path):
+    """`demo --out DIR` writes a loadable trace, an HTML report and a picture, and names them."""
+    result = run_cli("demo", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    trace = json.loads((tmp_path / "demo-trace.json").read_text())
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    assert sum(1 for e in events if e.get("ph") == "X" and "extract_0" in e.get("name", "")) == 1
+    assert "<html" in (tmp_path / "demo-report.html").read_text().lower()
+    pictures = list(tmp_path.glob("demo-graph.*"))
+    assert len(pictures) == 1
+    for name in ("demo-trace.json", "demo-report.html", pictures[0].name):
+        assert name in result.stdout
 
 
 def test_demo_rejects_a_worker_count_below_one():

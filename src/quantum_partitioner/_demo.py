@@ -35,6 +35,7 @@ from ._partitioner import QuantumPartitioner
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
     from importlib.resources.abc import Traversable
+    from pathlib import Path
 
     from ._context import ExecutionContext
     from ._plan import ExecutionPlan
@@ -141,6 +142,8 @@ class DemoReport:
     query: str
     index: IndexSummary | None
     seconds: float
+    #: What the run wrote: ``(what, path)`` pairs (trace, report, picture).
+    artifacts: tuple[tuple[str, Path], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -316,19 +319,30 @@ def create_document_pipeline(
     return partitioner
 
 
-def run_demo(mode: ExecutionMode = ExecutionMode.THREAD, max_workers: int = 4) -> DemoReport:
+def run_demo(
+    mode: ExecutionMode = ExecutionMode.THREAD,
+    max_workers: int = 4,
+    *,
+    output_dir: Path | None = None,
+    progress: bool = False,
+) -> DemoReport:
     """Build the pipeline over the bundled corpus, run it, and report what happened.
 
     Args:
         mode: Where the units run.
         max_workers: How many units may run at once.
+        output_dir: Where to write the run's trace, report and picture (None: nowhere).
+        progress: Show a progress bar while the run goes on (on a terminal).
     """
     documents = bundled_documents()
     partitioner = create_document_pipeline(documents, max_workers)
     plan = partitioner.build_execution_plan()
     started = time.perf_counter()
-    results = partitioner.execute(DEMO_CONTEXT, execution_mode=mode)
+    results = partitioner.execute(
+        DEMO_CONTEXT, execution_mode=mode, progress=progress, trace=output_dir is not None
+    )
     seconds = time.perf_counter() - started
+    artifacts = () if output_dir is None else write_artifacts(partitioner, output_dir)
     metrics = partitioner.last_execution_metrics or {}
     recorded: Mapping[str, Mapping[str, Any]] = metrics.get("unit_metrics", {})
     rows = tuple(
@@ -345,4 +359,26 @@ def run_demo(mode: ExecutionMode = ExecutionMode.THREAD, max_workers: int = 4) -
         query=DEMO_CONTEXT["query"],
         index=index if isinstance(index, IndexSummary) else None,
         seconds=seconds,
+        artifacts=artifacts,
     )
+
+
+def write_artifacts(
+    partitioner: QuantumPartitioner[Any, Any], output_dir: Path
+) -> tuple[tuple[str, Path], ...]:
+    """Write the last run's Chrome trace, HTML report and picture into ``output_dir``.
+
+    The picture is SVG when Graphviz's ``dot`` is installed, else its DOT source.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = [
+        ("trace", partitioner.export_trace(output_dir / "demo-trace.json")),
+        ("report", partitioner.write_report(output_dir / "demo-report.html")),
+    ]
+    try:
+        written.append(("picture", partitioner.render(output_dir / "demo-graph.svg")))
+    except FileNotFoundError:  # no Graphviz here: keep the DOT source instead
+        dot = output_dir / "demo-graph.dot"
+        dot.write_text(partitioner.build_execution_plan().visualize(), encoding="utf-8")
+        written.append(("picture (DOT; install Graphviz for SVG)", dot))
+    return tuple(written)

@@ -190,13 +190,26 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         metavar="N",
         help="units that may run at once (default: %(default)s)",
     )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("out"),
+        metavar="DIR",
+        help="where to write the trace, report and picture (default: %(default)s)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     parser.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo  # noqa: PLC0415 - only this subcommand needs it
 
-    report = run_demo(ExecutionMode(args.mode), args.workers)
+    report = run_demo(
+        ExecutionMode(args.mode),
+        args.workers,
+        output_dir=args.out,
+        progress=not args.no_progress,
+    )
     _write(_demo_lines(report))
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -238,6 +251,8 @@ def _demo_lines(report: DemoReport) -> list[str]:
         "",
         f"{completed} of {len(report.rows)} units completed in {report.seconds * 1000:.1f} ms",
     ]
+    if report.artifacts:
+        lines += ["", "Wrote", *(f"  {what:<8} {path}" for what, path in report.artifacts)]
     return lines
 
 
