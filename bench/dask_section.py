@@ -2,7 +2,7 @@
 
 One ``distributed.LocalCluster`` (2 worker processes, 1 thread each, loopback, no dashboard)
 is started for the section and shared by every row. Graphs of 500 no-op units: ``layered``
-(100 layers of 5, each unit depending on 3 of the layer before) and ``fanout`` (499
+(100 layers of 5, each unit depending on 3 of the layer before) and ``fanout`` (500
 independent units and a sink). Every row runs the very same function, ``workloads.noop``
 (it ignores its arguments: the project calls it with a context, raw Dask with the
 dependencies' results), and every row brings every unit's result back to the caller.
@@ -13,33 +13,45 @@ dependencies' results), and every row brings every unit's result back to the cal
 * ``DaskBackend``: ``execute(backend=DaskBackend(client))``, the default (lookahead: a unit
   is handed to Dask as soon as its dependencies have futures).
 * ``DaskBackend, lookahead=False``: a unit is submitted only once the client has heard that
-  its dependencies completed, a round trip per dependency level.
+  its dependencies completed: a round trip through the client per dependency level.
 
-Target: DaskBackend / raw <= 1.2 on each shape. Dask's per-task cost on a 2-core machine
-(scheduler, two workers and the client sharing it) is milliseconds and noisy, so read the
-ratio, not the absolute numbers, and rerun before trusting a verdict close to the target.
+Target: DaskBackend / raw <= 1.2 on each shape. Dask costs milliseconds per task on a
+2-core machine (scheduler, two workers and the client share it) and the figures drift by
+tens of percent from one run to the next, so the rows are measured in interleaved rounds
+(one run of each row per round, in rotating order) and each ratio is the median of the
+per-round ratios: drift that lasts longer than a round cancels out. Rerun before trusting a
+verdict close to the target.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import itertools
+import statistics
+import sys
+import time
+import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from harness import Runner, RunnerUnavailableError, RunOnce
+import report
+from harness import Failure, Runner, RunnerUnavailableError, RunOnce, Timing, check_result_count
 from project_runners import project_api
+from shapes import SHAPES
 from workloads import noop
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     from sections import Options
     from shapes import GraphSpec
 
 DASK_UNITS = 500
+DASK_SHAPES = ("layered", "fanout")
 DASK_TARGET = 1.2
+MIN_ROUNDS = 7
 _RUN_IDS = itertools.count()
 
 
@@ -57,6 +69,7 @@ def local_cluster() -> Iterator[Any]:
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
+            # Without a dashboard the scheduler still serves HTTP, by default on port 8787.
             scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         ) as cluster,
         distributed.Client(cluster) as client,
@@ -91,8 +104,69 @@ def prepare_backend(spec: GraphSpec, client: Any, options: dict[str, Any]) -> Ru
 
 
 @dataclass(frozen=True)
+class Rounds:
+    """Interleaved samples of several runners on one graph."""
+
+    timings: dict[str, Timing | Failure]
+    #: Per round, each runner's wall time (only rounds where every runner succeeded).
+    samples: list[dict[str, float]]
+
+    def ratio(self, numerator: str, denominator: str) -> float | None:
+        """Median over rounds of numerator time / denominator time."""
+        ratios = [
+            s[numerator] / s[denominator]
+            for s in self.samples
+            if numerator in s and s.get(denominator, 0) > 0
+        ]
+        return statistics.median(ratios) if ratios else None
+
+
+def interleaved(runners: Sequence[Runner], spec: GraphSpec, rounds: int) -> Rounds:
+    """Warm every runner up once, then run each once per round, rotating the order."""
+    ready: dict[str, RunOnce] = {}
+    failures: dict[str, Failure] = {}
+    for runner in runners:
+        print(f"  {spec.shape:8} {runner.label:40} warm-up", file=sys.stderr, flush=True)
+        try:
+            run_once = runner.prepare(spec)
+            check_result_count(spec, run_once())
+        except RunnerUnavailableError as exc:
+            failures[runner.key] = Failure("unavailable", str(exc))
+            continue
+        except Exception as exc:
+            traceback.print_exc()
+            failures[runner.key] = Failure("error", f"{type(exc).__name__}: {exc}")
+            continue
+        ready[runner.key] = run_once
+    samples: list[dict[str, float]] = []
+    for k in range(rounds):
+        keys = list(ready)
+        if not keys:
+            break
+        shift = k % len(keys)
+        sample = {}
+        for key in keys[shift:] + keys[:shift]:
+            gc.collect()
+            start = time.perf_counter()
+            try:
+                check_result_count(spec, ready[key]())
+            except Exception as exc:
+                traceback.print_exc()
+                failures[key] = Failure("error", f"{type(exc).__name__}: {exc}")
+                del ready[key]
+                continue
+            sample[key] = time.perf_counter() - start
+        samples.append(sample)
+    samples = [s for s in samples if all(key in s for key in ready)]
+    timings: dict[str, Timing | Failure] = dict(failures)
+    for key in ready:
+        timings[key] = Timing(tuple(sample[key] for sample in samples), spec.size)
+    return Rounds(timings, samples)
+
+
+@dataclass(frozen=True)
 class DaskSection:
-    """Start the cluster, then time the rows as a TimingSection with a 1-unit fixed cost."""
+    """Start the cluster, time the rows in interleaved rounds, print times and ratios."""
 
     name: str = "dask"
     title: str = "DaskBackend beside raw client.submit, no-op units, 2 worker processes"
@@ -101,36 +175,63 @@ class DaskSection:
         """Measure and print; False if the cluster or a measurement failed."""
         try:
             with local_cluster() as client:
-                return self.measure(client, options)
+                return self.measure(client, max(MIN_ROUNDS, options.repeat))
         except RunnerUnavailableError as exc:
             print(f"\nMissing measurements: {exc}")
             return False
 
-    def measure(self, client: Any, options: Options) -> bool:
-        """Time the three rows on both shapes and print the tables."""
-        from sections import Comparison, TimingSection  # noqa: PLC0415 - sections imports us
-
-        raw = Runner("dask-raw", "raw client.submit", functools.partial(prepare_raw, client=client))
+    def measure(self, client: Any, rounds: int) -> bool:
+        """Time the three rows on each shape and print the tables."""
+        raw = Runner("raw", "raw client.submit", functools.partial(prepare_raw, client=client))
         backend = Runner(
-            "dask-backend",
-            "DaskBackend",
-            functools.partial(prepare_backend, client=client, options={}),
+            "backend", "DaskBackend", functools.partial(prepare_backend, client=client, options={})
         )
         no_lookahead = Runner(
-            "dask-backend-no-lookahead",
+            "no-lookahead",
             "DaskBackend, lookahead=False",
             functools.partial(prepare_backend, client=client, options={"lookahead": False}),
         )
-        section = TimingSection(
-            name=self.name,
-            title=self.title,
-            runners=(raw, backend, no_lookahead),
-            comparisons=(Comparison(backend, raw, DASK_TARGET), Comparison(no_lookahead, raw)),
-            shapes=("layered", "fanout"),
-            size=lambda _: DASK_UNITS,
-            fixed_cost=True,
+        runners = (raw, backend, no_lookahead)
+        measured = {
+            shape: interleaved(runners, SHAPES[shape](DASK_UNITS), rounds) for shape in DASK_SHAPES
+        }
+
+        print(f"\n{self.title}: µs per unit, median of {rounds} interleaved rounds after 1 warm-up")
+        print("(±: (slowest - fastest) / median; lower is better)\n")
+        header = ["runner", *(f"{s} ({SHAPES[s](DASK_UNITS).size} units)" for s in DASK_SHAPES)]
+        rows = [
+            [r.label, *(report.format_timing(measured[s].timings[r.key]) for s in DASK_SHAPES)]
+            for r in runners
+        ]
+        print(report.format_table(header, rows))
+
+        print(
+            "\nRatios: median over rounds of the ratio within a round (targets are informational)\n"
         )
-        return section.run(options)
+        comparisons = ((backend, DASK_TARGET), (no_lookahead, None))
+        header = ["ratio", "target", *DASK_SHAPES]
+        rows = [
+            [
+                f"{r.label} / {raw.label}",
+                report.format_target(target),
+                *(
+                    report.format_ratio(measured[s].ratio(r.key, raw.key), target)
+                    for s in DASK_SHAPES
+                ),
+            ]
+            for r, target in comparisons
+        ]
+        print(report.format_table(header, rows))
+        failures = {
+            f"{key} on {shape}": timing
+            for shape, rounds_of in measured.items()
+            for key, timing in rounds_of.timings.items()
+            if isinstance(timing, Failure)
+        }
+        if failures:
+            print("\nMissing measurements:")
+            print("\n".join(report.format_failure_notes(failures)))
+        return not failures
 
 
 DASK_SECTION = DaskSection()

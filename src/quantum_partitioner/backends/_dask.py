@@ -38,9 +38,10 @@ Policy:
 
 State (per run, in :class:`_DaskRun`, touched only by the driver thread): each unit's live
 future and the attempt it runs, outcomes of looked-ahead attempts that arrived early, the
-attempts in flight, and the futures to cancel. Dask's done-callbacks only post
-``(index, attempt, future)`` to the driver's queue. The scheduler's ``results`` hold each
-completed unit's future; at the end the requested results are gathered in one call.
+attempts in flight, and the futures to watch and to cancel. Watchers in the client's event
+loop only post ``(index, attempt, future)`` to the driver's queue. The scheduler's
+``results`` hold each completed unit's future; at the end the requested results are gathered
+in one call.
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ _MAX_WAIT: Final = 3600.0
 _PENDING: Final = UnitState.PENDING
 _RUNNING: Final = UnitState.RUNNING
 _COMPLETED: Final = UnitState.COMPLETED
-_FAILED_STATES: Final = frozenset({UnitState.FAILED, UnitState.TIMEOUT})
+_FAILED: Final = UnitState.FAILED
+_TIMEOUT: Final = UnitState.TIMEOUT
+_FAILED_STATES: Final = frozenset({_FAILED, _TIMEOUT})
 _DROPPED_STATES: Final = frozenset({UnitState.SKIPPED, UnitState.CANCELED})
 _CONNECTION_LOST: Final = "scheduler-connection-lost"
 #: Statuses of a done Dask future whose task did not produce a result.
@@ -216,6 +219,7 @@ class DaskBackend(Backend):
 
         Raises:
             ValueError: ``gather`` names a unit the graph does not have (before any unit runs).
+            BrokenBackendError: The client is closed (before any unit runs).
             TypeError: The context cannot be sent to the cluster (before any unit runs).
             KeyboardInterrupt: After cancelling the run's futures on the cluster.
         """
@@ -224,6 +228,10 @@ class DaskBackend(Backend):
             client = self._distributed.client.default_client()
         if getattr(client, "asynchronous", False):
             raise TypeError("DaskBackend needs a synchronous Client (asynchronous=False)")
+        if client.status != "running":
+            raise BrokenBackendError(
+                f"DaskBackend needs a running client; this one is {client.status}"
+            )
         keep = self._indices_to_gather(run)
         dask_run = _DaskRun(run, client, keep, lookahead=self.lookahead and run.cache is None)
         previous_wake = run.wake
@@ -282,6 +290,8 @@ class _DaskRun:
         #: Each unit's live future (running, looked ahead, or completed) and its attempt.
         self.futures: list[Any] = [None] * n
         self.future_attempt: list[int] = [0] * n
+        #: Per unit, how many of its dependencies (in order) were seen with a future or value.
+        self.scanned: list[int] = [0] * n
         #: Looked-ahead futures that ended before the scheduler started their unit.
         self.early: dict[int, Any] = {}
         #: Units the scheduler holds RUNNING, with the attempt.
@@ -293,6 +303,11 @@ class _DaskRun:
         self.options: list[dict[str, Any]] = []
         self.dep_names = [tuple(graph.names[j] for j in row) for row in graph.deps]
         self.future_type: type[Any] = load_distributed().Future
+        #: Futures submitted since the driver last handed them to the client's loop to watch.
+        self.to_watch: list[tuple[Any, int, int]] = []
+        #: The loop-side tasks waiting on them (touched only in the client's loop).
+        self.watchers: set[asyncio.Future[None]] = set()
+        self.done_callback = getattr(load_distributed().client, "done_callback", None)
         self.fetcher: ThreadPoolExecutor | None = None
         self.fetching = 0
         self.to_fetch: list[tuple[int, int]] = []
@@ -446,13 +461,20 @@ class _DaskRun:
                 **self.options[i],
             )
         except Exception as error:  # e.g. a function that cannot be pickled
-            failure = TypeError(f"unit {name!r} cannot be sent to the Dask cluster: {error}")
+            failure: BaseException
+            if self.client.status == "running":
+                failure = TypeError(
+                    f"unit {name!r} cannot be sent to the Dask cluster: {_root_cause(error)}"
+                )
+            else:  # the client closed under us
+                self._break(_went_away(f"the client is {self.client.status}"))
+                failure = BrokenBackendError(f"unit {name!r}: {self.broken}")
             failure.__cause__ = error
             self.outcomes.put((i, attempt, _Failed(failure)))
             return
         self.futures[i] = future
         self.future_attempt[i] = attempt
-        future.add_done_callback(partial(_post, self.outcomes.put, i, attempt))
+        self.to_watch.append((future, i, attempt))
 
     def _look_ahead(self, start: int) -> None:
         """Hand over the dependents of ``start`` whose every dependency now has a future."""
@@ -461,26 +483,38 @@ class _DaskRun:
             return
         deps, dependents = self.run.graph.deps, self.run.graph.dependents
         state, attempts, results = sched.state, sched.attempts, sched.results
-        futures = self.futures
+        futures, scanned, has_value = self.futures, self.scanned, self._has_value
         stack = [start]
         while stack:
             for k in dependents[stack.pop()]:
                 if futures[k] is not None or state[k] is not _PENDING or attempts[k]:
                     continue  # handed over already, ended, or waiting for a retry
-                inputs = []
-                for j in deps[k]:
-                    if state[j] is _COMPLETED or (
-                        state[j] in _FAILED_STATES and j in sched.fallbacks
-                    ):
-                        inputs.append(results[j])
-                    elif futures[j] is not None:
-                        inputs.append(futures[j])
-                    else:
-                        break
-                else:
+                row = deps[k]
+                # Resume where the last look stopped: a sink of n units costs O(n) in all.
+                c, m = scanned[k], len(row)
+                while c < m and (futures[row[c]] is not None or has_value(row[c])):
+                    c += 1
+                scanned[k] = c
+                if c == m:
+                    inputs = [results[j] if futures[j] is None else futures[j] for j in row]
                     self._submit(k, 1, inputs)
                     if futures[k] is not None:
                         stack.append(k)
+
+    def _has_value(self, j: int) -> bool:
+        """Whether unit ``j``'s dependents can take its result: completed, or a fallback."""
+        sched = self.run.scheduler
+        state = sched.state[j]
+        return state is _COMPLETED or (
+            (state is _FAILED or state is _TIMEOUT) and j in sched.fallbacks
+        )
+
+    def _forget(self, i: int) -> None:
+        """Unit ``i`` has no live future any more; its dependents' scans must look again."""
+        self.futures[i] = None
+        scanned = self.scanned
+        for k in self.run.graph.dependents[i]:
+            scanned[k] = 0
 
     def _settle(self, item: tuple[int, int, Any] | _Fetched | None) -> None:
         if item is None:
@@ -501,7 +535,7 @@ class _DaskRun:
         del self.in_flight[i]
         now = run.clock()
         if isinstance(future, _Served):  # from the run's cache: a plain value
-            self.futures[i] = None
+            self._forget(i)
             sched.complete(i, attempt, future.value, now)
             if run.dispatcher.unit_finished:
                 run.emit_finished(i, attempt, now)
@@ -522,7 +556,7 @@ class _DaskRun:
             except Exception as unknown:  # the client itself failed while asked why
                 error = BrokenBackendError(f"unit {run.graph.names[i]!r}: {unknown!r}")
                 error.__cause__ = unknown
-        self.futures[i] = None
+        self._forget(i)
         transitions = sched.fail(i, attempt, error, now)
         self._drop_dependents(i)
         self._act(transitions)
@@ -560,7 +594,7 @@ class _DaskRun:
         for i, attempt in list(self.in_flight.items()):
             error = BrokenBackendError(f"unit {self.run.graph.names[i]!r}: {reason}")
             self.outcomes.put((i, attempt, _Failed(error)))
-            self.futures[i] = None
+            self._forget(i)
 
     def _watch_client(self) -> None:
         """Notice a client that lost its scheduler while nothing arrives."""
@@ -581,7 +615,7 @@ class _DaskRun:
 
     def _drop(self, i: int) -> None:
         future = self.futures[i]
-        self.futures[i] = None
+        self._forget(i)
         self.early.pop(i, None)
         if future is not None:
             self.to_cancel.append(future)
@@ -598,7 +632,17 @@ class _DaskRun:
                     stack.append(k)
 
     def _flush(self) -> None:
-        """Cancel the dropped futures on the cluster, and start fetching for hooks."""
+        """Watch the new futures, cancel the dropped ones, and start fetching for hooks."""
+        if self.to_watch:
+            watched, self.to_watch = self.to_watch, []
+            put = self.outcomes.put
+            if self.done_callback is None:
+                for future, i, attempt in watched:
+                    future.add_done_callback(partial(_post, put, i, attempt))
+            else:  # one hop to the client's loop for the whole batch
+                self.client.loop.add_callback(
+                    _watch, self.done_callback, watched, put, self.watchers
+                )
         if self.to_cancel:
             futures, self.to_cancel = self.to_cancel, []
             if self.broken is None:
@@ -666,7 +710,10 @@ class _DaskRun:
             and i not in self.outputs
             and isinstance(sched.results[i], self.future_type)
         ]
-        if wanted and self.broken is None:
+        if wanted and self.broken is not None:
+            lost = sorted(names[i] for i in wanted)
+            LOGGER.warning("Dask backend: results lost with the cluster: %s", lost)
+        elif wanted:
             futures = [sched.results[i] for i in wanted]
             for i, gathered in zip(wanted, self._gather(futures), strict=True):
                 if type(gathered) is UnitOutput:
@@ -754,6 +801,15 @@ class _Failed(NamedTuple):
     error: BaseException
 
 
+def _root_cause(error: BaseException) -> str:
+    """The innermost explicit cause of ``error`` (Dask wraps pickling errors), as text."""
+    seen = {id(error)}
+    while error.__cause__ is not None and id(error.__cause__) not in seen:
+        error = error.__cause__
+        seen.add(id(error))
+    return f"{type(error).__name__}: {error}"
+
+
 def _went_away(reason: str) -> str:
     if reason == _CONNECTION_LOST:
         reason = "the client lost the connection to the scheduler"
@@ -761,5 +817,23 @@ def _went_away(reason: str) -> str:
 
 
 def _post(put: Callable[[Any], None], i: int, attempt: int, future: Any) -> None:
-    """Dask's done-callback (in its callback thread): tell the driver, nothing else."""
+    """A future is done: tell the driver, nothing else (runs in the client's loop)."""
     put((i, attempt, future))
+
+
+def _watch(
+    done_callback: Callable[..., Any],
+    batch: list[tuple[Any, int, int]],
+    put: Callable[[Any], None],
+    watchers: set[asyncio.Future[None]],
+) -> None:
+    """In the client's event loop: wait on each future of ``batch``; post it when done.
+
+    ``Future.add_done_callback`` would do the same per future, plus a hop through a thread
+    pool and one wake-up of the loop per future: on a scheduler that shares this process's
+    GIL (a LocalCluster), that hand-off costs more than the rest of the driver's work.
+    """
+    for future, i, attempt in batch:
+        watcher = asyncio.ensure_future(done_callback(future, partial(_post, put, i, attempt)))
+        watchers.add(watcher)  # a reference, as asyncio asks: it keeps only weak ones
+        watcher.add_done_callback(watchers.discard)
