@@ -16,7 +16,8 @@ import enum
 import gc
 import math
 from array import array
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
 from ._errors import CircularDependencyError, DuplicateUnitError, UnknownDependencyError
@@ -277,31 +278,23 @@ class Graph:
     """
 
     __slots__ = (
+        "_dependents",
         "_priority_order",
-        "dependents",
+        "_rank",
         "deps",
         "finish",
         "index",
         "level",
         "names",
         "order",
-        "rank",
         "units",
         "weight",
     )
 
     def __init__(self, units: Sequence[QuantumUnit[Any, Any]]) -> None:
         """Compile ``units``; see :func:`compile_graph`."""
-        # Compiling creates a few container objects per unit and frees none, so the cyclic
-        # garbage collector would sweep the growing heap again and again for nothing (a
-        # third of the time at a million units). It is paused, and restored as it was.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with _gc_paused():
             self._compile(list(units))
-        finally:
-            if collecting:
-                gc.enable()
 
     def _compile(self, units: list[QuantumUnit[Any, Any]]) -> None:
         self.units = units
@@ -337,19 +330,38 @@ class Graph:
                 in_order = False
             append(row)
         self.deps = deps
-        dependents: list[list[int]] = [[] for _ in range(n)]
-        for i, row in enumerate(deps):
-            for j in row:
-                dependents[j].append(i)
-        self.dependents = dependents
+        # What a plan needs is computed here; what only scheduling needs (dependents,
+        # ranks) waits for the first run, so planning a huge graph stays cheap.
+        self._dependents: list[list[int]] | None = None
+        self._rank: array[float] | None = None
         # Units added after their dependencies (the common case) are already in topological
         # order, which also proves there is no cycle; otherwise sort with Kahn's algorithm.
-        self.order: Sequence[int] = range(n) if in_order else _kahn_order(names, deps, dependents)
+        self.order: Sequence[int] = (
+            range(n) if in_order else _kahn_order(names, deps, self.dependents)
+        )
         # Per-unit numbers live in typed arrays: 8 bytes each, no float object per unit.
         self.weight = array("d", [_weight(unit) for unit in units])
         self.level, self.finish = _levels_and_finish(self.order, deps, self.weight)
-        self.rank = _ranks(self.order, dependents, self.weight)
         self._priority_order: tuple[array[int], array[int]] | None = None
+
+    @property
+    def dependents(self) -> list[list[int]]:
+        """Each unit's direct dependents, as indices (built on first use)."""
+        if self._dependents is None:
+            with _gc_paused():
+                dependents: list[list[int]] = [[] for _ in self.deps]
+                for i, row in enumerate(self.deps):
+                    for j in row:
+                        dependents[j].append(i)
+            self._dependents = dependents
+        return self._dependents
+
+    @property
+    def rank(self) -> array[float]:
+        """Each unit's longest weighted path to any sink, itself included (first use)."""
+        if self._rank is None:
+            self._rank = _ranks(self.order, self.dependents, self.weight)
+        return self._rank
 
     def __len__(self) -> int:
         """The number of units."""
@@ -398,6 +410,23 @@ class Graph:
         for i, lvl in enumerate(self.level):
             grouped[lvl].append(i)
         return grouped
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building per-unit containers.
+
+    Compiling creates a few container objects per unit and frees none, so the collector
+    would sweep the growing heap again and again for nothing (a third of the time at a
+    million units). It is restored as it was.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def compile_graph(units: Iterable[QuantumUnit[Any, Any]]) -> Graph:
