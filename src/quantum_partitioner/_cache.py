@@ -28,7 +28,7 @@ import logging
 import pickle
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ._fingerprint import UnfingerprintableError, digest, fingerprint, function_fingerprint
 from ._graph import ExecutionMode, QuantumUnit, UnitState
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from types import TracebackType
 
-    from ._policies import RetryPolicy
     from ._run import Run
 
 __all__ = ["CacheStats", "CachingQuantumPartitioner"]
@@ -186,102 +185,20 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
 
     # -- building the graph ----------------------------------------------------------------
 
-    @overload
-    def add_unit(
-        self,
-        fn: Callable[..., R],
-        dependencies: list[str] | None = None,
-        name: str | None = None,
-        timeout: float | None = None,
-        retries: int = 0,
-        priority: int = 0,
-        metadata: dict[str, Any] | None = None,
-        *,
-        replace: bool = False,
-        retry_policy: RetryPolicy | None = None,
-    ) -> QuantumUnit[T, R]: ...
+    def _admit(self, unit: QuantumUnit[Any, Any]) -> None:
+        """Fingerprint a cacheable unit's function as it is added.
 
-    @overload
-    def add_unit(
-        self,
-        fn: None = None,
-        dependencies: list[str] | None = None,
-        name: str | None = None,
-        timeout: float | None = None,
-        retries: int = 0,
-        priority: int = 0,
-        metadata: dict[str, Any] | None = None,
-        *,
-        replace: bool = False,
-        retry_policy: RetryPolicy | None = None,
-    ) -> Callable[[Callable[..., R]], Callable[..., R]]: ...
-
-    def add_unit(  # noqa: PLR0917 - the seed's positional signature
-        self,
-        fn: Callable[..., R] | None = None,
-        dependencies: list[str] | None = None,
-        name: str | None = None,
-        timeout: float | None = None,
-        retries: int = 0,
-        priority: int = 0,
-        metadata: dict[str, Any] | None = None,
-        *,
-        replace: bool = False,
-        retry_policy: RetryPolicy | None = None,
-    ) -> QuantumUnit[T, R] | Callable[[Callable[..., R]], Callable[..., R]]:
-        """Add a unit as :meth:`QuantumPartitioner.add_unit` does; fingerprint it if cacheable.
-
-        The function's fingerprint is taken now, so a closed-over object that changes while
-        runs go on (a list the unit appends to) does not invalidate the unit's entries.
+        The fingerprint is taken now, so a closed-over object that changes while runs go on
+        (a list the unit appends to) does not invalidate the unit's entries.
 
         Raises:
             TypeError: The unit is cacheable but its function depends on a value that cannot
                 be fingerprinted (the message names the unit and the value), or its cache
                 metadata has the wrong type. The unit is not added.
         """
-        if fn is None:  # the decorator calls add_unit again with the function
-            return super().add_unit(
-                None,
-                dependencies,
-                name,
-                timeout,
-                retries,
-                priority,
-                metadata,
-                replace=replace,
-                retry_policy=retry_policy,
-            )
-        # What to restore if the function cannot be fingerprinted. An unnamed unit added with
-        # replace=True is the one case where the unit it replaces is known only afterwards.
-        previous = self.units.get(name) if isinstance(name, str) else None
-        snapshot = dict(self.units) if replace and not isinstance(name, str) else None
-        unit = super().add_unit(
-            fn,
-            dependencies,
-            name,
-            timeout,
-            retries,
-            priority,
-            metadata,
-            replace=replace,
-            retry_policy=retry_policy,
-        )
         self._fingerprints.pop(unit.id, None)
         if unit.metadata.get("cacheable"):
-            try:
-                self._function_fingerprint(unit)
-            except TypeError:
-                if snapshot is not None:
-                    self.units.clear()
-                    self.units.update(snapshot)
-                elif previous is not None:
-                    self.units[unit.id] = previous
-                else:
-                    del self.units[unit.id]
-                self._graph = None
-                self._plan = None
-                raise
-        return unit
+            self._function_fingerprint(unit)
 
     def remove_unit(self, name: str) -> QuantumUnit[T, R]:
         """Remove the unit ``name`` and return it (its stored results stay; see clear_cache).

@@ -246,10 +246,14 @@ class QuantumPartitioner(Generic[T, R]):
             retry_policy=retry_policy,
         )
         validate_unit(unit)
+        self._admit(unit)
         self.units[unit_id] = unit
         self._graph = None
         self._plan = None
         return unit
+
+    def _admit(self, unit: QuantumUnit[T, R]) -> None:
+        """Check a valid unit before it joins; a subclass hook (raising adds nothing)."""
 
     def _name_for(
         self, fn: Callable[..., Any], name: str | None, *, use_function_name: bool

@@ -101,6 +101,22 @@ def _as_task_map(task_map: TaskMap | Mapping[str, TaskSpec]) -> TaskMap:
     return task_map if isinstance(task_map, TaskMap) else TaskMap(task_map)
 
 
+def _run_on(
+    task_map: TaskMap | Mapping[str, TaskSpec],
+    context: Mapping[str, Any] | None,
+    mode: ExecutionMode,
+    executor: Executor | None,
+    max_workers: int | None,
+) -> dict[str, Any]:
+    """Run on ``executor`` (CUSTOM) if given, else in ``mode``; raise TaskError on failure."""
+    partitioner = _as_task_map(task_map).partitioner()
+    if executor is not None:
+        mode = ExecutionMode.CUSTOM
+    return partitioner.execute(
+        context, mode, max_workers, custom_executor=executor, raise_on_error=True
+    )
+
+
 def run_tasks(
     task_map: TaskMap | Mapping[str, TaskSpec], context: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -126,16 +142,7 @@ def run_parallel_threads(
     Raises:
         TaskError: Some task failed; completed results are in ``partial_results``.
     """
-    partitioner = _as_task_map(task_map).partitioner()
-    if executor is not None:
-        return partitioner.execute(
-            context,
-            ExecutionMode.CUSTOM,
-            max_workers,
-            custom_executor=executor,
-            raise_on_error=True,
-        )
-    return partitioner.execute(context, ExecutionMode.THREAD, max_workers, raise_on_error=True)
+    return _run_on(task_map, context, ExecutionMode.THREAD, executor, max_workers)
 
 
 def run_parallel(
@@ -151,16 +158,7 @@ def run_parallel(
     Raises:
         TaskError: Some task failed; completed results are in ``partial_results``.
     """
-    partitioner = _as_task_map(task_map).partitioner()
-    if executor is not None:
-        return partitioner.execute(
-            context,
-            ExecutionMode.CUSTOM,
-            max_workers,
-            custom_executor=executor,
-            raise_on_error=True,
-        )
-    return partitioner.execute(context, ExecutionMode.PROCESS, max_workers, raise_on_error=True)
+    return _run_on(task_map, context, ExecutionMode.PROCESS, executor, max_workers)
 
 
 def run_async(
