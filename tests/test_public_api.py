@@ -35,7 +35,7 @@ INTERNAL = {
     # Backend plumbing, shared between backends.
     "quantum_partitioner.backends._asyncio": {"call_async", "check_no_running_loop"},
     "quantum_partitioner.backends._executor": {"call_unit"},
-    "quantum_partitioner.backends._lanes": {"Outcome", "Post"},
+    "quantum_partitioner.backends._lanes": {"FutureLane", "Outcome", "Post"},
 }
 
 

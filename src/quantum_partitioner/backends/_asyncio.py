@@ -23,7 +23,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ._base import Backend
-from ._lanes import Lane
+from ._lanes import FutureLane
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -222,7 +222,7 @@ class AsyncBackend(Backend):
             run.report(sched.fail(i, attempt, error, now))
 
 
-class AsyncLane(Lane):
+class AsyncLane(FutureLane):
     """Coroutine units of a mixed run, on an event loop in a background thread."""
 
     name = "async"
@@ -231,13 +231,11 @@ class AsyncLane(Lane):
     def __init__(self, max_workers: int | None = None) -> None:
         """Set the concurrency cap (None: no cap)."""
         self.capacity = max_workers
-        self._futures: dict[int, Any] = {}
+        self._futures = {}
 
     def open(self, run: Run, post: Callable[[Outcome], None]) -> None:
         """Start the loop's thread."""
-        self._run = run
-        self._post = post
-        self._futures = {}
+        super().open(run, post)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="quantum-partitioner-loop", daemon=True
@@ -250,40 +248,13 @@ class AsyncLane(Lane):
 
     def submit(self, i: int, attempt: int) -> None:
         """Schedule the attempt on the loop."""
-        future = asyncio.run_coroutine_threadsafe(call_async(self._run, i, attempt), self._loop)
-        self._futures[i] = future
-        post = self._post
-
-        def done(f: Any) -> None:
-            if f.cancelled():
-                return
-            error = f.exception()
-            if error is None:
-                value, metrics = f.result()
-                post((i, attempt, True, value, metrics))
-            else:
-                post((i, attempt, False, error, None))
-
-        future.add_done_callback(done)
-
-    def settled(self, i: int, attempt: int) -> None:
-        """Forget the finished attempt."""
-        del attempt
-        self._futures.pop(i, None)
-
-    def abandon(self, i: int, attempt: int) -> None:
-        """Cancel the coroutine."""
-        del attempt
-        future = self._futures.pop(i, None)
-        if future is not None:
-            future.cancel()
+        coroutine = call_async(self._run, i, attempt)
+        self._watch(i, attempt, asyncio.run_coroutine_threadsafe(coroutine, self._loop))
 
     def close(self, *, cancel: bool) -> None:
-        """Cancel what runs, stop the loop and its thread."""
+        """Cancel what runs (the loop stops either way), stop the loop and its thread."""
         del cancel
-        for future in self._futures.values():
-            future.cancel()
-        self._futures = {}
+        super().close(cancel=True)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         if not self._thread.is_alive():

@@ -19,15 +19,13 @@ import asyncio
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from ._lanes import Lane, LaneBackend
+from ._lanes import FutureLane, LaneBackend
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from concurrent.futures import Executor, Future
+    from concurrent.futures import Executor
 
     from .._context import ExecutionContext
-    from .._run import Run
-    from ._lanes import Outcome
 
 __all__ = ["ExecutorBackend", "ExecutorLane", "call_unit"]
 
@@ -41,7 +39,7 @@ def call_unit(
     return value, ctx.metrics
 
 
-class ExecutorLane(Lane):
+class ExecutorLane(FutureLane):
     """Run attempts on a caller's executor.
 
     Args:
@@ -60,12 +58,6 @@ class ExecutorLane(Lane):
         self.executor = executor
         own = getattr(executor, "_max_workers", None)
         self.capacity = own if isinstance(own, int) and own > 0 else (max_workers or 32)
-        self._futures: dict[int, Future[Any]] = {}
-
-    def open(self, run: Run, post: Callable[[Outcome], None]) -> None:
-        """Remember where outcomes go."""
-        self._run = run
-        self._post = post
         self._futures = {}
 
     def has_room(self) -> bool:
@@ -74,45 +66,14 @@ class ExecutorLane(Lane):
 
     def submit(self, i: int, attempt: int) -> None:
         """Send the attempt to the executor."""
-        run, post = self._run, self._post
+        run = self._run
         ctx = run.context_for(i, attempt)
         try:
             future = self.executor.submit(call_unit, run.graph.units[i].function, ctx)
         except Exception as error:  # a shut-down or broken executor fails the attempt
-            post((i, attempt, False, error, None))
+            self._post((i, attempt, False, error, None))
             return
-        self._futures[i] = future
-
-        def done(f: Future[Any]) -> None:
-            if f.cancelled():
-                return  # cancelled by a timeout or an interrupt: already reported
-            error = f.exception()
-            if error is None:
-                value, metrics = f.result()
-                post((i, attempt, True, value, metrics))
-            else:
-                post((i, attempt, False, error, None))
-
-        future.add_done_callback(done)
-
-    def settled(self, i: int, attempt: int) -> None:
-        """Forget the finished future."""
-        del attempt
-        self._futures.pop(i, None)
-
-    def abandon(self, i: int, attempt: int) -> None:
-        """Cancel the future if it has not started; a started one cannot be stopped."""
-        del attempt
-        future = self._futures.pop(i, None)
-        if future is not None:
-            future.cancel()
-
-    def close(self, *, cancel: bool) -> None:
-        """Cancel what has not started when the run was interrupted."""
-        if cancel:
-            for future in self._futures.values():
-                future.cancel()
-        self._futures = {}
+        self._watch(i, attempt, future)
 
 
 class ExecutorBackend(LaneBackend):

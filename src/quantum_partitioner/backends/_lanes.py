@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .._graph import Graph, QuantumUnit
     from .._run import Run
 
-__all__ = ["Lane", "LaneBackend", "Outcome", "Post"]
+__all__ = ["FutureLane", "Lane", "LaneBackend", "Outcome", "Post"]
 
 #: The longest single wait; far deadlines are waited for in steps (lock waits overflow).
 _MAX_WAIT = 3600.0
@@ -69,6 +69,56 @@ class Lane(ABC):
 
     def close(self, *, cancel: bool) -> None:  # noqa: B027 - optional hook
         """Release resources; with ``cancel``, stop what still runs."""
+
+
+class FutureLane(Lane):
+    """A lane whose attempts are ``concurrent.futures``-style futures of ``(result, metrics)``.
+
+    Subclasses start an attempt and hand its future to :meth:`_watch`; settling, abandoning
+    (cancelling the future) and closing are shared.
+    """
+
+    def open(self, run: Run, post: Callable[[Outcome], None]) -> None:
+        """Remember the run and where outcomes go."""
+        self._run = run
+        self._post = post
+        self._futures: dict[int, Any] = {}
+
+    def _watch(self, i: int, attempt: int, future: Any) -> None:
+        """Post the attempt's outcome when ``future`` ends (a cancelled one is reported)."""
+        self._futures[i] = future
+        post = self._post
+
+        def done(f: Any) -> None:
+            if f.cancelled():
+                return  # cancelled by a timeout or an interrupt: already reported
+            error = f.exception()
+            if error is None:
+                value, metrics = f.result()
+                post((i, attempt, True, value, metrics))
+            else:
+                post((i, attempt, False, error, None))
+
+        future.add_done_callback(done)
+
+    def settled(self, i: int, attempt: int) -> None:
+        """Forget the finished future."""
+        del attempt
+        self._futures.pop(i, None)
+
+    def abandon(self, i: int, attempt: int) -> None:
+        """Cancel the future (a call already running elsewhere may not stop)."""
+        del attempt
+        future = self._futures.pop(i, None)
+        if future is not None:
+            future.cancel()
+
+    def close(self, *, cancel: bool) -> None:
+        """Cancel what is left when the run was interrupted."""
+        if cancel:
+            for future in self._futures.values():
+                future.cancel()
+        self._futures = {}
 
 
 class LaneBackend(Backend):
