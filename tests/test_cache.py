@@ -13,6 +13,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -782,3 +783,21 @@ def test_concurrent_lookups_and_writes_on_threads(make):
     assert p.execute({"n": 3}) == first
     stats = p.cache_stats()
     assert (stats.hits, stats.misses, stats.writes, stats.entries) == (200, 200, 200, 200)
+
+
+@pytest.mark.parametrize("mode", [ExecutionMode.SEQUENTIAL, ExecutionMode.THREAD])
+def test_a_timed_out_attempt_leaves_nothing_in_the_cache(mode):
+    """A result that arrives after the unit's timeout is neither cached nor kept as a metric."""
+
+    def slow(ctx):
+        ctx.record_metric("late", value=1)
+        time.sleep(0.4)
+        return 42
+
+    p = CachingQuantumPartitioner()
+    p.add_unit(slow, name="slow", timeout=0.1, metadata={"cacheable": True})
+    for _ in range(2):
+        assert p.execute({}, execution_mode=mode) == {}
+        assert p.units["slow"].state is UnitState.TIMEOUT
+    assert p.cache_hits == 0
+    assert "slow" not in (p.last_execution_metrics or {})["unit_metrics"]

@@ -150,11 +150,24 @@ class Run:
                 value = asyncio.run(value)
         except Exception as error:  # a unit may raise anything; it fails only that unit
             return False, error
+        if not self._still_wanted(i, attempt):
+            return True, value  # timed out or cancelled: the scheduler will discard it
         if ctx.metrics is not None:
             self.unit_metrics[i] = ctx.metrics
         if cache is not None:
             cache.remember(self, i, value)
         return True, value
+
+    def _still_wanted(self, i: int, attempt: int) -> bool:
+        """Whether a finished attempt is still current and within its timeout.
+
+        Checked before keeping its metrics or caching its result: a late result must leave
+        nothing behind. (SEQUENTIAL notices a timeout only after the call, hence the clock.)
+        """
+        if self.attempt_abandoned(i, attempt):
+            return False
+        timeout = self.scheduler.timeouts[i]
+        return timeout is None or self.clock() - self.scheduler.started[i] <= timeout
 
     def context_for(self, i: int, attempt: int) -> ExecutionContext:
         """The context unit ``i`` is called with: the caller's plus its dependencies'."""

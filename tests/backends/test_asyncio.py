@@ -139,3 +139,23 @@ def test_max_workers_caps_concurrent_coroutines():
         p.add_unit(track, name=f"t{k}")
     p.execute({}, execution_mode=ASYNC, max_workers=3)
     assert peak == 3
+
+
+@pytest.mark.parametrize("strategy", [None, "resource_balanced"])
+def test_unit_raising_cancelled_error_fails_instead_of_hanging(strategy):
+    """A unit that raises CancelledError itself is FAILED; its dependents are skipped."""
+
+    async def bad(ctx):
+        raise asyncio.CancelledError
+
+    p = QuantumPartitioner()
+    p.add_unit(bad, name="bad")
+    p.add_unit(lambda ctx: 1, name="ok")
+    p.add_unit(lambda ctx: 2, ["bad"], name="after")
+    if strategy is None:
+        results = p.execute({}, execution_mode=ASYNC)
+    else:
+        results = p.execute_with_strategy({}, strategy)
+    assert results == {"ok": 1}
+    assert p.units["bad"].state is UnitState.FAILED
+    assert p.units["after"].state is UnitState.SKIPPED

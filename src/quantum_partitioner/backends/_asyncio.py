@@ -22,6 +22,7 @@ import inspect
 import threading
 from typing import TYPE_CHECKING, Any
 
+from .._errors import UnitCancelledError
 from ._base import Backend
 from ._lanes import FutureLane
 
@@ -43,12 +44,21 @@ async def call_async(run: Run, i: int, attempt: int) -> tuple[Any, dict[str, Any
             return cached, None
     function = run.graph.units[i].function
     ctx = run.context_for(i, attempt)
-    if inspect.iscoroutinefunction(function):
-        value = await function(ctx)
-    else:
-        value = await _in_daemon_thread(function, ctx)
-        if inspect.isawaitable(value):
-            value = await value
+    try:
+        if inspect.iscoroutinefunction(function):
+            value = await function(ctx)
+        else:
+            value = await _in_daemon_thread(function, ctx)
+            if inspect.isawaitable(value):
+                value = await value
+    except asyncio.CancelledError as error:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # cancelled by the driver (timeout, cancel, Ctrl-C)
+        # The unit itself raised CancelledError: that is a failure of the unit, not a
+        # cancellation of the run, and must not leave it RUNNING forever.
+        msg = f"unit {run.graph.names[i]!r} raised CancelledError"
+        raise RuntimeError(msg) from error
     if cache is not None:
         cache.remember(run, i, value)
     return value, ctx.metrics
@@ -207,10 +217,14 @@ class AsyncBackend(Backend):
 
     @staticmethod
     def _settle(run: Run, i: int, attempt: int, task: asyncio.Task[Any]) -> None:
-        if task.cancelled():
-            return  # a timeout or cancel: already reported
         sched = run.scheduler
         now = run.clock()
+        if task.cancelled():
+            # Usually the driver's own doing (timeout, cancel), and then this attempt is no
+            # longer current and fail() ignores it; otherwise it must not stay RUNNING.
+            reason = UnitCancelledError(run.graph.names[i], "its task was cancelled")
+            run.report(sched.fail(i, attempt, reason, now))
+            return
         error = task.exception()
         if error is None:
             value, metrics = task.result()

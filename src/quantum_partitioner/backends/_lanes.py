@@ -19,7 +19,7 @@ import queue
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
-from .._errors import InternalError
+from .._errors import InternalError, UnitCancelledError
 from ._base import Backend
 
 if TYPE_CHECKING:
@@ -91,7 +91,12 @@ class FutureLane(Lane):
 
         def done(f: Any) -> None:
             if f.cancelled():
-                return  # cancelled by a timeout or an interrupt: already reported
+                # Usually the driver's own doing (timeout, interrupt): that attempt is no
+                # longer current and the driver ignores this. If someone else cancelled it
+                # (an executor shut down), the unit must not stay RUNNING forever.
+                reason = UnitCancelledError(self._run.graph.names[i], "its future was cancelled")
+                post((i, attempt, False, reason, None))
+                return
             error = f.exception()
             if error is None:
                 value, metrics = f.result()
