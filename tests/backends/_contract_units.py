@@ -1,7 +1,7 @@
 """Unit functions for the behaviour suite (test_contract.py) and the run properties.
 
 Every mode must run these, including CUSTOM on a plain ``ProcessPoolExecutor``, which sends
-``call_unit(function, ctx)`` with the standard pickle: functions travel by reference, so they
+``call_unit(function, ctx, pid)`` with the standard pickle: functions travel by reference, so they
 live here, in a module that test_contract.py and test_properties_run.py put on ``sys.path``
 and import as ``_contract_units`` (a name every worker process can import, whatever the
 start method). Parameters travel in ``functools.partial`` objects, which pickle too.
@@ -177,6 +177,43 @@ def wait_for_gate(ctx: Any) -> bool:
             return False
         time.sleep(0.002)
     return True
+
+
+# -- raising what is not an ordinary error (issue 9 #1, #8) ------------------------------------
+
+
+class CustomBaseError(BaseException):
+    """A ``BaseException`` subclass of the user's own."""
+
+
+#: The exceptions ``raise_`` and ``async_raise`` raise, by name.
+RAISED: dict[str, type[BaseException]] = {
+    "KeyboardInterrupt": KeyboardInterrupt,
+    "SystemExit": SystemExit,
+    "GeneratorExit": GeneratorExit,
+    "CancelledError": asyncio.CancelledError,
+    "StopIteration": StopIteration,
+    "CustomBaseError": CustomBaseError,
+}
+
+
+def raise_(kind: str) -> partial[None]:
+    """A plain unit raising the exception ``RAISED[kind]``."""
+    return partial(_raise, kind)
+
+
+def _raise(kind: str, ctx: Any) -> None:
+    raise RAISED[kind]
+
+
+def async_raise(kind: str) -> partial[Any]:
+    """An ``async def`` unit raising the exception ``RAISED[kind]`` after yielding once."""
+    return partial(_async_raise, kind)
+
+
+async def _async_raise(kind: str, ctx: Any) -> None:
+    await asyncio.sleep(0)
+    raise RAISED[kind]
 
 
 # -- async def units -------------------------------------------------------------------------
