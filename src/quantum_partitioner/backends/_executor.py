@@ -7,6 +7,11 @@ timeout would count time spent waiting in that queue. Each attempt is one call o
 :func:`call_unit` with the unit's function and its context (which pickles with only the
 unit's own inputs), so process-based executors work with picklable functions.
 
+Whether a unit's ``KeyboardInterrupt`` or ``SystemExit`` interrupts the run depends on where
+it was raised, not on the executor's class: :func:`call_unit` compares the process it runs
+in with the caller's. In the caller's process (a thread pool) it stops the run as Ctrl-C
+would; in another (a process pool) it fails the unit.
+
 At a timeout the attempt's future is cancelled if it has not started; if it has, the unit is
 TIMEOUT at its deadline, its late result is discarded, and the executor's worker stays busy
 until the function returns: only the executor can stop its workers. The executor is never
@@ -17,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from typing import TYPE_CHECKING, Any
 
+from .._errors import UnitInterrupt, interrupts_run
 from ._lanes import FutureLane, LaneBackend
 
 if TYPE_CHECKING:
@@ -31,12 +38,23 @@ __all__ = ["ExecutorBackend", "ExecutorLane", "call_unit"]
 
 
 def call_unit(
-    function: Callable[[ExecutionContext], Any], ctx: ExecutionContext
-) -> tuple[Any, dict[str, Any] | None]:
-    """Call one unit where the executor runs it; return its result and recorded metrics."""
-    is_async = inspect.iscoroutinefunction(function)
-    value = asyncio.run(function(ctx)) if is_async else function(ctx)
-    return value, ctx.metrics
+    function: Callable[[ExecutionContext], Any], ctx: ExecutionContext, caller_pid: int
+) -> tuple[bool, Any, dict[str, Any] | None]:
+    """Call one unit where the executor runs it: ``(True, result, metrics)``, or raise.
+
+    Raises:
+        UnitInterrupt: The unit raised ``KeyboardInterrupt`` or ``SystemExit`` in the
+            caller's process (``caller_pid``): the run stops. Elsewhere, and for anything
+            else, what the unit raised propagates and fails it.
+    """
+    try:
+        is_async = inspect.iscoroutinefunction(function)
+        value = asyncio.run(function(ctx)) if is_async else function(ctx)
+    except BaseException as error:
+        if interrupts_run(error, caller_pid):
+            raise UnitInterrupt(error) from None
+        raise
+    return True, value, ctx.metrics
 
 
 class ExecutorLane(FutureLane):
@@ -59,6 +77,7 @@ class ExecutorLane(FutureLane):
         own = getattr(executor, "_max_workers", None)
         self.capacity = own if isinstance(own, int) and own > 0 else (max_workers or 32)
         self._futures = {}
+        self._caller_pid = os.getpid()
 
     def has_room(self) -> bool:
         """Whether fewer attempts than the executor's workers are in flight."""
@@ -69,7 +88,9 @@ class ExecutorLane(FutureLane):
         run = self._run
         ctx = run.context_for(i, attempt)
         try:
-            future = self.executor.submit(call_unit, run.graph.units[i].function, ctx)
+            future = self.executor.submit(
+                call_unit, run.graph.units[i].function, ctx, self._caller_pid
+            )
         except Exception as error:  # a shut-down or broken executor fails the attempt
             self._post((i, attempt, False, error, None))
             return
