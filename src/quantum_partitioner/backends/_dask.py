@@ -32,6 +32,12 @@ Policy:
     * Cancellation (``cancel()``, Ctrl-C, ``fail_fast``): the futures of every attempt that
       should not run are cancelled on the cluster (``client.cancel``), nothing of the run is
       left queued there, and completed results are kept.
+    * Whatever a unit raises fails it, ``BaseException`` subclasses included: on a worker,
+      ``KeyboardInterrupt`` or ``SystemExit`` would take the worker down (Dask would
+      reschedule the task and end with ``KilledWorker``), so the task carries them back as an
+      ordinary exception and the unit is FAILED with the original.
+    * A result that cannot be serialized (so could never reach the caller or another worker)
+      fails its unit on the worker, with an error naming the unit and the value's type.
     * When the client loses its scheduler, every unit in flight is FAILED with
       :class:`BrokenBackendError` saying so, and so is every unit that would start later;
       results already gathered are kept.
@@ -51,6 +57,7 @@ import contextlib
 import inspect
 import itertools
 import logging
+import pickle
 import queue
 import uuid
 from collections.abc import Collection
@@ -115,6 +122,23 @@ class UnitOutput(NamedTuple):
     worker: str
 
 
+class CarriedBaseException(Exception):  # noqa: N818 - it carries one, it is not an error
+    """A ``BaseException`` (not an ``Exception``) a unit raised on a worker, carried back.
+
+    Raised by :func:`run_attempt` in its place, so the worker treats it as the task's error;
+    the driver unwraps it and fails the unit with ``error``.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        """Carry ``error``."""
+        super().__init__(error)
+        self.error = error
+
+
+#: Results that can always be sent: no need to check that they serialize.
+_SENDABLE_TYPES: Final = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
 def run_attempt(  # noqa: PLR0917 - called by Dask with positional arguments only
     function: Callable[[ExecutionContext], Any],
     unit_id: str,
@@ -135,10 +159,47 @@ def run_attempt(  # noqa: PLR0917 - called by Dask with positional arguments onl
         for name, value in zip(names, inputs, strict=True)
     }
     ctx = ExecutionContext(context, results, unit_id, attempt, mode)
-    value = function(ctx)
-    if inspect.iscoroutine(value):  # an async def unit, or a function that returned one
-        value = asyncio.run(value)
+    try:
+        value = function(ctx)
+        if inspect.iscoroutine(value):  # an async def unit, or a function that returned one
+            value = asyncio.run(value)
+    except Exception:
+        raise
+    except BaseException as error:  # it must fail the unit, not the worker
+        raise CarriedBaseException(error).with_traceback(error.__traceback__) from None
+    if type(value) not in _SENDABLE_TYPES:
+        _check_sendable(unit_id, value)
     return UnitOutput(value, ctx.metrics, _worker_address())
+
+
+def _check_sendable(unit_id: str, value: Any) -> None:
+    """Raise if ``value`` cannot leave this worker, naming the unit and the value's type.
+
+    Dask would serialize it only when it moves (to a dependent elsewhere, or to the caller),
+    long after the unit was reported COMPLETED, and then lose it. Plain pickling (buffers
+    out of band, so large arrays are not copied) settles most values; Dask's own serializers
+    (cloudpickle, its per-type families) get the last word on the rest.
+    """
+    try:
+        pickle.dumps(value, protocol=5, buffer_callback=_ignore)
+    except Exception:  # noqa: S110 - not with the standard pickle: ask Dask
+        pass
+    else:
+        return
+    from distributed.protocol.serialize import serialize  # noqa: PLC0415 - on every worker
+
+    try:
+        serialize(value, on_error="raise")
+    except Exception as error:
+        raise TypeError(
+            f"unit {unit_id!r}: its result {type(value).__name__} cannot be sent from the "
+            f"Dask worker: {_root_cause(error)}"
+        ) from error
+
+
+def _ignore(buffer: Any) -> None:
+    """Drop an out-of-band buffer: only whether the value pickles matters here."""
+    del buffer
 
 
 def _worker_address() -> str:
@@ -567,6 +628,8 @@ class _DaskRun:
         name = self.run.graph.names[i]
         if future.status == "error":
             error: BaseException = future.exception()
+            if isinstance(error, CarriedBaseException):
+                error = error.error
             traceback = future.traceback()
             if traceback is not None:
                 error = error.with_traceback(traceback)
