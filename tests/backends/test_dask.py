@@ -867,6 +867,23 @@ def test_custom_mode_with_the_clients_executor_keeps_working(client):
     assert p.last_execution_metrics["unit_metrics"] == {"counting": {"rows": 42, "source": "db"}}
 
 
+def test_custom_mode_with_the_clients_executor_fails_base_exceptions_promptly(client):
+    """Defect 8 in CUSTOM mode on a Dask executor: a BaseException raised on a worker FAILS
+    its unit at once, with that exception (it gave KilledWorker after 21 s)."""
+    p = QuantumPartitioner()
+    for name in units.BASE_EXCEPTIONS:
+        p.add_unit(units.raise_base_exception, name=name)
+    p.add_unit(lambda ctx: "ok", name="fine")
+
+    start = time.monotonic()
+    results = p.execute({}, ExecutionMode.CUSTOM, custom_executor=client.get_executor())
+
+    assert time.monotonic() - start < 5
+    assert results == {"fine": "ok"}
+    for name, kind in units.BASE_EXCEPTIONS.items():
+        assert type(p.units[name].error) is kind, name
+
+
 # -- the seed's document pipeline, unchanged, on the cluster ----------------------------------
 
 extract_text = units.extract_text

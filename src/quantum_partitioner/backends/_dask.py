@@ -57,7 +57,6 @@ import contextlib
 import inspect
 import itertools
 import logging
-import pickle
 import queue
 import uuid
 from collections.abc import Collection
@@ -69,7 +68,7 @@ from .._context import ExecutionContext
 from .._errors import BrokenBackendError, InternalError
 from .._events import UnitFinished
 from .._graph import UnitState
-from ._base import Backend
+from ._base import Backend, CarriedBaseException, check_sendable, root_cause
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -122,23 +121,6 @@ class UnitOutput(NamedTuple):
     worker: str
 
 
-class CarriedBaseException(Exception):  # noqa: N818 - it carries one, it is not an error
-    """A ``BaseException`` (not an ``Exception``) a unit raised on a worker, carried back.
-
-    Raised by :func:`run_attempt` in its place, so the worker treats it as the task's error;
-    the driver unwraps it and fails the unit with ``error``.
-    """
-
-    def __init__(self, error: BaseException) -> None:
-        """Carry ``error``."""
-        super().__init__(error)
-        self.error = error
-
-
-#: Results that can always be sent: no need to check that they serialize.
-_SENDABLE_TYPES: Final = frozenset({int, float, complex, str, bytes, bool, type(None)})
-
-
 def run_attempt(  # noqa: PLR0917 - called by Dask with positional arguments only
     function: Callable[[ExecutionContext], Any],
     unit_id: str,
@@ -167,39 +149,15 @@ def run_attempt(  # noqa: PLR0917 - called by Dask with positional arguments onl
         raise
     except BaseException as error:  # it must fail the unit, not the worker
         raise CarriedBaseException(error).with_traceback(error.__traceback__) from None
-    if type(value) not in _SENDABLE_TYPES:
-        _check_sendable(unit_id, value)
+    check_sendable(unit_id, value, "the Dask worker", _serialize)
     return UnitOutput(value, ctx.metrics, _worker_address())
 
 
-def _check_sendable(unit_id: str, value: Any) -> None:
-    """Raise if ``value`` cannot leave this worker, naming the unit and the value's type.
-
-    Dask would serialize it only when it moves (to a dependent elsewhere, or to the caller),
-    long after the unit was reported COMPLETED, and then lose it. Plain pickling (buffers
-    out of band, so large arrays are not copied) settles most values; Dask's own serializers
-    (cloudpickle, its per-type families) get the last word on the rest.
-    """
-    try:
-        pickle.dumps(value, protocol=5, buffer_callback=_ignore)
-    except Exception:  # noqa: S110 - not with the standard pickle: ask Dask
-        pass
-    else:
-        return
+def _serialize(value: Any) -> None:
+    """Serialize ``value`` as Dask would to move it, or raise."""
     from distributed.protocol.serialize import serialize  # noqa: PLC0415 - on every worker
 
-    try:
-        serialize(value, on_error="raise")
-    except Exception as error:
-        raise TypeError(
-            f"unit {unit_id!r}: its result {type(value).__name__} cannot be sent from the "
-            f"Dask worker: {_root_cause(error)}"
-        ) from error
-
-
-def _ignore(buffer: Any) -> None:
-    """Drop an out-of-band buffer: only whether the value pickles matters here."""
-    del buffer
+    serialize(value, on_error="raise")
 
 
 def _worker_address() -> str:
@@ -525,7 +483,7 @@ class _DaskRun:
             failure: BaseException
             if self.client.status == "running":
                 failure = TypeError(
-                    f"unit {name!r} cannot be sent to the Dask cluster: {_root_cause(error)}"
+                    f"unit {name!r} cannot be sent to the Dask cluster: {root_cause(error)}"
                 )
             else:  # the client closed under us
                 self._break(_went_away(f"the client is {self.client.status}"))
@@ -862,15 +820,6 @@ class _Failed(NamedTuple):
     """An outcome decided here: an attempt that could not be handed to Dask."""
 
     error: BaseException
-
-
-def _root_cause(error: BaseException) -> str:
-    """The innermost explicit cause of ``error`` (Dask wraps pickling errors), as text."""
-    seen = {id(error)}
-    while error.__cause__ is not None and id(error.__cause__) not in seen:
-        error = error.__cause__
-        seen.add(id(error))
-    return f"{type(error).__name__}: {error}"
 
 
 def _went_away(reason: str) -> str:

@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 from .._errors import InternalError, UnitCancelledError
-from ._base import Backend
+from ._base import Backend, CarriedBaseException
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -101,6 +101,11 @@ class FutureLane(Lane):
             if error is None:
                 value, metrics = f.result()
                 post((i, attempt, True, value, metrics))
+            elif isinstance(error, CarriedBaseException):  # raised in another process
+                carried = error.error.with_traceback(error.__traceback__)
+                if carried.__cause__ is None:  # a process pool's remote traceback
+                    carried.__cause__ = error.__cause__
+                post((i, attempt, False, carried, None))
             else:
                 post((i, attempt, False, error, None))
 
