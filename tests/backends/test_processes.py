@@ -286,6 +286,18 @@ def test_workers_that_cannot_start_break_the_backend_saying_why(tmp_path, monkey
     assert p.units["c"].state is UnitState.CANCELED
 
 
+def test_what_a_worker_writes_while_it_starts_still_reaches_stderr(tmp_path, monkeypatch, capfd):
+    """Start-up output (a site hook's warning) is collected until ready, then passed on."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.stderr.write('site says hello\\n')\n")
+    monkeypatch.syspath_prepend(str(site))
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(lambda ctx: 1, name="a")
+    assert p.execute({}, execution_mode=PROCESS) == {"a": 1}
+    assert "site says hello" in capfd.readouterr().err
+
+
 def test_an_idle_worker_dying_before_submit_loses_no_attempt():
     """Defect 5: an idle worker that dies between has_room() and submit() costs nothing.
 

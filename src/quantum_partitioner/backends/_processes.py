@@ -200,7 +200,10 @@ class ProcessLane(Lane):
         child_in, parent_out = os.pipe()
         parent_in, child_out = os.pipe()
         start_r, start_w = os.pipe()  # its stderr until it is ready
-        console = os.dup(2)  # its stderr from then on: ours
+        try:
+            console = os.dup(2)  # its stderr from then on: ours
+        except OSError:  # we have none (a daemon): neither has it
+            console = os.open(os.devnull, os.O_WRONLY)
         env = dict(os.environ)
         # The worker imports the caller's modules by name, so it gets the caller's path.
         env["PYTHONPATH"] = os.pathsep.join(p or str(Path.cwd()) for p in sys.path)
