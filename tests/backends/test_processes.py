@@ -328,6 +328,41 @@ def test_an_idle_worker_dying_before_submit_loses_no_attempt():
         lane.close(cancel=True)
 
 
+def test_an_attempt_sent_to_a_worker_that_just_died_waits_for_its_replacement():
+    """Defect 5, second case: the idle worker is dead but not yet buried when the attempt is
+    sent; the attempt never started, so it is not failed: it runs on the replacement."""
+    graph = Graph([QuantumUnit("a", lambda ctx: 42)])
+    run = Run(graph, {}, mode="process", max_workers=1)
+    outcomes = queue.SimpleQueue()
+    lane = ProcessLane(1)
+    lane.open(run, outcomes.put)
+    gate = threading.Event()
+    bury = lane._bury
+
+    def bury_when_allowed(worker):
+        gate.wait(30)
+        bury(worker)
+
+    lane._bury = bury_when_allowed  # the reader thread notices the death only when told
+    try:
+        while not lane.has_room():
+            assert outcomes.get(timeout=30) is None
+        [worker] = lane._workers
+        os.kill(worker.process.pid, signal.SIGKILL)
+        worker.process.wait(timeout=30)
+        assert lane.has_room()  # still looks idle: nobody has buried it yet
+        lane.submit(0, 1)  # its pipe is broken
+        gate.set()
+        item = None
+        while item is None:
+            lane.has_room()
+            item = outcomes.get(timeout=30)
+        assert item == (0, 1, True, 42, None)
+    finally:
+        gate.set()
+        lane.close(cancel=True)
+
+
 ORPHANED_WORKER_PROGRAM = textwrap.dedent(
     """
     import os, sys, time
