@@ -405,3 +405,21 @@ def test_a_worker_whose_parent_is_killed_exits_quietly(tmp_path):
         parent.kill()
     assert _wait_gone(worker)
     assert b"Traceback" not in stderr, stderr.decode()
+
+
+def test_a_cpu_unit_of_a_mixed_run_raising_keyboardinterrupt_fails_only_itself():
+    """Defect 8 in the process lane of resource_balanced: the unit is FAILED, the io and cpu
+    units beside it complete (the KeyboardInterrupt happened in a worker, not here)."""
+
+    def interrupted(ctx):
+        raise KeyboardInterrupt("in a worker")
+
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(interrupted, name="cpu_boom", metadata={"resource_type": "cpu"})
+    p.add_unit(lambda ctx: "cpu", name="cpu_fine", metadata={"resource_type": "cpu"})
+    p.add_unit(lambda ctx: "io", name="io_fine", metadata={"resource_type": "io"})
+    results = p.execute_with_strategy({}, "resource_balanced")
+    assert results == {"cpu_fine": "cpu", "io_fine": "io"}
+    error = p.units["cpu_boom"].error
+    assert type(error) is KeyboardInterrupt
+    assert str(error) == "in a worker"
