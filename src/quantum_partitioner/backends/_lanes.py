@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 from .._errors import InternalError, UnitCancelledError, UnitInterrupt
-from ._base import Backend
+from ._base import Backend, CarriedBaseException
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -111,6 +111,11 @@ class FutureLane(Lane):
                 post((i, attempt, ok, value, metrics))
             elif isinstance(error, UnitInterrupt):
                 self._run.hand_over_interrupt(error.error)
+            elif isinstance(error, CarriedBaseException):  # raised in another process
+                carried = error.error.with_traceback(error.__traceback__)
+                if carried.__cause__ is None:  # a process pool's remote traceback
+                    carried.__cause__ = error.__cause__
+                post((i, attempt, False, carried, None))
             else:
                 post((i, attempt, False, error, None))
 
