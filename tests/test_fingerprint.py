@@ -172,6 +172,38 @@ def test_fingerprint_survives_a_pickle_round_trip(value):
     assert fingerprint(pickle.loads(pickle.dumps(value))) == fingerprint(value)
 
 
+@settings(max_examples=100, deadline=None, database=None)
+@given(plain)
+def test_defect_15_deep_encoding_is_the_recursive_encoding(value):
+    """Issue 9 defect 15: the encoder without recursion gives the recursive one's bytes.
+
+    So a value's fingerprint does not depend on how much stack was left when it was taken.
+    """
+    wrapped = [value, {"k": (value, {1, 2})}]
+    assert _fingerprint._encode_deep(wrapped) == bytes(_fingerprint._Encoder().encode(wrapped))
+
+
+def test_defect_15_nesting_past_the_stack_is_fingerprinted_or_named():
+    """Plain containers of any depth fingerprint; a deep object chain is refused by name."""
+
+    def deep(leaf):
+        value = leaf
+        for _ in range(5000):
+            value = [value]
+        return value
+
+    assert fingerprint(deep(0)) == fingerprint(deep(0))
+    assert fingerprint(deep(0)) != fingerprint(deep(1))
+    assert fingerprint(deep(0)) != fingerprint([deep(0)])
+    chain = None
+    for _ in range(5000):
+        chain = Point(chain, 0)
+    with pytest.raises(UnfingerprintableError, match="nested deeper than the interpreter's"):
+        fingerprint({"chain": chain})
+    with pytest.raises(UnfingerprintableError, match="nested deeper than the interpreter's"):
+        function_fingerprint(make_closure(chain))
+
+
 # -- functions ---------------------------------------------------------------------------------
 
 

@@ -48,6 +48,7 @@ import enum
 import fractions
 import functools
 import hashlib
+import itertools
 import math
 import os
 import pathlib
@@ -56,7 +57,10 @@ import sys
 import sysconfig
 import types
 import uuid
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 # Nothing here is public API: CachingQuantumPartitioner is.
 __all__: list[str] = []
@@ -96,10 +100,91 @@ def digest(data: bytes | bytearray) -> bytes:
 def fingerprint(value: Any) -> bytes:
     """The content fingerprint of ``value`` (32 bytes).
 
+    Plain containers nested deeper than the interpreter's stack allows (a tree of lists
+    and dicts hundreds of levels deep) are encoded again without recursion, to the same
+    bytes.
+
     Raises:
-        UnfingerprintableError: Some part of ``value`` has no stable encoding.
+        UnfingerprintableError: Some part of ``value`` has no stable encoding, or an object
+            other than a plain container is nested too deeply to be encoded.
     """
-    return digest(_Encoder().encode(value))
+    try:
+        return digest(_Encoder().encode(value))
+    except RecursionError:
+        pass  # leave the except clause first: the stack is nearly used up inside it
+    return digest(_encode_deep(value))
+
+
+# Plain containers, encoded without recursion by _encode_deep, exactly as _Encoder does.
+_DEEP_TAGS: Final[dict[type, bytes]] = {
+    list: b"[",
+    tuple: b"(",
+    dict: b"{",
+    set: b"<",
+    frozenset: b">",
+}
+_END: Final = object()
+
+
+def _encode_deep(value: Any) -> bytes:
+    """``_Encoder().encode(value)`` with an explicit stack for the plain containers.
+
+    Each open container is a frame: the container, an iterator over what it holds (a dict's
+    keys and values alternately) and the encodings of the parts done so far. Anything else
+    is a leaf, encoded by :class:`_Encoder` (whose own recursion starts afresh there).
+    """
+    encoder = _Encoder()
+    root: list[bytes] = []
+    stack: list[tuple[Any, Iterator[Any], list[bytes]]] = []
+    active: set[int] = set()
+    pending: Any = value
+    target = root
+    while True:
+        tag = _DEEP_TAGS.get(type(pending))
+        if tag is None:
+            out = bytearray()
+            try:
+                encoder.value(pending, out)
+            except RecursionError:
+                kind = type(pending).__qualname__
+                raise UnfingerprintableError(
+                    f"a {kind} nested deeper than the interpreter's recursion limit allows "
+                    "cannot be fingerprinted (only lists, tuples, dicts and sets can)",
+                    [f"(at depth {len(stack)})"],
+                ) from None
+            target.append(bytes(out))
+        else:
+            if id(pending) in active:
+                raise UnfingerprintableError(
+                    f"{type(pending).__name__} contains itself (a reference cycle)",
+                    [f"(at depth {len(stack)})"],
+                )
+            active.add(id(pending))
+            parts = pending.items() if tag == b"{" else pending
+            items = itertools.chain.from_iterable(parts) if tag == b"{" else iter(parts)
+            stack.append((pending, items, []))
+        while stack:
+            container, items, parts = stack[-1]
+            pending = next(items, _END)
+            if pending is not _END:
+                target = parts
+                break
+            stack.pop()
+            active.discard(id(container))
+            (stack[-1][2] if stack else root).append(_assemble(container, parts))
+        else:
+            return root[0]
+
+
+def _assemble(container: Any, parts: list[bytes]) -> bytes:
+    """A plain container's encoding from its parts' (see _Encoder.sequence & co)."""
+    tag = _DEEP_TAGS[type(container)]
+    if tag == b"{":
+        pairs = sorted(zip(parts[0::2], parts[1::2], strict=True))
+        return b"{%d:%s" % (len(pairs), b"".join(key + item for key, item in pairs))
+    if tag in {b"<", b">"}:
+        parts.sort()
+    return b"%s%d:%s" % (tag, len(parts), b"".join(parts))
 
 
 class ModuleMemo:
@@ -148,8 +233,16 @@ def function_fingerprint(
     encoder = _Encoder(ignore, memo)
     out = bytearray(b"fn:")
     out += sys.implementation.cache_tag.encode() if sys.implementation.cache_tag else b"?"
-    encoder.value(fn, out)
-    return digest(out)
+    try:
+        encoder.value(fn, out)
+    except RecursionError:
+        pass  # raised below, outside the except clause, where the stack is free again
+    else:
+        return digest(out)
+    raise UnfingerprintableError(
+        "a value it depends on is nested deeper than the interpreter's recursion limit "
+        "allows; pass it in the context instead"
+    )
 
 
 def _length_prefixed(tag: bytes, data: bytes) -> bytes:
