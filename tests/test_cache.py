@@ -466,6 +466,35 @@ def test_every_mode_serves_hits(make, mode):
         assert (p.cache_hits, p.cache_misses) == (2, 4)
 
 
+@pytest.mark.parametrize(
+    "how", [*(m.name for m in ExecutionMode), "resource_balanced"], ids=lambda how: how
+)
+def test_a_hit_is_never_written_back(tmp_path, how):
+    """Defect 11: a run served from the cache writes nothing, in every mode and lane."""
+    with (
+        ThreadPoolExecutor(2) as executor,
+        CachingQuantumPartitioner(cache_path=tmp_path / "results.sqlite", max_workers=2) as p,
+    ):
+        kinds = ["cpu", "io", "async"]
+        for k, kind in enumerate(kinds):  # one unit per lane of a resource_balanced run
+            p.add_unit(square, name=f"sq{k}", metadata={"cacheable": True, "resource_type": kind})
+
+        def run():
+            if how == "resource_balanced":
+                return p.execute_with_strategy({"n": 3}, "resource_balanced")
+            mode = ExecutionMode[how]
+            options = {"custom_executor": executor} if mode is ExecutionMode.CUSTOM else {}
+            return p.execute({"n": 3}, execution_mode=mode, **options)
+
+        assert run() == {"sq0": 9, "sq1": 9, "sq2": 9}
+        assert p.cache_stats().writes == 3
+        created = {entry.unit: entry.created for entry in p.cache.entries()}
+        assert run() == {"sq0": 9, "sq1": 9, "sq2": 9}
+        stats = p.cache_stats()
+        assert (stats.hits, stats.writes) == (3, 3)
+        assert {entry.unit: entry.created for entry in p.cache.entries()} == created
+
+
 def test_aexecute_uses_the_cache(make):
     """await aexecute() consults the cache like execute()."""
     counter = Counter()

@@ -28,7 +28,7 @@ import logging
 import pickle
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from ._fingerprint import (
     ModuleMemo,
@@ -37,7 +37,7 @@ from ._fingerprint import (
     fingerprint,
     function_fingerprint,
 )
-from ._graph import ExecutionMode, QuantumUnit, UnitState
+from ._graph import ExecutionMode, ExecutionModeArg, QuantumUnit, R, T, UnitState
 from ._partitioner import QuantumPartitioner
 from ._stores import CacheEntry, CacheStore, MemoryStore, SQLiteStore
 
@@ -49,9 +49,6 @@ if TYPE_CHECKING:
     from ._run import Run
 
 __all__ = ["CacheStats", "CachingQuantumPartitioner"]
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 LOGGER = logging.getLogger("quantum_partitioner")
 
@@ -160,7 +157,7 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
     def __init__(
         self,
         max_workers: int | None = None,
-        default_execution_mode: ExecutionMode = ExecutionMode.THREAD,
+        default_execution_mode: ExecutionModeArg = ExecutionMode.THREAD,
         *,
         cache_path: str | os.PathLike[str] | None = None,
         cache_size_limit: int | None = None,
@@ -290,7 +287,7 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         """Close the store (a SQLite file's connection); the partitioner is done with."""
         self.cache.close()
 
-    def __enter__(self) -> CachingQuantumPartitioner[T, R]:
+    def __enter__(self) -> Self:
         """Use the partitioner in a ``with`` block that closes its store."""
         return self
 
