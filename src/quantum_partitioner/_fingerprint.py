@@ -430,7 +430,7 @@ def _scan_chains(
                 chain = (root, list(prefix))
             elif op in {"LOAD_DEREF", "LOAD_CLASSDEREF"}:
                 chain = (("d", name), [])
-        elif op == "LOAD_CONST":
+        elif op in {"LOAD_CONST", "LOAD_SMALL_INT"}:
             consts = [consts[-1], arg]
         elif op == "IMPORT_NAME":
             level, fromlist = consts

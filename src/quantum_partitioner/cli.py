@@ -262,7 +262,7 @@ def _demo_lines(report: DemoReport) -> list[str]:
             f"  {_printable(row.name):<18} {row.state.name:<10} {row.attempts:>8} "
             f"{duration:>8}  {_printable(work)}"
         )
-    lines += ["", f"Query: {report.query!r}"]
+    lines += ["", f"Query: {_printable(repr(report.query))}"]
     index = report.index
     if index is None:
         lines.append("  (no answer: index_embeddings did not complete)")
@@ -274,14 +274,18 @@ def _demo_lines(report: DemoReport) -> list[str]:
             chunk = hit.chunk
             words = chunk.text.split()
             snippet = " ".join(words[:9]) + (" ..." if len(words) > 9 else "")
-            lines.append(f"  {rank}. {hit.score:.3f}  {chunk.title} #{chunk.position}: {snippet}")
+            lines.append(
+                f"  {rank}. {hit.score:.3f}  {_printable(chunk.title)} #{chunk.position}: "
+                f"{_printable(snippet)}"
+            )
     completed = sum(row.state is UnitState.COMPLETED for row in report.rows)
     lines += [
         "",
         f"{completed} of {len(report.rows)} units completed in {report.seconds * 1000:.1f} ms",
     ]
     if report.artifacts:
-        lines += ["", "Wrote", *(f"  {what:<8} {path}" for what, path in report.artifacts)]
+        lines += ["", "Wrote"]
+        lines += (f"  {what:<8} {_printable(str(path))}" for what, path in report.artifacts)
     return lines
 
 
