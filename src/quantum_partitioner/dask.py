@@ -47,7 +47,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess by 
         f"quantum_partitioner.dask needs Dask: pip install 'quantum-partitioner[dask]' ({error})"
     ) from error
 
-from ._graph import ExecutionMode, QuantumUnit, _gc_paused
+from ._graph import ExecutionMode, ExecutionModeArg, QuantumUnit, _gc_paused
 from ._partitioner import QuantumPartitioner, _check_max_workers, _check_mode
 
 __all__ = ["Scheduler", "get"]
@@ -100,7 +100,7 @@ class Scheduler:
     def __init__(
         self,
         *,
-        execution_mode: ExecutionMode | str = ExecutionMode.THREAD,
+        execution_mode: ExecutionModeArg = ExecutionMode.THREAD,
         max_workers: int | None = None,
         progress: bool = False,
         trace: bool = False,
@@ -179,7 +179,7 @@ def get(
     dsk: Any,
     keys: Any,
     *,
-    execution_mode: ExecutionMode | str = ExecutionMode.THREAD,
+    execution_mode: ExecutionModeArg = ExecutionMode.THREAD,
     max_workers: int | None = None,
     **kwargs: Any,
 ) -> Any:
