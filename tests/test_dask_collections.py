@@ -23,7 +23,13 @@ from dask._task_spec import Alias, DataNode, Task, TaskRef  # noqa: E402
 from dask.utils_test import GetFunctionTestMixin  # noqa: E402
 
 import quantum_partitioner.dask as qd  # noqa: E402
-from quantum_partitioner import CircularDependencyError, ExecutionMode, UnitState  # noqa: E402
+from quantum_partitioner import (  # noqa: E402
+    CircularDependencyError,
+    ExecutionMode,
+    UnitCancelledError,
+    UnitState,
+)
+from quantum_partitioner._progress import unit_kind  # noqa: E402
 
 
 def inc(x):
@@ -166,6 +172,30 @@ def test_failure_in_thread_mode_reraises_original_exception_object():
     with pytest.raises(KeyError) as info:
         dask.compute(dask.delayed(boom)(), scheduler=qd.get)
     assert info.value is raised[0]
+
+
+def test_cancelling_last_run_raises_unit_cancelled_error():
+    """last_run.cancel() during a computation makes get raise UnitCancelledError."""
+    sched = qd.Scheduler(execution_mode="sequential")
+
+    def cancel(_):
+        sched.last_run.cancel()
+        return 1
+
+    graph = {"first": (cancel, 0), "second": (inc, "first"), "third": (inc, "second")}
+    with pytest.raises(UnitCancelledError, match="third"):
+        sched.get(graph, ["first", "third"])
+
+
+def test_progress_learns_costs_per_task_function():
+    """With progress=True, each unit's kind (for the ETA) is its task's function."""
+    sched = qd.Scheduler(progress=True)
+    tasks = [dask.delayed(inc)(i) for i in range(3)]
+    dask.compute(dask.delayed(sum)(tasks), scheduler=sched.get)
+    assert sched.last_run is not None
+    kinds = {unit_kind(unit) for unit in sched.last_run.units.values()}
+    assert inc.__code__ in kinds  # the three inc tasks are one kind, the sum another
+    assert len(kinds) == 2
 
 
 def test_missing_key_raises_before_any_task_runs():

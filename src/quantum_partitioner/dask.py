@@ -61,18 +61,26 @@ _nested_get: Callable[[Any, Mapping[Any, Any]], Any] = nested_get
 Key = Hashable
 
 
-def _task_unit(node: Any, inputs: tuple[tuple[Key, str], ...]) -> Callable[[Any], Any]:
+def _task_unit(
+    node: Any, inputs: tuple[tuple[Key, str], ...], *, show_function: bool
+) -> Callable[[Any], Any]:
     """A unit that calls one Dask task-spec node with its dependencies' values from ``ctx``.
 
     ``inputs`` pairs each dependency's Dask key with its name in the run (a unit's name, or a
     context key for a literal data node). A plain closure, not a callable object: the run
     checks each unit function with ``inspect.iscoroutinefunction``, which is quick only for
-    functions.
+    functions. With ``show_function``, the closure says it wraps the task's own function
+    (``__wrapped__``), so the progress bar learns each kind of task's cost from the tasks of
+    that function rather than from all tasks at once.
     """
 
     def run_task(ctx: Mapping[str, Any]) -> Any:
         return node({key: ctx[name] for key, name in inputs})
 
+    if show_function:
+        function = getattr(node, "func", None)
+        if function is not None:
+            run_task.__wrapped__ = function  # type: ignore[attr-defined]
     return run_task
 
 
@@ -145,6 +153,8 @@ class Scheduler:
             KeyError: A requested key is not in the graph (before any task runs).
             ValueError: A task depends on a key that is not in the graph.
             BaseException: The original exception of the first task that failed.
+            UnitCancelledError: ``last_run.cancel()`` stopped the computation before a
+                requested key's task ended.
         """
         workers = self.max_workers or _check_max_workers(kwargs.get("num_workers"), "num_workers")
         if not isinstance(dsk, Mapping):
@@ -157,7 +167,7 @@ class Scheduler:
             for key in wanted:
                 if key not in graph:
                     raise KeyError(key)
-            partitioner, names, data = _build(graph, wanted)
+            partitioner, names, data = _build(graph, wanted, show_functions=self.progress)
         with self._lock:
             self.last_run, self.last_names = partitioner, names
         results = partitioner.execute(
@@ -171,6 +181,11 @@ class Scheduler:
         failed = partitioner.get_failed_units()
         if failed:
             raise next(iter(failed.values()))
+        for key in wanted:  # the run was cancelled (last_run.cancel()) before key's task ended
+            name = names[key]
+            if name not in data and name not in results:
+                error = partitioner.units[name].error
+                raise error if error is not None else KeyError(key)
         values = {key: data.get(names[key], results.get(names[key])) for key in wanted}
         return _nested_get(keys, values)
 
@@ -196,7 +211,7 @@ def get(
 
 
 def _build(
-    graph: Mapping[Key, Any], wanted: list[Key]
+    graph: Mapping[Key, Any], wanted: list[Key], *, show_functions: bool = False
 ) -> tuple[QuantumPartitioner[Any, Any], dict[Key, str], dict[str, Any]]:
     """The partitioner of the tasks ``wanted`` needs, the name of each key, and the data.
 
@@ -237,7 +252,8 @@ def _build(
         node = graph[key]
         inputs = tuple((dep, names[dep]) for dep in node.dependencies)
         deps = [dep_name for _, dep_name in inputs if dep_name not in data]
-        units[name] = QuantumUnit(name, _task_unit(node, inputs), deps)
+        function = _task_unit(node, inputs, show_function=show_functions)
+        units[name] = QuantumUnit(name, function, deps)
     return partitioner, names, data
 
 
