@@ -47,6 +47,24 @@ def test_documented_code_runs_as_written(where, code, tmp_path):
     assert result.returncode == 0, f"{where}\n{result.stdout}\n{result.stderr}"
 
 
+def dask_collection_blocks() -> list[tuple[str, str]]:
+    """The Python blocks of docs/dask.md's section on Dask collections (the rest needs a
+    cluster)."""
+    text = (DOCS / "dask.md").read_text()
+    section = text.count("\n", 0, text.index("## Dask collections on the partitioner")) + 1
+    return [(w, c) for w, c in python_blocks("dask.md") if int(w.rsplit(":", 1)[1]) > section]
+
+
+DASK_BLOCKS = dask_collection_blocks()
+
+
+@pytest.mark.parametrize(("where", "code"), DASK_BLOCKS, ids=[w for w, _ in DASK_BLOCKS])
+def test_dask_collection_examples_run_as_written(where, code, tmp_path):
+    """The Dask-collection examples of docs/dask.md run and their asserts hold."""
+    pytest.importorskip("dask.array")
+    test_documented_code_runs_as_written(where, code, tmp_path)
+
+
 def test_the_guide_has_runnable_blocks():
     """The guide's examples are found (a changed fence would silently test nothing)."""
     assert len(python_blocks("guide.md")) >= 10
