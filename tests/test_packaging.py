@@ -93,34 +93,22 @@ def test_the_installed_wheel_runs_an_example_and_the_command(dist, tmp_path):
     with zipfile.ZipFile(dist["wheel"]) as wheel:
         wheel.extractall(site)  # a pure-Python wheel installs as its files
     env = {**os.environ, "PYTHONPATH": str(site)}
-    code = "import quantum_partitioner as qp; print(qp.__file__)"
-    where = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=True,
-    )
-    assert Path(where.stdout.strip()).is_relative_to(site)
-    script = subprocess.run(
-        [sys.executable, str(EXAMPLES / "provider_fanout.py")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+
+    def python(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *arguments],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=cwd,
+            timeout=60,
+            check=False,
+        )
+
+    where = python("-c", "import quantum_partitioner as qp; print(qp.__file__)", cwd=tmp_path)
+    assert Path(where.stdout.strip()).is_relative_to(site), where.stderr
+    script = python(str(EXAMPLES / "provider_fanout.py"), cwd=tmp_path)
     assert script.returncode == 0, script.stderr
-    plan = subprocess.run(
-        [sys.executable, "-m", "quantum_partitioner", "plan", "document_pipeline:build"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=EXAMPLES,
-        timeout=60,
-        check=False,
-    )
+    plan = python("-m", "quantum_partitioner", "plan", "document_pipeline:build", cwd=EXAMPLES)
     assert plan.returncode == 0, plan.stderr
     assert "critical path" in plan.stdout.lower()
