@@ -137,7 +137,13 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         cache_misses: Cacheable units that had to run, over every run.
 
     Raises:
-        ValueError: ``cache_path`` is not a cache store of this format version.
+        ValueError: ``cache_path`` is not a cache store of this format version, or is a
+            symbolic link.
+        OSError: ``cache_path`` is a directory or cannot be created, read or written (the
+            message names it).
+
+    Warns:
+        InsecureCacheWarning: ``cache_path`` exists and its group or others may write it.
 
     .. versionadded:: 0.1
     """

@@ -294,7 +294,11 @@ class Graph:
         dependents: Each unit's direct dependents, as indices.
         order: A topological order of the indices.
         level: Each unit's level: 0 without dependencies, else 1 + its deepest dependency's.
-        weight: Each unit's estimated duration (``metadata["estimated_duration"]``, else 1).
+        weight: Each unit's estimated duration: its ``metadata["estimated_duration"]``, else
+            ``default_weight``.
+        default_weight: What a unit without an estimate weighs: the mean of the estimates
+            that are given, so one unknown unit does not swamp estimates in milliseconds
+            (1 when no unit has one, which makes every weight 1: paths count units).
         finish: Longest weighted path from any root to the end of each unit.
         rank: Longest weighted path from the start of each unit to any sink.
     """
@@ -303,6 +307,7 @@ class Graph:
         "_dependents",
         "_priority_order",
         "_rank",
+        "default_weight",
         "deps",
         "finish",
         "index",
@@ -362,7 +367,11 @@ class Graph:
             range(n) if in_order else _kahn_order(names, deps, self.dependents)
         )
         # Per-unit numbers live in typed arrays: 8 bytes each, no float object per unit.
-        self.weight = array("d", [_weight(unit) for unit in units])
+        estimates = [_estimate(unit) for unit in units]
+        given = [e for e in estimates if e is not None]
+        default = math.fsum(given) / len(given) if given else 1.0
+        self.default_weight = default
+        self.weight = array("d", [default if e is None else e for e in estimates])
         self.level, self.finish = _levels_and_finish(self.order, deps, self.weight)
         self._priority_order: tuple[array[int], array[int]] | None = None
 
@@ -462,9 +471,9 @@ def compile_graph(units: Iterable[QuantumUnit[Any, Any]]) -> Graph:
     return Graph(list(units))
 
 
-def _weight(unit: QuantumUnit[Any, Any]) -> float:
+def _estimate(unit: QuantumUnit[Any, Any]) -> float | None:
     estimate = unit.metadata.get("estimated_duration") if unit.metadata else None
-    return 1.0 if estimate is None else float(estimate)
+    return None if estimate is None else float(estimate)
 
 
 def _kahn_order(names: list[str], deps: list[list[int]], dependents: list[list[int]]) -> list[int]:

@@ -196,7 +196,11 @@ class Run:
         self.started_at = self.clock()
         if self.dispatcher.run_started:
             event = RunStarted(
-                len(self.graph), self.mode, self.max_workers, self.to_epoch(self.started_at)
+                len(self.graph),
+                self.mode,
+                self.max_workers,
+                self.to_epoch(self.started_at),
+                self.graph.units,
             )
             self.dispatcher.emit(self.dispatcher.run_started, event)
 
