@@ -302,6 +302,7 @@ REJECTED = """
 from typing import Any
 
 from quantum_partitioner import ExecutionContext, QuantumPartitioner
+from quantum_partitioner.taskmap import TaskMap, run_tasks
 
 partitioner = QuantumPartitioner()
 
@@ -324,11 +325,14 @@ doubles(3)  # E: arg-type
 typed: QuantumPartitioner[Any, int] = QuantumPartitioner()
 typed.add_unit(lambda ctx: "text")  # E: arg-type
 typed.add_unit(doubles)
+run_tasks({"a": takes_nothing})  # E: dict-item
+TaskMap({"a": (takes_nothing, [])})  # E: dict-item
+TaskMap({"a": (lambda ctx: 1, []), "b": lambda ctx: 2, "c": (doubles, ["a"])})
 """
 
 
 def test_mypy_rejects_units_without_ctx_unknown_modes_and_wrong_result_types(tmp_path, mypy):
-    """A unit taking no ctx, a misspelt mode or strategy, a wrong result type: mypy errors."""
+    """A unit or task taking no ctx, a misspelt mode or strategy, a wrong result type: errors."""
     (tmp_path / "rejected.py").write_text(REJECTED)
     expected = {
         number: set(line.split("# E: ")[1].split())
