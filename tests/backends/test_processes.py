@@ -30,7 +30,7 @@ from quantum_partitioner import (
 )
 from quantum_partitioner._graph import Graph, QuantumUnit
 from quantum_partitioner._run import Run
-from quantum_partitioner.backends import ProcessBackend
+from quantum_partitioner.backends import ProcessBackend, _processes
 from quantum_partitioner.backends._processes import ProcessLane
 
 PROCESS = ExecutionMode.PROCESS
@@ -423,3 +423,10 @@ def test_a_cpu_unit_of_a_mixed_run_raising_keyboardinterrupt_fails_only_itself()
     error = p.units["cpu_boom"].error
     assert type(error) is KeyboardInterrupt
     assert str(error) == "in a worker"
+
+
+def test_missing_cloudpickle_names_the_package_to_install(monkeypatch):
+    """Without cloudpickle, PROCESS says to install it (a dependency, not an extra)."""
+    monkeypatch.setitem(sys.modules, "cloudpickle", None)
+    with pytest.raises(ImportError, match=r"pip install cloudpickle$"):
+        _processes._load_cloudpickle()

@@ -81,10 +81,11 @@ class RemoteUnitError(Exception):
 
 def _load_cloudpickle() -> Any:
     try:
-        import cloudpickle  # noqa: PLC0415 - an optional dependency, loaded when needed
-    except ImportError:  # pragma: no cover - the extra is part of the test install
+        import cloudpickle  # noqa: PLC0415 - loaded by the runs that send functions
+    except ImportError:  # pragma: no cover - a dependency of the package, so installed with it
         raise ImportError(
-            "ExecutionMode.PROCESS needs cloudpickle: pip install 'quantum-partitioner[processes]'"
+            "ExecutionMode.PROCESS needs cloudpickle, a dependency of quantum-partitioner "
+            "that is missing: pip install cloudpickle"
         ) from None
     return cloudpickle
 
