@@ -15,13 +15,23 @@ from __future__ import annotations
 import enum
 import gc
 import math
+import sys
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias
 
 from ._errors import CircularDependencyError, DuplicateUnitError, UnknownDependencyError
 from ._policies import RetryPolicy
+
+# Type parameter defaults (PEP 696) are in typing from 3.13 only.
+if sys.version_info >= (3, 13):
+    from typing import TypeVar
+else:
+    from typing_extensions import TypeVar
+
+if TYPE_CHECKING:
+    from ._context import ExecutionContext
 
 __all__ = [
     "ExecutionMode",
@@ -31,8 +41,14 @@ __all__ = [
     "compile_graph",
 ]
 
-T = TypeVar("T")
-R = TypeVar("R")
+# A partitioner's type parameters: T is kept for the original QuantumPartitioner[T, R]
+# signature, R is the units' result type. Both default to Any, so that
+# ``QuantumPartitioner(max_workers=4)`` needs no annotation.
+T = TypeVar("T", default=Any)
+R = TypeVar("R", default=Any)
+
+#: What a unit is: called as ``fn(ctx)``, it returns its result or an awaitable of it.
+UnitFunction: TypeAlias = "Callable[[ExecutionContext], R | Awaitable[R]]"
 
 
 class UnitState(enum.Enum):
@@ -63,6 +79,12 @@ class ExecutionMode(enum.Enum):
     THREAD = "thread"
     ASYNC = "async"
     CUSTOM = "custom"
+
+
+#: A mode as every API that takes one accepts it: the enum member or its value.
+ExecutionModeArg: TypeAlias = (
+    ExecutionMode | Literal["sequential", "thread", "process", "async", "custom"]
+)
 
 
 class _RunView:
@@ -112,7 +134,7 @@ class QuantumUnit(Generic[T, R]):
     def __init__(  # noqa: PLR0917 - the seed's dataclass takes these positionally
         self,
         id: str,  # noqa: A002 - the seed's field name
-        function: Callable[[Any], R],
+        function: UnitFunction[R],
         dependencies: list[str] | None = None,
         timeout: float | None = None,
         retries: int = 0,
