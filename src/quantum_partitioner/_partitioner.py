@@ -416,11 +416,17 @@ class QuantumPartitioner(Generic[T, R]):
         return self._outcome(run, raise_on_error=raise_on_error)
 
     def stream(
-        self, context: Mapping[str, Any] | None = None, *args: Any, **options: Any
+        self,
+        context: Mapping[str, Any] | None = None,
+        *args: Any,
+        strategy: StrategyName | None = None,
+        **options: Any,
     ) -> ResultStream:
         """Run like :meth:`execute` and yield each unit's :class:`UnitResult` as it finishes.
 
-        It takes exactly :meth:`execute`'s arguments. Use it as::
+        It takes exactly :meth:`execute`'s arguments, and ``strategy=`` to run as
+        :meth:`execute_with_strategy` does (``"resource_balanced"``: mixed lanes). Use it
+        as::
 
             with partitioner.stream(context, execution_mode=ExecutionMode.THREAD) as results:
                 for done in results:
@@ -444,6 +450,13 @@ class QuantumPartitioner(Generic[T, R]):
 
         .. versionadded:: 0.2
         """
+        if strategy is not None:
+            if args:
+                raise TypeError("stream(strategy=...) takes keyword arguments only")
+            return ResultStream(
+                lambda: self.execute_with_strategy(context, strategy, **options),
+                lambda: self._active_run,
+            )
         return ResultStream(
             lambda: self.execute(context, *args, **options), lambda: self._active_run
         )
