@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import queue
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Self, final
 
 from ._events import Instrument
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
         UnitFailed,
         UnitFinished,
         UnitSkipped,
-        UnitStarted,
     )
     from ._run import Run
 
@@ -63,10 +61,11 @@ def take_run_instruments() -> tuple[Instrument, ...]:
     return instruments
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class UnitResult:
+class UnitResult(NamedTuple):
     """One unit that reached a terminal state, as :meth:`QuantumPartitioner.stream` yields it.
+
+    Immutable: a named tuple, like the instruments' events (cheaper to build per unit than
+    a frozen dataclass).
 
     Attributes:
         name: The unit's name.
@@ -103,7 +102,12 @@ class _End(NamedTuple):
 
 
 class _Collector(Instrument):
-    """Turns each terminal event into a :class:`UnitResult` for ``put`` (called in order)."""
+    """Turns each terminal event into a :class:`UnitResult` for ``put`` (called in order).
+
+    It listens to terminal events only (no per-start event is built for it); what those do
+    not carry (a failed unit's start, a cancelled one's attempts) is read from the run's
+    record, final for that unit by then.
+    """
 
     def __init__(
         self,
@@ -114,7 +118,6 @@ class _Collector(Instrument):
         self._put = put
         self._active_run = active_run
         self._on_start = on_start
-        self._attempts: dict[str, tuple[int, float]] = {}
         #: The run being streamed, once it started.
         self.run: Run | None = None
 
@@ -124,13 +127,15 @@ class _Collector(Instrument):
         self.run = self._active_run()
         self._on_start()
 
-    def unit_started(self, event: UnitStarted) -> None:
-        """Remember the attempt and its start."""
-        self._attempts[event.unit_id] = (event.attempt, event.time)
+    def _attempts_and_start(self, name: str) -> tuple[int, float | None]:
+        run = self.run
+        if run is None:  # pragma: no cover - events come after run_started
+            return 0, None
+        i = run.graph.index[name]
+        return run.attempt_of(i), run.start_time_of(i)
 
     def unit_finished(self, event: UnitFinished) -> None:
         """A unit completed."""
-        self._attempts.pop(event.unit_id, None)
         self._put(
             UnitResult(
                 event.unit_id,
@@ -145,7 +150,7 @@ class _Collector(Instrument):
 
     def unit_failed(self, event: UnitFailed) -> None:
         """A unit failed or timed out for good."""
-        _, start = self._attempts.pop(event.unit_id, (0, None))
+        _, start = self._attempts_and_start(event.unit_id)
         self._put(
             UnitResult(
                 event.unit_id, event.state, None, event.error, event.attempt, start, event.time
@@ -154,16 +159,13 @@ class _Collector(Instrument):
 
     def unit_skipped(self, event: UnitSkipped) -> None:
         """A unit was skipped."""
-        attempts, _ = self._attempts.pop(event.unit_id, (0, None))
         self._put(
-            UnitResult(
-                event.unit_id, UnitState.SKIPPED, None, event.reason, attempts, None, event.time
-            )
+            UnitResult(event.unit_id, UnitState.SKIPPED, None, event.reason, 0, None, event.time)
         )
 
     def unit_cancelled(self, event: UnitCancelled) -> None:
         """A unit was cancelled."""
-        attempts, start = self._attempts.pop(event.unit_id, (0, None))
+        attempts, start = self._attempts_and_start(event.unit_id)
         self._put(
             UnitResult(
                 event.unit_id,
