@@ -6,17 +6,24 @@ Each section belongs to one group of test files; add new fixtures in their own s
 from __future__ import annotations
 
 import multiprocessing
+import re
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from quantum_partitioner import ExecutionMode
 from quantum_partitioner.testing import FakeClock
+
+# tests/typing/ holds code for mypy to check (``make check``), not tests to run.
+collect_ignore = ["typing"]
 
 # == Pure layers (test_graph, test_plan, test_scheduler, test_policies) ========================
 # No threads and no sleeps: time is a FakeClock that moves only when a test says so.
@@ -133,3 +140,45 @@ def _bounded(call: Callable[[], Any], seconds: float = 60.0) -> Any:
 def bounded() -> Callable[..., Any]:
     """``bounded(call, seconds=60)``: ``call()``'s result or error, or a failure if it hangs."""
     return _bounded
+
+
+# == Type checking (test_docs, test_public_api) ================================================
+# mypy runs with the project's configuration and cache, so after `make check` it costs about
+# a second; it reports errors as (file, line, message).
+
+MypyRun = Callable[..., list[tuple[str, int, str]]]
+_MYPY_ERROR = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+): error: (?P<message>.*)$", re.MULTILINE)
+
+
+@pytest.fixture
+def mypy() -> MypyRun:
+    """``mypy(*paths, *flags, cwd=dir)``: mypy's errors on files relative to ``cwd``."""
+    root = Path(__file__).resolve().parent.parent
+
+    def run(*arguments: str, cwd: Path) -> list[tuple[str, int, str]]:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mypy",
+                "--config-file",
+                str(root / "pyproject.toml"),
+                "--cache-dir",
+                str(root / ".mypy_cache"),
+                "--no-error-summary",
+                "--show-error-codes",
+                *arguments,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=cwd,
+            check=False,
+        )
+        assert result.returncode in {0, 1}, f"mypy did not run:\n{result.stdout}{result.stderr}"
+        return [
+            (match["file"], int(match["line"]), match["message"])
+            for match in _MYPY_ERROR.finditer(result.stdout)
+        ]
+
+    return run

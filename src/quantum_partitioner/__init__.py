@@ -56,10 +56,14 @@ if TYPE_CHECKING:
     from ._simulate import Simulation as Simulation
     from ._stores import CacheEntry as CacheEntry
     from ._stores import CacheStore as CacheStore
+    from ._stores import InsecureCacheWarning as InsecureCacheWarning
     from ._stores import MemoryStore as MemoryStore
     from ._stores import SQLiteStore as SQLiteStore
     from ._strategies import select_execution_strategy as select_execution_strategy
     from ._strategies import select_optimal_workers as select_optimal_workers
+    from ._stream import AsyncResultStream as AsyncResultStream
+    from ._stream import ResultStream as ResultStream
+    from ._stream import UnitResult as UnitResult
     from ._trace import TraceRecorder as TraceRecorder
     from .backends import Backend as Backend
     from .backends._dask import DaskBackend as DaskBackend
@@ -101,8 +105,15 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "._progress": ("ProgressBar",),
     "._scheduler": ("Scheduler", "Transition"),
     "._simulate": ("Simulation",),
-    "._stores": ("CacheEntry", "CacheStore", "MemoryStore", "SQLiteStore"),
+    "._stores": (
+        "CacheEntry",
+        "CacheStore",
+        "InsecureCacheWarning",
+        "MemoryStore",
+        "SQLiteStore",
+    ),
     "._strategies": ("select_execution_strategy", "select_optimal_workers"),
+    "._stream": ("AsyncResultStream", "ResultStream", "UnitResult"),
     "._trace": ("TraceRecorder",),
     ".backends": ("Backend",),
     ".backends._dask": ("DaskBackend",),
@@ -137,6 +148,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AsyncResultStream",
     "Backend",
     "BrokenBackendError",
     "CacheEntry",
@@ -152,6 +164,7 @@ __all__ = [
     "ExecutionPlan",
     "ExponentialBackoff",
     "GraphError",
+    "InsecureCacheWarning",
     "Instrument",
     "InternalError",
     "MemoryStore",
@@ -159,6 +172,7 @@ __all__ = [
     "ProgressBar",
     "QuantumPartitioner",
     "QuantumUnit",
+    "ResultStream",
     "RetryPolicy",
     "RunFinished",
     "RunStarted",
@@ -172,6 +186,7 @@ __all__ = [
     "UnitCancelledError",
     "UnitFailed",
     "UnitFinished",
+    "UnitResult",
     "UnitRetrying",
     "UnitSkipped",
     "UnitSkippedError",

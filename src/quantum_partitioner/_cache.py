@@ -28,10 +28,16 @@ import logging
 import pickle
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Self
 
-from ._fingerprint import UnfingerprintableError, digest, fingerprint, function_fingerprint
-from ._graph import ExecutionMode, QuantumUnit, UnitState
+from ._fingerprint import (
+    ModuleMemo,
+    UnfingerprintableError,
+    digest,
+    fingerprint,
+    function_fingerprint,
+)
+from ._graph import ExecutionMode, ExecutionModeArg, QuantumUnit, R, T, UnitState
 from ._partitioner import QuantumPartitioner
 from ._stores import CacheEntry, CacheStore, MemoryStore, SQLiteStore
 
@@ -43,9 +49,6 @@ if TYPE_CHECKING:
     from ._run import Run
 
 __all__ = ["CacheStats", "CachingQuantumPartitioner"]
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 LOGGER = logging.getLogger("quantum_partitioner")
 
@@ -140,7 +143,13 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         cache_misses: Cacheable units that had to run, over every run.
 
     Raises:
-        ValueError: ``cache_path`` is not a cache store of this format version.
+        ValueError: ``cache_path`` is not a cache store of this format version, or is a
+            symbolic link.
+        OSError: ``cache_path`` is a directory or cannot be created, read or written (the
+            message names it).
+
+    Warns:
+        InsecureCacheWarning: ``cache_path`` exists and its group or others may write it.
 
     .. versionadded:: 0.1
     """
@@ -148,7 +157,7 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
     def __init__(
         self,
         max_workers: int | None = None,
-        default_execution_mode: ExecutionMode = ExecutionMode.THREAD,
+        default_execution_mode: ExecutionModeArg = ExecutionMode.THREAD,
         *,
         cache_path: str | os.PathLike[str] | None = None,
         cache_size_limit: int | None = None,
@@ -175,6 +184,8 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         self._counts = threading.Lock()
         # unit name -> (function, ignored names, fingerprint), taken by add_unit.
         self._fingerprints: dict[str, tuple[Callable[..., Any], tuple[str, ...], bytes]] = {}
+        # Module attributes the units added since the last run read (helpers.scale).
+        self._module_memo = ModuleMemo()
 
     def __repr__(self) -> str:
         """Name the mode, count the units and show the store."""
@@ -217,7 +228,7 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         if known is not None and known[0] is unit.function and known[1] == ignore:
             return known[2]
         try:
-            value = function_fingerprint(unit.function, frozenset(ignore))
+            value = function_fingerprint(unit.function, frozenset(ignore), self._module_memo)
         except UnfingerprintableError as error:
             raise TypeError(
                 f"unit {unit.id!r} is cacheable but its function cannot be fingerprinted: "
@@ -234,7 +245,10 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         units = run.graph.units
         if not any(unit.metadata.get("cacheable") for unit in units):
             return None
-        return _RunCache(self, run)
+        try:
+            return _RunCache(self, run)
+        finally:
+            self._module_memo.clear()  # units added after this run read modules afresh
 
     def _finish(self, run: Run) -> None:
         super()._finish(run)
@@ -273,7 +287,7 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         """Close the store (a SQLite file's connection); the partitioner is done with."""
         self.cache.close()
 
-    def __enter__(self) -> CachingQuantumPartitioner[T, R]:
+    def __enter__(self) -> Self:
         """Use the partitioner in a ``with`` block that closes its store."""
         return self
 

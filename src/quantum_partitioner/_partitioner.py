@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from ._errors import DuplicateUnitError, TaskError
 from ._events import Instrument, UnitFailed, UnitFinished, UnitRetrying, UnitSkipped, UnitStarted
 from ._graph import (
     ExecutionMode,
+    ExecutionModeArg,
     Graph,
     QuantumUnit,
+    R,
+    T,
+    UnitFunction,
     UnitState,
     _RunView,
     compile_graph,
@@ -29,6 +33,7 @@ from ._policies import RetryPolicy
 from ._progress import ProgressBar
 from ._run import Run, UnitCache
 from ._strategies import AdaptiveBackend, resource_balanced_backend
+from ._stream import AsyncResultStream, ResultStream, take_run_instruments
 from ._trace import TraceRecorder, export_spans, write_chrome_trace
 from .backends import (
     AsyncBackend,
@@ -45,10 +50,14 @@ if TYPE_CHECKING:
     from concurrent.futures import Executor
     from pathlib import Path
 
+    from ._context import ExecutionContext
+
 __all__ = ["QuantumPartitioner"]
 
-T = TypeVar("T")
-R = TypeVar("R")
+# The decorator form of add_unit returns the function it is given, its type intact.
+_Decorated = TypeVar("_Decorated", bound="Callable[[ExecutionContext], Any]")
+
+StrategyName = Literal["priority", "resource_balanced", "adaptive"]
 
 _FAILED_STATES = frozenset({UnitState.FAILED, UnitState.TIMEOUT})
 _STRATEGIES = ("priority", "resource_balanced", "adaptive")
@@ -101,7 +110,7 @@ class QuantumPartitioner(Generic[T, R]):
     def __init__(
         self,
         max_workers: int | None = None,
-        default_execution_mode: ExecutionMode = ExecutionMode.THREAD,
+        default_execution_mode: ExecutionModeArg = ExecutionMode.THREAD,
         *,
         retry_policy: RetryPolicy | None = None,
         instruments: list[Instrument] | tuple[Instrument, ...] = (),
@@ -145,7 +154,7 @@ class QuantumPartitioner(Generic[T, R]):
     @overload
     def add_unit(
         self,
-        fn: Callable[..., R],
+        fn: UnitFunction[R],
         dependencies: list[str] | None = None,
         name: str | None = None,
         timeout: float | None = None,
@@ -170,11 +179,11 @@ class QuantumPartitioner(Generic[T, R]):
         *,
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
-    ) -> Callable[[Callable[..., R]], Callable[..., R]]: ...
+    ) -> Callable[[_Decorated], _Decorated]: ...
 
     def add_unit(  # noqa: PLR0917 - the seed's positional signature
         self,
-        fn: Callable[..., R] | None = None,
+        fn: UnitFunction[R] | None = None,
         dependencies: list[str] | None = None,
         name: str | None = None,
         timeout: float | None = None,
@@ -184,7 +193,7 @@ class QuantumPartitioner(Generic[T, R]):
         *,
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
-    ) -> QuantumUnit[T, R] | Callable[[Callable[..., R]], Callable[..., R]]:
+    ) -> QuantumUnit[T, R] | Callable[[_Decorated], _Decorated]:
         """Add a unit; called without ``fn``, return a decorator that adds the function.
 
         Args:
@@ -209,7 +218,7 @@ class QuantumPartitioner(Generic[T, R]):
         """
         if fn is None:
 
-            def decorator(function: Callable[..., R]) -> Callable[..., R]:
+            def decorator(function: _Decorated) -> _Decorated:
                 self.add_unit(
                     function,
                     dependencies,
@@ -311,7 +320,7 @@ class QuantumPartitioner(Generic[T, R]):
     def execute(
         self,
         context: Mapping[str, Any] | None = None,
-        execution_mode: ExecutionMode | None = None,
+        execution_mode: ExecutionModeArg | None = None,
         max_workers: int | None = None,
         custom_executor: Executor | None = None,
         *,
@@ -405,10 +414,71 @@ class QuantumPartitioner(Generic[T, R]):
             _end(run, self._finish)
         return self._outcome(run, raise_on_error=raise_on_error)
 
+    def stream(
+        self,
+        context: Mapping[str, Any] | None = None,
+        *args: Any,
+        strategy: StrategyName | None = None,
+        **options: Any,
+    ) -> ResultStream:
+        """Run like :meth:`execute` and yield each unit's :class:`UnitResult` as it finishes.
+
+        It takes exactly :meth:`execute`'s arguments, and ``strategy=`` to run as
+        :meth:`execute_with_strategy` does (``"resource_balanced"``: mixed lanes). Use it
+        as::
+
+            with partitioner.stream(context, execution_mode=ExecutionMode.THREAD) as results:
+                for done in results:
+                    print(done.name, done.state, done.result if done.ok else done.error)
+                    if enough(done):
+                        break  # the rest of the run is cancelled, like cancel()
+
+        Records come in the order units reach a terminal state (completed, failed, timed
+        out, skipped, cancelled); the run goes on while the loop body runs, and records
+        wait in a queue for a slow consumer. Leaving the loop or the ``with`` block early
+        cancels what has not finished, exactly like :meth:`cancel`, and waits for the run
+        to end; completed results stay in :meth:`get_partial_results`. The run is driven
+        from a thread of its own (units of SEQUENTIAL mode run there, one at a time).
+
+        Raises:
+            GraphError: Bad input, from ``stream()`` itself, before any unit runs; so does
+                every other error :meth:`execute` raises before the run.
+            TaskError: With ``raise_on_error``, from the iteration after the last record.
+            KeyboardInterrupt: A unit running in this process raised it (or SystemExit):
+                from the iteration, after the records of what finished before.
+
+        .. versionadded:: 0.2
+        """
+        if strategy is not None:
+            if args:
+                raise TypeError("stream(strategy=...) takes keyword arguments only")
+            return ResultStream(
+                lambda: self.execute_with_strategy(context, strategy, **options),
+                lambda: self._active_run,
+            )
+        return ResultStream(
+            lambda: self.execute(context, *args, **options), lambda: self._active_run
+        )
+
+    def astream(
+        self, context: Mapping[str, Any] | None = None, *args: Any, **options: Any
+    ) -> AsyncResultStream:
+        """:meth:`stream` for ``async for``, running like :meth:`aexecute` on this loop.
+
+        It takes :meth:`aexecute`'s arguments. Use it as ``async with p.astream(ctx) as
+        results:`` and ``async for done in results:``; leaving the block cancels the rest
+        of the run (its coroutines are cancelled) and waits for it to end.
+
+        .. versionadded:: 0.2
+        """
+        return AsyncResultStream(
+            lambda: self.aexecute(context, *args, **options), lambda: self._active_run
+        )
+
     def _prepare(
         self,
         context: Mapping[str, Any] | None,
-        execution_mode: ExecutionMode | None,
+        execution_mode: ExecutionModeArg | None,
         max_workers: int | None,
         custom_executor: Executor | None,
         backend: Backend | None,
@@ -464,7 +534,7 @@ class QuantumPartitioner(Generic[T, R]):
 
     def _choose_backend(
         self,
-        execution_mode: ExecutionMode | None,
+        execution_mode: ExecutionModeArg | None,
         workers: int | None,
         custom_executor: Executor | None,
         backend: Backend | None,
@@ -504,7 +574,7 @@ class QuantumPartitioner(Generic[T, R]):
 
     def _run_instruments(self, *, progress: bool, trace: bool) -> list[Instrument]:
         """The partitioner's instruments, its callbacks, and those this run asked for."""
-        instruments = [*self.instruments, *self._callback_instruments()]
+        instruments = [*self.instruments, *self._callback_instruments(), *take_run_instruments()]
         if trace and not any(isinstance(i, TraceRecorder) for i in instruments):
             instruments.append(TraceRecorder())
         if progress:
@@ -563,7 +633,7 @@ class QuantumPartitioner(Generic[T, R]):
         return self.execute(context, **options)
 
     def execute_with_strategy(
-        self, context: Mapping[str, Any] | None, strategy: str, **options: Any
+        self, context: Mapping[str, Any] | None, strategy: StrategyName, **options: Any
     ) -> dict[str, R]:
         """Execute with a named strategy.
 

@@ -131,6 +131,11 @@ class Run:
         self.unit_metrics: dict[int, dict[str, Any]] = {}
         #: Where each unit ran, for backends that know (a Dask worker's address).
         self.unit_workers: dict[int, str] = {}
+        #: Where each attempt ran, for backends that know it per attempt: ``(index,
+        #: attempt)`` -> a slot that runs one attempt at a time ("process slot 2").
+        self.attempt_workers: dict[tuple[int, int], str] = {}
+        #: Workers started during the run: (slot, started, ready), in the run's clock.
+        self.worker_startups: list[tuple[str, float, float]] = []
         #: Completed units whose results stayed where they ran (a Dask cluster, not gathered):
         #: absent from :meth:`results`.
         self.withheld: set[int] = set()
@@ -148,7 +153,8 @@ class Run:
         #: must take no lock (a ``SimpleQueue.put``, a loop's ``call_soon_threadsafe``):
         #: :meth:`request_cancel` calls it from signal handlers too.
         self.wake: Callable[[], None] = _nothing
-        self._functions = [unit.function for unit in graph.units]
+        # Typed loosely: a unit declared sync may still return a coroutine (awaited below).
+        self._functions: list[Callable[..., Any]] = [unit.function for unit in graph.units]
         #: Whether each unit is a coroutine function, for drivers that run those apart.
         self.is_async = [inspect.iscoroutinefunction(f) for f in self._functions]
         self._names = graph.names
@@ -229,7 +235,11 @@ class Run:
         self.started_at = self.clock()
         if self.dispatcher.run_started:
             event = RunStarted(
-                len(self.graph), self.mode, self.max_workers, self.to_epoch(self.started_at)
+                len(self.graph),
+                self.mode,
+                self.max_workers,
+                self.to_epoch(self.started_at),
+                self.graph.units,
             )
             self.dispatcher.emit(self.dispatcher.run_started, event)
 

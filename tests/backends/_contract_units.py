@@ -179,43 +179,6 @@ def wait_for_gate(ctx: Any) -> bool:
     return True
 
 
-# -- raising what is not an ordinary error (issue 9 #1, #8) ------------------------------------
-
-
-class CustomBaseError(BaseException):
-    """A ``BaseException`` subclass of the user's own."""
-
-
-#: The exceptions ``raise_`` and ``async_raise`` raise, by name.
-RAISED: dict[str, type[BaseException]] = {
-    "KeyboardInterrupt": KeyboardInterrupt,
-    "SystemExit": SystemExit,
-    "GeneratorExit": GeneratorExit,
-    "CancelledError": asyncio.CancelledError,
-    "StopIteration": StopIteration,
-    "CustomBaseError": CustomBaseError,
-}
-
-
-def raise_(kind: str) -> partial[None]:
-    """A plain unit raising the exception ``RAISED[kind]``."""
-    return partial(_raise, kind)
-
-
-def _raise(kind: str, ctx: Any) -> None:
-    raise RAISED[kind]
-
-
-def async_raise(kind: str) -> partial[Any]:
-    """An ``async def`` unit raising the exception ``RAISED[kind]`` after yielding once."""
-    return partial(_async_raise, kind)
-
-
-async def _async_raise(kind: str, ctx: Any) -> None:
-    await asyncio.sleep(0)
-    raise RAISED[kind]
-
-
 # -- async def units -------------------------------------------------------------------------
 
 
@@ -243,6 +206,22 @@ async def async_key_error(ctx: Any) -> None:
     """An ``async def`` unit raising KeyError."""
     await asyncio.sleep(0)
     raise KeyError("missing")
+
+
+def logged_nap(log: str, seconds: float) -> partial[Any]:
+    """An ``async def`` unit that appends ``start <unit>`` to ``log``, sleeps, then ``end ...``.
+
+    Where a mode can stop a running attempt (a task cancelled, a worker killed), a cancelled
+    attempt never writes its ``end`` line.
+    """
+    return partial(_logged_nap, log, seconds)
+
+
+async def _logged_nap(log: str, seconds: float, ctx: Any) -> str:
+    append(log, f"start {ctx.unit_id}")
+    await asyncio.sleep(seconds)
+    append(log, f"end {ctx.unit_id}")
+    return ctx.unit_id
 
 
 # -- random DAGs (test_properties_run.py) ----------------------------------------------------
@@ -293,3 +272,43 @@ def append(path: str, line: str) -> None:
         os.write(fd, f"{line}\n".encode())
     finally:
         os.close(fd)
+
+
+# -- exceptions that are not errors ----------------------------------------------------------
+
+
+class CustomBaseException(BaseException):
+    """A BaseException subclass of the user's own (importable by name in every worker)."""
+
+
+BASE_EXCEPTIONS: dict[str, type[BaseException]] = {
+    "KeyboardInterrupt": KeyboardInterrupt,
+    "SystemExit": SystemExit,
+    "GeneratorExit": GeneratorExit,
+    "CancelledError": asyncio.CancelledError,
+    "CustomBaseException": CustomBaseException,
+}
+
+
+def raise_base_exception(name: str) -> partial[None]:
+    """A unit raising the exception named ``name`` (a key of ``RAISABLE``)."""
+    return partial(_raise_base_exception, name)
+
+
+#: What ``raise_base_exception`` can raise: the above, and StopIteration (an Exception that
+#: cannot be set on an asyncio future, issue 9 #1).
+RAISABLE: dict[str, type[BaseException]] = {**BASE_EXCEPTIONS, "StopIteration": StopIteration}
+
+
+def _raise_base_exception(name: str, ctx: Any) -> None:
+    raise RAISABLE[name](f"{ctx.unit_id} raised it")
+
+
+def async_raise_base_exception(name: str) -> partial[Any]:
+    """An ``async def`` unit raising ``RAISABLE[name]`` after yielding to its loop once."""
+    return partial(_async_raise_base_exception, name)
+
+
+async def _async_raise_base_exception(name: str, ctx: Any) -> None:
+    await asyncio.sleep(0)
+    raise RAISABLE[name](f"{ctx.unit_id} raised it")

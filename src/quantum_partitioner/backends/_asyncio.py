@@ -337,25 +337,23 @@ class AsyncBackend(Backend):
                     if abandoned is not None:
                         _abandon(abandoned, cleaning)
                 run.report(transitions)
-            for lane, gated in enumerate(needs_thread):
-                while limit is None or len(tasks) < limit:
-                    if gated and (plain is None or plain.free <= 0):
-                        break
-                    i = sched.start_next(now, lane)
-                    if i < 0:
-                        break
-                    attempt = sched.attempts[i]
-                    if run.dispatcher.unit_started:
-                        run.emit_started(i, attempt, now)
-                    called = None
-                    if is_async[i]:
-                        task = asyncio.create_task(call_async(run, i, attempt))
-                    else:
-                        assert plain is not None
-                        called = plain.start(i, attempt)
-                        task = asyncio.create_task(finish_plain(run, i, called))
-                    task.add_done_callback(functools.partial(on_done, i, attempt))
-                    tasks[i] = (attempt, task, called)
+            while limit is None or len(tasks) < limit:
+                lane = 0 if plain is None else self._next_lane(sched, needs_thread, plain)
+                i = sched.start_next(now, lane) if lane >= 0 else -1
+                if i < 0:
+                    break
+                attempt = sched.attempts[i]
+                if run.dispatcher.unit_started:
+                    run.emit_started(i, attempt, now)
+                called = None
+                if is_async[i]:
+                    task = asyncio.create_task(call_async(run, i, attempt))
+                else:
+                    assert plain is not None
+                    called = plain.start(i, attempt)
+                    task = asyncio.create_task(finish_plain(run, i, called))
+                task.add_done_callback(functools.partial(on_done, i, attempt))
+                tasks[i] = (attempt, task, called)
             while finished:
                 i, attempt, task = finished.pop()
                 current = tasks.get(i)
@@ -365,7 +363,7 @@ class AsyncBackend(Backend):
             if not sched.is_active() or (
                 sched.ready_count
                 and (limit is None or len(tasks) < limit)
-                and (plain is None or self._room_for_ready(sched, needs_thread, plain))
+                and (plain is None or self._next_lane(sched, needs_thread, plain) >= 0)
             ):
                 continue
             deadline = sched.next_deadline()
@@ -380,12 +378,13 @@ class AsyncBackend(Backend):
                 pass
 
     @staticmethod
-    def _room_for_ready(sched: Scheduler, needs_thread: list[bool], plain: PlainCalls) -> bool:
-        """Whether a ready unit could start now, counting free threads for plain functions."""
+    def _next_lane(sched: Scheduler, needs_thread: list[bool], plain: PlainCalls) -> int:
+        """The lane to start from: its best ready unit comes first in priority order.
+
+        A lane of plain functions counts only while a pool thread is free; -1: no lane.
+        """
         free = plain.free > 0
-        return any(
-            sched.ready_in(lane) and (free or not gated) for lane, gated in enumerate(needs_thread)
-        )
+        return sched.best_lane([free or not gated for gated in needs_thread])
 
     @staticmethod
     def _settle(run: Run, i: int, attempt: int, task: asyncio.Task[AttemptOutcome]) -> None:

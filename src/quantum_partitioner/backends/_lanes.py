@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 from .._errors import InternalError, UnitCancelledError, UnitInterrupt
-from ._base import Backend
+from ._base import Backend, CarriedBaseException
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -111,6 +111,11 @@ class FutureLane(Lane):
                 post((i, attempt, ok, value, metrics))
             elif isinstance(error, UnitInterrupt):
                 self._run.hand_over_interrupt(error.error)
+            elif isinstance(error, CarriedBaseException):  # raised in another process
+                carried = error.error.with_traceback(error.__traceback__)
+                if carried.__cause__ is None:  # a process pool's remote traceback
+                    carried.__cause__ = error.__cause__
+                post((i, attempt, False, carried, None))
             else:
                 post((i, attempt, False, error, None))
 
@@ -199,6 +204,7 @@ class LaneBackend(Backend):
         lane_of = sched.lane_of
         in_flight: dict[int, int] = {}  # unit -> attempt, for what the lanes hold
         started_hooks = run.dispatcher.unit_started
+        finished_hooks = run.dispatcher.unit_finished
         while sched.is_active():
             if run.cancel_requested.is_set():
                 for i, attempt in in_flight.items():
@@ -223,8 +229,10 @@ class LaneBackend(Backend):
                         run.emit_started(i, attempt, now)
                     if run.cache is not None and not lane.calls_in_process:
                         hit, value = run.cache.lookup(run, i)
-                        if hit:
-                            outcomes.put((i, attempt, True, value, None))
+                        if hit:  # served here: complete it now, and never store it again
+                            del in_flight[i]
+                            if sched.complete(i, attempt, value, now) >= 0 and finished_hooks:
+                                run.emit_finished(i, attempt, now)
                             continue
                     lane.submit(i, attempt)
             deadline = sched.next_deadline()
@@ -262,7 +270,7 @@ class LaneBackend(Backend):
                 run.unit_metrics[i] = metrics
             current = sched.complete(i, attempt, value, now) >= 0
             if current and run.cache is not None and not lane.calls_in_process:
-                run.cache.remember(run, i, value)
+                run.cache.remember(run, i, value)  # a fresh result: hits never come here
             if current and run.dispatcher.unit_finished:
                 run.emit_finished(i, attempt, now)
         else:

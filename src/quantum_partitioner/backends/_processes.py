@@ -16,13 +16,27 @@ stop one running call on a timeout. Here the driver knows which unit each worker
 
 Workers are fresh interpreters (``python -m quantum_partitioner._process_worker``), started
 in their own session so terminal signals reach only the parent, which stops them; they exit
-by themselves if the parent dies. Each worker reports ``ready`` before it gets work, so a
-unit's timeout never counts a worker's start-up.
+by themselves if the parent dies. Each worker imports the modules the run's functions come
+from, then reports ``ready`` before it gets work, so neither a unit's timeout nor its
+duration counts a worker's start-up (the trace shows it as its own slice).
+
+Each worker holds a *slot*, ``0 .. max_workers - 1``; a replacement takes the slot of the
+worker it replaces, and each attempt is recorded with its slot (``Run.attempt_workers``), so
+traces and reports draw one track per slot: never more than could run at once.
+
+Until it is ready, a worker's stderr is a pipe the reader thread collects (then it switches to
+the caller's stderr and what it wrote is passed on). A worker that exits before it is ready
+(a broken ``sitecustomize``, a module on the path shadowing one the worker imports) is
+replaced, but after ``_MAX_FAILED_STARTS`` such exits in a row the lane stops trying and the
+driver raises :class:`BrokenBackendError` with the last one's exit status and stderr: the run
+ends (completed results kept) instead of spawning workers forever.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 import pickle
 import signal
@@ -30,11 +44,12 @@ import subprocess
 import sys
 import threading
 import weakref
+from collections import deque
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from .._errors import WorkerDiedError
+from .._errors import BrokenBackendError, WorkerDiedError, describe_exit
 from ._lanes import Lane, LaneBackend
 
 if TYPE_CHECKING:
@@ -44,6 +59,13 @@ if TYPE_CHECKING:
     from ._lanes import Outcome
 
 __all__ = ["ProcessBackend", "ProcessLane"]
+
+LOGGER = logging.getLogger("quantum_partitioner")
+
+#: Workers in a row that may exit before they are ready before the lane gives up.
+_MAX_FAILED_STARTS = 3
+#: How much of a worker's start-up stderr is kept (its end) for the error message.
+_START_LOG_BYTES = 4096
 
 
 class RemoteTraceback(Exception):  # noqa: N818 - named after concurrent.futures'
@@ -65,24 +87,50 @@ class RemoteUnitError(Exception):
 
 def _load_cloudpickle() -> Any:
     try:
-        import cloudpickle  # noqa: PLC0415 - an optional dependency, loaded when needed
-    except ImportError:  # pragma: no cover - the extra is part of the test install
+        import cloudpickle  # noqa: PLC0415 - loaded by the runs that send functions
+    except ImportError:  # pragma: no cover - a dependency of the package, so installed with it
         raise ImportError(
-            "ExecutionMode.PROCESS needs cloudpickle: pip install 'quantum-partitioner[processes]'"
+            "ExecutionMode.PROCESS needs cloudpickle, a dependency of quantum-partitioner "
+            "that is missing: pip install cloudpickle"
         ) from None
     return cloudpickle
 
 
 class _Worker:
-    __slots__ = ("functions", "has_context", "inbox", "job", "outbox", "process", "ready")
+    __slots__ = (
+        "functions",
+        "has_context",
+        "inbox",
+        "job",
+        "outbox",
+        "process",
+        "ready",
+        "slot",
+        "spawned_at",
+        "start_log",
+        "start_stderr",
+        "started",
+    )
 
     def __init__(
-        self, process: subprocess.Popen[bytes], inbox: Connection, outbox: Connection
+        self,
+        process: subprocess.Popen[bytes],
+        inbox: Connection,
+        outbox: Connection,
+        start_stderr: int,
     ) -> None:
+        #: Its place among the lane's workers, as traces name it ("process slot 1").
+        self.slot = ""
+        #: When it was started (the run's clock), until it is ready.
+        self.spawned_at: float | None = None
         self.process = process
         self.inbox = inbox  # we write attempts here
         self.outbox = outbox  # the worker writes outcomes here
-        self.ready = False
+        #: The read end of the worker's stderr until it is ready (-1 once closed).
+        self.start_stderr = start_stderr
+        self.start_log = bytearray()
+        self.started = False  # it said it is ready once
+        self.ready = False  # it may be given an attempt
         self.job: tuple[int, int] | None = None
         self.has_context = False
         self.functions: set[int] = set()
@@ -109,6 +157,13 @@ class ProcessLane(Lane):
         self._closing = False
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
+        #: Attempts whose idle worker died before it had them (between ``has_room`` and
+        #: ``submit``, or while they were sent): they go to the next idle worker (its
+        #: replacement) before any new attempt.
+        self._held: deque[tuple[int, int]] = deque()
+        self._failed_starts = 0
+        #: Why workers cannot start, once the lane gave up on them.
+        self._broken: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -122,12 +177,16 @@ class ProcessLane(Lane):
             self._context_blob = context_blob
             self._functions: dict[int, tuple[Any, bytes | BaseException]] = {}
             self._closing = False
+            self._held.clear()
+            self._failed_starts = 0
+            self._broken = None
             for worker in self._workers:  # reused: each gets this run's context and functions
                 worker.has_context = False
                 worker.functions = set()
             starting = self._reader is None
             if starting:
                 self._wake_r, self._wake_w = os.pipe()
+            self._preload = _modules_of(run)
             for _ in range(min(self.size, max(1, len(run.graph))) - len(self._workers)):
                 self._spawn()
         if starting:
@@ -155,22 +214,43 @@ class ProcessLane(Lane):
         """Start one worker (hold the lock)."""
         child_in, parent_out = os.pipe()
         parent_in, child_out = os.pipe()
+        start_r, start_w = os.pipe()  # its stderr until it is ready
+        try:
+            console = os.dup(2)  # its stderr from then on: ours
+        except OSError:  # we have none (a daemon): neither has it
+            console = os.open(os.devnull, os.O_WRONLY)
         env = dict(os.environ)
         # The worker imports the caller's modules by name, so it gets the caller's path.
         env["PYTHONPATH"] = os.pathsep.join(p or str(Path.cwd()) for p in sys.path)
+        env.update(self._preload)
         command = [sys.executable, "-m", "quantum_partitioner._process_worker"]
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [*command, str(child_in), str(child_out), str(os.getpid())],
-            pass_fds=(child_in, child_out),
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-        os.close(child_in)
-        os.close(child_out)
+        try:
+            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [*command, str(child_in), str(child_out), str(os.getpid()), str(console)],
+                pass_fds=(child_in, child_out, console),
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stderr=start_w,
+                env=env,
+            )
+        except BaseException:
+            for fd in (parent_out, parent_in, start_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (child_in, child_out, start_w, console):
+                os.close(fd)
         worker = _Worker(
-            process, Connection(parent_out, readable=False), Connection(parent_in, writable=False)
+            process,
+            Connection(parent_out, readable=False),
+            Connection(parent_in, writable=False),
+            start_r,
         )
+        taken = {w.slot for w in self._workers}
+        worker.slot = next(
+            name for k in range(1, len(taken) + 2) if (name := f"process slot {k}") not in taken
+        )  # the lowest free one: a replacement takes the slot of the worker it replaces
+        worker.spawned_at = self._run.clock()
         self._workers.append(worker)
         self._wake_reader()
 
@@ -180,6 +260,12 @@ class ProcessLane(Lane):
 
     def close(self, *, cancel: bool) -> None:
         """End the run: keep idle workers if reusing, else stop them all."""
+        run = self._run
+        with self._lock:
+            for worker in self._workers:  # still starting: its start-up lasted the run out
+                if worker.spawned_at is not None:
+                    run.worker_startups.append((worker.slot, worker.spawned_at, run.clock()))
+                    worker.spawned_at = None
         if self.reuse and not cancel:
             with self._lock:
                 busy = [w for w in self._workers if w.job is not None]
@@ -213,6 +299,7 @@ class ProcessLane(Lane):
         for worker in workers:
             worker.inbox.close()
             worker.outbox.close()
+            _close_start_stderr(worker)
         os.close(self._wake_r)
         os.close(self._wake_w)
         with self._lock:
@@ -222,17 +309,32 @@ class ProcessLane(Lane):
     # -- the driver's side -----------------------------------------------------------------
 
     def has_room(self) -> bool:
-        """Whether a started worker is idle."""
-        with self._lock:
-            return any(w.ready and w.job is None for w in self._workers)
+        """Whether a started worker is idle (held attempts take idle workers first).
+
+        Raises:
+            BrokenBackendError: Workers keep exiting before they are ready; says why.
+        """
+        while True:
+            with self._lock:
+                if self._broken is not None:
+                    raise BrokenBackendError(self._broken)
+                idle = any(w.ready and w.job is None for w in self._workers)
+                if not idle or not self._held:
+                    return idle
+                i, attempt = self._held.popleft()
+            self.submit(i, attempt)
 
     def submit(self, i: int, attempt: int) -> None:
         """Send the attempt to an idle worker, or fail it if it cannot be pickled."""
         run = self._run
         unit = run.graph.units[i]
         with self._lock:
-            worker = next(w for w in self._workers if w.ready and w.job is None)
+            worker = next((w for w in self._workers if w.ready and w.job is None), None)
+            if worker is None:  # the idle worker has_room() saw has died since
+                self._held.append((i, attempt))
+                return
             worker.job = (i, attempt)
+        run.attempt_workers[i, attempt] = worker.slot
         try:
             messages = self._messages_for(worker, i, attempt)
         except Exception as error:
@@ -243,8 +345,12 @@ class ProcessLane(Lane):
         try:
             for message in messages:
                 worker.inbox.send_bytes(message)
-        except OSError:
-            pass  # the worker died; the reader sees it and fails this attempt
+        except OSError:  # the worker died before it had the attempt: it never started
+            with self._lock:
+                if worker.job == (i, attempt):  # not yet failed by the reader: hold it
+                    worker.job = None
+                    worker.ready = False
+                    self._held.append((i, attempt))
         else:
             worker.has_context = True
             worker.functions.add(id(unit.function))
@@ -297,6 +403,8 @@ class ProcessLane(Lane):
     def abandon(self, i: int, attempt: int) -> None:
         """Kill the worker running that attempt; a new one replaces it."""
         with self._lock:
+            with contextlib.suppress(ValueError):
+                self._held.remove((i, attempt))  # held: it never started
             for worker in self._workers:
                 if worker.job == (i, attempt):
                     worker.job = None  # its death is expected: nothing to report
@@ -311,12 +419,20 @@ class ProcessLane(Lane):
             with self._lock:
                 if self._closing and not self._workers:
                     return
-                watched = {w.outbox: w for w in self._workers}
+                watched: dict[Connection | int, _Worker] = {w.outbox: w for w in self._workers}
+                for w in self._workers:
+                    if w.start_stderr >= 0:
+                        watched[w.start_stderr] = w
             ready = wait([*watched, self._wake_r])
             for conn in ready:
                 if conn == self._wake_r:
                     with contextlib.suppress(OSError):
                         os.read(self._wake_r, 4096)
+                    continue
+                if isinstance(conn, int):
+                    worker = watched[conn]
+                    if conn == worker.start_stderr:  # not closed (and reused) since
+                        _read_start_log(worker)
                     continue
                 assert isinstance(conn, Connection)
                 worker = watched[conn]
@@ -333,8 +449,20 @@ class ProcessLane(Lane):
     def _receive(self, worker: _Worker, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "ready":
+            run = self._run
+            if worker.spawned_at is not None:  # shown as its own slice, on its slot's track
+                run.worker_startups.append((worker.slot, worker.spawned_at, run.clock()))
+                worker.spawned_at = None
+            # The worker switched to our stderr before it said so: what it wrote until
+            # then is all in the pipe, and belongs on our stderr too.
+            _drain_start_log(worker)
+            if worker.start_log:
+                with contextlib.suppress(OSError):
+                    os.write(2, worker.start_log)
+            worker.start_log = bytearray()
             with self._lock:
-                worker.ready = True
+                worker.started = worker.ready = True
+                self._failed_starts = 0
             self._post(None)  # the driver may have work for it
             return
         with self._lock:
@@ -360,19 +488,104 @@ class ProcessLane(Lane):
         except subprocess.TimeoutExpired:
             _kill(worker)
             exitcode = worker.process.wait()
+        _drain_start_log(worker)
         with self._lock:
             if worker in self._workers:
                 self._workers.remove(worker)
             job, worker.job = worker.job, None
-            if not self._closing:
-                self._spawn()
+            if not worker.started and not self._closing:
+                self._failed_start(worker, exitcode)
+            if not self._closing and self._broken is None:
+                try:
+                    self._spawn()
+                except OSError as error:  # out of processes or descriptors
+                    self._broken = f"cannot start a worker process: {error}"
+                    LOGGER.exception("PROCESS backend: %s", self._broken)
         worker.inbox.close()
         worker.outbox.close()
+        if self._broken is not None:
+            self._post(None)  # the driver raises it at its next step
         if job is not None:
             i, attempt = job
             self._post(
                 (i, attempt, False, WorkerDiedError(self._run.graph.names[i], exitcode), None)
             )
+
+    def _failed_start(self, worker: _Worker, exitcode: int) -> None:
+        """A worker exited before it was ready: log why; give up after too many (hold the lock)."""
+        self._failed_starts += 1
+        log = bytes(worker.start_log).decode("utf-8", "replace").strip()
+        why = f"{describe_exit(exitcode)}, " + (
+            f"its stderr ending:\n{log}" if log else "with nothing on stderr"
+        )
+        LOGGER.warning("PROCESS backend: a worker exited before it was ready (%s)", why)
+        if self._failed_starts >= _MAX_FAILED_STARTS:
+            self._broken = (
+                f"worker processes cannot start: {self._failed_starts} in a row exited before "
+                f"they were ready; the last one {why}"
+            )
+
+
+def _read_start_log(worker: _Worker) -> bool:
+    """Keep the end of what a starting worker writes on stderr; close the pipe at its end.
+
+    Returns whether there may be more to read.
+    """
+    try:
+        data = os.read(worker.start_stderr, 65536)
+    except BlockingIOError:
+        return False
+    except OSError:
+        data = b""
+    if not data:
+        _close_start_stderr(worker)
+        return False
+    worker.start_log += data
+    del worker.start_log[:-_START_LOG_BYTES]
+    return True
+
+
+def _drain_start_log(worker: _Worker) -> None:
+    """Read what is left in a worker's start-up stderr (it no longer writes there)."""
+    if worker.start_stderr < 0:
+        return
+    os.set_blocking(worker.start_stderr, False)  # a child of its own may still hold it
+    while _read_start_log(worker):
+        pass
+    _close_start_stderr(worker)
+
+
+def _close_start_stderr(worker: _Worker) -> None:
+    if worker.start_stderr >= 0:
+        with contextlib.suppress(OSError):
+            os.close(worker.start_stderr)
+        worker.start_stderr = -1
+
+
+def _modules_of(run: Run) -> dict[str, str]:
+    """The modules the run's functions live in, for workers to import as they start.
+
+    Returned as the worker's environment entry that names them.
+
+    Importing them is part of a worker's start-up, not of the first unit it runs. Functions
+    of ``__main__`` travel by value, so that module is never imported.
+    """
+    modules: set[str] = set()
+    seen: set[int] = set()
+    for unit in run.graph.units:
+        fn: Any = unit.function
+        if id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        while isinstance(fn, functools.partial):
+            fn = fn.func
+        module = getattr(fn, "__module__", None)
+        if isinstance(module, str) and module != "__main__":
+            modules.add(module)
+    # The worker module needs cloudpickle, which open() has just found.
+    from .._process_worker import PRELOAD_VARIABLE  # noqa: PLC0415
+
+    return {PRELOAD_VARIABLE: ",".join(sorted(modules))}
 
 
 def _rebuild_error(message: tuple[Any, ...]) -> BaseException:
