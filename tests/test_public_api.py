@@ -34,6 +34,7 @@ INTERNAL = {
     "quantum_partitioner._demo": "*",
     # Backend plumbing, shared between backends.
     "quantum_partitioner.backends._asyncio": {"call_async", "check_no_running_loop"},
+    "quantum_partitioner.backends._base": {"CarriedBaseException", "check_sendable", "root_cause"},
     "quantum_partitioner.backends._executor": {"call_unit"},
     "quantum_partitioner.backends._lanes": {"FutureLane", "Outcome", "Post"},
 }
