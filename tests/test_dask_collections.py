@@ -251,12 +251,11 @@ def test_execution_mode_and_worker_options_are_forwarded():
         qd.Scheduler(execution_mode=ExecutionMode.CUSTOM)
 
 
-def test_process_mode_runs_lambdas():
-    """PROCESS mode sends each task (lambdas included) to worker processes."""
+@pytest.mark.parametrize("mode", ["sequential", "thread", "process", "async"])
+def test_every_mode_runs_a_collection(mode):
+    """Each mode runs a bag of lambdas (PROCESS sends them to worker processes)."""
     bag = db.from_sequence(range(10), npartitions=2).map(lambda v: v * v)
-    assert dask.compute(bag.sum(), scheduler=qd.get, execution_mode="process", max_workers=2) == (
-        285,
-    )
+    assert dask.compute(bag.sum(), scheduler=qd.get, execution_mode=mode, max_workers=2) == (285,)
 
 
 def test_last_run_exports_trace_report_and_timings(tmp_path):
