@@ -131,6 +131,11 @@ class Run:
         self.unit_metrics: dict[int, dict[str, Any]] = {}
         #: Where each unit ran, for backends that know (a Dask worker's address).
         self.unit_workers: dict[int, str] = {}
+        #: Where each attempt ran, for backends that know it per attempt: ``(index,
+        #: attempt)`` -> a slot that runs one attempt at a time ("process slot 2").
+        self.attempt_workers: dict[tuple[int, int], str] = {}
+        #: Workers started during the run: (slot, started, ready), in the run's clock.
+        self.worker_startups: list[tuple[str, float, float]] = []
         #: Completed units whose results stayed where they ran (a Dask cluster, not gathered):
         #: absent from :meth:`results`.
         self.withheld: set[int] = set()

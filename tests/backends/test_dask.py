@@ -601,6 +601,47 @@ def test_ctrl_c_cancels_the_run_on_the_cluster_and_keeps_results(client):
     time.sleep(0.8)
 
 
+# -- stream() --------------------------------------------------------------------------------
+
+
+def test_stream_yields_records_with_results_gathered_or_futures(client):
+    """On Dask a record carries the result when gathered, the unit's future otherwise."""
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: 21, name="streamed_a")
+    p.add_unit(lambda ctx: ctx["streamed_a"] * 2, ["streamed_a"], name="streamed_b")
+    p.add_unit(units.exploding_unit, name="streamed_boom")
+    with p.stream(backend=DaskBackend(client, gather=["streamed_b"])) as results:
+        records = {done.name: done for done in results}
+    assert set(records) == set(p.units)
+    assert records["streamed_b"].result == 42
+    assert isinstance(records["streamed_a"].result, distributed.Future)
+    assert records["streamed_boom"].state is UnitState.FAILED
+    assert not records["streamed_boom"].ok
+
+
+def test_breaking_out_of_a_stream_leaves_nothing_on_the_cluster(backend, client, tmp_path):
+    """break: the units not finished are CANCELED, their tasks leave the cluster, none runs."""
+    marker = tmp_path / "after-ran"
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: "done", name="squick", priority=10)
+    p.add_unit(units.sleep_then, name="sslow")
+    p.add_unit(units.touch, ["sslow"], name="safter")
+    with p.stream({"seconds": 1.0, "marker": str(marker)}, backend=backend) as results:
+        for done in results:
+            assert done.name == "squick"
+            break
+    assert p._active_run is None
+    assert states(p) == {
+        "squick": UnitState.COMPLETED,
+        "sslow": UnitState.CANCELED,
+        "safter": UnitState.CANCELED,
+    }
+    assert p.get_partial_results() == {"squick": "done"}
+    assert wait_for(lambda: not run_keys(client, "sslow-") and not run_keys(client, "safter-"))
+    time.sleep(1.2)  # sslow's thread has finished on its worker: safter would have run
+    assert not marker.exists()
+
+
 # -- results stay on the workers ----------------------------------------------------------------
 
 

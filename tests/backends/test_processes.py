@@ -30,6 +30,7 @@ from quantum_partitioner import (
 )
 from quantum_partitioner._graph import Graph, QuantumUnit
 from quantum_partitioner._run import Run
+from quantum_partitioner._trace import chrome_trace, layout
 from quantum_partitioner.backends import ProcessBackend, _processes
 from quantum_partitioner.backends._processes import ProcessLane
 
@@ -430,3 +431,52 @@ def test_missing_cloudpickle_names_the_package_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "cloudpickle", None)
     with pytest.raises(ImportError, match=r"pip install cloudpickle$"):
         _processes._load_cloudpickle()
+
+
+# -- traces: one track per slot, start-up as its own slice ----------------------------------
+
+
+def test_trace_has_one_track_per_slot_and_start_up_as_its_own_slice(tmp_path):
+    """2 workers, one of which dies: 2 tracks, the replacement on the dead one's slot.
+
+    Workers import the units' module (0.6 s) while they start, so no unit pays for it.
+    """
+    here = str(Path(__file__).parent)
+    if here not in sys.path:  # workers import the module by name, from the caller's path
+        sys.path.insert(0, here)
+    import _slow_import_units as slow  # noqa: PLC0415 - needs the sys.path entry
+
+    qp = QuantumPartitioner(max_workers=2)
+    for k in range(8):
+        qp.add_unit(slow.nap, name=f"nap_{k}", priority=10 if k < 2 else 0)
+    qp.add_unit(slow.die, ["nap_0"], name="die", priority=5)
+    qp.execute(execution_mode=PROCESS, trace=True)
+    assert qp.units["die"].state is UnitState.FAILED
+    run = qp._last_run
+    lay = layout(run, qp._last_recorder)
+    assert set(lay.tracks) <= {"process slot 1", "process slot 2"}
+    assert all(unit.execution_time < slow.IMPORT_SECONDS for unit in qp.units.values())
+    # A start-up (cut short if the run ended first) never overlaps an attempt on its track.
+    assert len(lay.startups) >= 2  # the first worker and the replacement at least
+    assert max(ready - start for _, start, ready in lay.startups) >= slow.IMPORT_SECONDS
+    for track, start, ready in lay.startups:
+        for a, on in zip(lay.attempts, lay.track_of, strict=True):
+            if on == track:
+                assert a.end <= start + 1e-3 or a.start >= ready - 1e-3, (a, start, ready)
+    died = next(a for a in lay.attempts if a.unit_id == "die")
+    died_on = lay.track_of[lay.attempts.index(died)]
+    assert any(t == died_on and start >= died.start for t, start, _ in lay.startups)
+    trace = chrome_trace(run, qp._last_recorder)
+    slices = [e for e in trace["traceEvents"] if e.get("cat") == "startup"]
+    assert len(slices) == len(lay.startups)
+    assert {e["name"] for e in slices} == {"worker start-up"}
+
+
+def test_report_draws_worker_start_up(tmp_path):
+    """The HTML report's timeline has a start-up bar for a PROCESS run's worker."""
+    qp = QuantumPartitioner(max_workers=1)
+    qp.add_unit(lambda ctx: 1, name="one")
+    qp.execute(execution_mode=PROCESS)
+    html = qp.write_report(tmp_path / "report.html").read_text()
+    assert 'class="bar startup"' in html
+    assert "worker start-up" in html
