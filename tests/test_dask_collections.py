@@ -258,6 +258,18 @@ def test_every_mode_runs_a_collection(mode):
     assert dask.compute(bag.sum(), scheduler=qd.get, execution_mode=mode, max_workers=2) == (285,)
 
 
+def reciprocal(x):
+    return 1 / x
+
+
+@pytest.mark.parametrize("mode", ["sequential", "thread", "process", "async"])
+def test_every_mode_raises_the_tasks_own_exception(mode):
+    """In each mode a failing task's exception comes back as itself, traceback included."""
+    with pytest.raises(ZeroDivisionError) as info:
+        dask.compute(dask.delayed(reciprocal)(0), scheduler=qd.get, execution_mode=mode)
+    assert info.traceback[-1].name == "reciprocal"
+
+
 def test_last_run_exports_trace_report_and_timings(tmp_path):
     """Scheduler(trace=True) keeps the run: Chrome trace, HTML report, per-task timings."""
     sched = qd.Scheduler(trace=True, max_workers=2)
