@@ -245,6 +245,10 @@ def test_execution_mode_and_worker_options_are_forwarded():
     threads.clear()
     dask.compute(*tasks, scheduler=qd.get, num_workers=1)
     assert len(threads) == 1
+    threads.clear()
+    sched = qd.Scheduler(max_workers=1)
+    dask.compute(*tasks, scheduler=sched.get, execution_mode="sequential")  # per computation
+    assert threads == {threading.current_thread().name}
     with pytest.raises(ValueError, match="max_workers"):
         qd.Scheduler(max_workers=0)
     with pytest.raises(ValueError, match="CUSTOM"):
