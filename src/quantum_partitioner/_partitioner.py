@@ -8,7 +8,6 @@ runtime attributes, the results, ``get_failed_units()`` and ``last_execution_met
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
@@ -45,6 +44,7 @@ from .backends import (
     ThreadBackend,
 )
 from .backends._asyncio import check_no_running_loop
+from .backends._pool import default_thread_workers
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -83,11 +83,6 @@ def _check_mode(value: object) -> ExecutionMode:
             pass
     known = ", ".join(mode.name for mode in ExecutionMode)
     raise ValueError(f"unknown execution mode {value!r}; use one of ExecutionMode.{{{known}}}")
-
-
-def default_thread_workers() -> int:
-    """The thread pool size when none is given, as ``ThreadPoolExecutor`` chooses it."""
-    return min(32, (os.cpu_count() or 1) + 4)
 
 
 class QuantumPartitioner(Generic[T, R]):
@@ -371,12 +366,14 @@ class QuantumPartitioner(Generic[T, R]):
             progress=progress,
             trace=trace,
         )
-        run.begin()
         try:
+            run.begin()  # its hooks may raise KeyboardInterrupt too: inside the cleanup
             chosen.run(run)
+        except BaseException as error:
+            _interrupted(run, error)
+            raise
         finally:
-            run.end()
-            self._finish(run)
+            _end(run, self._finish)
         return self._outcome(run, raise_on_error=raise_on_error)
 
     async def aexecute(
@@ -407,12 +404,14 @@ class QuantumPartitioner(Generic[T, R]):
             trace=trace,
         )
         assert isinstance(chosen, AsyncBackend)
-        run.begin()
         try:
+            run.begin()  # its hooks may raise KeyboardInterrupt too: inside the cleanup
             await chosen.arun(run)
+        except BaseException as error:
+            _interrupted(run, error)
+            raise
         finally:
-            run.end()
-            self._finish(run)
+            _end(run, self._finish)
         return self._outcome(run, raise_on_error=raise_on_error)
 
     def stream(
@@ -779,6 +778,24 @@ class QuantumPartitioner(Generic[T, R]):
         from ._report import render_dot  # noqa: PLC0415 - only pictures need subprocess
 
         return render_dot(self.build_execution_plan().visualize(), path, format)
+
+
+def _interrupted(run: Run, error: BaseException) -> None:
+    """Cancel what a run left unfinished when ``error`` escaped it.
+
+    Backends do this themselves; this covers an interrupt that came before the backend
+    started (in a ``run_started`` hook, say), so no unit stays PENDING.
+    """
+    if run.scheduler.is_active():
+        run.report(run.interrupt("interrupted", error))
+
+
+def _end(run: Run, finish: Callable[[Run], None]) -> None:
+    """Close the run's record; release the partitioner even if a ``run_finished`` hook raises."""
+    try:
+        run.end()
+    finally:
+        finish(run)
 
 
 class _OnStart(Instrument):

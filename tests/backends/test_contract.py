@@ -676,6 +676,7 @@ def test_base_exceptions_raised_in_a_worker_process_fail_only_that_unit(mode):
         assert unit.state is UnitState.FAILED, name
         assert type(unit.error) is kind
         assert str(unit.error) == f"{name} raised it"
+        assert "_raise_base_exception" in unit.traceback  # the worker's traceback
         assert p.units[f"after {name}"].state is UnitState.SKIPPED
 
 

@@ -87,10 +87,11 @@ class RemoteUnitError(Exception):
 
 def _load_cloudpickle() -> Any:
     try:
-        import cloudpickle  # noqa: PLC0415 - an optional dependency, loaded when needed
-    except ImportError:  # pragma: no cover - the extra is part of the test install
+        import cloudpickle  # noqa: PLC0415 - loaded by the runs that send functions
+    except ImportError:  # pragma: no cover - a dependency of the package, so installed with it
         raise ImportError(
-            "ExecutionMode.PROCESS needs cloudpickle: pip install 'quantum-partitioner[processes]'"
+            "ExecutionMode.PROCESS needs cloudpickle, a dependency of quantum-partitioner "
+            "that is missing: pip install cloudpickle"
         ) from None
     return cloudpickle
 
@@ -156,8 +157,9 @@ class ProcessLane(Lane):
         self._closing = False
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
-        #: Attempts whose idle worker died between ``has_room`` and ``submit``: they go to
-        #: the next idle worker (its replacement) before any new attempt.
+        #: Attempts whose idle worker died before it had them (between ``has_room`` and
+        #: ``submit``, or while they were sent): they go to the next idle worker (its
+        #: replacement) before any new attempt.
         self._held: deque[tuple[int, int]] = deque()
         self._failed_starts = 0
         #: Why workers cannot start, once the lane gave up on them.
@@ -213,7 +215,10 @@ class ProcessLane(Lane):
         child_in, parent_out = os.pipe()
         parent_in, child_out = os.pipe()
         start_r, start_w = os.pipe()  # its stderr until it is ready
-        console = os.dup(2)  # its stderr from then on: ours
+        try:
+            console = os.dup(2)  # its stderr from then on: ours
+        except OSError:  # we have none (a daemon): neither has it
+            console = os.open(os.devnull, os.O_WRONLY)
         env = dict(os.environ)
         # The worker imports the caller's modules by name, so it gets the caller's path.
         env["PYTHONPATH"] = os.pathsep.join(p or str(Path.cwd()) for p in sys.path)
@@ -340,8 +345,12 @@ class ProcessLane(Lane):
         try:
             for message in messages:
                 worker.inbox.send_bytes(message)
-        except OSError:
-            pass  # the worker died; the reader sees it and fails this attempt
+        except OSError:  # the worker died before it had the attempt: it never started
+            with self._lock:
+                if worker.job == (i, attempt):  # not yet failed by the reader: hold it
+                    worker.job = None
+                    worker.ready = False
+                    self._held.append((i, attempt))
         else:
             worker.has_context = True
             worker.functions.add(id(unit.function))
