@@ -367,11 +367,8 @@ class QuantumPartitioner(Generic[T, R]):
             trace=trace,
         )
         try:
-            run.begin()  # its hooks may raise KeyboardInterrupt too: inside the cleanup
+            _begin(run)  # its hooks may raise KeyboardInterrupt too: inside the cleanup
             chosen.run(run)
-        except BaseException as error:
-            _interrupted(run, error)
-            raise
         finally:
             _end(run, self._finish)
         return self._outcome(run, raise_on_error=raise_on_error)
@@ -405,11 +402,8 @@ class QuantumPartitioner(Generic[T, R]):
         )
         assert isinstance(chosen, AsyncBackend)
         try:
-            run.begin()  # its hooks may raise KeyboardInterrupt too: inside the cleanup
+            _begin(run)  # its hooks may raise KeyboardInterrupt too: inside the cleanup
             await chosen.arun(run)
-        except BaseException as error:
-            _interrupted(run, error)
-            raise
         finally:
             _end(run, self._finish)
         return self._outcome(run, raise_on_error=raise_on_error)
@@ -780,14 +774,16 @@ class QuantumPartitioner(Generic[T, R]):
         return render_dot(self.build_execution_plan().visualize(), path, format)
 
 
-def _interrupted(run: Run, error: BaseException) -> None:
-    """Cancel what a run left unfinished when ``error`` escaped it.
+def _begin(run: Run) -> None:
+    """Start the run's record; if a ``run_started`` hook interrupts it, cancel every unit.
 
-    Backends do this themselves; this covers an interrupt that came before the backend
-    started (in a ``run_started`` hook, say), so no unit stays PENDING.
+    Once the backend drives the run, it cancels what is unfinished itself.
     """
-    if run.scheduler.is_active():
+    try:
+        run.begin()
+    except BaseException as error:
         run.report(run.interrupt("interrupted", error))
+        raise
 
 
 def _end(run: Run, finish: Callable[[Run], None]) -> None:
