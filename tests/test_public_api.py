@@ -327,6 +327,7 @@ partitioner.add_unit(lambda: 1)  # E: arg-type
 partitioner.execute({}, execution_mode="processes")  # E: arg-type
 QuantumPartitioner(default_execution_mode="threads")  # E: arg-type
 partitioner.execute_with_strategy({}, "fastest")  # E: arg-type
+partitioner.stream({}, strategy="fastest")  # E: arg-type
 doubles(3)  # E: arg-type
 typed: QuantumPartitioner[Any, int] = QuantumPartitioner()
 typed.add_unit(lambda ctx: "text")  # E: arg-type
