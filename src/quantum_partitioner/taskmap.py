@@ -1,8 +1,8 @@
-"""The seed's TaskMap engine, as a thin functional layer over the same scheduler.
+"""The TaskMap engine of the original API, as a thin functional layer over the same scheduler.
 
 A task map is a dict ``name -> (fn, dependencies)``; each function is called as ``fn(ctx)``
 exactly like a partitioner's unit. Runs raise :class:`TaskError` (with ``errors``,
-``partial_results`` and ``failed_tasks``) when a task fails, as the seed's code expects::
+``partial_results`` and ``failed_tasks``) when a task fails, as code written for it expects::
 
     from quantum_partitioner.taskmap import TaskMap, run_parallel_threads
 
@@ -42,7 +42,7 @@ TaskSpec: TypeAlias = "tuple[UnitFunction[Any], Iterable[str]] | UnitFunction[An
 
 
 class TaskMap:
-    """Named tasks with dependencies, plus the seed's callbacks.
+    """Named tasks with dependencies, plus callbacks.
 
     Args:
         tasks: ``name -> (fn, dependencies)``; a bare ``fn`` means no dependencies.
