@@ -39,7 +39,7 @@ async def call_async(run: Run, i: int, attempt: int) -> tuple[Any, dict[str, Any
     """Run one attempt on the current loop: await a coroutine unit, thread a plain one."""
     cache = run.cache
     if cache is not None:
-        hit, cached = cache.lookup(run, i)
+        hit, cached = run.lookup_cached(i)
         if hit:
             return cached, None
     function = run.graph.units[i].function
@@ -229,7 +229,7 @@ class AsyncBackend(Backend):
         if error is None:
             value, metrics = task.result()
             if metrics:
-                run.unit_metrics[i] = metrics
+                run.keep_metrics(i, metrics)
             if sched.complete(i, attempt, value, now) >= 0 and run.dispatcher.unit_finished:
                 run.emit_finished(i, attempt, now)
         else:

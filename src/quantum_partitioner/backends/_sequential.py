@@ -2,8 +2,11 @@
 
 This is the reference semantics and it is deterministic: the same graph always runs in the
 same order. A unit cannot be interrupted in the calling thread, so a unit that returns after
-its timeout is marked TIMEOUT and its result discarded. While a retry waits for its backoff,
-other ready units run; the thread sleeps only when nothing else can.
+its timeout is marked TIMEOUT and its result discarded, and the run's deadline is checked
+between units. While a retry waits for its backoff, other ready units run; the thread sleeps
+only when nothing else can. Concurrency limits are met trivially (one attempt at a time); a
+rate limit is honoured by waiting for the best unit's token, not by running another unit
+first, so the order stays the same.
 """
 
 from __future__ import annotations
@@ -41,6 +44,15 @@ class SequentialBackend(Backend):
         attempts = sched.attempts
         dispatcher = run.dispatcher
         started_hooks, finished_hooks = dispatcher.unit_started, dispatcher.unit_finished
+        woken = threading.Event()
+        previous_wake = run.wake
+
+        def wake() -> None:
+            woken.set()
+
+        run.wake = wake
+        if sched.gate is not None:
+            sched.gate.in_order = True
         try:
             while sched.is_active():
                 if run.cancel_requested.is_set():
@@ -51,7 +63,7 @@ class SequentialBackend(Backend):
                     report(sched.advance(now))
                 i = start_next(now)
                 if i < 0:
-                    _sleep_until_deadline(run, now)
+                    _sleep_until_deadline(run, now, woken)
                     continue
                 attempt = attempts[i]
                 if started_hooks:
@@ -68,13 +80,19 @@ class SequentialBackend(Backend):
         except BaseException as error:
             report(run.interrupt("interrupted", error))
             raise
+        finally:
+            run.wake = previous_wake
 
 
-def _sleep_until_deadline(run: Run, now: float) -> None:
+def _sleep_until_deadline(run: Run, now: float, woken: threading.Event) -> None:
     sched = run.scheduler
     deadline = sched.next_deadline()
     if deadline is None:
-        raise InternalError("no unit is ready, running or waiting, yet the run is not over")
-    if deadline > now:
+        if not sched.waiting_on_limits:
+            raise InternalError("no unit is ready, running or waiting, yet the run is not over")
+        # A limit another run holds: its release (or cancel()) wakes this run.
+        woken.wait()
+    elif deadline > now:
         # cancel() cuts the wait short; far deadlines are waited for in steps.
-        run.cancel_requested.wait(min(deadline - now, threading.TIMEOUT_MAX))
+        woken.wait(min(deadline - now, threading.TIMEOUT_MAX))
+    woken.clear()

@@ -93,6 +93,11 @@ class _ThreadPool:
         run, sched, lock = self.run, self.sched, self.lock
         clock = run.clock
         previous_wake, run.wake = run.wake, self._wake
+        gate = sched.gate
+        if gate is not None:
+            # Wake-ups of other runs sharing a limit are delivered outside this pool's lock.
+            gate.defer_wakes = True
+            gate.on_new_deadline = self._deadline_added
         try:
             for _ in range(self.size):
                 self._spawn()
@@ -113,6 +118,9 @@ class _ThreadPool:
                         if t.was_running:
                             self._retire(t.index)
                     self._wake_workers()
+                    wakes = gate.take_wakes() if gate is not None and gate.pending_wakes else []
+                for other in wakes:
+                    other()
                 run.report(transitions)
             if run.cancel_requested.is_set():
                 with lock:
@@ -151,6 +159,11 @@ class _ThreadPool:
 
     def _wake(self) -> None:
         with self.lock:
+            self.main.notify()
+
+    def _deadline_added(self, at: float) -> None:
+        """A limit's next token is due at ``at`` (called under the lock): wake the driver."""
+        if at < self.wake_at:
             self.main.notify()
 
     def _spawn(self) -> None:
@@ -199,11 +212,15 @@ class _ThreadPool:
         started_hooks = run.dispatcher.unit_started
         finished_hooks = run.dispatcher.unit_finished
         work, main = self.work, self.main
+        gate = sched.gate
+        # With a run deadline every running unit may have to be abandoned, not only timed ones.
+        own_all = sched.run_deadline is not None
         i, attempt, ok = -1, 0, True
         value: Any = None
         while True:
             transitions: list[Transition] = []
             finished = False
+            wakes = None
             with lock:
                 now = clock()
                 if i >= 0:
@@ -238,7 +255,14 @@ class _ThreadPool:
                         owner[nxt] = me
                         if now + timeout < self.wake_at:
                             main.notify()
+                    elif own_all:
+                        owner[nxt] = me
                     next_attempt = attempts[nxt]
+                if gate is not None and gate.pending_wakes:
+                    wakes = gate.take_wakes()
+            if wakes:
+                for other in wakes:
+                    other()
             if finished:
                 run.emit_finished(i, attempt, done_at)
             if transitions:
