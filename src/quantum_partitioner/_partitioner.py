@@ -13,14 +13,18 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from ._errors import DuplicateUnitError, TaskError
 from ._events import Instrument, UnitFailed, UnitFinished, UnitRetrying, UnitSkipped, UnitStarted
 from ._graph import (
     ExecutionMode,
+    ExecutionModeArg,
     Graph,
     QuantumUnit,
+    R,
+    T,
+    UnitFunction,
     UnitState,
     _RunView,
     compile_graph,
@@ -48,10 +52,14 @@ if TYPE_CHECKING:
     from concurrent.futures import Executor
     from pathlib import Path
 
+    from ._context import ExecutionContext
+
 __all__ = ["QuantumPartitioner"]
 
-T = TypeVar("T")
-R = TypeVar("R")
+# The decorator form of add_unit returns the function it is given, its type intact.
+_Decorated = TypeVar("_Decorated", bound="Callable[[ExecutionContext], Any]")
+
+StrategyName = Literal["priority", "resource_balanced", "adaptive"]
 
 _FAILED_STATES = frozenset({UnitState.FAILED, UnitState.TIMEOUT})
 _STRATEGIES = ("priority", "resource_balanced", "adaptive")
@@ -119,7 +127,7 @@ class QuantumPartitioner(Generic[T, R]):
     def __init__(
         self,
         max_workers: int | None = None,
-        default_execution_mode: ExecutionMode = ExecutionMode.THREAD,
+        default_execution_mode: ExecutionModeArg = ExecutionMode.THREAD,
         *,
         retry_policy: RetryPolicy | None = None,
         instruments: list[Instrument] | tuple[Instrument, ...] = (),
@@ -164,7 +172,7 @@ class QuantumPartitioner(Generic[T, R]):
     @overload
     def add_unit(
         self,
-        fn: Callable[..., R],
+        fn: UnitFunction[R],
         dependencies: list[str] | None = None,
         name: str | None = None,
         timeout: float | None = None,
@@ -191,11 +199,11 @@ class QuantumPartitioner(Generic[T, R]):
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
         limits: list[str] | dict[str, int] | None = None,
-    ) -> Callable[[Callable[..., R]], Callable[..., R]]: ...
+    ) -> Callable[[_Decorated], _Decorated]: ...
 
     def add_unit(  # noqa: PLR0917 - the seed's positional signature
         self,
-        fn: Callable[..., R] | None = None,
+        fn: UnitFunction[R] | None = None,
         dependencies: list[str] | None = None,
         name: str | None = None,
         timeout: float | None = None,
@@ -206,7 +214,7 @@ class QuantumPartitioner(Generic[T, R]):
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
         limits: list[str] | dict[str, int] | None = None,
-    ) -> QuantumUnit[T, R] | Callable[[Callable[..., R]], Callable[..., R]]:
+    ) -> QuantumUnit[T, R] | Callable[[_Decorated], _Decorated]:
         """Add a unit; called without ``fn``, return a decorator that adds the function.
 
         Args:
@@ -234,7 +242,7 @@ class QuantumPartitioner(Generic[T, R]):
         """
         if fn is None:
 
-            def decorator(function: Callable[..., R]) -> Callable[..., R]:
+            def decorator(function: _Decorated) -> _Decorated:
                 self.add_unit(
                     function,
                     dependencies,
@@ -440,7 +448,7 @@ class QuantumPartitioner(Generic[T, R]):
     def execute(
         self,
         context: Mapping[str, Any] | None = None,
-        execution_mode: ExecutionMode | None = None,
+        execution_mode: ExecutionModeArg | None = None,
         max_workers: int | None = None,
         custom_executor: Executor | None = None,
         *,
@@ -543,7 +551,7 @@ class QuantumPartitioner(Generic[T, R]):
     def _prepare(
         self,
         context: Mapping[str, Any] | None,
-        execution_mode: ExecutionMode | None,
+        execution_mode: ExecutionModeArg | None,
         max_workers: int | None,
         custom_executor: Executor | None,
         backend: Backend | None,
@@ -607,7 +615,7 @@ class QuantumPartitioner(Generic[T, R]):
 
     def _choose_backend(
         self,
-        execution_mode: ExecutionMode | None,
+        execution_mode: ExecutionModeArg | None,
         workers: int | None,
         custom_executor: Executor | None,
         backend: Backend | None,
@@ -706,7 +714,7 @@ class QuantumPartitioner(Generic[T, R]):
         return self.execute(context, **options)
 
     def execute_with_strategy(
-        self, context: Mapping[str, Any] | None, strategy: str, **options: Any
+        self, context: Mapping[str, Any] | None, strategy: StrategyName, **options: Any
     ) -> dict[str, R]:
         """Execute with a named strategy.
 
