@@ -338,3 +338,19 @@ def test_pause_limit_from_a_unit_holds_back_the_next_start():
     assert stats.peak == 1
     assert p.last_execution_metrics is not None
     assert p.last_execution_metrics["unit_times"]["second"]["waited"] >= 0.15
+
+
+def test_simulate_respects_concurrency_and_rate_limits():
+    """plan.simulate(workers=N) shows a concurrency limit's and a rate limit's effect."""
+    p = QuantumPartitioner()
+    p.add_limit("gpu", concurrency=1)
+    for k in range(4):
+        p.add_unit(noop, name=f"g{k}", limits=["gpu"], metadata={"estimated_duration": 2.0})
+    assert p.build_execution_plan().simulate(workers=4).makespan == 8.0
+    q = QuantumPartitioner()
+    api = q.add_limit("api", per_second=0.5)
+    for k in range(3):
+        q.add_unit(noop, name=f"a{k}", limits=["api"], metadata={"estimated_duration": 1.0})
+    sim = q.build_execution_plan().simulate(workers=3)
+    assert sorted(sim.starts.values()) == [0.0, 2.0, 4.0]
+    assert api.tokens == 1.0  # the real bucket is untouched

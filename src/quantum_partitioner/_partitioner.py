@@ -324,6 +324,7 @@ class QuantumPartitioner(Generic[T, R]):
                     f"cannot add limit {limit.name!r} while this partitioner is executing"
                 )
             self._limits[limit.name] = limit
+            self._plan = None  # its simulations read the limits
         return limit
 
     @property
@@ -440,7 +441,7 @@ class QuantumPartitioner(Generic[T, R]):
             CircularDependencyError: The dependencies form a cycle (``.cycle`` has its path).
         """
         if self._plan is None or self._graph is None:
-            self._plan = ExecutionPlan(self._compiled(), self.units)
+            self._plan = ExecutionPlan(self._compiled(), self.units, self._limits)
         return self._plan
 
     # -- running ---------------------------------------------------------------------------
