@@ -281,3 +281,13 @@ def raise_base_exception(name: str) -> partial[None]:
 
 def _raise_base_exception(name: str, ctx: Any) -> None:
     raise BASE_EXCEPTIONS[name](f"{ctx.unit_id} raised it")
+
+
+def async_sleep(seconds: float, value: Any) -> partial[Any]:
+    """An ``async def`` unit sleeping ``seconds`` on the loop, then returning ``value``."""
+    return partial(_async_sleep, seconds, value)
+
+
+async def _async_sleep(seconds: float, value: Any, ctx: Any) -> Any:
+    await asyncio.sleep(seconds)
+    return value

@@ -137,3 +137,31 @@ def test_a_failed_or_timed_out_unit_gives_its_slots_back(mode):
     assert p.units["boom"].state is UnitState.FAILED
     assert p.units["stuck"].state is UnitState.TIMEOUT
     assert p.limit_stats()["gpu"].released_at_timeout == 1
+
+
+def test_one_limit_spans_the_lanes_of_a_resource_balanced_run():
+    """cpu (processes), io (threads) and async units share one limit: never two at once."""
+    p = QuantumPartitioner(max_workers=2)
+    p.add_limit("shared", concurrency=1)
+    names = []
+    for kind in ("cpu", "io", "async"):
+        for k in range(2):
+            name = f"{kind}{k}"
+            names.append(name)
+            function = u.async_sleep(0.1, name) if kind == "async" else u.sleep(0.1, name)
+            p.add_unit(function, name=name, limits=["shared"], metadata={"resource_type": kind})
+    results = p.execute_with_strategy(None, "resource_balanced")
+    assert results == {name: name for name in names}
+    assert peak_overlap(p, names) == 1
+
+
+def test_deadline_stops_every_lane_of_a_resource_balanced_run():
+    """deadline= kills the worker process, cancels the task and abandons the thread."""
+    p = QuantumPartitioner(max_workers=2)
+    for kind in ("cpu", "io", "async"):
+        function = u.async_sleep(3.0, kind) if kind == "async" else u.sleep(3.0, kind)
+        p.add_unit(function, name=kind, metadata={"resource_type": kind})
+    began = time.perf_counter()
+    assert p.execute_with_strategy(None, "resource_balanced", deadline=1.0) == {}
+    assert time.perf_counter() - began < 2.5
+    assert {unit.state for unit in p.units.values()} == {UnitState.CANCELED}
