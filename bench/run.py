@@ -35,6 +35,11 @@ What is measured:
   ``asyncio.gather``) then running, and ``asyncio.gather`` over all of them. N units
   (``--n``), fanout and layered.
 
+* limits: a THREAD run of no-op units each naming one unsaturated limit, beside the same
+  run without limits (target: under 1.3x), and the makespan of 1,000 units sleeping 10 ms
+  under ``concurrency=4`` in THREAD and ASYNC mode against the ideal 2.5 s (target: within
+  5%); see ``limits_section.py``.
+
 Why ratios matter more than absolute times: this runs on small shared machines (2 cores,
 other jobs, frequency scaling), where absolute microseconds move by tens of percent from
 one run to the next. A ratio against a peer measured moments earlier in the same process,
@@ -49,7 +54,7 @@ Parallel speed-ups need idle cores: on a machine where other jobs hold a core, t
 section's speed-ups drop whatever the code does (the load averages it prints tell).
 
 Usage: ``python bench/run.py [--quick] [--n N] [--repeat R] [--process-n N] [--cpu-units U]
-[--cpu-ms MS] [--only time,memory,process,cpu,async]``.
+[--cpu-ms MS] [--only time,memory,process,cpu,async,cache,dask,limits]``.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from harness import (
     measure_peak,
     time_runner,
 )
+from limits_section import LIMITS_SECTION
 from peer_runners import (
     DASK_MULTIPROCESSING,
     DASK_SYNC,
@@ -596,5 +597,6 @@ SECTIONS: dict[str, Section] = {
         ASYNC_SECTION,
         CACHE_SECTION,
         DASK_SECTION,
+        LIMITS_SECTION,
     )
 }

@@ -22,6 +22,7 @@ from quantum_partitioner import (
     UnitState,
 )
 from quantum_partitioner._graph import compile_graph
+from quantum_partitioner._limits import LimitPlan
 
 PENDING = UnitState.PENDING
 RUNNING = UnitState.RUNNING
@@ -49,7 +50,7 @@ def limited(spec, *, priorities=None, timeouts=None, deps=None):
     ]
     graph = compile_graph(units)
     needs = {graph.index[name]: wanted for name, wanted in spec.items() if wanted}
-    return Scheduler(graph, limits=needs)
+    return Scheduler(graph, limits=LimitPlan.compile(needs))
 
 
 def start(sched, now=0.0):

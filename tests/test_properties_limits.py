@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from quantum_partitioner import ExponentialBackoff, Limit, QuantumUnit, RetryPolicy, Scheduler
 from quantum_partitioner._graph import compile_graph
+from quantum_partitioner._limits import LimitPlan
 
 EXACT = RetryPolicy(backoff=ExponentialBackoff(initial=0.5, jitter=0))
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -100,7 +101,7 @@ def play(case: Case, limits: list[Limit] | None) -> Record:
     if limits is not None:
         needs = {i: {limits[k]: s for k, s in want.items()} for i, want in enumerate(case.needs)}
         needs = {i: want for i, want in needs.items() if want} or None
-    sched = Scheduler(graph, retry_policy=EXACT, limits=needs)
+    sched = Scheduler(graph, retry_policy=EXACT, limits=LimitPlan.compile(needs or {}))
     running: list[tuple[float, int, int]] = []  # (end, unit, attempt)
     started: dict[tuple[int, int], float] = {}
     attempts: list[tuple[int, float, float]] = []

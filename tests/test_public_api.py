@@ -24,7 +24,13 @@ INTERNAL = {
     "quantum_partitioner._render": {"STATE_COLOURS", "to_dot", "to_mermaid"},
     "quantum_partitioner._simulate": {"simulate"},
     # The scheduler's side of named limits and their argument checks (add_limit is public).
-    "quantum_partitioner._limits": {"LimitGate", "check_limit_name", "normalize_unit_limits"},
+    "quantum_partitioner._limits": {
+        "LimitGate",
+        "LimitPlan",
+        "check_limit_name",
+        "compile_limits",
+        "normalize_unit_limits",
+    },
     "quantum_partitioner._metrics": {"build_metrics"},
     # Implementation of execute_with_strategy().
     "quantum_partitioner._strategies": {

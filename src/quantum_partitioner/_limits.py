@@ -42,7 +42,17 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["Limit", "LimitGate", "LimitStats", "check_limit_name", "normalize_unit_limits"]
+    from ._graph import Graph
+
+__all__ = [
+    "Limit",
+    "LimitGate",
+    "LimitPlan",
+    "LimitStats",
+    "check_limit_name",
+    "compile_limits",
+    "normalize_unit_limits",
+]
 
 #: Guards every Limit's counters. One lock for all limits makes taking several at once
 #: atomic without a lock order; it is held for a few arithmetic steps only.
@@ -169,11 +179,6 @@ class Limit:
                 return now + (slots - tokens) / self.per_second
         return _NO_WAIT
 
-    def _take(self, slots: int) -> None:
-        self.held += slots
-        if self.per_second is not None:
-            self.tokens -= slots
-
     # -- public ----------------------------------------------------------------------------
 
     def pause(self, until: float) -> None:
@@ -228,11 +233,38 @@ class LimitStats:
 Needs = tuple[tuple[int, Limit, int], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class LimitPlan:
+    """The limits a graph's units name, compiled once (the partitioner caches it per graph).
+
+    Attributes:
+        limits: The distinct limits, by limit id.
+        needs: Per unit index that names limits, its needs.
+    """
+
+    limits: tuple[Limit, ...]
+    needs: Mapping[int, Needs]
+
+    @classmethod
+    def compile(cls, wanted: Mapping[int, Mapping[Limit, int]]) -> LimitPlan | None:
+        """Index ``{unit index: {limit: slots}}``; None when no unit names a limit."""
+        ids: dict[Limit, int] = {}
+        needs: dict[int, Needs] = {}
+        for i, row in wanted.items():
+            if row:
+                needs[i] = tuple(
+                    (ids.setdefault(limit, len(ids)), limit, slots) for limit, slots in row.items()
+                )
+        if not needs:
+            return None
+        return cls(tuple(ids), needs)
+
+
 class LimitGate:
     """One scheduler's limits: who needs what, who holds what, who waits where.
 
     Args:
-        needs: Per unit index that names limits, its ``{limit: slots}``.
+        plan: The compiled limits of the graph's units.
         position_of: Each unit's position in the scheduler's order (lower is better).
         by_position: The unit at each position.
         push_ready: Put a unit back in the scheduler's ready queue.
@@ -243,24 +275,14 @@ class LimitGate:
 
     def __init__(
         self,
-        needs: Mapping[int, Mapping[Limit, int]],
+        plan: LimitPlan,
         position_of: Sequence[int],
         by_position: Sequence[int],
         push_ready: Callable[[int], None],
     ) -> None:
-        """Index the limits the units name."""
-        ids: dict[Limit, int] = {}
-        self.limits: list[Limit] = []
-        self.needs: dict[int, Needs] = {}
-        for i, wanted in needs.items():
-            row = []
-            for limit, slots in wanted.items():
-                lid = ids.get(limit)
-                if lid is None:
-                    lid = ids[limit] = len(self.limits)
-                    self.limits.append(limit)
-                row.append((lid, limit, slots))
-            self.needs[i] = tuple(row)
+        """Prepare one run's state over the compiled limits."""
+        self.limits = plan.limits
+        self.needs = plan.needs
         count = len(self.limits)
         self._position_of = position_of
         self._by_position = by_position
@@ -271,8 +293,8 @@ class LimitGate:
         self.waiting: list[list[int]] = [[] for _ in range(count)]
         self.waiting_count = 0
         #: ``(time, limit id)``: when a waiting limit may have room again.
-        self._due: list[tuple[float, int]] = []
-        self._due_at: list[float] = [math.inf] * count
+        self.due: list[tuple[float, int]] = []
+        self.due_at: list[float] = [math.inf] * count
         #: Set (from any thread) when another run released a limit this gate waits on.
         self.nudged = False
         #: Called (from any thread) after ``nudged`` is set; the scheduler's owner sets it.
@@ -322,14 +344,14 @@ class LimitGate:
     @property
     def has_deadlines(self) -> bool:
         """Whether :meth:`advance` may have work (cheap)."""
-        return bool(self._due) or self.nudged
+        return bool(self.due) or self.nudged
 
     def next_deadline(self) -> float | None:
         """When a waiting limit may have room again; ``-inf`` when nudged; else None."""
         if self.nudged:
             return _NO_WAIT
-        due = self._due
-        while due and due[0][0] != self._due_at[due[0][1]]:
+        due = self.due
+        while due and due[0][0] != self.due_at[due[0][1]]:
             heapq.heappop(due)  # superseded
         return due[0][0] if due else None
 
@@ -346,8 +368,30 @@ class LimitGate:
         probe = self.probe
         if probe is not None and probe(i):
             return True
-        pos = self._position_of[i]
         waiting = self.waiting
+        if len(needs) == 1:  # the common case: one concurrency limit, nobody waiting
+            ((lid, limit, slots),) = needs
+            with _LOCK:
+                concurrency = limit.concurrency
+                held = limit.held + slots
+                if (
+                    not waiting[lid]
+                    and limit.per_second is None
+                    and limit.paused_until <= now
+                    and (concurrency is None or held <= concurrency)
+                ):
+                    limit.held = held
+                    peak = self.peak
+                    if held > peak[lid]:  # noqa: PLR1730 - cheaper than max() on the hot path
+                        peak[lid] = held
+                    self.starts[lid] += 1
+                    self.holding[i] = needs
+                    if self.wait_since:
+                        since = self.wait_since.pop(i, None)
+                        if since is not None:
+                            self._end_wait(i, now - since)
+                    return True
+        pos = self._position_of[i]
         blocked = -1
         until = _NO_WAIT
         with _LOCK:
@@ -356,20 +400,30 @@ class LimitGate:
                 if heap and heap[0] < pos:
                     blocked, until = lid, math.inf  # a better unit waits here: it has first call
                     break
+                if limit.per_second is None and limit.paused_until <= now:
+                    concurrency = limit.concurrency  # the common case, inline
+                    if concurrency is not None and limit.held + slots > concurrency:
+                        blocked, until = lid, math.inf
+                        break
+                    continue
                 until = limit._room_at(slots, now)
                 if until != _NO_WAIT:
                     blocked = lid
                     break
             if blocked < 0:
+                peak, starts = self.peak, self.starts
                 for lid, limit, slots in needs:
-                    limit._take(slots)
-                    held = limit.held
-                    self.peak[lid] = max(self.peak[lid], held)
-                    self.starts[lid] += 1
+                    held = limit.held + slots
+                    limit.held = held
+                    if limit.per_second is not None:
+                        limit.tokens -= slots
+                    peak[lid] = max(peak[lid], held)
+                    starts[lid] += 1
                 self.holding[i] = needs
-                since = self.wait_since.pop(i, None) if self.wait_since else None
-                if since is not None:
-                    self._end_wait(i, now - since)
+                if self.wait_since:
+                    since = self.wait_since.pop(i, None)
+                    if since is not None:
+                        self._end_wait(i, now - since)
                 return True
             # Pushed under the lock: a release in another run now sees this waiter.
             heapq.heappush(waiting[blocked], pos)
@@ -398,17 +452,20 @@ class LimitGate:
         needs = self.holding.pop(i, None)
         if needs is None:
             return
-        key = self._key
-        others: dict[int, Callable[[], None]] = {}
+        others: dict[int, Callable[[], None]] | None = None
         with _LOCK:
-            for lid, limit, slots in needs:
+            for _, limit, slots in needs:
                 limit.held -= slots
-                if timed_out:
-                    self.released_at_timeout[lid] += 1
                 if len(limit._listeners) > 1:  # shared with a run going on elsewhere
+                    key = self._key
+                    if others is None:
+                        others = {}
                     others.update((k, f) for k, f in limit._listeners.items() if k != key)
+        waiting = self.waiting
         for lid, _, _ in needs:
-            if self.waiting[lid]:
+            if timed_out:
+                self.released_at_timeout[lid] += 1
+            if waiting[lid]:
                 self._promote(lid, now)
         if others:
             if self.defer_wakes:
@@ -429,11 +486,11 @@ class LimitGate:
             for lid, heap in enumerate(self.waiting):
                 if heap:
                     self._promote(lid, now)
-        due = self._due
+        due = self.due
         while due and due[0][0] <= now:
             at, lid = heapq.heappop(due)
-            if at == self._due_at[lid]:
-                self._due_at[lid] = math.inf
+            if at == self.due_at[lid]:
+                self.due_at[lid] = math.inf
                 self._promote(lid, now)
 
     def clear(self) -> None:
@@ -441,8 +498,8 @@ class LimitGate:
         for heap in self.waiting:
             heap.clear()
         self.waiting_count = 0
-        self._due.clear()
-        self._due_at = [math.inf] * len(self.limits)
+        self.due.clear()
+        self.due_at = [math.inf] * len(self.limits)
 
     def forget(self, i: int, now: float) -> None:
         """Unit ``i`` ended while waiting or holding (cancelled): settle its record."""
@@ -453,9 +510,9 @@ class LimitGate:
     # -- internals -------------------------------------------------------------------------
 
     def _set_due(self, lid: int, at: float) -> None:
-        if at < self._due_at[lid]:
-            self._due_at[lid] = at
-            heapq.heappush(self._due, (at, lid))
+        if at < self.due_at[lid]:
+            self.due_at[lid] = at
+            heapq.heappush(self.due, (at, lid))
             hook = self.on_new_deadline
             if hook is not None:
                 hook(at)
@@ -494,6 +551,22 @@ class LimitGate:
             self._set_due(lid, free_at)
         for i in moved:
             self._push_ready(i)
+
+
+def compile_limits(graph: Graph, named: Mapping[str, Limit]) -> LimitPlan | None:
+    """The limits ``graph``'s units name, compiled against ``named``; None if none does.
+
+    Names no limit of ``named`` has are left out (the partitioner refuses them first).
+    """
+    if not named:
+        return None
+    return LimitPlan.compile(
+        {
+            i: {named[name]: slots for name, slots in unit.limits.items() if name in named}
+            for i, unit in enumerate(graph.units)
+            if unit.limits
+        }
+    )
 
 
 def _nothing() -> None:

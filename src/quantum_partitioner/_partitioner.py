@@ -30,7 +30,14 @@ from ._graph import (
     compile_graph,
     validate_unit,
 )
-from ._limits import Limit, LimitStats, check_limit_name, normalize_unit_limits
+from ._limits import (
+    Limit,
+    LimitPlan,
+    LimitStats,
+    check_limit_name,
+    compile_limits,
+    normalize_unit_limits,
+)
 from ._metrics import build_metrics
 from ._plan import ExecutionPlan
 from ._policies import RetryPolicy
@@ -159,6 +166,8 @@ class QuantumPartitioner(Generic[T, R]):
         self._active_run: Run | None = None
         self._lock = threading.Lock()
         self._limits: dict[str, Limit] = {}
+        #: The compiled limits of the last graph: ``(graph, limits by name, plan)``.
+        self._limit_plan: tuple[Graph, dict[str, Limit], LimitPlan | None] | None = None
 
     def __repr__(self) -> str:
         """Name the mode and count the units."""
@@ -359,6 +368,20 @@ class QuantumPartitioner(Generic[T, R]):
             )
             for k, limit in enumerate(gate.limits)
         }
+
+    def _compiled_limits(self, graph: Graph) -> LimitPlan | None:
+        """The units' limits, checked and compiled for ``graph``, reused while neither changes.
+
+        Raises:
+            ValueError: A unit names an unknown limit or more slots than it has.
+        """
+        cached = self._limit_plan
+        if cached is not None and cached[0] is graph and cached[1] == self._limits:
+            return cached[2]
+        self._check_limits()  # the units or the limits changed: check them again
+        plan = compile_limits(graph, self._limits)
+        self._limit_plan = (graph, dict(self._limits), plan)
+        return plan
 
     def _check_limits(self) -> None:
         """Refuse units naming unknown limits or more slots than a limit has, before a run."""
@@ -574,7 +597,7 @@ class QuantumPartitioner(Generic[T, R]):
         if isinstance(chosen, AsyncBackend) and not from_loop:
             check_no_running_loop()
         graph = self._compiled()
-        self._check_limits()
+        limit_plan = self._compiled_limits(graph)
         instruments = self._run_instruments(progress=progress, trace=trace)
         run = Run(
             graph,
@@ -587,6 +610,7 @@ class QuantumPartitioner(Generic[T, R]):
             lane_of=chosen.lane_of(graph),
             limits=self._limits,
             deadline=run_deadline,
+            limit_plan=limit_plan,
         )
         run.cache = self._cache_for(run)
         with self._lock:

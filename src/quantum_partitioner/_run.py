@@ -30,12 +30,13 @@ from ._events import (
     UnitStarted,
 )
 from ._graph import Graph, UnitState
+from ._limits import compile_limits
 from ._scheduler import Scheduler, Transition
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
 
-    from ._limits import Limit
+    from ._limits import Limit, LimitPlan
     from ._policies import RetryPolicy
 
 __all__ = ["Run"]
@@ -83,6 +84,8 @@ class Run:
         lane_of: Each unit's lane, for backends that run units in several places.
         cache: Serves and stores results of cacheable units.
         limits: The named limits units may name in their ``limits``, by name.
+        limit_plan: Those limits compiled for ``graph`` (a caller may cache it); by default
+            compiled here.
         deadline: Seconds after :meth:`begin` at which every unfinished unit is cancelled.
     """
 
@@ -100,6 +103,7 @@ class Run:
         cache: UnitCache | None = None,
         limits: Mapping[str, Limit] | None = None,
         deadline: float | None = None,
+        limit_plan: LimitPlan | None = None,
     ) -> None:
         """Prepare the run; nothing starts until a backend drives it."""
         #: Where results of unchanged units come from, if anywhere.
@@ -115,7 +119,7 @@ class Run:
             retry_policy=retry_policy,
             fail_fast=fail_fast,
             lane_of=lane_of,
-            limits=self._unit_limits(graph),
+            limits=limit_plan if limit_plan is not None else compile_limits(graph, self.limits),
         )
         #: Cache hits decided before a unit took its limits, served to its attempt.
         self._served: dict[int, Any] = {}
@@ -123,7 +127,6 @@ class Run:
         gate = self.scheduler.gate
         if gate is not None:
             gate.wake = self._wake_from_limit
-            gate.probe = self._probe_cache
         self.dispatcher = Dispatcher(instruments)
         self.clock: Callable[[], float] = time.perf_counter
         self.unit_metrics: dict[int, dict[str, Any]] = {}
@@ -149,18 +152,6 @@ class Run:
         self._epoch_offset = time.time() - time.perf_counter()
         self.started_at = 0.0
         self.ended_at = 0.0
-
-    def _unit_limits(self, graph: Graph) -> dict[int, dict[Limit, int]] | None:
-        """Each unit's limits as ``{Limit: slots}``, by index; None when no unit names one."""
-        named = self.limits
-        if not named:
-            return None
-        needs = {
-            i: {named[name]: slots for name, slots in unit.limits.items()}
-            for i, unit in enumerate(graph.units)
-            if unit.limits
-        }
-        return needs or None
 
     def _wake_from_limit(self) -> None:
         """Another run released a limit a unit here waits on: wake the driver."""
@@ -292,6 +283,8 @@ class Run:
         sched = self.scheduler
         if sched.gate is not None:
             sched.gate.open()
+            if self.cache is not None:  # hits are decided before limits are taken
+                sched.gate.probe = self._probe_cache
         if self.deadline is not None:
             sched.set_run_deadline(
                 self.started_at + self.deadline,

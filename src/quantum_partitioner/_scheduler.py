@@ -42,13 +42,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import InternalError, UnitCancelledError, UnitSkippedError, UnitTimeoutError
 from ._graph import Graph, UnitState
-from ._limits import LimitGate
+from ._limits import LimitGate, LimitPlan
 from ._policies import DEFAULT_RETRY_POLICY, RetryPolicy
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
 
-    from ._limits import Limit
 
 __all__ = ["Scheduler", "Transition"]
 
@@ -94,7 +93,7 @@ class Scheduler:
         lane_of: For drivers that run units in several places at once (processes for some,
             threads for others), each unit's lane: ready units are queued per lane, so a
             full lane never holds back another. Default: one lane.
-        limits: Per unit index that names limits, its ``{limit: slots}`` (see ``_limits``).
+        limits: The compiled named limits the units name (see ``_limits``), if any.
 
     Not thread-safe: a threaded driver holds one lock around every call.
     """
@@ -106,7 +105,7 @@ class Scheduler:
         retry_policy: RetryPolicy | None = None,
         fail_fast: bool = False,
         lane_of: Sequence[int] | None = None,
-        limits: Mapping[int, Mapping[Limit, int]] | None = None,
+        limits: LimitPlan | None = None,
     ) -> None:
         """Set every unit PENDING and queue the units without dependencies."""
         n = len(graph)
@@ -189,7 +188,7 @@ class Scheduler:
             self._timeouts_heap
             or self._retries_heap
             or self.run_deadline is not None
-            or (self.gate is not None and self.gate.has_deadlines)
+            or (self.gate is not None and (bool(self.gate.due) or self.gate.nudged))
         )
 
     @property

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._errors import InternalError
-from ._limits import Limit
+from ._limits import Limit, LimitPlan, compile_limits
 from ._scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -55,17 +55,13 @@ class Simulation:
         return busy / (self.workers * self.makespan)
 
 
-def _fresh_limits(graph: Graph, limits: Mapping[str, Limit]) -> dict[int, dict[Limit, int]]:
-    """Each unit's limits as copies with full buckets: a prediction never touches the real."""
+def _fresh_limits(graph: Graph, limits: Mapping[str, Limit]) -> LimitPlan | None:
+    """The units' limits as copies with full buckets: a prediction never touches the real."""
     copies = {
         name: Limit(name, limit.concurrency, limit.per_second, limit.burst)
         for name, limit in limits.items()
     }
-    return {
-        i: {copies[name]: slots for name, slots in unit.limits.items() if name in copies}
-        for i, unit in enumerate(graph.units)
-        if unit.limits
-    }
+    return compile_limits(graph, copies)
 
 
 def simulate(graph: Graph, workers: int, limits: Mapping[str, Limit] | None = None) -> Simulation:
