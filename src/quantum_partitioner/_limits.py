@@ -387,9 +387,7 @@ class LimitGate:
                     self.starts[lid] += 1
                     self.holding[i] = needs
                     if self.wait_since:
-                        since = self.wait_since.pop(i, None)
-                        if since is not None:
-                            self._end_wait(i, now - since)
+                        self._end_wait(i, now)
                     return True
         pos = self._position_of[i]
         blocked = -1
@@ -421,9 +419,7 @@ class LimitGate:
                     starts[lid] += 1
                 self.holding[i] = needs
                 if self.wait_since:
-                    since = self.wait_since.pop(i, None)
-                    if since is not None:
-                        self._end_wait(i, now - since)
+                    self._end_wait(i, now)
                 return True
             # Pushed under the lock: a release in another run now sees this waiter.
             heapq.heappush(waiting[blocked], pos)
@@ -441,7 +437,12 @@ class LimitGate:
                 self._promote(lid, now)
         return False
 
-    def _end_wait(self, i: int, waited: float) -> None:
+    def _end_wait(self, i: int, now: float) -> None:
+        """Unit ``i`` starts or ends at ``now``: if it waited, record for how long."""
+        since = self.wait_since.pop(i, None)
+        if since is None:
+            return
+        waited = now - since
         lid = self.blocked_on.pop(i)
         self.waited[lid] += waited
         self.unit_waited[i] = self.unit_waited.get(i, 0.0) + waited
@@ -503,9 +504,8 @@ class LimitGate:
 
     def forget(self, i: int, now: float) -> None:
         """Unit ``i`` ended while waiting or holding (cancelled): settle its record."""
-        since = self.wait_since.pop(i, None)
-        if since is not None and i in self.blocked_on:
-            self._end_wait(i, now - since)
+        if i in self.blocked_on:
+            self._end_wait(i, now)
 
     # -- internals -------------------------------------------------------------------------
 
