@@ -6,6 +6,7 @@ whose units name :class:`Limit` objects, then the facade's argument checks.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -355,3 +356,37 @@ def test_simulate_respects_concurrency_and_rate_limits():
     sim = q.build_execution_plan().simulate(workers=3)
     assert sorted(sim.starts.values()) == [0.0, 2.0, 4.0]
     assert api.tokens == 1.0  # the real bucket is untouched
+
+
+def test_waiting_shows_in_the_trace_the_report_and_the_metrics(tmp_path):
+    """A unit that waited for a limit: a "waiting for" slice, a report column, waited."""
+    p = QuantumPartitioner(max_workers=2)
+    p.add_limit("gpu", concurrency=1)
+    p.add_unit(lambda ctx: time.sleep(0.05), name="first", limits=["gpu"], priority=1)
+    p.add_unit(lambda ctx: None, name="second", limits=["gpu"])
+    p.execute(execution_mode=ExecutionMode.THREAD)
+    times = p.last_execution_metrics["unit_times"]
+    assert times["second"]["waited"] >= 0.04
+    assert times["second"]["waited_for"] == "gpu"
+    assert times["first"]["waited"] == 0.0
+    trace = json.loads(p.export_trace(tmp_path / "t.json").read_text())
+    waits = [e for e in trace["traceEvents"] if e.get("cat") == "limit"]
+    assert [e["ph"] for e in waits] == ["b", "e"]
+    assert waits[0]["name"] == "waiting for gpu"
+    assert waits[0]["args"]["unit"] == "second"
+    html = p.write_report(tmp_path / "r.html").read_text()
+    assert "<th>waited for a limit</th>" in html
+    assert "(gpu)" in html
+
+
+def test_limit_counts_its_waiters_over_runs():
+    """Limit.waiting counts units waiting for it, and drops to 0 when they start."""
+    a = Limit("a", concurrency=1)
+    sched = limited({"x": {a: 1}, "y": {a: 1}, "z": {a: 1}})
+    assert start(sched) == "x"
+    assert start(sched) is None
+    assert a.waiting == 2
+    done(sched, "x", 1.0)
+    assert a.waiting == 1
+    sched.cancel(2.0, "stop")
+    assert a.waiting == 0

@@ -114,6 +114,7 @@ class Limit:
         "per_second",
         "stamp",
         "tokens",
+        "waiting",
     )
 
     def __init__(
@@ -136,6 +137,8 @@ class Limit:
         self.burst = burst
         #: Slots held by running attempts, over every run using this limit.
         self.held = 0
+        #: Units waiting for it, over every run using it (the progress bar shows them).
+        self.waiting = 0
         #: Tokens in the bucket at time ``stamp`` (None until the bucket is first used).
         self.tokens = float(burst)
         self.stamp: float | None = None
@@ -321,6 +324,8 @@ class LimitGate:
         #: Per unit: seconds waited in all, and the limit it waited for last (for the record).
         self.unit_waited: dict[int, float] = {}
         self.unit_waited_for: dict[int, str] = {}
+        #: Per unit: when its last wait began and ended (for the trace).
+        self.last_wait: dict[int, tuple[float, float]] = {}
         self._key = id(self)
 
     def open(self) -> None:
@@ -424,6 +429,7 @@ class LimitGate:
             # Pushed under the lock: a release in another run now sees this waiter.
             heapq.heappush(waiting[blocked], pos)
             self.waiting_count += 1
+            self.limits[blocked].waiting += 1
         if i not in self.wait_since:
             self.wait_since[i] = now
             self.waits[blocked] += 1
@@ -444,6 +450,7 @@ class LimitGate:
             return
         waited = now - since
         lid = self.blocked_on.pop(i)
+        self.last_wait[i] = (since, now)
         self.waited[lid] += waited
         self.unit_waited[i] = self.unit_waited.get(i, 0.0) + waited
         self.unit_waited_for[i] = self.limits[lid].name
@@ -496,8 +503,10 @@ class LimitGate:
 
     def clear(self) -> None:
         """Forget every waiter (the run was cancelled)."""
-        for heap in self.waiting:
-            heap.clear()
+        with _LOCK:
+            for limit, heap in zip(self.limits, self.waiting, strict=True):
+                limit.waiting -= len(heap)
+                heap.clear()
         self.waiting_count = 0
         self.due.clear()
         self.due_at = [math.inf] * len(self.limits)
@@ -544,6 +553,7 @@ class LimitGate:
                     break
                 heapq.heappop(heap)
                 self.waiting_count -= 1
+                limit.waiting -= 1
                 free -= slots
                 tokens -= slots
                 moved.append(i)

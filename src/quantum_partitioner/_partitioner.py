@@ -686,6 +686,7 @@ class QuantumPartitioner(Generic[T, R]):
         if progress:
             bar = ProgressBar()  # raises ImportError naming the extra if rich is missing
             if bar.active:  # not a terminal: nothing to draw, so nothing to pay per unit
+                bar.limits = list(self._limits.values())
                 instruments.append(bar)
         return instruments
 
