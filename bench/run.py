@@ -39,6 +39,12 @@ What is measured:
   run without limits (target: under 1.3x), and the makespan of 1,000 units sleeping 10 ms
   under ``concurrency=4`` in THREAD and ASYNC mode against the ideal 2.5 s (target: within
   5%); see ``limits_section.py``.
+* collections: Dask collections (a 10,000-chunk ``dask.array`` sum, a ``dask.bag``
+  map/filter/fold, a chain of 10,000 ``dask.delayed`` calls) on ``quantum_partitioner.dask``
+  (THREAD and SEQUENTIAL) beside ``dask.threaded.get`` and ``dask.get`` on the very graph
+  ``dask.compute`` hands its scheduler: µs per task and the ratios (see
+  ``dask_collections_section.py``). The ``cache`` and ``dask`` sections are described in
+  their modules.
 
 Why ratios matter more than absolute times: this runs on small shared machines (2 cores,
 other jobs, frequency scaling), where absolute microseconds move by tens of percent from
@@ -54,7 +60,7 @@ Parallel speed-ups need idle cores: on a machine where other jobs hold a core, t
 section's speed-ups drop whatever the code does (the load averages it prints tell).
 
 Usage: ``python bench/run.py [--quick] [--n N] [--repeat R] [--process-n N] [--cpu-units U]
-[--cpu-ms MS] [--only time,memory,process,cpu,async,cache,dask,limits]``.
+[--cpu-ms MS] [--only time,memory,process,cpu,async,cache,dask,collections,limits]``.
 """
 
 from __future__ import annotations

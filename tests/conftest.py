@@ -6,10 +6,14 @@ Each section belongs to one group of test files; add new fixtures in their own s
 from __future__ import annotations
 
 import multiprocessing
+import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -106,3 +110,45 @@ def mode(request: pytest.FixtureRequest) -> Iterator[RunMode]:
     mode_id, factory = request.param
     with ExitStack() as stack:
         yield RunMode(mode_id, factory(stack))
+
+
+# == Type checking (test_docs, test_public_api) ================================================
+# mypy runs with the project's configuration and cache, so after `make check` it costs about
+# a second; it reports errors as (file, line, message).
+
+MypyRun = Callable[..., list[tuple[str, int, str]]]
+_MYPY_ERROR = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+): error: (?P<message>.*)$", re.MULTILINE)
+
+
+@pytest.fixture
+def mypy() -> MypyRun:
+    """``mypy(*paths, *flags, cwd=dir)``: mypy's errors on files relative to ``cwd``."""
+    root = Path(__file__).resolve().parent.parent
+
+    def run(*arguments: str, cwd: Path) -> list[tuple[str, int, str]]:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mypy",
+                "--config-file",
+                str(root / "pyproject.toml"),
+                "--cache-dir",
+                str(root / ".mypy_cache"),
+                "--no-error-summary",
+                "--show-error-codes",
+                *arguments,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=cwd,
+            check=False,
+        )
+        assert result.returncode in {0, 1}, f"mypy did not run:\n{result.stdout}{result.stderr}"
+        return [
+            (match["file"], int(match["line"]), match["message"])
+            for match in _MYPY_ERROR.finditer(result.stdout)
+        ]
+
+    return run

@@ -63,6 +63,9 @@ if TYPE_CHECKING:
     from ._stores import SQLiteStore as SQLiteStore
     from ._strategies import select_execution_strategy as select_execution_strategy
     from ._strategies import select_optimal_workers as select_optimal_workers
+    from ._stream import AsyncResultStream as AsyncResultStream
+    from ._stream import ResultStream as ResultStream
+    from ._stream import UnitResult as UnitResult
     from ._trace import TraceRecorder as TraceRecorder
     from .backends import Backend as Backend
     from .backends._dask import DaskBackend as DaskBackend
@@ -113,6 +116,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "SQLiteStore",
     ),
     "._strategies": ("select_execution_strategy", "select_optimal_workers"),
+    "._stream": ("AsyncResultStream", "ResultStream", "UnitResult"),
     "._trace": ("TraceRecorder",),
     ".backends": ("Backend",),
     ".backends._dask": ("DaskBackend",),
@@ -147,6 +151,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AsyncResultStream",
     "Backend",
     "BrokenBackendError",
     "CacheEntry",
@@ -172,6 +177,7 @@ __all__ = [
     "ProgressBar",
     "QuantumPartitioner",
     "QuantumUnit",
+    "ResultStream",
     "RetryPolicy",
     "RunFinished",
     "RunStarted",
@@ -185,6 +191,7 @@ __all__ = [
     "UnitCancelledError",
     "UnitFailed",
     "UnitFinished",
+    "UnitResult",
     "UnitRetrying",
     "UnitSkipped",
     "UnitSkippedError",

@@ -309,9 +309,6 @@ class LimitGate:
         #: Decides cache hits before anything is taken: ``probe(i)`` true means unit ``i``'s
         #: result is served without running it, so it takes no slot and no token.
         self.probe: Callable[[int], bool] | None = None
-        #: Other runs' wake-ups to deliver outside the driver's lock (THREAD defers them).
-        self.defer_wakes = False
-        self.pending_wakes: list[Callable[[], None]] = []
         # Statistics, per limit id.
         self.peak = [0] * count
         self.starts = [0] * count
@@ -475,17 +472,9 @@ class LimitGate:
                 self.released_at_timeout[lid] += 1
             if waiting[lid]:
                 self._promote(lid, now)
-        if others:
-            if self.defer_wakes:
-                self.pending_wakes += others.values()
-            else:
-                for listener in others.values():
-                    listener()
-
-    def take_wakes(self) -> list[Callable[[], None]]:
-        """The deferred wake-ups of other runs, to call outside the driver's lock."""
-        wakes, self.pending_wakes = self.pending_wakes, []
-        return wakes
+        if others:  # outside the lock; each run's wake-up takes no lock of its own
+            for listener in others.values():
+                listener()
 
     def advance(self, now: float) -> None:
         """Let waiters in on every limit whose deadline passed, or all after a nudge."""

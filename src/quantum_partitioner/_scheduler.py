@@ -177,6 +177,11 @@ class Scheduler:
             return len(self._ready)
         return sum(map(len, self._heaps))
 
+    @property
+    def lanes(self) -> int:
+        """How many lanes (ready queues) there are: 1 unless ``lane_of`` was given."""
+        return len(self._heaps)
+
     def ready_in(self, lane: int) -> int:
         """How many units of ``lane`` are ready to start now."""
         return len(self._heaps[lane])

@@ -208,6 +208,22 @@ async def async_key_error(ctx: Any) -> None:
     raise KeyError("missing")
 
 
+def logged_nap(log: str, seconds: float) -> partial[Any]:
+    """An ``async def`` unit that appends ``start <unit>`` to ``log``, sleeps, then ``end ...``.
+
+    Where a mode can stop a running attempt (a task cancelled, a worker killed), a cancelled
+    attempt never writes its ``end`` line.
+    """
+    return partial(_logged_nap, log, seconds)
+
+
+async def _logged_nap(log: str, seconds: float, ctx: Any) -> str:
+    append(log, f"start {ctx.unit_id}")
+    await asyncio.sleep(seconds)
+    append(log, f"end {ctx.unit_id}")
+    return ctx.unit_id
+
+
 # -- random DAGs (test_properties_run.py) ----------------------------------------------------
 
 

@@ -4,13 +4,19 @@ This is the reference semantics and it is deterministic: the same graph always r
 same order. A unit cannot be interrupted in the calling thread, so a unit that returns after
 its timeout is marked TIMEOUT and its result discarded, and the run's deadline is checked
 between units. While a retry waits for its backoff, other ready units run; the thread sleeps
-only when nothing else can. Concurrency limits are met trivially (one attempt at a time); a
-rate limit is honoured by waiting for the best unit's token, not by running another unit
-first, so the order stays the same.
+only when nothing else can, on a ``SimpleQueue`` that ``cancel()`` (or another run releasing
+a shared limit) can wake without taking a lock (so from a signal handler too). Concurrency
+limits are met trivially (one attempt at a time); a rate limit is honoured by waiting for
+the best unit's token, not by running another unit first, so the order stays the same.
+
+A unit runs in this very thread, so a ``KeyboardInterrupt`` or ``SystemExit`` it raises
+reaches the driver as Ctrl-C would, and stops the run the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
 from typing import TYPE_CHECKING
 
@@ -44,26 +50,21 @@ class SequentialBackend(Backend):
         attempts = sched.attempts
         dispatcher = run.dispatcher
         started_hooks, finished_hooks = dispatcher.unit_started, dispatcher.unit_finished
-        woken = threading.Event()
-        previous_wake = run.wake
-
-        def wake() -> None:
-            woken.set()
-
-        run.wake = wake
+        wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
+        previous_wake, run.wake = run.wake, lambda: wakeups.put(None)
         if sched.gate is not None:
             sched.gate.in_order = True
         try:
             while sched.is_active():
                 if run.cancel_requested.is_set():
-                    report(run.interrupt("cancel() was called"))
+                    report(run.stop_requested())
                     break
                 now = clock()
                 if sched.has_deadlines:
                     report(sched.advance(now))
                 i = start_next(now)
                 if i < 0:
-                    _sleep_until_deadline(run, now, woken)
+                    _sleep_until_deadline(run, now, wakeups)
                     continue
                 attempt = attempts[i]
                 if started_hooks:
@@ -84,15 +85,14 @@ class SequentialBackend(Backend):
             run.wake = previous_wake
 
 
-def _sleep_until_deadline(run: Run, now: float, woken: threading.Event) -> None:
+def _sleep_until_deadline(run: Run, now: float, wakeups: queue.SimpleQueue[None]) -> None:
     sched = run.scheduler
     deadline = sched.next_deadline()
     if deadline is None:
         if not sched.waiting_on_limits:
             raise InternalError("no unit is ready, running or waiting, yet the run is not over")
-        # A limit another run holds: its release (or cancel()) wakes this run.
-        woken.wait()
+        wakeups.get()  # a limit another run holds: its release (or cancel()) wakes this run
     elif deadline > now:
         # cancel() cuts the wait short; far deadlines are waited for in steps.
-        woken.wait(min(deadline - now, threading.TIMEOUT_MAX))
-    woken.clear()
+        with contextlib.suppress(queue.Empty):
+            wakeups.get(timeout=min(deadline - now, threading.TIMEOUT_MAX))
