@@ -1,11 +1,9 @@
 """The ``collections`` section: Dask collections on ``quantum_partitioner.dask`` beside Dask.
 
-Three computations, each built once with Dask's own API and optimised as ``dask.compute``
-optimises it:
+Three computations, each built once with Dask's own API:
 
 * ``array sum``: ``da.ones(10_000, chunks=1).sum()``, a 10,000-chunk array and its tree
-  reduction (each chunk's task is a fused subgraph, which costs Dask itself a few hundred
-  microseconds to run);
+  reduction;
 * ``bag fold``: ``db.from_sequence(range(20_000), npartitions=2_000)`` mapped, filtered and
   folded;
 * ``delayed chain``: 10,000 ``dask.delayed`` calls of ``inc``, each taking the one before.
@@ -13,20 +11,25 @@ optimises it:
   making 10,000 nested ``delayed()`` calls takes Dask itself over a minute, as each call
   merges its whole history.
 
-The graph ``dask.compute`` would hand its scheduler is captured once (materialised into a
-dict of task-spec nodes), then every row calls its scheduler's ``get(graph, keys)`` on that
-same graph: what is timed is the scheduler, from reading the graph to returning the values,
-not Dask's graph construction, which is the same whatever runs it. Rows:
-``quantum_partitioner.dask`` in THREAD mode (4 workers) and SEQUENTIAL, ``dask.threaded.get``
-(4 workers), ``dask.get`` (synchronous), and ``tasks alone``: the tasks called one after the
-other in a plain loop over a precomputed topological order, which is what the tasks cost
-with no scheduler. Every run's value is checked against the first one's.
+The graph ``dask.compute(..., optimize_graph=False)`` would hand its scheduler is captured
+once (materialised into a dict of task-spec nodes), then every row calls its scheduler's
+``get(graph, keys)`` on that same graph: what is timed is the scheduler, from reading the
+graph to returning the values, not Dask's graph construction, which is the same whatever
+runs it. The graphs are not optimised because Dask's optimisation fuses each chunk's tasks
+into one whose own run costs Dask 150 to 250 µs (it orders the fused subgraph every time),
+and the schedulers' overhead would vanish in the noise of that; unfused, each task is one
+chunk function of a few tens of µs at most. Rows: ``quantum_partitioner.dask`` in THREAD mode
+(4 workers) and SEQUENTIAL, ``dask.threaded.get`` (4 workers), ``dask.get`` (synchronous),
+and ``tasks alone``: the tasks called one after the other in a plain loop over a
+precomputed topological order, which is what the tasks cost with no scheduler. Every run's
+value is checked against the first one's.
 
 Wall time per task is the median wall time divided by the graph's tasks; the *overhead* per
 task is that minus the ``tasks alone`` time per task: what the scheduler adds. Rows run in
 interleaved rounds (one run of each per round, rotating order), up to :data:`MAX_ROUNDS`,
 and no new round starts once a computation has taken :data:`ROUND_BUDGET_S` seconds, which
-keeps the section within about a minute on an idle 2-core machine.
+keeps the section within about a minute on an idle 2-core machine (more when other jobs
+share it).
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ class Captured:
 
 
 def capture(collection: Any) -> Captured:
-    """Let ``dask.compute`` optimise ``collection`` and keep the graph it would run."""
+    """Keep the graph ``dask.compute`` would run for ``collection``, without optimising it."""
     import dask  # noqa: PLC0415
     from dask._task_spec import convert_legacy_graph  # noqa: PLC0415
 
@@ -125,7 +128,7 @@ def capture(collection: Any) -> Captured:
         raise GraphCapturedError  # the graph is all that is wanted here: run nothing
 
     with contextlib.suppress(GraphCapturedError):
-        dask.compute(collection, scheduler=keep)
+        dask.compute(collection, scheduler=keep, optimize_graph=False)
     graph, keys = seen[0]
     order = graphlib.TopologicalSorter({key: node.dependencies for key, node in graph.items()})
     return Captured(graph, keys, list(order.static_order()))
@@ -267,7 +270,7 @@ def print_tables(labels: list[str], measured: dict[str, Measured]) -> None:
     header = ["scheduler", *(f"{label} [{m.tasks:,} tasks]" for label, m in measured.items())]
     rounds = ", ".join(f"{len(m.samples[TASKS_ALONE])}" for m in measured.values())
     print(
-        "\nWall time per task on the graph dask.compute hands its scheduler "
+        "\nWall time per task on the (unoptimised) graph dask.compute hands its scheduler "
         f"(µs, median of {rounds} interleaved rounds; ±: spread; lower is better)\n"
     )
     rows = [

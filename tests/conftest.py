@@ -9,6 +9,7 @@ import multiprocessing
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
@@ -110,6 +111,35 @@ def mode(request: pytest.FixtureRequest) -> Iterator[RunMode]:
     mode_id, factory = request.param
     with ExitStack() as stack:
         yield RunMode(mode_id, factory(stack))
+
+
+# == Calls that must not hang (test_contract, test_strategies, test_partitioner) ==============
+# A defect that hangs execute() must fail its test, not the whole session: ``bounded(call)``
+# runs ``call()`` in a daemon thread and fails the test if it has not returned in time.
+
+
+def _bounded(call: Callable[[], Any], seconds: float = 60.0) -> Any:
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as error:  # handed back to the test
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"the call did not return within {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+@pytest.fixture
+def bounded() -> Callable[..., Any]:
+    """``bounded(call, seconds=60)``: ``call()``'s result or error, or a failure if it hangs."""
+    return _bounded
 
 
 # == Type checking (test_docs, test_public_api) ================================================

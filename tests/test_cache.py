@@ -757,6 +757,21 @@ def test_defect_13_a_symlinked_cache_path_is_refused(tmp_path, dangling):
     assert target.exists() is not dangling
 
 
+def test_defect_13_a_path_swapped_for_a_link_while_opening_is_refused(tmp_path, monkeypatch):
+    """A link planted between the check and SQLite's open (a race) is caught after it."""
+    path, elsewhere = tmp_path / "c.sqlite", tmp_path / "elsewhere.sqlite"
+    connect = sqlite3.connect
+
+    def planting_connect(target, *args, **kwargs):  # the attacker wins the race
+        path.unlink()
+        path.symlink_to(elsewhere)
+        return connect(target, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", planting_connect)
+    with pytest.raises(ValueError, match=r"was replaced .* while it was being opened"):
+        SQLiteStore(path)
+
+
 def test_defect_13_a_store_others_may_write_is_warned_about(tmp_path):
     """Issue 9 defect 13: opening an existing store writable by group or others warns."""
     path = tmp_path / "c.sqlite"

@@ -245,18 +245,33 @@ def test_execution_mode_and_worker_options_are_forwarded():
     threads.clear()
     dask.compute(*tasks, scheduler=qd.get, num_workers=1)
     assert len(threads) == 1
+    threads.clear()
+    sched = qd.Scheduler(max_workers=1)
+    dask.compute(*tasks, scheduler=sched.get, execution_mode="sequential")  # per computation
+    assert threads == {threading.current_thread().name}
     with pytest.raises(ValueError, match="max_workers"):
         qd.Scheduler(max_workers=0)
     with pytest.raises(ValueError, match="CUSTOM"):
         qd.Scheduler(execution_mode=ExecutionMode.CUSTOM)
 
 
-def test_process_mode_runs_lambdas():
-    """PROCESS mode sends each task (lambdas included) to worker processes."""
+@pytest.mark.parametrize("mode", ["sequential", "thread", "process", "async"])
+def test_every_mode_runs_a_collection(mode):
+    """Each mode runs a bag of lambdas (PROCESS sends them to worker processes)."""
     bag = db.from_sequence(range(10), npartitions=2).map(lambda v: v * v)
-    assert dask.compute(bag.sum(), scheduler=qd.get, execution_mode="process", max_workers=2) == (
-        285,
-    )
+    assert dask.compute(bag.sum(), scheduler=qd.get, execution_mode=mode, max_workers=2) == (285,)
+
+
+def reciprocal(x):
+    return 1 / x
+
+
+@pytest.mark.parametrize("mode", ["sequential", "thread", "process", "async"])
+def test_every_mode_raises_the_tasks_own_exception(mode):
+    """In each mode a failing task's exception comes back as itself, traceback included."""
+    with pytest.raises(ZeroDivisionError) as info:
+        dask.compute(dask.delayed(reciprocal)(0), scheduler=qd.get, execution_mode=mode)
+    assert info.traceback[-1].name == "reciprocal"
 
 
 def test_last_run_exports_trace_report_and_timings(tmp_path):

@@ -41,7 +41,13 @@ INTERNAL = {
     # The CLI's bundled demo pipeline: application code, not library API.
     "quantum_partitioner._demo": "*",
     # Backend plumbing, shared between backends.
-    "quantum_partitioner.backends._asyncio": {"call_async", "check_no_running_loop"},
+    "quantum_partitioner.backends._asyncio": {"PlainCalls", "call_async", "check_no_running_loop"},
+    "quantum_partitioner.backends._base": {
+        "CarriedBaseException",
+        "check_sendable",
+        "root_cause",
+    },
+    "quantum_partitioner.backends._pool": {"DaemonPool", "default_thread_workers"},
     "quantum_partitioner.backends._executor": {"call_unit"},
     "quantum_partitioner.backends._lanes": {"FutureLane", "Outcome", "Post"},
 }

@@ -102,19 +102,19 @@ def test_ctrl_c_while_waiting_for_a_record_cancels_the_run(tmp_path):
     """SIGINT while the consumer waits for the next record: the wait is interrupted too."""
     log = tmp_path / "log"
     p = naps(log, count=4, seconds=3.0)
-    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
-    started = time.monotonic()
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    started = []
 
     def consume():
         with p.stream(execution_mode=ExecutionMode.PROCESS) as results:
-            timer.start()
-            for _ in results:
-                pass
+            for _ in results:  # "first"; then it waits for naps of 3 s
+                started.append(time.monotonic())
+                timer.start()
 
     with pytest.raises(KeyboardInterrupt):
         consume()
     timer.join()
-    assert time.monotonic() - started < 2.5  # not after the 3 s naps
+    assert time.monotonic() - started[0] < 2.5  # not after the 3 s naps
     assert p.get_partial_results() == {"first": "first"}
     assert worker_processes() == []
 

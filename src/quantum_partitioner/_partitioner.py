@@ -605,7 +605,7 @@ class QuantumPartitioner(Generic[T, R]):
             KeyboardInterrupt: A unit running in this process raised it (or SystemExit):
                 from the iteration, after the records of what finished before.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         if strategy is not None:
             if args:
@@ -627,7 +627,7 @@ class QuantumPartitioner(Generic[T, R]):
         results:`` and ``async for done in results:``; leaving the block cancels the rest
         of the run (its coroutines are cancelled) and waits for it to end.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         return AsyncResultStream(
             lambda: self.aexecute(context, *args, **options), lambda: self._active_run

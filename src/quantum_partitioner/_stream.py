@@ -78,7 +78,7 @@ class UnitResult(NamedTuple):
         start_time: When its last attempt started (epoch seconds), None if it never ran.
         end_time: When it reached its terminal state (epoch seconds).
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
     name: str
@@ -192,7 +192,7 @@ class ResultStream:
     and iterate ``results``. Iterating it directly (``for done in p.stream(...)``) works
     too: leaving such a loop closes the stream at once (in CPython).
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
     def __init__(self, execute: Callable[[], object], active_run: Callable[[], Run | None]) -> None:
@@ -287,7 +287,7 @@ class AsyncResultStream:
     Made by :meth:`QuantumPartitioner.astream`; use it as
     ``async with p.astream(...) as results:`` and ``async for done in results``.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
     def __init__(

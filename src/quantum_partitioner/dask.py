@@ -88,7 +88,9 @@ class Scheduler:
     """A Dask scheduler that runs each task as a unit of a :class:`QuantumPartitioner`.
 
     Pass its :meth:`get` where Dask takes a scheduler:
-    ``dask.compute(x, scheduler=sched.get)`` or ``dask.config.set(scheduler=sched.get)``.
+    ``dask.compute(x, scheduler=sched.get)`` or ``dask.config.set(scheduler=sched.get)``;
+    ``dask.compute``'s ``execution_mode=`` and ``max_workers=`` override the scheduler's own
+    for that computation.
     After each computation :attr:`last_run` is the partitioner that ran it: its
     ``export_trace``, ``write_report``, ``last_execution_metrics`` and ``units`` show every
     task.
@@ -114,10 +116,7 @@ class Scheduler:
         trace: bool = False,
     ) -> None:
         """Check the options; nothing runs until :meth:`get`."""
-        mode = _check_mode(execution_mode)
-        if mode is ExecutionMode.CUSTOM:
-            raise ValueError("execution_mode CUSTOM needs an executor; use one of the others")
-        self.execution_mode = mode
+        self.execution_mode = _task_mode(execution_mode)
         self.max_workers = _check_max_workers(max_workers)
         self.progress = bool(progress)
         self.trace = bool(trace)
@@ -134,16 +133,26 @@ class Scheduler:
             f"progress={self.progress}, trace={self.trace})"
         )
 
-    def get(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    def get(
+        self,
+        dsk: Any,
+        keys: Any,
+        *,
+        execution_mode: ExecutionModeArg | None = None,
+        max_workers: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Compute ``keys`` of the Dask graph ``dsk``; Dask's ``get`` protocol.
 
         Args:
             dsk: A Dask graph (a mapping of keys to tasks, a ``HighLevelGraph``), or anything
                 with ``__dask_graph__()`` (what ``dask.compute`` passes).
             keys: A key, or a list of keys and lists of keys, nested.
-            kwargs: Keywords ``dask.compute`` forwards. ``num_workers`` stands for
-                ``max_workers`` when that is not set; the others are ignored, as Dask's own
-                local schedulers ignore them.
+            execution_mode: This computation's mode, instead of the scheduler's.
+            max_workers: This computation's worker count, instead of the scheduler's.
+            kwargs: Other keywords ``dask.compute`` forwards. ``num_workers`` (Dask's name)
+                stands for ``max_workers`` when that is not given; the others are ignored,
+                as Dask's own local schedulers ignore them.
 
         Returns:
             The value of each requested key, in the nesting of ``keys`` (lists become
@@ -156,7 +165,12 @@ class Scheduler:
             UnitCancelledError: ``last_run.cancel()`` stopped the computation before a
                 requested key's task ended.
         """
-        workers = self.max_workers or _check_max_workers(kwargs.get("num_workers"), "num_workers")
+        mode = self.execution_mode if execution_mode is None else _task_mode(execution_mode)
+        workers = (
+            _check_max_workers(max_workers)
+            or _check_max_workers(kwargs.get("num_workers"), "num_workers")
+            or self.max_workers
+        )
         if not isinstance(dsk, Mapping):
             dsk = dsk.__dask_graph__()
         wanted = list(_flatten(keys)) if isinstance(keys, list) else [keys]
@@ -172,7 +186,7 @@ class Scheduler:
             self.last_run, self.last_names = partitioner, names
         results = partitioner.execute(
             data,
-            self.execution_mode,
+            mode,
             workers,
             fail_fast=True,
             progress=self.progress,
@@ -202,12 +216,21 @@ def get(
 
     ``dask.compute(x, scheduler=quantum_partitioner.dask.get)`` runs ``x`` in THREAD mode;
     ``dask.compute(x, scheduler=get, execution_mode="process", max_workers=2)`` elsewhere.
-    Arguments and results are those of :meth:`Scheduler.get`.
+    Arguments and results are those of :meth:`Scheduler.get`; nothing of the run is kept.
 
     .. versionadded:: 0.1
     """
-    scheduler = Scheduler(execution_mode=execution_mode, max_workers=max_workers)
-    return scheduler.get(dsk, keys, **kwargs)
+    return Scheduler().get(
+        dsk, keys, execution_mode=execution_mode, max_workers=max_workers, **kwargs
+    )
+
+
+def _task_mode(value: object) -> ExecutionMode:
+    """An execution mode Dask tasks can run in: any but CUSTOM, which needs an executor."""
+    mode = _check_mode(value)
+    if mode is ExecutionMode.CUSTOM:
+        raise ValueError("execution_mode CUSTOM needs an executor; use one of the others")
+    return mode
 
 
 def _build(

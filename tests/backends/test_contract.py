@@ -649,6 +649,85 @@ def test_results_hold_only_completed_units_and_fallbacks(mode):
     assert p.get_partial_results() == results
 
 
+# -- what a unit raises besides ordinary errors (issue 9 #1, #8, #17) ------------------------
+# The rule (docs/guide.md, "Exceptions that are not errors"): KeyboardInterrupt and SystemExit
+# raised in the caller's process stop the run like Ctrl-C and are re-raised; raised in a worker
+# process they fail the unit; anything else, BaseException subclasses included, fails it.
+
+
+@pytest.mark.parametrize(
+    ("kind", "unit"),
+    [
+        ("KeyboardInterrupt", u.raise_base_exception),
+        ("SystemExit", u.raise_base_exception),
+        ("KeyboardInterrupt", u.async_raise_base_exception),
+    ],
+    ids=["KeyboardInterrupt", "SystemExit", "async-KeyboardInterrupt"],
+)
+def test_keyboard_interrupt_and_system_exit_from_a_unit(mode, kind, unit, bounded):
+    """Issue 9 #8: in the caller's process they stop the run and are re-raised, elsewhere fail."""
+    p = QuantumPartitioner()
+    p.add_unit(u.const(1), name="first")
+    p.add_unit(unit(kind), ["first"], name="raiser")
+    p.add_unit(u.const(2), ["raiser"], name="after")
+    expected = u.RAISABLE[kind]
+
+    if mode.in_processes:
+        assert bounded(lambda: mode.execute(p)) == {"first": 1}
+        assert p.units["raiser"].state is UnitState.FAILED
+        assert type(p.units["raiser"].error).__name__ == kind
+        assert p.units["after"].state is UnitState.SKIPPED
+    else:
+        with pytest.raises(expected):
+            bounded(lambda: mode.execute(p))
+        assert p.get_partial_results() == {"first": 1}
+        assert p.units["raiser"].state is UnitState.CANCELED
+        assert p.units["after"].state is UnitState.CANCELED
+    p.add_unit(u.const("calm"), ["first"], name="raiser", replace=True)
+    assert mode.execute(p)["after"] == 2  # nothing is left claiming the partitioner
+
+
+@pytest.mark.parametrize(
+    "unit", [u.raise_base_exception, u.async_raise_base_exception], ids=["plain", "async"]
+)
+def test_other_exceptions_fail_only_their_unit(mode, unit, bounded):
+    """Issue 9 #1, #8: StopIteration, GeneratorExit, CancelledError, custom BaseException fail."""
+    kinds = ["StopIteration", "GeneratorExit", "CancelledError", "CustomBaseException"]
+    if unit is u.async_raise_base_exception:
+        kinds.remove("StopIteration")  # a coroutine turns it into RuntimeError (PEP 479)
+    p = QuantumPartitioner()
+    for kind in kinds:
+        p.add_unit(unit(kind), name=kind)
+        p.add_unit(u.const(kind), [kind], name=f"after_{kind}")
+    p.add_unit(u.const("ok"), name="ok")
+
+    assert bounded(lambda: mode.execute(p)) == {"ok": "ok"}
+
+    for kind in kinds:
+        assert p.units[kind].state is UnitState.FAILED, kind
+        assert type(p.units[kind].error).__name__ == kind
+        assert p.units[f"after_{kind}"].state is UnitState.SKIPPED
+
+
+def test_callback_raising_system_exit_stops_the_run_and_is_re_raised(mode, bounded):
+    """Issue 9 #17: callbacks run in the caller's process, so their SystemExit stops the run."""
+    p = QuantumPartitioner()
+    p.add_unit(u.const(1), name="first")
+    p.add_unit(u.const(2), ["first"], name="second")
+
+    def on_complete(unit_id, result):
+        if unit_id == "first":
+            raise SystemExit(4)
+
+    p.on_unit_complete = on_complete
+    with pytest.raises(SystemExit):
+        bounded(lambda: mode.execute(p))
+    assert p.get_partial_results() == {"first": 1}
+    assert p.units["second"].state is UnitState.CANCELED
+    p.on_unit_complete = None
+    assert mode.execute(p) == {"first": 1, "second": 2}
+
+
 # -- exceptions that are not errors ----------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ def compute_with_options(graph: dict[Any, Any]) -> None:
     quantum_partitioner.dask.get(graph, ["x"], execution_mode="sequential", max_workers=2)
     sched = quantum_partitioner.dask.Scheduler(progress=False, trace=True, execution_mode="thread")
     sched.get(graph, "x")
+    sched.get(graph, "x", execution_mode="process", max_workers=2, num_workers=2)
     run = sched.last_run
     if run is not None:
         assert_type(run, QuantumPartitioner[Any, Any])

@@ -206,10 +206,25 @@ def check_no_running_loop() -> None:
 _Entry = tuple[int, "asyncio.Task[AttemptOutcome]", "asyncio.Future[Any] | None"]
 
 
-def _abandon(entry: _Entry) -> None:
-    entry[1].cancel()
+def _abandon(entry: _Entry, cleaning: set[asyncio.Task[Any]]) -> None:
+    """Cancel a started attempt; its task joins ``cleaning`` until it has run its cleanup."""
+    task = entry[1]
+    task.cancel()
+    if not task.done():
+        cleaning.add(task)
+        task.add_done_callback(cleaning.discard)
     if entry[2] is not None:
         entry[2].cancel()  # also when the task never ran: the call must not start
+
+
+async def _let_clean_up(tasks: set[asyncio.Task[Any]]) -> None:
+    """Wait (a bounded time) until cancelled tasks have run their ``finally`` blocks.
+
+    Once the driver returns, ``asyncio.run`` cancels what is left once more, which would cut
+    a cleanup that awaits short; a unit that ignores its cancellation does not hold the run.
+    """
+    if tasks:
+        await asyncio.wait(set(tasks), timeout=_CLEANUP_SECONDS)
 
 
 class AsyncBackend(Backend):
@@ -271,20 +286,27 @@ class AsyncBackend(Backend):
             size = min(self.max_workers or default_thread_workers(), plain_units)
             plain = PlainCalls(run, loop, size, wake_up)
         tasks: dict[int, _Entry] = {}
+        cleaning: set[asyncio.Task[Any]] = set()
         try:
-            await self._drive(run, wake, tasks, plain)
+            await self._drive(run, wake, tasks, plain, cleaning)
         except BaseException as error:
             for entry in tasks.values():
-                _abandon(entry)
+                _abandon(entry, cleaning)
             run.report(run.interrupt("interrupted", error))
             raise
         finally:
             run.wake = previous_wake
             if plain is not None:
                 plain.close()
+            await _let_clean_up(cleaning)
 
     async def _drive(
-        self, run: Run, wake: asyncio.Event, tasks: dict[int, _Entry], plain: PlainCalls | None
+        self,
+        run: Run,
+        wake: asyncio.Event,
+        tasks: dict[int, _Entry],
+        plain: PlainCalls | None,
+        cleaning: set[asyncio.Task[Any]],
     ) -> None:
         sched, clock, is_async = run.scheduler, run.clock, run.is_async
         limit = self.max_workers
@@ -304,7 +326,7 @@ class AsyncBackend(Backend):
             if run.cancel_requested.is_set():
                 transitions = run.stop_requested()
                 for entry in tasks.values():
-                    _abandon(entry)
+                    _abandon(entry, cleaning)
                 run.report(transitions)
                 return
             now = clock()
@@ -313,27 +335,25 @@ class AsyncBackend(Backend):
                 for t in transitions:
                     abandoned = tasks.pop(t.index, None) if t.was_running else None
                     if abandoned is not None:
-                        _abandon(abandoned)
+                        _abandon(abandoned, cleaning)
                 run.report(transitions)
-            for lane, gated in enumerate(needs_thread):
-                while limit is None or len(tasks) < limit:
-                    if gated and (plain is None or plain.free <= 0):
-                        break
-                    i = sched.start_next(now, lane)
-                    if i < 0:
-                        break
-                    attempt = sched.attempts[i]
-                    if run.dispatcher.unit_started:
-                        run.emit_started(i, attempt, now)
-                    called = None
-                    if is_async[i]:
-                        task = asyncio.create_task(call_async(run, i, attempt))
-                    else:
-                        assert plain is not None
-                        called = plain.start(i, attempt)
-                        task = asyncio.create_task(finish_plain(run, i, called))
-                    task.add_done_callback(functools.partial(on_done, i, attempt))
-                    tasks[i] = (attempt, task, called)
+            while limit is None or len(tasks) < limit:
+                lane = 0 if plain is None else self._next_lane(sched, needs_thread, plain)
+                i = sched.start_next(now, lane) if lane >= 0 else -1
+                if i < 0:
+                    break
+                attempt = sched.attempts[i]
+                if run.dispatcher.unit_started:
+                    run.emit_started(i, attempt, now)
+                called = None
+                if is_async[i]:
+                    task = asyncio.create_task(call_async(run, i, attempt))
+                else:
+                    assert plain is not None
+                    called = plain.start(i, attempt)
+                    task = asyncio.create_task(finish_plain(run, i, called))
+                task.add_done_callback(functools.partial(on_done, i, attempt))
+                tasks[i] = (attempt, task, called)
             while finished:
                 i, attempt, task = finished.pop()
                 current = tasks.get(i)
@@ -343,7 +363,7 @@ class AsyncBackend(Backend):
             if not sched.is_active() or (
                 sched.ready_count
                 and (limit is None or len(tasks) < limit)
-                and (plain is None or self._room_for_ready(sched, needs_thread, plain))
+                and (plain is None or self._next_lane(sched, needs_thread, plain) >= 0)
             ):
                 continue
             deadline = sched.next_deadline()
@@ -358,12 +378,13 @@ class AsyncBackend(Backend):
                 pass
 
     @staticmethod
-    def _room_for_ready(sched: Scheduler, needs_thread: list[bool], plain: PlainCalls) -> bool:
-        """Whether a ready unit could start now, counting free threads for plain functions."""
+    def _next_lane(sched: Scheduler, needs_thread: list[bool], plain: PlainCalls) -> int:
+        """The lane to start from: its best ready unit comes first in priority order.
+
+        A lane of plain functions counts only while a pool thread is free; -1: no lane.
+        """
         free = plain.free > 0
-        return any(
-            sched.ready_in(lane) and (free or not gated) for lane, gated in enumerate(needs_thread)
-        )
+        return sched.best_lane([free or not gated for gated in needs_thread])
 
     @staticmethod
     def _settle(run: Run, i: int, attempt: int, task: asyncio.Task[AttemptOutcome]) -> None:
@@ -453,5 +474,6 @@ class AsyncLane(FutureLane):
         me = asyncio.current_task()
         tasks = [task for task in asyncio.all_tasks() if task is not me]
         for task in tasks:
-            task.cancel()
+            if not task.cancelling():  # cancelling twice would cut its cleanup short
+                task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["Backend", "CarriedBaseException", "check_sendable", "root_cause"]
 
 #: Results that can always be sent: not worth checking.
-_SENDABLE_TYPES: Final = frozenset({int, float, complex, str, bytes, bool, type(None)})
+_SENDABLE_TYPES: Final = frozenset({int, float, complex, str, bytes, bytearray, bool, type(None)})
 
 
 class CarriedBaseException(Exception):  # noqa: N818 - it carries one, it is not an error

@@ -35,6 +35,8 @@ K = TypeVar("K", bound="Hashable")
 
 _ids = itertools.count(1)
 _STOP: Final = object()
+#: The longest wait for the threads of a new pool to come up.
+_START_SECONDS: Final = 5.0
 
 
 def default_thread_workers() -> int:
@@ -78,6 +80,7 @@ class DaemonPool(Generic[K]):
         self._deliver = deliver
         self._on_free = on_free
         self._lock = threading.Lock()
+        self._started = threading.Condition(self._lock)
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[_Thread] = []
         self._dropped: set[Any] = set()
@@ -86,10 +89,15 @@ class DaemonPool(Generic[K]):
         self.free = 0
 
     def start(self) -> None:
-        """Start the threads."""
-        with self._lock:
+        """Start the threads and wait (briefly) until they are ready for jobs.
+
+        So the first jobs of a run are handed over in priority order, not as threads
+        happen to come up.
+        """
+        with self._started:
             for _ in range(self.size):
                 self._spawn()
+            self._started.wait_for(lambda: self.free >= self.size, timeout=_START_SECONDS)
 
     def _spawn(self) -> None:
         me = _Thread()
@@ -130,6 +138,7 @@ class DaemonPool(Generic[K]):
         lock, jobs, work, deliver = self._lock, self._jobs, self._work, self._deliver
         with lock:
             self.free += 1
+            self._started.notify_all()
         self._on_free()
         while True:
             key = jobs.get()
