@@ -166,7 +166,7 @@ class PlainCalls:
         try:
             cache = run.cache
             if cache is not None:
-                hit, value = cache.lookup(run, i)
+                hit, value = run.lookup_cached(i)
                 if hit:
                     return True, value, None
             ctx = run.context_for(i, attempt)
