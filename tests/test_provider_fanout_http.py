@@ -156,3 +156,45 @@ def test_provider_fanout_with_limits_against_a_real_server(mode):
     stats = p.limit_stats()
     assert stats["provider:hang"].released_at_timeout == 4
     assert all(s.peak <= 2 for s in stats.values())
+
+
+def test_quorum_break_leaves_no_request_in_flight_in_async_mode():
+    """Leaving stream() after 3 answers cancels the other coroutines: none stays connected."""
+    connected = [0]
+
+    def counted(port: int, path: str):
+        call = async_request(port, path)
+
+        async def tracked(ctx):
+            connected[0] += 1
+            try:
+                return await call(ctx)
+            finally:
+                connected[0] -= 1
+
+        return tracked
+
+    with Server() as server:
+        p = QuantumPartitioner()
+        for provider in PROVIDERS:
+            p.add_limit(f"provider:{provider}", concurrency=2)
+            for k in range(REQUESTS[provider]):
+                p.add_unit(
+                    counted(server.port, f"/{provider}/{k}"),
+                    name=f"{provider}{k}",
+                    limits=[f"provider:{provider}"],
+                    timeout=0.5,
+                )
+        answers = []
+        with p.stream(execution_mode=ExecutionMode.ASYNC) as results:
+            for done in results:
+                if done.ok:
+                    answers.append(done.name)
+                if len(answers) == 3:
+                    break
+        assert len(answers) == 3
+        assert connected[0] == 0  # every other request's coroutine was cancelled
+        states = {unit.state for unit in p.units.values()}
+        assert UnitState.CANCELED in states
+        assert p.limit_stats()["provider:hang"].starts >= 1
+        assert all(limit.held == 0 for limit in p.limits.values())
