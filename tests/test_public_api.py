@@ -23,6 +23,14 @@ INTERNAL = {
     # Implementation of ExecutionPlan.visualize/to_mermaid/simulate and of metrics.
     "quantum_partitioner._render": {"STATE_COLOURS", "to_dot", "to_mermaid"},
     "quantum_partitioner._simulate": {"simulate"},
+    # The scheduler's side of named limits and their argument checks (add_limit is public).
+    "quantum_partitioner._limits": {
+        "LimitGate",
+        "LimitPlan",
+        "check_limit_name",
+        "compile_limits",
+        "normalize_unit_limits",
+    },
     "quantum_partitioner._metrics": {"build_metrics"},
     # Implementation of execute_with_strategy().
     "quantum_partitioner._strategies": {

@@ -113,6 +113,8 @@ class QuantumUnit(Generic[T, R]):
         metadata: Free-form; the library reads ``estimated_duration``, ``fallback_value``,
             ``resource_type``, ``cacheable`` and ``cache_keys``.
         retry_policy: Overrides the partitioner's retry policy for this unit.
+        limits: The named limits an attempt holds while it runs, as ``{name: slots}``
+            (None: none); see :meth:`QuantumPartitioner.add_limit`.
     """
 
     __slots__ = (
@@ -124,6 +126,7 @@ class QuantumUnit(Generic[T, R]):
         "dependencies",
         "function",
         "id",
+        "limits",
         "metadata",
         "priority",
         "retries",
@@ -142,6 +145,7 @@ class QuantumUnit(Generic[T, R]):
         metadata: dict[str, Any] | None = None,
         *,
         retry_policy: RetryPolicy | None = None,
+        limits: dict[str, int] | None = None,
     ) -> None:
         """Create a unit; validate it with :func:`validate_unit`."""
         self.id = id
@@ -152,6 +156,7 @@ class QuantumUnit(Generic[T, R]):
         self.priority = priority
         self.metadata: dict[str, Any] = {} if metadata is None else metadata
         self.retry_policy = retry_policy
+        self.limits = limits
         self._view: _RunView | None = None
         self._index = -1
         self._state = UnitState.PENDING
