@@ -60,6 +60,7 @@ from project_runners import (
     reused_process_runner,
 )
 from shapes import SHAPES, GraphSpec, fanout, single_unit
+from unit_cost_section import UNIT_COST_SECTION
 from workloads import Calibration, Workload, burn, calibrate_burn, noop
 
 if TYPE_CHECKING:
@@ -600,5 +601,6 @@ SECTIONS: dict[str, Section] = {
         DASK_SECTION,
         DASK_COLLECTIONS_SECTION,
         LIMITS_SECTION,
+        UNIT_COST_SECTION,
     )
 }

@@ -443,3 +443,53 @@ def test_fingerprints_are_stable_across_processes():
     ]
     assert outputs[0] == outputs[1]
     assert len(outputs[0]) > 64 * 4
+
+
+def test_a_build_memo_shares_one_function_but_sees_a_rebound_global_default_or_cell(
+    monkeypatch,
+):
+    """The memo serves a shared function by identity while what it read is unchanged."""
+    module = user_module(monkeypatch, "qp_shared", "LIMIT = 3\n")
+    namespace = {"qp_shared": module, "OFFSET": 1}
+    unit = compile_function(
+        "def f(ctx, k=2):\n    return qp_shared.LIMIT + OFFSET + k\n", namespace
+    )
+    memo = _fingerprint.ModuleMemo()
+    first = function_fingerprint(unit, memo=memo)
+    assert memo.functions
+    assert function_fingerprint(unit, memo=memo) == first
+    unit.__globals__["OFFSET"] = 5  # a rebound global
+    assert function_fingerprint(unit, memo=memo) == function_fingerprint(unit) != first
+    unit.__defaults__ = (3,)  # new default arguments
+    assert function_fingerprint(unit, memo=memo) == function_fingerprint(unit)
+    before = function_fingerprint(unit, memo=memo)
+    module.LIMIT = 4  # a rebound module attribute
+    assert function_fingerprint(unit, memo=memo) == function_fingerprint(unit) != before
+
+    def make(value):
+        def closure(ctx):
+            return value
+
+        return closure, lambda new: closure.__closure__[0].__setattr__("cell_contents", new)
+
+    shared, rebind = make(1)
+    seen = function_fingerprint(shared, memo=memo)
+    rebind(2)  # a rebound closure cell
+    assert function_fingerprint(shared, memo=memo) == function_fingerprint(shared) != seen
+
+
+def test_a_build_memo_encodes_the_globals_of_distinct_closures_once(monkeypatch):
+    """Closures of one code object share the globals part; their closure values still count."""
+    module = user_module(monkeypatch, "qp_closures", "def scale(x):\n    return x * 2\n")
+    make = compile_function(
+        "def make(k):\n    def unit(ctx):\n        return qp_closures.scale(k)\n    return unit\n",
+        {"qp_closures": module},
+        name="make",
+    )
+    memo = _fingerprint.ModuleMemo()
+    prints = [function_fingerprint(make(k), memo=memo) for k in range(3)]
+    assert len(set(prints)) == 3
+    assert prints == [function_fingerprint(make(k)) for k in range(3)]
+    assert sorted(key[0].co_name for key in memo.globals_parts) == ["scale", "unit"]  # once each
+    exec("def scale(x):\n    return x * 3\n", vars(module))
+    assert function_fingerprint(make(0), memo=memo) == function_fingerprint(make(0)) != prints[0]

@@ -71,7 +71,9 @@ class CacheStats:
         skipped: Cacheable units that ran without the cache: a dependency's result could not
             be fingerprinted, or their result could not be pickled (the log says which).
         corrupt: Damaged entries found, dropped and recomputed.
-        errors: Store operations that failed (the log says why); each counted as a miss.
+        errors: Store operations that failed (the log says why): a failed lookup counts as
+            a miss, a failed write (at ``put``, or later when a store commits in batches)
+            leaves the result to be recomputed.
         entries: Entries in the store now.
         size_bytes: Bytes of payload in the store now.
 
@@ -255,7 +257,7 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         try:
             self.cache.flush()
         except Exception as error:
-            LOGGER.warning("cache store: could not record read times: %s", error)
+            LOGGER.warning("cache store: could not write queued results or read times: %s", error)
 
     # -- management ------------------------------------------------------------------------
 
@@ -278,7 +280,7 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
             writes=self._cache_writes,
             skipped=self._cache_skipped,
             corrupt=self.cache.corrupt,
-            errors=self._cache_errors,
+            errors=self._cache_errors + self.cache.write_errors,
             entries=len(self.cache),
             size_bytes=self.cache.total_size(),
         )

@@ -188,23 +188,43 @@ def _assemble(container: Any, parts: list[bytes]) -> bytes:
 
 
 class ModuleMemo:
-    """What the module attributes read while one graph is built were encoded as.
+    """What was encoded while one graph is built, to share between its units.
 
-    Many units read the same ``helpers.scale``; each would encode it (and whatever it calls)
-    again. Keyed by module, attribute path and ignored names; an entry is used only while
-    the attribute is still the same object, so ``importlib.reload`` or rebinding it is
-    seen. Its owner clears it when a run starts, so each build reads the modules afresh.
+    * ``entries``: module attributes. Many units read the same ``helpers.scale``; each
+      would encode it (and whatever it calls) again. Keyed by module, attribute path and
+      ignored names; an entry is used only while the attribute is still the same object,
+      so ``importlib.reload`` or rebinding it is seen.
+    * ``functions``: whole fingerprints by the function's identity and ignored names, for
+      the many units that share one function (the entry keeps the function, so its ``id``
+      is not reused while the entry lives).
+    * ``globals_parts``: the encoding of the globals and imports a function reads, by code
+      object, globals namespace and ignored names: distinct closures of one function
+      (``make_unit(k)`` called per unit) differ only in their closure values, so the rest
+      is encoded once.
+
+    The last two keep the reads they were made from (``_Observed``: which global,
+    default, closure cell or module attribute held which object) and are used only while
+    every one still holds the same object, so rebinding any of them is seen, as in
+    ``entries``; a value changed in place within one build is not.
+
+    Its owner clears it when a run starts, so each build reads functions and modules afresh.
     """
 
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "functions", "globals_parts")
 
     def __init__(self) -> None:
         """An empty memo."""
         self.entries: dict[tuple[int, _Path, frozenset[str]], tuple[Any, Any, bytes]] = {}
+        self.functions: dict[tuple[int, frozenset[str]], tuple[Any, bytes, _Observed]] = {}
+        self.globals_parts: dict[
+            tuple[types.CodeType, int, frozenset[str]], tuple[dict[str, Any], bytes, _Observed]
+        ] = {}
 
     def clear(self) -> None:
         """Forget every entry."""
         self.entries.clear()
+        self.functions.clear()
+        self.globals_parts.clear()
 
 
 def function_fingerprint(
@@ -230,6 +250,10 @@ def function_fingerprint(
     Raises:
         UnfingerprintableError: A value the function depends on has no stable encoding.
     """
+    if memo is not None:
+        known = memo.functions.get((id(fn), ignore))
+        if known is not None and known[0] is fn and _unchanged(known[2]):
+            return known[1]
     encoder = _Encoder(ignore, memo)
     out = bytearray(b"fn:")
     out += sys.implementation.cache_tag.encode() if sys.implementation.cache_tag else b"?"
@@ -238,7 +262,10 @@ def function_fingerprint(
     except RecursionError:
         pass  # raised below, outside the except clause, where the stack is free again
     else:
-        return digest(out)
+        value = digest(out)
+        if memo is not None:
+            memo.functions[id(fn), ignore] = (fn, value, tuple(encoder.observed))
+        return value
     raise UnfingerprintableError(
         "a value it depends on is nested deeper than the interpreter's recursion limit "
         "allows; pass it in the context instead"
@@ -476,6 +503,40 @@ def _code_bytes(code: types.CodeType) -> bytes:
 _EMPTY_CELL: Final = object()
 _MISSING: Final = object()
 
+# What a fingerprint was made from, to tell whether a memoised one still holds: each entry
+# is (kind, holder, key, object) and holds while looking ``key`` up in ``holder`` again
+# gives the very same object. Kinds: an attribute (a function's defaults), a closure cell,
+# a namespace dict (a global), a module attribute path.
+_ATTRIBUTE, _CELL, _NAMESPACE, _MODULE_PATH = range(4)
+_Observed = tuple[tuple[int, Any, Any, Any], ...]
+
+
+def _cell_contents(cell: types.CellType) -> object:
+    try:
+        return cell.cell_contents
+    except ValueError:  # a cell not assigned yet
+        return _EMPTY_CELL
+
+
+def _unchanged(observed: _Observed) -> bool:
+    """Whether every read a memoised fingerprint was made from still gives the same object."""
+    for kind, holder, key, value in observed:
+        if kind == _NAMESPACE:
+            now = holder.get(key, _MISSING)
+        elif kind == _CELL:
+            now = _cell_contents(holder)
+        elif kind == _ATTRIBUTE:
+            now = getattr(holder, key, _MISSING)
+        else:
+            now = holder
+            for attribute in key:
+                now = _module_attribute(now, attribute)
+                if not isinstance(now, types.ModuleType) or _is_library(now.__name__):
+                    break
+        if now is not value:
+            return False
+    return True
+
 
 class _Unimported:
     """A submodule read as an attribute (``pkg.sub``) that nobody imported yet."""
@@ -554,7 +615,15 @@ def _source_digest(path: str, size: int, mtime_ns: int) -> bytes:
 class _Encoder:
     """One fingerprinting pass: the objects on the current path and the functions under way."""
 
-    __slots__ = ("active", "backrefs", "function_memo", "functions", "ignore", "module_memo")
+    __slots__ = (
+        "active",
+        "backrefs",
+        "function_memo",
+        "functions",
+        "ignore",
+        "module_memo",
+        "observed",
+    )
 
     def __init__(
         self, ignore: frozenset[str] = frozenset(), module_memo: ModuleMemo | None = None
@@ -565,6 +634,8 @@ class _Encoder:
         self.functions: dict[int, int] = {}
         self.function_memo: dict[int, bytes] = {}
         self.backrefs = 0
+        # What this pass read (see _Observed); kept only when a memo may keep the result.
+        self.observed: list[tuple[int, Any, Any, Any]] = []
 
     def encode(self, value: Any) -> bytearray:
         out = bytearray()
@@ -741,6 +812,9 @@ class _Encoder:
         try:
             code = fn.__code__
             part += _code_bytes(code)
+            observed = self.observed
+            observed.append((_ATTRIBUTE, fn, "__defaults__", fn.__defaults__))
+            observed.append((_ATTRIBUTE, fn, "__kwdefaults__", fn.__kwdefaults__))
             self.part(part, "default arguments", fn.__defaults__)
             self.part(part, "keyword defaults", fn.__kwdefaults__)
             cells = fn.__closure__ or ()
@@ -750,10 +824,8 @@ class _Encoder:
                 if name in self.ignore:
                     part += b"~"
                     continue
-                try:
-                    contents = cell.cell_contents
-                except ValueError:  # a cell not assigned yet
-                    contents = _EMPTY_CELL
+                contents = _cell_contents(cell)
+                observed.append((_CELL, cell, None, contents))
                 if contents is _EMPTY_CELL:
                     part += b"_"
                 elif isinstance(contents, types.ModuleType):
@@ -762,13 +834,30 @@ class _Encoder:
                 else:
                     self.part(part, f"closure variable {name!r}", contents)
             if not library:
-                self.globals_of(fn, code, part)
-                self.imports_of(fn, code, part)
+                self.globals_and_imports(fn, code, part)
         finally:
             del self.functions[id(fn)]
         if self.backrefs == backrefs:
             self.function_memo[id(fn)] = bytes(part)
         out += part
+
+    def globals_and_imports(
+        self, fn: types.FunctionType, code: types.CodeType, out: bytearray
+    ) -> None:
+        """The globals and imports ``fn`` reads, shared by the closures of one code object."""
+        memo = None if self.module_memo is None else self.module_memo.globals_parts
+        namespace = fn.__globals__
+        key = (code, id(namespace), self.ignore)
+        known = None if memo is None else memo.get(key)
+        if known is not None and known[0] is namespace and _unchanged(known[2]):
+            out += known[1]
+            self.observed.extend(known[2])
+            return
+        start, backrefs, first_read = len(out), self.backrefs, len(self.observed)
+        self.globals_of(fn, code, out)
+        self.imports_of(fn, code, out)
+        if memo is not None and self.backrefs == backrefs:  # no reference to the caller
+            memo[key] = (namespace, bytes(out[start:]), tuple(self.observed[first_read:]))
 
     def globals_of(self, fn: types.FunctionType, code: types.CodeType, out: bytearray) -> None:
         namespace = fn.__globals__
@@ -777,6 +866,7 @@ class _Encoder:
         out += b"%d:" % len(names)
         for name in names:
             out += _length_prefixed(b"g", _text(name))
+            self.observed.append((_NAMESPACE, namespace, name, namespace.get(name, _MISSING)))
             if name in self.ignore:
                 out += b"~"
             elif name in namespace:
@@ -831,6 +921,7 @@ class _Encoder:
                     break
             if taken:
                 values[taken] = value
+                self.observed.append((_MODULE_PATH, module, taken, value))
         out += b"%d:" % len(values)
         memo = None if self.module_memo is None else self.module_memo.entries
         for taken in sorted(values):

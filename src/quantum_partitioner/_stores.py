@@ -6,12 +6,19 @@ nothing about units or pickling: :mod:`._cache` makes the keys and the payloads.
 
 :class:`SQLiteStore` policy:
 
-* **Atomic entries.** Each entry is written in one transaction, with a checksum (BLAKE2b of
-  key and payload). An entry whose checksum does not match (bit rot, a hand edit, a torn
+* **Atomic entries.** Each entry is written whole, with a checksum (BLAKE2b of key and
+  payload). An entry whose checksum does not match (bit rot, a hand edit, a torn
   write from a broken file system) is deleted and reported missing, never returned.
 * **Crash safety.** Write-ahead logging (``journal_mode=WAL``, ``synchronous=NORMAL``): a
   committed entry survives the death of the process (``kill -9``); a power cut may lose the
   last few, never corrupt the file.
+* **Group commit.** ``put`` only queues the entry (``get`` sees it at once); a writer thread
+  commits the queue in one transaction at once, and the writes that arrive while it commits
+  in the next one. So a lone write is committed within a transaction's time (about a
+  millisecond), a burst of short units shares transactions, and the caller's thread pays
+  neither; ``flush`` (the end of every run, interrupted or not), ``close`` and a normal
+  interpreter exit commit what is left. A ``kill -9`` can lose only the results handed
+  over during the last transaction (a few milliseconds before the kill).
 * **Several processes.** Readers never block; writers take the lock with ``BEGIN IMMEDIATE``
   and wait for it up to ``timeout`` seconds (``busy_timeout``).
 * **Versioned format.** A ``meta`` table holds ``format_version``. A file of another version,
@@ -31,6 +38,7 @@ since lookups come from several threads at once.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import hashlib
@@ -58,6 +66,8 @@ LOGGER = logging.getLogger("quantum_partitioner")
 #: The on-disk format this version reads and writes (see docs/caching.md).
 FORMAT_VERSION: Final = 1
 _TOUCH_BATCH: Final = 1000
+# How long an idle writer thread of a SQLiteStore waits for more writes before it ends.
+_WRITER_LINGER: Final = 0.5
 # Connections a forked child inherited from its parent: never used, never closed.
 _INHERITED: list[sqlite3.Connection] = []
 
@@ -124,12 +134,15 @@ class CacheStore(ABC):
     Attributes:
         size_limit: Bytes of payload to keep at most (least recently used go first), or None.
         corrupt: How many damaged entries were found and dropped.
+        write_errors: How many results a deferred write failed to store after ``put``
+            returned (logged; they are recomputed when next needed).
 
     .. versionadded:: 0.1
     """
 
     size_limit: int | None = None
     corrupt: int = 0
+    write_errors: int = 0
 
     @abstractmethod
     def get(self, key: bytes) -> bytes | None:
@@ -429,10 +442,17 @@ class SQLiteStore(CacheStore):
         self._connections: list[sqlite3.Connection] = []
         self._pid = -1
         self._touched: dict[bytes, float] = {}
+        # Queued writes, key -> (unit, payload, time.time()); guarded by _queue_lock, which
+        # is never held while taking _lock (the writer takes _lock first, then it).
+        self._queued: dict[bytes, tuple[str, bytes, float]] = {}
+        self._queue_lock = threading.Condition(threading.Lock())
+        self._writer: threading.Thread | None = None
+        self.write_errors = 0
         self._known_total: int | None = None
         self._unchecked = 0
         self._finalizer = weakref.finalize(self, _close_quietly, self._connections)
         self._connection()
+        _LIVE_STORES.add(self)
 
     def __repr__(self) -> str:
         """Name the file."""
@@ -450,6 +470,10 @@ class SQLiteStore(CacheStore):
             _INHERITED.extend(self._connections)
             self._connections.clear()
             self._touched.clear()
+            # The parent commits its own queue; the child has no writer thread.
+            self._queue_lock = threading.Condition(threading.Lock())
+            self._queued = {}
+            self._writer = None
         checked = _open_private_file(self.path)
         try:
             connection = sqlite3.connect(
@@ -546,6 +570,9 @@ class SQLiteStore(CacheStore):
     def get(self, key: bytes) -> bytes | None:
         """The payload under ``key`` if its checksum matches, else None (and it is dropped)."""
         with self._lock:
+            queued = self._queued.get(key)  # one dict read: atomic, no need of _queue_lock
+            if queued is not None:
+                return queued[1]
             connection = self._connection()
             row = connection.execute(
                 "SELECT payload, checksum FROM entries WHERE key = ?", (key,)
@@ -568,23 +595,79 @@ class SQLiteStore(CacheStore):
             return payload
 
     def put(self, key: bytes, unit: str, payload: bytes) -> None:
-        """Write the entry in one transaction, then evict over the size limit."""
+        """Queue the entry for the writer thread, which commits it at once (group commit).
+
+        A commit that fails later is logged and counted in ``write_errors``; the entries of
+        that batch are recomputed by the next run that needs them.
+        """
         limit = self.size_limit
         if limit is not None and len(payload) > limit:
             return  # it would evict everything and still not fit
-        now = time.time()
-        with self._lock:
-            connection = self._connection()
-            with _Transaction(connection):
-                connection.execute(
-                    "INSERT OR REPLACE INTO entries"
-                    " (key, unit, payload, checksum, size, created, accessed)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (key, unit, payload, checksum(key, payload), len(payload), now, now),
+        if self._pid != os.getpid():
+            with self._lock:
+                self._connection()  # a forked child: its own connection and queue first
+        with self._queue_lock:
+            queued = self._queued
+            queued[key] = (unit, payload, time.time())
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_queued, name="quantum-partitioner cache writer", daemon=True
                 )
-                self._touched.pop(key, None)
-                if limit is not None:
-                    self._evict(connection, limit, key, len(payload))
+                self._writer.start()
+            elif len(queued) == 1:
+                self._queue_lock.notify()  # the writer may be waiting for work
+
+    def _write_queued(self) -> None:
+        """The writer thread: commit whatever is queued, again and again (group commit).
+
+        Writes that arrive while a transaction commits wait for the next one, so a burst of
+        short units shares transactions while a lone write is committed at once. A daemon,
+        so that it never delays the interpreter's exit (``_flush_live_stores`` commits the
+        last batch then); it ends once no write came for ``_WRITER_LINGER`` seconds.
+        """
+        cond = self._queue_lock
+        while True:
+            with cond:
+                if not self._queued:
+                    cond.wait(_WRITER_LINGER)
+                    if not self._queued:
+                        self._writer = None
+                        return
+            self._commit_queued()
+
+    def _commit_queued(self) -> None:
+        """Commit every queued write in one transaction, then evict over the size limit."""
+        with self._lock:
+            with self._queue_lock:
+                batch, self._queued = self._queued, {}
+            if not batch or self._pid != os.getpid():
+                return
+            try:
+                connection = self._connection()
+                with _Transaction(connection):
+                    connection.executemany(
+                        "INSERT OR REPLACE INTO entries"
+                        " (key, unit, payload, checksum, size, created, accessed)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (key, unit, payload, checksum(key, payload), len(payload), now, now)
+                            for key, (unit, payload, now) in batch.items()
+                        ],
+                    )
+                    for key in batch:
+                        self._touched.pop(key, None)
+                    limit = self.size_limit
+                    if limit is not None:
+                        added = sum(len(payload) for _, payload, _ in batch.values())
+                        self._evict(connection, limit, next(reversed(batch)), added)
+            except (sqlite3.Error, OSError, ValueError) as error:
+                self.write_errors += len(batch)
+                LOGGER.warning(
+                    "cache store %s: could not write %d results (they will be recomputed): %s",
+                    self.path,
+                    len(batch),
+                    error,
+                )
 
     def _evict(self, connection: sqlite3.Connection, limit: int, keep: bytes, added: int) -> None:
         """Delete least recently used entries while the store is over ``limit`` (in a write).
@@ -616,6 +699,8 @@ class SQLiteStore(CacheStore):
             if corrupt:
                 self.corrupt += 1
             self._touched.pop(key, None)
+            with self._queue_lock:
+                self._queued.pop(key, None)
             connection = self._connection()
             with _Transaction(connection):
                 connection.execute("DELETE FROM entries WHERE key = ?", (key,))
@@ -623,6 +708,7 @@ class SQLiteStore(CacheStore):
     def clear(self, unit: str | None = None) -> int:
         """Delete every entry, or ``unit``'s; return how many."""
         with self._lock:
+            self._commit_queued()  # so that they are counted and deleted with the others
             connection = self._connection()
             with _Transaction(connection):
                 if unit is None:
@@ -651,12 +737,14 @@ class SQLiteStore(CacheStore):
     def __len__(self) -> int:
         """How many entries are stored."""
         with self._lock:
+            self._commit_queued()
             (count,) = self._connection().execute("SELECT COUNT(*) FROM entries").fetchone()
         return int(count)
 
     def total_size(self) -> int:
         """Bytes of payload stored."""
         with self._lock:
+            self._commit_queued()
             (total,) = (
                 self._connection().execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()
             )
@@ -682,8 +770,9 @@ class SQLiteStore(CacheStore):
             self._touched.clear()
 
     def flush(self) -> None:
-        """Write the batched read times."""
+        """Commit the queued writes and the batched read times."""
         with self._lock:
+            self._commit_queued()
             if self._touched and self._pid == os.getpid() and self._connections:
                 self._flush_touches(self._connections[-1])
 
@@ -693,6 +782,17 @@ class SQLiteStore(CacheStore):
             self.flush()
             _close_quietly(self._connections)
             self._pid = -1
+
+
+_LIVE_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_live_stores() -> None:
+    """Commit the writes still queued when the interpreter exits normally."""
+    for store in list(_LIVE_STORES):
+        with contextlib.suppress(Exception):
+            store.flush()
 
 
 class _Transaction:

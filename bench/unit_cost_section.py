@@ -1,0 +1,592 @@
+"""The ``unitcost`` section: the cost of a unit in every mode, each beside its reference.
+
+One row per part of a unit's cost, each measured in the same run as a reference that does
+the same work with nothing but the standard library (or Dask), so that the ratio cancels
+most of the drift of a small shared machine. Every row prints our figure, the reference's,
+the ratio and the target (a ratio, or an absolute bound where the reference is only shown):
+
+* ``add_unit``: building N no-op units (fanout) against a dict ``{name: (fn, *deps)}``.
+* SEQUENTIAL execute against a ``graphlib.TopologicalSorter.static_order()`` loop with the
+  same bookkeeping (a result and a state per unit, each unit handed its dependencies'
+  results by name), on fanout, chain and layered.
+* THREAD (4) execute against a minimal 4-thread dataflow loop: one lock, one condition,
+  a count of unfinished dependencies per unit and a ready list.
+* PROCESS (2), CPU-bound units (32 x 50 ms by default; ``--quick``: 8 x 20 ms): the
+  speed-up over SEQUENTIAL with a fresh pool per run and with reused workers, beside a warm
+  ``ProcessPoolExecutor(2)`` mapping the same work.
+* PROCESS (2), no-op units (``--process-n``): µs per unit on reused (warm) workers against
+  ``ProcessPoolExecutor.submit`` on a warm pool; a fresh-pool run is shown too.
+* PROCESS worker start: a 1-unit PROCESS (1) run minus a 1-unit SEQUENTIAL run, against
+  starting a bare interpreter (``python -c pass``).
+* ASYNC, ``async def`` units awaiting ``sleep(0)``, against the hand-written dataflow (a
+  task per unit awaiting its dependencies' tasks, one ``asyncio.run``).
+* The cache: a cold SQLite run (THREAD (4), every unit cacheable and stored), a warm one
+  (every unit a hit), and building the cacheable graph (one shared function; distinct
+  closures of one function), each against the same thing without a cache.
+* Memory: the RSS growth of building and executing 100,000 units (fanout, SEQUENTIAL), in
+  a fresh interpreter each, against ``dask.get`` on the same graph.
+
+Samples of a row and its reference are interleaved; each figure is a median. To keep the
+section near two minutes, the slower rows take fewer samples (the table says how many).
+Verdicts are informational, as everywhere in ``make bench``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass
+from graphlib import TopologicalSorter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import report
+from shapes import SHAPES, fanout
+from workloads import burn, calibrate_burn
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sections import Options
+
+THREADS = 4
+PROCESSES = 2
+CPU_UNITS, QUICK_CPU_UNITS = 32, 8
+MEMORY_UNITS = 100_000
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def _noop(ctx: Any) -> None:
+    return None
+
+
+async def _async_yield(ctx: Any) -> None:
+    await asyncio.sleep(0)
+
+
+def _pool_noop() -> None:
+    return None
+
+
+def _api() -> Any:
+    import quantum_partitioner  # noqa: PLC0415 - the measured library, imported late
+
+    return quantum_partitioner
+
+
+@dataclass
+class Row:
+    """One printed row: our figure, the reference's, and the target."""
+
+    what: str
+    ours: float | None
+    reference: float | None
+    unit: str
+    target: str
+    meets: bool | None
+    samples: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.ours is None or not self.reference:
+            return None
+        return self.ours / self.reference
+
+
+def _median_pair(
+    first: Callable[[], Any], second: Callable[[], Any], repeat: int
+) -> tuple[float, float]:
+    """Median seconds of two callables, one warm-up each, samples interleaved."""
+    first()
+    second()
+    a: list[float] = []
+    b: list[float] = []
+    for _ in range(repeat):
+        for function, into in ((first, a), (second, b)):
+            started = time.perf_counter()
+            function()
+            into.append(time.perf_counter() - started)
+    return statistics.median(a), statistics.median(b)
+
+
+# -- the references -------------------------------------------------------------------------
+
+
+def graphlib_sequential(deps: dict[str, list[str]], function: Callable[..., Any]) -> dict[str, Any]:
+    """``static_order()`` with the bookkeeping a run keeps: a result and a state per unit."""
+    results: dict[str, Any] = {}
+    states: dict[str, str] = {}
+    for name in TopologicalSorter(deps).static_order():
+        states[name] = "running"
+        results[name] = function({dep: results[dep] for dep in deps[name]})
+        states[name] = "completed"
+    return results
+
+
+def thread_dataflow(
+    deps: dict[str, list[str]], function: Callable[..., Any], workers: int
+) -> dict[str, Any]:
+    """A minimal dataflow on ``workers`` threads: one lock, a ready list, dependency counts."""
+    waiting = {name: len(names) for name, names in deps.items()}
+    users: dict[str, list[str]] = {name: [] for name in deps}
+    for name, names in deps.items():
+        for dep in names:
+            users[dep].append(name)
+    ready = deque(name for name, count in waiting.items() if not count)
+    results: dict[str, Any] = {}
+    lock = threading.Lock()
+    wake = threading.Condition(lock)
+    left = [len(deps)]
+
+    def work() -> None:
+        while True:
+            with wake:
+                while not ready and left[0]:
+                    wake.wait()
+                if not left[0]:
+                    return
+                name = ready.popleft()
+            value = function({dep: results[dep] for dep in deps[name]})
+            with wake:
+                results[name] = value
+                left[0] -= 1
+                woken = 0
+                for user in users[name]:
+                    waiting[user] -= 1
+                    if not waiting[user]:
+                        ready.append(user)
+                        woken += 1
+                if not left[0]:
+                    wake.notify_all()
+                elif woken:
+                    wake.notify(woken)
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+async def _task_dataflow(deps: dict[str, list[str]]) -> dict[str, Any]:
+    tasks: dict[str, asyncio.Task[Any]] = {}
+
+    async def unit(dep_tasks: list[asyncio.Task[Any]], names: list[str]) -> Any:
+        values = [await task for task in dep_tasks]
+        return await _async_yield(dict(zip(names, values, strict=True)))
+
+    for name, names in deps.items():
+        tasks[name] = asyncio.create_task(unit([tasks[dep] for dep in names], names))
+    values = await asyncio.gather(*tasks.values())
+    return dict(zip(tasks, values, strict=True))
+
+
+def asyncio_dataflow(deps: dict[str, list[str]]) -> dict[str, Any]:
+    """The hand-written asyncio dataflow, under one ``asyncio.run`` as ``execute`` does."""
+    return asyncio.run(_task_dataflow(deps))
+
+
+# -- building the project's graphs ----------------------------------------------------------
+
+
+def build(
+    deps: dict[str, list[str]], function: Any = _noop, *, cls: Any = None, **kwargs: Any
+) -> Any:
+    """A partitioner (``cls``, default QuantumPartitioner) holding ``deps``."""
+    cls = cls or _api().QuantumPartitioner
+    partitioner = cls(max_workers=THREADS, **kwargs)
+    for name, names in deps.items():
+        partitioner.add_unit(function, dependencies=names, name=name)
+    return partitioner
+
+
+def build_cacheable(deps: dict[str, list[str]], functions: list[Any], **kwargs: Any) -> Any:
+    """A caching partitioner whose units are all cacheable; unit k runs ``functions[k]``."""
+    partitioner = _api().CachingQuantumPartitioner(max_workers=THREADS, **kwargs)
+    metadata = {"cacheable": True}
+    for (name, names), function in zip(deps.items(), functions, strict=True):
+        partitioner.add_unit(function, dependencies=names, name=name, metadata=metadata)
+    return partitioner
+
+
+def _closure(k: int) -> Any:
+    def unit(ctx: Any) -> int:
+        return k
+
+    return unit
+
+
+# -- the rows ------------------------------------------------------------------------------
+
+
+def row_add_unit(n: int, repeat: int) -> Row:
+    deps = fanout(n).deps
+    function = _noop
+    ours, ref = _median_pair(
+        lambda: build(deps), lambda: {k: (function, *v) for k, v in deps.items()}, repeat
+    )
+    us = ours / len(deps) * 1e6
+    return Row(
+        "add_unit (fanout)",
+        us,
+        ref / len(deps) * 1e6,
+        "us/unit",
+        "<= 2.5 us",
+        us <= 2.5,
+        f"{repeat}",
+    )
+
+
+def row_mode(mode: str, shape: str, n: int, repeat: int) -> Row:
+    spec = SHAPES[shape](n)
+    execution_mode = _api().ExecutionMode[mode]
+    if mode == "ASYNC":
+        partitioner = build(spec.deps, _async_yield)
+        ref: Callable[[], Any] = functools.partial(asyncio_dataflow, spec.deps)
+        target, label = 1.3, "ASYNC sleep(0)"
+    elif mode == "THREAD":
+        partitioner = build(spec.deps)
+        ref = functools.partial(thread_dataflow, spec.deps, dict, THREADS)
+        target, label = 2.0, f"THREAD ({THREADS})"
+    else:
+        partitioner = build(spec.deps)
+        ref = functools.partial(graphlib_sequential, spec.deps, dict)
+        target, label = 1.3, "SEQUENTIAL"
+    ours, theirs = _median_pair(
+        lambda: partitioner.execute({}, execution_mode=execution_mode), ref, repeat
+    )
+    per = len(spec.deps) / 1e6
+    ratio = ours / theirs
+    return Row(
+        f"{label} ({shape})",
+        ours / per,
+        theirs / per,
+        "us/unit",
+        f"<= {target:g}x",
+        ratio <= target,
+        f"{repeat}",
+    )
+
+
+def rows_process_cpu(options: Options) -> list[Row]:
+    units = QUICK_CPU_UNITS if options.n < 10_000 else CPU_UNITS
+    cpu_ms = options.cpu_ms
+    calibration = calibrate_burn(cpu_ms / 1000)
+    work = functools.partial(_burn_unit, calibration.loops)
+    deps = fanout(units).deps
+    deps.pop("sink")
+    api = _api()
+    sequential = build(deps, work)
+    fresh = build(deps, work)
+    reused = build(deps, work)
+    backend = api.backends.ProcessBackend(PROCESSES, reuse=True)
+
+    def timed(function: Callable[[], Any]) -> float:
+        started = time.perf_counter()
+        function()
+        return time.perf_counter() - started
+
+    with concurrent.futures.ProcessPoolExecutor(PROCESSES) as pool:
+        list(pool.map(burn, [1] * PROCESSES))  # warm: the workers are up
+        reused.execute({}, backend=backend)  # warm-up of the reused workers
+        seq = timed(lambda: sequential.execute({}, execution_mode="SEQUENTIAL"))
+        fresh_s = statistics.median(
+            timed(lambda: fresh.execute({}, execution_mode="PROCESS", max_workers=PROCESSES))
+            for _ in range(2)
+        )
+        reused_s = statistics.median(
+            timed(lambda: reused.execute({}, backend=backend)) for _ in range(2)
+        )
+        pool_s = statistics.median(
+            timed(lambda: list(pool.map(burn, [calibration.loops] * units))) for _ in range(2)
+        )
+    backend.close()
+    what = f"PROCESS ({PROCESSES}) speed-up, {units} x {cpu_ms:g} ms"
+    ref = seq / pool_s
+    fresh_x, reused_x = seq / fresh_s, seq / reused_s
+    return [
+        Row(f"{what}, fresh pool", fresh_x, ref, "x", ">= 1.75x", fresh_x >= 1.75, "2"),
+        Row(f"{what}, reused", reused_x, ref, "x", ">= 1.85x", reused_x >= 1.85, "2"),
+    ]
+
+
+def _burn_unit(loops: int, ctx: Any) -> int:
+    return burn(loops)
+
+
+def rows_process_noop(options: Options) -> list[Row]:
+    n = options.process_n
+    deps = fanout(n).deps
+    api = _api()
+    reused = build(deps)
+    fresh = build(deps)
+    backend = api.backends.ProcessBackend(PROCESSES, reuse=True)
+    repeat = 3
+    with concurrent.futures.ProcessPoolExecutor(PROCESSES) as pool:
+
+        def submit_all() -> None:
+            futures = [pool.submit(_pool_noop) for _ in range(len(deps))]
+            for future in futures:
+                future.result()
+
+        ours, ref = _median_pair(lambda: reused.execute({}, backend=backend), submit_all, repeat)
+        fresh_s, _ = _median_pair(
+            lambda: fresh.execute({}, execution_mode="PROCESS", max_workers=PROCESSES),
+            lambda: None,
+            1,
+        )
+    backend.close()
+    per = len(deps) / 1e6
+    ratio = ours / ref
+    return [
+        Row(
+            f"PROCESS ({PROCESSES}) no-op, reused workers ({n:,})",
+            ours / per,
+            ref / per,
+            "us/unit",
+            "<= 1.5x",
+            ratio <= 1.5,
+            f"{repeat}",
+        ),
+        Row(
+            f"PROCESS ({PROCESSES}) no-op, fresh pool ({n:,})",
+            fresh_s / per,
+            ref / per,
+            "us/unit",
+            "(shown)",
+            None,
+            "1",
+        ),
+    ]
+
+
+def row_worker_start(repeat: int) -> Row:
+    api = _api()
+    one = build({"u0": []})
+
+    def process_run() -> None:
+        one.execute({}, execution_mode=api.ExecutionMode.PROCESS, max_workers=1)
+
+    def sequential_run() -> None:
+        one.execute({}, execution_mode=api.ExecutionMode.SEQUENTIAL)
+
+    def bare() -> None:
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+    process_s, bare_s = _median_pair(process_run, bare, repeat)
+    sequential_s, _ = _median_pair(sequential_run, lambda: None, repeat)
+    ms = (process_s - sequential_s) * 1e3
+    return Row(
+        "PROCESS worker start (1-unit run)",
+        ms,
+        bare_s * 1e3,
+        "ms",
+        "<= 45 ms",
+        ms <= 45,
+        f"{repeat}",
+    )
+
+
+def rows_cache(n: int, repeat: int, directory: Path) -> list[Row]:
+    deps = fanout(n).deps
+    plain = build(deps)
+    shared = [_noop] * len(deps)
+    counter = iter(range(1_000_000))
+
+    def fresh_path() -> Path:
+        return directory / f"cold-{next(counter)}.sqlite"
+
+    def cold_run() -> None:
+        partitioner = cold_graphs.pop()
+        partitioner.execute({}, execution_mode="THREAD")
+        partitioner.close()
+
+    # Cold: a graph on an empty store per sample, built outside the timing.
+    cold_graphs = [
+        build_cacheable(deps, shared, cache_path=fresh_path()) for _ in range(repeat + 1)
+    ]
+    plain_run = functools.partial(plain.execute, {}, execution_mode="THREAD")
+    cold_s, plain_s = _median_pair(cold_run, plain_run, repeat)
+    warm = build_cacheable(deps, shared, cache_path=fresh_path())
+    warm.execute({}, execution_mode="THREAD")
+    warm_s, plain_s2 = _median_pair(
+        functools.partial(warm.execute, {}, execution_mode="THREAD"), plain_run, repeat
+    )
+    warm.close()
+    closures = [_closure(k) for k in range(len(deps))]
+    build_shared, build_plain = _median_pair(
+        lambda: build_cacheable(deps, shared), lambda: build(deps), repeat
+    )
+    build_closures, build_plain2 = _median_pair(
+        lambda: build_cacheable(deps, closures), lambda: build(deps, closures[0]), repeat
+    )
+    per = len(deps) / 1e6
+    rows = []
+    for what, ours, ref, target in (
+        (f"cache cold run, SQLite, THREAD ({THREADS})", cold_s, plain_s, 2.0),
+        (f"cache warm run (all hits), THREAD ({THREADS})", warm_s, plain_s2, 1.5),
+        ("cache build, one shared function", build_shared, build_plain, 1.5),
+        ("cache build, distinct closures", build_closures, build_plain2, 1.5),
+    ):
+        rows.append(
+            Row(
+                what,
+                ours / per,
+                ref / per,
+                "us/unit",
+                f"<= {target:g}x",
+                ours / ref <= target,
+                f"{repeat}",
+            )
+        )
+    return rows
+
+
+_RSS_CHILD = """
+import json, sys
+sys.path.insert(0, {bench!r})
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+from shapes import fanout
+from workloads import noop
+deps = fanout({n}).deps
+which = {which!r}
+if which == "dask":
+    import dask
+    graph = {{k: (noop, *v) for k, v in deps.items()}}
+    before = rss()
+    results = dask.get(graph, list(deps))
+else:
+    import quantum_partitioner as qp
+    before = rss()
+    p = qp.QuantumPartitioner()
+    for name, names in deps.items():
+        p.add_unit(noop, dependencies=names, name=name)
+    results = p.execute({{}}, execution_mode="SEQUENTIAL")
+after = rss()
+print(json.dumps((after - before) / len(deps)))
+"""
+
+
+def row_memory(n: int) -> Row:
+    def measure(which: str) -> float:
+        code = _RSS_CHILD.format(bench=str(BENCH_DIR), n=n, which=which)
+        done = subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True
+        )
+        return float(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    ours, dask_b = measure("project"), measure("dask")
+    return Row(
+        f"RSS growth, {n:,} units (fanout, SEQUENTIAL)",
+        ours,
+        dask_b,
+        "B/unit",
+        "<= 800 B",
+        ours <= 800,
+        "1",
+    )
+
+
+# -- the section ---------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "x":
+        return f"{value:.2f}x"
+    if unit == "ms":
+        return f"{value:.1f} ms"
+    if unit == "B/unit":
+        return f"{value:,.0f} B"
+    return report.format_us(value)
+
+
+class UnitCostSection:
+    """See the module docstring."""
+
+    name = "unitcost"
+    title = "Cost of a unit in every mode, each beside its reference"
+
+    def run(self, options: Options) -> bool:
+        """Measure every row, print the table; False if a measurement failed."""
+        n = options.n
+        repeat = max(3, options.repeat)
+        quick = n < 10_000
+        memory_n = min(options.memory_n, MEMORY_UNITS)
+        rows: list[Row] = []
+        ok = True
+        with tempfile.TemporaryDirectory() as tmp:
+            steps: list[Callable[[], list[Row]]] = [
+                lambda: [row_add_unit(n, repeat)],
+                *(
+                    functools.partial(lambda m, s: [row_mode(m, s, n, repeat)], mode, shape)
+                    for mode in ("SEQUENTIAL", "THREAD")
+                    for shape in ("fanout", "chain", "layered")
+                ),
+                *(
+                    functools.partial(lambda s: [row_mode("ASYNC", s, n, 3)], shape)
+                    for shape in ("fanout", "layered")
+                ),
+                lambda: rows_process_cpu(options),
+                lambda: rows_process_noop(options),
+                lambda: [row_worker_start(5)],
+                lambda: rows_cache(n, 3, Path(tmp)),
+                lambda: [row_memory(memory_n)],
+            ]
+            for step in steps:
+                try:
+                    made = step()
+                except Exception:
+                    traceback.print_exc()
+                    ok = False
+                    continue
+                for row in made:
+                    print(
+                        f"  {row.what:50} {_fmt(row.ours, row.unit)}", file=sys.stderr, flush=True
+                    )
+                rows.extend(made)
+        print(
+            f"\n{self.title}: N={n:,} no-op units unless said"
+            + (" (--quick: smaller graphs)" if quick else "")
+            + "; median of the samples shown, interleaved with the reference's\n"
+        )
+        header = ["what", "ours", "reference", "ratio", "target", "verdict", "samples"]
+        table = [
+            [
+                row.what,
+                _fmt(row.ours, row.unit),
+                _fmt(row.reference, row.unit),
+                "-" if row.ratio is None else f"{row.ratio:.2f}x",
+                row.target,
+                "" if row.meets is None else ("PASS" if row.meets else "MISS"),
+                row.samples,
+            ]
+            for row in rows
+        ]
+        print(report.format_table(header, table))
+        print(
+            "\nReferences: a dict build; graphlib static_order() loop with a result and a state"
+            "\nper unit; a 4-thread dataflow with one lock; ProcessPoolExecutor(2) warm (its"
+            "\nspeed-up, and submit per unit); python -c pass; a task-per-unit asyncio dataflow;"
+            "\nthe same run or build without a cache; dask.get's RSS growth on the same graph."
+            "\nSpeed-up rows: ours and the reference are speed-ups over SEQUENTIAL; the target is"
+            "\non ours. The worker start is a 1-unit PROCESS (1) run minus a 1-unit SEQUENTIAL run."
+        )
+        return ok
+
+
+UNIT_COST_SECTION = UnitCostSection()
