@@ -503,12 +503,13 @@ def _code_bytes(code: types.CodeType) -> bytes:
 _EMPTY_CELL: Final = object()
 _MISSING: Final = object()
 
-# What a fingerprint was made from, to tell whether a memoised one still holds: each entry
-# is (kind, holder, key, object) and holds while looking ``key`` up in ``holder`` again
-# gives the very same object. Kinds: an attribute (a function's defaults), a closure cell,
-# a namespace dict (a global), a module attribute path.
+# What a fingerprint was made from, to tell whether a memoised one still holds: a flat run
+# of (kind, holder, key, object) quadruples (flat: one object for the collector to track
+# per memo entry, not one per read), each holding while looking ``key`` up in ``holder``
+# again gives the very same object. Kinds: an attribute (a function's defaults), a closure
+# cell, a namespace dict (a global), a module attribute path.
 _ATTRIBUTE, _CELL, _NAMESPACE, _MODULE_PATH = range(4)
-_Observed = tuple[tuple[int, Any, Any, Any], ...]
+_Observed = tuple[Any, ...]
 
 
 def _cell_contents(cell: types.CellType) -> object:
@@ -520,7 +521,10 @@ def _cell_contents(cell: types.CellType) -> object:
 
 def _unchanged(observed: _Observed) -> bool:
     """Whether every read a memoised fingerprint was made from still gives the same object."""
-    for kind, holder, key, value in observed:
+    quadruples = iter(observed)
+    for kind, holder, key, value in zip(
+        quadruples, quadruples, quadruples, quadruples, strict=True
+    ):
         if kind == _NAMESPACE:
             now = holder.get(key, _MISSING)
         elif kind == _CELL:
@@ -635,7 +639,7 @@ class _Encoder:
         self.function_memo: dict[int, bytes] = {}
         self.backrefs = 0
         # What this pass read (see _Observed); kept only when a memo may keep the result.
-        self.observed: list[tuple[int, Any, Any, Any]] = []
+        self.observed: list[Any] = []
 
     def encode(self, value: Any) -> bytearray:
         out = bytearray()
@@ -813,8 +817,8 @@ class _Encoder:
             code = fn.__code__
             part += _code_bytes(code)
             observed = self.observed
-            observed.append((_ATTRIBUTE, fn, "__defaults__", fn.__defaults__))
-            observed.append((_ATTRIBUTE, fn, "__kwdefaults__", fn.__kwdefaults__))
+            observed += (_ATTRIBUTE, fn, "__defaults__", fn.__defaults__)
+            observed += (_ATTRIBUTE, fn, "__kwdefaults__", fn.__kwdefaults__)
             self.part(part, "default arguments", fn.__defaults__)
             self.part(part, "keyword defaults", fn.__kwdefaults__)
             cells = fn.__closure__ or ()
@@ -825,7 +829,7 @@ class _Encoder:
                     part += b"~"
                     continue
                 contents = _cell_contents(cell)
-                observed.append((_CELL, cell, None, contents))
+                observed += (_CELL, cell, None, contents)
                 if contents is _EMPTY_CELL:
                     part += b"_"
                 elif isinstance(contents, types.ModuleType):
@@ -866,7 +870,7 @@ class _Encoder:
         out += b"%d:" % len(names)
         for name in names:
             out += _length_prefixed(b"g", _text(name))
-            self.observed.append((_NAMESPACE, namespace, name, namespace.get(name, _MISSING)))
+            self.observed += (_NAMESPACE, namespace, name, namespace.get(name, _MISSING))
             if name in self.ignore:
                 out += b"~"
             elif name in namespace:
@@ -921,7 +925,7 @@ class _Encoder:
                     break
             if taken:
                 values[taken] = value
-                self.observed.append((_MODULE_PATH, module, taken, value))
+                self.observed += (_MODULE_PATH, module, taken, value)
         out += b"%d:" % len(values)
         memo = None if self.module_memo is None else self.module_memo.entries
         for taken in sorted(values):
