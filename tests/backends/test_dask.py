@@ -777,7 +777,7 @@ def test_a_closed_client_is_refused_before_anything_runs(cluster, tmp_path):
     with pytest.raises(BrokenBackendError, match="closed"):
         p.execute({"marker": str(tmp_path / "a")}, backend=DaskBackend(closed))
 
-    assert p.units["a"].state is UnitState.PENDING
+    assert p.units["a"].state is UnitState.CANCELED  # the run ended: no unit stays PENDING
     assert not (tmp_path / "a").exists()
 
 
