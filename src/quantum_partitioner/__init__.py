@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from ._graph import ExecutionMode as ExecutionMode
     from ._graph import QuantumUnit as QuantumUnit
     from ._graph import UnitState as UnitState
+    from ._limits import Limit as Limit
+    from ._limits import LimitStats as LimitStats
     from ._partitioner import QuantumPartitioner as QuantumPartitioner
     from ._plan import ExecutionPlan as ExecutionPlan
     from ._policies import ExponentialBackoff as ExponentialBackoff
@@ -99,6 +101,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "UnitStarted",
     ),
     "._graph": ("ExecutionMode", "QuantumUnit", "UnitState"),
+    "._limits": ("Limit", "LimitStats"),
     "._partitioner": ("QuantumPartitioner",),
     "._plan": ("ExecutionPlan",),
     "._policies": ("ExponentialBackoff", "RetryPolicy"),
@@ -167,6 +170,8 @@ __all__ = [
     "InsecureCacheWarning",
     "Instrument",
     "InternalError",
+    "Limit",
+    "LimitStats",
     "MemoryStore",
     "PartitionerError",
     "ProgressBar",

@@ -113,6 +113,8 @@ class QuantumUnit(Generic[T, R]):
         metadata: Free-form; the library reads ``estimated_duration``, ``fallback_value``,
             ``resource_type``, ``cacheable`` and ``cache_keys``.
         retry_policy: Overrides the partitioner's retry policy for this unit.
+        limits: The named limits an attempt holds while it runs, as ``{name: slots}``
+            (None: none); see :meth:`QuantumPartitioner.add_limit`.
     """
 
     __slots__ = (
@@ -124,6 +126,7 @@ class QuantumUnit(Generic[T, R]):
         "dependencies",
         "function",
         "id",
+        "limits",
         "metadata",
         "priority",
         "retries",
@@ -131,9 +134,9 @@ class QuantumUnit(Generic[T, R]):
         "timeout",
     )
 
-    def __init__(  # noqa: PLR0917 - the seed's dataclass takes these positionally
+    def __init__(  # noqa: PLR0917 - the original API's dataclass took these positionally
         self,
-        id: str,  # noqa: A002 - the seed's field name
+        id: str,  # noqa: A002 - the original API's field name
         function: UnitFunction[R],
         dependencies: list[str] | None = None,
         timeout: float | None = None,
@@ -142,6 +145,7 @@ class QuantumUnit(Generic[T, R]):
         metadata: dict[str, Any] | None = None,
         *,
         retry_policy: RetryPolicy | None = None,
+        limits: dict[str, int] | None = None,
     ) -> None:
         """Create a unit; validate it with :func:`validate_unit`."""
         self.id = id
@@ -152,6 +156,7 @@ class QuantumUnit(Generic[T, R]):
         self.priority = priority
         self.metadata: dict[str, Any] = {} if metadata is None else metadata
         self.retry_policy = retry_policy
+        self.limits = limits
         self._view: _RunView | None = None
         self._index = -1
         self._state = UnitState.PENDING
@@ -212,7 +217,7 @@ class QuantumUnit(Generic[T, R]):
 
     @property
     def execution_time(self) -> float | None:
-        """Seconds the last attempt took; the seed's name for :meth:`get_execution_time`."""
+        """Seconds the last attempt took; the original API's name for :meth:`get_execution_time`."""
         return self.get_execution_time()
 
     def get_execution_time(self) -> float | None:

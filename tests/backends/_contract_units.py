@@ -312,3 +312,13 @@ def async_raise_base_exception(name: str) -> partial[Any]:
 async def _async_raise_base_exception(name: str, ctx: Any) -> None:
     await asyncio.sleep(0)
     raise RAISABLE[name](f"{ctx.unit_id} raised it")
+
+
+def async_sleep(seconds: float, value: Any) -> partial[Any]:
+    """An ``async def`` unit sleeping ``seconds`` on the loop, then returning ``value``."""
+    return partial(_async_sleep, seconds, value)
+
+
+async def _async_sleep(seconds: float, value: Any, ctx: Any) -> Any:
+    await asyncio.sleep(seconds)
+    return value

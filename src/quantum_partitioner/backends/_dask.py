@@ -416,6 +416,9 @@ class _DaskRun:
             self._flush()
             deadline = sched.next_deadline()
             if not self.in_flight and deadline is None and not self.fetching:
+                if sched.waiting_on_limits:  # for a limit another run holds
+                    self._settle(self.outcomes.get())
+                    continue
                 if sched.is_active() and not sched.ready_count:
                     raise InternalError("no unit is ready, running or waiting")
                 continue  # units became ready, or the run is over
@@ -448,7 +451,7 @@ class _DaskRun:
             run = self.run
             cache = run.cache
             if cache is not None:
-                hit, value = cache.lookup(run, i)
+                hit, value = run.lookup_cached(i)
                 if hit:
                     self.outcomes.put((i, attempt, _Served(value)))
                     return
@@ -502,12 +505,16 @@ class _DaskRun:
             return
         deps, dependents = self.run.graph.deps, self.run.graph.dependents
         state, attempts, results = sched.state, sched.attempts, sched.results
+        # A unit that names limits goes to Dask only once it holds its slots.
+        limited = {} if sched.gate is None else sched.gate.needs
         futures, scanned, has_value = self.futures, self.scanned, self._has_value
         stack = [start]
         while stack:
             for k in dependents[stack.pop()]:
                 if futures[k] is not None or state[k] is not _PENDING or attempts[k]:
                     continue  # handed over already, ended, or waiting for a retry
+                if k in limited:
+                    continue
                 row = deps[k]
                 # Resume where the last look stopped: a sink of n units costs O(n) in all.
                 c, m = scanned[k], len(row)
@@ -777,7 +784,7 @@ class _DaskRun:
 
     def _record(self, i: int, metrics: dict[str, Any] | None, worker: str) -> None:
         if metrics:
-            self.run.unit_metrics[i] = metrics
+            self.run.keep_metrics(i, metrics)
         if worker:
             self.run.unit_workers[i] = worker
 
