@@ -778,8 +778,8 @@ def test_a_closed_client_is_refused_before_anything_runs(cluster, tmp_path):
     with pytest.raises(BrokenBackendError, match="closed"):
         p.execute({"marker": str(tmp_path / "a")}, backend=DaskBackend(closed))
 
-    # Nothing ran, and no unit is left PENDING: the refused run cancelled it.
-    assert p.units["a"].state is UnitState.CANCELED
+    # Refused before it started: nothing ran and nothing was cancelled.
+    assert p.units["a"].state is UnitState.PENDING
     assert not (tmp_path / "a").exists()
 
 
