@@ -336,6 +336,8 @@ partitioner.execute({}, execution_mode="processes")  # E: arg-type
 QuantumPartitioner(default_execution_mode="threads")  # E: arg-type
 partitioner.execute_with_strategy({}, "fastest")  # E: arg-type
 partitioner.stream({}, strategy="fastest")  # E: arg-type
+partitioner.add_unit(doubles, name="limited", limits="api")  # E: call-overload
+partitioner.execute({}, deadline="5 s")  # E: arg-type
 doubles(3)  # E: arg-type
 typed: QuantumPartitioner[Any, int] = QuantumPartitioner()
 typed.add_unit(lambda ctx: "text")  # E: arg-type
