@@ -1,4 +1,4 @@
-"""The seed's TaskMap engine: task maps, callbacks, run_tasks, run_parallel_threads, build_graph."""
+"""The TaskMap engine: task maps, callbacks, run_tasks, run_parallel_threads, build_graph."""
 
 from __future__ import annotations
 

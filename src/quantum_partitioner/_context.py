@@ -35,7 +35,7 @@ class ExecutionContext(Mapping[str, Any]):
     """The read-only mapping a unit is called with.
 
     It holds the caller's context plus one entry per declared dependency (its result, which
-    wins over a context key of the same name), and offers the seed's helpers.
+    wins over a context key of the same name), and offers helpers.
 
     .. versionadded:: 0.1
     """
@@ -117,7 +117,7 @@ class ExecutionContext(Mapping[str, Any]):
             (dict(self._context), dict(self._results), self._unit_id, self._attempt, self._mode),
         )
 
-    # -- the seed's helpers ----------------------------------------------------------------
+    # -- helpers ---------------------------------------------------------------------------
 
     @property
     def unit_id(self) -> str:

@@ -137,7 +137,7 @@ class CircularDependencyError(GraphError):
         return (type(self), (self.cycle,))
 
 
-#: The seed's name for :class:`CircularDependencyError`.
+#: The original QuantumPartitioner API's name for :class:`CircularDependencyError`.
 CircularDependency = CircularDependencyError
 
 

@@ -134,9 +134,9 @@ class QuantumUnit(Generic[T, R]):
         "timeout",
     )
 
-    def __init__(  # noqa: PLR0917 - the seed's dataclass takes these positionally
+    def __init__(  # noqa: PLR0917 - the original API's dataclass took these positionally
         self,
-        id: str,  # noqa: A002 - the seed's field name
+        id: str,  # noqa: A002 - the original API's field name
         function: UnitFunction[R],
         dependencies: list[str] | None = None,
         timeout: float | None = None,
@@ -217,7 +217,7 @@ class QuantumUnit(Generic[T, R]):
 
     @property
     def execution_time(self) -> float | None:
-        """Seconds the last attempt took; the seed's name for :meth:`get_execution_time`."""
+        """Seconds the last attempt took; the original API's name for :meth:`get_execution_time`."""
         return self.get_execution_time()
 
     def get_execution_time(self) -> float | None:

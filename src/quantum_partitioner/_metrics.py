@@ -1,4 +1,4 @@
-"""The seed's ``last_execution_metrics`` dict, built from a run's record when first read.
+"""The ``last_execution_metrics`` dict, built from a run's record when first read.
 
 Keys: ``start_time``, ``end_time``, ``total_duration`` (epoch seconds and seconds),
 ``unit_times`` (per unit that ran: ``start``, ``end``, ``duration``, ``state``,

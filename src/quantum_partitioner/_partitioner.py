@@ -1,4 +1,4 @@
-"""Layer 4: :class:`QuantumPartitioner`, the seed's API over the scheduler and backends.
+"""Layer 4: :class:`QuantumPartitioner`, the public API over the scheduler and backends.
 
 A partitioner holds units by name. ``execute`` validates everything it is given before any
 unit runs, compiles the graph (cached until the units change), starts a :class:`Run` and
@@ -206,7 +206,7 @@ class QuantumPartitioner(Generic[T, R]):
         limits: list[str] | dict[str, int] | None = None,
     ) -> Callable[[_Decorated], _Decorated]: ...
 
-    def add_unit(  # noqa: PLR0917 - the seed's positional signature
+    def add_unit(  # noqa: PLR0917 - the original API's positional signature
         self,
         fn: UnitFunction[R] | None = None,
         dependencies: list[str] | None = None,
@@ -225,7 +225,7 @@ class QuantumPartitioner(Generic[T, R]):
         Args:
             fn: Called as ``fn(ctx)`` with an :class:`ExecutionContext`.
             dependencies: Names of the units whose results ``fn`` needs.
-            name: The unit's unique name; defaults to ``unit_<n>`` (the seed's rule), or to
+            name: The unit's unique name; defaults to ``unit_<n>`` (the original API's rule), or to
                 the function's ``__name__`` when ``add_unit`` is used as a decorator.
             timeout: Seconds one attempt may take (> 0), or None.
             retries: Extra attempts after a failure (>= 0).
@@ -523,11 +523,8 @@ class QuantumPartitioner(Generic[T, R]):
             deadline=deadline,
         )
         try:
-            run.begin()  # its hooks may raise KeyboardInterrupt too: inside the cleanup
+            _begin(run)  # its hooks may raise KeyboardInterrupt too: inside the cleanup
             chosen.run(run)
-        except BaseException as error:
-            _interrupted(run, error)
-            raise
         finally:
             _end(run, self._finish)
         return self._outcome(run, raise_on_error=raise_on_error)
@@ -563,11 +560,8 @@ class QuantumPartitioner(Generic[T, R]):
         )
         assert isinstance(chosen, AsyncBackend)
         try:
-            run.begin()  # its hooks may raise KeyboardInterrupt too: inside the cleanup
+            _begin(run)  # its hooks may raise KeyboardInterrupt too: inside the cleanup
             await chosen.arun(run)
-        except BaseException as error:
-            _interrupted(run, error)
-            raise
         finally:
             _end(run, self._finish)
         return self._outcome(run, raise_on_error=raise_on_error)
@@ -775,15 +769,15 @@ class QuantumPartitioner(Generic[T, R]):
         if run is not None:
             run.request_cancel()
 
-    # -- the seed's variants ---------------------------------------------------------------
+    # -- variants kept from the original API -----------------------------------------------
 
     def execute_with_monitoring(
         self, context: Mapping[str, Any] | None = None, **options: Any
     ) -> dict[str, R]:
         """Execute (threads unless told otherwise) and keep detailed metrics.
 
-        Every run sets :attr:`last_execution_metrics`; this is ``execute`` under the seed's
-        name, kept for code written against it.
+        Every run sets :attr:`last_execution_metrics`; this is ``execute`` under the original
+        API's name, kept for code written against it.
         """
         return self.execute(context, **options)
 
@@ -795,7 +789,7 @@ class QuantumPartitioner(Generic[T, R]):
         Retries (``retries=N``) wait without holding a worker; a unit that still fails
         hands its ``metadata["fallback_value"]`` to its dependents, which then run; units
         downstream of a failure without fallback are skipped. This is what ``execute``
-        always does; the seed's name is kept for code written against it.
+        always does; the original API's name is kept for code written against it.
         """
         options.setdefault("raise_on_error", False)
         return self.execute(context, **options)
@@ -851,7 +845,7 @@ class QuantumPartitioner(Generic[T, R]):
 
     @property
     def last_execution_metrics(self) -> dict[str, Any] | None:
-        """Metrics of the last run (the seed's keys), built when first read; None before."""
+        """Metrics of the last run (the original API's keys), built when first read; None before."""
         run = self._last_run
         if run is None:
             return None
@@ -948,14 +942,16 @@ class QuantumPartitioner(Generic[T, R]):
         return render_dot(self.build_execution_plan().visualize(), path, format)
 
 
-def _interrupted(run: Run, error: BaseException) -> None:
-    """Cancel what a run left unfinished when ``error`` escaped it.
+def _begin(run: Run) -> None:
+    """Start the run's record; if a ``run_started`` hook interrupts it, cancel every unit.
 
-    Backends do this themselves; this covers an interrupt that came before the backend
-    started (in a ``run_started`` hook, say), so no unit stays PENDING.
+    Once the backend drives the run, it cancels what is unfinished itself.
     """
-    if run.scheduler.is_active():
+    try:
+        run.begin()
+    except BaseException as error:
         run.report(run.interrupt("interrupted", error))
+        raise
 
 
 def _end(run: Run, finish: Callable[[Run], None]) -> None:

@@ -32,7 +32,7 @@ class ExecutionPlan:
         units: The units, by name.
         levels: Names grouped by level: each level depends only on earlier ones. Execution
             does not wait for levels (it is dataflow); they describe the graph's shape.
-        execution_order: The same lists as ``levels`` (the seed's name).
+        execution_order: The same lists as ``levels`` (the original QuantumPartitioner API's name).
         max_level: The number of levels.
         dependencies: Each unit's dependencies, by name.
         dependents: Each unit's direct dependents, by name.
@@ -78,7 +78,7 @@ class ExecutionPlan:
 
     @property
     def execution_order(self) -> list[list[str]]:
-        """The seed's name for :attr:`levels`."""
+        """The original QuantumPartitioner API's name for :attr:`levels`."""
         return self.levels
 
     @property

@@ -1,11 +1,11 @@
-"""The seed's TaskMap engine, as a thin functional layer over the same scheduler.
+"""The TaskMap engine of the original API, as a thin functional layer over the same scheduler.
 
 A task map is a dict ``name -> (fn, dependencies)`` or ``name -> (fn, dependencies, options)``
 where ``options`` holds :meth:`QuantumPartitioner.add_unit`'s keyword arguments
 (``{"timeout": 5, "limits": ["api"]}``); each function is called as ``fn(ctx)`` exactly like a
 partitioner's unit. ``TaskMap(tasks, limits={"api": {"concurrency": 2}})`` adds the named
 limits tasks may name. Runs raise :class:`TaskError` (with ``errors``,
-``partial_results`` and ``failed_tasks``) when a task fails, as the seed's code expects::
+``partial_results`` and ``failed_tasks``) when a task fails, as code written for it expects::
 
     from quantum_partitioner.taskmap import TaskMap, run_parallel_threads
 
@@ -54,7 +54,7 @@ _TASK_OPTIONS = frozenset({"timeout", "retries", "priority", "metadata", "retry_
 
 
 class TaskMap:
-    """Named tasks with dependencies, plus the seed's callbacks.
+    """Named tasks with dependencies, plus callbacks.
 
     Args:
         tasks: ``name -> (fn, dependencies)`` or ``(fn, dependencies, options)``, where

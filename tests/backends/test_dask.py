@@ -778,7 +778,8 @@ def test_a_closed_client_is_refused_before_anything_runs(cluster, tmp_path):
     with pytest.raises(BrokenBackendError, match="closed"):
         p.execute({"marker": str(tmp_path / "a")}, backend=DaskBackend(closed))
 
-    assert p.units["a"].state is UnitState.PENDING
+    # Nothing ran, and no unit is left PENDING: the refused run cancelled it.
+    assert p.units["a"].state is UnitState.CANCELED
     assert not (tmp_path / "a").exists()
 
 
@@ -926,7 +927,7 @@ def test_custom_mode_with_the_clients_executor_fails_base_exceptions_promptly(cl
         assert type(p.units[name].error) is kind, name
 
 
-# -- the seed's document pipeline, unchanged, on the cluster ----------------------------------
+# -- the document pipeline, unchanged, on the cluster -----------------------------------------
 
 extract_text = units.extract_text
 chunk_text = units.chunk_text
@@ -936,7 +937,7 @@ index_embeddings = units.index_embeddings
 
 def create_document_pipeline(documents, embedding_model):
     """Create parallel document processing pipeline."""
-    # Copied from the seed ("Document Processing Pipeline"), lambdas unchanged.
+    # Copied from the original "Document Processing Pipeline" example, lambdas unchanged.
     partitioner = QuantumPartitioner(max_workers=4)
 
     # Add extraction units for each document
@@ -969,7 +970,7 @@ def create_document_pipeline(documents, embedding_model):
     # Add final indexing unit depending on all embedding units
     embedding_units = [f"embed_{i}" for i in range(len(documents))]
     partitioner.add_unit(
-        fn=lambda ctx: index_embeddings(ctx),  # noqa: PLW0108 - the seed's code, unchanged
+        fn=lambda ctx: index_embeddings(ctx),  # noqa: PLW0108 - the original API's code, unchanged
         dependencies=embedding_units,
         name="index_embeddings",
     )
@@ -977,8 +978,8 @@ def create_document_pipeline(documents, embedding_model):
     return partitioner
 
 
-def test_seed_document_pipeline_runs_unchanged_on_the_cluster(client):
-    """The seed's document pipeline runs on the cluster and indexes every document."""
+def test_original_document_pipeline_runs_unchanged_on_the_cluster(client):
+    """The original API's document pipeline runs on the cluster and indexes every document."""
     documents = [
         units.Document("d1", "The quick brown fox jumps over the lazy dog"),
         units.Document("d2", "A journey of a thousand miles begins with a single step"),

@@ -16,9 +16,11 @@ from quantum_partitioner import (
     Instrument,
     QuantumPartitioner,
     QuantumUnit,
+    ResultStream,
     RetryPolicy,
     Simulation,
     UnitFinished,
+    UnitResult,
     UnitState,
     select_execution_strategy,
 )
@@ -137,3 +139,31 @@ def plans() -> None:
     assert_type(build_graph({"a": [], "b": ["a"]}).levels, list[list[str]])
     assert_type(run_parallel({"a": lambda ctx: 1}), dict[str, Any])
     assert_type(run_async({"a": lambda ctx: 1}), dict[str, Any])
+
+
+def streaming() -> None:
+    """``stream()`` yields one typed record per unit as it finishes."""
+    partitioner = QuantumPartitioner(max_workers=2)
+    partitioner.add_unit(lambda ctx: 1, name="a")
+    with partitioner.stream({}, execution_mode="thread") as results:
+        assert_type(results, ResultStream)
+        for done in results:
+            assert_type(done, UnitResult)
+            assert_type(done.name, str)
+            assert_type(done.state, UnitState)
+            assert_type(done.ok, bool)
+            assert_type(done.error, BaseException | None)
+            assert_type(done.attempts, int)
+            assert_type(done.end_time, float | None)
+    with partitioner.stream({}, strategy="resource_balanced") as results:
+        for done in results:
+            assert_type(done, UnitResult)
+
+
+async def async_streaming() -> None:
+    """``astream()``: the same records for ``async for``."""
+    partitioner = QuantumPartitioner()
+    partitioner.add_unit(lambda ctx: 1, name="a")
+    async with partitioner.astream({}) as results:
+        async for done in results:
+            assert_type(done, UnitResult)
