@@ -272,9 +272,14 @@ class Scheduler:
                 return -1
             i = self._by_position[heapq.heappop(ready)]
         else:
-            i = self._next_with_room(self.gate, ready, now)
-            if i < 0:
-                return -1
+            gate = self.gate
+            if not ready or (gate.in_order and gate.waiting_count):
+                return -1  # SEQUENTIAL waits for the best unit instead of reordering
+            i = self._by_position[heapq.heappop(ready)]
+            if not gate.try_take(i, now):  # it waits; look further (not in SEQUENTIAL)
+                i = -1 if gate.in_order else self._next_with_room(gate, ready, now)
+                if i < 0:
+                    return -1
         self.state[i] = _RUNNING
         attempt = self.attempts[i] + 1
         self.attempts[i] = attempt
@@ -306,16 +311,16 @@ class Scheduler:
     # -- named limits (see _limits) --------------------------------------------------------
 
     def _next_with_room(self, gate: LimitGate, ready: list[int], now: float) -> int:
-        """Pop ready units best first until one has room in its limits; -1 if none has."""
-        if gate.in_order and gate.waiting_count:
-            return -1  # SEQUENTIAL waits for the best unit instead of reordering
-        by_position = self._by_position
+        """Pop ready units best first until one has room in its limits; -1 if none has.
+
+        No head-of-line blocking: each unit that lacks room waits in the gate, holding
+        nothing, and the next one is considered.
+        """
+        by_position, take = self._by_position, gate.try_take
         while ready:
             i = by_position[heapq.heappop(ready)]
-            if gate.try_take(i, now):
+            if take(i, now):
                 return i
-            if gate.in_order:
-                return -1
         return -1
 
     def _push_ready(self, i: int) -> None:
