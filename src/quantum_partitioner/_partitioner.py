@@ -211,6 +211,8 @@ class QuantumPartitioner(Generic[T, R]):
             DuplicateUnitError: A unit of that name exists and ``replace`` is false.
             TypeError: An argument has the wrong type (message names the unit).
             ValueError: An argument is out of range (message names the unit).
+            RuntimeError: The partitioner is executing (the graph of a run is fixed when
+                it starts; see "Dynamic workflows" in the guide for graphs that grow).
         """
         if fn is None:
 
@@ -229,6 +231,7 @@ class QuantumPartitioner(Generic[T, R]):
                 return function
 
             return decorator
+        self._check_not_executing("add_unit")
         unit_id = self._name_for(fn, name, use_function_name=False)
         if unit_id in self.units and not replace:
             raise DuplicateUnitError(unit_id)
@@ -251,6 +254,18 @@ class QuantumPartitioner(Generic[T, R]):
         self._graph = None
         self._plan = None
         return unit
+
+    def _check_not_executing(self, action: str) -> None:
+        """Refuse to change the graph while a run uses it, instead of ignoring the change.
+
+        Raises:
+            RuntimeError: A run is going on.
+        """
+        if self._active_run is not None:
+            raise RuntimeError(
+                f"{action}() was called while the partitioner is executing; the graph of a "
+                "run cannot change from outside (call it before execute() or after it returns)"
+            )
 
     def _admit(self, unit: QuantumUnit[T, R]) -> None:
         """Check a valid unit before it joins; a subclass hook (raising adds nothing)."""
@@ -277,7 +292,9 @@ class QuantumPartitioner(Generic[T, R]):
 
         Raises:
             KeyError: There is no such unit.
+            RuntimeError: The partitioner is executing.
         """
+        self._check_not_executing("remove_unit")
         try:
             unit = self.units.pop(name)
         except KeyError:
