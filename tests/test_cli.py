@@ -76,6 +76,14 @@ FACTORIES = textwrap.dedent(
         p.add_unit(lambda ctx: "fine", name="fine")
         return p
 
+    def skipping():
+        p = QuantumPartitioner()
+        p.add_unit(lambda ctx: ctx.skip("nothing new"), name="fetch")
+        p.add_unit(lambda ctx: 1, ["fetch"], name="parse")
+        p.add_unit(lambda ctx: 2, name="other", when=lambda ctx: False)
+        p.add_unit(lambda ctx: "fine", name="fine")
+        return p
+
     def needs_context():
         p = QuantumPartitioner()
         p.add_unit(lambda ctx: ctx["n"] * 2, name="double")
@@ -443,6 +451,17 @@ def test_run_exits_1_and_explains_failed_skipped_and_timed_out_units(project):
     assert rows["fine"][0] == "COMPLETED"
     last = result.stdout.splitlines()[-1]
     assert last.startswith("1 completed, 1 failed, 1 skipped, 1 timeout in ")
+
+
+def test_run_exits_0_when_units_are_skipped_by_decision(project):
+    """Skips by decision (ctx.skip, a false condition) are no failure: `run` exits 0."""
+    result = run_cli("run", "factories:skipping", cwd=project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = table(result.stdout)
+    assert rows["fetch"][0] == "SKIPPED"
+    assert " ".join(rows["fetch"][3:]) == "skipped: nothing new"
+    assert rows["parse"][0] == rows["other"][0] == "SKIPPED"
+    assert rows["fine"][0] == "COMPLETED"
 
 
 def test_run_fail_fast_cancels_what_has_not_started(project):

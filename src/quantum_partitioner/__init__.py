@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from ._errors import GraphError as GraphError
     from ._errors import InternalError as InternalError
     from ._errors import PartitionerError as PartitionerError
+    from ._errors import SkipCause as SkipCause
+    from ._errors import SkipUnit as SkipUnit
     from ._errors import TaskError as TaskError
     from ._errors import UnitCancelledError as UnitCancelledError
     from ._errors import UnitSkippedError as UnitSkippedError
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
     from ._graph import ExecutionMode as ExecutionMode
     from ._graph import QuantumUnit as QuantumUnit
     from ._graph import UnitState as UnitState
+    from ._joins import JoinRule as JoinRule
+    from ._joins import at_least as at_least
     from ._partitioner import QuantumPartitioner as QuantumPartitioner
     from ._plan import ExecutionPlan as ExecutionPlan
     from ._policies import ExponentialBackoff as ExponentialBackoff
@@ -76,6 +80,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "GraphError",
         "InternalError",
         "PartitionerError",
+        "SkipCause",
+        "SkipUnit",
         "TaskError",
         "UnitCancelledError",
         "UnitSkippedError",
@@ -95,6 +101,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "UnitStarted",
     ),
     "._graph": ("ExecutionMode", "QuantumUnit", "UnitState"),
+    "._joins": ("JoinRule", "at_least"),
     "._partitioner": ("QuantumPartitioner",),
     "._plan": ("ExecutionPlan",),
     "._policies": ("ExponentialBackoff", "RetryPolicy"),
@@ -154,6 +161,7 @@ __all__ = [
     "GraphError",
     "Instrument",
     "InternalError",
+    "JoinRule",
     "MemoryStore",
     "PartitionerError",
     "ProgressBar",
@@ -165,6 +173,8 @@ __all__ = [
     "SQLiteStore",
     "Scheduler",
     "Simulation",
+    "SkipCause",
+    "SkipUnit",
     "TaskError",
     "TraceRecorder",
     "Transition",
@@ -180,6 +190,7 @@ __all__ = [
     "UnitTimeoutError",
     "UnknownDependencyError",
     "WorkerDiedError",
+    "at_least",
     "select_execution_strategy",
     "select_optimal_workers",
 ]

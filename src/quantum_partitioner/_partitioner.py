@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from concurrent.futures import Executor
     from pathlib import Path
 
+    from ._context import ExecutionContext
+
 __all__ = ["QuantumPartitioner"]
 
 T = TypeVar("T")
@@ -160,6 +162,7 @@ class QuantumPartitioner(Generic[T, R]):
         *,
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
+        when: Callable[[ExecutionContext], object] | None = None,
     ) -> QuantumUnit[T, R]: ...
 
     @overload
@@ -175,6 +178,7 @@ class QuantumPartitioner(Generic[T, R]):
         *,
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
+        when: Callable[[ExecutionContext], object] | None = None,
     ) -> Callable[[Callable[..., R]], Callable[..., R]]: ...
 
     def add_unit(  # noqa: PLR0917 - the seed's positional signature
@@ -189,6 +193,7 @@ class QuantumPartitioner(Generic[T, R]):
         *,
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
+        when: Callable[[ExecutionContext], object] | None = None,
     ) -> QuantumUnit[T, R] | Callable[[Callable[..., R]], Callable[..., R]]:
         """Add a unit; called without ``fn``, return a decorator that adds the function.
 
@@ -203,6 +208,10 @@ class QuantumPartitioner(Generic[T, R]):
             metadata: Free-form; see :class:`QuantumUnit`.
             replace: Replace an existing unit of the same name instead of raising.
             retry_policy: This unit's retry policy, overriding the partitioner's.
+            when: A condition: ``when(ctx)`` is called in the caller's process when the
+                unit becomes ready (``ctx`` as the unit would see it); if false, the unit is
+                SKIPPED (cause ``SkipCause.CONDITION``) without running. If it raises, the
+                unit fails with that error. Keep it quick: it runs between units.
 
         Returns:
             The new unit, or a decorator that adds its function and returns it unchanged.
@@ -227,6 +236,7 @@ class QuantumPartitioner(Generic[T, R]):
                     metadata,
                     replace=replace,
                     retry_policy=retry_policy,
+                    when=when,
                 )
                 return function
 
@@ -247,6 +257,7 @@ class QuantumPartitioner(Generic[T, R]):
             priority,
             metadata,
             retry_policy=retry_policy,
+            condition=when,
         )
         validate_unit(unit)
         self._admit(unit)

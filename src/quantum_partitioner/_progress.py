@@ -120,6 +120,8 @@ class ProgressBar(Instrument):
         self.done = 0
         self.failed = 0
         self.skipped = 0
+        #: Of the skipped units, those skipped by a decision (not because of a failure).
+        self.decided = 0
         self.cancelled = 0
         self.running = 0
         self.retries = 0
@@ -199,9 +201,11 @@ class ProgressBar(Instrument):
         self.retries += 1
         self.running -= 1
 
-    def unit_skipped(self, event: UnitSkipped) -> None:  # noqa: ARG002 - counts only
-        """A unit was skipped."""
+    def unit_skipped(self, event: UnitSkipped) -> None:
+        """A unit was skipped (by decision, or because of a failure upstream)."""
         self.skipped += 1
+        if not event.cause.is_failure:
+            self.decided += 1
 
     def unit_cancelled(self, event: UnitCancelled) -> None:
         """A unit was cancelled."""
@@ -245,7 +249,8 @@ class ProgressBar(Instrument):
         if self.failed:
             parts.append(f"[bold red]failed {self.failed}[/]")
         if self.skipped:
-            parts.append(f"[magenta]skipped {self.skipped}[/]")
+            decided = f" ({self.decided} by decision)" if self.decided else ""
+            parts.append(f"[magenta]skipped {self.skipped}{decided}[/]")
         if self.cancelled:
             parts.append(f"[blue]cancelled {self.cancelled}[/]")
         if self.retries:

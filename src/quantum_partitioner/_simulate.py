@@ -69,6 +69,9 @@ def simulate(graph: Graph, workers: int) -> Simulation:
     running: list[tuple[float, int, int]] = []  # (end, unit, worker)
     now = 0.0
     while sched.is_active():
+        for i in sched.to_decide:  # a prediction takes every condition to hold
+            sched.decide(i, holds=True, now=now)
+        sched.to_decide.clear()
         while free:
             i = sched.start_next(now)
             if i < 0:

@@ -256,3 +256,35 @@ def append(path: str, line: str) -> None:
         os.write(fd, f"{line}\n".encode())
     finally:
         os.close(fd)
+
+
+# -- decisions (test_contract_dynamic.py) ----------------------------------------------------
+
+
+def logged(path: str, value: Any) -> partial[Any]:
+    """A unit that appends its name to ``path`` (proof that it ran) and returns ``value``."""
+    return partial(_logged, path, value)
+
+
+def _logged(path: str, value: Any, ctx: Any) -> Any:
+    append(path, ctx.unit_id)
+    return value
+
+
+def skip_with(reason: str, path: str | None = None) -> partial[Any]:
+    """A unit that calls ``ctx.skip(reason)`` (after noting in ``path`` that it ran)."""
+    return partial(_skip_with, reason, path)
+
+
+def _skip_with(reason: str, path: str | None, ctx: Any) -> Any:
+    if path is not None:
+        append(path, f"{ctx.unit_id} {ctx.attempt}")
+    ctx.skip(reason)
+
+
+def seen(ctx: Any) -> dict[str, Any]:
+    """What a unit saw: its dependencies' results and the names in ``upstream_errors``."""
+    return {
+        "results": dict(ctx.unit_results),
+        "upstream_errors": sorted(ctx.upstream_errors),
+    }

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .._run import Run
+    from .._scheduler import Transition
     from ._lanes import Outcome
 
 __all__ = ["AsyncBackend", "AsyncLane", "call_async", "check_no_running_loop"]
@@ -178,12 +179,9 @@ class AsyncBackend(Backend):
                 return
             now = clock()
             if sched.has_deadlines:
-                transitions = sched.advance(now)
-                for t in transitions:
-                    entry = tasks.pop(t.index, None) if t.was_running else None
-                    if entry is not None:
-                        entry[1].cancel()
-                run.report(transitions)
+                _stop_abandoned(run, sched.advance(now), tasks)
+            if sched.to_decide or sched.outbox:
+                _stop_abandoned(run, run.settle_decisions(), tasks)
             while limit is None or len(tasks) < limit:
                 i = sched.start_next(now)
                 if i < 0:
@@ -200,8 +198,11 @@ class AsyncBackend(Backend):
                 if entry is not None and entry[0] == attempt:
                     del tasks[i]
                 self._settle(run, i, attempt, task)
-            if not sched.is_active() or (
-                sched.ready_count and (limit is None or len(tasks) < limit)
+            if (
+                not sched.is_active()
+                or (sched.ready_count and (limit is None or len(tasks) < limit))
+                or sched.to_decide
+                or sched.outbox
             ):
                 continue
             deadline = sched.next_deadline()
@@ -234,6 +235,17 @@ class AsyncBackend(Backend):
                 run.emit_finished(i, attempt, now)
         else:
             run.report(sched.fail(i, attempt, error, now))
+
+
+def _stop_abandoned(
+    run: Run, transitions: list[Transition], tasks: dict[int, tuple[int, asyncio.Task[Any]]]
+) -> None:
+    """Cancel the tasks of attempts the scheduler stopped (timeouts, cancel_rest); report."""
+    for t in transitions:
+        entry = tasks.pop(t.index, None) if t.was_running else None
+        if entry is not None:
+            entry[1].cancel()
+    run.report(transitions)
 
 
 class AsyncLane(FutureLane):

@@ -49,6 +49,8 @@ class SequentialBackend(Backend):
                 now = clock()
                 if sched.has_deadlines:
                     report(sched.advance(now))
+                if sched.to_decide or sched.outbox:
+                    report(run.settle_decisions())  # nothing runs here, nothing to stop
                 i = start_next(now)
                 if i < 0:
                     _sleep_until_deadline(run, now)
