@@ -25,7 +25,7 @@ test: $(STAMP)
 check: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
-	$(BIN)/mypy --strict src
+	$(BIN)/mypy --strict src tests/typing
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -17,6 +17,9 @@ import pytest
 from quantum_partitioner import ExecutionMode
 from quantum_partitioner.testing import FakeClock
 
+# tests/typing/ holds code for mypy to check (``make check``), not tests to run.
+collect_ignore = ["typing"]
+
 # == Pure layers (test_graph, test_plan, test_scheduler, test_policies) ========================
 # No threads and no sleeps: time is a FakeClock that moves only when a test says so.
 

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import quantum_partitioner as qp
 from quantum_partitioner import (
     CacheEntry,
     CacheStats,
@@ -418,6 +419,35 @@ def test_every_mode_serves_hits(make, mode):
         assert (p.cache_hits, p.cache_misses) == (2, 4)
 
 
+@pytest.mark.parametrize(
+    "how", [*(m.name for m in ExecutionMode), "resource_balanced"], ids=lambda how: how
+)
+def test_a_hit_is_never_written_back(tmp_path, how):
+    """Defect 11: a run served from the cache writes nothing, in every mode and lane."""
+    with (
+        ThreadPoolExecutor(2) as executor,
+        CachingQuantumPartitioner(cache_path=tmp_path / "results.sqlite", max_workers=2) as p,
+    ):
+        kinds = ["cpu", "io", "async"]
+        for k, kind in enumerate(kinds):  # one unit per lane of a resource_balanced run
+            p.add_unit(square, name=f"sq{k}", metadata={"cacheable": True, "resource_type": kind})
+
+        def run():
+            if how == "resource_balanced":
+                return p.execute_with_strategy({"n": 3}, "resource_balanced")
+            mode = ExecutionMode[how]
+            options = {"custom_executor": executor} if mode is ExecutionMode.CUSTOM else {}
+            return p.execute({"n": 3}, execution_mode=mode, **options)
+
+        assert run() == {"sq0": 9, "sq1": 9, "sq2": 9}
+        assert p.cache_stats().writes == 3
+        created = {entry.unit: entry.created for entry in p.cache.entries()}
+        assert run() == {"sq0": 9, "sq1": 9, "sq2": 9}
+        stats = p.cache_stats()
+        assert (stats.hits, stats.writes) == (3, 3)
+        assert {entry.unit: entry.created for entry in p.cache.entries()} == created
+
+
 def test_aexecute_uses_the_cache(make):
     """await aexecute() consults the cache like execute()."""
     counter = Counter()
@@ -662,6 +692,64 @@ def test_store_file_is_private_to_its_owner(tmp_path, umask):
         os.umask(old)
     assert modes["c.sqlite"] == 0o600
     assert set(modes.values()) == {0o600}
+
+
+@pytest.mark.parametrize("dangling", [True, False], ids=["dangling", "to-a-store"])
+def test_defect_13_a_symlinked_cache_path_is_refused(tmp_path, dangling):
+    """Issue 9 defect 13: a cache_path that is a symbolic link is refused, naming it.
+
+    Followed, a dangling link made the store wherever it pointed, with the umask's mode.
+    """
+    target = tmp_path / "target.sqlite"
+    if not dangling:
+        SQLiteStore(target).close()
+    link = tmp_path / "link.sqlite"
+    link.symlink_to(target)
+    with pytest.raises(ValueError, match=rf"cache_path '{link}' is a symbolic link"):
+        CachingQuantumPartitioner(cache_path=link)
+    assert target.exists() is not dangling
+
+
+def test_defect_13_a_store_others_may_write_is_warned_about(tmp_path):
+    """Issue 9 defect 13: opening an existing store writable by group or others warns."""
+    path = tmp_path / "c.sqlite"
+    SQLiteStore(path).close()
+    path.chmod(0o664)
+    with pytest.warns(qp.InsecureCacheWarning, match=rf"'{path}' is writable by its group"):
+        SQLiteStore(path).close()
+    path.chmod(0o600)
+    SQLiteStore(path).close()  # no warning: pytest turns warnings into errors
+
+
+def test_defect_16_a_directory_as_cache_path_is_an_os_error_naming_it(tmp_path):
+    """Issue 9 defect 16: a directory gives IsADirectoryError with the path, not sqlite3's."""
+    with pytest.raises(IsADirectoryError, match="cache_path is a directory") as info:
+        CachingQuantumPartitioner(cache_path=tmp_path)
+    assert info.value.filename == str(tmp_path)
+
+
+def test_defect_16_a_place_that_cannot_hold_a_store_is_an_os_error_naming_it(tmp_path):
+    """Issue 9 defect 16: a path SQLite cannot use (here: its -wal is a directory) names it."""
+    (tmp_path / "c.sqlite-wal").mkdir()
+    with pytest.raises(OSError, match="cannot open the cache store") as info:
+        CachingQuantumPartitioner(cache_path=tmp_path / "c.sqlite")
+    assert not isinstance(info.value, sqlite3.Error)
+    assert info.value.filename == str(tmp_path / "c.sqlite")
+    beneath_a_file = tmp_path / "file"
+    beneath_a_file.write_text("")
+    with pytest.raises(OSError, match=rf"cannot create the cache store '{beneath_a_file}/c"):
+        CachingQuantumPartitioner(cache_path=beneath_a_file / "c.sqlite")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write any file")
+def test_defect_16_an_unwritable_store_is_a_permission_error_naming_it(tmp_path):
+    """Issue 9 defect 16: a store this process may not write gives PermissionError."""
+    path = tmp_path / "c.sqlite"
+    SQLiteStore(path).close()
+    path.chmod(0o400)
+    with pytest.raises(PermissionError, match="not readable and writable") as info:
+        CachingQuantumPartitioner(cache_path=path)
+    assert info.value.filename == str(path)
 
 
 def test_killed_writer_mid_transaction_leaves_no_entry(tmp_path):

@@ -60,7 +60,7 @@ def test_progress_bar_says_how_many_skips_were_decisions():
     out = io.StringIO()
     bar = ProgressBar(file=out, force_terminal=True)
     decided_and_failed([bar]).execute(execution_mode=SEQ)
-    assert (bar.skipped, bar.decided) == (4, 3)
+    assert (bar.skipped, bar.skipped_by_decision) == (4, 3)
     assert "skipped 4 (3 by decision)" in out.getvalue()
 
 

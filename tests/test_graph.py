@@ -463,11 +463,36 @@ def test_critical_path_weighted_by_estimated_duration():
     #     b -> c -> e
     #
     spec = {"a": [], "b": ["a"], "c": ["b"], "d": ["a"], "e": ["c", "d"]}
-    graph = graph_of(spec, d={"estimated_duration": 10})
+    graph = graph_of(
+        spec,
+        b={"estimated_duration": 1},
+        c={"estimated_duration": 1},
+        d={"estimated_duration": 10},
+    )
+    # a and e have no estimate: each weighs the mean of the given ones, (1 + 1 + 10) / 3.
     assert named_path(graph) == ["a", "d", "e"]
-    assert max(graph.finish) == 12.0
-    assert graph.rank[graph.index["a"]] == 12.0
-    assert graph.rank[graph.index["b"]] == 3.0
+    assert max(graph.finish) == 18.0
+    assert graph.rank[graph.index["a"]] == 18.0
+    assert graph.rank[graph.index["b"]] == 6.0
+
+
+def test_units_without_an_estimate_weigh_the_mean_of_the_given_ones():
+    """One unit without an estimate does not swamp estimates given in milliseconds."""
+    #
+    #   load (3 ms) -> parse (2 ms) -> fit (90 ms) -> publish (no estimate)
+    #
+    spec = {"load": [], "parse": ["load"], "fit": ["parse"], "publish": ["fit"]}
+    graph = graph_of(
+        spec,
+        load={"estimated_duration": 0.003},
+        parse={"estimated_duration": 0.002},
+        fit={"estimated_duration": 0.09},
+    )
+    mean = (0.003 + 0.002 + 0.09) / 3
+    assert graph.default_weight == pytest.approx(mean)
+    assert graph.weight[graph.index["publish"]] == pytest.approx(mean)
+    assert max(graph.finish) == pytest.approx(0.095 + mean)
+    assert graph_of(spec).default_weight == 1.0  # no estimate at all: every unit weighs 1
 
 
 def test_critical_path_counts_zero_and_fractional_estimates():

@@ -31,9 +31,10 @@ def partitioner_of(spec, **metadata_by_name):
 #   load ---> parse ---> clean ----> report
 #     \                    ^            ^
 #      \--> stats (5 s) ---|------------/
-#   config
+#   config           (parse: 1 s)
 #
-# stats weighs 5, everything else 1: the critical path is load -> stats -> report.
+# stats weighs 5, parse 1, every other unit the mean of those, 3: the critical path is
+# load -> stats -> clean -> report.
 SPEC = {
     "load": [],
     "config": [],
@@ -42,7 +43,7 @@ SPEC = {
     "clean": ["parse", "stats"],
     "report": ["clean", "stats"],
 }
-ESTIMATES = {"stats": {"estimated_duration": 5}}
+ESTIMATES = {"stats": {"estimated_duration": 5}, "parse": {"estimated_duration": 1}}
 
 
 def edges_of(spec):
@@ -89,7 +90,7 @@ def test_plan_critical_path_follows_the_weights():
     """critical_path is the heaviest chain, root first, and its length is its total weight."""
     plan = partitioner_of(SPEC, **ESTIMATES).build_execution_plan()
     assert plan.critical_path == ["load", "stats", "clean", "report"]
-    assert plan.critical_path_length == 8.0
+    assert plan.critical_path_length == 14.0
 
 
 def test_plan_critical_path_without_estimates_is_the_longest_chain():

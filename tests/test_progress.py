@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pty
@@ -21,7 +22,9 @@ from quantum_partitioner import (
     QuantumPartitioner,
     RetryPolicy,
 )
-from quantum_partitioner._progress import format_eta, format_rate
+from quantum_partitioner._events import RunStarted, UnitFinished, UnitStarted
+from quantum_partitioner._progress import format_eta, format_rate, unit_kind
+from quantum_partitioner.testing import FakeClock
 
 SEQ = ExecutionMode.SEQUENTIAL
 
@@ -58,7 +61,7 @@ def test_counters_follow_the_run():
     assert bar.running == 0
     assert bar.finished == 12
     text = out.getvalue()
-    assert "12/12" in text
+    assert "10/12" in text  # the fill: failed and skipped-after-a-failure work is not done
     assert "done 10" in text
     assert "failed 1" in text
     assert "skipped 1" in text
@@ -224,8 +227,96 @@ def test_format_rate(rate, text):
 
 
 @pytest.mark.parametrize(
-    ("seconds", "text"), [(None, "-"), (0, "0:00"), (61.4, "1:01"), (3725, "1:02:05")]
+    ("seconds", "text"), [(None, "?"), (0, "0:00"), (61.4, "1:01"), (3725, "1:02:05")]
 )
 def test_format_eta(seconds, text):
     """The ETA reads as M:SS, or H:MM:SS past an hour."""
     assert format_eta(seconds) == text
+
+
+# -- the ETA, with a fake clock --------------------------------------------------------------
+
+
+def started_bar(qp, clock):
+    """A bar (not drawn) told that a run of ``qp``'s units began at ``clock()``."""
+    bar = ProgressBar(force_terminal=False, clock=clock)
+    units = list(qp.units.values())
+    bar.run_started(RunStarted(len(units), "thread", 1, clock(), units))
+    return bar
+
+
+def run_one(bar, clock, name, seconds):
+    """One attempt of ``name`` that takes ``seconds`` on the fake clock; the bar redraws."""
+    bar.unit_started(UnitStarted(name, 1, clock(), "w"))
+    clock.advance(seconds)
+    bar.unit_finished(UnitFinished(name, 1, clock(), seconds, None))
+    return bar.eta()
+
+
+def test_eta_is_unknown_until_each_kind_left_has_been_measured():
+    """Cheap units first do not make an ETA of a run whose slow units are still to come."""
+    clock = FakeClock()
+    qp = QuantumPartitioner()
+    for i in range(400):
+        qp.add_unit(lambda ctx: None, name=f"cheap_{i:03}")
+    for i in range(200):
+        qp.add_unit(lambda ctx: None, name=f"slow_{i:03}")
+    bar = started_bar(qp, clock)
+    assert bar.eta() is None  # nothing measured yet
+    etas = [run_one(bar, clock, f"cheap_{i:03}", 0.001) for i in range(400)]
+    assert set(etas) == {None}  # 400/600 done, but what a slow unit costs is unknown
+    assert format_eta(bar.eta()) == "?"
+    eta = run_one(bar, clock, "slow_000", 0.05)
+    # 199 slow units of 50 ms left, on one worker busy all the time: 9.95 s, not 0.2 s.
+    assert eta == pytest.approx(199 * 0.05)
+
+
+def test_eta_uses_estimated_durations_before_any_unit_finished():
+    """Units with estimated_duration give an ETA as soon as the work rate is measured."""
+    clock = FakeClock()
+    qp = QuantumPartitioner()
+    for i in range(10):
+        qp.add_unit(lambda ctx: None, name=f"fit_{i}", metadata={"estimated_duration": 2.0})
+    bar = started_bar(qp, clock)
+    bar.unit_started(UnitStarted("fit_0", 1, clock(), "w1"))
+    bar.unit_started(UnitStarted("fit_1", 1, clock(), "w2"))
+    assert bar.eta() is None  # one sample: no rate yet
+    clock.advance(1.0)
+    # 20 s of work, 2 s of it done by two workers in 1 s: 18 s left at 2 s per second.
+    assert bar.eta() == pytest.approx(9.0)
+
+
+def test_units_of_one_function_are_one_kind():
+    """partial(f, item) units share a kind; lambdas are told apart by their name's stem."""
+
+    def extract(doc, ctx):
+        return doc
+
+    qp = QuantumPartitioner()
+    qp.add_unit(functools.partial(extract, "a"), name="first")
+    qp.add_unit(functools.partial(extract, "b"), name="second")
+    qp.add_unit(lambda ctx: None, name="fetch[0]")
+    qp.add_unit(lambda ctx: None, name="fetch[1]")
+    qp.add_unit(lambda ctx: None, name="load")
+    kinds = [unit_kind(unit) for unit in qp.units.values()]
+    assert kinds[0] == kinds[1]
+    assert kinds[2] == kinds[3] == "fetch"
+    assert kinds[4] == "load"
+
+
+def test_a_cancelled_run_fills_the_bar_with_finished_work_only():
+    """After cancel() the bar shows done/total and each state, not a full bar."""
+    bar, out = drawn_bar()
+    qp = QuantumPartitioner(instruments=[bar])
+    for i in range(3):
+        qp.add_unit(lambda ctx: None, name=f"early{i}", priority=10)
+    qp.add_unit(lambda ctx: qp.cancel(), name="stopper", priority=5)
+    for i in range(6):
+        qp.add_unit(lambda ctx: None, name=f"late{i}")
+    qp.execute(execution_mode=SEQ)
+    assert (bar.done, bar.cancelled, bar.filled, bar.total) == (4, 6, 4, 10)
+    final = out.getvalue().rsplit("\r", 1)[-1]
+    assert "4/10" in final
+    assert "10/10" not in out.getvalue()
+    assert "cancelled 6" in final
+    assert bar._progress is None

@@ -29,8 +29,8 @@ def after_a_run():
     qp.add_unit(lambda ctx: 1, name="a")
     qp.add_unit(lambda ctx: 2, ["a"], name="b", metadata={"estimated_duration": 5})
     qp.add_unit(lambda ctx: 3, ["b"], name="c", metadata={"estimated_duration": 5})
-    qp.add_unit(boom, ["a"], name="bad")
-    qp.add_unit(lambda ctx: 4, ["bad"], name="skipped")
+    qp.add_unit(boom, ["a"], name="bad", metadata={"estimated_duration": 1})
+    qp.add_unit(lambda ctx: 4, ["bad"], name="skipped", metadata={"estimated_duration": 1})
     qp.execute(execution_mode=SEQ)
     return qp
 
@@ -54,6 +54,32 @@ def test_dot_colours_each_unit_by_its_state_after_a_run():
     for name, state in expected.items():
         assert f'fillcolor="{STATE_COLOURS[state]}"' in nodes[name], name
         assert f'tooltip="{state.value}"' in nodes[name]
+
+
+def test_dot_legend_names_the_colour_of_each_state_drawn():
+    """The picture carries a legend: one row per state drawn, with its colour, and the red path."""
+    qp = after_a_run()
+    dot = qp.build_execution_plan().visualize()
+    legend = re.search(r"^  legend \[shape=plain, .*label=<(.*)>\];$", dot, re.MULTILINE)
+    assert legend is not None
+    rows = re.findall(r'<td bgcolor="([^"]+)"[^>]*></td><td[^>]*>(\w+)</td>', legend.group(1))
+    assert rows == [
+        (STATE_COLOURS[state], state.value)
+        for state in (UnitState.COMPLETED, UnitState.FAILED, UnitState.SKIPPED)
+    ]
+    assert RED in legend.group(1)
+    assert "critical path" in legend.group(1)
+    assert "legend" not in dot_nodes(dot)  # not drawn as a unit
+    assert "legend" not in qp.build_execution_plan().visualize(states=False)
+
+
+def test_dot_legend_never_takes_a_units_name():
+    """A unit named ``legend`` keeps its node; the legend takes another id."""
+    qp = QuantumPartitioner()
+    qp.add_unit(lambda ctx: 1, name="legend")
+    dot = qp.build_execution_plan().visualize()
+    assert dot_nodes(dot)["legend"].startswith('fillcolor="#f5f5f5"')
+    assert re.search(r"^  _legend \[shape=plain", dot, re.MULTILINE)
 
 
 def test_dot_marks_the_critical_path_after_a_run():

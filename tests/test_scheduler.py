@@ -122,10 +122,15 @@ def test_longer_remaining_critical_path_runs_first():
 def test_remaining_critical_path_is_weighted_by_estimated_duration():
     """A root before one heavy unit outranks a root before a long light chain."""
     # p -> heavy (10 s)
-    # q -> r -> s -> t
+    # q -> r -> s -> t  (1 s each; p weighs their mean)
+    light = {"metadata": {"estimated_duration": 1}}
     sched = scheduler_of(
         {"q": [], "r": ["q"], "s": ["r"], "t": ["s"], "p": [], "heavy": ["p"]},
         heavy={"metadata": {"estimated_duration": 10}},
+        q=light,
+        r=light,
+        s=light,
+        t=light,
     )
     assert start_all(sched) == ["p", "q"]
 

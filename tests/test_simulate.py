@@ -38,7 +38,7 @@ def test_priority_wins_over_the_critical_path():
     """A higher-priority unit starts first even on a shorter path."""
     p = QuantumPartitioner()
     p.add_unit(lambda ctx: None, name="long", metadata={"estimated_duration": 5})
-    p.add_unit(lambda ctx: None, name="urgent", priority=10)
+    p.add_unit(lambda ctx: None, name="urgent", priority=10, metadata={"estimated_duration": 1})
     sim = p.build_execution_plan().simulate(workers=1)
     assert sim.starts == {"urgent": 0, "long": 1}
 

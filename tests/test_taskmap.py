@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -61,6 +62,41 @@ def test_task_map_rejects_malformed_tasks(tasks):
     """A TaskMap of the wrong shape raises TypeError at construction."""
     with pytest.raises(TypeError):
         TaskMap(tasks)
+
+
+BAD_DEPENDENCIES = [
+    pytest.param("load", "got 'load'", id="string"),
+    pytest.param(None, "got None", id="none"),
+    pytest.param(5, "got 5", id="int"),
+    pytest.param({"load": 1}, "got {'load': 1}", id="mapping"),
+    pytest.param([1], "dependency names must be strings, got 1", id="int-name"),
+]
+
+
+@pytest.mark.parametrize(("deps", "message"), BAD_DEPENDENCIES)
+def test_defect_14_bad_dependencies_name_the_task(deps, message):
+    """Issue 9 defect 14: each bad dependency shape is a TypeError naming the task."""
+    with pytest.raises(TypeError, match=rf"^unit 'report': .*{re.escape(message)}"):
+        build_graph({"load": [], "report": deps})
+    with pytest.raises(TypeError, match=rf"^unit 'report': .*{re.escape(message)}"):
+        TaskMap({"load": fail, "report": (fail, deps)})
+
+
+def test_defect_14_a_list_instead_of_a_mapping_is_a_type_error():
+    """Issue 9 defect 14: build_graph and TaskMap of a list say a dict is expected."""
+    with pytest.raises(TypeError, match="must be a dict of name -> "):
+        build_graph([("a", [])])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="must be a dict of name -> "):
+        run_tasks([("a", fail)])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("entry", [build_graph, TaskMap, run_tasks, run_parallel_threads])
+def test_defect_14_an_integer_task_name_is_refused_when_the_map_is_built(entry):
+    """Issue 9 defect 14: a non-string task name is refused before anything runs."""
+    ran = []
+    with pytest.raises(TypeError, match="unit name must be a non-empty string, got 1"):
+        entry({1: (lambda ctx: ran.append(1), [])})
+    assert ran == []
 
 
 def test_task_map_plan_describes_the_graph():

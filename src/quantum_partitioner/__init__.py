@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from ._simulate import Simulation as Simulation
     from ._stores import CacheEntry as CacheEntry
     from ._stores import CacheStore as CacheStore
+    from ._stores import InsecureCacheWarning as InsecureCacheWarning
     from ._stores import MemoryStore as MemoryStore
     from ._stores import SQLiteStore as SQLiteStore
     from ._strategies import select_execution_strategy as select_execution_strategy
@@ -108,7 +109,13 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "._progress": ("ProgressBar",),
     "._scheduler": ("Scheduler", "Transition"),
     "._simulate": ("Simulation",),
-    "._stores": ("CacheEntry", "CacheStore", "MemoryStore", "SQLiteStore"),
+    "._stores": (
+        "CacheEntry",
+        "CacheStore",
+        "InsecureCacheWarning",
+        "MemoryStore",
+        "SQLiteStore",
+    ),
     "._strategies": ("select_execution_strategy", "select_optimal_workers"),
     "._trace": ("TraceRecorder",),
     ".backends": ("Backend",),
@@ -159,6 +166,7 @@ __all__ = [
     "ExecutionPlan",
     "ExponentialBackoff",
     "GraphError",
+    "InsecureCacheWarning",
     "Instrument",
     "InternalError",
     "JoinRule",

@@ -28,10 +28,10 @@ import logging
 import pickle
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from ._fingerprint import UnfingerprintableError, digest, fingerprint, function_fingerprint
-from ._graph import ExecutionMode, QuantumUnit, UnitState
+from ._graph import ExecutionMode, ExecutionModeArg, QuantumUnit, R, T, UnitState
 from ._partitioner import QuantumPartitioner
 from ._stores import CacheEntry, CacheStore, MemoryStore, SQLiteStore
 
@@ -43,9 +43,6 @@ if TYPE_CHECKING:
     from ._run import Run
 
 __all__ = ["CacheStats", "CachingQuantumPartitioner"]
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 LOGGER = logging.getLogger("quantum_partitioner")
 
@@ -140,7 +137,13 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         cache_misses: Cacheable units that had to run, over every run.
 
     Raises:
-        ValueError: ``cache_path`` is not a cache store of this format version.
+        ValueError: ``cache_path`` is not a cache store of this format version, or is a
+            symbolic link.
+        OSError: ``cache_path`` is a directory or cannot be created, read or written (the
+            message names it).
+
+    Warns:
+        InsecureCacheWarning: ``cache_path`` exists and its group or others may write it.
 
     .. versionadded:: 0.1
     """
@@ -148,7 +151,7 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
     def __init__(
         self,
         max_workers: int | None = None,
-        default_execution_mode: ExecutionMode = ExecutionMode.THREAD,
+        default_execution_mode: ExecutionModeArg = ExecutionMode.THREAD,
         *,
         cache_path: str | os.PathLike[str] | None = None,
         cache_size_limit: int | None = None,
@@ -273,7 +276,7 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         """Close the store (a SQLite file's connection); the partitioner is done with."""
         self.cache.close()
 
-    def __enter__(self) -> CachingQuantumPartitioner[T, R]:
+    def __enter__(self) -> Self:
         """Use the partitioner in a ``with`` block that closes its store."""
         return self
 

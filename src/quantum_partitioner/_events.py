@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ._errors import SkipCause
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
-    from ._graph import UnitState
+    from ._graph import QuantumUnit, UnitState
 
 __all__ = [
     "Instrument",
@@ -39,12 +39,13 @@ LOGGER = logging.getLogger("quantum_partitioner")
 
 
 class RunStarted(NamedTuple):
-    """A run began."""
+    """A run began; ``units`` are the run's units (its graph's, not a copy)."""
 
     total_units: int
     execution_mode: str
     max_workers: int
     time: float
+    units: Sequence[QuantumUnit[Any, Any]] = ()
 
 
 class RunFinished(NamedTuple):

@@ -15,14 +15,24 @@ from __future__ import annotations
 import enum
 import gc
 import math
+import sys
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias
 
 from ._errors import CircularDependencyError, DuplicateUnitError, UnknownDependencyError
 from ._joins import ALL_SUCCESS, JoinRule
 from ._policies import RetryPolicy
+
+# Type parameter defaults (PEP 696) are in typing from 3.13 only.
+if sys.version_info >= (3, 13):
+    from typing import TypeVar
+else:
+    from typing_extensions import TypeVar
+
+if TYPE_CHECKING:
+    from ._context import ExecutionContext
 
 __all__ = [
     "ExecutionMode",
@@ -32,8 +42,14 @@ __all__ = [
     "compile_graph",
 ]
 
-T = TypeVar("T")
-R = TypeVar("R")
+# A partitioner's type parameters: T is kept for the original QuantumPartitioner[T, R]
+# signature, R is the units' result type. Both default to Any, so that
+# ``QuantumPartitioner(max_workers=4)`` needs no annotation.
+T = TypeVar("T", default=Any)
+R = TypeVar("R", default=Any)
+
+#: What a unit is: called as ``fn(ctx)``, it returns its result or an awaitable of it.
+UnitFunction: TypeAlias = "Callable[[ExecutionContext], R | Awaitable[R]]"
 
 
 class UnitState(enum.Enum):
@@ -64,6 +80,12 @@ class ExecutionMode(enum.Enum):
     THREAD = "thread"
     ASYNC = "async"
     CUSTOM = "custom"
+
+
+#: A mode as every API that takes one accepts it: the enum member or its value.
+ExecutionModeArg: TypeAlias = (
+    ExecutionMode | Literal["sequential", "thread", "process", "async", "custom"]
+)
 
 
 class _RunView:
@@ -120,7 +142,7 @@ class QuantumUnit(Generic[T, R]):
     def __init__(  # noqa: PLR0917 - the seed's dataclass takes these positionally
         self,
         id: str,  # noqa: A002 - the seed's field name
-        function: Callable[[Any], R],
+        function: UnitFunction[R],
         dependencies: list[str] | None = None,
         timeout: float | None = None,
         retries: int = 0,
@@ -306,7 +328,11 @@ class Graph:
         dependents: Each unit's direct dependents, as indices.
         order: A topological order of the indices.
         level: Each unit's level: 0 without dependencies, else 1 + its deepest dependency's.
-        weight: Each unit's estimated duration (``metadata["estimated_duration"]``, else 1).
+        weight: Each unit's estimated duration: its ``metadata["estimated_duration"]``, else
+            ``default_weight``.
+        default_weight: What a unit without an estimate weighs: the mean of the estimates
+            that are given, so one unknown unit does not swamp estimates in milliseconds
+            (1 when no unit has one, which makes every weight 1: paths count units).
         finish: Longest weighted path from any root to the end of each unit.
         rank: Longest weighted path from the start of each unit to any sink.
     """
@@ -316,6 +342,7 @@ class Graph:
         "_dependents",
         "_priority_order",
         "_rank",
+        "default_weight",
         "deps",
         "finish",
         "index",
@@ -375,7 +402,11 @@ class Graph:
             range(n) if in_order else _kahn_order(names, deps, self.dependents)
         )
         # Per-unit numbers live in typed arrays: 8 bytes each, no float object per unit.
-        self.weight = array("d", [_weight(unit) for unit in units])
+        estimates = [_estimate(unit) for unit in units]
+        given = [e for e in estimates if e is not None]
+        default = math.fsum(given) / len(given) if given else 1.0
+        self.default_weight = default
+        self.weight = array("d", [default if e is None else e for e in estimates])
         self.level, self.finish = _levels_and_finish(self.order, deps, self.weight)
         self._priority_order: tuple[array[int], array[int]] | None = None
         self._decisions: tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]] | None = (
@@ -496,9 +527,9 @@ def compile_graph(units: Iterable[QuantumUnit[Any, Any]]) -> Graph:
     return Graph(list(units))
 
 
-def _weight(unit: QuantumUnit[Any, Any]) -> float:
+def _estimate(unit: QuantumUnit[Any, Any]) -> float | None:
     estimate = unit.metadata.get("estimated_duration") if unit.metadata else None
-    return 1.0 if estimate is None else float(estimate)
+    return None if estimate is None else float(estimate)
 
 
 def _kahn_order(names: list[str], deps: list[list[int]], dependents: list[list[int]]) -> list[int]:

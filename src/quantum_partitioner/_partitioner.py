@@ -11,14 +11,18 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from ._errors import DuplicateUnitError, TaskError
 from ._events import Instrument, UnitFailed, UnitFinished, UnitRetrying, UnitSkipped, UnitStarted
 from ._graph import (
     ExecutionMode,
+    ExecutionModeArg,
     Graph,
     QuantumUnit,
+    R,
+    T,
+    UnitFunction,
     UnitState,
     _RunView,
     compile_graph,
@@ -49,8 +53,10 @@ if TYPE_CHECKING:
 
 __all__ = ["QuantumPartitioner"]
 
-T = TypeVar("T")
-R = TypeVar("R")
+# The decorator form of add_unit returns the function it is given, its type intact.
+_Decorated = TypeVar("_Decorated", bound="Callable[[ExecutionContext], Any]")
+
+StrategyName = Literal["priority", "resource_balanced", "adaptive"]
 
 _FAILED_STATES = frozenset({UnitState.FAILED, UnitState.TIMEOUT})
 _STRATEGIES = ("priority", "resource_balanced", "adaptive")
@@ -108,7 +114,7 @@ class QuantumPartitioner(Generic[T, R]):
     def __init__(
         self,
         max_workers: int | None = None,
-        default_execution_mode: ExecutionMode = ExecutionMode.THREAD,
+        default_execution_mode: ExecutionModeArg = ExecutionMode.THREAD,
         *,
         retry_policy: RetryPolicy | None = None,
         instruments: list[Instrument] | tuple[Instrument, ...] = (),
@@ -152,7 +158,7 @@ class QuantumPartitioner(Generic[T, R]):
     @overload
     def add_unit(
         self,
-        fn: Callable[..., R],
+        fn: UnitFunction[R],
         dependencies: list[str] | None = None,
         name: str | None = None,
         timeout: float | None = None,
@@ -179,11 +185,11 @@ class QuantumPartitioner(Generic[T, R]):
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
         when: Callable[[ExecutionContext], object] | None = None,
-    ) -> Callable[[Callable[..., R]], Callable[..., R]]: ...
+    ) -> Callable[[_Decorated], _Decorated]: ...
 
     def add_unit(  # noqa: PLR0917 - the seed's positional signature
         self,
-        fn: Callable[..., R] | None = None,
+        fn: UnitFunction[R] | None = None,
         dependencies: list[str] | None = None,
         name: str | None = None,
         timeout: float | None = None,
@@ -194,7 +200,7 @@ class QuantumPartitioner(Generic[T, R]):
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
         when: Callable[[ExecutionContext], object] | None = None,
-    ) -> QuantumUnit[T, R] | Callable[[Callable[..., R]], Callable[..., R]]:
+    ) -> QuantumUnit[T, R] | Callable[[_Decorated], _Decorated]:
         """Add a unit; called without ``fn``, return a decorator that adds the function.
 
         Args:
@@ -225,7 +231,7 @@ class QuantumPartitioner(Generic[T, R]):
         """
         if fn is None:
 
-            def decorator(function: Callable[..., R]) -> Callable[..., R]:
+            def decorator(function: _Decorated) -> _Decorated:
                 self.add_unit(
                     function,
                     dependencies,
@@ -344,7 +350,7 @@ class QuantumPartitioner(Generic[T, R]):
     def execute(
         self,
         context: Mapping[str, Any] | None = None,
-        execution_mode: ExecutionMode | None = None,
+        execution_mode: ExecutionModeArg | None = None,
         max_workers: int | None = None,
         custom_executor: Executor | None = None,
         *,
@@ -437,7 +443,7 @@ class QuantumPartitioner(Generic[T, R]):
     def _prepare(
         self,
         context: Mapping[str, Any] | None,
-        execution_mode: ExecutionMode | None,
+        execution_mode: ExecutionModeArg | None,
         max_workers: int | None,
         custom_executor: Executor | None,
         backend: Backend | None,
@@ -493,7 +499,7 @@ class QuantumPartitioner(Generic[T, R]):
 
     def _choose_backend(
         self,
-        execution_mode: ExecutionMode | None,
+        execution_mode: ExecutionModeArg | None,
         workers: int | None,
         custom_executor: Executor | None,
         backend: Backend | None,
@@ -592,7 +598,7 @@ class QuantumPartitioner(Generic[T, R]):
         return self.execute(context, **options)
 
     def execute_with_strategy(
-        self, context: Mapping[str, Any] | None, strategy: str, **options: Any
+        self, context: Mapping[str, Any] | None, strategy: StrategyName, **options: Any
     ) -> dict[str, R]:
         """Execute with a named strategy.
 

@@ -34,7 +34,8 @@ class ExecutionPlan:
         dependencies: Each unit's dependencies, by name.
         dependents: Each unit's direct dependents, by name.
         critical_path: The longest chain of dependencies, weighted by
-            ``metadata["estimated_duration"]`` (1 per unit without one), root first.
+            ``metadata["estimated_duration"]`` (a unit without one weighs the mean of the
+            given estimates, 1 when none is given), root first.
         critical_path_length: That chain's total weight.
     """
 

@@ -1,8 +1,8 @@
 """The program a PROCESS-mode worker runs: receive attempts, run them, send outcomes back.
 
 Started by :mod:`.backends._processes` as ``python -m quantum_partitioner._process_worker
-IN_FD OUT_FD``, it never imports the caller's ``__main__`` (functions from there travel by
-value, pickled with cloudpickle). Its protocol, one pickled tuple per message:
+IN_FD OUT_FD PARENT STDERR_FD``, it never imports the caller's ``__main__`` (functions from
+there travel by value, pickled with cloudpickle). Its protocol, one pickled tuple per message:
 
 parent → worker: ``("context", blob)`` once, ``("function", key, blob)`` once per function,
 ``("run", key, unit_id, attempt, results_blob)`` per attempt, ``("stop",)``.
@@ -11,8 +11,11 @@ worker → parent: ``("ready", pid)``, then per attempt ``("ok", result_blob, me
 ``("error", exception_blob_or_None, description, traceback_text)``.
 
 Anything the unit prints goes to stderr: stdout is not the protocol channel, but keeping the
-two apart means no unit can corrupt the stream. A watchdog thread exits the worker if its
-parent dies, so no worker outlives the program that started it.
+two apart means no unit can corrupt the stream. Until the worker is ready its stderr is a
+pipe to the parent (so a worker that cannot start can say why); then it becomes
+``STDERR_FD``, the parent's own stderr. A watchdog thread exits the worker if its parent
+dies, so no worker outlives the program that started it; a worker whose parent is gone
+exits quietly, without a traceback on the terminal.
 """
 
 from __future__ import annotations
@@ -109,12 +112,19 @@ def _run_one(
 
 
 def main() -> None:
-    """Entry point: ``python -m quantum_partitioner._process_worker IN_FD OUT_FD PARENT``."""
-    in_fd, out_fd, parent = (int(arg) for arg in sys.argv[1:4])
+    """Entry point: ``python -m quantum_partitioner._process_worker IN_FD OUT_FD PARENT ERR``."""
+    in_fd, out_fd, parent, console = (int(arg) for arg in sys.argv[1:5])
+    # Started: from here on stderr is the caller's, no longer the pipe it reads until ready.
+    sys.stderr.flush()
+    os.dup2(console, 2)
+    os.close(console)
     # Units that print must not write into the protocol: send their stdout to stderr.
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    serve(Connection(in_fd, writable=False), Connection(out_fd, readable=False), parent)
+    try:
+        serve(Connection(in_fd, writable=False), Connection(out_fd, readable=False), parent)
+    except OSError:  # the pipe to the parent broke: it died, nobody is left to answer
+        return
 
 
 if __name__ == "__main__":

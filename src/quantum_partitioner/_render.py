@@ -52,10 +52,12 @@ def to_dot(graph: Graph, critical_path: Sequence[str], *, states: bool = True) -
     """Graphviz DOT source: one node per unit, one edge per dependency.
 
     Edges point from a dependency to its dependent. Critical-path nodes and edges are bold
-    and red; with ``states``, nodes are filled by their unit's state in the last run.
+    and red; with ``states``, nodes are filled by their unit's state in the last run, and a
+    legend names the colours of the states drawn (and the critical path's red).
     """
     critical = set(critical_path)
     critical_edges = set(pairwise(critical_path))
+    drawn: set[UnitState] = set()
     lines = [
         "digraph ExecutionPlan {",
         "  rankdir=LR;",
@@ -65,6 +67,7 @@ def to_dot(graph: Graph, critical_path: Sequence[str], *, states: bool = True) -
         attrs = []
         if states:
             state = unit.state
+            drawn.add(state)
             attrs.append(f'fillcolor="{unit_colour(state, unit.error)}"')
             if state is not UnitState.PENDING:
                 attrs.append(f"tooltip={_dot_id(state.value)}")
@@ -78,8 +81,30 @@ def to_dot(graph: Graph, critical_path: Sequence[str], *, states: bool = True) -
             edge = (names[j], names[i])
             style = f' [color="{_CRITICAL}", penwidth=2.5]' if edge in critical_edges else ""
             lines.append(f"  {_dot_id(edge[0])} -> {_dot_id(edge[1])}{style};")
+    if drawn:
+        lines.append(_dot_legend(graph, [s for s in STATE_COLOURS if s in drawn], critical))
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _dot_legend(graph: Graph, states: list[UnitState], critical: set[str]) -> str:
+    """One table node, outside the graph's flow, naming each state's fill colour."""
+    node = "legend"
+    while node in graph.index:  # DOT ids are names: never take a unit's
+        node = f"_{node}"
+    rows = ['<tr><td colspan="2"><b>state</b></td></tr>']
+    rows.extend(
+        f'<tr><td bgcolor="{STATE_COLOURS[state]}" width="24"></td>'
+        f'<td align="left">{state.value}</td></tr>'
+        for state in states
+    )
+    if critical:
+        rows.append(
+            f'<tr><td><font color="{_CRITICAL}"><b>&#8212;&#8212;</b></font></td>'
+            '<td align="left">critical path</td></tr>'
+        )
+    table = '<table border="0" cellborder="1" cellspacing="0" cellpadding="4">'
+    return f"  {node} [shape=plain, style=solid, label=<{table}{''.join(rows)}</table>>];"
 
 
 _MERMAID_UNSAFE = re.compile(r"[^A-Za-z0-9_]")

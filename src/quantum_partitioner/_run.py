@@ -121,7 +121,8 @@ class Run:
         self.cancel_requested = threading.Event()
         #: Wakes the driving backend when it sleeps; a backend that sleeps replaces it.
         self.wake: Callable[[], None] = _nothing
-        self._functions = [unit.function for unit in graph.units]
+        # Typed loosely: a unit declared sync may still return a coroutine (awaited below).
+        self._functions: list[Callable[..., Any]] = [unit.function for unit in graph.units]
         self._is_async = [inspect.iscoroutinefunction(f) for f in self._functions]
         self._names = graph.names
         self._deps = graph.deps
@@ -264,7 +265,11 @@ class Run:
         self.started_at = self.clock()
         if self.dispatcher.run_started:
             event = RunStarted(
-                len(self.graph), self.mode, self.max_workers, self.to_epoch(self.started_at)
+                len(self.graph),
+                self.mode,
+                self.max_workers,
+                self.to_epoch(self.started_at),
+                self.graph.units,
             )
             self.dispatcher.emit(self.dispatcher.run_started, event)
 

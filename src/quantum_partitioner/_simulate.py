@@ -1,6 +1,7 @@
 """Replay a plan on the real scheduling core with a virtual clock.
 
-Each unit takes ``metadata["estimated_duration"]`` (1 without one) on one of ``workers``
+Each unit takes its weight (``metadata["estimated_duration"]``; without one the mean of the
+given estimates, 1 when none is given: see :class:`Graph`) on one of ``workers``
 identical workers; the scheduler chooses what runs next exactly as in a real run (priority,
 then longest remaining critical path, then insertion order). Nothing runs and no time
 passes: this is the sans-I/O core driven by a loop whose clock jumps from one completion to

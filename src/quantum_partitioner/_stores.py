@@ -17,6 +17,10 @@ nothing about units or pickling: :mod:`._cache` makes the keys and the payloads.
 * **Versioned format.** A ``meta`` table holds ``format_version``. A file of another version,
   or one that is not a cache, raises ``ValueError`` on opening and is left untouched.
 * **Owner only.** A new file is created with mode 0o600 before anything is written into it.
+  A ``path`` that is a symbolic link is refused (the file would be created, or read, wherever
+  the link points); an existing file that others may write gets an
+  :class:`InsecureCacheWarning`. A path that cannot be a store (a directory, a file this
+  process cannot read and write) raises an ``OSError`` naming it, before SQLite opens it.
 * **LRU.** With ``size_limit`` (bytes of payload), entries least recently read or written
   are evicted after a write that goes over it. Read times are batched in memory and written
   at the end of a run (or every 1,000 reads), so a hit costs no write transaction.
@@ -28,12 +32,15 @@ since lookups come from several threads at once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
+import warnings
 import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -44,7 +51,7 @@ from typing import TYPE_CHECKING, Final, Self
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["CacheEntry", "CacheStore", "MemoryStore", "SQLiteStore"]
+__all__ = ["CacheEntry", "CacheStore", "InsecureCacheWarning", "MemoryStore", "SQLiteStore"]
 
 LOGGER = logging.getLogger("quantum_partitioner")
 
@@ -284,14 +291,83 @@ class MemoryStore(CacheStore):
         return self._total
 
 
-def _create_private_file(path: Path) -> None:
-    """Create ``path`` empty with mode 0o600, unless it exists (then leave it alone)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+class InsecureCacheWarning(UserWarning):
+    """An existing cache store may be written by other users (group or others can write it).
+
+    Whoever can write a store can make it return anything, or run code in the process that
+    loads it (results are pickles): make the file ``chmod 600``, or use another path.
+
+    .. versionadded:: 0.1
+    """
+
+
+# Primary SQLite result codes that mean "this path cannot be used", not "this is no store".
+_PATH_ERRORS: Final = {
+    3: "permission denied",  # SQLITE_PERM
+    8: "it is read-only for this process",  # SQLITE_READONLY
+    10: "an I/O error",  # SQLITE_IOERR
+    13: "the disk is full",  # SQLITE_FULL
+    14: "SQLite cannot open it",  # SQLITE_CANTOPEN
+}
+
+
+def _path_problem(error: sqlite3.Error) -> str | None:
+    """Why SQLite could not use the file, if ``error`` says it is the path's fault."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return None if code is None else _PATH_ERRORS.get(code & 0xFF)
+
+
+def _open_private_file(path: Path) -> None:
+    """Make sure ``path`` is a regular file this process may use as a store.
+
+    A missing file is created empty with mode 0o600 (its directory too); ``O_NOFOLLOW``
+    makes sure the new file is the path itself, not the target of a link planted there.
+
+    Raises:
+        ValueError: ``path`` is a symbolic link, or not a regular file.
+        OSError: ``path`` is a directory, or cannot be created, read or written (its
+            ``filename`` is the path).
+    """
+    name = str(path)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    os.close(fd)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            info = os.lstat(path)
+        else:
+            os.close(fd)
+            return
+    except OSError as error:
+        raise _path_error(error, f"cannot create the cache store {name!r}", name) from error
+    if stat.S_ISLNK(info.st_mode):
+        raise ValueError(
+            f"cache_path {name!r} is a symbolic link (to {str(path.readlink())!r}); a store is "
+            "never opened through a link. Pass the real path of the file."
+        )
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "cache_path is a directory, not a file", name)
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"cache_path {name!r} is not a regular file")
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise PermissionError(
+            errno.EACCES, "cache_path is not readable and writable by this process", name
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        warnings.warn(
+            InsecureCacheWarning(
+                f"cache store {name!r} is writable by its group or by others (mode "
+                f"{stat.filemode(info.st_mode)}): whoever can write it can run code in this "
+                "process. Make it readable and writable by its owner only (chmod 600)."
+            ),
+            stacklevel=4,
+        )
+
+
+def _path_error(error: OSError, what: str, name: str) -> OSError:
+    """The same kind of ``OSError``, saying what could not be done with which path."""
+    problem = error.strerror or str(error)
+    return type(error)(error.errno or errno.EIO, f"{what}: {problem}", error.filename or name)
 
 
 def _close_quietly(connections: list[sqlite3.Connection]) -> None:
@@ -309,12 +385,18 @@ class SQLiteStore(CacheStore):
 
     Args:
         path: The database file; created (mode 0o600, parent directories too) if missing.
+            Not a symbolic link.
         size_limit: Bytes of payload to keep at most, or None for no limit.
         timeout: Seconds a writer waits for another process's write lock.
 
     Raises:
         ValueError: The file is not a quantum-partitioner cache, or of another format
-            version.
+            version, or ``path`` is a symbolic link.
+        OSError: ``path`` is a directory, or cannot be created, read or written (the
+            message names it).
+
+    Warns:
+        InsecureCacheWarning: The file exists and its group or others may write it.
 
     .. versionadded:: 0.1
     """
@@ -352,10 +434,13 @@ class SQLiteStore(CacheStore):
             _INHERITED.extend(self._connections)
             self._connections.clear()
             self._touched.clear()
-        _create_private_file(self.path)
-        connection = sqlite3.connect(
-            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
-        )
+        _open_private_file(self.path)
+        try:
+            connection = sqlite3.connect(
+                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as error:
+            raise self._unusable(error) from error
         try:
             self._prepare(connection)
         except BaseException:
@@ -378,6 +463,8 @@ class SQLiteStore(CacheStore):
                 raise
             connection.execute("COMMIT")
         except sqlite3.DatabaseError as error:
+            if _path_problem(error) is not None:
+                raise self._unusable(error) from error
             raise ValueError(
                 f"{str(self.path)!r} is not a quantum-partitioner cache store ({error})"
             ) from error
@@ -387,6 +474,16 @@ class SQLiteStore(CacheStore):
                 f"quantum-partitioner reads version {FORMAT_VERSION}. Use another cache_path, "
                 "or delete the file (its results will be recomputed)."
             )
+
+    def _unusable(self, error: sqlite3.Error) -> OSError:
+        """An ``OSError`` naming the path, for a SQLite error that means it cannot be used."""
+        reason = _path_problem(error) or "SQLite cannot use it"
+        return OSError(
+            errno.EIO,
+            f"cannot open the cache store: {reason} ({error}); SQLite also needs to create "
+            "its -wal and -shm files beside it",
+            str(self.path),
+        )
 
     def _enable_wal(self, connection: sqlite3.Connection) -> None:
         """Switch to WAL, waiting while another process holds the lock.

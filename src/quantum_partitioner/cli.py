@@ -283,7 +283,8 @@ def _add_plan(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         metavar="N",
         help=(
             "also print the makespan simulated on N workers, from each unit's "
-            "metadata['estimated_duration'] (1 without one); text format only"
+            "metadata['estimated_duration'] (the mean of the given ones without one, 1 when "
+            "none is given); text format only"
         ),
     )
     parser.set_defaults(handler=_run_plan)

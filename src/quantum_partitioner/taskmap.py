@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._errors import CircularDependency, CircularDependencyError, TaskError
-from ._graph import ExecutionMode
+from ._graph import ExecutionMode, QuantumUnit, validate_unit
 from ._partitioner import QuantumPartitioner
 
 if TYPE_CHECKING:
@@ -51,25 +51,18 @@ class TaskMap:
         on_task_error: ``fn(name, error)`` when a task fails.
 
     Raises:
-        TypeError: A task is not a function or a ``(function, dependencies)`` pair.
+        TypeError: ``tasks`` is not a mapping, a name is not a string, or a task is not a
+            function or a ``(function, dependencies)`` pair whose dependencies are a list of
+            names (the message names the task).
         GraphError: Unknown dependencies or a cycle (when the map is first run or planned).
     """
 
     def __init__(self, tasks: Mapping[str, TaskSpec]) -> None:
         """Validate the tasks' shape; the graph itself is checked before running."""
-        if not isinstance(tasks, Mapping):
-            raise TypeError(f"tasks must be a dict of name -> (fn, dependencies), got {tasks!r}")
+        _check_mapping(tasks, "tasks", "(fn, dependencies)")
         self.tasks: dict[str, tuple[Callable[..., Any], list[str]]] = {}
         for name, spec in tasks.items():
-            if callable(spec):
-                self.tasks[name] = (spec, [])
-            elif isinstance(spec, tuple) and len(spec) == 2:
-                fn, deps = spec
-                if isinstance(deps, str):
-                    raise TypeError(f"task {name!r}: dependencies must be a list, got {deps!r}")
-                self.tasks[name] = (fn, list(deps))
-            else:
-                raise TypeError(f"task {name!r}: expected (fn, dependencies), got {spec!r}")
+            self.tasks[name] = _task(name, spec)
         self.on_task_start: Callable[[str], Any] | None = None
         self.on_task_complete: Callable[[str, Any], Any] | None = None
         self.on_task_error: Callable[[str, BaseException], Any] | None = None
@@ -95,6 +88,42 @@ class TaskMap:
     def run(self, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Run every task in this thread, in order; see :func:`run_tasks`."""
         return run_tasks(self, context)
+
+
+def _check_mapping(value: object, what: str, shape: str) -> None:
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"{what} must be a dict of name -> {shape}, got a {type(value).__name__}: {value!r}"
+        )
+
+
+def _task(name: Any, spec: object) -> tuple[Callable[..., Any], list[str]]:
+    """One task of a map as ``(fn, dependency names)``, checked by add_unit's rules.
+
+    Every entry point that takes tasks (:class:`TaskMap`, and through it ``run_*``;
+    :func:`build_graph`) reads them here, so a bad task is refused when the map is built,
+    with a ``TypeError``/``ValueError`` naming the task.
+    """
+    deps: object = ()
+    if callable(spec):
+        fn = spec
+    elif isinstance(spec, tuple) and len(spec) == 2:
+        fn, deps = spec
+    else:
+        raise TypeError(f"task {name!r}: expected fn or (fn, dependencies), got {spec!r}")
+    unit: QuantumUnit[Any, Any] = QuantumUnit(name, fn, _dependency_names(name, deps))
+    validate_unit(unit)  # the name, the function, each dependency's name: as add_unit checks
+    return unit.function, unit.dependencies
+
+
+def _dependency_names(name: object, deps: object) -> list[str]:
+    """``deps`` as a list; a string (not split into letters), a mapping or None is refused."""
+    if isinstance(deps, str | bytes | Mapping) or not isinstance(deps, Iterable):
+        raise TypeError(
+            f"unit {name!r}: dependencies must be a list of unit names, got {deps!r}"
+            + (" (use [] for none)" if deps is None else "")
+        )
+    return list(deps)
 
 
 def _as_task_map(task_map: TaskMap | Mapping[str, TaskSpec]) -> TaskMap:
@@ -184,16 +213,23 @@ def _never_called(_ctx: object) -> None:  # pragma: no cover - plans never run
 def build_graph(dependencies: Mapping[str, Iterable[str]]) -> ExecutionPlan:
     """Validate ``name -> dependencies`` as a graph and return its plan.
 
+    Args:
+        dependencies: ``name -> list of names``; a TaskMap-style ``(fn, dependencies)`` pair
+            is accepted too.
+
     Raises:
+        TypeError: ``dependencies`` is not a mapping, a name is not a string, or an entry
+            is not a list of names (the message names the task).
         UnknownDependencyError: A dependency names no task.
         CircularDependencyError: The dependencies form a cycle (``.cycle`` has its path).
     """
+    _check_mapping(dependencies, "dependencies", "list of dependency names")
     partitioner: QuantumPartitioner[Any, Any] = QuantumPartitioner()
     spec: Any
     for name, spec in dependencies.items():
         if isinstance(spec, tuple) and len(spec) == 2 and callable(spec[0]):
-            fn, deps = spec  # a TaskMap-style (fn, dependencies) pair
-            partitioner.add_unit(fn, list(deps), name=name)
+            fn, deps = _task(name, spec)  # a TaskMap-style (fn, dependencies) pair
         else:
-            partitioner.add_unit(_never_called, list(spec), name=name)
+            fn, deps = _task(name, (_never_called, spec))
+        partitioner.add_unit(fn, deps, name=name)
     return partitioner.build_execution_plan()

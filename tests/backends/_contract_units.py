@@ -258,6 +258,31 @@ def append(path: str, line: str) -> None:
         os.close(fd)
 
 
+# -- exceptions that are not errors ----------------------------------------------------------
+
+
+class CustomBaseException(BaseException):
+    """A BaseException subclass of the user's own (importable by name in every worker)."""
+
+
+BASE_EXCEPTIONS: dict[str, type[BaseException]] = {
+    "KeyboardInterrupt": KeyboardInterrupt,
+    "SystemExit": SystemExit,
+    "GeneratorExit": GeneratorExit,
+    "CancelledError": asyncio.CancelledError,
+    "CustomBaseException": CustomBaseException,
+}
+
+
+def raise_base_exception(name: str) -> partial[None]:
+    """A unit raising the BaseException named ``name`` (a key of ``BASE_EXCEPTIONS``)."""
+    return partial(_raise_base_exception, name)
+
+
+def _raise_base_exception(name: str, ctx: Any) -> None:
+    raise BASE_EXCEPTIONS[name](f"{ctx.unit_id} raised it")
+
+
 # -- decisions (test_contract_dynamic.py) ----------------------------------------------------
 
 

@@ -647,3 +647,33 @@ def test_results_hold_only_completed_units_and_fallbacks(mode):
 
     assert results == {"ok": "ok", "soft": 0, "after_soft": 0}
     assert p.get_partial_results() == results
+
+
+# -- exceptions that are not errors ----------------------------------------------------------
+
+
+def test_base_exceptions_raised_in_a_worker_process_fail_only_that_unit(mode):
+    """Defect 8: any BaseException a unit raises in another process FAILS that unit, promptly.
+
+    KeyboardInterrupt and SystemExit included: they happened in the worker, not in the
+    caller, so they interrupt nothing here; dependents are skipped, other units complete.
+    """
+    if not mode.in_processes:
+        pytest.skip("units run in the caller's process here")
+    p = QuantumPartitioner()
+    for name in u.BASE_EXCEPTIONS:
+        p.add_unit(u.raise_base_exception(name), name=name)
+        p.add_unit(u.const(1), [name], name=f"after {name}")
+    p.add_unit(u.const("ok"), name="fine")
+
+    start = time.monotonic()
+    results = mode.execute(p)
+
+    assert time.monotonic() - start < 30
+    assert results == {"fine": "ok"}
+    for name, kind in u.BASE_EXCEPTIONS.items():
+        unit = p.units[name]
+        assert unit.state is UnitState.FAILED, name
+        assert type(unit.error) is kind
+        assert str(unit.error) == f"{name} raised it"
+        assert p.units[f"after {name}"].state is UnitState.SKIPPED

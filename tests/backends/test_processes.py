@@ -7,13 +7,19 @@ value, which is what users' lambdas rely on.
 from __future__ import annotations
 
 import os
+import queue
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from quantum_partitioner import (
+    BrokenBackendError,
     ExecutionMode,
     ExponentialBackoff,
     QuantumPartitioner,
@@ -22,7 +28,10 @@ from quantum_partitioner import (
     UnitTimeoutError,
     WorkerDiedError,
 )
+from quantum_partitioner._graph import Graph, QuantumUnit
+from quantum_partitioner._run import Run
 from quantum_partitioner.backends import ProcessBackend
+from quantum_partitioner.backends._processes import ProcessLane
 
 PROCESS = ExecutionMode.PROCESS
 FAST_RETRY = RetryPolicy(backoff=ExponentialBackoff(initial=0.001, jitter=0))
@@ -237,3 +246,115 @@ def test_reused_backend_picks_up_new_functions():
         assert p.execute({}, backend=backend) == {"a": "old"}
         p.add_unit(lambda ctx: "new", name="a", replace=True)
         assert p.execute({}, backend=backend) == {"a": "new"}
+
+
+# -- workers that cannot start, die at the wrong moment, or lose their parent ------------------
+
+#: A site hook that refuses to let an interpreter start (as a licence or policy check might).
+REFUSING_SITECUSTOMIZE = (
+    "import sys\nsys.stderr.write('site check: licence server unreachable\\n')\nsys.exit(3)\n"
+)
+
+
+def test_workers_that_cannot_start_break_the_backend_saying_why(tmp_path, monkeypatch):
+    """Defect 4: workers exiting before they are ready end the run with BrokenBackendError.
+
+    The error gives the exit status and the end of the worker's stderr; completed results are
+    kept. (The environment breaks mid-run: unit "b" installs a refusing sitecustomize.py on
+    the workers' path, then kills its worker; every replacement then exits at start-up.)
+    """
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))  # workers get the caller's sys.path
+
+    def break_the_environment(ctx):
+        (Path(ctx["site"]) / "sitecustomize.py").write_text(REFUSING_SITECUSTOMIZE)
+        os._exit(9)
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(lambda ctx: 1, name="a")
+    p.add_unit(break_the_environment, ["a"], name="b", priority=1)
+    p.add_unit(lambda ctx: 3, ["a"], name="c")
+    with pytest.raises(BrokenBackendError) as caught:
+        p.execute({"site": str(site)}, execution_mode=PROCESS)
+    message = str(caught.value)
+    assert "cannot start" in message
+    assert "exited with status 1" in message  # site.py turns its SystemExit into a fatal error
+    assert "licence server unreachable" in message
+    assert p.get_partial_results() == {"a": 1}
+    assert isinstance(p.units["b"].error, WorkerDiedError)
+    assert p.units["c"].state is UnitState.CANCELED
+
+
+def test_an_idle_worker_dying_before_submit_loses_no_attempt():
+    """Defect 5: an idle worker that dies between has_room() and submit() costs nothing.
+
+    The lane is driven by hand, as the driver does, so the death falls exactly in between:
+    the attempt waits for the replacement worker and runs there.
+    """
+    graph = Graph([QuantumUnit("a", lambda ctx: 42)])
+    run = Run(graph, {}, mode="process", max_workers=1)
+    outcomes = queue.SimpleQueue()
+    lane = ProcessLane(1)
+    lane.open(run, outcomes.put)
+    try:
+        while not lane.has_room():  # the worker posts a wake-up once it is ready
+            assert outcomes.get(timeout=30) is None
+        [worker] = lane._workers
+        os.kill(worker.process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while worker in lane._workers:  # the reader thread buries it, starts another
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        lane.submit(0, 1)
+        item = None
+        while item is None:  # wake-ups until the outcome; the driver asks for room on each
+            lane.has_room()
+            item = outcomes.get(timeout=30)
+        assert item == (0, 1, True, 42, None)
+    finally:
+        lane.close(cancel=True)
+
+
+ORPHANED_WORKER_PROGRAM = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    from quantum_partitioner import ExecutionMode, QuantumPartitioner
+
+    def outlive_the_parent(ctx):
+        parent = os.getppid()
+        Path(ctx["flag"]).write_text(str(os.getpid()))
+        while os.getppid() == parent:
+            time.sleep(0.005)
+        return "an answer nobody reads"
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(outlive_the_parent, name="orphan")
+    p.execute({"flag": sys.argv[1]}, execution_mode=ExecutionMode.PROCESS)
+    """
+)
+
+
+def test_a_worker_whose_parent_is_killed_exits_quietly(tmp_path):
+    """After kill -9 of the parent, its worker exits with no traceback on the terminal."""
+    flag = tmp_path / "running"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", ORPHANED_WORKER_PROGRAM, str(flag)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not flag.exists() or not flag.read_text():
+            assert parent.poll() is None, parent.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        worker = int(flag.read_text())
+        parent.kill()
+        # The worker writes on the parent's stderr: it is closed once the worker has exited.
+        _, stderr = parent.communicate(timeout=30)
+    finally:
+        parent.kill()
+    assert _wait_gone(worker)
+    assert b"Traceback" not in stderr, stderr.decode()

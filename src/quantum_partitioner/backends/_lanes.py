@@ -190,6 +190,7 @@ class LaneBackend(Backend):
         lane_of = sched.lane_of
         in_flight: dict[int, int] = {}  # unit -> attempt, for what the lanes hold
         started_hooks = run.dispatcher.unit_started
+        finished_hooks = run.dispatcher.unit_finished
         while sched.is_active():
             if run.cancel_requested.is_set():
                 for i, attempt in in_flight.items():
@@ -212,8 +213,10 @@ class LaneBackend(Backend):
                         run.emit_started(i, attempt, now)
                     if run.cache is not None and not lane.calls_in_process:
                         hit, value = run.cache.lookup(run, i)
-                        if hit:
-                            outcomes.put((i, attempt, True, value, None))
+                        if hit:  # served here: complete it now, and never store it again
+                            del in_flight[i]
+                            if sched.complete(i, attempt, value, now) >= 0 and finished_hooks:
+                                run.emit_finished(i, attempt, now)
                             continue
                     lane.submit(i, attempt)
             deadline = sched.next_deadline()
@@ -261,7 +264,7 @@ class LaneBackend(Backend):
                 run.unit_metrics[i] = metrics
             current = sched.complete(i, attempt, value, now) >= 0
             if current and run.cache is not None and not lane.calls_in_process:
-                run.cache.remember(run, i, value)
+                run.cache.remember(run, i, value)  # a fresh result: hits never come here
             if current and run.dispatcher.unit_finished:
                 run.emit_finished(i, attempt, now)
         else:

@@ -18,11 +18,19 @@ Workers are fresh interpreters (``python -m quantum_partitioner._process_worker`
 in their own session so terminal signals reach only the parent, which stops them; they exit
 by themselves if the parent dies. Each worker reports ``ready`` before it gets work, so a
 unit's timeout never counts a worker's start-up.
+
+Until it is ready, a worker's stderr is a pipe the reader thread collects (then it switches to
+the caller's stderr and what it wrote is passed on). A worker that exits before it is ready
+(a broken ``sitecustomize``, a module on the path shadowing one the worker imports) is
+replaced, but after ``_MAX_FAILED_STARTS`` such exits in a row the lane stops trying and the
+driver raises :class:`BrokenBackendError` with the last one's exit status and stderr: the run
+ends (completed results kept) instead of spawning workers forever.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import signal
@@ -30,11 +38,12 @@ import subprocess
 import sys
 import threading
 import weakref
+from collections import deque
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from .._errors import WorkerDiedError
+from .._errors import BrokenBackendError, WorkerDiedError, describe_exit
 from ._lanes import Lane, LaneBackend
 
 if TYPE_CHECKING:
@@ -44,6 +53,13 @@ if TYPE_CHECKING:
     from ._lanes import Outcome
 
 __all__ = ["ProcessBackend", "ProcessLane"]
+
+LOGGER = logging.getLogger("quantum_partitioner")
+
+#: Workers in a row that may exit before they are ready before the lane gives up.
+_MAX_FAILED_STARTS = 3
+#: How much of a worker's start-up stderr is kept (its end) for the error message.
+_START_LOG_BYTES = 4096
 
 
 class RemoteTraceback(Exception):  # noqa: N818 - named after concurrent.futures'
@@ -74,15 +90,34 @@ def _load_cloudpickle() -> Any:
 
 
 class _Worker:
-    __slots__ = ("functions", "has_context", "inbox", "job", "outbox", "process", "ready")
+    __slots__ = (
+        "functions",
+        "has_context",
+        "inbox",
+        "job",
+        "outbox",
+        "process",
+        "ready",
+        "start_log",
+        "start_stderr",
+        "started",
+    )
 
     def __init__(
-        self, process: subprocess.Popen[bytes], inbox: Connection, outbox: Connection
+        self,
+        process: subprocess.Popen[bytes],
+        inbox: Connection,
+        outbox: Connection,
+        start_stderr: int,
     ) -> None:
         self.process = process
         self.inbox = inbox  # we write attempts here
         self.outbox = outbox  # the worker writes outcomes here
-        self.ready = False
+        #: The read end of the worker's stderr until it is ready (-1 once closed).
+        self.start_stderr = start_stderr
+        self.start_log = bytearray()
+        self.started = False  # it said it is ready once
+        self.ready = False  # it may be given an attempt
         self.job: tuple[int, int] | None = None
         self.has_context = False
         self.functions: set[int] = set()
@@ -109,6 +144,12 @@ class ProcessLane(Lane):
         self._closing = False
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
+        #: Attempts whose idle worker died between ``has_room`` and ``submit``: they go to
+        #: the next idle worker (its replacement) before any new attempt.
+        self._held: deque[tuple[int, int]] = deque()
+        self._failed_starts = 0
+        #: Why workers cannot start, once the lane gave up on them.
+        self._broken: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -122,6 +163,9 @@ class ProcessLane(Lane):
             self._context_blob = context_blob
             self._functions: dict[int, tuple[Any, bytes | BaseException]] = {}
             self._closing = False
+            self._held.clear()
+            self._failed_starts = 0
+            self._broken = None
             for worker in self._workers:  # reused: each gets this run's context and functions
                 worker.has_context = False
                 worker.functions = set()
@@ -155,21 +199,33 @@ class ProcessLane(Lane):
         """Start one worker (hold the lock)."""
         child_in, parent_out = os.pipe()
         parent_in, child_out = os.pipe()
+        start_r, start_w = os.pipe()  # its stderr until it is ready
+        console = os.dup(2)  # its stderr from then on: ours
         env = dict(os.environ)
         # The worker imports the caller's modules by name, so it gets the caller's path.
         env["PYTHONPATH"] = os.pathsep.join(p or str(Path.cwd()) for p in sys.path)
         command = [sys.executable, "-m", "quantum_partitioner._process_worker"]
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [*command, str(child_in), str(child_out), str(os.getpid())],
-            pass_fds=(child_in, child_out),
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-        os.close(child_in)
-        os.close(child_out)
+        try:
+            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [*command, str(child_in), str(child_out), str(os.getpid()), str(console)],
+                pass_fds=(child_in, child_out, console),
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stderr=start_w,
+                env=env,
+            )
+        except BaseException:
+            for fd in (parent_out, parent_in, start_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (child_in, child_out, start_w, console):
+                os.close(fd)
         worker = _Worker(
-            process, Connection(parent_out, readable=False), Connection(parent_in, writable=False)
+            process,
+            Connection(parent_out, readable=False),
+            Connection(parent_in, writable=False),
+            start_r,
         )
         self._workers.append(worker)
         self._wake_reader()
@@ -213,6 +269,7 @@ class ProcessLane(Lane):
         for worker in workers:
             worker.inbox.close()
             worker.outbox.close()
+            _close_start_stderr(worker)
         os.close(self._wake_r)
         os.close(self._wake_w)
         with self._lock:
@@ -222,16 +279,30 @@ class ProcessLane(Lane):
     # -- the driver's side -----------------------------------------------------------------
 
     def has_room(self) -> bool:
-        """Whether a started worker is idle."""
-        with self._lock:
-            return any(w.ready and w.job is None for w in self._workers)
+        """Whether a started worker is idle (held attempts take idle workers first).
+
+        Raises:
+            BrokenBackendError: Workers keep exiting before they are ready; says why.
+        """
+        while True:
+            with self._lock:
+                if self._broken is not None:
+                    raise BrokenBackendError(self._broken)
+                idle = any(w.ready and w.job is None for w in self._workers)
+                if not idle or not self._held:
+                    return idle
+                i, attempt = self._held.popleft()
+            self.submit(i, attempt)
 
     def submit(self, i: int, attempt: int) -> None:
         """Send the attempt to an idle worker, or fail it if it cannot be pickled."""
         run = self._run
         unit = run.graph.units[i]
         with self._lock:
-            worker = next(w for w in self._workers if w.ready and w.job is None)
+            worker = next((w for w in self._workers if w.ready and w.job is None), None)
+            if worker is None:  # the idle worker has_room() saw has died since
+                self._held.append((i, attempt))
+                return
             worker.job = (i, attempt)
         try:
             messages = self._messages_for(worker, i, attempt)
@@ -297,6 +368,8 @@ class ProcessLane(Lane):
     def abandon(self, i: int, attempt: int) -> None:
         """Kill the worker running that attempt; a new one replaces it."""
         with self._lock:
+            with contextlib.suppress(ValueError):
+                self._held.remove((i, attempt))  # held: it never started
             for worker in self._workers:
                 if worker.job == (i, attempt):
                     worker.job = None  # its death is expected: nothing to report
@@ -311,12 +384,20 @@ class ProcessLane(Lane):
             with self._lock:
                 if self._closing and not self._workers:
                     return
-                watched = {w.outbox: w for w in self._workers}
+                watched: dict[Connection | int, _Worker] = {w.outbox: w for w in self._workers}
+                for w in self._workers:
+                    if w.start_stderr >= 0:
+                        watched[w.start_stderr] = w
             ready = wait([*watched, self._wake_r])
             for conn in ready:
                 if conn == self._wake_r:
                     with contextlib.suppress(OSError):
                         os.read(self._wake_r, 4096)
+                    continue
+                if isinstance(conn, int):
+                    worker = watched[conn]
+                    if conn == worker.start_stderr:  # not closed (and reused) since
+                        _read_start_log(worker)
                     continue
                 assert isinstance(conn, Connection)
                 worker = watched[conn]
@@ -333,8 +414,16 @@ class ProcessLane(Lane):
     def _receive(self, worker: _Worker, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "ready":
+            # The worker switched to our stderr before it said so: what it wrote until
+            # then is all in the pipe, and belongs on our stderr too.
+            _drain_start_log(worker)
+            if worker.start_log:
+                with contextlib.suppress(OSError):
+                    os.write(2, worker.start_log)
+            worker.start_log = bytearray()
             with self._lock:
-                worker.ready = True
+                worker.started = worker.ready = True
+                self._failed_starts = 0
             self._post(None)  # the driver may have work for it
             return
         with self._lock:
@@ -360,19 +449,78 @@ class ProcessLane(Lane):
         except subprocess.TimeoutExpired:
             _kill(worker)
             exitcode = worker.process.wait()
+        _drain_start_log(worker)
         with self._lock:
             if worker in self._workers:
                 self._workers.remove(worker)
             job, worker.job = worker.job, None
-            if not self._closing:
-                self._spawn()
+            if not worker.started and not self._closing:
+                self._failed_start(worker, exitcode)
+            if not self._closing and self._broken is None:
+                try:
+                    self._spawn()
+                except OSError as error:  # out of processes or descriptors
+                    self._broken = f"cannot start a worker process: {error}"
+                    LOGGER.exception("PROCESS backend: %s", self._broken)
         worker.inbox.close()
         worker.outbox.close()
+        if self._broken is not None:
+            self._post(None)  # the driver raises it at its next step
         if job is not None:
             i, attempt = job
             self._post(
                 (i, attempt, False, WorkerDiedError(self._run.graph.names[i], exitcode), None)
             )
+
+    def _failed_start(self, worker: _Worker, exitcode: int) -> None:
+        """A worker exited before it was ready: log why; give up after too many (hold the lock)."""
+        self._failed_starts += 1
+        log = bytes(worker.start_log).decode("utf-8", "replace").strip()
+        why = f"{describe_exit(exitcode)}, " + (
+            f"its stderr ending:\n{log}" if log else "with nothing on stderr"
+        )
+        LOGGER.warning("PROCESS backend: a worker exited before it was ready (%s)", why)
+        if self._failed_starts >= _MAX_FAILED_STARTS:
+            self._broken = (
+                f"worker processes cannot start: {self._failed_starts} in a row exited before "
+                f"they were ready; the last one {why}"
+            )
+
+
+def _read_start_log(worker: _Worker) -> bool:
+    """Keep the end of what a starting worker writes on stderr; close the pipe at its end.
+
+    Returns whether there may be more to read.
+    """
+    try:
+        data = os.read(worker.start_stderr, 65536)
+    except BlockingIOError:
+        return False
+    except OSError:
+        data = b""
+    if not data:
+        _close_start_stderr(worker)
+        return False
+    worker.start_log += data
+    del worker.start_log[:-_START_LOG_BYTES]
+    return True
+
+
+def _drain_start_log(worker: _Worker) -> None:
+    """Read what is left in a worker's start-up stderr (it no longer writes there)."""
+    if worker.start_stderr < 0:
+        return
+    os.set_blocking(worker.start_stderr, False)  # a child of its own may still hold it
+    while _read_start_log(worker):
+        pass
+    _close_start_stderr(worker)
+
+
+def _close_start_stderr(worker: _Worker) -> None:
+    if worker.start_stderr >= 0:
+        with contextlib.suppress(OSError):
+            os.close(worker.start_stderr)
+        worker.start_stderr = -1
 
 
 def _rebuild_error(message: tuple[Any, ...]) -> BaseException:
