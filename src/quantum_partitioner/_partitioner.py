@@ -28,6 +28,7 @@ from ._graph import (
     compile_graph,
     validate_unit,
 )
+from ._joins import JoinRule, join_rule
 from ._metrics import build_metrics
 from ._plan import ExecutionPlan
 from ._policies import RetryPolicy
@@ -60,6 +61,13 @@ StrategyName = Literal["priority", "resource_balanced", "adaptive"]
 
 _FAILED_STATES = frozenset({UnitState.FAILED, UnitState.TIMEOUT})
 _STRATEGIES = ("priority", "resource_balanced", "adaptive")
+
+
+def _join_rule_of(unit_id: str, value: object) -> JoinRule:
+    try:
+        return join_rule(value)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"unit {unit_id!r}: {error}") from None
 
 
 def _check_max_workers(value: object, name: str = "max_workers") -> int | None:
@@ -169,6 +177,8 @@ class QuantumPartitioner(Generic[T, R]):
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
         when: Callable[[ExecutionContext], object] | None = None,
+        run_if: str | JoinRule = "all_success",
+        cancel_rest: bool = False,
     ) -> QuantumUnit[T, R]: ...
 
     @overload
@@ -185,6 +195,8 @@ class QuantumPartitioner(Generic[T, R]):
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
         when: Callable[[ExecutionContext], object] | None = None,
+        run_if: str | JoinRule = "all_success",
+        cancel_rest: bool = False,
     ) -> Callable[[_Decorated], _Decorated]: ...
 
     def add_unit(  # noqa: PLR0917 - the seed's positional signature
@@ -200,6 +212,8 @@ class QuantumPartitioner(Generic[T, R]):
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
         when: Callable[[ExecutionContext], object] | None = None,
+        run_if: str | JoinRule = "all_success",
+        cancel_rest: bool = False,
     ) -> QuantumUnit[T, R] | Callable[[_Decorated], _Decorated]:
         """Add a unit; called without ``fn``, return a decorator that adds the function.
 
@@ -218,6 +232,13 @@ class QuantumPartitioner(Generic[T, R]):
                 unit becomes ready (``ctx`` as the unit would see it); if false, the unit is
                 SKIPPED (cause ``SkipCause.CONDITION``) without running. If it raises, the
                 unit fails with that error. Keep it quick: it runs between units.
+            run_if: The join rule: ``"all_success"`` (every dependency completed or gave a
+                fallback value), ``"none_failed"`` (none failed, at least one completed),
+                ``"all_done"`` (all terminal, whatever happened), ``"any_success"`` (all
+                terminal, at least one completed) or ``at_least(k)`` (as soon as ``k``
+                completed). See "Join rules" in the guide.
+            cancel_rest: With ``run_if=at_least(k)``: once ``k`` completed, cancel the
+                unfinished dependencies that nothing else still needs.
 
         Returns:
             The new unit, or a decorator that adds its function and returns it unchanged.
@@ -243,6 +264,8 @@ class QuantumPartitioner(Generic[T, R]):
                     replace=replace,
                     retry_policy=retry_policy,
                     when=when,
+                    run_if=run_if,
+                    cancel_rest=cancel_rest,
                 )
                 return function
 
@@ -264,6 +287,8 @@ class QuantumPartitioner(Generic[T, R]):
             metadata,
             retry_policy=retry_policy,
             condition=when,
+            run_if=_join_rule_of(unit_id, run_if),
+            cancel_rest=cancel_rest,
         )
         validate_unit(unit)
         self._admit(unit)

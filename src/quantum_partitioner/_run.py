@@ -179,21 +179,36 @@ class Run:
     def context_for(self, i: int, attempt: int) -> ExecutionContext:
         """The context unit ``i`` is called with: the caller's plus its dependencies'."""
         deps = self._deps[i]
+        view: Mapping[str, Any]
         if deps:
             sched = self.scheduler
             if sched.errors or sched.partial_inputs:  # something upstream did not complete
-                return self._context_with_gaps(i, attempt)
+                view, upstream = self._inputs_with_gaps(i)
+                return ExecutionContext(
+                    self.context, view, self._names[i], attempt, self.mode, self, i, upstream
+                )
             names, results = self._names, sched.results
-            view: Mapping[str, Any] = {names[j]: results[j] for j in deps}
+            view = {names[j]: results[j] for j in deps}
         else:
             view = _NO_RESULTS
         return ExecutionContext(self.context, view, self._names[i], attempt, self.mode, self, i)
 
-    def _context_with_gaps(self, i: int, attempt: int) -> ExecutionContext:
-        """The context of a unit some of whose dependencies did not complete.
+    def inputs_of(self, i: int) -> tuple[Mapping[str, Any], Mapping[str, BaseException]]:
+        """Unit ``i``'s inputs: its dependencies' results that exist, and why others have none.
 
-        It holds the results that exist (fallback values included) and, in
-        ``upstream_errors``, why each other terminal dependency has none.
+        For backends that build the context elsewhere (a worker process, a Dask worker).
+        """
+        sched = self.scheduler
+        if sched.errors or sched.partial_inputs:
+            return self._inputs_with_gaps(i)
+        names, results = self._names, sched.results
+        return {names[j]: results[j] for j in self._deps[i]}, _NO_ERRORS
+
+    def _inputs_with_gaps(self, i: int) -> tuple[dict[str, Any], Mapping[str, BaseException]]:
+        """The inputs of a unit some of whose dependencies did not complete.
+
+        The results that exist (fallback values included) and, as ``upstream_errors``, why
+        each other terminal dependency has none.
         """
         sched = self.scheduler
         names, results, state, errors = self._names, sched.results, sched.state, sched.errors
@@ -205,9 +220,7 @@ class Run:
                 upstream[names[j]] = error
             if state[j] is _COMPLETED or (state[j] in _FAILED_STATES and j in sched.fallbacks):
                 view[names[j]] = results[j]
-        return ExecutionContext(
-            self.context, view, names[i], attempt, self.mode, self, i, upstream or _NO_ERRORS
-        )
+        return view, upstream or _NO_ERRORS
 
     # -- decisions -------------------------------------------------------------------------
 

@@ -313,3 +313,24 @@ def seen(ctx: Any) -> dict[str, Any]:
         "results": dict(ctx.unit_results),
         "upstream_errors": sorted(ctx.upstream_errors),
     }
+
+
+def fail_with(message: str) -> partial[Any]:
+    """A unit raising ``ValueError(message)``."""
+    return partial(_fail_with, message)
+
+
+def _fail_with(message: str, ctx: Any) -> Any:
+    raise ValueError(message)
+
+
+def wait_for_file(path: str, value: Any) -> partial[Any]:
+    """A unit that returns ``value`` once ``path`` exists or it is cancelled (<= 30 s)."""
+    return partial(_wait_for_file, path, value)
+
+
+def _wait_for_file(path: str, value: Any, ctx: Any) -> Any:
+    deadline = time.monotonic() + 30
+    while not Path(path).exists() and not ctx.cancelled and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value

@@ -913,3 +913,27 @@ def test_conditions_read_only_what_they_need_and_skips_are_decisions(backend):
     assert p.units["idle"].attempt == 1
     assert p.units["after_idle"].state is UnitState.SKIPPED
     assert p.get_failed_units() == {}
+
+
+def test_join_rules_hand_a_unit_only_the_results_that_exist(backend):
+    """all_done and none_failed on the cluster: inputs that exist, and why the rest does not."""
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: 1, name="ok")
+    p.add_unit(units.exploding_unit, name="boom")
+    p.add_unit(lambda ctx: ctx.skip("no"), name="lazy")
+    p.add_unit(
+        lambda ctx: [sorted(ctx.unit_results.items()), sorted(ctx.upstream_errors)],
+        ["ok", "boom", "lazy"],
+        name="report",
+        run_if="all_done",
+    )
+    p.add_unit(
+        lambda ctx: sorted(ctx.unit_results), ["ok", "lazy"], name="join", run_if="none_failed"
+    )
+    p.add_unit(lambda ctx: 0, ["ok", "boom"], name="blocked", run_if="none_failed")
+
+    results = p.execute(backend=backend)
+
+    assert results["report"] == [[("ok", 1)], ["boom", "lazy"]]
+    assert results["join"] == ["ok"]
+    assert p.units["blocked"].error.cause is SkipCause.UPSTREAM_FAILED

@@ -461,17 +461,8 @@ class _DaskRun:
 
     def _submit_with_gaps(self, i: int, attempt: int) -> None:
         """Submit a unit with the outputs that exist and why the others do not (join rules)."""
-        sched = self.run.scheduler
-        names, errors = self.run.graph.names, sched.errors
-        have = [j for j in self.run.graph.deps[i] if self._has_value(j)]
-        upstream = {names[j]: errors[j] for j in self.run.graph.deps[i] if j in errors}
-        self._submit(
-            i,
-            attempt,
-            [sched.results[j] for j in have],
-            tuple(names[j] for j in have),
-            upstream,
-        )
+        inputs, upstream = self.run.inputs_of(i)
+        self._submit(i, attempt, list(inputs.values()), tuple(inputs), upstream)
 
     def _submit(
         self,

@@ -188,6 +188,8 @@ class _ThreadPool:
             if t.was_running:
                 self._retire(t.index)
         self._wake_workers()
+        if not self.sched.is_active():
+            self.main.notify()  # a decision ended the run: the driver waits for that
         return transitions
 
     def _wake_workers(self) -> None:
