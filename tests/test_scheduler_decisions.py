@@ -13,6 +13,7 @@ import pytest
 
 from quantum_partitioner import QuantumUnit, Scheduler, SkipCause, SkipUnit, UnitState
 from quantum_partitioner._graph import compile_graph
+from quantum_partitioner._joins import ALL_DONE
 
 PENDING = UnitState.PENDING
 COMPLETED = UnitState.COMPLETED
@@ -123,3 +124,32 @@ def test_why_a_join_is_skipped_does_not_depend_on_the_order_dependencies_end(ord
     assert state(sched, "join") is SKIPPED
     assert cause(sched, "join") is SkipCause.UPSTREAM_FAILED
     assert sched.errors[sched.graph.index["join"]].failed_dependency == "fail"
+
+
+def test_cancelled_dependencies_never_trigger_a_unit():
+    """cancel(): an all_done unit whose dependencies are cancelled is cancelled, never run."""
+    sched = scheduler_of(
+        {"a": [], "b": [], "report": ["a", "b"]},
+        report={"run_if": ALL_DONE},
+    )
+    a = sched.start_next(0.0)
+    sched.fail(a, 1, ValueError("a"), 0.0)
+    assert state(sched, "report") is PENDING  # waits for b
+    transitions = sched.cancel(1.0, "cancel() was called")
+    assert {sched.names[t.index] for t in transitions} == {"b", "report"}
+    assert state(sched, "report") is UnitState.CANCELED
+    assert sched.ready_count == 0
+    assert not sched.is_active()
+
+
+def test_fail_fast_cancels_a_join_that_a_failure_released():
+    """fail_fast wins over all_done: what has not started is cancelled, rules or not."""
+    units = [
+        QuantumUnit("a", noop, []),
+        QuantumUnit("report", noop, ["a"], run_if=ALL_DONE),
+    ]
+    sched = Scheduler(compile_graph(units), fail_fast=True)
+    a = sched.start_next(0.0)
+    sched.fail(a, 1, ValueError("a"), 0.0)
+    assert state(sched, "report") is UnitState.CANCELED
+    assert sched.start_next(0.0) == -1
