@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DOCS_STAMP := $(VENV)/.docs-installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test check bench docs clean setup
+.PHONY: demo test check bench docs dist clean setup
 
 setup: $(STAMP)
 
@@ -30,6 +30,12 @@ check: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
+# A wheel and an sdist in dist/, checked as PyPI checks them (metadata, README rendering).
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
 # The documentation site, into site/; warnings (a broken link, a missing page) fail it.
 # NO_MKDOCS_2_WARNING silences the banner mkdocs-material >= 9.7 prints about its future.
 docs: $(DOCS_STAMP)
@@ -41,4 +47,4 @@ $(DOCS_STAMP): $(STAMP)
 	touch $(DOCS_STAMP)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis site
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis site dist

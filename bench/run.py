@@ -35,6 +35,13 @@ What is measured:
   ``asyncio.gather``) then running, and ``asyncio.gather`` over all of them. N units
   (``--n``), fanout and layered.
 
+* collections: Dask collections (a 10,000-chunk ``dask.array`` sum, a ``dask.bag``
+  map/filter/fold, a chain of 10,000 ``dask.delayed`` calls) on ``quantum_partitioner.dask``
+  (THREAD and SEQUENTIAL) beside ``dask.threaded.get`` and ``dask.get`` on the very graph
+  ``dask.compute`` hands its scheduler: µs per task and the ratios (see
+  ``dask_collections_section.py``). The ``cache`` and ``dask`` sections are described in
+  their modules.
+
 Why ratios matter more than absolute times: this runs on small shared machines (2 cores,
 other jobs, frequency scaling), where absolute microseconds move by tens of percent from
 one run to the next. A ratio against a peer measured moments earlier in the same process,
@@ -49,7 +56,7 @@ Parallel speed-ups need idle cores: on a machine where other jobs hold a core, t
 section's speed-ups drop whatever the code does (the load averages it prints tell).
 
 Usage: ``python bench/run.py [--quick] [--n N] [--repeat R] [--process-n N] [--cpu-units U]
-[--cpu-ms MS] [--only time,memory,process,cpu,async]``.
+[--cpu-ms MS] [--only time,memory,process,cpu,async,cache,dask,collections]``.
 """
 
 from __future__ import annotations

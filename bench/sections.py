@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import report
 from cache_section import CACHE_SECTION
+from dask_collections_section import DASK_COLLECTIONS_SECTION
 from dask_section import DASK_SECTION
 from harness import (
     Failure,
@@ -596,5 +597,6 @@ SECTIONS: dict[str, Section] = {
         ASYNC_SECTION,
         CACHE_SECTION,
         DASK_SECTION,
+        DASK_COLLECTIONS_SECTION,
     )
 }

@@ -1,6 +1,6 @@
 """Document pipeline: extract, chunk and embed every document in parallel, then index them.
 
-The seed's "Document Processing Pipeline" example. For each document ``i`` there is a chain
+The "Document Processing Pipeline" integration example. For each document ``i`` there is a chain
 ``extract_i -> chunk_i -> embed_i``, and ``index_embeddings`` depends on every ``embed_i``.
 The chains share nothing, so they run side by side, and each starts its next step as soon
 as its own previous step is done (dataflow: no waiting for the other documents).
@@ -298,7 +298,7 @@ def index_embeddings(ctx: ExecutionContext) -> VectorIndex:
     return VectorIndex(tuple(chunks), tuple(vectors), len(embedded))
 
 
-# -- the seed's code: its lambdas unchanged, type annotations added ---------------------------
+# -- the graph, written against the original QuantumPartitioner API: units are lambdas -----
 
 
 # Document processing workflow
@@ -338,7 +338,7 @@ def create_document_pipeline(
     # Add final indexing unit depending on all embedding units
     embedding_units = [f"embed_{i}" for i in range(len(documents))]
     partitioner.add_unit(
-        fn=lambda ctx: index_embeddings(ctx),  # noqa: PLW0108 - the seed's lambda
+        fn=lambda ctx: index_embeddings(ctx),  # noqa: PLW0108 - a lambda, as the original API's examples write it
         dependencies=embedding_units,
         name="index_embeddings",
     )

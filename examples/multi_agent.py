@@ -1,6 +1,6 @@
 """Multi-agent orchestration: retrieval, then reasoning, then tools in parallel, then a reply.
 
-The seed's "Multi-Agent Orchestration" example. The graph it builds::
+The "Multi-Agent Orchestration" integration example. The graph it builds::
 
     retrieval_agent -> reasoning_agent -+-> tool_agent_pricing  --+-> response_agent
                                         +-> tool_agent_shipping --+
@@ -14,7 +14,7 @@ every tool's result.
 The agents are local stand-ins for remote model-backed agents. They do real (small) work on
 a little knowledge base: keyword retrieval, parsing quantities and prices, arithmetic with
 ``Decimal``. Retrieval and tool calls sleep a few milliseconds to stand for their network
-round trips. The seed's lambdas reach the agents through ``available_agents``, a variable of
+round trips. The units' lambdas reach the agents through ``available_agents``, a variable of
 the enclosing function: in PROCESS mode or with the ``resource_balanced`` strategy (which
 sends the ``"cpu"`` agents to worker processes) the closures travel with cloudpickle.
 
@@ -175,7 +175,7 @@ def default_agents() -> dict[str, Any]:
     }
 
 
-# -- the seed's code: its lambdas unchanged, type annotations added ---------------------------
+# -- the graph, written against the original QuantumPartitioner API: units are lambdas -----
 
 
 # Multi-agent workflow with dependencies
@@ -220,7 +220,7 @@ def create_agent_workflow(
         fn=lambda ctx: available_agents["response"].generate_response(
             ctx["query"], ctx["reasoning_agent"], {unit_id: ctx[unit_id] for unit_id in tool_units}
         ),
-        dependencies=["reasoning_agent"] + tool_units,  # noqa: RUF005 - as in the seed
+        dependencies=["reasoning_agent"] + tool_units,  # noqa: RUF005 - as the original API's examples write it
         name="response_agent",
         metadata={"agent_type": "response", "resource_type": "cpu"},
     )

@@ -1,6 +1,6 @@
 """Provider fan-out: ask several model providers at once, then aggregate their answers.
 
-The seed's "Provider System Integration" example. One unit per provider calls
+The "Provider System Integration" example. One unit per provider calls
 ``provider.generate(query)``; they share no dependencies, so they all run at once on threads
 (the calls wait on the network, not on the CPU). ``aggregate_responses`` depends on every
 provider unit and runs as soon as the last answer is in: the fan-out takes as long as the
@@ -126,7 +126,7 @@ def normalise_answer(text: str) -> str:
     return " ".join(word for word in words(text) if word not in filler)
 
 
-# -- the seed's code: its lambdas unchanged, type annotations added ---------------------------
+# -- the graph, written against the original QuantumPartitioner API: units are lambdas -----
 
 
 # Set up parallel model calls across providers
@@ -151,7 +151,7 @@ def create_provider_execution_plan(
     # Add aggregation unit that depends on all provider units
     provider_units = [f"provider_{p.id}" for p in providers]
     partitioner.add_unit(
-        fn=lambda ctx: aggregate_responses(ctx),  # noqa: PLW0108 - the seed's lambda
+        fn=lambda ctx: aggregate_responses(ctx),  # noqa: PLW0108 - a lambda, as the original API's examples write it
         dependencies=provider_units,
         name="aggregate_responses",
     )

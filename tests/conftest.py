@@ -6,10 +6,15 @@ Each section belongs to one group of test files; add new fixtures in their own s
 from __future__ import annotations
 
 import multiprocessing
+import re
+import subprocess
+import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -106,3 +111,74 @@ def mode(request: pytest.FixtureRequest) -> Iterator[RunMode]:
     mode_id, factory = request.param
     with ExitStack() as stack:
         yield RunMode(mode_id, factory(stack))
+
+
+# == Calls that must not hang (test_contract, test_strategies, test_partitioner) ==============
+# A defect that hangs execute() must fail its test, not the whole session: ``bounded(call)``
+# runs ``call()`` in a daemon thread and fails the test if it has not returned in time.
+
+
+def _bounded(call: Callable[[], Any], seconds: float = 60.0) -> Any:
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as error:  # handed back to the test
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"the call did not return within {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+@pytest.fixture
+def bounded() -> Callable[..., Any]:
+    """``bounded(call, seconds=60)``: ``call()``'s result or error, or a failure if it hangs."""
+    return _bounded
+
+
+# == Type checking (test_docs, test_public_api) ================================================
+# mypy runs with the project's configuration and cache, so after `make check` it costs about
+# a second; it reports errors as (file, line, message).
+
+MypyRun = Callable[..., list[tuple[str, int, str]]]
+_MYPY_ERROR = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+): error: (?P<message>.*)$", re.MULTILINE)
+
+
+@pytest.fixture
+def mypy() -> MypyRun:
+    """``mypy(*paths, *flags, cwd=dir)``: mypy's errors on files relative to ``cwd``."""
+    root = Path(__file__).resolve().parent.parent
+
+    def run(*arguments: str, cwd: Path) -> list[tuple[str, int, str]]:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mypy",
+                "--config-file",
+                str(root / "pyproject.toml"),
+                "--cache-dir",
+                str(root / ".mypy_cache"),
+                "--no-error-summary",
+                "--show-error-codes",
+                *arguments,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=cwd,
+            check=False,
+        )
+        assert result.returncode in {0, 1}, f"mypy did not run:\n{result.stdout}{result.stderr}"
+        return [
+            (match["file"], int(match["line"]), match["message"])
+            for match in _MYPY_ERROR.finditer(result.stdout)
+        ]
+
+    return run

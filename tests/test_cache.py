@@ -326,6 +326,53 @@ def test_unfingerprintable_context_value_fails_before_anything_runs(make):
     assert counter.take() == {"first": 1, "a": 1}
 
 
+def nested(depth, leaf):
+    """``[[...[leaf]...]]`` with a dict every tenth level: deeper than the stack allows."""
+    value = leaf
+    for level in range(depth):
+        value = {"level": value} if level % 10 == 0 else [value]
+    return value
+
+
+def test_defect_15_deeply_nested_context_values_and_results_are_fingerprinted(make):
+    """Issue 9 defect 15: plain data 2,000 levels deep is fingerprinted, not RecursionError.
+
+    Both as a context value and as a dependency's result that keys its dependent.
+    """
+    counter = Counter()
+
+    def small(ctx):  # a result that pickles: the tree is too deep for pickle
+        counter.hit(ctx.unit_id)
+        return ctx.unit_id
+
+    p = make(default_execution_mode=SEQUENTIAL)
+    p.add_unit(lambda ctx: nested(2000, ctx["leaf"]), name="tree")  # not cacheable
+    p.add_unit(small, name="a", metadata=cached())
+    p.add_unit(small, ["tree"], name="b", metadata=cached(cache_keys=[]))
+    for leaf, runs in ((1, {"a": 1, "b": 1}), (1, {}), (2, {"a": 1, "b": 1})):
+        p.execute({"deep": nested(2000, leaf), "leaf": leaf}, raise_on_error=True)
+        assert counter.take() == runs
+
+
+@dataclass
+class Link:
+    next: object
+
+
+def test_defect_15_a_deeply_nested_object_names_the_unit_and_key_before_anything_runs(make):
+    """Issue 9 defect 15: objects nested past the stack give TypeError naming unit and key."""
+    counter = Counter()
+    chain = None
+    for _ in range(3000):
+        chain = Link(chain)
+    p = make(default_execution_mode=SEQUENTIAL)
+    p.add_unit(combining(counter, "first"), name="first")
+    p.add_unit(combining(counter, "a"), ["first"], name="a", metadata=cached())
+    with pytest.raises(TypeError, match=r"unit 'a'.*context key 'chain'.*nested deeper"):
+        p.execute({"chain": chain})
+    assert counter.take() == {}
+
+
 def test_unfingerprintable_closure_is_refused_by_add_unit(make):
     """A closed-over lock: TypeError naming unit and variable; the unit is not added."""
     lock = threading.Lock()
@@ -708,6 +755,21 @@ def test_defect_13_a_symlinked_cache_path_is_refused(tmp_path, dangling):
     with pytest.raises(ValueError, match=rf"cache_path '{link}' is a symbolic link"):
         CachingQuantumPartitioner(cache_path=link)
     assert target.exists() is not dangling
+
+
+def test_defect_13_a_path_swapped_for_a_link_while_opening_is_refused(tmp_path, monkeypatch):
+    """A link planted between the check and SQLite's open (a race) is caught after it."""
+    path, elsewhere = tmp_path / "c.sqlite", tmp_path / "elsewhere.sqlite"
+    connect = sqlite3.connect
+
+    def planting_connect(target, *args, **kwargs):  # the attacker wins the race
+        path.unlink()
+        path.symlink_to(elsewhere)
+        return connect(target, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", planting_connect)
+    with pytest.raises(ValueError, match=r"was replaced .* while it was being opened"):
+        SQLiteStore(path)
 
 
 def test_defect_13_a_store_others_may_write_is_warned_about(tmp_path):

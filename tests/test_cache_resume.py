@@ -97,3 +97,96 @@ def test_two_processes_share_one_store(tmp_path):
     third = finish(start("share", store, n, barrier, 1))
     assert third["results"] == expected
     assert (third["hits"], third["misses"]) == (n, 0)
+
+
+# -- issue 9, defect 10: helpers read through their module -------------------------------------
+
+HELPER_PROGRAM = """
+import json, sys
+import helpers
+import pkg.tools
+from quantum_partitioner import CachingQuantumPartitioner
+
+def through_module(ctx):
+    return helpers.scale(ctx["x"])
+
+def through_package(ctx):
+    return pkg.tools.offset(ctx["x"])
+
+def imported_in_body(ctx):
+    import helpers as h
+    return h.scale(ctx["x"]) + 1
+
+def imported_late(ctx):
+    import lazy  # nobody imported it when the unit is added: its source counts
+    return lazy.VALUE
+
+with CachingQuantumPartitioner(cache_path=sys.argv[1]) as p:
+    for unit in (through_module, through_package, imported_in_body, imported_late):
+        p.add_unit(unit, name=unit.__name__, metadata={"cacheable": True})
+    results = p.execute({"x": 10}, execution_mode="sequential", raise_on_error=True)
+    print(json.dumps({"results": results, "hits": p.cache_hits, "misses": p.cache_misses}))
+"""
+
+
+def run_helper_program(folder, store):
+    """One fresh interpreter running HELPER_PROGRAM with ``folder`` first on its path."""
+    done = subprocess.run(
+        [sys.executable, str(folder / "program.py"), str(store)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        cwd=folder,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_defect_10_editing_a_helper_read_through_its_module_recomputes(tmp_path):
+    """Issue 9 defect 10: ``helpers.scale`` after ``import helpers`` is fingerprinted.
+
+    Each run is a new process on one SQLite file. Editing helpers.py (a global a helper
+    reads, then the helper's code), pkg/tools.py or lazy.py recomputes exactly the units
+    that use them (an edit to a function no unit uses counts for nothing).
+    """
+    (tmp_path / "program.py").write_text(HELPER_PROGRAM)
+    helpers = tmp_path / "helpers.py"
+    helpers.write_text(
+        "FACTOR = 2\ndef scale(x):\n    return x * FACTOR\ndef unused():\n    pass\n"
+    )
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    tools = tmp_path / "pkg" / "tools.py"
+    tools.write_text("def offset(x):\n    return x + 5\n")
+    lazy = tmp_path / "lazy.py"
+    lazy.write_text("VALUE = 'a'\n")
+    store = tmp_path / "c.sqlite"
+
+    first = run_helper_program(tmp_path, store)
+    assert first["results"] == {
+        "through_module": 20,
+        "through_package": 15,
+        "imported_in_body": 21,
+        "imported_late": "a",
+    }
+    assert (first["hits"], first["misses"]) == (0, 4)
+
+    edited = helpers.read_text().replace("FACTOR = 2", "FACTOR = 3")
+    helpers.write_text(edited.replace("pass", "return None"))  # unused() is read by no unit
+    second = run_helper_program(tmp_path, store)
+    assert second["results"]["through_module"] == 30  # was a stale 20
+    assert second["results"]["imported_in_body"] == 31
+    assert (second["hits"], second["misses"]) == (2, 2)
+
+    helpers.write_text(helpers.read_text().replace("x * FACTOR", "x * FACTOR + 1"))
+    tools.write_text("def offset(x):\n    return x + 6\n")
+    lazy.write_text("VALUE = 'b'\n")
+    third = run_helper_program(tmp_path, store)
+    assert third["results"] == {
+        "through_module": 31,
+        "through_package": 16,
+        "imported_in_body": 32,
+        "imported_late": "b",
+    }
+    assert (third["hits"], third["misses"]) == (0, 4)

@@ -61,6 +61,26 @@ FACTORIES = textwrap.dedent(
 
     NUMBER = 3
 
+    def exits():
+        raise SystemExit(0)
+
+    # Unit names and messages that would drive a terminal printed raw (issue 9, defect 18).
+    def hostile_names():
+        p = QuantumPartitioner()
+        p.add_unit(lambda ctx: "\\x1b[31mred", name="\\x1b[2Jclear")
+        p.add_unit(lambda ctx: 1 / 0, ["\\x1b[2Jclear"], name="bidi\\u202etxt.exe")
+        p.add_unit(lambda ctx: 1, name="two\\nlines")
+        return p
+
+    def hostile_error():
+        raise RuntimeError("\\x1b]0;owned\\x07 title")
+
+    def unit_exits():
+        p = QuantumPartitioner(default_execution_mode="sequential")
+        p.add_unit(lambda ctx: 1, name="first")
+        p.add_unit(lambda ctx: sys.exit(0), ["first"], name="quits")
+        return p
+
     # -- for `run` ---------------------------------------------------------------------------
     #
     #   boom --> after_boom          slow (timeout 0.05 s)          fine
@@ -158,6 +178,7 @@ def project(tmp_path: Path) -> Path:
     (tmp_path / "broken_import.py").write_text("import a_module_that_does_not_exist_xyz\n")
     (tmp_path / "broken_syntax.py").write_text("def f(:\n")
     (tmp_path / "raises_on_import.py").write_text("raise ValueError('bad config')\n")
+    (tmp_path / "exits_on_import.py").write_text("raise SystemExit(3)\n")
     (tmp_path / "clash").mkdir()  # not the current directory, which would shadow the stdlib
     (tmp_path / "clash" / "json.py").write_text("def build():\n    pass\n")
     return tmp_path
@@ -288,6 +309,9 @@ def test_plan_of_the_bundled_demo_pipeline():
         ("factories:not_a_partitioner", "returned an object of type 'int'"),
         ("factories:NUMBER", "neither a QuantumPartitioner nor a function"),
         ("factories:raises", "factories:raises() raised RuntimeError: no database"),
+        ("factories:exits", "factories:exits() raised SystemExit: 0"),  # issue 9, defect 18
+        ("exits_on_import:build", "cannot import module 'exits_on_import': SystemExit: 3"),
+        ("factories:hostile_error", r"RuntimeError: \x1b]0;owned\x07 title"),
         ("factories:needs_an_argument", "raised TypeError"),
         ("factories:cycle", "circular dependency: 'a' -> 'b' -> 'a'"),
         ("factories", "expected MODULE:FACTORY"),
@@ -307,6 +331,33 @@ def test_bad_factory_is_one_line_and_exit_status_2(project, command, target, mes
     assert lines[0].startswith(ERROR_PREFIX)
     assert message in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_defect_18_names_are_printed_with_control_characters_escaped(project):
+    """Issue 9 defect 18: no control character of a unit's name reaches the terminal."""
+    outputs = [
+        run_cli(*args, "factories:hostile_names", cwd=project)
+        for args in (["plan"], ["plan", "--format", "mermaid"], ["run"])
+    ]
+    for result in outputs:
+        assert result.returncode in {0, 1}, result.stderr
+        assert not any(ch in result.stdout for ch in "\x1b\u202e\r"), result.stdout
+    plan, mermaid, run = (result.stdout for result in outputs)
+    assert r"level 0        \x1b[2Jclear, two\nlines" in plan
+    assert r"critical path    \x1b[2Jclear -> bidi\u202etxt.exe" in plan
+    assert '["#27;[2Jclear"]' in mermaid
+    rows = {line.split()[0]: line for line in run.splitlines()[3:-2]}
+    assert set(rows) == {r"\x1b[2Jclear", r"bidi\u202etxt.exe", r"two\nlines"}
+    assert r"'\x1b[31mred'" in rows[r"\x1b[2Jclear"]
+
+
+def test_defect_18_a_unit_calling_sys_exit_is_no_success(project):
+    """A unit's SystemExit stops the run: rows printed, one line on stderr, exit status 1."""
+    result = run_cli("run", "factories:unit_exits", cwd=project)
+    assert result.returncode == 1
+    assert "first" in result.stdout
+    assert "COMPLETED" in result.stdout
+    assert result.stderr == "quantum-partitioner: the run was stopped: SystemExit: 0\n"
 
 
 def test_no_command_is_a_usage_error():

@@ -7,17 +7,20 @@ import dataclasses
 import enum
 import functools
 import math
+import os
 import pickle
 import struct
 import subprocess
 import sys
 import textwrap
 import threading
+import types
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quantum_partitioner import _fingerprint
 from quantum_partitioner._fingerprint import (
     UnfingerprintableError,
     fingerprint,
@@ -169,6 +172,38 @@ def test_fingerprint_survives_a_pickle_round_trip(value):
     assert fingerprint(pickle.loads(pickle.dumps(value))) == fingerprint(value)
 
 
+@settings(max_examples=100, deadline=None, database=None)
+@given(plain)
+def test_defect_15_deep_encoding_is_the_recursive_encoding(value):
+    """Issue 9 defect 15: the encoder without recursion gives the recursive one's bytes.
+
+    So a value's fingerprint does not depend on how much stack was left when it was taken.
+    """
+    wrapped = [value, {"k": (value, {1, 2})}]
+    assert _fingerprint._encode_deep(wrapped) == bytes(_fingerprint._Encoder().encode(wrapped))
+
+
+def test_defect_15_nesting_past_the_stack_is_fingerprinted_or_named():
+    """Plain containers of any depth fingerprint; a deep object chain is refused by name."""
+
+    def deep(leaf):
+        value = leaf
+        for _ in range(5000):
+            value = [value]
+        return value
+
+    assert fingerprint(deep(0)) == fingerprint(deep(0))
+    assert fingerprint(deep(0)) != fingerprint(deep(1))
+    assert fingerprint(deep(0)) != fingerprint([deep(0)])
+    chain = None
+    for _ in range(5000):
+        chain = Point(chain, 0)
+    with pytest.raises(UnfingerprintableError, match="nested deeper than the interpreter's"):
+        fingerprint({"chain": chain})
+    with pytest.raises(UnfingerprintableError, match="nested deeper than the interpreter's"):
+        function_fingerprint(make_closure(chain))
+
+
 # -- functions ---------------------------------------------------------------------------------
 
 
@@ -233,6 +268,96 @@ def test_helper_functions_are_followed():
     assert function_fingerprint(one) != function_fingerprint(two)
     recursive = compile_function("def f(n):\n    return 1 if n < 1 else f(n - 1)\n")
     assert function_fingerprint(recursive) == function_fingerprint(recursive)
+
+
+def user_module(monkeypatch, name, source):
+    """A module of user code (no file, so not a library) registered in sys.modules."""
+    module = types.ModuleType(name)
+    exec(textwrap.dedent(source), vars(module))
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
+
+
+def test_defect_10_module_attributes_a_unit_reads_count(monkeypatch):
+    """Issue 9 defect 10: ``helpers.scale`` counts like a global: what it is, not its name."""
+    unit_source = "def f(ctx):\n    return qp_helpers.scale(ctx['a'])\n"
+    helper = "FACTOR = {n}\ndef scale(x):\n    return x * FACTOR\ndef unused():\n    return {m}\n"
+
+    def fingerprint_with(n, m):
+        module = user_module(monkeypatch, "qp_helpers", helper.format(n=n, m=m))
+        return function_fingerprint(compile_function(unit_source, {"qp_helpers": module}))
+
+    assert fingerprint_with(2, 0) == fingerprint_with(2, 0)
+    assert fingerprint_with(2, 0) != fingerprint_with(3, 0)  # a global the helper reads
+    assert fingerprint_with(2, 0) == fingerprint_with(2, 1)  # a function no unit reads
+
+
+def test_defect_10_chains_stop_at_values_and_libraries(monkeypatch):
+    """A chain reads up to its first value (``m.CONFIG.get``) or library (``m.json.dumps``)."""
+    unit_source = "def f(ctx):\n    return qp_chain.CONFIG.get('k'), qp_chain.json.dumps(1)\n"
+
+    def fingerprint_with(config):
+        module = user_module(monkeypatch, "qp_chain", f"import json\nCONFIG = {config!r}\n")
+        return function_fingerprint(compile_function(unit_source, {"qp_chain": module}))
+
+    assert fingerprint_with({"k": 1}) != fingerprint_with({"k": 2})
+    assert fingerprint_with({"k": 1}) == fingerprint_with({"k": 1})
+
+
+def test_defect_10_an_unfingerprintable_module_attribute_is_named_and_can_be_ignored(
+    monkeypatch,
+):
+    """A lock read as ``m.LOCK`` is refused by its dotted name; cache_ignore can list it."""
+    module = user_module(monkeypatch, "qp_locked", "import threading\nLOCK = threading.Lock()\n")
+    unit = compile_function(
+        "def f(ctx):\n    with qp_locked.LOCK:\n        return 1\n", {"qp_locked": module}
+    )
+    with pytest.raises(UnfingerprintableError, match=r"'qp_locked\.LOCK'"):
+        function_fingerprint(unit)
+    ignored = frozenset({"qp_locked.LOCK"})
+    assert function_fingerprint(unit, ignored) == function_fingerprint(unit, ignored)
+
+
+def test_module_memo_is_shared_but_sees_a_rebound_attribute(monkeypatch):
+    """One build encodes ``m.scale`` once; rebinding it (or a reload) is still seen."""
+    module = user_module(monkeypatch, "qp_memo", "def scale(x):\n    return x * 2\n")
+    unit = compile_function("def f(ctx):\n    return qp_memo.scale(1)\n", {"qp_memo": module})
+    memo = _fingerprint.ModuleMemo()
+    first = function_fingerprint(unit, memo=memo)
+    assert memo.entries
+    assert function_fingerprint(unit, memo=memo) == first
+    exec("def scale(x):\n    return x * 3\n", vars(module))
+    assert function_fingerprint(unit, memo=memo) != first
+    assert function_fingerprint(unit, memo=memo) == function_fingerprint(unit)
+
+
+def test_defect_10_editable_installs_are_user_code(tmp_path, monkeypatch):
+    """A package whose distribution is an editable install is fingerprinted by content."""
+    site = tmp_path / "site"
+    (site / "qp_probe").mkdir(parents=True)
+    (site / "qp_probe" / "__init__.py").write_text("def helper():\n    return 1\n")
+    info = site / "qp_probe-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: qp-probe\nVersion: 1.0\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(_fingerprint, "_library_roots", lambda: (str(site) + os.sep,))
+    monkeypatch.delitem(sys.modules, "qp_probe", raising=False)
+    __import__("qp_probe")
+
+    def classify():
+        _fingerprint._is_library.cache_clear()
+        _fingerprint._editable_packages.cache_clear()
+        return _fingerprint._is_library("qp_probe")
+
+    try:
+        assert classify() is True  # under a library root, installed normally
+        (info / "direct_url.json").write_text(
+            '{"url": "file:///src/qp-probe", "dir_info": {"editable": true}}'
+        )
+        assert classify() is False
+    finally:
+        monkeypatch.undo()
+        classify()
 
 
 def test_library_functions_count_by_name():

@@ -90,3 +90,22 @@ def test_cancel_from_another_thread_returns_completed_results(mode):
     assert results == {"quick": "done"}
     assert p.units["slow"].state is UnitState.CANCELED
     assert p.units["after"].state is UnitState.CANCELED
+
+
+CANCEL_PROGRAM = Path(__file__).with_name("_cancel_signal_program.py")
+
+
+@pytest.mark.parametrize("mode", ["sequential", "thread", "async", "resource_balanced"])
+def test_cancel_from_a_signal_handler_never_deadlocks(mode):
+    """Issue 9 #3: cancel() from a SIGALRM handler every 0.2 ms, over 20 runs: no deadlock."""
+    # The handler runs on the main thread, which may hold the scheduler's lock right then:
+    # cancel() must only set a flag and wake the driver, taking no lock.
+    done = subprocess.run(
+        [sys.executable, str(CANCEL_PROGRAM), mode, "20"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["ok", "20"]

@@ -6,6 +6,7 @@ API surface, mostly in SEQUENTIAL mode (deterministic) or the default THREAD mod
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from types import MappingProxyType
 
@@ -602,3 +603,41 @@ def test_keyboard_interrupt_in_a_unit_cancels_the_rest_and_propagates():
         assert isinstance(p.units[name].error, UnitCancelledError)
     p.add_unit(lambda ctx: "calm", name="interrupted", replace=True)
     assert p.execute({}, SEQ)["interrupted"] == "calm"  # the partitioner can run again
+
+
+class _InterruptOnce(Instrument):
+    """Raises KeyboardInterrupt from one run hook, the first time only."""
+
+    def __init__(self, hook):
+        self.hook = hook
+        self.armed = True
+
+    def _maybe_interrupt(self, hook):
+        if hook == self.hook and self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+
+    def run_started(self, event):
+        self._maybe_interrupt("run_started")
+
+    def run_finished(self, event):
+        self._maybe_interrupt("run_finished")
+
+
+@pytest.mark.parametrize("runner", ["execute", "aexecute"])
+@pytest.mark.parametrize("hook", ["run_started", "run_finished"])
+def test_interrupt_in_a_run_hook_leaves_the_partitioner_usable(hook, runner):
+    """Issue 9 #6: a run hook's KeyboardInterrupt is re-raised; no unit is left PENDING."""
+    p = QuantumPartitioner(instruments=[_InterruptOnce(hook)])
+    p.add_unit(lambda ctx: 1, name="a")
+
+    def run():
+        if runner == "execute":
+            return p.execute({}, SEQ)
+        return asyncio.run(p.aexecute({}))
+
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    expected = UnitState.CANCELED if hook == "run_started" else UnitState.COMPLETED
+    assert p.units["a"].state is expected
+    assert run() == {"a": 1}  # no longer "already executing"

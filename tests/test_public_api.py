@@ -49,7 +49,13 @@ INTERNAL = {
     # The CLI's bundled demo pipeline: application code, not library API.
     "quantum_partitioner._demo": "*",
     # Backend plumbing, shared between backends.
-    "quantum_partitioner.backends._asyncio": {"call_async", "check_no_running_loop"},
+    "quantum_partitioner.backends._asyncio": {"PlainCalls", "call_async", "check_no_running_loop"},
+    "quantum_partitioner.backends._base": {
+        "CarriedBaseException",
+        "check_sendable",
+        "root_cause",
+    },
+    "quantum_partitioner.backends._pool": {"DaemonPool", "default_thread_workers"},
     "quantum_partitioner.backends._executor": {"call_unit"},
     "quantum_partitioner.backends._lanes": {"FutureLane", "Outcome", "Post"},
 }
@@ -314,3 +320,54 @@ def test_errors_survive_pickling(error):
     assert {k: repr(v) for k, v in vars(copy).items()} == {
         k: repr(v) for k, v in vars(error).items()
     }
+
+
+# -- types: what mypy rejects (tests/typing/ holds what it accepts) ------------------------------
+
+REJECTED = """
+from typing import Any
+
+from quantum_partitioner import ExecutionContext, QuantumPartitioner
+from quantum_partitioner.taskmap import TaskMap, run_tasks
+
+partitioner = QuantumPartitioner()
+
+
+def takes_nothing() -> int:
+    return 1
+
+
+@partitioner.add_unit()
+def doubles(ctx: ExecutionContext) -> int:
+    return 2
+
+
+partitioner.add_unit(takes_nothing)  # E: arg-type
+partitioner.add_unit(lambda: 1)  # E: arg-type
+partitioner.execute({}, execution_mode="processes")  # E: arg-type
+QuantumPartitioner(default_execution_mode="threads")  # E: arg-type
+partitioner.execute_with_strategy({}, "fastest")  # E: arg-type
+doubles(3)  # E: arg-type
+typed: QuantumPartitioner[Any, int] = QuantumPartitioner()
+typed.add_unit(lambda ctx: "text")  # E: arg-type
+typed.add_unit(doubles)
+run_tasks({"a": takes_nothing})  # E: dict-item
+TaskMap({"a": (takes_nothing, [])})  # E: dict-item
+TaskMap({"a": (lambda ctx: 1, []), "b": lambda ctx: 2, "c": (doubles, ["a"])})
+"""
+
+
+def test_mypy_rejects_units_without_ctx_unknown_modes_and_wrong_result_types(tmp_path, mypy):
+    """A unit or task taking no ctx, a misspelt mode or strategy, a wrong result type: errors."""
+    (tmp_path / "rejected.py").write_text(REJECTED)
+    expected = {
+        number: set(line.split("# E: ")[1].split())
+        for number, line in enumerate(REJECTED.splitlines(), start=1)
+        if "# E: " in line
+    }
+    found: dict[int, set[str]] = {}
+    for _, number, message in mypy("rejected.py", cwd=tmp_path):
+        found.setdefault(number, set()).add(message.rsplit("[", 1)[-1].rstrip("]"))
+    assert set(found) == set(expected), found
+    for number, codes in expected.items():
+        assert codes <= found[number], (number, found[number])

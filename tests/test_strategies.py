@@ -111,3 +111,93 @@ def test_select_optimal_workers_is_bounded_by_the_widest_level():
     assert select_optimal_workers(wide.units, wide.build_execution_plan()) == 2 * (
         os.cpu_count() or 4
     )
+
+
+# -- the mixed lanes: what units raise, cancellation, abandoned attempts (issue 9) -----------
+
+
+def _raising(exception, *, coroutine):
+    if coroutine:
+
+        async def raiser(ctx):
+            await asyncio.sleep(0)
+            raise exception
+
+        return raiser
+
+    def raiser(ctx):
+        raise exception
+
+    return raiser
+
+
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("lane", ["io", "async", "cpu"])
+def test_keyboard_interrupt_and_system_exit_in_each_lane(lane, kind, bounded):
+    """Issue 9 #2, #8: io and async lanes stop the run and re-raise; the cpu lane fails the unit."""
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(lambda ctx: 1, name="first", metadata={"resource_type": "io"})
+    raiser = _raising(kind, coroutine=lane == "async")
+    p.add_unit(raiser, ["first"], name="raiser", metadata={"resource_type": lane})
+    p.add_unit(lambda ctx: 2, ["raiser"], name="after", metadata={"resource_type": "io"})
+
+    if lane == "cpu":  # raised in a worker process
+        assert bounded(lambda: p.execute_with_strategy({}, "resource_balanced")) == {"first": 1}
+        assert p.units["raiser"].state is UnitState.FAILED
+        assert isinstance(p.units["raiser"].error, kind)
+        assert p.units["after"].state is UnitState.SKIPPED
+    else:
+        with pytest.raises(kind):
+            bounded(lambda: p.execute_with_strategy({}, "resource_balanced"))
+        assert p.get_partial_results() == {"first": 1}
+        assert p.units["raiser"].state is UnitState.CANCELED
+        assert p.units["after"].state is UnitState.CANCELED
+
+
+@pytest.mark.parametrize("lane", ["io", "async", "cpu"])
+def test_other_base_exceptions_fail_only_their_unit_in_each_lane(lane, bounded):
+    """Issue 9 #8: GeneratorExit and a custom BaseException fail the unit in every lane."""
+
+    class Custom(BaseException):
+        pass
+
+    coroutine = lane == "async"
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(
+        _raising(GeneratorExit, coroutine=coroutine), name="g", metadata={"resource_type": lane}
+    )
+    if lane != "cpu":  # a class local to this test cannot be unpickled in a worker process
+        p.add_unit(
+            _raising(Custom, coroutine=coroutine), name="c", metadata={"resource_type": lane}
+        )
+    p.add_unit(lambda ctx: "ok", name="ok", metadata={"resource_type": lane})
+
+    assert bounded(lambda: p.execute_with_strategy({}, "resource_balanced")) == {"ok": "ok"}
+    assert p.units["g"].state is UnitState.FAILED
+    assert isinstance(p.units["g"].error, GeneratorExit)
+    if lane != "cpu":
+        assert isinstance(p.units["c"].error, Custom)
+
+
+def test_io_lane_never_starts_an_abandoned_attempt():
+    """Issue 9 #9: an io attempt that times out before a thread takes it never runs."""
+    # A timeout of 1 µs expires before a thread can pick the attempt up. Abandoned attempts
+    # used to stay queued and ran anyway (about half of these units, each seeing itself
+    # cancelled on entry); now they are dropped. A thread may rarely take one just before
+    # its timeout fires: it then runs as an attempt that started in time.
+    entered_cancelled = []
+
+    def quick(ctx):
+        entered_cancelled.append(ctx.cancelled)
+
+    p = QuantumPartitioner(max_workers=2)
+    for k in range(300):
+        p.add_unit(quick, name=f"q{k}", timeout=1e-6, metadata={"resource_type": "io"})
+
+    p.execute_with_strategy({}, "resource_balanced")
+    for thread in threading.enumerate():  # abandoned attempts used to run after the run
+        if thread.name.startswith("quantum-partitioner-io"):
+            thread.join(10)
+
+    assert sum(entered_cancelled) <= 3
+    assert {unit.state for unit in p.units.values()} <= {UnitState.TIMEOUT, UnitState.COMPLETED}

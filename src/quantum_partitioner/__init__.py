@@ -65,6 +65,9 @@ if TYPE_CHECKING:
     from ._stores import SQLiteStore as SQLiteStore
     from ._strategies import select_execution_strategy as select_execution_strategy
     from ._strategies import select_optimal_workers as select_optimal_workers
+    from ._stream import AsyncResultStream as AsyncResultStream
+    from ._stream import ResultStream as ResultStream
+    from ._stream import UnitResult as UnitResult
     from ._trace import TraceRecorder as TraceRecorder
     from .backends import Backend as Backend
     from .backends._dask import DaskBackend as DaskBackend
@@ -117,6 +120,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "SQLiteStore",
     ),
     "._strategies": ("select_execution_strategy", "select_optimal_workers"),
+    "._stream": ("AsyncResultStream", "ResultStream", "UnitResult"),
     "._trace": ("TraceRecorder",),
     ".backends": ("Backend",),
     ".backends._dask": ("DaskBackend",),
@@ -151,6 +155,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AsyncResultStream",
     "Backend",
     "BrokenBackendError",
     "CacheEntry",
@@ -175,6 +180,7 @@ __all__ = [
     "ProgressBar",
     "QuantumPartitioner",
     "QuantumUnit",
+    "ResultStream",
     "RetryPolicy",
     "RunFinished",
     "RunStarted",
@@ -190,6 +196,7 @@ __all__ = [
     "UnitCancelledError",
     "UnitFailed",
     "UnitFinished",
+    "UnitResult",
     "UnitRetrying",
     "UnitSkipped",
     "UnitSkippedError",

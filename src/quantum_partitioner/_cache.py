@@ -30,7 +30,13 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Self
 
-from ._fingerprint import UnfingerprintableError, digest, fingerprint, function_fingerprint
+from ._fingerprint import (
+    ModuleMemo,
+    UnfingerprintableError,
+    digest,
+    fingerprint,
+    function_fingerprint,
+)
 from ._graph import ExecutionMode, ExecutionModeArg, QuantumUnit, R, T, UnitState
 from ._partitioner import QuantumPartitioner
 from ._stores import CacheEntry, CacheStore, MemoryStore, SQLiteStore
@@ -178,6 +184,8 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         self._counts = threading.Lock()
         # unit name -> (function, ignored names, fingerprint), taken by add_unit.
         self._fingerprints: dict[str, tuple[Callable[..., Any], tuple[str, ...], bytes]] = {}
+        # Module attributes the units added since the last run read (helpers.scale).
+        self._module_memo = ModuleMemo()
 
     def __repr__(self) -> str:
         """Name the mode, count the units and show the store."""
@@ -220,7 +228,7 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         if known is not None and known[0] is unit.function and known[1] == ignore:
             return known[2]
         try:
-            value = function_fingerprint(unit.function, frozenset(ignore))
+            value = function_fingerprint(unit.function, frozenset(ignore), self._module_memo)
         except UnfingerprintableError as error:
             raise TypeError(
                 f"unit {unit.id!r} is cacheable but its function cannot be fingerprinted: "
@@ -237,7 +245,10 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         units = run.graph.units
         if not any(unit.metadata.get("cacheable") for unit in units):
             return None
-        return _RunCache(self, run)
+        try:
+            return _RunCache(self, run)
+        finally:
+            self._module_memo.clear()  # units added after this run read modules afresh
 
     def _finish(self, run: Run) -> None:
         super()._finish(run)

@@ -25,12 +25,15 @@ Plain argument checks (a negative timeout, a non-callable unit) raise plain ``Ty
 
 :class:`SkipUnit` is not an error: a unit raises it (through ``ctx.skip(reason)``) to end
 SKIPPED by its own decision, so it derives from ``Exception`` only, like ``StopIteration``.
+
+What a unit raises is judged here too, once for every mode: :func:`interrupts_run`.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any
+import os
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -52,6 +55,43 @@ __all__ = [
     "UnknownDependencyError",
     "WorkerDiedError",
 ]
+
+
+#: What a unit (or a hook) interrupts the run with when it raises it in the caller's process.
+_INTERRUPTS: Final = (KeyboardInterrupt, SystemExit)
+
+
+def interrupts_run(error: BaseException, caller_pid: int | None = None) -> bool:
+    """Whether ``error``, raised by a unit or a hook, interrupts the run instead of failing.
+
+    The one rule, in every mode (docs/guide.md, "Exceptions that are not errors"):
+    ``KeyboardInterrupt`` and ``SystemExit`` raised in the caller's process interrupt the
+    run exactly like Ctrl-C (dispatch stops, what can be cancelled is, completed results are
+    kept, and the exception is re-raised in the caller after the cleanup). Raised in another
+    process (a worker process, a Dask worker) they fail that unit, like every other exception
+    a unit raises, ``BaseException`` subclasses included (``GeneratorExit``, a unit's own
+    ``asyncio.CancelledError``).
+
+    Args:
+        error: What was raised.
+        caller_pid: Where the run's caller lives, when the check runs where the unit ran
+            and that may be another process (a custom executor's worker); None when this is
+            the caller's process.
+    """
+    return isinstance(error, _INTERRUPTS) and (caller_pid is None or caller_pid == os.getpid())
+
+
+class UnitInterrupt(Exception):  # noqa: N818 - not an error: it carries one
+    """Carries an exception that interrupts the run (:func:`interrupts_run`) through a future.
+
+    A ``KeyboardInterrupt`` escaping an asyncio task stops its event loop, and a future
+    cannot always hold one; wrapped, it reaches the driver, which re-raises ``error``.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        """Wrap ``error``."""
+        super().__init__(repr(error))
+        self.error = error
 
 
 class PartitionerError(Exception):

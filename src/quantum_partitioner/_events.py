@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._errors import SkipCause
+from ._errors import SkipCause, interrupts_run
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -199,10 +199,15 @@ class Dispatcher:
             setattr(self, hook, bound)
 
     def emit(self, hooks: tuple[Hook, ...], event: object) -> None:
-        """Call each of ``hooks`` with ``event``; log and swallow what they raise."""
+        """Call each of ``hooks`` with ``event``; log and swallow what they raise.
+
+        Except what interrupts the run (:func:`interrupts_run`): that propagates.
+        """
         with self._lock:
             for hook in hooks:
                 try:
                     hook(event)
-                except Exception:
+                except BaseException as error:
+                    if interrupts_run(error):
+                        raise  # KeyboardInterrupt, SystemExit: they stop the run like Ctrl-C
                     LOGGER.exception("instrument hook %r raised; the run goes on", hook)

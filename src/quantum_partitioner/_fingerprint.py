@@ -18,9 +18,11 @@ Encoding policy, by type:
   ``datetime``/``date``/``time``/``timedelta``, ``Decimal``, ``UUID``: ``repr``;
   ``Fraction``, ``range``, paths, ``SimpleNamespace``: their parts.
 * An object whose class defines ``__cache_key__()``: the class name and what it returns.
-* Classes and modules: by qualified name (plus the package's ``__version__`` for installed
-  libraries). A class's *methods* are not looked into: bump ``metadata["cache_version"]``
-  after editing one.
+* Classes and modules: by qualified name (plus the library's version for installed
+  libraries). A module of the user's own code that a function reads as a global, closure
+  variable or import also counts the attributes the function reads off it
+  (``helpers.scale``), as values. A class's *methods* are not looked into: bump
+  ``metadata["cache_version"]`` after editing one.
 * Functions: see :func:`function_fingerprint`.
 * Anything else: what pickle would save of it (``__reduce_ex__``), so an object that pickles
   faithfully fingerprints faithfully; one that cannot be pickled (a lock, a socket, a
@@ -28,8 +30,10 @@ Encoding policy, by type:
   found (``closure variable 'client' -> ['pool'] -> ._lock``). Reference cycles are refused
   too.
 
-State: a memo of code objects' encodings and global names (code is immutable, so it never
-goes stale); nothing else outlives one call.
+State: memos of code objects' encodings, global names and attribute chains (code is
+immutable, so they never go stale), of which modules are libraries, and of source files'
+digests by size and modification time; a caller's :class:`ModuleMemo` shares module
+attributes' encodings between the units of one build.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import enum
 import fractions
 import functools
 import hashlib
+import itertools
 import math
 import os
 import pathlib
@@ -52,7 +57,10 @@ import sys
 import sysconfig
 import types
 import uuid
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 # Nothing here is public API: CachingQuantumPartitioner is.
 __all__: list[str] = []
@@ -92,13 +100,116 @@ def digest(data: bytes | bytearray) -> bytes:
 def fingerprint(value: Any) -> bytes:
     """The content fingerprint of ``value`` (32 bytes).
 
+    Plain containers nested deeper than the interpreter's stack allows (a tree of lists
+    and dicts hundreds of levels deep) are encoded again without recursion, to the same
+    bytes.
+
     Raises:
-        UnfingerprintableError: Some part of ``value`` has no stable encoding.
+        UnfingerprintableError: Some part of ``value`` has no stable encoding, or an object
+            other than a plain container is nested too deeply to be encoded.
     """
-    return digest(_Encoder().encode(value))
+    try:
+        return digest(_Encoder().encode(value))
+    except RecursionError:
+        pass  # leave the except clause first: the stack is nearly used up inside it
+    return digest(_encode_deep(value))
 
 
-def function_fingerprint(fn: Any, ignore: frozenset[str] = frozenset()) -> bytes:
+# Plain containers, encoded without recursion by _encode_deep, exactly as _Encoder does.
+_DEEP_TAGS: Final[dict[type, bytes]] = {
+    list: b"[",
+    tuple: b"(",
+    dict: b"{",
+    set: b"<",
+    frozenset: b">",
+}
+_END: Final = object()
+
+
+def _encode_deep(value: Any) -> bytes:
+    """``_Encoder().encode(value)`` with an explicit stack for the plain containers.
+
+    Each open container is a frame: the container, an iterator over what it holds (a dict's
+    keys and values alternately) and the encodings of the parts done so far. Anything else
+    is a leaf, encoded by :class:`_Encoder` (whose own recursion starts afresh there).
+    """
+    encoder = _Encoder()
+    root: list[bytes] = []
+    stack: list[tuple[Any, Iterator[Any], list[bytes]]] = []
+    active: set[int] = set()
+    pending: Any = value
+    target = root
+    while True:
+        tag = _DEEP_TAGS.get(type(pending))
+        if tag is None:
+            out = bytearray()
+            try:
+                encoder.value(pending, out)
+            except RecursionError:
+                kind = type(pending).__qualname__
+                raise UnfingerprintableError(
+                    f"a {kind} nested deeper than the interpreter's recursion limit allows "
+                    "cannot be fingerprinted (only lists, tuples, dicts and sets can)",
+                    [f"(at depth {len(stack)})"],
+                ) from None
+            target.append(bytes(out))
+        else:
+            if id(pending) in active:
+                raise UnfingerprintableError(
+                    f"{type(pending).__name__} contains itself (a reference cycle)",
+                    [f"(at depth {len(stack)})"],
+                )
+            active.add(id(pending))
+            parts = pending.items() if tag == b"{" else pending
+            items = itertools.chain.from_iterable(parts) if tag == b"{" else iter(parts)
+            stack.append((pending, items, []))
+        while stack:
+            container, items, parts = stack[-1]
+            pending = next(items, _END)
+            if pending is not _END:
+                target = parts
+                break
+            stack.pop()
+            active.discard(id(container))
+            (stack[-1][2] if stack else root).append(_assemble(container, parts))
+        else:
+            return root[0]
+
+
+def _assemble(container: Any, parts: list[bytes]) -> bytes:
+    """A plain container's encoding from its parts' (see _Encoder.sequence & co)."""
+    tag = _DEEP_TAGS[type(container)]
+    if tag == b"{":
+        pairs = sorted(zip(parts[0::2], parts[1::2], strict=True))
+        return b"{%d:%s" % (len(pairs), b"".join(key + item for key, item in pairs))
+    if tag in {b"<", b">"}:
+        parts.sort()
+    return b"%s%d:%s" % (tag, len(parts), b"".join(parts))
+
+
+class ModuleMemo:
+    """What the module attributes read while one graph is built were encoded as.
+
+    Many units read the same ``helpers.scale``; each would encode it (and whatever it calls)
+    again. Keyed by module, attribute path and ignored names; an entry is used only while
+    the attribute is still the same object, so ``importlib.reload`` or rebinding it is
+    seen. Its owner clears it when a run starts, so each build reads the modules afresh.
+    """
+
+    __slots__ = ("entries",)
+
+    def __init__(self) -> None:
+        """An empty memo."""
+        self.entries: dict[tuple[int, _Path, frozenset[str]], tuple[Any, Any, bytes]] = {}
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self.entries.clear()
+
+
+def function_fingerprint(
+    fn: Any, ignore: frozenset[str] = frozenset(), memo: ModuleMemo | None = None
+) -> bytes:
     """The content fingerprint of a unit's function, taken once when the unit is added.
 
     It covers the function's bytecode, constants and names (nested functions and lambdas
@@ -113,16 +224,25 @@ def function_fingerprint(fn: Any, ignore: frozenset[str] = frozenset()) -> bytes
         fn: The function.
         ignore: Names of closure variables and globals to leave out (their values do not
             affect the result: a counter, a lock, a client); ``"self"`` leaves out the
-            object a bound method is bound to.
+            object a bound method is bound to; ``"module.name"`` a module attribute.
+        memo: Encodings of module attributes to share between the units of one build.
 
     Raises:
         UnfingerprintableError: A value the function depends on has no stable encoding.
     """
-    encoder = _Encoder(ignore)
+    encoder = _Encoder(ignore, memo)
     out = bytearray(b"fn:")
     out += sys.implementation.cache_tag.encode() if sys.implementation.cache_tag else b"?"
-    encoder.value(fn, out)
-    return digest(out)
+    try:
+        encoder.value(fn, out)
+    except RecursionError:
+        pass  # raised below, outside the except clause, where the stack is free again
+    else:
+        return digest(out)
+    raise UnfingerprintableError(
+        "a value it depends on is nested deeper than the interpreter's recursion limit "
+        "allows; pass it in the context instead"
+    )
 
 
 def _length_prefixed(tag: bytes, data: bytes) -> bytes:
@@ -154,8 +274,10 @@ def _library_roots() -> tuple[str, ...]:
 def _is_library(module_name: str) -> bool:
     """Whether a module is installed code (stdlib, site-packages) rather than the user's.
 
-    Unknown modules, ``__main__`` and modules built at run time count as the user's, so
-    their functions are fingerprinted by content.
+    Unknown modules, ``__main__``, modules built at run time and the packages of editable
+    installs (``pip install -e``: ``dir_info.editable`` in the distribution's
+    ``direct_url.json``) count as the user's, so their functions are fingerprinted by
+    content. Memoised per module: a module does not move.
     """
     module = sys.modules.get(module_name)
     if module is None or module_name == "__main__":
@@ -166,14 +288,61 @@ def _is_library(module_name: str) -> bool:
         return module_name in sys.builtin_module_names or (
             getattr(spec, "origin", None) == "frozen"
         )
-    return os.path.realpath(file).startswith(_library_roots())
+    return _is_library_file(file, module_name.partition(".")[0])
+
+
+def _is_library_file(file: str, top_level: str) -> bool:
+    """Whether ``file``, of top-level package ``top_level``, is installed library code."""
+    if not os.path.realpath(file).startswith(_library_roots()):
+        return False
+    return top_level not in _editable_packages()
+
+
+@functools.cache
+def _editable_packages() -> frozenset[str]:
+    """Top-level import names of the distributions installed in editable mode.
+
+    Read once per process (one small file per installed distribution): the names in the
+    distribution's ``top_level.txt``, else its normalised name.
+    """
+    import importlib.metadata  # noqa: PLC0415 - only needed once library code is met
+    import json  # noqa: PLC0415
+
+    names: set[str] = set()
+    for distribution in importlib.metadata.distributions():
+        try:
+            direct_url = json.loads(distribution.read_text("direct_url.json") or "{}")
+            editable = bool(direct_url.get("dir_info", {}).get("editable"))
+        except (ValueError, AttributeError, OSError):
+            continue
+        if not editable:
+            continue
+        top_level = distribution.read_text("top_level.txt")
+        if top_level:
+            names.update(line.strip() for line in top_level.splitlines() if line.strip())
+        else:
+            name = distribution.metadata["Name"] or ""
+            names.add(name.lower().replace("-", "_").replace(".", "_"))
+    return frozenset(names)
 
 
 @functools.cache
 def _library_version(module_name: str) -> bytes:
-    top = sys.modules.get(module_name.partition(".")[0])
-    version = getattr(top, "__version__", None)
+    top_name = module_name.partition(".")[0]
+    version = getattr(sys.modules.get(top_name), "__version__", None)
+    if not isinstance(version, str):
+        version = _distribution_version(top_name)
     return _length_prefixed(b"v", _text(version)) if isinstance(version, str) else b"v-"
+
+
+def _distribution_version(top_name: str) -> str | None:
+    """The version of the distribution named like a top-level package, if there is one."""
+    import importlib.metadata  # noqa: PLC0415 - only for libraries without __version__
+
+    try:
+        return importlib.metadata.version(top_name)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
 
 
 def _global_names(code: types.CodeType) -> tuple[str, ...]:
@@ -191,6 +360,93 @@ def _global_names(code: types.CodeType) -> tuple[str, ...]:
         names = tuple(sorted(found))
         _GLOBALS_MEMO[code] = names
     return names
+
+
+# What a code object reads attributes of: ("g", name) a global, ("d", name) a closure
+# variable, ("i", level, name) a module the code imports in its body. Each maps to the
+# attribute paths read off it: ``helpers.scale(x)`` is ("g", "helpers") -> {("scale",)}.
+_Root = tuple[Any, ...]
+_Path = tuple[str, ...]
+_Reads = tuple[dict[_Root, frozenset[_Path]], tuple[tuple[_Root, frozenset[_Path]], ...]]
+_READS_MEMO: dict[types.CodeType, _Reads] = {}
+_ATTRIBUTE_OPS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
+_LOCAL_LOADS = frozenset({"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_DEREF", "LOAD_CLASSDEREF"})
+_STORES = frozenset({"STORE_FAST", "STORE_DEREF", "STORE_NAME"})
+_IMPORT_STEPS = frozenset({"IMPORT_FROM", "SWAP", "POP_TOP", *_STORES})
+
+
+def _attribute_reads(code: types.CodeType) -> _Reads:
+    """The attribute chains ``code`` and the code nested in it read (memoised per code).
+
+    Chains start at a global (``helpers.scale``), a closure variable, or a module the code
+    imports (``import m`` then ``m.f``; ``from m import f``; ``import a.b as s``), so that
+    the module attributes a unit uses are fingerprinted like the globals it uses. A name
+    once bound to an imported module counts as that module wherever the code reads it:
+    more reads than happen are harmless, fewer would serve stale results.
+
+    Returns:
+        ``(paths by root, the imports among them, sorted)``.
+    """
+    reads = _READS_MEMO.get(code)
+    if reads is None:
+        found: dict[_Root, set[_Path]] = {}
+        bound: dict[str, tuple[_Root, _Path]] = {}  # shared: nested code reads cells
+        stack = [code]
+        while stack:
+            current = stack.pop()
+            _scan_chains(current, found, bound)
+            stack.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
+        by_root = {root: frozenset(paths) for root, paths in found.items()}
+        imports = tuple(sorted(item for item in by_root.items() if item[0][0] == "i"))
+        reads = _READS_MEMO[code] = (by_root, imports)
+    return reads
+
+
+def _scan_chains(
+    code: types.CodeType, found: dict[_Root, set[_Path]], bound: dict[str, tuple[_Root, _Path]]
+) -> None:
+    """Add one code object's attribute chains to ``found`` (see _attribute_reads)."""
+    chain: tuple[_Root, list[str]] | None = None
+    consts: list[Any] = [0, None]  # the last two constants: an import's level and fromlist
+    importing: _Root | None = None  # set from IMPORT_NAME through its IMPORT_FROMs/stores
+    base: _Path = ()
+    taken: _Path = ()
+    for instruction in dis.get_instructions(code):
+        op, arg = instruction.opname, instruction.argval
+        if chain is not None:
+            if op in _ATTRIBUTE_OPS:
+                chain[1].append(arg)
+                continue
+            found.setdefault(chain[0], set()).add(tuple(chain[1]))
+            chain = None
+        if importing is not None and op not in _IMPORT_STEPS:
+            importing = None
+        if op in _GLOBAL_OPS:
+            chain = (("g", arg), [])
+        elif op in _LOCAL_LOADS or op == "LOAD_FAST_LOAD_FAST":
+            name = arg[-1] if isinstance(arg, tuple) else arg
+            if name in bound:
+                root, prefix = bound[name]
+                chain = (root, list(prefix))
+            elif op in {"LOAD_DEREF", "LOAD_CLASSDEREF"}:
+                chain = (("d", name), [])
+        elif op in {"LOAD_CONST", "LOAD_SMALL_INT"}:
+            consts = [consts[-1], arg]
+        elif op == "IMPORT_NAME":
+            level, fromlist = consts
+            # ``import a.b`` binds ``a``; ``from a.b import c`` takes c from ``a.b``.
+            name = arg if fromlist else arg.partition(".")[0]
+            importing = ("i", level if isinstance(level, int) else 0, name)
+            found.setdefault(importing, set()).add(())
+            base = taken = ()
+        elif importing is not None:
+            if op == "IMPORT_FROM":
+                taken = (*base, arg)
+                found.setdefault(importing, set()).add(taken)
+            elif op == "SWAP":  # ``import a.b.c as s``: the next IMPORT_FROM goes deeper
+                base = taken
+            elif op in _STORES:
+                bound[arg] = (importing, taken)
 
 
 def _code_bytes(code: types.CodeType) -> bytes:
@@ -218,15 +474,93 @@ def _code_bytes(code: types.CodeType) -> bytes:
 
 
 _EMPTY_CELL: Final = object()
+_MISSING: Final = object()
+
+
+class _Unimported:
+    """A submodule read as an attribute (``pkg.sub``) that nobody imported yet."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _module_attribute(module: types.ModuleType, attribute: str) -> object:
+    """``module.attribute`` without running code: its value, a submodule, or how it is made.
+
+    An attribute a module makes on demand (PEP 562 ``__getattr__``) is represented by that
+    function; a submodule not imported yet by its name.
+    """
+    namespace = vars(module)
+    if attribute in namespace:
+        return namespace[attribute]
+    submodule = f"{module.__name__}.{attribute}"
+    if submodule in sys.modules:
+        return sys.modules[submodule]
+    if "__getattr__" in namespace:
+        return namespace["__getattr__"]
+    if getattr(module, "__path__", None) is not None:
+        return _Unimported(submodule)
+    return _MISSING
+
+
+def _resolve_import(name: str, level: int, namespace: dict[str, Any]) -> str:
+    """The absolute name of ``from {'.' * level}{name} import ...`` run in ``namespace``."""
+    if not level:
+        return name
+    import importlib.util  # noqa: PLC0415 - relative imports in unit bodies are rare
+
+    package = namespace.get("__package__") or namespace.get("__name__", "")
+    if not namespace.get("__path__") and not namespace.get("__package__"):
+        package = str(package).rpartition(".")[0]
+    return importlib.util.resolve_name("." * level + name, str(package))
+
+
+def _unimported_module(name: str) -> bytes:
+    """A module not imported yet: a library by name and version, user code by its source.
+
+    Found the way the import system's path finder would, without running the module. The
+    source's digest is memoised per file, size and modification time.
+    """
+    import importlib.machinery  # noqa: PLC0415 - only for modules nobody imported yet
+
+    out = _length_prefixed(b"U", _text(name))
+    search: list[str] | None = None
+    spec = None
+    parts = name.split(".")
+    for count in range(1, len(parts) + 1):
+        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:count]), search)
+        if spec is None:
+            return out + b"?"  # not found: the import fails the same way when it runs
+        locations = spec.submodule_search_locations
+        search = None if locations is None else list(locations)
+    origin = getattr(spec, "origin", None)
+    source = pathlib.Path(origin) if isinstance(origin, str) else None
+    if source is None or not source.is_file():
+        return out + b"-"
+    if _is_library_file(str(source), parts[0]):
+        return out + _length_prefixed(b"v", _text(_distribution_version(parts[0]) or "-"))
+    info = source.stat()
+    return out + _source_digest(str(source), info.st_size, info.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _source_digest(path: str, size: int, mtime_ns: int) -> bytes:
+    del size, mtime_ns  # part of the memo's key: an edited file is read again
+    return _length_prefixed(b"F", digest(pathlib.Path(path).read_bytes()))
 
 
 class _Encoder:
     """One fingerprinting pass: the objects on the current path and the functions under way."""
 
-    __slots__ = ("active", "backrefs", "function_memo", "functions", "ignore")
+    __slots__ = ("active", "backrefs", "function_memo", "functions", "ignore", "module_memo")
 
-    def __init__(self, ignore: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, ignore: frozenset[str] = frozenset(), module_memo: ModuleMemo | None = None
+    ) -> None:
         self.ignore = ignore
+        self.module_memo = module_memo
         self.active: set[int] = set()
         self.functions: dict[int, int] = {}
         self.function_memo: dict[int, bytes] = {}
@@ -422,10 +756,14 @@ class _Encoder:
                     contents = _EMPTY_CELL
                 if contents is _EMPTY_CELL:
                     part += b"_"
+                elif isinstance(contents, types.ModuleType):
+                    reads = _attribute_reads(code)[0].get(("d", name), frozenset())
+                    self.module_reads(contents, reads, f"closure variable {name}", part)
                 else:
                     self.part(part, f"closure variable {name!r}", contents)
             if not library:
                 self.globals_of(fn, code, part)
+                self.imports_of(fn, code, part)
         finally:
             del self.functions[id(fn)]
         if self.backrefs == backrefs:
@@ -442,11 +780,85 @@ class _Encoder:
             if name in self.ignore:
                 out += b"~"
             elif name in namespace:
-                self.part(out, f"global {name!r}", namespace[name])
+                value = namespace[name]
+                if isinstance(value, types.ModuleType):
+                    reads = _attribute_reads(code)[0].get(("g", name), frozenset())
+                    self.module_reads(value, reads, name, out)
+                else:
+                    self.part(out, f"global {name!r}", value)
             elif name in builtins:
                 out += b"!"  # a builtin: by name, like the library it is
             else:
                 out += b"?"  # unbound: the call will fail, the same way every time
+
+    def imports_of(self, fn: types.FunctionType, code: types.CodeType, out: bytearray) -> None:
+        """The modules the function imports in its body, and what it reads of them."""
+        imports = _attribute_reads(code)[1]
+        out += b"%d:" % len(imports)
+        for (_, level, name), paths in imports:
+            try:
+                absolute = _resolve_import(name, level, fn.__globals__)
+            except (ImportError, ValueError, TypeError):  # fails the same way when run
+                out += b"?" + _length_prefixed(b"s", _text(f"{level}:{name}"))
+                continue
+            module = sys.modules.get(absolute)
+            if module is None:
+                out += _unimported_module(absolute)
+            else:
+                self.module_reads(module, paths, absolute, out)
+
+    def module_reads(
+        self, module: types.ModuleType, paths: frozenset[_Path], label: str, out: bytearray
+    ) -> None:
+        """A module, plus the values of the attributes read off it if it is user code.
+
+        ``helpers.scale`` is encoded as the function ``scale`` is, so editing ``helpers.py``
+        changes the units that use it; a library module counts by name and version. A path
+        stops at the first value that is not a module of user code (``helpers.CONFIG.get``
+        reads ``helpers.CONFIG``).
+        """
+        self.module(module, out)
+        if _is_library(module.__name__) or not paths:
+            return
+        values: dict[_Path, Any] = {}
+        for path in paths:
+            value: Any = module
+            taken: _Path = ()
+            for attribute in path:
+                value = _module_attribute(value, attribute)
+                taken = (*taken, attribute)
+                if not isinstance(value, types.ModuleType) or _is_library(value.__name__):
+                    break
+            if taken:
+                values[taken] = value
+        out += b"%d:" % len(values)
+        memo = None if self.module_memo is None else self.module_memo.entries
+        for taken in sorted(values):
+            value = values[taken]
+            key = (id(module), taken, self.ignore)
+            known = None if memo is None else memo.get(key)
+            if known is not None and known[0] is module and known[1] is value:
+                out += known[2]
+                continue
+            part = bytearray(_length_prefixed(b"a", _text(".".join(taken))))
+            backrefs = self.backrefs
+            self.attribute_value(".".join((label, *taken)), value, part)
+            if memo is not None and self.backrefs == backrefs:  # no reference to the caller
+                memo[key] = (module, value, bytes(part))
+            out += part
+
+    def attribute_value(self, dotted: str, value: Any, out: bytearray) -> None:
+        """One module attribute a unit reads, named ``dotted`` in errors and cache_ignore."""
+        if dotted in self.ignore:
+            out += b"~"
+        elif value is _MISSING:
+            out += b"?"  # not there (yet): reading it fails the same way every time
+        elif isinstance(value, _Unimported):
+            out += _unimported_module(value.name)
+        elif isinstance(value, types.ModuleType):
+            self.module(value, out)
+        else:
+            self.part(out, f"{dotted!r}", value)
 
     def part(self, out: bytearray, label: str, value: Any) -> None:
         """Encode one named part of a function, naming it in any error."""

@@ -8,7 +8,6 @@ runtime attributes, the results, ``get_failed_units()`` and ``last_execution_met
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
@@ -35,6 +34,7 @@ from ._policies import RetryPolicy
 from ._progress import ProgressBar
 from ._run import Run, UnitCache
 from ._strategies import AdaptiveBackend, resource_balanced_backend
+from ._stream import AsyncResultStream, ResultStream, take_run_instruments
 from ._trace import TraceRecorder, export_spans, write_chrome_trace
 from .backends import (
     AsyncBackend,
@@ -45,6 +45,7 @@ from .backends import (
     ThreadBackend,
 )
 from .backends._asyncio import check_no_running_loop
+from .backends._pool import default_thread_workers
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -90,11 +91,6 @@ def _check_mode(value: object) -> ExecutionMode:
             pass
     known = ", ".join(mode.name for mode in ExecutionMode)
     raise ValueError(f"unknown execution mode {value!r}; use one of ExecutionMode.{{{known}}}")
-
-
-def default_thread_workers() -> int:
-    """The thread pool size when none is given, as ``ThreadPoolExecutor`` chooses it."""
-    return min(32, (os.cpu_count() or 1) + 4)
 
 
 class QuantumPartitioner(Generic[T, R]):
@@ -421,12 +417,14 @@ class QuantumPartitioner(Generic[T, R]):
             progress=progress,
             trace=trace,
         )
-        run.begin()
         try:
+            run.begin()  # its hooks may raise KeyboardInterrupt too: inside the cleanup
             chosen.run(run)
+        except BaseException as error:
+            _interrupted(run, error)
+            raise
         finally:
-            run.end()
-            self._finish(run)
+            _end(run, self._finish)
         return self._outcome(run, raise_on_error=raise_on_error)
 
     async def aexecute(
@@ -457,13 +455,76 @@ class QuantumPartitioner(Generic[T, R]):
             trace=trace,
         )
         assert isinstance(chosen, AsyncBackend)
-        run.begin()
         try:
+            run.begin()  # its hooks may raise KeyboardInterrupt too: inside the cleanup
             await chosen.arun(run)
+        except BaseException as error:
+            _interrupted(run, error)
+            raise
         finally:
-            run.end()
-            self._finish(run)
+            _end(run, self._finish)
         return self._outcome(run, raise_on_error=raise_on_error)
+
+    def stream(
+        self,
+        context: Mapping[str, Any] | None = None,
+        *args: Any,
+        strategy: StrategyName | None = None,
+        **options: Any,
+    ) -> ResultStream:
+        """Run like :meth:`execute` and yield each unit's :class:`UnitResult` as it finishes.
+
+        It takes exactly :meth:`execute`'s arguments, and ``strategy=`` to run as
+        :meth:`execute_with_strategy` does (``"resource_balanced"``: mixed lanes). Use it
+        as::
+
+            with partitioner.stream(context, execution_mode=ExecutionMode.THREAD) as results:
+                for done in results:
+                    print(done.name, done.state, done.result if done.ok else done.error)
+                    if enough(done):
+                        break  # the rest of the run is cancelled, like cancel()
+
+        Records come in the order units reach a terminal state (completed, failed, timed
+        out, skipped, cancelled); the run goes on while the loop body runs, and records
+        wait in a queue for a slow consumer. Leaving the loop or the ``with`` block early
+        cancels what has not finished, exactly like :meth:`cancel`, and waits for the run
+        to end; completed results stay in :meth:`get_partial_results`. The run is driven
+        from a thread of its own (units of SEQUENTIAL mode run there, one at a time).
+
+        Raises:
+            GraphError: Bad input, from ``stream()`` itself, before any unit runs; so does
+                every other error :meth:`execute` raises before the run.
+            TaskError: With ``raise_on_error``, from the iteration after the last record.
+            KeyboardInterrupt: A unit running in this process raised it (or SystemExit):
+                from the iteration, after the records of what finished before.
+
+        .. versionadded:: 0.1
+        """
+        if strategy is not None:
+            if args:
+                raise TypeError("stream(strategy=...) takes keyword arguments only")
+            return ResultStream(
+                lambda: self.execute_with_strategy(context, strategy, **options),
+                lambda: self._active_run,
+            )
+        return ResultStream(
+            lambda: self.execute(context, *args, **options), lambda: self._active_run
+        )
+
+    def astream(
+        self, context: Mapping[str, Any] | None = None, *args: Any, **options: Any
+    ) -> AsyncResultStream:
+        """:meth:`stream` for ``async for``, running like :meth:`aexecute` on this loop.
+
+        It takes :meth:`aexecute`'s arguments. Use it as ``async with p.astream(ctx) as
+        results:`` and ``async for done in results:``; leaving the block cancels the rest
+        of the run (its coroutines are cancelled) and waits for it to end.
+
+        .. versionadded:: 0.1
+        """
+        return AsyncResultStream(
+            lambda: self.aexecute(context, *args, **options), lambda: self._active_run
+        )
 
     def _prepare(
         self,
@@ -564,7 +625,7 @@ class QuantumPartitioner(Generic[T, R]):
 
     def _run_instruments(self, *, progress: bool, trace: bool) -> list[Instrument]:
         """The partitioner's instruments, its callbacks, and those this run asked for."""
-        instruments = [*self.instruments, *self._callback_instruments()]
+        instruments = [*self.instruments, *self._callback_instruments(), *take_run_instruments()]
         if trace and not any(isinstance(i, TraceRecorder) for i in instruments):
             instruments.append(TraceRecorder())
         if progress:
@@ -768,6 +829,24 @@ class QuantumPartitioner(Generic[T, R]):
         from ._report import render_dot  # noqa: PLC0415 - only pictures need subprocess
 
         return render_dot(self.build_execution_plan().visualize(), path, format)
+
+
+def _interrupted(run: Run, error: BaseException) -> None:
+    """Cancel what a run left unfinished when ``error`` escaped it.
+
+    Backends do this themselves; this covers an interrupt that came before the backend
+    started (in a ``run_started`` hook, say), so no unit stays PENDING.
+    """
+    if run.scheduler.is_active():
+        run.report(run.interrupt("interrupted", error))
+
+
+def _end(run: Run, finish: Callable[[Run], None]) -> None:
+    """Close the run's record; release the partitioner even if a ``run_finished`` hook raises."""
+    try:
+        run.end()
+    finally:
+        finish(run)
 
 
 class _OnStart(Instrument):

@@ -7,6 +7,10 @@ there travel by value, pickled with cloudpickle). Its protocol, one pickled tupl
 parent → worker: ``("context", blob)`` once, ``("function", key, blob)`` once per function,
 ``("run", key, unit_id, attempt, results_blob)`` per attempt, ``("stop",)``.
 
+Before it says it is ready, the worker imports the modules named (comma-separated) in the
+environment variable ``QUANTUM_PARTITIONER_PRELOAD``: the modules the run's functions come
+from, so that importing them is the worker's start-up and not the first unit's time.
+
 worker → parent: ``("ready", pid)``, then per attempt ``("ok", result_blob, metrics)`` or
 ``("error", exception_blob_or_None, description, traceback_text)``.
 
@@ -20,6 +24,7 @@ exits quietly, without a traceback on the terminal.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import pickle
@@ -35,6 +40,17 @@ import cloudpickle
 from ._context import ExecutionContext
 
 _PARENT_CHECK_SECONDS = 0.5
+#: The environment variable naming the modules a worker imports before it is ready.
+PRELOAD_VARIABLE = "QUANTUM_PARTITIONER_PRELOAD"
+
+
+def _preload(modules: str) -> None:
+    """Import the run's modules; one that fails is left for its units to report."""
+    for name in filter(None, modules.split(",")):
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: S112 - its units fail with the real error later
+            continue
 
 
 def _watch_parent(parent: int) -> None:
@@ -59,6 +75,7 @@ def serve(inbox: Connection, outbox: Connection, parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     context: Any = {}
     functions: dict[int, Any] = {}
+    _preload(os.environ.pop(PRELOAD_VARIABLE, ""))
     outbox.send_bytes(pickle.dumps(("ready", os.getpid())))
     while True:
         try:

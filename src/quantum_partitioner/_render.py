@@ -108,6 +108,17 @@ def _dot_legend(graph: Graph, states: list[UnitState], critical: set[str]) -> st
 
 
 _MERMAID_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+# Characters a Mermaid label cannot hold as they are: the quote that ends it, and control
+# characters (a terminal showing the source would obey them). Written as entity codes.
+_MERMAID_LABEL_UNSAFE = re.compile(
+    r'["\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]'
+)
+
+
+def _mermaid_label(name: str) -> str:
+    return _MERMAID_LABEL_UNSAFE.sub(
+        lambda match: "#quot;" if match[0] == '"' else f"#{ord(match[0])};", name
+    )
 
 
 def to_mermaid(graph: Graph, critical_path: Sequence[str], *, states: bool = True) -> str:
@@ -117,8 +128,7 @@ def to_mermaid(graph: Graph, critical_path: Sequence[str], *, states: bool = Tru
     critical_edges = set(pairwise(critical_path))
     lines = ["flowchart LR"]
     for i, unit in enumerate(graph.units):
-        label = unit.id.replace('"', "#quot;")
-        lines.append(f'  {node_ids[i]}["{label}"]')
+        lines.append(f'  {node_ids[i]}["{_mermaid_label(unit.id)}"]')
     names = graph.names
     for i, row in enumerate(graph.deps):
         for j in row:

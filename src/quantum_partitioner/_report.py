@@ -271,6 +271,17 @@ def gantt_svg(run: Run, lay: Layout, critical: set[int]) -> str:
                 'fill="#fafafa"/>'
             )
         parts.append(f'<text x="4" y="{ry + row_h * 0.7:.1f}">{_e(_shorten(name, 26))}</text>')
+    for track, start, ready in lay.startups:  # a worker process starting, before its work
+        if track < MAX_GANTT_ROWS:
+            sx = label_w + (start - origin) * scale
+            sy = top + (track + first_row) * row_h + 3
+            parts.append(
+                f'<g class="bar startup"><title>worker start-up: '
+                f"{_e(format_seconds(ready - start))}</title>"
+                f'<rect x="{sx:.1f}" y="{sy}" width="{max(1.0, (ready - start) * scale):.1f}" '
+                f'height="{row_h - 6}" rx="2" fill="#e8e8e8" stroke="#999" '
+                'stroke-dasharray="3 2" stroke-width="0.8"/></g>'
+            )
     last = {a.unit_index: a.attempt for a in lay.attempts}
     next_start = {(a.unit_index, a.attempt): a.start for a in lay.attempts}
     for a, track in zip(lay.attempts, lay.track_of, strict=True):
@@ -372,6 +383,8 @@ def build_report(
         f'<span style="background:{fill}">{outcome}</span>'
         for outcome, fill in _OUTCOME_FILL.items()
     )
+    if lay.startups:
+        legend += '<span style="background:#e8e8e8">worker start-up</span>'
     sections = [
         f"<h1>{_e(title)}</h1>",
         (

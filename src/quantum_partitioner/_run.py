@@ -17,7 +17,7 @@ from types import CoroutineType, MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ._context import ExecutionContext
-from ._errors import SkipCause, SkipUnit, UnitSkippedError
+from ._errors import SkipCause, SkipUnit, UnitSkippedError, interrupts_run
 from ._events import (
     Dispatcher,
     Instrument,
@@ -66,6 +66,29 @@ def _nothing() -> None:
     """Wake nobody: the default until a backend installs its own."""
 
 
+class Flag:
+    """A flag any thread, or a signal handler, may set.
+
+    Unlike ``threading.Event``, setting it takes no lock: a signal handler runs on the main
+    thread between two bytecodes, possibly while that thread holds the very lock an
+    ``Event`` (or the scheduler) would need, and would wait for itself forever.
+    """
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        """Start unset."""
+        self._set = False
+
+    def set(self) -> None:
+        """Set the flag (never blocks)."""
+        self._set = True
+
+    def is_set(self) -> bool:
+        """Whether the flag was set."""
+        return self._set
+
+
 class Run:
     """The state of one execution of a graph, then its record.
 
@@ -109,6 +132,11 @@ class Run:
         self.unit_metrics: dict[int, dict[str, Any]] = {}
         #: Where each unit ran, for backends that know (a Dask worker's address).
         self.unit_workers: dict[int, str] = {}
+        #: Where each attempt ran, for backends that know it per attempt: ``(index,
+        #: attempt)`` -> a slot that runs one attempt at a time ("process slot 2").
+        self.attempt_workers: dict[tuple[int, int], str] = {}
+        #: Workers started during the run: (slot, started, ready), in the run's clock.
+        self.worker_startups: list[tuple[str, float, float]] = []
         #: Completed units whose results stayed where they ran (a Dask cluster, not gathered):
         #: absent from :meth:`results`.
         self.withheld: set[int] = set()
@@ -118,12 +146,18 @@ class Run:
         self.stopping = threading.Event()
         self.interrupted: BaseException | None = None
         #: Set by :meth:`request_cancel`; the backend checks it between steps.
-        self.cancel_requested = threading.Event()
-        #: Wakes the driving backend when it sleeps; a backend that sleeps replaces it.
+        self.cancel_requested = Flag()
+        #: What a unit or hook raised in another thread of this process that interrupts the
+        #: run (:meth:`hand_over_interrupt`); the driver raises it.
+        self.handed_over: BaseException | None = None
+        #: Wakes the driving backend when it sleeps; a backend that sleeps replaces it. It
+        #: must take no lock (a ``SimpleQueue.put``, a loop's ``call_soon_threadsafe``):
+        #: :meth:`request_cancel` calls it from signal handlers too.
         self.wake: Callable[[], None] = _nothing
         # Typed loosely: a unit declared sync may still return a coroutine (awaited below).
         self._functions: list[Callable[..., Any]] = [unit.function for unit in graph.units]
-        self._is_async = [inspect.iscoroutinefunction(f) for f in self._functions]
+        #: Whether each unit is a coroutine function, for drivers that run those apart.
+        self.is_async = [inspect.iscoroutinefunction(f) for f in self._functions]
         self._names = graph.names
         self._deps = graph.deps
         self._conditions = graph.decisions()[0]
@@ -139,8 +173,10 @@ class Run:
     def call(self, i: int, attempt: int) -> tuple[bool, Any]:
         """Run attempt ``attempt`` of unit ``i`` in this thread.
 
-        Returns ``(True, result)`` or ``(False, exception)``. Only ``Exception`` is caught: a
-        ``KeyboardInterrupt`` raised inside a unit interrupts the run.
+        Returns ``(True, result)`` or ``(False, exception)``, whatever the unit raised, except
+        what interrupts the run (:func:`interrupts_run`: ``KeyboardInterrupt``,
+        ``SystemExit``), which propagates as in plain Python. A worker thread that is not the
+        driver passes it on with :meth:`hand_over_interrupt`.
         """
         cache = self.cache
         if cache is not None:
@@ -149,13 +185,15 @@ class Run:
                 return True, value
         ctx = self.context_for(i, attempt)
         try:
-            if self._is_async[i]:
+            if self.is_async[i]:
                 value = asyncio.run(self._functions[i](ctx))
             else:
                 value = self._functions[i](ctx)
             if type(value) is CoroutineType:  # a plain function that returned a coroutine
                 value = asyncio.run(value)
-        except Exception as error:  # a unit may raise anything; it fails only that unit
+        except BaseException as error:  # a unit may raise anything; it fails only that unit
+            if interrupts_run(error):
+                raise
             return False, error
         if not self._still_wanted(i, attempt):
             return True, value  # timed out or cancelled: the scheduler will discard it
@@ -377,9 +415,36 @@ class Run:
         return self.scheduler.cancel(self.clock(), reason, running=True)
 
     def request_cancel(self) -> None:
-        """Ask the driving backend to stop at its next step (safe from any thread)."""
+        """Ask the driving backend to stop at its next step.
+
+        Safe from any thread, a callback or a signal handler: it takes no lock.
+        """
         self.cancel_requested.set()
         self.wake()
+
+    def hand_over_interrupt(self, error: BaseException) -> None:
+        """Stop the run as Ctrl-C would, for ``error`` raised in another thread of this process.
+
+        For a ``KeyboardInterrupt`` or ``SystemExit`` a unit or a hook raised in a worker
+        thread (or a lane's thread): the driver raises it at its next step, in the caller's
+        thread, and cleans up on its way out as for Ctrl-C. The first one wins.
+        """
+        if self.handed_over is None:
+            self.handed_over = error
+        self.request_cancel()
+
+    def stop_requested(self) -> list[Transition]:
+        """Act on :attr:`cancel_requested`, for the driver that saw it set.
+
+        Returns:
+            The transitions of cancelling every unfinished unit, to :meth:`report`.
+
+        Raises:
+            BaseException: The interrupt a worker handed over (:meth:`hand_over_interrupt`).
+        """
+        if self.handed_over is not None:
+            raise self.handed_over
+        return self.interrupt("cancel() was called")
 
     # -- the record ------------------------------------------------------------------------
 

@@ -191,6 +191,23 @@ class Scheduler:
             return len(self._ready)
         return sum(map(len, self._heaps))
 
+    @property
+    def lanes(self) -> int:
+        """How many lanes (ready queues) there are: 1 unless ``lane_of`` was given."""
+        return len(self._heaps)
+
+    def best_lane(self, allowed: Sequence[bool]) -> int:
+        """Of the lanes ``allowed``, the one whose best ready unit comes first, or -1.
+
+        For a driver that starts the units of several lanes within one limit, so the
+        priority order holds across its lanes.
+        """
+        best, best_position = -1, self._n
+        for lane, heap in enumerate(self._heaps):
+            if heap and allowed[lane] and heap[0] < best_position:
+                best, best_position = lane, heap[0]
+        return best
+
     def ready_in(self, lane: int) -> int:
         """How many units of ``lane`` are ready to start now."""
         return len(self._heaps[lane])

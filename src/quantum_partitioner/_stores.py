@@ -317,8 +317,8 @@ def _path_problem(error: sqlite3.Error) -> str | None:
     return None if code is None else _PATH_ERRORS.get(code & 0xFF)
 
 
-def _open_private_file(path: Path) -> None:
-    """Make sure ``path`` is a regular file this process may use as a store.
+def _open_private_file(path: Path) -> os.stat_result:
+    """Make sure ``path`` is a regular file this process may use as a store; return its stat.
 
     A missing file is created empty with mode 0o600 (its directory too); ``O_NOFOLLOW``
     makes sure the new file is the path itself, not the target of a link planted there.
@@ -336,8 +336,10 @@ def _open_private_file(path: Path) -> None:
         except FileExistsError:
             info = os.lstat(path)
         else:
-            os.close(fd)
-            return
+            try:
+                return os.fstat(fd)
+            finally:
+                os.close(fd)
     except OSError as error:
         raise _path_error(error, f"cannot create the cache store {name!r}", name) from error
     if stat.S_ISLNK(info.st_mode):
@@ -361,6 +363,20 @@ def _open_private_file(path: Path) -> None:
                 "process. Make it readable and writable by its owner only (chmod 600)."
             ),
             stacklevel=4,
+        )
+    return info
+
+
+def _check_unchanged(path: Path, before: os.stat_result) -> None:
+    """Refuse ``path`` if it became a link or another file while SQLite opened it."""
+    after = os.lstat(path)
+    if stat.S_ISLNK(after.st_mode) or (after.st_dev, after.st_ino) != (
+        before.st_dev,
+        before.st_ino,
+    ):
+        raise ValueError(
+            f"cache_path {str(path)!r} was replaced (by a link or another file) while it was "
+            "being opened; refusing it"
         )
 
 
@@ -434,7 +450,7 @@ class SQLiteStore(CacheStore):
             _INHERITED.extend(self._connections)
             self._connections.clear()
             self._touched.clear()
-        _open_private_file(self.path)
+        checked = _open_private_file(self.path)
         try:
             connection = sqlite3.connect(
                 self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
@@ -442,7 +458,8 @@ class SQLiteStore(CacheStore):
         except sqlite3.Error as error:
             raise self._unusable(error) from error
         try:
-            self._prepare(connection)
+            self._prepare(connection)  # SQLite opens the file here, at the first statement
+            _check_unchanged(self.path, checked)
         except BaseException:
             connection.close()
             raise

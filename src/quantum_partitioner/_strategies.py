@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ._events import LOGGER
 from ._graph import ExecutionMode
 from .backends import AsyncLane, Lane, LaneBackend, ProcessLane, ThreadLane
+from .backends._pool import default_thread_workers
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -95,7 +96,7 @@ def resource_balanced_backend(
     lanes: list[Lane] = []
     for kind in order:
         if kind == "io":
-            lanes.append(ThreadLane(max_workers or min(32, (os.cpu_count() or 1) + 4)))
+            lanes.append(ThreadLane(max_workers or default_thread_workers()))
         elif kind == "cpu":
             cores = os.cpu_count() or 1
             lanes.append(ProcessLane(min(cores, max_workers) if max_workers else cores))

@@ -13,6 +13,11 @@ State: none between calls. Attempts are laid out on *tracks*:
 
 * THREAD and SEQUENTIAL runs start each attempt in the thread that runs it, so with a
   recorder each worker thread is one track, named after the thread.
+* PROCESS workers hold slots (a replacement takes the slot of the worker it replaces) and
+  record each attempt's slot in ``Run.attempt_workers``: one track per slot, ``process slot
+  1`` .. ``process slot N``, never more than ran at once. A worker started during the run
+  shows its start-up (``Run.worker_startups``) as a ``worker start-up`` slice on its track,
+  before its first attempt.
 * Backends that learn where a unit ran (Dask) record it in ``Run.unit_workers``; the unit's
   last attempt goes on that worker's track, split into ``name (2)``, ... where the worker
   ran several attempts at once.
@@ -153,6 +158,8 @@ class Layout(NamedTuple):
     tracks: list[str]
     #: Each unit that ended without an attempt running: SKIPPED, or CANCELED while waiting.
     marks: list[Mark]
+    #: Workers started during the run: (track, started, ready).
+    startups: list[tuple[int, float, float]]
 
 
 def collect_attempts(run: Run) -> list[Attempt]:
@@ -217,33 +224,52 @@ def layout(run: Run, recorder: TraceRecorder | None = None) -> Layout:
     track_of = [-1] * len(attempts)
     # Backends that learn where a unit ran (Dask) record it for its last attempt.
     ran_on = run.unit_workers
+    in_slot = run.attempt_workers
     last_attempt = run.scheduler.attempts
     named: dict[str, list[int]] = {}
+    # Slots that run one attempt at a time (a worker process and its replacements).
+    slots: dict[str, list[int]] = {slot: [] for slot, _, _ in run.worker_startups}
     unknown: list[int] = []
     for k, a in enumerate(attempts):
         worker = None if recorder is None else recorder.worker_of(a.unit_id, a.attempt)
+        if worker is None:
+            slot = in_slot.get((a.unit_index, a.attempt))
+            if slot is not None:
+                slots.setdefault(slot, []).append(k)
+                continue
         if worker is None and a.attempt == last_attempt[a.unit_index]:
             worker = ran_on.get(a.unit_index)
         if worker is None:
             unknown.append(k)
         else:
             named.setdefault(worker, []).append(k)
-    # Tracks: named workers in natural order ("worker-2" before "worker-10"), then slots.
-    # A worker that runs several attempts at once (a Dask worker's threads) gets one track
-    # per attempt it ran at the same time: "name", "name (2)", ...
+    # Tracks: named workers and slots in natural order ("worker-2" before "worker-10"),
+    # then numbered tracks. A worker that runs several attempts at once (a Dask worker's
+    # threads) gets one track per attempt it ran at the same time: "name", "name (2)", ...
     groups: list[tuple[str, list[int]]] = []
-    for worker in sorted(named, key=_natural_key):
+    for worker in sorted({*named, *slots}, key=_natural_key):
+        if worker in slots:  # one attempt at a time, whatever the recorded times say
+            groups.append((worker, slots[worker]))
+            continue
         for lane, members in enumerate(_pack(attempts, named[worker], _JITTER), 1):
             groups.append((worker if lane == 1 else f"{worker} ({lane})", members))
-    for slot, members in enumerate(_pack(attempts, unknown), 1):
-        groups.append((f"{mode} slot {slot}", members))
+    taken = {name for name, _ in groups}
+    numbers = (n for n in itertools.count(1) if f"{mode} slot {n}" not in taken)
+    for number, members in zip(numbers, _pack(attempts, unknown), strict=False):
+        groups.append((f"{mode} slot {number}", members))
     tracks = []
     for track, (name, members) in enumerate(groups):
         tracks.append(name)
         for k in members:
             track_of[k] = track
     _clamp_overlaps(attempts, groups)
-    return Layout(attempts, track_of, tracks, _marks(run, attempts))
+    track_named = {name: track for track, name in enumerate(tracks)}
+    startups = [
+        (track_named[slot], start, ready)
+        for slot, start, ready in run.worker_startups
+        if slot in track_named
+    ]
+    return Layout(attempts, track_of, tracks, _marks(run, attempts), startups)
 
 
 def _natural_key(name: str) -> list[tuple[int, int | str]]:
@@ -276,7 +302,9 @@ def _clamp_overlaps(attempts: list[Attempt], groups: list[tuple[str, list[int]]]
     """End each attempt no later than the next one on its track starts.
 
     A retried attempt's end is read when the retry is reported, a few microseconds after
-    its worker may have started its next attempt; one thread never runs two at once.
+    its worker may have started its next attempt; one thread never runs two at once. A
+    worker process is free as soon as it answers, before the driver records the end, so
+    the driver may hand it the next attempt first.
     """
     for _, members in groups:
         for k, nxt in itertools.pairwise(members):
@@ -428,6 +456,20 @@ def chrome_trace(run: Run, recorder: TraceRecorder | None = None) -> dict[str, A
             }
             events.append({**wait, "ph": "b", "ts": _us(a.end - origin), "args": args})
             events.append({**wait, "ph": "e", "ts": _us(wait_end - origin)})
+    for track, start, ready in lay.startups:
+        events.append(
+            {
+                "name": "worker start-up",
+                "cat": "startup",
+                "ph": "X",
+                "ts": _us(start - origin),
+                "dur": _us(ready - start),
+                "pid": pid,
+                "tid": track + 1,
+                "cname": "startup",
+                "args": {"worker": lay.tracks[track]},
+            }
+        )
     for i, time, state, error in lay.marks:
         verb = "skipped" if state is UnitState.SKIPPED else "canceled"
         events.append(

@@ -18,12 +18,17 @@ the current directory first) or the path of a ``.py`` file.
 (:func:`_run_instruments`, then ``execute``, then :func:`_run_lines`), so an option that
 observes the run (a progress bar, a trace, a report) is an argument plus an instrument.
 
+Every string that comes from the user (unit names, results, error messages, module
+names) goes through :func:`_printable` before it is printed, so control characters in a
+name cannot drive the terminal.
+
 This module is the only part of the package that writes to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -40,7 +45,7 @@ from ._strategies import RESOURCE_TYPES
 from .taskmap import TaskMap
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from ._demo import DemoReport
     from ._events import Instrument
@@ -86,6 +91,29 @@ class CommandError(Exception):
     """Input a user can fix; :func:`main` prints it as one line and exits with status 2."""
 
 
+def _control_escapes() -> dict[int, str]:
+    """C0, DEL and C1 controls, and the Unicode marks that reorder or break a line."""
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    codes = [*range(0x20), *range(0x7F, 0xA0), 0x061C, 0x200E, 0x200F, 0x2028, 0x2029]
+    codes += [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+    return {
+        code: named.get(chr(code)) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        for code in codes
+    }
+
+
+_ESCAPES = _control_escapes()
+
+
+def _printable(text: str) -> str:
+    r"""``text`` with control characters written as escapes (``\x1b``, ``\n``, ``\u202e``).
+
+    Names and messages come from the user's code: printed raw, an ANSI sequence in a unit
+    name would drive the terminal, and a newline would forge a line of output.
+    """
+    return text.translate(_ESCAPES)
+
+
 # -- entry point ---------------------------------------------------------------------------
 
 
@@ -108,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except CommandError as error:
-        sys.stderr.write(f"{PROG}: error: {error}\n")
+        sys.stderr.write(f"{PROG}: error: {_printable(str(error))}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
@@ -231,9 +259,10 @@ def _demo_lines(report: DemoReport) -> list[str]:
         duration = "-" if row.duration is None else f"{row.duration * 1000:.2f}"
         work = ", ".join(f"{name}={value}" for name, value in row.metrics.items())
         lines.append(
-            f"  {row.name:<18} {row.state.name:<10} {row.attempts:>8} {duration:>8}  {work}"
+            f"  {_printable(row.name):<18} {row.state.name:<10} {row.attempts:>8} "
+            f"{duration:>8}  {_printable(work)}"
         )
-    lines += ["", f"Query: {report.query!r}"]
+    lines += ["", f"Query: {_printable(repr(report.query))}"]
     index = report.index
     if index is None:
         lines.append("  (no answer: index_embeddings did not complete)")
@@ -245,14 +274,18 @@ def _demo_lines(report: DemoReport) -> list[str]:
             chunk = hit.chunk
             words = chunk.text.split()
             snippet = " ".join(words[:9]) + (" ..." if len(words) > 9 else "")
-            lines.append(f"  {rank}. {hit.score:.3f}  {chunk.title} #{chunk.position}: {snippet}")
+            lines.append(
+                f"  {rank}. {hit.score:.3f}  {_printable(chunk.title)} #{chunk.position}: "
+                f"{_printable(snippet)}"
+            )
     completed = sum(row.state is UnitState.COMPLETED for row in report.rows)
     lines += [
         "",
         f"{completed} of {len(report.rows)} units completed in {report.seconds * 1000:.1f} ms",
     ]
     if report.artifacts:
-        lines += ["", "Wrote", *(f"  {what:<8} {path}" for what, path in report.artifacts)]
+        lines += ["", "Wrote"]
+        lines += (f"  {what:<8} {_printable(str(path))}" for what, path in report.artifacts)
     return lines
 
 
@@ -323,14 +356,14 @@ def _plan_lines(plan: ExecutionPlan) -> list[str]:
         f"levels           {plan.max_level}",
     ]
     for number, level in enumerate(levels):
-        shown = ", ".join(level[:_LEVEL_NAMES_SHOWN])
+        shown = ", ".join(map(_printable, level[:_LEVEL_NAMES_SHOWN]))
         more = len(level) - _LEVEL_NAMES_SHOWN
         lines.append(f"  level {number:<8} {shown}{f' (+{more} more)' if more > 0 else ''}")
     path = plan.critical_path
     lines += [
         f"max parallelism  {plan.max_parallel_units}",
         (
-            f"critical path    {' -> '.join(path) if path else '(empty)'}"
+            f"critical path    {' -> '.join(map(_printable, path)) if path else '(empty)'}"
             f"  [{len(path)} units, length {plan.critical_path_length:g}]"
         ),
     ]
@@ -439,6 +472,12 @@ def _run_run(args: argparse.Namespace) -> int:
         # Every unit is terminal by now; show what completed, then report the interrupt.
         _write(_run_lines(args, partitioner, time.perf_counter() - started))
         raise
+    except SystemExit as stop:
+        # A unit in this process called sys.exit(): the run stopped as on Ctrl-C. Show
+        # what completed, and say so; exit status 0 would claim every unit completed.
+        _write(_run_lines(args, partitioner, time.perf_counter() - started))
+        sys.stderr.write(f"{PROG}: the run was stopped: {_printable(_one_line(stop))}\n")
+        return EXIT_FAILED
     seconds = time.perf_counter() - started
     _write(_run_lines(args, partitioner, seconds))
     failed = any(unit.state in _FAILED_STATES for unit in partitioner.units.values())
@@ -472,9 +511,10 @@ def _run_lines(
     if workers is not None and mode != ExecutionMode.SEQUENTIAL.value:
         where += f", {workers} worker{'' if workers == 1 else 's'}"
     units = partitioner.units
-    width = min(40, max((len(name) for name in units), default=4))
+    shown = {name: _printable(name) for name in units}
+    width = min(40, max(map(len, shown.values()), default=4))
     lines = [
-        f"{args.target}: {len(units)} units, {where}",
+        f"{_printable(args.target)}: {len(units)} units, {where}",
         "",
         f"  {'unit':<{width}} {'state':<9} {'attempts':>8} {'ms':>9}  result or error",
     ]
@@ -489,7 +529,8 @@ def _run_lines(
         else:
             detail = ""
         lines.append(
-            f"  {name:<{width}} {state.name:<9} {unit.attempt:>8} {ms:>9}  {detail}".rstrip()
+            f"  {shown[name]:<{width}} {state.name:<9} {unit.attempt:>8} {ms:>9}  "
+            f"{_printable(detail)}".rstrip()
         )
     counts = dict.fromkeys(UnitState, 0)
     for unit in units.values():
@@ -499,6 +540,21 @@ def _run_lines(
     )
     lines += ["", f"{summary or 'no units'} in {seconds * 1000:.1f} ms"]
     return lines
+
+
+@contextlib.contextmanager
+def _raised_by_user_code(prefix: str) -> Iterator[None]:
+    """Turn what user code raises (an import, a factory) into a one-line CommandError.
+
+    ``SystemExit`` too (a factory that calls ``sys.exit(0)`` must not look like success),
+    and any other ``BaseException``; only Ctrl-C stays an interrupt.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:  # reported as bad input, exit status 2
+        raise CommandError(f"{prefix}{_one_line(error)}") from error
 
 
 def load_partitioner(target: str) -> QuantumPartitioner[Any, Any]:
@@ -532,10 +588,8 @@ def load_partitioner(target: str) -> QuantumPartitioner[Any, Any]:
         cwd = str(Path.cwd())
         if "" not in sys.path and cwd not in sys.path:
             sys.path.insert(0, cwd)
-    try:
+    with _raised_by_user_code(f"cannot import module {module_name!r}: "):
         module = importlib.import_module(module_name)
-    except Exception as error:
-        raise CommandError(f"cannot import module {module_name!r}: {_one_line(error)}") from error
     if path is not None and Path(getattr(module, "__file__", None) or "").resolve() != path:
         raise CommandError(
             f"cannot import {str(path)!r} as module {module_name!r}: that name is taken by "
@@ -544,19 +598,21 @@ def load_partitioner(target: str) -> QuantumPartitioner[Any, Any]:
     found: object = module
     for part in attribute.split("."):
         try:
-            found = getattr(found, part)
-        except AttributeError:
-            raise CommandError(f"module {module_name!r} has no attribute {attribute!r}") from None
+            with _raised_by_user_code(f"{target}: reading {part!r} raised "):
+                found = getattr(found, part)
+        except CommandError as error:
+            if isinstance(error.__cause__, AttributeError):
+                message = f"module {module_name!r} has no attribute {attribute!r}"
+                raise CommandError(message) from None
+            raise
     if not isinstance(found, QuantumPartitioner | TaskMap):
         if not callable(found):
             raise CommandError(
                 f"{target} is of type {type(found).__name__!r}, neither a QuantumPartitioner "
                 "nor a function returning one"
             )
-        try:
+        with _raised_by_user_code(f"{target}() raised "):
             found = found()
-        except Exception as error:
-            raise CommandError(f"{target}() raised {_one_line(error)}") from error
     if isinstance(found, TaskMap):
         found = found.partitioner()
     if not isinstance(found, QuantumPartitioner):

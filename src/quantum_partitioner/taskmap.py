@@ -13,7 +13,7 @@ exactly like a partitioner's unit. Runs raise :class:`TaskError` (with ``errors`
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ._errors import CircularDependency, CircularDependencyError, TaskError
 from ._graph import ExecutionMode, QuantumUnit, validate_unit
@@ -22,6 +22,7 @@ from ._partitioner import QuantumPartitioner
 if TYPE_CHECKING:
     from concurrent.futures import Executor
 
+    from ._graph import UnitFunction
     from ._plan import ExecutionPlan
 
 __all__ = [
@@ -36,7 +37,8 @@ __all__ = [
     "run_tasks",
 ]
 
-TaskSpec = tuple[Callable[..., Any], Iterable[str]] | Callable[..., Any]
+#: A task: ``(fn, dependencies)``, or a bare ``fn``, called as ``fn(ctx)`` like a unit.
+TaskSpec: TypeAlias = "tuple[UnitFunction[Any], Iterable[str]] | UnitFunction[Any]"
 
 
 class TaskMap:

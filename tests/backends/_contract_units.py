@@ -1,7 +1,7 @@
 """Unit functions for the behaviour suite (test_contract.py) and the run properties.
 
 Every mode must run these, including CUSTOM on a plain ``ProcessPoolExecutor``, which sends
-``call_unit(function, ctx)`` with the standard pickle: functions travel by reference, so they
+``call_unit(function, ctx, pid)`` with the standard pickle: functions travel by reference, so they
 live here, in a module that test_contract.py and test_properties_run.py put on ``sys.path``
 and import as ``_contract_units`` (a name every worker process can import, whatever the
 start method). Parameters travel in ``functools.partial`` objects, which pickle too.
@@ -208,6 +208,22 @@ async def async_key_error(ctx: Any) -> None:
     raise KeyError("missing")
 
 
+def logged_nap(log: str, seconds: float) -> partial[Any]:
+    """An ``async def`` unit that appends ``start <unit>`` to ``log``, sleeps, then ``end ...``.
+
+    Where a mode can stop a running attempt (a task cancelled, a worker killed), a cancelled
+    attempt never writes its ``end`` line.
+    """
+    return partial(_logged_nap, log, seconds)
+
+
+async def _logged_nap(log: str, seconds: float, ctx: Any) -> str:
+    append(log, f"start {ctx.unit_id}")
+    await asyncio.sleep(seconds)
+    append(log, f"end {ctx.unit_id}")
+    return ctx.unit_id
+
+
 # -- random DAGs (test_properties_run.py) ----------------------------------------------------
 
 
@@ -275,12 +291,27 @@ BASE_EXCEPTIONS: dict[str, type[BaseException]] = {
 
 
 def raise_base_exception(name: str) -> partial[None]:
-    """A unit raising the BaseException named ``name`` (a key of ``BASE_EXCEPTIONS``)."""
+    """A unit raising the exception named ``name`` (a key of ``RAISABLE``)."""
     return partial(_raise_base_exception, name)
 
 
+#: What ``raise_base_exception`` can raise: the above, and StopIteration (an Exception that
+#: cannot be set on an asyncio future, issue 9 #1).
+RAISABLE: dict[str, type[BaseException]] = {**BASE_EXCEPTIONS, "StopIteration": StopIteration}
+
+
 def _raise_base_exception(name: str, ctx: Any) -> None:
-    raise BASE_EXCEPTIONS[name](f"{ctx.unit_id} raised it")
+    raise RAISABLE[name](f"{ctx.unit_id} raised it")
+
+
+def async_raise_base_exception(name: str) -> partial[Any]:
+    """An ``async def`` unit raising ``RAISABLE[name]`` after yielding to its loop once."""
+    return partial(_async_raise_base_exception, name)
+
+
+async def _async_raise_base_exception(name: str, ctx: Any) -> None:
+    await asyncio.sleep(0)
+    raise RAISABLE[name](f"{ctx.unit_id} raised it")
 
 
 # -- decisions (test_contract_dynamic.py) ----------------------------------------------------

@@ -9,10 +9,13 @@ by value, as users' would.)
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from _contract_units import BASE_EXCEPTIONS  # the same directory, on every worker's path
 
 # -- small units -------------------------------------------------------------------------------
 
@@ -69,6 +72,16 @@ def counting(ctx: Any) -> int:
     ctx.record_metric("rows", 42)
     ctx.record_metric("source", "db")
     return 42
+
+
+def raise_base_exception(ctx: Any) -> None:
+    """Raise the BaseException named like the unit (a key of ``BASE_EXCEPTIONS``)."""
+    raise BASE_EXCEPTIONS[ctx.unit_id](f"{ctx.unit_id} raised it")
+
+
+def returns_a_lock(ctx: Any) -> threading.Lock:
+    """A result no serializer can send anywhere."""
+    return threading.Lock()
 
 
 # -- a large result that must not travel to the caller -------------------------------------

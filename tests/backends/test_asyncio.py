@@ -9,6 +9,7 @@ import time
 import pytest
 
 from quantum_partitioner import ExecutionMode, QuantumPartitioner, UnitState, UnitTimeoutError
+from quantum_partitioner.backends._pool import default_thread_workers
 
 ASYNC = ExecutionMode.ASYNC
 
@@ -159,3 +160,95 @@ def test_unit_raising_cancelled_error_fails_instead_of_hanging(strategy):
     assert results == {"ok": 1}
     assert p.units["bad"].state is UnitState.FAILED
     assert p.units["after"].state is UnitState.SKIPPED
+
+
+@pytest.mark.parametrize("strategy", [None, "resource_balanced"])
+def test_cancelled_units_finish_their_cleanup(strategy, bounded):
+    """Issue 9 #7: cancelled (and timed-out) units run their finally blocks, awaits included."""
+    started, cleaned = [], []
+
+    async def waits(ctx):
+        started.append(ctx.unit_id)
+        try:
+            await asyncio.sleep(30)
+        finally:
+            await asyncio.sleep(0)  # cleanup that needs the loop once more
+            cleaned.append(ctx.unit_id)
+
+    def cancel_when_all_wait(ctx):
+        deadline = time.monotonic() + 10
+        while len(started) < 4 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.1)  # 'timed' is past its timeout by now
+        p.cancel()
+
+    p = QuantumPartitioner()
+    for k in range(3):
+        p.add_unit(waits, name=f"w{k}", metadata={"resource_type": "async"})
+    p.add_unit(waits, name="timed", timeout=0.05, metadata={"resource_type": "async"})
+    p.add_unit(cancel_when_all_wait, name="canceller", metadata={"resource_type": "io"})
+
+    if strategy is None:
+        bounded(lambda: p.execute({}, execution_mode=ASYNC))
+    else:
+        bounded(lambda: p.execute_with_strategy({}, strategy))
+
+    assert sorted(cleaned) == ["timed", "w0", "w1", "w2"]
+    assert {p.units[f"w{k}"].state for k in range(3)} == {UnitState.CANCELED}
+    assert p.units["timed"].state is UnitState.TIMEOUT
+
+
+def test_plain_functions_run_on_a_bounded_pool_of_threads():
+    """Issue 9 (also seen): plain functions share max_workers threads, not one thread each."""
+    threads = set()
+
+    def plain(ctx):
+        threads.add(threading.current_thread().name)
+
+    p = QuantumPartitioner()
+    for k in range(200):
+        p.add_unit(plain, name=f"p{k}")
+    p.execute({}, execution_mode=ASYNC, max_workers=3)
+    assert len(threads) <= 3
+
+
+def test_a_plain_function_starts_only_when_a_thread_is_free():
+    """Its timeout counts from its start: waiting for a busy pool does not time it out."""
+    size = default_thread_workers()  # the pool's size when max_workers is None
+    release = threading.Event()
+
+    def blocker(ctx):
+        release.wait(10)
+
+    async def releaser(ctx):
+        await asyncio.sleep(0.5)  # longer than quick's timeout
+        release.set()
+
+    p = QuantumPartitioner()
+    for k in range(size):
+        p.add_unit(blocker, name=f"b{k}", priority=1)
+    p.add_unit(releaser, name="releaser", priority=1)
+    p.add_unit(lambda ctx: "quick", name="quick", timeout=0.3)
+    results = p.execute({}, execution_mode=ASYNC)
+    assert results["quick"] == "quick"
+
+
+def test_a_timed_out_plain_function_is_replaced_so_the_pool_keeps_its_size():
+    """A thread stuck past its unit's timeout is abandoned; a new one runs the next units."""
+    release = threading.Event()
+
+    def stuck(ctx):
+        release.wait(30)
+
+    p = QuantumPartitioner()
+    p.add_unit(stuck, name="stuck", timeout=0.2, priority=1)
+    for k in range(5):
+        p.add_unit(lambda ctx: threading.current_thread().name, name=f"q{k}", timeout=5)
+    start = time.monotonic()
+    try:
+        results = p.execute({}, execution_mode=ASYNC, max_workers=1)
+    finally:
+        release.set()
+    assert time.monotonic() - start < 10
+    assert p.units["stuck"].state is UnitState.TIMEOUT
+    assert sorted(results) == [f"q{k}" for k in range(5)]

@@ -649,6 +649,85 @@ def test_results_hold_only_completed_units_and_fallbacks(mode):
     assert p.get_partial_results() == results
 
 
+# -- what a unit raises besides ordinary errors (issue 9 #1, #8, #17) ------------------------
+# The rule (docs/guide.md, "Exceptions that are not errors"): KeyboardInterrupt and SystemExit
+# raised in the caller's process stop the run like Ctrl-C and are re-raised; raised in a worker
+# process they fail the unit; anything else, BaseException subclasses included, fails it.
+
+
+@pytest.mark.parametrize(
+    ("kind", "unit"),
+    [
+        ("KeyboardInterrupt", u.raise_base_exception),
+        ("SystemExit", u.raise_base_exception),
+        ("KeyboardInterrupt", u.async_raise_base_exception),
+    ],
+    ids=["KeyboardInterrupt", "SystemExit", "async-KeyboardInterrupt"],
+)
+def test_keyboard_interrupt_and_system_exit_from_a_unit(mode, kind, unit, bounded):
+    """Issue 9 #8: in the caller's process they stop the run and are re-raised, elsewhere fail."""
+    p = QuantumPartitioner()
+    p.add_unit(u.const(1), name="first")
+    p.add_unit(unit(kind), ["first"], name="raiser")
+    p.add_unit(u.const(2), ["raiser"], name="after")
+    expected = u.RAISABLE[kind]
+
+    if mode.in_processes:
+        assert bounded(lambda: mode.execute(p)) == {"first": 1}
+        assert p.units["raiser"].state is UnitState.FAILED
+        assert type(p.units["raiser"].error).__name__ == kind
+        assert p.units["after"].state is UnitState.SKIPPED
+    else:
+        with pytest.raises(expected):
+            bounded(lambda: mode.execute(p))
+        assert p.get_partial_results() == {"first": 1}
+        assert p.units["raiser"].state is UnitState.CANCELED
+        assert p.units["after"].state is UnitState.CANCELED
+    p.add_unit(u.const("calm"), ["first"], name="raiser", replace=True)
+    assert mode.execute(p)["after"] == 2  # nothing is left claiming the partitioner
+
+
+@pytest.mark.parametrize(
+    "unit", [u.raise_base_exception, u.async_raise_base_exception], ids=["plain", "async"]
+)
+def test_other_exceptions_fail_only_their_unit(mode, unit, bounded):
+    """Issue 9 #1, #8: StopIteration, GeneratorExit, CancelledError, custom BaseException fail."""
+    kinds = ["StopIteration", "GeneratorExit", "CancelledError", "CustomBaseException"]
+    if unit is u.async_raise_base_exception:
+        kinds.remove("StopIteration")  # a coroutine turns it into RuntimeError (PEP 479)
+    p = QuantumPartitioner()
+    for kind in kinds:
+        p.add_unit(unit(kind), name=kind)
+        p.add_unit(u.const(kind), [kind], name=f"after_{kind}")
+    p.add_unit(u.const("ok"), name="ok")
+
+    assert bounded(lambda: mode.execute(p)) == {"ok": "ok"}
+
+    for kind in kinds:
+        assert p.units[kind].state is UnitState.FAILED, kind
+        assert type(p.units[kind].error).__name__ == kind
+        assert p.units[f"after_{kind}"].state is UnitState.SKIPPED
+
+
+def test_callback_raising_system_exit_stops_the_run_and_is_re_raised(mode, bounded):
+    """Issue 9 #17: callbacks run in the caller's process, so their SystemExit stops the run."""
+    p = QuantumPartitioner()
+    p.add_unit(u.const(1), name="first")
+    p.add_unit(u.const(2), ["first"], name="second")
+
+    def on_complete(unit_id, result):
+        if unit_id == "first":
+            raise SystemExit(4)
+
+    p.on_unit_complete = on_complete
+    with pytest.raises(SystemExit):
+        bounded(lambda: mode.execute(p))
+    assert p.get_partial_results() == {"first": 1}
+    assert p.units["second"].state is UnitState.CANCELED
+    p.on_unit_complete = None
+    assert mode.execute(p) == {"first": 1, "second": 2}
+
+
 # -- exceptions that are not errors ----------------------------------------------------------
 
 
@@ -676,4 +755,153 @@ def test_base_exceptions_raised_in_a_worker_process_fail_only_that_unit(mode):
         assert unit.state is UnitState.FAILED, name
         assert type(unit.error) is kind
         assert str(unit.error) == f"{name} raised it"
+        assert "_raise_base_exception" in unit.traceback  # the worker's traceback
         assert p.units[f"after {name}"].state is UnitState.SKIPPED
+
+
+# -- streaming results (stream(): one record per unit, leaving early cancels) ---------------
+
+
+def stream_of(mode, partitioner, context=None, **options):
+    """``partitioner.stream(context, **options)`` in this mode."""
+    return partitioner.stream(context, **mode.kwargs, **options)
+
+
+def test_stream_yields_one_record_per_unit_in_finishing_order(mode):
+    """Every unit once, as it reaches its terminal state, with its outcome and times."""
+    #   a --> b        boom --> after_boom (skipped)        solo
+    p = QuantumPartitioner(retry_policy=FAST_RETRIES)
+    p.add_unit(u.const(2), name="a")
+    p.add_unit(u.times("a", 10), ["a"], name="b")
+    p.add_unit(u.explode, name="boom", retries=1)
+    p.add_unit(u.const(1), ["boom"], name="after_boom")
+    p.add_unit(u.const("s"), name="solo")
+    with stream_of(mode, p) as results:
+        records = list(results)
+    assert sorted(r.name for r in records) == sorted(p.units)
+    by_name = {r.name: r for r in records}
+    assert [r.name for r in records].index("a") < [r.name for r in records].index("b")
+    ends = [r.end_time for r in records]
+    assert ends == sorted(ends)  # finishing order
+    for r in records:
+        assert r.state is p.units[r.name].state
+        assert r.ok is (r.state is UnitState.COMPLETED)
+    assert (by_name["b"].result, by_name["b"].error, by_name["b"].attempts) == (20, None, 1)
+    assert by_name["b"].start_time <= by_name["b"].end_time
+    boom = by_name["boom"]
+    assert (boom.state, type(boom.error), boom.attempts) == (UnitState.FAILED, ValueError, 2)
+    skipped = by_name["after_boom"]
+    assert (skipped.state, type(skipped.error)) == (UnitState.SKIPPED, UnitSkippedError)
+    assert (skipped.attempts, skipped.start_time) == (0, None)
+    with pytest.raises(AttributeError):
+        boom.state = UnitState.COMPLETED  # records are immutable
+    assert p.get_partial_results() == {"a": 2, "b": 20, "solo": "s"}
+
+
+def test_breaking_out_of_a_stream_cancels_the_rest_and_leaves_nothing_running(mode, tmp_path):
+    """break: nothing new starts, stoppable attempts stop, completed results are kept."""
+    log = tmp_path / "log"
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.const("first"), name="first", priority=10)
+    for k in range(6):
+        p.add_unit(u.logged_nap(str(log), 0.5), name=f"nap_{k}")
+    with stream_of(mode, p) as results:
+        for done in results:
+            assert done.name == "first"
+            break
+    # The run is over when the block is left: every unit is terminal, nothing is active.
+    assert all(unit.state in TERMINAL for unit in p.units.values())
+    assert p._active_run is None
+    assert p.get_partial_results()["first"] == "first"
+    cancelled = [name for name, unit in p.units.items() if unit.state is UnitState.CANCELED]
+    assert cancelled  # six 0.5 s naps on two workers cannot all have finished
+    seen = lines(log)
+    time.sleep(0.8)  # longer than a nap: anything still going would show
+    # Nothing new starts. An attempt already handed to a thread or a user's executor before
+    # the break cannot be taken back and may still begin (and end) there; PROCESS kills its
+    # worker and ASYNC cancels its task, so those attempts stop where they are.
+    handed_over = {name for name in cancelled if p.units[name].attempt}
+    started_later = {line.split()[1] for line in lines(log)[len(seen) :] if "start" in line}
+    if mode.kwargs["execution_mode"].value in {"process", "async"}:
+        assert started_later == set()
+        ended = {line.split()[1] for line in lines(log) if line.startswith("end")}
+        assert ended.isdisjoint(cancelled)
+    else:
+        assert started_later <= handed_over
+
+
+def test_a_bare_for_loop_closes_the_stream_when_left(mode):
+    """Leaving ``for done in p.stream(...)`` ends the run at once, with no with-block."""
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.const(1), name="first", priority=10)
+    for k in range(4):
+        p.add_unit(u.sleep(0.5, k), name=f"slow_{k}")
+    for done in stream_of(mode, p):
+        assert done.name == "first"
+        break
+    assert p._active_run is None
+    assert all(unit.state in TERMINAL for unit in p.units.values())
+    assert any(unit.state is UnitState.CANCELED for unit in p.units.values())
+
+
+def test_stream_raises_task_error_after_the_last_record(mode):
+    """raise_on_error=True: every record first, then TaskError from the iteration."""
+    p = QuantumPartitioner()
+    p.add_unit(u.explode, name="boom")
+    p.add_unit(u.const(1), name="fine")
+    seen = []
+    with (
+        pytest.raises(TaskError) as caught,
+        stream_of(mode, p, raise_on_error=True) as results,
+    ):
+        seen.extend(done.name for done in results)
+    assert sorted(seen) == ["boom", "fine"]
+    assert list(caught.value.failed_tasks) == ["boom"]
+
+
+def test_a_units_keyboard_interrupt_leaves_the_stream_as_it_leaves_execute(mode):
+    """A unit's KeyboardInterrupt: re-raised from the iteration where execute() raises it.
+
+    Where the unit runs in the caller's process it interrupts the run (execute() raises
+    it), and stream() raises it from the loop, after the records of what finished before;
+    where it only fails its unit, the stream yields that failure.
+    """
+    p = QuantumPartitioner()
+    p.add_unit(u.const(1), name="fine", priority=10)
+    p.add_unit(u.raise_base_exception("KeyboardInterrupt"), ["fine"], name="interrupts")
+    p.add_unit(u.const(2), ["interrupts"], name="after")
+    try:
+        mode.execute(p)
+    except KeyboardInterrupt:
+        interrupts = True
+    else:
+        interrupts = False
+    expected = states(p)
+    seen = []
+    if interrupts:
+        with pytest.raises(KeyboardInterrupt), stream_of(mode, p) as results:
+            seen.extend(done.name for done in results)
+        assert "fine" in seen
+    else:
+        with stream_of(mode, p) as results:
+            seen.extend(done.name for done in results)
+        assert sorted(seen) == sorted(p.units)
+    assert states(p) == expected
+    assert p.get_partial_results() == {"fine": 1}
+
+
+def test_a_slow_consumer_never_holds_the_workers_back(mode):
+    """Records queue up: the run finishes while the loop body is still busy."""
+    p = QuantumPartitioner()
+    for k in range(5):
+        p.add_unit(u.const(k), name=f"u{k}")
+    woke = None
+    records = []
+    with stream_of(mode, p) as results:
+        for done in results:
+            if woke is None:
+                time.sleep(1.0)  # far longer than five no-op units take
+                woke = time.time()
+            records.append(done)
+    assert len(records) == 5
+    assert all(r.end_time < woke for r in records)

@@ -32,6 +32,7 @@ import dask  # noqa: E402 - only once distributed is known to be installed
 
 from quantum_partitioner import (  # noqa: E402
     BrokenBackendError,
+    CachingQuantumPartitioner,
     DaskBackend,
     ExecutionMode,
     ExponentialBackoff,
@@ -205,6 +206,49 @@ def test_failure_keeps_the_workers_exception_and_traceback(backend):
     assert str(unit.error) == "boom exploded"
     assert "exploding_unit" in unit.traceback
     assert p.get_failed_units() == {"boom": unit.error}
+
+
+def test_base_exceptions_fail_only_their_unit_promptly(client):
+    """Defect 8: KeyboardInterrupt, SystemExit or any BaseException raised on a worker FAILS
+    that unit with it, at once (no KilledWorker, no worker lost); other units complete."""
+    p = QuantumPartitioner()
+    for name in units.BASE_EXCEPTIONS:
+        p.add_unit(units.raise_base_exception, name=name)
+        p.add_unit(lambda ctx: 1, [name], name=f"after {name}")
+    p.add_unit(lambda ctx: "ok", name="fine")
+    workers = set(client.scheduler_info()["workers"])
+
+    start = time.monotonic()
+    results = p.execute(backend=DaskBackend(client))
+
+    assert time.monotonic() - start < 5  # KilledWorker took 8 s per unit
+    assert results == {"fine": "ok"}
+    for name, kind in units.BASE_EXCEPTIONS.items():
+        unit = p.units[name]
+        assert unit.state is UnitState.FAILED, name
+        assert type(unit.error) is kind
+        assert str(unit.error) == f"{name} raised it"
+        assert "raise_base_exception" in unit.traceback
+        assert p.units[f"after {name}"].state is UnitState.SKIPPED
+    assert set(client.scheduler_info()["workers"]) == workers
+
+
+def test_a_result_that_cannot_be_serialized_fails_naming_the_unit_and_its_type(backend):
+    """Defect 12: a result Dask could never send is FAILED on the worker, naming the unit and
+    the value's type, as in PROCESS mode; its dependents are skipped."""
+    p = QuantumPartitioner()
+    p.add_unit(units.returns_a_lock, name="locked")
+    p.add_unit(lambda ctx: "never", ["locked"], name="after")
+    p.add_unit(lambda ctx: "fine", name="fine")
+
+    results = p.execute(backend=backend)
+
+    assert results == {"fine": "fine"}
+    unit = p.units["locked"]
+    assert unit.state is UnitState.FAILED
+    assert isinstance(unit.error, TypeError)
+    assert "unit 'locked': its result lock cannot be sent" in str(unit.error)
+    assert p.units["after"].state is UnitState.SKIPPED
 
 
 def test_dependents_of_a_failure_are_skipped_and_other_branches_complete(backend):
@@ -558,6 +602,47 @@ def test_ctrl_c_cancels_the_run_on_the_cluster_and_keeps_results(client):
     time.sleep(0.8)
 
 
+# -- stream() --------------------------------------------------------------------------------
+
+
+def test_stream_yields_records_with_results_gathered_or_futures(client):
+    """On Dask a record carries the result when gathered, the unit's future otherwise."""
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: 21, name="streamed_a")
+    p.add_unit(lambda ctx: ctx["streamed_a"] * 2, ["streamed_a"], name="streamed_b")
+    p.add_unit(units.exploding_unit, name="streamed_boom")
+    with p.stream(backend=DaskBackend(client, gather=["streamed_b"])) as results:
+        records = {done.name: done for done in results}
+    assert set(records) == set(p.units)
+    assert records["streamed_b"].result == 42
+    assert isinstance(records["streamed_a"].result, distributed.Future)
+    assert records["streamed_boom"].state is UnitState.FAILED
+    assert not records["streamed_boom"].ok
+
+
+def test_breaking_out_of_a_stream_leaves_nothing_on_the_cluster(backend, client, tmp_path):
+    """break: the units not finished are CANCELED, their tasks leave the cluster, none runs."""
+    marker = tmp_path / "after-ran"
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: "done", name="squick", priority=10)
+    p.add_unit(units.sleep_then, name="sslow")
+    p.add_unit(units.touch, ["sslow"], name="safter")
+    with p.stream({"seconds": 1.0, "marker": str(marker)}, backend=backend) as results:
+        for done in results:
+            assert done.name == "squick"
+            break
+    assert p._active_run is None
+    assert states(p) == {
+        "squick": UnitState.COMPLETED,
+        "sslow": UnitState.CANCELED,
+        "safter": UnitState.CANCELED,
+    }
+    assert p.get_partial_results() == {"squick": "done"}
+    assert wait_for(lambda: not run_keys(client, "sslow-") and not run_keys(client, "safter-"))
+    time.sleep(1.2)  # sslow's thread has finished on its worker: safter would have run
+    assert not marker.exists()
+
+
 # -- results stay on the workers ----------------------------------------------------------------
 
 
@@ -667,6 +752,20 @@ def test_unit_that_cannot_be_sent_fails_naming_it_and_the_run_goes_on(client):
     assert "unit 'locked' cannot be sent to the Dask cluster" in str(error)
     assert "lock" in str(error)
     assert p.units["after"].state is UnitState.SKIPPED
+
+
+def test_a_run_served_from_the_cache_runs_and_writes_nothing(backend, tmp_path):
+    """Cache hits on Dask complete without a task and are never written back (defect 11's
+    sibling): the second run hits every unit, the store's entries stay as they were."""
+    with CachingQuantumPartitioner(cache_path=tmp_path / "results.sqlite") as p:
+        p.add_unit(lambda ctx: ctx["n"] * 2, name="a", metadata={"cacheable": True})
+        p.add_unit(lambda ctx: ctx["a"] + 1, ["a"], name="b", metadata={"cacheable": True})
+        assert p.execute({"n": 3}, backend=backend) == {"a": 6, "b": 7}
+        created = {entry.unit: entry.created for entry in p.cache.entries()}
+        assert p.execute({"n": 3}, backend=backend) == {"a": 6, "b": 7}
+        stats = p.cache_stats()
+        assert (stats.hits, stats.misses, stats.writes) == (2, 2, 2)
+        assert {entry.unit: entry.created for entry in p.cache.entries()} == created
 
 
 def test_a_closed_client_is_refused_before_anything_runs(cluster, tmp_path):
@@ -808,6 +907,23 @@ def test_custom_mode_with_the_clients_executor_keeps_working(client):
 
     assert results == {"a": 2, "counting": 42, "total": 44}
     assert p.last_execution_metrics["unit_metrics"] == {"counting": {"rows": 42, "source": "db"}}
+
+
+def test_custom_mode_with_the_clients_executor_fails_base_exceptions_promptly(client):
+    """Defect 8 in CUSTOM mode on a Dask executor: a BaseException raised on a worker FAILS
+    its unit at once, with that exception (it gave KilledWorker after 21 s)."""
+    p = QuantumPartitioner()
+    for name in units.BASE_EXCEPTIONS:
+        p.add_unit(units.raise_base_exception, name=name)
+    p.add_unit(lambda ctx: "ok", name="fine")
+
+    start = time.monotonic()
+    results = p.execute({}, ExecutionMode.CUSTOM, custom_executor=client.get_executor())
+
+    assert time.monotonic() - start < 5
+    assert results == {"fine": "ok"}
+    for name, kind in units.BASE_EXCEPTIONS.items():
+        assert type(p.units[name].error) is kind, name
 
 
 # -- the seed's document pipeline, unchanged, on the cluster ----------------------------------

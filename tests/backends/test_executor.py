@@ -246,6 +246,11 @@ def test_process_pool_unpicklable_result_fails_that_unit(process_pool):
     assert p.execute({}, CUSTOM, custom_executor=process_pool) == {}
     assert p.units["bad_result"].state is UnitState.FAILED
     assert p.units["after"].state is UnitState.SKIPPED
+    # Named, as in PROCESS mode and on Dask (issue 9, defect 12 in CUSTOM mode).
+    error = p.units["bad_result"].error
+    assert isinstance(error, TypeError)
+    assert "unit 'bad_result': its result" in str(error)
+    assert "cannot be sent" in str(error)
 
 
 def test_process_pool_broken_by_a_dying_worker_ends_the_run():

@@ -30,7 +30,8 @@ from quantum_partitioner import (
 )
 from quantum_partitioner._graph import Graph, QuantumUnit
 from quantum_partitioner._run import Run
-from quantum_partitioner.backends import ProcessBackend
+from quantum_partitioner._trace import chrome_trace, layout
+from quantum_partitioner.backends import ProcessBackend, _processes
 from quantum_partitioner.backends._processes import ProcessLane
 
 PROCESS = ExecutionMode.PROCESS
@@ -286,6 +287,18 @@ def test_workers_that_cannot_start_break_the_backend_saying_why(tmp_path, monkey
     assert p.units["c"].state is UnitState.CANCELED
 
 
+def test_what_a_worker_writes_while_it_starts_still_reaches_stderr(tmp_path, monkeypatch, capfd):
+    """Start-up output (a site hook's warning) is collected until ready, then passed on."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.stderr.write('site says hello\\n')\n")
+    monkeypatch.syspath_prepend(str(site))
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(lambda ctx: 1, name="a")
+    assert p.execute({}, execution_mode=PROCESS) == {"a": 1}
+    assert "site says hello" in capfd.readouterr().err
+
+
 def test_an_idle_worker_dying_before_submit_loses_no_attempt():
     """Defect 5: an idle worker that dies between has_room() and submit() costs nothing.
 
@@ -313,6 +326,41 @@ def test_an_idle_worker_dying_before_submit_loses_no_attempt():
             item = outcomes.get(timeout=30)
         assert item == (0, 1, True, 42, None)
     finally:
+        lane.close(cancel=True)
+
+
+def test_an_attempt_sent_to_a_worker_that_just_died_waits_for_its_replacement():
+    """Defect 5, second case: the idle worker is dead but not yet buried when the attempt is
+    sent; the attempt never started, so it is not failed: it runs on the replacement."""
+    graph = Graph([QuantumUnit("a", lambda ctx: 42)])
+    run = Run(graph, {}, mode="process", max_workers=1)
+    outcomes = queue.SimpleQueue()
+    lane = ProcessLane(1)
+    lane.open(run, outcomes.put)
+    gate = threading.Event()
+    bury = lane._bury
+
+    def bury_when_allowed(worker):
+        gate.wait(30)
+        bury(worker)
+
+    lane._bury = bury_when_allowed  # the reader thread notices the death only when told
+    try:
+        while not lane.has_room():
+            assert outcomes.get(timeout=30) is None
+        [worker] = lane._workers
+        os.kill(worker.process.pid, signal.SIGKILL)
+        worker.process.wait(timeout=30)
+        assert lane.has_room()  # still looks idle: nobody has buried it yet
+        lane.submit(0, 1)  # its pipe is broken
+        gate.set()
+        item = None
+        while item is None:
+            lane.has_room()
+            item = outcomes.get(timeout=30)
+        assert item == (0, 1, True, 42, None)
+    finally:
+        gate.set()
         lane.close(cancel=True)
 
 
@@ -358,3 +406,77 @@ def test_a_worker_whose_parent_is_killed_exits_quietly(tmp_path):
         parent.kill()
     assert _wait_gone(worker)
     assert b"Traceback" not in stderr, stderr.decode()
+
+
+def test_a_cpu_unit_of_a_mixed_run_raising_keyboardinterrupt_fails_only_itself():
+    """Defect 8 in the process lane of resource_balanced: the unit is FAILED, the io and cpu
+    units beside it complete (the KeyboardInterrupt happened in a worker, not here)."""
+
+    def interrupted(ctx):
+        raise KeyboardInterrupt("in a worker")
+
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(interrupted, name="cpu_boom", metadata={"resource_type": "cpu"})
+    p.add_unit(lambda ctx: "cpu", name="cpu_fine", metadata={"resource_type": "cpu"})
+    p.add_unit(lambda ctx: "io", name="io_fine", metadata={"resource_type": "io"})
+    results = p.execute_with_strategy({}, "resource_balanced")
+    assert results == {"cpu_fine": "cpu", "io_fine": "io"}
+    error = p.units["cpu_boom"].error
+    assert type(error) is KeyboardInterrupt
+    assert str(error) == "in a worker"
+
+
+def test_missing_cloudpickle_names_the_package_to_install(monkeypatch):
+    """Without cloudpickle, PROCESS says to install it (a dependency, not an extra)."""
+    monkeypatch.setitem(sys.modules, "cloudpickle", None)
+    with pytest.raises(ImportError, match=r"pip install cloudpickle$"):
+        _processes._load_cloudpickle()
+
+
+# -- traces: one track per slot, start-up as its own slice ----------------------------------
+
+
+def test_trace_has_one_track_per_slot_and_start_up_as_its_own_slice(tmp_path):
+    """2 workers, one of which dies: 2 tracks, the replacement on the dead one's slot.
+
+    Workers import the units' module (0.6 s) while they start, so no unit pays for it.
+    """
+    here = str(Path(__file__).parent)
+    if here not in sys.path:  # workers import the module by name, from the caller's path
+        sys.path.insert(0, here)
+    import _slow_import_units as slow  # noqa: PLC0415 - needs the sys.path entry
+
+    qp = QuantumPartitioner(max_workers=2)
+    for k in range(8):
+        qp.add_unit(slow.nap, name=f"nap_{k}", priority=10 if k < 2 else 0)
+    qp.add_unit(slow.die, ["nap_0"], name="die", priority=5)
+    qp.execute(execution_mode=PROCESS, trace=True)
+    assert qp.units["die"].state is UnitState.FAILED
+    run = qp._last_run
+    lay = layout(run, qp._last_recorder)
+    assert set(lay.tracks) <= {"process slot 1", "process slot 2"}
+    assert all(unit.execution_time < slow.IMPORT_SECONDS for unit in qp.units.values())
+    # A start-up (cut short if the run ended first) never overlaps an attempt on its track.
+    assert len(lay.startups) >= 2  # the first worker and the replacement at least
+    assert max(ready - start for _, start, ready in lay.startups) >= slow.IMPORT_SECONDS
+    for track, start, ready in lay.startups:
+        for a, on in zip(lay.attempts, lay.track_of, strict=True):
+            if on == track:
+                assert a.end <= start + 1e-3 or a.start >= ready - 1e-3, (a, start, ready)
+    died = next(a for a in lay.attempts if a.unit_id == "die")
+    died_on = lay.track_of[lay.attempts.index(died)]
+    assert any(t == died_on and start >= died.start for t, start, _ in lay.startups)
+    trace = chrome_trace(run, qp._last_recorder)
+    slices = [e for e in trace["traceEvents"] if e.get("cat") == "startup"]
+    assert len(slices) == len(lay.startups)
+    assert {e["name"] for e in slices} == {"worker start-up"}
+
+
+def test_report_draws_worker_start_up(tmp_path):
+    """The HTML report's timeline has a start-up bar for a PROCESS run's worker."""
+    qp = QuantumPartitioner(max_workers=1)
+    qp.add_unit(lambda ctx: 1, name="one")
+    qp.execute(execution_mode=PROCESS)
+    html = qp.write_report(tmp_path / "report.html").read_text()
+    assert 'class="bar startup"' in html
+    assert "worker start-up" in html

@@ -411,23 +411,26 @@ def test_cancel_without_a_run_does_nothing():
     assert run_threads(p) == {"a": 1}
 
 
-def test_system_exit_in_a_unit_fails_only_that_unit():
-    """A unit raising SystemExit is FAILED; its dependents are skipped, the others complete."""
+def test_system_exit_in_a_unit_stops_the_run_and_is_re_raised():
+    """Issue 9 #8: a unit's SystemExit stops the run like Ctrl-C; execute re-raises it."""
 
     def exits(ctx):
         raise SystemExit(3)
 
-    p = QuantumPartitioner()
-    p.add_unit(exits, name="exits")
-    p.add_unit(lambda ctx: "never", ["exits"], name="after")
+    p = QuantumPartitioner(max_workers=2)
     p.add_unit(lambda ctx: "ok", name="ok")
+    p.add_unit(exits, ["ok"], name="exits")
+    p.add_unit(lambda ctx: "never", ["exits"], name="after")
 
-    results = run_threads(p)
+    with pytest.raises(SystemExit) as raised:
+        run_threads(p)
 
-    assert results == {"ok": "ok"}
-    assert p.units["exits"].state is UnitState.FAILED
-    assert isinstance(p.units["exits"].error, SystemExit)
-    assert p.units["after"].state is UnitState.SKIPPED
+    assert raised.value.code == 3
+    assert p.get_partial_results() == {"ok": "ok"}
+    assert p.units["exits"].state is UnitState.CANCELED
+    assert p.units["after"].state is UnitState.CANCELED
+    p.add_unit(lambda ctx: "calm", ["ok"], name="exits", replace=True)
+    assert run_threads(p)["after"] == "never"  # the partitioner runs again
 
 
 def test_worker_threads_exit_after_the_run():

@@ -1,4 +1,4 @@
-"""ASYNC: coroutine units run as tasks on one event loop; plain functions run in threads.
+"""ASYNC: coroutine units run as tasks on one event loop; plain functions run on a thread pool.
 
 The driver is itself a coroutine (:meth:`AsyncBackend.arun`), so a partitioner can run
 inside a loop that is already running (``await partitioner.aexecute(...)``, in a web server
@@ -6,90 +6,184 @@ say) and its units share that loop. ``execute(..., ExecutionMode.ASYNC)`` from s
 code runs the driver with ``asyncio.run``.
 
 * ``async def`` units become tasks; a timeout or a cancellation cancels the task.
-* Plain functions run in a daemon thread each, so a blocking call never blocks the loop; if
-  such a function returns an awaitable (``lambda ctx: client.fetch(ctx["url"])``), it is
-  awaited on the loop. A thread cannot be stopped: at its timeout the unit is TIMEOUT and the
-  thread is abandoned, as in THREAD mode.
-* ``max_workers`` caps how many units run at once (None: no cap, as with
-  ``asyncio.gather``).
+* Plain functions run on a pool of ``max_workers`` daemon threads (default
+  ``min(32, cpu_count + 4)``, as ``ThreadPoolExecutor``), so a blocking call never blocks
+  the loop. The driver starts a plain function only when a pool thread is free, so its
+  timeout counts from when it really starts (coroutine units and plain functions wait in
+  separate ready queues, so a full pool never holds a coroutine back). If such a function
+  returns an awaitable (``lambda ctx: client.fetch(ctx["url"])``), it is awaited on the
+  loop. A thread cannot be stopped: at its timeout the unit is TIMEOUT and its thread is
+  abandoned and replaced, as in THREAD mode; one that had not started never starts.
+* ``max_workers`` caps how many units run at once, coroutines and threads together (None:
+  no cap on coroutines, as with ``asyncio.gather``).
+* Outcomes travel as ``(ok, result or exception, metrics)`` values, never as exceptions set
+  on a future: an asyncio future refuses ``StopIteration``, and a ``KeyboardInterrupt``
+  escaping a task stops the loop. One a unit raises (or ``SystemExit``) stops the run as
+  Ctrl-C would and is re-raised by ``execute``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .._errors import UnitCancelledError
+from .._errors import UnitCancelledError, UnitInterrupt, interrupts_run
 from ._base import Backend
 from ._lanes import FutureLane
+from ._pool import DaemonPool, default_thread_workers
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .._graph import Graph
     from .._run import Run
-    from .._scheduler import Transition
+    from .._scheduler import Scheduler, Transition
     from ._lanes import Outcome
 
-__all__ = ["AsyncBackend", "AsyncLane", "call_async", "check_no_running_loop"]
+__all__ = ["AsyncBackend", "AsyncLane", "PlainCalls", "call_async", "check_no_running_loop"]
+
+#: ``(ok, result or exception, metrics)``: how an attempt ends on the loop.
+AttemptOutcome = tuple[bool, Any, "dict[str, Any] | None"]
+
+#: How long closing a lane waits for its cancelled tasks to run their cleanup.
+_CLEANUP_SECONDS = 5.0
 
 
-async def call_async(run: Run, i: int, attempt: int) -> tuple[Any, dict[str, Any] | None]:
-    """Run one attempt on the current loop: await a coroutine unit, thread a plain one."""
+def _failed(error: BaseException) -> AttemptOutcome:
+    """The outcome of an attempt that raised ``error`` on the loop or in a pool thread.
+
+    Raises:
+        asyncio.CancelledError: The driver is cancelling this task (timeout, cancel).
+        UnitInterrupt: The unit raised what interrupts the run (``interrupts_run``).
+    """
+    if isinstance(error, asyncio.CancelledError):
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise error  # cancelled by the driver (timeout, cancel, Ctrl-C)
+        # Otherwise the unit raised CancelledError itself: a failure of the unit, which
+        # must not leave it RUNNING forever.
+    if interrupts_run(error):
+        raise UnitInterrupt(error) from None
+    return False, error, None
+
+
+async def call_async(run: Run, i: int, attempt: int) -> AttemptOutcome:
+    """Run one attempt of a coroutine unit on the current loop."""
     cache = run.cache
     if cache is not None:
         hit, cached = cache.lookup(run, i)
         if hit:
-            return cached, None
-    function = run.graph.units[i].function
+            return True, cached, None
     ctx = run.context_for(i, attempt)
     try:
-        if inspect.iscoroutinefunction(function):
-            value = await function(ctx)
-        else:
-            value = await _in_daemon_thread(function, ctx)
-            if inspect.isawaitable(value):
-                value = await value
-    except asyncio.CancelledError as error:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise  # cancelled by the driver (timeout, cancel, Ctrl-C)
-        # The unit itself raised CancelledError: that is a failure of the unit, not a
-        # cancellation of the run, and must not leave it RUNNING forever.
-        msg = f"unit {run.graph.names[i]!r} raised CancelledError"
-        raise RuntimeError(msg) from error
+        value = await run.graph.units[i].function(ctx)
+    except BaseException as error:  # a unit may raise anything: see _failed
+        return _failed(error)
     if cache is not None:
         cache.remember(run, i, value)
-    return value, ctx.metrics
+    return True, value, ctx.metrics
 
 
-def _in_daemon_thread(function: Callable[[Any], Any], ctx: Any) -> asyncio.Future[Any]:
-    """Call ``function(ctx)`` in a fresh daemon thread; a stuck call never blocks exit."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def settle(ok: bool, value: Any) -> None:
-        if future.done():
-            return  # cancelled by a timeout: the late outcome is dropped
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-    def target() -> None:
+async def finish_plain(run: Run, i: int, called: asyncio.Future[Any]) -> AttemptOutcome:
+    """Wait for a plain unit's call in a pool thread; await what it returned if awaitable."""
+    ok, value, ctx = await called
+    if not ok:
+        return _failed(value)
+    if ctx is None:  # served from the cache
+        return True, value, None
+    if inspect.isawaitable(value):
         try:
-            value = function(ctx)
-        except BaseException as error:
-            outcome = (False, error)
-        else:
-            outcome = (True, value)
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(settle, *outcome)
+            value = await value
+        except BaseException as error:  # what the unit's awaitable raised
+            return _failed(error)
+    if run.cache is not None:
+        run.cache.remember(run, i, value)
+    return True, value, ctx.metrics
 
-    threading.Thread(target=target, name=f"quantum-partitioner-{ctx.unit_id}", daemon=True).start()
-    return future
+
+class PlainCalls:
+    """Plain functions of one run called on a :class:`DaemonPool`, as futures of the loop.
+
+    Args:
+        run: The run.
+        loop: The loop whose futures receive the outcomes.
+        size: How many threads.
+        on_free: Called when a thread becomes free without an outcome (wakes the driver).
+    """
+
+    def __init__(
+        self,
+        run: Run,
+        loop: asyncio.AbstractEventLoop,
+        size: int,
+        on_free: Callable[[], None],
+    ) -> None:
+        """Start the pool's threads."""
+        self._run = run
+        self._loop = loop
+        self._futures: dict[tuple[int, int], asyncio.Future[Any]] = {}
+        self._pool: DaemonPool[tuple[int, int]] = DaemonPool(
+            size, "quantum-partitioner-async", self._call, self._deliver, on_free
+        )
+        self._pool.start()
+
+    @property
+    def free(self) -> int:
+        """How many threads can start a function now."""
+        return self._pool.free
+
+    def start(self, i: int, attempt: int) -> asyncio.Future[Any]:
+        """Hand attempt ``attempt`` of unit ``i`` to a thread (call in the loop's thread).
+
+        Returns:
+            The future of ``(ok, result or exception, ctx)`` (``ctx`` None for a cache
+            hit). Cancelling it abandons the call: dropped if it has not started.
+        """
+        key = (i, attempt)
+        future = self._loop.create_future()
+        self._futures[key] = future
+        future.add_done_callback(functools.partial(self._forget, key))
+        self._pool.submit(key)
+        return future
+
+    def close(self) -> None:
+        """Let the threads exit; calls not yet started never start."""
+        self._pool.close()
+
+    def _forget(self, key: tuple[int, int], future: asyncio.Future[Any]) -> None:
+        self._futures.pop(key, None)
+        if future.cancelled():
+            self._pool.abandon(key)
+
+    def _call(self, key: tuple[int, int]) -> tuple[bool, Any, Any]:
+        """In a pool thread: the cache, then the function (it must not raise)."""
+        run = self._run
+        i, attempt = key
+        try:
+            cache = run.cache
+            if cache is not None:
+                hit, value = cache.lookup(run, i)
+                if hit:
+                    return True, value, None
+            ctx = run.context_for(i, attempt)
+            value = run.graph.units[i].function(ctx)
+        except BaseException as error:  # a unit may raise anything: judged on the loop
+            return False, error, None
+        return True, value, ctx
+
+    def _deliver(self, key: tuple[int, int], outcome: tuple[bool, Any, Any]) -> None:
+        # A closed loop raises RuntimeError: nobody waits for this late outcome any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._settle, key, outcome)
+
+    def _settle(self, key: tuple[int, int], outcome: tuple[bool, Any, Any]) -> None:
+        future = self._futures.get(key)
+        if future is not None and not future.done():
+            future.set_result(outcome)
 
 
 def check_no_running_loop() -> None:
@@ -108,11 +202,37 @@ def check_no_running_loop() -> None:
     )
 
 
+#: A started attempt: its number, its task, and the future of its call in a pool thread.
+_Entry = tuple[int, "asyncio.Task[AttemptOutcome]", "asyncio.Future[Any] | None"]
+
+
+def _abandon(entry: _Entry, cleaning: set[asyncio.Task[Any]]) -> None:
+    """Cancel a started attempt; its task joins ``cleaning`` until it has run its cleanup."""
+    task = entry[1]
+    task.cancel()
+    if not task.done():
+        cleaning.add(task)
+        task.add_done_callback(cleaning.discard)
+    if entry[2] is not None:
+        entry[2].cancel()  # also when the task never ran: the call must not start
+
+
+async def _let_clean_up(tasks: set[asyncio.Task[Any]]) -> None:
+    """Wait (a bounded time) until cancelled tasks have run their ``finally`` blocks.
+
+    Once the driver returns, ``asyncio.run`` cancels what is left once more, which would cut
+    a cleanup that awaits short; a unit that ignores its cancellation does not hold the run.
+    """
+    if tasks:
+        await asyncio.wait(set(tasks), timeout=_CLEANUP_SECONDS)
+
+
 class AsyncBackend(Backend):
     """Run units on an event loop (see the module docstring).
 
     Args:
-        max_workers: How many units may run at once; None for no limit.
+        max_workers: How many units may run at once, and the size of the thread pool for
+            plain functions; None: no cap on coroutines, and the default pool size.
 
     .. versionadded:: 0.1
     """
@@ -130,6 +250,15 @@ class AsyncBackend(Backend):
         """The cap on concurrent units, if any."""
         return self.max_workers
 
+    def lane_of(self, graph: Graph) -> list[int] | None:
+        """Coroutine units in lane 0, plain functions in lane 1, when the graph has both.
+
+        A plain function waits for a free thread in its own ready queue, so it never holds
+        back a coroutine that could start.
+        """
+        lanes = [0 if inspect.iscoroutinefunction(u.function) else 1 for u in graph.units]
+        return lanes if 0 in lanes and 1 in lanes else None
+
     def run(self, run: Run) -> None:
         """Run the driver with ``asyncio.run`` (there must be no running loop here).
 
@@ -146,68 +275,102 @@ class AsyncBackend(Backend):
         previous_wake = run.wake
 
         def wake_up() -> None:
-            loop.call_soon_threadsafe(wake.set)
+            # Pool threads call this too, possibly once the run is over and the loop closed.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(wake.set)
 
         run.wake = wake_up
-        tasks: dict[int, tuple[int, asyncio.Task[Any]]] = {}
+        plain_units = run.is_async.count(False)
+        plain = None
+        if plain_units:
+            size = min(self.max_workers or default_thread_workers(), plain_units)
+            plain = PlainCalls(run, loop, size, wake_up)
+        tasks: dict[int, _Entry] = {}
+        cleaning: set[asyncio.Task[Any]] = set()
         try:
-            await self._drive(run, wake, tasks)
+            await self._drive(run, wake, tasks, plain, cleaning)
         except BaseException as error:
-            for _, task in tasks.values():
-                task.cancel()
+            for entry in tasks.values():
+                _abandon(entry, cleaning)
             run.report(run.interrupt("interrupted", error))
             raise
         finally:
             run.wake = previous_wake
+            if plain is not None:
+                plain.close()
+            await _let_clean_up(cleaning)
 
     async def _drive(
-        self, run: Run, wake: asyncio.Event, tasks: dict[int, tuple[int, asyncio.Task[Any]]]
+        self,
+        run: Run,
+        wake: asyncio.Event,
+        tasks: dict[int, _Entry],
+        plain: PlainCalls | None,
+        cleaning: set[asyncio.Task[Any]],
     ) -> None:
-        sched, clock = run.scheduler, run.clock
+        sched, clock, is_async = run.scheduler, run.clock, run.is_async
         limit = self.max_workers
-        finished: list[tuple[int, int, asyncio.Task[Any]]] = []
+        finished: list[tuple[int, int, asyncio.Task[AttemptOutcome]]] = []
+        # A lane holding plain functions starts units only while a pool thread is free.
+        needs_thread = [False] * sched.lanes
+        lane_of = sched.lane_of
+        for i, coroutine in enumerate(is_async):
+            if not coroutine:
+                needs_thread[lane_of[i]] = True
 
-        def on_done(i: int, attempt: int, task: asyncio.Task[Any]) -> None:
+        def on_done(i: int, attempt: int, task: asyncio.Task[AttemptOutcome]) -> None:
             finished.append((i, attempt, task))
             wake.set()
 
         while sched.is_active():
             if run.cancel_requested.is_set():
-                for _, task in tasks.values():
-                    task.cancel()
-                run.report(run.interrupt("cancel() was called"))
+                transitions = run.stop_requested()
+                for entry in tasks.values():
+                    _abandon(entry, cleaning)
+                run.report(transitions)
                 return
             now = clock()
             if sched.has_deadlines:
-                _stop_abandoned(run, sched.advance(now), tasks)
+                _stop_abandoned(run, sched.advance(now), tasks, cleaning)
             if sched.to_decide or sched.outbox:
-                _stop_abandoned(run, run.settle_decisions(), tasks)
+                _stop_abandoned(run, run.settle_decisions(), tasks, cleaning)
             while limit is None or len(tasks) < limit:
-                i = sched.start_next(now)
+                lane = 0 if plain is None else self._next_lane(sched, needs_thread, plain)
+                i = sched.start_next(now, lane) if lane >= 0 else -1
                 if i < 0:
                     break
                 attempt = sched.attempts[i]
                 if run.dispatcher.unit_started:
                     run.emit_started(i, attempt, now)
-                task = asyncio.create_task(call_async(run, i, attempt))
+                called = None
+                if is_async[i]:
+                    task = asyncio.create_task(call_async(run, i, attempt))
+                else:
+                    assert plain is not None
+                    called = plain.start(i, attempt)
+                    task = asyncio.create_task(finish_plain(run, i, called))
                 task.add_done_callback(functools.partial(on_done, i, attempt))
-                tasks[i] = (attempt, task)
+                tasks[i] = (attempt, task, called)
             while finished:
                 i, attempt, task = finished.pop()
-                entry = tasks.get(i)
-                if entry is not None and entry[0] == attempt:
+                current = tasks.get(i)
+                if current is not None and current[0] == attempt:
                     del tasks[i]
                 self._settle(run, i, attempt, task)
             if (
                 not sched.is_active()
-                or (sched.ready_count and (limit is None or len(tasks) < limit))
+                or (
+                    sched.ready_count
+                    and (limit is None or len(tasks) < limit)
+                    and (plain is None or self._next_lane(sched, needs_thread, plain) >= 0)
+                )
                 or sched.to_decide
                 or sched.outbox
             ):
                 continue
             deadline = sched.next_deadline()
             wake.clear()
-            if finished:
+            if finished or run.cancel_requested.is_set():
                 continue
             timeout = None if deadline is None else max(0.0, deadline - clock())
             try:
@@ -217,7 +380,16 @@ class AsyncBackend(Backend):
                 pass
 
     @staticmethod
-    def _settle(run: Run, i: int, attempt: int, task: asyncio.Task[Any]) -> None:
+    def _next_lane(sched: Scheduler, needs_thread: list[bool], plain: PlainCalls) -> int:
+        """The lane to start from: its best ready unit comes first in priority order.
+
+        A lane of plain functions counts only while a pool thread is free; -1: no lane.
+        """
+        free = plain.free > 0
+        return sched.best_lane([free or not gated for gated in needs_thread])
+
+    @staticmethod
+    def _settle(run: Run, i: int, attempt: int, task: asyncio.Task[AttemptOutcome]) -> None:
         sched = run.scheduler
         now = run.clock()
         if task.cancelled():
@@ -228,28 +400,41 @@ class AsyncBackend(Backend):
             return
         error = task.exception()
         if error is None:
-            value, metrics = task.result()
+            ok, value, metrics = task.result()
+            if not ok:
+                run.report(sched.fail(i, attempt, value, now))
+                return
             if metrics:
                 run.unit_metrics[i] = metrics
             if sched.complete(i, attempt, value, now) >= 0 and run.dispatcher.unit_finished:
                 run.emit_finished(i, attempt, now)
+        elif isinstance(error, UnitInterrupt):
+            # Raised once every outcome at hand is settled, so none of them is lost.
+            run.hand_over_interrupt(error.error)
         else:
             run.report(sched.fail(i, attempt, error, now))
 
 
 def _stop_abandoned(
-    run: Run, transitions: list[Transition], tasks: dict[int, tuple[int, asyncio.Task[Any]]]
+    run: Run,
+    transitions: list[Transition],
+    tasks: dict[int, _Entry],
+    cleaning: set[asyncio.Task[Any]],
 ) -> None:
-    """Cancel the tasks of attempts the scheduler stopped (timeouts, cancel_rest); report."""
+    """Abandon the attempts the scheduler stopped (timeouts, cancel_rest), then report."""
     for t in transitions:
-        entry = tasks.pop(t.index, None) if t.was_running else None
-        if entry is not None:
-            entry[1].cancel()
+        abandoned = tasks.pop(t.index, None) if t.was_running else None
+        if abandoned is not None:
+            _abandon(abandoned, cleaning)
     run.report(transitions)
 
 
 class AsyncLane(FutureLane):
-    """Coroutine units of a mixed run, on an event loop in a background thread."""
+    """Coroutine units of a mixed run, on an event loop in a background thread.
+
+    Plain functions sent here (``resource_type: "async"``) run on a pool of ``max_workers``
+    threads (default ``min(32, cpu_count + 4)``) and their awaitables on the loop.
+    """
 
     name = "async"
     calls_in_process = True  # call_async consults the run's cache itself
@@ -267,6 +452,7 @@ class AsyncLane(FutureLane):
             target=self._loop.run_forever, name="quantum-partitioner-loop", daemon=True
         )
         self._thread.start()
+        self._plain: PlainCalls | None = None
 
     def has_room(self) -> bool:
         """Whether fewer than ``max_workers`` units are running on the loop."""
@@ -274,14 +460,36 @@ class AsyncLane(FutureLane):
 
     def submit(self, i: int, attempt: int) -> None:
         """Schedule the attempt on the loop."""
-        coroutine = call_async(self._run, i, attempt)
+        run = self._run
+        coroutine = call_async(run, i, attempt) if run.is_async[i] else self._call_plain(i, attempt)
         self._watch(i, attempt, asyncio.run_coroutine_threadsafe(coroutine, self._loop))
 
+    async def _call_plain(self, i: int, attempt: int) -> AttemptOutcome:
+        if self._plain is None:  # the first plain function of the run starts the pool
+            size = self.capacity or default_thread_workers()
+            self._plain = PlainCalls(self._run, self._loop, size, lambda: self._post(None))
+        return await finish_plain(self._run, i, self._plain.start(i, attempt))
+
     def close(self, *, cancel: bool) -> None:
-        """Cancel what runs (the loop stops either way), stop the loop and its thread."""
+        """Cancel what runs, let it clean up (``finally`` blocks), then stop the loop."""
         del cancel
         super().close(cancel=True)
+        done = asyncio.run_coroutine_threadsafe(self._shut_down(), self._loop)
+        # A unit that ignores its cancellation must not hold the run: stop the loop anyway.
+        with contextlib.suppress(TimeoutError):
+            done.result(timeout=_CLEANUP_SECONDS)
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=_CLEANUP_SECONDS)
         if not self._thread.is_alive():
             self._loop.close()
+
+    async def _shut_down(self) -> None:
+        """Cancel every task left on the loop and wait until each has run its cleanup."""
+        if self._plain is not None:
+            self._plain.close()
+        me = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not me]
+        for task in tasks:
+            if not task.cancelling():  # cancelling twice would cut its cleanup short
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -7,10 +7,19 @@ runs next: it asks the run's scheduler. Each backend:
   ``complete`` or ``fail``, passing the attempt number so late outcomes are ignored;
 * waits for ``scheduler.next_deadline()`` when nothing else is due, then calls ``advance``;
   for each transition with ``was_running`` it stops or abandons that attempt;
+* before starting units, whenever ``scheduler.to_decide`` or ``scheduler.outbox`` is
+  non-empty, calls ``run.settle_decisions()`` (it asks ``when=`` conditions, in the caller's
+  process) and treats its transitions as those of ``advance`` (``cancel_rest`` may stop
+  running attempts); a decision may end the run, so it checks ``is_active()`` again;
 * hands every transition to ``run.report`` and, only when instruments listen, calls
   ``run.emit_started`` / ``run.emit_finished``;
 * on ``KeyboardInterrupt`` (or any error of its own) calls ``run.interrupt`` so every
-  unfinished unit is CANCELED and completed results are kept, cleans up, and re-raises.
+  unfinished unit is CANCELED and completed results are kept, cleans up, and re-raises;
+* fails a unit with whatever it raised in another process (a worker, a process pool, a Dask
+  cluster), ``BaseException`` subclasses included: code that runs a unit elsewhere raises a
+  ``KeyboardInterrupt``, ``SystemExit`` or other non-``Exception`` as
+  :class:`CarriedBaseException` (the process there may not survive it otherwise) and the
+  driver fails the unit with the exception it carries.
 
 Why a ``run(run)`` method rather than ``submit``/``wait``: the thread backend is fastest when
 a worker that finishes a unit picks its next one itself under the scheduler's lock, which a
@@ -19,14 +28,81 @@ submit/wait split would route through one more thread.
 
 from __future__ import annotations
 
+import pickle
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._graph import Graph
     from .._run import Run
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "CarriedBaseException", "check_sendable", "root_cause"]
+
+#: Results that can always be sent: not worth checking.
+_SENDABLE_TYPES: Final = frozenset({int, float, complex, str, bytes, bytearray, bool, type(None)})
+
+
+class CarriedBaseException(Exception):  # noqa: N818 - it carries one, it is not an error
+    """A ``BaseException`` (not an ``Exception``) a unit raised in another process, carried back.
+
+    Raised there in its place, so the worker, pool or cluster treats it as an ordinary error
+    of the call; the driver fails the unit with ``error`` (it interrupts nothing here).
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        """Carry ``error``."""
+        super().__init__(error)
+        self.error = error
+
+
+def check_sendable(
+    unit_id: str, value: Any, where: str, serialize: Callable[[Any], object] | None = None
+) -> None:
+    """Raise if a unit's result cannot leave the process it ran in (``where``).
+
+    What carries it (a process pool, a Dask cluster) would fail only later, without naming
+    the unit, or (Dask) lose the result of a unit reported COMPLETED. The standard pickle,
+    with buffers out of band so large arrays are not copied, settles most values; the
+    carrier's own ``serialize`` gets the last word on the rest.
+
+    Raises:
+        TypeError: Naming the unit and the value's type.
+    """
+    if type(value) in _SENDABLE_TYPES:
+        return
+    try:
+        pickle.dumps(value, protocol=5, buffer_callback=_drop)
+    except Exception as error:
+        problem = error
+    else:
+        return
+    if serialize is not None:
+        try:
+            serialize(value)
+        except Exception as error:
+            problem = error
+        else:
+            return
+    raise TypeError(
+        f"unit {unit_id!r}: its result {type(value).__name__} cannot be sent from {where}: "
+        f"{root_cause(problem)}"
+    ) from problem
+
+
+def _drop(buffer: Any) -> None:
+    """Drop an out-of-band buffer: only whether the value pickles matters."""
+    del buffer
+
+
+def root_cause(error: BaseException) -> str:
+    """The innermost explicit cause of ``error`` (serializers wrap errors), as text."""
+    seen = {id(error)}
+    while error.__cause__ is not None and id(error.__cause__) not in seen:
+        error = error.__cause__
+        seen.add(id(error))
+    return f"{type(error).__name__}: {error}"
 
 
 class Backend(ABC):

@@ -32,6 +32,12 @@ Policy:
     * Cancellation (``cancel()``, Ctrl-C, ``fail_fast``): the futures of every attempt that
       should not run are cancelled on the cluster (``client.cancel``), nothing of the run is
       left queued there, and completed results are kept.
+    * Whatever a unit raises fails it, ``BaseException`` subclasses included: on a worker,
+      ``KeyboardInterrupt`` or ``SystemExit`` would take the worker down (Dask would
+      reschedule the task and end with ``KilledWorker``), so the task carries them back as an
+      ordinary exception and the unit is FAILED with the original.
+    * A result that cannot be serialized (so could never reach the caller or another worker)
+      fails its unit on the worker, with an error naming the unit and the value's type.
     * When the client loses its scheduler, every unit in flight is FAILED with
       :class:`BrokenBackendError` saying so, and so is every unit that would start later;
       results already gathered are kept.
@@ -63,7 +69,7 @@ from .._context import ExecutionContext
 from .._errors import BrokenBackendError, InternalError
 from .._events import UnitFinished
 from .._graph import UnitState
-from ._base import Backend
+from ._base import Backend, CarriedBaseException, check_sendable, root_cause
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -140,10 +146,23 @@ def run_attempt(  # noqa: PLR0917 - called by Dask with positional arguments onl
         for name, value in zip(names, inputs, strict=True)
     }
     ctx = ExecutionContext(context, results, unit_id, attempt, mode, None, -1, upstream_errors)
-    value = function(ctx)
-    if inspect.iscoroutine(value):  # an async def unit, or a function that returned one
-        value = asyncio.run(value)
+    try:
+        value = function(ctx)
+        if inspect.iscoroutine(value):  # an async def unit, or a function that returned one
+            value = asyncio.run(value)
+    except Exception:
+        raise
+    except BaseException as error:  # it must fail the unit, not the worker
+        raise CarriedBaseException(error).with_traceback(error.__traceback__) from None
+    check_sendable(unit_id, value, "the Dask worker", _serialize)
     return UnitOutput(value, ctx.metrics, _worker_address())
+
+
+def _serialize(value: Any) -> None:
+    """Serialize ``value`` as Dask would to move it, or raise."""
+    from distributed.protocol.serialize import serialize  # noqa: PLC0415 - on every worker
+
+    serialize(value, on_error="raise")
 
 
 def _fetch_output(value: Any) -> Any:
@@ -498,7 +517,7 @@ class _DaskRun:
             failure: BaseException
             if self.client.status == "running":
                 failure = TypeError(
-                    f"unit {name!r} cannot be sent to the Dask cluster: {_root_cause(error)}"
+                    f"unit {name!r} cannot be sent to the Dask cluster: {root_cause(error)}"
                 )
             else:  # the client closed under us
                 self._break(_went_away(f"the client is {self.client.status}"))
@@ -604,6 +623,8 @@ class _DaskRun:
         name = self.run.graph.names[i]
         if future.status == "error":
             error: BaseException = future.exception()
+            if isinstance(error, CarriedBaseException):
+                error = error.error
             traceback = future.traceback()
             if traceback is not None:
                 error = error.with_traceback(traceback)
@@ -836,15 +857,6 @@ class _Failed(NamedTuple):
     """An outcome decided here: an attempt that could not be handed to Dask."""
 
     error: BaseException
-
-
-def _root_cause(error: BaseException) -> str:
-    """The innermost explicit cause of ``error`` (Dask wraps pickling errors), as text."""
-    seen = {id(error)}
-    while error.__cause__ is not None and id(error.__cause__) not in seen:
-        error = error.__cause__
-        seen.add(id(error))
-    return f"{type(error).__name__}: {error}"
 
 
 def _went_away(reason: str) -> str:

@@ -5,7 +5,15 @@ The lane keeps at most as many attempts in flight as the executor has workers (i
 would let the executor's FIFO queue, not the scheduler, decide the order, and a unit's
 timeout would count time spent waiting in that queue. Each attempt is one call of
 :func:`call_unit` with the unit's function and its context (which pickles with only the
-unit's own inputs), so process-based executors work with picklable functions.
+unit's own inputs), so process-based executors work with picklable functions. Where the
+call runs in another process, whatever the unit raises fails it, ``BaseException``
+subclasses included (carried back, see :class:`CarriedBaseException`), and a result that
+cannot be pickled fails it with an error naming the unit and the value's type.
+
+Whether a unit's ``KeyboardInterrupt`` or ``SystemExit`` interrupts the run depends on where
+it was raised, not on the executor's class: :func:`call_unit` compares the process it runs
+in with the caller's. In the caller's process (a thread pool) it stops the run as Ctrl-C
+would; in another (a process pool) it fails the unit.
 
 At a timeout the attempt's future is cancelled if it has not started; if it has, the unit is
 TIMEOUT at its deadline, its late result is discarded, and the executor's worker stays busy
@@ -17,8 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from .._errors import UnitInterrupt, interrupts_run
+from ._base import CarriedBaseException, check_sendable
 from ._lanes import FutureLane, LaneBackend
 
 if TYPE_CHECKING:
@@ -31,12 +43,54 @@ __all__ = ["ExecutorBackend", "ExecutorLane", "call_unit"]
 
 
 def call_unit(
-    function: Callable[[ExecutionContext], Any], ctx: ExecutionContext
-) -> tuple[Any, dict[str, Any] | None]:
-    """Call one unit where the executor runs it; return its result and recorded metrics."""
+    function: Callable[[ExecutionContext], Any],
+    ctx: ExecutionContext,
+    caller_pid: int,
+    serialize: Callable[[Any], object] | None = None,
+) -> tuple[bool, Any, dict[str, Any] | None]:
+    """Call one unit where the executor runs it: ``(True, result, metrics)``, or raise.
+
+    ``caller_pid`` is the id of the process that submitted the call. In that process, a
+    ``KeyboardInterrupt`` or ``SystemExit`` the unit raises is raised as
+    :class:`UnitInterrupt` (the run stops) and anything else propagates and fails the unit.
+    In another process, a ``BaseException`` is raised as :class:`CarriedBaseException` (a
+    pool's or cluster's worker may not survive it otherwise) and a result that cannot be sent
+    back raises ``TypeError`` naming the unit: one the standard pickle refuses, unless
+    ``serialize`` (how the executor sends results, if not with that pickle) accepts it.
+    """
     is_async = inspect.iscoroutinefunction(function)
-    value = asyncio.run(function(ctx)) if is_async else function(ctx)
-    return value, ctx.metrics
+    if caller_pid == os.getpid():
+        try:
+            value = asyncio.run(function(ctx)) if is_async else function(ctx)
+        except BaseException as error:
+            if interrupts_run(error):
+                raise UnitInterrupt(error) from None
+            raise
+        return True, value, ctx.metrics
+    try:
+        value = asyncio.run(function(ctx)) if is_async else function(ctx)
+    except Exception:
+        raise
+    except BaseException as error:  # it must fail the unit, not the executor's worker
+        raise CarriedBaseException(error).with_traceback(error.__traceback__) from None
+    check_sendable(ctx.unit_id, value, "the executor's worker process", serialize)
+    return True, value, ctx.metrics
+
+
+def _result_serializer(executor: Executor) -> Callable[[Any], object] | None:
+    """How ``executor`` may send results besides the standard pickle, as far as one can tell.
+
+    ``ProcessPoolExecutor`` uses that pickle alone; others (loky, Dask's) fall back on
+    cloudpickle, where it is installed.
+    """
+    if isinstance(executor, ProcessPoolExecutor):
+        return None
+    try:
+        import cloudpickle  # noqa: PLC0415 - optional
+    except ImportError:  # pragma: no cover - the extra is part of the test install
+        return None
+    dumps: Callable[[Any], object] = cloudpickle.dumps
+    return dumps
 
 
 class ExecutorLane(FutureLane):
@@ -58,7 +112,9 @@ class ExecutorLane(FutureLane):
         self.executor = executor
         own = getattr(executor, "_max_workers", None)
         self.capacity = own if isinstance(own, int) and own > 0 else (max_workers or 32)
+        self._serialize = _result_serializer(executor)
         self._futures = {}
+        self._caller_pid = os.getpid()
 
     def has_room(self) -> bool:
         """Whether fewer attempts than the executor's workers are in flight."""
@@ -69,7 +125,9 @@ class ExecutorLane(FutureLane):
         run = self._run
         ctx = run.context_for(i, attempt)
         try:
-            future = self.executor.submit(call_unit, run.graph.units[i].function, ctx)
+            future = self.executor.submit(
+                call_unit, run.graph.units[i].function, ctx, self._caller_pid, self._serialize
+            )
         except Exception as error:  # a shut-down or broken executor fails the attempt
             self._post((i, attempt, False, error, None))
             return

@@ -11,6 +11,11 @@ A lane only runs attempts: the driver tells it to ``submit`` one, to ``abandon``
 timed out or was cancelled, and that an outcome was ``settled``; the lane posts
 ``(index, attempt, ok, value_or_error, metrics)`` when an attempt ends, or ``None`` to wake
 the driver (for example when a replacement worker is ready).
+
+A lane whose attempts run in the caller's process hands a ``KeyboardInterrupt`` or
+``SystemExit`` a unit raised to the driver (``Run.hand_over_interrupt``) instead of posting
+it: the driver then stops the run as for Ctrl-C and raises it. Raised in another process,
+they are posted like any failure and fail the unit (``interrupts_run``).
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ import queue
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
-from .._errors import InternalError, UnitCancelledError
-from ._base import Backend
+from .._errors import InternalError, UnitCancelledError, UnitInterrupt
+from ._base import Backend, CarriedBaseException
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -73,10 +78,13 @@ class Lane(ABC):
 
 
 class FutureLane(Lane):
-    """A lane whose attempts are ``concurrent.futures``-style futures of ``(result, metrics)``.
+    """A lane whose attempts are ``concurrent.futures``-style futures.
 
-    Subclasses start an attempt and hand its future to :meth:`_watch`; settling, abandoning
-    (cancelling the future) and closing are shared.
+    Each future resolves to ``(ok, result or exception, metrics)``, or raises: an error from
+    the executor itself (the attempt fails with it), or :class:`UnitInterrupt` for a
+    ``KeyboardInterrupt`` or ``SystemExit`` a unit raised in the caller's process (handed to
+    the driver). Subclasses start an attempt and hand its future to :meth:`_watch`;
+    settling, abandoning (cancelling the future) and closing are shared.
     """
 
     def open(self, run: Run, post: Callable[[Outcome], None]) -> None:
@@ -100,8 +108,15 @@ class FutureLane(Lane):
                 return
             error = f.exception()
             if error is None:
-                value, metrics = f.result()
-                post((i, attempt, True, value, metrics))
+                ok, value, metrics = f.result()
+                post((i, attempt, ok, value, metrics))
+            elif isinstance(error, UnitInterrupt):
+                self._run.hand_over_interrupt(error.error)
+            elif isinstance(error, CarriedBaseException):  # raised in another process
+                carried = error.error.with_traceback(error.__traceback__)
+                if carried.__cause__ is None:  # a process pool's remote traceback
+                    carried.__cause__ = error.__cause__
+                post((i, attempt, False, carried, None))
             else:
                 post((i, attempt, False, error, None))
 
@@ -195,7 +210,7 @@ class LaneBackend(Backend):
             if run.cancel_requested.is_set():
                 for i, attempt in in_flight.items():
                     lanes[lane_of[i]].abandon(i, attempt)
-                run.report(run.interrupt("cancel() was called"))
+                run.report(run.stop_requested())
                 return
             now = clock()
             if sched.has_deadlines:

@@ -16,8 +16,13 @@ stop one running call on a timeout. Here the driver knows which unit each worker
 
 Workers are fresh interpreters (``python -m quantum_partitioner._process_worker``), started
 in their own session so terminal signals reach only the parent, which stops them; they exit
-by themselves if the parent dies. Each worker reports ``ready`` before it gets work, so a
-unit's timeout never counts a worker's start-up.
+by themselves if the parent dies. Each worker imports the modules the run's functions come
+from, then reports ``ready`` before it gets work, so neither a unit's timeout nor its
+duration counts a worker's start-up (the trace shows it as its own slice).
+
+Each worker holds a *slot*, ``0 .. max_workers - 1``; a replacement takes the slot of the
+worker it replaces, and each attempt is recorded with its slot (``Run.attempt_workers``), so
+traces and reports draw one track per slot: never more than could run at once.
 
 Until it is ready, a worker's stderr is a pipe the reader thread collects (then it switches to
 the caller's stderr and what it wrote is passed on). A worker that exits before it is ready
@@ -30,6 +35,7 @@ ends (completed results kept) instead of spawning workers forever.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import pickle
@@ -81,10 +87,11 @@ class RemoteUnitError(Exception):
 
 def _load_cloudpickle() -> Any:
     try:
-        import cloudpickle  # noqa: PLC0415 - an optional dependency, loaded when needed
-    except ImportError:  # pragma: no cover - the extra is part of the test install
+        import cloudpickle  # noqa: PLC0415 - loaded by the runs that send functions
+    except ImportError:  # pragma: no cover - a dependency of the package, so installed with it
         raise ImportError(
-            "ExecutionMode.PROCESS needs cloudpickle: pip install 'quantum-partitioner[processes]'"
+            "ExecutionMode.PROCESS needs cloudpickle, a dependency of quantum-partitioner "
+            "that is missing: pip install cloudpickle"
         ) from None
     return cloudpickle
 
@@ -98,6 +105,8 @@ class _Worker:
         "outbox",
         "process",
         "ready",
+        "slot",
+        "spawned_at",
         "start_log",
         "start_stderr",
         "started",
@@ -110,6 +119,10 @@ class _Worker:
         outbox: Connection,
         start_stderr: int,
     ) -> None:
+        #: Its place among the lane's workers, as traces name it ("process slot 1").
+        self.slot = ""
+        #: When it was started (the run's clock), until it is ready.
+        self.spawned_at: float | None = None
         self.process = process
         self.inbox = inbox  # we write attempts here
         self.outbox = outbox  # the worker writes outcomes here
@@ -144,8 +157,9 @@ class ProcessLane(Lane):
         self._closing = False
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
-        #: Attempts whose idle worker died between ``has_room`` and ``submit``: they go to
-        #: the next idle worker (its replacement) before any new attempt.
+        #: Attempts whose idle worker died before it had them (between ``has_room`` and
+        #: ``submit``, or while they were sent): they go to the next idle worker (its
+        #: replacement) before any new attempt.
         self._held: deque[tuple[int, int]] = deque()
         self._failed_starts = 0
         #: Why workers cannot start, once the lane gave up on them.
@@ -172,6 +186,7 @@ class ProcessLane(Lane):
             starting = self._reader is None
             if starting:
                 self._wake_r, self._wake_w = os.pipe()
+            self._preload = _modules_of(run)
             for _ in range(min(self.size, max(1, len(run.graph))) - len(self._workers)):
                 self._spawn()
         if starting:
@@ -200,10 +215,14 @@ class ProcessLane(Lane):
         child_in, parent_out = os.pipe()
         parent_in, child_out = os.pipe()
         start_r, start_w = os.pipe()  # its stderr until it is ready
-        console = os.dup(2)  # its stderr from then on: ours
+        try:
+            console = os.dup(2)  # its stderr from then on: ours
+        except OSError:  # we have none (a daemon): neither has it
+            console = os.open(os.devnull, os.O_WRONLY)
         env = dict(os.environ)
         # The worker imports the caller's modules by name, so it gets the caller's path.
         env["PYTHONPATH"] = os.pathsep.join(p or str(Path.cwd()) for p in sys.path)
+        env.update(self._preload)
         command = [sys.executable, "-m", "quantum_partitioner._process_worker"]
         try:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
@@ -227,6 +246,11 @@ class ProcessLane(Lane):
             Connection(parent_in, writable=False),
             start_r,
         )
+        taken = {w.slot for w in self._workers}
+        worker.slot = next(
+            name for k in range(1, len(taken) + 2) if (name := f"process slot {k}") not in taken
+        )  # the lowest free one: a replacement takes the slot of the worker it replaces
+        worker.spawned_at = self._run.clock()
         self._workers.append(worker)
         self._wake_reader()
 
@@ -236,6 +260,12 @@ class ProcessLane(Lane):
 
     def close(self, *, cancel: bool) -> None:
         """End the run: keep idle workers if reusing, else stop them all."""
+        run = self._run
+        with self._lock:
+            for worker in self._workers:  # still starting: its start-up lasted the run out
+                if worker.spawned_at is not None:
+                    run.worker_startups.append((worker.slot, worker.spawned_at, run.clock()))
+                    worker.spawned_at = None
         if self.reuse and not cancel:
             with self._lock:
                 busy = [w for w in self._workers if w.job is not None]
@@ -304,6 +334,7 @@ class ProcessLane(Lane):
                 self._held.append((i, attempt))
                 return
             worker.job = (i, attempt)
+        run.attempt_workers[i, attempt] = worker.slot
         try:
             messages = self._messages_for(worker, i, attempt)
         except Exception as error:
@@ -314,8 +345,12 @@ class ProcessLane(Lane):
         try:
             for message in messages:
                 worker.inbox.send_bytes(message)
-        except OSError:
-            pass  # the worker died; the reader sees it and fails this attempt
+        except OSError:  # the worker died before it had the attempt: it never started
+            with self._lock:
+                if worker.job == (i, attempt):  # not yet failed by the reader: hold it
+                    worker.job = None
+                    worker.ready = False
+                    self._held.append((i, attempt))
         else:
             worker.has_context = True
             worker.functions.add(id(unit.function))
@@ -413,6 +448,10 @@ class ProcessLane(Lane):
     def _receive(self, worker: _Worker, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "ready":
+            run = self._run
+            if worker.spawned_at is not None:  # shown as its own slice, on its slot's track
+                run.worker_startups.append((worker.slot, worker.spawned_at, run.clock()))
+                worker.spawned_at = None
             # The worker switched to our stderr before it said so: what it wrote until
             # then is all in the pipe, and belongs on our stderr too.
             _drain_start_log(worker)
@@ -520,6 +559,32 @@ def _close_start_stderr(worker: _Worker) -> None:
         with contextlib.suppress(OSError):
             os.close(worker.start_stderr)
         worker.start_stderr = -1
+
+
+def _modules_of(run: Run) -> dict[str, str]:
+    """The modules the run's functions live in, for workers to import as they start.
+
+    Returned as the worker's environment entry that names them.
+
+    Importing them is part of a worker's start-up, not of the first unit it runs. Functions
+    of ``__main__`` travel by value, so that module is never imported.
+    """
+    modules: set[str] = set()
+    seen: set[int] = set()
+    for unit in run.graph.units:
+        fn: Any = unit.function
+        if id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        while isinstance(fn, functools.partial):
+            fn = fn.func
+        module = getattr(fn, "__module__", None)
+        if isinstance(module, str) and module != "__main__":
+            modules.add(module)
+    # The worker module needs cloudpickle, which open() has just found.
+    from .._process_worker import PRELOAD_VARIABLE  # noqa: PLC0415
+
+    return {PRELOAD_VARIABLE: ",".join(sorted(modules))}
 
 
 def _rebuild_error(message: tuple[Any, ...]) -> BaseException:

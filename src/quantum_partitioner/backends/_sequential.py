@@ -3,11 +3,17 @@
 This is the reference semantics and it is deterministic: the same graph always runs in the
 same order. A unit cannot be interrupted in the calling thread, so a unit that returns after
 its timeout is marked TIMEOUT and its result discarded. While a retry waits for its backoff,
-other ready units run; the thread sleeps only when nothing else can.
+other ready units run; the thread sleeps only when nothing else can, on a ``SimpleQueue``
+that ``cancel()`` can wake without taking a lock (so from a signal handler too).
+
+A unit runs in this very thread, so a ``KeyboardInterrupt`` or ``SystemExit`` it raises
+reaches the driver as Ctrl-C would, and stops the run the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
 from typing import TYPE_CHECKING
 
@@ -41,10 +47,12 @@ class SequentialBackend(Backend):
         attempts = sched.attempts
         dispatcher = run.dispatcher
         started_hooks, finished_hooks = dispatcher.unit_started, dispatcher.unit_finished
+        wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
+        previous_wake, run.wake = run.wake, lambda: wakeups.put(None)
         try:
             while sched.is_active():
                 if run.cancel_requested.is_set():
-                    report(run.interrupt("cancel() was called"))
+                    report(run.stop_requested())
                     break
                 now = clock()
                 if sched.has_deadlines:
@@ -54,7 +62,7 @@ class SequentialBackend(Backend):
                     continue  # a decision may have ended the run
                 i = start_next(now)
                 if i < 0:
-                    _sleep_until_deadline(run, now)
+                    _sleep_until_deadline(run, now, wakeups)
                     continue
                 attempt = attempts[i]
                 if started_hooks:
@@ -71,13 +79,16 @@ class SequentialBackend(Backend):
         except BaseException as error:
             report(run.interrupt("interrupted", error))
             raise
+        finally:
+            run.wake = previous_wake
 
 
-def _sleep_until_deadline(run: Run, now: float) -> None:
+def _sleep_until_deadline(run: Run, now: float, wakeups: queue.SimpleQueue[None]) -> None:
     sched = run.scheduler
     deadline = sched.next_deadline()
     if deadline is None:
         raise InternalError("no unit is ready, running or waiting, yet the run is not over")
     if deadline > now:
         # cancel() cuts the wait short; far deadlines are waited for in steps.
-        run.cancel_requested.wait(min(deadline - now, threading.TIMEOUT_MAX))
+        with contextlib.suppress(queue.Empty):
+            wakeups.get(timeout=min(deadline - now, threading.TIMEOUT_MAX))

@@ -2,18 +2,19 @@
 
 Pure THREAD mode uses the faster :mod:`._threads` backend, whose workers pull from the
 scheduler themselves; in a mixed run one driver feeds several lanes, and this is the thread
-one. Timeouts behave as in THREAD mode: the stuck thread is retired (its late outcome is
-ignored) and a fresh one takes its place, so the lane keeps its full size.
+one, on a :class:`~._pool.DaemonPool`. Timeouts behave as in THREAD mode: an attempt is
+handed over only to a free thread, so its timeout counts from when it starts; an abandoned
+attempt that no thread has picked up never starts; a thread stuck in one is retired (its late
+outcome is ignored) and a fresh one takes its place, so the lane keeps its full size.
 """
 
 from __future__ import annotations
 
-import itertools
-import queue
-import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from .._errors import interrupts_run
 from ._lanes import Lane
+from ._pool import DaemonPool
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -22,16 +23,6 @@ if TYPE_CHECKING:
     from ._lanes import Outcome
 
 __all__ = ["ThreadLane"]
-
-_ids = itertools.count(1)
-
-
-class _Slot:
-    __slots__ = ("job", "retired")
-
-    def __init__(self) -> None:
-        self.job: tuple[int, int] | None = None
-        self.retired = False
 
 
 class ThreadLane(Lane):
@@ -53,42 +44,42 @@ class ThreadLane(Lane):
         """Start the threads."""
         self._run = run
         self._post = post
-        self._jobs: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
-        self._slots: list[_Slot] = []
-        self._lock = threading.Lock()
         self._busy = 0
-        for _ in range(min(self.size, max(1, len(run.graph)))):
-            self._spawn()
+        self._pool: DaemonPool[tuple[int, int]] = DaemonPool(
+            min(self.size, max(1, len(run.graph))),
+            "quantum-partitioner-io",
+            self._call,
+            self._deliver,
+            lambda: post(None),
+        )
+        self._pool.start()
 
-    def _spawn(self) -> None:
-        slot = _Slot()
-        self._slots.append(slot)
-        name = f"quantum-partitioner-io-{next(_ids)}"
-        threading.Thread(target=self._work, args=(slot,), name=name, daemon=True).start()
+    def _call(self, job: tuple[int, int]) -> tuple[bool, Any] | None:
+        i, attempt = job
+        try:
+            return self._run.call(i, attempt)
+        except BaseException as error:
+            if interrupts_run(error):  # KeyboardInterrupt, SystemExit: stop the run
+                self._run.hand_over_interrupt(error)
+                return None
+            return False, error  # from around the unit (its cache): fails the unit
 
-    def _work(self, slot: _Slot) -> None:
-        run, post, jobs = self._run, self._post, self._jobs
-        while not slot.retired:
-            job = jobs.get()
-            if job is None:
-                return
-            slot.job = job
-            i, attempt = job
-            try:
-                ok, value = run.call(i, attempt)
-            except BaseException as error:
-                ok, value = False, error
-            slot.job = None
-            post((i, attempt, ok, value, None))
+    def _deliver(self, job: tuple[int, int], outcome: tuple[bool, Any] | None) -> None:
+        if outcome is None:
+            self._post(None)  # the run is being interrupted: wake the driver
+            return
+        i, attempt = job
+        ok, value = outcome
+        self._post((i, attempt, ok, value, None))
 
     def has_room(self) -> bool:
-        """Whether a thread is free."""
-        return self._busy < self.capacity
+        """Whether a thread is free (and the capacity allows one more)."""
+        return self._pool.free > 0 and self._busy < self.capacity
 
     def submit(self, i: int, attempt: int) -> None:
-        """Queue the attempt for the next free thread."""
+        """Hand the attempt to a free thread."""
         self._busy += 1
-        self._jobs.put((i, attempt))
+        self._pool.submit((i, attempt))
 
     def settled(self, i: int, attempt: int) -> None:
         """A thread finished an attempt."""
@@ -96,18 +87,11 @@ class ThreadLane(Lane):
         self._busy -= 1
 
     def abandon(self, i: int, attempt: int) -> None:
-        """Retire the thread stuck in that attempt and start another in its place."""
+        """Drop the attempt if it has not started, else retire its thread for a fresh one."""
         self._busy -= 1
-        with self._lock:
-            for slot in self._slots:
-                if slot.job == (i, attempt) and not slot.retired:
-                    slot.retired = True
-                    self._spawn()
-                    return
+        self._pool.abandon((i, attempt))
 
     def close(self, *, cancel: bool) -> None:
         """Let idle threads exit; stuck ones are daemons and exit when their unit returns."""
         del cancel
-        for slot in self._slots:
-            if not slot.retired:
-                self._jobs.put(None)
+        self._pool.close()

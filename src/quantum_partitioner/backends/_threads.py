@@ -7,21 +7,28 @@ without a hand-off; it wakes only as many idle workers as there are extra ready 
 ``Future`` is created per unit.
 
 The calling thread is the driver: it sleeps until the next deadline (a timeout or a retry)
-or until the run ends. Threads cannot be killed, so at a unit's timeout the unit becomes
-TIMEOUT, its worker is *retired* (its late result is discarded and it exits when the unit
-returns) and a fresh worker replaces it: the rest of the run keeps its full concurrency, and
-the unit can notice through ``ctx.cancelled``. Workers are daemon threads, so a unit stuck
-forever never keeps the interpreter alive after an interrupt.
+or until the run ends, on a ``SimpleQueue`` rather than under the lock, so ``cancel()`` can
+wake it without taking the lock, from a signal handler too (a handler runs on the main
+thread, which may hold the lock at that moment). Threads cannot be killed, so at a unit's
+timeout the unit becomes TIMEOUT, its worker is *retired* (its late result is discarded and
+it exits when the unit returns) and a fresh worker replaces it: the rest of the run keeps
+its full concurrency, and the unit can notice through ``ctx.cancelled``. Workers are daemon
+threads, so a unit stuck forever never keeps the interpreter alive after an interrupt.
+
+A ``KeyboardInterrupt`` or ``SystemExit`` raised in a worker, by a unit or a callback, is
+handed to the driver (``Run.hand_over_interrupt``), which stops the run as for Ctrl-C and
+raises it in the caller.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import queue
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .._errors import InternalError
+from .._errors import InternalError, interrupts_run
 from ._base import Backend
 
 if TYPE_CHECKING:
@@ -76,7 +83,7 @@ class _ThreadPool:
         self.sched = run.scheduler
         self.lock = threading.Lock()
         self.work = threading.Condition(self.lock)  # idle workers wait here
-        self.main = threading.Condition(self.lock)  # the driver waits here
+        self.wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()  # the driver waits here
         self.idle = 0
         # When the sleeping driver will wake by itself; -inf while it is awake (then nobody
         # needs to wake it: it looks at the deadlines before it sleeps again).
@@ -98,16 +105,11 @@ class _ThreadPool:
                 self._spawn()
             while True:
                 with lock:
+                    self.wake_at = -math.inf
                     self._raise_failure()
                     if not sched.is_active() or run.cancel_requested.is_set():
                         break
-                    deadline = sched.next_deadline()
                     now = clock()
-                    if deadline is None or deadline > now:
-                        self.wake_at = math.inf if deadline is None else deadline
-                        self.main.wait(None if deadline is None else _wait_time(deadline - now))
-                        self.wake_at = -math.inf
-                        now = clock()
                     transitions = sched.advance(now)
                     if sched.to_decide or sched.outbox:
                         transitions += run.settle_decisions()
@@ -115,13 +117,18 @@ class _ThreadPool:
                         if t.was_running:
                             self._retire(t.index)
                     self._wake_workers()
+                    # Every deadline up to now was acted on: the next one is in the future.
+                    deadline = sched.next_deadline()
+                    self.wake_at = math.inf if deadline is None else deadline
                 run.report(transitions)
+                self._sleep(deadline)
             if run.cancel_requested.is_set():
                 with lock:
-                    transitions = run.interrupt("cancel() was called")
+                    transitions = run.stop_requested()
                 run.report(transitions)
             else:
                 self._join_workers()
+                self._raise_handed_over()
         except BaseException as error:
             with lock:
                 transitions = run.interrupt("interrupted", error)
@@ -132,6 +139,23 @@ class _ThreadPool:
                 self.stopping = True
                 self.work.notify_all()
             run.wake = previous_wake
+
+    def _sleep(self, deadline: float | None) -> None:
+        """Wait for a wake-up or until ``deadline``, then forget wake-ups already queued.
+
+        What woke the driver is in the scheduler's state, read once awake, so a wake-up
+        queued before that read carries nothing more.
+        """
+        wakeups = self.wakeups
+        try:
+            if deadline is None:
+                wakeups.get()
+            else:
+                wakeups.get(timeout=_wait_time(max(0.0, deadline - self.run.clock())))
+            while True:
+                wakeups.get_nowait()
+        except queue.Empty:
+            pass
 
     def _join_workers(self) -> None:
         """Wait for the workers of a finished run, so their last events are delivered.
@@ -147,13 +171,18 @@ class _ThreadPool:
             if not worker.retired and worker.thread is not None:
                 worker.thread.join()
 
+    def _raise_handed_over(self) -> None:
+        """Raise what a worker handed over after the driver last looked (a last callback's)."""
+        if self.run.handed_over is not None:
+            raise self.run.handed_over
+
     def _raise_failure(self) -> None:
         if self.failure is not None:
             raise InternalError("a worker thread crashed") from self.failure
 
     def _wake(self) -> None:
-        with self.lock:
-            self.main.notify()
+        """Wake the driver; takes no lock (``cancel()`` may call it from a signal handler)."""
+        self.wakeups.put(None)
 
     def _spawn(self) -> None:
         worker = _Worker()
@@ -189,7 +218,7 @@ class _ThreadPool:
                 self._retire(t.index)
         self._wake_workers()
         if not self.sched.is_active():
-            self.main.notify()  # a decision ended the run: the driver waits for that
+            self.wakeups.put(None)  # a decision ended the run: the driver waits for that
         return transitions
 
     def _wake_workers(self) -> None:
@@ -202,10 +231,13 @@ class _ThreadPool:
     def _work(self, me: _Worker) -> None:
         try:
             self._work_loop(me)
-        except BaseException as error:  # a bug here must not hang the driver
-            with self.lock:
+        except BaseException as error:
+            if interrupts_run(error):  # a unit or a callback raised KeyboardInterrupt & co
+                self.run.hand_over_interrupt(error)
+                return
+            with self.lock:  # a bug here must not hang the driver
                 self.failure = error
-                self.main.notify()
+            self.wakeups.put(None)
 
     def _work_loop(self, me: _Worker) -> None:
         run, sched, lock = self.run, self.sched, self.lock
@@ -215,7 +247,7 @@ class _ThreadPool:
         cancellable = sched.cancels_rest
         started_hooks = run.dispatcher.unit_started
         finished_hooks = run.dispatcher.unit_finished
-        work, main = self.work, self.main
+        work, wake = self.work, self.wakeups.put
         i, attempt, ok = -1, 0, True
         value: Any = None
         while True:
@@ -230,9 +262,9 @@ class _ThreadPool:
                         transitions = fail(i, attempt, value, now)
                         for t in transitions:
                             if t.retry_at is not None and t.retry_at < self.wake_at:
-                                main.notify()
+                                wake(None)
                     if not sched.is_active():
-                        main.notify()
+                        wake(None)
                 done_at = now
                 nxt = -1
                 deferred = False  # events to deliver before this worker goes idle
@@ -256,7 +288,7 @@ class _ThreadPool:
                     if timeout is not None:
                         owner[nxt] = me
                         if now + timeout < self.wake_at:
-                            main.notify()
+                            wake(None)
                     elif cancellable:  # cancel_rest may stop it: know whom to retire
                         owner[nxt] = me
                     next_attempt = attempts[nxt]
@@ -274,8 +306,9 @@ class _ThreadPool:
                 run.emit_started(i, attempt, now)
             try:
                 ok, value = call(i, attempt)
-            except BaseException as error:
+            except Exception as error:  # from around the unit (its cache): fails the unit
                 ok, value = False, error
+            # What interrupts the run (KeyboardInterrupt, SystemExit) goes on to _work.
 
 
 def _wait_time(seconds: float) -> float:
