@@ -35,6 +35,10 @@ What is measured:
   ``asyncio.gather``) then running, and ``asyncio.gather`` over all of them. N units
   (``--n``), fanout and layered.
 
+* limits: a THREAD run of no-op units each naming one unsaturated limit, beside the same
+  run without limits (target: under 1.3x), and the makespan of 1,000 units sleeping 10 ms
+  under ``concurrency=4`` in THREAD and ASYNC mode against the ideal 2.5 s (target: within
+  5%); see ``limits_section.py``.
 * collections: Dask collections (a 10,000-chunk ``dask.array`` sum, a ``dask.bag``
   map/filter/fold, a chain of 10,000 ``dask.delayed`` calls) on ``quantum_partitioner.dask``
   (THREAD and SEQUENTIAL) beside ``dask.threaded.get`` and ``dask.get`` on the very graph
@@ -56,7 +60,7 @@ Parallel speed-ups need idle cores: on a machine where other jobs hold a core, t
 section's speed-ups drop whatever the code does (the load averages it prints tell).
 
 Usage: ``python bench/run.py [--quick] [--n N] [--repeat R] [--process-n N] [--cpu-units U]
-[--cpu-ms MS] [--only time,memory,process,cpu,async,cache,dask,collections]``.
+[--cpu-ms MS] [--only time,memory,process,cpu,async,cache,dask,collections,limits]``.
 """
 
 from __future__ import annotations

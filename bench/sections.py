@@ -31,6 +31,7 @@ from harness import (
     measure_peak,
     time_runner,
 )
+from limits_section import LIMITS_SECTION
 from peer_runners import (
     DASK_MULTIPROCESSING,
     DASK_SYNC,
@@ -598,5 +599,6 @@ SECTIONS: dict[str, Section] = {
         CACHE_SECTION,
         DASK_SECTION,
         DASK_COLLECTIONS_SECTION,
+        LIMITS_SECTION,
     )
 }

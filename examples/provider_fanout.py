@@ -6,6 +6,11 @@ The "Provider System Integration" example. One unit per provider calls
 provider unit and runs as soon as the last answer is in: the fan-out takes as long as the
 slowest provider, not the sum of them.
 
+Each provider has a named limit (``provider:<id>``): at most two calls at once and a token
+bucket of a few calls a second, shared by every unit that calls it, however many queries are
+fanned out. A unit waiting for its provider's slot is only PENDING: it holds no thread and
+its ``timeout`` has not started. No semaphore is made by hand; the scheduler does it.
+
 The providers are local stand-ins for remote model APIs: each answers from a small table
 after a fixed few milliseconds of simulated network latency. Swap :class:`FakeProvider` for
 real clients with a ``generate(query)`` method and nothing else changes.
@@ -56,6 +61,9 @@ class FakeProvider:
     latency: float
     confidence: float
     answers: dict[str, str] = field(default_factory=dict)
+    #: What the provider allows: calls at once, and calls a second on average.
+    concurrency: int = 2
+    per_second: float = 20.0
 
     def generate(self, query: str) -> Response:
         """Answer ``query`` after the provider's latency, as a remote call would."""
@@ -140,12 +148,18 @@ def create_provider_execution_plan(
 
     # Create parallel units for each provider
     for provider in providers:
+        # The provider's own limits, enforced by the scheduler for every call to it.
+        limit = f"provider:{provider.id}"
+        partitioner.add_limit(
+            limit, concurrency=provider.concurrency, per_second=provider.per_second, burst=2
+        )
         partitioner.add_unit(
             fn=lambda ctx, p=provider: p.generate(ctx["query"]),
             dependencies=[],  # No dependencies
             name=f"provider_{provider.id}",
-            timeout=10.0,  # 10-second timeout
+            timeout=10.0,  # 10-second timeout, counted from the call's start
             metadata={"resource_type": "io", "provider": provider.id},
+            limits=[limit],
         )
 
     # Add aggregation unit that depends on all provider units

@@ -36,7 +36,7 @@ def unit(ctx):
         while not Path(ctx["gate"]).exists():  # the test kills the process here
             time.sleep(0.01)
     upstream = ctx.unit_results
-    return [ctx.unit_id, ctx["seed"], [upstream[name] for name in sorted(upstream)]]
+    return [ctx.unit_id, ctx["base"], [upstream[name] for name in sorted(upstream)]]
 
 
 def square(ctx):
@@ -49,10 +49,10 @@ def resume(store: str, log: str, gate: str, mode: str) -> dict[str, object]:
     graph = {"a": [], "b1": ["a"], "b2": ["a"], "c": ["b1", "b2"], "d": ["c"], "e": ["d"]}
     with CachingQuantumPartitioner(max_workers=2, cache_path=store) as p:
         for name, deps in graph.items():
-            # The result depends on "seed" only: the log and gate paths are not inputs.
-            p.add_unit(unit, deps, name=name, metadata={"cacheable": True, "cache_keys": ["seed"]})
+            # The result depends on "base" only: the log and gate paths are not inputs.
+            p.add_unit(unit, deps, name=name, metadata={"cacheable": True, "cache_keys": ["base"]})
         results = p.execute(
-            {"seed": 7, "log": log, "gate": gate},
+            {"base": 7, "log": log, "gate": gate},
             execution_mode=ExecutionMode(mode),
             raise_on_error=True,
         )

@@ -111,7 +111,7 @@ def diamond(p, counter, **metadata):
         p.add_unit(combining(counter, name, ["x"]), deps, name=name, metadata=cached(**metadata))
 
 
-# -- the seed's surface ------------------------------------------------------------------------
+# -- the original API's surface ----------------------------------------------------------------
 
 
 def test_rerun_is_served_from_the_cache(make):
@@ -221,7 +221,7 @@ def test_a_context_change_recomputes_the_units_that_read_it(make):
 
 
 def test_unhashable_context_values_are_fine(make):
-    """Lists and dicts in the context (which broke the seed's hash()) key normally."""
+    """Lists and dicts in the context (which broke the original API's hash()) key normally."""
     counter = Counter()
     p = make(default_execution_mode=SEQUENTIAL)
     p.add_unit(combining(counter, "a", ["rows"]), name="a", metadata=cached())
@@ -850,7 +850,7 @@ def test_clear_all_or_one_unit(make):
     assert counter.take() == {"b": 1}  # d's key depends on b's key, which did not change
     assert p.clear_cache() == 9
     assert len(p.cache) == 0
-    p.cache.clear()  # the seed's dict-like call still works
+    p.cache.clear()  # the original API's dict-like call still works
 
 
 def test_entries_list_sizes_and_ages(make):

@@ -542,6 +542,19 @@ def test_run_fail_fast_cancels_what_has_not_started(project):
     assert " ".join(rows["fine"][3:]) == "cancelled: fail_fast after 'boom' failed"
 
 
+def test_run_deadline_cancels_what_has_not_finished_and_exits_3(project):
+    """`--deadline S`: unfinished units are CANCELED saying why; the exit status is 3."""
+    result = run_cli("run", "factories:stuck", "--deadline", "0.5", cwd=project)
+    assert result.returncode == 3, result.stderr
+    rows = table(result.stdout)
+    assert rows["quick"][0] == "COMPLETED"
+    assert rows["waits"][0] == rows["after"][0] == "CANCELED"
+    assert "the deadline of 0.5 s passed" in result.stdout
+    bad = run_cli("run", "factories:stuck", "--deadline", "0", cwd=project)
+    assert bad.returncode == 2
+    assert "must be positive and finite" in bad.stderr
+
+
 def test_run_without_the_context_a_unit_needs_fails_the_unit(project):
     """A missing context key fails the unit that reads it (exit 1), naming the key."""
     result = run_cli("run", "factories:needs_context", cwd=project)

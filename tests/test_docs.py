@@ -35,6 +35,7 @@ import quantum_partitioner
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
+EXAMPLES = ROOT / "examples"
 PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
 FENCE = re.compile(
     r"^(?:<!-- docs: (?P<marker>continue|skip)\b(?P<reason>[^>]*)-->\n)?"
@@ -212,7 +213,7 @@ def test_documented_code_type_checks(tmp_path, mypy):
 )
 def test_documented_commands_run_as_written(commands, tmp_path):
     """Every shell block that works offline runs, from a checkout's root, in an active venv."""
-    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    shutil.copytree(EXAMPLES, tmp_path / "examples")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("PYTHONPATH", None)
     script = "set -e\n" + "\n".join(commands)
@@ -268,3 +269,26 @@ def test_every_docs_page_is_in_the_nav():
     listed = re.findall(r":\s*(\S+\.md)\s*$", nav, re.MULTILINE)
     pages = sorted(path.name for path in DOCS.glob("*.md"))
     assert sorted(listed) == pages, "mkdocs.yml nav and docs/*.md differ"
+
+
+def test_user_facing_text_never_says_seed():
+    """README, docs, the package's source (docstrings, messages) and the examples say what
+    the API is, never "the seed"; the command line's help neither."""
+    sources = [*PAGES, *sorted((ROOT / "src").rglob("*.py")), *sorted(EXAMPLES.glob("*.py"))]
+    found = [
+        f"{page_name(path)}:{number}: {line.strip()}"
+        for path in sources
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if re.search(r"seed", line, re.IGNORECASE)
+    ]
+    for command in ([], ["run"], ["plan"], ["demo"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "quantum_partitioner", *command, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        if re.search(r"seed", result.stdout, re.IGNORECASE):
+            found.append(f"quantum-partitioner {' '.join(command)} --help")
+    assert not found, "\n".join(found)

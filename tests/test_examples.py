@@ -1,6 +1,6 @@
 """The runnable examples in examples/: as scripts, through the CLI, and in every placement.
 
-The seed's three integration examples keep its lambdas, so running them in worker processes
+The three integration examples keep their lambdas, so running them in worker processes
 checks that those lambdas, their closures (``available_agents``) and the examples' stand-in
 classes travel with cloudpickle: by reference when the example is imported as a module
 (workers import it from the caller's path), by value when it runs as a script.
@@ -176,11 +176,11 @@ def test_example_by_path_without_its_context_exits_1(tmp_path):
     assert result.stdout.splitlines()[-1].startswith("3 failed, 1 skipped in ")
 
 
-# -- the seed's lambdas in worker processes ------------------------------------------------
+# -- the original API's lambdas in worker processes ----------------------------------------
 
 
-def test_the_seed_lambdas_are_kept(example):
-    """The factories build their units from the seed's lambdas, not rewritten functions."""
+def test_the_original_lambdas_are_kept(example):
+    """The factories build their units from the original API's lambdas, not rewritten functions."""
     for module, builder in [
         ("provider_fanout", "build"),
         ("document_pipeline", "build"),

@@ -170,7 +170,7 @@ def test_cycle_message_shows_the_path():
     assert isinstance(info.value, GraphError)
 
 
-def test_cycle_raised_by_plan_under_seed_alias_before_any_unit_runs():
+def test_cycle_raised_by_plan_under_original_alias_before_any_unit_runs():
     """A cycle fails build_execution_plan and execute (as CircularDependency) with no unit run."""
     calls = []
     p = QuantumPartitioner()

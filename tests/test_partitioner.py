@@ -1,4 +1,4 @@
-"""The seed's QuantumPartitioner API: building a graph, execute() and its variants, results.
+"""The original QuantumPartitioner API: building a graph, execute() and its variants, results.
 
 Behaviour shared by every mode lives in tests/backends/test_contract.py; this file covers the
 API surface, mostly in SEQUENTIAL mode (deterministic) or the default THREAD mode.
@@ -33,7 +33,7 @@ from quantum_partitioner import (
 )
 
 SEQ = ExecutionMode.SEQUENTIAL
-SEED_METRIC_KEYS = {
+ORIGINAL_METRIC_KEYS = {
     "start_time",
     "end_time",
     "total_duration",
@@ -114,7 +114,7 @@ def test_add_unit_as_decorator_names_the_unit_after_the_function():
 
 
 def test_add_unit_without_name_uses_unit_n():
-    """Units added without a name are called unit_0, unit_1, ... (the seed's rule)."""
+    """Units added without a name are called unit_0, unit_1, ... (the original API's rule)."""
     p = QuantumPartitioner()
 
     first = p.add_unit(lambda ctx: 0)
@@ -149,8 +149,8 @@ def test_decorated_lambda_falls_back_to_unit_n():
     assert list(p.units) == ["unit_0"]
 
 
-def test_seed_unit_helpers_can_execute_and_execution_time():
-    """QuantumUnit.can_execute(completed) and .execution_time behave as in the seed."""
+def test_original_unit_helpers_can_execute_and_execution_time():
+    """QuantumUnit.can_execute(completed) and .execution_time behave as in the original API."""
     p = QuantumPartitioner()
     p.add_unit(lambda ctx: 1, name="a")
     b = p.add_unit(lambda ctx: 2, ["a"], name="b")
@@ -325,11 +325,11 @@ def test_constructor_rejects_bad_max_workers():
         QuantumPartitioner(max_workers=0)
 
 
-# -- metrics and the seed's execute variants -------------------------------------------------
+# -- metrics and the original API's execute variants -----------------------------------------
 
 
-def test_last_execution_metrics_has_the_seed_keys_after_execute():
-    """A plain execute() fills last_execution_metrics with the seed's keys and counts."""
+def test_last_execution_metrics_has_the_original_keys_after_execute():
+    """A plain execute() fills last_execution_metrics with the original API's keys and counts."""
     p = QuantumPartitioner()
     assert p.last_execution_metrics is None
     p.add_unit(lambda ctx: 1, name="a")
@@ -339,7 +339,7 @@ def test_last_execution_metrics_has_the_seed_keys_after_execute():
     p.execute({})
 
     metrics = p.last_execution_metrics
-    assert set(metrics) >= SEED_METRIC_KEYS
+    assert set(metrics) >= ORIGINAL_METRIC_KEYS
     assert metrics["total_units"] == 3
     assert metrics["completed_units"] == 2
     assert metrics["failed_units"] == 1
@@ -382,7 +382,7 @@ def test_execution_trace_records_every_attempt_in_order():
 
 
 def test_execute_with_monitoring_returns_results_and_metrics():
-    """execute_with_monitoring(ctx) runs the graph and leaves the seed's metrics."""
+    """execute_with_monitoring(ctx) runs the graph and leaves the original API's metrics."""
     p = QuantumPartitioner(max_workers=2)
     p.add_unit(lambda ctx: ctx["n"], name="a")
     p.add_unit(lambda ctx: ctx["a"] * 2, ["a"], name="b")
@@ -391,7 +391,7 @@ def test_execute_with_monitoring_returns_results_and_metrics():
 
     assert results == {"a": 4, "b": 8}
     metrics = p.last_execution_metrics
-    assert set(metrics) >= SEED_METRIC_KEYS
+    assert set(metrics) >= ORIGINAL_METRIC_KEYS
     assert metrics["completed_units"] == 2
     assert metrics["execution_mode"] == "thread"
 

@@ -12,14 +12,14 @@ from quantum_partitioner import ExponentialBackoff, RetryPolicy, UnitTimeoutErro
 # -- ExponentialBackoff ------------------------------------------------------------------------
 
 
-def test_default_backoff_without_jitter_is_the_seed_formula():
+def test_default_backoff_without_jitter_is_the_original_formula():
     """ExponentialBackoff(jitter=0).delay(n) is exactly min(2**n * 0.1, 5)."""
     backoff = ExponentialBackoff(jitter=0)
     for failures in range(12):
         assert backoff.delay(failures) == min(2**failures * 0.1, 5)
 
 
-def test_backoff_defaults_are_the_seeds():
+def test_backoff_defaults_are_the_original_ones():
     """The defaults are initial 0.1 s, multiplier 2, maximum 5 s and 10% jitter."""
     backoff = ExponentialBackoff()
     assert (backoff.initial, backoff.multiplier, backoff.maximum, backoff.jitter) == (
@@ -135,7 +135,7 @@ def test_policy_delay_comes_from_its_backoff():
 
 
 def test_default_policy_uses_default_backoff():
-    """RetryPolicy() waits by the seed's backoff, with jitter."""
+    """RetryPolicy() waits by the original API's backoff, with jitter."""
     assert RetryPolicy().backoff == ExponentialBackoff()
 
 

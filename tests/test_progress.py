@@ -320,3 +320,15 @@ def test_a_cancelled_run_fills_the_bar_with_finished_work_only():
     assert "10/10" not in out.getvalue()
     assert "cancelled 6" in final
     assert bar._progress is None
+
+
+def test_a_limit_with_waiters_shows_its_holders_and_waiters():
+    """While units wait for a named limit, the status line shows held/concurrency +waiting."""
+    from quantum_partitioner import Limit  # noqa: PLC0415 - only this test needs it
+
+    bar, _ = drawn_bar()
+    gpu = Limit("gpu", concurrency=2)
+    bar.limits = [gpu]
+    assert "gpu" not in bar.status()
+    gpu.held, gpu.waiting = 2, 3
+    assert "gpu 2/2 +3 waiting" in bar.status()

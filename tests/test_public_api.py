@@ -1,4 +1,4 @@
-"""The public surface: __all__, seed names, module paths and the error tree."""
+"""The public surface: __all__, original API names, module paths and the error tree."""
 
 from __future__ import annotations
 
@@ -29,6 +29,14 @@ INTERNAL = {
         "unit_colour",
     },
     "quantum_partitioner._simulate": {"simulate"},
+    # The scheduler's side of named limits and their argument checks (add_limit is public).
+    "quantum_partitioner._limits": {
+        "LimitGate",
+        "LimitPlan",
+        "check_limit_name",
+        "compile_limits",
+        "normalize_unit_limits",
+    },
     "quantum_partitioner._metrics": {"build_metrics"},
     # The join rules' definition, used by the scheduler; users name rules or call at_least.
     "quantum_partitioner._joins": {
@@ -138,7 +146,7 @@ def test_version_is_a_string():
     assert qp.__version__.count(".") >= 1
 
 
-# -- seed names ------------------------------------------------------------------------------
+# -- original API names -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -155,15 +163,15 @@ def test_version_is_a_string():
         "CircularDependencyError",
     ],
 )
-def test_seed_names_are_importable(name):
-    """The seed document's names import from the package and are listed in __all__."""
+def test_original_names_are_importable(name):
+    """The original API's names import from the package and are listed in __all__."""
     module = importlib.import_module("quantum_partitioner")
     assert getattr(module, name) is not None
     assert name in qp.__all__
 
 
-def test_unit_state_has_the_seeds_seven_states():
-    """UnitState is an Enum with exactly the seed's 7 states and values."""
+def test_unit_state_has_the_original_seven_states():
+    """UnitState is an Enum with exactly the original API's 7 states and values."""
     assert issubclass(qp.UnitState, enum.Enum)
     assert {state.name: state.value for state in qp.UnitState} == {
         "PENDING": "pending",
@@ -184,8 +192,8 @@ def test_only_pending_and_running_are_not_terminal():
     }
 
 
-def test_execution_mode_has_the_seeds_five_modes():
-    """ExecutionMode is an Enum with exactly the seed's 5 modes and values."""
+def test_execution_mode_has_the_original_five_modes():
+    """ExecutionMode is an Enum with exactly the original API's 5 modes and values."""
     assert issubclass(qp.ExecutionMode, enum.Enum)
     assert {mode.name: mode.value for mode in qp.ExecutionMode} == {
         "SEQUENTIAL": "sequential",
@@ -212,8 +220,8 @@ def test_circular_dependency_is_an_alias():
         "CircularDependency",
     ],
 )
-def test_taskmap_exports_the_seeds_engine_names(name):
-    """quantum_partitioner.taskmap exports the seed's TaskMap names."""
+def test_taskmap_exports_the_original_engine_names(name):
+    """quantum_partitioner.taskmap exports the original API's TaskMap names."""
     assert name in taskmap.__all__
     assert getattr(taskmap, name) is not None
 
@@ -347,6 +355,7 @@ partitioner.add_unit(lambda: 1)  # E: arg-type
 partitioner.execute({}, execution_mode="processes")  # E: arg-type
 QuantumPartitioner(default_execution_mode="threads")  # E: arg-type
 partitioner.execute_with_strategy({}, "fastest")  # E: arg-type
+partitioner.stream({}, strategy="fastest")  # E: arg-type
 doubles(3)  # E: arg-type
 typed: QuantumPartitioner[Any, int] = QuantumPartitioner()
 typed.add_unit(lambda ctx: "text")  # E: arg-type

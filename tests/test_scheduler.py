@@ -237,7 +237,7 @@ def test_retry_is_not_ready_before_retry_at(clock):
     assert sched.attempts[i] == 2
 
 
-def test_retry_backoff_follows_seed_formula_exactly(clock):
+def test_retry_backoff_follows_original_formula_exactly(clock):
     """With jitter=0 the n-th retry waits min(2**n * 0.1, 5) seconds after the n-th failure."""
     sched = scheduler_of({"r": []}, r={"retries": 7})
     i = idx(sched, "r")
@@ -298,7 +298,7 @@ def test_other_units_run_while_a_retry_waits(clock):
 
 
 def test_default_policy_adds_up_to_ten_percent_jitter(clock):
-    """Without a policy, the wait is the seed's backoff plus at most 10% jitter."""
+    """Without a policy, the wait is the original API's backoff plus at most 10% jitter."""
     units = [QuantumUnit(f"r{k}", noop, retries=1) for k in range(50)]
     sched = Scheduler(compile_graph(units))
     waits = set()

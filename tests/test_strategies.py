@@ -1,4 +1,4 @@
-"""Strategies: resource_balanced mixed runs, adaptive concurrency, and the seed's selectors."""
+"""Strategies: resource_balanced mixed runs, adaptive concurrency, the original selectors."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_unknown_strategy_is_refused():
         p.execute_with_strategy({}, "fastest")
 
 
-def test_select_execution_strategy_follows_the_seed_rules():
+def test_select_execution_strategy_follows_the_original_rules():
     """Mostly async -> ASYNC, mostly io -> THREAD, otherwise PROCESS."""
 
     def build(kinds):

@@ -34,7 +34,7 @@ def lines(path):
     return path.read_text().splitlines() if path.exists() else []
 
 
-def naps(log, count=6, seconds=0.5, **options):
+def naps(log, count=6, seconds=1.5, **options):
     """A partitioner: ``first`` (instant, highest priority), then ``count`` logged naps."""
     p = QuantumPartitioner(max_workers=2)
     p.add_unit(u.const("first"), name="first", priority=10)
@@ -183,17 +183,15 @@ def test_leaving_an_astream_cancels_its_coroutines(tmp_path):
             async for done in results:
                 assert done.name == "first"
                 break
-        return time.monotonic()
 
-    left = asyncio.run(main())
+    asyncio.run(main())
     assert p._active_run is None
     cancelled = {name for name, unit in p.units.items() if unit.state is UnitState.CANCELED}
     assert cancelled
     seen = len(lines(log))
-    time.sleep(0.8)
+    time.sleep(1.6)  # longer than a nap: a coroutine still going would write its end
     assert len(lines(log)) == seen  # no attempt started or ended afterwards
     assert not any(line == f"end {name}" for line in lines(log) for name in cancelled)
-    assert left  # the block was left
 
 
 def test_astream_raises_task_error_after_the_last_record():

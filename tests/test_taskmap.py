@@ -1,14 +1,15 @@
-"""The seed's TaskMap engine: task maps, callbacks, run_tasks, run_parallel_threads, build_graph."""
+"""The TaskMap engine: task maps, callbacks, run_tasks, run_parallel_threads, build_graph."""
 
 from __future__ import annotations
 
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from quantum_partitioner import ExecutionPlan, UnitSkippedError, UnknownDependencyError
+from quantum_partitioner import ExecutionPlan, Limit, UnitSkippedError, UnknownDependencyError
 from quantum_partitioner.taskmap import (
     CircularDependency,
     CircularDependencyError,
@@ -327,3 +328,37 @@ def test_skipped_task_is_reported_with_the_failed_dependency():
     unit = task_map.partitioner().units["after"]
     assert isinstance(unit.error, UnitSkippedError)
     assert unit.error.failed_dependency == "bad"
+
+
+def test_tasks_take_add_unit_options_and_the_map_takes_limits():
+    """(fn, deps, options) passes add_unit keywords; TaskMap(limits=...) adds the limits."""
+
+    def call(ctx):
+        time.sleep(0.02)
+        return ctx.unit_id
+
+    tasks = {f"t{k}": (call, [], {"limits": ["api"], "timeout": 5}) for k in range(5)}
+    task_map = TaskMap(tasks, limits={"api": {"concurrency": 2}})
+    results = run_parallel_threads(task_map, max_workers=5)
+    assert results == {name: name for name in tasks}
+    assert task_map.partitioner().limit_stats()["api"].peak == 2
+    assert task_map.partitioner().units["t0"].timeout == 5
+    shared = Limit("api", concurrency=1)
+    assert TaskMap(tasks, limits={"api": shared}).limits == {"api": shared}
+
+
+def test_bad_task_options_and_limits_are_refused_naming_them():
+    """Unknown options, bad values and bad limits raise when the map is built."""
+    with pytest.raises(TypeError, match=r"task 'a': unknown options \['colour'\]"):
+        TaskMap({"a": (lambda ctx: 1, [], {"colour": "red"})})
+    with pytest.raises(ValueError, match=r"unit 'a': retries must be >= 0"):
+        TaskMap({"a": (lambda ctx: 1, [], {"retries": -1})})
+    with pytest.raises(TypeError, match=r"unit 'a': limits must be a list"):
+        TaskMap({"a": (lambda ctx: 1, [], {"limits": "api"})})
+    with pytest.raises(ValueError, match=r"limit 'api': concurrency must be positive"):
+        TaskMap({}, limits={"api": {"concurrency": 0}})
+    with pytest.raises(TypeError, match=r"limit 'api': expected a Limit"):
+        TaskMap({}, limits={"api": 3})
+    task_map = TaskMap({"a": (lambda ctx: 1, [], {"limits": ["nope"]})})
+    with pytest.raises(ValueError, match=r"unit 'a' names the unknown limit 'nope'"):
+        run_tasks(task_map)

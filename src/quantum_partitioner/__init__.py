@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from ._graph import UnitState as UnitState
     from ._joins import JoinRule as JoinRule
     from ._joins import at_least as at_least
+    from ._limits import Limit as Limit
+    from ._limits import LimitStats as LimitStats
     from ._partitioner import QuantumPartitioner as QuantumPartitioner
     from ._plan import ExecutionPlan as ExecutionPlan
     from ._policies import ExponentialBackoff as ExponentialBackoff
@@ -106,6 +108,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     ),
     "._graph": ("ExecutionMode", "QuantumUnit", "UnitState"),
     "._joins": ("JoinRule", "at_least"),
+    "._limits": ("Limit", "LimitStats"),
     "._partitioner": ("QuantumPartitioner",),
     "._plan": ("ExecutionPlan",),
     "._policies": ("ExponentialBackoff", "RetryPolicy"),
@@ -175,6 +178,8 @@ __all__ = [
     "Instrument",
     "InternalError",
     "JoinRule",
+    "Limit",
+    "LimitStats",
     "MemoryStore",
     "PartitionerError",
     "ProgressBar",

@@ -138,7 +138,7 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
             ``instruments``, ...).
 
     Attributes:
-        cache: The store (``cache.clear()`` and ``len(cache)`` work as on the seed's dict).
+        cache: The store (``cache.clear()`` and ``len(cache)`` work as on a dict).
         cache_hits: Units served from the store, over every run.
         cache_misses: Cacheable units that had to run, over every run.
 

@@ -24,12 +24,18 @@ class _AttemptWatch(Protocol):
 
     def attempt_abandoned(self, index: int, attempt: int) -> bool: ...
 
+    def pause_limit(self, name: str, seconds: float) -> None: ...
+
+
+#: Where an attempt in another process records ``pause_limit`` calls, for the run to apply.
+PAUSES_KEY: Final = "_pause_limit"
+
 
 class ExecutionContext(Mapping[str, Any]):
     """The read-only mapping a unit is called with.
 
     It holds the caller's context plus one entry per declared dependency (its result, which
-    wins over a context key of the same name), and offers the seed's helpers.
+    wins over a context key of the same name), and offers helpers.
 
     .. versionadded:: 0.1
     """
@@ -133,7 +139,7 @@ class ExecutionContext(Mapping[str, Any]):
             self._upstream_errors,
         )
 
-    # -- the seed's helpers ----------------------------------------------------------------
+    # -- helpers ---------------------------------------------------------------------------
 
     @property
     def unit_id(self) -> str:
@@ -197,6 +203,25 @@ class ExecutionContext(Mapping[str, Any]):
         if self.metrics is None:
             self.metrics = {}
         self.metrics[name] = value
+
+    def pause_limit(self, name: str, seconds: float) -> None:
+        """Hold back new starts on the named limit ``name`` for ``seconds``.
+
+        For a provider that says "slow down" (HTTP 429 with Retry-After): attempts already
+        running go on; no attempt of any unit naming that limit starts before the pause
+        ends. In a worker process the pause applies when this attempt's outcome arrives
+        (on Dask, only after the run).
+
+        Raises:
+            KeyError: In the caller's process, when the partitioner has no such limit.
+        """
+        watch = self._watch
+        if watch is not None:
+            watch.pause_limit(name, seconds)
+            return
+        if self.metrics is None:
+            self.metrics = {}
+        self.metrics.setdefault(PAUSES_KEY, []).append((name, seconds))
 
     @property
     def cancelled(self) -> bool:

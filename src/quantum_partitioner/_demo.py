@@ -1,4 +1,4 @@
-"""The bundled demo: the seed's document ingestion pipeline, doing real work in every unit.
+"""The bundled demo: a document ingestion pipeline, doing real work in every unit.
 
 For each bundled document ``i`` (plain text in ``demo_data/``):
 
@@ -277,7 +277,7 @@ def bundled_documents() -> list[Document]:
 def create_document_pipeline(
     documents: Sequence[Document] | None = None, max_workers: int = 4
 ) -> QuantumPartitioner[Mapping[str, Any], Any]:
-    """The seed's document pipeline: ``extract_i -> chunk_i -> embed_i -> index_embeddings``.
+    """The document pipeline: ``extract_i -> chunk_i -> embed_i -> index_embeddings``.
 
     Args:
         documents: What to ingest; the bundled corpus by default.

@@ -145,7 +145,7 @@ class CircularDependencyError(GraphError):
         return (type(self), (self.cycle,))
 
 
-#: The seed's name for :class:`CircularDependencyError`.
+#: The original QuantumPartitioner API's name for :class:`CircularDependencyError`.
 CircularDependency = CircularDependencyError
 
 
@@ -156,6 +156,8 @@ class TaskError(PartitionerError):
         errors: Each failed unit's exception, by unit name.
         partial_results: The results of the units that completed, by unit name.
         failed_tasks: The names of the failed units, in the order they failed.
+        stop_reason: Why the run stopped: ``"completed"`` (it ran to the end),
+            ``"deadline"``, ``"cancel"``, ``"interrupt"`` or ``"fail_fast"``.
     """
 
     def __init__(
@@ -163,19 +165,25 @@ class TaskError(PartitionerError):
         errors: Mapping[str, BaseException],
         partial_results: Mapping[str, Any],
         failed_tasks: Sequence[str] | None = None,
+        stop_reason: str = "completed",
     ) -> None:
         self.errors = dict(errors)
         self.partial_results = dict(partial_results)
         self.failed_tasks = list(self.errors if failed_tasks is None else failed_tasks)
+        self.stop_reason = stop_reason
         names = ", ".join(repr(name) for name in self.failed_tasks[:5])
         more = "" if len(self.failed_tasks) <= 5 else f" and {len(self.failed_tasks) - 5} more"
         first = next(iter(self.errors.values()), None)
         cause = f"; first error: {first!r}" if first is not None else ""
-        super().__init__(f"{len(self.failed_tasks)} unit(s) failed: {names}{more}{cause}")
+        why = "" if stop_reason == "completed" else f" (the run stopped: {stop_reason})"
+        super().__init__(f"{len(self.failed_tasks)} unit(s) failed: {names}{more}{cause}{why}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle with the constructor's arguments (errors cross process boundaries)."""
-        return (type(self), (self.errors, self.partial_results, self.failed_tasks))
+        return (
+            type(self),
+            (self.errors, self.partial_results, self.failed_tasks, self.stop_reason),
+        )
 
 
 class UnitTimeoutError(PartitionerError, TimeoutError):

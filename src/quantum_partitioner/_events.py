@@ -2,7 +2,7 @@
 
 Subclass :class:`Instrument` and override the hooks you need; each receives an immutable
 event record (a named tuple: cheaper to build per unit than a frozen dataclass).
-The seed's ``on_unit_*`` callbacks, run metrics, progress and trace exporters are all
+The ``on_unit_*`` callbacks, run metrics, progress and trace exporters are all
 instruments. A run only dispatches to hooks that some instrument overrides, so unused hooks
 cost nothing per unit. Hooks run in the caller's process, one at a time (a lock serialises
 them, so an instrument need not be thread-safe); a hook that raises is logged on the

@@ -118,6 +118,8 @@ class QuantumUnit(Generic[T, R]):
         run_if: Its join rule (None: ``"all_success"``).
         cancel_rest: With ``run_if=at_least(k)``, cancel the dependencies nothing else needs
             once ``k`` are ok.
+        limits: The named limits an attempt holds while it runs, as ``{name: slots}``
+            (None: none); see :meth:`QuantumPartitioner.add_limit`.
     """
 
     __slots__ = (
@@ -131,6 +133,7 @@ class QuantumUnit(Generic[T, R]):
         "dependencies",
         "function",
         "id",
+        "limits",
         "metadata",
         "priority",
         "retries",
@@ -139,9 +142,9 @@ class QuantumUnit(Generic[T, R]):
         "timeout",
     )
 
-    def __init__(  # noqa: PLR0917 - the seed's dataclass takes these positionally
+    def __init__(  # noqa: PLR0917 - the original API's dataclass took these positionally
         self,
-        id: str,  # noqa: A002 - the seed's field name
+        id: str,  # noqa: A002 - the original API's field name
         function: UnitFunction[R],
         dependencies: list[str] | None = None,
         timeout: float | None = None,
@@ -153,6 +156,7 @@ class QuantumUnit(Generic[T, R]):
         condition: Callable[[Any], object] | None = None,
         run_if: JoinRule | None = None,
         cancel_rest: bool = False,
+        limits: dict[str, int] | None = None,
     ) -> None:
         """Create a unit; validate it with :func:`validate_unit`."""
         self.id = id
@@ -166,6 +170,7 @@ class QuantumUnit(Generic[T, R]):
         self.condition = condition
         self.run_if = run_if
         self.cancel_rest = cancel_rest
+        self.limits = limits
         self._view: _RunView | None = None
         self._index = -1
         self._state = UnitState.PENDING
@@ -226,7 +231,7 @@ class QuantumUnit(Generic[T, R]):
 
     @property
     def execution_time(self) -> float | None:
-        """Seconds the last attempt took; the seed's name for :meth:`get_execution_time`."""
+        """Seconds the last attempt took; the original API's name for :meth:`get_execution_time`."""
         return self.get_execution_time()
 
     def get_execution_time(self) -> float | None:

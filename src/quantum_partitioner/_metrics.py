@@ -1,4 +1,4 @@
-"""The seed's ``last_execution_metrics`` dict, built from a run's record when first read.
+"""The ``last_execution_metrics`` dict, built from a run's record when first read.
 
 Keys: ``start_time``, ``end_time``, ``total_duration`` (epoch seconds and seconds),
 ``unit_times`` (per unit that ran: ``start``, ``end``, ``duration``, ``state``,
@@ -8,7 +8,10 @@ ran), ``total_units``, ``completed_units``, ``failed_units``, ``skipped_units``,
 ``decision``, ``upstream_failed``, ``join_rule``), ``execution_trace``
 (events in time order: ``start``, ``retry``, ``complete``, ``error``, ``timeout``, ``skip``,
 ``cancel``), ``unit_metrics`` (what units recorded with ``ctx.record_metric``),
-``execution_mode`` and ``max_workers``.
+``execution_mode``, ``max_workers``, and ``stop_reason`` (why the run stopped: ``completed``,
+``deadline``, ``cancel``, ``interrupt`` or ``fail_fast``). A unit that waited for a named
+limit has ``waited`` (seconds, over its attempts) and ``waited_for`` (the limit it waited
+for last) in its ``unit_times``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def build_metrics(run: Run) -> dict[str, Any]:
     epoch = run.to_epoch
     unit_times: dict[str, dict[str, Any]] = {}
     trace: list[dict[str, Any]] = []
+    gate = sched.gate
+    waited = {} if gate is None else gate.unit_waited
     # Attempts that failed: each has a start; those that were not a unit's last attempt
     # (or whose unit still waits to retry) end in a retry.
     failed_attempts = set()
@@ -70,6 +75,10 @@ def build_metrics(run: Run) -> dict[str, Any]:
                 times["error"] = str(sched.errors[i])
             if i in run.unit_workers:
                 times["worker"] = run.unit_workers[i]
+            if gate is not None and i in gate.needs:
+                times["waited"] = waited.get(i, 0.0)
+                if i in waited:
+                    times["waited_for"] = gate.unit_waited_for[i]
             unit_times[name] = times
         event = _END_EVENT.get(state)
         if event is not None:
@@ -97,4 +106,5 @@ def build_metrics(run: Run) -> dict[str, Any]:
         "unit_metrics": {names[i]: dict(m) for i, m in run.unit_metrics.items()},
         "execution_mode": run.mode,
         "max_workers": run.max_workers,
+        "stop_reason": run.stop_reason,
     }

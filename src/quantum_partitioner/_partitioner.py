@@ -1,4 +1,4 @@
-"""Layer 4: :class:`QuantumPartitioner`, the seed's API over the scheduler and backends.
+"""Layer 4: :class:`QuantumPartitioner`, the public API over the scheduler and backends.
 
 A partitioner holds units by name. ``execute`` validates everything it is given before any
 unit runs, compiles the graph (cached until the units change), starts a :class:`Run` and
@@ -8,8 +8,10 @@ runtime attributes, the results, ``get_failed_units()`` and ``last_execution_met
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from ._errors import DuplicateUnitError, TaskError
@@ -28,6 +30,14 @@ from ._graph import (
     validate_unit,
 )
 from ._joins import JoinRule, join_rule
+from ._limits import (
+    Limit,
+    LimitPlan,
+    LimitStats,
+    check_limit_name,
+    compile_limits,
+    normalize_unit_limits,
+)
 from ._metrics import build_metrics
 from ._plan import ExecutionPlan
 from ._policies import RetryPolicy
@@ -93,6 +103,16 @@ def _check_mode(value: object) -> ExecutionMode:
     raise ValueError(f"unknown execution mode {value!r}; use one of ExecutionMode.{{{known}}}")
 
 
+def _check_deadline(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"deadline must be a number of seconds or None, got {value!r}")
+    if math.isnan(value) or math.isinf(value) or value <= 0:
+        raise ValueError(f"deadline must be positive and finite, got {value!r}")
+    return float(value)
+
+
 class QuantumPartitioner(Generic[T, R]):
     """Runs a graph of units with as much concurrency as their dependencies allow.
 
@@ -149,6 +169,9 @@ class QuantumPartitioner(Generic[T, R]):
         self._last_metrics: dict[str, Any] | None = None
         self._active_run: Run | None = None
         self._lock = threading.Lock()
+        self._limits: dict[str, Limit] = {}
+        #: The compiled limits of the last graph: ``(graph, limits by name, plan)``.
+        self._limit_plan: tuple[Graph, dict[str, Limit], LimitPlan | None] | None = None
 
     def __repr__(self) -> str:
         """Name the mode and count the units."""
@@ -175,6 +198,7 @@ class QuantumPartitioner(Generic[T, R]):
         when: Callable[[ExecutionContext], object] | None = None,
         run_if: str | JoinRule = "all_success",
         cancel_rest: bool = False,
+        limits: list[str] | dict[str, int] | None = None,
     ) -> QuantumUnit[T, R]: ...
 
     @overload
@@ -193,9 +217,10 @@ class QuantumPartitioner(Generic[T, R]):
         when: Callable[[ExecutionContext], object] | None = None,
         run_if: str | JoinRule = "all_success",
         cancel_rest: bool = False,
+        limits: list[str] | dict[str, int] | None = None,
     ) -> Callable[[_Decorated], _Decorated]: ...
 
-    def add_unit(  # noqa: PLR0917 - the seed's positional signature
+    def add_unit(  # noqa: PLR0917 - the original API's positional signature
         self,
         fn: UnitFunction[R] | None = None,
         dependencies: list[str] | None = None,
@@ -210,13 +235,14 @@ class QuantumPartitioner(Generic[T, R]):
         when: Callable[[ExecutionContext], object] | None = None,
         run_if: str | JoinRule = "all_success",
         cancel_rest: bool = False,
+        limits: list[str] | dict[str, int] | None = None,
     ) -> QuantumUnit[T, R] | Callable[[_Decorated], _Decorated]:
         """Add a unit; called without ``fn``, return a decorator that adds the function.
 
         Args:
             fn: Called as ``fn(ctx)`` with an :class:`ExecutionContext`.
             dependencies: Names of the units whose results ``fn`` needs.
-            name: The unit's unique name; defaults to ``unit_<n>`` (the seed's rule), or to
+            name: The unit's unique name; defaults to ``unit_<n>`` (the original API's rule), or to
                 the function's ``__name__`` when ``add_unit`` is used as a decorator.
             timeout: Seconds one attempt may take (> 0), or None.
             retries: Extra attempts after a failure (>= 0).
@@ -235,6 +261,9 @@ class QuantumPartitioner(Generic[T, R]):
                 completed). See "Join rules" in the guide.
             cancel_rest: With ``run_if=at_least(k)``: once ``k`` completed, cancel the
                 unfinished dependencies that nothing else still needs.
+            limits: Named limits each attempt holds while it runs (:meth:`add_limit`): a list
+                of names (one slot each) or ``{name: slots}``. An attempt waits, PENDING and
+                holding no worker, until every one has room; its timeout starts after.
 
         Returns:
             The new unit, or a decorator that adds its function and returns it unchanged.
@@ -262,6 +291,7 @@ class QuantumPartitioner(Generic[T, R]):
                     when=when,
                     run_if=run_if,
                     cancel_rest=cancel_rest,
+                    limits=limits,
                 )
                 return function
 
@@ -285,6 +315,7 @@ class QuantumPartitioner(Generic[T, R]):
             condition=when,
             run_if=_join_rule_of(unit_id, run_if),
             cancel_rest=cancel_rest,
+            limits=normalize_unit_limits(unit_id, limits),
         )
         validate_unit(unit)
         self._admit(unit)
@@ -304,6 +335,123 @@ class QuantumPartitioner(Generic[T, R]):
                 f"{action}() was called while the partitioner is executing; the graph of a "
                 "run cannot change from outside (call it before execute() or after it returns)"
             )
+
+    # -- named limits ----------------------------------------------------------------------
+
+    def add_limit(
+        self,
+        name: str | Limit,
+        concurrency: int | None = None,
+        per_second: float | None = None,
+        burst: int = 1,
+    ) -> Limit:
+        """Add a named limit that units hold while they run (``add_unit(..., limits=[name])``).
+
+        Args:
+            name: The limit's name, or a :class:`Limit` to use as it is (one Limit may be
+                shared by several partitioners: its slots and tokens are then shared).
+            concurrency: At most this many slots held by running attempts at once.
+            per_second: Starts per second on average (a token bucket), or None.
+            burst: How many starts the bucket allows at once (default 1).
+
+        Returns:
+            The limit. Its token bucket keeps its state across runs.
+
+        Raises:
+            TypeError: A knob has the wrong type, or the name is not a string.
+            ValueError: A knob is not positive and finite.
+            RuntimeError: A run is going on (a limit of the same name would be replaced).
+
+        An existing limit of the same name is replaced.
+
+        .. versionadded:: 0.2
+        """
+        if isinstance(name, Limit):
+            if concurrency is not None or per_second is not None or burst != 1:
+                raise TypeError("add_limit(Limit(...)) takes no other arguments")
+            limit = name
+        else:
+            limit = Limit(check_limit_name(name), concurrency, per_second, burst)
+        with self._lock:
+            if self._active_run is not None:
+                raise RuntimeError(
+                    f"cannot add limit {limit.name!r} while this partitioner is executing"
+                )
+            self._limits[limit.name] = limit
+            self._plan = None  # its simulations read the limits
+        return limit
+
+    @property
+    def limits(self) -> Mapping[str, Limit]:
+        """The named limits, by name (read-only; add them with :meth:`add_limit`)."""
+        return MappingProxyType(self._limits)
+
+    def limit_stats(self) -> dict[str, LimitStats]:
+        """What each limit saw in the last run: peak concurrency, starts, waiting time.
+
+        Returns:
+            One :class:`LimitStats` per limit named by a unit of the last run (empty before
+            any run, or when no unit names a limit).
+
+        .. versionadded:: 0.2
+        """
+        run = self._last_run
+        gate = None if run is None else run.scheduler.gate
+        if gate is None:
+            return {}
+        return {
+            limit.name: LimitStats(
+                limit.name,
+                limit.concurrency,
+                limit.per_second,
+                limit.burst,
+                gate.peak[k],
+                gate.starts[k],
+                gate.waited[k],
+                gate.waits[k],
+                gate.released_at_timeout[k],
+            )
+            for k, limit in enumerate(gate.limits)
+        }
+
+    def _compiled_limits(self, graph: Graph) -> LimitPlan | None:
+        """The units' limits, checked and compiled for ``graph``, reused while neither changes.
+
+        Raises:
+            ValueError: A unit names an unknown limit or more slots than it has.
+        """
+        cached = self._limit_plan
+        if cached is not None and cached[0] is graph and cached[1] == self._limits:
+            return cached[2]
+        self._check_limits()  # the units or the limits changed: check them again
+        plan = compile_limits(graph, self._limits)
+        self._limit_plan = (graph, dict(self._limits), plan)
+        return plan
+
+    def _check_limits(self) -> None:
+        """Refuse units naming unknown limits or more slots than a limit has, before a run."""
+        known = self._limits
+        for unit in self.units.values():
+            wanted = unit.limits
+            if not wanted:
+                continue
+            for name, slots in wanted.items():
+                limit = known.get(name)
+                if limit is None:
+                    raise ValueError(
+                        f"unit {unit.id!r} names the unknown limit {name!r}; "
+                        f"add it with add_limit({name!r}, ...) (known: {sorted(known)})"
+                    )
+                if limit.concurrency is not None and slots > limit.concurrency:
+                    raise ValueError(
+                        f"unit {unit.id!r} asks for {slots} slots of limit {name!r}, "
+                        f"whose concurrency is {limit.concurrency}: it could never start"
+                    )
+                if limit.per_second is not None and slots > limit.burst:
+                    raise ValueError(
+                        f"unit {unit.id!r} asks for {slots} slots of limit {name!r}, more "
+                        f"than its burst of {limit.burst}: it could never start"
+                    )
 
     def _admit(self, unit: QuantumUnit[T, R]) -> None:
         """Check a valid unit before it joins; a subclass hook (raising adds nothing)."""
@@ -363,7 +511,7 @@ class QuantumPartitioner(Generic[T, R]):
             CircularDependencyError: The dependencies form a cycle (``.cycle`` has its path).
         """
         if self._plan is None or self._graph is None:
-            self._plan = ExecutionPlan(self._compiled(), self.units)
+            self._plan = ExecutionPlan(self._compiled(), self.units, self._limits)
         return self._plan
 
     # -- running ---------------------------------------------------------------------------
@@ -380,6 +528,7 @@ class QuantumPartitioner(Generic[T, R]):
         backend: Backend | None = None,
         progress: bool = False,
         trace: bool = False,
+        deadline: float | None = None,
     ) -> dict[str, R]:
         """Run every unit, respecting dependencies; return the results that exist.
 
@@ -395,6 +544,11 @@ class QuantumPartitioner(Generic[T, R]):
                 (needs the ``progress`` extra).
             trace: Record which worker runs each attempt, for :meth:`export_trace` and
                 :meth:`write_report` (one dict entry per attempt).
+            deadline: Seconds the whole run may take (positive, finite). When they are up,
+                every unfinished unit is CANCELED, running attempts are stopped where the
+                mode can (processes killed, tasks cancelled) or abandoned, and completed
+                results are kept; ``last_execution_metrics["stop_reason"]`` is
+                ``"deadline"``.
 
         Returns:
             Results by unit name: every completed unit, plus the fallback value of each
@@ -402,7 +556,8 @@ class QuantumPartitioner(Generic[T, R]):
             :meth:`get_failed_units` and ``units[name].state``).
 
         Raises:
-            TaskError: With ``raise_on_error``, after the run, if any unit failed.
+            TaskError: With ``raise_on_error``, after the run, if any unit failed or the
+                deadline cancelled units (its ``stop_reason`` says why the run stopped).
             GraphError: The graph is invalid; raised before any unit runs.
             KeyboardInterrupt: After cancelling what had not finished; completed results
                 stay available through :meth:`get_partial_results`.
@@ -416,13 +571,11 @@ class QuantumPartitioner(Generic[T, R]):
             fail_fast=fail_fast,
             progress=progress,
             trace=trace,
+            deadline=deadline,
         )
         try:
-            run.begin()  # its hooks may raise KeyboardInterrupt too: inside the cleanup
+            _begin(run)  # its hooks may raise KeyboardInterrupt too: inside the cleanup
             chosen.run(run)
-        except BaseException as error:
-            _interrupted(run, error)
-            raise
         finally:
             _end(run, self._finish)
         return self._outcome(run, raise_on_error=raise_on_error)
@@ -436,6 +589,7 @@ class QuantumPartitioner(Generic[T, R]):
         raise_on_error: bool = False,
         progress: bool = False,
         trace: bool = False,
+        deadline: float | None = None,
     ) -> dict[str, R]:
         """Run every unit on the running event loop (ASYNC mode) and return the results.
 
@@ -453,14 +607,12 @@ class QuantumPartitioner(Generic[T, R]):
             from_loop=True,
             progress=progress,
             trace=trace,
+            deadline=deadline,
         )
         assert isinstance(chosen, AsyncBackend)
         try:
-            run.begin()  # its hooks may raise KeyboardInterrupt too: inside the cleanup
+            _begin(run)  # its hooks may raise KeyboardInterrupt too: inside the cleanup
             await chosen.arun(run)
-        except BaseException as error:
-            _interrupted(run, error)
-            raise
         finally:
             _end(run, self._finish)
         return self._outcome(run, raise_on_error=raise_on_error)
@@ -538,6 +690,7 @@ class QuantumPartitioner(Generic[T, R]):
         from_loop: bool = False,
         progress: bool = False,
         trace: bool = False,
+        deadline: float | None = None,
     ) -> tuple[Backend, Run]:
         """Validate a run's arguments and graph, then claim the partitioner for it."""
         if context is None:
@@ -545,10 +698,12 @@ class QuantumPartitioner(Generic[T, R]):
         elif not isinstance(context, Mapping):
             raise TypeError(f"context must be a mapping (a dict), got {type(context).__name__}")
         workers = _check_max_workers(max_workers)
+        run_deadline = _check_deadline(deadline)
         chosen = self._choose_backend(execution_mode, workers, custom_executor, backend)
         if isinstance(chosen, AsyncBackend) and not from_loop:
             check_no_running_loop()
         graph = self._compiled()
+        limit_plan = self._compiled_limits(graph)
         instruments = self._run_instruments(progress=progress, trace=trace)
         run = Run(
             graph,
@@ -559,6 +714,9 @@ class QuantumPartitioner(Generic[T, R]):
             fail_fast=bool(fail_fast),
             instruments=instruments,
             lane_of=chosen.lane_of(graph),
+            limits=self._limits,
+            deadline=run_deadline,
+            limit_plan=limit_plan,
         )
         run.cache = self._cache_for(run)
         with self._lock:
@@ -578,9 +736,12 @@ class QuantumPartitioner(Generic[T, R]):
 
     def _outcome(self, run: Run, *, raise_on_error: bool) -> dict[str, R]:
         results: dict[str, R] = run.results()
-        if raise_on_error and self.failed_units:
+        stop_reason = run.stop_reason
+        if raise_on_error and (self.failed_units or stop_reason == "deadline"):
             failed = run.failed()
-            raise TaskError(failed, results, list(failed))
+            if stop_reason == "deadline":
+                failed.update(run.cancelled())
+            raise TaskError(failed, results, list(failed), stop_reason)
         return results
 
     def _choose_backend(
@@ -631,6 +792,7 @@ class QuantumPartitioner(Generic[T, R]):
         if progress:
             bar = ProgressBar()  # raises ImportError naming the extra if rich is missing
             if bar.active:  # not a terminal: nothing to draw, so nothing to pay per unit
+                bar.limits = list(self._limits.values())
                 instruments.append(bar)
         return instruments
 
@@ -658,15 +820,15 @@ class QuantumPartitioner(Generic[T, R]):
         if run is not None:
             run.request_cancel()
 
-    # -- the seed's variants ---------------------------------------------------------------
+    # -- variants kept from the original API -----------------------------------------------
 
     def execute_with_monitoring(
         self, context: Mapping[str, Any] | None = None, **options: Any
     ) -> dict[str, R]:
         """Execute (threads unless told otherwise) and keep detailed metrics.
 
-        Every run sets :attr:`last_execution_metrics`; this is ``execute`` under the seed's
-        name, kept for code written against it.
+        Every run sets :attr:`last_execution_metrics`; this is ``execute`` under the original
+        API's name, kept for code written against it.
         """
         return self.execute(context, **options)
 
@@ -678,7 +840,7 @@ class QuantumPartitioner(Generic[T, R]):
         Retries (``retries=N``) wait without holding a worker; a unit that still fails
         hands its ``metadata["fallback_value"]`` to its dependents, which then run; units
         downstream of a failure without fallback are skipped. This is what ``execute``
-        always does; the seed's name is kept for code written against it.
+        always does; the original API's name is kept for code written against it.
         """
         options.setdefault("raise_on_error", False)
         return self.execute(context, **options)
@@ -734,7 +896,7 @@ class QuantumPartitioner(Generic[T, R]):
 
     @property
     def last_execution_metrics(self) -> dict[str, Any] | None:
-        """Metrics of the last run (the seed's keys), built when first read; None before."""
+        """Metrics of the last run (the original API's keys), built when first read; None before."""
         run = self._last_run
         if run is None:
             return None
@@ -831,14 +993,16 @@ class QuantumPartitioner(Generic[T, R]):
         return render_dot(self.build_execution_plan().visualize(), path, format)
 
 
-def _interrupted(run: Run, error: BaseException) -> None:
-    """Cancel what a run left unfinished when ``error`` escaped it.
+def _begin(run: Run) -> None:
+    """Start the run's record; if a ``run_started`` hook interrupts it, cancel every unit.
 
-    Backends do this themselves; this covers an interrupt that came before the backend
-    started (in a ``run_started`` hook, say), so no unit stays PENDING.
+    Once the backend drives the run, it cancels what is unfinished itself.
     """
-    if run.scheduler.is_active():
+    try:
+        run.begin()
+    except BaseException as error:
         run.report(run.interrupt("interrupted", error))
+        raise
 
 
 def _end(run: Run, finish: Callable[[Run], None]) -> None:

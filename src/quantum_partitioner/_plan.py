@@ -14,7 +14,10 @@ from ._render import to_dot, to_mermaid
 from ._simulate import Simulation, simulate
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from ._graph import Graph, QuantumUnit
+    from ._limits import Limit
 
 __all__ = ["ExecutionPlan"]
 
@@ -29,7 +32,7 @@ class ExecutionPlan:
         units: The units, by name.
         levels: Names grouped by level: each level depends only on earlier ones. Execution
             does not wait for levels (it is dataflow); they describe the graph's shape.
-        execution_order: The same lists as ``levels`` (the seed's name).
+        execution_order: The same lists as ``levels`` (the original QuantumPartitioner API's name).
         max_level: The number of levels.
         dependencies: Each unit's dependencies, by name.
         dependents: Each unit's direct dependents, by name.
@@ -39,10 +42,16 @@ class ExecutionPlan:
         critical_path_length: That chain's total weight.
     """
 
-    def __init__(self, graph: Graph, units: dict[str, QuantumUnit[Any, Any]]) -> None:
-        """Wrap a compiled graph."""
+    def __init__(
+        self,
+        graph: Graph,
+        units: dict[str, QuantumUnit[Any, Any]],
+        limits: Mapping[str, Limit] | None = None,
+    ) -> None:
+        """Wrap a compiled graph (and the named limits its units may name)."""
         self._graph = graph
         self.units = dict(units)
+        self._limits = dict(limits or {})
 
     def __repr__(self) -> str:
         """Summarise the plan."""
@@ -69,7 +78,7 @@ class ExecutionPlan:
 
     @property
     def execution_order(self) -> list[list[str]]:
-        """The seed's name for :attr:`levels`."""
+        """The original QuantumPartitioner API's name for :attr:`levels`."""
         return self.levels
 
     @property
@@ -117,12 +126,13 @@ class ExecutionPlan:
         """Predict a run on ``workers`` workers from each unit's ``estimated_duration``.
 
         The plan is replayed on the real scheduling core with a virtual clock, so the
-        prediction follows the same ordering a real run uses.
+        prediction follows the same ordering a real run uses, and the units' named limits
+        (concurrency and rate, on fresh copies with full buckets) hold as in a real run.
 
         Returns:
             The predicted makespan, and each unit's start, end and worker.
         """
-        return simulate(self._graph, workers)
+        return simulate(self._graph, workers, self._limits)
 
     def to_mermaid(self, *, states: bool = True) -> str:
         """Mermaid flowchart source of the plan, the critical path highlighted."""

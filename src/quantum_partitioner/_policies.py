@@ -6,9 +6,9 @@ worker. ``QuantumPartitioner(retry_policy=...)`` sets the default, ``add_unit(..
 retry_policy=...)`` overrides it per unit, and ``retries=N`` on a unit says how many extra
 attempts it gets.
 
-The default reproduces the seed's backoff, ``min(2**attempt * 0.1, 5)`` seconds after the
-``attempt``-th failure, plus up to 10% random jitter so that many units failing together do
-not retry in lockstep.
+The default reproduces the original QuantumPartitioner API's backoff,
+``min(2**attempt * 0.1, 5)`` seconds after the ``attempt``-th failure, plus up to 10% random
+jitter so that many units failing together do not retry in lockstep.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ class ExponentialBackoff:
     """Wait ``min(initial * multiplier**failures, maximum)`` seconds, plus jitter.
 
     Args:
-        initial: Seconds before the multiplier applies (the seed: 0.1).
-        multiplier: Growth per failure (the seed: 2).
-        maximum: Longest wait in seconds before jitter (the seed: 5).
+        initial: Seconds before the multiplier applies (default 0.1).
+        multiplier: Growth per failure (default 2).
+        maximum: Longest wait in seconds before jitter (default 5).
         jitter: Up to this fraction of the wait is added at random; 0 makes it exact.
 
     .. versionadded:: 0.1

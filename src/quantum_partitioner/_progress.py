@@ -34,7 +34,7 @@ from typing import IO, TYPE_CHECKING, Any
 from ._events import Instrument
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Hashable, Iterable
+    from collections.abc import Callable, Hashable, Iterable, Sequence
     from types import CodeType
 
     from ._events import (
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
         UnitStarted,
     )
     from ._graph import QuantumUnit
+    from ._limits import Limit
 
 __all__ = ["ProgressBar"]
 
@@ -270,6 +271,8 @@ class ProgressBar(Instrument):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._samples: collections.deque[tuple[float, int, float]] = collections.deque()
+        #: Named limits to show when saturated (the partitioner sets them for its runs).
+        self.limits: Sequence[Limit] = ()
         self._reset(0, ())
 
     def _reset(self, total: int, units: Iterable[QuantumUnit[Any, Any]]) -> None:
@@ -447,7 +450,8 @@ class ProgressBar(Instrument):
         """The counters, throughput and ETA as one line of rich markup.
 
         It starts with the units whose work is done (the bar's fill) out of all units, then
-        each terminal state's count; a run that ended early says so.
+        each terminal state's count; a run that ended early says so. A named limit that units
+        wait for shows its holders out of its concurrency and how many wait.
         """
         parts = [f"{self.filled}/{self.total}", f"[green]done {self.done}[/]"]
         if self.failed:
@@ -462,6 +466,13 @@ class ProgressBar(Instrument):
         if self.retries:
             parts.append(f"[yellow]retries {self.retries}[/]")
         parts.append(f"[cyan]running {max(0, self.running)}[/]")
+        parts += [
+            f"[yellow]{limit.name.replace('[', chr(92) + '[')} "
+            f"{limit.held}/{limit.concurrency or '∞'}"
+            f" +{limit.waiting} waiting[/]"
+            for limit in self.limits
+            if limit.waiting
+        ]
         parts.append(format_rate(rate))
         parts.append(f"ETA {format_eta(eta)}")
         return " · ".join(parts)

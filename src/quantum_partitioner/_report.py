@@ -34,6 +34,7 @@ from ._render import DECIDED_SKIP_COLOUR, STATE_COLOURS, unit_colour
 from ._trace import describe_error, layout, observed_critical_path, workers_text
 
 if TYPE_CHECKING:
+    from ._limits import LimitGate
     from ._run import Run
     from ._trace import Attempt, Layout, TraceRecorder
 
@@ -452,6 +453,8 @@ def _table(run: Run, lay: Layout, critical: set[int]) -> str:
         range(len(names)),
         key=lambda i: (not sched.attempts[i], sched.started[i] if sched.attempts[i] else 0.0, i),
     )
+    gate = sched.gate
+    waited = None if gate is None else gate.unit_waited  # the column shows only with limits
     rows = []
     for i in order[:MAX_TABLE_ROWS]:
         state = sched.state[i]
@@ -468,7 +471,8 @@ def _table(run: Run, lay: Layout, critical: set[int]) -> str:
             f"{'' if start is None else _e(format_seconds(start))}</td>"
             f'<td class="num" data-v="{"" if took is None else f"{took:.9f}"}">'
             f"{'' if took is None else _e(format_seconds(took))}</td>"
-            f"<td>{_e(worker.get(i, ''))}</td>"
+            + ("" if waited is None else _waited_cell(waited.get(i), gate, i))
+            + f"<td>{_e(worker.get(i, ''))}</td>"
             f'<td class="err">{_e(describe_error(sched.errors.get(i)))}</td></tr>'
         )
     note = ""
@@ -477,10 +481,19 @@ def _table(run: Run, lay: Layout, critical: set[int]) -> str:
     return (
         '<div class="box"><table class="sortable" id="units"><thead><tr>'
         "<th>unit</th><th>state</th><th>attempts</th><th>start</th><th>duration</th>"
-        "<th>worker</th><th>error</th></tr></thead><tbody>"
+        + ("" if waited is None else "<th>waited for a limit</th>")
+        + "<th>worker</th><th>error</th></tr></thead><tbody>"
         + "".join(rows)
         + f"</tbody></table></div>{note}"
     )
+
+
+def _waited_cell(seconds: float | None, gate: LimitGate | None, i: int) -> str:
+    """How long unit ``i`` waited for its named limits, and for which one last."""
+    if seconds is None or gate is None:
+        return '<td class="num" data-v=""></td>'
+    text = f"{format_seconds(seconds)} ({gate.unit_waited_for[i]})"
+    return f'<td class="num" data-v="{seconds:.9f}">{_e(text)}</td>'
 
 
 def write_report(

@@ -16,7 +16,7 @@ import traceback
 from types import CoroutineType, MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from ._context import ExecutionContext
+from ._context import PAUSES_KEY, ExecutionContext
 from ._errors import SkipCause, SkipUnit, UnitSkippedError, interrupts_run
 from ._events import (
     Dispatcher,
@@ -31,17 +31,21 @@ from ._events import (
     UnitStarted,
 )
 from ._graph import Graph, UnitState
+from ._limits import compile_limits
 from ._scheduler import Scheduler, Transition
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
 
+    from ._limits import Limit, LimitPlan
     from ._policies import RetryPolicy
 
 __all__ = ["Run"]
 
 _NO_RESULTS: Final[Mapping[str, Any]] = MappingProxyType({})
 _NO_ERRORS: Final[Mapping[str, BaseException]] = MappingProxyType({})
+_MISSING: Final = object()
+_MISS: Final = (False, None)
 _COMPLETED: Final = UnitState.COMPLETED
 _FAILED_STATES: Final = frozenset({UnitState.FAILED, UnitState.TIMEOUT})
 
@@ -49,8 +53,10 @@ _FAILED_STATES: Final = frozenset({UnitState.FAILED, UnitState.TIMEOUT})
 class UnitCache(Protocol):
     """Serves results of units whose inputs have not changed (see ``_cache``).
 
-    Backends consult it in the caller's process only: :meth:`Run.call` for attempts that
-    run here, the lane driver and the asyncio driver for attempts that run elsewhere.
+    Backends consult it in the caller's process only, through :meth:`Run.lookup_cached`:
+    :meth:`Run.call` for attempts that run here, the lane driver and the asyncio driver for
+    attempts that run elsewhere. For a unit that names limits the scheduler asks first
+    (before taking slots or tokens), and the attempt is then served what it found.
     """
 
     def lookup(self, run: Run, i: int) -> tuple[bool, Any]:
@@ -102,6 +108,10 @@ class Run:
         instruments: Observers of the run.
         lane_of: Each unit's lane, for backends that run units in several places.
         cache: Serves and stores results of cacheable units.
+        limits: The named limits units may name in their ``limits``, by name.
+        limit_plan: Those limits compiled for ``graph`` (a caller may cache it); by default
+            compiled here.
+        deadline: Seconds after :meth:`begin` at which every unfinished unit is cancelled.
     """
 
     def __init__(
@@ -116,6 +126,9 @@ class Run:
         instruments: Iterable[Instrument] = (),
         lane_of: Sequence[int] | None = None,
         cache: UnitCache | None = None,
+        limits: Mapping[str, Limit] | None = None,
+        deadline: float | None = None,
+        limit_plan: LimitPlan | None = None,
     ) -> None:
         """Prepare the run; nothing starts until a backend drives it."""
         #: Where results of unchanged units come from, if anywhere.
@@ -124,9 +137,21 @@ class Run:
         self.context = context
         self.mode = mode
         self.max_workers = max_workers
+        self.limits: Mapping[str, Limit] = limits or {}
+        self.deadline = deadline
         self.scheduler = Scheduler(
-            graph, retry_policy=retry_policy, fail_fast=fail_fast, lane_of=lane_of
+            graph,
+            retry_policy=retry_policy,
+            fail_fast=fail_fast,
+            lane_of=lane_of,
+            limits=limit_plan if limit_plan is not None else compile_limits(graph, self.limits),
         )
+        #: Cache hits decided before a unit took its limits, served to its attempt.
+        self._served: dict[int, Any] = {}
+        self._missed: set[int] = set()
+        gate = self.scheduler.gate
+        if gate is not None:
+            gate.wake = self._wake_from_limit
         self.dispatcher = Dispatcher(instruments)
         self.clock: Callable[[], float] = time.perf_counter
         self.unit_metrics: dict[int, dict[str, Any]] = {}
@@ -168,6 +193,67 @@ class Run:
         self.started_at = 0.0
         self.ended_at = 0.0
 
+    def _wake_from_limit(self) -> None:
+        """Another run released a limit a unit here waits on: wake the driver."""
+        self.wake()
+
+    # -- the cache -------------------------------------------------------------------------
+
+    def _probe_cache(self, i: int) -> bool:
+        """Whether the cache serves unit ``i`` (asked before it takes slots or tokens)."""
+        cache = self.cache
+        if cache is None:
+            return False
+        if i in self._missed:
+            return False
+        hit, value = cache.lookup(self, i)
+        if hit:
+            self._served[i] = value
+        else:
+            self._missed.add(i)
+        return hit
+
+    def lookup_cached(self, i: int) -> tuple[bool, Any]:
+        """``(True, result)`` if the cache serves unit ``i``'s attempt, else ``(False, None)``.
+
+        The one way drivers consult the cache: a hit the scheduler already decided is served
+        without a second look-up.
+        """
+        served = self._served
+        if served:
+            value = served.pop(i, _MISSING)
+            if value is not _MISSING:
+                return True, value
+        cache = self.cache
+        if cache is None or i in self._missed:
+            return _MISS  # probed before it took its limits: a miss stays a miss
+        return cache.lookup(self, i)
+
+    def keep_metrics(self, i: int, metrics: dict[str, Any]) -> None:
+        """Keep the metrics an attempt recorded elsewhere; apply its ``ctx.pause_limit`` calls."""
+        pauses = metrics.pop(PAUSES_KEY, None)
+        for name, seconds in pauses or ():
+            if name in self.limits:
+                self.pause_limit(name, seconds)
+        if metrics:
+            self.unit_metrics[i] = metrics
+
+    def pause_limit(self, name: str, seconds: float) -> None:
+        """Hold back new starts on limit ``name`` for ``seconds`` (``ctx.pause_limit``).
+
+        Raises:
+            KeyError: No limit has that name.
+            ValueError: ``seconds`` is negative or not finite.
+        """
+        limit = self.limits.get(name)
+        if limit is None:
+            raise KeyError(f"no limit named {name!r}; known: {sorted(self.limits)}")
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise TypeError(f"pause_limit: seconds must be a number, got {seconds!r}")
+        if not 0 <= seconds < float("inf"):
+            raise ValueError(f"pause_limit: seconds must be >= 0 and finite, got {seconds!r}")
+        limit.pause(self.clock() + seconds)
+
     # -- calling units ---------------------------------------------------------------------
 
     def call(self, i: int, attempt: int) -> tuple[bool, Any]:
@@ -180,7 +266,7 @@ class Run:
         """
         cache = self.cache
         if cache is not None:
-            hit, value = cache.lookup(self, i)
+            hit, value = self.lookup_cached(i)
             if hit:
                 return True, value
         ctx = self.context_for(i, attempt)
@@ -314,6 +400,16 @@ class Run:
     def begin(self) -> None:
         """Mark the start of the run and tell the instruments."""
         self.started_at = self.clock()
+        sched = self.scheduler
+        if sched.gate is not None:
+            sched.gate.open()
+            if self.cache is not None:  # hits are decided before limits are taken
+                sched.gate.probe = self._probe_cache
+        if self.deadline is not None:
+            sched.set_run_deadline(
+                self.started_at + self.deadline,
+                f"the run's deadline of {self.deadline:g} s passed",
+            )
         if self.dispatcher.run_started:
             event = RunStarted(
                 len(self.graph),
@@ -327,6 +423,8 @@ class Run:
     def end(self) -> None:
         """Mark the end of the run and tell the instruments."""
         self.ended_at = self.clock()
+        if self.scheduler.gate is not None:
+            self.scheduler.gate.close()
         if self.dispatcher.run_finished:
             counts = self.counts()
             event = RunFinished(
@@ -412,7 +510,15 @@ class Run:
         self.stopping.set()
         if error is not None and self.interrupted is None:
             self.interrupted = error
-        return self.scheduler.cancel(self.clock(), reason, running=True)
+        sched = self.scheduler
+        if sched.stop_reason is None and sched.is_active():
+            sched.stop_reason = "cancel" if error is None else "interrupt"
+        return sched.cancel(self.clock(), reason, running=True)
+
+    @property
+    def stop_reason(self) -> str:
+        """Why the run stopped: completed, deadline, cancel, interrupt or fail_fast."""
+        return self.scheduler.stop_reason or "completed"
 
     def request_cancel(self) -> None:
         """Ask the driving backend to stop at its next step.
@@ -510,6 +616,15 @@ class Run:
         for i in self.withheld:
             out.pop(names[i], None)
         return out
+
+    def cancelled(self) -> dict[str, BaseException]:
+        """Errors of the units that were CANCELED, by name."""
+        sched = self.scheduler
+        return {
+            self._names[i]: error
+            for i, error in sched.errors.items()
+            if sched.state[i] is UnitState.CANCELED
+        }
 
     def failed(self) -> dict[str, BaseException]:
         """Errors of the units that FAILED or timed out, by name, in the order they failed."""

@@ -20,6 +20,11 @@ Policy:
       its dependents receive that value and run; otherwise its transitive dependents are
       SKIPPED. With ``fail_fast`` every unit that has not started is CANCELED.
     * Outcomes of attempts that are no longer current (timed out, cancelled) are ignored.
+    * Named limits (:mod:`._limits`): a ready unit whose limits lack room is not started; it
+      waits in the :class:`LimitGate`, holding nothing, its timeout not started, and the next
+      ready unit with room starts instead. Slots are released on every outcome.
+    * A run deadline (:meth:`Scheduler.set_run_deadline`) cancels every unfinished unit,
+      running ones included, when it passes.
 
 Run-time decisions (only graphs that use them pay for them; see "decisions" below):
     * A unit with a join rule (``run_if``) other than ``all_success`` is judged by
@@ -57,10 +62,12 @@ from ._errors import (
 )
 from ._graph import Graph, UnitState
 from ._joins import ALL_SUCCESS, Verdict, judge
+from ._limits import LimitGate, LimitPlan
 from ._policies import DEFAULT_RETRY_POLICY, RetryPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
 
 __all__ = ["Scheduler", "Transition"]
 
@@ -113,6 +120,7 @@ class Scheduler:
         lane_of: For drivers that run units in several places at once (processes for some,
             threads for others), each unit's lane: ready units are queued per lane, so a
             full lane never holds back another. Default: one lane.
+        limits: The compiled named limits the units name (see ``_limits``), if any.
 
     Not thread-safe: a threaded driver holds one lock around every call.
     """
@@ -124,6 +132,7 @@ class Scheduler:
         retry_policy: RetryPolicy | None = None,
         fail_fast: bool = False,
         lane_of: Sequence[int] | None = None,
+        limits: LimitPlan | None = None,
     ) -> None:
         """Set every unit PENDING and queue the units without dependencies."""
         n = len(graph)
@@ -177,6 +186,15 @@ class Scheduler:
         self._ready = self._heaps[0] if lanes == 1 else None
         self._timeouts_heap: list[tuple[float, int, int]] = []
         self._retries_heap: list[tuple[float, int]] = []
+        #: The named limits' gate; None when no unit names a limit (then limits cost nothing).
+        self.gate: LimitGate | None = (
+            LimitGate(limits, position_of, self._by_position, self._push_ready) if limits else None
+        )
+        #: When the whole run must stop (see :meth:`set_run_deadline`), and why it stopped.
+        self.run_deadline: float | None = None
+        self._deadline_reason = ""
+        #: Why the run stopped early: "deadline", "fail_fast", or what the driver set.
+        self.stop_reason: str | None = None
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -214,11 +232,45 @@ class Scheduler:
 
     @property
     def has_deadlines(self) -> bool:
-        """Whether a timeout or retry deadline may be pending (cheap; may be stale)."""
-        return bool(self._timeouts_heap or self._retries_heap)
+        """Whether a timeout, retry, limit or run deadline may be pending (cheap; may be stale)."""
+        return bool(
+            self._timeouts_heap
+            or self._retries_heap
+            or self.run_deadline is not None
+            or (self.gate is not None and (bool(self.gate.due) or self.gate.nudged))
+        )
+
+    @property
+    def waiting_on_limits(self) -> int:
+        """How many ready units wait for a named limit's slots or tokens."""
+        gate = self.gate
+        return 0 if gate is None else gate.waiting_count
 
     def next_deadline(self) -> float | None:
-        """The earliest time :meth:`advance` has work: a timeout or a retry, else None."""
+        """The earliest time :meth:`advance` has work, else None.
+
+        That is a timeout, a retry, a limit's next token or pause end, or the run deadline.
+        """
+        own = self._own_deadline()
+        if self.gate is None and self.run_deadline is None:
+            return own
+        extra = self._extra_deadline()
+        if own is None:
+            return extra
+        if extra is None:
+            return own
+        return min(own, extra)
+
+    def _extra_deadline(self) -> float | None:
+        """The limits' and the run's deadline, else None."""
+        gate = self.gate
+        at = None if gate is None else gate.next_deadline()
+        run_deadline = self.run_deadline
+        if run_deadline is not None and (at is None or run_deadline < at):
+            return run_deadline
+        return at
+
+    def _own_deadline(self) -> float | None:
         timeouts = self._timeouts_heap
         state, attempts = self.state, self.attempts
         while timeouts:
@@ -243,12 +295,18 @@ class Scheduler:
         """Mark the best ready unit RUNNING at ``now`` and return its index, or -1 if none.
 
         The attempt number is then ``attempts[index]``. With several lanes, only units of
-        ``lane`` are considered.
+        ``lane`` are considered. A unit whose named limits lack room is never returned: it
+        waits (PENDING) and the next ready unit with room is considered.
         """
         ready = self._heaps[lane]
-        if not ready:
-            return -1
-        i = self._by_position[heapq.heappop(ready)]
+        if self.gate is None:
+            if not ready:
+                return -1
+            i = self._by_position[heapq.heappop(ready)]
+        else:
+            i = self._next_with_room(self.gate, ready, now)
+            if i < 0:
+                return -1
         self.state[i] = _RUNNING
         attempt = self.attempts[i] + 1
         self.attempts[i] = attempt
@@ -273,9 +331,41 @@ class Scheduler:
         self.ended[i] = now
         self.running -= 1
         self.terminal += 1
+        if self.gate is not None:
+            self.gate.release(i, now)
         if self._dynamic:
             return self._settle_dependents(i, _OK, self.outbox, now)
         return self._release_dependents(i)
+
+    # -- named limits (see _limits) --------------------------------------------------------
+
+    def _next_with_room(self, gate: LimitGate, ready: list[int], now: float) -> int:
+        """Pop ready units best first until one has room in its limits; -1 if none has."""
+        if gate.in_order and gate.waiting_count:
+            return -1  # SEQUENTIAL waits for the best unit instead of reordering
+        by_position = self._by_position
+        while ready:
+            i = by_position[heapq.heappop(ready)]
+            if gate.try_take(i, now):
+                return i
+            if gate.in_order:
+                return -1
+        return -1
+
+    def _push_ready(self, i: int) -> None:
+        """A unit that waited for its limits may try again."""
+        if not self.stopped and self.state[i] is _PENDING:
+            heapq.heappush(self._heaps[self.lane_of[i]], self._position_of[i])
+
+    def set_run_deadline(self, at: float, reason: str) -> None:
+        """Cancel every unfinished unit, running ones included, at time ``at``.
+
+        Args:
+            at: When, on the driver's clock.
+            reason: The text of each unit's :class:`UnitCancelledError`.
+        """
+        self.run_deadline = at
+        self._deadline_reason = reason
 
     def _release_dependents(self, i: int) -> int:
         waiting = self._waiting
@@ -303,6 +393,8 @@ class Scheduler:
         if self.state[i] is not _RUNNING or self.attempts[i] != attempt:
             return []
         self.running -= 1
+        if self.gate is not None:
+            self.gate.release(i, now)
         if isinstance(error, SkipUnit):
             return self._skip_by_decision(i, error, now)
         return self._after_failure(i, error, now, timed_out=False)
@@ -321,6 +413,9 @@ class Scheduler:
             if state[i] is not _RUNNING or attempts[i] != attempt:
                 continue
             self.running -= 1
+            if self.gate is not None:
+                # The attempt may go on running (a thread): it no longer holds its slots.
+                self.gate.release(i, now, timed_out=True)
             timeout = self.timeouts[i]
             assert timeout is not None
             error = UnitTimeoutError(self.names[i], timeout)
@@ -330,6 +425,14 @@ class Scheduler:
             _, i = heapq.heappop(retries)
             if state[i] is _PENDING and not self.stopped:
                 heapq.heappush(self._heaps[self.lane_of[i]], self._position_of[i])
+        if self.gate is not None and not self.stopped:
+            self.gate.advance(now)
+        run_deadline = self.run_deadline
+        if run_deadline is not None and now >= run_deadline:
+            self.run_deadline = None
+            if self.is_active():
+                self.stop_reason = "deadline"
+                transitions += self.cancel(now, self._deadline_reason, running=True)
         return transitions
 
     def cancel(self, now: float, reason: str, *, running: bool = True) -> list[Transition]:
@@ -348,6 +451,8 @@ class Scheduler:
         for heap in self._heaps:
             heap.clear()
         self.to_decide.clear()
+        if self.gate is not None:
+            self.gate.clear()
         transitions = []
         state = self.state
         for i in range(self._n):
@@ -361,6 +466,9 @@ class Scheduler:
     def _cancel_one(self, i: int, now: float, reason: str, *, was_running: bool) -> Transition:
         if was_running:
             self.running -= 1
+        if self.gate is not None:
+            self.gate.release(i, now)
+            self.gate.forget(i, now)
         self.state[i] = _CANCELED
         error = UnitCancelledError(self.names[i], reason)
         self.errors[i] = error
@@ -403,6 +511,8 @@ class Scheduler:
         else:
             transitions += self._skip_dependents(i, now)
         if self.fail_fast:
+            if self.stop_reason is None:
+                self.stop_reason = "fail_fast"
             reason = f"fail_fast after {self.names[i]!r} failed"
             transitions += self.cancel(now, reason, running=False)
         return transitions
@@ -438,6 +548,7 @@ class Scheduler:
             and not self.ready_count
             and not self._retries_heap
             and not self.to_decide
+            and not self.waiting_on_limits
         ):
             stuck = [self.names[i] for i, s in enumerate(self.state) if not s.is_terminal]
             raise InternalError(f"scheduler stalled with units left: {stuck[:10]}")

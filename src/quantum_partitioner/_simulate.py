@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._errors import InternalError
+from ._limits import Limit, LimitPlan, compile_limits
 from ._scheduler import Scheduler
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from ._graph import Graph
 
 __all__ = ["Simulation", "simulate"]
@@ -52,15 +55,24 @@ class Simulation:
         return busy / (self.workers * self.makespan)
 
 
-def simulate(graph: Graph, workers: int) -> Simulation:
-    """Predict the run of ``graph`` on ``workers`` workers.
+def _fresh_limits(graph: Graph, limits: Mapping[str, Limit]) -> LimitPlan | None:
+    """The units' limits as copies with full buckets: a prediction never touches the real."""
+    copies = {
+        name: Limit(name, limit.concurrency, limit.per_second, limit.burst)
+        for name, limit in limits.items()
+    }
+    return compile_limits(graph, copies)
+
+
+def simulate(graph: Graph, workers: int, limits: Mapping[str, Limit] | None = None) -> Simulation:
+    """Predict the run of ``graph`` on ``workers`` workers, under the named ``limits``.
 
     Raises:
         ValueError: ``workers`` is not a positive int.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
-    sched = Scheduler(graph)
+    sched = Scheduler(graph, limits=_fresh_limits(graph, limits) if limits else None)
     weight = graph.weight
     n = len(graph)
     start = [0.0] * n
@@ -73,6 +85,8 @@ def simulate(graph: Graph, workers: int) -> Simulation:
         for i in sched.to_decide:  # a prediction takes every condition to hold
             sched.decide(i, holds=True, now=now)
         sched.to_decide.clear()
+        if sched.has_deadlines:
+            sched.advance(now)  # a limit's next token is due
         while free:
             i = sched.start_next(now)
             if i < 0:
@@ -80,8 +94,12 @@ def simulate(graph: Graph, workers: int) -> Simulation:
             worker = heapq.heappop(free)
             start[i], end[i], worker_of[i] = now, now + weight[i], worker
             heapq.heappush(running, (end[i], i, worker))
-        if not running:
+        deadline = sched.next_deadline()
+        if not running and deadline is None:
             raise InternalError("simulation stalled with units left")
+        if deadline is not None and (not running or deadline < running[0][0]):
+            now = max(now, deadline)  # nothing ends before a waiting unit's token is due
+            continue
         now = running[0][0]
         # Finish everything that ends now before choosing again, so a unit released by the
         # second of two simultaneous completions competes on equal terms.

@@ -1,4 +1,4 @@
-"""Layer 4: the seed's execution strategies and its worker/mode selection rules.
+"""Layer 4: the execution strategies and the worker/mode selection rules.
 
 * ``resource_balanced``: one run, one scheduler, units placed by
   ``metadata["resource_type"]``: ``"cpu"`` on worker processes, ``"io"`` (and units with no
@@ -39,7 +39,7 @@ RESOURCE_TYPES = ("cpu", "io", "async")
 
 
 def select_optimal_workers(units: Mapping[str, QuantumUnit[Any, Any]], plan: ExecutionPlan) -> int:
-    """Choose a worker count from the workload, by the seed's rules.
+    """Choose a worker count from the workload, by the original API's rules.
 
     Never more than the plan's widest level; mostly-cpu workloads get one worker per core,
     others two per core.
@@ -54,9 +54,9 @@ def select_optimal_workers(units: Mapping[str, QuantumUnit[Any, Any]], plan: Exe
 
 
 def select_execution_strategy(units: Mapping[str, QuantumUnit[Any, Any]]) -> ExecutionMode:
-    """Choose an execution mode from the units' ``resource_type``, by the seed's rules.
+    """Choose an execution mode from the units' ``resource_type``, by the original API's rules.
 
-    Units without a type count as cpu, as in the seed; ``async def`` units count as async.
+    Units without a type count as cpu, as in the original API; ``async def`` units count as async.
     """
     counts = dict.fromkeys(RESOURCE_TYPES, 0)
     for unit in units.values():

@@ -470,6 +470,7 @@ def chrome_trace(run: Run, recorder: TraceRecorder | None = None) -> dict[str, A
                 "args": {"worker": lay.tracks[track]},
             }
         )
+    events += _limit_waits(run, lay, origin, pid)
     for i, time, state, error in lay.marks:
         verb = "skipped" if state is UnitState.SKIPPED else "canceled"
         events.append(
@@ -495,6 +496,36 @@ def chrome_trace(run: Run, recorder: TraceRecorder | None = None) -> dict[str, A
             "start_epoch_seconds": run.to_epoch(origin),
         },
     }
+
+
+def _limit_waits(run: Run, lay: Layout, origin: float, pid: int) -> list[dict[str, Any]]:
+    """A "waiting for <limit>" async slice before each unit's last start that had to wait.
+
+    It sits on the track of the attempt it preceded (the run's track if that never ran).
+    """
+    gate = run.scheduler.gate
+    if gate is None or not gate.last_wait:
+        return []
+    track_of = {
+        (a.unit_index, a.attempt): track + 1
+        for a, track in zip(lay.attempts, lay.track_of, strict=True)
+    }
+    names = run.graph.names
+    attempts = run.scheduler.attempts
+    events: list[dict[str, Any]] = []
+    for i, (since, until) in gate.last_wait.items():
+        limit = gate.unit_waited_for[i]
+        wait = {
+            "name": f"waiting for {limit}",
+            "cat": "limit",
+            "id": f"limit.{i}",
+            "pid": pid,
+            "tid": track_of.get((i, attempts[i]), 0),
+        }
+        args = {"unit": names[i], "limit": limit, "waited_s": round(until - since, 6)}
+        events.append({**wait, "ph": "b", "ts": _us(since - origin), "args": args})
+        events.append({**wait, "ph": "e", "ts": _us(until - origin)})
+    return events
 
 
 def write_chrome_trace(run: Run, path: str | Path, recorder: TraceRecorder | None = None) -> Path:

@@ -5,7 +5,7 @@ Subcommands:
     ``plan MODULE:FACTORY``: describe the graph a factory builds (levels, critical path,
     simulated makespan), as text, Graphviz DOT or Mermaid.
     ``run MODULE:FACTORY``: run the graph a factory builds and print each unit's outcome;
-    exit status 1 if any unit failed or timed out.
+    exit status 1 if any unit failed or timed out, 3 if ``--deadline`` cancelled units.
 
 Each subcommand is one ``_add_<name>`` function that adds its parser and sets the handler
 that runs it; a handler returns the exit status. Bad input a user can fix (a module that
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from ._plan import ExecutionPlan
 
 __all__ = [
+    "EXIT_DEADLINE",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
@@ -69,6 +70,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 #: Bad input: arguments, a module that does not import, a factory, a graph.
 EXIT_USAGE = 2
+#: ``run --deadline``: the deadline passed and cancelled the units that had not finished.
+EXIT_DEADLINE = 3
 #: Interrupted by Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
 
@@ -177,6 +180,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
     return value
 
 
@@ -418,6 +431,15 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="once a unit fails for good, cancel every unit that has not started",
     )
+    how.add_argument(
+        "--deadline",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help=(
+            "stop the run after SECONDS: units not finished by then are cancelled and "
+            f"the exit status is {EXIT_DEADLINE}"
+        ),
+    )
     parser.set_defaults(handler=_run_run)
 
 
@@ -457,7 +479,11 @@ def _run_run(args: argparse.Namespace) -> int:
     except GraphError as error:
         raise CommandError(f"{args.target}: {error}") from error
     partitioner.instruments.extend(_run_instruments(args))
-    options: dict[str, Any] = {"max_workers": args.workers, "fail_fast": args.fail_fast}
+    options: dict[str, Any] = {
+        "max_workers": args.workers,
+        "fail_fast": args.fail_fast,
+        "deadline": args.deadline,
+    }
     started = time.perf_counter()
     try:
         if args.strategy is not None:
@@ -480,6 +506,10 @@ def _run_run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     seconds = time.perf_counter() - started
     _write(_run_lines(args, partitioner, seconds))
+    metrics = partitioner.last_execution_metrics
+    if metrics is not None and metrics["stop_reason"] == "deadline":
+        _write([f"the deadline of {args.deadline:g} s passed: unfinished units were cancelled"])
+        return EXIT_DEADLINE
     failed = any(unit.state in _FAILED_STATES for unit in partitioner.units.values())
     return EXIT_FAILED if failed else EXIT_OK
 

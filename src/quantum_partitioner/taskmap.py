@@ -1,8 +1,11 @@
-"""The seed's TaskMap engine, as a thin functional layer over the same scheduler.
+"""The TaskMap engine of the original API, as a thin functional layer over the same scheduler.
 
-A task map is a dict ``name -> (fn, dependencies)``; each function is called as ``fn(ctx)``
-exactly like a partitioner's unit. Runs raise :class:`TaskError` (with ``errors``,
-``partial_results`` and ``failed_tasks``) when a task fails, as the seed's code expects::
+A task map is a dict ``name -> (fn, dependencies)`` or ``name -> (fn, dependencies, options)``
+where ``options`` holds :meth:`QuantumPartitioner.add_unit`'s keyword arguments
+(``{"timeout": 5, "limits": ["api"]}``); each function is called as ``fn(ctx)`` exactly like a
+partitioner's unit. ``TaskMap(tasks, limits={"api": {"concurrency": 2}})`` adds the named
+limits tasks may name. Runs raise :class:`TaskError` (with ``errors``,
+``partial_results`` and ``failed_tasks``) when a task fails, as code written for it expects::
 
     from quantum_partitioner.taskmap import TaskMap, run_parallel_threads
 
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ._errors import CircularDependency, CircularDependencyError, TaskError
 from ._graph import ExecutionMode, QuantumUnit, validate_unit
+from ._limits import Limit, normalize_unit_limits
 from ._partitioner import QuantumPartitioner
 
 if TYPE_CHECKING:
@@ -37,15 +41,28 @@ __all__ = [
     "run_tasks",
 ]
 
-#: A task: ``(fn, dependencies)``, or a bare ``fn``, called as ``fn(ctx)`` like a unit.
-TaskSpec: TypeAlias = "tuple[UnitFunction[Any], Iterable[str]] | UnitFunction[Any]"
+#: A task: ``(fn, dependencies)``, ``(fn, dependencies, options)`` with ``options`` the
+#: keyword arguments of ``add_unit``, or a bare ``fn``; called as ``fn(ctx)`` like a unit.
+TaskSpec: TypeAlias = (
+    "tuple[UnitFunction[Any], Iterable[str]]"
+    " | tuple[UnitFunction[Any], Iterable[str], Mapping[str, Any]]"
+    " | UnitFunction[Any]"
+)
+
+#: What a task's ``options`` may hold: ``add_unit``'s keyword arguments (but its name).
+_TASK_OPTIONS = frozenset({"timeout", "retries", "priority", "metadata", "retry_policy", "limits"})
 
 
 class TaskMap:
-    """Named tasks with dependencies, plus the seed's callbacks.
+    """Named tasks with dependencies, plus callbacks.
 
     Args:
-        tasks: ``name -> (fn, dependencies)``; a bare ``fn`` means no dependencies.
+        tasks: ``name -> (fn, dependencies)`` or ``(fn, dependencies, options)``, where
+            ``options`` holds :meth:`QuantumPartitioner.add_unit`'s keyword arguments
+            (``timeout``, ``retries``, ``priority``, ``metadata``, ``retry_policy``,
+            ``limits``); a bare ``fn`` means no dependencies.
+        limits: Named limits the tasks may name, ``name -> Limit`` or ``name -> {knobs}``
+            (``concurrency``, ``per_second``, ``burst``, as :meth:`~QuantumPartitioner.add_limit`).
 
     Attributes:
         on_task_start: ``fn(name)`` when a task starts.
@@ -54,17 +71,30 @@ class TaskMap:
 
     Raises:
         TypeError: ``tasks`` is not a mapping, a name is not a string, or a task is not a
-            function or a ``(function, dependencies)`` pair whose dependencies are a list of
-            names (the message names the task).
+            function or a ``(function, dependencies[, options])`` tuple whose dependencies are
+            a list of names and whose options are ``add_unit`` keywords (the message names
+            the task); a limit is neither a Limit nor a dict of knobs.
+        ValueError: An option or a limit knob is out of range (names the task or limit).
         GraphError: Unknown dependencies or a cycle (when the map is first run or planned).
     """
 
-    def __init__(self, tasks: Mapping[str, TaskSpec]) -> None:
+    def __init__(
+        self,
+        tasks: Mapping[str, TaskSpec],
+        *,
+        limits: Mapping[str, Limit | Mapping[str, Any]] | None = None,
+    ) -> None:
         """Validate the tasks' shape; the graph itself is checked before running."""
         _check_mapping(tasks, "tasks", "(fn, dependencies)")
         self.tasks: dict[str, tuple[Callable[..., Any], list[str]]] = {}
+        #: Each task's ``add_unit`` keyword arguments (tasks without options are absent).
+        self.options: dict[str, dict[str, Any]] = {}
         for name, spec in tasks.items():
-            self.tasks[name] = _task(name, spec)
+            fn, deps, options = _task_with_options(name, spec)
+            self.tasks[name] = (fn, deps)
+            if options:
+                self.options[name] = options
+        self.limits: dict[str, Limit] = _named_limits(limits)
         self.on_task_start: Callable[[str], Any] | None = None
         self.on_task_complete: Callable[[str, Any], Any] | None = None
         self.on_task_error: Callable[[str, BaseException], Any] | None = None
@@ -74,8 +104,10 @@ class TaskMap:
         """The partitioner that runs this map (built once, callbacks refreshed each call)."""
         if self._partitioner is None:
             partitioner: QuantumPartitioner[Any, Any] = QuantumPartitioner()
+            for limit in self.limits.values():
+                partitioner.add_limit(limit)
             for name, (fn, deps) in self.tasks.items():
-                partitioner.add_unit(fn, deps, name=name)
+                partitioner.add_unit(fn, deps, name=name, **self.options.get(name, {}))
             self._partitioner = partitioner
         partitioner = self._partitioner
         partitioner.on_unit_start = self.on_task_start
@@ -97,6 +129,57 @@ def _check_mapping(value: object, what: str, shape: str) -> None:
         raise TypeError(
             f"{what} must be a dict of name -> {shape}, got a {type(value).__name__}: {value!r}"
         )
+
+
+def _named_limits(limits: object) -> dict[str, Limit]:
+    """A TaskMap's ``limits=`` as Limit objects by name."""
+    if limits is None:
+        return {}
+    _check_mapping(limits, "limits", "Limit or dict of concurrency/per_second/burst")
+    assert isinstance(limits, Mapping)
+    named: dict[str, Limit] = {}
+    for name, spec in limits.items():
+        if isinstance(spec, Limit):
+            if spec.name != name:
+                raise ValueError(f"limit {name!r}: its Limit is named {spec.name!r}")
+            named[name] = spec
+        elif isinstance(spec, Mapping):
+            unknown = set(spec) - {"concurrency", "per_second", "burst"}
+            if unknown:
+                raise TypeError(f"limit {name!r}: unknown knobs {sorted(unknown)}")
+            named[name] = Limit(name, **spec)
+        else:
+            raise TypeError(
+                f"limit {name!r}: expected a Limit or a dict of concurrency/per_second/burst, "
+                f"got {spec!r}"
+            )
+    return named
+
+
+def _task_with_options(
+    name: Any, spec: object
+) -> tuple[Callable[..., Any], list[str], dict[str, Any]]:
+    """A task as ``(fn, dependency names, add_unit options)``, each checked as add_unit does."""
+    if not (isinstance(spec, tuple) and len(spec) == 3):
+        return (*_task(name, spec), {})
+    fn, deps, options = spec
+    if not isinstance(options, Mapping):
+        raise TypeError(
+            f"task {name!r}: options must be a dict of add_unit keyword arguments, got {options!r}"
+        )
+    unknown = set(options) - _TASK_OPTIONS
+    if unknown:
+        raise TypeError(
+            f"task {name!r}: unknown options {sorted(unknown)}; "
+            f"use add_unit's keywords: {sorted(_TASK_OPTIONS)}"
+        )
+    fn, dep_names = _task(name, (fn, deps))
+    checked = dict(options)
+    if "limits" in checked:
+        checked["limits"] = normalize_unit_limits(name, checked["limits"])
+    unit: QuantumUnit[Any, Any] = QuantumUnit(name, fn, dep_names, **checked)
+    validate_unit(unit)  # timeout, retries, priority, metadata, retry_policy: add_unit's rules
+    return fn, dep_names, dict(options)
 
 
 def _task(name: Any, spec: object) -> tuple[Callable[..., Any], list[str]]:

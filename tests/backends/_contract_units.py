@@ -364,4 +364,13 @@ def _wait_for_file(path: str, value: Any, ctx: Any) -> Any:
     deadline = time.monotonic() + 30
     while not Path(path).exists() and not ctx.cancelled and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def async_sleep(seconds: float, value: Any) -> partial[Any]:
+    """An ``async def`` unit sleeping ``seconds`` on the loop, then returning ``value``."""
+    return partial(_async_sleep, seconds, value)
+
+
+async def _async_sleep(seconds: float, value: Any, ctx: Any) -> Any:
+    await asyncio.sleep(seconds)
     return value

@@ -134,12 +134,12 @@ def always_dies(ctx: Any) -> None:
     os._exit(1)
 
 
-# -- the seed's document pipeline ("Document Processing Pipeline") ---------------------------
+# -- the document pipeline ("Document Processing Pipeline") ------------------------------------
 
 
 @dataclass(frozen=True)
 class Document:
-    """A document as the seed's example expects one: an ``id`` and some content."""
+    """A document as the original API's example expects one: an ``id`` and some content."""
 
     id: str
     content: str

@@ -361,3 +361,18 @@ def test_join_rules_in_a_mixed_lane_run():
         "upstream_errors": ["cpu_fails"],
     }
     assert len(results["quorum"]["results"]) >= 1
+
+
+def test_skips_by_decision_give_back_their_limit_slots(mode):
+    """A unit that skips itself frees its named limit's slot; a false condition takes none."""
+    p = QuantumPartitioner()
+    p.add_limit("api", concurrency=1)
+    p.add_unit(u.skip_with("cached"), name="first", limits=["api"])
+    p.add_unit(u.const(2), name="off", limits=["api"], when=lambda ctx: False)
+    p.add_unit(u.const(3), name="last", limits=["api"])
+
+    results = mode.execute(p)
+
+    assert results == {"last": 3}
+    assert p.units["first"].error.cause is SkipCause.DECISION
+    assert p.units["off"].error.cause is SkipCause.CONDITION

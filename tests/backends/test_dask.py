@@ -14,6 +14,7 @@ start beside any other cluster on the machine without warnings.
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import random
 import signal
@@ -778,7 +779,8 @@ def test_a_closed_client_is_refused_before_anything_runs(cluster, tmp_path):
     with pytest.raises(BrokenBackendError, match="closed"):
         p.execute({"marker": str(tmp_path / "a")}, backend=DaskBackend(closed))
 
-    assert p.units["a"].state is UnitState.PENDING
+    # Nothing ran, and no unit is left PENDING: the refused run cancelled it.
+    assert p.units["a"].state is UnitState.CANCELED
     assert not (tmp_path / "a").exists()
 
 
@@ -926,7 +928,7 @@ def test_custom_mode_with_the_clients_executor_fails_base_exceptions_promptly(cl
         assert type(p.units[name].error) is kind, name
 
 
-# -- the seed's document pipeline, unchanged, on the cluster ----------------------------------
+# -- the document pipeline, unchanged, on the cluster -----------------------------------------
 
 extract_text = units.extract_text
 chunk_text = units.chunk_text
@@ -936,7 +938,7 @@ index_embeddings = units.index_embeddings
 
 def create_document_pipeline(documents, embedding_model):
     """Create parallel document processing pipeline."""
-    # Copied from the seed ("Document Processing Pipeline"), lambdas unchanged.
+    # Copied from the original "Document Processing Pipeline" example, lambdas unchanged.
     partitioner = QuantumPartitioner(max_workers=4)
 
     # Add extraction units for each document
@@ -969,7 +971,7 @@ def create_document_pipeline(documents, embedding_model):
     # Add final indexing unit depending on all embedding units
     embedding_units = [f"embed_{i}" for i in range(len(documents))]
     partitioner.add_unit(
-        fn=lambda ctx: index_embeddings(ctx),  # noqa: PLW0108 - the seed's code, unchanged
+        fn=lambda ctx: index_embeddings(ctx),  # noqa: PLW0108 - the original API's code, unchanged
         dependencies=embedding_units,
         name="index_embeddings",
     )
@@ -977,8 +979,8 @@ def create_document_pipeline(documents, embedding_model):
     return partitioner
 
 
-def test_seed_document_pipeline_runs_unchanged_on_the_cluster(client):
-    """The seed's document pipeline runs on the cluster and indexes every document."""
+def test_original_document_pipeline_runs_unchanged_on_the_cluster(client):
+    """The original API's document pipeline runs on the cluster and indexes every document."""
     documents = [
         units.Document("d1", "The quick brown fox jumps over the lazy dog"),
         units.Document("d2", "A journey of a thousand miles begins with a single step"),
@@ -1053,3 +1055,36 @@ def test_join_rules_hand_a_unit_only_the_results_that_exist(backend):
     assert results["report"] == [[("ok", 1)], ["boom", "lazy"]]
     assert results["join"] == ["ok"]
     assert p.units["blocked"].error.cause is SkipCause.UPSTREAM_FAILED
+
+
+# -- named limits and run deadlines ---------------------------------------------------------
+
+
+def test_a_unit_with_limits_is_submitted_only_when_it_holds_its_slots(backend):
+    """concurrency=1 on a 2-worker cluster: limited units never overlap, lookahead or not."""
+    p = QuantumPartitioner()
+    p.add_limit("gpu", concurrency=1)
+    names = [f"g{k}" for k in range(4)]
+    for name in names:  # each behind its own root, so Dask would spread them over workers
+        p.add_unit(units.started_at, name=f"root_{name}")
+        p.add_unit(units.started_at, [f"root_{name}"], name=name, limits=["gpu"])
+    results = p.execute(backend=backend)
+    began = sorted(results[name] for name in names)  # when each really started, on a worker
+    assert all(b - a >= 0.045 for a, b in itertools.pairwise(began))  # each takes 0.05 s
+    assert p.limit_stats()["gpu"].peak == 1
+
+
+def test_deadline_cancels_what_runs_on_the_cluster(client):
+    """deadline=: unfinished units are CANCELED, their tasks leave the cluster."""
+    p = QuantumPartitioner()
+    p.add_unit(units.sleep_then, name="slow")
+    p.add_unit(lambda ctx: "ok", name="quick")
+    started = time.monotonic()
+    results = p.execute({"seconds": 2.0}, backend=DaskBackend(client), deadline=0.8)
+    assert time.monotonic() - started < 1.6
+    assert results == {"quick": "ok"}
+    assert p.units["slow"].state is UnitState.CANCELED
+    assert "deadline" in str(p.units["slow"].error)
+    assert p.last_execution_metrics["stop_reason"] == "deadline"
+    assert wait_for(lambda: not run_keys(client, "slow-"))
+    time.sleep(1.3)  # let the worker thread finish sleeping before the next test

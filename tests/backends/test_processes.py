@@ -32,6 +32,7 @@ from quantum_partitioner._graph import Graph, QuantumUnit
 from quantum_partitioner._run import Run
 from quantum_partitioner._trace import chrome_trace, layout
 from quantum_partitioner.backends import ProcessBackend, _processes
+from quantum_partitioner.backends import _processes as processes
 from quantum_partitioner.backends._processes import ProcessLane
 
 PROCESS = ExecutionMode.PROCESS
@@ -285,6 +286,27 @@ def test_workers_that_cannot_start_break_the_backend_saying_why(tmp_path, monkey
     assert p.get_partial_results() == {"a": 1}
     assert isinstance(p.units["b"].error, WorkerDiedError)
     assert p.units["c"].state is UnitState.CANCELED
+
+
+def test_workers_that_never_get_ready_are_killed_and_break_the_backend(tmp_path, monkeypatch):
+    """Defect 4's sibling: a worker stuck while it starts (a site hook waiting for ever) is
+    killed at its start-up deadline and counts as a failed start; the run does not hang."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys, time\nsys.stderr.write('site check: waiting for the network\\n')\n"
+        "sys.stderr.flush()\ntime.sleep(600)\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(processes, "_START_TIMEOUT", 0.5)
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(lambda ctx: 1, name="a")
+    with pytest.raises(BrokenBackendError) as caught:
+        p.execute({}, execution_mode=PROCESS)
+    message = str(caught.value)
+    assert "was not ready within 0.5 s and was killed" in message
+    assert "waiting for the network" in message
+    assert p.units["a"].state is UnitState.CANCELED
 
 
 def test_what_a_worker_writes_while_it_starts_still_reaches_stderr(tmp_path, monkeypatch, capfd):

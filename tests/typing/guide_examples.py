@@ -16,10 +16,12 @@ from quantum_partitioner import (
     Instrument,
     QuantumPartitioner,
     QuantumUnit,
+    ResultStream,
     RetryPolicy,
     Simulation,
     SkipCause,
     UnitFinished,
+    UnitResult,
     UnitSkippedError,
     UnitState,
     at_least,
@@ -165,3 +167,31 @@ def dynamic_workflows() -> None:
     error = partitioner.units["refresh"].error
     if isinstance(error, UnitSkippedError):
         assert_type(error.cause, SkipCause)
+
+
+def streaming() -> None:
+    """``stream()`` yields one typed record per unit as it finishes."""
+    partitioner = QuantumPartitioner(max_workers=2)
+    partitioner.add_unit(lambda ctx: 1, name="a")
+    with partitioner.stream({}, execution_mode="thread") as results:
+        assert_type(results, ResultStream)
+        for done in results:
+            assert_type(done, UnitResult)
+            assert_type(done.name, str)
+            assert_type(done.state, UnitState)
+            assert_type(done.ok, bool)
+            assert_type(done.error, BaseException | None)
+            assert_type(done.attempts, int)
+            assert_type(done.end_time, float | None)
+    with partitioner.stream({}, strategy="resource_balanced") as results:
+        for done in results:
+            assert_type(done, UnitResult)
+
+
+async def async_streaming() -> None:
+    """``astream()``: the same records for ``async for``."""
+    partitioner = QuantumPartitioner()
+    partitioner.add_unit(lambda ctx: 1, name="a")
+    async with partitioner.astream({}) as results:
+        async for done in results:
+            assert_type(done, UnitResult)

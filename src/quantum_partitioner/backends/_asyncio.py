@@ -75,7 +75,7 @@ async def call_async(run: Run, i: int, attempt: int) -> AttemptOutcome:
     """Run one attempt of a coroutine unit on the current loop."""
     cache = run.cache
     if cache is not None:
-        hit, cached = cache.lookup(run, i)
+        hit, cached = run.lookup_cached(i)
         if hit:
             return True, cached, None
     ctx = run.context_for(i, attempt)
@@ -166,7 +166,7 @@ class PlainCalls:
         try:
             cache = run.cache
             if cache is not None:
-                hit, value = cache.lookup(run, i)
+                hit, value = run.lookup_cached(i)
                 if hit:
                     return True, value, None
             ctx = run.context_for(i, attempt)
@@ -405,7 +405,7 @@ class AsyncBackend(Backend):
                 run.report(sched.fail(i, attempt, value, now))
                 return
             if metrics:
-                run.unit_metrics[i] = metrics
+                run.keep_metrics(i, metrics)
             if sched.complete(i, attempt, value, now) >= 0 and run.dispatcher.unit_finished:
                 run.emit_finished(i, attempt, now)
         elif isinstance(error, UnitInterrupt):

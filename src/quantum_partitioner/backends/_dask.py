@@ -433,6 +433,9 @@ class _DaskRun:
             self._flush()
             deadline = sched.next_deadline()
             if not self.in_flight and deadline is None and not self.fetching:
+                if sched.waiting_on_limits:  # for a limit another run holds
+                    self._settle(self.outcomes.get())
+                    continue
                 if sched.is_active() and not sched.ready_count:
                     raise InternalError("no unit is ready, running or waiting")
                 continue  # units became ready, or the run is over
@@ -465,7 +468,7 @@ class _DaskRun:
             run = self.run
             cache = run.cache
             if cache is not None:
-                hit, value = cache.lookup(run, i)
+                hit, value = run.lookup_cached(i)
                 if hit:
                     self.outcomes.put((i, attempt, _Served(value)))
                     return
@@ -536,6 +539,8 @@ class _DaskRun:
             return
         deps, dependents = self.run.graph.deps, self.run.graph.dependents
         state, attempts, results = sched.state, sched.attempts, sched.results
+        # A unit that names limits goes to Dask only once it holds its slots.
+        limited = {} if sched.gate is None else sched.gate.needs
         futures, scanned, has_value = self.futures, self.scanned, self._has_value
         judged = sched.judged  # a condition or a join rule decides here, not ahead
         stack = [start]
@@ -543,7 +548,7 @@ class _DaskRun:
             for k in dependents[stack.pop()]:
                 if futures[k] is not None or state[k] is not _PENDING or attempts[k]:
                     continue  # handed over already, ended, or waiting for a retry
-                if judged and k in judged:
+                if k in limited or (judged and k in judged):
                     continue
                 row = deps[k]
                 # Resume where the last look stopped: a sink of n units costs O(n) in all.
@@ -814,7 +819,7 @@ class _DaskRun:
 
     def _record(self, i: int, metrics: dict[str, Any] | None, worker: str) -> None:
         if metrics:
-            self.run.unit_metrics[i] = metrics
+            self.run.keep_metrics(i, metrics)
         if worker:
             self.run.unit_workers[i] = worker
 

@@ -227,7 +227,7 @@ class LaneBackend(Backend):
                     if started_hooks:
                         run.emit_started(i, attempt, now)
                     if run.cache is not None and not lane.calls_in_process:
-                        hit, value = run.cache.lookup(run, i)
+                        hit, value = run.lookup_cached(i)
                         if hit:  # served here: complete it now, and never store it again
                             del in_flight[i]
                             if sched.complete(i, attempt, value, now) >= 0 and finished_hooks:
@@ -236,9 +236,10 @@ class LaneBackend(Backend):
                     lane.submit(i, attempt)
             deadline = sched.next_deadline()
             if not in_flight and deadline is None:
-                if sched.is_active() and not sched.ready_count:
+                waiting = sched.waiting_on_limits  # for a limit another run holds
+                if sched.is_active() and not sched.ready_count and not waiting:
                     raise InternalError("no unit is ready, running or waiting")
-                if sched.ready_count:  # ready, but every lane is full: wait for a wake-up
+                if sched.ready_count or waiting:  # wait for a wake-up
                     self._settle(run, outcomes.get(), in_flight)
                 continue
             timeout = None if deadline is None else min(max(0.0, deadline - clock()), _MAX_WAIT)
@@ -276,7 +277,7 @@ class LaneBackend(Backend):
         now = run.clock()
         if ok:
             if metrics:
-                run.unit_metrics[i] = metrics
+                run.keep_metrics(i, metrics)
             current = sched.complete(i, attempt, value, now) >= 0
             if current and run.cache is not None and not lane.calls_in_process:
                 run.cache.remember(run, i, value)  # a fresh result: hits never come here

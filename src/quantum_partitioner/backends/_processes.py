@@ -26,10 +26,11 @@ traces and reports draw one track per slot: never more than could run at once.
 
 Until it is ready, a worker's stderr is a pipe the reader thread collects (then it switches to
 the caller's stderr and what it wrote is passed on). A worker that exits before it is ready
-(a broken ``sitecustomize``, a module on the path shadowing one the worker imports) is
-replaced, but after ``_MAX_FAILED_STARTS`` such exits in a row the lane stops trying and the
-driver raises :class:`BrokenBackendError` with the last one's exit status and stderr: the run
-ends (completed results kept) instead of spawning workers forever.
+(a broken ``sitecustomize``, a module on the path shadowing one the worker imports), or is
+not ready within ``_START_TIMEOUT`` seconds (then it is killed), is replaced; but after
+``_MAX_FAILED_STARTS`` such failed starts in a row the lane stops trying and the driver
+raises :class:`BrokenBackendError` with the last one's exit status and stderr: the run ends
+(completed results kept) instead of spawning workers forever or waiting for ever.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections import deque
 from multiprocessing.connection import Connection, wait
@@ -64,6 +66,8 @@ LOGGER = logging.getLogger("quantum_partitioner")
 
 #: Workers in a row that may exit before they are ready before the lane gives up.
 _MAX_FAILED_STARTS = 3
+#: Seconds a worker may take to report ready (it imports little: well under one, normally).
+_START_TIMEOUT = 60.0
 #: How much of a worker's start-up stderr is kept (its end) for the error message.
 _START_LOG_BYTES = 4096
 
@@ -102,11 +106,13 @@ class _Worker:
         "has_context",
         "inbox",
         "job",
+        "late",
         "outbox",
         "process",
         "ready",
         "slot",
         "spawned_at",
+        "start_deadline",
         "start_log",
         "start_stderr",
         "started",
@@ -129,6 +135,9 @@ class _Worker:
         #: The read end of the worker's stderr until it is ready (-1 once closed).
         self.start_stderr = start_stderr
         self.start_log = bytearray()
+        #: When it must have said it is ready (``time.monotonic``), until it has.
+        self.start_deadline: float | None = time.monotonic() + _START_TIMEOUT
+        self.late = False  # killed for not being ready in time
         self.started = False  # it said it is ready once
         self.ready = False  # it may be given an attempt
         self.job: tuple[int, int] | None = None
@@ -422,7 +431,11 @@ class ProcessLane(Lane):
                 for w in self._workers:
                     if w.start_stderr >= 0:
                         watched[w.start_stderr] = w
-            ready = wait([*watched, self._wake_r])
+                due = [w.start_deadline for w in self._workers if w.start_deadline is not None]
+            timeout = max(0.0, min(due) - time.monotonic()) if due else None
+            ready = wait([*watched, self._wake_r], timeout)
+            if due:
+                self._kill_late_starters()
             for conn in ready:
                 if conn == self._wake_r:
                     with contextlib.suppress(OSError):
@@ -461,6 +474,7 @@ class ProcessLane(Lane):
             worker.start_log = bytearray()
             with self._lock:
                 worker.started = worker.ready = True
+                worker.start_deadline = None
                 self._failed_starts = 0
             self._post(None)  # the driver may have work for it
             return
@@ -510,13 +524,26 @@ class ProcessLane(Lane):
                 (i, attempt, False, WorkerDiedError(self._run.graph.names[i], exitcode), None)
             )
 
+    def _kill_late_starters(self) -> None:
+        """Kill the workers not ready in time: the reader buries them as failed starts."""
+        now = time.monotonic()
+        with self._lock:
+            for worker in self._workers:
+                if worker.start_deadline is not None and now >= worker.start_deadline:
+                    worker.start_deadline = None
+                    worker.late = True
+                    _kill(worker)
+
     def _failed_start(self, worker: _Worker, exitcode: int) -> None:
         """A worker exited before it was ready: log why; give up after too many (hold the lock)."""
         self._failed_starts += 1
         log = bytes(worker.start_log).decode("utf-8", "replace").strip()
-        why = f"{describe_exit(exitcode)}, " + (
-            f"its stderr ending:\n{log}" if log else "with nothing on stderr"
+        ended = (
+            f"was not ready within {_START_TIMEOUT:g} s and was killed"
+            if worker.late
+            else describe_exit(exitcode)
         )
+        why = f"{ended}, " + (f"its stderr ending:\n{log}" if log else "with nothing on stderr")
         LOGGER.warning("PROCESS backend: a worker exited before it was ready (%s)", why)
         if self._failed_starts >= _MAX_FAILED_STARTS:
             self._broken = (

@@ -2,9 +2,12 @@
 
 This is the reference semantics and it is deterministic: the same graph always runs in the
 same order. A unit cannot be interrupted in the calling thread, so a unit that returns after
-its timeout is marked TIMEOUT and its result discarded. While a retry waits for its backoff,
-other ready units run; the thread sleeps only when nothing else can, on a ``SimpleQueue``
-that ``cancel()`` can wake without taking a lock (so from a signal handler too).
+its timeout is marked TIMEOUT and its result discarded, and the run's deadline is checked
+between units. While a retry waits for its backoff, other ready units run; the thread sleeps
+only when nothing else can, on a ``SimpleQueue`` that ``cancel()`` (or another run releasing
+a shared limit) can wake without taking a lock (so from a signal handler too). Concurrency
+limits are met trivially (one attempt at a time); a rate limit is honoured by waiting for
+the best unit's token, not by running another unit first, so the order stays the same.
 
 A unit runs in this very thread, so a ``KeyboardInterrupt`` or ``SystemExit`` it raises
 reaches the driver as Ctrl-C would, and stops the run the same way.
@@ -49,6 +52,8 @@ class SequentialBackend(Backend):
         started_hooks, finished_hooks = dispatcher.unit_started, dispatcher.unit_finished
         wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
         previous_wake, run.wake = run.wake, lambda: wakeups.put(None)
+        if sched.gate is not None:
+            sched.gate.in_order = True
         try:
             while sched.is_active():
                 if run.cancel_requested.is_set():
@@ -87,8 +92,10 @@ def _sleep_until_deadline(run: Run, now: float, wakeups: queue.SimpleQueue[None]
     sched = run.scheduler
     deadline = sched.next_deadline()
     if deadline is None:
-        raise InternalError("no unit is ready, running or waiting, yet the run is not over")
-    if deadline > now:
+        if not sched.waiting_on_limits:
+            raise InternalError("no unit is ready, running or waiting, yet the run is not over")
+        wakeups.get()  # a limit another run holds: its release (or cancel()) wakes this run
+    elif deadline > now:
         # cancel() cuts the wait short; far deadlines are waited for in steps.
         with contextlib.suppress(queue.Empty):
             wakeups.get(timeout=min(deadline - now, threading.TIMEOUT_MAX))

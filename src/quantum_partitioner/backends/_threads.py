@@ -100,6 +100,8 @@ class _ThreadPool:
         run, sched, lock = self.run, self.sched, self.lock
         clock = run.clock
         previous_wake, run.wake = run.wake, self._wake
+        if sched.gate is not None:
+            sched.gate.on_new_deadline = self._deadline_added
         try:
             for _ in range(self.size):
                 self._spawn()
@@ -121,7 +123,8 @@ class _ThreadPool:
                     deadline = sched.next_deadline()
                     self.wake_at = math.inf if deadline is None else deadline
                 run.report(transitions)
-                self._sleep(deadline)
+                if sched.is_active():  # (a run deadline may just have ended it)
+                    self._sleep(deadline)
             if run.cancel_requested.is_set():
                 with lock:
                     transitions = run.stop_requested()
@@ -183,6 +186,11 @@ class _ThreadPool:
     def _wake(self) -> None:
         """Wake the driver; takes no lock (``cancel()`` may call it from a signal handler)."""
         self.wakeups.put(None)
+
+    def _deadline_added(self, at: float) -> None:
+        """A limit's next token is due at ``at`` (under the lock): wake the driver if sooner."""
+        if at < self.wake_at:
+            self.wakeups.put(None)
 
     def _spawn(self) -> None:
         worker = _Worker()
@@ -248,6 +256,8 @@ class _ThreadPool:
         started_hooks = run.dispatcher.unit_started
         finished_hooks = run.dispatcher.unit_finished
         work, wake = self.work, self.wakeups.put
+        # With a run deadline every running unit may have to be abandoned, not only timed ones.
+        own_all = sched.run_deadline is not None
         i, attempt, ok = -1, 0, True
         value: Any = None
         while True:
@@ -289,7 +299,7 @@ class _ThreadPool:
                         owner[nxt] = me
                         if now + timeout < self.wake_at:
                             wake(None)
-                    elif cancellable:  # cancel_rest may stop it: know whom to retire
+                    elif own_all or cancellable:  # a run deadline or cancel_rest may stop it
                         owner[nxt] = me
                     next_attempt = attempts[nxt]
             if finished:

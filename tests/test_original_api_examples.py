@@ -1,8 +1,8 @@
-"""The seed document's usage examples, run as written with small real functions.
+"""The original API document's usage examples, run as written with small real functions.
 
 Each test copies one example's code (seed/000_702f4953bf27369c.txt, "Usage Patterns" and the
 TaskMap calls of its implementation sketch) and checks what its reader would expect. The
-seed imports ``taskmap``; here that engine is ``quantum_partitioner.taskmap``.
+original document imports ``taskmap``; here that engine is ``quantum_partitioner.taskmap``.
 """
 
 from __future__ import annotations
@@ -242,10 +242,10 @@ def test_error_handling_example_succeeds_when_the_api_answers():
     assert results["process_data"] == {"processed": True, "result": ["A", "B"]}
 
 
-# -- the TaskMap calls of the seed's implementation sketch -----------------------------------
+# -- the TaskMap calls of the original API's implementation sketch ---------------------------
 
 
-def seed_tasks():
+def sketch_tasks():
     return {
         "load_data": (load_data, []),
         "process_data": (process_data, ["load_data"]),
@@ -263,8 +263,8 @@ EXPECTED = {
 
 
 def test_taskmap_run_is_the_sequential_mode():
-    """TaskMap(tasks).run(context), the seed's SEQUENTIAL path, returns every result."""
-    task_map = TaskMap(seed_tasks())
+    """TaskMap(tasks).run(context), the original API's SEQUENTIAL path, returns every result."""
+    task_map = TaskMap(sketch_tasks())
 
     results = task_map.run({"input_data": ["1", "2"]})
 
@@ -272,8 +272,8 @@ def test_taskmap_run_is_the_sequential_mode():
 
 
 def test_taskmap_run_parallel_threads_with_executor():
-    """run_parallel_threads(task_map, context, executor=executor), the seed's THREAD path."""
-    task_map = TaskMap(seed_tasks())
+    """run_parallel_threads(task_map, context, executor=executor): the original THREAD path."""
+    task_map = TaskMap(sketch_tasks())
 
     with ThreadPoolExecutor(max_workers=4) as executor:
         results = run_parallel_threads(task_map, {"input_data": ["1", "2"]}, executor=executor)
@@ -282,9 +282,9 @@ def test_taskmap_run_parallel_threads_with_executor():
 
 
 def test_taskmap_run_parallel_threads_with_max_workers_and_callbacks():
-    """The seed's monitoring call: callbacks on the TaskMap, run_parallel_threads(max_workers)."""
+    """The original monitoring call: callbacks on the TaskMap, run_parallel_threads(max_workers)."""
     started, completed, errors = [], [], []
-    task_map = TaskMap(seed_tasks())
+    task_map = TaskMap(sketch_tasks())
     task_map.on_task_start = started.append
     task_map.on_task_complete = lambda name, result: completed.append((name, result))
     task_map.on_task_error = lambda name, error: errors.append(name)
@@ -297,9 +297,9 @@ def test_taskmap_run_parallel_threads_with_max_workers_and_callbacks():
     assert sorted(completed, key=lambda item: item[0]) == sorted(EXPECTED.items())
 
 
-def test_build_graph_on_the_seed_task_dict():
+def test_build_graph_on_the_original_task_dict():
     """build_graph({unit_id: dependencies}) validates the graph, as build_execution_plan does."""
-    task_dict = {name: deps for name, (_, deps) in seed_tasks().items()}
+    task_dict = {name: deps for name, (_, deps) in sketch_tasks().items()}
 
     plan = build_graph(task_dict)
 
@@ -307,7 +307,7 @@ def test_build_graph_on_the_seed_task_dict():
 
 
 def test_build_graph_raises_circular_dependency():
-    """A cycle raises CircularDependency, which the seed catches to re-raise its own error."""
+    """A cycle raises CircularDependency, which the original code catches to re-raise its own."""
     task_dict = {"a": ["c"], "b": ["a"], "c": ["b"]}
 
     with pytest.raises(CircularDependency) as info:
@@ -320,7 +320,7 @@ def test_build_graph_raises_circular_dependency():
 
 def test_task_error_carries_errors_partial_results_and_failed_tasks():
     """A failing task raises TaskError with errors, partial_results and failed_tasks."""
-    tasks = seed_tasks()
+    tasks = sketch_tasks()
     tasks["fetch"] = (fetch_data_from_api, [])
     task_map = TaskMap(tasks)
 

@@ -1,0 +1,167 @@
+"""Named limits and run deadlines, the same in every execution mode (the contract suite).
+
+Every test takes the ``mode`` fixture (tests/conftest.py) and checks what a run records:
+the scheduler's start and end times, states and errors. Unit functions come from
+``_contract_units`` so that every mode, a plain process pool included, can run them.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from quantum_partitioner import (
+    CachingQuantumPartitioner,
+    MemoryStore,
+    QuantumPartitioner,
+    UnitState,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+import itertools
+
+import _contract_units as u  # needs the sys.path entry above
+
+
+def peak_overlap(partitioner, names):
+    """The most units of ``names`` running at once, from the recorded start/end times."""
+    times = partitioner.last_execution_metrics["unit_times"]
+    events = []
+    for name in names:
+        events += [(times[name]["start"], 1), (times[name]["end"], -1)]
+    events.sort(key=lambda e: (e[0], e[1]))  # an end before a start at the same instant
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def warm_up(mode):
+    """Start a caller's process pool's workers now, so their start-up is not timed below."""
+    p = QuantumPartitioner()
+    for k in range(2):
+        p.add_unit(u.sleep(0.05, k), name=f"warm_up{k}")
+    mode.execute(p)
+
+
+def test_concurrency_limit_caps_running_units_and_waiting_is_not_timed(mode):
+    """concurrency=2: never more than 2 run at once, and no unit times out while waiting."""
+    warm_up(mode)
+    p = QuantumPartitioner(max_workers=6)
+    p.add_limit("provider", concurrency=2)
+    names = [f"call{k}" for k in range(6)]
+    for name in names:
+        # The last two wait 0.4 s, then run 0.2 s: a timeout that counted the wait would
+        # end them.
+        p.add_unit(u.sleep(0.2, name), name=name, limits=["provider"], timeout=0.6)
+    p.add_unit(u.const("free"), name="free")
+    results = mode.execute(p)
+    assert results == {**{name: name for name in names}, "free": "free"}
+    assert peak_overlap(p, names) <= 2
+    stats = p.limit_stats()["provider"]
+    assert stats.starts == 6
+    assert stats.peak <= 2
+    if mode.concurrent and not mode.in_processes:  # those modes have only 2 workers here
+        assert stats.peak == 2
+        assert stats.waited > 0
+        assert max(p.last_execution_metrics["unit_times"][n]["waited"] for n in names) > 0.3
+
+
+def test_rate_limit_spaces_starts(mode):
+    """per_second=20 with burst=1: starts are at least ~1/20 s apart."""
+    p = QuantumPartitioner(max_workers=4)
+    p.add_limit("api", per_second=20.0)
+    names = [f"r{k}" for k in range(4)]
+    for name in names:
+        p.add_unit(u.const(name), name=name, limits={"api": 1})
+    mode.execute(p)
+    times = p.last_execution_metrics["unit_times"]
+    starts = sorted(times[name]["start"] for name in names)
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 0.045
+
+
+def test_deadline_cancels_unfinished_units_and_keeps_results(mode):
+    """deadline=: what has not finished is CANCELED saying so; completed results stay."""
+    warm_up(mode)
+    p = QuantumPartitioner(max_workers=3)
+    p.add_unit(u.const("fast"), name="fast", priority=10)
+    for k in range(3):
+        p.add_unit(u.sleep(1.5, k), name=f"slow{k}")
+    began = time.perf_counter()
+    results = mode.execute(p, deadline=0.8)
+    took = time.perf_counter() - began
+    assert results == {"fast": "fast"}
+    for k in range(3):
+        unit = p.units[f"slow{k}"]
+        assert unit.state is UnitState.CANCELED
+        assert "deadline of 0.8 s passed" in str(unit.error)
+    assert p.last_execution_metrics["stop_reason"] == "deadline"
+    if mode.concurrent:
+        assert took < 1.4  # running attempts were stopped or abandoned, not waited for
+
+
+def test_stop_reason_is_completed_for_a_full_run(mode):
+    """A run that ran to the end says so."""
+    p = QuantumPartitioner()
+    p.add_unit(u.const(1), name="one")
+    mode.execute(p, deadline=30)
+    assert p.last_execution_metrics["stop_reason"] == "completed"
+
+
+def test_a_cache_hit_never_waits_for_a_rate_limit(mode):
+    """A second run served from the cache takes no token, so it does not wait for one."""
+    p = CachingQuantumPartitioner(cache_store=MemoryStore())
+    p.add_limit("api", per_second=4.0)
+    for k in range(2):
+        p.add_unit(u.const(k), name=f"c{k}", limits=["api"], metadata={"cacheable": True})
+    mode.execute(p)
+    assert p.limit_stats()["api"].starts == 2
+    assert mode.execute(p) == {"c0": 0, "c1": 1}  # the bucket is empty: a token takes 0.25 s
+    stats = p.limit_stats()["api"]
+    assert (stats.starts, stats.waits, stats.waited) == (0, 0, 0.0)
+    assert p.cache_stats().hits == 2
+
+
+def test_a_failed_or_timed_out_unit_gives_its_slots_back(mode):
+    """Slots are released on failure and timeout: the unit needing them all still runs."""
+    p = QuantumPartitioner(max_workers=4)
+    p.add_limit("gpu", concurrency=2)
+    p.add_unit(u.explode, name="boom", limits=["gpu"], priority=2)
+    p.add_unit(u.sleep(0.6, "late"), name="stuck", limits=["gpu"], timeout=0.2, priority=1)
+    p.add_unit(u.const("after"), name="after", limits={"gpu": 2})
+    results = mode.execute(p)
+    assert results == {"after": "after"}
+    assert p.units["boom"].state is UnitState.FAILED
+    assert p.units["stuck"].state is UnitState.TIMEOUT
+    assert p.limit_stats()["gpu"].released_at_timeout == 1
+
+
+def test_one_limit_spans_the_lanes_of_a_resource_balanced_run():
+    """cpu (processes), io (threads) and async units share one limit: never two at once."""
+    p = QuantumPartitioner(max_workers=2)
+    p.add_limit("shared", concurrency=1)
+    names = []
+    for kind in ("cpu", "io", "async"):
+        for k in range(2):
+            name = f"{kind}{k}"
+            names.append(name)
+            function = u.async_sleep(0.1, name) if kind == "async" else u.sleep(0.1, name)
+            p.add_unit(function, name=name, limits=["shared"], metadata={"resource_type": kind})
+    results = p.execute_with_strategy(None, "resource_balanced")
+    assert results == {name: name for name in names}
+    assert peak_overlap(p, names) == 1
+
+
+def test_deadline_stops_every_lane_of_a_resource_balanced_run():
+    """deadline= kills the worker process, cancels the task and abandons the thread."""
+    p = QuantumPartitioner(max_workers=2)
+    for kind in ("cpu", "io", "async"):
+        function = u.async_sleep(3.0, kind) if kind == "async" else u.sleep(3.0, kind)
+        p.add_unit(function, name=kind, metadata={"resource_type": kind})
+    began = time.perf_counter()
+    assert p.execute_with_strategy(None, "resource_balanced", deadline=1.0) == {}
+    assert time.perf_counter() - began < 2.5
+    assert {unit.state for unit in p.units.values()} == {UnitState.CANCELED}
