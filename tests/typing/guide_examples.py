@@ -18,8 +18,11 @@ from quantum_partitioner import (
     QuantumUnit,
     RetryPolicy,
     Simulation,
+    SkipCause,
     UnitFinished,
+    UnitSkippedError,
     UnitState,
+    at_least,
     select_execution_strategy,
 )
 from quantum_partitioner.taskmap import build_graph, run_async, run_parallel
@@ -137,3 +140,29 @@ def plans() -> None:
     assert_type(build_graph({"a": [], "b": ["a"]}).levels, list[list[str]])
     assert_type(run_parallel({"a": lambda ctx: 1}), dict[str, Any])
     assert_type(run_async({"a": lambda ctx: 1}), dict[str, Any])
+
+
+def dynamic_workflows() -> None:
+    """Conditions, skips by decision and join rules, as the guide writes them."""
+    partitioner: QuantumPartitioner[Any, Any] = QuantumPartitioner()
+    partitioner.add_unit(lambda ctx: "calc", name="route")
+    partitioner.add_unit(
+        lambda ctx: 42, ["route"], name="calc", when=lambda ctx: ctx["route"] == "calc"
+    )
+
+    def refresh(ctx: ExecutionContext) -> None:
+        ctx.skip("cache is fresh")
+
+    partitioner.add_unit(refresh, name="refresh")
+    partitioner.add_unit(lambda ctx: 0, ["calc", "refresh"], name="join", run_if="none_failed")
+    partitioner.add_unit(
+        lambda ctx: sorted(ctx.upstream_errors),
+        ["calc", "refresh"],
+        name="quorum",
+        run_if=at_least(1),
+        cancel_rest=True,
+    )
+    error = partitioner.units["refresh"].error
+    if isinstance(error, UnitSkippedError):
+        assert_type(error.cause, SkipCause)
+
