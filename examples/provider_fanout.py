@@ -19,6 +19,11 @@ Run it as a script (an optional question as arguments)::
 
     python examples/provider_fanout.py
     python examples/provider_fanout.py "which is the largest planet"
+    python examples/provider_fanout.py --quorum 2   # stop at the first two answers
+
+With ``--quorum N`` the answers are consumed as they arrive through ``stream()``: once N
+providers answered, leaving the loop cancels the calls still going and the vote is taken
+over those N.
 
 or through the command line, which prints each unit's outcome (the units read the query from
 the context)::
@@ -181,8 +186,39 @@ def build() -> QuantumPartitioner[dict[str, Any], Any]:
     return create_provider_execution_plan(default_providers(), DEFAULT_QUERY)
 
 
+def first_answers(
+    partitioner: QuantumPartitioner[dict[str, Any], Any], query: str, quorum: int
+) -> list[Response]:
+    """The first ``quorum`` providers' answers, in the order they arrive.
+
+    Leaving the ``with`` block early cancels what still runs (the slower providers' calls
+    and the aggregation), exactly like ``cancel()``; completed answers are kept.
+    """
+    answers: list[Response] = []
+    with partitioner.stream({"query": query}) as results:
+        for done in results:
+            if done.ok and isinstance(done.result, Response):
+                answers.append(done.result)
+                if len(answers) == quorum:
+                    break
+    return answers
+
+
 def main(argv: list[str]) -> int:
     """Ask the default providers the question in ``argv`` (or the default one)."""
+    if argv[:1] == ["--quorum"] and len(argv) >= 2:
+        quorum, argv = int(argv[1]), argv[2:]
+        query = " ".join(argv) or DEFAULT_QUERY
+        partitioner = create_provider_execution_plan(default_providers(), query)
+        answers = first_answers(partitioner, query, quorum)
+        print(f"Query: {query}")
+        for response in answers:
+            print(f"  {response.provider:<6} {response.latency_ms:3.0f} ms  {response.text}")
+        cancelled = sorted(
+            name for name, unit in partitioner.units.items() if unit.state.name == "CANCELED"
+        )
+        print(f"First {len(answers)} answers; cancelled: {', '.join(cancelled)}")
+        return 0 if len(answers) == quorum else 1
     query = " ".join(argv) or DEFAULT_QUERY
     providers = default_providers()
     partitioner = create_provider_execution_plan(providers, query)

@@ -101,6 +101,18 @@ def test_provider_fanout_script_takes_a_query():
     assert "Answer: Jupiter (2 of 3 providers agree)" in result.stdout
 
 
+def test_provider_fanout_quorum_streams_and_cancels_the_rest():
+    """--quorum 2 takes the two fastest answers from stream() and cancels the slowest call."""
+    result = run_script("provider_fanout.py", "--quorum", "2")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    answered = {line.split()[0] for line in lines[1:3]}
+    assert len(answered) == 2
+    assert answered <= {"alpha", "beta", "gamma"}  # usually the two fastest: beta, alpha
+    (slowest,) = {"alpha", "beta", "gamma"} - answered
+    assert lines[3] == f"First 2 answers; cancelled: aggregate_responses, provider_{slowest}"
+
+
 def test_document_pipeline_script(tmp_path):
     """document_pipeline.py indexes the four documents and ranks the tea chunks first."""
     result = run_script("document_pipeline.py", cwd=tmp_path)
