@@ -45,6 +45,12 @@ What is measured:
   ``dask.compute`` hands its scheduler: µs per task and the ratios (see
   ``dask_collections_section.py``). The ``cache`` and ``dask`` sections are described in
   their modules.
+* unitcost: the cost of a unit in every mode (building, SEQUENTIAL, THREAD, PROCESS, ASYNC,
+  the SQLite cache cold and warm, cacheable builds, RSS per unit), each row beside a
+  reference measured in the same run (a dict build, a graphlib loop, a minimal thread
+  dataflow, ``ProcessPoolExecutor``, a bare interpreter, a hand-written asyncio dataflow,
+  the run without a cache, ``dask.get``), with its ratio and target; about 1.5-3 minutes
+  (see ``unit_cost_section.py``).
 
 Why ratios matter more than absolute times: this runs on small shared machines (2 cores,
 other jobs, frequency scaling), where absolute microseconds move by tens of percent from
@@ -60,7 +66,7 @@ Parallel speed-ups need idle cores: on a machine where other jobs hold a core, t
 section's speed-ups drop whatever the code does (the load averages it prints tell).
 
 Usage: ``python bench/run.py [--quick] [--n N] [--repeat R] [--process-n N] [--cpu-units U]
-[--cpu-ms MS] [--only time,memory,process,cpu,async,cache,dask,collections,limits]``.
+[--cpu-ms MS] [--only time,memory,process,cpu,async,cache,dask,collections,limits,unitcost]``.
 """
 
 from __future__ import annotations
