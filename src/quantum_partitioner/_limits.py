@@ -457,6 +457,23 @@ class LimitGate:
         needs = self.holding.pop(i, None)
         if needs is None:
             return
+        if len(needs) == 1:  # the common case, without the loops below
+            lid, limit, slots = needs[0]
+            with _LOCK:
+                limit.held -= slots
+                listeners = limit._listeners
+                shared = len(listeners) > 1  # with a run going on elsewhere
+                if shared:
+                    key = self._key
+                    wakes = [f for k, f in listeners.items() if k != key]
+            if timed_out:
+                self.released_at_timeout[lid] += 1
+            if self.waiting[lid]:
+                self._promote(lid, now)
+            if shared:
+                for listener in wakes:
+                    listener()
+            return
         others: dict[int, Callable[[], None]] | None = None
         with _LOCK:
             for _, limit, slots in needs:
