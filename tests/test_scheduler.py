@@ -819,3 +819,25 @@ def test_fake_clock_rejects_bad_times(value, error):
     with pytest.raises(error):
         clock.set(value)
     assert clock() == 0.0
+
+
+def test_start_first_keeps_priority_order_across_lanes(clock):
+    """Two lanes under one limit: the best ready unit of either lane starts first.
+
+    lane 0: low (priority 0)     lane 1: high (priority 5), mid (priority 2)
+    """
+    graph = compile_graph(
+        [
+            QuantumUnit("low", noop, priority=0),
+            QuantumUnit("high", noop, priority=5),
+            QuantumUnit("mid", noop, priority=2),
+        ]
+    )
+    sched = Scheduler(graph, lane_of=[0, 1, 1])
+    both = [True, True]
+    assert sched.best_lane(both) == 1
+    assert sched.best_lane([True, False]) == 0  # lane 1 may not start now
+    order = [sched.names[sched.start_first(clock(), both)] for _ in range(3)]
+    assert order == ["high", "mid", "low"]
+    assert sched.start_first(clock(), both) == -1
+    assert sched.best_lane(both) == -1

@@ -220,11 +220,26 @@ class Scheduler:
         For a driver that starts the units of several lanes within one limit, so the
         priority order holds across its lanes.
         """
-        best, best_position = -1, self._n
+        best, best_position = -1, -1
         for lane, heap in enumerate(self._heaps):
-            if heap and allowed[lane] and heap[0] < best_position:
+            if heap and allowed[lane] and (best < 0 or heap[0] < best_position):
                 best, best_position = lane, heap[0]
         return best
+
+    def start_first(self, now: float, allowed: Sequence[bool]) -> int:
+        """:meth:`start_next` over the lanes ``allowed``, best ready unit first; -1 if none.
+
+        A lane whose ready units all wait for a named limit yields nothing: the next lane
+        is tried.
+        """
+        while True:
+            lane = self.best_lane(allowed)
+            if lane < 0:
+                return -1
+            i = self.start_next(now, lane)
+            if i >= 0:
+                return i
+            allowed = [ok and k != lane for k, ok in enumerate(allowed)]
 
     def ready_in(self, lane: int) -> int:
         """How many units of ``lane`` are ready to start now."""

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from .._graph import Graph
     from .._run import Run
-    from .._scheduler import Scheduler, Transition
+    from .._scheduler import Transition
     from ._lanes import Outcome
 
 __all__ = ["AsyncBackend", "AsyncLane", "PlainCalls", "call_async", "check_no_running_loop"]
@@ -335,8 +335,10 @@ class AsyncBackend(Backend):
             if sched.to_decide or sched.outbox:
                 _stop_abandoned(run, run.settle_decisions(), tasks, cleaning)
             while limit is None or len(tasks) < limit:
-                lane = 0 if plain is None else self._next_lane(sched, needs_thread, plain)
-                i = sched.start_next(now, lane) if lane >= 0 else -1
+                if plain is None:
+                    i = sched.start_next(now)
+                else:  # plain functions only while a pool thread is free
+                    i = sched.start_first(now, self._allowed(needs_thread, plain))
                 if i < 0:
                     break
                 attempt = sched.attempts[i]
@@ -362,7 +364,7 @@ class AsyncBackend(Backend):
                 or (
                     sched.ready_count
                     and (limit is None or len(tasks) < limit)
-                    and (plain is None or self._next_lane(sched, needs_thread, plain) >= 0)
+                    and (plain is None or sched.best_lane(self._allowed(needs_thread, plain)) >= 0)
                 )
                 or sched.to_decide
                 or sched.outbox
@@ -380,13 +382,10 @@ class AsyncBackend(Backend):
                 pass
 
     @staticmethod
-    def _next_lane(sched: Scheduler, needs_thread: list[bool], plain: PlainCalls) -> int:
-        """The lane to start from: its best ready unit comes first in priority order.
-
-        A lane of plain functions counts only while a pool thread is free; -1: no lane.
-        """
+    def _allowed(needs_thread: list[bool], plain: PlainCalls) -> list[bool]:
+        """Which lanes may start a unit now: a lane of plain functions needs a free thread."""
         free = plain.free > 0
-        return sched.best_lane([free or not gated for gated in needs_thread])
+        return [free or not gated for gated in needs_thread]
 
     @staticmethod
     def _settle(run: Run, i: int, attempt: int, task: asyncio.Task[AttemptOutcome]) -> None:
