@@ -96,6 +96,21 @@ FACTORIES = textwrap.dedent(
         p.add_unit(lambda ctx: "fine", name="fine")
         return p
 
+    def skipping():
+        p = QuantumPartitioner()
+        p.add_unit(lambda ctx: ctx.skip("nothing new"), name="fetch")
+        p.add_unit(lambda ctx: 1, ["fetch"], name="parse")
+        p.add_unit(lambda ctx: 2, name="other", when=lambda ctx: False)
+        p.add_unit(lambda ctx: "fine", name="fine")
+        return p
+
+    def handled():
+        p = QuantumPartitioner()
+        p.add_unit(boom, name="saved", metadata={"fallback_value": 0})
+        p.add_unit(boom, name="lost")
+        p.add_unit(lambda ctx: 1, ["saved", "lost"], name="report", run_if="all_done")
+        return p
+
     def needs_context():
         p = QuantumPartitioner()
         p.add_unit(lambda ctx: ctx["n"] * 2, name="double")
@@ -494,6 +509,26 @@ def test_run_exits_1_and_explains_failed_skipped_and_timed_out_units(project):
     assert rows["fine"][0] == "COMPLETED"
     last = result.stdout.splitlines()[-1]
     assert last.startswith("1 completed, 1 failed, 1 skipped, 1 timeout in ")
+
+
+def test_run_exits_0_when_units_are_skipped_by_decision(project):
+    """Skips by decision (ctx.skip, a false condition) are no failure: `run` exits 0."""
+    result = run_cli("run", "factories:skipping", cwd=project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = table(result.stdout)
+    assert rows["fetch"][0] == "SKIPPED"
+    assert " ".join(rows["fetch"][3:]) == "skipped: nothing new"
+    assert rows["parse"][0] == rows["other"][0] == "SKIPPED"
+    assert rows["fine"][0] == "COMPLETED"
+
+
+def test_run_exits_1_even_when_a_fallback_or_a_join_rule_handled_the_failure(project):
+    """A FAILED unit makes `run` exit 1 though its fallback and an all_done unit went on."""
+    result = run_cli("run", "factories:handled", cwd=project)
+    assert result.returncode == 1
+    rows = table(result.stdout)
+    assert rows["saved"][0] == rows["lost"][0] == "FAILED"
+    assert rows["report"][0] == "COMPLETED"
 
 
 def test_run_fail_fast_cancels_what_has_not_started(project):

@@ -21,7 +21,13 @@ INTERNAL = {
     "quantum_partitioner._graph": {"Graph", "compile_graph"},
     "quantum_partitioner._run": {"Run"},
     # Implementation of ExecutionPlan.visualize/to_mermaid/simulate and of metrics.
-    "quantum_partitioner._render": {"STATE_COLOURS", "to_dot", "to_mermaid"},
+    "quantum_partitioner._render": {
+        "DECIDED_SKIP_COLOUR",
+        "STATE_COLOURS",
+        "to_dot",
+        "to_mermaid",
+        "unit_colour",
+    },
     "quantum_partitioner._simulate": {"simulate"},
     # The scheduler's side of named limits and their argument checks (add_limit is public).
     "quantum_partitioner._limits": {
@@ -32,6 +38,16 @@ INTERNAL = {
         "normalize_unit_limits",
     },
     "quantum_partitioner._metrics": {"build_metrics"},
+    # The join rules' definition, used by the scheduler; users name rules or call at_least.
+    "quantum_partitioner._joins": {
+        "ALL_DONE",
+        "ALL_SUCCESS",
+        "ANY_SUCCESS",
+        "NONE_FAILED",
+        "Verdict",
+        "join_rule",
+        "judge",
+    },
     # Implementation of execute_with_strategy().
     "quantum_partitioner._strategies": {
         "RESOURCE_TYPES",
@@ -245,6 +261,8 @@ ERROR_TREE = [
     (qp.BrokenBackendError, RuntimeError),
     (qp.InternalError, qp.PartitionerError),
     (qp.InternalError, RuntimeError),
+    # Not an error: a unit's decision to skip, so outside PartitionerError on purpose.
+    (qp.SkipUnit, Exception),
 ]
 
 
@@ -294,6 +312,8 @@ ERRORS = [
     qp.TaskError({"a": ValueError("x")}, {"b": 1}, ["a"]),
     qp.UnitTimeoutError("a", 1.5),
     qp.UnitSkippedError("b", "a"),
+    qp.UnitSkippedError("b", None, qp.SkipCause.DECISION, "nothing to do"),
+    qp.SkipUnit("nothing to do"),
     qp.UnitCancelledError("a", "fail_fast"),
     qp.WorkerDiedError("a", -9),
 ]
@@ -336,6 +356,8 @@ partitioner.execute({}, execution_mode="processes")  # E: arg-type
 QuantumPartitioner(default_execution_mode="threads")  # E: arg-type
 partitioner.execute_with_strategy({}, "fastest")  # E: arg-type
 partitioner.stream({}, strategy="fastest")  # E: arg-type
+partitioner.add_unit(doubles, name="limited", limits="api")  # E: call-overload
+partitioner.execute({}, deadline="5 s")  # E: arg-type
 doubles(3)  # E: arg-type
 typed: QuantumPartitioner[Any, int] = QuantumPartitioner()
 typed.add_unit(lambda ctx: "text")  # E: arg-type

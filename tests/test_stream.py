@@ -211,3 +211,15 @@ def test_astream_raises_task_error_after_the_last_record():
     with pytest.raises(TaskError):
         asyncio.run(main())
     assert sorted(seen) == ["boom", "fine"]
+
+
+def test_stream_forwards_executes_deadline(tmp_path):
+    """stream(deadline=...) is execute's deadline: the records of what it cancelled say so."""
+    log = tmp_path / "log"
+    p = naps(log, count=4, seconds=3.0)
+    with p.stream(execution_mode=ExecutionMode.ASYNC, deadline=0.5) as results:
+        records = {done.name: done for done in results}
+    assert records["first"].ok
+    cancelled = [r for r in records.values() if r.state is UnitState.CANCELED]
+    assert len(cancelled) == 4
+    assert all("deadline" in str(r.error) for r in cancelled)

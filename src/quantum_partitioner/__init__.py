@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from ._errors import GraphError as GraphError
     from ._errors import InternalError as InternalError
     from ._errors import PartitionerError as PartitionerError
+    from ._errors import SkipCause as SkipCause
+    from ._errors import SkipUnit as SkipUnit
     from ._errors import TaskError as TaskError
     from ._errors import UnitCancelledError as UnitCancelledError
     from ._errors import UnitSkippedError as UnitSkippedError
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
     from ._graph import ExecutionMode as ExecutionMode
     from ._graph import QuantumUnit as QuantumUnit
     from ._graph import UnitState as UnitState
+    from ._joins import JoinRule as JoinRule
+    from ._joins import at_least as at_least
     from ._limits import Limit as Limit
     from ._limits import LimitStats as LimitStats
     from ._partitioner import QuantumPartitioner as QuantumPartitioner
@@ -82,6 +86,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "GraphError",
         "InternalError",
         "PartitionerError",
+        "SkipCause",
+        "SkipUnit",
         "TaskError",
         "UnitCancelledError",
         "UnitSkippedError",
@@ -101,6 +107,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "UnitStarted",
     ),
     "._graph": ("ExecutionMode", "QuantumUnit", "UnitState"),
+    "._joins": ("JoinRule", "at_least"),
     "._limits": ("Limit", "LimitStats"),
     "._partitioner": ("QuantumPartitioner",),
     "._plan": ("ExecutionPlan",),
@@ -170,6 +177,7 @@ __all__ = [
     "InsecureCacheWarning",
     "Instrument",
     "InternalError",
+    "JoinRule",
     "Limit",
     "LimitStats",
     "MemoryStore",
@@ -184,6 +192,8 @@ __all__ = [
     "SQLiteStore",
     "Scheduler",
     "Simulation",
+    "SkipCause",
+    "SkipUnit",
     "TaskError",
     "TraceRecorder",
     "Transition",
@@ -200,6 +210,7 @@ __all__ = [
     "UnitTimeoutError",
     "UnknownDependencyError",
     "WorkerDiedError",
+    "at_least",
     "select_execution_strategy",
     "select_optimal_workers",
 ]

@@ -463,8 +463,8 @@ class _RunCache:
     def lookup(self, run: Run, i: int) -> tuple[bool, Any]:
         """``(True, result)`` if unit ``i``'s result for its current inputs is stored."""
         static = self._static[i]
-        if static is None:
-            return _MISS
+        if static is None or i in run.scheduler.partial_inputs:
+            return _MISS  # not cacheable, or runs on incomplete inputs (a join rule)
         key = self._keys[i]
         first = key is None
         if key is None:

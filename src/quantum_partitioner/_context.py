@@ -8,11 +8,11 @@ so it pickles with them to a worker process.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, Final, Protocol
+from typing import Any, Final, NoReturn, Protocol
 
-from ._errors import UnitCancelledError
+from ._errors import SkipUnit, UnitCancelledError
 
 __all__ = ["ExecutionContext"]
 
@@ -47,6 +47,7 @@ class ExecutionContext(Mapping[str, Any]):
         "_mode",
         "_results",
         "_unit_id",
+        "_upstream_errors",
         "_watch",
         "metrics",
     )
@@ -60,8 +61,10 @@ class ExecutionContext(Mapping[str, Any]):
         mode: str = "sequential",
         watch: _AttemptWatch | None = None,
         index: int = -1,
+        upstream_errors: Mapping[str, BaseException] = _NO_RESULTS,
     ) -> None:
         """Create a view; units receive one, they do not build it."""
+        self._upstream_errors = upstream_errors
         self._context = context
         self._results = results
         self._unit_id = unit_id
@@ -112,9 +115,28 @@ class ExecutionContext(Mapping[str, Any]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle without the cancellation hook, which stays in the caller's process."""
-        return (
-            ExecutionContext,
-            (dict(self._context), dict(self._results), self._unit_id, self._attempt, self._mode),
+        arguments: tuple[Any, ...] = (
+            dict(self._context),
+            dict(self._results),
+            self._unit_id,
+            self._attempt,
+            self._mode,
+        )
+        if self._upstream_errors:
+            arguments += (None, -1, dict(self._upstream_errors))
+        return (ExecutionContext, arguments)
+
+    def fetching(self, fetch: Callable[[Any], Any]) -> ExecutionContext:
+        """This view, with each dependency result passed through ``fetch`` when read."""
+        return ExecutionContext(
+            self._context,
+            _Fetching(self._results, fetch),
+            self._unit_id,
+            self._attempt,
+            self._mode,
+            self._watch,
+            self._index,
+            self._upstream_errors,
         )
 
     # -- helpers ---------------------------------------------------------------------------
@@ -154,6 +176,28 @@ class ExecutionContext(Mapping[str, Any]):
                 f"unit {self._unit_id!r} did not declare {unit_id!r} as a dependency"
             ) from None
 
+    @property
+    def upstream_errors(self) -> Mapping[str, BaseException]:
+        """Each declared dependency that did not complete, with its error or skip reason.
+
+        Empty unless something upstream failed or was skipped: a dependency that failed
+        with a fallback value is here too (its value is in ``ctx``), and under the join
+        rules other than ``all_success`` so are those that failed or were skipped.
+
+        .. versionadded:: 0.2
+        """
+        return self._upstream_errors
+
+    def skip(self, reason: str = "it decided to skip") -> NoReturn:
+        """End this unit SKIPPED by its own decision (not FAILED), with ``reason``.
+
+        It raises :class:`SkipUnit`: never retried, never cached, not a failure. Dependents
+        count the unit as skipped for their join rules.
+
+        .. versionadded:: 0.2
+        """
+        raise SkipUnit(reason)
+
     def record_metric(self, name: str, value: Any) -> None:
         """Record a metric for this unit; it appears in the run's metrics."""
         if self.metrics is None:
@@ -192,3 +236,28 @@ class ExecutionContext(Mapping[str, Any]):
         """
         if self.cancelled:
             raise UnitCancelledError(self._unit_id, "attempt abandoned")
+
+
+class _Fetching(Mapping[str, Any]):
+    """Dependency results fetched on first read (a ``when=`` predicate on Dask)."""
+
+    __slots__ = ("_fetch", "_fetched", "_results")
+
+    def __init__(self, results: Mapping[str, Any], fetch: Callable[[Any], Any]) -> None:
+        self._results = results
+        self._fetch = fetch
+        self._fetched: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._fetched:
+            self._fetched[key] = self._fetch(self._results[key])
+        return self._fetched[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._results
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._results)
+
+    def __len__(self) -> int:
+        return len(self._results)

@@ -12,20 +12,26 @@ working for code that does not know this library::
     ├── TaskError                           # raise_on_error=True: .errors .partial_results
     │                                       #   .failed_tasks
     ├── UnitTimeoutError(TimeoutError)      # a unit's error when it ran past its timeout
-    ├── UnitSkippedError                    # why a unit did not run (a dependency failed)
+    ├── UnitSkippedError                    # why a unit did not run: .cause (a SkipCause)
     ├── UnitCancelledError                  # why a unit did not run (fail_fast, cancel())
     ├── WorkerDiedError(RuntimeError)       # the process running a unit died (crash, kill)
     ├── BrokenBackendError(RuntimeError)    # a backend can no longer run attempts
     └── InternalError(RuntimeError)         # a bug in quantum-partitioner: please report it
 
+    SkipUnit(Exception)                     # not an error: raised by ctx.skip(reason)
+
 Plain argument checks (a negative timeout, a non-callable unit) raise plain ``TypeError`` or
 ``ValueError`` whose message names the unit, as ``concurrent.futures`` does.
+
+:class:`SkipUnit` is not an error: a unit raises it (through ``ctx.skip(reason)``) to end
+SKIPPED by its own decision, so it derives from ``Exception`` only, like ``StopIteration``.
 
 What a unit raises is judged here too, once for every mode: :func:`interrupts_run`.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 from typing import TYPE_CHECKING, Any, Final
 
@@ -40,6 +46,8 @@ __all__ = [
     "GraphError",
     "InternalError",
     "PartitionerError",
+    "SkipCause",
+    "SkipUnit",
     "TaskError",
     "UnitCancelledError",
     "UnitSkippedError",
@@ -191,17 +199,86 @@ class UnitTimeoutError(PartitionerError, TimeoutError):
         return (type(self), (self.unit_id, self.timeout))
 
 
-class UnitSkippedError(PartitionerError):
-    """A unit was skipped because a unit it depends on failed."""
+class SkipCause(enum.Enum):
+    """Why a unit was SKIPPED (``UnitSkippedError.cause``).
 
-    def __init__(self, unit_id: str, failed_dependency: str) -> None:
-        super().__init__(f"unit {unit_id!r} skipped: dependency {failed_dependency!r} failed")
+    Only :attr:`UPSTREAM_FAILED` comes from a failure; the others are decisions, and a
+    dependency skipped by one counts as SKIPPED (not failed) for its dependents' join rules.
+
+    .. versionadded:: 0.2
+    """
+
+    #: Its ``when=`` condition was false; it never ran.
+    CONDITION = "condition"
+    #: It called ``ctx.skip(reason)`` (raised :class:`SkipUnit`).
+    DECISION = "decision"
+    #: A dependency failed (or was itself skipped because of a failure).
+    UPSTREAM_FAILED = "upstream_failed"
+    #: Its join rule could no longer be met, through decisions only (no failure upstream).
+    JOIN_RULE = "join_rule"
+
+    @property
+    def is_failure(self) -> bool:
+        """Whether the skip comes from a failure upstream (dependents count it as failed)."""
+        return self is SkipCause.UPSTREAM_FAILED
+
+
+class UnitSkippedError(PartitionerError):
+    """Why a unit was SKIPPED: its :attr:`cause`, the dependency that decided it, a reason.
+
+    Attributes:
+        unit_id: The skipped unit.
+        cause: A :class:`SkipCause`.
+        dependency: The dependency whose outcome decided the skip, if one did.
+        failed_dependency: That dependency when the cause is a failure upstream, else None.
+        reason: The reason in words (the text given to ``ctx.skip``, or what was not met).
+    """
+
+    def __init__(
+        self,
+        unit_id: str,
+        failed_dependency: str | None = None,
+        cause: SkipCause = SkipCause.UPSTREAM_FAILED,
+        reason: str | None = None,
+    ) -> None:
         self.unit_id = unit_id
-        self.failed_dependency = failed_dependency
+        self.cause = cause
+        self.dependency = failed_dependency
+        self.failed_dependency = failed_dependency if cause.is_failure else None
+        if reason is None:
+            if cause is SkipCause.CONDITION:
+                reason = "its condition (when=) was false"
+            elif cause is SkipCause.DECISION:
+                reason = "it decided to skip"
+            elif failed_dependency is not None:
+                verb = "failed" if cause.is_failure else "was skipped"
+                reason = f"dependency {failed_dependency!r} {verb}"
+            else:
+                reason = cause.value
+        self.reason = reason
+        super().__init__(f"unit {unit_id!r} skipped: {reason}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle with the constructor's arguments (errors cross process boundaries)."""
-        return (type(self), (self.unit_id, self.failed_dependency))
+        return (type(self), (self.unit_id, self.dependency, self.cause, self.reason))
+
+
+class SkipUnit(Exception):  # noqa: N818 - a decision, not an error (like StopIteration)
+    """Raised inside a unit (by ``ctx.skip(reason)``) to end it SKIPPED, not FAILED.
+
+    It is never retried, its unit's result is not cached, and it is not a failure:
+    ``get_failed_units()`` omits the unit and the CLI exits 0 for it.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(self, reason: str = "it decided to skip") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with the reason (a unit may skip in a worker process)."""
+        return (type(self), (self.reason,))
 
 
 class UnitCancelledError(PartitionerError):

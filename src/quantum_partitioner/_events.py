@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._errors import interrupts_run
+from ._errors import SkipCause, interrupts_run
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -101,11 +101,16 @@ class UnitRetrying(NamedTuple):
 
 
 class UnitSkipped(NamedTuple):
-    """A unit will not run because a unit it depends on failed."""
+    """A unit was SKIPPED.
+
+    ``cause`` says why (a condition, ``ctx.skip``, a failure upstream, a join rule not met);
+    ``reason`` is its :class:`UnitSkippedError`.
+    """
 
     unit_id: str
     time: float
     reason: BaseException
+    cause: SkipCause = SkipCause.UPSTREAM_FAILED
 
 
 class UnitCancelled(NamedTuple):

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias
 
 from ._errors import CircularDependencyError, DuplicateUnitError, UnknownDependencyError
+from ._joins import ALL_SUCCESS, JoinRule
 from ._policies import RetryPolicy
 
 # Type parameter defaults (PEP 696) are in typing from 3.13 only.
@@ -113,6 +114,10 @@ class QuantumUnit(Generic[T, R]):
         metadata: Free-form; the library reads ``estimated_duration``, ``fallback_value``,
             ``resource_type``, ``cacheable`` and ``cache_keys``.
         retry_policy: Overrides the partitioner's retry policy for this unit.
+        condition: ``condition(ctx)`` is asked when the unit becomes ready; false skips it.
+        run_if: Its join rule (None: ``"all_success"``).
+        cancel_rest: With ``run_if=at_least(k)``, cancel the dependencies nothing else needs
+            once ``k`` are ok.
         limits: The named limits an attempt holds while it runs, as ``{name: slots}``
             (None: none); see :meth:`QuantumPartitioner.add_limit`.
     """
@@ -123,6 +128,8 @@ class QuantumUnit(Generic[T, R]):
         "_result",
         "_state",
         "_view",
+        "cancel_rest",
+        "condition",
         "dependencies",
         "function",
         "id",
@@ -131,6 +138,7 @@ class QuantumUnit(Generic[T, R]):
         "priority",
         "retries",
         "retry_policy",
+        "run_if",
         "timeout",
     )
 
@@ -145,6 +153,9 @@ class QuantumUnit(Generic[T, R]):
         metadata: dict[str, Any] | None = None,
         *,
         retry_policy: RetryPolicy | None = None,
+        condition: Callable[[Any], object] | None = None,
+        run_if: JoinRule | None = None,
+        cancel_rest: bool = False,
         limits: dict[str, int] | None = None,
     ) -> None:
         """Create a unit; validate it with :func:`validate_unit`."""
@@ -156,6 +167,9 @@ class QuantumUnit(Generic[T, R]):
         self.priority = priority
         self.metadata: dict[str, Any] = {} if metadata is None else metadata
         self.retry_policy = retry_policy
+        self.condition = condition
+        self.run_if = run_if
+        self.cancel_rest = cancel_rest
         self.limits = limits
         self._view: _RunView | None = None
         self._index = -1
@@ -275,6 +289,26 @@ def validate_unit(unit: QuantumUnit[Any, Any]) -> None:
         raise TypeError(f"unit {name!r}: metadata must be a dict, got {unit.metadata!r}")
     if "estimated_duration" in unit.metadata:
         _check_number(name, "estimated_duration", unit.metadata["estimated_duration"])
+    _check_decisions(unit)
+
+
+def _check_decisions(unit: QuantumUnit[Any, Any]) -> None:
+    """Check ``condition``, ``run_if`` and ``cancel_rest``."""
+    name = unit.id
+    if unit.condition is not None and not callable(unit.condition):
+        raise TypeError(f"unit {name!r}: when= must be callable, got {unit.condition!r}")
+    rule = unit.run_if
+    if rule is not None and not isinstance(rule, JoinRule):
+        raise TypeError(f"unit {name!r}: run_if must be a JoinRule, got {rule!r}")
+    if rule is not None and rule.name == "at_least" and rule.k > len(unit.dependencies):
+        raise ValueError(
+            f"unit {name!r}: run_if=at_least({rule.k}) needs at least {rule.k} dependencies, "
+            f"it has {len(unit.dependencies)}"
+        )
+    if not isinstance(unit.cancel_rest, bool):
+        raise TypeError(f"unit {name!r}: cancel_rest must be a bool, got {unit.cancel_rest!r}")
+    if unit.cancel_rest and (rule is None or rule.name != "at_least"):
+        raise ValueError(f"unit {name!r}: cancel_rest=True needs run_if=at_least(k)")
 
 
 def _check_number(
@@ -309,6 +343,7 @@ class Graph:
     """
 
     __slots__ = (
+        "_decisions",
         "_dependents",
         "_priority_order",
         "_rank",
@@ -379,6 +414,27 @@ class Graph:
         self.weight = array("d", [default if e is None else e for e in estimates])
         self.level, self.finish = _levels_and_finish(self.order, deps, self.weight)
         self._priority_order: tuple[array[int], array[int]] | None = None
+        self._decisions: tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]] | None = (
+            None
+        )
+
+    def decisions(self) -> tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]]:
+        """``(conditions, rules)`` by unit index, found on first use (usually both empty).
+
+        ``conditions`` holds each conditioned unit's predicate, ``rules`` each join rule
+        other than the default.
+        """
+        if self._decisions is None:
+            conditions = {
+                i: u.condition for i, u in enumerate(self.units) if u.condition is not None
+            }
+            rules = {
+                i: u.run_if
+                for i, u in enumerate(self.units)
+                if u.run_if is not None and u.run_if is not ALL_SUCCESS
+            }
+            self._decisions = (conditions, rules)
+        return self._decisions
 
     @property
     def dependents(self) -> list[list[int]]:

@@ -4,7 +4,8 @@ Keys: ``start_time``, ``end_time``, ``total_duration`` (epoch seconds and second
 ``unit_times`` (per unit that ran: ``start``, ``end``, ``duration``, ``state``,
 ``attempts``, ``error`` if it did not complete, and ``worker`` if the backend knows where it
 ran), ``total_units``, ``completed_units``, ``failed_units``, ``skipped_units``,
-``canceled_units`` (counts), ``execution_trace``
+``canceled_units`` (counts), ``skip_causes`` (skipped units by cause: ``condition``,
+``decision``, ``upstream_failed``, ``join_rule``), ``execution_trace``
 (events in time order: ``start``, ``retry``, ``complete``, ``error``, ``timeout``, ``skip``,
 ``cancel``), ``unit_metrics`` (what units recorded with ``ctx.record_metric``),
 ``execution_mode``, ``max_workers``, and ``stop_reason`` (why the run stopped: ``completed``,
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._errors import UnitSkippedError
 from ._graph import UnitState
 
 if TYPE_CHECKING:
@@ -82,7 +84,10 @@ def build_metrics(run: Run) -> dict[str, Any]:
         if event is not None:
             record: dict[str, Any] = {"event": event, "unit": name, "time": epoch(end)}
             if state is not UnitState.COMPLETED:
-                record["error"] = str(sched.errors.get(i))
+                reason = sched.errors.get(i)
+                record["error"] = str(reason)
+                if isinstance(reason, UnitSkippedError):
+                    record["cause"] = reason.cause.value
             trace.append(record)
     trace.sort(key=lambda record: record["time"])
     counts = run.counts()
@@ -96,6 +101,7 @@ def build_metrics(run: Run) -> dict[str, Any]:
         "failed_units": counts[UnitState.FAILED] + counts[UnitState.TIMEOUT],
         "skipped_units": counts[UnitState.SKIPPED],
         "canceled_units": counts[UnitState.CANCELED],
+        "skip_causes": {cause.value: n for cause, n in run.skip_causes().items()},
         "execution_trace": trace,
         "unit_metrics": {names[i]: dict(m) for i, m in run.unit_metrics.items()},
         "execution_mode": run.mode,

@@ -29,6 +29,7 @@ from ._graph import (
     compile_graph,
     validate_unit,
 )
+from ._joins import JoinRule, join_rule
 from ._limits import (
     Limit,
     LimitPlan,
@@ -71,6 +72,13 @@ StrategyName = Literal["priority", "resource_balanced", "adaptive"]
 
 _FAILED_STATES = frozenset({UnitState.FAILED, UnitState.TIMEOUT})
 _STRATEGIES = ("priority", "resource_balanced", "adaptive")
+
+
+def _join_rule_of(unit_id: str, value: object) -> JoinRule:
+    try:
+        return join_rule(value)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"unit {unit_id!r}: {error}") from None
 
 
 def _check_max_workers(value: object, name: str = "max_workers") -> int | None:
@@ -187,6 +195,9 @@ class QuantumPartitioner(Generic[T, R]):
         *,
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
+        when: Callable[[ExecutionContext], object] | None = None,
+        run_if: str | JoinRule = "all_success",
+        cancel_rest: bool = False,
         limits: list[str] | dict[str, int] | None = None,
     ) -> QuantumUnit[T, R]: ...
 
@@ -203,6 +214,9 @@ class QuantumPartitioner(Generic[T, R]):
         *,
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
+        when: Callable[[ExecutionContext], object] | None = None,
+        run_if: str | JoinRule = "all_success",
+        cancel_rest: bool = False,
         limits: list[str] | dict[str, int] | None = None,
     ) -> Callable[[_Decorated], _Decorated]: ...
 
@@ -218,6 +232,9 @@ class QuantumPartitioner(Generic[T, R]):
         *,
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
+        when: Callable[[ExecutionContext], object] | None = None,
+        run_if: str | JoinRule = "all_success",
+        cancel_rest: bool = False,
         limits: list[str] | dict[str, int] | None = None,
     ) -> QuantumUnit[T, R] | Callable[[_Decorated], _Decorated]:
         """Add a unit; called without ``fn``, return a decorator that adds the function.
@@ -233,6 +250,17 @@ class QuantumPartitioner(Generic[T, R]):
             metadata: Free-form; see :class:`QuantumUnit`.
             replace: Replace an existing unit of the same name instead of raising.
             retry_policy: This unit's retry policy, overriding the partitioner's.
+            when: A condition: ``when(ctx)`` is called in the caller's process when the
+                unit becomes ready (``ctx`` as the unit would see it); if false, the unit is
+                SKIPPED (cause ``SkipCause.CONDITION``) without running. If it raises, the
+                unit fails with that error. Keep it quick: it runs between units.
+            run_if: The join rule: ``"all_success"`` (every dependency completed or gave a
+                fallback value), ``"none_failed"`` (none failed, at least one completed),
+                ``"all_done"`` (all terminal, whatever happened), ``"any_success"`` (all
+                terminal, at least one completed) or ``at_least(k)`` (as soon as ``k``
+                completed). See "Join rules" in the guide.
+            cancel_rest: With ``run_if=at_least(k)``: once ``k`` completed, cancel the
+                unfinished dependencies that nothing else still needs.
             limits: Named limits each attempt holds while it runs (:meth:`add_limit`): a list
                 of names (one slot each) or ``{name: slots}``. An attempt waits, PENDING and
                 holding no worker, until every one has room; its timeout starts after.
@@ -244,6 +272,8 @@ class QuantumPartitioner(Generic[T, R]):
             DuplicateUnitError: A unit of that name exists and ``replace`` is false.
             TypeError: An argument has the wrong type (message names the unit).
             ValueError: An argument is out of range (message names the unit).
+            RuntimeError: The partitioner is executing (the graph of a run is fixed when
+                it starts; see "Dynamic workflows" in the guide for graphs that grow).
         """
         if fn is None:
 
@@ -258,11 +288,15 @@ class QuantumPartitioner(Generic[T, R]):
                     metadata,
                     replace=replace,
                     retry_policy=retry_policy,
+                    when=when,
+                    run_if=run_if,
+                    cancel_rest=cancel_rest,
                     limits=limits,
                 )
                 return function
 
             return decorator
+        self._check_not_executing("add_unit")
         unit_id = self._name_for(fn, name, use_function_name=False)
         if unit_id in self.units and not replace:
             raise DuplicateUnitError(unit_id)
@@ -278,6 +312,9 @@ class QuantumPartitioner(Generic[T, R]):
             priority,
             metadata,
             retry_policy=retry_policy,
+            condition=when,
+            run_if=_join_rule_of(unit_id, run_if),
+            cancel_rest=cancel_rest,
             limits=normalize_unit_limits(unit_id, limits),
         )
         validate_unit(unit)
@@ -286,6 +323,18 @@ class QuantumPartitioner(Generic[T, R]):
         self._graph = None
         self._plan = None
         return unit
+
+    def _check_not_executing(self, action: str) -> None:
+        """Refuse to change the graph while a run uses it, instead of ignoring the change.
+
+        Raises:
+            RuntimeError: A run is going on.
+        """
+        if self._active_run is not None:
+            raise RuntimeError(
+                f"{action}() was called while the partitioner is executing; the graph of a "
+                "run cannot change from outside (call it before execute() or after it returns)"
+            )
 
     # -- named limits ----------------------------------------------------------------------
 
@@ -429,7 +478,9 @@ class QuantumPartitioner(Generic[T, R]):
 
         Raises:
             KeyError: There is no such unit.
+            RuntimeError: The partitioner is executing.
         """
+        self._check_not_executing("remove_unit")
         try:
             unit = self.units.pop(name)
         except KeyError:

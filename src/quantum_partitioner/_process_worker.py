@@ -109,7 +109,10 @@ def _run_one(
         return _error_message(note, unit_id)
     try:
         results = cloudpickle.loads(blob)
-        ctx = ExecutionContext(context, results, unit_id, attempt, "process")
+        upstream = {}
+        if type(results) is tuple:  # a join rule's unit: inputs, and why some are missing
+            results, upstream = results
+        ctx = ExecutionContext(context, results, unit_id, attempt, "process", None, -1, upstream)
         if inspect.iscoroutinefunction(function):
             import asyncio  # noqa: PLC0415 - most workers never need it: keep start-up fast
 

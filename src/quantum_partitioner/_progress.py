@@ -31,7 +31,6 @@ import threading
 import time
 from typing import IO, TYPE_CHECKING, Any
 
-from ._errors import UnitSkippedError
 from ._events import Instrument
 
 if TYPE_CHECKING:
@@ -377,10 +376,10 @@ class ProgressBar(Instrument):
             self.work.attempt_ended(event.unit_id)
 
     def unit_skipped(self, event: UnitSkipped) -> None:
-        """A unit was skipped."""
+        """A unit was skipped (by decision, or because of a failure upstream)."""
         with self._lock:
             self.skipped += 1
-            if not isinstance(event.reason, UnitSkippedError):
+            if not event.cause.is_failure:
                 self.skipped_by_decision += 1
             self.work.finished(event.unit_id)
 
@@ -458,7 +457,10 @@ class ProgressBar(Instrument):
         if self.failed:
             parts.append(f"[bold red]failed {self.failed}[/]")
         if self.skipped:
-            parts.append(f"[magenta]skipped {self.skipped}[/]")
+            decided = (
+                f" ({self.skipped_by_decision} by decision)" if self.skipped_by_decision else ""
+            )
+            parts.append(f"[magenta]skipped {self.skipped}{decided}[/]")
         if self.cancelled:
             parts.append(f"[blue]cancelled {self.cancelled}[/]")
         if self.retries:

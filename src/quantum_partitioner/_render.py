@@ -7,6 +7,7 @@ import re
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
+from ._errors import UnitSkippedError
 from ._graph import UnitState
 
 if TYPE_CHECKING:
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
 
     from ._graph import Graph
 
-__all__ = ["STATE_COLOURS", "to_dot", "to_mermaid"]
+__all__ = ["DECIDED_SKIP_COLOUR", "STATE_COLOURS", "to_dot", "to_mermaid", "unit_colour"]
 
 #: Fill colour of a unit by state, shared by every picture.
 STATE_COLOURS = {
@@ -27,7 +28,19 @@ STATE_COLOURS = {
     UnitState.CANCELED: "#c5d5f7",
 }
 
+#: A unit SKIPPED by a decision (a condition, ``ctx.skip``, a join rule): not a failure, so
+#: lighter than a skip caused by one (``STATE_COLOURS[SKIPPED]``).
+DECIDED_SKIP_COLOUR = "#eef4e6"
+
 _CRITICAL = "#d62728"
+
+
+def unit_colour(state: UnitState, error: BaseException | None) -> str:
+    """A unit's fill: its state's colour, told apart for skips by decision."""
+    decided = isinstance(error, UnitSkippedError) and not error.cause.is_failure
+    if state is UnitState.SKIPPED and decided:
+        return DECIDED_SKIP_COLOUR
+    return STATE_COLOURS[state]
 
 
 def _dot_id(name: str) -> str:
@@ -55,7 +68,7 @@ def to_dot(graph: Graph, critical_path: Sequence[str], *, states: bool = True) -
         if states:
             state = unit.state
             drawn.add(state)
-            attrs.append(f'fillcolor="{STATE_COLOURS[state]}"')
+            attrs.append(f'fillcolor="{unit_colour(state, unit.error)}"')
             if state is not UnitState.PENDING:
                 attrs.append(f"tooltip={_dot_id(state.value)}")
         if unit.id in critical:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._graph import UnitState
-from ._render import STATE_COLOURS
+from ._render import DECIDED_SKIP_COLOUR, STATE_COLOURS, unit_colour
 from ._trace import describe_error, layout, observed_critical_path, workers_text
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ _OUTCOME_FILL = {
     "failed": STATE_COLOURS[UnitState.FAILED],
     "timeout": STATE_COLOURS[UnitState.TIMEOUT],
     "canceled": STATE_COLOURS[UnitState.CANCELED],
+    "skipped": DECIDED_SKIP_COLOUR,
     "retried": "#ffe08a",
 }
 _OUTCOME_STROKE = {
@@ -63,6 +64,7 @@ _OUTCOME_STROKE = {
     "failed": "#c62828",
     "timeout": "#e65100",
     "canceled": "#1565c0",
+    "skipped": "#7c8f63",
     "retried": "#b28704",
 }
 
@@ -204,7 +206,8 @@ def graph_svg(run: Run, critical: set[int]) -> str:
             tip += f", {format_seconds(sched.ended[i] - sched.started[i])}"
         nodes.append(
             f'<g><title>{_e(tip)}</title><rect x="{x[i]:.1f}" y="{y[i]:.1f}" width="{width}" '
-            f'height="{height}" rx="6" fill="{STATE_COLOURS[state]}" {stroke}/>'
+            f'height="{height}" rx="6" fill="{unit_colour(state, sched.errors.get(i))}" '
+            f"{stroke}/>"
             f'<text x="{x[i] + width / 2:.1f}" y="{y[i] + height / 2 + 4:.1f}" '
             f'text-anchor="middle">{_e(_shorten(name, chars))}</text></g>'
         )
@@ -259,7 +262,7 @@ def gantt_svg(run: Run, lay: Layout, critical: set[int]) -> str:
             parts.append(
                 f"<g><title>{_e(tip)}</title>"
                 f'<path d="M{mx - 5:.1f},{my} L{mx + 5:.1f},{my} L{mx:.1f},{my + 12}z" '
-                f'fill="{STATE_COLOURS[state]}" stroke="#555"/></g>'
+                f'fill="{unit_colour(state, error)}" stroke="#555"/></g>'
             )
     for r, name in enumerate(rows):
         ry = top + (r + first_row) * row_h
@@ -370,6 +373,13 @@ def build_report(
         for state in UnitState
         if counts[state]
     )
+    decided = sum(n for cause, n in run.skip_causes().items() if not cause.is_failure)
+    if decided:
+        chips += (
+            f'<span style="background:{DECIDED_SKIP_COLOUR}">of which by decision {decided:,}'
+            "</span>"
+        )
+
     legend = "".join(
         f'<span style="background:{fill}">{outcome}</span>'
         for outcome, fill in _OUTCOME_FILL.items()
@@ -454,7 +464,8 @@ def _table(run: Run, lay: Layout, critical: set[int]) -> str:
         rows.append(
             f"<tr{' class=crit' if i in critical else ''}>"
             f"<td>{_e(names[i])}</td>"
-            f'<td style="background:{STATE_COLOURS[state]}">{state.value}</td>'
+            f'<td style="background:{unit_colour(state, sched.errors.get(i))}">'
+            f"{state.value}</td>"
             f'<td class="num">{sched.attempts[i]}</td>'
             f'<td class="num" data-v="{"" if start is None else f"{start:.9f}"}">'
             f"{'' if start is None else _e(format_seconds(start))}</td>"

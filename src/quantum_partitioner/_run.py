@@ -17,7 +17,7 @@ from types import CoroutineType, MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ._context import PAUSES_KEY, ExecutionContext
-from ._errors import interrupts_run
+from ._errors import SkipCause, SkipUnit, UnitSkippedError, interrupts_run
 from ._events import (
     Dispatcher,
     Instrument,
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["Run"]
 
 _NO_RESULTS: Final[Mapping[str, Any]] = MappingProxyType({})
+_NO_ERRORS: Final[Mapping[str, BaseException]] = MappingProxyType({})
 _MISSING: Final = object()
 _MISS: Final = (False, None)
 _COMPLETED: Final = UnitState.COMPLETED
@@ -184,6 +185,10 @@ class Run:
         self.is_async = [inspect.iscoroutinefunction(f) for f in self._functions]
         self._names = graph.names
         self._deps = graph.deps
+        self._conditions = graph.decisions()[0]
+        #: Brings a dependency's result here for a ``when=`` predicate, for backends that
+        #: keep results elsewhere (Dask): only the values a predicate reads travel.
+        self.fetch_value: Callable[[Any], Any] | None = None
         self._epoch_offset = time.time() - time.perf_counter()
         self.started_at = 0.0
         self.ended_at = 0.0
@@ -298,12 +303,88 @@ class Run:
     def context_for(self, i: int, attempt: int) -> ExecutionContext:
         """The context unit ``i`` is called with: the caller's plus its dependencies'."""
         deps = self._deps[i]
+        view: Mapping[str, Any]
         if deps:
-            names, results = self._names, self.scheduler.results
-            view: Mapping[str, Any] = {names[j]: results[j] for j in deps}
+            sched = self.scheduler
+            if sched.errors or sched.partial_inputs:  # something upstream did not complete
+                view, upstream = self._inputs_with_gaps(i)
+                return ExecutionContext(
+                    self.context, view, self._names[i], attempt, self.mode, self, i, upstream
+                )
+            names, results = self._names, sched.results
+            view = {names[j]: results[j] for j in deps}
         else:
             view = _NO_RESULTS
         return ExecutionContext(self.context, view, self._names[i], attempt, self.mode, self, i)
+
+    def inputs_of(self, i: int) -> tuple[Mapping[str, Any], Mapping[str, BaseException]]:
+        """Unit ``i``'s inputs: its dependencies' results that exist, and why others have none.
+
+        For backends that build the context elsewhere (a worker process, a Dask worker).
+        """
+        sched = self.scheduler
+        if sched.errors or sched.partial_inputs:
+            return self._inputs_with_gaps(i)
+        names, results = self._names, sched.results
+        return {names[j]: results[j] for j in self._deps[i]}, _NO_ERRORS
+
+    def _inputs_with_gaps(self, i: int) -> tuple[dict[str, Any], Mapping[str, BaseException]]:
+        """The inputs of a unit some of whose dependencies did not complete.
+
+        The results that exist (fallback values included) and, as ``upstream_errors``, why
+        each other terminal dependency has none.
+        """
+        sched = self.scheduler
+        names, results, state, errors = self._names, sched.results, sched.state, sched.errors
+        view: dict[str, Any] = {}
+        upstream: dict[str, BaseException] = {}
+        for j in self._deps[i]:
+            error = errors.get(j)
+            if error is not None:
+                upstream[names[j]] = error
+            if state[j] is _COMPLETED or (state[j] in _FAILED_STATES and j in sched.fallbacks):
+                view[names[j]] = results[j]
+        return view, upstream or _NO_ERRORS
+
+    # -- decisions -------------------------------------------------------------------------
+
+    def settle_decisions(self) -> list[Transition]:
+        """Ask the conditions of units that became ready; collect what the scheduler did.
+
+        Drivers call it, where they start units, whenever ``scheduler.to_decide`` or
+        ``scheduler.outbox`` is non-empty, then report the transitions and stop the
+        attempts marked ``was_running`` (``cancel_rest``), as they do for ``advance``.
+        A predicate runs here, in the caller's process, as ``predicate(ctx)``.
+        """
+        sched = self.scheduler
+        transitions: list[Transition] = []
+        while sched.to_decide or sched.outbox:
+            transitions += sched.outbox
+            sched.outbox.clear()
+            batch = list(sched.to_decide)
+            sched.to_decide.clear()
+            for i in batch:
+                holds, error = self._ask_condition(i)
+                transitions += sched.decide(i, holds, self.clock(), error)
+        return transitions
+
+    def _ask_condition(self, i: int) -> tuple[bool, BaseException | None]:
+        predicate = self._conditions[i]
+        ctx = self.context_for(i, 0)
+        if self.fetch_value is not None:
+            ctx = ctx.fetching(self.fetch_value)
+        try:
+            answer = predicate(ctx)
+        except SkipUnit:
+            return False, None
+        except Exception as error:  # the predicate is user code: it fails only its unit
+            return False, error
+        if inspect.isawaitable(answer):
+            if inspect.iscoroutine(answer):
+                answer.close()
+            msg = f"unit {self._names[i]!r}: when= returned an awaitable; it must return a bool"
+            return False, TypeError(msg)
+        return bool(answer), None
 
     def attempt_abandoned(self, i: int, attempt: int) -> bool:
         """Whether attempt ``attempt`` of unit ``i`` is no longer wanted (``ctx.cancelled``)."""
@@ -409,7 +490,12 @@ class Run:
             elif state is UnitState.SKIPPED:
                 if dispatcher.unit_skipped:
                     assert t.error is not None
-                    event = UnitSkipped(name, self.to_epoch(sched.ended[i]), t.error)
+                    cause = (
+                        t.error.cause
+                        if isinstance(t.error, UnitSkippedError)
+                        else SkipCause.UPSTREAM_FAILED
+                    )
+                    event = UnitSkipped(name, self.to_epoch(sched.ended[i]), t.error, cause)
                     dispatcher.emit(dispatcher.unit_skipped, event)
             elif state is UnitState.CANCELED and dispatcher.unit_cancelled:
                 assert t.error is not None
@@ -477,6 +563,14 @@ class Run:
         counts = dict.fromkeys(UnitState, 0)
         for state in self.scheduler.state:
             counts[state] += 1
+        return counts
+
+    def skip_causes(self) -> dict[SkipCause, int]:
+        """How many units were SKIPPED for each cause (causes that occurred only)."""
+        counts: dict[SkipCause, int] = {}
+        for error in self.scheduler.errors.values():
+            if isinstance(error, UnitSkippedError):
+                counts[error.cause] = counts.get(error.cause, 0) + 1
         return counts
 
     def state_of(self, i: int) -> UnitState:

@@ -26,6 +26,18 @@ Policy:
     * A run deadline (:meth:`Scheduler.set_run_deadline`) cancels every unfinished unit,
       running ones included, when it passes.
 
+Run-time decisions (only graphs that use them pay for them; see "decisions" below):
+    * A unit with a join rule (``run_if``) other than ``all_success`` is judged by
+      :func:`~quantum_partitioner._joins.judge` each time a dependency becomes terminal:
+      it becomes ready, waits, or is SKIPPED with the cause the rule gives.
+    * A unit with a condition (``when=``) that becomes ready goes to :attr:`to_decide`
+      instead of the ready queue; the driver asks the predicate (it is user code) and
+      reports the answer with :meth:`decide`: true queues it, false skips it.
+    * An attempt that raises :class:`SkipUnit` ends the unit SKIPPED (never retried).
+    * A skip by decision counts as SKIPPED for the dependents' rules, a skip caused by a
+      failure as failed. The first such skip in a graph without rules switches the
+      scheduler to this path (counts per unit) for the rest of the run.
+
 State:
     Per unit, in lists indexed by unit: ``state``, ``attempts``, ``started``, ``ended``,
     ``results``, plus the count of dependencies still unfinished. The ready queue is a heap of
@@ -40,8 +52,16 @@ from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from ._errors import InternalError, UnitCancelledError, UnitSkippedError, UnitTimeoutError
+from ._errors import (
+    InternalError,
+    SkipCause,
+    SkipUnit,
+    UnitCancelledError,
+    UnitSkippedError,
+    UnitTimeoutError,
+)
 from ._graph import Graph, UnitState
+from ._joins import ALL_SUCCESS, Verdict, judge
 from ._limits import LimitGate, LimitPlan
 from ._policies import DEFAULT_RETRY_POLICY, RetryPolicy
 
@@ -60,6 +80,13 @@ _SKIPPED: Final = UnitState.SKIPPED
 _CANCELED: Final = UnitState.CANCELED
 
 _FALLBACK_KEY: Final = "fallback_value"
+
+# How a terminal dependency counts for its dependents' join rules (see _joins).
+_OK: Final = 0
+_BAD: Final = 1
+_SKIP: Final = 2
+_RUN: Final = Verdict.RUN
+_WAIT: Final = Verdict.WAIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,11 +170,16 @@ class Scheduler:
         self.lane_of: Sequence[int] = [0] * n if lane_of is None else lane_of
         if len(self.lane_of) != n:
             raise ValueError(f"lane_of has {len(self.lane_of)} entries for {n} units")
+        self._init_decisions(graph)
+        conditioned = self._conditioned
         lanes = max(self.lane_of, default=0) + 1
         self._heaps: list[list[int]] = [[] for _ in range(lanes)]
         for i in range(n):
             if not self._waiting[i]:
-                self._heaps[self.lane_of[i]].append(position_of[i])
+                if conditioned and i in conditioned:
+                    self.to_decide.append(i)
+                else:
+                    self._heaps[self.lane_of[i]].append(position_of[i])
         for heap in self._heaps:
             heapq.heapify(heap)
         # The single-lane case (every backend but the mixed one) reads this heap directly.
@@ -306,6 +338,8 @@ class Scheduler:
         self.terminal += 1
         if self.gate is not None:
             self.gate.release(i, now)
+        if self._dynamic:
+            return self._settle_dependents(i, _OK, self.outbox, now)
         return self._release_dependents(i)
 
     # -- named limits (see _limits) --------------------------------------------------------
@@ -366,6 +400,8 @@ class Scheduler:
         self.running -= 1
         if self.gate is not None:
             self.gate.release(i, now)
+        if isinstance(error, SkipUnit):
+            return self._skip_by_decision(i, error, now)
         return self._after_failure(i, error, now, timed_out=False)
 
     def advance(self, now: float) -> list[Transition]:
@@ -419,6 +455,7 @@ class Scheduler:
         self.stopped = True
         for heap in self._heaps:
             heap.clear()
+        self.to_decide.clear()
         if self.gate is not None:
             self.gate.clear()
         transitions = []
@@ -455,6 +492,12 @@ class Scheduler:
             self.state[i] = _PENDING
             heapq.heappush(self._retries_heap, (retry_at, i))
             return [Transition(i, _PENDING, attempt, error, retry_at, was_running=timed_out)]
+        return self._fail_for_good(i, error, now, timed_out=timed_out)
+
+    def _fail_for_good(
+        self, i: int, error: BaseException, now: float, *, timed_out: bool
+    ) -> list[Transition]:
+        attempt = self.attempts[i]
         failed_state = _TIMEOUT if timed_out else _FAILED
         self.state[i] = failed_state
         self.errors[i] = error
@@ -463,9 +506,15 @@ class Scheduler:
         transitions = [Transition(i, failed_state, attempt, error, was_running=timed_out)]
         if i in self.fallbacks:
             self.results[i] = self.fallbacks[i]
-            self._release_dependents(i)
+            if self._dynamic:
+                self._settle_dependents(i, _OK, transitions, now)
+            else:
+                self._release_dependents(i)
             return transitions
-        transitions += self._skip_dependents(i, now)
+        if self._dynamic:
+            self._settle_dependents(i, _BAD, transitions, now)
+        else:
+            transitions += self._skip_dependents(i, now)
         if self.fail_fast:
             if self.stop_reason is None:
                 self.stop_reason = "fail_fast"
@@ -503,6 +552,7 @@ class Scheduler:
             and not self.running
             and not self.ready_count
             and not self._retries_heap
+            and not self.to_decide
             and not self.waiting_on_limits
         ):
             stuck = [self.names[i] for i, s in enumerate(self.state) if not s.is_terminal]
@@ -511,3 +561,199 @@ class Scheduler:
     def unfinished(self) -> Sequence[int]:
         """Indices of units not yet terminal."""
         return [i for i, s in enumerate(self.state) if not s.is_terminal]
+
+    # -- decisions: conditions, skips by decision, join rules --------------------------------
+    # Graphs without conditions or join rules never enter this section unless a unit skips
+    # itself: ``complete`` pays one boolean check (``_dynamic``).
+
+    def _init_decisions(self, graph: Graph) -> None:
+        conditions, rules = graph.decisions()
+        #: Conditioned units that became ready. The driver asks each predicate (user code,
+        #: in the caller's process) and reports the answer with :meth:`decide`.
+        self.to_decide: list[int] = []
+        #: Transitions :meth:`complete` caused (it returns a count): skips by join rule and
+        #: ``cancel_rest`` cancellations. The driver reports them and stops those
+        #: ``was_running``.
+        self.outbox: list[Transition] = []
+        #: Units that started while a dependency had not completed (or given a fallback):
+        #: their results are never cached.
+        self.partial_inputs: set[int] = set()
+        self._conditioned = frozenset(conditions)
+        self._rules = rules
+        self._cancels_rest = frozenset(i for i in rules if graph.units[i].cancel_rest)
+        #: Whether ``cancel_rest`` may cancel running attempts (drivers track their owners).
+        self.cancels_rest = bool(self._cancels_rest)
+        #: Units whose start a condition or a join rule decides (drivers must not run them
+        #: ahead of the scheduler, as Dask's look-ahead would).
+        self.judged = self._conditioned | frozenset(rules)
+        # Units a rule released before every dependency was terminal (at_least).
+        self._triggered: set[int] = set()
+        self._dynamic = False
+        if conditions or rules:
+            self._go_dynamic()
+
+    def _go_dynamic(self) -> None:
+        """Count each pending unit's terminal dependencies by kind, from now on per event."""
+        n = self._n
+        self._ok = array("l", bytes(8 * n))
+        self._bad = array("l", bytes(8 * n))
+        self._skip = array("l", bytes(8 * n))
+        self._dynamic = True
+        state, deps, waiting = self.state, self._deps, self._waiting
+        for j in range(n):
+            if state[j] is _PENDING and waiting[j] < len(deps[j]):
+                for d in deps[j]:
+                    if state[d].is_terminal:
+                        self._count(j, self._kind_of(d))
+
+    def _kind_of(self, d: int) -> int:
+        state = self.state[d]
+        if state is _COMPLETED:
+            return _OK
+        if state is _SKIPPED:
+            error = self.errors.get(d)
+            failed = isinstance(error, UnitSkippedError) and error.cause.is_failure
+            return _BAD if failed else _SKIP
+        if state is _FAILED or state is _TIMEOUT:
+            return _OK if d in self.fallbacks else _BAD
+        return _BAD  # CANCELED: never a reason to run
+
+    def _count(self, j: int, kind: int) -> None:
+        if kind == _OK:
+            self._ok[j] += 1
+        elif kind == _BAD:
+            self._bad[j] += 1
+        else:
+            self._skip[j] += 1
+
+    def _settle_dependents(self, i: int, kind: int, out: list[Transition], now: float) -> int:
+        """Unit ``i`` became terminal as ``kind``: judge its dependents, skips propagating.
+
+        Skips are appended to ``out``; returns how many units became ready (or to decide).
+        """
+        waiting, state, dependents = self._waiting, self.state, self._dependents
+        rules, triggered = self._rules, self._triggered
+        ok, bad, skip = self._ok, self._bad, self._skip
+        released = 0
+        work = [(i, kind)]
+        for node, node_kind in work:  # grows while skips propagate
+            for j in dependents[node]:
+                waiting[j] -= 1
+                if state[j] is not _PENDING or j in triggered:
+                    continue
+                if node_kind == _OK:
+                    ok[j] += 1
+                elif node_kind == _BAD:
+                    bad[j] += 1
+                else:
+                    skip[j] += 1
+                rule = rules.get(j, ALL_SUCCESS) if rules else ALL_SUCCESS
+                verdict = judge(rule, ok[j], bad[j], skip[j], waiting[j])
+                if verdict is _WAIT:
+                    continue
+                if verdict is _RUN:
+                    self._release(j, now)
+                    released += 1
+                    continue
+                cause = SkipCause.UPSTREAM_FAILED if bad[j] else SkipCause.JOIN_RULE
+                verb = "failed" if node_kind == _BAD else "was skipped"
+                reason = f"dependency {self.names[node]!r} {verb}"
+                if rule is not ALL_SUCCESS:
+                    reason = f"its join rule {rule} was not met ({reason})"
+                error = UnitSkippedError(self.names[j], self.names[node], cause, reason)
+                out.append(self._skip_one(j, error, now))
+                work.append((j, _BAD if cause.is_failure else _SKIP))
+        return released
+
+    def _release(self, j: int, now: float) -> None:
+        """Unit ``j``'s rule is met: queue it (or ask its condition first)."""
+        if self.ok_count(j) < len(self._deps[j]):
+            self.partial_inputs.add(j)
+        if self._waiting[j]:  # met before every dependency finished (at_least)
+            self._triggered.add(j)
+            if j in self._cancels_rest:
+                self._cancel_unneeded(j, now)
+        self._make_ready(j)
+
+    def ok_count(self, j: int) -> int:
+        """How many of unit ``j``'s dependencies completed or gave a fallback (decisions)."""
+        return self._ok[j] if self._dynamic else len(self._deps[j]) - self._waiting[j]
+
+    def _make_ready(self, j: int) -> None:
+        if j in self._conditioned:
+            self.to_decide.append(j)
+        else:
+            heapq.heappush(self._heaps[self.lane_of[j]], self._position_of[j])
+
+    def decide(
+        self, i: int, holds: bool, now: float, error: BaseException | None = None
+    ) -> list[Transition]:
+        """Record the answer of unit ``i``'s condition, taken from :attr:`to_decide`.
+
+        Args:
+            i: The unit.
+            holds: The predicate's answer: true queues the unit, false skips it.
+            now: The current time.
+            error: What the predicate raised, if it did: the unit fails with it.
+
+        Returns:
+            The unit's skip or failure and what followed from it.
+        """
+        if self.state[i] is not _PENDING or self.stopped:
+            return []  # cancelled while it waited for its answer
+        if error is not None:
+            return self._fail_for_good(i, error, now, timed_out=False)
+        if holds:
+            heapq.heappush(self._heaps[self.lane_of[i]], self._position_of[i])
+            return []
+        skipped = UnitSkippedError(self.names[i], None, SkipCause.CONDITION)
+        out = [self._skip_one(i, skipped, now)]
+        self._settle_dependents(i, _SKIP, out, now)
+        return out
+
+    def _skip_by_decision(self, i: int, signal: SkipUnit, now: float) -> list[Transition]:
+        """A running unit raised :class:`SkipUnit`: SKIPPED, not failed, never retried."""
+        if not self._dynamic:
+            self._go_dynamic()
+        error = UnitSkippedError(self.names[i], None, SkipCause.DECISION, signal.reason)
+        error.__cause__ = signal
+        out = [self._skip_one(i, error, now)]
+        self._settle_dependents(i, _SKIP, out, now)
+        return out
+
+    def _skip_one(self, j: int, error: UnitSkippedError, now: float) -> Transition:
+        self.state[j] = _SKIPPED
+        self.errors[j] = error
+        self.ended[j] = now
+        self.terminal += 1
+        return Transition(j, _SKIPPED, self.attempts[j], error)
+
+    def _cancel_unneeded(self, j: int, now: float) -> None:
+        """``j`` runs on enough dependencies: cancel those (and their inputs) nobody else needs.
+
+        The cancellations go to :attr:`outbox`, so the driver stops those that run.
+        """
+        state, dependents = self.state, self._dependents
+        reason = f"{self.names[j]!r} had what it needed (cancel_rest)"
+        stack = list(self._deps[j])
+        while stack:
+            d = stack.pop()
+            current = state[d]
+            if current.is_terminal or any(
+                k != j and not state[k].is_terminal for k in dependents[d]
+            ):
+                continue
+            if current is _PENDING:
+                self._unqueue(d)
+            self.outbox.append(self._cancel_one(d, now, reason, was_running=current is _RUNNING))
+            stack.extend(self._deps[d])
+
+    def _unqueue(self, d: int) -> None:
+        """Take a PENDING unit out of the ready queue or the decisions, if it is there."""
+        heap = self._heaps[self.lane_of[d]]
+        position = self._position_of[d]
+        if position in heap:
+            heap.remove(position)
+            heapq.heapify(heap)
+        if d in self.to_decide:
+            self.to_decide.remove(d)

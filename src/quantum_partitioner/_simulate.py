@@ -82,6 +82,9 @@ def simulate(graph: Graph, workers: int, limits: Mapping[str, Limit] | None = No
     running: list[tuple[float, int, int]] = []  # (end, unit, worker)
     now = 0.0
     while sched.is_active():
+        for i in sched.to_decide:  # a prediction takes every condition to hold
+            sched.decide(i, holds=True, now=now)
+        sched.to_decide.clear()
         if sched.has_deadlines:
             sched.advance(now)  # a limit's next token is due
         while free:

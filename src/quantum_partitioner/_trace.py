@@ -65,6 +65,7 @@ _CNAME = {
     "failed": "bad",
     "timeout": "terrible",
     "canceled": "grey",
+    "skipped": "olive",
     _RETRIED: "yellow",
 }
 
@@ -133,9 +134,15 @@ class Attempt(NamedTuple):
 
     @property
     def outcome(self) -> str:
-        """``completed``, ``failed``, ``timeout``, ``canceled`` or ``retried``."""
+        """``completed``, ``failed``, ``timeout``, ``canceled``, ``skipped`` or ``retried``.
+
+        ``skipped`` is an attempt that ran and called ``ctx.skip``.
+        """
         return _RETRIED if self.retried else self.state.value
 
+
+#: Final states whose last attempt ran to its end (or was stopped): one slice each.
+_ENDED_ATTEMPT = frozenset({UnitState.COMPLETED, UnitState.CANCELED, UnitState.SKIPPED})
 
 #: ``(index, time, state, error)`` of a unit that ended with no attempt running.
 Mark = tuple[int, float, UnitState, "BaseException | None"]
@@ -178,9 +185,9 @@ def collect_attempts(run: Run) -> list[Attempt]:
         number = sched.attempts[i]
         if not number or (i, number) in ended_without_completing:
             continue
-        # COMPLETED, or CANCELED while it ran; a unit still RUNNING (a record read before
-        # the run ended) has no end yet.
-        if state is UnitState.COMPLETED or state is UnitState.CANCELED:
+        # COMPLETED, CANCELED while it ran, or SKIPPED by its own ctx.skip; a unit still
+        # RUNNING (a record read before the run ended) has no end yet.
+        if state in _ENDED_ATTEMPT:
             attempts.append(
                 Attempt(
                     i,
@@ -202,7 +209,7 @@ def _marks(run: Run, attempts: list[Attempt]) -> list[Mark]:
     ran_last = {(a.unit_index, a.attempt) for a in attempts if a.state is UnitState.CANCELED}
     marks: list[Mark] = []
     for i, state in enumerate(sched.state):
-        if state is UnitState.SKIPPED or (
+        if (state is UnitState.SKIPPED and not sched.attempts[i]) or (
             state is UnitState.CANCELED and (i, sched.attempts[i]) not in ran_last
         ):
             marks.append((i, sched.ended[i], state, sched.errors.get(i)))

@@ -314,6 +314,58 @@ async def _async_raise_base_exception(name: str, ctx: Any) -> None:
     raise RAISABLE[name](f"{ctx.unit_id} raised it")
 
 
+# -- decisions (test_contract_dynamic.py) ----------------------------------------------------
+
+
+def logged(path: str, value: Any) -> partial[Any]:
+    """A unit that appends its name to ``path`` (proof that it ran) and returns ``value``."""
+    return partial(_logged, path, value)
+
+
+def _logged(path: str, value: Any, ctx: Any) -> Any:
+    append(path, ctx.unit_id)
+    return value
+
+
+def skip_with(reason: str, path: str | None = None) -> partial[Any]:
+    """A unit that calls ``ctx.skip(reason)`` (after noting in ``path`` that it ran)."""
+    return partial(_skip_with, reason, path)
+
+
+def _skip_with(reason: str, path: str | None, ctx: Any) -> Any:
+    if path is not None:
+        append(path, f"{ctx.unit_id} {ctx.attempt}")
+    ctx.skip(reason)
+
+
+def seen(ctx: Any) -> dict[str, Any]:
+    """What a unit saw: its dependencies' results and the names in ``upstream_errors``."""
+    return {
+        "results": dict(ctx.unit_results),
+        "upstream_errors": sorted(ctx.upstream_errors),
+    }
+
+
+def fail_with(message: str) -> partial[Any]:
+    """A unit raising ``ValueError(message)``."""
+    return partial(_fail_with, message)
+
+
+def _fail_with(message: str, ctx: Any) -> Any:
+    raise ValueError(message)
+
+
+def wait_for_file(path: str, value: Any) -> partial[Any]:
+    """A unit that returns ``value`` once ``path`` exists or it is cancelled (<= 30 s)."""
+    return partial(_wait_for_file, path, value)
+
+
+def _wait_for_file(path: str, value: Any, ctx: Any) -> Any:
+    deadline = time.monotonic() + 30
+    while not Path(path).exists() and not ctx.cancelled and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def async_sleep(seconds: float, value: Any) -> partial[Any]:
     """An ``async def`` unit sleeping ``seconds`` on the loop, then returning ``value``."""
     return partial(_async_sleep, seconds, value)

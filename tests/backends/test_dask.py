@@ -39,6 +39,7 @@ from quantum_partitioner import (  # noqa: E402
     ExponentialBackoff,
     QuantumPartitioner,
     RetryPolicy,
+    SkipCause,
     UnitCancelledError,
     UnitSkippedError,
     UnitState,
@@ -778,8 +779,8 @@ def test_a_closed_client_is_refused_before_anything_runs(cluster, tmp_path):
     with pytest.raises(BrokenBackendError, match="closed"):
         p.execute({"marker": str(tmp_path / "a")}, backend=DaskBackend(closed))
 
-    # Nothing ran, and no unit is left PENDING: the refused run cancelled it.
-    assert p.units["a"].state is UnitState.CANCELED
+    # Refused before it started: nothing ran and nothing was cancelled.
+    assert p.units["a"].state is UnitState.PENDING
     assert not (tmp_path / "a").exists()
 
 
@@ -1002,6 +1003,58 @@ def test_original_document_pipeline_runs_unchanged_on_the_cluster(client):
     assert all(unit.state is UnitState.COMPLETED for unit in partitioner.units.values())
     workers = {t["worker"] for t in partitioner.last_execution_metrics["unit_times"].values()}
     assert workers <= set(client.scheduler_info()["workers"])
+
+
+# -- decisions: conditions and skips -----------------------------------------------------------
+
+
+def test_conditions_read_only_what_they_need_and_skips_are_decisions(backend):
+    """when= reads a dependency's value here; ctx.skip on a worker is SKIPPED, not FAILED."""
+    #   route ──> search (when route == "search")
+    #         └─> calc   (when route == "calc") ──> show
+    #   idle (ctx.skip) ──> after_idle
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: "search", name="route")
+    p.add_unit(lambda ctx: "found", ["route"], name="search", when=lambda c: c["route"] == "search")
+    p.add_unit(lambda ctx: 42, ["route"], name="calc", when=lambda c: c["route"] == "calc")
+    p.add_unit(lambda ctx: ctx["calc"], ["calc"], name="show")
+    p.add_unit(lambda ctx: ctx.skip("nothing to do"), name="idle", retries=2)
+    p.add_unit(lambda ctx: 1, ["idle"], name="after_idle")
+
+    results = p.execute(backend=backend)
+
+    assert results == {"route": "search", "search": "found"}
+    assert p.units["calc"].error.cause is SkipCause.CONDITION
+    assert p.units["show"].error.cause is SkipCause.JOIN_RULE
+    assert p.units["idle"].error.cause is SkipCause.DECISION
+    assert p.units["idle"].error.reason == "nothing to do"
+    assert p.units["idle"].attempt == 1
+    assert p.units["after_idle"].state is UnitState.SKIPPED
+    assert p.get_failed_units() == {}
+
+
+def test_join_rules_hand_a_unit_only_the_results_that_exist(backend):
+    """all_done and none_failed on the cluster: inputs that exist, and why the rest does not."""
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: 1, name="ok")
+    p.add_unit(units.exploding_unit, name="boom")
+    p.add_unit(lambda ctx: ctx.skip("no"), name="lazy")
+    p.add_unit(
+        lambda ctx: [sorted(ctx.unit_results.items()), sorted(ctx.upstream_errors)],
+        ["ok", "boom", "lazy"],
+        name="report",
+        run_if="all_done",
+    )
+    p.add_unit(
+        lambda ctx: sorted(ctx.unit_results), ["ok", "lazy"], name="join", run_if="none_failed"
+    )
+    p.add_unit(lambda ctx: 0, ["ok", "boom"], name="blocked", run_if="none_failed")
+
+    results = p.execute(backend=backend)
+
+    assert results["report"] == [[("ok", 1)], ["boom", "lazy"]]
+    assert results["join"] == ["ok"]
+    assert p.units["blocked"].error.cause is SkipCause.UPSTREAM_FAILED
 
 
 # -- named limits and run deadlines ---------------------------------------------------------

@@ -16,12 +16,13 @@ from quantum_partitioner import (
     Instrument,
     QuantumPartitioner,
     QuantumUnit,
-    ResultStream,
     RetryPolicy,
     Simulation,
+    SkipCause,
     UnitFinished,
-    UnitResult,
+    UnitSkippedError,
     UnitState,
+    at_least,
     select_execution_strategy,
 )
 from quantum_partitioner.taskmap import build_graph, run_async, run_parallel
@@ -141,29 +142,27 @@ def plans() -> None:
     assert_type(run_async({"a": lambda ctx: 1}), dict[str, Any])
 
 
-def streaming() -> None:
-    """``stream()`` yields one typed record per unit as it finishes."""
-    partitioner = QuantumPartitioner(max_workers=2)
-    partitioner.add_unit(lambda ctx: 1, name="a")
-    with partitioner.stream({}, execution_mode="thread") as results:
-        assert_type(results, ResultStream)
-        for done in results:
-            assert_type(done, UnitResult)
-            assert_type(done.name, str)
-            assert_type(done.state, UnitState)
-            assert_type(done.ok, bool)
-            assert_type(done.error, BaseException | None)
-            assert_type(done.attempts, int)
-            assert_type(done.end_time, float | None)
-    with partitioner.stream({}, strategy="resource_balanced") as results:
-        for done in results:
-            assert_type(done, UnitResult)
+def dynamic_workflows() -> None:
+    """Conditions, skips by decision and join rules, as the guide writes them."""
+    partitioner: QuantumPartitioner[Any, Any] = QuantumPartitioner()
+    partitioner.add_unit(lambda ctx: "calc", name="route")
+    partitioner.add_unit(
+        lambda ctx: 42, ["route"], name="calc", when=lambda ctx: ctx["route"] == "calc"
+    )
 
+    def refresh(ctx: ExecutionContext) -> None:
+        ctx.skip("cache is fresh")
 
-async def async_streaming() -> None:
-    """``astream()``: the same records for ``async for``."""
-    partitioner = QuantumPartitioner()
-    partitioner.add_unit(lambda ctx: 1, name="a")
-    async with partitioner.astream({}) as results:
-        async for done in results:
-            assert_type(done, UnitResult)
+    partitioner.add_unit(refresh, name="refresh")
+    partitioner.add_unit(lambda ctx: 0, ["calc", "refresh"], name="join", run_if="none_failed")
+    partitioner.add_unit(
+        lambda ctx: sorted(ctx.upstream_errors),
+        ["calc", "refresh"],
+        name="quorum",
+        run_if=at_least(1),
+        cancel_rest=True,
+    )
+    error = partitioner.units["refresh"].error
+    if isinstance(error, UnitSkippedError):
+        assert_type(error.cause, SkipCause)
+

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from .._graph import Graph
     from .._run import Run
-    from .._scheduler import Scheduler
+    from .._scheduler import Scheduler, Transition
     from ._lanes import Outcome
 
 __all__ = ["AsyncBackend", "AsyncLane", "PlainCalls", "call_async", "check_no_running_loop"]
@@ -331,12 +331,9 @@ class AsyncBackend(Backend):
                 return
             now = clock()
             if sched.has_deadlines:
-                transitions = sched.advance(now)
-                for t in transitions:
-                    abandoned = tasks.pop(t.index, None) if t.was_running else None
-                    if abandoned is not None:
-                        _abandon(abandoned, cleaning)
-                run.report(transitions)
+                _stop_abandoned(run, sched.advance(now), tasks, cleaning)
+            if sched.to_decide or sched.outbox:
+                _stop_abandoned(run, run.settle_decisions(), tasks, cleaning)
             while limit is None or len(tasks) < limit:
                 lane = 0 if plain is None else self._next_lane(sched, needs_thread, plain)
                 i = sched.start_next(now, lane) if lane >= 0 else -1
@@ -360,10 +357,15 @@ class AsyncBackend(Backend):
                 if current is not None and current[0] == attempt:
                     del tasks[i]
                 self._settle(run, i, attempt, task)
-            if not sched.is_active() or (
-                sched.ready_count
-                and (limit is None or len(tasks) < limit)
-                and (plain is None or self._next_lane(sched, needs_thread, plain) >= 0)
+            if (
+                not sched.is_active()
+                or (
+                    sched.ready_count
+                    and (limit is None or len(tasks) < limit)
+                    and (plain is None or self._next_lane(sched, needs_thread, plain) >= 0)
+                )
+                or sched.to_decide
+                or sched.outbox
             ):
                 continue
             deadline = sched.next_deadline()
@@ -411,6 +413,20 @@ class AsyncBackend(Backend):
             run.hand_over_interrupt(error.error)
         else:
             run.report(sched.fail(i, attempt, error, now))
+
+
+def _stop_abandoned(
+    run: Run,
+    transitions: list[Transition],
+    tasks: dict[int, _Entry],
+    cleaning: set[asyncio.Task[Any]],
+) -> None:
+    """Abandon the attempts the scheduler stopped (timeouts, cancel_rest), then report."""
+    for t in transitions:
+        abandoned = tasks.pop(t.index, None) if t.was_running else None
+        if abandoned is not None:
+            _abandon(abandoned, cleaning)
+    run.report(transitions)
 
 
 class AsyncLane(FutureLane):

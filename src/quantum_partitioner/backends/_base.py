@@ -7,6 +7,10 @@ runs next: it asks the run's scheduler. Each backend:
   ``complete`` or ``fail``, passing the attempt number so late outcomes are ignored;
 * waits for ``scheduler.next_deadline()`` when nothing else is due, then calls ``advance``;
   for each transition with ``was_running`` it stops or abandons that attempt;
+* before starting units, whenever ``scheduler.to_decide`` or ``scheduler.outbox`` is
+  non-empty, calls ``run.settle_decisions()`` (it asks ``when=`` conditions, in the caller's
+  process) and treats its transitions as those of ``advance`` (``cancel_rest`` may stop
+  running attempts); a decision may end the run, so it checks ``is_active()`` again;
 * hands every transition to ``run.report`` and, only when instruments listen, calls
   ``run.emit_started`` / ``run.emit_finished``;
 * on ``KeyboardInterrupt`` (or any error of its own) calls ``run.interrupt`` so every

@@ -59,9 +59,10 @@ import itertools
 import logging
 import queue
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from functools import partial
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from .._context import ExecutionContext
@@ -113,6 +114,9 @@ def load_distributed() -> Any:
 # -- what runs on the workers ------------------------------------------------------------------
 
 
+_NO_ERRORS: Mapping[str, BaseException] = MappingProxyType({})
+
+
 class UnitOutput(NamedTuple):
     """What a unit's task leaves on its worker: the result and what the caller wants to know."""
 
@@ -129,18 +133,19 @@ def run_attempt(  # noqa: PLR0917 - called by Dask with positional arguments onl
     names: tuple[str, ...],
     context: dict[str, Any],
     *inputs: Any,
+    upstream_errors: Mapping[str, BaseException] = _NO_ERRORS,
 ) -> UnitOutput:
     """Run one attempt of a unit on a Dask worker.
 
     ``inputs`` are the dependencies' outputs in the order of ``names``: a dependency's
     :class:`UnitOutput` (Dask resolved its future here, worker to worker) or a plain fallback
-    value.
+    value. ``upstream_errors``: why the other dependencies have no output (join rules).
     """
     results = {
         name: value.value if type(value) is UnitOutput else value
         for name, value in zip(names, inputs, strict=True)
     }
-    ctx = ExecutionContext(context, results, unit_id, attempt, mode)
+    ctx = ExecutionContext(context, results, unit_id, attempt, mode, None, -1, upstream_errors)
     try:
         value = function(ctx)
         if inspect.iscoroutine(value):  # an async def unit, or a function that returned one
@@ -158,6 +163,13 @@ def _serialize(value: Any) -> None:
     from distributed.protocol.serialize import serialize  # noqa: PLC0415 - on every worker
 
     serialize(value, on_error="raise")
+
+
+def _fetch_output(value: Any) -> Any:
+    """A value a ``when=`` predicate reads: a unit's output is brought here from the cluster."""
+    if isinstance(value, load_distributed().Future):
+        value = value.result()
+    return value.value if type(value) is UnitOutput else value
 
 
 def _worker_address() -> str:
@@ -257,6 +269,7 @@ class DaskBackend(Backend):
         run.wake = dask_run.wake
         try:
             dask_run.open()
+            run.fetch_value = _fetch_output
             dask_run.drive()
             dask_run.collect()
         except BaseException as error:
@@ -404,6 +417,10 @@ class _DaskRun:
                 transitions = sched.advance(now)
                 self._act(transitions)
                 run.report(transitions)
+            if sched.to_decide or sched.outbox:
+                transitions = run.settle_decisions()
+                self._act(transitions)
+                run.report(transitions)
             while True:
                 i = sched.start_next(now)
                 if i < 0:
@@ -455,12 +472,28 @@ class _DaskRun:
                 if hit:
                     self.outcomes.put((i, attempt, _Served(value)))
                     return
-            results = run.scheduler.results
-            self._submit(i, attempt, [results[j] for j in run.graph.deps[i]])
+            sched = run.scheduler
+            if sched.errors or sched.partial_inputs:  # some dependency did not complete
+                self._submit_with_gaps(i, attempt)
+            else:
+                results = sched.results
+                self._submit(i, attempt, [results[j] for j in run.graph.deps[i]])
         if self.lookahead:
             self._look_ahead(i)
 
-    def _submit(self, i: int, attempt: int, inputs: Sequence[Any]) -> None:
+    def _submit_with_gaps(self, i: int, attempt: int) -> None:
+        """Submit a unit with the outputs that exist and why the others do not (join rules)."""
+        inputs, upstream = self.run.inputs_of(i)
+        self._submit(i, attempt, list(inputs.values()), tuple(inputs), upstream)
+
+    def _submit(
+        self,
+        i: int,
+        attempt: int,
+        inputs: Sequence[Any],
+        dep_names: tuple[str, ...] | None = None,
+        upstream_errors: Mapping[str, BaseException] | None = None,
+    ) -> None:
         """Hand attempt ``attempt`` of unit ``i`` to Dask with ``inputs`` (futures or values)."""
         run = self.run
         if self.broken is not None:
@@ -476,11 +509,12 @@ class _DaskRun:
                 name,
                 attempt,
                 run.mode,
-                self.dep_names[i],
+                self.dep_names[i] if dep_names is None else dep_names,
                 self.context,
                 *inputs,
                 key=f"{name}-{attempt}-{self.token}-{next(self.serial)}",
                 **self.options[i],
+                **({"upstream_errors": upstream_errors} if upstream_errors else {}),
             )
         except Exception as error:  # e.g. a function that cannot be pickled
             failure: BaseException
@@ -508,12 +542,13 @@ class _DaskRun:
         # A unit that names limits goes to Dask only once it holds its slots.
         limited = {} if sched.gate is None else sched.gate.needs
         futures, scanned, has_value = self.futures, self.scanned, self._has_value
+        judged = sched.judged  # a condition or a join rule decides here, not ahead
         stack = [start]
         while stack:
             for k in dependents[stack.pop()]:
                 if futures[k] is not None or state[k] is not _PENDING or attempts[k]:
                     continue  # handed over already, ended, or waiting for a retry
-                if k in limited:
+                if k in limited or (judged and k in judged):
                     continue
                 row = deps[k]
                 # Resume where the last look stopped: a sink of n units costs O(n) in all.

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from .._graph import Graph, QuantumUnit
     from .._run import Run
+    from .._scheduler import Transition
 
 __all__ = ["FutureLane", "Lane", "LaneBackend", "Outcome", "Post"]
 
@@ -213,11 +214,9 @@ class LaneBackend(Backend):
                 return
             now = clock()
             if sched.has_deadlines:
-                transitions = sched.advance(now)
-                for t in transitions:
-                    if t.was_running and in_flight.pop(t.index, None) is not None:
-                        lanes[lane_of[t.index]].abandon(t.index, t.attempt)
-                run.report(transitions)
+                self._stop_abandoned(run, sched.advance(now), in_flight)
+            if sched.to_decide or sched.outbox:
+                self._stop_abandoned(run, run.settle_decisions(), in_flight)
             for k, lane in enumerate(lanes):
                 while lane.has_room():
                     i = sched.start_next(now, k)
@@ -255,6 +254,16 @@ class LaneBackend(Backend):
                 except queue.Empty:
                     break
                 self._settle(run, item, in_flight)
+
+    def _stop_abandoned(
+        self, run: Run, transitions: list[Transition], in_flight: dict[int, int]
+    ) -> None:
+        """Abandon the attempts the scheduler stopped (timeouts, cancel_rest), then report."""
+        lane_of = run.scheduler.lane_of
+        for t in transitions:
+            if t.was_running and in_flight.pop(t.index, None) is not None:
+                self.lanes[lane_of[t.index]].abandon(t.index, t.attempt)
+        run.report(transitions)
 
     def _settle(self, run: Run, item: Outcome, in_flight: dict[int, int]) -> None:
         if item is None:

@@ -375,10 +375,9 @@ class ProcessLane(Lane):
             messages.append(
                 pickle.dumps(("function", key, self._function_blob(unit.id, unit.function)))
             )
-        names, results = run.graph.names, run.scheduler.results
-        inputs = {names[j]: results[j] for j in run.graph.deps[i]}
+        inputs, upstream = run.inputs_of(i)
         try:
-            blob = self._pickle.dumps(inputs)
+            blob = self._pickle.dumps((inputs, upstream) if upstream else inputs)
         except Exception as error:
             culprit = next(
                 (name for name, value in inputs.items() if not _picklable(self._pickle, value)),

@@ -62,6 +62,9 @@ class SequentialBackend(Backend):
                 now = clock()
                 if sched.has_deadlines:
                     report(sched.advance(now))
+                if sched.to_decide or sched.outbox:
+                    report(run.settle_decisions())  # nothing runs here, nothing to stop
+                    continue  # a decision may have ended the run
                 i = start_next(now)
                 if i < 0:
                     _sleep_until_deadline(run, now, wakeups)

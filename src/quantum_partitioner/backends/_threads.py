@@ -113,6 +113,8 @@ class _ThreadPool:
                         break
                     now = clock()
                     transitions = sched.advance(now)
+                    if sched.to_decide or sched.outbox:
+                        transitions += run.settle_decisions()
                     for t in transitions:
                         if t.was_running:
                             self._retire(t.index)
@@ -213,6 +215,20 @@ class _ThreadPool:
         """Whether ``worker`` should exit: it was retired, or the run is over."""
         return worker.retired or self.stopping
 
+    def _settle_decisions(self) -> list[Transition]:
+        """Conditions and the scheduler's own transitions, under the lock (a worker's turn).
+
+        Predicates are meant to be quick: they run here, between units.
+        """
+        transitions = self.run.settle_decisions()
+        for t in transitions:
+            if t.was_running:
+                self._retire(t.index)
+        self._wake_workers()
+        if not self.sched.is_active():
+            self.wakeups.put(None)  # a decision ended the run: the driver waits for that
+        return transitions
+
     def _wake_workers(self) -> None:
         ready = self.sched.ready_count
         if ready and self.idle:
@@ -236,6 +252,7 @@ class _ThreadPool:
         clock, call, report = run.clock, run.call, run.report
         start_next, complete, fail = sched.start_next, sched.complete, sched.fail
         attempts, timeouts, owner = sched.attempts, sched.timeouts, self.owner
+        cancellable = sched.cancels_rest
         started_hooks = run.dispatcher.unit_started
         finished_hooks = run.dispatcher.unit_finished
         work, wake = self.work, self.wakeups.put
@@ -261,6 +278,8 @@ class _ThreadPool:
                 done_at = now
                 nxt = -1
                 deferred = False  # events to deliver before this worker goes idle
+                if sched.to_decide or sched.outbox:
+                    transitions = transitions + self._settle_decisions()
                 if not self._dismissed(me):
                     nxt = start_next(now)
                     deferred = nxt < 0 and (finished or bool(transitions)) and sched.is_active()
@@ -280,7 +299,7 @@ class _ThreadPool:
                         owner[nxt] = me
                         if now + timeout < self.wake_at:
                             wake(None)
-                    elif own_all:
+                    elif own_all or cancellable:  # a run deadline or cancel_rest may stop it
                         owner[nxt] = me
                     next_attempt = attempts[nxt]
             if finished:
