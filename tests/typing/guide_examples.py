@@ -165,4 +165,3 @@ def dynamic_workflows() -> None:
     error = partitioner.units["refresh"].error
     if isinstance(error, UnitSkippedError):
         assert_type(error.cause, SkipCause)
-
