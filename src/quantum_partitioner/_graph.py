@@ -120,6 +120,9 @@ class QuantumUnit(Generic[T, R]):
             once ``k`` are ok.
         limits: The named limits an attempt holds while it runs, as ``{name: slots}``
             (None: none); see :meth:`QuantumPartitioner.add_limit`.
+        over: For a map (:meth:`QuantumPartitioner.add_map`), the unit (or map) whose result
+            it maps over; None for an ordinary unit.
+        max_items: For a map, the most items it may have (None: no bound).
     """
 
     __slots__ = (
@@ -134,7 +137,9 @@ class QuantumUnit(Generic[T, R]):
         "function",
         "id",
         "limits",
+        "max_items",
         "metadata",
+        "over",
         "priority",
         "retries",
         "retry_policy",
@@ -157,6 +162,8 @@ class QuantumUnit(Generic[T, R]):
         run_if: JoinRule | None = None,
         cancel_rest: bool = False,
         limits: dict[str, int] | None = None,
+        over: str | None = None,
+        max_items: int | None = None,
     ) -> None:
         """Create a unit; validate it with :func:`validate_unit`."""
         self.id = id
@@ -171,6 +178,8 @@ class QuantumUnit(Generic[T, R]):
         self.run_if = run_if
         self.cancel_rest = cancel_rest
         self.limits = limits
+        self.over = over
+        self.max_items = max_items
         self._view: _RunView | None = None
         self._index = -1
         self._state = UnitState.PENDING
@@ -290,6 +299,43 @@ def validate_unit(unit: QuantumUnit[Any, Any]) -> None:
     if "estimated_duration" in unit.metadata:
         _check_number(name, "estimated_duration", unit.metadata["estimated_duration"])
     _check_decisions(unit)
+    if unit.over is not None:
+        _check_map(unit)
+
+
+def _check_map(unit: QuantumUnit[Any, Any]) -> None:
+    """Check ``over`` and ``max_items`` of a map."""
+    name, over = unit.id, unit.over
+    if not isinstance(over, str) or not over:
+        raise TypeError(f"map {name!r}: over must be the name of a unit, got {over!r}")
+    if over == name:
+        raise ValueError(f"map {name!r}: a map cannot map over itself")
+    bound = unit.max_items
+    if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int)):
+        raise TypeError(f"map {name!r}: max_items must be an int or None, got {bound!r}")
+    if bound is not None and bound < 0:
+        raise ValueError(f"map {name!r}: max_items must be >= 0, got {bound}")
+    if unit.cancel_rest:
+        raise ValueError(f"map {name!r}: cancel_rest is not supported on a map")
+
+
+def item_unit(map_unit: QuantumUnit[Any, Any], index: int) -> QuantumUnit[Any, Any]:
+    """The unit of item ``index`` of ``map_unit``: named ``f"{map}[{index}]"``, its options.
+
+    An item has the map's function, timeout, retries, priority, metadata, retry policy and
+    limits; the map's condition and join rule were decided for the map as a whole.
+    """
+    return QuantumUnit(
+        f"{map_unit.id}[{index}]",
+        map_unit.function,
+        map_unit.dependencies,
+        map_unit.timeout,
+        map_unit.retries,
+        map_unit.priority,
+        map_unit.metadata,
+        retry_policy=map_unit.retry_policy,
+        limits=map_unit.limits,
+    )
 
 
 def _check_decisions(unit: QuantumUnit[Any, Any]) -> None:
@@ -352,6 +398,7 @@ class Graph:
         "finish",
         "index",
         "level",
+        "maps",
         "names",
         "order",
         "units",
@@ -381,8 +428,14 @@ class Graph:
         position = index.__getitem__
         no_deps: list[int] = []  # shared by every root: rows are never mutated
         in_order = True
+        maps: dict[int, int] = {}
         for i, unit in enumerate(units):
             wanted = unit.dependencies
+            if unit.over is not None:  # a map also depends on what it maps over
+                if unit.over not in index:
+                    raise UnknownDependencyError(unit.id, unit.over)
+                maps[i] = index[unit.over]
+                wanted = [unit.over, *wanted]
             if not wanted:
                 append(no_deps)
                 continue
@@ -397,6 +450,10 @@ class Graph:
                 in_order = False
             append(row)
         self.deps = deps
+        #: Each map's index -> the index of the unit (or map) it maps over.
+        self.maps = maps
+        if maps:
+            _check_item_names(names, index, maps)
         # What a plan needs is computed here; what only scheduling needs (dependents,
         # ranks) waits for the first run, so planning a huge graph stays cheap.
         self._dependents: list[list[int]] | None = None
@@ -417,6 +474,24 @@ class Graph:
         self._decisions: tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]] | None = (
             None
         )
+
+    def for_run(self) -> Graph:
+        """A copy for one run of a graph with maps: its unit lists grow as maps expand.
+
+        What describes the declared units (order, levels, ranks, the priority order) is
+        shared; the lists a run appends items to (units, names, index, deps, dependents)
+        are the copy's own. Rows are shared too: a run only appends rows, never edits one.
+        """
+        self.priority_order()  # computed on the declared units, shared by every run
+        copy = object.__new__(Graph)
+        for slot in Graph.__slots__:
+            setattr(copy, slot, getattr(self, slot))
+        copy.units = list(self.units)
+        copy.names = list(self.names)
+        copy.index = dict(self.index)
+        copy.deps = list(self.deps)
+        copy._dependents = list(self.dependents)
+        return copy
 
     def decisions(self) -> tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]]:
         """``(conditions, rules)`` by unit index, found on first use (usually both empty).
@@ -519,6 +594,15 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if collecting:
             gc.enable()
+
+
+def _check_item_names(names: list[str], index: dict[str, int], maps: dict[int, int]) -> None:
+    """Refuse a unit named like an item of a map (``tool[0]``): items take those names."""
+    for name in names:
+        if name.endswith("]") and "[" in name:
+            owner, _, rest = name.rpartition("[")
+            if rest[:-1].isdigit() and index.get(owner, -1) in maps:
+                raise DuplicateUnitError(name)
 
 
 def compile_graph(units: Iterable[QuantumUnit[Any, Any]]) -> Graph:

@@ -324,6 +324,99 @@ class QuantumPartitioner(Generic[T, R]):
         self._plan = None
         return unit
 
+    def add_map(
+        self,
+        fn: UnitFunction[Any],
+        over: str,
+        name: str | None = None,
+        *,
+        dependencies: list[str] | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        priority: int = 0,
+        metadata: dict[str, Any] | None = None,
+        replace: bool = False,
+        retry_policy: RetryPolicy | None = None,
+        when: Callable[[ExecutionContext], object] | None = None,
+        run_if: str | JoinRule = "all_success",
+        limits: list[str] | dict[str, int] | None = None,
+        max_items: int | None = None,
+    ) -> QuantumUnit[T, R]:
+        """Add a map: one unit per item of the result of ``over``, created during the run.
+
+        When ``over`` completes, its result (any iterable, materialised once in the
+        caller's process) gives one unit per item, named ``f"{name}[{i}]"``, each with this
+        map's options; inside, ``ctx.item`` is the item and ``ctx.index`` its position, and
+        ``dependencies`` are visible as usual (``over``'s whole result is not, unless it is
+        declared). Over another map, the map is item-wise: item ``i`` gets that map's item
+        ``i``'s result as ``ctx.item`` and starts as soon as that item completes.
+
+        The map itself is a unit named ``name``: its result is the list of its items'
+        results in item order, and it is COMPLETED once every item completed (or gave a
+        fallback value), FAILED (:class:`MapItemsFailedError`) if one did not. A dependent
+        receives that list. See "Maps" in the guide.
+
+        Args:
+            fn: Called as ``fn(ctx)`` for each item.
+            over: The unit (or map) whose result to map over.
+            name: The map's unique name; defaults as for :meth:`add_unit`.
+            dependencies: Other units whose results every item sees.
+            timeout: Seconds one attempt of an item may take.
+            retries: Extra attempts per item after a failure.
+            priority: Among ready units, higher runs sooner (each item has it).
+            metadata: As for :meth:`add_unit`; a ``fallback_value`` applies per item.
+            replace: Replace an existing unit of the same name instead of raising.
+            retry_policy: The items' retry policy.
+            when: A condition on the map as a whole, asked when it becomes ready: if
+                false, the map is SKIPPED and no item is created.
+            run_if: The map's join rule over ``over`` and ``dependencies`` (not
+                ``at_least``).
+            limits: Named limits each item's attempt holds (:meth:`add_limit`).
+            max_items: The most items the map may have: more fails the map (None: no bound).
+
+        Returns:
+            The map's unit.
+
+        Raises:
+            DuplicateUnitError: A unit of that name exists and ``replace`` is false.
+            TypeError: An argument has the wrong type (message names the map).
+            ValueError: An argument is out of range, or the map maps over itself.
+            RuntimeError: The partitioner is executing.
+
+        .. versionadded:: 0.2
+        """
+        self._check_not_executing("add_map")
+        unit_id = self._name_for(fn, name, use_function_name=False)
+        if unit_id in self.units and not replace:
+            raise DuplicateUnitError(unit_id)
+        deps = dependencies
+        if isinstance(deps, list | tuple) and all(isinstance(d, str) for d in deps):
+            deps = list(dict.fromkeys(deps))
+        rule = _join_rule_of(unit_id, run_if)
+        if rule.name == "at_least":
+            raise ValueError(f"map {unit_id!r}: run_if=at_least(k) is not supported on a map")
+        unit: QuantumUnit[T, R] = QuantumUnit(
+            unit_id,
+            fn,
+            deps,
+            timeout,
+            retries,
+            priority,
+            metadata,
+            retry_policy=retry_policy,
+            condition=when,
+            run_if=rule,
+            limits=normalize_unit_limits(unit_id, limits),
+            over=over,
+            max_items=max_items,
+        )
+        validate_unit(unit)
+        self._admit(unit)
+        self.units[unit_id] = unit
+        self._graph = None
+        self._plan = None
+        return unit
+
     def _check_not_executing(self, action: str) -> None:
         """Refuse to change the graph while a run uses it, instead of ignoring the change.
 

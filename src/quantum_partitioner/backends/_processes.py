@@ -376,8 +376,11 @@ class ProcessLane(Lane):
                 pickle.dumps(("function", key, self._function_blob(unit.id, unit.function)))
             )
         inputs, upstream = run.inputs_of(i)
+        item = run.item_of(i)
         try:
-            blob = self._pickle.dumps((inputs, upstream) if upstream else inputs)
+            blob = self._pickle.dumps(
+                (inputs, upstream, item) if upstream or item is not None else inputs
+            )
         except Exception as error:
             culprit = next(
                 (name for name, value in inputs.items() if not _picklable(self._pickle, value)),
