@@ -319,25 +319,6 @@ def _check_map(unit: QuantumUnit[Any, Any]) -> None:
         raise ValueError(f"map {name!r}: cancel_rest is not supported on a map")
 
 
-def item_unit(map_unit: QuantumUnit[Any, Any], index: int) -> QuantumUnit[Any, Any]:
-    """The unit of item ``index`` of ``map_unit``: named ``f"{map}[{index}]"``, its options.
-
-    An item has the map's function, timeout, retries, priority, metadata, retry policy and
-    limits; the map's condition and join rule were decided for the map as a whole.
-    """
-    return QuantumUnit(
-        f"{map_unit.id}[{index}]",
-        map_unit.function,
-        map_unit.dependencies,
-        map_unit.timeout,
-        map_unit.retries,
-        map_unit.priority,
-        map_unit.metadata,
-        retry_policy=map_unit.retry_policy,
-        limits=map_unit.limits,
-    )
-
-
 def _check_decisions(unit: QuantumUnit[Any, Any]) -> None:
     """Check ``condition``, ``run_if`` and ``cancel_rest``."""
     name = unit.id

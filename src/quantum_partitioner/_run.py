@@ -314,7 +314,7 @@ class Run:
         """The context unit ``i`` is called with: the caller's plus its dependencies'."""
         if self._map_inputs:
             item = self.item_of(i)
-            if item is not None:
+            if item is not None:  # an item sees its map's declared dependencies
                 inputs, errors = self.inputs_of(i)
                 return ExecutionContext(
                     self.context, inputs, self._names[i], attempt, self.mode, self, i, errors, item

@@ -62,7 +62,7 @@ from ._errors import (
     UnitSkippedError,
     UnitTimeoutError,
 )
-from ._graph import Graph, UnitState, item_unit
+from ._graph import Graph, UnitState
 from ._joins import ALL_SUCCESS, Verdict, judge
 from ._limits import LimitGate, LimitPlan
 from ._policies import DEFAULT_RETRY_POLICY, RetryPolicy
@@ -82,7 +82,6 @@ _SKIPPED: Final = UnitState.SKIPPED
 _CANCELED: Final = UnitState.CANCELED
 
 _FALLBACK_KEY: Final = "fallback_value"
-_NO_FALLBACK: Final = object()
 _NO_DEPS: Final[list[int]] = []  # shared by every item without dependencies: never mutated
 
 # How a terminal dependency counts for its dependents' join rules (see _joins).
@@ -828,11 +827,14 @@ class Scheduler:
     # -- maps: units that grow the run ------------------------------------------------------
     # A map is a unit that never runs: when it becomes ready, the driver reads the result it
     # maps over and calls :meth:`expand`, which appends one unit per item (indices from the
-    # current size on), each an ordinary unit from then on. The map then *collects*: its
-    # waiting count becomes its items' count, and it ends once they all have (COMPLETED if
-    # none failed). A map over a map is item-wise: it expands when the map it follows does
-    # (that edge counts as met then, and is taken out of that map's dependents), and its
-    # item i waits only for item i of the other map.
+    # current size on), each an ordinary unit from then on. An item's entry in
+    # ``graph.units`` is its map's QuantumUnit (it has the map's options) while its name is
+    # its own (``graph.names``): code that names a unit reads ``names[i]``, not
+    # ``units[i].id``. The map then *collects*: its waiting count becomes its items' count,
+    # and it ends once they all have (COMPLETED if none failed). A map over a map is
+    # item-wise: it expands when the map it follows does (that edge counts as met then, and
+    # is taken out of that map's dependents), and its item i waits only for item i of the
+    # other map.
 
     def _init_maps(self) -> None:
         """Make the per-unit structures growable (the graph is already a run-local copy)."""
@@ -868,43 +870,40 @@ class Scheduler:
         over = self.maps[m]
         parents = self.items_of.get(over) if over in self.maps else None
         keys = self._item_keys(m, count, parents)
-        fallback = self._item_fallbacks.get(m, _NO_FALLBACK)
-        needs = None if self.gate is None else self.gate.needs.get(m)
-        lane = self.lane_of[m]
         deps, dependents, waiting = self._deps, self._dependents, self._waiting
-        for k, j in enumerate(items):
-            unit = item_unit(map_unit, k)
-            units.append(unit)
-            names.append(unit.id)
-            index[unit.id] = j
-            self.item_of[j] = (m, k)
-            self.state.append(_PENDING)
-            self.attempts.append(0)
-            self.started.append(0.0)
-            self.ended.append(0.0)
-            self.results.append(None)
-            self.timeouts.append(map_unit.timeout)
-            self.retries.append(map_unit.retries)
-            self.lane_of.append(lane)
-            self._ok.append(0)
-            self._bad.append(0)
-            self._skip.append(0)
-            key = keys[k]
-            self._position_of.append(key)
-            self._by_position[key] = j
-            if fallback is not _NO_FALLBACK:
-                self.fallbacks[j] = fallback
-            if needs is not None:
-                self.gate.needs[j] = needs  # type: ignore[union-attr, index]
-            dependents.append([m])
-            if parents is None:
-                deps.append(_NO_DEPS)
-                waiting.append(0)
-            else:
-                parent = parents[k]
-                self.item_parent[j] = parent
-                deps.append([parent])
-                waiting.append(1)
+        # One extend per per-unit list: an item costs what a unit costs, not a loop of appends.
+        stem = names[m]
+        new_names = [f"{stem}[{k}]" for k in range(count)]
+        units.extend([map_unit] * count)  # an item has its map's options: the same object
+        names.extend(new_names)
+        index.update(zip(new_names, items, strict=True))
+        self.item_of.update(zip(items, zip([m] * count, range(count), strict=True), strict=True))
+        self.state.extend([_PENDING] * count)
+        self.attempts.extend([0] * count)
+        zeros = bytes(8 * count)
+        self.started.frombytes(zeros)
+        self.ended.frombytes(zeros)
+        self._ok.frombytes(zeros)
+        self._bad.frombytes(zeros)
+        self._skip.frombytes(zeros)
+        self.results.extend([None] * count)
+        self.timeouts.extend([map_unit.timeout] * count)
+        self.retries.extend([map_unit.retries] * count)
+        self.lane_of.extend([self.lane_of[m]] * count)
+        self._position_of.extend(keys)
+        self._by_position.update(zip(keys, items, strict=True))
+        if m in self._item_fallbacks:
+            self.fallbacks.update(dict.fromkeys(items, self._item_fallbacks[m]))
+        if self.gate is not None and m in self.gate.needs:
+            self.gate.needs.update(dict.fromkeys(items, self.gate.needs[m]))  # type: ignore[attr-defined]
+        dependents.extend([[m] for _ in items])
+        if parents is None:
+            deps.extend([_NO_DEPS] * count)
+            waiting.extend([0] * count)
+        else:
+            self.item_parent.update(zip(items, parents, strict=True))
+            deps.extend([[parent] for parent in parents])
+            waiting.extend([1] * count)
         self._n += count
         if count and self.timeouts[m] is not None:
             self.has_timeouts = True
