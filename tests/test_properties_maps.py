@@ -127,7 +127,15 @@ def drive(dag, pick):
             if dag.condition[i] is False:
                 sched.decide(i, holds=False, now=now)
             elif dag.is_map(i):
-                sched.expand(i, dag.count(i), now)
+                over = dag.over[i]
+                if dag.is_map(over):  # item-wise: it expands once the map it follows did
+                    assert over in sched.items_of, f"n{i} expands before n{over}"
+                    count = len(sched.items_of[over])
+                else:
+                    assert sched.state[over] is COMPLETED, f"n{i} expands over unfinished n{over}"
+                    count = dag.count(i)
+                assert count == dag.count(i)
+                sched.expand(i, count, now)
             else:
                 sched.decide(i, holds=True, now=now)
         elif step == "start":

@@ -255,6 +255,7 @@ ERROR_TREE = [
     (qp.UnitTimeoutError, TimeoutError),
     (qp.UnitSkippedError, qp.PartitionerError),
     (qp.UnitCancelledError, qp.PartitionerError),
+    (qp.MapItemsFailedError, qp.PartitionerError),
     (qp.WorkerDiedError, qp.PartitionerError),
     (qp.WorkerDiedError, RuntimeError),
     (qp.BrokenBackendError, qp.PartitionerError),
@@ -316,6 +317,7 @@ ERRORS = [
     qp.SkipUnit("nothing to do"),
     qp.UnitCancelledError("a", "fail_fast"),
     qp.WorkerDiedError("a", -9),
+    qp.MapItemsFailedError("tool", ["tool[1]", "tool[3]"]),
 ]
 
 

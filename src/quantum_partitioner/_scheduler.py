@@ -90,6 +90,7 @@ _BAD: Final = 1
 _SKIP: Final = 2
 _RUN: Final = Verdict.RUN
 _WAIT: Final = Verdict.WAIT
+_SKIP_VERDICT: Final = Verdict.SKIP
 
 
 @dataclass(frozen=True, slots=True)
@@ -709,10 +710,16 @@ class Scheduler:
             if not waiting[j]:
                 work.append((j, self._finish_map(j, now, out)))
             return 0
+        if node_kind != _OK and self.maps and self.maps.get(j) == node:
+            # A map has nothing to map over, whatever its rule says of its other inputs.
+            verdict = _SKIP_VERDICT
+        else:
+            verdict = None
         rules = self._rules
         rule = rules.get(j, ALL_SUCCESS) if rules else ALL_SUCCESS
         bad = self._bad[j]
-        verdict = judge(rule, self._ok[j], bad, self._skip[j], waiting[j])
+        if verdict is None:
+            verdict = judge(rule, self._ok[j], bad, self._skip[j], waiting[j])
         if verdict is _WAIT:
             return 0
         if verdict is _RUN:
@@ -721,7 +728,9 @@ class Scheduler:
         cause = SkipCause.UPSTREAM_FAILED if bad else SkipCause.JOIN_RULE
         verb = "failed" if node_kind == _BAD else "was skipped"
         reason = f"dependency {self.names[node]!r} {verb}"
-        if rule is not ALL_SUCCESS:
+        if verdict is _SKIP_VERDICT and self.maps.get(j) == node:
+            reason = f"what it maps over, {self.names[node]!r}, {verb}"
+        elif rule is not ALL_SUCCESS:
             reason = f"its join rule {rule} was not met ({reason})"
         error = UnitSkippedError(self.names[j], self.names[node], cause, reason)
         out.append(self._skip_one(j, error, now))

@@ -155,14 +155,15 @@ def test_a_map_whose_input_did_not_complete_or_whose_condition_is_false_is_skipp
     p = QuantumPartitioner(max_workers=2)
     p.add_unit(u.explode, name="broken")
     p.add_map(u.item_view, over="broken", name="never")
-    p.add_map(u.item_view, over="never", name="never_either")
+    p.add_map(u.item_view, over="never", name="never_either", run_if="all_done")
+    p.add_map(u.item_view, over="broken", name="not_even_all_done", run_if="all_done")
     p.add_unit(u.const([1]), name="one")
     p.add_map(u.item_view, over="one", name="unwanted", when=lambda ctx: False)
 
     results = mode.execute(p)
 
     assert set(results) == {"one"}
-    for name in ("never", "never_either", "unwanted"):
+    for name in ("never", "never_either", "not_even_all_done", "unwanted"):
         assert p.units[name].state is UnitState.SKIPPED
     assert p.units["unwanted"].error.cause is SkipCause.CONDITION
     assert p.units["never"].error.cause is SkipCause.UPSTREAM_FAILED
