@@ -260,8 +260,11 @@ class QuantumUnit(Generic[T, R]):
         return all(dep in done for dep in self.dependencies)
 
 
-def validate_unit(unit: QuantumUnit[Any, Any]) -> None:
+def validate_unit(unit: QuantumUnit[Any, Any], *, over_maps: bool = False) -> None:
     """Check one unit's own fields; raise TypeError/ValueError naming the unit.
+
+    ``over_maps``: some dependency is a map, whose items ``at_least(k)`` counts one by one
+    (so ``k`` may exceed the number of dependencies).
 
     Raises:
         TypeError: A field has the wrong type.
@@ -298,7 +301,7 @@ def validate_unit(unit: QuantumUnit[Any, Any]) -> None:
         raise TypeError(f"unit {name!r}: metadata must be a dict, got {unit.metadata!r}")
     if "estimated_duration" in unit.metadata:
         _check_number(name, "estimated_duration", unit.metadata["estimated_duration"])
-    _check_decisions(unit)
+    _check_decisions(unit, over_maps=over_maps)
     if unit.over is not None:
         _check_map(unit)
 
@@ -319,7 +322,7 @@ def _check_map(unit: QuantumUnit[Any, Any]) -> None:
         raise ValueError(f"map {name!r}: cancel_rest is not supported on a map")
 
 
-def _check_decisions(unit: QuantumUnit[Any, Any]) -> None:
+def _check_decisions(unit: QuantumUnit[Any, Any], *, over_maps: bool) -> None:
     """Check ``condition``, ``run_if`` and ``cancel_rest``."""
     name = unit.id
     if unit.condition is not None and not callable(unit.condition):
@@ -327,7 +330,12 @@ def _check_decisions(unit: QuantumUnit[Any, Any]) -> None:
     rule = unit.run_if
     if rule is not None and not isinstance(rule, JoinRule):
         raise TypeError(f"unit {name!r}: run_if must be a JoinRule, got {rule!r}")
-    if rule is not None and rule.name == "at_least" and rule.k > len(unit.dependencies):
+    if (
+        rule is not None
+        and rule.name == "at_least"
+        and rule.k > len(unit.dependencies)
+        and not over_maps
+    ):
         raise ValueError(
             f"unit {name!r}: run_if=at_least({rule.k}) needs at least {rule.k} dependencies, "
             f"it has {len(unit.dependencies)}"

@@ -317,7 +317,13 @@ class QuantumPartitioner(Generic[T, R]):
             cancel_rest=cancel_rest,
             limits=normalize_unit_limits(unit_id, limits),
         )
-        validate_unit(unit)
+        rule = unit.run_if
+        over_maps = (
+            rule is not None
+            and rule.name == "at_least"
+            and any(getattr(self.units.get(d), "over", None) is not None for d in unit.dependencies)
+        )
+        validate_unit(unit, over_maps=over_maps)
         self._admit(unit)
         self.units[unit_id] = unit
         self._graph = None

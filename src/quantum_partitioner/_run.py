@@ -367,10 +367,10 @@ class Run:
             error = errors.get(j)
             if error is not None:
                 upstream[names[j]] = error
-            if state[j] is _COMPLETED or (
-                state[j] in _FAILED_STATES and (j in sched.fallbacks or j in sched.items_of)
-            ):
+            if state[j] is _COMPLETED or (state[j] in _FAILED_STATES and j in sched.fallbacks):
                 view[names[j]] = results[j]
+            elif j in sched.items_of:  # a map that failed, or is unfinished (at_least)
+                view[names[j]] = [results[k] for k in sched.items_of[j] if sched.counts_ok(k)]
         return view, upstream or _NO_ERRORS
 
     # -- decisions -------------------------------------------------------------------------

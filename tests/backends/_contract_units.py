@@ -412,3 +412,17 @@ def flaky_item(ctx: Any) -> str:
     if ctx.item % 2 and ctx.attempt < 2:
         raise ConnectionError(f"attempt {ctx.attempt}")
     return f"{ctx.item} on {ctx.attempt}"
+
+
+def quorum_member(gate: str) -> partial[str]:
+    """A map item: returns ``"fast:<index>"`` at once for a "fast" item; a "slow" one waits
+    (up to 20 s) for ``gate`` to exist, checking ``ctx.cancelled`` so a thread stops early."""
+    return partial(_quorum_member, gate)
+
+
+def _quorum_member(gate: str, ctx: Any) -> str:
+    if ctx.item == "slow":
+        deadline = time.monotonic() + 20
+        while not Path(gate).exists() and time.monotonic() < deadline and not ctx.cancelled:
+            time.sleep(0.01)
+    return f"{ctx.item}:{ctx.index}"
