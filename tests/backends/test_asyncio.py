@@ -212,8 +212,13 @@ def test_plain_functions_run_on_a_bounded_pool_of_threads():
     assert len(threads) <= 3
 
 
-def test_a_plain_function_starts_only_when_a_thread_is_free():
-    """Its timeout counts from its start: waiting for a busy pool does not time it out."""
+@pytest.mark.parametrize("where", ["async-mode", "async-lane"])
+def test_a_plain_function_starts_only_when_a_thread_is_free(where):
+    """Its timeout counts from its start: waiting for a busy pool does not time it out.
+
+    The same for plain functions sent to a resource_balanced run's loop, which used to
+    wait for the loop's threads in a queue, their timeouts running.
+    """
     size = default_thread_workers()  # the pool's size when max_workers is None
     release = threading.Event()
 
@@ -224,12 +229,19 @@ def test_a_plain_function_starts_only_when_a_thread_is_free():
         await asyncio.sleep(0.5)  # longer than quick's timeout
         release.set()
 
+    on_loop = {"resource_type": "async"}
     p = QuantumPartitioner()
     for k in range(size):
-        p.add_unit(blocker, name=f"b{k}", priority=1)
+        p.add_unit(blocker, name=f"b{k}", priority=1, metadata=on_loop)
     p.add_unit(releaser, name="releaser", priority=1)
-    p.add_unit(lambda ctx: "quick", name="quick", timeout=0.3)
-    results = p.execute({}, execution_mode=ASYNC)
+    p.add_unit(lambda ctx: "quick", name="quick", timeout=0.3, metadata=on_loop)
+    try:
+        if where == "async-mode":
+            results = p.execute({}, execution_mode=ASYNC)
+        else:
+            results = p.execute_with_strategy({}, "resource_balanced")
+    finally:
+        release.set()
     assert results["quick"] == "quick"
 
 
