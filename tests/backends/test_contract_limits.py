@@ -105,6 +105,26 @@ def test_deadline_cancels_unfinished_units_and_keeps_results(mode):
         assert took < 1.4  # running attempts were stopped or abandoned, not waited for
 
 
+def test_deadline_while_a_retry_or_a_token_is_awaited_ends_the_run(mode):
+    """The deadline passes while the run waits for a backoff and a rate limit's token.
+
+    SEQUENTIAL used to find nothing to do once the deadline had cancelled the rest, and
+    raised InternalError instead of returning.
+    """
+    warm_up(mode)
+    p = QuantumPartitioner(retry_policy=RetryPolicy(backoff=ExponentialBackoff(initial=30)))
+    p.add_limit("api", per_second=0.1)  # one token now, the next in 10 s
+    p.add_unit(u.flaky(succeed_on=2), name="flaky", retries=1, priority=2)
+    p.add_unit(u.const("first"), name="first", limits=["api"], priority=1)
+    p.add_unit(u.const("second"), name="second", limits=["api"])
+    began = time.perf_counter()
+    assert mode.execute(p, deadline=1.0) == {"first": "first"}
+    assert time.perf_counter() - began < 5
+    assert p.units["flaky"].state is UnitState.CANCELED
+    assert p.units["second"].state is UnitState.CANCELED
+    assert p.last_execution_metrics["stop_reason"] == "deadline"
+
+
 def test_stop_reason_is_completed_for_a_full_run(mode):
     """A run that ran to the end says so."""
     p = QuantumPartitioner()
