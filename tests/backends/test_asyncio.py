@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
 import pytest
 
 from quantum_partitioner import ExecutionMode, QuantumPartitioner, UnitState, UnitTimeoutError
+from quantum_partitioner.backends import _asyncio
 from quantum_partitioner.backends._pool import default_thread_workers
 
 ASYNC = ExecutionMode.ASYNC
@@ -196,6 +198,39 @@ def test_cancelled_units_finish_their_cleanup(strategy, bounded):
     assert sorted(cleaned) == ["timed", "w0", "w1", "w2"]
     assert {p.units[f"w{k}"].state for k in range(3)} == {UnitState.CANCELED}
     assert p.units["timed"].state is UnitState.TIMEOUT
+
+
+@pytest.mark.parametrize("strategy", [None, "resource_balanced"])
+def test_a_unit_that_ignores_its_cancellation_does_not_hold_the_run(strategy, monkeypatch):
+    """A coroutine swallowing every CancelledError: execute() returns after the cleanup time.
+
+    ``asyncio.run`` used to wait for it without end (here 3 x 30 s); its coroutine is now
+    closed once the run's cleanup time (5 s, shortened here) has passed.
+    """
+    monkeypatch.setattr(_asyncio, "_CLEANUP_SECONDS", 0.3)
+    closed = []
+
+    async def stubborn(ctx):
+        try:
+            for _ in range(3):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(30)
+        except GeneratorExit:
+            closed.append(ctx.unit_id)
+            raise
+
+    p = QuantumPartitioner()
+    p.add_unit(stubborn, name="stubborn", timeout=0.1, metadata={"resource_type": "async"})
+    p.add_unit(lambda ctx: 1, name="ok")
+    began = time.monotonic()
+    if strategy is None:
+        results = p.execute({}, execution_mode=ASYNC)
+    else:
+        results = p.execute_with_strategy({}, strategy)
+    assert time.monotonic() - began < 10
+    assert results == {"ok": 1}
+    assert p.units["stubborn"].state is UnitState.TIMEOUT
+    assert closed == ["stubborn"]
 
 
 def test_plain_functions_run_on_a_bounded_pool_of_threads():

@@ -231,10 +231,22 @@ async def _let_clean_up(tasks: set[asyncio.Task[Any]]) -> None:
     """Wait (a bounded time) until cancelled tasks have run their ``finally`` blocks.
 
     Once the driver returns, ``asyncio.run`` cancels what is left once more, which would cut
-    a cleanup that awaits short; a unit that ignores its cancellation does not hold the run.
+    a cleanup that awaits short. A unit that ignores its cancellation does not hold the run:
+    ``asyncio.run`` would wait for it without end, so its coroutine is closed (it receives
+    ``GeneratorExit`` where it waits) and its task ends at the next cancellation.
     """
-    if tasks:
-        await asyncio.wait(set(tasks), timeout=_CLEANUP_SECONDS)
+    if not tasks:
+        return
+    await asyncio.wait(set(tasks), timeout=_CLEANUP_SECONDS)
+    stubborn = [task for task in tasks if not task.done()]
+    for task in stubborn:
+        task.get_coro().close()
+        task.cancel()
+    if stubborn:
+        await asyncio.wait(stubborn, timeout=_CLEANUP_SECONDS)
+        for task in stubborn:
+            if task.done() and not task.cancelled():
+                task.exception()  # seen: its closed coroutine could not go on (RuntimeError)
 
 
 class AsyncBackend(Backend):
@@ -497,7 +509,7 @@ class AsyncLane(FutureLane):
         done = asyncio.run_coroutine_threadsafe(self._shut_down(), self._loop)
         # A unit that ignores its cancellation must not hold the run: stop the loop anyway.
         with contextlib.suppress(TimeoutError):
-            done.result(timeout=_CLEANUP_SECONDS)
+            done.result(timeout=3 * _CLEANUP_SECONDS)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=_CLEANUP_SECONDS)
         if not self._thread.is_alive():
@@ -508,11 +520,11 @@ class AsyncLane(FutureLane):
         if self._plain is not None:
             self._plain.close()
         me = asyncio.current_task()
-        tasks = [task for task in asyncio.all_tasks() if task is not me]
+        tasks = {task for task in asyncio.all_tasks() if task is not me}
         for task in tasks:
             if not task.cancelling():  # cancelling twice would cut its cleanup short
                 task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _let_clean_up(tasks)
 
 
 class _PlainFunctions(Lane):
