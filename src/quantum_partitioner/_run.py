@@ -16,7 +16,7 @@ import traceback
 from types import CoroutineType, MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from ._context import PAUSES_KEY, ExecutionContext
+from ._context import PAUSES_KEY, ExecutionContext, check_pause_seconds
 from ._errors import SkipCause, SkipUnit, UnitSkippedError, interrupts_run
 from ._events import (
     Dispatcher,
@@ -241,12 +241,20 @@ class Run:
 
     def keep_metrics(self, i: int, metrics: dict[str, Any]) -> None:
         """Keep the metrics an attempt recorded elsewhere; apply its ``ctx.pause_limit`` calls."""
+        self.apply_pauses(metrics)
+        if metrics:
+            self.unit_metrics[i] = metrics
+
+    def apply_pauses(self, metrics: dict[str, Any]) -> None:
+        """Apply (and take out of ``metrics``) the pauses an attempt elsewhere asked for.
+
+        For a failed attempt too, before its failure is reported: a 429 handler pauses its
+        limit and raises, and its retry must wait for the pause.
+        """
         pauses = metrics.pop(PAUSES_KEY, None)
         for name, seconds in pauses or ():
             if name in self.limits:
                 self.pause_limit(name, seconds)
-        if metrics:
-            self.unit_metrics[i] = metrics
 
     def pause_limit(self, name: str, seconds: float) -> None:
         """Hold back new starts on limit ``name`` for ``seconds`` (``ctx.pause_limit``).
@@ -258,10 +266,7 @@ class Run:
         limit = self.limits.get(name)
         if limit is None:
             raise KeyError(f"no limit named {name!r}; known: {sorted(self.limits)}")
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-            raise TypeError(f"pause_limit: seconds must be a number, got {seconds!r}")
-        if not 0 <= seconds < float("inf"):
-            raise ValueError(f"pause_limit: seconds must be >= 0 and finite, got {seconds!r}")
+        check_pause_seconds(seconds)
         limit.pause(self.clock() + seconds)
 
     # -- calling units ---------------------------------------------------------------------
@@ -291,7 +296,7 @@ class Run:
             if interrupts_run(error):
                 raise
             return False, error
-        if not self._still_wanted(i, attempt):
+        if not self.still_wanted(i, attempt):
             return True, value  # timed out or cancelled: the scheduler will discard it
         if ctx.metrics is not None:
             self.unit_metrics[i] = ctx.metrics
@@ -299,11 +304,13 @@ class Run:
             cache.remember(self, i, value)
         return True, value
 
-    def _still_wanted(self, i: int, attempt: int) -> bool:
-        """Whether a finished attempt is still current and within its timeout.
+    def still_wanted(self, i: int, attempt: int) -> bool:
+        """Whether an attempt is still current and within its timeout.
 
         Checked before keeping its metrics or caching its result: a late result must leave
         nothing behind. (SEQUENTIAL notices a timeout only after the call, hence the clock.)
+        A pool thread checks it before it starts an attempt handed to it: one whose timeout
+        passed before the thread got to it must never start.
         """
         if self.attempt_abandoned(i, attempt):
             return False

@@ -168,6 +168,22 @@ def _flaky(succeed_on: int, ctx: Any) -> str:
     return f"ok on {ctx.attempt}"
 
 
+def pause_then_fail(limit: str, seconds: float) -> partial[int]:
+    """A unit that, on its first attempt, pauses ``limit`` for ``seconds`` and raises.
+
+    What a 429 handler does (``ctx.pause_limit``, then raise to be retried); a later
+    attempt returns its number.
+    """
+    return partial(_pause_then_fail, limit, seconds)
+
+
+def _pause_then_fail(limit: str, seconds: float, ctx: Any) -> int:
+    if ctx.attempt == 1:
+        ctx.pause_limit(limit, seconds)
+        raise ConnectionError("429 Too Many Requests")
+    return int(ctx.attempt)
+
+
 def wait_for_gate(ctx: Any) -> bool:
     """Wait until the file ``ctx["gate"]`` exists (at most 10 s); return whether it does."""
     gate = Path(ctx["gate"])

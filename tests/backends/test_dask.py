@@ -1074,6 +1074,40 @@ def test_a_unit_with_limits_is_submitted_only_when_it_holds_its_slots(backend):
     assert p.limit_stats()["gpu"].peak == 1
 
 
+@pytest.mark.parametrize("fails", [True, False], ids=["then-fails", "then-completes"])
+def test_a_pause_on_a_worker_holds_back_its_limit_during_the_run(client, fails):
+    """ctx.pause_limit on a worker holds this run's next starts, whether the attempt fails.
+
+    A 429 handler pauses, then raises to be retried: the retry waits for the pause. One
+    that completes keeps its result (and metrics) on the cluster: the pause is not held
+    until the end of the run, it reaches the caller at once.
+    """
+
+    def calls(ctx):
+        if ctx.attempt == 1:
+            ctx.pause_limit("api", 0.6)
+            if fails:
+                raise ConnectionError("429 Too Many Requests")
+        return ctx.attempt
+
+    p = QuantumPartitioner(retry_policy=FAST_RETRIES)
+    p.add_limit("api", concurrency=1)
+    p.add_unit(calls, name="calls", limits=["api"], retries=1, priority=1)
+    p.add_unit(lambda ctx: "other", name="other", limits=["api"])
+    backend = DaskBackend(client, gather=None)  # results stay on the cluster
+    assert p.execute(backend=backend) == {}
+    metrics = p.last_execution_metrics
+    times = metrics["unit_times"]
+    # The pause arrives while the attempt ends, a moment before its outcome is recorded.
+    if fails:
+        [ended] = [e["time"] for e in metrics["execution_trace"] if e["event"] == "retry"]
+        assert times["calls"]["start"] - ended >= 0.3
+    else:
+        ended = times["calls"]["end"]
+    assert times["other"]["start"] - ended >= 0.3
+    assert times["calls"]["attempts"] == (2 if fails else 1)
+
+
 def test_deadline_cancels_what_runs_on_the_cluster(client):
     """deadline=: unfinished units are CANCELED, their tasks leave the cluster."""
     warm = QuantumPartitioner()

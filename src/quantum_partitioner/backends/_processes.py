@@ -496,7 +496,7 @@ class ProcessLane(Lane):
                 return
             self._post((i, attempt, True, value, metrics))
         else:
-            self._post((i, attempt, False, _rebuild_error(message), None))
+            self._post((i, attempt, False, _rebuild_error(message), message[4]))
 
     def _bury(self, worker: _Worker) -> None:
         """A worker's pipe closed: it died. Fail its attempt and start a replacement."""
@@ -619,7 +619,7 @@ def _modules_of(run: Run) -> dict[str, str]:
 
 
 def _rebuild_error(message: tuple[Any, ...]) -> BaseException:
-    _, blob, description, text = message
+    _, blob, description, text, _ = message
     error: BaseException
     try:
         error = pickle.loads(blob) if blob is not None else RemoteUnitError(description)  # noqa: S301
