@@ -12,6 +12,7 @@ computes the longest remaining path from each unit (its *rank*, which orders rea
 
 from __future__ import annotations
 
+import copy
 import enum
 import gc
 import math
@@ -120,6 +121,9 @@ class QuantumUnit(Generic[T, R]):
             once ``k`` are ok.
         limits: The named limits an attempt holds while it runs, as ``{name: slots}``
             (None: none); see :meth:`QuantumPartitioner.add_limit`.
+        view_keys: The key under which the function reads each dependency, aligned with
+            ``dependencies`` (None: each under its own name). Units inlined by
+            :meth:`QuantumPartitioner.add_subgraph` keep reading their inner names this way.
     """
 
     __slots__ = (
@@ -140,6 +144,7 @@ class QuantumUnit(Generic[T, R]):
         "retry_policy",
         "run_if",
         "timeout",
+        "view_keys",
     )
 
     def __init__(  # noqa: PLR0917 - the original API's dataclass took these positionally
@@ -157,6 +162,7 @@ class QuantumUnit(Generic[T, R]):
         run_if: JoinRule | None = None,
         cancel_rest: bool = False,
         limits: dict[str, int] | None = None,
+        view_keys: list[str] | None = None,
     ) -> None:
         """Create a unit; validate it with :func:`validate_unit`."""
         self.id = id
@@ -171,6 +177,7 @@ class QuantumUnit(Generic[T, R]):
         self.run_if = run_if
         self.cancel_rest = cancel_rest
         self.limits = limits
+        self.view_keys = view_keys
         self._view: _RunView | None = None
         self._index = -1
         self._state = UnitState.PENDING
@@ -241,6 +248,27 @@ class QuantumUnit(Generic[T, R]):
             return None
         return end - start
 
+    def _inlined(
+        self, name: str, dependencies: list[str], view_keys: list[str]
+    ) -> QuantumUnit[T, R]:
+        """A copy of this unit under another name and dependencies, with no run behind it.
+
+        Every other field is kept (``metadata`` and ``limits`` are copied, so changing this
+        unit later leaves the copy as it was): this is how a subgraph's units are inlined.
+        """
+        clone = copy.copy(self)
+        clone.id = name
+        clone.dependencies = dependencies
+        clone.view_keys = view_keys
+        clone.metadata = dict(self.metadata)
+        clone.limits = None if self.limits is None else dict(self.limits)
+        clone._view = None
+        clone._index = -1
+        clone._state = UnitState.PENDING
+        clone._result = None
+        clone._error = None
+        return clone
+
     def can_execute(self, completed_units: Iterable[str]) -> bool:
         """Whether every dependency is among ``completed_units``."""
         done = (
@@ -290,6 +318,22 @@ def validate_unit(unit: QuantumUnit[Any, Any]) -> None:
     if "estimated_duration" in unit.metadata:
         _check_number(name, "estimated_duration", unit.metadata["estimated_duration"])
     _check_decisions(unit)
+    if unit.view_keys is not None:
+        _check_view_keys(unit)
+
+
+def _check_view_keys(unit: QuantumUnit[Any, Any]) -> None:
+    """Check that ``view_keys`` names each dependency once, under distinct keys."""
+    name, keys = unit.id, unit.view_keys
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+        raise TypeError(f"unit {name!r}: view_keys must be a list of strings, got {keys!r}")
+    if len(keys) != len(unit.dependencies):
+        raise ValueError(
+            f"unit {name!r}: view_keys has {len(keys)} keys for "
+            f"{len(unit.dependencies)} dependencies"
+        )
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"unit {name!r}: view_keys names one key twice: {keys!r}")
 
 
 def _check_decisions(unit: QuantumUnit[Any, Any]) -> None:
@@ -347,6 +391,7 @@ class Graph:
         "_dependents",
         "_priority_order",
         "_rank",
+        "_view_keys",
         "default_weight",
         "deps",
         "finish",
@@ -417,6 +462,7 @@ class Graph:
         self._decisions: tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]] | None = (
             None
         )
+        self._view_keys: list[tuple[str, ...]] | Literal[False] | None = False
 
     def decisions(self) -> tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]]:
         """``(conditions, rules)`` by unit index, found on first use (usually both empty).
@@ -435,6 +481,18 @@ class Graph:
             }
             self._decisions = (conditions, rules)
         return self._decisions
+
+    def view_keys(self) -> list[tuple[str, ...]] | None:
+        """The key each unit reads each dependency by, aligned with :attr:`deps`.
+
+        None when every unit reads its dependencies by their names (a graph without
+        subgraphs), so that runs of such graphs build contexts from :attr:`names` alone.
+        Found on first use.
+        """
+        keys = self._view_keys
+        if keys is False:
+            keys = self._view_keys = _view_keys(self.units, self.names, self.deps)
+        return keys
 
     @property
     def dependents(self) -> list[list[int]]:
@@ -530,6 +588,22 @@ def compile_graph(units: Iterable[QuantumUnit[Any, Any]]) -> Graph:
         CircularDependencyError: The dependencies form a cycle; ``.cycle`` is its path.
     """
     return Graph(list(units))
+
+
+def _view_keys(
+    units: list[QuantumUnit[Any, Any]], names: list[str], deps: list[list[int]]
+) -> list[tuple[str, ...]] | None:
+    if all(unit.view_keys is None for unit in units):
+        return None
+    keys: list[tuple[str, ...]] = []
+    for unit, row in zip(units, deps, strict=True):
+        own = unit.view_keys
+        if own is None:
+            keys.append(tuple(names[j] for j in row))
+        else:
+            key_of = dict(zip(unit.dependencies, own, strict=True))
+            keys.append(tuple(key_of[names[j]] for j in row))
+    return keys
 
 
 def _estimate(unit: QuantumUnit[Any, Any]) -> float | None:

@@ -185,6 +185,8 @@ class Run:
         self.is_async = [inspect.iscoroutinefunction(f) for f in self._functions]
         self._names = graph.names
         self._deps = graph.deps
+        #: The key each unit reads each dependency by, None when that is its name.
+        self._view_keys = graph.view_keys()
         self._conditions = graph.decisions()[0]
         #: Brings a dependency's result here for a ``when=`` predicate, for backends that
         #: keep results elsewhere (Dask): only the values a predicate reads travel.
@@ -311,8 +313,7 @@ class Run:
                 return ExecutionContext(
                     self.context, view, self._names[i], attempt, self.mode, self, i, upstream
                 )
-            names, results = self._names, sched.results
-            view = {names[j]: results[j] for j in deps}
+            view = self._complete_inputs(i)
         else:
             view = _NO_RESULTS
         return ExecutionContext(self.context, view, self._names[i], attempt, self.mode, self, i)
@@ -325,8 +326,20 @@ class Run:
         sched = self.scheduler
         if sched.errors or sched.partial_inputs:
             return self._inputs_with_gaps(i)
-        names, results = self._names, sched.results
-        return {names[j]: results[j] for j in self._deps[i]}, _NO_ERRORS
+        return self._complete_inputs(i), _NO_ERRORS
+
+    def _complete_inputs(self, i: int) -> dict[str, Any]:
+        """Unit ``i``'s dependencies' results, each under the key the unit reads it by.
+
+        That key is the dependency's name, except in a graph with subgraphs, whose inlined
+        units read their dependencies by their inner names (``Graph.view_keys``).
+        """
+        results = self.scheduler.results
+        keys = self._view_keys
+        if keys is None:
+            names = self._names
+            return {names[j]: results[j] for j in self._deps[i]}
+        return dict(zip(keys[i], map(results.__getitem__, self._deps[i]), strict=True))
 
     def _inputs_with_gaps(self, i: int) -> tuple[dict[str, Any], Mapping[str, BaseException]]:
         """The inputs of a unit some of whose dependencies did not complete.
@@ -335,15 +348,18 @@ class Run:
         each other terminal dependency has none.
         """
         sched = self.scheduler
-        names, results, state, errors = self._names, sched.results, sched.state, sched.errors
+        results, state, errors = sched.results, sched.state, sched.errors
+        row = self._deps[i]
+        keys = self._view_keys
+        row_keys = map(self._names.__getitem__, row) if keys is None else keys[i]
         view: dict[str, Any] = {}
         upstream: dict[str, BaseException] = {}
-        for j in self._deps[i]:
+        for j, key in zip(row, row_keys, strict=True):
             error = errors.get(j)
             if error is not None:
-                upstream[names[j]] = error
+                upstream[key] = error
             if state[j] is _COMPLETED or (state[j] in _FAILED_STATES and j in sched.fallbacks):
-                view[names[j]] = results[j]
+                view[key] = results[j]
         return view, upstream or _NO_ERRORS
 
     # -- decisions -------------------------------------------------------------------------
