@@ -123,3 +123,31 @@ def test_nested_subgraphs_compose_names_and_dependencies(mode):
     }
     assert p.units["top.ingest.load"].dependencies == ["top.config"]
     assert p.units["top.config"].dependencies == ["start"]
+
+
+def test_subgraph_units_run_on_their_own_lanes_with_resource_balanced():
+    """resource_balanced: inner cpu, io and async units each on their lane, inner names kept."""
+    #  (config) -> crunch [cpu] -> fetch [io] -> wait [async]; failing [cpu] after crunch
+    inner = QuantumPartitioner()
+    inner.add_unit(u.times("config", 3), name="crunch", metadata={"resource_type": "cpu"})
+    inner.add_unit(u.plus("crunch", 1), ["crunch"], name="fetch", metadata={"resource_type": "io"})
+    inner.add_unit(
+        u.async_plus("fetch", 1), ["fetch"], name="wait", metadata={"resource_type": "async"}
+    )
+    inner.add_unit(u.explode, ["crunch"], name="failing", metadata={"resource_type": "cpu"})
+    inner.add_unit(u.seen, ["wait", "failing"], name="report", run_if="all_done")
+    p = QuantumPartitioner()
+    p.add_unit(u.const(2), name="config")
+    p.add_subgraph(inner, "sub", ["config"])
+
+    results = p.execute_with_strategy({}, "resource_balanced", max_workers=2)
+
+    assert results == {
+        "config": 2,
+        "sub.crunch": 6,
+        "sub.fetch": 7,
+        "sub.wait": 8,
+        "sub.report": {"results": {"wait": 8}, "upstream_errors": ["failing"]},
+        "sub": {"report": {"results": {"wait": 8}, "upstream_errors": ["failing"]}},
+    }
+    assert set(p.get_failed_units()) == {"sub.failing"}
