@@ -313,7 +313,11 @@ class Run:
                 return ExecutionContext(
                     self.context, view, self._names[i], attempt, self.mode, self, i, upstream
                 )
-            view = self._complete_inputs(i)
+            if self._view_keys is None:  # inlined here: the hot path of ordinary graphs
+                names, results = self._names, sched.results
+                view = {names[j]: results[j] for j in deps}
+            else:
+                view = self._complete_inputs(i)
         else:
             view = _NO_RESULTS
         return ExecutionContext(self.context, view, self._names[i], attempt, self.mode, self, i)
