@@ -330,7 +330,7 @@ class QuantumPartitioner(Generic[T, R]):
         other: QuantumPartitioner[Any, Any],
         name: str,
         dependencies: list[str] | None = None,
-    ) -> QuantumUnit[T, R]:
+    ) -> QuantumUnit[T, Any]:
         """Inline ``other``'s units into this partitioner, as one subgraph named ``name``.
 
         Each unit of ``other`` is copied as it is now (later changes to ``other`` do not
