@@ -26,6 +26,7 @@ from quantum_partitioner import (
     UnknownDependencyError,
     at_least,
 )
+from quantum_partitioner._graph import QuantumUnit, validate_unit
 
 SEQ = ExecutionMode.SEQUENTIAL
 
@@ -242,3 +243,15 @@ def test_inner_units_appear_one_by_one_in_plan_metrics_trace_report_and_progress
     assert set(names) <= slices
     report = p.write_report(tmp_path / "run.html").read_text()
     assert all(name in report for name in names)
+
+
+def test_view_keys_must_map_names_to_distinct_keys():
+    """A unit reading two dependencies under one key, or keys that are not strings: refused."""
+    def noop(ctx):
+        return None
+
+    validate_unit(QuantumUnit("u", noop, ["s.a", "b"], view_keys={"s.a": "a"}))
+    with pytest.raises(ValueError, match="reads two dependencies under one key"):
+        validate_unit(QuantumUnit("u", noop, ["s.a", "a"], view_keys={"s.a": "a"}))
+    with pytest.raises(TypeError, match="view_keys must be a dict"):
+        validate_unit(QuantumUnit("u", noop, ["a"], view_keys=["a"]))  # type: ignore[arg-type]

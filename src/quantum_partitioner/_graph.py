@@ -121,8 +121,8 @@ class QuantumUnit(Generic[T, R]):
             once ``k`` are ok.
         limits: The named limits an attempt holds while it runs, as ``{name: slots}``
             (None: none); see :meth:`QuantumPartitioner.add_limit`.
-        view_keys: The key under which the function reads each dependency, aligned with
-            ``dependencies`` (None: each under its own name). Units inlined by
+        view_keys: ``{dependency: key}`` for the dependencies the function reads under
+            another key than their name (None: every one under its name). Units inlined by
             :meth:`QuantumPartitioner.add_subgraph` keep reading their inner names this way.
     """
 
@@ -162,7 +162,7 @@ class QuantumUnit(Generic[T, R]):
         run_if: JoinRule | None = None,
         cancel_rest: bool = False,
         limits: dict[str, int] | None = None,
-        view_keys: list[str] | None = None,
+        view_keys: dict[str, str] | None = None,
     ) -> None:
         """Create a unit; validate it with :func:`validate_unit`."""
         self.id = id
@@ -249,7 +249,7 @@ class QuantumUnit(Generic[T, R]):
         return end - start
 
     def _inlined(
-        self, name: str, dependencies: list[str], view_keys: list[str]
+        self, name: str, dependencies: list[str], view_keys: dict[str, str]
     ) -> QuantumUnit[T, R]:
         """A copy of this unit under another name and dependencies, with no run behind it.
 
@@ -323,17 +323,15 @@ def validate_unit(unit: QuantumUnit[Any, Any]) -> None:
 
 
 def _check_view_keys(unit: QuantumUnit[Any, Any]) -> None:
-    """Check that ``view_keys`` names each dependency once, under distinct keys."""
+    """Check that ``view_keys`` maps dependencies to keys and no two share a key."""
     name, keys = unit.id, unit.view_keys
-    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
-        raise TypeError(f"unit {name!r}: view_keys must be a list of strings, got {keys!r}")
-    if len(keys) != len(unit.dependencies):
-        raise ValueError(
-            f"unit {name!r}: view_keys has {len(keys)} keys for "
-            f"{len(unit.dependencies)} dependencies"
-        )
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"unit {name!r}: view_keys names one key twice: {keys!r}")
+    if not isinstance(keys, dict) or not all(
+        isinstance(dep, str) and isinstance(key, str) for dep, key in keys.items()
+    ):
+        raise TypeError(f"unit {name!r}: view_keys must be a dict of str -> str, got {keys!r}")
+    seen = [keys.get(dep, dep) for dep in dict.fromkeys(unit.dependencies)]
+    if len(set(seen)) != len(seen):
+        raise ValueError(f"unit {name!r}: view_keys reads two dependencies under one key")
 
 
 def _check_decisions(unit: QuantumUnit[Any, Any]) -> None:
@@ -597,12 +595,11 @@ def _view_keys(
         return None
     keys: list[tuple[str, ...]] = []
     for unit, row in zip(units, deps, strict=True):
-        own = unit.view_keys
-        if own is None:
+        key_of = unit.view_keys
+        if key_of is None:
             keys.append(tuple(names[j] for j in row))
         else:
-            key_of = dict(zip(unit.dependencies, own, strict=True))
-            keys.append(tuple(key_of[names[j]] for j in row))
+            keys.append(tuple(key_of.get(names[j], names[j]) for j in row))
     return keys
 
 

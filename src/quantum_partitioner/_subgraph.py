@@ -61,18 +61,18 @@ def inline_subgraph(
     inlined: list[QuantumUnit[Any, Any]] = []
     for unit in units:
         inner_deps = unit.dependencies
-        keys = list(inner_deps if unit.view_keys is None else unit.view_keys)
-        deps = [prefix + dep for dep in inner_deps]
-        if not inner_deps:  # a root: it waits for what the subgraph waits for
+        read_as = unit.view_keys or {}
+        # Read under the inner name it had (a unit of a nested subgraph: its own inner one).
+        keys = {prefix + dep: read_as.get(dep, dep) for dep in inner_deps}
+        deps = list(keys)
+        if not inner_deps:  # a root: it waits for what the subgraph waits for, by name
             deps += dependencies
-            keys += dependencies
         clone = unit._inlined(prefix + unit.id, deps, keys)
         if clone.retry_policy is None:
             clone.retry_policy = retry_policy
         inlined.append(clone)
     sinks = [unit.id for unit in units if unit.id not in depended_on]
-    own: QuantumUnit[Any, Any] = QuantumUnit(
-        name, subgraph_result, [prefix + sink for sink in sinks], view_keys=sinks
-    )
+    keys = {prefix + sink: sink for sink in sinks}
+    own: QuantumUnit[Any, Any] = QuantumUnit(name, subgraph_result, list(keys), view_keys=keys)
     inlined.append(own)
     return inlined
