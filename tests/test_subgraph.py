@@ -247,6 +247,7 @@ def test_inner_units_appear_one_by_one_in_plan_metrics_trace_report_and_progress
 
 def test_view_keys_must_map_names_to_distinct_keys():
     """A unit reading two dependencies under one key, or keys that are not strings: refused."""
+
     def noop(ctx):
         return None
 
