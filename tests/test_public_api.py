@@ -48,6 +48,8 @@ INTERNAL = {
         "join_rule",
         "judge",
     },
+    # Implementation of add_subgraph() (subgraph_result is the subgraph's own unit).
+    "quantum_partitioner._subgraph": {"inline_subgraph", "subgraph_result"},
     # Implementation of execute_with_strategy().
     "quantum_partitioner._strategies": {
         "RESOURCE_TYPES",

@@ -12,6 +12,7 @@ computes the longest remaining path from each unit (its *rank*, which orders rea
 
 from __future__ import annotations
 
+import copy
 import enum
 import gc
 import math
@@ -123,6 +124,9 @@ class QuantumUnit(Generic[T, R]):
         over: For a map (:meth:`QuantumPartitioner.add_map`), the unit (or map) whose result
             it maps over; None for an ordinary unit.
         max_items: For a map, the most items it may have (None: no bound).
+        view_keys: ``{dependency: key}`` for the dependencies the function reads under
+            another key than their name (None: every one under its name). Units inlined by
+            :meth:`QuantumPartitioner.add_subgraph` keep reading their inner names this way.
     """
 
     __slots__ = (
@@ -145,6 +149,7 @@ class QuantumUnit(Generic[T, R]):
         "retry_policy",
         "run_if",
         "timeout",
+        "view_keys",
     )
 
     def __init__(  # noqa: PLR0917 - the original API's dataclass took these positionally
@@ -164,6 +169,7 @@ class QuantumUnit(Generic[T, R]):
         limits: dict[str, int] | None = None,
         over: str | None = None,
         max_items: int | None = None,
+        view_keys: dict[str, str] | None = None,
     ) -> None:
         """Create a unit; validate it with :func:`validate_unit`."""
         self.id = id
@@ -180,6 +186,7 @@ class QuantumUnit(Generic[T, R]):
         self.limits = limits
         self.over = over
         self.max_items = max_items
+        self.view_keys = view_keys
         self._view: _RunView | None = None
         self._index = -1
         self._state = UnitState.PENDING
@@ -250,6 +257,27 @@ class QuantumUnit(Generic[T, R]):
             return None
         return end - start
 
+    def _inlined(
+        self, name: str, dependencies: list[str], view_keys: dict[str, str]
+    ) -> QuantumUnit[T, R]:
+        """A copy of this unit under another name and dependencies, with no run behind it.
+
+        Every other field is kept (``metadata`` and ``limits`` are copied, so changing this
+        unit later leaves the copy as it was): this is how a subgraph's units are inlined.
+        """
+        clone = copy.copy(self)
+        clone.id = name
+        clone.dependencies = dependencies
+        clone.view_keys = view_keys
+        clone.metadata = dict(self.metadata)
+        clone.limits = None if self.limits is None else dict(self.limits)
+        clone._view = None
+        clone._index = -1
+        clone._state = UnitState.PENDING
+        clone._result = None
+        clone._error = None
+        return clone
+
     def can_execute(self, completed_units: Iterable[str]) -> bool:
         """Whether every dependency is among ``completed_units``."""
         done = (
@@ -302,8 +330,22 @@ def validate_unit(unit: QuantumUnit[Any, Any], *, over_maps: bool = False) -> No
     if "estimated_duration" in unit.metadata:
         _check_number(name, "estimated_duration", unit.metadata["estimated_duration"])
     _check_decisions(unit, over_maps=over_maps)
+    if unit.view_keys is not None:
+        _check_view_keys(unit)
     if unit.over is not None:
         _check_map(unit)
+
+
+def _check_view_keys(unit: QuantumUnit[Any, Any]) -> None:
+    """Check that ``view_keys`` maps dependencies to keys and no two share a key."""
+    name, keys = unit.id, unit.view_keys
+    if not isinstance(keys, dict) or not all(
+        isinstance(dep, str) and isinstance(key, str) for dep, key in keys.items()
+    ):
+        raise TypeError(f"unit {name!r}: view_keys must be a dict of str -> str, got {keys!r}")
+    seen = [keys.get(dep, dep) for dep in dict.fromkeys(unit.dependencies)]
+    if len(set(seen)) != len(seen):
+        raise ValueError(f"unit {name!r}: view_keys reads two dependencies under one key")
 
 
 def _check_map(unit: QuantumUnit[Any, Any]) -> None:
@@ -382,6 +424,7 @@ class Graph:
         "_dependents",
         "_priority_order",
         "_rank",
+        "_view_keys",
         "default_weight",
         "deps",
         "finish",
@@ -463,6 +506,7 @@ class Graph:
         self._decisions: tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]] | None = (
             None
         )
+        self._view_keys: list[tuple[str, ...]] | Literal[False] | None = False
 
     def for_run(self) -> Graph:
         """A copy for one run of a graph with maps: its unit lists grow as maps expand.
@@ -499,6 +543,18 @@ class Graph:
             }
             self._decisions = (conditions, rules)
         return self._decisions
+
+    def view_keys(self) -> list[tuple[str, ...]] | None:
+        """The key each unit reads each dependency by, aligned with :attr:`deps`.
+
+        None when every unit reads its dependencies by their names (a graph without
+        subgraphs), so that runs of such graphs build contexts from :attr:`names` alone.
+        Found on first use.
+        """
+        keys = self._view_keys
+        if keys is False:
+            keys = self._view_keys = _view_keys(self.units, self.names, self.deps)
+        return keys
 
     @property
     def dependents(self) -> list[list[int]]:
@@ -603,6 +659,21 @@ def compile_graph(units: Iterable[QuantumUnit[Any, Any]]) -> Graph:
         CircularDependencyError: The dependencies form a cycle; ``.cycle`` is its path.
     """
     return Graph(list(units))
+
+
+def _view_keys(
+    units: list[QuantumUnit[Any, Any]], names: list[str], deps: list[list[int]]
+) -> list[tuple[str, ...]] | None:
+    if all(unit.view_keys is None for unit in units):
+        return None
+    keys: list[tuple[str, ...]] = []
+    for unit, row in zip(units, deps, strict=True):
+        key_of = unit.view_keys
+        if key_of is None:
+            keys.append(tuple(names[j] for j in row))
+        else:
+            keys.append(tuple(key_of.get(names[j], names[j]) for j in row))
+    return keys
 
 
 def _estimate(unit: QuantumUnit[Any, Any]) -> float | None:

@@ -45,6 +45,7 @@ from ._progress import ProgressBar
 from ._run import Run, UnitCache
 from ._strategies import AdaptiveBackend, resource_balanced_backend
 from ._stream import AsyncResultStream, ResultStream, take_run_instruments
+from ._subgraph import inline_subgraph, subgraph_result
 from ._trace import TraceRecorder, export_spans, write_chrome_trace
 from .backends import (
     AsyncBackend,
@@ -422,6 +423,91 @@ class QuantumPartitioner(Generic[T, R]):
         self._graph = None
         self._plan = None
         return unit
+
+    def add_subgraph(
+        self,
+        other: QuantumPartitioner[Any, Any],
+        name: str,
+        dependencies: list[str] | None = None,
+    ) -> QuantumUnit[T, Any]:
+        """Inline ``other``'s units into this partitioner, as one subgraph named ``name``.
+
+        Each unit of ``other`` is copied as it is now (later changes to ``other`` do not
+        reach this partitioner) and added as an ordinary unit named ``f"{name}.{inner}"``,
+        with every option it has (timeout, retries, priority, metadata, limits, ``when=``,
+        ``run_if``, ...; ``other``'s ``retry_policy`` for those without their own). The
+        same scheduler runs them, so each appears in traces, reports, metrics and progress.
+        Nested subgraphs compose: ``outer.ingest.load``.
+
+        - Inner functions keep reading their dependencies by inner name: ``ctx["load"]``,
+          in ``when=`` predicates and ``ctx.upstream_errors`` too.
+        - The subgraph's root units (those without dependencies) also depend on
+          ``dependencies`` and read them by their names here.
+        - The subgraph is itself a unit named ``name``: it waits for the inner sink units
+          (those nothing inside depends on) and its result is a dict of their results by
+          inner name. A unit depending on ``name`` receives that dict.
+        - ``other``'s named limits come along (:meth:`add_limit`); a limit of the same name
+          here must be the same :class:`Limit` object.
+
+        ``other``'s callbacks, instruments and cache are not copied: this partitioner's
+        apply to every unit of its runs.
+
+        Args:
+            other: The partitioner whose units to inline (not this one).
+            name: The subgraph's name, a prefix of its units' names.
+            dependencies: Names of units here that the subgraph's root units wait for.
+
+        Returns:
+            The subgraph's own unit (named ``name``).
+
+        Raises:
+            DuplicateUnitError: ``name`` or one of the new names is already a unit here.
+            GraphError: ``other``'s own graph is invalid (unknown dependency, cycle).
+            TypeError: ``other`` is not a partitioner, or an argument has the wrong type.
+            ValueError: ``other`` is this partitioner or has no units, the subgraph
+                depends on itself, or a limit of ``other`` clashes with one here.
+            RuntimeError: The partitioner is executing.
+
+        .. versionadded:: 0.2
+        """
+        self._check_not_executing("add_subgraph")
+        if not isinstance(other, QuantumPartitioner):
+            raise TypeError(f"add_subgraph: other must be a QuantumPartitioner, got {other!r}")
+        if other is self:
+            raise ValueError("add_subgraph: a partitioner cannot be a subgraph of itself")
+        probe: QuantumUnit[Any, Any] = QuantumUnit(name, subgraph_result, dependencies)
+        validate_unit(probe)  # the name and dependencies, checked as add_unit checks them
+        if not other.units:
+            raise ValueError(f"subgraph {name!r}: the partitioner to inline has no units")
+        other._compiled()  # its own graph must hold: an unknown name or a cycle is named here
+        outer_deps = list(dict.fromkeys(probe.dependencies))
+        units = inline_subgraph(list(other.units.values()), name, outer_deps, other.retry_policy)
+        new_names = {unit.id for unit in units}
+        for unit in units:
+            if unit.id in self.units:
+                raise DuplicateUnitError(unit.id)
+        own_deps = [dep for dep in outer_deps if dep in new_names]
+        if own_deps:
+            raise ValueError(
+                f"subgraph {name!r} cannot depend on itself or its own units: {own_deps}"
+            )
+        limits = dict(other._limits)
+        for limit_name, limit in limits.items():
+            here = self._limits.get(limit_name)
+            if here is not None and here is not limit:
+                raise ValueError(
+                    f"subgraph {name!r}: its limit {limit_name!r} is not the limit of that "
+                    "name here; share one Limit object (add_limit(limit) on both)"
+                )
+        for unit in units:
+            self._admit(unit)
+        with self._lock:
+            self._limits.update(limits)
+        for unit in units:
+            self.units[unit.id] = unit
+        self._graph = None
+        self._plan = None
+        return self.units[name]
 
     def _check_not_executing(self, action: str) -> None:
         """Refuse to change the graph while a run uses it, instead of ignoring the change.

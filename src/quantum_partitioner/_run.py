@@ -155,7 +155,7 @@ class Run:
         # Each item of a map over a unit -> its item (a map over a map reads its parent's
         # result instead); each expanded map -> the dependencies its items see.
         self._item_values: dict[int, Any] = {}
-        self._map_inputs: dict[int, list[int]] = {}
+        self._map_inputs: dict[int, tuple[list[int], list[str] | None]] = {}
         #: Cache hits decided before a unit took its limits, served to its attempt.
         self._served: dict[int, Any] = {}
         self._missed: set[int] = set()
@@ -195,6 +195,8 @@ class Run:
         self.is_async = [inspect.iscoroutinefunction(f) for f in self._functions]
         self._names = graph.names
         self._deps = graph.deps
+        #: The key each unit reads each dependency by, None when that is its name.
+        self._view_keys = graph.view_keys()
         self._conditions = graph.decisions()[0]
         #: Brings a dependency's result here for a ``when=`` predicate, for backends that
         #: keep results elsewhere (Dask): only the values a predicate reads travel.
@@ -331,12 +333,15 @@ class Run:
         if deps:
             sched = self.scheduler
             if sched.errors or sched.partial_inputs:  # something upstream did not complete
-                view, upstream = self._inputs_with_gaps(deps)
+                view, upstream = self._inputs_with_gaps(*self._row_of(i))
                 return ExecutionContext(
                     self.context, view, self._names[i], attempt, self.mode, self, i, upstream
                 )
-            names, results = self._names, sched.results
-            view = {names[j]: results[j] for j in deps}
+            if self._view_keys is None:  # inlined here: the hot path of ordinary graphs
+                names, results = self._names, sched.results
+                view = {names[j]: results[j] for j in deps}
+            else:
+                view = self._complete_inputs(*self._row_of(i))
         else:
             view = _NO_RESULTS
         return ExecutionContext(self.context, view, self._names[i], attempt, self.mode, self, i)
@@ -347,37 +352,55 @@ class Run:
         For backends that build the context elsewhere (a worker process, a Dask worker).
         """
         sched = self.scheduler
-        deps = self._deps[i]
-        if self._map_inputs:
-            place = sched.item_of.get(i)
-            if place is not None:  # an item sees its map's declared dependencies, not its own
-                deps = self._map_inputs[place[0]]
+        row, keys = self._row_of(i)
         if sched.errors or sched.partial_inputs:
-            return self._inputs_with_gaps(deps)
-        names, results = self._names, sched.results
-        return {names[j]: results[j] for j in deps}, _NO_ERRORS
+            return self._inputs_with_gaps(row, keys)
+        return self._complete_inputs(row, keys), _NO_ERRORS
+
+    def _row_of(self, i: int) -> tuple[Sequence[int], Sequence[str] | None]:
+        """The dependencies unit ``i``'s context shows, and the keys it reads them by.
+
+        Keys are None when they are the dependencies' names. A map item shows its map's
+        declared dependencies (not the item it follows, nor what its map maps over); a unit
+        inlined from a subgraph reads its dependencies by their inner names.
+        """
+        if self._map_inputs:
+            place = self.scheduler.item_of.get(i)
+            if place is not None:
+                return self._map_inputs[place[0]]
+        keys = self._view_keys
+        return self._deps[i], None if keys is None else keys[i]
+
+    def _complete_inputs(self, row: Sequence[int], keys: Sequence[str] | None) -> dict[str, Any]:
+        """The results of ``row``, each under its key (its name when ``keys`` is None)."""
+        results = self.scheduler.results
+        if keys is None:
+            names = self._names
+            return {names[j]: results[j] for j in row}
+        return dict(zip(keys, map(results.__getitem__, row), strict=True))
 
     def _inputs_with_gaps(
-        self, deps: Sequence[int]
+        self, row: Sequence[int], keys: Sequence[str] | None
     ) -> tuple[dict[str, Any], Mapping[str, BaseException]]:
-        """The inputs from ``deps`` of a unit some of whose dependencies did not complete.
+        """The inputs from ``row`` of a unit some of whose dependencies did not complete.
 
         The results that exist (fallback values included, and the completed items' results
-        of a map that failed) and, as ``upstream_errors``, why each other terminal
-        dependency has none.
+        of a map that failed or has not finished) and, as ``upstream_errors``, why each
+        other terminal dependency has none.
         """
         sched = self.scheduler
-        names, results, state, errors = self._names, sched.results, sched.state, sched.errors
+        results, state, errors = sched.results, sched.state, sched.errors
+        row_keys = map(self._names.__getitem__, row) if keys is None else keys
         view: dict[str, Any] = {}
         upstream: dict[str, BaseException] = {}
-        for j in deps:
+        for j, key in zip(row, row_keys, strict=True):
             error = errors.get(j)
             if error is not None:
-                upstream[names[j]] = error
+                upstream[key] = error
             if state[j] is _COMPLETED or (state[j] in _FAILED_STATES and j in sched.fallbacks):
-                view[names[j]] = results[j]
+                view[key] = results[j]
             elif j in sched.items_of:  # a map that failed, or is unfinished (at_least)
-                view[names[j]] = [results[k] for k in sched.items_of[j] if sched.counts_ok(k)]
+                view[key] = [results[k] for k in sched.items_of[j] if sched.counts_ok(k)]
         return view, upstream or _NO_ERRORS
 
     # -- decisions -------------------------------------------------------------------------
@@ -447,7 +470,12 @@ class Run:
             )
             return sched.fail_map(m, ValueError(message), now)
         index = self.graph.index
-        self._map_inputs[m] = [index[name] for name in unit.dependencies]
+        declared = unit.dependencies
+        view_keys = unit.view_keys
+        self._map_inputs[m] = (
+            [index[name] for name in declared],
+            None if view_keys is None else [view_keys.get(name, name) for name in declared],
+        )
         first = len(self._functions)
         transitions = sched.expand(m, count, now)
         items = sched.items_of.get(m, range(first, first))
