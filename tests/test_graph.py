@@ -227,6 +227,12 @@ BAD_ADD_UNIT_ARGUMENTS = [
         id="bool-est",
     ),
     pytest.param({"retry_policy": "fast"}, TypeError, "retry_policy", id="str-retry-policy"),
+    pytest.param({"when": 5}, TypeError, "when=", id="non-callable-when"),
+    pytest.param({"cancel_rest": 0}, TypeError, "cancel_rest", id="int-cancel-rest"),
+    pytest.param({"cancel_rest": None}, TypeError, "cancel_rest", id="none-cancel-rest"),
+    pytest.param({"cancel_rest": True}, ValueError, "cancel_rest", id="cancel-rest-no-quorum"),
+    pytest.param({"limits": "api"}, TypeError, "limits", id="str-limits"),
+    pytest.param({"run_if": "most"}, ValueError, "join rule", id="unknown-run-if"),
 ]
 
 

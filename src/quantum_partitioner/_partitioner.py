@@ -27,9 +27,9 @@ from ._graph import (
     UnitState,
     _RunView,
     compile_graph,
-    validate_unit,
+    make_unit,
 )
-from ._joins import JoinRule, join_rule
+from ._joins import ALL_SUCCESS, JoinRule, join_rule
 from ._limits import (
     Limit,
     LimitPlan,
@@ -276,53 +276,60 @@ class QuantumPartitioner(Generic[T, R]):
                 it starts; see "Dynamic workflows" in the guide for graphs that grow).
         """
         if fn is None:
-
-            def decorator(function: _Decorated) -> _Decorated:
-                self.add_unit(
-                    function,
-                    dependencies,
-                    self._name_for(function, name, use_function_name=True),
-                    timeout,
-                    retries,
-                    priority,
-                    metadata,
-                    replace=replace,
-                    retry_policy=retry_policy,
-                    when=when,
-                    run_if=run_if,
-                    cancel_rest=cancel_rest,
-                    limits=limits,
-                )
-                return function
-
-            return decorator
-        self._check_not_executing("add_unit")
-        unit_id = self._name_for(fn, name, use_function_name=False)
+            options = {
+                "replace": replace,
+                "retry_policy": retry_policy,
+                "when": when,
+                "run_if": run_if,
+                "cancel_rest": cancel_rest,
+                "limits": limits,
+            }
+            return self._unit_decorator(
+                (dependencies, name, timeout, retries, priority, metadata), options
+            )
+        if self._active_run is not None:
+            self._check_not_executing("add_unit")
+        # A plain non-empty string is the common case; _name_for checks the others.
+        named = name if type(name) is str and name else None
+        unit_id = named or self._name_for(fn, name, use_function_name=False)
         if unit_id in self.units and not replace:
             raise DuplicateUnitError(unit_id)
-        deps = dependencies
-        if isinstance(deps, list | tuple) and all(isinstance(d, str) for d in deps):
-            deps = list(dict.fromkeys(deps))  # a dependency listed twice counts once
-        unit: QuantumUnit[T, R] = QuantumUnit(
+        unit: QuantumUnit[T, R] = make_unit(
             unit_id,
             fn,
-            deps,
+            dependencies,
             timeout,
             retries,
             priority,
             metadata,
-            retry_policy=retry_policy,
-            condition=when,
-            run_if=_join_rule_of(unit_id, run_if),
-            cancel_rest=cancel_rest,
-            limits=normalize_unit_limits(unit_id, limits),
+            retry_policy,
+            when,
+            ALL_SUCCESS if run_if == "all_success" else _join_rule_of(unit_id, run_if),
+            cancel_rest,
+            None if limits is None else normalize_unit_limits(unit_id, limits),
         )
-        validate_unit(unit)
         self._admit(unit)
         self.units[unit_id] = unit
         self._graph = None
         self._plan = None
         return unit
+
+    def _unit_decorator(
+        self, arguments: tuple[Any, ...], options: dict[str, Any]
+    ) -> Callable[[_Decorated], _Decorated]:
+        """``add_unit`` without ``fn``: a decorator that adds the function it is given.
+
+        It is built here rather than inside ``add_unit``: a closure there would turn every
+        argument of ``add_unit`` into a cell, a cost each call would pay.
+        """
+        dependencies, name, *rest = arguments
+
+        def decorator(function: _Decorated) -> _Decorated:
+            unit_id = self._name_for(function, name, use_function_name=True)
+            self.add_unit(function, dependencies, unit_id, *rest, **options)
+            return function
+
+        return decorator
 
     def _check_not_executing(self, action: str) -> None:
         """Refuse to change the graph while a run uses it, instead of ignoring the change.
