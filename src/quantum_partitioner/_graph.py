@@ -260,16 +260,16 @@ def validate_unit(unit: QuantumUnit[Any, Any]) -> None:
 def make_unit(  # noqa: PLR0917 - add_unit's arguments, passed on in its order
     unit_id: str,
     fn: UnitFunction[R],
-    dependencies: Any,
-    timeout: float | None,
-    retries: int,
-    priority: int,
-    metadata: dict[str, Any] | None,
-    retry_policy: RetryPolicy | None,
-    condition: Callable[[Any], object] | None,
-    run_if: JoinRule,
-    cancel_rest: bool,
-    limits: dict[str, int] | None,
+    dependencies: Any = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    priority: int = 0,
+    metadata: dict[str, Any] | None = None,
+    retry_policy: RetryPolicy | None = None,
+    condition: Callable[[Any], object] | None = None,
+    run_if: JoinRule = ALL_SUCCESS,
+    cancel_rest: bool = False,
+    limits: dict[str, int] | None = None,
 ) -> QuantumUnit[Any, R]:
     """A new unit, checked as :func:`validate_unit` checks one, its dependencies deduplicated.
 
