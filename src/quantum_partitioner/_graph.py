@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import enum
 import gc
+import inspect
 import math
 import sys
 from array import array
@@ -496,6 +497,7 @@ class Graph:
     """
 
     __slots__ = (
+        "_coroutine_flags",
         "_decisions",
         "_dependents",
         "_priority_order",
@@ -582,6 +584,7 @@ class Graph:
         self._decisions: tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]] | None = (
             None
         )
+        self._coroutine_flags: list[bool] | None = None
         self._view_keys: list[tuple[str, ...]] | Literal[False] | None = False
 
     def for_run(self) -> Graph:
@@ -592,6 +595,7 @@ class Graph:
         are the copy's own. Rows are shared too: a run only appends rows, never edits one.
         """
         self.priority_order()  # computed on the declared units, shared by every run
+        self.coroutine_flags()
         copy = object.__new__(Graph)
         for slot in Graph.__slots__:
             setattr(copy, slot, getattr(self, slot))
@@ -601,6 +605,26 @@ class Graph:
         copy.deps = list(self.deps)
         copy._dependents = list(self.dependents)
         return copy
+
+    def coroutine_flags(self) -> list[bool]:
+        """Whether each unit's function is a coroutine function, found on first use.
+
+        Asked once per distinct function (many units share one), not per unit per run:
+        ``inspect.iscoroutinefunction`` is a good part of a no-op unit's cost. Never mutated:
+        a run that adds units (maps) copies it.
+        """
+        flags = self._coroutine_flags
+        if flags is None:
+            known: dict[int, bool] = {}
+            flags = []
+            for unit in self.units:
+                function = unit.function
+                flag = known.get(id(function))
+                if flag is None:
+                    flag = known[id(function)] = inspect.iscoroutinefunction(function)
+                flags.append(flag)
+            self._coroutine_flags = flags
+        return flags
 
     def decisions(self) -> tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]]:
         """``(conditions, rules)`` by unit index, found on first use (usually both empty).

@@ -192,7 +192,8 @@ class Run:
         # Typed loosely: a unit declared sync may still return a coroutine (awaited below).
         self._functions: list[Callable[..., Any]] = [unit.function for unit in graph.units]
         #: Whether each unit is a coroutine function, for drivers that run those apart.
-        self.is_async = [inspect.iscoroutinefunction(f) for f in self._functions]
+        flags = graph.coroutine_flags()
+        self.is_async = list(flags) if graph.maps else flags  # maps extend it
         self._names = graph.names
         self._deps = graph.deps
         #: The key each unit reads each dependency by, None when that is its name.
@@ -314,10 +315,15 @@ class Run:
         A pool thread checks it before it starts an attempt handed to it: one whose timeout
         passed before the thread got to it must never start.
         """
-        if self.attempt_abandoned(i, attempt):
+        sched = self.scheduler
+        if (  # attempt_abandoned(), inlined: this runs once per attempt
+            sched.attempts[i] != attempt
+            or sched.state[i] is not UnitState.RUNNING
+            or self.stopping.is_set()
+        ):
             return False
-        timeout = self.scheduler.timeouts[i]
-        return timeout is None or self.clock() - self.scheduler.started[i] <= timeout
+        timeout = sched.timeouts[i]
+        return timeout is None or self.clock() - sched.started[i] <= timeout
 
     def context_for(self, i: int, attempt: int) -> ExecutionContext:
         """The context unit ``i`` is called with: the caller's plus its dependencies'."""
