@@ -60,6 +60,7 @@ class ExecutionContext(Mapping[str, Any]):
         "_attempt",
         "_context",
         "_index",
+        "_item",
         "_mode",
         "_results",
         "_unit_id",
@@ -78,9 +79,11 @@ class ExecutionContext(Mapping[str, Any]):
         watch: _AttemptWatch | None = None,
         index: int = -1,
         upstream_errors: Mapping[str, BaseException] = _NO_RESULTS,
+        item: tuple[int, Any] | None = None,
     ) -> None:
         """Create a view; units receive one, they do not build it."""
         self._upstream_errors = upstream_errors
+        self._item = item
         self._context = context
         self._results = results
         self._unit_id = unit_id
@@ -138,8 +141,8 @@ class ExecutionContext(Mapping[str, Any]):
             self._attempt,
             self._mode,
         )
-        if self._upstream_errors:
-            arguments += (None, -1, dict(self._upstream_errors))
+        if self._upstream_errors or self._item is not None:
+            arguments += (None, -1, dict(self._upstream_errors), self._item)
         return (ExecutionContext, arguments)
 
     def fetching(self, fetch: Callable[[Any], Any]) -> ExecutionContext:
@@ -153,6 +156,7 @@ class ExecutionContext(Mapping[str, Any]):
             self._watch,
             self._index,
             self._upstream_errors,
+            self._item,
         )
 
     # -- helpers ---------------------------------------------------------------------------
@@ -191,6 +195,34 @@ class ExecutionContext(Mapping[str, Any]):
             raise KeyError(
                 f"unit {self._unit_id!r} did not declare {unit_id!r} as a dependency"
             ) from None
+
+    @property
+    def item(self) -> Any:
+        """For an item of a map, the element of the result it maps over.
+
+        For a map over a map, the result of the item it follows.
+
+        Raises:
+            AttributeError: This unit is not an item of a map.
+
+        .. versionadded:: 0.2
+        """
+        if self._item is None:
+            raise AttributeError(f"unit {self._unit_id!r} is not an item of a map: it has no item")
+        return self._item[1]
+
+    @property
+    def index(self) -> int:
+        """For an item of a map, its position in the map (from 0).
+
+        Raises:
+            AttributeError: This unit is not an item of a map.
+
+        .. versionadded:: 0.2
+        """
+        if self._item is None:
+            raise AttributeError(f"unit {self._unit_id!r} is not an item of a map: it has no index")
+        return self._item[0]
 
     @property
     def upstream_errors(self) -> Mapping[str, BaseException]:

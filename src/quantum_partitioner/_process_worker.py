@@ -116,9 +116,12 @@ def _run_one(
     try:
         results = cloudpickle.loads(blob)
         upstream = {}
-        if type(results) is tuple:  # a join rule's unit: inputs, and why some are missing
-            results, upstream = results
-        ctx = ExecutionContext(context, results, unit_id, attempt, "process", None, -1, upstream)
+        item = None
+        if type(results) is tuple:  # inputs, why some are missing, and a map item's item
+            results, upstream, item = results
+        ctx = ExecutionContext(
+            context, results, unit_id, attempt, "process", None, -1, upstream, item
+        )
         if inspect.iscoroutinefunction(function):
             import asyncio  # noqa: PLC0415 - most workers never need it: keep start-up fast
 

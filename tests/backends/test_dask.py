@@ -1057,6 +1057,33 @@ def test_join_rules_hand_a_unit_only_the_results_that_exist(backend):
     assert p.units["blocked"].error.cause is SkipCause.UPSTREAM_FAILED
 
 
+def test_subgraph_units_read_inner_names_on_the_workers(backend):
+    """A subgraph on the cluster: inner names in ctx, when= and upstream_errors; a sink dict."""
+    inner = QuantumPartitioner()
+    inner.add_unit(lambda ctx: ctx["config"] + 1, name="load")
+    inner.add_unit(lambda ctx: ctx["load"] * 10, ["load"], name="clean")
+    inner.add_unit(units.exploding_unit, ["load"], name="boom")
+    inner.add_unit(lambda ctx: 0, ["load"], name="never", when=lambda ctx: ctx["load"] > 99)
+    inner.add_unit(
+        lambda ctx: [sorted(ctx.unit_results.items()), sorted(ctx.upstream_errors)],
+        ["clean", "boom", "never"],
+        name="report",
+        run_if="all_done",
+    )
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: 2, name="config")
+    p.add_subgraph(inner, "ingest", ["config"])
+    p.add_unit(lambda ctx: ctx["ingest"]["report"][0], ["ingest"], name="after")
+
+    results = p.execute(backend=backend)
+
+    assert results["ingest.clean"] == 30
+    assert results["ingest.report"] == [[("clean", 30)], ["boom", "never"]]
+    assert results["ingest"] == {"report": results["ingest.report"]}
+    assert results["after"] == [("clean", 30)]
+    assert p.units["ingest.never"].error.cause is SkipCause.CONDITION
+
+
 # -- named limits and run deadlines ---------------------------------------------------------
 
 

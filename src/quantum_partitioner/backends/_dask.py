@@ -376,7 +376,10 @@ class _DaskRun:
         self.broken: str | None = None
         self.context: Any = {}
         self.options: list[dict[str, Any]] = []
-        self.dep_names = [tuple(graph.names[j] for j in row) for row in graph.deps]
+        #: The key each unit's function reads each dependency by (inner names in subgraphs).
+        self.dep_names = graph.view_keys() or [
+            tuple(graph.names[j] for j in row) for row in graph.deps
+        ]
         self.future_type: type[Any] = load_distributed().Future
         #: Futures submitted since the driver last handed them to the client's loop to watch.
         self.to_watch: list[tuple[Any, int, int]] = []
