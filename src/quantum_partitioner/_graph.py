@@ -130,10 +130,7 @@ class QuantumUnit(Generic[T, R]):
     """
 
     __slots__ = (
-        "_error",
         "_index",
-        "_result",
-        "_state",
         "_view",
         "cancel_rest",
         "condition",
@@ -189,9 +186,6 @@ class QuantumUnit(Generic[T, R]):
         self.view_keys = view_keys
         self._view: _RunView | None = None
         self._index = -1
-        self._state = UnitState.PENDING
-        self._result: R | None = None
-        self._error: BaseException | None = None
 
     def __repr__(self) -> str:
         """Show the unit's name, dependencies and state."""
@@ -207,19 +201,19 @@ class QuantumUnit(Generic[T, R]):
     def state(self) -> UnitState:
         """The unit's state in its last run (PENDING before any run)."""
         record = self._record()
-        return self._state if record is None else record.state_of(self._index)
+        return UnitState.PENDING if record is None else record.state_of(self._index)
 
     @property
     def result(self) -> R | None:
         """The unit's result in its last run (its fallback value if it failed with one)."""
         record = self._record()
-        return self._result if record is None else record.result_of(self._index)
+        return None if record is None else record.result_of(self._index)
 
     @property
     def error(self) -> BaseException | None:
         """The exception that ended the unit's last run, with its ``__traceback__``."""
         record = self._record()
-        return self._error if record is None else record.error_of(self._index)
+        return None if record is None else record.error_of(self._index)
 
     @property
     def traceback(self) -> str | None:
@@ -273,9 +267,6 @@ class QuantumUnit(Generic[T, R]):
         clone.limits = None if self.limits is None else dict(self.limits)
         clone._view = None
         clone._index = -1
-        clone._state = UnitState.PENDING
-        clone._result = None
-        clone._error = None
         return clone
 
     def can_execute(self, completed_units: Iterable[str]) -> bool:
@@ -298,42 +289,127 @@ def validate_unit(unit: QuantumUnit[Any, Any], *, over_maps: bool = False) -> No
         TypeError: A field has the wrong type.
         ValueError: A field has a value out of range.
     """
-    name = unit.id
-    if not isinstance(name, str) or not name:
-        msg = f"unit name must be a non-empty string, got {name!r}"
-        raise TypeError(msg) if not isinstance(name, str) else ValueError(msg)
-    if not callable(unit.function):
-        raise TypeError(f"unit {name!r}: fn must be callable, got {type(unit.function).__name__}")
-    deps: object = unit.dependencies
-    if isinstance(deps, str) or not isinstance(deps, Sequence):
-        raise TypeError(f"unit {name!r}: dependencies must be a list of unit names, got {deps!r}")
-    for dep in deps:
-        if not isinstance(dep, str):
-            raise TypeError(f"unit {name!r}: dependency names must be strings, got {dep!r}")
-    _check_number(name, "timeout", unit.timeout, allow_none=True, positive=True)
-    if unit.timeout is not None and math.isinf(unit.timeout):
-        raise ValueError(f"unit {name!r}: timeout must be finite; use None for no limit")
-    if isinstance(unit.retries, bool) or not isinstance(unit.retries, int):
-        raise TypeError(f"unit {name!r}: retries must be an int, got {unit.retries!r}")
-    if unit.retries < 0:
-        raise ValueError(f"unit {name!r}: retries must be >= 0, got {unit.retries}")
-    if isinstance(unit.priority, bool) or not isinstance(unit.priority, int | float):
-        raise TypeError(f"unit {name!r}: priority must be a number, got {unit.priority!r}")
-    if math.isnan(unit.priority):
-        raise ValueError(f"unit {name!r}: priority must not be NaN")
-    if unit.retry_policy is not None and not isinstance(unit.retry_policy, RetryPolicy):
-        raise TypeError(
-            f"unit {name!r}: retry_policy must be a RetryPolicy or None, got {unit.retry_policy!r}"
-        )
-    if not isinstance(unit.metadata, Mapping):
-        raise TypeError(f"unit {name!r}: metadata must be a dict, got {unit.metadata!r}")
-    if "estimated_duration" in unit.metadata:
-        _check_number(name, "estimated_duration", unit.metadata["estimated_duration"])
-    _check_decisions(unit, over_maps=over_maps)
+    _check_name(unit.id)
+    _check_dependencies(unit.id, unit.dependencies)
+    _check_fields(unit, over_maps=over_maps)
     if unit.view_keys is not None:
         _check_view_keys(unit)
     if unit.over is not None:
         _check_map(unit)
+
+
+def make_unit(  # noqa: PLR0917 - add_unit's arguments, passed on in its order
+    unit_id: str,
+    fn: UnitFunction[R],
+    dependencies: Any = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    priority: int = 0,
+    metadata: dict[str, Any] | None = None,
+    retry_policy: RetryPolicy | None = None,
+    condition: Callable[[Any], object] | None = None,
+    run_if: JoinRule = ALL_SUCCESS,
+    cancel_rest: bool = False,
+    limits: dict[str, int] | None = None,
+    *,
+    over_maps: bool = False,
+) -> QuantumUnit[Any, R]:
+    """A new unit, checked as :func:`validate_unit` checks one, its dependencies deduplicated.
+
+    This is what ``add_unit`` and ``add_units`` build: the checks run in
+    :func:`validate_unit`'s order, each with a fast path for the common exact types (an
+    ``isinstance`` against an abstract base class costs more than the rest of a unit), and
+    the options left at their defaults are not assigned twice.
+
+    Raises:
+        TypeError: An argument has the wrong type (the message names the unit).
+        ValueError: An argument is out of range (the message names the unit).
+    """
+    if type(unit_id) is not str or not unit_id:
+        _check_name(unit_id)
+    if dependencies is None or (type(dependencies) is list and not dependencies):
+        deps: list[str] = []
+    else:
+        _check_dependencies(unit_id, dependencies)
+        # A dependency listed twice counts once; the list is the unit's own copy.
+        deps = list(dict.fromkeys(dependencies)) if len(dependencies) > 1 else list(dependencies)
+    if not callable(fn):
+        raise TypeError(f"unit {unit_id!r}: fn must be callable, got {type(fn).__name__}")
+    unit: QuantumUnit[Any, R] = QuantumUnit(unit_id, fn, deps, timeout, retries, priority, metadata)
+    unit.run_if = run_if
+    # A unit with every option at its default (most units) needs no more checks.
+    if (
+        timeout is not None
+        or type(retries) is not int
+        or retries < 0
+        or type(priority) is not int
+        or metadata is not None
+        or retry_policy is not None
+        or condition is not None
+        or run_if is not ALL_SUCCESS
+        or cancel_rest is not False
+    ):
+        unit.retry_policy = retry_policy
+        unit.condition = condition
+        unit.cancel_rest = cancel_rest
+        _check_fields(unit, over_maps=over_maps)
+    unit.limits = limits
+    return unit
+
+
+def _check_name(name: object) -> None:
+    # The first test is the fast path: a plain non-empty str.
+    if (type(name) is not str or not name) and (not isinstance(name, str) or not name):
+        msg = f"unit name must be a non-empty string, got {name!r}"
+        raise TypeError(msg) if not isinstance(name, str) else ValueError(msg)
+
+
+def _check_dependencies(name: str, deps: Any) -> None:
+    if type(deps) is not list and (isinstance(deps, str) or not isinstance(deps, Sequence)):
+        raise TypeError(f"unit {name!r}: dependencies must be a list of unit names, got {deps!r}")
+    for dep in deps:
+        if type(dep) is not str and not isinstance(dep, str):
+            raise TypeError(f"unit {name!r}: dependency names must be strings, got {dep!r}")
+
+
+def _check_fields(unit: QuantumUnit[Any, Any], *, over_maps: bool = False) -> None:
+    """Check a unit's fields but its name and dependencies (known to be valid).
+
+    ``over_maps``: some dependency is a map, whose items ``at_least(k)`` counts one by one
+    (so ``k`` may exceed the number of dependencies).
+    """
+    name = unit.id
+    if not callable(unit.function):
+        raise TypeError(f"unit {name!r}: fn must be callable, got {type(unit.function).__name__}")
+    timeout = unit.timeout
+    if timeout is not None:
+        _check_number(name, "timeout", timeout, positive=True)
+        if math.isinf(timeout):
+            raise ValueError(f"unit {name!r}: timeout must be finite; use None for no limit")
+    retries = unit.retries
+    # type() first: the fast path (bool, an int subclass, is refused by the isinstance test).
+    if type(retries) is not int and (isinstance(retries, bool) or not isinstance(retries, int)):
+        raise TypeError(f"unit {name!r}: retries must be an int, got {retries!r}")
+    if retries < 0:
+        raise ValueError(f"unit {name!r}: retries must be >= 0, got {retries}")
+    priority = unit.priority
+    if type(priority) is not int:  # an int is never NaN
+        if isinstance(priority, bool) or not isinstance(priority, int | float):
+            raise TypeError(f"unit {name!r}: priority must be a number, got {priority!r}")
+        if math.isnan(priority):
+            raise ValueError(f"unit {name!r}: priority must not be NaN")
+    if unit.retry_policy is not None and not isinstance(unit.retry_policy, RetryPolicy):
+        raise TypeError(
+            f"unit {name!r}: retry_policy must be a RetryPolicy or None, got {unit.retry_policy!r}"
+        )
+    metadata = unit.metadata
+    if type(metadata) is not dict and not isinstance(metadata, Mapping):
+        raise TypeError(f"unit {name!r}: metadata must be a dict, got {metadata!r}")
+    if metadata and "estimated_duration" in metadata:
+        _check_number(name, "estimated_duration", metadata["estimated_duration"])
+    decided = unit.condition is not None or unit.run_if is not ALL_SUCCESS
+    if decided or unit.cancel_rest is not False:
+        _check_decisions(unit, over_maps=over_maps)
 
 
 def _check_view_keys(unit: QuantumUnit[Any, Any]) -> None:
