@@ -308,22 +308,14 @@ class Run:
         return True, value
 
     def still_wanted(self, i: int, attempt: int) -> bool:
-        """Whether an attempt is still current and within its timeout.
+        """Whether an attempt is still current and within its timeout and the run's deadline.
 
         Checked before keeping its metrics or caching its result: a late result must leave
         nothing behind. (SEQUENTIAL notices a timeout only after the call, hence the clock.)
         A pool thread checks it before it starts an attempt handed to it: one whose timeout
         passed before the thread got to it must never start.
         """
-        sched = self.scheduler
-        if (  # attempt_abandoned(), inlined: this runs once per attempt
-            sched.attempts[i] != attempt
-            or sched.state[i] is not UnitState.RUNNING
-            or self.stopping.is_set()
-        ):
-            return False
-        timeout = sched.timeouts[i]
-        return timeout is None or self.clock() - sched.started[i] <= timeout
+        return not self.attempt_abandoned(i, attempt)
 
     def context_for(self, i: int, attempt: int) -> ExecutionContext:
         """The context unit ``i`` is called with: the caller's plus its dependencies'."""
@@ -523,12 +515,25 @@ class Run:
         return bool(answer), None
 
     def attempt_abandoned(self, i: int, attempt: int) -> bool:
-        """Whether attempt ``attempt`` of unit ``i`` is no longer wanted (``ctx.cancelled``)."""
+        """Whether attempt ``attempt`` of unit ``i`` is no longer wanted (``ctx.cancelled``).
+
+        Also once its timeout or the run's deadline has passed, before the driver acts on
+        it: SEQUENTIAL cannot act while the unit runs, and a unit that watches
+        ``ctx.cancelled`` can stop at its deadline in every mode.
+        """
         sched = self.scheduler
-        return (
+        if (
             self.stopping.is_set()
             or sched.attempts[i] != attempt
             or sched.state[i] is not UnitState.RUNNING
+        ):
+            return True
+        timeout, run_deadline = sched.timeouts[i], sched.run_deadline
+        if timeout is None and run_deadline is None:
+            return False
+        now = self.clock()
+        return (timeout is not None and now - sched.started[i] > timeout) or (
+            run_deadline is not None and now >= run_deadline
         )
 
     # -- events ----------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from .._errors import BrokenBackendError, WorkerDiedError, describe_exit
+from ._base import pool_size
 from ._lanes import Lane, LaneBackend
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ class ProcessLane(Lane):
             if starting:
                 self._wake_r, self._wake_w = os.pipe()
             self._preload = _modules_of(run)
-            for _ in range(min(self.size, max(1, len(run.graph))) - len(self._workers)):
+            for _ in range(pool_size(run.graph, self.size) - len(self._workers)):
                 self._spawn()
         if starting:
             self._reader = threading.Thread(
