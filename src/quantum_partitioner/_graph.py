@@ -292,6 +292,10 @@ def validate_unit(unit: QuantumUnit[Any, Any], *, over_maps: bool = False) -> No
     _check_name(unit.id)
     _check_dependencies(unit.id, unit.dependencies)
     _check_fields(unit, over_maps=over_maps)
+    if unit.view_keys is not None:
+        _check_view_keys(unit)
+    if unit.over is not None:
+        _check_map(unit)
 
 
 def make_unit(  # noqa: PLR0917 - add_unit's arguments, passed on in its order
@@ -307,7 +311,8 @@ def make_unit(  # noqa: PLR0917 - add_unit's arguments, passed on in its order
     run_if: JoinRule = ALL_SUCCESS,
     cancel_rest: bool = False,
     limits: dict[str, int] | None = None,
-    known: Mapping[str, QuantumUnit[Any, Any]] | None = None,
+    *,
+    over_maps: bool = False,
 ) -> QuantumUnit[Any, R]:
     """A new unit, checked as :func:`validate_unit` checks one, its dependencies deduplicated.
 
@@ -347,12 +352,6 @@ def make_unit(  # noqa: PLR0917 - add_unit's arguments, passed on in its order
         unit.retry_policy = retry_policy
         unit.condition = condition
         unit.cancel_rest = cancel_rest
-        # at_least(k) over a map counts its items: k may exceed the dependencies.
-        over_maps = (
-            run_if.name == "at_least"
-            and known is not None
-            and any(getattr(known.get(d), "over", None) is not None for d in deps)
-        )
         _check_fields(unit, over_maps=over_maps)
     unit.limits = limits
     return unit
@@ -376,7 +375,8 @@ def _check_dependencies(name: str, deps: Any) -> None:
 def _check_fields(unit: QuantumUnit[Any, Any], *, over_maps: bool = False) -> None:
     """Check a unit's fields but its name and dependencies (known to be valid).
 
-    ``over_maps``: as for :func:`validate_unit`.
+    ``over_maps``: some dependency is a map, whose items ``at_least(k)`` counts one by one
+    (so ``k`` may exceed the number of dependencies).
     """
     name = unit.id
     if not callable(unit.function):
@@ -410,10 +410,6 @@ def _check_fields(unit: QuantumUnit[Any, Any], *, over_maps: bool = False) -> No
     decided = unit.condition is not None or unit.run_if is not ALL_SUCCESS
     if decided or unit.cancel_rest is not False:
         _check_decisions(unit, over_maps=over_maps)
-    if unit.view_keys is not None:
-        _check_view_keys(unit)
-    if unit.over is not None:
-        _check_map(unit)
 
 
 def _check_view_keys(unit: QuantumUnit[Any, Any]) -> None:

@@ -108,7 +108,7 @@ _UNIT_OPTIONS = frozenset(
 
 
 def _unit_of_spec(
-    name: str, spec: object, known: Mapping[str, QuantumUnit[Any, Any]]
+    name: str, spec: object, depends_on_a_map: Callable[[object], bool]
 ) -> QuantumUnit[Any, Any]:
     """An ``add_units`` entry but ``(fn, dependencies)``: ``fn`` or ``(fn, deps, options)``."""
     if type(spec) is not tuple and callable(spec):
@@ -132,6 +132,7 @@ def _unit_of_spec(
         )
     get = options.get
     run_if = get("run_if", "all_success")
+    rule = ALL_SUCCESS if run_if == "all_success" else _join_rule_of(name, run_if)
     limits = get("limits")
     return make_unit(
         name,
@@ -143,10 +144,10 @@ def _unit_of_spec(
         get("metadata"),
         get("retry_policy"),
         get("when"),
-        ALL_SUCCESS if run_if == "all_success" else _join_rule_of(name, run_if),
+        rule,
         get("cancel_rest", False),
         None if limits is None else normalize_unit_limits(name, limits),
-        known,
+        over_maps=rule.name == "at_least" and depends_on_a_map(deps),
     )
 
 
@@ -363,6 +364,7 @@ class QuantumPartitioner(Generic[T, R]):
         unit_id = named or self._name_for(fn, name, use_function_name=False)
         if unit_id in self.units and not replace:
             raise DuplicateUnitError(unit_id)
+        rule = ALL_SUCCESS if run_if == "all_success" else _join_rule_of(unit_id, run_if)
         unit: QuantumUnit[T, R] = make_unit(
             unit_id,
             fn,
@@ -373,16 +375,23 @@ class QuantumPartitioner(Generic[T, R]):
             metadata,
             retry_policy,
             when,
-            ALL_SUCCESS if run_if == "all_success" else _join_rule_of(unit_id, run_if),
+            rule,
             cancel_rest,
             None if limits is None else normalize_unit_limits(unit_id, limits),
-            self.units,
+            over_maps=rule.name == "at_least" and self._depends_on_a_map(dependencies),
         )
         self._admit(unit)
         self.units[unit_id] = unit
         self._graph = None
         self._plan = None
         return unit
+
+    def _depends_on_a_map(self, dependencies: object) -> bool:
+        """Whether a dependency names a map here (``at_least(k)`` then counts its items)."""
+        if not isinstance(dependencies, list | tuple):
+            return False
+        units = self.units
+        return any(isinstance(d, str) and d in units and units[d].over for d in dependencies)
 
     def add_map(
         self,
@@ -607,7 +616,7 @@ class QuantumPartitioner(Generic[T, R]):
                     fn, deps = spec
                     new[name] = make_unit(name, fn, deps)
                 else:
-                    new[name] = _unit_of_spec(name, spec, self.units)
+                    new[name] = _unit_of_spec(name, spec, self._depends_on_a_map)
             if not replace and not new.keys().isdisjoint(self.units):
                 raise DuplicateUnitError(next(name for name in new if name in self.units))
             if type(self)._admit is not QuantumPartitioner._admit:

@@ -55,6 +55,10 @@ NO_FIXED_PORT = {"dashboard_address": "127.0.0.1:0"}
 
 FAST_RETRIES = RetryPolicy(backoff=ExponentialBackoff(initial=0.001, jitter=0))
 
+#: Under pytest-xdist (``make test``), the module's tests share one worker, so its clusters
+#: start once.
+pytestmark = pytest.mark.xdist_group("dask-clusters")
+
 
 @pytest.fixture(scope="module")
 def cluster():
