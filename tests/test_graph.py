@@ -624,3 +624,13 @@ def test_add_units_takes_at_least_over_a_map_as_add_unit_does():
     assert p.units["quorum"].run_if == at_least(2)
     with pytest.raises(ValueError, match="at_least"):
         p.add_units({"other": (noop, ["source"], {"run_if": at_least(2)})})
+
+
+def test_a_unit_without_dependencies_owns_the_list_it_hands_out():
+    """Each root's dependencies list is its own: appending to one changes only that unit."""
+    p = QuantumPartitioner()
+    p.add_units({"a": noop, "b": noop})
+    p.add_unit(noop, name="c")
+    p.units["a"].dependencies.append("b")
+    assert (p.units["b"].dependencies, p.units["c"].dependencies) == ([], [])
+    assert p.build_execution_plan().dependencies == {"a": {"b"}, "b": set(), "c": set()}
