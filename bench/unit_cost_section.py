@@ -24,7 +24,9 @@ the ratio and the target (a ratio, or an absolute bound where the reference is o
   task per unit awaiting its dependencies' tasks, one ``asyncio.run``).
 * The cache: a cold SQLite run (THREAD (4), every unit cacheable and stored), a warm one
   (every unit a hit), and building the cacheable graph (one shared function; distinct
-  closures of one function), each against the same thing without a cache.
+  closures of one function), each against the same thing without a cache. Each cold graph
+  is compiled before its sample, as the plain graph is by its warm-up; the read times a
+  warm run leaves to the store's writer thread are let finish between samples, untimed.
 * Memory: the RSS growth of building and executing 100,000 units (fanout, SEQUENTIAL), in
   a fresh interpreter each, against ``dask.get`` on the same graph.
 
@@ -106,18 +108,27 @@ class Row:
 
 
 def _median_pair(
-    first: Callable[[], Any], second: Callable[[], Any], repeat: int
+    first: Callable[[], Any],
+    second: Callable[[], Any],
+    repeat: int,
+    settle: Callable[[], Any] | None = None,
 ) -> tuple[float, float]:
-    """Median seconds of two callables, one warm-up each, samples interleaved."""
-    first()
-    second()
+    """Median seconds of two callables, one warm-up each, samples interleaved.
+
+    ``settle``, untimed, runs after each call of ``first``: it waits for what ``first``
+    left running in the background, so that its cost does not land in ``second``'s sample.
+    """
     a: list[float] = []
     b: list[float] = []
-    for _ in range(repeat):
+    for sample in range(repeat + 1):  # the first round is the warm-up
         for function, into in ((first, a), (second, b)):
             started = time.perf_counter()
             function()
-            into.append(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            if sample:
+                into.append(elapsed)
+            if settle is not None and function is first:
+                settle()
     return statistics.median(a), statistics.median(b)
 
 
@@ -425,16 +436,23 @@ def rows_cache(n: int, repeat: int, directory: Path) -> list[Row]:
         partitioner.execute({}, execution_mode="THREAD")
         partitioner.close()
 
-    # Cold: a graph on an empty store per sample, built outside the timing.
+    # Cold: a graph on an empty store per sample, built and compiled outside the timing
+    # (the plain graph it is compared with is compiled by its warm-up run).
     cold_graphs = [
         build_cacheable(deps, shared, cache_path=fresh_path()) for _ in range(repeat + 1)
     ]
+    for graph in cold_graphs:
+        graph.build_execution_plan()
     plain_run = functools.partial(plain.execute, {}, execution_mode="THREAD")
     cold_s, plain_s = _median_pair(cold_run, plain_run, repeat)
     warm = build_cacheable(deps, shared, cache_path=fresh_path())
     warm.execute({}, execution_mode="THREAD")
+    # A warm run leaves its read times to the store's writer thread: let it finish, untimed.
     warm_s, plain_s2 = _median_pair(
-        functools.partial(warm.execute, {}, execution_mode="THREAD"), plain_run, repeat
+        functools.partial(warm.execute, {}, execution_mode="THREAD"),
+        plain_run,
+        repeat,
+        settle=warm.cache_entries,
     )
     warm.close()
     closures = [_closure(k) for k in range(len(deps))]

@@ -21,7 +21,7 @@ import sys
 from array import array
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeAlias
 
 from ._errors import CircularDependencyError, DuplicateUnitError, UnknownDependencyError
 from ._joins import ALL_SUCCESS, JoinRule
@@ -99,6 +99,10 @@ class _RunView:
         self.record: Any = None
 
 
+# What a unit without dependencies holds in place of its list (see QuantumUnit.dependencies).
+_NO_DEPENDENCIES: Final[tuple[()]] = ()
+
+
 class QuantumUnit(Generic[T, R]):
     """A unit of computation: a callable, the units it depends on, and how to run it.
 
@@ -131,11 +135,11 @@ class QuantumUnit(Generic[T, R]):
     """
 
     __slots__ = (
+        "_dependencies",
         "_index",
         "_view",
         "cancel_rest",
         "condition",
-        "dependencies",
         "function",
         "id",
         "limits",
@@ -172,7 +176,9 @@ class QuantumUnit(Generic[T, R]):
         """Create a unit; validate it with :func:`validate_unit`."""
         self.id = id
         self.function = function
-        self.dependencies: list[str] = [] if dependencies is None else dependencies
+        self._dependencies: list[str] | tuple[()] = (
+            _NO_DEPENDENCIES if dependencies is None else dependencies
+        )
         self.timeout = timeout
         self.retries = retries
         self.priority = priority
@@ -187,6 +193,20 @@ class QuantumUnit(Generic[T, R]):
         self.view_keys = view_keys
         self._view: _RunView | None = None
         self._index = -1
+
+    @property
+    def dependencies(self) -> list[str]:
+        """Names of the units whose results this unit needs (a list it owns)."""
+        deps = self._dependencies
+        if deps is _NO_DEPENDENCIES:
+            # A unit without dependencies holds none until its list is asked for: most units
+            # of a wide graph are roots, and an empty list costs 72 bytes each.
+            deps = self._dependencies = []
+        return deps  # type: ignore[return-value]  # never the empty tuple here
+
+    @dependencies.setter
+    def dependencies(self, value: list[str]) -> None:
+        self._dependencies = value
 
     def __repr__(self) -> str:
         """Show the unit's name, dependencies and state."""
@@ -328,8 +348,9 @@ def make_unit(  # noqa: PLR0917 - add_unit's arguments, passed on in its order
     """
     if type(unit_id) is not str or not unit_id:
         _check_name(unit_id)
+    deps: list[str] | None
     if dependencies is None or (type(dependencies) is list and not dependencies):
-        deps: list[str] = []
+        deps = None  # no list until one is asked for
     else:
         _check_dependencies(unit_id, dependencies)
         # A dependency listed twice counts once; the list is the unit's own copy.
@@ -540,7 +561,7 @@ class Graph:
         in_order = True
         maps: dict[int, int] = {}
         for i, unit in enumerate(units):
-            wanted = unit.dependencies
+            wanted = unit._dependencies  # the slot: no list made for a unit without any
             if unit.over is not None:  # a map also depends on what it maps over
                 if unit.over not in index:
                     raise UnknownDependencyError(unit.id, unit.over)
@@ -661,11 +682,18 @@ class Graph:
         """Each unit's direct dependents, as indices (built on first use)."""
         if self._dependents is None:
             with _gc_paused():
-                dependents: list[list[int]] = [[] for _ in self.deps]
+                # A row is made by its first dependent, as long as it needs to be (most rows
+                # of a wide graph hold one index): [] and append would reserve four.
+                rows: list[list[int] | None] = [None] * len(self.deps)
                 for i, row in enumerate(self.deps):
                     for j in row:
-                        dependents[j].append(i)
-            self._dependents = dependents
+                        known = rows[j]
+                        if known is None:
+                            rows[j] = [i]
+                        else:
+                            known.append(i)
+                # Sinks get a list each: a run may append to any row (maps).
+                self._dependents = [[] if row is None else row for row in rows]
         return self._dependents
 
     @property
