@@ -29,6 +29,7 @@ from quantum_partitioner import (
     WorkerDiedError,
 )
 from quantum_partitioner._graph import Graph, QuantumUnit
+from quantum_partitioner._process_worker import FrameReader, send_frame
 from quantum_partitioner._run import Run
 from quantum_partitioner._trace import chrome_trace, layout
 from quantum_partitioner.backends import ProcessBackend, _processes
@@ -155,6 +156,22 @@ def test_unpicklable_result_fails_that_unit_and_names_it():
     error = p.units["returns_lock"].error
     assert "returns_lock" in str(error)
     assert "cannot be sent back" in str(error)
+
+
+def test_a_result_only_cloudpickle_can_send_comes_back():
+    """A result plain pickle refuses (a lambda, a class made at run time) travels by value."""
+
+    def make(ctx):
+        class Made:
+            size = 3
+
+        return (lambda n: n * 2), Made
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(make, name="make")
+    double, made = p.execute({}, execution_mode=PROCESS)["make"]
+    assert double(21) == 42
+    assert made.size == 3
 
 
 def test_unpicklable_context_is_refused_before_any_unit_runs():
@@ -446,6 +463,41 @@ def test_a_cpu_unit_of_a_mixed_run_raising_keyboardinterrupt_fails_only_itself()
     error = p.units["cpu_boom"].error
     assert type(error) is KeyboardInterrupt
     assert str(error) == "in a worker"
+
+
+def test_a_worker_imports_little_before_it_is_ready():
+    """The worker program leaves out the modules a worker's start-up need not pay for."""
+    code = "import sys; from quantum_partitioner._process_worker import main; print(*sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    heavy = {"typing", "inspect", "multiprocessing", "cloudpickle", "threading", "re", "enum"}
+    heavy |= {"asyncio", "traceback", "pickle", "runpy", "importlib.util"}
+    assert heavy.isdisjoint(done.stdout.split())
+
+
+def test_frames_split_or_bunched_in_the_pipe_come_out_whole():
+    """One read may hold a frame's part or several frames: each comes out once, in order."""
+    read_fd, write_fd = os.pipe()
+    try:
+        reader = FrameReader(read_fd)
+        big = bytes(range(256)) * 1000  # longer than one read, and than the pipe holds
+        payloads = [b"first", b"", big, b"last"]
+        writer = threading.Thread(target=lambda: [send_frame(write_fd, x) for x in payloads])
+        writer.start()
+        frames: list[bytes] = []
+        while len(frames) < len(payloads):
+            frames += reader.read()
+        writer.join()
+        assert frames == payloads
+        os.close(write_fd)
+        write_fd = -1
+        with pytest.raises(EOFError):
+            reader.read()
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
 
 
 def test_missing_cloudpickle_names_the_package_to_install(monkeypatch):

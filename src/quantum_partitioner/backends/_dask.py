@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import itertools
 import logging
 import queue
@@ -65,7 +64,7 @@ from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from .._context import ExecutionContext
+from .._context import ExecutionContext, call_unit_function
 from .._errors import BrokenBackendError, InternalError
 from .._events import UnitFinished
 from .._graph import UnitState
@@ -147,9 +146,7 @@ def run_attempt(  # noqa: PLR0917 - called by Dask with positional arguments onl
     }
     ctx = ExecutionContext(context, results, unit_id, attempt, mode, None, -1, upstream_errors)
     try:
-        value = function(ctx)
-        if inspect.iscoroutine(value):  # an async def unit, or a function that returned one
-            value = asyncio.run(value)
+        value = call_unit_function(function, ctx)
     except Exception:
         raise
     except BaseException as error:  # it must fail the unit, not the worker

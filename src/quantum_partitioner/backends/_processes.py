@@ -14,7 +14,7 @@ stop one running call on a timeout. Here the driver knows which unit each worker
 * only a unit's own inputs travel per attempt (its dependencies' results); the caller's
   context is sent to each worker once per run, and each function once per worker.
 
-Workers are fresh interpreters (``python -m quantum_partitioner._process_worker``), started
+Workers are fresh interpreters (``python -c`` running ``_process_worker.main``), started
 in their own session so terminal signals reach only the parent, which stops them; they exit
 by themselves if the parent dies. Each worker imports the modules the run's functions come
 from, then reports ``ready`` before it gets work, so neither a unit's timeout nor its
@@ -47,11 +47,12 @@ import threading
 import time
 import weakref
 from collections import deque
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from .._errors import BrokenBackendError, WorkerDiedError, describe_exit
+from .._process_worker import FrameReader, send_frame
 from ._lanes import Lane, LaneBackend
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ LOGGER = logging.getLogger("quantum_partitioner")
 _MAX_FAILED_STARTS = 3
 #: Seconds a worker may take to report ready (it imports little: well under one, normally).
 _START_TIMEOUT = 60.0
+#: What a worker's interpreter runs (see :mod:`.._process_worker`).
+_WORKER_PROGRAM = "from quantum_partitioner._process_worker import main; main()"
 #: How much of a worker's start-up stderr is kept (its end) for the error message.
 _START_LOG_BYTES = 4096
 
@@ -109,6 +112,7 @@ class _Worker:
         "late",
         "outbox",
         "process",
+        "reader",
         "ready",
         "slot",
         "spawned_at",
@@ -121,8 +125,8 @@ class _Worker:
     def __init__(
         self,
         process: subprocess.Popen[bytes],
-        inbox: Connection,
-        outbox: Connection,
+        inbox: int,
+        outbox: int,
         start_stderr: int,
     ) -> None:
         #: Its place among the lane's workers, as traces name it ("process slot 1").
@@ -130,8 +134,9 @@ class _Worker:
         #: When it was started (the run's clock), until it is ready.
         self.spawned_at: float | None = None
         self.process = process
-        self.inbox = inbox  # we write attempts here
-        self.outbox = outbox  # the worker writes outcomes here
+        self.inbox = inbox  # we write attempts here (-1 once closed)
+        self.outbox = outbox  # the worker writes outcomes here (-1 once closed)
+        self.reader = FrameReader(outbox)
         #: The read end of the worker's stderr until it is ready (-1 once closed).
         self.start_stderr = start_stderr
         self.start_log = bytearray()
@@ -232,7 +237,9 @@ class ProcessLane(Lane):
         # The worker imports the caller's modules by name, so it gets the caller's path.
         env["PYTHONPATH"] = os.pathsep.join(p or str(Path.cwd()) for p in sys.path)
         env.update(self._preload)
-        command = [sys.executable, "-m", "quantum_partitioner._process_worker"]
+        # ``-c``, not ``-m``: running a module as ``__main__`` imports runpy and importlib's
+        # helpers first, a few milliseconds of every worker's start-up.
+        command = [sys.executable, "-c", _WORKER_PROGRAM]
         try:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 [*command, str(child_in), str(child_out), str(os.getpid()), str(console)],
@@ -249,12 +256,7 @@ class ProcessLane(Lane):
         finally:
             for fd in (child_in, child_out, start_w, console):
                 os.close(fd)
-        worker = _Worker(
-            process,
-            Connection(parent_out, readable=False),
-            Connection(parent_in, writable=False),
-            start_r,
-        )
+        worker = _Worker(process, parent_out, parent_in, start_r)
         taken = {w.slot for w in self._workers}
         worker.slot = next(
             name for k in range(1, len(taken) + 2) if (name := f"process slot {k}") not in taken
@@ -296,7 +298,7 @@ class ProcessLane(Lane):
                 _kill(worker)
             else:
                 with contextlib.suppress(OSError):
-                    worker.inbox.send_bytes(pickle.dumps(("stop",)))
+                    send_frame(worker.inbox, pickle.dumps(("stop",)))
         for worker in workers:
             try:
                 worker.process.wait(timeout=5)
@@ -306,8 +308,7 @@ class ProcessLane(Lane):
         self._wake_reader()
         self._reader.join(timeout=5)
         for worker in workers:
-            worker.inbox.close()
-            worker.outbox.close()
+            _close_pipes(worker)
             _close_start_stderr(worker)
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -353,7 +354,7 @@ class ProcessLane(Lane):
             return
         try:
             for message in messages:
-                worker.inbox.send_bytes(message)
+                send_frame(worker.inbox, message)
         except OSError:  # the worker died before it had the attempt: it never started
             with self._lock:
                 if worker.job == (i, attempt):  # not yet failed by the reader: hold it
@@ -427,33 +428,39 @@ class ProcessLane(Lane):
             with self._lock:
                 if self._closing and not self._workers:
                     return
-                watched: dict[Connection | int, _Worker] = {w.outbox: w for w in self._workers}
+                # Each descriptor: its worker, and whether it is its outbox (else its
+                # start-up stderr).
+                watched: dict[int, tuple[_Worker, bool]] = {
+                    w.outbox: (w, True) for w in self._workers
+                }
                 for w in self._workers:
                     if w.start_stderr >= 0:
-                        watched[w.start_stderr] = w
+                        watched[w.start_stderr] = (w, False)
                 due = [w.start_deadline for w in self._workers if w.start_deadline is not None]
             timeout = max(0.0, min(due) - time.monotonic()) if due else None
             ready = wait([*watched, self._wake_r], timeout)
             if due:
                 self._kill_late_starters()
-            for conn in ready:
-                if conn == self._wake_r:
+            for fd in ready:
+                assert isinstance(fd, int)
+                if fd == self._wake_r:
                     with contextlib.suppress(OSError):
                         os.read(self._wake_r, 4096)
                     continue
-                if isinstance(conn, int):
-                    worker = watched[conn]
-                    if conn == worker.start_stderr:  # not closed (and reused) since
+                worker, is_outbox = watched[fd]
+                if not is_outbox:
+                    if fd == worker.start_stderr:  # not closed (and reused) since
                         _read_start_log(worker)
                     continue
-                assert isinstance(conn, Connection)
-                worker = watched[conn]
+                if fd != worker.outbox:  # buried (and its number reused) since
+                    continue
                 try:
-                    message = pickle.loads(conn.recv_bytes())  # noqa: S301 - our own worker
+                    frames = worker.reader.read()
                 except (EOFError, OSError):
                     self._bury(worker)
                     continue
-                self._receive(worker, message)
+                for frame in frames:
+                    self._receive(worker, pickle.loads(frame))  # noqa: S301 - our own worker
             with self._lock:
                 if self._closing and all(w.process.poll() is not None for w in self._workers):
                     return
@@ -514,8 +521,7 @@ class ProcessLane(Lane):
                 except OSError as error:  # out of processes or descriptors
                     self._broken = f"cannot start a worker process: {error}"
                     LOGGER.exception("PROCESS backend: %s", self._broken)
-        worker.inbox.close()
-        worker.outbox.close()
+        _close_pipes(worker)
         if self._broken is not None:
             self._post(None)  # the driver raises it at its next step
         if job is not None:
@@ -579,6 +585,14 @@ def _drain_start_log(worker: _Worker) -> None:
     while _read_start_log(worker):
         pass
     _close_start_stderr(worker)
+
+
+def _close_pipes(worker: _Worker) -> None:
+    for fd in (worker.inbox, worker.outbox):
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    worker.inbox = worker.outbox = -1
 
 
 def _close_start_stderr(worker: _Worker) -> None:
