@@ -7,16 +7,25 @@ cloudpickle). Its protocol: frames (:func:`send_frame`,
 :class:`FrameReader`), each one pickled tuple whose first item says what it is:
 
 parent → worker: ``("context", blob)`` once per run, ``("function", key, blob)`` once
-per function, ``("run", key, unit_id, attempt, inputs_blob)`` per attempt,
-``("stop",)``. New kinds of message, or new trailing items, extend it; the worker ignores a
-kind it does not know.
+per function, ``("run", index, attempt, key, unit_id, inputs_blob)`` per attempt,
+``("recall", index, attempt)`` for an attempt sent ahead that must not start, ``("stop",)``.
+New kinds of message, or new trailing items, extend it; the worker ignores a kind it does
+not know.
+
+The parent may send attempts ahead: the worker queues them and runs them in the order they
+came. Before it starts a queued attempt it reads whatever else has arrived, so a recall
+sent before that moment is always seen: the recalled attempt is dropped (and acknowledged),
+it never starts.
 
 Before it says it is ready, the worker imports the modules named (comma-separated) in the
 environment variable ``QUANTUM_PARTITIONER_PRELOAD``: the modules the run's functions come
 from, so that importing them is the worker's start-up and not the first unit's time.
 
-worker → parent: ``("ready", pid)``, then per attempt ``("ok", result_blob, metrics)`` or
-``("error", exception_blob_or_None, description, traceback_text)``.
+worker → parent: ``("ready", pid)``, then per attempt ``("ok", index, attempt, started,
+ended, result_blob, metrics)`` or ``("error", index, attempt, started, ended,
+exception_blob_or_None, description, traceback_text)``, where ``started`` and ``ended``
+are the worker's ``time.perf_counter()`` when the attempt really started and ended; per
+honoured recall ``("recalled", index, attempt)``.
 
 Start-up is most of what a short-lived worker costs, so this module imports only what every
 worker needs before it is ready: the interpreter's own modules, ``_pickle`` and the unit
@@ -36,8 +45,10 @@ from __future__ import annotations
 
 import _thread
 import os
+import select
 import sys
 import time
+from collections import deque
 
 # The C pickler, without the pure-Python ``pickle`` module's imports (``re``, ``struct``...):
 # a worker starts measurably faster. Both picklers read and write the same bytes.
@@ -145,34 +156,50 @@ def serve(inbox: int, outbox: int, parent: int) -> None:
     _preload(os.environ.pop(PRELOAD_VARIABLE, ""))
     send_frame(outbox, dumps(("ready", os.getpid()), PROTOCOL))
     reader = FrameReader(inbox)
+    queued: deque[tuple[Any, ...]] = deque()  # "run" messages not started yet
     while True:
-        try:
-            frames = reader.read()
-        except EOFError:
-            return
-        for frame in frames:
-            message = loads(frame)  # noqa: S301 - from our parent
-            kind = message[0]
-            if kind == "run":
-                _, key, unit_id, attempt, inputs = message
-                reply = _run_one(context, functions[key], unit_id, attempt, inputs)
-                send_frame(outbox, dumps(reply, PROTOCOL))
-            elif kind == "function":
-                _, key, blob = message[:3]
-                try:
-                    functions[key] = loads(blob)  # noqa: S301 - from our parent
-                except Exception as error:
-                    functions[key] = error
-            elif kind == "context":  # a new run: its own context and functions
-                context = loads(message[1])  # noqa: S301 - from our parent
-                functions.clear()
-            elif kind == "stop":
+        # With nothing queued, wait for the parent; else take in what has arrived (a recall
+        # among it) before the next attempt starts.
+        if not queued or select.select([inbox], [], [], 0)[0]:
+            try:
+                frames = reader.read()
+            except EOFError:
                 return
+            for frame in frames:
+                message = loads(frame)  # noqa: S301 - from our parent
+                kind = message[0]
+                if kind == "run":
+                    queued.append(message)
+                elif kind == "recall":
+                    _, index, attempt = message[:3]
+                    for queued_message in queued:
+                        if queued_message[1] == index and queued_message[2] == attempt:
+                            queued.remove(queued_message)
+                            send_frame(outbox, dumps(("recalled", index, attempt), PROTOCOL))
+                            break
+                elif kind == "function":
+                    _, key, blob = message[:3]
+                    try:
+                        functions[key] = loads(blob)  # noqa: S301 - from our parent
+                    except Exception as error:
+                        functions[key] = error
+                elif kind == "context":  # a new run: its own context and functions
+                    context = loads(message[1])  # noqa: S301 - from our parent
+                    functions.clear()
+                elif kind == "stop":
+                    return
+            continue
+        _, index, attempt, key, unit_id, inputs = queued.popleft()[:6]
+        started = time.perf_counter()
+        outcome = _run_one(context, functions[key], unit_id, attempt, inputs)
+        reply = (outcome[0], index, attempt, started, time.perf_counter(), *outcome[1:])
+        send_frame(outbox, dumps(reply, PROTOCOL))
 
 
 def _run_one(
     context: Any, function: Any, unit_id: str, attempt: int, blob: bytes
 ) -> tuple[Any, ...]:
+    """``("ok", result_blob, metrics)`` or ``("error", blob, description, traceback)``."""
     if isinstance(function, BaseException):
         note = RuntimeError(f"unit {unit_id!r}: its function could not be loaded in the worker")
         note.__cause__ = function

@@ -22,6 +22,7 @@ from quantum_partitioner import (
     BrokenBackendError,
     ExecutionMode,
     ExponentialBackoff,
+    Instrument,
     QuantumPartitioner,
     RetryPolicy,
     UnitState,
@@ -400,6 +401,154 @@ def test_an_attempt_sent_to_a_worker_that_just_died_waits_for_its_replacement():
         assert item == (0, 1, True, 42, None)
     finally:
         gate.set()
+        lane.close(cancel=True)
+
+
+# -- attempts sent ahead (queued in a busy worker) ---------------------------------------------
+
+
+def _wait_for_file(path: str, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):  # noqa: PTH110 - runs in the worker, keep it plain
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.005)
+
+
+def _lane_sending_ahead(graph: Graph) -> tuple[Run, ProcessLane, queue.SimpleQueue]:
+    """A 1-worker lane on ``graph``, driven by hand, whose attempts count as short."""
+    run = Run(graph, {}, mode="process", max_workers=1)
+    outcomes: queue.SimpleQueue = queue.SimpleQueue()
+    lane = ProcessLane(1)
+    lane.open(run, outcomes.put)
+    while not lane.has_room():  # the worker posts a wake-up once it is ready
+        assert outcomes.get(timeout=30) is None
+    lane._typical_seconds = 0.0  # as after a run of short attempts
+    return run, lane, outcomes
+
+
+def _next_outcome(lane: ProcessLane, outcomes: queue.SimpleQueue) -> tuple:
+    item = None
+    while item is None:  # wake-ups until an outcome; the driver asks for room on each
+        lane.has_room()
+        item = outcomes.get(timeout=30)
+    return item
+
+
+def test_an_attempt_recalled_while_it_waits_in_a_worker_never_starts(tmp_path):
+    """A unit sent ahead, then abandoned (cancelled) before its turn, never runs."""
+    gate, ran = str(tmp_path / "gate"), str(tmp_path / "ran")
+    graph = Graph(
+        [
+            QuantumUnit("busy", lambda ctx: _wait_for_file(gate)),
+            QuantumUnit("queued", lambda ctx: Path(ran).write_text("started")),
+        ]
+    )
+    _run, lane, outcomes = _lane_sending_ahead(graph)
+    try:
+        lane.submit(0, 1)
+        assert lane.has_room()  # the worker is busy, but "queued" may wait behind "busy"
+        lane.submit(1, 1)
+        [worker] = lane._workers
+        assert list(worker.jobs) == [(0, 1), (1, 1)]
+        lane.abandon(1, 1)  # recalled: the worker is not killed
+        Path(gate).touch()
+        assert _next_outcome(lane, outcomes)[:3] == (0, 1, True)
+        deadline = time.monotonic() + 30
+        while worker.jobs:  # the worker acknowledges the recall
+            assert time.monotonic() < deadline
+            outcomes.get(timeout=30)
+        assert worker in lane._workers
+        assert not Path(ran).exists()
+    finally:
+        lane.close(cancel=True)
+
+
+def test_attempts_waiting_in_a_worker_that_dies_run_on_its_replacement(tmp_path):
+    """Only the running attempt fails with the worker; those sent ahead never started."""
+    gate = str(tmp_path / "gate")
+
+    def die(ctx):
+        _wait_for_file(gate)
+        os._exit(3)
+
+    graph = Graph([QuantumUnit("dies", die), QuantumUnit("after", lambda ctx: "ran")])
+    _run, lane, outcomes = _lane_sending_ahead(graph)
+    try:
+        lane.submit(0, 1)
+        lane.submit(1, 1)
+        assert len(lane._workers[0].jobs) == 2
+        Path(gate).touch()
+        died = _next_outcome(lane, outcomes)
+        assert died[:3] == (0, 1, False)
+        assert isinstance(died[3], WorkerDiedError)
+        assert _next_outcome(lane, outcomes) == (1, 1, True, "ran", None)
+    finally:
+        lane.close(cancel=True)
+
+
+def test_a_unit_with_a_timeout_or_a_limit_is_never_sent_ahead(tmp_path):
+    """Their timeout and slots count from the real start: they wait for an idle worker."""
+    gate = str(tmp_path / "gate")
+    graph = Graph(
+        [
+            QuantumUnit("busy", lambda ctx: _wait_for_file(gate)),
+            QuantumUnit("timed", lambda ctx: 1, timeout=30),
+            QuantumUnit("limited", lambda ctx: 2, limits={"api": 1}),
+            QuantumUnit("plain", lambda ctx: 3),
+        ]
+    )
+    run, lane, outcomes = _lane_sending_ahead(graph)
+    try:
+        sched = run.scheduler
+        assert sched.start_next(run.clock()) == 0
+        lane.submit(0, 1)
+        assert sched.peek_next() == 1
+        assert not lane.has_room()  # "timed" is next: it waits for the worker
+        assert not lane._may_send_ahead(2)
+        assert lane._may_send_ahead(3)
+        Path(gate).touch()
+        assert _next_outcome(lane, outcomes)[:3] == (0, 1, True)
+    finally:
+        lane.close(cancel=True)
+
+
+def test_nothing_is_sent_ahead_while_a_hook_listens_to_starts():
+    """A start event must not come before the start: with a start hook, one attempt each."""
+
+    class Starts(Instrument):
+        def unit_started(self, event):
+            pass
+
+    graph = Graph([QuantumUnit("a", lambda ctx: 1), QuantumUnit("b", lambda ctx: 2)])
+    run = Run(graph, {}, mode="process", max_workers=1, instruments=[Starts()])
+    lane = ProcessLane(1)
+    lane.open(run, queue.SimpleQueue().put)
+    try:
+        lane._typical_seconds = 0.0
+        assert not lane._may_send_ahead(1)
+    finally:
+        lane.close(cancel=True)
+
+
+def test_an_attempt_sent_ahead_records_its_real_start(tmp_path):
+    """The recorded start of an attempt that waited in a worker is when it really began."""
+    graph = Graph(
+        [QuantumUnit("slow", lambda ctx: time.sleep(0.3)), QuantumUnit("next", lambda ctx: 1)]
+    )
+    run, lane, outcomes = _lane_sending_ahead(graph)
+    try:
+        sched = run.scheduler
+        for i in (0, 1):
+            sched.start_next(run.clock())
+            lane.submit(i, 1)
+        sent = sched.started[1]
+        for _ in range(2):
+            i, attempt, ok, _, _ = _next_outcome(lane, outcomes)
+            assert ok
+            lane.settled(i, attempt)
+        assert sched.started[1] >= sched.started[0] + 0.3 > sent + 0.2
+    finally:
         lane.close(cancel=True)
 
 
