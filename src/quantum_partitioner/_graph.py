@@ -12,6 +12,7 @@ computes the longest remaining path from each unit (its *rank*, which orders rea
 
 from __future__ import annotations
 
+import copy
 import enum
 import gc
 import math
@@ -120,6 +121,12 @@ class QuantumUnit(Generic[T, R]):
             once ``k`` are ok.
         limits: The named limits an attempt holds while it runs, as ``{name: slots}``
             (None: none); see :meth:`QuantumPartitioner.add_limit`.
+        over: For a map (:meth:`QuantumPartitioner.add_map`), the unit (or map) whose result
+            it maps over; None for an ordinary unit.
+        max_items: For a map, the most items it may have (None: no bound).
+        view_keys: ``{dependency: key}`` for the dependencies the function reads under
+            another key than their name (None: every one under its name). Units inlined by
+            :meth:`QuantumPartitioner.add_subgraph` keep reading their inner names this way.
     """
 
     __slots__ = (
@@ -134,12 +141,15 @@ class QuantumUnit(Generic[T, R]):
         "function",
         "id",
         "limits",
+        "max_items",
         "metadata",
+        "over",
         "priority",
         "retries",
         "retry_policy",
         "run_if",
         "timeout",
+        "view_keys",
     )
 
     def __init__(  # noqa: PLR0917 - the original API's dataclass took these positionally
@@ -157,6 +167,9 @@ class QuantumUnit(Generic[T, R]):
         run_if: JoinRule | None = None,
         cancel_rest: bool = False,
         limits: dict[str, int] | None = None,
+        over: str | None = None,
+        max_items: int | None = None,
+        view_keys: dict[str, str] | None = None,
     ) -> None:
         """Create a unit; validate it with :func:`validate_unit`."""
         self.id = id
@@ -171,6 +184,9 @@ class QuantumUnit(Generic[T, R]):
         self.run_if = run_if
         self.cancel_rest = cancel_rest
         self.limits = limits
+        self.over = over
+        self.max_items = max_items
+        self.view_keys = view_keys
         self._view: _RunView | None = None
         self._index = -1
         self._state = UnitState.PENDING
@@ -241,6 +257,27 @@ class QuantumUnit(Generic[T, R]):
             return None
         return end - start
 
+    def _inlined(
+        self, name: str, dependencies: list[str], view_keys: dict[str, str]
+    ) -> QuantumUnit[T, R]:
+        """A copy of this unit under another name and dependencies, with no run behind it.
+
+        Every other field is kept (``metadata`` and ``limits`` are copied, so changing this
+        unit later leaves the copy as it was): this is how a subgraph's units are inlined.
+        """
+        clone = copy.copy(self)
+        clone.id = name
+        clone.dependencies = dependencies
+        clone.view_keys = view_keys
+        clone.metadata = dict(self.metadata)
+        clone.limits = None if self.limits is None else dict(self.limits)
+        clone._view = None
+        clone._index = -1
+        clone._state = UnitState.PENDING
+        clone._result = None
+        clone._error = None
+        return clone
+
     def can_execute(self, completed_units: Iterable[str]) -> bool:
         """Whether every dependency is among ``completed_units``."""
         done = (
@@ -251,8 +288,11 @@ class QuantumUnit(Generic[T, R]):
         return all(dep in done for dep in self.dependencies)
 
 
-def validate_unit(unit: QuantumUnit[Any, Any]) -> None:
+def validate_unit(unit: QuantumUnit[Any, Any], *, over_maps: bool = False) -> None:
     """Check one unit's own fields; raise TypeError/ValueError naming the unit.
+
+    ``over_maps``: some dependency is a map, whose items ``at_least(k)`` counts one by one
+    (so ``k`` may exceed the number of dependencies).
 
     Raises:
         TypeError: A field has the wrong type.
@@ -289,10 +329,42 @@ def validate_unit(unit: QuantumUnit[Any, Any]) -> None:
         raise TypeError(f"unit {name!r}: metadata must be a dict, got {unit.metadata!r}")
     if "estimated_duration" in unit.metadata:
         _check_number(name, "estimated_duration", unit.metadata["estimated_duration"])
-    _check_decisions(unit)
+    _check_decisions(unit, over_maps=over_maps)
+    if unit.view_keys is not None:
+        _check_view_keys(unit)
+    if unit.over is not None:
+        _check_map(unit)
 
 
-def _check_decisions(unit: QuantumUnit[Any, Any]) -> None:
+def _check_view_keys(unit: QuantumUnit[Any, Any]) -> None:
+    """Check that ``view_keys`` maps dependencies to keys and no two share a key."""
+    name, keys = unit.id, unit.view_keys
+    if not isinstance(keys, dict) or not all(
+        isinstance(dep, str) and isinstance(key, str) for dep, key in keys.items()
+    ):
+        raise TypeError(f"unit {name!r}: view_keys must be a dict of str -> str, got {keys!r}")
+    seen = [keys.get(dep, dep) for dep in dict.fromkeys(unit.dependencies)]
+    if len(set(seen)) != len(seen):
+        raise ValueError(f"unit {name!r}: view_keys reads two dependencies under one key")
+
+
+def _check_map(unit: QuantumUnit[Any, Any]) -> None:
+    """Check ``over`` and ``max_items`` of a map."""
+    name, over = unit.id, unit.over
+    if not isinstance(over, str) or not over:
+        raise TypeError(f"map {name!r}: over must be the name of a unit, got {over!r}")
+    if over == name:
+        raise ValueError(f"map {name!r}: a map cannot map over itself")
+    bound = unit.max_items
+    if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int)):
+        raise TypeError(f"map {name!r}: max_items must be an int or None, got {bound!r}")
+    if bound is not None and bound < 0:
+        raise ValueError(f"map {name!r}: max_items must be >= 0, got {bound}")
+    if unit.cancel_rest:
+        raise ValueError(f"map {name!r}: cancel_rest is not supported on a map")
+
+
+def _check_decisions(unit: QuantumUnit[Any, Any], *, over_maps: bool) -> None:
     """Check ``condition``, ``run_if`` and ``cancel_rest``."""
     name = unit.id
     if unit.condition is not None and not callable(unit.condition):
@@ -300,7 +372,12 @@ def _check_decisions(unit: QuantumUnit[Any, Any]) -> None:
     rule = unit.run_if
     if rule is not None and not isinstance(rule, JoinRule):
         raise TypeError(f"unit {name!r}: run_if must be a JoinRule, got {rule!r}")
-    if rule is not None and rule.name == "at_least" and rule.k > len(unit.dependencies):
+    if (
+        rule is not None
+        and rule.name == "at_least"
+        and rule.k > len(unit.dependencies)
+        and not over_maps
+    ):
         raise ValueError(
             f"unit {name!r}: run_if=at_least({rule.k}) needs at least {rule.k} dependencies, "
             f"it has {len(unit.dependencies)}"
@@ -347,11 +424,13 @@ class Graph:
         "_dependents",
         "_priority_order",
         "_rank",
+        "_view_keys",
         "default_weight",
         "deps",
         "finish",
         "index",
         "level",
+        "maps",
         "names",
         "order",
         "units",
@@ -381,8 +460,14 @@ class Graph:
         position = index.__getitem__
         no_deps: list[int] = []  # shared by every root: rows are never mutated
         in_order = True
+        maps: dict[int, int] = {}
         for i, unit in enumerate(units):
             wanted = unit.dependencies
+            if unit.over is not None:  # a map also depends on what it maps over
+                if unit.over not in index:
+                    raise UnknownDependencyError(unit.id, unit.over)
+                maps[i] = index[unit.over]
+                wanted = [unit.over, *wanted]
             if not wanted:
                 append(no_deps)
                 continue
@@ -397,6 +482,10 @@ class Graph:
                 in_order = False
             append(row)
         self.deps = deps
+        #: Each map's index -> the index of the unit (or map) it maps over.
+        self.maps = maps
+        if maps:
+            _check_item_names(names, index, maps)
         # What a plan needs is computed here; what only scheduling needs (dependents,
         # ranks) waits for the first run, so planning a huge graph stays cheap.
         self._dependents: list[list[int]] | None = None
@@ -417,6 +506,25 @@ class Graph:
         self._decisions: tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]] | None = (
             None
         )
+        self._view_keys: list[tuple[str, ...]] | Literal[False] | None = False
+
+    def for_run(self) -> Graph:
+        """A copy for one run of a graph with maps: its unit lists grow as maps expand.
+
+        What describes the declared units (order, levels, ranks, the priority order) is
+        shared; the lists a run appends items to (units, names, index, deps, dependents)
+        are the copy's own. Rows are shared too: a run only appends rows, never edits one.
+        """
+        self.priority_order()  # computed on the declared units, shared by every run
+        copy = object.__new__(Graph)
+        for slot in Graph.__slots__:
+            setattr(copy, slot, getattr(self, slot))
+        copy.units = list(self.units)
+        copy.names = list(self.names)
+        copy.index = dict(self.index)
+        copy.deps = list(self.deps)
+        copy._dependents = list(self.dependents)
+        return copy
 
     def decisions(self) -> tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]]:
         """``(conditions, rules)`` by unit index, found on first use (usually both empty).
@@ -435,6 +543,18 @@ class Graph:
             }
             self._decisions = (conditions, rules)
         return self._decisions
+
+    def view_keys(self) -> list[tuple[str, ...]] | None:
+        """The key each unit reads each dependency by, aligned with :attr:`deps`.
+
+        None when every unit reads its dependencies by their names (a graph without
+        subgraphs), so that runs of such graphs build contexts from :attr:`names` alone.
+        Found on first use.
+        """
+        keys = self._view_keys
+        if keys is False:
+            keys = self._view_keys = _view_keys(self.units, self.names, self.deps)
+        return keys
 
     @property
     def dependents(self) -> list[list[int]]:
@@ -521,6 +641,15 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _check_item_names(names: list[str], index: dict[str, int], maps: dict[int, int]) -> None:
+    """Refuse a unit named like an item of a map (``tool[0]``): items take those names."""
+    for name in names:
+        if name.endswith("]") and "[" in name:
+            owner, _, rest = name.rpartition("[")
+            if rest[:-1].isdigit() and index.get(owner, -1) in maps:
+                raise DuplicateUnitError(name)
+
+
 def compile_graph(units: Iterable[QuantumUnit[Any, Any]]) -> Graph:
     """Validate ``units`` as a graph and compile it for scheduling.
 
@@ -530,6 +659,21 @@ def compile_graph(units: Iterable[QuantumUnit[Any, Any]]) -> Graph:
         CircularDependencyError: The dependencies form a cycle; ``.cycle`` is its path.
     """
     return Graph(list(units))
+
+
+def _view_keys(
+    units: list[QuantumUnit[Any, Any]], names: list[str], deps: list[list[int]]
+) -> list[tuple[str, ...]] | None:
+    if all(unit.view_keys is None for unit in units):
+        return None
+    keys: list[tuple[str, ...]] = []
+    for unit, row in zip(units, deps, strict=True):
+        key_of = unit.view_keys
+        if key_of is None:
+            keys.append(tuple(names[j] for j in row))
+        else:
+            keys.append(tuple(key_of.get(names[j], names[j]) for j in row))
+    return keys
 
 
 def _estimate(unit: QuantumUnit[Any, Any]) -> float | None:

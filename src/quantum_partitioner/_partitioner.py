@@ -45,6 +45,7 @@ from ._progress import ProgressBar
 from ._run import Run, UnitCache
 from ._strategies import AdaptiveBackend, resource_balanced_backend
 from ._stream import AsyncResultStream, ResultStream, take_run_instruments
+from ._subgraph import inline_subgraph, subgraph_result
 from ._trace import TraceRecorder, export_spans, write_chrome_trace
 from .backends import (
     AsyncBackend,
@@ -317,12 +318,196 @@ class QuantumPartitioner(Generic[T, R]):
             cancel_rest=cancel_rest,
             limits=normalize_unit_limits(unit_id, limits),
         )
+        rule = unit.run_if
+        over_maps = (
+            rule is not None
+            and rule.name == "at_least"
+            and any(getattr(self.units.get(d), "over", None) is not None for d in unit.dependencies)
+        )
+        validate_unit(unit, over_maps=over_maps)
+        self._admit(unit)
+        self.units[unit_id] = unit
+        self._graph = None
+        self._plan = None
+        return unit
+
+    def add_map(
+        self,
+        fn: UnitFunction[Any],
+        over: str,
+        name: str | None = None,
+        *,
+        dependencies: list[str] | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        priority: int = 0,
+        metadata: dict[str, Any] | None = None,
+        replace: bool = False,
+        retry_policy: RetryPolicy | None = None,
+        when: Callable[[ExecutionContext], object] | None = None,
+        run_if: str | JoinRule = "all_success",
+        limits: list[str] | dict[str, int] | None = None,
+        max_items: int | None = None,
+    ) -> QuantumUnit[T, R]:
+        """Add a map: one unit per item of the result of ``over``, created during the run.
+
+        When ``over`` completes, its result (any iterable, materialised once in the
+        caller's process) gives one unit per item, named ``f"{name}[{i}]"``, each with this
+        map's options; inside, ``ctx.item`` is the item and ``ctx.index`` its position, and
+        ``dependencies`` are visible as usual (``over``'s whole result is not, unless it is
+        declared). Over another map, the map is item-wise: item ``i`` gets that map's item
+        ``i``'s result as ``ctx.item`` and starts as soon as that item completes.
+
+        The map itself is a unit named ``name``: its result is the list of its items'
+        results in item order, and it is COMPLETED once every item completed (or gave a
+        fallback value), FAILED (:class:`MapItemsFailedError`) if one did not. A dependent
+        receives that list. See "Maps" in the guide.
+
+        Args:
+            fn: Called as ``fn(ctx)`` for each item.
+            over: The unit (or map) whose result to map over.
+            name: The map's unique name; defaults as for :meth:`add_unit`.
+            dependencies: Other units whose results every item sees.
+            timeout: Seconds one attempt of an item may take.
+            retries: Extra attempts per item after a failure.
+            priority: Among ready units, higher runs sooner (each item has it).
+            metadata: As for :meth:`add_unit`; a ``fallback_value`` applies per item.
+            replace: Replace an existing unit of the same name instead of raising.
+            retry_policy: The items' retry policy.
+            when: A condition on the map as a whole, asked when it becomes ready: if
+                false, the map is SKIPPED and no item is created.
+            run_if: The map's join rule over ``over`` and ``dependencies`` (not
+                ``at_least``).
+            limits: Named limits each item's attempt holds (:meth:`add_limit`).
+            max_items: The most items the map may have: more fails the map (None: no bound).
+
+        Returns:
+            The map's unit.
+
+        Raises:
+            DuplicateUnitError: A unit of that name exists and ``replace`` is false.
+            TypeError: An argument has the wrong type (message names the map).
+            ValueError: An argument is out of range, or the map maps over itself.
+            RuntimeError: The partitioner is executing.
+
+        .. versionadded:: 0.2
+        """
+        self._check_not_executing("add_map")
+        unit_id = self._name_for(fn, name, use_function_name=False)
+        if unit_id in self.units and not replace:
+            raise DuplicateUnitError(unit_id)
+        deps = dependencies
+        if isinstance(deps, list | tuple) and all(isinstance(d, str) for d in deps):
+            deps = list(dict.fromkeys(deps))
+        rule = _join_rule_of(unit_id, run_if)
+        if rule.name == "at_least":
+            raise ValueError(f"map {unit_id!r}: run_if=at_least(k) is not supported on a map")
+        unit: QuantumUnit[T, R] = QuantumUnit(
+            unit_id,
+            fn,
+            deps,
+            timeout,
+            retries,
+            priority,
+            metadata,
+            retry_policy=retry_policy,
+            condition=when,
+            run_if=rule,
+            limits=normalize_unit_limits(unit_id, limits),
+            over=over,
+            max_items=max_items,
+        )
         validate_unit(unit)
         self._admit(unit)
         self.units[unit_id] = unit
         self._graph = None
         self._plan = None
         return unit
+
+    def add_subgraph(
+        self,
+        other: QuantumPartitioner[Any, Any],
+        name: str,
+        dependencies: list[str] | None = None,
+    ) -> QuantumUnit[T, Any]:
+        """Inline ``other``'s units into this partitioner, as one subgraph named ``name``.
+
+        Each unit of ``other`` is copied as it is now (later changes to ``other`` do not
+        reach this partitioner) and added as an ordinary unit named ``f"{name}.{inner}"``,
+        with every option it has (timeout, retries, priority, metadata, limits, ``when=``,
+        ``run_if``, ...; ``other``'s ``retry_policy`` for those without their own). The
+        same scheduler runs them, so each appears in traces, reports, metrics and progress.
+        Nested subgraphs compose: ``outer.ingest.load``.
+
+        - Inner functions keep reading their dependencies by inner name: ``ctx["load"]``,
+          in ``when=`` predicates and ``ctx.upstream_errors`` too.
+        - The subgraph's root units (those without dependencies) also depend on
+          ``dependencies`` and read them by their names here.
+        - The subgraph is itself a unit named ``name``: it waits for the inner sink units
+          (those nothing inside depends on) and its result is a dict of their results by
+          inner name. A unit depending on ``name`` receives that dict.
+        - ``other``'s named limits come along (:meth:`add_limit`); a limit of the same name
+          here must be the same :class:`Limit` object.
+
+        ``other``'s callbacks, instruments and cache are not copied: this partitioner's
+        apply to every unit of its runs.
+
+        Args:
+            other: The partitioner whose units to inline (not this one).
+            name: The subgraph's name, a prefix of its units' names.
+            dependencies: Names of units here that the subgraph's root units wait for.
+
+        Returns:
+            The subgraph's own unit (named ``name``).
+
+        Raises:
+            DuplicateUnitError: ``name`` or one of the new names is already a unit here.
+            GraphError: ``other``'s own graph is invalid (unknown dependency, cycle).
+            TypeError: ``other`` is not a partitioner, or an argument has the wrong type.
+            ValueError: ``other`` is this partitioner or has no units, the subgraph
+                depends on itself, or a limit of ``other`` clashes with one here.
+            RuntimeError: The partitioner is executing.
+
+        .. versionadded:: 0.2
+        """
+        self._check_not_executing("add_subgraph")
+        if not isinstance(other, QuantumPartitioner):
+            raise TypeError(f"add_subgraph: other must be a QuantumPartitioner, got {other!r}")
+        if other is self:
+            raise ValueError("add_subgraph: a partitioner cannot be a subgraph of itself")
+        probe: QuantumUnit[Any, Any] = QuantumUnit(name, subgraph_result, dependencies)
+        validate_unit(probe)  # the name and dependencies, checked as add_unit checks them
+        if not other.units:
+            raise ValueError(f"subgraph {name!r}: the partitioner to inline has no units")
+        other._compiled()  # its own graph must hold: an unknown name or a cycle is named here
+        outer_deps = list(dict.fromkeys(probe.dependencies))
+        units = inline_subgraph(list(other.units.values()), name, outer_deps, other.retry_policy)
+        new_names = {unit.id for unit in units}
+        for unit in units:
+            if unit.id in self.units:
+                raise DuplicateUnitError(unit.id)
+        own_deps = [dep for dep in outer_deps if dep in new_names]
+        if own_deps:
+            raise ValueError(
+                f"subgraph {name!r} cannot depend on itself or its own units: {own_deps}"
+            )
+        limits = dict(other._limits)
+        for limit_name, limit in limits.items():
+            here = self._limits.get(limit_name)
+            if here is not None and here is not limit:
+                raise ValueError(
+                    f"subgraph {name!r}: its limit {limit_name!r} is not the limit of that "
+                    "name here; share one Limit object (add_limit(limit) on both)"
+                )
+        for unit in units:
+            self._admit(unit)
+        with self._lock:
+            self._limits.update(limits)
+        for unit in units:
+            self.units[unit.id] = unit
+        self._graph = None
+        self._plan = None
+        return self.units[name]
 
     def _check_not_executing(self, action: str) -> None:
         """Refuse to change the graph while a run uses it, instead of ignoring the change.

@@ -23,9 +23,10 @@ from, so that importing them is the worker's start-up and not the first unit's t
 
 worker → parent: ``("ready", pid)``, then per attempt ``("ok", index, attempt, started,
 ended, result_blob, metrics)`` or ``("error", index, attempt, started, ended,
-exception_blob_or_None, description, traceback_text)``, where ``started`` and ``ended``
-are the worker's ``time.perf_counter()`` when the attempt really started and ended; per
-honoured recall ``("recalled", index, attempt)``.
+exception_blob_or_None, description, traceback_text, pauses)``, where ``started`` and
+``ended`` are the worker's ``time.perf_counter()`` when the attempt really started and
+ended, and ``pauses`` holds the attempt's ``ctx.pause_limit`` calls (as metrics) or is None;
+per honoured recall ``("recalled", index, attempt)``.
 
 Start-up is most of what a short-lived worker costs, so this module imports only what every
 worker needs before it is ready: the interpreter's own modules, ``_pickle`` and the unit
@@ -57,7 +58,7 @@ try:
 except ImportError:  # pragma: no cover - an interpreter without the C accelerator
     from pickle import dumps, loads
 
-from ._context import ExecutionContext, call_unit_function
+from ._context import PAUSES_KEY, ExecutionContext, call_unit_function
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -136,7 +137,9 @@ def _cloudpickle() -> Any:
     return cloudpickle
 
 
-def _error_message(error: BaseException, unit_id: str) -> tuple[Any, ...]:
+def _error_message(
+    error: BaseException, unit_id: str, ctx: ExecutionContext | None = None
+) -> tuple[Any, ...]:
     import traceback  # noqa: PLC0415 - a worker whose units succeed never needs it
 
     text = "".join(traceback.format_exception(error))
@@ -145,7 +148,9 @@ def _error_message(error: BaseException, unit_id: str) -> tuple[Any, ...]:
         loads(blob)  # noqa: S301 - our own bytes; checks the error survives the trip
     except Exception:  # the exception itself cannot travel: send its description
         blob = None
-    return ("error", blob, f"unit {unit_id!r}: {error!r}", text)
+    metrics = ctx.metrics if ctx is not None else None
+    pauses = {PAUSES_KEY: metrics[PAUSES_KEY]} if metrics and PAUSES_KEY in metrics else None
+    return ("error", blob, f"unit {unit_id!r}: {error!r}", text, pauses)
 
 
 def serve(inbox: int, outbox: int, parent: int) -> None:
@@ -204,15 +209,19 @@ def _run_one(
         note = RuntimeError(f"unit {unit_id!r}: its function could not be loaded in the worker")
         note.__cause__ = function
         return _error_message(note, unit_id)
+    ctx = None
     try:
         results = loads(blob)  # noqa: S301 - from our parent
         upstream = {}
-        if type(results) is tuple:  # a join rule's unit: inputs, and why some are missing
-            results, upstream = results
-        ctx = ExecutionContext(context, results, unit_id, attempt, "process", None, -1, upstream)
+        item = None
+        if type(results) is tuple:  # inputs, why some are missing, and a map item's item
+            results, upstream, item = results
+        ctx = ExecutionContext(
+            context, results, unit_id, attempt, "process", None, -1, upstream, item
+        )
         value = call_unit_function(function, ctx)
     except BaseException as error:
-        return _error_message(error, unit_id)
+        return _error_message(error, unit_id, ctx)
     try:
         try:
             result = dumps(value, PROTOCOL)
@@ -223,7 +232,7 @@ def _run_one(
             f"unit {unit_id!r}: its result {type(value).__name__} cannot be sent back from "
             f"the worker process: {error}"
         )
-        return _error_message(problem, unit_id)
+        return _error_message(problem, unit_id, ctx)
     return ("ok", result, ctx.metrics)
 
 
