@@ -66,7 +66,7 @@ Parallel speed-ups need idle cores: on a machine where other jobs hold a core, t
 section's speed-ups drop whatever the code does (the load averages it prints tell).
 
 Usage: ``python bench/run.py [--quick] [--n N] [--repeat R] [--process-n N] [--cpu-units U]
-[--cpu-ms MS] [--only time,memory,process,cpu,async,cache,dask,collections,limits,unitcost]``.
+[--cpu-ms MS] [--only time,memory,process,cpu,async,cache,dask,collections,limits,maps,unitcost]``.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from harness import (
     time_runner,
 )
 from limits_section import LIMITS_SECTION
+from maps_section import MAPS_SECTION
 from peer_runners import (
     DASK_MULTIPROCESSING,
     DASK_SYNC,
@@ -601,6 +602,7 @@ SECTIONS: dict[str, Section] = {
         DASK_SECTION,
         DASK_COLLECTIONS_SECTION,
         LIMITS_SECTION,
+        MAPS_SECTION,
         UNIT_COST_SECTION,
     )
 }

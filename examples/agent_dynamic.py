@@ -1,20 +1,20 @@
-"""An agent workflow that decides while it runs: routing, optional tools, joins over what ran.
+"""An agent workflow that decides while it runs: routing, tools chosen by a result, joins.
 
 The graph it builds::
 
     plan ─┬─> lookup  (when the plan routes to a lookup) ─┐
-          ├─> compute (when it routes to arithmetic) ─────┴─> answer  (none_failed)
-          ├─> tool_pricing  (when the plan needs it) ─┐
-          ├─> tool_shipping (when the plan needs it) ─┼─> tools (all_done) ─> report (all_done)
-          └─> tool_weather  (when the plan needs it) ─┘          answer ──────^
+          ├─> compute (when it routes to arithmetic) ─────┴─> answer  (none_failed) ─┐
+          └─> chosen ─> tool[0], tool[1], ... (a map: one per tool the plan chose)   │
+                            └──> tools (all_done) ─────────────> report (all_done) <─┘
 
 The planning unit reads the question and decides which branch answers it and which tools
-help: the other branch and the unneeded tools are SKIPPED by their conditions, without
-running. ``answer`` joins the branch that ran (``none_failed``); ``tools`` collects the
-tools that ran, whatever happened to them (``all_done``: a tool that failed shows up in
-``ctx.upstream_errors``, the others' results are there); ``report`` always runs and says
-what happened. A tool may decide it has nothing to add and skip itself (``ctx.skip``),
-which is not a failure.
+help: the other branch is SKIPPED by its condition, without running, and the map ``tool``
+creates one unit per chosen tool, each retried, timed out and traced on its own. ``answer``
+joins the branch that ran (``none_failed``); ``tools`` collects the tools that ran, whatever
+happened to them (``all_done``: it receives the results of the tools that completed, and a
+tool that failed is named in ``ctx.upstream_errors``); ``report`` always runs and says what
+happened. A tool may decide it has nothing to add and skip itself (``ctx.skip``), which is
+not a failure.
 
 The agents are small local stand-ins for model-backed ones. Run it as a script (an optional
 question as arguments)::
@@ -34,7 +34,7 @@ import sys
 from decimal import Decimal
 from typing import Any
 
-from quantum_partitioner import QuantumPartitioner, UnitSkippedError
+from quantum_partitioner import MapItemsFailedError, QuantumPartitioner
 
 DEFAULT_QUESTION = "What do 3 widgets and 2 gadgets cost, shipped, and is it raining in Porto?"
 
@@ -99,15 +99,23 @@ def weather(ctx: Any) -> str:
     raise WeatherServiceError("the weather service does not answer")
 
 
+TOOL_FUNCTIONS = {"pricing": pricing, "shipping": shipping, "weather": weather}
+
+
+def call_tool(ctx: Any) -> tuple[str, Any]:
+    """One item of the map ``tool``: run the tool ``ctx.item`` names; say which it was."""
+    return ctx.item, TOOL_FUNCTIONS[ctx.item](ctx)
+
+
 def collect_tools(ctx: Any) -> dict[str, Any]:
-    """The tools that produced something, those that failed, and those not needed."""
-    missing, not_needed = {}, []
-    for name, error in ctx.upstream_errors.items():
-        if isinstance(error, UnitSkippedError) and not error.cause.is_failure:
-            not_needed.append(name)  # its condition was false, or it skipped itself
-        else:
-            missing[name] = str(error)
-    return {"results": dict(ctx.unit_results), "missing": missing, "not_needed": not_needed}
+    """The tools that produced something, those that failed, and those with nothing to add."""
+    chosen = ctx["chosen"]
+    results = dict(ctx.unit_results.get("tool", []))
+    error = ctx.upstream_errors.get("tool")
+    failed = error.failed_items if isinstance(error, MapItemsFailedError) else []
+    missing = {chosen[int(item[len("tool[") : -1])]: "failed" for item in failed}
+    not_needed = [name for name in TOOLS if name not in results and name not in missing]
+    return {"results": results, "missing": missing, "not_needed": not_needed}
 
 
 def report(ctx: Any) -> str:
@@ -118,13 +126,6 @@ def report(ctx: Any) -> str:
     lines.extend(f"{name}: {result}" for name, result in sorted(tools["results"].items()))
     lines.extend(f"{name}: unavailable" for name in sorted(tools["missing"]))
     return "\n".join(lines)
-
-
-def _needs(tool: str) -> Any:
-    def needed(ctx: Any) -> bool:
-        return tool in ctx["plan"]["tools"]
-
-    return needed
 
 
 def build() -> QuantumPartitioner[Any, Any]:
@@ -141,9 +142,9 @@ def build() -> QuantumPartitioner[Any, Any]:
         name="answer",
         run_if="none_failed",
     )
-    for tool, function in zip(TOOLS, (pricing, shipping, weather), strict=True):
-        p.add_unit(function, ["plan"], name=f"tool_{tool}", when=_needs(tool), retries=1)
-    p.add_unit(collect_tools, [f"tool_{tool}" for tool in TOOLS], name="tools", run_if="all_done")
+    p.add_unit(lambda ctx: ctx["plan"]["tools"], ["plan"], name="chosen")
+    p.add_map(call_tool, over="chosen", name="tool", dependencies=["plan"], timeout=30, retries=1)
+    p.add_unit(collect_tools, ["chosen", "tool"], name="tools", run_if="all_done")
     p.add_unit(report, ["answer", "tools"], name="report", run_if="all_done")
     return p
 
@@ -155,9 +156,11 @@ def main(argv: list[str]) -> int:
     results = partitioner.execute({"question": question})
     print(f"Q: {question}")
     print(results["report"])
+    for name, error in partitioner.get_failed_units().items():
+        print(f"  {name}: failed ({error})")
     for name, unit in partitioner.units.items():
-        if unit.error is not None:
-            print(f"  {name}: {unit.state.value} ({unit.error})")
+        if unit.state.value == "skipped":
+            print(f"  {name}: skipped ({unit.error})")
     return 0
 
 

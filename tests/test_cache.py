@@ -393,6 +393,30 @@ def test_unfingerprintable_closure_is_refused_by_add_unit(make):
     assert p.execute(execution_mode=SEQUENTIAL) == {"keep": 0, "new": 1}
 
 
+def test_add_units_fingerprints_as_add_unit_does(make):
+    """add_units refuses an unfingerprintable cacheable unit (adding none) and caches the rest."""
+    lock = threading.Lock()
+    counter = Counter()
+
+    def unit(ctx):
+        with lock:
+            return 1
+
+    p = make(default_execution_mode=SEQUENTIAL)
+    with pytest.raises(TypeError, match=r"unit 'new'.*closure variable 'lock'"):
+        p.add_units(
+            {
+                "a": (combining(counter, "a"), [], {"metadata": cached()}),
+                "new": (unit, [], {"metadata": {"cacheable": True}}),
+            }
+        )
+    assert p.units == {}
+    p.add_units({"a": (combining(counter, "a"), [], {"metadata": cached()})})
+    p.execute()
+    p.execute()
+    assert (counter.take(), p.cache_hits) == ({"a": 1}, 1)
+
+
 def test_bad_cache_metadata_is_a_type_error(make):
     """cache_keys and cache_ignore must be lists of names, not a string."""
     p = make()

@@ -40,14 +40,17 @@ def test_the_plan_decides_the_branch_and_the_tools_in_every_mode(agent, mode):
     assert results == reference
     assert results["answer"] == "The order costs 37.50 EUR."
     assert results["tools"]["results"] == {
-        "tool_pricing": {"widget": "13.50 EUR", "gadget": "24.00 EUR"},
-        "tool_shipping": "ships in 5 days",
+        "pricing": {"widget": "13.50 EUR", "gadget": "24.00 EUR"},
+        "shipping": "ships in 5 days",
     }
-    assert list(results["tools"]["missing"]) == ["tool_weather"]
-    assert results["report"].splitlines()[-1] == "tool_weather: unavailable"
+    assert list(results["tools"]["missing"]) == ["weather"]
+    assert results["report"].splitlines()[-1] == "weather: unavailable"
     assert p.units["lookup"].error.cause is SkipCause.CONDITION
-    assert p.units["tool_weather"].state is UnitState.FAILED
-    assert p.units["tool_weather"].attempt == 2  # retried once
+    # The map made one unit per chosen tool; the weather tool failed after its retry.
+    assert [results[f"tool[{i}]"][0] for i in range(2)] == ["pricing", "shipping"]
+    assert isinstance(p.get_failed_units()["tool[2]"], agent.WeatherServiceError)
+    assert p.last_execution_metrics["unit_times"]["tool[2]"]["attempts"] == 2  # retried once
+    assert p.units["tool"].state is UnitState.FAILED
     assert p.units["report"].state is UnitState.COMPLETED
 
 
@@ -59,7 +62,7 @@ def test_a_lookup_question_skips_compute_and_every_tool(agent):
     assert results["tools"] == {
         "results": {},
         "missing": {},
-        "not_needed": ["tool_pricing", "tool_shipping", "tool_weather"],
+        "not_needed": ["pricing", "shipping", "weather"],
     }
     assert p.get_failed_units() == {}
 
@@ -76,4 +79,4 @@ def test_the_script_prints_the_report():
     assert result.returncode == 0, result.stderr
     assert "The order costs 37.50 EUR." in result.stdout
     assert "lookup: skipped" in result.stdout
-    assert "tool_weather: failed" in result.stdout
+    assert "tool[2]: failed" in result.stdout

@@ -48,6 +48,8 @@ INTERNAL = {
         "join_rule",
         "judge",
     },
+    # Implementation of add_subgraph() (subgraph_result is the subgraph's own unit).
+    "quantum_partitioner._subgraph": {"inline_subgraph", "subgraph_result"},
     # Implementation of execute_with_strategy().
     "quantum_partitioner._strategies": {
         "RESOURCE_TYPES",
@@ -60,6 +62,7 @@ INTERNAL = {
     "quantum_partitioner.backends._asyncio": {"PlainCalls", "call_async", "check_no_running_loop"},
     "quantum_partitioner.backends._base": {
         "CarriedBaseException",
+        "carried_failure",
         "check_sendable",
         "root_cause",
     },
@@ -255,6 +258,7 @@ ERROR_TREE = [
     (qp.UnitTimeoutError, TimeoutError),
     (qp.UnitSkippedError, qp.PartitionerError),
     (qp.UnitCancelledError, qp.PartitionerError),
+    (qp.MapItemsFailedError, qp.PartitionerError),
     (qp.WorkerDiedError, qp.PartitionerError),
     (qp.WorkerDiedError, RuntimeError),
     (qp.BrokenBackendError, qp.PartitionerError),
@@ -316,6 +320,7 @@ ERRORS = [
     qp.SkipUnit("nothing to do"),
     qp.UnitCancelledError("a", "fail_fast"),
     qp.WorkerDiedError("a", -9),
+    qp.MapItemsFailedError("tool", ["tool[1]", "tool[3]"]),
 ]
 
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ._errors import DuplicateUnitError as DuplicateUnitError
     from ._errors import GraphError as GraphError
     from ._errors import InternalError as InternalError
+    from ._errors import MapItemsFailedError as MapItemsFailedError
     from ._errors import PartitionerError as PartitionerError
     from ._errors import SkipCause as SkipCause
     from ._errors import SkipUnit as SkipUnit
@@ -85,6 +86,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "DuplicateUnitError",
         "GraphError",
         "InternalError",
+        "MapItemsFailedError",
         "PartitionerError",
         "SkipCause",
         "SkipUnit",
@@ -180,6 +182,7 @@ __all__ = [
     "JoinRule",
     "Limit",
     "LimitStats",
+    "MapItemsFailedError",
     "MemoryStore",
     "PartitionerError",
     "ProgressBar",

@@ -31,6 +31,22 @@ class _AttemptWatch(Protocol):
 PAUSES_KEY: Final = "_pause_limit"
 
 
+def check_pause_seconds(seconds: object) -> None:
+    """Refuse a pause that is not a finite number of seconds >= 0.
+
+    Checked where the unit calls ``pause_limit``, in whatever process: a bad pause fails
+    that attempt, never the driver that would apply it.
+
+    Raises:
+        TypeError: ``seconds`` is not a number.
+        ValueError: ``seconds`` is negative or not finite.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise TypeError(f"pause_limit: seconds must be a number, got {seconds!r}")
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(f"pause_limit: seconds must be >= 0 and finite, got {seconds!r}")
+
+
 class ExecutionContext(Mapping[str, Any]):
     """The read-only mapping a unit is called with.
 
@@ -44,6 +60,7 @@ class ExecutionContext(Mapping[str, Any]):
         "_attempt",
         "_context",
         "_index",
+        "_item",
         "_mode",
         "_results",
         "_unit_id",
@@ -62,9 +79,11 @@ class ExecutionContext(Mapping[str, Any]):
         watch: _AttemptWatch | None = None,
         index: int = -1,
         upstream_errors: Mapping[str, BaseException] = _NO_RESULTS,
+        item: tuple[int, Any] | None = None,
     ) -> None:
         """Create a view; units receive one, they do not build it."""
         self._upstream_errors = upstream_errors
+        self._item = item
         self._context = context
         self._results = results
         self._unit_id = unit_id
@@ -122,8 +141,8 @@ class ExecutionContext(Mapping[str, Any]):
             self._attempt,
             self._mode,
         )
-        if self._upstream_errors:
-            arguments += (None, -1, dict(self._upstream_errors))
+        if self._upstream_errors or self._item is not None:
+            arguments += (None, -1, dict(self._upstream_errors), self._item)
         return (ExecutionContext, arguments)
 
     def fetching(self, fetch: Callable[[Any], Any]) -> ExecutionContext:
@@ -137,6 +156,7 @@ class ExecutionContext(Mapping[str, Any]):
             self._watch,
             self._index,
             self._upstream_errors,
+            self._item,
         )
 
     # -- helpers ---------------------------------------------------------------------------
@@ -177,6 +197,34 @@ class ExecutionContext(Mapping[str, Any]):
             ) from None
 
     @property
+    def item(self) -> Any:
+        """For an item of a map, the element of the result it maps over.
+
+        For a map over a map, the result of the item it follows.
+
+        Raises:
+            AttributeError: This unit is not an item of a map.
+
+        .. versionadded:: 0.2
+        """
+        if self._item is None:
+            raise AttributeError(f"unit {self._unit_id!r} is not an item of a map: it has no item")
+        return self._item[1]
+
+    @property
+    def index(self) -> int:
+        """For an item of a map, its position in the map (from 0).
+
+        Raises:
+            AttributeError: This unit is not an item of a map.
+
+        .. versionadded:: 0.2
+        """
+        if self._item is None:
+            raise AttributeError(f"unit {self._unit_id!r} is not an item of a map: it has no index")
+        return self._item[0]
+
+    @property
     def upstream_errors(self) -> Mapping[str, BaseException]:
         """Each declared dependency that did not complete, with its error or skip reason.
 
@@ -209,12 +257,16 @@ class ExecutionContext(Mapping[str, Any]):
 
         For a provider that says "slow down" (HTTP 429 with Retry-After): attempts already
         running go on; no attempt of any unit naming that limit starts before the pause
-        ends. In a worker process the pause applies when this attempt's outcome arrives
-        (on Dask, only after the run).
+        ends, also when this attempt then raises (to be retried after the pause). In a
+        worker process the pause applies when this attempt's outcome arrives; on Dask, as
+        soon as the caller hears of it.
 
         Raises:
             KeyError: In the caller's process, when the partitioner has no such limit.
+            TypeError: ``seconds`` is not a number.
+            ValueError: ``seconds`` is negative or not finite.
         """
+        check_pause_seconds(seconds)
         watch = self._watch
         if watch is not None:
             watch.pause_limit(name, seconds)

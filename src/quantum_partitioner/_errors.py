@@ -186,6 +186,26 @@ class TaskError(PartitionerError):
         )
 
 
+class MapItemsFailedError(PartitionerError):
+    """A map ended FAILED because some of its items failed (or were skipped by a failure).
+
+    Attributes:
+        unit_id: The map.
+        failed_items: The names of its items that did not complete, in item order.
+    """
+
+    def __init__(self, unit_id: str, failed_items: Sequence[str]) -> None:
+        self.unit_id = unit_id
+        self.failed_items = list(failed_items)
+        names = ", ".join(repr(name) for name in self.failed_items[:5])
+        more = "" if len(self.failed_items) <= 5 else f" and {len(self.failed_items) - 5} more"
+        super().__init__(f"map {unit_id!r}: {len(self.failed_items)} item(s) failed: {names}{more}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with the constructor's arguments (errors cross process boundaries)."""
+        return (type(self), (self.unit_id, self.failed_items))
+
+
 class UnitTimeoutError(PartitionerError, TimeoutError):
     """A unit ran past its timeout. Stored as the unit's error."""
 

@@ -12,6 +12,7 @@ computes the longest remaining path from each unit (its *rank*, which orders rea
 
 from __future__ import annotations
 
+import copy
 import enum
 import gc
 import math
@@ -120,13 +121,16 @@ class QuantumUnit(Generic[T, R]):
             once ``k`` are ok.
         limits: The named limits an attempt holds while it runs, as ``{name: slots}``
             (None: none); see :meth:`QuantumPartitioner.add_limit`.
+        over: For a map (:meth:`QuantumPartitioner.add_map`), the unit (or map) whose result
+            it maps over; None for an ordinary unit.
+        max_items: For a map, the most items it may have (None: no bound).
+        view_keys: ``{dependency: key}`` for the dependencies the function reads under
+            another key than their name (None: every one under its name). Units inlined by
+            :meth:`QuantumPartitioner.add_subgraph` keep reading their inner names this way.
     """
 
     __slots__ = (
-        "_error",
         "_index",
-        "_result",
-        "_state",
         "_view",
         "cancel_rest",
         "condition",
@@ -134,12 +138,15 @@ class QuantumUnit(Generic[T, R]):
         "function",
         "id",
         "limits",
+        "max_items",
         "metadata",
+        "over",
         "priority",
         "retries",
         "retry_policy",
         "run_if",
         "timeout",
+        "view_keys",
     )
 
     def __init__(  # noqa: PLR0917 - the original API's dataclass took these positionally
@@ -157,6 +164,9 @@ class QuantumUnit(Generic[T, R]):
         run_if: JoinRule | None = None,
         cancel_rest: bool = False,
         limits: dict[str, int] | None = None,
+        over: str | None = None,
+        max_items: int | None = None,
+        view_keys: dict[str, str] | None = None,
     ) -> None:
         """Create a unit; validate it with :func:`validate_unit`."""
         self.id = id
@@ -171,11 +181,11 @@ class QuantumUnit(Generic[T, R]):
         self.run_if = run_if
         self.cancel_rest = cancel_rest
         self.limits = limits
+        self.over = over
+        self.max_items = max_items
+        self.view_keys = view_keys
         self._view: _RunView | None = None
         self._index = -1
-        self._state = UnitState.PENDING
-        self._result: R | None = None
-        self._error: BaseException | None = None
 
     def __repr__(self) -> str:
         """Show the unit's name, dependencies and state."""
@@ -191,19 +201,19 @@ class QuantumUnit(Generic[T, R]):
     def state(self) -> UnitState:
         """The unit's state in its last run (PENDING before any run)."""
         record = self._record()
-        return self._state if record is None else record.state_of(self._index)
+        return UnitState.PENDING if record is None else record.state_of(self._index)
 
     @property
     def result(self) -> R | None:
         """The unit's result in its last run (its fallback value if it failed with one)."""
         record = self._record()
-        return self._result if record is None else record.result_of(self._index)
+        return None if record is None else record.result_of(self._index)
 
     @property
     def error(self) -> BaseException | None:
         """The exception that ended the unit's last run, with its ``__traceback__``."""
         record = self._record()
-        return self._error if record is None else record.error_of(self._index)
+        return None if record is None else record.error_of(self._index)
 
     @property
     def traceback(self) -> str | None:
@@ -241,6 +251,24 @@ class QuantumUnit(Generic[T, R]):
             return None
         return end - start
 
+    def _inlined(
+        self, name: str, dependencies: list[str], view_keys: dict[str, str]
+    ) -> QuantumUnit[T, R]:
+        """A copy of this unit under another name and dependencies, with no run behind it.
+
+        Every other field is kept (``metadata`` and ``limits`` are copied, so changing this
+        unit later leaves the copy as it was): this is how a subgraph's units are inlined.
+        """
+        clone = copy.copy(self)
+        clone.id = name
+        clone.dependencies = dependencies
+        clone.view_keys = view_keys
+        clone.metadata = dict(self.metadata)
+        clone.limits = None if self.limits is None else dict(self.limits)
+        clone._view = None
+        clone._index = -1
+        return clone
+
     def can_execute(self, completed_units: Iterable[str]) -> bool:
         """Whether every dependency is among ``completed_units``."""
         done = (
@@ -251,48 +279,168 @@ class QuantumUnit(Generic[T, R]):
         return all(dep in done for dep in self.dependencies)
 
 
-def validate_unit(unit: QuantumUnit[Any, Any]) -> None:
+def validate_unit(unit: QuantumUnit[Any, Any], *, over_maps: bool = False) -> None:
     """Check one unit's own fields; raise TypeError/ValueError naming the unit.
+
+    ``over_maps``: some dependency is a map, whose items ``at_least(k)`` counts one by one
+    (so ``k`` may exceed the number of dependencies).
 
     Raises:
         TypeError: A field has the wrong type.
         ValueError: A field has a value out of range.
     """
-    name = unit.id
-    if not isinstance(name, str) or not name:
+    _check_name(unit.id)
+    _check_dependencies(unit.id, unit.dependencies)
+    _check_fields(unit, over_maps=over_maps)
+    if unit.view_keys is not None:
+        _check_view_keys(unit)
+    if unit.over is not None:
+        _check_map(unit)
+
+
+def make_unit(  # noqa: PLR0917 - add_unit's arguments, passed on in its order
+    unit_id: str,
+    fn: UnitFunction[R],
+    dependencies: Any = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    priority: int = 0,
+    metadata: dict[str, Any] | None = None,
+    retry_policy: RetryPolicy | None = None,
+    condition: Callable[[Any], object] | None = None,
+    run_if: JoinRule = ALL_SUCCESS,
+    cancel_rest: bool = False,
+    limits: dict[str, int] | None = None,
+    *,
+    over_maps: bool = False,
+) -> QuantumUnit[Any, R]:
+    """A new unit, checked as :func:`validate_unit` checks one, its dependencies deduplicated.
+
+    This is what ``add_unit`` and ``add_units`` build: the checks run in
+    :func:`validate_unit`'s order, each with a fast path for the common exact types (an
+    ``isinstance`` against an abstract base class costs more than the rest of a unit), and
+    the options left at their defaults are not assigned twice.
+
+    Raises:
+        TypeError: An argument has the wrong type (the message names the unit).
+        ValueError: An argument is out of range (the message names the unit).
+    """
+    if type(unit_id) is not str or not unit_id:
+        _check_name(unit_id)
+    if dependencies is None or (type(dependencies) is list and not dependencies):
+        deps: list[str] = []
+    else:
+        _check_dependencies(unit_id, dependencies)
+        # A dependency listed twice counts once; the list is the unit's own copy.
+        deps = list(dict.fromkeys(dependencies)) if len(dependencies) > 1 else list(dependencies)
+    if not callable(fn):
+        raise TypeError(f"unit {unit_id!r}: fn must be callable, got {type(fn).__name__}")
+    unit: QuantumUnit[Any, R] = QuantumUnit(unit_id, fn, deps, timeout, retries, priority, metadata)
+    unit.run_if = run_if
+    # A unit with every option at its default (most units) needs no more checks.
+    if (
+        timeout is not None
+        or type(retries) is not int
+        or retries < 0
+        or type(priority) is not int
+        or metadata is not None
+        or retry_policy is not None
+        or condition is not None
+        or run_if is not ALL_SUCCESS
+        or cancel_rest is not False
+    ):
+        unit.retry_policy = retry_policy
+        unit.condition = condition
+        unit.cancel_rest = cancel_rest
+        _check_fields(unit, over_maps=over_maps)
+    unit.limits = limits
+    return unit
+
+
+def _check_name(name: object) -> None:
+    # The first test is the fast path: a plain non-empty str.
+    if (type(name) is not str or not name) and (not isinstance(name, str) or not name):
         msg = f"unit name must be a non-empty string, got {name!r}"
         raise TypeError(msg) if not isinstance(name, str) else ValueError(msg)
-    if not callable(unit.function):
-        raise TypeError(f"unit {name!r}: fn must be callable, got {type(unit.function).__name__}")
-    deps: object = unit.dependencies
-    if isinstance(deps, str) or not isinstance(deps, Sequence):
+
+
+def _check_dependencies(name: str, deps: Any) -> None:
+    if type(deps) is not list and (isinstance(deps, str) or not isinstance(deps, Sequence)):
         raise TypeError(f"unit {name!r}: dependencies must be a list of unit names, got {deps!r}")
     for dep in deps:
-        if not isinstance(dep, str):
+        if type(dep) is not str and not isinstance(dep, str):
             raise TypeError(f"unit {name!r}: dependency names must be strings, got {dep!r}")
-    _check_number(name, "timeout", unit.timeout, allow_none=True, positive=True)
-    if unit.timeout is not None and math.isinf(unit.timeout):
-        raise ValueError(f"unit {name!r}: timeout must be finite; use None for no limit")
-    if isinstance(unit.retries, bool) or not isinstance(unit.retries, int):
-        raise TypeError(f"unit {name!r}: retries must be an int, got {unit.retries!r}")
-    if unit.retries < 0:
-        raise ValueError(f"unit {name!r}: retries must be >= 0, got {unit.retries}")
-    if isinstance(unit.priority, bool) or not isinstance(unit.priority, int | float):
-        raise TypeError(f"unit {name!r}: priority must be a number, got {unit.priority!r}")
-    if math.isnan(unit.priority):
-        raise ValueError(f"unit {name!r}: priority must not be NaN")
+
+
+def _check_fields(unit: QuantumUnit[Any, Any], *, over_maps: bool = False) -> None:
+    """Check a unit's fields but its name and dependencies (known to be valid).
+
+    ``over_maps``: some dependency is a map, whose items ``at_least(k)`` counts one by one
+    (so ``k`` may exceed the number of dependencies).
+    """
+    name = unit.id
+    if not callable(unit.function):
+        raise TypeError(f"unit {name!r}: fn must be callable, got {type(unit.function).__name__}")
+    timeout = unit.timeout
+    if timeout is not None:
+        _check_number(name, "timeout", timeout, positive=True)
+        if math.isinf(timeout):
+            raise ValueError(f"unit {name!r}: timeout must be finite; use None for no limit")
+    retries = unit.retries
+    # type() first: the fast path (bool, an int subclass, is refused by the isinstance test).
+    if type(retries) is not int and (isinstance(retries, bool) or not isinstance(retries, int)):
+        raise TypeError(f"unit {name!r}: retries must be an int, got {retries!r}")
+    if retries < 0:
+        raise ValueError(f"unit {name!r}: retries must be >= 0, got {retries}")
+    priority = unit.priority
+    if type(priority) is not int:  # an int is never NaN
+        if isinstance(priority, bool) or not isinstance(priority, int | float):
+            raise TypeError(f"unit {name!r}: priority must be a number, got {priority!r}")
+        if math.isnan(priority):
+            raise ValueError(f"unit {name!r}: priority must not be NaN")
     if unit.retry_policy is not None and not isinstance(unit.retry_policy, RetryPolicy):
         raise TypeError(
             f"unit {name!r}: retry_policy must be a RetryPolicy or None, got {unit.retry_policy!r}"
         )
-    if not isinstance(unit.metadata, Mapping):
-        raise TypeError(f"unit {name!r}: metadata must be a dict, got {unit.metadata!r}")
-    if "estimated_duration" in unit.metadata:
-        _check_number(name, "estimated_duration", unit.metadata["estimated_duration"])
-    _check_decisions(unit)
+    metadata = unit.metadata
+    if type(metadata) is not dict and not isinstance(metadata, Mapping):
+        raise TypeError(f"unit {name!r}: metadata must be a dict, got {metadata!r}")
+    if metadata and "estimated_duration" in metadata:
+        _check_number(name, "estimated_duration", metadata["estimated_duration"])
+    decided = unit.condition is not None or unit.run_if is not ALL_SUCCESS
+    if decided or unit.cancel_rest is not False:
+        _check_decisions(unit, over_maps=over_maps)
 
 
-def _check_decisions(unit: QuantumUnit[Any, Any]) -> None:
+def _check_view_keys(unit: QuantumUnit[Any, Any]) -> None:
+    """Check that ``view_keys`` maps dependencies to keys and no two share a key."""
+    name, keys = unit.id, unit.view_keys
+    if not isinstance(keys, dict) or not all(
+        isinstance(dep, str) and isinstance(key, str) for dep, key in keys.items()
+    ):
+        raise TypeError(f"unit {name!r}: view_keys must be a dict of str -> str, got {keys!r}")
+    seen = [keys.get(dep, dep) for dep in dict.fromkeys(unit.dependencies)]
+    if len(set(seen)) != len(seen):
+        raise ValueError(f"unit {name!r}: view_keys reads two dependencies under one key")
+
+
+def _check_map(unit: QuantumUnit[Any, Any]) -> None:
+    """Check ``over`` and ``max_items`` of a map."""
+    name, over = unit.id, unit.over
+    if not isinstance(over, str) or not over:
+        raise TypeError(f"map {name!r}: over must be the name of a unit, got {over!r}")
+    if over == name:
+        raise ValueError(f"map {name!r}: a map cannot map over itself")
+    bound = unit.max_items
+    if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int)):
+        raise TypeError(f"map {name!r}: max_items must be an int or None, got {bound!r}")
+    if bound is not None and bound < 0:
+        raise ValueError(f"map {name!r}: max_items must be >= 0, got {bound}")
+    if unit.cancel_rest:
+        raise ValueError(f"map {name!r}: cancel_rest is not supported on a map")
+
+
+def _check_decisions(unit: QuantumUnit[Any, Any], *, over_maps: bool) -> None:
     """Check ``condition``, ``run_if`` and ``cancel_rest``."""
     name = unit.id
     if unit.condition is not None and not callable(unit.condition):
@@ -300,7 +448,12 @@ def _check_decisions(unit: QuantumUnit[Any, Any]) -> None:
     rule = unit.run_if
     if rule is not None and not isinstance(rule, JoinRule):
         raise TypeError(f"unit {name!r}: run_if must be a JoinRule, got {rule!r}")
-    if rule is not None and rule.name == "at_least" and rule.k > len(unit.dependencies):
+    if (
+        rule is not None
+        and rule.name == "at_least"
+        and rule.k > len(unit.dependencies)
+        and not over_maps
+    ):
         raise ValueError(
             f"unit {name!r}: run_if=at_least({rule.k}) needs at least {rule.k} dependencies, "
             f"it has {len(unit.dependencies)}"
@@ -347,11 +500,13 @@ class Graph:
         "_dependents",
         "_priority_order",
         "_rank",
+        "_view_keys",
         "default_weight",
         "deps",
         "finish",
         "index",
         "level",
+        "maps",
         "names",
         "order",
         "units",
@@ -381,8 +536,14 @@ class Graph:
         position = index.__getitem__
         no_deps: list[int] = []  # shared by every root: rows are never mutated
         in_order = True
+        maps: dict[int, int] = {}
         for i, unit in enumerate(units):
             wanted = unit.dependencies
+            if unit.over is not None:  # a map also depends on what it maps over
+                if unit.over not in index:
+                    raise UnknownDependencyError(unit.id, unit.over)
+                maps[i] = index[unit.over]
+                wanted = [unit.over, *wanted]
             if not wanted:
                 append(no_deps)
                 continue
@@ -397,6 +558,10 @@ class Graph:
                 in_order = False
             append(row)
         self.deps = deps
+        #: Each map's index -> the index of the unit (or map) it maps over.
+        self.maps = maps
+        if maps:
+            _check_item_names(names, index, maps)
         # What a plan needs is computed here; what only scheduling needs (dependents,
         # ranks) waits for the first run, so planning a huge graph stays cheap.
         self._dependents: list[list[int]] | None = None
@@ -417,6 +582,25 @@ class Graph:
         self._decisions: tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]] | None = (
             None
         )
+        self._view_keys: list[tuple[str, ...]] | Literal[False] | None = False
+
+    def for_run(self) -> Graph:
+        """A copy for one run of a graph with maps: its unit lists grow as maps expand.
+
+        What describes the declared units (order, levels, ranks, the priority order) is
+        shared; the lists a run appends items to (units, names, index, deps, dependents)
+        are the copy's own. Rows are shared too: a run only appends rows, never edits one.
+        """
+        self.priority_order()  # computed on the declared units, shared by every run
+        copy = object.__new__(Graph)
+        for slot in Graph.__slots__:
+            setattr(copy, slot, getattr(self, slot))
+        copy.units = list(self.units)
+        copy.names = list(self.names)
+        copy.index = dict(self.index)
+        copy.deps = list(self.deps)
+        copy._dependents = list(self.dependents)
+        return copy
 
     def decisions(self) -> tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]]:
         """``(conditions, rules)`` by unit index, found on first use (usually both empty).
@@ -435,6 +619,18 @@ class Graph:
             }
             self._decisions = (conditions, rules)
         return self._decisions
+
+    def view_keys(self) -> list[tuple[str, ...]] | None:
+        """The key each unit reads each dependency by, aligned with :attr:`deps`.
+
+        None when every unit reads its dependencies by their names (a graph without
+        subgraphs), so that runs of such graphs build contexts from :attr:`names` alone.
+        Found on first use.
+        """
+        keys = self._view_keys
+        if keys is False:
+            keys = self._view_keys = _view_keys(self.units, self.names, self.deps)
+        return keys
 
     @property
     def dependents(self) -> list[list[int]]:
@@ -521,6 +717,15 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _check_item_names(names: list[str], index: dict[str, int], maps: dict[int, int]) -> None:
+    """Refuse a unit named like an item of a map (``tool[0]``): items take those names."""
+    for name in names:
+        if name.endswith("]") and "[" in name:
+            owner, _, rest = name.rpartition("[")
+            if rest[:-1].isdigit() and index.get(owner, -1) in maps:
+                raise DuplicateUnitError(name)
+
+
 def compile_graph(units: Iterable[QuantumUnit[Any, Any]]) -> Graph:
     """Validate ``units`` as a graph and compile it for scheduling.
 
@@ -530,6 +735,21 @@ def compile_graph(units: Iterable[QuantumUnit[Any, Any]]) -> Graph:
         CircularDependencyError: The dependencies form a cycle; ``.cycle`` is its path.
     """
     return Graph(list(units))
+
+
+def _view_keys(
+    units: list[QuantumUnit[Any, Any]], names: list[str], deps: list[list[int]]
+) -> list[tuple[str, ...]] | None:
+    if all(unit.view_keys is None for unit in units):
+        return None
+    keys: list[tuple[str, ...]] = []
+    for unit, row in zip(units, deps, strict=True):
+        key_of = unit.view_keys
+        if key_of is None:
+            keys.append(tuple(names[j] for j in row))
+        else:
+            keys.append(tuple(key_of.get(names[j], names[j]) for j in row))
+    return keys
 
 
 def _estimate(unit: QuantumUnit[Any, Any]) -> float | None:

@@ -16,7 +16,7 @@ import traceback
 from types import CoroutineType, MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from ._context import PAUSES_KEY, ExecutionContext
+from ._context import PAUSES_KEY, ExecutionContext, check_pause_seconds
 from ._errors import SkipCause, SkipUnit, UnitSkippedError, interrupts_run
 from ._events import (
     Dispatcher,
@@ -146,6 +146,16 @@ class Run:
             lane_of=lane_of,
             limits=limit_plan if limit_plan is not None else compile_limits(graph, self.limits),
         )
+        # The scheduler's graph: for a graph with maps, a run-local copy that grows.
+        graph = self.scheduler.graph
+        self.graph = graph
+        #: Called with the new indices whenever maps add items, for backends that keep
+        #: per-unit lists of their own.
+        self.on_grow: list[Callable[[range], None]] = []
+        # Each item of a map over a unit -> its item (a map over a map reads its parent's
+        # result instead); each expanded map -> the dependencies its items see.
+        self._item_values: dict[int, Any] = {}
+        self._map_inputs: dict[int, tuple[list[int], list[str] | None]] = {}
         #: Cache hits decided before a unit took its limits, served to its attempt.
         self._served: dict[int, Any] = {}
         self._missed: set[int] = set()
@@ -185,6 +195,8 @@ class Run:
         self.is_async = [inspect.iscoroutinefunction(f) for f in self._functions]
         self._names = graph.names
         self._deps = graph.deps
+        #: The key each unit reads each dependency by, None when that is its name.
+        self._view_keys = graph.view_keys()
         self._conditions = graph.decisions()[0]
         #: Brings a dependency's result here for a ``when=`` predicate, for backends that
         #: keep results elsewhere (Dask): only the values a predicate reads travel.
@@ -231,12 +243,20 @@ class Run:
 
     def keep_metrics(self, i: int, metrics: dict[str, Any]) -> None:
         """Keep the metrics an attempt recorded elsewhere; apply its ``ctx.pause_limit`` calls."""
+        self.apply_pauses(metrics)
+        if metrics:
+            self.unit_metrics[i] = metrics
+
+    def apply_pauses(self, metrics: dict[str, Any]) -> None:
+        """Apply (and take out of ``metrics``) the pauses an attempt elsewhere asked for.
+
+        For a failed attempt too, before its failure is reported: a 429 handler pauses its
+        limit and raises, and its retry must wait for the pause.
+        """
         pauses = metrics.pop(PAUSES_KEY, None)
         for name, seconds in pauses or ():
             if name in self.limits:
                 self.pause_limit(name, seconds)
-        if metrics:
-            self.unit_metrics[i] = metrics
 
     def pause_limit(self, name: str, seconds: float) -> None:
         """Hold back new starts on limit ``name`` for ``seconds`` (``ctx.pause_limit``).
@@ -248,10 +268,7 @@ class Run:
         limit = self.limits.get(name)
         if limit is None:
             raise KeyError(f"no limit named {name!r}; known: {sorted(self.limits)}")
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-            raise TypeError(f"pause_limit: seconds must be a number, got {seconds!r}")
-        if not 0 <= seconds < float("inf"):
-            raise ValueError(f"pause_limit: seconds must be >= 0 and finite, got {seconds!r}")
+        check_pause_seconds(seconds)
         limit.pause(self.clock() + seconds)
 
     # -- calling units ---------------------------------------------------------------------
@@ -281,7 +298,7 @@ class Run:
             if interrupts_run(error):
                 raise
             return False, error
-        if not self._still_wanted(i, attempt):
+        if not self.still_wanted(i, attempt):
             return True, value  # timed out or cancelled: the scheduler will discard it
         if ctx.metrics is not None:
             self.unit_metrics[i] = ctx.metrics
@@ -289,11 +306,13 @@ class Run:
             cache.remember(self, i, value)
         return True, value
 
-    def _still_wanted(self, i: int, attempt: int) -> bool:
-        """Whether a finished attempt is still current and within its timeout.
+    def still_wanted(self, i: int, attempt: int) -> bool:
+        """Whether an attempt is still current and within its timeout.
 
         Checked before keeping its metrics or caching its result: a late result must leave
         nothing behind. (SEQUENTIAL notices a timeout only after the call, hence the clock.)
+        A pool thread checks it before it starts an attempt handed to it: one whose timeout
+        passed before the thread got to it must never start.
         """
         if self.attempt_abandoned(i, attempt):
             return False
@@ -302,17 +321,27 @@ class Run:
 
     def context_for(self, i: int, attempt: int) -> ExecutionContext:
         """The context unit ``i`` is called with: the caller's plus its dependencies'."""
+        if self._map_inputs:
+            item = self.item_of(i)
+            if item is not None:  # an item sees its map's declared dependencies
+                inputs, errors = self.inputs_of(i)
+                return ExecutionContext(
+                    self.context, inputs, self._names[i], attempt, self.mode, self, i, errors, item
+                )
         deps = self._deps[i]
         view: Mapping[str, Any]
         if deps:
             sched = self.scheduler
             if sched.errors or sched.partial_inputs:  # something upstream did not complete
-                view, upstream = self._inputs_with_gaps(i)
+                view, upstream = self._inputs_with_gaps(*self._row_of(i))
                 return ExecutionContext(
                     self.context, view, self._names[i], attempt, self.mode, self, i, upstream
                 )
-            names, results = self._names, sched.results
-            view = {names[j]: results[j] for j in deps}
+            if self._view_keys is None:  # inlined here: the hot path of ordinary graphs
+                names, results = self._names, sched.results
+                view = {names[j]: results[j] for j in deps}
+            else:
+                view = self._complete_inputs(*self._row_of(i))
         else:
             view = _NO_RESULTS
         return ExecutionContext(self.context, view, self._names[i], attempt, self.mode, self, i)
@@ -323,27 +352,55 @@ class Run:
         For backends that build the context elsewhere (a worker process, a Dask worker).
         """
         sched = self.scheduler
+        row, keys = self._row_of(i)
         if sched.errors or sched.partial_inputs:
-            return self._inputs_with_gaps(i)
-        names, results = self._names, sched.results
-        return {names[j]: results[j] for j in self._deps[i]}, _NO_ERRORS
+            return self._inputs_with_gaps(row, keys)
+        return self._complete_inputs(row, keys), _NO_ERRORS
 
-    def _inputs_with_gaps(self, i: int) -> tuple[dict[str, Any], Mapping[str, BaseException]]:
-        """The inputs of a unit some of whose dependencies did not complete.
+    def _row_of(self, i: int) -> tuple[Sequence[int], Sequence[str] | None]:
+        """The dependencies unit ``i``'s context shows, and the keys it reads them by.
 
-        The results that exist (fallback values included) and, as ``upstream_errors``, why
-        each other terminal dependency has none.
+        Keys are None when they are the dependencies' names. A map item shows its map's
+        declared dependencies (not the item it follows, nor what its map maps over); a unit
+        inlined from a subgraph reads its dependencies by their inner names.
+        """
+        if self._map_inputs:
+            place = self.scheduler.item_of.get(i)
+            if place is not None:
+                return self._map_inputs[place[0]]
+        keys = self._view_keys
+        return self._deps[i], None if keys is None else keys[i]
+
+    def _complete_inputs(self, row: Sequence[int], keys: Sequence[str] | None) -> dict[str, Any]:
+        """The results of ``row``, each under its key (its name when ``keys`` is None)."""
+        results = self.scheduler.results
+        if keys is None:
+            names = self._names
+            return {names[j]: results[j] for j in row}
+        return dict(zip(keys, map(results.__getitem__, row), strict=True))
+
+    def _inputs_with_gaps(
+        self, row: Sequence[int], keys: Sequence[str] | None
+    ) -> tuple[dict[str, Any], Mapping[str, BaseException]]:
+        """The inputs from ``row`` of a unit some of whose dependencies did not complete.
+
+        The results that exist (fallback values included, and the completed items' results
+        of a map that failed or has not finished) and, as ``upstream_errors``, why each
+        other terminal dependency has none.
         """
         sched = self.scheduler
-        names, results, state, errors = self._names, sched.results, sched.state, sched.errors
+        results, state, errors = sched.results, sched.state, sched.errors
+        row_keys = map(self._names.__getitem__, row) if keys is None else keys
         view: dict[str, Any] = {}
         upstream: dict[str, BaseException] = {}
-        for j in self._deps[i]:
+        for j, key in zip(row, row_keys, strict=True):
             error = errors.get(j)
             if error is not None:
-                upstream[names[j]] = error
+                upstream[key] = error
             if state[j] is _COMPLETED or (state[j] in _FAILED_STATES and j in sched.fallbacks):
-                view[names[j]] = results[j]
+                view[key] = results[j]
+            elif j in sched.items_of:  # a map that failed, or is unfinished (at_least)
+                view[key] = [results[k] for k in sched.items_of[j] if sched.counts_ok(k)]
         return view, upstream or _NO_ERRORS
 
     # -- decisions -------------------------------------------------------------------------
@@ -358,15 +415,88 @@ class Run:
         """
         sched = self.scheduler
         transitions: list[Transition] = []
+        maps = sched.maps
         while sched.to_decide or sched.outbox:
             transitions += sched.outbox
             sched.outbox.clear()
             batch = list(sched.to_decide)
             sched.to_decide.clear()
             for i in batch:
-                holds, error = self._ask_condition(i)
-                transitions += sched.decide(i, holds, self.clock(), error)
+                if i in self._conditions:
+                    holds, error = self._ask_condition(i)
+                    if not holds or error is not None or i not in maps:
+                        transitions += sched.decide(i, holds, self.clock(), error)
+                        continue
+                if i in maps:
+                    transitions += self._expand(i)
         return transitions
+
+    # -- maps ------------------------------------------------------------------------------
+
+    def _expand(self, m: int) -> list[Transition]:
+        """Give map ``m`` its items: one per element of the result it maps over.
+
+        That result is materialised once, here in the caller's process; a map over a map
+        has one item per item of that map. A result that is not iterable, or has more than
+        ``max_items`` elements, fails the map.
+        """
+        sched = self.scheduler
+        over = sched.maps[m]
+        unit = self.graph.units[m]
+        now = self.clock()
+        values: list[Any] | None = None
+        if over in sched.maps:
+            count = len(sched.items_of[over])
+        else:
+            result = sched.results[over]
+            if self.fetch_value is not None:
+                result = self.fetch_value(result)
+            try:
+                values = list(result)
+            except Exception as error:  # not iterable, or its iterator raised
+                message = (
+                    f"map {unit.id!r}: the result of {self._names[over]!r} is not iterable "
+                    f"({type(result).__name__}): {error}"
+                )
+                failure = TypeError(message)
+                failure.__cause__ = error
+                return sched.fail_map(m, failure, now)
+            count = len(values)
+        bound = unit.max_items
+        if bound is not None and count > bound:
+            message = (
+                f"map {unit.id!r}: {self._names[over]!r} gave {count} items, more than "
+                f"max_items={bound}"
+            )
+            return sched.fail_map(m, ValueError(message), now)
+        index = self.graph.index
+        declared = unit.dependencies
+        view_keys = unit.view_keys
+        self._map_inputs[m] = (
+            [index[name] for name in declared],
+            None if view_keys is None else [view_keys.get(name, name) for name in declared],
+        )
+        first = len(self._functions)
+        transitions = sched.expand(m, count, now)
+        items = sched.items_of.get(m, range(first, first))
+        if values is not None:
+            self._item_values.update(zip(items, values, strict=True))
+        function = unit.function
+        self._functions.extend([function] * count)
+        self.is_async.extend([inspect.iscoroutinefunction(function)] * count)
+        for listener in self.on_grow:
+            listener(items)
+        return transitions
+
+    def item_of(self, i: int) -> tuple[int, Any] | None:
+        """For a map item, ``(its position in the map, the item)``: ``ctx.index``, ``ctx.item``."""
+        sched = self.scheduler
+        place = sched.item_of.get(i) if sched.item_of else None
+        if place is None:
+            return None
+        parent = sched.item_parent.get(i)
+        value = self._item_values.get(i) if parent is None else sched.results[parent]
+        return place[1], value
 
     def _ask_condition(self, i: int) -> tuple[bool, BaseException | None]:
         predicate = self._conditions[i]
@@ -462,7 +592,7 @@ class Run:
         for t in transitions:
             i, state = t.index, t.state
             name = self._names[i]
-            if state is UnitState.PENDING or state in _FAILED_STATES:
+            if state is UnitState.PENDING or (state in _FAILED_STATES and i not in sched.maps):
                 end = sched.ended[i] if state is not UnitState.PENDING else self.clock()
                 assert t.error is not None
                 self.failed_attempts.append((i, t.attempt, sched.started[i], end, t.error))
@@ -497,6 +627,9 @@ class Run:
                     )
                     event = UnitSkipped(name, self.to_epoch(sched.ended[i]), t.error, cause)
                     dispatcher.emit(dispatcher.unit_skipped, event)
+            elif state is _COMPLETED:  # a map whose items all ended
+                if dispatcher.unit_finished:
+                    self.emit_finished(i, t.attempt, sched.ended[i])
             elif state is UnitState.CANCELED and dispatcher.unit_cancelled:
                 assert t.error is not None
                 event = UnitCancelled(name, self.to_epoch(sched.ended[i]), t.error, t.was_running)

@@ -48,12 +48,14 @@ State:
 from __future__ import annotations
 
 import heapq
+import math
 from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import (
     InternalError,
+    MapItemsFailedError,
     SkipCause,
     SkipUnit,
     UnitCancelledError,
@@ -80,6 +82,7 @@ _SKIPPED: Final = UnitState.SKIPPED
 _CANCELED: Final = UnitState.CANCELED
 
 _FALLBACK_KEY: Final = "fallback_value"
+_NO_DEPS: Final[list[int]] = []  # shared by every item without dependencies: never mutated
 
 # How a terminal dependency counts for its dependents' join rules (see _joins).
 _OK: Final = 0
@@ -87,6 +90,7 @@ _BAD: Final = 1
 _SKIP: Final = 2
 _RUN: Final = Verdict.RUN
 _WAIT: Final = Verdict.WAIT
+_SKIP_VERDICT: Final = Verdict.SKIP
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +139,11 @@ class Scheduler:
         limits: LimitPlan | None = None,
     ) -> None:
         """Set every unit PENDING and queue the units without dependencies."""
+        if graph.maps:  # the run adds map items: grow a copy, never the shared graph
+            graph = graph.for_run()
         n = len(graph)
         units = graph.units
+        #: The graph this run schedules: a run-local copy that grows when maps expand.
         self.graph = graph
         self.fail_fast = fail_fast
         self.default_policy = DEFAULT_RETRY_POLICY if retry_policy is None else retry_policy
@@ -165,11 +172,27 @@ class Scheduler:
         self._deps = graph.deps
         self._dependents = graph.dependents
         self._waiting = [len(row) for row in graph.deps]
-        self._by_position, self._position_of = graph.priority_order()
-        position_of = self._position_of
-        self.lane_of: Sequence[int] = [0] * n if lane_of is None else lane_of
+        by_position, position_of_static = graph.priority_order()
+        # Positions are ints; a map's items take float positions between them, and then
+        # these two become a list and a dict (see _init_maps).
+        self._by_position: Any = by_position
+        self._position_of: Any = position_of_static
+        self.lane_of: list[int] = [0] * n if lane_of is None else list(lane_of)
         if len(self.lane_of) != n:
             raise ValueError(f"lane_of has {len(self.lane_of)} entries for {n} units")
+        #: Each map's index -> the unit it maps over (see "maps" below); usually empty.
+        self.maps = graph.maps
+        #: Each expanded map's items, as a range of indices.
+        self.items_of: dict[int, range] = {}
+        #: Each item's ``(map, position in the map)``.
+        self.item_of: dict[int, tuple[int, int]] = {}
+        #: Each item of a map over a map -> the item it maps (its ``ctx.item`` is that result).
+        self.item_parent: dict[int, int] = {}
+        # Expanded maps whose items have not all ended.
+        self._collecting: set[int] = set()
+        if self.maps:
+            self._init_maps()
+        position_of = self._position_of
         self._init_decisions(graph)
         conditioned = self._conditioned
         lanes = max(self.lane_of, default=0) + 1
@@ -190,6 +213,8 @@ class Scheduler:
         self.gate: LimitGate | None = (
             LimitGate(limits, position_of, self._by_position, self._push_ready) if limits else None
         )
+        if self.gate is not None and self.maps:
+            self.gate.needs = dict(self.gate.needs)  # items join it as maps expand
         #: When the whole run must stop (see :meth:`set_run_deadline`), and why it stopped.
         self.run_deadline: float | None = None
         self._deadline_reason = ""
@@ -317,7 +342,7 @@ class Scheduler:
         if self.gate is None:
             if not ready:
                 return -1
-            i = self._by_position[heapq.heappop(ready)]
+            i: int = self._by_position[heapq.heappop(ready)]
         else:
             gate = self.gate
             if not ready or (gate.in_order and gate.waiting_count):
@@ -367,7 +392,7 @@ class Scheduler:
         """
         by_position, take = self._by_position, gate.try_take
         while ready:
-            i = by_position[heapq.heappop(ready)]
+            i: int = by_position[heapq.heappop(ready)]
             if take(i, now):
                 return i
         return -1
@@ -604,7 +629,7 @@ class Scheduler:
         # Units a rule released before every dependency was terminal (at_least).
         self._triggered: set[int] = set()
         self._dynamic = False
-        if conditions or rules:
+        if conditions or rules or graph.maps:
             self._go_dynamic()
 
     def _go_dynamic(self) -> None:
@@ -644,58 +669,108 @@ class Scheduler:
     def _settle_dependents(self, i: int, kind: int, out: list[Transition], now: float) -> int:
         """Unit ``i`` became terminal as ``kind``: judge its dependents, skips propagating.
 
-        Skips are appended to ``out``; returns how many units became ready (or to decide).
+        Skips (and maps that finished) are appended to ``out``; returns how many units
+        became ready (or to decide).
         """
-        waiting, state, dependents = self._waiting, self.state, self._dependents
-        rules, triggered = self._rules, self._triggered
-        ok, bad, skip = self._ok, self._bad, self._skip
+        dependents = self._dependents
+        settle = self._settle_one
         released = 0
         work = [(i, kind)]
         for node, node_kind in work:  # grows while skips propagate
             for j in dependents[node]:
-                waiting[j] -= 1
-                if state[j] is not _PENDING or j in triggered:
-                    continue
-                if node_kind == _OK:
-                    ok[j] += 1
-                elif node_kind == _BAD:
-                    bad[j] += 1
-                else:
-                    skip[j] += 1
-                rule = rules.get(j, ALL_SUCCESS) if rules else ALL_SUCCESS
-                verdict = judge(rule, ok[j], bad[j], skip[j], waiting[j])
-                if verdict is _WAIT:
-                    continue
-                if verdict is _RUN:
-                    self._release(j, now)
-                    released += 1
-                    continue
-                cause = SkipCause.UPSTREAM_FAILED if bad[j] else SkipCause.JOIN_RULE
-                verb = "failed" if node_kind == _BAD else "was skipped"
-                reason = f"dependency {self.names[node]!r} {verb}"
-                if rule is not ALL_SUCCESS:
-                    reason = f"its join rule {rule} was not met ({reason})"
-                error = UnitSkippedError(self.names[j], self.names[node], cause, reason)
-                out.append(self._skip_one(j, error, now))
-                work.append((j, _BAD if cause.is_failure else _SKIP))
+                released += settle(j, node, node_kind, out, work, now)
         return released
+
+    def _settle_one(  # noqa: PLR0917 - called per edge: positional is cheapest
+        self,
+        j: int,
+        node: int,
+        node_kind: int,
+        out: list[Transition],
+        work: list[tuple[int, int]],
+        now: float,
+    ) -> int:
+        """Dependency ``node`` of unit ``j`` became terminal as ``node_kind``: judge ``j``.
+
+        Returns 1 if ``j`` became ready (or to decide), else 0. A skip of ``j`` (or a map
+        ``j`` that has all its items) is appended to ``out`` and to ``work``, so that its own
+        dependents are judged in turn.
+        """
+        waiting = self._waiting
+        waiting[j] -= 1
+        if self.state[j] is not _PENDING or j in self._triggered:
+            return 0
+        if node_kind == _OK:
+            self._ok[j] += 1
+        elif node_kind == _BAD:
+            self._bad[j] += 1
+        else:
+            self._skip[j] += 1
+        return self._judge_dependent(j, node, node_kind, out, work, now)
+
+    def _judge_dependent(  # noqa: PLR0917 - called per edge: positional is cheapest
+        self,
+        j: int,
+        node: int,
+        node_kind: int,
+        out: list[Transition],
+        work: list[tuple[int, int]],
+        now: float,
+    ) -> int:
+        """Judge unit ``j`` on its counts, ``node`` being the dependency that just ended."""
+        waiting = self._waiting
+        if self._collecting and j in self._collecting:  # an expanded map: one item ended
+            if not waiting[j]:
+                work.append((j, self._finish_map(j, now, out)))
+            return 0
+        if node_kind != _OK and self.maps and self.maps.get(j) == node:
+            # A map has nothing to map over, whatever its rule says of its other inputs.
+            verdict = _SKIP_VERDICT
+        else:
+            verdict = None
+        rules = self._rules
+        rule = rules.get(j, ALL_SUCCESS) if rules else ALL_SUCCESS
+        bad = self._bad[j]
+        if verdict is None:
+            verdict = judge(rule, self._ok[j], bad, self._skip[j], waiting[j])
+        if verdict is _WAIT:
+            return 0
+        if verdict is _RUN:
+            self._release(j, now)
+            return 1
+        cause = SkipCause.UPSTREAM_FAILED if bad else SkipCause.JOIN_RULE
+        verb = "failed" if node_kind == _BAD else "was skipped"
+        reason = f"dependency {self.names[node]!r} {verb}"
+        if verdict is _SKIP_VERDICT and self.maps.get(j) == node:
+            reason = f"what it maps over, {self.names[node]!r}, {verb}"
+        elif rule is not ALL_SUCCESS:
+            reason = f"its join rule {rule} was not met ({reason})"
+        error = UnitSkippedError(self.names[j], self.names[node], cause, reason)
+        out.append(self._skip_one(j, error, now))
+        work.append((j, _BAD if cause.is_failure else _SKIP))
+        return 0
 
     def _release(self, j: int, now: float) -> None:
         """Unit ``j``'s rule is met: queue it (or ask its condition first)."""
         if self.ok_count(j) < len(self._deps[j]):
             self.partial_inputs.add(j)
         if self._waiting[j]:  # met before every dependency finished (at_least)
+            self.partial_inputs.add(j)
             self._triggered.add(j)
             if j in self._cancels_rest:
                 self._cancel_unneeded(j, now)
         self._make_ready(j)
+
+    def counts_ok(self, i: int) -> bool:
+        """Whether unit ``i`` ended COMPLETED, or failed with a fallback value."""
+        return self.state[i].is_terminal and self._kind_of(i) == _OK
 
     def ok_count(self, j: int) -> int:
         """How many of unit ``j``'s dependencies completed or gave a fallback (decisions)."""
         return self._ok[j] if self._dynamic else len(self._deps[j]) - self._waiting[j]
 
     def _make_ready(self, j: int) -> None:
-        if j in self._conditioned:
+        if j in self._conditioned or j in self.maps:  # a map is expanded by the driver
             self.to_decide.append(j)
         else:
             heapq.heappush(self._heaps[self.lane_of[j]], self._position_of[j])
@@ -762,6 +837,9 @@ class Scheduler:
                 self._unqueue(d)
             self.outbox.append(self._cancel_one(d, now, reason, was_running=current is _RUNNING))
             stack.extend(self._deps[d])
+            if d in self._collecting:  # a map nothing needs: its unfinished items too
+                self._collecting.discard(d)
+                stack.extend(self.items_of[d])
 
     def _unqueue(self, d: int) -> None:
         """Take a PENDING unit out of the ready queue or the decisions, if it is there."""
@@ -772,3 +850,188 @@ class Scheduler:
             heapq.heapify(heap)
         if d in self.to_decide:
             self.to_decide.remove(d)
+
+    # -- maps: units that grow the run ------------------------------------------------------
+    # A map is a unit that never runs: when it becomes ready, the driver reads the result it
+    # maps over and calls :meth:`expand`, which appends one unit per item (indices from the
+    # current size on), each an ordinary unit from then on. An item's entry in
+    # ``graph.units`` is its map's QuantumUnit (it has the map's options) while its name is
+    # its own (``graph.names``): code that names a unit reads ``names[i]``, not
+    # ``units[i].id``. The map then *collects*: its waiting count becomes its items' count,
+    # and it ends once they all have (COMPLETED if none failed). A map over a map is
+    # item-wise: it expands when the map it follows does (that edge counts as met then, and
+    # is taken out of that map's dependents), and its item i waits only for item i of the
+    # other map.
+
+    def _init_maps(self) -> None:
+        """Make the per-unit structures growable (the graph is already a run-local copy)."""
+        graph = self.graph
+        self._position_of = list(self._position_of)
+        self._by_position = dict(enumerate(self._by_position))
+        #: Each map -> the maps over it (item-wise), which expand with it.
+        self._item_children: dict[int, list[int]] = {}
+        for m, over in self.maps.items():
+            if over in self.maps:
+                self._item_children.setdefault(over, []).append(m)
+        #: Each map -> its dependents under at_least(k), which count its items.
+        self._item_quorums: dict[int, list[int]] = {}
+        for j, rule in graph.decisions()[1].items():
+            if rule.name == "at_least":
+                for d in self._deps[j]:
+                    if d in self.maps:
+                        self._item_quorums.setdefault(d, []).append(j)
+        # A map's fallback value is its items' (a map as a whole never runs).
+        self._item_fallbacks = {m: self.fallbacks.pop(m) for m in self.maps if m in self.fallbacks}
+        self._deps = graph.deps
+        self._dependents = graph.dependents
+
+    def expand(self, m: int, count: int, now: float) -> list[Transition]:
+        """Give map ``m`` (taken from :attr:`to_decide`) ``count`` items, and start collecting.
+
+        For a map over a map, ``count`` must be that map's item count. Returns what followed:
+        a map without items completes at once, and item-wise maps over this one expand too.
+        """
+        if self.state[m] is not _PENDING or self.stopped:
+            return []  # cancelled while it waited
+        if m in self.items_of:
+            raise InternalError(f"map {self.names[m]!r} expanded twice")
+        graph = self.graph
+        units, names, index = graph.units, self.names, graph.index
+        map_unit = units[m]
+        first = self._n
+        items = range(first, first + count)
+        self.items_of[m] = items
+        over = self.maps[m]
+        parents = self.items_of.get(over) if over in self.maps else None
+        keys = self._item_keys(m, count, parents)
+        deps, dependents, waiting = self._deps, self._dependents, self._waiting
+        # One extend per per-unit list: an item costs what a unit costs, not a loop of appends.
+        stem = names[m]
+        new_names = [f"{stem}[{k}]" for k in range(count)]
+        units.extend([map_unit] * count)  # an item has its map's options: the same object
+        names.extend(new_names)
+        index.update(zip(new_names, items, strict=True))
+        self.item_of.update(zip(items, zip([m] * count, range(count), strict=True), strict=True))
+        self.state.extend([_PENDING] * count)
+        self.attempts.extend([0] * count)
+        zeros = bytes(8 * count)
+        self.started.frombytes(zeros)
+        self.ended.frombytes(zeros)
+        self._ok.frombytes(zeros)
+        self._bad.frombytes(zeros)
+        self._skip.frombytes(zeros)
+        self.results.extend([None] * count)
+        self.timeouts.extend([map_unit.timeout] * count)
+        self.retries.extend([map_unit.retries] * count)
+        self.lane_of.extend([self.lane_of[m]] * count)
+        self._position_of.extend(keys)
+        self._by_position.update(zip(keys, items, strict=True))
+        if m in self._item_fallbacks:
+            self.fallbacks.update(dict.fromkeys(items, self._item_fallbacks[m]))
+        if self.gate is not None and m in self.gate.needs:
+            self.gate.needs.update(dict.fromkeys(items, self.gate.needs[m]))  # type: ignore[attr-defined]
+        dependents.extend([[m] for _ in items])
+        if parents is None:
+            deps.extend([_NO_DEPS] * count)
+            waiting.extend([0] * count)
+        else:
+            self.item_parent.update(zip(items, parents, strict=True))
+            deps.extend([[parent] for parent in parents])
+            waiting.extend([1] * count)
+        self._n += count
+        if count and self.timeouts[m] is not None:
+            self.has_timeouts = True
+        self.started[m] = now
+        self._waiting[m] = count
+        self._ok[m] = self._bad[m] = self._skip[m] = 0
+        self._collecting.add(m)
+        out: list[Transition] = []
+        work: list[tuple[int, int]] = []
+        # Items start now, or when the item they follow ends.
+        for j in items:
+            parent = self.item_parent.get(j, -1)
+            if parent < 0:
+                self._make_ready(j)
+            elif self.state[parent].is_terminal:
+                self._settle_one(j, parent, self._kind_of(parent), out, work, now)
+            else:
+                dependents[parent].append(j)
+        children = self._item_children.get(m)
+        quorums = self._item_quorums.get(m)
+        if children or quorums:  # they now follow this map item by item, not as a whole
+            following = {*(children or ()), *(quorums or ())}
+            dependents[m] = [j for j in dependents[m] if j not in following]
+            for c in children or ():
+                self._settle_one(c, m, _OK, out, work, now)
+        for q in quorums or ():  # at_least(k) counts this map's items, not the map
+            if self.state[q] is not _PENDING or q in self._triggered:
+                continue
+            waiting[q] += count - 1
+            for j in items:
+                dependents[j].append(q)
+            if not count:
+                self._judge_dependent(q, m, _OK, out, work, now)
+        if not count:  # nothing to wait for: complete with []
+            work.append((m, self._finish_map(m, now, out)))
+        for node, node_kind in work:  # what those endings caused, as in _settle_dependents
+            for j in dependents[node]:
+                self._settle_one(j, node, node_kind, out, work, now)
+        return out
+
+    def _item_keys(self, m: int, count: int, parents: range | None) -> list[float]:
+        """Each new item's place in the ready order (lower is sooner).
+
+        A map's items take the map's place, in item order. An item-wise map's items of the
+        same priority take the place right after the item they follow, so a saturated run
+        goes depth-first; otherwise they take their own map's place.
+        """
+        position_of = self._position_of
+        units = self.graph.units
+        if parents is not None and units[m].priority == units[self.maps[m]].priority:
+            taken = self._by_position
+            keys = []
+            for parent in parents:
+                key = position_of[parent]
+                key = math.nextafter(key, math.inf)
+                while key in taken:
+                    key = math.nextafter(key, math.inf)
+                keys.append(key)
+            return keys
+        base, step = position_of[m], 1.0 / (count + 2)
+        return [base + (k + 1) * step for k in range(count)]
+
+    def _finish_map(self, m: int, now: float, out: list[Transition]) -> int:
+        """Every item of map ``m`` ended: it is COMPLETED, or FAILED if an item failed.
+
+        Its result is the list of its items' results (fallback values included), in item
+        order; items skipped by a decision are left out. Returns how it counts for its
+        dependents' rules.
+        """
+        self._collecting.discard(m)
+        state, results, names = self.state, self.results, self.names
+        values = []
+        failed = []
+        for j in self.items_of[m]:
+            kind = self._kind_of(j)
+            if kind == _OK:
+                values.append(results[j])
+            elif kind == _BAD:
+                failed.append(names[j])
+        results[m] = values
+        self.ended[m] = now
+        self.terminal += 1
+        if failed:
+            error = MapItemsFailedError(names[m], failed)
+            state[m] = _FAILED
+            self.errors[m] = error
+            out.append(Transition(m, _FAILED, 0, error))
+            return _BAD
+        state[m] = _COMPLETED
+        out.append(Transition(m, _COMPLETED, 0, None))
+        return _OK
+
+    def fail_map(self, m: int, error: BaseException, now: float) -> list[Transition]:
+        """Map ``m`` cannot expand (its input is not iterable, or has too many items)."""
+        if self.state[m] is not _PENDING or self.stopped:
+            return []
+        return self._fail_for_good(m, error, now, timed_out=False)

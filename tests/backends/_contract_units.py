@@ -168,6 +168,22 @@ def _flaky(succeed_on: int, ctx: Any) -> str:
     return f"ok on {ctx.attempt}"
 
 
+def pause_then_fail(limit: str, seconds: float) -> partial[int]:
+    """A unit that, on its first attempt, pauses ``limit`` for ``seconds`` and raises.
+
+    What a 429 handler does (``ctx.pause_limit``, then raise to be retried); a later
+    attempt returns its number.
+    """
+    return partial(_pause_then_fail, limit, seconds)
+
+
+def _pause_then_fail(limit: str, seconds: float, ctx: Any) -> int:
+    if ctx.attempt == 1:
+        ctx.pause_limit(limit, seconds)
+        raise ConnectionError("429 Too Many Requests")
+    return int(ctx.attempt)
+
+
 def wait_for_gate(ctx: Any) -> bool:
     """Wait until the file ``ctx["gate"]`` exists (at most 10 s); return whether it does."""
     gate = Path(ctx["gate"])
@@ -374,3 +390,55 @@ def async_sleep(seconds: float, value: Any) -> partial[Any]:
 async def _async_sleep(seconds: float, value: Any, ctx: Any) -> Any:
     await asyncio.sleep(seconds)
     return value
+
+
+# -- map items --------------------------------------------------------------------------------
+
+
+def tagged_item(tag: str) -> partial[str]:
+    """A map item returning ``"<tag>:<index>:<item>"``; when the context has ``"order"`` (a
+    file path), it first appends its unit name there, so a test sees the order items ran in."""
+    return partial(_tagged_item, tag)
+
+
+def _tagged_item(tag: str, ctx: Any) -> str:
+    if "order" in ctx:
+        append(ctx["order"], ctx.unit_id)
+    return f"{tag}:{ctx.index}:{ctx.item}"
+
+
+def item_times(n: int) -> partial[Any]:
+    """A map item returning ``ctx.item * n``; it raises ValueError for an item that is 0."""
+    return partial(_item_times, n)
+
+
+def _item_times(n: int, ctx: Any) -> Any:
+    if ctx.item == 0:
+        raise ValueError("item 0 is refused")
+    return ctx.item * n
+
+
+def item_view(ctx: Any) -> dict[str, Any]:
+    """A map item returning what it sees: its item, index, and declared dependencies."""
+    return {"item": ctx.item, "index": ctx.index, "sees": sorted(ctx.unit_results)}
+
+
+def flaky_item(ctx: Any) -> str:
+    """A map item that fails its first attempt when its item is odd."""
+    if ctx.item % 2 and ctx.attempt < 2:
+        raise ConnectionError(f"attempt {ctx.attempt}")
+    return f"{ctx.item} on {ctx.attempt}"
+
+
+def quorum_member(gate: str) -> partial[str]:
+    """A map item: returns ``"fast:<index>"`` at once for a "fast" item; a "slow" one waits
+    (up to 20 s) for ``gate`` to exist, checking ``ctx.cancelled`` so a thread stops early."""
+    return partial(_quorum_member, gate)
+
+
+def _quorum_member(gate: str, ctx: Any) -> str:
+    if ctx.item == "slow":
+        deadline = time.monotonic() + 20
+        while not Path(gate).exists() and time.monotonic() < deadline and not ctx.cancelled:
+            time.sleep(0.01)
+    return f"{ctx.item}:{ctx.index}"

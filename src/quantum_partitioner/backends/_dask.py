@@ -65,11 +65,11 @@ from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from .._context import ExecutionContext
+from .._context import PAUSES_KEY, ExecutionContext
 from .._errors import BrokenBackendError, InternalError
 from .._events import UnitFinished
 from .._graph import UnitState
-from ._base import Backend, CarriedBaseException, check_sendable, root_cause
+from ._base import Backend, CarriedBaseException, carried_failure, check_sendable, root_cause
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -134,28 +134,71 @@ def run_attempt(  # noqa: PLR0917 - called by Dask with positional arguments onl
     context: dict[str, Any],
     *inputs: Any,
     upstream_errors: Mapping[str, BaseException] = _NO_ERRORS,
+    pause_token: str | None = None,
 ) -> UnitOutput:
     """Run one attempt of a unit on a Dask worker.
 
     ``inputs`` are the dependencies' outputs in the order of ``names``: a dependency's
     :class:`UnitOutput` (Dask resolved its future here, worker to worker) or a plain fallback
     value. ``upstream_errors``: why the other dependencies have no output (join rules).
+    ``pause_token``: the run's, when it has named limits: ``ctx.pause_limit`` then tells the
+    caller at once (:class:`_PauseFromWorker`).
     """
     results = {
         name: value.value if type(value) is UnitOutput else value
         for name, value in zip(names, inputs, strict=True)
     }
-    ctx = ExecutionContext(context, results, unit_id, attempt, mode, None, -1, upstream_errors)
+    watch = None if pause_token is None else _PauseFromWorker(pause_token)
+    ctx = ExecutionContext(context, results, unit_id, attempt, mode, watch, -1, upstream_errors)
     try:
         value = function(ctx)
         if inspect.iscoroutine(value):  # an async def unit, or a function that returned one
             value = asyncio.run(value)
-    except Exception:
-        raise
+        check_sendable(unit_id, value, "the Dask worker", _serialize)
     except BaseException as error:  # it must fail the unit, not the worker
-        raise CarriedBaseException(error).with_traceback(error.__traceback__) from None
-    check_sendable(unit_id, value, "the Dask worker", _serialize)
+        carried = carried_failure(error, ctx.metrics)
+        if carried is None:
+            raise
+        raise carried from None
     return UnitOutput(value, ctx.metrics, _worker_address())
+
+
+#: The event topic on which ``ctx.pause_limit`` calls travel from workers to the caller.
+PAUSE_TOPIC: Final = "quantum-partitioner-pause-limit"
+#: The runs of this process listening for pauses, by run token (they share one topic).
+_pause_listeners: dict[str, Callable[[str, float], None]] = {}
+
+
+class _PauseFromWorker:
+    """``ctx.pause_limit`` on a worker: an event through the scheduler, to the caller at once.
+
+    As in the caller's process, the pause holds while the attempt still runs, and also when
+    it then fails (a 429 handler); the result may stay on the cluster, its metrics with it.
+    """
+
+    __slots__ = ("_token",)
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def attempt_abandoned(self, index: int, attempt: int) -> bool:
+        """Unknown on a worker: never."""
+        del index, attempt
+        return False
+
+    def pause_limit(self, name: str, seconds: float) -> None:
+        """Send the pause to the run's driver."""
+        from distributed import get_worker  # noqa: PLC0415 - present wherever this runs
+
+        get_worker().log_event(PAUSE_TOPIC, (self._token, name, seconds))
+
+
+def _on_pause(event: tuple[float, Any]) -> None:
+    """In the client's loop: a unit paused a limit; hand it to its run's driver."""
+    _, (token, name, seconds) = event
+    listener = _pause_listeners.get(token)
+    if listener is not None:
+        listener(name, seconds)
 
 
 def _serialize(value: Any) -> None:
@@ -316,7 +359,7 @@ class _DaskRun:
         self.token = uuid.uuid4().hex[:12]
         #: Keys are unique per submission: a cancelled key is never reused.
         self.serial = itertools.count()
-        self.outcomes: queue.SimpleQueue[tuple[int, int, Any] | _Fetched | None] = (
+        self.outcomes: queue.SimpleQueue[tuple[int, int, Any] | _Fetched | _Paused | None] = (
             queue.SimpleQueue()
         )
         #: Each unit's live future (running, looked ahead, or completed) and its attempt.
@@ -333,7 +376,10 @@ class _DaskRun:
         self.broken: str | None = None
         self.context: Any = {}
         self.options: list[dict[str, Any]] = []
-        self.dep_names = [tuple(graph.names[j] for j in row) for row in graph.deps]
+        #: The key each unit's function reads each dependency by (inner names in subgraphs).
+        self.dep_names = graph.view_keys() or [
+            tuple(graph.names[j] for j in row) for row in graph.deps
+        ]
         self.future_type: type[Any] = load_distributed().Future
         #: Futures submitted since the driver last handed them to the client's loop to watch.
         self.to_watch: list[tuple[Any, int, int]] = []
@@ -343,6 +389,12 @@ class _DaskRun:
         self.fetcher: ThreadPoolExecutor | None = None
         self.fetching = 0
         self.to_fetch: list[tuple[int, int]] = []
+        #: What every task of the run receives so its ``ctx.pause_limit`` reaches us.
+        self.pause_kwargs: dict[str, str] = {}
+
+    def _paused(self, name: str, seconds: float) -> None:
+        """A unit paused limit ``name`` (in the client's loop): the driver applies it."""
+        self.outcomes.put(_Paused(name, seconds))
 
     def wake(self) -> None:
         """Wake the driver (``cancel()`` from another thread)."""
@@ -351,10 +403,14 @@ class _DaskRun:
     # -- setting up ------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Scatter the context and work out each unit's task options."""
+        """Scatter the context, listen for pauses, and work out each unit's task options."""
         run = self.run
         if run.context:
             self.context = self._scatter(dict(run.context))
+        if run.limits:  # units may pause them
+            _pause_listeners[self.token] = self._paused
+            self.client.subscribe_topic(PAUSE_TOPIC, _on_pause)  # the same handler for all
+            self.pause_kwargs = {"pause_token": self.token}
         graph = run.graph
         n = len(graph)
         _, position_of = graph.priority_order()
@@ -515,6 +571,7 @@ class _DaskRun:
                 key=f"{name}-{attempt}-{self.token}-{next(self.serial)}",
                 **self.options[i],
                 **({"upstream_errors": upstream_errors} if upstream_errors else {}),
+                **self.pause_kwargs,
             )
         except Exception as error:  # e.g. a function that cannot be pickled
             failure: BaseException
@@ -577,11 +634,11 @@ class _DaskRun:
         for k in self.run.graph.dependents[i]:
             scanned[k] = 0
 
-    def _settle(self, item: tuple[int, int, Any] | _Fetched | None) -> None:
+    def _settle(self, item: tuple[int, int, Any] | _Fetched | _Paused | None) -> None:
         if item is None:
             return
-        if isinstance(item, _Fetched):
-            self._receive_fetched(item)
+        if isinstance(item, _Fetched | _Paused):
+            self._receive(item)
             return
         i, attempt, future = item
         local = isinstance(future, _Served | _Failed)
@@ -624,11 +681,16 @@ class _DaskRun:
         run.report(transitions)
 
     def _error_of(self, i: int, future: Any) -> BaseException:
-        """Why a future did not finish: the unit's exception, or what Dask said."""
+        """Why a future did not finish: the unit's exception, or what Dask said.
+
+        The ``ctx.pause_limit`` calls a failed attempt carried back are applied here.
+        """
         name = self.run.graph.names[i]
         if future.status == "error":
             error: BaseException = future.exception()
             if isinstance(error, CarriedBaseException):
+                if error.metrics:  # its ctx.pause_limit calls, in force before its retry
+                    self.run.apply_pauses(error.metrics)
                 error = error.error
             traceback = future.traceback()
             if traceback is not None:
@@ -741,6 +803,13 @@ class _DaskRun:
                     outputs.append(error)
             return outputs
 
+    def _receive(self, item: _Fetched | _Paused) -> None:
+        """News from the client's loop that is no attempt's outcome."""
+        if isinstance(item, _Paused):
+            self.run.apply_pauses({PAUSES_KEY: [item]})
+        else:
+            self._receive_fetched(item)
+
     def _receive_fetched(self, fetched: _Fetched) -> None:
         self.fetching -= 1
         run = self.run
@@ -838,7 +907,11 @@ class _DaskRun:
                 self.client.cancel(futures, force=True)
 
     def close(self) -> None:
-        """Release every future of the run (the cluster frees what nobody else holds)."""
+        """Release every future of the run (the cluster frees what nobody else holds).
+
+        The client stays subscribed to the pause topic: another run may be listening.
+        """
+        _pause_listeners.pop(self.token, None)
         if self.fetcher is not None:
             self.fetcher.shutdown(wait=False, cancel_futures=True)
         results = self.run.scheduler.results
@@ -856,6 +929,13 @@ class _Served(NamedTuple):
     """An outcome decided here: a cached result."""
 
     value: Any
+
+
+class _Paused(NamedTuple):
+    """A unit's ``ctx.pause_limit`` call on a worker."""
+
+    name: str
+    seconds: float
 
 
 class _Failed(NamedTuple):

@@ -367,27 +367,31 @@ class ProcessLane(Lane):
     def _messages_for(self, worker: _Worker, i: int, attempt: int) -> list[bytes]:
         run = self._run
         unit = run.graph.units[i]
+        name = run.graph.names[i]  # a map item's unit is its map's: its name is its own
         messages = []
         if not worker.has_context:
             messages.append(pickle.dumps(("context", self._context_blob)))
         key = id(unit.function)
         if key not in worker.functions:
             messages.append(
-                pickle.dumps(("function", key, self._function_blob(unit.id, unit.function)))
+                pickle.dumps(("function", key, self._function_blob(name, unit.function)))
             )
         inputs, upstream = run.inputs_of(i)
+        item = run.item_of(i)
         try:
-            blob = self._pickle.dumps((inputs, upstream) if upstream else inputs)
+            blob = self._pickle.dumps(
+                (inputs, upstream, item) if upstream or item is not None else inputs
+            )
         except Exception as error:
             culprit = next(
                 (name for name, value in inputs.items() if not _picklable(self._pickle, value)),
                 "?",
             )
             raise TypeError(
-                f"unit {unit.id!r}: the result of its dependency {culprit!r} cannot be sent to "
+                f"unit {name!r}: the result of its dependency {culprit!r} cannot be sent to "
                 f"a worker process: {error}"
             ) from error
-        messages.append(pickle.dumps(("run", key, unit.id, attempt, blob)))
+        messages.append(pickle.dumps(("run", key, name, attempt, blob)))
         return messages
 
     def _function_blob(self, unit_id: str, function: Any) -> bytes:
@@ -492,7 +496,7 @@ class ProcessLane(Lane):
                 return
             self._post((i, attempt, True, value, metrics))
         else:
-            self._post((i, attempt, False, _rebuild_error(message), None))
+            self._post((i, attempt, False, _rebuild_error(message), message[4]))
 
     def _bury(self, worker: _Worker) -> None:
         """A worker's pipe closed: it died. Fail its attempt and start a replacement."""
@@ -615,7 +619,7 @@ def _modules_of(run: Run) -> dict[str, str]:
 
 
 def _rebuild_error(message: tuple[Any, ...]) -> BaseException:
-    _, blob, description, text = message
+    _, blob, description, text, _ = message
     error: BaseException
     try:
         error = pickle.loads(blob) if blob is not None else RemoteUnitError(description)  # noqa: S301

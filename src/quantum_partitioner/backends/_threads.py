@@ -91,10 +91,15 @@ class _ThreadPool:
         self.stopping = False
         self.failure: BaseException | None = None
         self.owner: list[_Worker | None] = [None] * len(run.graph)
+        run.on_grow.append(self._grow)
         self.workers: list[_Worker] = []
         self.size = max(1, min(max_workers, len(run.graph)))
 
     # -- the driver ------------------------------------------------------------------------
+
+    def _grow(self, items: range) -> None:
+        """Maps added items: they may have owners too."""
+        self.owner.extend([None] * len(items))
 
     def drive(self) -> None:
         run, sched, lock = self.run, self.sched, self.lock

@@ -1,0 +1,265 @@
+"""The contract suite for mapped fan-out (``add_map``), run on every execution mode.
+
+Same rules as ``test_contract.py``: the ``mode`` fixture, unit functions from
+``_contract_units`` so a plain process pool can import them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from quantum_partitioner import (
+    CircularDependencyError,
+    MapItemsFailedError,
+    QuantumPartitioner,
+    SkipCause,
+    UnitSkippedError,
+    UnitState,
+    UnknownDependencyError,
+    at_least,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _contract_units as u  # needs the sys.path entry above
+
+
+def skipped_units(p):
+    """The units (items included) the last run skipped, from its metrics."""
+    trace = p.last_execution_metrics["execution_trace"]
+    return {record["unit"] for record in trace if record["event"] == "skip"}
+
+
+def agent(plan):
+    """plan -> tool (a map over plan) -> summary (item-wise, over tool) -> answer."""
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.const(plan), name="plan")
+    p.add_map(u.tagged_item("tool"), over="plan", name="tool", timeout=30, retries=1)
+    p.add_map(u.tagged_item("summary"), over="tool", name="summary")
+    p.add_unit(u.seen, ["summary"], name="answer")
+    return p
+
+
+def test_a_map_creates_one_unit_per_item_and_a_map_over_it_goes_item_by_item(mode):
+    p = agent(["search", "calc", "weather"])
+
+    results = mode.execute(p)
+
+    tools = ["tool:0:search", "tool:1:calc", "tool:2:weather"]
+    summaries = [f"summary:{i}:{tool}" for i, tool in enumerate(tools)]
+    assert results["tool"] == tools
+    assert results["summary"] == summaries
+    assert results["answer"]["results"] == {"summary": summaries}
+    assert [results[f"tool[{i}]"] for i in range(3)] == tools
+    assert [results[f"summary[{i}]"] for i in range(3)] == summaries
+    assert p.get_failed_units() == {}
+    metrics = p.last_execution_metrics
+    assert metrics["total_units"] == 4 + 6
+    assert metrics["completed_units"] == 10
+
+
+def test_zero_items_complete_the_map_with_an_empty_list(mode):
+    p = agent([])
+
+    results = mode.execute(p)
+
+    assert {name: results[name] for name in ("plan", "tool", "summary")} == {
+        "plan": [],
+        "tool": [],
+        "summary": [],
+    }
+    assert results["answer"]["results"] == {"summary": []}
+    assert p.units["tool"].state is UnitState.COMPLETED
+    assert p.units["summary"].state is UnitState.COMPLETED
+
+
+def test_a_failed_item_skips_only_its_own_downstream(mode):
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.const([1, 0, 3]), name="numbers")
+    p.add_map(u.item_times(10), over="numbers", name="scaled")
+    p.add_map(u.item_times(2), over="scaled", name="doubled")
+    p.add_unit(u.seen, ["doubled"], name="strict")
+    p.add_unit(u.seen, ["doubled"], name="report", run_if="all_done")
+
+    results = mode.execute(p)
+
+    assert results["doubled[0]"] == 20
+    assert results["doubled[2]"] == 60
+    assert "scaled[1]" not in results
+    failed = p.get_failed_units()
+    assert isinstance(failed["scaled[1]"], ValueError)
+    assert isinstance(failed["scaled"], MapItemsFailedError)
+    assert failed["scaled"].failed_items == ["scaled[1]"]
+    assert failed["doubled"].failed_items == ["doubled[1]"]
+    assert "doubled[1]" not in failed  # skipped, not failed
+    assert {"doubled[1]", "strict"} <= skipped_units(p)
+    # The all_done unit sees the completed items' results, and why the map did not complete.
+    assert results["report"]["results"] == {"doubled": [20, 60]}
+    assert results["report"]["upstream_errors"] == ["doubled"]
+
+
+def test_retries_timeouts_and_fallbacks_apply_per_item(mode):
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.const([1, 2, 3]), name="numbers")
+    p.add_map(u.flaky_item, over="numbers", name="flaky", retries=1)
+    p.add_unit(u.const([0, 5]), name="others")
+    p.add_map(u.item_times(3), over="others", name="guarded", metadata={"fallback_value": -1})
+
+    results = mode.execute(p)
+
+    assert results["flaky"] == ["1 on 2", "2 on 1", "3 on 2"]
+    unit_times = p.last_execution_metrics["unit_times"]
+    assert [unit_times[f"flaky[{i}]"]["attempts"] for i in range(3)] == [2, 1, 2]
+    assert results["guarded"] == [-1, 15]
+    assert p.units["guarded"].state is UnitState.COMPLETED
+
+
+def test_items_see_the_maps_declared_dependencies_not_what_they_map_over(mode):
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.const("cfg"), name="config")
+    p.add_unit(u.const(["a", "b"]), name="docs")
+    p.add_map(u.item_view, over="docs", name="plain", dependencies=["config"])
+    p.add_map(u.item_view, over="docs", name="declared", dependencies=["docs", "config"])
+
+    results = mode.execute(p)
+
+    assert results["plain"] == [
+        {"item": "a", "index": 0, "sees": ["config"]},
+        {"item": "b", "index": 1, "sees": ["config"]},
+    ]
+    assert results["declared"][1] == {"item": "b", "index": 1, "sees": ["config", "docs"]}
+
+
+def test_a_result_that_is_not_iterable_or_too_long_fails_the_map(mode):
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.const(42), name="number")
+    p.add_map(u.item_view, over="number", name="over_int")
+    p.add_unit(u.const([1, 2, 3]), name="three")
+    p.add_map(u.item_view, over="three", name="bounded", max_items=2)
+    p.add_map(u.item_view, over="bounded", name="after")
+
+    mode.execute(p)
+
+    failed = p.get_failed_units()
+    assert isinstance(failed["over_int"], TypeError)
+    assert "map 'over_int': the result of 'number' is not iterable (int)" in str(failed["over_int"])
+    assert isinstance(failed["bounded"], ValueError)
+    assert "'three' gave 3 items, more than max_items=2" in str(failed["bounded"])
+    skipped = p.units["after"].error
+    assert isinstance(skipped, UnitSkippedError)
+    assert skipped.cause is SkipCause.UPSTREAM_FAILED
+
+
+def test_a_map_whose_input_did_not_complete_or_whose_condition_is_false_is_skipped(mode):
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.explode, name="broken")
+    p.add_map(u.item_view, over="broken", name="never")
+    p.add_map(u.item_view, over="never", name="never_either", run_if="all_done")
+    p.add_map(u.item_view, over="broken", name="not_even_all_done", run_if="all_done")
+    p.add_unit(u.const([1]), name="one")
+    p.add_map(u.item_view, over="one", name="unwanted", when=lambda ctx: False)
+
+    results = mode.execute(p)
+
+    assert set(results) == {"one"}
+    for name in ("never", "never_either", "not_even_all_done", "unwanted"):
+        assert p.units[name].state is UnitState.SKIPPED
+    assert p.units["unwanted"].error.cause is SkipCause.CONDITION
+    assert p.units["never"].error.cause is SkipCause.UPSTREAM_FAILED
+
+
+def test_bad_maps_are_refused_before_any_unit_runs():
+    p = QuantumPartitioner()
+    with pytest.raises(ValueError, match="map 'loop': a map cannot map over itself"):
+        p.add_map(u.item_view, over="loop", name="loop")
+    with pytest.raises(TypeError, match="map 'bad': over must be the name of a unit"):
+        p.add_map(u.item_view, over=3, name="bad")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_items must be >= 0"):
+        p.add_map(u.item_view, over="x", name="bad", max_items=-1)
+    p.add_map(u.item_view, over="missing", name="orphan")
+    with pytest.raises(UnknownDependencyError, match="'orphan' depends on unknown unit 'missing'"):
+        p.execute()
+    p.remove_unit("orphan")
+    p.add_map(u.item_view, over="second", name="first")
+    p.add_map(u.item_view, over="first", name="second")
+    with pytest.raises(CircularDependencyError):
+        p.execute()
+
+
+def test_items_of_a_saturated_run_go_depth_first(tmp_path):
+    """One worker: each item's item-wise child runs right after it, before the next item."""
+    p = QuantumPartitioner()
+    p.add_unit(u.const(["x", "y", "z"]), name="plan")
+    p.add_map(u.tagged_item("a"), over="plan", name="a")
+    p.add_map(u.tagged_item("b"), over="a", name="b")
+    order = tmp_path / "order"
+
+    p.execute({"order": str(order)}, execution_mode="sequential")
+
+    assert order.read_text().split() == ["a[0]", "b[0]", "a[1]", "b[1]", "a[2]", "b[2]"]
+
+
+def test_items_hold_the_maps_limits(mode):
+    p = QuantumPartitioner(max_workers=4)
+    p.add_limit("tools", concurrency=1)
+    p.add_unit(u.const([0.05, 0.05, 0.05]), name="naps")
+    p.add_map(u.sleep(0.05, "done"), over="naps", name="calls", limits=["tools"])
+
+    results = mode.execute(p)
+
+    assert results["calls"] == ["done"] * 3
+    assert p.limit_stats()["tools"].peak == 1
+    assert p.limit_stats()["tools"].starts == 3
+
+
+def test_at_least_counts_the_items_of_a_map_and_cancel_rest_stops_the_others(mode, tmp_path):
+    """A quorum over a map's items: it runs once k items completed, the rest is cancelled."""
+    gate = tmp_path / "never"  # the slow items wait for a file that never appears
+    p = QuantumPartitioner(max_workers=4)
+    p.add_unit(u.const(["fast", "fast", "slow", "slow"]), name="providers")
+    p.add_map(u.quorum_member(str(gate)), over="providers", name="ask", timeout=30)
+    p.add_unit(u.seen, ["ask"], name="quorum", run_if=at_least(2), cancel_rest=True)
+
+    results = mode.execute(p)
+
+    assert results["quorum"]["results"] == {"ask": ["fast:0", "fast:1"]}
+    assert results["ask[0]"] == "fast:0"
+    assert "ask[2]" not in results
+    canceled = [
+        r["unit"] for r in p.last_execution_metrics["execution_trace"] if r["event"] == "cancel"
+    ]
+    assert {"ask", "ask[2]", "ask[3]"} <= set(canceled)
+
+
+def test_at_least_over_a_map_with_too_few_items_is_skipped(mode):
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.const([1]), name="one")
+    p.add_map(u.item_times(2), over="one", name="doubled")
+    p.add_unit(u.seen, ["doubled"], name="quorum", run_if=at_least(2))
+    p.add_unit(u.const([]), name="none")
+    p.add_map(u.item_times(2), over="none", name="empty")
+    p.add_unit(u.seen, ["empty"], name="empty_quorum", run_if=at_least(1))
+
+    results = mode.execute(p)
+
+    assert results["doubled"] == [2]
+    assert p.units["quorum"].error.cause is SkipCause.JOIN_RULE
+    assert p.units["empty_quorum"].error.cause is SkipCause.JOIN_RULE
+
+
+def test_maps_stream_item_by_item_and_run_on_mixed_lanes():
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.const([1, 2, 3]), name="plan", metadata={"resource_type": "io"})
+    p.add_map(u.item_times(10), over="plan", name="cpu", metadata={"resource_type": "cpu"})
+    p.add_map(u.item_times(2), over="cpu", name="io", metadata={"resource_type": "io"})
+    p.add_unit(u.total("io"), ["io"], name="total", metadata={"resource_type": "io"})
+
+    assert p.execute_with_strategy({}, "resource_balanced")["io"] == [20, 40, 60]
+    with p.stream(execution_mode="thread") as stream:
+        names = [result.name for result in stream]
+    assert sorted(names) == sorted(
+        ["plan", "cpu", "io", "total", *(f"{m}[{i}]" for m in ("cpu", "io") for i in range(3))]
+    )
+    assert names.index("cpu") > max(names.index(f"cpu[{i}]") for i in range(3))
