@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ._events import UnitFailed as UnitFailed
     from ._events import UnitFinished as UnitFinished
     from ._events import UnitRetrying as UnitRetrying
+    from ._events import UnitsAdded as UnitsAdded
     from ._events import UnitSkipped as UnitSkipped
     from ._events import UnitStarted as UnitStarted
     from ._graph import ExecutionMode as ExecutionMode
@@ -107,6 +108,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "UnitRetrying",
         "UnitSkipped",
         "UnitStarted",
+        "UnitsAdded",
     ),
     "._graph": ("ExecutionMode", "QuantumUnit", "UnitState"),
     "._joins": ("JoinRule", "at_least"),
@@ -211,6 +213,7 @@ __all__ = [
     "UnitStarted",
     "UnitState",
     "UnitTimeoutError",
+    "UnitsAdded",
     "UnknownDependencyError",
     "WorkerDiedError",
     "at_least",
