@@ -460,6 +460,13 @@ def _check_map(unit: QuantumUnit[Any, Any]) -> None:
         raise ValueError(f"map {name!r}: max_items must be >= 0, got {bound}")
     if unit.cancel_rest:
         raise ValueError(f"map {name!r}: cancel_rest is not supported on a map")
+    estimate = unit.metadata.get("estimated_items", 1) if unit.metadata else 1
+    if isinstance(estimate, bool) or not isinstance(estimate, int):
+        raise TypeError(
+            f"map {name!r}: metadata['estimated_items'] must be an int, got {estimate!r}"
+        )
+    if estimate < 0:
+        raise ValueError(f"map {name!r}: metadata['estimated_items'] must be >= 0, got {estimate}")
 
 
 def _check_decisions(unit: QuantumUnit[Any, Any], *, over_maps: bool) -> None:

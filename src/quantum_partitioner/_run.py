@@ -27,6 +27,7 @@ from ._events import (
     UnitFailed,
     UnitFinished,
     UnitRetrying,
+    UnitsAdded,
     UnitSkipped,
     UnitStarted,
 )
@@ -484,6 +485,12 @@ class Run:
         self.is_async.extend([inspect.iscoroutinefunction(function)] * count)
         for listener in self.on_grow:
             listener(items)
+        dispatcher = self.dispatcher
+        if dispatcher.units_added and count:  # before any item starts
+            event = UnitsAdded(
+                self._names[m], self._names[items.start : items.stop], self.to_epoch(now), unit
+            )
+            dispatcher.emit(dispatcher.units_added, event)
         return transitions
 
     def item_of(self, i: int) -> tuple[int, Any] | None:
