@@ -594,6 +594,7 @@ class Graph:
         are the copy's own. Rows are shared too: a run only appends rows, never edits one.
         """
         self.priority_order()  # computed on the declared units, shared by every run
+        self.view_keys()  # likewise: items read their keys through their map (Run._row_of)
         copy = object.__new__(Graph)
         for slot in Graph.__slots__:
             setattr(copy, slot, getattr(self, slot))
