@@ -12,9 +12,9 @@ computes the longest remaining path from each unit (its *rank*, which orders rea
 
 from __future__ import annotations
 
-import copy
 import enum
 import gc
+import inspect
 import math
 import sys
 from array import array
@@ -279,7 +279,10 @@ class QuantumUnit(Generic[T, R]):
         Every other field is kept (``metadata`` and ``limits`` are copied, so changing this
         unit later leaves the copy as it was): this is how a subgraph's units are inlined.
         """
-        clone = copy.copy(self)
+        # Slot by slot: copy.copy's generic protocol costs ten times more per unit.
+        clone = object.__new__(type(self))
+        for slot in QuantumUnit.__slots__:
+            setattr(clone, slot, getattr(self, slot))
         clone.id = name
         clone.dependencies = dependencies
         clone.view_keys = view_keys
@@ -459,6 +462,13 @@ def _check_map(unit: QuantumUnit[Any, Any]) -> None:
         raise ValueError(f"map {name!r}: max_items must be >= 0, got {bound}")
     if unit.cancel_rest:
         raise ValueError(f"map {name!r}: cancel_rest is not supported on a map")
+    estimate = unit.metadata.get("estimated_items", 1) if unit.metadata else 1
+    if isinstance(estimate, bool) or not isinstance(estimate, int):
+        raise TypeError(
+            f"map {name!r}: metadata['estimated_items'] must be an int, got {estimate!r}"
+        )
+    if estimate < 0:
+        raise ValueError(f"map {name!r}: metadata['estimated_items'] must be >= 0, got {estimate}")
 
 
 def _check_decisions(unit: QuantumUnit[Any, Any], *, over_maps: bool) -> None:
@@ -517,6 +527,7 @@ class Graph:
     """
 
     __slots__ = (
+        "_coroutine_flags",
         "_decisions",
         "_dependents",
         "_priority_order",
@@ -603,6 +614,7 @@ class Graph:
         self._decisions: tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]] | None = (
             None
         )
+        self._coroutine_flags: list[bool] | None = None
         self._view_keys: list[tuple[str, ...]] | Literal[False] | None = False
 
     def for_run(self) -> Graph:
@@ -613,6 +625,8 @@ class Graph:
         are the copy's own. Rows are shared too: a run only appends rows, never edits one.
         """
         self.priority_order()  # computed on the declared units, shared by every run
+        self.coroutine_flags()
+        self.view_keys()  # likewise: items read their keys through their map (Run._row_of)
         copy = object.__new__(Graph)
         for slot in Graph.__slots__:
             setattr(copy, slot, getattr(self, slot))
@@ -622,6 +636,26 @@ class Graph:
         copy.deps = list(self.deps)
         copy._dependents = list(self.dependents)
         return copy
+
+    def coroutine_flags(self) -> list[bool]:
+        """Whether each unit's function is a coroutine function, found on first use.
+
+        Asked once per distinct function (many units share one), not per unit per run:
+        ``inspect.iscoroutinefunction`` is a good part of a no-op unit's cost. Never mutated:
+        a run that adds units (maps) copies it.
+        """
+        flags = self._coroutine_flags
+        if flags is None:
+            known: dict[int, bool] = {}
+            flags = []
+            for unit in self.units:
+                function = unit.function
+                flag = known.get(id(function))
+                if flag is None:
+                    flag = known[id(function)] = inspect.iscoroutinefunction(function)
+                flags.append(flag)
+            self._coroutine_flags = flags
+        return flags
 
     def decisions(self) -> tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]]:
         """``(conditions, rules)`` by unit index, found on first use (usually both empty).

@@ -184,7 +184,16 @@ def test_async_def_units_are_awaited_on_the_workers(client):
     p.add_unit(fetch, name="fetch")
     p.add_unit(lambda ctx: ctx["fetch"] + 1, ["fetch"], name="plain")
 
-    assert p.execute({"base": 5}, backend=DaskBackend(client)) == {"fetch": 10, "plain": 11}
+    def returns_coroutine(ctx):  # a plain function: its coroutine is run like an async unit's
+        return fetch(ctx)
+
+    p.add_unit(returns_coroutine, name="returns_coroutine")
+
+    assert p.execute({"base": 5}, backend=DaskBackend(client)) == {
+        "fetch": 10,
+        "plain": 11,
+        "returns_coroutine": 10,
+    }
 
 
 def test_default_client_is_used_when_none_is_given(client):
@@ -1086,6 +1095,36 @@ def test_subgraph_units_read_inner_names_on_the_workers(backend):
     assert results["ingest"] == {"report": results["ingest.report"]}
     assert results["after"] == [("clean", 30)]
     assert p.units["ingest.never"].error.cause is SkipCause.CONDITION
+
+
+# -- maps --------------------------------------------------------------------------------------
+
+
+def test_maps_run_item_by_item_on_the_cluster(client):
+    """A map, an item-wise map over it and a dependent of that: values, not futures, come back.
+
+    The Dask driver used to fail with IndexError as soon as a map made its items (and sent
+    the map itself to the cluster as if it were a unit).
+    """
+
+    def fails_on_two(ctx):
+        if ctx.item == 2:
+            raise ValueError("two")
+        return ctx.item * 10
+
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: [1, 2, 3], name="xs")
+    p.add_map(fails_on_two, over="xs", name="tens", metadata={"fallback_value": -1})
+    p.add_map(lambda ctx: (ctx.index, ctx.item + 1), over="tens", name="plus")
+    p.add_unit(lambda ctx: ctx["plus"], ["plus"], name="seen")
+    results = p.execute(backend=DaskBackend(client))
+    assert results["tens"] == [10, -1, 30]
+    assert results["plus"] == [(0, 11), (1, 0), (2, 31)]
+    assert results["seen"] == results["plus"]
+    assert results["plus[2]"] == (2, 31)
+    assert p.last_execution_metrics["unit_times"]["tens[1]"]["state"] == "failed"
+    only = p.execute(backend=DaskBackend(client, gather=["seen"]))
+    assert only == {"seen": [(0, 11), (1, 0), (2, 31)]}
 
 
 # -- named limits and run deadlines ---------------------------------------------------------
