@@ -62,6 +62,7 @@ INTERNAL = {
     "quantum_partitioner.backends._asyncio": {"PlainCalls", "call_async", "check_no_running_loop"},
     "quantum_partitioner.backends._base": {
         "CarriedBaseException",
+        "carried_failure",
         "check_sendable",
         "root_cause",
     },

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from ._events import UnitFailed as UnitFailed
     from ._events import UnitFinished as UnitFinished
     from ._events import UnitRetrying as UnitRetrying
+    from ._events import UnitsAdded as UnitsAdded
     from ._events import UnitSkipped as UnitSkipped
     from ._events import UnitStarted as UnitStarted
     from ._graph import ExecutionMode as ExecutionMode
@@ -108,6 +109,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "UnitRetrying",
         "UnitSkipped",
         "UnitStarted",
+        "UnitsAdded",
     ),
     "._graph": ("ExecutionMode", "QuantumUnit", "UnitState"),
     "._joins": ("JoinRule", "at_least"),
@@ -215,6 +217,7 @@ __all__ = [
     "UnitStarted",
     "UnitState",
     "UnitTimeoutError",
+    "UnitsAdded",
     "UnknownDependencyError",
     "WorkerDiedError",
     "at_least",

@@ -27,6 +27,7 @@ from ._events import (
     UnitFailed,
     UnitFinished,
     UnitRetrying,
+    UnitsAdded,
     UnitSkipped,
     UnitStarted,
 )
@@ -192,7 +193,8 @@ class Run:
         # Typed loosely: a unit declared sync may still return a coroutine (awaited below).
         self._functions: list[Callable[..., Any]] = [unit.function for unit in graph.units]
         #: Whether each unit is a coroutine function, for drivers that run those apart.
-        self.is_async = [inspect.iscoroutinefunction(f) for f in self._functions]
+        flags = graph.coroutine_flags()
+        self.is_async = list(flags) if graph.maps else flags  # maps extend it
         self._names = graph.names
         self._deps = graph.deps
         #: The key each unit reads each dependency by, None when that is its name.
@@ -307,17 +309,14 @@ class Run:
         return True, value
 
     def still_wanted(self, i: int, attempt: int) -> bool:
-        """Whether an attempt is still current and within its timeout.
+        """Whether an attempt is still current and within its timeout and the run's deadline.
 
         Checked before keeping its metrics or caching its result: a late result must leave
         nothing behind. (SEQUENTIAL notices a timeout only after the call, hence the clock.)
         A pool thread checks it before it starts an attempt handed to it: one whose timeout
         passed before the thread got to it must never start.
         """
-        if self.attempt_abandoned(i, attempt):
-            return False
-        timeout = self.scheduler.timeouts[i]
-        return timeout is None or self.clock() - self.scheduler.started[i] <= timeout
+        return not self.attempt_abandoned(i, attempt)
 
     def context_for(self, i: int, attempt: int) -> ExecutionContext:
         """The context unit ``i`` is called with: the caller's plus its dependencies'."""
@@ -337,11 +336,12 @@ class Run:
                 return ExecutionContext(
                     self.context, view, self._names[i], attempt, self.mode, self, i, upstream
                 )
-            if self._view_keys is None:  # inlined here: the hot path of ordinary graphs
-                names, results = self._names, sched.results
+            results, keys = sched.results, self._view_keys
+            if keys is None:  # inlined here: the hot path of ordinary graphs
+                names = self._names
                 view = {names[j]: results[j] for j in deps}
-            else:
-                view = self._complete_inputs(*self._row_of(i))
+            else:  # a graph with subgraphs (not an item: items returned above)
+                view = {key: results[j] for key, j in zip(keys[i], deps, strict=True)}
         else:
             view = _NO_RESULTS
         return ExecutionContext(self.context, view, self._names[i], attempt, self.mode, self, i)
@@ -486,6 +486,12 @@ class Run:
         self.is_async.extend([inspect.iscoroutinefunction(function)] * count)
         for listener in self.on_grow:
             listener(items)
+        dispatcher = self.dispatcher
+        if dispatcher.units_added and count:  # before any item starts
+            event = UnitsAdded(
+                self._names[m], self._names[items.start : items.stop], self.to_epoch(now), unit
+            )
+            dispatcher.emit(dispatcher.units_added, event)
         return transitions
 
     def item_of(self, i: int) -> tuple[int, Any] | None:
@@ -517,12 +523,25 @@ class Run:
         return bool(answer), None
 
     def attempt_abandoned(self, i: int, attempt: int) -> bool:
-        """Whether attempt ``attempt`` of unit ``i`` is no longer wanted (``ctx.cancelled``)."""
+        """Whether attempt ``attempt`` of unit ``i`` is no longer wanted (``ctx.cancelled``).
+
+        Also once its timeout or the run's deadline has passed, before the driver acts on
+        it: SEQUENTIAL cannot act while the unit runs, and a unit that watches
+        ``ctx.cancelled`` can stop at its deadline in every mode.
+        """
         sched = self.scheduler
-        return (
+        if (
             self.stopping.is_set()
             or sched.attempts[i] != attempt
             or sched.state[i] is not UnitState.RUNNING
+        ):
+            return True
+        timeout, run_deadline = sched.timeouts[i], sched.run_deadline
+        if timeout is None and run_deadline is None:
+            return False
+        now = self.clock()
+        return (timeout is not None and now - sched.started[i] > timeout) or (
+            run_deadline is not None and now >= run_deadline
         )
 
     # -- events ----------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from quantum_partitioner import (
     CachingQuantumPartitioner,
     ExponentialBackoff,
@@ -123,6 +125,29 @@ def test_deadline_while_a_retry_or_a_token_is_awaited_ends_the_run(mode):
     assert p.units["flaky"].state is UnitState.CANCELED
     assert p.units["second"].state is UnitState.CANCELED
     assert p.last_execution_metrics["stop_reason"] == "deadline"
+
+
+def test_ctx_cancelled_turns_true_at_the_timeout_and_at_the_deadline(mode, tmp_path):
+    """A unit watching ctx.cancelled stops at its timeout and at the run's deadline.
+
+    In SEQUENTIAL too, where nothing acts while the unit runs: ctx.cancelled used to stay
+    false there, so such a unit ran to its own end (30 s here).
+    """
+    if mode.pickles_functions_by_name:
+        pytest.skip("in a plain process pool a unit cannot see ctx.cancelled")
+    never = str(tmp_path / "never")
+    p = QuantumPartitioner()
+    p.add_unit(u.wait_for_file(never, "late"), name="timed", timeout=0.3)
+    began = time.perf_counter()
+    assert mode.execute(p) == {}
+    assert time.perf_counter() - began < 5
+    assert p.units["timed"].state is UnitState.TIMEOUT
+    q = QuantumPartitioner()
+    q.add_unit(u.wait_for_file(never, "late"), name="waits")
+    began = time.perf_counter()
+    assert mode.execute(q, deadline=0.3) == {}
+    assert time.perf_counter() - began < 5
+    assert q.units["waits"].state is UnitState.CANCELED
 
 
 def test_stop_reason_is_completed_for_a_full_run(mode):

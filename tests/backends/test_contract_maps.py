@@ -201,6 +201,34 @@ def test_items_of_a_saturated_run_go_depth_first(tmp_path):
     assert order.read_text().split() == ["a[0]", "b[0]", "a[1]", "b[1]", "a[2]", "b[2]"]
 
 
+def items_running_together(execute):
+    """Run 2 units that make 6 items of 0.2 s; how many items ran at one moment."""
+    p = QuantumPartitioner(max_workers=6)
+    p.add_unit(u.const([0.2] * 6), name="naps")
+    p.add_map(u.sleep(0.2, "done"), over="naps", name="calls", metadata={"resource_type": "io"})
+    assert execute(p)["calls"] == ["done"] * 6
+    times = p.last_execution_metrics["unit_times"]
+    items = [times[f"calls[{k}]"] for k in range(6)]
+    first_end = min(t["end"] for t in items)
+    return sum(1 for t in items if t["start"] < first_end)
+
+
+def test_items_get_the_whole_pool_not_the_workers_the_first_units_needed(mode):
+    """Two units to start with, then 6 items: they run max_workers at a time.
+
+    Pools used to start no more workers than the graph's first units (2 here), so the items
+    of a map ran two at a time in THREAD, PROCESS, ASYNC and the thread lane.
+    """
+    workers = {"sequential": 1, "process": 2, "custom-processpool": 2, "custom-threadpool": 4}
+    assert items_running_together(mode.execute) == workers.get(mode.id, 6)
+
+
+def test_items_get_the_whole_thread_lane():
+    """The same in a resource_balanced run's thread lane."""
+    together = items_running_together(lambda p: p.execute_with_strategy(None, "resource_balanced"))
+    assert together == 6
+
+
 def test_items_hold_the_maps_limits(mode):
     p = QuantumPartitioner(max_workers=4)
     p.add_limit("tools", concurrency=1)

@@ -55,6 +55,10 @@ NO_FIXED_PORT = {"dashboard_address": "127.0.0.1:0"}
 
 FAST_RETRIES = RetryPolicy(backoff=ExponentialBackoff(initial=0.001, jitter=0))
 
+#: Under pytest-xdist (``make test``), the module's tests share one worker, so its clusters
+#: start once.
+pytestmark = pytest.mark.xdist_group("dask-clusters")
+
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -1091,6 +1095,36 @@ def test_subgraph_units_read_inner_names_on_the_workers(backend):
     assert results["ingest"] == {"report": results["ingest.report"]}
     assert results["after"] == [("clean", 30)]
     assert p.units["ingest.never"].error.cause is SkipCause.CONDITION
+
+
+# -- maps --------------------------------------------------------------------------------------
+
+
+def test_maps_run_item_by_item_on_the_cluster(client):
+    """A map, an item-wise map over it and a dependent of that: values, not futures, come back.
+
+    The Dask driver used to fail with IndexError as soon as a map made its items (and sent
+    the map itself to the cluster as if it were a unit).
+    """
+
+    def fails_on_two(ctx):
+        if ctx.item == 2:
+            raise ValueError("two")
+        return ctx.item * 10
+
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: [1, 2, 3], name="xs")
+    p.add_map(fails_on_two, over="xs", name="tens", metadata={"fallback_value": -1})
+    p.add_map(lambda ctx: (ctx.index, ctx.item + 1), over="tens", name="plus")
+    p.add_unit(lambda ctx: ctx["plus"], ["plus"], name="seen")
+    results = p.execute(backend=DaskBackend(client))
+    assert results["tens"] == [10, -1, 30]
+    assert results["plus"] == [(0, 11), (1, 0), (2, 31)]
+    assert results["seen"] == results["plus"]
+    assert results["plus[2]"] == (2, 31)
+    assert p.last_execution_metrics["unit_times"]["tens[1]"]["state"] == "failed"
+    only = p.execute(backend=DaskBackend(client, gather=["seen"]))
+    assert only == {"seen": [(0, 11), (1, 0), (2, 31)]}
 
 
 # -- named limits and run deadlines ---------------------------------------------------------

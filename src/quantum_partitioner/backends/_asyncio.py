@@ -305,7 +305,9 @@ class AsyncBackend(Backend):
         plain_units = run.is_async.count(False)
         plain = None
         if plain_units:
-            size = min(self.max_workers or default_thread_workers(), plain_units)
+            size = self.max_workers or default_thread_workers()
+            if not run.graph.maps:  # else maps may add plain functions: keep the full pool
+                size = min(size, plain_units)
             plain = PlainCalls(run, loop, size, wake_up)
         tasks: dict[int, _Entry] = {}
         cleaning: set[asyncio.Task[Any]] = set()

@@ -49,6 +49,7 @@ __all__ = [
     "CarriedBaseException",
     "carried_failure",
     "check_sendable",
+    "pool_size",
     "root_cause",
 ]
 
@@ -90,6 +91,15 @@ def carried_failure(
         return None
     carried = CarriedBaseException(error, None if pauses is None else {PAUSES_KEY: pauses})
     return carried.with_traceback(error.__traceback__)
+
+
+def pool_size(graph: Graph, size: int) -> int:
+    """How many workers (threads, processes) of at most ``size`` a pool starts for ``graph``.
+
+    No more than it has units, unless maps may add units while it runs: their items must
+    get the full pool, not the few workers the graph's first units needed.
+    """
+    return size if graph.maps else max(1, min(size, len(graph)))
 
 
 def check_sendable(

@@ -22,7 +22,11 @@ Policy:
       completed; an early outcome waits until then. If a dependency fails, times out or is
       cancelled, the handed-over dependents are cancelled and handed over again with the
       retry (or the fallback). With a run cache, lookahead is off: a unit is looked up when
-      it becomes ready and submitted only on a miss.
+      it becomes ready and submitted only on a miss. It is off in a graph with maps too.
+    * Maps: the result mapped over is brought here once to count the items; an item is
+      submitted with its map's inputs and its item (a future, for a map over a map). A
+      map's result is the list of its items' futures until the end, when it is gathered
+      with them (or withheld with them).
     * ``metadata["resource_type"]`` becomes ``resources={type: 1}`` when some worker of the
       cluster declares that resource; otherwise it is ignored.
     * Timeouts: Dask cannot interrupt a running task. At the deadline the unit is TIMEOUT,
@@ -134,6 +138,7 @@ def run_attempt(  # noqa: PLR0917 - called by Dask with positional arguments onl
     *inputs: Any,
     upstream_errors: Mapping[str, BaseException] = _NO_ERRORS,
     pause_token: str | None = None,
+    item: tuple[int, Any] | None = None,
 ) -> UnitOutput:
     """Run one attempt of a unit on a Dask worker.
 
@@ -141,14 +146,16 @@ def run_attempt(  # noqa: PLR0917 - called by Dask with positional arguments onl
     :class:`UnitOutput` (Dask resolved its future here, worker to worker) or a plain fallback
     value. ``upstream_errors``: why the other dependencies have no output (join rules).
     ``pause_token``: the run's, when it has named limits: ``ctx.pause_limit`` then tells the
-    caller at once (:class:`_PauseFromWorker`).
+    caller at once (:class:`_PauseFromWorker`). ``item``: a map item's ``(index, item)``.
+    A map's result arrives as the list of its items' outputs.
     """
-    results = {
-        name: value.value if type(value) is UnitOutput else value
-        for name, value in zip(names, inputs, strict=True)
-    }
+    results = {name: _value_of(value) for name, value in zip(names, inputs, strict=True)}
+    if item is not None:
+        item = (item[0], _value_of(item[1]))
     watch = None if pause_token is None else _PauseFromWorker(pause_token)
-    ctx = ExecutionContext(context, results, unit_id, attempt, mode, watch, -1, upstream_errors)
+    ctx = ExecutionContext(
+        context, results, unit_id, attempt, mode, watch, -1, upstream_errors, item
+    )
     try:
         value = call_unit_function(function, ctx)
         check_sendable(unit_id, value, "the Dask worker", _serialize)
@@ -158,6 +165,15 @@ def run_attempt(  # noqa: PLR0917 - called by Dask with positional arguments onl
             raise
         raise carried from None
     return UnitOutput(value, ctx.metrics, _worker_address())
+
+
+def _value_of(value: Any) -> Any:
+    """An input as the unit sees it: an output's value; a map's list of item outputs, values."""
+    if type(value) is UnitOutput:
+        return value.value
+    if type(value) is list:  # a map's result: its items' outputs (or fallback values)
+        return [v.value if type(v) is UnitOutput else v for v in value]
+    return value
 
 
 #: The event topic on which ``ctx.pause_limit`` calls travel from workers to the caller.
@@ -304,7 +320,9 @@ class DaskBackend(Backend):
                 f"DaskBackend needs a running client; this one is {client.status}"
             )
         keep = self._indices_to_gather(run)
-        dask_run = _DaskRun(run, client, keep, lookahead=self.lookahead and run.cache is None)
+        # Items are made during the run, from a result on the cluster: no looking ahead.
+        lookahead = self.lookahead and run.cache is None and not run.graph.maps
+        dask_run = _DaskRun(run, client, keep, lookahead=lookahead)
         previous_wake = run.wake
         run.wake = dask_run.wake
         try:
@@ -351,7 +369,8 @@ class _DaskRun:
         n = len(graph)
         self.run = run
         self.client = client
-        self.keep = keep
+        #: The units whose results come back: a map's items with their map.
+        self.keep = set(keep)
         self.lookahead = lookahead
         self.token = uuid.uuid4().hex[:12]
         #: Keys are unique per submission: a cancelled key is never reused.
@@ -388,6 +407,21 @@ class _DaskRun:
         self.to_fetch: list[tuple[int, int]] = []
         #: What every task of the run receives so its ``ctx.pause_limit`` reaches us.
         self.pause_kwargs: dict[str, str] = {}
+        run.on_grow.append(self._grow)
+
+    def _grow(self, items: range) -> None:
+        """A map made ``items``: each is a unit with its map's task options."""
+        if not items:
+            return
+        m = self.run.scheduler.item_of[items[0]][0]
+        count = len(items)
+        self.futures.extend([None] * count)
+        self.future_attempt.extend([0] * count)
+        self.scanned.extend([0] * count)
+        self.options.extend([self.options[m]] * count)
+        self.dep_names.extend([()] * count)  # an item's inputs come from inputs_of
+        if m in self.keep:
+            self.keep.update(items)
 
     def _paused(self, name: str, seconds: float) -> None:
         """A unit paused limit ``name`` (in the client's loop): the driver applies it."""
@@ -526,7 +560,7 @@ class _DaskRun:
                     self.outcomes.put((i, attempt, _Served(value)))
                     return
             sched = run.scheduler
-            if sched.errors or sched.partial_inputs:  # some dependency did not complete
+            if sched.errors or sched.partial_inputs or sched.item_of:  # or a map's item
                 self._submit_with_gaps(i, attempt)
             else:
                 results = sched.results
@@ -535,9 +569,14 @@ class _DaskRun:
             self._look_ahead(i)
 
     def _submit_with_gaps(self, i: int, attempt: int) -> None:
-        """Submit a unit with the outputs that exist and why the others do not (join rules)."""
-        inputs, upstream = self.run.inputs_of(i)
-        self._submit(i, attempt, list(inputs.values()), tuple(inputs), upstream)
+        """Submit a unit with the outputs that exist and why the others do not (join rules).
+
+        A map's item gets its map's inputs and its item (a future when it maps over a map).
+        """
+        run = self.run
+        inputs, upstream = run.inputs_of(i)
+        item = run.item_of(i)
+        self._submit(i, attempt, list(inputs.values()), tuple(inputs), upstream, item=item)
 
     def _submit(
         self,
@@ -546,6 +585,8 @@ class _DaskRun:
         inputs: Sequence[Any],
         dep_names: tuple[str, ...] | None = None,
         upstream_errors: Mapping[str, BaseException] | None = None,
+        *,
+        item: tuple[int, Any] | None = None,
     ) -> None:
         """Hand attempt ``attempt`` of unit ``i`` to Dask with ``inputs`` (futures or values)."""
         run = self.run
@@ -568,6 +609,7 @@ class _DaskRun:
                 key=f"{name}-{attempt}-{self.token}-{next(self.serial)}",
                 **self.options[i],
                 **({"upstream_errors": upstream_errors} if upstream_errors else {}),
+                **({"item": item} if item is not None else {}),
                 **self.pause_kwargs,
             )
         except Exception as error:  # e.g. a function that cannot be pickled
@@ -851,11 +893,14 @@ class _DaskRun:
                     LOGGER.warning("Dask backend: the result of %r is lost: %s", names[i], gathered)
         remote: dict[str, int] = {}
         keep, future_type = self.keep, self.future_type
+        gathered_by_key: dict[str, Any] = {}
         for i, state in enumerate(sched.state):
             if state is _COMPLETED:
                 value = sched.results[i]
                 output = self.outputs.get(i)
                 if output is not None:
+                    if isinstance(value, future_type):
+                        gathered_by_key[value.key] = output.value
                     sched.results[i] = output.value
                     self._record(i, output.metrics, output.worker)
                     if run.cache is not None:
@@ -868,8 +913,24 @@ class _DaskRun:
                     run.withheld.add(i)
             elif state in _FAILED_STATES and i in sched.fallbacks and i not in keep:
                 run.withheld.add(i)
+        self._collect_maps(gathered_by_key)
         if remote and self.broken is None:
             self._read_remote(remote)
+
+    def _collect_maps(self, gathered_by_key: dict[str, Any]) -> None:
+        """A map's result, the list of its items' futures, becomes their values (or None)."""
+        sched, future_type = self.run.scheduler, self.future_type
+        for m in sched.items_of:
+            items = sched.results[m]
+            if sched.state[m] is not _COMPLETED or type(items) is not list:
+                continue
+            if m in self.keep:
+                sched.results[m] = [
+                    gathered_by_key.get(v.key) if isinstance(v, future_type) else v for v in items
+                ]
+            else:  # withheld, with its items: hold no future of the cluster
+                sched.results[m] = None
+                self.run.withheld.add(m)
 
     def _read_remote(self, remote: dict[str, int]) -> None:
         """Metrics and worker of results that stay on the cluster, without moving them."""

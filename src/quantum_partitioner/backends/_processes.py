@@ -69,6 +69,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from .._errors import BrokenBackendError, WorkerDiedError, describe_exit
 from .._process_worker import FrameReader, send_frame
+from ._base import pool_size
 from ._lanes import Lane, LaneBackend
 
 if TYPE_CHECKING:
@@ -240,7 +241,7 @@ class ProcessLane(Lane):
             if starting:
                 self._wake_r, self._wake_w = os.pipe()
             self._preload = _modules_of(run)
-            for _ in range(min(self.size, max(1, len(run.graph))) - len(self._workers)):
+            for _ in range(pool_size(run.graph, self.size) - len(self._workers)):
                 self._spawn()
             #: How many workers the run keeps: one that dies is replaced.
             self._wanted = len(self._workers)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._errors import interrupts_run
+from ._base import pool_size
 from ._lanes import Lane
 from ._pool import DaemonPool
 
@@ -47,7 +48,7 @@ class ThreadLane(Lane):
         self._post = post
         self._busy = 0
         self._pool: DaemonPool[tuple[int, int]] = DaemonPool(
-            min(self.size, max(1, len(run.graph))),
+            pool_size(run.graph, self.size),
             "quantum-partitioner-io",
             self._call,
             self._deliver,
