@@ -18,6 +18,7 @@ from quantum_partitioner import (
     QuantumUnit,
     RetryPolicy,
     UnknownDependencyError,
+    at_least,
 )
 from quantum_partitioner._graph import Graph, compile_graph, validate_unit
 
@@ -612,3 +613,24 @@ def test_critical_path_of_independent_units_is_the_heaviest_unit():
     )
     assert named_path(graph) == ["b"]
     assert graph.level == [0, 0, 0]
+
+
+def test_add_units_takes_at_least_over_a_map_as_add_unit_does():
+    """at_least(k) over a map counts its items: k above the dependency count is accepted."""
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: [1, 2, 3], name="source")
+    p.add_map(noop, over="source", name="each")
+    p.add_units({"quorum": (noop, ["each"], {"run_if": at_least(2)})})
+    assert p.units["quorum"].run_if == at_least(2)
+    with pytest.raises(ValueError, match="at_least"):
+        p.add_units({"other": (noop, ["source"], {"run_if": at_least(2)})})
+
+
+def test_a_unit_without_dependencies_owns_the_list_it_hands_out():
+    """Each root's dependencies list is its own: appending to one changes only that unit."""
+    p = QuantumPartitioner()
+    p.add_units({"a": noop, "b": noop})
+    p.add_unit(noop, name="c")
+    p.units["a"].dependencies.append("b")
+    assert (p.units["b"].dependencies, p.units["c"].dependencies) == ([], [])
+    assert p.build_execution_plan().dependencies == {"a": {"b"}, "b": set(), "c": set()}

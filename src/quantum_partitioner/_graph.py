@@ -12,15 +12,15 @@ computes the longest remaining path from each unit (its *rank*, which orders rea
 
 from __future__ import annotations
 
-import copy
 import enum
 import gc
+import inspect
 import math
 import sys
 from array import array
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeAlias
 
 from ._errors import CircularDependencyError, DuplicateUnitError, UnknownDependencyError
 from ._joins import ALL_SUCCESS, JoinRule
@@ -98,6 +98,10 @@ class _RunView:
         self.record: Any = None
 
 
+# What a unit without dependencies holds in place of its list (see QuantumUnit.dependencies).
+_NO_DEPENDENCIES: Final[tuple[()]] = ()
+
+
 class QuantumUnit(Generic[T, R]):
     """A unit of computation: a callable, the units it depends on, and how to run it.
 
@@ -130,11 +134,11 @@ class QuantumUnit(Generic[T, R]):
     """
 
     __slots__ = (
+        "_dependencies",
         "_index",
         "_view",
         "cancel_rest",
         "condition",
-        "dependencies",
         "function",
         "id",
         "limits",
@@ -171,7 +175,9 @@ class QuantumUnit(Generic[T, R]):
         """Create a unit; validate it with :func:`validate_unit`."""
         self.id = id
         self.function = function
-        self.dependencies: list[str] = [] if dependencies is None else dependencies
+        self._dependencies: list[str] | tuple[()] = (
+            _NO_DEPENDENCIES if dependencies is None else dependencies
+        )
         self.timeout = timeout
         self.retries = retries
         self.priority = priority
@@ -186,6 +192,20 @@ class QuantumUnit(Generic[T, R]):
         self.view_keys = view_keys
         self._view: _RunView | None = None
         self._index = -1
+
+    @property
+    def dependencies(self) -> list[str]:
+        """Names of the units whose results this unit needs (a list it owns)."""
+        deps = self._dependencies
+        if deps is _NO_DEPENDENCIES:
+            # A unit without dependencies holds none until its list is asked for: most units
+            # of a wide graph are roots, and an empty list costs 72 bytes each.
+            deps = self._dependencies = []
+        return deps  # type: ignore[return-value]  # never the empty tuple here
+
+    @dependencies.setter
+    def dependencies(self, value: list[str]) -> None:
+        self._dependencies = value
 
     def __repr__(self) -> str:
         """Show the unit's name, dependencies and state."""
@@ -259,7 +279,10 @@ class QuantumUnit(Generic[T, R]):
         Every other field is kept (``metadata`` and ``limits`` are copied, so changing this
         unit later leaves the copy as it was): this is how a subgraph's units are inlined.
         """
-        clone = copy.copy(self)
+        # Slot by slot: copy.copy's generic protocol costs ten times more per unit.
+        clone = object.__new__(type(self))
+        for slot in QuantumUnit.__slots__:
+            setattr(clone, slot, getattr(self, slot))
         clone.id = name
         clone.dependencies = dependencies
         clone.view_keys = view_keys
@@ -327,8 +350,9 @@ def make_unit(  # noqa: PLR0917 - add_unit's arguments, passed on in its order
     """
     if type(unit_id) is not str or not unit_id:
         _check_name(unit_id)
+    deps: list[str] | None
     if dependencies is None or (type(dependencies) is list and not dependencies):
-        deps: list[str] = []
+        deps = None  # no list until one is asked for
     else:
         _check_dependencies(unit_id, dependencies)
         # A dependency listed twice counts once; the list is the unit's own copy.
@@ -438,6 +462,13 @@ def _check_map(unit: QuantumUnit[Any, Any]) -> None:
         raise ValueError(f"map {name!r}: max_items must be >= 0, got {bound}")
     if unit.cancel_rest:
         raise ValueError(f"map {name!r}: cancel_rest is not supported on a map")
+    estimate = unit.metadata.get("estimated_items", 1) if unit.metadata else 1
+    if isinstance(estimate, bool) or not isinstance(estimate, int):
+        raise TypeError(
+            f"map {name!r}: metadata['estimated_items'] must be an int, got {estimate!r}"
+        )
+    if estimate < 0:
+        raise ValueError(f"map {name!r}: metadata['estimated_items'] must be >= 0, got {estimate}")
 
 
 def _check_decisions(unit: QuantumUnit[Any, Any], *, over_maps: bool) -> None:
@@ -496,6 +527,7 @@ class Graph:
     """
 
     __slots__ = (
+        "_coroutine_flags",
         "_decisions",
         "_dependents",
         "_priority_order",
@@ -538,7 +570,7 @@ class Graph:
         in_order = True
         maps: dict[int, int] = {}
         for i, unit in enumerate(units):
-            wanted = unit.dependencies
+            wanted = unit._dependencies  # the slot: no list made for a unit without any
             if unit.over is not None:  # a map also depends on what it maps over
                 if unit.over not in index:
                     raise UnknownDependencyError(unit.id, unit.over)
@@ -582,6 +614,7 @@ class Graph:
         self._decisions: tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]] | None = (
             None
         )
+        self._coroutine_flags: list[bool] | None = None
         self._view_keys: list[tuple[str, ...]] | Literal[False] | None = False
 
     def for_run(self) -> Graph:
@@ -592,6 +625,8 @@ class Graph:
         are the copy's own. Rows are shared too: a run only appends rows, never edits one.
         """
         self.priority_order()  # computed on the declared units, shared by every run
+        self.coroutine_flags()
+        self.view_keys()  # likewise: items read their keys through their map (Run._row_of)
         copy = object.__new__(Graph)
         for slot in Graph.__slots__:
             setattr(copy, slot, getattr(self, slot))
@@ -601,6 +636,26 @@ class Graph:
         copy.deps = list(self.deps)
         copy._dependents = list(self.dependents)
         return copy
+
+    def coroutine_flags(self) -> list[bool]:
+        """Whether each unit's function is a coroutine function, found on first use.
+
+        Asked once per distinct function (many units share one), not per unit per run:
+        ``inspect.iscoroutinefunction`` is a good part of a no-op unit's cost. Never mutated:
+        a run that adds units (maps) copies it.
+        """
+        flags = self._coroutine_flags
+        if flags is None:
+            known: dict[int, bool] = {}
+            flags = []
+            for unit in self.units:
+                function = unit.function
+                flag = known.get(id(function))
+                if flag is None:
+                    flag = known[id(function)] = inspect.iscoroutinefunction(function)
+                flags.append(flag)
+            self._coroutine_flags = flags
+        return flags
 
     def decisions(self) -> tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]]:
         """``(conditions, rules)`` by unit index, found on first use (usually both empty).
@@ -637,11 +692,18 @@ class Graph:
         """Each unit's direct dependents, as indices (built on first use)."""
         if self._dependents is None:
             with _gc_paused():
-                dependents: list[list[int]] = [[] for _ in self.deps]
+                # A row is made by its first dependent, as long as it needs to be (most rows
+                # of a wide graph hold one index): [] and append would reserve four.
+                rows: list[list[int] | None] = [None] * len(self.deps)
                 for i, row in enumerate(self.deps):
                     for j in row:
-                        dependents[j].append(i)
-            self._dependents = dependents
+                        known = rows[j]
+                        if known is None:
+                            rows[j] = [i]
+                        else:
+                            known.append(i)
+                # Sinks get a list each: a run may append to any row (maps).
+                self._dependents = [[] if row is None else row for row in rows]
         return self._dependents
 
     @property

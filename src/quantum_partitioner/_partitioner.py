@@ -107,7 +107,9 @@ _UNIT_OPTIONS = frozenset(
 )
 
 
-def _unit_of_spec(name: str, spec: object) -> QuantumUnit[Any, Any]:
+def _unit_of_spec(
+    name: str, spec: object, depends_on_a_map: Callable[[object], bool]
+) -> QuantumUnit[Any, Any]:
     """An ``add_units`` entry but ``(fn, dependencies)``: ``fn`` or ``(fn, deps, options)``."""
     if type(spec) is not tuple and callable(spec):
         return make_unit(name, spec)
@@ -130,6 +132,7 @@ def _unit_of_spec(name: str, spec: object) -> QuantumUnit[Any, Any]:
         )
     get = options.get
     run_if = get("run_if", "all_success")
+    rule = ALL_SUCCESS if run_if == "all_success" else _join_rule_of(name, run_if)
     limits = get("limits")
     return make_unit(
         name,
@@ -141,9 +144,10 @@ def _unit_of_spec(name: str, spec: object) -> QuantumUnit[Any, Any]:
         get("metadata"),
         get("retry_policy"),
         get("when"),
-        ALL_SUCCESS if run_if == "all_success" else _join_rule_of(name, run_if),
+        rule,
         get("cancel_rest", False),
         None if limits is None else normalize_unit_limits(name, limits),
+        over_maps=rule.name == "at_least" and depends_on_a_map(deps),
     )
 
 
@@ -220,8 +224,10 @@ class QuantumPartitioner(Generic[T, R]):
                 raise TypeError(f"instruments must be Instrument objects, got {instrument!r}")
         self.instruments: list[Instrument] = list(instruments)
         self.units: dict[str, QuantumUnit[T, R]] = {}
-        self.completed_units: set[str] = set()
-        self.failed_units: set[str] = set()
+        # completed_units and failed_units, built from _settled_run when first read.
+        self._settled_run: Run | None = None
+        self._completed_units: set[str] | None = set()
+        self._failed_units: set[str] | None = set()
         self.on_unit_start: Callable[[str], Any] | None = None
         self.on_unit_complete: Callable[[str, Any], Any] | None = None
         self.on_unit_error: Callable[[str, BaseException], Any] | None = None
@@ -238,6 +244,39 @@ class QuantumPartitioner(Generic[T, R]):
         self._limits: dict[str, Limit] = {}
         #: The compiled limits of the last graph: ``(graph, limits by name, plan)``.
         self._limit_plan: tuple[Graph, dict[str, Limit], LimitPlan | None] | None = None
+
+    @property
+    def completed_units(self) -> set[str]:
+        """Names of the units that completed in the last finished run."""
+        if self._completed_units is None:
+            self._completed_units = self._names_in_states(frozenset({UnitState.COMPLETED}))
+        return self._completed_units
+
+    @completed_units.setter
+    def completed_units(self, names: set[str]) -> None:
+        self._completed_units = names
+
+    @property
+    def failed_units(self) -> set[str]:
+        """Names of the units that failed or timed out in the last finished run."""
+        if self._failed_units is None:
+            self._failed_units = self._names_in_states(_FAILED_STATES)
+        return self._failed_units
+
+    @failed_units.setter
+    def failed_units(self, names: set[str]) -> None:
+        self._failed_units = names
+
+    def _names_in_states(self, states: frozenset[UnitState]) -> set[str]:
+        """The names of the last finished run's units in ``states``.
+
+        Built on demand: a run of many units does not pay for sets nobody reads.
+        """
+        run = self._settled_run
+        if run is None:
+            return set()
+        names = run.graph.names
+        return {names[i] for i, state in enumerate(run.scheduler.state) if state in states}
 
     def __repr__(self) -> str:
         """Name the mode and count the units."""
@@ -539,7 +578,10 @@ class QuantumPartitioner(Generic[T, R]):
             raise ValueError(f"subgraph {name!r}: the partitioner to inline has no units")
         other._compiled()  # its own graph must hold: an unknown name or a cycle is named here
         outer_deps = list(dict.fromkeys(probe.dependencies))
-        units = inline_subgraph(list(other.units.values()), name, outer_deps, other.retry_policy)
+        with _gc_paused():  # many objects made and none freed: see _graph._gc_paused
+            units = inline_subgraph(
+                list(other.units.values()), name, outer_deps, other.retry_policy
+            )
         new_names = {unit.id for unit in units}
         for unit in units:
             if unit.id in self.units:
@@ -612,7 +654,7 @@ class QuantumPartitioner(Generic[T, R]):
                     fn, deps = spec
                     new[name] = make_unit(name, fn, deps)
                 else:
-                    new[name] = _unit_of_spec(name, spec)
+                    new[name] = _unit_of_spec(name, spec, self._depends_on_a_map)
             if not replace and not new.keys().isdisjoint(self.units):
                 raise DuplicateUnitError(next(name for name in new if name in self.units))
             if type(self)._admit is not QuantumPartitioner._admit:
@@ -1092,10 +1134,8 @@ class QuantumPartitioner(Generic[T, R]):
         return AsyncBackend(workers)
 
     def _finish(self, run: Run) -> None:
-        state = run.scheduler.state
-        names = run.graph.names
-        self.completed_units = {names[i] for i, s in enumerate(state) if s is UnitState.COMPLETED}
-        self.failed_units = {names[i] for i, s in enumerate(state) if s in _FAILED_STATES}
+        self._settled_run = run
+        self._completed_units = self._failed_units = None  # built when first read
         with self._lock:
             self._active_run = None
 
