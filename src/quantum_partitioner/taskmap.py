@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from ._errors import CircularDependency, CircularDependencyError, TaskError
 from ._graph import ExecutionMode, QuantumUnit, validate_unit
 from ._limits import Limit
-from ._partitioner import QuantumPartitioner
+from ._partitioner import _UNIT_OPTIONS, QuantumPartitioner
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -57,19 +57,7 @@ TaskSpec: TypeAlias = (
 )
 
 #: What a task's ``options`` may hold: ``add_unit``'s keyword arguments (but its name).
-_TASK_OPTIONS = frozenset(
-    {
-        "timeout",
-        "retries",
-        "priority",
-        "metadata",
-        "retry_policy",
-        "limits",
-        "when",
-        "run_if",
-        "cancel_rest",
-    }
-)
+_TASK_OPTIONS = _UNIT_OPTIONS
 #: What the ``options`` of a task that names ``over`` (a map) may hold: ``add_map``'s.
 _MAP_OPTIONS = (_TASK_OPTIONS - {"cancel_rest"}) | {"over", "max_items"}
 
