@@ -209,8 +209,12 @@ def items_running_together(execute):
     assert execute(p)["calls"] == ["done"] * 6
     times = p.last_execution_metrics["unit_times"]
     items = [times[f"calls[{k}]"] for k in range(6)]
-    first_end = min(t["end"] for t in items)
-    return sum(1 for t in items if t["start"] < first_end)
+    # The most items running at one moment. Each interval is shrunk at its end: an item sent
+    # ahead to a busy worker starts a moment before the driver hears the previous one end.
+    return max(
+        sum(1 for other in items if other["start"] <= t["start"] < other["end"] - 0.1)
+        for t in items
+    )
 
 
 def test_items_get_the_whole_pool_not_the_workers_the_first_units_needed(mode):
