@@ -24,6 +24,7 @@ INTERNAL = {
     "quantum_partitioner._render": {
         "DECIDED_SKIP_COLOUR",
         "STATE_COLOURS",
+        "map_note",
         "to_dot",
         "to_mermaid",
         "unit_colour",
