@@ -66,6 +66,7 @@ INTERNAL = {
         "carried_failure",
         "pool_size",
         "check_sendable",
+        "pool_size",
         "root_cause",
     },
     "quantum_partitioner.backends._pool": {"DaemonPool", "default_thread_workers"},

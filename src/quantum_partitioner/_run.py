@@ -183,6 +183,9 @@ class Run:
         #: Set when the run is interrupted or cancelled; units can watch ``ctx.cancelled``.
         self.stopping = threading.Event()
         self.interrupted: BaseException | None = None
+        #: Whether ``ctx.cancelled`` reads the clock against timeouts and the deadline
+        #: (:meth:`attempt_abandoned`): set by a driver that cannot act while a unit runs.
+        self.clock_cancels = False
         #: Set by :meth:`request_cancel`; the backend checks it between steps.
         self.cancel_requested = Flag()
         #: What a unit or hook raised in another thread of this process that interrupts the
@@ -311,14 +314,17 @@ class Run:
         return True, value
 
     def still_wanted(self, i: int, attempt: int) -> bool:
-        """Whether an attempt is still current and within its timeout and the run's deadline.
+        """Whether an attempt is still current and within its timeout.
 
         Checked before keeping its metrics or caching its result: a late result must leave
         nothing behind. (SEQUENTIAL notices a timeout only after the call, hence the clock.)
         A pool thread checks it before it starts an attempt handed to it: one whose timeout
         passed before the thread got to it must never start.
         """
-        return not self.attempt_abandoned(i, attempt)
+        if self.attempt_abandoned(i, attempt):
+            return False
+        timeout = self.scheduler.timeouts[i]
+        return timeout is None or self.clock() - self.scheduler.started[i] <= timeout
 
     def context_for(self, i: int, attempt: int) -> ExecutionContext:
         """The context unit ``i`` is called with: the caller's plus its dependencies'."""
@@ -527,9 +533,10 @@ class Run:
     def attempt_abandoned(self, i: int, attempt: int) -> bool:
         """Whether attempt ``attempt`` of unit ``i`` is no longer wanted (``ctx.cancelled``).
 
-        Also once its timeout or the run's deadline has passed, before the driver acts on
-        it: SEQUENTIAL cannot act while the unit runs, and a unit that watches
-        ``ctx.cancelled`` can stop at its deadline in every mode.
+        With :attr:`clock_cancels` (SEQUENTIAL, whose driver cannot act while a unit runs),
+        also once its timeout or the run's deadline has passed, so that a unit watching
+        ``ctx.cancelled`` stops there as in the other modes. Elsewhere the driver decides:
+        a result it receives before it acts on a deadline still counts.
         """
         sched = self.scheduler
         if (
@@ -538,6 +545,8 @@ class Run:
             or sched.state[i] is not UnitState.RUNNING
         ):
             return True
+        if not self.clock_cancels:
+            return False
         timeout, run_deadline = sched.timeouts[i], sched.run_deadline
         if timeout is None and run_deadline is None:
             return False

@@ -224,7 +224,8 @@ def test_items_get_the_whole_pool_not_the_workers_the_first_units_needed(mode):
     of a map ran two at a time in THREAD, PROCESS, ASYNC and the thread lane.
     """
     workers = {"sequential": 1, "process": 2, "custom-processpool": 2, "custom-threadpool": 4}
-    assert items_running_together(mode.execute) == workers.get(mode.id, 6)
+    # At least: with two processes, a third item may start as the driver hears of the first.
+    assert items_running_together(mode.execute) >= workers.get(mode.id, 6)
 
 
 def test_items_get_the_whole_thread_lane():
