@@ -319,6 +319,23 @@ def _check_map(unit: QuantumUnit[Any, Any]) -> None:
         raise ValueError(f"map {name!r}: cancel_rest is not supported on a map")
 
 
+def materialise(map_name: str, over_name: str, result: Any) -> list[Any]:
+    """The items of map ``map_name``: ``result`` (of unit ``over_name``) as a list, once.
+
+    Raises:
+        TypeError: ``result`` is not iterable, or iterating it raised (the message names the
+            map, the unit and the result's type).
+    """
+    try:
+        return list(result)
+    except Exception as error:
+        message = (
+            f"map {map_name!r}: the result of {over_name!r} is not iterable "
+            f"({type(result).__name__}): {error}"
+        )
+        raise TypeError(message) from error
+
+
 def _check_decisions(unit: QuantumUnit[Any, Any]) -> None:
     """Check ``condition``, ``run_if`` and ``cancel_rest``."""
     name = unit.id

@@ -23,6 +23,11 @@ Policy:
       cancelled, the handed-over dependents are cancelled and handed over again with the
       retry (or the fallback). With a run cache, lookahead is off: a unit is looked up when
       it becomes ready and submitted only on a miss.
+    * Maps: the result a map maps over stays on the cluster. ``Run.count_items`` asks the
+      worker holding it for its length (``client.run``: no task thread needed); a task
+      lists the items there once and each item's task takes its own through a task that
+      picks it. An item-wise item takes the output of the item it follows; a dependent of
+      a map takes one task's list of the items' outputs. Maps and items get no lookahead.
     * ``metadata["resource_type"]`` becomes ``resources={type: 1}`` when some worker of the
       cluster declares that resource; otherwise it is ignored.
     * Timeouts: Dask cannot interrupt a running task. At the deadline the unit is TIMEOUT,
@@ -68,7 +73,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from .._context import ExecutionContext
 from .._errors import BrokenBackendError, InternalError
 from .._events import UnitFinished
-from .._graph import UnitState
+from .._graph import UnitState, materialise
 from ._base import Backend, CarriedBaseException, check_sendable, root_cause
 
 if TYPE_CHECKING:
@@ -134,18 +139,27 @@ def run_attempt(  # noqa: PLR0917 - called by Dask with positional arguments onl
     context: dict[str, Any],
     *inputs: Any,
     upstream_errors: Mapping[str, BaseException] = _NO_ERRORS,
+    position: int = -1,
+    item: Any = None,
 ) -> UnitOutput:
     """Run one attempt of a unit on a Dask worker.
 
     ``inputs`` are the dependencies' outputs in the order of ``names``: a dependency's
     :class:`UnitOutput` (Dask resolved its future here, worker to worker) or a plain fallback
     value. ``upstream_errors``: why the other dependencies have no output (join rules).
+    A map item gets its ``position`` and its ``item`` (picked on the cluster, or the output
+    of the item it follows).
     """
     results = {
         name: value.value if type(value) is UnitOutput else value
         for name, value in zip(names, inputs, strict=True)
     }
-    ctx = ExecutionContext(context, results, unit_id, attempt, mode, None, -1, upstream_errors)
+    placed = None
+    if position >= 0:
+        placed = (position, item.value if type(item) is UnitOutput else item)
+    ctx = ExecutionContext(
+        context, results, unit_id, attempt, mode, None, -1, upstream_errors, placed
+    )
     try:
         value = function(ctx)
         if inspect.iscoroutine(value):  # an async def unit, or a function that returned one
@@ -166,10 +180,47 @@ def _serialize(value: Any) -> None:
 
 
 def _fetch_output(value: Any) -> Any:
-    """A value a ``when=`` predicate reads: a unit's output is brought here from the cluster."""
-    if isinstance(value, load_distributed().Future):
+    """A value a ``when=`` predicate reads: a unit's output is brought here from the cluster.
+
+    A map's value is the list of its items' futures (or fallback values).
+    """
+    future_type = load_distributed().Future
+    if type(value) is list and any(isinstance(v, future_type) for v in value):
+        return [_fetch_output(v) for v in value]
+    if isinstance(value, future_type):
         value = value.result()
     return value.value if type(value) is UnitOutput else value
+
+
+def collect_outputs(*outputs: Any) -> UnitOutput:
+    """On a worker: a map's output, the list of its items' outputs (or fallback values)."""
+    values = [output.value if type(output) is UnitOutput else output for output in outputs]
+    return UnitOutput(values, None, _worker_address())
+
+
+def measure_items(key: str, map_name: str, over_name: str, dask_worker: Any = None) -> int | None:
+    """On a worker (``client.run``): how many items the output under ``key`` gives, if held.
+
+    Runs beside the worker's tasks, not in one of its threads: measuring never waits for a
+    free thread. Raises the :func:`materialise` error for a result that is not iterable.
+    """
+    data = dask_worker.data
+    if key not in data:
+        return None
+    output = data[key]
+    value = output.value if type(output) is UnitOutput else output
+    return len(materialise(map_name, over_name, value))
+
+
+def list_items(map_name: str, over_name: str, output: Any) -> list[Any]:
+    """On a worker: the items of a map, once, for the tasks that pick each."""
+    value = output.value if type(output) is UnitOutput else output
+    return materialise(map_name, over_name, value)
+
+
+def pick_item(items: list[Any], position: int) -> Any:
+    """On a worker: one item of a map, so only that item travels to the task using it."""
+    return items[position]
 
 
 def _worker_address() -> str:
@@ -270,6 +321,9 @@ class DaskBackend(Backend):
         try:
             dask_run.open()
             run.fetch_value = _fetch_output
+            if run.scheduler.maps:
+                run.count_items = dask_run.count_items
+                run.on_grow.append(dask_run.grow)
             dask_run.drive()
             dask_run.collect()
         except BaseException as error:
@@ -311,7 +365,8 @@ class _DaskRun:
         n = len(graph)
         self.run = run
         self.client = client
-        self.keep = keep
+        #: Units whose results come back; a kept map's items join it as they appear.
+        self.keep = set(keep)
         self.lookahead = lookahead
         self.token = uuid.uuid4().hex[:12]
         #: Keys are unique per submission: a cancelled key is never reused.
@@ -343,6 +398,22 @@ class _DaskRun:
         self.fetcher: ThreadPoolExecutor | None = None
         self.fetching = 0
         self.to_fetch: list[tuple[int, int]] = []
+        sched = run.scheduler
+        #: Never handed over ahead: units a condition or a rule decides, and maps (which never
+        #: run; their items exist only once the map expanded, and are submitted when started).
+        self.not_ahead = sched.judged | frozenset(sched.maps)
+        #: Each expanded map over a unit -> the list of its items on the cluster (a future),
+        #: or, for a result that is here (cached, a fallback value), the items themselves.
+        self.item_sources: dict[int, Any] = {}
+        #: Each map item -> the future picking its item from that list (kept for retries).
+        self.picks: dict[int, Any] = {}
+        #: Each completed or failed map a dependent takes -> the future of its list of outputs.
+        self.collected: dict[int, Any] = {}
+        #: Each map -> the Dask priority of its items (item-wise ones rank after their parent).
+        self.item_priority: dict[int, tuple[float, int]] = {}
+        #: The gap between neighbouring units' Dask priorities (set by ``open``).
+        self.priority_step = 1.0
+        self.has_maps = bool(sched.maps)
 
     def wake(self) -> None:
         """Wake the driver (``cancel()`` from another thread)."""
@@ -361,6 +432,7 @@ class _DaskRun:
         declared = self._declared_resources()
         units = graph.units
         integral = all(float(unit.priority).is_integer() for unit in units)
+        self.priority_step = 1 / (n + 1) if integral else 1.0
         for i, unit in enumerate(units):
             rank = n - position_of[i]  # higher runs sooner, as Dask reads priorities
             priority = unit.priority + rank / (n + 1) if integral else rank
@@ -394,6 +466,117 @@ class _DaskRun:
         return frozenset(
             itertools.chain.from_iterable((w.get("resources") or {}) for w in workers.values())
         )
+
+    # -- maps --------------------------------------------------------------------------------
+
+    def count_items(self, m: int, over: int) -> int:
+        """``Run.count_items``: measure the result map ``m`` maps over where it is kept.
+
+        The worker holding it answers with the length (``client.run``, no task thread
+        needed); a task then lists the items there once, and each item's task takes its own
+        through a task picking it, so the list never travels to the caller.
+        """
+        names = self.run.graph.names
+        map_name, over_name = names[m], names[over]
+        source = self.run.scheduler.results[over]
+        if not isinstance(source, self.future_type):  # a cached or fallback value: here
+            values = materialise(map_name, over_name, source)
+            self.item_sources[m] = values
+            return len(values)
+        if self.broken is not None:
+            raise BrokenBackendError(f"map {map_name!r}: {self.broken}")
+        answers = self.client.run(measure_items, source.key, map_name, over_name)
+        counts = [count for count in answers.values() if count is not None]
+        if not counts:
+            raise BrokenBackendError(
+                f"map {map_name!r}: the result of {over_name!r} is lost from the Dask cluster"
+            )
+        self.item_sources[m] = self._submit_helper(
+            f"{map_name}-items", m, list_items, map_name, over_name, source
+        )
+        return int(counts[0])
+
+    def _submit_helper(self, stem: str, i: int, function: Callable[..., Any], *args: Any) -> Any:
+        """Submit a task that lists, picks or collects items, at unit ``i``'s priority."""
+        return self.client.submit(
+            function,
+            *args,
+            key=f"{stem}-{self.token}-{next(self.serial)}",
+            priority=self.options[i]["priority"],
+            pure=False,
+        )
+
+    def grow(self, items: range) -> None:
+        """``Run.on_grow``: a map got ``items``; give them their per-unit entries."""
+        count = len(items)
+        if not count:
+            return
+        run = self.run
+        sched = run.scheduler
+        m = sched.item_of[items.start][0]
+        self.futures.extend([None] * count)
+        self.future_attempt.extend([0] * count)
+        self.scanned.extend([0] * count)
+        self.dep_names.extend([()] * count)  # an item's inputs are named when it starts
+        options = self.options[m]
+        priority = self._priority_of_items(m, options["priority"])
+        if priority != options["priority"]:
+            options = {**options, "priority": priority}
+        self.options.extend([options] * count)
+        if m in self.keep:
+            self.keep.update(items)
+
+    def _priority_of_items(self, m: int, own: float) -> float:
+        """The Dask priority of map ``m``'s items (its own is ``own``).
+
+        Items of an item-wise map of equal ``priority`` rank right after the item they
+        follow, before the remaining items of that map: depth-first, as in the scheduler.
+        """
+        sched = self.run.scheduler
+        over = sched.maps[m]
+        units = self.run.graph.units
+        parent = self.item_priority.get(over)
+        if parent is None or units[m].priority != units[over].priority:
+            self.item_priority[m] = (own, 0)
+            return own
+        priority, depth = parent
+        placed = priority + self.priority_step * 0.5 ** (depth + 1)
+        self.item_priority[m] = (placed, depth + 1)
+        return placed
+
+    def _item_input(self, i: int, m: int, position: int) -> Any:
+        """What item ``i`` (at ``position`` of map ``m``) maps: a pick, a value or a future."""
+        sched = self.run.scheduler
+        parent = sched.item_parent.get(i)
+        if parent is not None:  # item-wise: the output of the item it follows
+            return sched.results[parent]
+        source = self.item_sources[m]
+        if type(source) is list:
+            return source[position]
+        pick = self.picks.get(i)
+        if pick is None:
+            name = self.run.graph.names[i]
+            pick = self._submit_helper(f"{name}-pick", i, pick_item, source, position)
+            self.picks[i] = pick
+        return pick
+
+    def _with_maps(self, inputs: Sequence[Any], dep_names: tuple[str, ...]) -> list[Any]:
+        """``inputs`` with each map's list of futures replaced by one future of its outputs."""
+        index, maps = self.run.graph.index, self.run.scheduler.maps
+        out = list(inputs)
+        for position, name in enumerate(dep_names):
+            m = index[name]
+            if m not in maps:
+                continue
+            values = out[position]
+            if type(values) is not list or not any(isinstance(v, self.future_type) for v in values):
+                continue  # no items, or only fallback values: the list goes as it is
+            collected = self.collected.get(m)
+            if collected is None:
+                collected = self._submit_helper(f"{name}-collect", m, collect_outputs, *values)
+                self.collected[m] = collected
+            out[position] = collected
+        return out
 
     # -- the driver loop -------------------------------------------------------------------
 
@@ -473,7 +656,14 @@ class _DaskRun:
                     self.outcomes.put((i, attempt, _Served(value)))
                     return
             sched = run.scheduler
-            if sched.errors or sched.partial_inputs:  # some dependency did not complete
+            place = sched.item_of.get(i) if sched.item_of else None
+            if place is not None:  # a map item: its map's declared inputs, and its item
+                inputs, upstream = run.inputs_of(i)
+                item = self._item_input(i, *place)
+                names = tuple(inputs)
+                values = list(inputs.values())
+                self._submit(i, attempt, values, names, upstream, position=place[1], item=item)
+            elif sched.errors or sched.partial_inputs:  # some dependency did not complete
                 self._submit_with_gaps(i, attempt)
             else:
                 results = sched.results
@@ -493,15 +683,32 @@ class _DaskRun:
         inputs: Sequence[Any],
         dep_names: tuple[str, ...] | None = None,
         upstream_errors: Mapping[str, BaseException] | None = None,
+        *,
+        position: int = -1,
+        item: Any = None,
     ) -> None:
-        """Hand attempt ``attempt`` of unit ``i`` to Dask with ``inputs`` (futures or values)."""
+        """Hand attempt ``attempt`` of unit ``i`` to Dask with ``inputs`` (futures or values).
+
+        A map item also gets its ``position`` and ``item`` (a pick's future, a value, or the
+        future of the item it follows).
+        """
         run = self.run
+        name = run.graph.names[i]  # an item's unit is its map's: the name is its own
         if self.broken is not None:
-            error = BrokenBackendError(f"unit {run.graph.names[i]!r}: {self.broken}")
+            error = BrokenBackendError(f"unit {name!r}: {self.broken}")
             self.outcomes.put((i, attempt, _Failed(error)))
             return
         unit = run.graph.units[i]
-        name = unit.id
+        if dep_names is None:
+            dep_names = self.dep_names[i]
+        if self.has_maps and dep_names:  # a dependency may be a map: one future for it
+            inputs = self._with_maps(inputs, dep_names)
+        extra: dict[str, Any] = {}
+        if upstream_errors:
+            extra["upstream_errors"] = upstream_errors
+        if position >= 0:
+            extra["position"] = position
+            extra["item"] = item
         try:
             future = self.client.submit(
                 run_attempt,
@@ -509,12 +716,12 @@ class _DaskRun:
                 name,
                 attempt,
                 run.mode,
-                self.dep_names[i] if dep_names is None else dep_names,
+                dep_names,
                 self.context,
                 *inputs,
                 key=f"{name}-{attempt}-{self.token}-{next(self.serial)}",
                 **self.options[i],
-                **({"upstream_errors": upstream_errors} if upstream_errors else {}),
+                **extra,
             )
         except Exception as error:  # e.g. a function that cannot be pickled
             failure: BaseException
@@ -542,7 +749,8 @@ class _DaskRun:
         # A unit that names limits goes to Dask only once it holds its slots.
         limited = {} if sched.gate is None else sched.gate.needs
         futures, scanned, has_value = self.futures, self.scanned, self._has_value
-        judged = sched.judged  # a condition or a join rule decides here, not ahead
+        items = sched.item_of
+        judged = self.not_ahead  # a condition, a join rule or a map decides here, not ahead
         stack = [start]
         while stack:
             for k in dependents[stack.pop()]:
@@ -550,6 +758,8 @@ class _DaskRun:
                     continue  # handed over already, ended, or waiting for a retry
                 if k in limited or (judged and k in judged):
                     continue
+                if items and k in items:
+                    continue  # an item-wise item: its item and inputs are named at its start
                 row = deps[k]
                 # Resume where the last look stopped: a sink of n units costs O(n) in all.
                 c, m = scanned[k], len(row)
@@ -785,11 +995,15 @@ class _DaskRun:
                     LOGGER.warning("Dask backend: the result of %r is lost: %s", names[i], gathered)
         remote: dict[str, int] = {}
         keep, future_type = self.keep, self.future_type
+        # Each gathered item's future -> its value, to rebuild the lists of the maps.
+        gathered_values: dict[str, Any] | None = {} if self.has_maps else None
         for i, state in enumerate(sched.state):
             if state is _COMPLETED:
                 value = sched.results[i]
                 output = self.outputs.get(i)
                 if output is not None:
+                    if gathered_values is not None and isinstance(value, future_type):
+                        gathered_values[value.key] = output.value
                     sched.results[i] = output.value
                     self._record(i, output.metrics, output.worker)
                     if run.cache is not None:
@@ -802,8 +1016,34 @@ class _DaskRun:
                     run.withheld.add(i)
             elif state in _FAILED_STATES and i in sched.fallbacks and i not in keep:
                 run.withheld.add(i)
+        if gathered_values is not None:
+            self._collect_maps(gathered_values)
         if remote and self.broken is None:
             self._read_remote(remote)
+
+    def _collect_maps(self, gathered: dict[str, Any]) -> None:
+        """Each map's list of item futures becomes their values, if every one came back."""
+        run = self.run
+        sched, future_type = run.scheduler, self.future_type
+        results = sched.results
+        for m in sched.items_of:
+            values = results[m]
+            if type(values) is not list:
+                continue
+            out = []
+            for entry in values:
+                if isinstance(entry, future_type):
+                    if entry.key not in gathered:  # not asked for, or lost
+                        results[m] = None
+                        run.withheld.add(m)
+                        break
+                    out.append(gathered[entry.key])
+                else:  # a fallback value
+                    out.append(entry)
+            else:
+                results[m] = out
+                if m not in self.keep:
+                    run.withheld.add(m)
 
     def _read_remote(self, remote: dict[str, int]) -> None:
         """Metrics and worker of results that stay on the cluster, without moving them."""
@@ -832,21 +1072,34 @@ class _DaskRun:
             if future is not None and sched.state[i] is not _COMPLETED:
                 self._drop(i)
         self.in_flight.clear()
+        self.to_cancel += [f for f in self._map_helpers() if isinstance(f, self.future_type)]
         if self.to_cancel and self.broken is None:
             futures, self.to_cancel = self.to_cancel, []
             with contextlib.suppress(Exception):
                 self.client.cancel(futures, force=True)
+
+    def _map_helpers(self) -> list[Any]:
+        """The tasks that list, pick and collect map items."""
+        return [*self.item_sources.values(), *self.picks.values(), *self.collected.values()]
 
     def close(self) -> None:
         """Release every future of the run (the cluster frees what nobody else holds)."""
         if self.fetcher is not None:
             self.fetcher.shutdown(wait=False, cancel_futures=True)
         results = self.run.scheduler.results
+        future_type, items_of = self.future_type, self.run.scheduler.items_of
         for i, value in enumerate(results):
-            if isinstance(value, self.future_type):  # interrupted before collect() ran
+            if isinstance(value, future_type) or (  # interrupted before collect() ran
+                type(value) is list
+                and i in items_of
+                and any(isinstance(v, future_type) for v in value)
+            ):
                 results[i] = None
                 self.run.withheld.add(i)
         self.futures = []
+        self.item_sources.clear()
+        self.picks.clear()
+        self.collected.clear()
         self.early.clear()
         self.to_cancel = []
         self.context = {}
