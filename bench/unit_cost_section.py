@@ -6,6 +6,8 @@ most of the drift of a small shared machine. Every row prints our figure, the re
 the ratio and the target (a ratio, or an absolute bound where the reference is only shown):
 
 * ``add_unit``: building N no-op units (fanout) against a dict ``{name: (fn, *deps)}``.
+* ``add_units``: the same graph in one call, from a ``{name: (fn, deps)}`` mapping made
+  beforehand (the user's own mapping is not counted), against the same dict build.
 * SEQUENTIAL execute against a ``graphlib.TopologicalSorter.static_order()`` loop with the
   same bookkeeping (a result and a state per unit, each unit handed its dependencies'
   results by name), on fanout, chain and layered.
@@ -17,12 +19,16 @@ the ratio and the target (a ratio, or an absolute bound where the reference is o
 * PROCESS (2), no-op units (``--process-n``): µs per unit on reused (warm) workers against
   ``ProcessPoolExecutor.submit`` on a warm pool; a fresh-pool run is shown too.
 * PROCESS worker start: a 1-unit PROCESS (1) run minus a 1-unit SEQUENTIAL run, against
-  starting a bare interpreter (``python -c pass``).
+  starting a bare interpreter (``python -c pass``); once with the unit in a module that
+  imports nothing, once in this module, which imports much (a worker imports the modules of
+  a run's functions before it is ready).
 * ASYNC, ``async def`` units awaiting ``sleep(0)``, against the hand-written dataflow (a
   task per unit awaiting its dependencies' tasks, one ``asyncio.run``).
 * The cache: a cold SQLite run (THREAD (4), every unit cacheable and stored), a warm one
   (every unit a hit), and building the cacheable graph (one shared function; distinct
-  closures of one function), each against the same thing without a cache.
+  closures of one function), each against the same thing without a cache. Each cold graph
+  is compiled before its sample, as the plain graph is by its warm-up; the read times a
+  warm run leaves to the store's writer thread are let finish between samples, untimed.
 * Memory: the RSS growth of building and executing 100,000 units (fanout, SEQUENTIAL), in
   a fresh interpreter each, against ``dask.get`` on the same graph.
 
@@ -62,6 +68,10 @@ if TYPE_CHECKING:
 THREADS = 4
 PROCESSES = 2
 CPU_UNITS, QUICK_CPU_UNITS = 32, 8
+#: Rounds of the PROCESS speed-up rows (each: SEQUENTIAL, fresh, reused, the pool).
+CPU_ROUNDS = 3
+#: A unit that got less of a CPU than this ran on a busy machine.
+BUSY_SHARE = 0.85
 MEMORY_UNITS = 100_000
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -95,6 +105,10 @@ class Row:
     target: str
     meets: bool | None
     samples: str = ""
+    #: The samples were disturbed (a busy machine): the verdict says NOISY.
+    noisy: bool = False
+    #: A line printed under the table.
+    note: str = ""
 
     @property
     def ratio(self) -> float | None:
@@ -104,18 +118,27 @@ class Row:
 
 
 def _median_pair(
-    first: Callable[[], Any], second: Callable[[], Any], repeat: int
+    first: Callable[[], Any],
+    second: Callable[[], Any],
+    repeat: int,
+    settle: Callable[[], Any] | None = None,
 ) -> tuple[float, float]:
-    """Median seconds of two callables, one warm-up each, samples interleaved."""
-    first()
-    second()
+    """Median seconds of two callables, one warm-up each, samples interleaved.
+
+    ``settle``, untimed, runs after each call of ``first``: it waits for what ``first``
+    left running in the background, so that its cost does not land in ``second``'s sample.
+    """
     a: list[float] = []
     b: list[float] = []
-    for _ in range(repeat):
+    for sample in range(repeat + 1):  # the first round is the warm-up
         for function, into in ((first, a), (second, b)):
             started = time.perf_counter()
             function()
-            into.append(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            if sample:
+                into.append(elapsed)
+            if settle is not None and function is first:
+                settle()
     return statistics.median(a), statistics.median(b)
 
 
@@ -230,22 +253,33 @@ def _closure(k: int) -> Any:
 # -- the rows ------------------------------------------------------------------------------
 
 
-def row_add_unit(n: int, repeat: int) -> Row:
+def _build_row(what: str, build_graph: Callable[[], Any], n: int, bound: float, repeat: int) -> Row:
+    """Building the fanout of ``n`` units with ``build_graph`` beside a dict build of it."""
     deps = fanout(n).deps
     function = _noop
     ours, ref = _median_pair(
-        lambda: build(deps), lambda: {k: (function, *v) for k, v in deps.items()}, repeat
+        build_graph, lambda: {k: (function, *v) for k, v in deps.items()}, repeat
     )
     us = ours / len(deps) * 1e6
     return Row(
-        "add_unit (fanout)",
-        us,
-        ref / len(deps) * 1e6,
-        "us/unit",
-        "<= 2.5 us",
-        us <= 2.5,
-        f"{repeat}",
+        what, us, ref / len(deps) * 1e6, "us/unit", f"<= {bound:g} us", us <= bound, f"{repeat}"
     )
+
+
+def row_add_unit(n: int, repeat: int) -> Row:
+    deps = fanout(n).deps
+    return _build_row("add_unit (fanout)", lambda: build(deps), n, 2.5, repeat)
+
+
+def row_add_units(n: int, repeat: int) -> Row:
+    # The mapping is the user's own: made before the timing.
+    units = {name: (_noop, names) for name, names in fanout(n).deps.items()}
+    cls = _api().QuantumPartitioner
+
+    def bulk() -> None:
+        cls(max_workers=THREADS).add_units(units)
+
+    return _build_row("add_units (fanout, one mapping)", bulk, n, 1.0, repeat)
 
 
 def row_mode(mode: str, shape: str, n: int, repeat: int) -> Row:
@@ -280,6 +314,14 @@ def row_mode(mode: str, shape: str, n: int, repeat: int) -> Row:
 
 
 def rows_process_cpu(options: Options) -> list[Row]:
+    """Speed-ups over SEQUENTIAL, each the median of per-round ratios.
+
+    One round times SEQUENTIAL, a fresh pool, reused workers and the warm
+    ``ProcessPoolExecutor`` back to back, so each ratio compares runs made under the same
+    load of a shared machine (a lone SEQUENTIAL sample taken during a spike gave speed-ups
+    above the number of workers). Every unit returns the CPU time it used: a run whose units
+    got much less than a whole CPU each ran on a busy machine, and the row says so.
+    """
     units = QUICK_CPU_UNITS if options.n < 10_000 else CPU_UNITS
     cpu_ms = options.cpu_ms
     calibration = calibrate_burn(cpu_ms / 1000)
@@ -291,38 +333,65 @@ def rows_process_cpu(options: Options) -> list[Row]:
     fresh = build(deps, work)
     reused = build(deps, work)
     backend = api.backends.ProcessBackend(PROCESSES, reuse=True)
+    cpu_shares: list[float] = []
 
     def timed(function: Callable[[], Any]) -> float:
         started = time.perf_counter()
-        function()
-        return time.perf_counter() - started
+        results = function()
+        wall = time.perf_counter() - started
+        if isinstance(results, dict):  # ours: each unit's (CPU seconds, wall seconds)
+            cpu_shares.append(
+                sum(c for c, _ in results.values()) / sum(w for _, w in results.values())
+            )
+        return wall
 
-    with concurrent.futures.ProcessPoolExecutor(PROCESSES) as pool:
-        list(pool.map(burn, [1] * PROCESSES))  # warm: the workers are up
-        reused.execute({}, backend=backend)  # warm-up of the reused workers
-        seq = timed(lambda: sequential.execute({}, execution_mode="SEQUENTIAL"))
-        fresh_s = statistics.median(
-            timed(lambda: fresh.execute({}, execution_mode="PROCESS", max_workers=PROCESSES))
-            for _ in range(2)
-        )
-        reused_s = statistics.median(
-            timed(lambda: reused.execute({}, backend=backend)) for _ in range(2)
-        )
-        pool_s = statistics.median(
-            timed(lambda: list(pool.map(burn, [calibration.loops] * units))) for _ in range(2)
-        )
-    backend.close()
-    what = f"PROCESS ({PROCESSES}) speed-up, {units} x {cpu_ms:g} ms"
-    ref = seq / pool_s
-    fresh_x, reused_x = seq / fresh_s, seq / reused_s
-    return [
-        Row(f"{what}, fresh pool", fresh_x, ref, "x", ">= 1.75x", fresh_x >= 1.75, "2"),
-        Row(f"{what}, reused", reused_x, ref, "x", ">= 1.85x", reused_x >= 1.85, "2"),
+    runs: list[Callable[[], Any]] = [
+        lambda: sequential.execute({}, execution_mode="SEQUENTIAL"),
+        lambda: fresh.execute({}, execution_mode="PROCESS", max_workers=PROCESSES),
+        lambda: reused.execute({}, backend=backend),
     ]
+    with concurrent.futures.ProcessPoolExecutor(PROCESSES) as pool:
+        runs.append(lambda: list(pool.map(burn, [calibration.loops] * units)))
+        runs[-1]()  # warm: the workers are up
+        runs[2]()  # warm-up of the reused workers
+        rounds = [[timed(run) for run in runs] for _ in range(CPU_ROUNDS)]
+    backend.close()
+    seq_s = [r[0] for r in rounds]
+    fresh_x, reused_x, pool_x = (
+        statistics.median(s / r[k] for s, r in zip(seq_s, rounds, strict=True)) for k in (1, 2, 3)
+    )
+    what = f"PROCESS ({PROCESSES}) speed-up, {units} x {cpu_ms:g} ms"
+    share = min(cpu_shares)
+    note = (
+        f"PROCESS speed-ups: SEQUENTIAL took {statistics.median(seq_s):.2f} s (median) for "
+        f"{units} units; the units got {share:.0%} to {max(cpu_shares):.0%} of a CPU (their "
+        "CPU time over their wall time)"
+        + (", a busy machine: the speed-ups are unreliable" if share < BUSY_SHARE else "")
+    )
+    rows = []
+    for label, speedup, target in (("fresh pool", fresh_x, 1.75), ("reused", reused_x, 1.85)):
+        rows.append(
+            Row(
+                f"{what}, {label}",
+                speedup,
+                pool_x,
+                "x",
+                f">= {target:g}x",
+                speedup >= target,
+                f"{CPU_ROUNDS}",
+                # More than PROCESSES times faster cannot be: the samples were disturbed.
+                noisy=speedup > PROCESSES * 1.02 or share < BUSY_SHARE,
+            )
+        )
+    rows[0].note = note
+    return rows
 
 
-def _burn_unit(loops: int, ctx: Any) -> int:
-    return burn(loops)
+def _burn_unit(loops: int, ctx: Any) -> tuple[float, float]:
+    """The CPU unit: ``burn(loops)``; returns the CPU seconds (of its thread) and wall seconds."""
+    cpu, wall = time.thread_time(), time.perf_counter()
+    burn(loops)
+    return time.thread_time() - cpu, time.perf_counter() - wall
 
 
 def rows_process_noop(options: Options) -> list[Row]:
@@ -371,31 +440,47 @@ def rows_process_noop(options: Options) -> list[Row]:
     ]
 
 
-def row_worker_start(repeat: int) -> Row:
+def rows_worker_start(repeat: int) -> list[Row]:
+    """A 1-unit PROCESS (1) run minus a 1-unit SEQUENTIAL run, beside ``python -c pass``.
+
+    Twice: with the unit in this module (which imports much: the worker imports it before
+    it is ready, as it does the modules of a run's functions), and with the unit in a module
+    that imports nothing (the worker's own start-up).
+    """
     api = _api()
-    one = build({"u0": []})
-
-    def process_run() -> None:
-        one.execute({}, execution_mode=api.ExecutionMode.PROCESS, max_workers=1)
-
-    def sequential_run() -> None:
-        one.execute({}, execution_mode=api.ExecutionMode.SEQUENTIAL)
+    import light_units  # noqa: PLC0415 - the bench directory is on the path
 
     def bare() -> None:
         subprocess.run([sys.executable, "-c", "pass"], check=True)
 
-    process_s, bare_s = _median_pair(process_run, bare, repeat)
-    sequential_s, _ = _median_pair(sequential_run, lambda: None, repeat)
-    ms = (process_s - sequential_s) * 1e3
-    return Row(
-        "PROCESS worker start (1-unit run)",
-        ms,
-        bare_s * 1e3,
-        "ms",
-        "<= 45 ms",
-        ms <= 45,
-        f"{repeat}",
-    )
+    rows = []
+    for function, label in (
+        (light_units.noop, "its module imports nothing"),
+        (_noop, "its module imports much"),
+    ):
+        one = build({"u0": []}, function)
+
+        def process_run(one: Any = one) -> None:
+            one.execute({}, execution_mode=api.ExecutionMode.PROCESS, max_workers=1)
+
+        def sequential_run(one: Any = one) -> None:
+            one.execute({}, execution_mode=api.ExecutionMode.SEQUENTIAL)
+
+        process_s, bare_s = _median_pair(process_run, bare, repeat)
+        sequential_s, _ = _median_pair(sequential_run, lambda: None, repeat)
+        ms = (process_s - sequential_s) * 1e3
+        rows.append(
+            Row(
+                f"PROCESS worker start (1-unit run), {label}",
+                ms,
+                bare_s * 1e3,
+                "ms",
+                "<= 45 ms",
+                ms <= 45,
+                f"{repeat}",
+            )
+        )
+    return rows
 
 
 def rows_cache(n: int, repeat: int, directory: Path) -> list[Row]:
@@ -412,16 +497,23 @@ def rows_cache(n: int, repeat: int, directory: Path) -> list[Row]:
         partitioner.execute({}, execution_mode="THREAD")
         partitioner.close()
 
-    # Cold: a graph on an empty store per sample, built outside the timing.
+    # Cold: a graph on an empty store per sample, built and compiled outside the timing
+    # (the plain graph it is compared with is compiled by its warm-up run).
     cold_graphs = [
         build_cacheable(deps, shared, cache_path=fresh_path()) for _ in range(repeat + 1)
     ]
+    for graph in cold_graphs:
+        graph.build_execution_plan()
     plain_run = functools.partial(plain.execute, {}, execution_mode="THREAD")
     cold_s, plain_s = _median_pair(cold_run, plain_run, repeat)
     warm = build_cacheable(deps, shared, cache_path=fresh_path())
     warm.execute({}, execution_mode="THREAD")
+    # A warm run leaves its read times to the store's writer thread: let it finish, untimed.
     warm_s, plain_s2 = _median_pair(
-        functools.partial(warm.execute, {}, execution_mode="THREAD"), plain_run, repeat
+        functools.partial(warm.execute, {}, execution_mode="THREAD"),
+        plain_run,
+        repeat,
+        settle=warm.cache_entries,
     )
     warm.close()
     closures = [_closure(k) for k in range(len(deps))]
@@ -515,6 +607,14 @@ def _fmt(value: float | None, unit: str) -> str:
     return report.format_us(value)
 
 
+def _verdict(row: Row) -> str:
+    if row.meets is None:
+        return ""
+    if row.noisy:
+        return "NOISY"
+    return "PASS" if row.meets else "MISS"
+
+
 class UnitCostSection:
     """See the module docstring."""
 
@@ -532,6 +632,7 @@ class UnitCostSection:
         with tempfile.TemporaryDirectory() as tmp:
             steps: list[Callable[[], list[Row]]] = [
                 lambda: [row_add_unit(n, repeat)],
+                lambda: [row_add_units(n, repeat)],
                 *(
                     functools.partial(lambda m, s: [row_mode(m, s, n, repeat)], mode, shape)
                     for mode in ("SEQUENTIAL", "THREAD")
@@ -543,7 +644,7 @@ class UnitCostSection:
                 ),
                 lambda: rows_process_cpu(options),
                 lambda: rows_process_noop(options),
-                lambda: [row_worker_start(5)],
+                lambda: rows_worker_start(5),
                 lambda: rows_cache(n, 3, Path(tmp)),
                 lambda: [row_memory(memory_n)],
             ]
@@ -572,12 +673,15 @@ class UnitCostSection:
                 _fmt(row.reference, row.unit),
                 "-" if row.ratio is None else f"{row.ratio:.2f}x",
                 row.target,
-                "" if row.meets is None else ("PASS" if row.meets else "MISS"),
+                _verdict(row),
                 row.samples,
             ]
             for row in rows
         ]
         print(report.format_table(header, table))
+        for row in rows:
+            if row.note:
+                print(f"\n{row.note}")
         print(
             "\nReferences: a dict build; graphlib static_order() loop with a result and a state"
             "\nper unit; a 4-thread dataflow with one lock; ProcessPoolExecutor(2) warm (its"

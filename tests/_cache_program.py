@@ -4,8 +4,9 @@ Usage:
 
 * ``python _cache_program.py resume STORE LOG GATE MODE``: the chain
   ``a -> (b1, b2) -> c -> d -> e`` with every unit cacheable in the SQLite store ``STORE``.
-  Each unit appends its name to ``LOG`` when it starts; ``d`` then waits until the file
-  ``GATE`` exists. Prints one JSON line ``{"results": ..., "hits": ..., "misses": ...}``.
+  Each unit appends its name to ``LOG`` when it starts; ``d`` first waits until the results
+  upstream of it are committed, and after logging until the file ``GATE`` exists. Prints
+  one JSON line ``{"results": ..., "hits": ..., "misses": ...}``.
 * ``python _cache_program.py share STORE N BARRIER PARTIES``: ``N`` independent cacheable
   units in THREAD mode. Before running, the program creates a file in the directory
   ``BARRIER`` and waits until ``PARTIES`` files are there, so that several copies write the
@@ -14,7 +15,9 @@ Usage:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import sys
 import time
 import uuid
@@ -29,8 +32,29 @@ def log_start(ctx):
         log.write(ctx.unit_id + "\n")
 
 
+def wait_until_stored(store: str, units: list[str]) -> None:
+    """Wait until the store file holds an entry of each of ``units`` (at most 10 s).
+
+    The store commits a result within a transaction's time of its unit completing (the
+    bound docs/caching.md states), not before its dependents start: ``d`` waits for that
+    before it logs, so that the kill comes after the bound for everything upstream of it.
+    """
+    deadline = time.monotonic() + 10
+    query = f"SELECT count(DISTINCT unit) FROM entries WHERE unit IN ({','.join('?' * len(units))})"
+    while True:
+        with contextlib.closing(sqlite3.connect(store, timeout=10)) as db:
+            if db.execute(query, units).fetchone()[0] == len(units):
+                return
+        if time.monotonic() > deadline:
+            msg = f"the results of {units} were not committed within 10 s"
+            raise TimeoutError(msg)
+        time.sleep(0.005)
+
+
 def unit(ctx):
     """Log, wait at the gate if this is ``d``, then combine the dependencies' results."""
+    if ctx.unit_id == "d":
+        wait_until_stored(ctx["store"], ["a", "b1", "b2", "c"])
     log_start(ctx)
     if ctx.unit_id == "d":
         while not Path(ctx["gate"]).exists():  # the test kills the process here
@@ -49,10 +73,10 @@ def resume(store: str, log: str, gate: str, mode: str) -> dict[str, object]:
     graph = {"a": [], "b1": ["a"], "b2": ["a"], "c": ["b1", "b2"], "d": ["c"], "e": ["d"]}
     with CachingQuantumPartitioner(max_workers=2, cache_path=store) as p:
         for name, deps in graph.items():
-            # The result depends on "base" only: the log and gate paths are not inputs.
+            # The result depends on "base" only: the paths are not inputs.
             p.add_unit(unit, deps, name=name, metadata={"cacheable": True, "cache_keys": ["base"]})
         results = p.execute(
-            {"base": 7, "log": log, "gate": gate},
+            {"base": 7, "log": log, "gate": gate, "store": store},
             execution_mode=ExecutionMode(mode),
             raise_on_error=True,
         )

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from types import TracebackType
 
+    from ._graph import Graph
     from ._run import Run
 
 __all__ = ["CacheStats", "CachingQuantumPartitioner"]
@@ -321,6 +322,15 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
                 self._cache_errors += 1
 
 
+def _combine(static: bytes, parts: list[tuple[str, bytes]]) -> bytes:
+    """A key from a unit's fixed part and one part per dependency (name, part) by name."""
+    out = [static]
+    for name, part in parts:
+        encoded = name.encode("utf-8", "surrogatepass")
+        out.append(b"%d:%s%s" % (len(encoded), encoded, part))
+    return digest(b"".join(out))
+
+
 class _RunCache:
     """One run's keys; the engine's ``UnitCache`` (see the module docstring)."""
 
@@ -376,6 +386,31 @@ class _RunCache:
                 b"%s\0%d:%s%s%s%d:%s"
                 % (_KEY_FORMAT, len(name), name, function, context, len(version_part), version_part)
             )
+        self._store.prefetch(self._expected_keys(graph))
+
+    def _expected_keys(self, graph: Graph) -> list[bytes]:
+        """The keys the run will look up if every cacheable unit completes, for ``prefetch``.
+
+        A unit's key is known before the run when each of its dependencies is cacheable:
+        its part is then that dependency's own key (see ``_key_of``). Units downstream of a
+        non-cacheable one key on a result, known only once it exists: they are left out.
+        """
+        static, deps, names = self._static, graph.deps, self._names
+        expected: list[bytes | None] = [None] * len(static)
+        for i in graph.order:
+            own = static[i]
+            if own is None or not deps[i]:
+                expected[i] = own  # not cacheable (None), or a root: its key is its own part
+                continue
+            parts = []
+            for j in self._dependency_order(i, deps[i]):
+                known = expected[j]
+                if known is None:
+                    break  # a dependency whose key is known only at run time
+                parts.append((names[j], b"k" + known))
+            else:
+                expected[i] = _combine(own, parts)
+        return [key for key in expected if key is not None]
 
     # -- fixed parts -----------------------------------------------------------------------
 
@@ -425,19 +460,23 @@ class _RunCache:
 
     # -- per unit, once its dependencies are done ------------------------------------------
 
+    def _dependency_order(self, i: int, deps: Sequence[int]) -> Sequence[int]:
+        """Unit ``i``'s dependencies by name: the order their parts take in its key."""
+        order = self._dep_order[i]
+        if order is None:
+            order = sorted(deps, key=self._names.__getitem__)
+            self._dep_order[i] = order
+        return order
+
     def _key_of(self, run: Run, i: int, static: bytes) -> bytes:
         """Unit ``i``'s key, or ``_UNKEYABLE`` if a dependency's result has no fingerprint."""
         deps = run.graph.deps[i]
         if not deps:
             return static
-        order = self._dep_order[i]
         names = self._names
-        if order is None:
-            order = sorted(deps, key=names.__getitem__)
-            self._dep_order[i] = order
         sched = run.scheduler
-        parts = [static]
-        for j in order:
+        parts = []
+        for j in self._dependency_order(i, deps):
             own = self._keys[j]
             if own and sched.state[j] is _COMPLETED:
                 part = b"k" + own
@@ -458,9 +497,8 @@ class _RunCache:
                         return _UNKEYABLE
                     self._value_digests[j] = value_digest
                 part = b"v" + value_digest
-            name = names[j].encode("utf-8", "surrogatepass")
-            parts.append(b"%d:%s%s" % (len(name), name, part))
-        return digest(b"".join(parts))
+            parts.append((names[j], part))
+        return _combine(static, parts)
 
     def lookup(self, run: Run, i: int) -> tuple[bool, Any]:
         """``(True, result)`` if unit ``i``'s result for its current inputs is stored."""

@@ -26,8 +26,10 @@ Policy:
     * Maps: the result a map maps over stays on the cluster. ``Run.count_items`` asks the
       worker holding it for its length (``client.run``: no task thread needed); a task
       lists the items there once and each item's task takes its own through a task that
-      picks it. An item-wise item takes the output of the item it follows; a dependent of
-      a map takes one task's list of the items' outputs. Maps and items get no lookahead.
+      picks it. An item-wise item takes the output of the item it follows. A map's result
+      is the list of its items' futures until the end, when it is gathered with them (or
+      withheld with them); a dependent receives it as that list, resolved on its worker.
+      Maps and their items are never looked ahead; the other units still are.
     * ``metadata["resource_type"]`` becomes ``resources={type: 1}`` when some worker of the
       cluster declares that resource; otherwise it is ignored.
     * Timeouts: Dask cannot interrupt a running task. At the deadline the unit is TIMEOUT,
@@ -59,7 +61,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import itertools
 import logging
 import queue
@@ -70,11 +71,11 @@ from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from .._context import ExecutionContext
+from .._context import PAUSES_KEY, ExecutionContext, call_unit_function
 from .._errors import BrokenBackendError, InternalError
 from .._events import UnitFinished
 from .._graph import UnitState, materialise
-from ._base import Backend, CarriedBaseException, check_sendable, root_cause
+from ._base import Backend, CarriedBaseException, carried_failure, check_sendable, root_cause
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -139,37 +140,81 @@ def run_attempt(  # noqa: PLR0917 - called by Dask with positional arguments onl
     context: dict[str, Any],
     *inputs: Any,
     upstream_errors: Mapping[str, BaseException] = _NO_ERRORS,
-    position: int = -1,
-    item: Any = None,
+    pause_token: str | None = None,
+    item: tuple[int, Any] | None = None,
 ) -> UnitOutput:
     """Run one attempt of a unit on a Dask worker.
 
     ``inputs`` are the dependencies' outputs in the order of ``names``: a dependency's
     :class:`UnitOutput` (Dask resolved its future here, worker to worker) or a plain fallback
     value. ``upstream_errors``: why the other dependencies have no output (join rules).
-    A map item gets its ``position`` and its ``item`` (picked on the cluster, or the output
-    of the item it follows).
+    ``pause_token``: the run's, when it has named limits: ``ctx.pause_limit`` then tells the
+    caller at once (:class:`_PauseFromWorker`). ``item``: a map item's ``(index, item)``.
+    A map's result arrives as the list of its items' outputs.
     """
-    results = {
-        name: value.value if type(value) is UnitOutput else value
-        for name, value in zip(names, inputs, strict=True)
-    }
-    placed = None
-    if position >= 0:
-        placed = (position, item.value if type(item) is UnitOutput else item)
+    results = {name: _value_of(value) for name, value in zip(names, inputs, strict=True)}
+    if item is not None:
+        item = (item[0], _value_of(item[1]))
+    watch = None if pause_token is None else _PauseFromWorker(pause_token)
     ctx = ExecutionContext(
-        context, results, unit_id, attempt, mode, None, -1, upstream_errors, placed
+        context, results, unit_id, attempt, mode, watch, -1, upstream_errors, item
     )
     try:
-        value = function(ctx)
-        if inspect.iscoroutine(value):  # an async def unit, or a function that returned one
-            value = asyncio.run(value)
-    except Exception:
-        raise
+        value = call_unit_function(function, ctx)
+        check_sendable(unit_id, value, "the Dask worker", _serialize)
     except BaseException as error:  # it must fail the unit, not the worker
-        raise CarriedBaseException(error).with_traceback(error.__traceback__) from None
-    check_sendable(unit_id, value, "the Dask worker", _serialize)
+        carried = carried_failure(error, ctx.metrics)
+        if carried is None:
+            raise
+        raise carried from None
     return UnitOutput(value, ctx.metrics, _worker_address())
+
+
+def _value_of(value: Any) -> Any:
+    """An input as the unit sees it: an output's value; a map's list of item outputs, values."""
+    if type(value) is UnitOutput:
+        return value.value
+    if type(value) is list:  # a map's result: its items' outputs (or fallback values)
+        return [v.value if type(v) is UnitOutput else v for v in value]
+    return value
+
+
+#: The event topic on which ``ctx.pause_limit`` calls travel from workers to the caller.
+PAUSE_TOPIC: Final = "quantum-partitioner-pause-limit"
+#: The runs of this process listening for pauses, by run token (they share one topic).
+_pause_listeners: dict[str, Callable[[str, float], None]] = {}
+
+
+class _PauseFromWorker:
+    """``ctx.pause_limit`` on a worker: an event through the scheduler, to the caller at once.
+
+    As in the caller's process, the pause holds while the attempt still runs, and also when
+    it then fails (a 429 handler); the result may stay on the cluster, its metrics with it.
+    """
+
+    __slots__ = ("_token",)
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def attempt_abandoned(self, index: int, attempt: int) -> bool:
+        """Unknown on a worker: never."""
+        del index, attempt
+        return False
+
+    def pause_limit(self, name: str, seconds: float) -> None:
+        """Send the pause to the run's driver."""
+        from distributed import get_worker  # noqa: PLC0415 - present wherever this runs
+
+        get_worker().log_event(PAUSE_TOPIC, (self._token, name, seconds))
+
+
+def _on_pause(event: tuple[float, Any]) -> None:
+    """In the client's loop: a unit paused a limit; hand it to its run's driver."""
+    _, (token, name, seconds) = event
+    listener = _pause_listeners.get(token)
+    if listener is not None:
+        listener(name, seconds)
 
 
 def _serialize(value: Any) -> None:
@@ -192,12 +237,6 @@ def _fetch_output(value: Any) -> Any:
     return value.value if type(value) is UnitOutput else value
 
 
-def collect_outputs(*outputs: Any) -> UnitOutput:
-    """On a worker: a map's output, the list of its items' outputs (or fallback values)."""
-    values = [output.value if type(output) is UnitOutput else output for output in outputs]
-    return UnitOutput(values, None, _worker_address())
-
-
 def measure_items(key: str, map_name: str, over_name: str, dask_worker: Any = None) -> int | None:
     """On a worker (``client.run``): how many items the output under ``key`` gives, if held.
 
@@ -207,15 +246,12 @@ def measure_items(key: str, map_name: str, over_name: str, dask_worker: Any = No
     data = dask_worker.data
     if key not in data:
         return None
-    output = data[key]
-    value = output.value if type(output) is UnitOutput else output
-    return len(materialise(map_name, over_name, value))
+    return len(materialise(map_name, over_name, _value_of(data[key])))
 
 
 def list_items(map_name: str, over_name: str, output: Any) -> list[Any]:
     """On a worker: the items of a map, once, for the tasks that pick each."""
-    value = output.value if type(output) is UnitOutput else output
-    return materialise(map_name, over_name, value)
+    return materialise(map_name, over_name, _value_of(output))
 
 
 def pick_item(items: list[Any], position: int) -> Any:
@@ -323,7 +359,6 @@ class DaskBackend(Backend):
             run.fetch_value = _fetch_output
             if run.scheduler.maps:
                 run.count_items = dask_run.count_items
-                run.on_grow.append(dask_run.grow)
             dask_run.drive()
             dask_run.collect()
         except BaseException as error:
@@ -365,13 +400,13 @@ class _DaskRun:
         n = len(graph)
         self.run = run
         self.client = client
-        #: Units whose results come back; a kept map's items join it as they appear.
+        #: The units whose results come back: a map's items with their map.
         self.keep = set(keep)
         self.lookahead = lookahead
         self.token = uuid.uuid4().hex[:12]
         #: Keys are unique per submission: a cancelled key is never reused.
         self.serial = itertools.count()
-        self.outcomes: queue.SimpleQueue[tuple[int, int, Any] | _Fetched | None] = (
+        self.outcomes: queue.SimpleQueue[tuple[int, int, Any] | _Fetched | _Paused | None] = (
             queue.SimpleQueue()
         )
         #: Each unit's live future (running, looked ahead, or completed) and its attempt.
@@ -388,7 +423,10 @@ class _DaskRun:
         self.broken: str | None = None
         self.context: Any = {}
         self.options: list[dict[str, Any]] = []
-        self.dep_names = [tuple(graph.names[j] for j in row) for row in graph.deps]
+        #: The key each unit's function reads each dependency by (inner names in subgraphs).
+        self.dep_names = graph.view_keys() or [
+            tuple(graph.names[j] for j in row) for row in graph.deps
+        ]
         self.future_type: type[Any] = load_distributed().Future
         #: Futures submitted since the driver last handed them to the client's loop to watch.
         self.to_watch: list[tuple[Any, int, int]] = []
@@ -398,6 +436,8 @@ class _DaskRun:
         self.fetcher: ThreadPoolExecutor | None = None
         self.fetching = 0
         self.to_fetch: list[tuple[int, int]] = []
+        #: What every task of the run receives so its ``ctx.pause_limit`` reaches us.
+        self.pause_kwargs: dict[str, str] = {}
         sched = run.scheduler
         #: Never handed over ahead: units a condition or a rule decides, and maps (which never
         #: run; their items exist only once the map expanded, and are submitted when started).
@@ -407,13 +447,33 @@ class _DaskRun:
         self.item_sources: dict[int, Any] = {}
         #: Each map item -> the future picking its item from that list (kept for retries).
         self.picks: dict[int, Any] = {}
-        #: Each completed or failed map a dependent takes -> the future of its list of outputs.
-        self.collected: dict[int, Any] = {}
         #: Each map -> the Dask priority of its items (item-wise ones rank after their parent).
         self.item_priority: dict[int, tuple[float, int]] = {}
         #: The gap between neighbouring units' Dask priorities (set by ``open``).
         self.priority_step = 1.0
-        self.has_maps = bool(sched.maps)
+        run.on_grow.append(self._grow)
+
+    def _grow(self, items: range) -> None:
+        """A map made ``items``: each is a unit with its map's task options."""
+        if not items:
+            return
+        m = self.run.scheduler.item_of[items[0]][0]
+        count = len(items)
+        self.futures.extend([None] * count)
+        self.future_attempt.extend([0] * count)
+        self.scanned.extend([0] * count)
+        options = self.options[m]
+        priority = self._priority_of_items(m, options["priority"])
+        if priority != options["priority"]:
+            options = {**options, "priority": priority}
+        self.options.extend([options] * count)
+        self.dep_names.extend([()] * count)  # an item's inputs come from inputs_of
+        if m in self.keep:
+            self.keep.update(items)
+
+    def _paused(self, name: str, seconds: float) -> None:
+        """A unit paused limit ``name`` (in the client's loop): the driver applies it."""
+        self.outcomes.put(_Paused(name, seconds))
 
     def wake(self) -> None:
         """Wake the driver (``cancel()`` from another thread)."""
@@ -422,10 +482,14 @@ class _DaskRun:
     # -- setting up ------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Scatter the context and work out each unit's task options."""
+        """Scatter the context, listen for pauses, and work out each unit's task options."""
         run = self.run
         if run.context:
             self.context = self._scatter(dict(run.context))
+        if run.limits:  # units may pause them
+            _pause_listeners[self.token] = self._paused
+            self.client.subscribe_topic(PAUSE_TOPIC, _on_pause)  # the same handler for all
+            self.pause_kwargs = {"pause_token": self.token}
         graph = run.graph
         n = len(graph)
         _, position_of = graph.priority_order()
@@ -506,26 +570,6 @@ class _DaskRun:
             pure=False,
         )
 
-    def grow(self, items: range) -> None:
-        """``Run.on_grow``: a map got ``items``; give them their per-unit entries."""
-        count = len(items)
-        if not count:
-            return
-        run = self.run
-        sched = run.scheduler
-        m = sched.item_of[items.start][0]
-        self.futures.extend([None] * count)
-        self.future_attempt.extend([0] * count)
-        self.scanned.extend([0] * count)
-        self.dep_names.extend([()] * count)  # an item's inputs are named when it starts
-        options = self.options[m]
-        priority = self._priority_of_items(m, options["priority"])
-        if priority != options["priority"]:
-            options = {**options, "priority": priority}
-        self.options.extend([options] * count)
-        if m in self.keep:
-            self.keep.update(items)
-
     def _priority_of_items(self, m: int, own: float) -> float:
         """The Dask priority of map ``m``'s items (its own is ``own``).
 
@@ -559,24 +603,6 @@ class _DaskRun:
             pick = self._submit_helper(f"{name}-pick", i, pick_item, source, position)
             self.picks[i] = pick
         return pick
-
-    def _with_maps(self, inputs: Sequence[Any], dep_names: tuple[str, ...]) -> list[Any]:
-        """``inputs`` with each map's list of futures replaced by one future of its outputs."""
-        index, maps = self.run.graph.index, self.run.scheduler.maps
-        out = list(inputs)
-        for position, name in enumerate(dep_names):
-            m = index[name]
-            if m not in maps:
-                continue
-            values = out[position]
-            if type(values) is not list or not any(isinstance(v, self.future_type) for v in values):
-                continue  # no items, or only fallback values: the list goes as it is
-            collected = self.collected.get(m)
-            if collected is None:
-                collected = self._submit_helper(f"{name}-collect", m, collect_outputs, *values)
-                self.collected[m] = collected
-            out[position] = collected
-        return out
 
     # -- the driver loop -------------------------------------------------------------------
 
@@ -656,14 +682,7 @@ class _DaskRun:
                     self.outcomes.put((i, attempt, _Served(value)))
                     return
             sched = run.scheduler
-            place = sched.item_of.get(i) if sched.item_of else None
-            if place is not None:  # a map item: its map's declared inputs, and its item
-                inputs, upstream = run.inputs_of(i)
-                item = self._item_input(i, *place)
-                names = tuple(inputs)
-                values = list(inputs.values())
-                self._submit(i, attempt, values, names, upstream, position=place[1], item=item)
-            elif sched.errors or sched.partial_inputs:  # some dependency did not complete
+            if sched.errors or sched.partial_inputs or sched.item_of:  # or a map's item
                 self._submit_with_gaps(i, attempt)
             else:
                 results = sched.results
@@ -672,9 +691,17 @@ class _DaskRun:
             self._look_ahead(i)
 
     def _submit_with_gaps(self, i: int, attempt: int) -> None:
-        """Submit a unit with the outputs that exist and why the others do not (join rules)."""
-        inputs, upstream = self.run.inputs_of(i)
-        self._submit(i, attempt, list(inputs.values()), tuple(inputs), upstream)
+        """Submit a unit with the outputs that exist and why the others do not (join rules).
+
+        A map's item gets its map's inputs and its item: a pick's future, the future of the
+        item it follows, or a value.
+        """
+        run = self.run
+        inputs, upstream = run.inputs_of(i)
+        sched = run.scheduler
+        place = sched.item_of.get(i) if sched.item_of else None
+        item = None if place is None else (place[1], self._item_input(i, *place))
+        self._submit(i, attempt, list(inputs.values()), tuple(inputs), upstream, item=item)
 
     def _submit(
         self,
@@ -684,14 +711,9 @@ class _DaskRun:
         dep_names: tuple[str, ...] | None = None,
         upstream_errors: Mapping[str, BaseException] | None = None,
         *,
-        position: int = -1,
-        item: Any = None,
+        item: tuple[int, Any] | None = None,
     ) -> None:
-        """Hand attempt ``attempt`` of unit ``i`` to Dask with ``inputs`` (futures or values).
-
-        A map item also gets its ``position`` and ``item`` (a pick's future, a value, or the
-        future of the item it follows).
-        """
+        """Hand attempt ``attempt`` of unit ``i`` to Dask with ``inputs`` (futures or values)."""
         run = self.run
         name = run.graph.names[i]  # an item's unit is its map's: the name is its own
         if self.broken is not None:
@@ -699,16 +721,6 @@ class _DaskRun:
             self.outcomes.put((i, attempt, _Failed(error)))
             return
         unit = run.graph.units[i]
-        if dep_names is None:
-            dep_names = self.dep_names[i]
-        if self.has_maps and dep_names:  # a dependency may be a map: one future for it
-            inputs = self._with_maps(inputs, dep_names)
-        extra: dict[str, Any] = {}
-        if upstream_errors:
-            extra["upstream_errors"] = upstream_errors
-        if position >= 0:
-            extra["position"] = position
-            extra["item"] = item
         try:
             future = self.client.submit(
                 run_attempt,
@@ -716,12 +728,14 @@ class _DaskRun:
                 name,
                 attempt,
                 run.mode,
-                dep_names,
+                self.dep_names[i] if dep_names is None else dep_names,
                 self.context,
                 *inputs,
                 key=f"{name}-{attempt}-{self.token}-{next(self.serial)}",
                 **self.options[i],
-                **extra,
+                **({"upstream_errors": upstream_errors} if upstream_errors else {}),
+                **({"item": item} if item is not None else {}),
+                **self.pause_kwargs,
             )
         except Exception as error:  # e.g. a function that cannot be pickled
             failure: BaseException
@@ -787,11 +801,11 @@ class _DaskRun:
         for k in self.run.graph.dependents[i]:
             scanned[k] = 0
 
-    def _settle(self, item: tuple[int, int, Any] | _Fetched | None) -> None:
+    def _settle(self, item: tuple[int, int, Any] | _Fetched | _Paused | None) -> None:
         if item is None:
             return
-        if isinstance(item, _Fetched):
-            self._receive_fetched(item)
+        if isinstance(item, _Fetched | _Paused):
+            self._receive(item)
             return
         i, attempt, future = item
         local = isinstance(future, _Served | _Failed)
@@ -834,11 +848,16 @@ class _DaskRun:
         run.report(transitions)
 
     def _error_of(self, i: int, future: Any) -> BaseException:
-        """Why a future did not finish: the unit's exception, or what Dask said."""
+        """Why a future did not finish: the unit's exception, or what Dask said.
+
+        The ``ctx.pause_limit`` calls a failed attempt carried back are applied here.
+        """
         name = self.run.graph.names[i]
         if future.status == "error":
             error: BaseException = future.exception()
             if isinstance(error, CarriedBaseException):
+                if error.metrics:  # its ctx.pause_limit calls, in force before its retry
+                    self.run.apply_pauses(error.metrics)
                 error = error.error
             traceback = future.traceback()
             if traceback is not None:
@@ -951,6 +970,13 @@ class _DaskRun:
                     outputs.append(error)
             return outputs
 
+    def _receive(self, item: _Fetched | _Paused) -> None:
+        """News from the client's loop that is no attempt's outcome."""
+        if isinstance(item, _Paused):
+            self.run.apply_pauses({PAUSES_KEY: [item]})
+        else:
+            self._receive_fetched(item)
+
     def _receive_fetched(self, fetched: _Fetched) -> None:
         self.fetching -= 1
         run = self.run
@@ -995,15 +1021,14 @@ class _DaskRun:
                     LOGGER.warning("Dask backend: the result of %r is lost: %s", names[i], gathered)
         remote: dict[str, int] = {}
         keep, future_type = self.keep, self.future_type
-        # Each gathered item's future -> its value, to rebuild the lists of the maps.
-        gathered_values: dict[str, Any] | None = {} if self.has_maps else None
+        gathered_by_key: dict[str, Any] = {}
         for i, state in enumerate(sched.state):
             if state is _COMPLETED:
                 value = sched.results[i]
                 output = self.outputs.get(i)
                 if output is not None:
-                    if gathered_values is not None and isinstance(value, future_type):
-                        gathered_values[value.key] = output.value
+                    if isinstance(value, future_type):
+                        gathered_by_key[value.key] = output.value
                     sched.results[i] = output.value
                     self._record(i, output.metrics, output.worker)
                     if run.cache is not None:
@@ -1016,13 +1041,16 @@ class _DaskRun:
                     run.withheld.add(i)
             elif state in _FAILED_STATES and i in sched.fallbacks and i not in keep:
                 run.withheld.add(i)
-        if gathered_values is not None:
-            self._collect_maps(gathered_values)
+        self._collect_maps(gathered_by_key)
         if remote and self.broken is None:
             self._read_remote(remote)
 
-    def _collect_maps(self, gathered: dict[str, Any]) -> None:
-        """Each map's list of item futures becomes their values, if every one came back."""
+    def _collect_maps(self, gathered_by_key: dict[str, Any]) -> None:
+        """A map's result, the list of its items' futures, becomes their values.
+
+        If an item did not come back (not asked for, or lost), the map is withheld instead,
+        holding no future of the cluster.
+        """
         run = self.run
         sched, future_type = run.scheduler, self.future_type
         results = sched.results
@@ -1033,11 +1061,11 @@ class _DaskRun:
             out = []
             for entry in values:
                 if isinstance(entry, future_type):
-                    if entry.key not in gathered:  # not asked for, or lost
+                    if entry.key not in gathered_by_key:
                         results[m] = None
                         run.withheld.add(m)
                         break
-                    out.append(gathered[entry.key])
+                    out.append(gathered_by_key[entry.key])
                 else:  # a fallback value
                     out.append(entry)
             else:
@@ -1079,11 +1107,15 @@ class _DaskRun:
                 self.client.cancel(futures, force=True)
 
     def _map_helpers(self) -> list[Any]:
-        """The tasks that list, pick and collect map items."""
-        return [*self.item_sources.values(), *self.picks.values(), *self.collected.values()]
+        """The tasks that list and pick map items."""
+        return [*self.item_sources.values(), *self.picks.values()]
 
     def close(self) -> None:
-        """Release every future of the run (the cluster frees what nobody else holds)."""
+        """Release every future of the run (the cluster frees what nobody else holds).
+
+        The client stays subscribed to the pause topic: another run may be listening.
+        """
+        _pause_listeners.pop(self.token, None)
         if self.fetcher is not None:
             self.fetcher.shutdown(wait=False, cancel_futures=True)
         results = self.run.scheduler.results
@@ -1099,7 +1131,6 @@ class _DaskRun:
         self.futures = []
         self.item_sources.clear()
         self.picks.clear()
-        self.collected.clear()
         self.early.clear()
         self.to_cancel = []
         self.context = {}
@@ -1109,6 +1140,13 @@ class _Served(NamedTuple):
     """An outcome decided here: a cached result."""
 
     value: Any
+
+
+class _Paused(NamedTuple):
+    """A unit's ``ctx.pause_limit`` call on a worker."""
+
+    name: str
+    seconds: float
 
 
 class _Failed(NamedTuple):

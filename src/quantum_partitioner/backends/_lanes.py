@@ -10,7 +10,8 @@ full lane never holds back another. There is still one scheduler and one graph.
 A lane only runs attempts: the driver tells it to ``submit`` one, to ``abandon`` one that
 timed out or was cancelled, and that an outcome was ``settled``; the lane posts
 ``(index, attempt, ok, value_or_error, metrics)`` when an attempt ends, or ``None`` to wake
-the driver (for example when a replacement worker is ready).
+the driver (for example when a replacement worker is ready). A failure's metrics hold only
+the ``ctx.pause_limit`` calls of an attempt that ran elsewhere (or are None).
 
 A lane whose attempts run in the caller's process hands a ``KeyboardInterrupt`` or
 ``SystemExit`` a unit raised to the driver (``Run.hand_over_interrupt``) instead of posting
@@ -52,6 +53,8 @@ class Lane(ABC):
 
     #: The name units see as ``ctx.environment["execution_mode"]``.
     name = "lane"
+    #: Its place among its backend's lanes: the scheduler's ready queue it starts from.
+    index = 0
     #: Whether attempts go through ``Run.call`` (which consults the run's cache itself);
     #: otherwise the driver looks results up before ``submit`` and stores them after.
     calls_in_process = False
@@ -68,7 +71,11 @@ class Lane(ABC):
         """Start attempt ``attempt`` of unit ``i``; post its outcome when it ends."""
 
     def settled(self, i: int, attempt: int) -> None:  # noqa: B027 - optional hook
-        """The driver received the outcome of that attempt: its slot is free."""
+        """The driver received the outcome of that attempt: its slot is free.
+
+        Called before the outcome is applied: a lane that knows when the attempt really
+        started (a worker process stamps it) may set ``run.scheduler.started[i]``.
+        """
 
     def abandon(self, i: int, attempt: int) -> None:  # noqa: B027 - optional hook
         """Stop that attempt if possible (timeout, cancel); its outcome will be ignored."""
@@ -116,7 +123,7 @@ class FutureLane(Lane):
                 carried = error.error.with_traceback(error.__traceback__)
                 if carried.__cause__ is None:  # a process pool's remote traceback
                     carried.__cause__ = error.__cause__
-                post((i, attempt, False, carried, None))
+                post((i, attempt, False, carried, error.metrics))
             else:
                 post((i, attempt, False, error, None))
 
@@ -161,6 +168,8 @@ class LaneBackend(Backend):
         if not lanes:
             raise ValueError("a LaneBackend needs at least one lane")
         self.lanes = list(lanes)
+        for k, lane in enumerate(self.lanes):
+            lane.index = k
         self.lane_for = lane_for
         self.name = name or self.lanes[0].name
 
@@ -284,4 +293,6 @@ class LaneBackend(Backend):
             if current and run.dispatcher.unit_finished:
                 run.emit_finished(i, attempt, now)
         else:
+            if metrics:  # its ctx.pause_limit calls: in force before its retry is scheduled
+                run.apply_pauses(metrics)
             run.report(sched.fail(i, attempt, value, now))
