@@ -1139,6 +1139,10 @@ def test_maps_expand_on_the_cluster(client):
     p.add_map(u.tagged_item("tool"), over="plan", name="tool", retries=1)
     p.add_map(u.tagged_item("summary"), over="tool", name="summary")
     p.add_unit(u.seen, ["summary"], name="answer")
+    # A condition reads the map's list: its items' values are brought here, not futures.
+    p.add_unit(
+        u.const("ran"), ["tool"], name="gated", when=lambda ctx: "tool:1:calc" in ctx["tool"]
+    )
     p.add_unit(u.const([]), name="nothing")
     p.add_map(u.item_view, over="nothing", name="none")
     p.add_unit(u.seen, ["none"], name="after_none")
@@ -1157,6 +1161,7 @@ def test_maps_expand_on_the_cluster(client):
     assert results["tool"] == tools
     assert [results[f"summary[{i}]"] for i in range(3)] == summaries
     assert results["answer"]["results"] == {"summary": summaries}
+    assert results["gated"] == "ran"
     assert results["none"] == []
     assert results["after_none"]["results"] == {"none": []}
     assert (results["doubled[0]"], results["doubled[2]"]) == (20, 60)
@@ -1169,7 +1174,7 @@ def test_maps_expand_on_the_cluster(client):
     assert "map 'over_int': the result of 'number' is not iterable (int)" in str(failed["over_int"])
     assert isinstance(failed["over_int"], TypeError)
     assert "'plan' gave 3 items, more than max_items=2" in str(failed["bounded"])
-    assert p.last_execution_metrics["total_units"] == 14 + 3 + 3 + 3 + 3
+    assert p.last_execution_metrics["total_units"] == 15 + 3 + 3 + 3 + 3
 
 
 def test_the_mapped_list_never_travels_to_the_client(client):

@@ -227,11 +227,13 @@ def _serialize(value: Any) -> None:
 def _fetch_output(value: Any) -> Any:
     """A value a ``when=`` predicate reads: a unit's output is brought here from the cluster.
 
-    A map's value is the list of its items' futures (or fallback values).
+    A map's value is the list of its items' futures (or fallback values): gathered at once.
     """
     future_type = load_distributed().Future
-    if type(value) is list and any(isinstance(v, future_type) for v in value):
-        return [_fetch_output(v) for v in value]
+    if type(value) is list:
+        futures = [v for v in value if isinstance(v, future_type)]
+        if futures:
+            return [_value_of(output) for output in futures[0].client.gather(value)]
     if isinstance(value, future_type):
         value = value.result()
     return value.value if type(value) is UnitOutput else value
