@@ -1153,6 +1153,9 @@ def test_maps_expand_on_the_cluster(client):
     p.add_unit(u.const(42), name="number")
     p.add_map(u.item_view, over="number", name="over_int")
     p.add_map(u.item_view, over="plan", name="bounded", max_items=2)
+    # A fallback value is here, not on the cluster: its items are handed over as values.
+    p.add_unit(u.explode, name="broken", metadata={"fallback_value": ["a", "b"]})
+    p.add_map(u.item_view, over="broken", name="over_fallback")
 
     results = p.execute(backend=DaskBackend(client))
 
@@ -1162,6 +1165,7 @@ def test_maps_expand_on_the_cluster(client):
     assert [results[f"summary[{i}]"] for i in range(3)] == summaries
     assert results["answer"]["results"] == {"summary": summaries}
     assert results["gated"] == "ran"
+    assert [view["item"] for view in results["over_fallback"]] == ["a", "b"]
     assert results["none"] == []
     assert results["after_none"]["results"] == {"none": []}
     assert (results["doubled[0]"], results["doubled[2]"]) == (20, 60)
@@ -1174,7 +1178,7 @@ def test_maps_expand_on_the_cluster(client):
     assert "map 'over_int': the result of 'number' is not iterable (int)" in str(failed["over_int"])
     assert isinstance(failed["over_int"], TypeError)
     assert "'plan' gave 3 items, more than max_items=2" in str(failed["bounded"])
-    assert p.last_execution_metrics["total_units"] == 15 + 3 + 3 + 3 + 3
+    assert p.last_execution_metrics["total_units"] == 17 + 3 + 3 + 3 + 3 + 2
 
 
 def test_the_mapped_list_never_travels_to_the_client(client):
