@@ -1202,6 +1202,8 @@ def test_the_mapped_list_never_travels_to_the_client(client):
         "answer": 3,
     }
     assert p.units["loud"].state is UnitState.COMPLETED
+    # The tasks that listed and picked the items are released with the run's other futures.
+    assert wait_for(lambda: not run_keys(client, "tool"))
 
 
 # -- named limits and run deadlines ---------------------------------------------------------
