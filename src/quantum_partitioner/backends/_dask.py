@@ -563,7 +563,7 @@ class _DaskRun:
         return int(counts[0])
 
     def _submit_helper(self, stem: str, i: int, function: Callable[..., Any], *args: Any) -> Any:
-        """Submit a task that lists, picks or collects items, at unit ``i``'s priority."""
+        """Submit a task that lists or picks items, at unit ``i``'s priority."""
         return self.client.submit(
             function,
             *args,
