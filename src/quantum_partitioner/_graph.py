@@ -480,6 +480,23 @@ def _check_map(unit: QuantumUnit[Any, Any]) -> None:
         raise ValueError(f"map {name!r}: metadata['estimated_items'] must be >= 0, got {estimate}")
 
 
+def materialise(map_name: str, over_name: str, result: Any) -> list[Any]:
+    """The items of map ``map_name``: ``result`` (of unit ``over_name``) as a list, once.
+
+    Raises:
+        TypeError: ``result`` is not iterable, or iterating it raised (the message names the
+            map, the unit and the result's type).
+    """
+    try:
+        return list(result)
+    except Exception as error:
+        message = (
+            f"map {map_name!r}: the result of {over_name!r} is not iterable "
+            f"({type(result).__name__}): {error}"
+        )
+        raise TypeError(message) from error
+
+
 def _check_decisions(unit: QuantumUnit[Any, Any], *, over_maps: bool) -> None:
     """Check ``condition``, ``run_if`` and ``cancel_rest``."""
     name = unit.id

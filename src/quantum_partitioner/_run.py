@@ -31,7 +31,7 @@ from ._events import (
     UnitSkipped,
     UnitStarted,
 )
-from ._graph import Graph, UnitState
+from ._graph import Graph, UnitState, materialise
 from ._limits import compile_limits
 from ._scheduler import Scheduler, Transition
 
@@ -208,6 +208,11 @@ class Run:
         #: Brings a dependency's result here for a ``when=`` predicate, for backends that
         #: keep results elsewhere (Dask): only the values a predicate reads travel.
         self.fetch_value: Callable[[Any], Any] | None = None
+        #: Measures, where it is kept, the result map ``m`` maps over, for backends that keep
+        #: results elsewhere (Dask): ``count_items(m, over)`` returns its number of items, so
+        #: the result never travels here, and raises what :func:`materialise` raised. The
+        #: backend then hands each item its element itself (``item_of`` gives no value).
+        self.count_items: Callable[[int, int], int] | None = None
         self._epoch_offset = time.time() - time.perf_counter()
         self.started_at = 0.0
         self.ended_at = 0.0
@@ -444,9 +449,10 @@ class Run:
     def _expand(self, m: int) -> list[Transition]:
         """Give map ``m`` its items: one per element of the result it maps over.
 
-        That result is materialised once, here in the caller's process; a map over a map
-        has one item per item of that map. A result that is not iterable, or has more than
-        ``max_items`` elements, fails the map.
+        That result is materialised once, here in the caller's process, or measured where
+        it is kept by :attr:`count_items` (Dask: the list never comes here); a map over a
+        map has one item per item of that map. A result that is not iterable, or has more
+        than ``max_items`` elements, fails the map.
         """
         sched = self.scheduler
         over = sched.maps[m]
@@ -456,20 +462,14 @@ class Run:
         if over in sched.maps:
             count = len(sched.items_of[over])
         else:
-            result = sched.results[over]
-            if self.fetch_value is not None:
-                result = self.fetch_value(result)
             try:
-                values = list(result)
-            except Exception as error:  # not iterable, or its iterator raised
-                message = (
-                    f"map {unit.id!r}: the result of {self._names[over]!r} is not iterable "
-                    f"({type(result).__name__}): {error}"
-                )
-                failure = TypeError(message)
-                failure.__cause__ = error
-                return sched.fail_map(m, failure, now)
-            count = len(values)
+                if self.count_items is not None:
+                    count = self.count_items(m, over)
+                else:
+                    values = materialise(unit.id, self._names[over], sched.results[over])
+                    count = len(values)
+            except Exception as error:  # not iterable, its iterator raised, or unreachable
+                return sched.fail_map(m, error, now)
         bound = unit.max_items
         if bound is not None and count > bound:
             message = (
