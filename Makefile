@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/quantum-partitioner demo
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist); `make test TEST_WORKERS=0` runs it
+# in one. loadgroup keeps the tests of a module-scoped fixture (a Dask cluster, a built
+# wheel) on one worker, so each is set up once; the other tests go to whichever is free.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 check: $(STAMP)
 	$(BIN)/ruff check src tests bench examples

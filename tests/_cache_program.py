@@ -4,8 +4,9 @@ Usage:
 
 * ``python _cache_program.py resume STORE LOG GATE MODE``: the chain
   ``a -> (b1, b2) -> c -> d -> e`` with every unit cacheable in the SQLite store ``STORE``.
-  Each unit appends its name to ``LOG`` when it starts; ``d`` then waits until the file
-  ``GATE`` exists. Prints one JSON line ``{"results": ..., "hits": ..., "misses": ...}``.
+  Each unit appends its name to ``LOG`` when it starts; ``d`` first waits until the results
+  upstream of it are committed, and after logging until the file ``GATE`` exists. Prints
+  one JSON line ``{"results": ..., "hits": ..., "misses": ...}``.
 * ``python _cache_program.py map STORE LOG BROKEN MODE``: ``plan`` returns four documents,
   ``tool`` maps over it (its item ``BROKEN``, unless ``-``, raises), ``summary`` maps over
   ``tool`` item by item, ``answer`` joins the summaries; every unit is cacheable and logs
@@ -18,7 +19,9 @@ Usage:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import sys
 import time
 import uuid
@@ -33,8 +36,29 @@ def log_start(ctx):
         log.write(ctx.unit_id + "\n")
 
 
+def wait_until_stored(store: str, units: list[str]) -> None:
+    """Wait until the store file holds an entry of each of ``units`` (at most 10 s).
+
+    The store commits a result within a transaction's time of its unit completing (the
+    bound docs/caching.md states), not before its dependents start: ``d`` waits for that
+    before it logs, so that the kill comes after the bound for everything upstream of it.
+    """
+    deadline = time.monotonic() + 10
+    query = f"SELECT count(DISTINCT unit) FROM entries WHERE unit IN ({','.join('?' * len(units))})"
+    while True:
+        with contextlib.closing(sqlite3.connect(store, timeout=10)) as db:
+            if db.execute(query, units).fetchone()[0] == len(units):
+                return
+        if time.monotonic() > deadline:
+            msg = f"the results of {units} were not committed within 10 s"
+            raise TimeoutError(msg)
+        time.sleep(0.005)
+
+
 def unit(ctx):
     """Log, wait at the gate if this is ``d``, then combine the dependencies' results."""
+    if ctx.unit_id == "d":
+        wait_until_stored(ctx["store"], ["a", "b1", "b2", "c"])
     log_start(ctx)
     if ctx.unit_id == "d":
         while not Path(ctx["gate"]).exists():  # the test kills the process here
@@ -53,10 +77,10 @@ def resume(store: str, log: str, gate: str, mode: str) -> dict[str, object]:
     graph = {"a": [], "b1": ["a"], "b2": ["a"], "c": ["b1", "b2"], "d": ["c"], "e": ["d"]}
     with CachingQuantumPartitioner(max_workers=2, cache_path=store) as p:
         for name, deps in graph.items():
-            # The result depends on "base" only: the log and gate paths are not inputs.
+            # The result depends on "base" only: the paths are not inputs.
             p.add_unit(unit, deps, name=name, metadata={"cacheable": True, "cache_keys": ["base"]})
         results = p.execute(
-            {"base": 7, "log": log, "gate": gate},
+            {"base": 7, "log": log, "gate": gate, "store": store},
             execution_mode=ExecutionMode(mode),
             raise_on_error=True,
         )
@@ -81,12 +105,12 @@ def answer(ctx):
 
 def mapped(store: str, log: str, broken: str, mode: str) -> dict[str, object]:
     """Run plan -> tool (a map) -> summary (item-wise) -> answer once."""
-    only_log: dict[str, object] = {"cacheable": True, "cache_keys": []}
+    no_context: dict[str, object] = {"cacheable": True, "cache_keys": []}
     with CachingQuantumPartitioner(max_workers=2, cache_path=store) as p:
-        p.add_unit(lambda ctx: ["a", "b", "c", "d"], name="plan", metadata=only_log)
-        p.add_map(map_unit, over="plan", name="tool", metadata=only_log)
-        p.add_map(map_unit, over="tool", name="summary", metadata=only_log)
-        p.add_unit(answer, ["summary"], name="answer", metadata=only_log)
+        p.add_unit(lambda ctx: ["a", "b", "c", "d"], name="plan", metadata=no_context)
+        p.add_map(map_unit, over="plan", name="tool", metadata=no_context)
+        p.add_map(map_unit, over="tool", name="summary", metadata=no_context)
+        p.add_unit(answer, ["summary"], name="answer", metadata=no_context)
         results = p.execute({"log": log, "broken": broken}, execution_mode=ExecutionMode(mode))
         return {"results": results, "hits": p.cache_hits, "misses": p.cache_misses}
 

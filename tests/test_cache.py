@@ -12,6 +12,8 @@ import logging
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -391,6 +393,30 @@ def test_unfingerprintable_closure_is_refused_by_add_unit(make):
     assert p.units["keep"].function is not unit
     p.add_unit(unit, name="new", metadata={"cacheable": True, "cache_ignore": ["lock"]})
     assert p.execute(execution_mode=SEQUENTIAL) == {"keep": 0, "new": 1}
+
+
+def test_add_units_fingerprints_as_add_unit_does(make):
+    """add_units refuses an unfingerprintable cacheable unit (adding none) and caches the rest."""
+    lock = threading.Lock()
+    counter = Counter()
+
+    def unit(ctx):
+        with lock:
+            return 1
+
+    p = make(default_execution_mode=SEQUENTIAL)
+    with pytest.raises(TypeError, match=r"unit 'new'.*closure variable 'lock'"):
+        p.add_units(
+            {
+                "a": (combining(counter, "a"), [], {"metadata": cached()}),
+                "new": (unit, [], {"metadata": {"cacheable": True}}),
+            }
+        )
+    assert p.units == {}
+    p.add_units({"a": (combining(counter, "a"), [], {"metadata": cached()})})
+    p.execute()
+    p.execute()
+    assert (counter.take(), p.cache_hits) == ({"a": 1}, 1)
 
 
 def test_bad_cache_metadata_is_a_type_error(make):
@@ -1155,3 +1181,116 @@ def test_a_timed_out_attempt_leaves_nothing_in_the_cache(mode):
         assert p.units["slow"].state is UnitState.TIMEOUT
     assert p.cache_hits == 0
     assert "slow" not in (p.last_execution_metrics or {})["unit_metrics"]
+
+
+# -- bulk reads before a run -------------------------------------------------------------------
+
+
+def test_prefetch_serves_from_memory_until_flush(tmp_path):
+    """Prefetched entries are served without a query, misses known up front too, until flush."""
+    path = tmp_path / "c.sqlite"
+    present, absent = b"p" * 32, b"a" * 32
+    with SQLiteStore(path) as store:
+        store.put(present, "p", b"payload")
+        store.flush()
+        store.prefetch([present, absent])
+        with sqlite3.connect(path) as other:  # another process changes the file meanwhile
+            other.execute("DELETE FROM entries")
+        other.close()
+        store.put(b"x" * 32, "x", b"new")  # written by this process: seen at once
+        assert store.get(present) == b"payload"  # read ahead: still served
+        assert store.get(absent) is None
+        assert store.get(b"x" * 32) == b"new"
+        store.prefetch([present])
+        store.flush()  # the end of a run: what was read ahead is dropped
+        assert store.get(present) is None
+
+
+def test_prefetched_damaged_entry_is_dropped_not_served(tmp_path):
+    """A damaged entry read ahead is checked at the lookup: dropped, counted, never returned."""
+    path = tmp_path / "c.sqlite"
+    key = b"k" * 32
+    with SQLiteStore(path) as store:
+        store.put(key, "k", b"payload")
+        store.flush()
+        with sqlite3.connect(path) as other:
+            other.execute("UPDATE entries SET payload = ?", (b"payloaD",))
+        other.close()
+        store.prefetch([key])
+        assert store.get(key) is None
+        assert (store.corrupt, len(store)) == (1, 0)
+
+
+class RecordingStore(MemoryStore):
+    """A memory store that records the keys prefetched and looked up."""
+
+    def __init__(self):
+        super().__init__()
+        self.prefetched = []
+        self.looked_up = []
+
+    def prefetch(self, keys):
+        self.prefetched.extend(keys)
+
+    def get(self, key):
+        self.looked_up.append(key)
+        return super().get(key)
+
+
+def test_run_prefetches_the_keys_it_looks_up():
+    """Before a run, every key known up front is prefetched: those it then looks up.
+
+    a -> b -> c are cacheable (known), e depends on the non-cacheable d (known at run time).
+    """
+    store = RecordingStore()
+    p = CachingQuantumPartitioner(cache_store=store, default_execution_mode=SEQUENTIAL)
+    counter = Counter()
+    for name, deps in (("a", []), ("b", ["a"]), ("c", ["b", "a"]), ("e", ["d"])):
+        p.add_unit(combining(counter, name), deps, name=name, metadata=cached())
+    p.add_unit(combining(counter, "d"), name="d")
+    p.execute()
+    assert len(store.prefetched) == 3
+    assert set(store.prefetched) < set(store.looked_up)
+    assert len(store.looked_up) == 4
+    store.prefetched.clear()
+    store.looked_up.clear()
+    p.execute()
+    assert counter.take() == {"a": 1, "b": 1, "c": 1, "d": 2, "e": 1}
+    assert set(store.prefetched) < set(store.looked_up)
+
+
+def test_a_map_prefetches_its_items_keys_as_it_expands(tmp_path):
+    """plan -> tool (3 items) -> summary (item-wise) -> answer: every key the run looks up
+    is prefetched, the items' as their map expands; the map itself is never looked up."""
+    store = RecordingStore()
+    with CachingQuantumPartitioner(cache_store=store, default_execution_mode=SEQUENTIAL) as p:
+        mapped_agent(p)
+        context = {"docs": ["a", "b", "c"], "suffix": "-x", "log": str(tmp_path / "log")}
+        first = p.execute(context)
+        assert len(store.looked_up) == 2 + 3 + 3 + 2  # plan, cfg; items; answer, count
+        store.prefetched.clear()
+        store.looked_up.clear()
+        assert p.execute(context) == first
+    assert p.cache_hits == 10
+    assert len(store.prefetched) == 8  # answer and count key on the maps, known at run time
+    assert set(store.prefetched) < set(store.looked_up)
+
+
+def test_interpreter_exit_right_after_a_warm_run_writes_read_times(tmp_path):
+    """Exiting at once after a run of hits: no crash, results and read times in the file."""
+    path = tmp_path / "c.sqlite"
+    program = f"""
+import quantum_partitioner as qp
+p = qp.CachingQuantumPartitioner(cache_path={str(path)!r}, default_execution_mode="sequential")
+cacheable = {{"metadata": {{"cacheable": True}}}}
+p.add_units({{f"u{{i}}": (lambda ctx: 1, [], cacheable) for i in range(300)}})
+p.execute()
+p.execute()
+assert p.cache_hits == 300
+"""
+    done = subprocess.run([sys.executable, "-c", program], check=False, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT count(*), sum(accessed > created) FROM entries").fetchone()
+    db.close()
+    assert rows == (300, 300)

@@ -5,9 +5,11 @@ Every run here is a real ``python tests/_cache_program.py`` process (see its doc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -52,6 +54,27 @@ def wait_for_line(log, line, process):
         time.sleep(0.01)
 
 
+def wait_for_entries(store, count, process):
+    """Wait until ``store`` holds ``count`` committed entries (read as another process would).
+
+    A result is committed within one transaction's time of its unit completing (the
+    documented bound); on a loaded machine that can be longer than the poll of the log.
+    """
+    deadline = time.monotonic() + WAIT
+    while True:
+        with (
+            contextlib.suppress(sqlite3.OperationalError),  # not created yet
+            contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db,
+        ):
+            if db.execute("SELECT COUNT(*) FROM entries").fetchone()[0] >= count:
+                return
+        if process.poll() is not None:
+            pytest.fail(f"the program exited early: {process.communicate()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{count} entries were never committed to {store}")
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize("mode", ["sequential", "thread", "process"])
 def test_a_killed_run_resumes_without_recomputing_finished_units(tmp_path, mode):
     """kill -9 while d runs; the next run recomputes d and e only, with the same results."""
@@ -59,6 +82,7 @@ def test_a_killed_run_resumes_without_recomputing_finished_units(tmp_path, mode)
     first = start("resume", store, log, gate, mode)
     try:
         wait_for_line(log, "d", first)
+        wait_for_entries(store, 4, first)  # a, b1, b2, c: committed within the bound
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.communicate(timeout=WAIT)

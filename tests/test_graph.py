@@ -18,6 +18,7 @@ from quantum_partitioner import (
     QuantumUnit,
     RetryPolicy,
     UnknownDependencyError,
+    at_least,
 )
 from quantum_partitioner._graph import Graph, compile_graph, validate_unit
 
@@ -227,6 +228,12 @@ BAD_ADD_UNIT_ARGUMENTS = [
         id="bool-est",
     ),
     pytest.param({"retry_policy": "fast"}, TypeError, "retry_policy", id="str-retry-policy"),
+    pytest.param({"when": 5}, TypeError, "when=", id="non-callable-when"),
+    pytest.param({"cancel_rest": 0}, TypeError, "cancel_rest", id="int-cancel-rest"),
+    pytest.param({"cancel_rest": None}, TypeError, "cancel_rest", id="none-cancel-rest"),
+    pytest.param({"cancel_rest": True}, ValueError, "cancel_rest", id="cancel-rest-no-quorum"),
+    pytest.param({"limits": "api"}, TypeError, "limits", id="str-limits"),
+    pytest.param({"run_if": "most"}, ValueError, "join rule", id="unknown-run-if"),
 ]
 
 
@@ -241,6 +248,89 @@ def test_add_unit_rejects_bad_argument_naming_the_unit(kwargs, error, field):
     assert "'bad_unit'" in message
     assert field in message
     assert "bad_unit" not in p.units
+
+
+@pytest.mark.parametrize(("kwargs", "error", "field"), BAD_ADD_UNIT_ARGUMENTS)
+def test_add_units_rejects_what_add_unit_rejects_adding_none(kwargs, error, field):
+    """add_units raises add_unit's very error for a bad entry, and adds none of its units."""
+    options = dict(kwargs)
+    deps = options.pop("dependencies", [])
+    with pytest.raises(error) as expected:
+        QuantumPartitioner().add_unit(noop, deps, "bad_unit", **options)
+    p = QuantumPartitioner()
+    with pytest.raises(error) as info:
+        p.add_units({"good": noop, "bad_unit": (noop, deps, options), "after": noop})
+    assert str(info.value) == str(expected.value)
+    assert p.units == {}
+
+
+def test_add_units_builds_what_add_unit_builds():
+    """Each entry shape gives the unit add_unit would: dependencies deduplicated, options set."""
+    policy = RetryPolicy(retry_on=(OSError,))
+    p = QuantumPartitioner()
+    p.add_units(
+        {
+            "a": noop,
+            "b": (noop, ["a", "a"]),
+            "c": (other, ("a", "b"), {"timeout": 2, "retries": 1, "retry_policy": policy}),
+            "d": (noop, ["c"], {"priority": 3, "metadata": {"k": 1}, "limits": ["api"]}),
+        }
+    )
+    p.add_limit("api", concurrency=1)
+    a, b, c, d = (p.units[name] for name in "abcd")
+    assert list(p.units) == ["a", "b", "c", "d"]
+    assert (a.function, a.dependencies, b.dependencies) == (noop, [], ["a"])
+    assert (c.function, c.dependencies, c.timeout, c.retries) == (other, ["a", "b"], 2, 1)
+    assert c.retry_policy is policy
+    assert (d.priority, d.metadata, d.limits) == (3, {"k": 1}, {"api": 1})
+    assert p.execute(execution_mode=ExecutionMode.SEQUENTIAL) == {
+        "a": None,
+        "b": None,
+        "c": 1,
+        "d": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("units", "message"),
+    [
+        pytest.param([("a", noop)], "add_units() takes a dict", id="not-a-mapping"),
+        pytest.param({"a": 5}, "unit 'a': expected fn, (fn, dependencies)", id="not-callable"),
+        pytest.param({"a": (noop,)}, "unit 'a': expected fn", id="one-tuple"),
+        pytest.param({"a": (noop, [], {}, 1)}, "unit 'a': expected fn", id="four-tuple"),
+        pytest.param({"a": (noop, [], [])}, "unit 'a': options must be a dict", id="options"),
+        pytest.param({"a": (noop, [], {"name": "b"})}, "unit 'a': unknown options", id="name"),
+        pytest.param({1: noop}, "unit name must be a non-empty string", id="int-name"),
+    ],
+)
+def test_add_units_rejects_bad_entries_naming_the_unit(units, message):
+    """A bad mapping or entry raises TypeError naming the unit; nothing is added."""
+    p = QuantumPartitioner()
+    with pytest.raises(TypeError) as info:
+        p.add_units(units)
+    assert message in str(info.value)
+    assert p.units == {}
+
+
+def test_add_units_refuses_existing_names_unless_replacing():
+    """An existing name raises DuplicateUnitError and adds nothing; replace=True replaces."""
+    p = QuantumPartitioner()
+    p.add_unit(noop, name="b")
+    with pytest.raises(DuplicateUnitError, match="'b'"):
+        p.add_units({"a": noop, "b": other})
+    assert list(p.units) == ["b"]
+    p.add_units({"a": noop, "b": other}, replace=True)
+    assert (list(p.units), p.units["b"].function) == (["b", "a"], other)
+
+
+def test_add_units_invalidates_the_compiled_graph():
+    """Units added in bulk after a plan are in the next plan and run."""
+    p = QuantumPartitioner()
+    p.add_unit(noop, name="a")
+    assert len(p.build_execution_plan().levels) == 1
+    p.add_units({"b": (other, ["a"])})
+    assert len(p.build_execution_plan().levels) == 2
+    assert p.execute(execution_mode=ExecutionMode.SEQUENTIAL) == {"a": None, "b": 1}
 
 
 @pytest.mark.parametrize("fn", [5, "noop", object()], ids=["int", "str", "object"])
@@ -523,3 +613,24 @@ def test_critical_path_of_independent_units_is_the_heaviest_unit():
     )
     assert named_path(graph) == ["b"]
     assert graph.level == [0, 0, 0]
+
+
+def test_add_units_takes_at_least_over_a_map_as_add_unit_does():
+    """at_least(k) over a map counts its items: k above the dependency count is accepted."""
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: [1, 2, 3], name="source")
+    p.add_map(noop, over="source", name="each")
+    p.add_units({"quorum": (noop, ["each"], {"run_if": at_least(2)})})
+    assert p.units["quorum"].run_if == at_least(2)
+    with pytest.raises(ValueError, match="at_least"):
+        p.add_units({"other": (noop, ["source"], {"run_if": at_least(2)})})
+
+
+def test_a_unit_without_dependencies_owns_the_list_it_hands_out():
+    """Each root's dependencies list is its own: appending to one changes only that unit."""
+    p = QuantumPartitioner()
+    p.add_units({"a": noop, "b": noop})
+    p.add_unit(noop, name="c")
+    p.units["a"].dependencies.append("b")
+    assert (p.units["b"].dependencies, p.units["c"].dependencies) == ([], [])
+    assert p.build_execution_plan().dependencies == {"a": {"b"}, "b": set(), "c": set()}

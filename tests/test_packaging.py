@@ -1,6 +1,6 @@
 """What `make dist` builds: a wheel and an sdist that twine accepts and that work installed.
 
-The distributions are built once per session, the way `make dist` builds them (the sdist,
+The distributions are built once per module, the way `make dist` builds them (the sdist,
 then the wheel from it) but without an isolated build environment, so the test needs no
 network: hatchling comes with the ``dev`` extra.
 """
@@ -19,6 +19,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 BIN = Path(sys.executable).parent
+
+#: Under pytest-xdist (``make test``), the module's tests share one worker, so the
+#: distributions are built once.
+pytestmark = pytest.mark.xdist_group("packaging-dist")
 
 
 @pytest.fixture(scope="module")

@@ -489,6 +489,21 @@ def test_get_partial_results_and_get_failed_units_after_a_run():
     assert p.failed_units == {"boom"}
 
 
+def test_completed_and_failed_units_describe_the_last_finished_run():
+    """During a run they still name the previous run's units; after it, this run's."""
+    p = QuantumPartitioner()
+    assert (p.completed_units, p.failed_units) == (set(), set())
+    p.add_unit(lambda ctx: "ok", name="ok")
+    p.add_unit(exploding_unit, name="boom")
+    p.execute({}, SEQ)
+    p.add_unit(lambda ctx: "late", ["ok"], name="late")
+    seen = []
+    p.on_unit_start = lambda unit_id: seen.append((set(p.completed_units), set(p.failed_units)))
+    p.execute({}, SEQ)
+    assert seen[0] == ({"ok"}, {"boom"})
+    assert (p.completed_units, p.failed_units) == ({"ok", "late"}, {"boom"})
+
+
 def test_concurrent_execute_on_one_partitioner_raises_runtime_error():
     """A second execute() while one runs raises RuntimeError; the first run is unaffected."""
     started = threading.Event()

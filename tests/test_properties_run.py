@@ -8,13 +8,19 @@ drawn graph, independently of the library.
 
 Units come from ``tests/backends/_contract_units.py`` (put on ``sys.path``), so they pickle by
 name for a plain ProcessPoolExecutor. Modes running units in other processes draw fewer
-graphs (a PROCESS run starts its worker processes), which keeps this file fast.
+graphs, which keeps this file fast. A PROCESS run starts its worker processes, which costs
+more than the rest of a small run: in that mode one drawn graph in FRESH_PROCESS_RUN_EVERY
+runs as the mode runs it, starting its own workers, and the others run on one
+``ProcessBackend(reuse=True)`` whose workers serve run after run (as a user's executor is
+reused, below), so both ways of running in worker processes are checked on random graphs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +34,7 @@ from quantum_partitioner import (
     RetryPolicy,
     UnitState,
 )
+from quantum_partitioner.backends import ProcessBackend
 
 sys.path.insert(0, str(Path(__file__).parent / "backends"))
 import _contract_units as units  # needs the sys.path entry above
@@ -44,6 +51,7 @@ TERMINAL = frozenset(
 )
 EXAMPLES = 50
 EXAMPLES_IN_PROCESSES = 20
+FRESH_PROCESS_RUN_EVERY = 4
 
 
 @dataclass(frozen=True)
@@ -143,13 +151,19 @@ def property_test(strategy):
         def test(mode, tmp_path):
             examples = EXAMPLES_IN_PROCESSES if mode.in_processes else EXAMPLES
             logs = (Log(tmp_path / f"log-{n}") for n in itertools.count())
+            with ExitStack() as stack:
+                modes = itertools.repeat(mode)
+                if mode.kwargs["execution_mode"] is ExecutionMode.PROCESS:
+                    backend = stack.enter_context(ProcessBackend(2, reuse=True))
+                    reusing = dataclasses.replace(mode, kwargs={**mode.kwargs, "backend": backend})
+                    modes = itertools.cycle([mode] + [reusing] * (FRESH_PROCESS_RUN_EVERY - 1))
 
-            @settings(max_examples=examples, deadline=None, database=None)
-            @given(dag=strategy)
-            def run(dag):
-                check(mode, dag, next(logs))
+                @settings(max_examples=examples, deadline=None, database=None)
+                @given(dag=strategy)
+                def run(dag):
+                    check(next(modes), dag, next(logs))
 
-            run()
+                run()
 
         # pytest must see test(mode, tmp_path): no functools.wraps, whose __wrapped__ it reads.
         test.__name__ = test.__qualname__ = check.__name__

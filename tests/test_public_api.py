@@ -48,6 +48,8 @@ INTERNAL = {
         "join_rule",
         "judge",
     },
+    # Implementation of add_subgraph() (subgraph_result is the subgraph's own unit).
+    "quantum_partitioner._subgraph": {"inline_subgraph", "subgraph_result"},
     # Implementation of execute_with_strategy().
     "quantum_partitioner._strategies": {
         "RESOURCE_TYPES",
@@ -60,6 +62,7 @@ INTERNAL = {
     "quantum_partitioner.backends._asyncio": {"PlainCalls", "call_async", "check_no_running_loop"},
     "quantum_partitioner.backends._base": {
         "CarriedBaseException",
+        "carried_failure",
         "check_sendable",
         "root_cause",
     },

@@ -179,25 +179,36 @@ def test_other_base_exceptions_fail_only_their_unit_in_each_lane(lane, bounded):
         assert isinstance(p.units["c"].error, Custom)
 
 
-def test_io_lane_never_starts_an_abandoned_attempt():
-    """Issue 9 #9: an io attempt that times out before a thread takes it never runs."""
-    # A timeout of 1 µs expires before a thread can pick the attempt up. Abandoned attempts
-    # used to stay queued and ran anyway (about half of these units, each seeing itself
-    # cancelled on entry); now they are dropped. A thread may rarely take one just before
-    # its timeout fires: it then runs as an attempt that started in time.
-    entered_cancelled = []
+@pytest.mark.parametrize(
+    ("strategy", "kind"),
+    [("resource_balanced", "io"), ("resource_balanced", "async"), (None, None)],
+    ids=["io-lane", "async-lane", "async-mode"],
+)
+def test_a_pool_thread_never_starts_an_attempt_whose_timeout_passed(strategy, kind):
+    """Issue 9 #9: an attempt that times out before a pool thread takes it never runs.
+
+    A timeout of 1 µs passes before any thread can pick the attempt up. Abandoned attempts
+    used to stay queued and ran anyway; a thread that took one just before the driver
+    noticed its timeout ran it too. Now no attempt starts, in the io lane, in the async
+    lane's threads and in ASYNC mode's.
+    """
+    ran = []
 
     def quick(ctx):
-        entered_cancelled.append(ctx.cancelled)
+        ran.append(ctx.unit_id)
 
     p = QuantumPartitioner(max_workers=2)
+    metadata = {} if kind is None else {"resource_type": kind}
     for k in range(300):
-        p.add_unit(quick, name=f"q{k}", timeout=1e-6, metadata={"resource_type": "io"})
+        p.add_unit(quick, name=f"q{k}", timeout=1e-6, metadata=metadata)
 
-    p.execute_with_strategy({}, "resource_balanced")
+    if strategy is None:
+        p.execute({}, execution_mode=ExecutionMode.ASYNC)
+    else:
+        p.execute_with_strategy({}, strategy)
     for thread in threading.enumerate():  # abandoned attempts used to run after the run
-        if thread.name.startswith("quantum-partitioner-io"):
+        if thread.name.startswith("quantum-partitioner-"):
             thread.join(10)
 
-    assert sum(entered_cancelled) <= 3
-    assert {unit.state for unit in p.units.values()} <= {UnitState.TIMEOUT, UnitState.COMPLETED}
+    assert ran == []
+    assert {unit.state for unit in p.units.values()} == {UnitState.TIMEOUT}

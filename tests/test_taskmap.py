@@ -362,3 +362,31 @@ def test_bad_task_options_and_limits_are_refused_naming_them():
     task_map = TaskMap({"a": (lambda ctx: 1, [], {"limits": ["nope"]})})
     with pytest.raises(ValueError, match=r"unit 'a' names the unknown limit 'nope'"):
         run_tasks(task_map)
+
+
+def test_a_task_map_in_place_of_a_function_is_a_subgraph():
+    """(TaskMap, deps) inlines its tasks as name.<task>; its limits come along; no options."""
+    # config -> ingest.load -> ingest.clean -> ingest -> use;  lone.x -> lone
+    inner = TaskMap(
+        {
+            "load": (lambda ctx: ctx["config"] + 1, [], {"limits": ["api"]}),
+            "clean": (lambda ctx: ctx["load"] * 10, ["load"]),
+        },
+        limits={"api": {"concurrency": 1}},
+    )
+    task_map = TaskMap(
+        {
+            "config": lambda ctx: 2,
+            "ingest": (inner, ["config"]),
+            "lone": TaskMap({"x": lambda ctx: 5}).partitioner(),
+            "use": (lambda ctx: ctx["ingest"]["clean"], ["ingest"]),
+        }
+    )
+    results = run_tasks(task_map)
+    assert results["ingest.load"] == 3
+    assert results["ingest"] == {"clean": 30}
+    assert results["use"] == 30
+    assert results["lone"] == {"x": 5}  # a bare partitioner: a subgraph without dependencies
+    assert task_map.partitioner().limits["api"] is inner.limits["api"]
+    with pytest.raises(TypeError, match=r"task 'sub': a subgraph takes no options"):
+        TaskMap({"sub": (inner, [], {"timeout": 1})})

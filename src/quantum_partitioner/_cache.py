@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from types import TracebackType
 
+    from ._graph import Graph
     from ._run import Run
 
 __all__ = ["CacheStats", "CachingQuantumPartitioner"]
@@ -330,6 +331,15 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
                 self._cache_errors += 1
 
 
+def _combine(static: bytes, parts: list[tuple[str, bytes]]) -> bytes:
+    """A key from a unit's fixed part and one part per dependency (name, part) by name."""
+    out = [static]
+    for name, part in parts:
+        encoded = name.encode("utf-8", "surrogatepass")
+        out.append(b"%d:%s%s" % (len(encoded), encoded, part))
+    return digest(b"".join(out))
+
+
 class _UnkeyableInputError(Exception):
     """An input has no key and its result cannot be fingerprinted (the key cannot be made)."""
 
@@ -343,6 +353,7 @@ class _RunCache:
     """One run's keys; the engine's ``UnitCache`` (see the module docstring)."""
 
     __slots__ = (
+        "_ahead",
         "_context",
         "_context_digests",
         "_dep_order",
@@ -399,10 +410,39 @@ class _RunCache:
             )
         # Each expanded cacheable map -> its items' shared key part (b"": they run uncached).
         self._item_bases: dict[int, bytes] = {}
+        # Keys of items of a map over a unit, computed as it expands, until looked up.
+        self._ahead: dict[int, bytes] = {}
         self._item_of = run.scheduler.item_of
         self._warned: set[int] = set()  # maps whose items' trouble was logged
         if graph.maps:
             run.on_grow.append(functools.partial(self._grow, run))
+        self._store.prefetch(self._expected_keys(graph))
+
+    def _expected_keys(self, graph: Graph) -> list[bytes]:
+        """The keys the run will look up if every cacheable unit completes, for ``prefetch``.
+
+        A unit's key is known before the run when each of its dependencies is cacheable:
+        its part is then that dependency's own key (see ``_key_of``). Units downstream of a
+        non-cacheable one key on a result, known only once it exists: they are left out.
+        """
+        static, deps, names, maps = self._static, graph.deps, self._names, graph.maps
+        expected: list[bytes | None] = [None] * len(static)
+        for i in graph.order:
+            if maps and i in maps:
+                continue  # a map's key is its items', known once they ran (see _map_key)
+            own = static[i]
+            if own is None or not deps[i]:
+                expected[i] = own  # not cacheable (None), or a root: its key is its own part
+                continue
+            parts = []
+            for j in self._dependency_order(i, deps[i]):
+                known = expected[j]
+                if known is None:
+                    break  # a dependency whose key is known only at run time
+                parts.append((names[j], b"k" + known))
+            else:
+                expected[i] = _combine(own, parts)
+        return [key for key in expected if key is not None]
 
     # -- fixed parts -----------------------------------------------------------------------
 
@@ -452,6 +492,14 @@ class _RunCache:
 
     # -- per unit, once its dependencies are done ------------------------------------------
 
+    def _dependency_order(self, i: int, deps: Sequence[int]) -> Sequence[int]:
+        """Unit ``i``'s dependencies by name: the order their parts take in its key."""
+        order = self._dep_order[i]
+        if order is None:
+            order = sorted(deps, key=self._names.__getitem__)
+            self._dep_order[i] = order
+        return order
+
     def _key_of(self, run: Run, i: int, static: bytes) -> bytes:
         """Unit ``i``'s key, or ``_UNKEYABLE`` if a dependency's result has no fingerprint."""
         if self._item_bases and i in self._item_of:
@@ -459,13 +507,9 @@ class _RunCache:
         deps = run.graph.deps[i]
         if not deps:
             return static
-        order = self._dep_order[i]
         names = self._names
-        if order is None:
-            order = sorted(deps, key=names.__getitem__)
-            self._dep_order[i] = order
         try:
-            return self._with_inputs(run, static, order)
+            return self._with_inputs(run, static, self._dependency_order(i, deps))
         except _UnkeyableInputError as unkeyable:
             LOGGER.warning(
                 "unit %r runs without the cache: the result of its dependency %r "
@@ -480,13 +524,12 @@ class _RunCache:
     def _with_inputs(self, run: Run, static: bytes, order: Sequence[int]) -> bytes:
         """``static`` and each input in ``order``: its name and :meth:`_part_of`."""
         names, keys, state = self._names, self._keys, run.scheduler.state
-        parts = [static]
+        parts = []
         for j in order:
             own = keys[j]
             part = b"k" + own if own and state[j] is _COMPLETED else self._part_of(run, j)
-            name = names[j].encode("utf-8", "surrogatepass")
-            parts.append(b"%d:%s%s" % (len(name), name, part))
-        return digest(b"".join(parts))
+            parts.append((names[j], part))
+        return _combine(static, parts)
 
     def _part_of(self, run: Run, j: int) -> bytes:
         """What input ``j`` adds to a key: its key if it completed, else its result's fingerprint.
@@ -545,12 +588,44 @@ class _RunCache:
             )
             base = _UNKEYABLE
         self._item_bases[m] = base
+        if base:
+            self._store.prefetch(self._keys_ahead(run, base, items))
+
+    def _keys_ahead(self, run: Run, base: bytes, items: range) -> list[bytes]:
+        """The keys ``items`` will be looked up under, for ``prefetch``.
+
+        An item of a map over a unit has its key now (kept for its lookup); an item of a
+        map over a map will have this one if the item it follows completes.
+        """
+        parents = run.scheduler.item_parent
+        keys, ahead = self._keys, self._ahead
+        expected = []
+        if items.start in parents:
+            for j in items:
+                parent = parents[j]
+                own = keys[parent] or ahead.get(parent)
+                if own:
+                    expected.append(digest(b"%s\0item\0k%s" % (base, own)))
+            return expected
+        for j in items:
+            place = run.item_of(j)
+            assert place is not None
+            try:
+                key = digest(b"%s\0item\0v%s" % (base, fingerprint(place[1])))
+            except UnfingerprintableError:
+                continue  # its lookup says why
+            ahead[j] = key
+            expected.append(key)
+        return expected
 
     def _item_key(self, run: Run, i: int) -> bytes:
         """Map item ``i``'s key: its map's shared part and its item's (never its index)."""
         m = self._item_of[i][0]
         base = self._item_bases[m]
         if base:
+            key = self._ahead.pop(i, None)
+            if key is not None:
+                return key
             sched = run.scheduler
             parent = sched.item_parent.get(i)
             try:

@@ -31,6 +31,22 @@ class _AttemptWatch(Protocol):
 PAUSES_KEY: Final = "_pause_limit"
 
 
+def check_pause_seconds(seconds: object) -> None:
+    """Refuse a pause that is not a finite number of seconds >= 0.
+
+    Checked where the unit calls ``pause_limit``, in whatever process: a bad pause fails
+    that attempt, never the driver that would apply it.
+
+    Raises:
+        TypeError: ``seconds`` is not a number.
+        ValueError: ``seconds`` is negative or not finite.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise TypeError(f"pause_limit: seconds must be a number, got {seconds!r}")
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(f"pause_limit: seconds must be >= 0 and finite, got {seconds!r}")
+
+
 class ExecutionContext(Mapping[str, Any]):
     """The read-only mapping a unit is called with.
 
@@ -241,12 +257,16 @@ class ExecutionContext(Mapping[str, Any]):
 
         For a provider that says "slow down" (HTTP 429 with Retry-After): attempts already
         running go on; no attempt of any unit naming that limit starts before the pause
-        ends. In a worker process the pause applies when this attempt's outcome arrives
-        (on Dask, only after the run).
+        ends, also when this attempt then raises (to be retried after the pause). In a
+        worker process the pause applies when this attempt's outcome arrives; on Dask, as
+        soon as the caller hears of it.
 
         Raises:
             KeyError: In the caller's process, when the partitioner has no such limit.
+            TypeError: ``seconds`` is not a number.
+            ValueError: ``seconds`` is negative or not finite.
         """
+        check_pause_seconds(seconds)
         watch = self._watch
         if watch is not None:
             watch.pause_limit(name, seconds)

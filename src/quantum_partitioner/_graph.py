@@ -12,14 +12,16 @@ computes the longest remaining path from each unit (its *rank*, which orders rea
 
 from __future__ import annotations
 
+import copy
 import enum
 import gc
+import inspect
 import math
 import sys
 from array import array
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeAlias
 
 from ._errors import CircularDependencyError, DuplicateUnitError, UnknownDependencyError
 from ._joins import ALL_SUCCESS, JoinRule
@@ -97,6 +99,10 @@ class _RunView:
         self.record: Any = None
 
 
+# What a unit without dependencies holds in place of its list (see QuantumUnit.dependencies).
+_NO_DEPENDENCIES: Final[tuple[()]] = ()
+
+
 class QuantumUnit(Generic[T, R]):
     """A unit of computation: a callable, the units it depends on, and how to run it.
 
@@ -123,17 +129,17 @@ class QuantumUnit(Generic[T, R]):
         over: For a map (:meth:`QuantumPartitioner.add_map`), the unit (or map) whose result
             it maps over; None for an ordinary unit.
         max_items: For a map, the most items it may have (None: no bound).
+        view_keys: ``{dependency: key}`` for the dependencies the function reads under
+            another key than their name (None: every one under its name). Units inlined by
+            :meth:`QuantumPartitioner.add_subgraph` keep reading their inner names this way.
     """
 
     __slots__ = (
-        "_error",
+        "_dependencies",
         "_index",
-        "_result",
-        "_state",
         "_view",
         "cancel_rest",
         "condition",
-        "dependencies",
         "function",
         "id",
         "limits",
@@ -145,6 +151,7 @@ class QuantumUnit(Generic[T, R]):
         "retry_policy",
         "run_if",
         "timeout",
+        "view_keys",
     )
 
     def __init__(  # noqa: PLR0917 - the original API's dataclass took these positionally
@@ -164,11 +171,14 @@ class QuantumUnit(Generic[T, R]):
         limits: dict[str, int] | None = None,
         over: str | None = None,
         max_items: int | None = None,
+        view_keys: dict[str, str] | None = None,
     ) -> None:
         """Create a unit; validate it with :func:`validate_unit`."""
         self.id = id
         self.function = function
-        self.dependencies: list[str] = [] if dependencies is None else dependencies
+        self._dependencies: list[str] | tuple[()] = (
+            _NO_DEPENDENCIES if dependencies is None else dependencies
+        )
         self.timeout = timeout
         self.retries = retries
         self.priority = priority
@@ -180,11 +190,23 @@ class QuantumUnit(Generic[T, R]):
         self.limits = limits
         self.over = over
         self.max_items = max_items
+        self.view_keys = view_keys
         self._view: _RunView | None = None
         self._index = -1
-        self._state = UnitState.PENDING
-        self._result: R | None = None
-        self._error: BaseException | None = None
+
+    @property
+    def dependencies(self) -> list[str]:
+        """Names of the units whose results this unit needs (a list it owns)."""
+        deps = self._dependencies
+        if deps is _NO_DEPENDENCIES:
+            # A unit without dependencies holds none until its list is asked for: most units
+            # of a wide graph are roots, and an empty list costs 72 bytes each.
+            deps = self._dependencies = []
+        return deps  # type: ignore[return-value]  # never the empty tuple here
+
+    @dependencies.setter
+    def dependencies(self, value: list[str]) -> None:
+        self._dependencies = value
 
     def __repr__(self) -> str:
         """Show the unit's name, dependencies and state."""
@@ -200,19 +222,19 @@ class QuantumUnit(Generic[T, R]):
     def state(self) -> UnitState:
         """The unit's state in its last run (PENDING before any run)."""
         record = self._record()
-        return self._state if record is None else record.state_of(self._index)
+        return UnitState.PENDING if record is None else record.state_of(self._index)
 
     @property
     def result(self) -> R | None:
         """The unit's result in its last run (its fallback value if it failed with one)."""
         record = self._record()
-        return self._result if record is None else record.result_of(self._index)
+        return None if record is None else record.result_of(self._index)
 
     @property
     def error(self) -> BaseException | None:
         """The exception that ended the unit's last run, with its ``__traceback__``."""
         record = self._record()
-        return self._error if record is None else record.error_of(self._index)
+        return None if record is None else record.error_of(self._index)
 
     @property
     def traceback(self) -> str | None:
@@ -250,6 +272,24 @@ class QuantumUnit(Generic[T, R]):
             return None
         return end - start
 
+    def _inlined(
+        self, name: str, dependencies: list[str], view_keys: dict[str, str]
+    ) -> QuantumUnit[T, R]:
+        """A copy of this unit under another name and dependencies, with no run behind it.
+
+        Every other field is kept (``metadata`` and ``limits`` are copied, so changing this
+        unit later leaves the copy as it was): this is how a subgraph's units are inlined.
+        """
+        clone = copy.copy(self)
+        clone.id = name
+        clone.dependencies = dependencies
+        clone.view_keys = view_keys
+        clone.metadata = dict(self.metadata)
+        clone.limits = None if self.limits is None else dict(self.limits)
+        clone._view = None
+        clone._index = -1
+        return clone
+
     def can_execute(self, completed_units: Iterable[str]) -> bool:
         """Whether every dependency is among ``completed_units``."""
         done = (
@@ -260,47 +300,150 @@ class QuantumUnit(Generic[T, R]):
         return all(dep in done for dep in self.dependencies)
 
 
-def validate_unit(unit: QuantumUnit[Any, Any]) -> None:
+def validate_unit(unit: QuantumUnit[Any, Any], *, over_maps: bool = False) -> None:
     """Check one unit's own fields; raise TypeError/ValueError naming the unit.
+
+    ``over_maps``: some dependency is a map, whose items ``at_least(k)`` counts one by one
+    (so ``k`` may exceed the number of dependencies).
 
     Raises:
         TypeError: A field has the wrong type.
         ValueError: A field has a value out of range.
     """
-    name = unit.id
-    if not isinstance(name, str) or not name:
+    _check_name(unit.id)
+    _check_dependencies(unit.id, unit.dependencies)
+    _check_fields(unit, over_maps=over_maps)
+    if unit.view_keys is not None:
+        _check_view_keys(unit)
+    if unit.over is not None:
+        _check_map(unit)
+
+
+def make_unit(  # noqa: PLR0917 - add_unit's arguments, passed on in its order
+    unit_id: str,
+    fn: UnitFunction[R],
+    dependencies: Any = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    priority: int = 0,
+    metadata: dict[str, Any] | None = None,
+    retry_policy: RetryPolicy | None = None,
+    condition: Callable[[Any], object] | None = None,
+    run_if: JoinRule = ALL_SUCCESS,
+    cancel_rest: bool = False,
+    limits: dict[str, int] | None = None,
+    *,
+    over_maps: bool = False,
+) -> QuantumUnit[Any, R]:
+    """A new unit, checked as :func:`validate_unit` checks one, its dependencies deduplicated.
+
+    This is what ``add_unit`` and ``add_units`` build: the checks run in
+    :func:`validate_unit`'s order, each with a fast path for the common exact types (an
+    ``isinstance`` against an abstract base class costs more than the rest of a unit), and
+    the options left at their defaults are not assigned twice.
+
+    Raises:
+        TypeError: An argument has the wrong type (the message names the unit).
+        ValueError: An argument is out of range (the message names the unit).
+    """
+    if type(unit_id) is not str or not unit_id:
+        _check_name(unit_id)
+    deps: list[str] | None
+    if dependencies is None or (type(dependencies) is list and not dependencies):
+        deps = None  # no list until one is asked for
+    else:
+        _check_dependencies(unit_id, dependencies)
+        # A dependency listed twice counts once; the list is the unit's own copy.
+        deps = list(dict.fromkeys(dependencies)) if len(dependencies) > 1 else list(dependencies)
+    if not callable(fn):
+        raise TypeError(f"unit {unit_id!r}: fn must be callable, got {type(fn).__name__}")
+    unit: QuantumUnit[Any, R] = QuantumUnit(unit_id, fn, deps, timeout, retries, priority, metadata)
+    unit.run_if = run_if
+    # A unit with every option at its default (most units) needs no more checks.
+    if (
+        timeout is not None
+        or type(retries) is not int
+        or retries < 0
+        or type(priority) is not int
+        or metadata is not None
+        or retry_policy is not None
+        or condition is not None
+        or run_if is not ALL_SUCCESS
+        or cancel_rest is not False
+    ):
+        unit.retry_policy = retry_policy
+        unit.condition = condition
+        unit.cancel_rest = cancel_rest
+        _check_fields(unit, over_maps=over_maps)
+    unit.limits = limits
+    return unit
+
+
+def _check_name(name: object) -> None:
+    # The first test is the fast path: a plain non-empty str.
+    if (type(name) is not str or not name) and (not isinstance(name, str) or not name):
         msg = f"unit name must be a non-empty string, got {name!r}"
         raise TypeError(msg) if not isinstance(name, str) else ValueError(msg)
-    if not callable(unit.function):
-        raise TypeError(f"unit {name!r}: fn must be callable, got {type(unit.function).__name__}")
-    deps: object = unit.dependencies
-    if isinstance(deps, str) or not isinstance(deps, Sequence):
+
+
+def _check_dependencies(name: str, deps: Any) -> None:
+    if type(deps) is not list and (isinstance(deps, str) or not isinstance(deps, Sequence)):
         raise TypeError(f"unit {name!r}: dependencies must be a list of unit names, got {deps!r}")
     for dep in deps:
-        if not isinstance(dep, str):
+        if type(dep) is not str and not isinstance(dep, str):
             raise TypeError(f"unit {name!r}: dependency names must be strings, got {dep!r}")
-    _check_number(name, "timeout", unit.timeout, allow_none=True, positive=True)
-    if unit.timeout is not None and math.isinf(unit.timeout):
-        raise ValueError(f"unit {name!r}: timeout must be finite; use None for no limit")
-    if isinstance(unit.retries, bool) or not isinstance(unit.retries, int):
-        raise TypeError(f"unit {name!r}: retries must be an int, got {unit.retries!r}")
-    if unit.retries < 0:
-        raise ValueError(f"unit {name!r}: retries must be >= 0, got {unit.retries}")
-    if isinstance(unit.priority, bool) or not isinstance(unit.priority, int | float):
-        raise TypeError(f"unit {name!r}: priority must be a number, got {unit.priority!r}")
-    if math.isnan(unit.priority):
-        raise ValueError(f"unit {name!r}: priority must not be NaN")
+
+
+def _check_fields(unit: QuantumUnit[Any, Any], *, over_maps: bool = False) -> None:
+    """Check a unit's fields but its name and dependencies (known to be valid).
+
+    ``over_maps``: some dependency is a map, whose items ``at_least(k)`` counts one by one
+    (so ``k`` may exceed the number of dependencies).
+    """
+    name = unit.id
+    if not callable(unit.function):
+        raise TypeError(f"unit {name!r}: fn must be callable, got {type(unit.function).__name__}")
+    timeout = unit.timeout
+    if timeout is not None:
+        _check_number(name, "timeout", timeout, positive=True)
+        if math.isinf(timeout):
+            raise ValueError(f"unit {name!r}: timeout must be finite; use None for no limit")
+    retries = unit.retries
+    # type() first: the fast path (bool, an int subclass, is refused by the isinstance test).
+    if type(retries) is not int and (isinstance(retries, bool) or not isinstance(retries, int)):
+        raise TypeError(f"unit {name!r}: retries must be an int, got {retries!r}")
+    if retries < 0:
+        raise ValueError(f"unit {name!r}: retries must be >= 0, got {retries}")
+    priority = unit.priority
+    if type(priority) is not int:  # an int is never NaN
+        if isinstance(priority, bool) or not isinstance(priority, int | float):
+            raise TypeError(f"unit {name!r}: priority must be a number, got {priority!r}")
+        if math.isnan(priority):
+            raise ValueError(f"unit {name!r}: priority must not be NaN")
     if unit.retry_policy is not None and not isinstance(unit.retry_policy, RetryPolicy):
         raise TypeError(
             f"unit {name!r}: retry_policy must be a RetryPolicy or None, got {unit.retry_policy!r}"
         )
-    if not isinstance(unit.metadata, Mapping):
-        raise TypeError(f"unit {name!r}: metadata must be a dict, got {unit.metadata!r}")
-    if "estimated_duration" in unit.metadata:
-        _check_number(name, "estimated_duration", unit.metadata["estimated_duration"])
-    _check_decisions(unit)
-    if unit.over is not None:
-        _check_map(unit)
+    metadata = unit.metadata
+    if type(metadata) is not dict and not isinstance(metadata, Mapping):
+        raise TypeError(f"unit {name!r}: metadata must be a dict, got {metadata!r}")
+    if metadata and "estimated_duration" in metadata:
+        _check_number(name, "estimated_duration", metadata["estimated_duration"])
+    decided = unit.condition is not None or unit.run_if is not ALL_SUCCESS
+    if decided or unit.cancel_rest is not False:
+        _check_decisions(unit, over_maps=over_maps)
+
+
+def _check_view_keys(unit: QuantumUnit[Any, Any]) -> None:
+    """Check that ``view_keys`` maps dependencies to keys and no two share a key."""
+    name, keys = unit.id, unit.view_keys
+    if not isinstance(keys, dict) or not all(
+        isinstance(dep, str) and isinstance(key, str) for dep, key in keys.items()
+    ):
+        raise TypeError(f"unit {name!r}: view_keys must be a dict of str -> str, got {keys!r}")
+    seen = [keys.get(dep, dep) for dep in dict.fromkeys(unit.dependencies)]
+    if len(set(seen)) != len(seen):
+        raise ValueError(f"unit {name!r}: view_keys reads two dependencies under one key")
 
 
 def _check_map(unit: QuantumUnit[Any, Any]) -> None:
@@ -319,7 +462,7 @@ def _check_map(unit: QuantumUnit[Any, Any]) -> None:
         raise ValueError(f"map {name!r}: cancel_rest is not supported on a map")
 
 
-def _check_decisions(unit: QuantumUnit[Any, Any]) -> None:
+def _check_decisions(unit: QuantumUnit[Any, Any], *, over_maps: bool) -> None:
     """Check ``condition``, ``run_if`` and ``cancel_rest``."""
     name = unit.id
     if unit.condition is not None and not callable(unit.condition):
@@ -327,7 +470,12 @@ def _check_decisions(unit: QuantumUnit[Any, Any]) -> None:
     rule = unit.run_if
     if rule is not None and not isinstance(rule, JoinRule):
         raise TypeError(f"unit {name!r}: run_if must be a JoinRule, got {rule!r}")
-    if rule is not None and rule.name == "at_least" and rule.k > len(unit.dependencies):
+    if (
+        rule is not None
+        and rule.name == "at_least"
+        and rule.k > len(unit.dependencies)
+        and not over_maps
+    ):
         raise ValueError(
             f"unit {name!r}: run_if=at_least({rule.k}) needs at least {rule.k} dependencies, "
             f"it has {len(unit.dependencies)}"
@@ -370,10 +518,12 @@ class Graph:
     """
 
     __slots__ = (
+        "_coroutine_flags",
         "_decisions",
         "_dependents",
         "_priority_order",
         "_rank",
+        "_view_keys",
         "default_weight",
         "deps",
         "finish",
@@ -411,7 +561,7 @@ class Graph:
         in_order = True
         maps: dict[int, int] = {}
         for i, unit in enumerate(units):
-            wanted = unit.dependencies
+            wanted = unit._dependencies  # the slot: no list made for a unit without any
             if unit.over is not None:  # a map also depends on what it maps over
                 if unit.over not in index:
                     raise UnknownDependencyError(unit.id, unit.over)
@@ -455,6 +605,8 @@ class Graph:
         self._decisions: tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]] | None = (
             None
         )
+        self._coroutine_flags: list[bool] | None = None
+        self._view_keys: list[tuple[str, ...]] | Literal[False] | None = False
 
     def for_run(self) -> Graph:
         """A copy for one run of a graph with maps: its unit lists grow as maps expand.
@@ -464,6 +616,7 @@ class Graph:
         are the copy's own. Rows are shared too: a run only appends rows, never edits one.
         """
         self.priority_order()  # computed on the declared units, shared by every run
+        self.coroutine_flags()
         copy = object.__new__(Graph)
         for slot in Graph.__slots__:
             setattr(copy, slot, getattr(self, slot))
@@ -473,6 +626,26 @@ class Graph:
         copy.deps = list(self.deps)
         copy._dependents = list(self.dependents)
         return copy
+
+    def coroutine_flags(self) -> list[bool]:
+        """Whether each unit's function is a coroutine function, found on first use.
+
+        Asked once per distinct function (many units share one), not per unit per run:
+        ``inspect.iscoroutinefunction`` is a good part of a no-op unit's cost. Never mutated:
+        a run that adds units (maps) copies it.
+        """
+        flags = self._coroutine_flags
+        if flags is None:
+            known: dict[int, bool] = {}
+            flags = []
+            for unit in self.units:
+                function = unit.function
+                flag = known.get(id(function))
+                if flag is None:
+                    flag = known[id(function)] = inspect.iscoroutinefunction(function)
+                flags.append(flag)
+            self._coroutine_flags = flags
+        return flags
 
     def decisions(self) -> tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]]:
         """``(conditions, rules)`` by unit index, found on first use (usually both empty).
@@ -492,16 +665,35 @@ class Graph:
             self._decisions = (conditions, rules)
         return self._decisions
 
+    def view_keys(self) -> list[tuple[str, ...]] | None:
+        """The key each unit reads each dependency by, aligned with :attr:`deps`.
+
+        None when every unit reads its dependencies by their names (a graph without
+        subgraphs), so that runs of such graphs build contexts from :attr:`names` alone.
+        Found on first use.
+        """
+        keys = self._view_keys
+        if keys is False:
+            keys = self._view_keys = _view_keys(self.units, self.names, self.deps)
+        return keys
+
     @property
     def dependents(self) -> list[list[int]]:
         """Each unit's direct dependents, as indices (built on first use)."""
         if self._dependents is None:
             with _gc_paused():
-                dependents: list[list[int]] = [[] for _ in self.deps]
+                # A row is made by its first dependent, as long as it needs to be (most rows
+                # of a wide graph hold one index): [] and append would reserve four.
+                rows: list[list[int] | None] = [None] * len(self.deps)
                 for i, row in enumerate(self.deps):
                     for j in row:
-                        dependents[j].append(i)
-            self._dependents = dependents
+                        known = rows[j]
+                        if known is None:
+                            rows[j] = [i]
+                        else:
+                            known.append(i)
+                # Sinks get a list each: a run may append to any row (maps).
+                self._dependents = [[] if row is None else row for row in rows]
         return self._dependents
 
     @property
@@ -595,6 +787,21 @@ def compile_graph(units: Iterable[QuantumUnit[Any, Any]]) -> Graph:
         CircularDependencyError: The dependencies form a cycle; ``.cycle`` is its path.
     """
     return Graph(list(units))
+
+
+def _view_keys(
+    units: list[QuantumUnit[Any, Any]], names: list[str], deps: list[list[int]]
+) -> list[tuple[str, ...]] | None:
+    if all(unit.view_keys is None for unit in units):
+        return None
+    keys: list[tuple[str, ...]] = []
+    for unit, row in zip(units, deps, strict=True):
+        key_of = unit.view_keys
+        if key_of is None:
+            keys.append(tuple(names[j] for j in row))
+        else:
+            keys.append(tuple(key_of.get(names[j], names[j]) for j in row))
+    return keys
 
 
 def _estimate(unit: QuantumUnit[Any, Any]) -> float | None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar, overload
 
 from ._errors import DuplicateUnitError, TaskError
 from ._events import Instrument, UnitFailed, UnitFinished, UnitRetrying, UnitSkipped, UnitStarted
@@ -25,11 +25,13 @@ from ._graph import (
     T,
     UnitFunction,
     UnitState,
+    _gc_paused,
     _RunView,
     compile_graph,
+    make_unit,
     validate_unit,
 )
-from ._joins import JoinRule, join_rule
+from ._joins import ALL_SUCCESS, JoinRule, join_rule
 from ._limits import (
     Limit,
     LimitPlan,
@@ -45,6 +47,7 @@ from ._progress import ProgressBar
 from ._run import Run, UnitCache
 from ._strategies import AdaptiveBackend, resource_balanced_backend
 from ._stream import AsyncResultStream, ResultStream, take_run_instruments
+from ._subgraph import inline_subgraph, subgraph_result
 from ._trace import TraceRecorder, export_spans, write_chrome_trace
 from .backends import (
     AsyncBackend,
@@ -70,6 +73,13 @@ _Decorated = TypeVar("_Decorated", bound="Callable[[ExecutionContext], Any]")
 
 StrategyName = Literal["priority", "resource_balanced", "adaptive"]
 
+#: One entry of :meth:`QuantumPartitioner.add_units`: ``fn``, ``(fn, dependencies)``, or
+#: ``(fn, dependencies, options)`` with ``options`` a dict of ``add_unit`` keyword arguments.
+UnitSpec: TypeAlias = (
+    "UnitFunction[R] | tuple[UnitFunction[R], Sequence[str]]"
+    " | tuple[UnitFunction[R], Sequence[str], Mapping[str, Any]]"
+)
+
 _FAILED_STATES = frozenset({UnitState.FAILED, UnitState.TIMEOUT})
 _STRATEGIES = ("priority", "resource_balanced", "adaptive")
 
@@ -79,6 +89,66 @@ def _join_rule_of(unit_id: str, value: object) -> JoinRule:
         return join_rule(value)
     except (TypeError, ValueError) as error:
         raise type(error)(f"unit {unit_id!r}: {error}") from None
+
+
+#: The keyword arguments of add_unit an ``(fn, dependencies, options)`` entry may hold.
+_UNIT_OPTIONS = frozenset(
+    {
+        "timeout",
+        "retries",
+        "priority",
+        "metadata",
+        "retry_policy",
+        "when",
+        "run_if",
+        "cancel_rest",
+        "limits",
+    }
+)
+
+
+def _unit_of_spec(
+    name: str, spec: object, depends_on_a_map: Callable[[object], bool]
+) -> QuantumUnit[Any, Any]:
+    """An ``add_units`` entry but ``(fn, dependencies)``: ``fn`` or ``(fn, deps, options)``."""
+    if type(spec) is not tuple and callable(spec):
+        return make_unit(name, spec)
+    if not (isinstance(spec, tuple) and len(spec) in {2, 3}):
+        raise TypeError(
+            f"unit {name!r}: expected fn, (fn, dependencies) or (fn, dependencies, options), "
+            f"got {spec!r}"
+        )
+    fn, deps, *rest = spec
+    options: object = rest[0] if rest else {}
+    if not isinstance(options, Mapping):
+        raise TypeError(
+            f"unit {name!r}: options must be a dict of add_unit keyword arguments, got {options!r}"
+        )
+    unknown = options.keys() - _UNIT_OPTIONS
+    if unknown:
+        raise TypeError(
+            f"unit {name!r}: unknown options {sorted(unknown)}; "
+            f"use add_unit's keywords: {sorted(_UNIT_OPTIONS)}"
+        )
+    get = options.get
+    run_if = get("run_if", "all_success")
+    rule = ALL_SUCCESS if run_if == "all_success" else _join_rule_of(name, run_if)
+    limits = get("limits")
+    return make_unit(
+        name,
+        fn,
+        deps,
+        get("timeout"),
+        get("retries", 0),
+        get("priority", 0),
+        get("metadata"),
+        get("retry_policy"),
+        get("when"),
+        rule,
+        get("cancel_rest", False),
+        None if limits is None else normalize_unit_limits(name, limits),
+        over_maps=rule.name == "at_least" and depends_on_a_map(deps),
+    )
 
 
 def _check_max_workers(value: object, name: str = "max_workers") -> int | None:
@@ -154,8 +224,10 @@ class QuantumPartitioner(Generic[T, R]):
                 raise TypeError(f"instruments must be Instrument objects, got {instrument!r}")
         self.instruments: list[Instrument] = list(instruments)
         self.units: dict[str, QuantumUnit[T, R]] = {}
-        self.completed_units: set[str] = set()
-        self.failed_units: set[str] = set()
+        # completed_units and failed_units, built from _settled_run when first read.
+        self._settled_run: Run | None = None
+        self._completed_units: set[str] | None = set()
+        self._failed_units: set[str] | None = set()
         self.on_unit_start: Callable[[str], Any] | None = None
         self.on_unit_complete: Callable[[str, Any], Any] | None = None
         self.on_unit_error: Callable[[str, BaseException], Any] | None = None
@@ -172,6 +244,39 @@ class QuantumPartitioner(Generic[T, R]):
         self._limits: dict[str, Limit] = {}
         #: The compiled limits of the last graph: ``(graph, limits by name, plan)``.
         self._limit_plan: tuple[Graph, dict[str, Limit], LimitPlan | None] | None = None
+
+    @property
+    def completed_units(self) -> set[str]:
+        """Names of the units that completed in the last finished run."""
+        if self._completed_units is None:
+            self._completed_units = self._names_in_states(frozenset({UnitState.COMPLETED}))
+        return self._completed_units
+
+    @completed_units.setter
+    def completed_units(self, names: set[str]) -> None:
+        self._completed_units = names
+
+    @property
+    def failed_units(self) -> set[str]:
+        """Names of the units that failed or timed out in the last finished run."""
+        if self._failed_units is None:
+            self._failed_units = self._names_in_states(_FAILED_STATES)
+        return self._failed_units
+
+    @failed_units.setter
+    def failed_units(self, names: set[str]) -> None:
+        self._failed_units = names
+
+    def _names_in_states(self, states: frozenset[UnitState]) -> set[str]:
+        """The names of the last finished run's units in ``states``.
+
+        Built on demand: a run of many units does not pay for sets nobody reads.
+        """
+        run = self._settled_run
+        if run is None:
+            return set()
+        names = run.graph.names
+        return {names[i] for i, state in enumerate(run.scheduler.state) if state in states}
 
     def __repr__(self) -> str:
         """Name the mode and count the units."""
@@ -276,53 +381,52 @@ class QuantumPartitioner(Generic[T, R]):
                 it starts; see "Dynamic workflows" in the guide for graphs that grow).
         """
         if fn is None:
-
-            def decorator(function: _Decorated) -> _Decorated:
-                self.add_unit(
-                    function,
-                    dependencies,
-                    self._name_for(function, name, use_function_name=True),
-                    timeout,
-                    retries,
-                    priority,
-                    metadata,
-                    replace=replace,
-                    retry_policy=retry_policy,
-                    when=when,
-                    run_if=run_if,
-                    cancel_rest=cancel_rest,
-                    limits=limits,
-                )
-                return function
-
-            return decorator
-        self._check_not_executing("add_unit")
-        unit_id = self._name_for(fn, name, use_function_name=False)
+            options = {
+                "replace": replace,
+                "retry_policy": retry_policy,
+                "when": when,
+                "run_if": run_if,
+                "cancel_rest": cancel_rest,
+                "limits": limits,
+            }
+            return self._unit_decorator(
+                (dependencies, name, timeout, retries, priority, metadata), options
+            )
+        if self._active_run is not None:
+            self._check_not_executing("add_unit")
+        # A plain non-empty string is the common case; _name_for checks the others.
+        named = name if type(name) is str and name else None
+        unit_id = named or self._name_for(fn, name, use_function_name=False)
         if unit_id in self.units and not replace:
             raise DuplicateUnitError(unit_id)
-        deps = dependencies
-        if isinstance(deps, list | tuple) and all(isinstance(d, str) for d in deps):
-            deps = list(dict.fromkeys(deps))  # a dependency listed twice counts once
-        unit: QuantumUnit[T, R] = QuantumUnit(
+        rule = ALL_SUCCESS if run_if == "all_success" else _join_rule_of(unit_id, run_if)
+        unit: QuantumUnit[T, R] = make_unit(
             unit_id,
             fn,
-            deps,
+            dependencies,
             timeout,
             retries,
             priority,
             metadata,
-            retry_policy=retry_policy,
-            condition=when,
-            run_if=_join_rule_of(unit_id, run_if),
-            cancel_rest=cancel_rest,
-            limits=normalize_unit_limits(unit_id, limits),
+            retry_policy,
+            when,
+            rule,
+            cancel_rest,
+            None if limits is None else normalize_unit_limits(unit_id, limits),
+            over_maps=rule.name == "at_least" and self._depends_on_a_map(dependencies),
         )
-        validate_unit(unit)
         self._admit(unit)
         self.units[unit_id] = unit
         self._graph = None
         self._plan = None
         return unit
+
+    def _depends_on_a_map(self, dependencies: object) -> bool:
+        """Whether a dependency names a map here (``at_least(k)`` then counts its items)."""
+        if not isinstance(dependencies, list | tuple):
+            return False
+        units = self.units
+        return any(isinstance(d, str) and d in units and units[d].over for d in dependencies)
 
     def add_map(
         self,
@@ -416,6 +520,163 @@ class QuantumPartitioner(Generic[T, R]):
         self._graph = None
         self._plan = None
         return unit
+
+    def add_subgraph(
+        self,
+        other: QuantumPartitioner[Any, Any],
+        name: str,
+        dependencies: list[str] | None = None,
+    ) -> QuantumUnit[T, Any]:
+        """Inline ``other``'s units into this partitioner, as one subgraph named ``name``.
+
+        Each unit of ``other`` is copied as it is now (later changes to ``other`` do not
+        reach this partitioner) and added as an ordinary unit named ``f"{name}.{inner}"``,
+        with every option it has (timeout, retries, priority, metadata, limits, ``when=``,
+        ``run_if``, ...; ``other``'s ``retry_policy`` for those without their own). The
+        same scheduler runs them, so each appears in traces, reports, metrics and progress.
+        Nested subgraphs compose: ``outer.ingest.load``.
+
+        - Inner functions keep reading their dependencies by inner name: ``ctx["load"]``,
+          in ``when=`` predicates and ``ctx.upstream_errors`` too.
+        - The subgraph's root units (those without dependencies) also depend on
+          ``dependencies`` and read them by their names here.
+        - The subgraph is itself a unit named ``name``: it waits for the inner sink units
+          (those nothing inside depends on) and its result is a dict of their results by
+          inner name. A unit depending on ``name`` receives that dict.
+        - ``other``'s named limits come along (:meth:`add_limit`); a limit of the same name
+          here must be the same :class:`Limit` object.
+
+        ``other``'s callbacks, instruments and cache are not copied: this partitioner's
+        apply to every unit of its runs.
+
+        Args:
+            other: The partitioner whose units to inline (not this one).
+            name: The subgraph's name, a prefix of its units' names.
+            dependencies: Names of units here that the subgraph's root units wait for.
+
+        Returns:
+            The subgraph's own unit (named ``name``).
+
+        Raises:
+            DuplicateUnitError: ``name`` or one of the new names is already a unit here.
+            GraphError: ``other``'s own graph is invalid (unknown dependency, cycle).
+            TypeError: ``other`` is not a partitioner, or an argument has the wrong type.
+            ValueError: ``other`` is this partitioner or has no units, the subgraph
+                depends on itself, or a limit of ``other`` clashes with one here.
+            RuntimeError: The partitioner is executing.
+
+        .. versionadded:: 0.2
+        """
+        self._check_not_executing("add_subgraph")
+        if not isinstance(other, QuantumPartitioner):
+            raise TypeError(f"add_subgraph: other must be a QuantumPartitioner, got {other!r}")
+        if other is self:
+            raise ValueError("add_subgraph: a partitioner cannot be a subgraph of itself")
+        probe: QuantumUnit[Any, Any] = QuantumUnit(name, subgraph_result, dependencies)
+        validate_unit(probe)  # the name and dependencies, checked as add_unit checks them
+        if not other.units:
+            raise ValueError(f"subgraph {name!r}: the partitioner to inline has no units")
+        other._compiled()  # its own graph must hold: an unknown name or a cycle is named here
+        outer_deps = list(dict.fromkeys(probe.dependencies))
+        units = inline_subgraph(list(other.units.values()), name, outer_deps, other.retry_policy)
+        new_names = {unit.id for unit in units}
+        for unit in units:
+            if unit.id in self.units:
+                raise DuplicateUnitError(unit.id)
+        own_deps = [dep for dep in outer_deps if dep in new_names]
+        if own_deps:
+            raise ValueError(
+                f"subgraph {name!r} cannot depend on itself or its own units: {own_deps}"
+            )
+        limits = dict(other._limits)
+        for limit_name, limit in limits.items():
+            here = self._limits.get(limit_name)
+            if here is not None and here is not limit:
+                raise ValueError(
+                    f"subgraph {name!r}: its limit {limit_name!r} is not the limit of that "
+                    "name here; share one Limit object (add_limit(limit) on both)"
+                )
+        for unit in units:
+            self._admit(unit)
+        with self._lock:
+            self._limits.update(limits)
+        for unit in units:
+            self.units[unit.id] = unit
+        self._graph = None
+        self._plan = None
+        return self.units[name]
+
+    def add_units(self, units: Mapping[str, UnitSpec[R]], *, replace: bool = False) -> None:
+        """Add many units at once: the fast way to build a large graph.
+
+        ``units`` maps each name to a unit in the shape of a task map
+        (:mod:`quantum_partitioner.taskmap`): ``fn``, ``(fn, dependencies)``, or
+        ``(fn, dependencies, options)`` where ``options`` is a dict of :meth:`add_unit`'s
+        keyword arguments (``timeout``, ``retries``, ``priority``, ``metadata``,
+        ``retry_policy``, ``when``, ``run_if``, ``cancel_rest``, ``limits``)::
+
+            partitioner.add_units({
+                "load": load,
+                "clean": (clean, ["load"]),
+                "fetch": (fetch, ["clean"], {"retries": 3, "timeout": 10}),
+            })
+
+        Each unit is checked exactly as :meth:`add_unit` checks it, with the same errors.
+        Either every unit is added or, when one is refused, none is.
+
+        Args:
+            units: Units by name, in the order they are added.
+            replace: Replace existing units of the same names instead of raising.
+
+        Raises:
+            DuplicateUnitError: A unit of one of the names exists and ``replace`` is false.
+            TypeError: ``units`` is not a mapping, an entry has none of those shapes, or an
+                argument has the wrong type (the message names the unit).
+            ValueError: An argument is out of range (the message names the unit).
+            RuntimeError: The partitioner is executing.
+
+        .. versionadded:: 0.2
+        """
+        self._check_not_executing("add_units")
+        if not isinstance(units, Mapping):
+            raise TypeError(
+                "add_units() takes a dict of name -> fn, (fn, dependencies) or "
+                f"(fn, dependencies, options), got a {type(units).__name__}"
+            )
+        new: dict[str, QuantumUnit[T, R]] = {}
+        with _gc_paused():  # many objects made and none freed: see _graph._gc_paused
+            for name, spec in units.items():
+                # The common shape first, with every option at its default.
+                if type(spec) is tuple and len(spec) == 2:
+                    fn, deps = spec
+                    new[name] = make_unit(name, fn, deps)
+                else:
+                    new[name] = _unit_of_spec(name, spec, self._depends_on_a_map)
+            if not replace and not new.keys().isdisjoint(self.units):
+                raise DuplicateUnitError(next(name for name in new if name in self.units))
+            if type(self)._admit is not QuantumPartitioner._admit:
+                for unit in new.values():
+                    self._admit(unit)
+            self.units.update(new)
+        self._graph = None
+        self._plan = None
+
+    def _unit_decorator(
+        self, arguments: tuple[Any, ...], options: dict[str, Any]
+    ) -> Callable[[_Decorated], _Decorated]:
+        """``add_unit`` without ``fn``: a decorator that adds the function it is given.
+
+        It is built here rather than inside ``add_unit``: a closure there would turn every
+        argument of ``add_unit`` into a cell, a cost each call would pay.
+        """
+        dependencies, name, *rest = arguments
+
+        def decorator(function: _Decorated) -> _Decorated:
+            unit_id = self._name_for(function, name, use_function_name=True)
+            self.add_unit(function, dependencies, unit_id, *rest, **options)
+            return function
+
+        return decorator
 
     def _check_not_executing(self, action: str) -> None:
         """Refuse to change the graph while a run uses it, instead of ignoring the change.
@@ -870,10 +1131,8 @@ class QuantumPartitioner(Generic[T, R]):
         return AsyncBackend(workers)
 
     def _finish(self, run: Run) -> None:
-        state = run.scheduler.state
-        names = run.graph.names
-        self.completed_units = {names[i] for i, s in enumerate(state) if s is UnitState.COMPLETED}
-        self.failed_units = {names[i] for i, s in enumerate(state) if s in _FAILED_STATES}
+        self._settled_run = run
+        self._completed_units = self._failed_units = None  # built when first read
         with self._lock:
             self._active_run = None
 

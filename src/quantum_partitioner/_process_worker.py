@@ -12,7 +12,8 @@ environment variable ``QUANTUM_PARTITIONER_PRELOAD``: the modules the run's func
 from, so that importing them is the worker's start-up and not the first unit's time.
 
 worker → parent: ``("ready", pid)``, then per attempt ``("ok", result_blob, metrics)`` or
-``("error", exception_blob_or_None, description, traceback_text)``.
+``("error", exception_blob_or_None, description, traceback_text, pauses)``, where
+``pauses`` holds the attempt's ``ctx.pause_limit`` calls (as metrics) or is None.
 
 Anything the unit prints goes to stderr: stdout is not the protocol channel, but keeping the
 two apart means no unit can corrupt the stream. Until the worker is ready its stderr is a
@@ -37,7 +38,7 @@ from typing import Any
 
 import cloudpickle
 
-from ._context import ExecutionContext
+from ._context import PAUSES_KEY, ExecutionContext
 
 _PARENT_CHECK_SECONDS = 0.5
 #: The environment variable naming the modules a worker imports before it is ready.
@@ -60,14 +61,18 @@ def _watch_parent(parent: int) -> None:
             os._exit(1)  # orphaned: the parent died without stopping us
 
 
-def _error_message(error: BaseException, unit_id: str) -> tuple[Any, ...]:
+def _error_message(
+    error: BaseException, unit_id: str, ctx: ExecutionContext | None = None
+) -> tuple[Any, ...]:
     text = "".join(traceback.format_exception(error))
     try:
         blob = cloudpickle.dumps(error)
         pickle.loads(blob)  # noqa: S301 - our own bytes; checks the error survives the trip
     except Exception:  # the exception itself cannot travel: send its description
         blob = None
-    return ("error", blob, f"unit {unit_id!r}: {error!r}", text)
+    metrics = ctx.metrics if ctx is not None else None
+    pauses = {PAUSES_KEY: metrics[PAUSES_KEY]} if metrics and PAUSES_KEY in metrics else None
+    return ("error", blob, f"unit {unit_id!r}: {error!r}", text, pauses)
 
 
 def serve(inbox: Connection, outbox: Connection, parent: int) -> None:
@@ -107,6 +112,7 @@ def _run_one(
         note = RuntimeError(f"unit {unit_id!r}: its function could not be loaded in the worker")
         note.__cause__ = function
         return _error_message(note, unit_id)
+    ctx = None
     try:
         results = cloudpickle.loads(blob)
         upstream = {}
@@ -123,7 +129,7 @@ def _run_one(
         else:
             value = function(ctx)
     except BaseException as error:
-        return _error_message(error, unit_id)
+        return _error_message(error, unit_id, ctx)
     try:
         return ("ok", cloudpickle.dumps(value), ctx.metrics)
     except Exception as error:
@@ -131,7 +137,7 @@ def _run_one(
             f"unit {unit_id!r}: its result {type(value).__name__} cannot be sent back from "
             f"the worker process: {error}"
         )
-        return _error_message(problem, unit_id)
+        return _error_message(problem, unit_id, ctx)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import traceback
 from types import CoroutineType, MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from ._context import PAUSES_KEY, ExecutionContext
+from ._context import PAUSES_KEY, ExecutionContext, check_pause_seconds
 from ._errors import SkipCause, SkipUnit, UnitSkippedError, interrupts_run
 from ._events import (
     Dispatcher,
@@ -155,7 +155,7 @@ class Run:
         # Each item of a map over a unit -> its item (a map over a map reads its parent's
         # result instead); each expanded map -> the dependencies its items see.
         self._item_values: dict[int, Any] = {}
-        self._map_inputs: dict[int, list[int]] = {}
+        self._map_inputs: dict[int, tuple[list[int], list[str] | None]] = {}
         #: Cache hits decided before a unit took its limits, served to its attempt.
         self._served: dict[int, Any] = {}
         self._missed: set[int] = set()
@@ -192,9 +192,12 @@ class Run:
         # Typed loosely: a unit declared sync may still return a coroutine (awaited below).
         self._functions: list[Callable[..., Any]] = [unit.function for unit in graph.units]
         #: Whether each unit is a coroutine function, for drivers that run those apart.
-        self.is_async = [inspect.iscoroutinefunction(f) for f in self._functions]
+        flags = graph.coroutine_flags()
+        self.is_async = list(flags) if graph.maps else flags  # maps extend it
         self._names = graph.names
         self._deps = graph.deps
+        #: The key each unit reads each dependency by, None when that is its name.
+        self._view_keys = graph.view_keys()
         self._conditions = graph.decisions()[0]
         #: Brings a dependency's result here for a ``when=`` predicate, for backends that
         #: keep results elsewhere (Dask): only the values a predicate reads travel.
@@ -241,12 +244,20 @@ class Run:
 
     def keep_metrics(self, i: int, metrics: dict[str, Any]) -> None:
         """Keep the metrics an attempt recorded elsewhere; apply its ``ctx.pause_limit`` calls."""
+        self.apply_pauses(metrics)
+        if metrics:
+            self.unit_metrics[i] = metrics
+
+    def apply_pauses(self, metrics: dict[str, Any]) -> None:
+        """Apply (and take out of ``metrics``) the pauses an attempt elsewhere asked for.
+
+        For a failed attempt too, before its failure is reported: a 429 handler pauses its
+        limit and raises, and its retry must wait for the pause.
+        """
         pauses = metrics.pop(PAUSES_KEY, None)
         for name, seconds in pauses or ():
             if name in self.limits:
                 self.pause_limit(name, seconds)
-        if metrics:
-            self.unit_metrics[i] = metrics
 
     def pause_limit(self, name: str, seconds: float) -> None:
         """Hold back new starts on limit ``name`` for ``seconds`` (``ctx.pause_limit``).
@@ -258,10 +269,7 @@ class Run:
         limit = self.limits.get(name)
         if limit is None:
             raise KeyError(f"no limit named {name!r}; known: {sorted(self.limits)}")
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-            raise TypeError(f"pause_limit: seconds must be a number, got {seconds!r}")
-        if not 0 <= seconds < float("inf"):
-            raise ValueError(f"pause_limit: seconds must be >= 0 and finite, got {seconds!r}")
+        check_pause_seconds(seconds)
         limit.pause(self.clock() + seconds)
 
     # -- calling units ---------------------------------------------------------------------
@@ -291,7 +299,7 @@ class Run:
             if interrupts_run(error):
                 raise
             return False, error
-        if not self._still_wanted(i, attempt):
+        if not self.still_wanted(i, attempt):
             return True, value  # timed out or cancelled: the scheduler will discard it
         if ctx.metrics is not None:
             self.unit_metrics[i] = ctx.metrics
@@ -299,16 +307,15 @@ class Run:
             cache.remember(self, i, value)
         return True, value
 
-    def _still_wanted(self, i: int, attempt: int) -> bool:
-        """Whether a finished attempt is still current and within its timeout.
+    def still_wanted(self, i: int, attempt: int) -> bool:
+        """Whether an attempt is still current and within its timeout and the run's deadline.
 
         Checked before keeping its metrics or caching its result: a late result must leave
         nothing behind. (SEQUENTIAL notices a timeout only after the call, hence the clock.)
+        A pool thread checks it before it starts an attempt handed to it: one whose timeout
+        passed before the thread got to it must never start.
         """
-        if self.attempt_abandoned(i, attempt):
-            return False
-        timeout = self.scheduler.timeouts[i]
-        return timeout is None or self.clock() - self.scheduler.started[i] <= timeout
+        return not self.attempt_abandoned(i, attempt)
 
     def context_for(self, i: int, attempt: int) -> ExecutionContext:
         """The context unit ``i`` is called with: the caller's plus its dependencies'."""
@@ -324,12 +331,15 @@ class Run:
         if deps:
             sched = self.scheduler
             if sched.errors or sched.partial_inputs:  # something upstream did not complete
-                view, upstream = self._inputs_with_gaps(deps)
+                view, upstream = self._inputs_with_gaps(*self._row_of(i))
                 return ExecutionContext(
                     self.context, view, self._names[i], attempt, self.mode, self, i, upstream
                 )
-            names, results = self._names, sched.results
-            view = {names[j]: results[j] for j in deps}
+            if self._view_keys is None:  # inlined here: the hot path of ordinary graphs
+                names, results = self._names, sched.results
+                view = {names[j]: results[j] for j in deps}
+            else:
+                view = self._complete_inputs(*self._row_of(i))
         else:
             view = _NO_RESULTS
         return ExecutionContext(self.context, view, self._names[i], attempt, self.mode, self, i)
@@ -340,37 +350,55 @@ class Run:
         For backends that build the context elsewhere (a worker process, a Dask worker).
         """
         sched = self.scheduler
-        deps = self._deps[i]
-        if self._map_inputs:
-            place = sched.item_of.get(i)
-            if place is not None:  # an item sees its map's declared dependencies, not its own
-                deps = self._map_inputs[place[0]]
+        row, keys = self._row_of(i)
         if sched.errors or sched.partial_inputs:
-            return self._inputs_with_gaps(deps)
-        names, results = self._names, sched.results
-        return {names[j]: results[j] for j in deps}, _NO_ERRORS
+            return self._inputs_with_gaps(row, keys)
+        return self._complete_inputs(row, keys), _NO_ERRORS
+
+    def _row_of(self, i: int) -> tuple[Sequence[int], Sequence[str] | None]:
+        """The dependencies unit ``i``'s context shows, and the keys it reads them by.
+
+        Keys are None when they are the dependencies' names. A map item shows its map's
+        declared dependencies (not the item it follows, nor what its map maps over); a unit
+        inlined from a subgraph reads its dependencies by their inner names.
+        """
+        if self._map_inputs:
+            place = self.scheduler.item_of.get(i)
+            if place is not None:
+                return self._map_inputs[place[0]]
+        keys = self._view_keys
+        return self._deps[i], None if keys is None else keys[i]
+
+    def _complete_inputs(self, row: Sequence[int], keys: Sequence[str] | None) -> dict[str, Any]:
+        """The results of ``row``, each under its key (its name when ``keys`` is None)."""
+        results = self.scheduler.results
+        if keys is None:
+            names = self._names
+            return {names[j]: results[j] for j in row}
+        return dict(zip(keys, map(results.__getitem__, row), strict=True))
 
     def _inputs_with_gaps(
-        self, deps: Sequence[int]
+        self, row: Sequence[int], keys: Sequence[str] | None
     ) -> tuple[dict[str, Any], Mapping[str, BaseException]]:
-        """The inputs from ``deps`` of a unit some of whose dependencies did not complete.
+        """The inputs from ``row`` of a unit some of whose dependencies did not complete.
 
         The results that exist (fallback values included, and the completed items' results
-        of a map that failed) and, as ``upstream_errors``, why each other terminal
-        dependency has none.
+        of a map that failed or has not finished) and, as ``upstream_errors``, why each
+        other terminal dependency has none.
         """
         sched = self.scheduler
-        names, results, state, errors = self._names, sched.results, sched.state, sched.errors
+        results, state, errors = sched.results, sched.state, sched.errors
+        row_keys = map(self._names.__getitem__, row) if keys is None else keys
         view: dict[str, Any] = {}
         upstream: dict[str, BaseException] = {}
-        for j in deps:
+        for j, key in zip(row, row_keys, strict=True):
             error = errors.get(j)
             if error is not None:
-                upstream[names[j]] = error
-            if state[j] is _COMPLETED or (
-                state[j] in _FAILED_STATES and (j in sched.fallbacks or j in sched.items_of)
-            ):
-                view[names[j]] = results[j]
+                upstream[key] = error
+            if state[j] is _COMPLETED or (state[j] in _FAILED_STATES and j in sched.fallbacks):
+                view[key] = results[j]
+            elif j in sched.items_of:  # a map that failed, or is unfinished (at_least)
+                view[key] = [results[k] for k in sched.items_of[j] if sched.counts_ok(k)]
         return view, upstream or _NO_ERRORS
 
     # -- decisions -------------------------------------------------------------------------
@@ -440,7 +468,12 @@ class Run:
             )
             return sched.fail_map(m, ValueError(message), now)
         index = self.graph.index
-        self._map_inputs[m] = [index[name] for name in unit.dependencies]
+        declared = unit.dependencies
+        view_keys = unit.view_keys
+        self._map_inputs[m] = (
+            [index[name] for name in declared],
+            None if view_keys is None else [view_keys.get(name, name) for name in declared],
+        )
         first = len(self._functions)
         transitions = sched.expand(m, count, now)
         items = sched.items_of.get(m, range(first, first))
@@ -482,12 +515,25 @@ class Run:
         return bool(answer), None
 
     def attempt_abandoned(self, i: int, attempt: int) -> bool:
-        """Whether attempt ``attempt`` of unit ``i`` is no longer wanted (``ctx.cancelled``)."""
+        """Whether attempt ``attempt`` of unit ``i`` is no longer wanted (``ctx.cancelled``).
+
+        Also once its timeout or the run's deadline has passed, before the driver acts on
+        it: SEQUENTIAL cannot act while the unit runs, and a unit that watches
+        ``ctx.cancelled`` can stop at its deadline in every mode.
+        """
         sched = self.scheduler
-        return (
+        if (
             self.stopping.is_set()
             or sched.attempts[i] != attempt
             or sched.state[i] is not UnitState.RUNNING
+        ):
+            return True
+        timeout, run_deadline = sched.timeouts[i], sched.run_deadline
+        if timeout is None and run_deadline is None:
+            return False
+        now = self.clock()
+        return (timeout is not None and now - sched.started[i] > timeout) or (
+            run_deadline is not None and now >= run_deadline
         )
 
     # -- events ----------------------------------------------------------------------------

@@ -706,6 +706,19 @@ class Scheduler:
             self._bad[j] += 1
         else:
             self._skip[j] += 1
+        return self._judge_dependent(j, node, node_kind, out, work, now)
+
+    def _judge_dependent(  # noqa: PLR0917 - called per edge: positional is cheapest
+        self,
+        j: int,
+        node: int,
+        node_kind: int,
+        out: list[Transition],
+        work: list[tuple[int, int]],
+        now: float,
+    ) -> int:
+        """Judge unit ``j`` on its counts, ``node`` being the dependency that just ended."""
+        waiting = self._waiting
         if self._collecting and j in self._collecting:  # an expanded map: one item ended
             if not waiting[j]:
                 work.append((j, self._finish_map(j, now, out)))
@@ -742,10 +755,15 @@ class Scheduler:
         if self.ok_count(j) < len(self._deps[j]):
             self.partial_inputs.add(j)
         if self._waiting[j]:  # met before every dependency finished (at_least)
+            self.partial_inputs.add(j)
             self._triggered.add(j)
             if j in self._cancels_rest:
                 self._cancel_unneeded(j, now)
         self._make_ready(j)
+
+    def counts_ok(self, i: int) -> bool:
+        """Whether unit ``i`` ended COMPLETED, or failed with a fallback value."""
+        return self.state[i].is_terminal and self._kind_of(i) == _OK
 
     def ok_count(self, j: int) -> int:
         """How many of unit ``j``'s dependencies completed or gave a fallback (decisions)."""
@@ -855,6 +873,13 @@ class Scheduler:
         for m, over in self.maps.items():
             if over in self.maps:
                 self._item_children.setdefault(over, []).append(m)
+        #: Each map -> its dependents under at_least(k), which count its items.
+        self._item_quorums: dict[int, list[int]] = {}
+        for j, rule in graph.decisions()[1].items():
+            if rule.name == "at_least":
+                for d in self._deps[j]:
+                    if d in self.maps:
+                        self._item_quorums.setdefault(d, []).append(j)
         # A map's fallback value is its items' (a map as a whole never runs).
         self._item_fallbacks = {m: self.fallbacks.pop(m) for m in self.maps if m in self.fallbacks}
         self._deps = graph.deps
@@ -932,10 +957,20 @@ class Scheduler:
             else:
                 dependents[parent].append(j)
         children = self._item_children.get(m)
-        if children:  # they now follow this map item by item, not as a whole
-            dependents[m] = [j for j in dependents[m] if j not in children]
-            for c in children:
+        quorums = self._item_quorums.get(m)
+        if children or quorums:  # they now follow this map item by item, not as a whole
+            following = {*(children or ()), *(quorums or ())}
+            dependents[m] = [j for j in dependents[m] if j not in following]
+            for c in children or ():
                 self._settle_one(c, m, _OK, out, work, now)
+        for q in quorums or ():  # at_least(k) counts this map's items, not the map
+            if self.state[q] is not _PENDING or q in self._triggered:
+                continue
+            waiting[q] += count - 1
+            for j in items:
+                dependents[j].append(q)
+            if not count:
+                self._judge_dependent(q, m, _OK, out, work, now)
         if not count:  # nothing to wait for: complete with []
             work.append((m, self._finish_map(m, now, out)))
         for node, node_kind in work:  # what those endings caused, as in _settle_dependents

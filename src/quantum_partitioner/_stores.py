@@ -28,9 +28,17 @@ nothing about units or pickling: :mod:`._cache` makes the keys and the payloads.
   the link points); an existing file that others may write gets an
   :class:`InsecureCacheWarning`. A path that cannot be a store (a directory, a file this
   process cannot read and write) raises an ``OSError`` naming it, before SQLite opens it.
+* **Bulk reads.** ``prefetch`` (before a run, with the keys the run will look up) reads
+  those entries in a few ``IN (...)`` queries instead of one query per lookup: a key it did
+  not find is a miss without a query, a payload it found is checked and served from memory
+  once (payloads over ``_PREFETCH_ENTRY_BYTES``, or beyond ``_PREFETCH_BYTES`` in all, are
+  read when looked up). What it holds is dropped by ``flush`` (the end of the run). A key
+  another process writes meanwhile is recomputed once; an entry it deletes meanwhile may
+  still be served (it was valid: keys are content addresses).
 * **LRU.** With ``size_limit`` (bytes of payload), entries least recently read or written
   are evicted after a write that goes over it. Read times are batched in memory and written
-  at the end of a run (or every 1,000 reads), so a hit costs no write transaction.
+  by the writer thread every 10,000 reads and after each run (``close``, a listing and an
+  eviction write them first), so a hit costs no write transaction and nobody waits for one.
 
 State: one connection per store and per process (reopened after a fork), guarded by a lock,
 since lookups come from several threads at once.
@@ -57,6 +65,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, Self
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
     from types import TracebackType
 
 __all__ = ["CacheEntry", "CacheStore", "InsecureCacheWarning", "MemoryStore", "SQLiteStore"]
@@ -65,7 +74,15 @@ LOGGER = logging.getLogger("quantum_partitioner")
 
 #: The on-disk format this version reads and writes (see docs/caching.md).
 FORMAT_VERSION: Final = 1
-_TOUCH_BATCH: Final = 1000
+_TOUCH_BATCH: Final = 10_000
+# prefetch: keys per IN (...) query (below SQLite's oldest limit of 999 parameters), the
+# largest payload it reads ahead, and how many payload bytes it holds at most.
+_PREFETCH_CHUNK: Final = 500
+_PREFETCH_ENTRY_BYTES: Final = 1 << 20
+_PREFETCH_BYTES: Final = 64 << 20
+_PREFETCH_QUERY: Final = (
+    "SELECT key, CASE WHEN size <= ? THEN payload END, checksum FROM entries WHERE key IN ({})"
+)
 # How long an idle writer thread of a SQLiteStore waits for more writes before it ends.
 _WRITER_LINGER: Final = 0.5
 # Connections a forked child inherited from its parent: never used, never closed.
@@ -171,6 +188,14 @@ class CacheStore(ABC):
     @abstractmethod
     def total_size(self) -> int:
         """Bytes of payload stored."""
+
+    def prefetch(self, keys: Collection[bytes]) -> None:  # noqa: B027 - optional hook
+        """A hint before a run: these keys are about to be looked up.
+
+        A store may read them in bulk now, so that each ``get`` is served from memory
+        (until the next :meth:`flush`). It must still never return a payload other than the
+        one ``put`` stored under that key.
+        """
 
     def flush(self) -> None:  # noqa: B027 - optional hook
         """Write out what is batched in memory (read times); called after each run."""
@@ -442,6 +467,10 @@ class SQLiteStore(CacheStore):
         self._connections: list[sqlite3.Connection] = []
         self._pid = -1
         self._touched: dict[bytes, float] = {}
+        # Set (under _queue_lock) when the writer thread is to write the read times.
+        self._touches_due = False
+        # True while the writer thread commits a batch of results (see flush).
+        self._committing = False
         # Queued writes, key -> (unit, payload, time.time()); guarded by _queue_lock, which
         # is never held while taking _lock (the writer takes _lock first, then it).
         self._queued: dict[bytes, tuple[str, bytes, float]] = {}
@@ -450,7 +479,14 @@ class SQLiteStore(CacheStore):
         self.write_errors = 0
         self._known_total: int | None = None
         self._unchecked = 0
+        # What prefetch found: key -> (payload, checksum), or None when the payload was left
+        # to be read at the lookup; and the keys it asked for and did not find.
+        self._prefetched: dict[bytes, tuple[bytes, bytes] | None] = {}
+        self._absent: set[bytes] = set()
         self._finalizer = weakref.finalize(self, _close_quietly, self._connections)
+        # At exit _close_live_stores closes the store, under its lock: the finalizer must
+        # not close the connection under the writer thread's feet first.
+        self._finalizer.atexit = False
         self._connection()
         _LIVE_STORES.add(self)
 
@@ -470,6 +506,7 @@ class SQLiteStore(CacheStore):
             _INHERITED.extend(self._connections)
             self._connections.clear()
             self._touched.clear()
+            self._forget_prefetched()
             # The parent commits its own queue; the child has no writer thread.
             self._queue_lock = threading.Condition(threading.Lock())
             self._queued = {}
@@ -568,31 +605,76 @@ class SQLiteStore(CacheStore):
     # -- entries ---------------------------------------------------------------------------
 
     def get(self, key: bytes) -> bytes | None:
-        """The payload under ``key`` if its checksum matches, else None (and it is dropped)."""
-        with self._lock:
-            queued = self._queued.get(key)  # one dict read: atomic, no need of _queue_lock
-            if queued is not None:
-                return queued[1]
-            connection = self._connection()
-            row = connection.execute(
-                "SELECT payload, checksum FROM entries WHERE key = ?", (key,)
-            ).fetchone()
+        """The payload under ``key`` if its checksum matches, else None (and it is dropped).
+
+        What is queued or prefetched is served without the lock (single dict and set
+        operations are atomic); only a query takes it, so a commit under way delays only
+        the lookups that need the file.
+        """
+        queued = self._queued.get(key)
+        if queued is not None:
+            return queued[1]
+        if key in self._absent:
+            return None
+        row = self._prefetched.pop(key, None)
+        if row is None:
+            with self._lock:
+                row = (
+                    self._connection()
+                    .execute("SELECT payload, checksum FROM entries WHERE key = ?", (key,))
+                    .fetchone()
+                )
             if row is None:
                 return None
-            payload, stored = row
-            if not isinstance(payload, bytes) or checksum(key, payload) != stored:
-                LOGGER.warning(
-                    "cache store %s: entry %s is damaged (checksum mismatch); it will be "
-                    "recomputed",
-                    self.path,
-                    key.hex(),
-                )
-                self.discard(key, corrupt=True)
-                return None
-            self._touched[key] = time.time()
-            if len(self._touched) >= _TOUCH_BATCH:
-                self._flush_touches(connection)
-            return payload
+        payload, stored = row
+        if not isinstance(payload, bytes) or checksum(key, payload) != stored:
+            LOGGER.warning(
+                "cache store %s: entry %s is damaged (checksum mismatch); it will be recomputed",
+                self.path,
+                key.hex(),
+            )
+            self.discard(key, corrupt=True)
+            return None
+        touched = self._touched
+        touched[key] = time.time()
+        if len(touched) >= _TOUCH_BATCH:
+            self._hand_touches_over()
+        return payload
+
+    def prefetch(self, keys: Collection[bytes]) -> None:
+        """Read the entries under ``keys`` in bulk (see "Bulk reads" in the module docstring).
+
+        A failure is logged and forgotten: the lookups then read one by one.
+        """
+        with self._lock:
+            try:
+                self._prefetch(keys)
+            except (sqlite3.Error, OSError, ValueError) as error:
+                LOGGER.warning("cache store %s: could not read ahead: %s", self.path, error)
+                self._forget_prefetched()
+
+    def _prefetch(self, keys: Collection[bytes]) -> None:
+        connection = self._connection()
+        wanted = [key for key in keys if key not in self._prefetched]
+        prefetched, absent = self._prefetched, self._absent
+        budget = _PREFETCH_BYTES - sum(len(row[0]) for row in prefetched.values() if row)
+        for start in range(0, len(wanted), _PREFETCH_CHUNK):
+            chunk = wanted[start : start + _PREFETCH_CHUNK]
+            absent.update(chunk)
+            largest = max(0, min(_PREFETCH_ENTRY_BYTES, budget))
+            placeholders = ",".join("?" * len(chunk))
+            rows = connection.execute(_PREFETCH_QUERY.format(placeholders), (largest, *chunk))
+            for key, payload, stored in rows:
+                absent.discard(key)
+                if payload is None:
+                    prefetched[key] = None  # present, but read when looked up
+                else:
+                    prefetched[key] = (payload, stored)
+                    budget -= len(payload)
+
+    def _forget_prefetched(self) -> None:
+        self._prefetched = {}
+        self._absent = set()
 
     def put(self, key: bytes, unit: str, payload: bytes) -> None:
         """Queue the entry for the writer thread, which commits it at once (group commit).
@@ -606,41 +688,62 @@ class SQLiteStore(CacheStore):
         if self._pid != os.getpid():
             with self._lock:
                 self._connection()  # a forked child: its own connection and queue first
+        self._absent.discard(key)  # a set operation: atomic, no lock needed
         with self._queue_lock:
             queued = self._queued
             queued[key] = (unit, payload, time.time())
-            if self._writer is None:
-                self._writer = threading.Thread(
-                    target=self._write_queued, name="quantum-partitioner cache writer", daemon=True
-                )
-                self._writer.start()
-            elif len(queued) == 1:
-                self._queue_lock.notify()  # the writer may be waiting for work
+            if self._writer is None or len(queued) == 1:
+                self._wake_writer()
 
     def _write_queued(self) -> None:
         """The writer thread: commit whatever is queued, again and again (group commit).
 
         Writes that arrive while a transaction commits wait for the next one, so a burst of
         short units shares transactions while a lone write is committed at once. A daemon,
-        so that it never delays the interpreter's exit (``_flush_live_stores`` commits the
+        so that it never delays the interpreter's exit (``_close_live_stores`` commits the
         last batch then); it ends once no write came for ``_WRITER_LINGER`` seconds.
         """
         cond = self._queue_lock
         while True:
             with cond:
-                if not self._queued:
+                if not (self._queued or self._touches_due):
                     cond.wait(_WRITER_LINGER)
-                    if not self._queued:
+                    if not (self._queued or self._touches_due):
                         self._writer = None
                         return
             self._commit_queued()
+            if self._touches_due:
+                self._touches_due = False
+                self._write_touches()
+
+    def _wake_writer(self) -> None:
+        """Start the writer thread, or wake it (the caller holds ``_queue_lock``)."""
+        if self._writer is None:
+            self._writer = threading.Thread(
+                target=self._write_queued, name="quantum-partitioner cache writer", daemon=True
+            )
+            self._writer.start()
+        else:
+            self._queue_lock.notify()  # it may be waiting for work
+
+    def _hand_touches_over(self) -> None:
+        """Have the writer thread write the batched read times (hints: nobody waits)."""
+        if self._pid != os.getpid():
+            return  # a forked child writes its read times when it flushes or closes
+        with self._queue_lock:
+            if not self._touches_due:
+                self._touches_due = True
+                self._wake_writer()
 
     def _commit_queued(self) -> None:
         """Commit every queued write in one transaction, then evict over the size limit."""
         with self._lock:
             with self._queue_lock:
+                # Marked before the swap: whoever sees the queue empty sees the mark too.
+                self._committing = bool(self._queued)
                 batch, self._queued = self._queued, {}
             if not batch or self._pid != os.getpid():
+                self._committing = False
                 return
             try:
                 connection = self._connection()
@@ -668,6 +771,8 @@ class SQLiteStore(CacheStore):
                     len(batch),
                     error,
                 )
+            finally:
+                self._committing = False
 
     def _evict(self, connection: sqlite3.Connection, limit: int, keep: bytes, added: int) -> None:
         """Delete least recently used entries while the store is over ``limit`` (in a write).
@@ -699,6 +804,7 @@ class SQLiteStore(CacheStore):
             if corrupt:
                 self.corrupt += 1
             self._touched.pop(key, None)
+            self._prefetched.pop(key, None)
             with self._queue_lock:
                 self._queued.pop(key, None)
             connection = self._connection()
@@ -709,6 +815,7 @@ class SQLiteStore(CacheStore):
         """Delete every entry, or ``unit``'s; return how many."""
         with self._lock:
             self._commit_queued()  # so that they are counted and deleted with the others
+            self._forget_prefetched()
             connection = self._connection()
             with _Transaction(connection):
                 if unit is None:
@@ -721,7 +828,7 @@ class SQLiteStore(CacheStore):
 
     def entries(self, unit: str | None = None) -> list[CacheEntry]:
         """Every entry (or ``unit``'s), most recently used first."""
-        self.flush()
+        self._write_everything()
         query = "SELECT unit, key, size, created, accessed FROM entries"
         params: tuple[str, ...] = ()
         if unit is not None:
@@ -755,11 +862,12 @@ class SQLiteStore(CacheStore):
     def _apply_touches(self, connection: sqlite3.Connection) -> None:
         """Write the batched read times (inside a write transaction)."""
         if self._touched:
+            # Swapped, not cleared: lookups add read times without the lock meanwhile.
+            touched, self._touched = self._touched, {}
             connection.executemany(
                 "UPDATE entries SET accessed = MAX(accessed, ?) WHERE key = ?",
-                [(when, key) for key, when in self._touched.items()],
+                [(when, key) for key, when in touched.items()],
             )
-            self._touched.clear()
 
     def _flush_touches(self, connection: sqlite3.Connection) -> None:
         try:
@@ -767,19 +875,40 @@ class SQLiteStore(CacheStore):
                 self._apply_touches(connection)
         except sqlite3.Error as error:  # read times are a hint: never fail a lookup for them
             LOGGER.warning("cache store %s: could not record read times: %s", self.path, error)
-            self._touched.clear()
+            self._touched = {}
 
     def flush(self) -> None:
-        """Commit the queued writes and the batched read times."""
+        """Commit the queued writes; drop what prefetch read; hand the read times over.
+
+        The results are committed before it returns (at the end of a run, what completed
+        is in the file); the read times, hints for the LRU order, are written by the writer
+        thread meanwhile, or by :meth:`close` or the next listing, whichever comes first.
+        """
+        self._forget_prefetched()
+        # The lock only when results wait or commit: not behind the writer's read times.
+        if self._queued or self._committing:
+            with self._lock:
+                self._commit_queued()
+        if self._touched:
+            self._hand_touches_over()
+
+    def _write_touches(self) -> None:
+        """Write the batched read times now."""
         with self._lock:
-            self._commit_queued()
             if self._touched and self._pid == os.getpid() and self._connections:
                 self._flush_touches(self._connections[-1])
 
-    def close(self) -> None:
-        """Write the batched read times and close the connection."""
+    def _write_everything(self) -> None:
+        """Commit the queued writes and write the read times, before returning."""
         with self._lock:
-            self.flush()
+            self._forget_prefetched()
+            self._commit_queued()
+            self._write_touches()
+
+    def close(self) -> None:
+        """Write the queued results and read times, and close the connection."""
+        with self._lock:
+            self._write_everything()
             _close_quietly(self._connections)
             self._pid = -1
 
@@ -788,11 +917,11 @@ _LIVE_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
 
 
 @atexit.register
-def _flush_live_stores() -> None:
-    """Commit the writes still queued when the interpreter exits normally."""
+def _close_live_stores() -> None:
+    """Commit what is still queued when the interpreter exits normally, and close."""
     for store in list(_LIVE_STORES):
         with contextlib.suppress(Exception):
-            store.flush()
+            store.close()
 
 
 class _Transaction:

@@ -104,7 +104,19 @@ def resource_balanced_backend(
             lanes.append(AsyncLane(max_workers))
     index: dict[str, int] = {kind: k for k, kind in enumerate(order)}
 
+    def plain_on_loop(unit: QuantumUnit[Any, Any]) -> bool:
+        return _resource_type(unit) == "async" and not inspect.iscoroutinefunction(unit.function)
+
+    # The async lane's plain functions wait for one of its threads in a ready queue apart.
+    if any(plain_on_loop(unit) for unit in units.values()):
+        loop_lane = lanes[index["async"]]
+        assert isinstance(loop_lane, AsyncLane)
+        index["plain on the loop"] = len(lanes)
+        lanes.append(loop_lane.plain_functions())
+
     def lane_for(unit: QuantumUnit[Any, Any]) -> int:
+        if plain_on_loop(unit):
+            return index["plain on the loop"]
         return index[_resource_type(unit)]
 
     return LaneBackend(lanes, lane_for, name="resource_balanced")

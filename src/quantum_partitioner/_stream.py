@@ -158,9 +158,12 @@ class _Collector(Instrument):
         )
 
     def unit_skipped(self, event: UnitSkipped) -> None:
-        """A unit was skipped."""
+        """A unit was skipped: before it ran, or by its own ``ctx.skip`` (then it has attempts)."""
+        attempts, start = self._attempts_and_start(event.unit_id)
         self._put(
-            UnitResult(event.unit_id, UnitState.SKIPPED, None, event.reason, 0, None, event.time)
+            UnitResult(
+                event.unit_id, UnitState.SKIPPED, None, event.reason, attempts, start, event.time
+            )
         )
 
     def unit_cancelled(self, event: UnitCancelled) -> None:

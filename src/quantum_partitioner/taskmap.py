@@ -4,7 +4,9 @@ A task map is a dict ``name -> (fn, dependencies)`` or ``name -> (fn, dependenci
 where ``options`` holds :meth:`QuantumPartitioner.add_unit`'s keyword arguments
 (``{"timeout": 5, "limits": ["api"]}``); each function is called as ``fn(ctx)`` exactly like a
 partitioner's unit. ``TaskMap(tasks, limits={"api": {"concurrency": 2}})`` adds the named
-limits tasks may name. Runs raise :class:`TaskError` (with ``errors``,
+limits tasks may name. A task ``(other, dependencies)`` whose ``other`` is another
+:class:`TaskMap` (or a partitioner) is a subgraph, as
+:meth:`QuantumPartitioner.add_subgraph` inlines it. Runs raise :class:`TaskError` (with ``errors``,
 ``partial_results`` and ``failed_tasks``) when a task fails, as code written for it expects::
 
     from quantum_partitioner.taskmap import TaskMap, run_parallel_threads
@@ -43,10 +45,13 @@ __all__ = [
 
 #: A task: ``(fn, dependencies)``, ``(fn, dependencies, options)`` with ``options`` the
 #: keyword arguments of ``add_unit``, or a bare ``fn``; called as ``fn(ctx)`` like a unit.
+#: A TaskMap or a partitioner in place of ``fn`` is a subgraph.
 TaskSpec: TypeAlias = (
     "tuple[UnitFunction[Any], Iterable[str]]"
     " | tuple[UnitFunction[Any], Iterable[str], Mapping[str, Any]]"
     " | UnitFunction[Any]"
+    " | tuple[TaskMap | QuantumPartitioner[Any, Any], Iterable[str]]"
+    " | TaskMap | QuantumPartitioner[Any, Any]"
 )
 
 #: What a task's ``options`` may hold: ``add_unit``'s keyword arguments (but its name).
@@ -60,7 +65,10 @@ class TaskMap:
         tasks: ``name -> (fn, dependencies)`` or ``(fn, dependencies, options)``, where
             ``options`` holds :meth:`QuantumPartitioner.add_unit`'s keyword arguments
             (``timeout``, ``retries``, ``priority``, ``metadata``, ``retry_policy``,
-            ``limits``); a bare ``fn`` means no dependencies.
+            ``limits``); a bare ``fn`` means no dependencies. In place of ``fn``, another
+            TaskMap or a :class:`QuantumPartitioner` is a subgraph
+            (:meth:`QuantumPartitioner.add_subgraph`): its tasks run as ``name.<task>``
+            and the task's result is a dict of its sink tasks' results.
         limits: Named limits the tasks may name, ``name -> Limit`` or ``name -> {knobs}``
             (``concurrency``, ``per_second``, ``burst``, as :meth:`~QuantumPartitioner.add_limit`).
 
@@ -89,11 +97,18 @@ class TaskMap:
         self.tasks: dict[str, tuple[Callable[..., Any], list[str]]] = {}
         #: Each task's ``add_unit`` keyword arguments (tasks without options are absent).
         self.options: dict[str, dict[str, Any]] = {}
+        #: The tasks that are subgraphs: ``name -> (TaskMap or partitioner, dependencies)``.
+        self.subgraphs: dict[str, tuple[TaskMap | QuantumPartitioner[Any, Any], list[str]]] = {}
         for name, spec in tasks.items():
+            subgraph = _subgraph_task(name, spec)
+            if subgraph is not None:
+                self.subgraphs[name] = subgraph
+                continue
             fn, deps, options = _task_with_options(name, spec)
             self.tasks[name] = (fn, deps)
             if options:
                 self.options[name] = options
+        self._order = list(tasks)
         self.limits: dict[str, Limit] = _named_limits(limits)
         self.on_task_start: Callable[[str], Any] | None = None
         self.on_task_complete: Callable[[str, Any], Any] | None = None
@@ -106,7 +121,14 @@ class TaskMap:
             partitioner: QuantumPartitioner[Any, Any] = QuantumPartitioner()
             for limit in self.limits.values():
                 partitioner.add_limit(limit)
-            for name, (fn, deps) in self.tasks.items():
+            for name in self._order:
+                subgraph = self.subgraphs.get(name)
+                if subgraph is not None:
+                    other, deps = subgraph
+                    inner = other.partitioner() if isinstance(other, TaskMap) else other
+                    partitioner.add_subgraph(inner, name, deps)
+                    continue
+                fn, deps = self.tasks[name]
                 partitioner.add_unit(fn, deps, name=name, **self.options.get(name, {}))
             self._partitioner = partitioner
         partitioner = self._partitioner
@@ -154,6 +176,22 @@ def _named_limits(limits: object) -> dict[str, Limit]:
                 f"got {spec!r}"
             )
     return named
+
+
+def _subgraph_task(
+    name: Any, spec: object
+) -> tuple[TaskMap | QuantumPartitioner[Any, Any], list[str]] | None:
+    """A task that is a subgraph, ``(other, dependencies)`` or a bare ``other``, else None."""
+    graphs = (TaskMap, QuantumPartitioner)
+    if isinstance(spec, graphs):
+        return spec, []
+    if not (isinstance(spec, tuple) and len(spec) in {2, 3} and isinstance(spec[0], graphs)):
+        return None
+    if len(spec) == 3 and spec[2]:
+        raise TypeError(
+            f"task {name!r}: a subgraph takes no options, got {spec[2]!r}; set them on its tasks"
+        )
+    return spec[0], _dependency_names(name, spec[1])
 
 
 def _task_with_options(

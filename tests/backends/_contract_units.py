@@ -168,6 +168,22 @@ def _flaky(succeed_on: int, ctx: Any) -> str:
     return f"ok on {ctx.attempt}"
 
 
+def pause_then_fail(limit: str, seconds: float) -> partial[int]:
+    """A unit that, on its first attempt, pauses ``limit`` for ``seconds`` and raises.
+
+    What a 429 handler does (``ctx.pause_limit``, then raise to be retried); a later
+    attempt returns its number.
+    """
+    return partial(_pause_then_fail, limit, seconds)
+
+
+def _pause_then_fail(limit: str, seconds: float, ctx: Any) -> int:
+    if ctx.attempt == 1:
+        ctx.pause_limit(limit, seconds)
+        raise ConnectionError("429 Too Many Requests")
+    return int(ctx.attempt)
+
+
 def wait_for_gate(ctx: Any) -> bool:
     """Wait until the file ``ctx["gate"]`` exists (at most 10 s); return whether it does."""
     gate = Path(ctx["gate"])
@@ -412,3 +428,17 @@ def flaky_item(ctx: Any) -> str:
     if ctx.item % 2 and ctx.attempt < 2:
         raise ConnectionError(f"attempt {ctx.attempt}")
     return f"{ctx.item} on {ctx.attempt}"
+
+
+def quorum_member(gate: str) -> partial[str]:
+    """A map item: returns ``"fast:<index>"`` at once for a "fast" item; a "slow" one waits
+    (up to 20 s) for ``gate`` to exist, checking ``ctx.cancelled`` so a thread stops early."""
+    return partial(_quorum_member, gate)
+
+
+def _quorum_member(gate: str, ctx: Any) -> str:
+    if ctx.item == "slow":
+        deadline = time.monotonic() + 20
+        while not Path(gate).exists() and time.monotonic() < deadline and not ctx.cancelled:
+            time.sleep(0.01)
+    return f"{ctx.item}:{ctx.index}"

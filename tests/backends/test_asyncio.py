@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
 import pytest
 
 from quantum_partitioner import ExecutionMode, QuantumPartitioner, UnitState, UnitTimeoutError
+from quantum_partitioner.backends import _asyncio
 from quantum_partitioner.backends._pool import default_thread_workers
 
 ASYNC = ExecutionMode.ASYNC
@@ -198,6 +200,39 @@ def test_cancelled_units_finish_their_cleanup(strategy, bounded):
     assert p.units["timed"].state is UnitState.TIMEOUT
 
 
+@pytest.mark.parametrize("strategy", [None, "resource_balanced"])
+def test_a_unit_that_ignores_its_cancellation_does_not_hold_the_run(strategy, monkeypatch):
+    """A coroutine swallowing every CancelledError: execute() returns after the cleanup time.
+
+    ``asyncio.run`` used to wait for it without end (here 3 x 30 s); its coroutine is now
+    closed once the run's cleanup time (5 s, shortened here) has passed.
+    """
+    monkeypatch.setattr(_asyncio, "_CLEANUP_SECONDS", 0.3)
+    closed = []
+
+    async def stubborn(ctx):
+        try:
+            for _ in range(3):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(30)
+        except GeneratorExit:
+            closed.append(ctx.unit_id)
+            raise
+
+    p = QuantumPartitioner()
+    p.add_unit(stubborn, name="stubborn", timeout=0.1, metadata={"resource_type": "async"})
+    p.add_unit(lambda ctx: 1, name="ok")
+    began = time.monotonic()
+    if strategy is None:
+        results = p.execute({}, execution_mode=ASYNC)
+    else:
+        results = p.execute_with_strategy({}, strategy)
+    assert time.monotonic() - began < 10
+    assert results == {"ok": 1}
+    assert p.units["stubborn"].state is UnitState.TIMEOUT
+    assert closed == ["stubborn"]
+
+
 def test_plain_functions_run_on_a_bounded_pool_of_threads():
     """Issue 9 (also seen): plain functions share max_workers threads, not one thread each."""
     threads = set()
@@ -212,8 +247,13 @@ def test_plain_functions_run_on_a_bounded_pool_of_threads():
     assert len(threads) <= 3
 
 
-def test_a_plain_function_starts_only_when_a_thread_is_free():
-    """Its timeout counts from its start: waiting for a busy pool does not time it out."""
+@pytest.mark.parametrize("where", ["async-mode", "async-lane"])
+def test_a_plain_function_starts_only_when_a_thread_is_free(where):
+    """Its timeout counts from its start: waiting for a busy pool does not time it out.
+
+    The same for plain functions sent to a resource_balanced run's loop, which used to
+    wait for the loop's threads in a queue, their timeouts running.
+    """
     size = default_thread_workers()  # the pool's size when max_workers is None
     release = threading.Event()
 
@@ -224,12 +264,19 @@ def test_a_plain_function_starts_only_when_a_thread_is_free():
         await asyncio.sleep(0.5)  # longer than quick's timeout
         release.set()
 
+    on_loop = {"resource_type": "async"}
     p = QuantumPartitioner()
     for k in range(size):
-        p.add_unit(blocker, name=f"b{k}", priority=1)
+        p.add_unit(blocker, name=f"b{k}", priority=1, metadata=on_loop)
     p.add_unit(releaser, name="releaser", priority=1)
-    p.add_unit(lambda ctx: "quick", name="quick", timeout=0.3)
-    results = p.execute({}, execution_mode=ASYNC)
+    p.add_unit(lambda ctx: "quick", name="quick", timeout=0.3, metadata=on_loop)
+    try:
+        if where == "async-mode":
+            results = p.execute({}, execution_mode=ASYNC)
+        else:
+            results = p.execute_with_strategy({}, "resource_balanced")
+    finally:
+        release.set()
     assert results["quick"] == "quick"
 
 

@@ -776,6 +776,7 @@ def test_stream_yields_one_record_per_unit_in_finishing_order(mode):
     p.add_unit(u.explode, name="boom", retries=1)
     p.add_unit(u.const(1), ["boom"], name="after_boom")
     p.add_unit(u.const("s"), name="solo")
+    p.add_unit(u.skip_with("not needed"), name="decides")
     with stream_of(mode, p) as results:
         records = list(results)
     assert sorted(r.name for r in records) == sorted(p.units)
@@ -793,6 +794,10 @@ def test_stream_yields_one_record_per_unit_in_finishing_order(mode):
     skipped = by_name["after_boom"]
     assert (skipped.state, type(skipped.error)) == (UnitState.SKIPPED, UnitSkippedError)
     assert (skipped.attempts, skipped.start_time) == (0, None)
+    decides = by_name["decides"]  # it ran, then skipped itself with ctx.skip()
+    assert (decides.state, decides.attempts) == (UnitState.SKIPPED, 1)
+    assert decides.start_time is not None
+    assert decides.start_time <= decides.end_time
     with pytest.raises(AttributeError):
         boom.state = UnitState.COMPLETED  # records are immutable
     assert p.get_partial_results() == {"a": 2, "b": 20, "solo": "s"}

@@ -43,7 +43,11 @@ def test_changing_the_graph_during_a_run_raises_runtime_error(mode):
 
     def on_complete(unit_id, result):
         del result
-        for change in (lambda: p.add_unit(u.const(0), name="late"), lambda: p.remove_unit("b")):
+        for change in (
+            lambda: p.add_unit(u.const(0), name="late"),
+            lambda: p.add_units({"late": u.const(0)}),
+            lambda: p.remove_unit("b"),
+        ):
             try:
                 change()
             except RuntimeError as error:
@@ -54,9 +58,10 @@ def test_changing_the_graph_during_a_run_raises_runtime_error(mode):
     results = mode.execute(p)
 
     assert results == {"a": 1, "b": 2}
-    assert [unit_id for unit_id, _ in refused] == ["a", "a", "b", "b"]
+    assert [unit_id for unit_id, _ in refused] == ["a", "a", "a", "b", "b", "b"]
     assert "add_unit() was called while the partitioner is executing" in refused[0][1]
-    assert "remove_unit() was called while the partitioner is executing" in refused[1][1]
+    assert "add_units() was called while the partitioner is executing" in refused[1][1]
+    assert "remove_unit() was called while the partitioner is executing" in refused[2][1]
     assert set(p.units) == {"a", "b"}
     p.add_unit(u.const(0), name="late")  # allowed again once the run is over
     assert p.units["late"].state is UnitState.PENDING

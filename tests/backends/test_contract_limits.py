@@ -11,10 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from quantum_partitioner import (
     CachingQuantumPartitioner,
+    ExponentialBackoff,
     MemoryStore,
     QuantumPartitioner,
+    RetryPolicy,
     UnitState,
 )
 
@@ -103,6 +107,49 @@ def test_deadline_cancels_unfinished_units_and_keeps_results(mode):
         assert took < 1.4  # running attempts were stopped or abandoned, not waited for
 
 
+def test_deadline_while_a_retry_or_a_token_is_awaited_ends_the_run(mode):
+    """The deadline passes while the run waits for a backoff and a rate limit's token.
+
+    SEQUENTIAL used to find nothing to do once the deadline had cancelled the rest, and
+    raised InternalError instead of returning.
+    """
+    warm_up(mode)
+    p = QuantumPartitioner(retry_policy=RetryPolicy(backoff=ExponentialBackoff(initial=30)))
+    p.add_limit("api", per_second=0.1)  # one token now, the next in 10 s
+    p.add_unit(u.flaky(succeed_on=2), name="flaky", retries=1, priority=2)
+    p.add_unit(u.const("first"), name="first", limits=["api"], priority=1)
+    p.add_unit(u.const("second"), name="second", limits=["api"])
+    began = time.perf_counter()
+    assert mode.execute(p, deadline=1.0) == {"first": "first"}
+    assert time.perf_counter() - began < 5
+    assert p.units["flaky"].state is UnitState.CANCELED
+    assert p.units["second"].state is UnitState.CANCELED
+    assert p.last_execution_metrics["stop_reason"] == "deadline"
+
+
+def test_ctx_cancelled_turns_true_at_the_timeout_and_at_the_deadline(mode, tmp_path):
+    """A unit watching ctx.cancelled stops at its timeout and at the run's deadline.
+
+    In SEQUENTIAL too, where nothing acts while the unit runs: ctx.cancelled used to stay
+    false there, so such a unit ran to its own end (30 s here).
+    """
+    if mode.pickles_functions_by_name:
+        pytest.skip("in a plain process pool a unit cannot see ctx.cancelled")
+    never = str(tmp_path / "never")
+    p = QuantumPartitioner()
+    p.add_unit(u.wait_for_file(never, "late"), name="timed", timeout=0.3)
+    began = time.perf_counter()
+    assert mode.execute(p) == {}
+    assert time.perf_counter() - began < 5
+    assert p.units["timed"].state is UnitState.TIMEOUT
+    q = QuantumPartitioner()
+    q.add_unit(u.wait_for_file(never, "late"), name="waits")
+    began = time.perf_counter()
+    assert mode.execute(q, deadline=0.3) == {}
+    assert time.perf_counter() - began < 5
+    assert q.units["waits"].state is UnitState.CANCELED
+
+
 def test_stop_reason_is_completed_for_a_full_run(mode):
     """A run that ran to the end says so."""
     p = QuantumPartitioner()
@@ -137,6 +184,72 @@ def test_a_failed_or_timed_out_unit_gives_its_slots_back(mode):
     assert p.units["boom"].state is UnitState.FAILED
     assert p.units["stuck"].state is UnitState.TIMEOUT
     assert p.limit_stats()["gpu"].released_at_timeout == 1
+
+
+def pause_after_a_429(**metadata):
+    """A partitioner whose unit pauses ``api`` for 0.4 s and fails, then ``other`` on ``api``.
+
+    The unit's retry and ``other`` (which waits for the only slot) must both start after the
+    pause, wherever the unit ran.
+    """
+    policy = RetryPolicy(backoff=ExponentialBackoff(initial=0.001, jitter=0))
+    p = QuantumPartitioner(retry_policy=policy)
+    p.add_limit("api", concurrency=1)
+    p.add_unit(
+        u.pause_then_fail("api", 0.4),
+        name="calls",
+        limits=["api"],
+        retries=1,
+        priority=1,
+        metadata=metadata,
+    )
+    p.add_unit(u.const("other"), name="other", limits=["api"], metadata=metadata)
+    return p
+
+
+def assert_paused_after_the_failure(p):
+    """Both later starts on ``api`` came at least the pause after the failure was recorded.
+
+    (The pause takes effect when the unit calls it, or when the outcome of an attempt in
+    another process arrives: never after its failure is recorded.)
+    """
+    metrics = p.last_execution_metrics
+    [failed_at] = [e["time"] for e in metrics["execution_trace"] if e["event"] == "retry"]
+    times = metrics["unit_times"]
+    assert times["calls"]["attempts"] == 2
+    assert times["calls"]["start"] - failed_at >= 0.35
+    assert times["other"]["start"] - failed_at >= 0.35
+
+
+def test_a_pause_from_a_failed_attempt_holds_back_its_limit(mode):
+    """ctx.pause_limit then raise (a 429 handler): the pause holds, in a worker process too."""
+    p = pause_after_a_429()
+    assert mode.execute(p) == {"calls": 2, "other": "other"}
+    assert_paused_after_the_failure(p)
+
+
+def test_a_bad_pause_fails_only_its_unit(mode):
+    """ctx.pause_limit(name, -1) raises in the unit, wherever it runs: the run goes on.
+
+    In a worker process it used to be recorded, then refused by the driver, which ended
+    the whole run.
+    """
+    p = QuantumPartitioner()
+    p.add_limit("api", concurrency=1)
+    p.add_unit(u.pause_then_fail("api", -1.0), name="bad", limits=["api"])
+    p.add_unit(u.const("ok"), name="ok")
+    assert mode.execute(p) == {"ok": "ok"}
+    error = p.units["bad"].error
+    assert isinstance(error, ValueError)
+    assert "pause_limit: seconds must be >= 0" in str(error)
+
+
+def test_a_pause_from_a_failed_attempt_holds_in_every_lane_of_a_resource_balanced_run():
+    """The same from a worker process (cpu), a thread (io) and the loop (async)."""
+    for kind in ("cpu", "io", "async"):
+        p = pause_after_a_429(resource_type=kind)
+        assert p.execute_with_strategy(None, "resource_balanced") == {"calls": 2, "other": "other"}
+        assert_paused_after_the_failure(p)
 
 
 def test_one_limit_spans_the_lanes_of_a_resource_balanced_run():

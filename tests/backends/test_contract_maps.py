@@ -19,6 +19,7 @@ from quantum_partitioner import (
     UnitSkippedError,
     UnitState,
     UnknownDependencyError,
+    at_least,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -200,6 +201,34 @@ def test_items_of_a_saturated_run_go_depth_first(tmp_path):
     assert order.read_text().split() == ["a[0]", "b[0]", "a[1]", "b[1]", "a[2]", "b[2]"]
 
 
+def items_running_together(execute):
+    """Run 2 units that make 6 items of 0.2 s; how many items ran at one moment."""
+    p = QuantumPartitioner(max_workers=6)
+    p.add_unit(u.const([0.2] * 6), name="naps")
+    p.add_map(u.sleep(0.2, "done"), over="naps", name="calls", metadata={"resource_type": "io"})
+    assert execute(p)["calls"] == ["done"] * 6
+    times = p.last_execution_metrics["unit_times"]
+    items = [times[f"calls[{k}]"] for k in range(6)]
+    first_end = min(t["end"] for t in items)
+    return sum(1 for t in items if t["start"] < first_end)
+
+
+def test_items_get_the_whole_pool_not_the_workers_the_first_units_needed(mode):
+    """Two units to start with, then 6 items: they run max_workers at a time.
+
+    Pools used to start no more workers than the graph's first units (2 here), so the items
+    of a map ran two at a time in THREAD, PROCESS, ASYNC and the thread lane.
+    """
+    workers = {"sequential": 1, "process": 2, "custom-processpool": 2, "custom-threadpool": 4}
+    assert items_running_together(mode.execute) == workers.get(mode.id, 6)
+
+
+def test_items_get_the_whole_thread_lane():
+    """The same in a resource_balanced run's thread lane."""
+    together = items_running_together(lambda p: p.execute_with_strategy(None, "resource_balanced"))
+    assert together == 6
+
+
 def test_items_hold_the_maps_limits(mode):
     p = QuantumPartitioner(max_workers=4)
     p.add_limit("tools", concurrency=1)
@@ -211,3 +240,54 @@ def test_items_hold_the_maps_limits(mode):
     assert results["calls"] == ["done"] * 3
     assert p.limit_stats()["tools"].peak == 1
     assert p.limit_stats()["tools"].starts == 3
+
+
+def test_at_least_counts_the_items_of_a_map_and_cancel_rest_stops_the_others(mode, tmp_path):
+    """A quorum over a map's items: it runs once k items completed, the rest is cancelled."""
+    gate = tmp_path / "never"  # the slow items wait for a file that never appears
+    p = QuantumPartitioner(max_workers=4)
+    p.add_unit(u.const(["fast", "fast", "slow", "slow"]), name="providers")
+    p.add_map(u.quorum_member(str(gate)), over="providers", name="ask", timeout=30)
+    p.add_unit(u.seen, ["ask"], name="quorum", run_if=at_least(2), cancel_rest=True)
+
+    results = mode.execute(p)
+
+    assert results["quorum"]["results"] == {"ask": ["fast:0", "fast:1"]}
+    assert results["ask[0]"] == "fast:0"
+    assert "ask[2]" not in results
+    canceled = [
+        r["unit"] for r in p.last_execution_metrics["execution_trace"] if r["event"] == "cancel"
+    ]
+    assert {"ask", "ask[2]", "ask[3]"} <= set(canceled)
+
+
+def test_at_least_over_a_map_with_too_few_items_is_skipped(mode):
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.const([1]), name="one")
+    p.add_map(u.item_times(2), over="one", name="doubled")
+    p.add_unit(u.seen, ["doubled"], name="quorum", run_if=at_least(2))
+    p.add_unit(u.const([]), name="none")
+    p.add_map(u.item_times(2), over="none", name="empty")
+    p.add_unit(u.seen, ["empty"], name="empty_quorum", run_if=at_least(1))
+
+    results = mode.execute(p)
+
+    assert results["doubled"] == [2]
+    assert p.units["quorum"].error.cause is SkipCause.JOIN_RULE
+    assert p.units["empty_quorum"].error.cause is SkipCause.JOIN_RULE
+
+
+def test_maps_stream_item_by_item_and_run_on_mixed_lanes():
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.const([1, 2, 3]), name="plan", metadata={"resource_type": "io"})
+    p.add_map(u.item_times(10), over="plan", name="cpu", metadata={"resource_type": "cpu"})
+    p.add_map(u.item_times(2), over="cpu", name="io", metadata={"resource_type": "io"})
+    p.add_unit(u.total("io"), ["io"], name="total", metadata={"resource_type": "io"})
+
+    assert p.execute_with_strategy({}, "resource_balanced")["io"] == [20, 40, 60]
+    with p.stream(execution_mode="thread") as stream:
+        names = [result.name for result in stream]
+    assert sorted(names) == sorted(
+        ["plan", "cpu", "io", "total", *(f"{m}[{i}]" for m in ("cpu", "io") for i in range(3))]
+    )
+    assert names.index("cpu") > max(names.index(f"cpu[{i}]") for i in range(3))

@@ -55,6 +55,10 @@ NO_FIXED_PORT = {"dashboard_address": "127.0.0.1:0"}
 
 FAST_RETRIES = RetryPolicy(backoff=ExponentialBackoff(initial=0.001, jitter=0))
 
+#: Under pytest-xdist (``make test``), the module's tests share one worker, so its clusters
+#: start once.
+pytestmark = pytest.mark.xdist_group("dask-clusters")
+
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -1057,6 +1061,63 @@ def test_join_rules_hand_a_unit_only_the_results_that_exist(backend):
     assert p.units["blocked"].error.cause is SkipCause.UPSTREAM_FAILED
 
 
+def test_subgraph_units_read_inner_names_on_the_workers(backend):
+    """A subgraph on the cluster: inner names in ctx, when= and upstream_errors; a sink dict."""
+    inner = QuantumPartitioner()
+    inner.add_unit(lambda ctx: ctx["config"] + 1, name="load")
+    inner.add_unit(lambda ctx: ctx["load"] * 10, ["load"], name="clean")
+    inner.add_unit(units.exploding_unit, ["load"], name="boom")
+    inner.add_unit(lambda ctx: 0, ["load"], name="never", when=lambda ctx: ctx["load"] > 99)
+    inner.add_unit(
+        lambda ctx: [sorted(ctx.unit_results.items()), sorted(ctx.upstream_errors)],
+        ["clean", "boom", "never"],
+        name="report",
+        run_if="all_done",
+    )
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: 2, name="config")
+    p.add_subgraph(inner, "ingest", ["config"])
+    p.add_unit(lambda ctx: ctx["ingest"]["report"][0], ["ingest"], name="after")
+
+    results = p.execute(backend=backend)
+
+    assert results["ingest.clean"] == 30
+    assert results["ingest.report"] == [[("clean", 30)], ["boom", "never"]]
+    assert results["ingest"] == {"report": results["ingest.report"]}
+    assert results["after"] == [("clean", 30)]
+    assert p.units["ingest.never"].error.cause is SkipCause.CONDITION
+
+
+# -- maps --------------------------------------------------------------------------------------
+
+
+def test_maps_run_item_by_item_on_the_cluster(client):
+    """A map, an item-wise map over it and a dependent of that: values, not futures, come back.
+
+    The Dask driver used to fail with IndexError as soon as a map made its items (and sent
+    the map itself to the cluster as if it were a unit).
+    """
+
+    def fails_on_two(ctx):
+        if ctx.item == 2:
+            raise ValueError("two")
+        return ctx.item * 10
+
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: [1, 2, 3], name="xs")
+    p.add_map(fails_on_two, over="xs", name="tens", metadata={"fallback_value": -1})
+    p.add_map(lambda ctx: (ctx.index, ctx.item + 1), over="tens", name="plus")
+    p.add_unit(lambda ctx: ctx["plus"], ["plus"], name="seen")
+    results = p.execute(backend=DaskBackend(client))
+    assert results["tens"] == [10, -1, 30]
+    assert results["plus"] == [(0, 11), (1, 0), (2, 31)]
+    assert results["seen"] == results["plus"]
+    assert results["plus[2]"] == (2, 31)
+    assert p.last_execution_metrics["unit_times"]["tens[1]"]["state"] == "failed"
+    only = p.execute(backend=DaskBackend(client, gather=["seen"]))
+    assert only == {"seen": [(0, 11), (1, 0), (2, 31)]}
+
+
 # -- named limits and run deadlines ---------------------------------------------------------
 
 
@@ -1072,6 +1133,40 @@ def test_a_unit_with_limits_is_submitted_only_when_it_holds_its_slots(backend):
     began = sorted(results[name] for name in names)  # when each really started, on a worker
     assert all(b - a >= 0.045 for a, b in itertools.pairwise(began))  # each takes 0.05 s
     assert p.limit_stats()["gpu"].peak == 1
+
+
+@pytest.mark.parametrize("fails", [True, False], ids=["then-fails", "then-completes"])
+def test_a_pause_on_a_worker_holds_back_its_limit_during_the_run(client, fails):
+    """ctx.pause_limit on a worker holds this run's next starts, whether the attempt fails.
+
+    A 429 handler pauses, then raises to be retried: the retry waits for the pause. One
+    that completes keeps its result (and metrics) on the cluster: the pause is not held
+    until the end of the run, it reaches the caller at once.
+    """
+
+    def calls(ctx):
+        if ctx.attempt == 1:
+            ctx.pause_limit("api", 0.6)
+            if fails:
+                raise ConnectionError("429 Too Many Requests")
+        return ctx.attempt
+
+    p = QuantumPartitioner(retry_policy=FAST_RETRIES)
+    p.add_limit("api", concurrency=1)
+    p.add_unit(calls, name="calls", limits=["api"], retries=1, priority=1)
+    p.add_unit(lambda ctx: "other", name="other", limits=["api"])
+    backend = DaskBackend(client, gather=None)  # results stay on the cluster
+    assert p.execute(backend=backend) == {}
+    metrics = p.last_execution_metrics
+    times = metrics["unit_times"]
+    # The pause arrives while the attempt ends, a moment before its outcome is recorded.
+    if fails:
+        [ended] = [e["time"] for e in metrics["execution_trace"] if e["event"] == "retry"]
+        assert times["calls"]["start"] - ended >= 0.3
+    else:
+        ended = times["calls"]["end"]
+    assert times["other"]["start"] - ended >= 0.3
+    assert times["calls"]["attempts"] == (2 if fails else 1)
 
 
 def test_deadline_cancels_what_runs_on_the_cluster(client):

@@ -92,6 +92,27 @@ def test_custom_executor_without_a_mode_selects_custom(thread_pool):
     assert p.execute({}, custom_executor=thread_pool) == {"mode": "custom"}
 
 
+def test_a_worker_stuck_in_a_timed_out_unit_counts_as_busy(thread_pool):
+    """The next units wait for a free worker here, not in the executor's queue.
+
+    Both workers are stuck past their units' timeouts; the quick units, sent to the
+    executor then, would wait in its queue behind them until their own timeouts passed.
+    """
+    release = threading.Event()
+
+    def stuck(ctx):
+        release.wait(0.8)
+
+    p = QuantumPartitioner()
+    for k in range(2):
+        p.add_unit(stuck, name=f"stuck{k}", timeout=0.1, priority=1)
+    for k in range(2):
+        p.add_unit(lambda ctx: "quick", name=f"quick{k}", timeout=0.5)
+    results = p.execute({}, CUSTOM, custom_executor=thread_pool)
+    assert results == {"quick0": "quick", "quick1": "quick"}
+    assert {p.units[f"stuck{k}"].state for k in range(2)} == {UnitState.TIMEOUT}
+
+
 def test_shut_down_executor_fails_the_units_without_hanging():
     """An executor that refuses work fails the units (RuntimeError); dependents are skipped."""
     pool = ThreadPoolExecutor(max_workers=1)

@@ -9,6 +9,7 @@ from typing import Any, assert_type
 
 from quantum_partitioner import (
     CircularDependencyError,
+    ExecutionContext,
     ExecutionMode,
     ExponentialBackoff,
     Instrument,
@@ -87,3 +88,16 @@ def fake_clock() -> None:
     clock = FakeClock()
     assert_type(clock(), float)
     assert_type(clock.advance(1.5), float)
+
+
+def bulk_units() -> None:
+    """``add_units`` takes each entry shape; its results type as ``add_unit``'s do."""
+
+    def load(ctx: ExecutionContext) -> int:
+        return 1
+
+    partitioner: QuantumPartitioner[Any, int] = QuantumPartitioner()
+    partitioner.add_units(
+        {"load": load, "twice": (load, ["load"]), "thrice": (load, ["twice"], {"retries": 1})}
+    )
+    assert_type(partitioner.execute({}), dict[str, int])

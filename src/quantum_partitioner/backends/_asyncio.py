@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import UnitCancelledError, UnitInterrupt, interrupts_run
 from ._base import Backend
-from ._lanes import FutureLane
+from ._lanes import FutureLane, Lane
 from ._pool import DaemonPool, default_thread_workers
 
 if TYPE_CHECKING:
@@ -126,6 +126,7 @@ class PlainCalls:
         self._run = run
         self._loop = loop
         self._futures: dict[tuple[int, int], asyncio.Future[Any]] = {}
+        self._on_free = on_free
         self._pool: DaemonPool[tuple[int, int]] = DaemonPool(
             size, "quantum-partitioner-async", self._call, self._deliver, on_free
         )
@@ -159,10 +160,16 @@ class PlainCalls:
         if future.cancelled():
             self._pool.abandon(key)
 
-    def _call(self, key: tuple[int, int]) -> tuple[bool, Any, Any]:
-        """In a pool thread: the cache, then the function (it must not raise)."""
+    def _call(self, key: tuple[int, int]) -> tuple[bool, Any, Any] | None:
+        """In a pool thread: the cache, then the function (it must not raise).
+
+        None: the attempt was abandoned, or its timeout passed, before this thread got to
+        it; it never starts (the driver times it out or has dropped it).
+        """
         run = self._run
         i, attempt = key
+        if not run.still_wanted(i, attempt):
+            return None
         try:
             cache = run.cache
             if cache is not None:
@@ -175,7 +182,10 @@ class PlainCalls:
             return False, error, None
         return True, value, ctx
 
-    def _deliver(self, key: tuple[int, int], outcome: tuple[bool, Any, Any]) -> None:
+    def _deliver(self, key: tuple[int, int], outcome: tuple[bool, Any, Any] | None) -> None:
+        if outcome is None:
+            self._on_free()  # not run: its thread is free for the next one
+            return
         # A closed loop raises RuntimeError: nobody waits for this late outcome any more.
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._settle, key, outcome)
@@ -221,10 +231,22 @@ async def _let_clean_up(tasks: set[asyncio.Task[Any]]) -> None:
     """Wait (a bounded time) until cancelled tasks have run their ``finally`` blocks.
 
     Once the driver returns, ``asyncio.run`` cancels what is left once more, which would cut
-    a cleanup that awaits short; a unit that ignores its cancellation does not hold the run.
+    a cleanup that awaits short. A unit that ignores its cancellation does not hold the run:
+    ``asyncio.run`` would wait for it without end, so its coroutine is closed (it receives
+    ``GeneratorExit`` where it waits) and its task ends at the next cancellation.
     """
-    if tasks:
-        await asyncio.wait(set(tasks), timeout=_CLEANUP_SECONDS)
+    if not tasks:
+        return
+    await asyncio.wait(set(tasks), timeout=_CLEANUP_SECONDS)
+    stubborn = [task for task in tasks if not task.done()]
+    for task in stubborn:
+        task.get_coro().close()
+        task.cancel()
+    if stubborn:
+        await asyncio.wait(stubborn, timeout=_CLEANUP_SECONDS)
+        for task in stubborn:
+            if task.done() and not task.cancelled():
+                task.exception()  # seen: its closed coroutine could not go on (RuntimeError)
 
 
 class AsyncBackend(Backend):
@@ -283,7 +305,9 @@ class AsyncBackend(Backend):
         plain_units = run.is_async.count(False)
         plain = None
         if plain_units:
-            size = min(self.max_workers or default_thread_workers(), plain_units)
+            size = self.max_workers or default_thread_workers()
+            if not run.graph.maps:  # else maps may add plain functions: keep the full pool
+                size = min(size, plain_units)
             plain = PlainCalls(run, loop, size, wake_up)
         tasks: dict[int, _Entry] = {}
         cleaning: set[asyncio.Task[Any]] = set()
@@ -432,7 +456,10 @@ class AsyncLane(FutureLane):
     """Coroutine units of a mixed run, on an event loop in a background thread.
 
     Plain functions sent here (``resource_type: "async"``) run on a pool of ``max_workers``
-    threads (default ``min(32, cpu_count + 4)``) and their awaitables on the loop.
+    threads (default ``min(32, cpu_count + 4)``) and their awaitables on the loop. Send them
+    through :meth:`plain_functions`, a lane of their own, so that each starts only when a
+    thread is free (its timeout counts from then, not from a wait for a thread) and a busy
+    pool never holds back a coroutine.
     """
 
     name = "async"
@@ -442,6 +469,15 @@ class AsyncLane(FutureLane):
         """Set the concurrency cap (None: no cap)."""
         self.capacity = max_workers
         self._futures = {}
+        #: How many threads run the plain functions sent here.
+        self.threads = max_workers or default_thread_workers()
+        self._plain_functions: _PlainFunctions | None = None
+
+    def plain_functions(self) -> Lane:
+        """The lane for the plain functions this lane runs: on its threads, within its cap."""
+        if self._plain_functions is None:
+            self._plain_functions = _PlainFunctions(self)
+        return self._plain_functions
 
     def open(self, run: Run, post: Callable[[Outcome], None]) -> None:
         """Start the loop's thread."""
@@ -465,8 +501,7 @@ class AsyncLane(FutureLane):
 
     async def _call_plain(self, i: int, attempt: int) -> AttemptOutcome:
         if self._plain is None:  # the first plain function of the run starts the pool
-            size = self.capacity or default_thread_workers()
-            self._plain = PlainCalls(self._run, self._loop, size, lambda: self._post(None))
+            self._plain = PlainCalls(self._run, self._loop, self.threads, lambda: self._post(None))
         return await finish_plain(self._run, i, self._plain.start(i, attempt))
 
     def close(self, *, cancel: bool) -> None:
@@ -476,7 +511,7 @@ class AsyncLane(FutureLane):
         done = asyncio.run_coroutine_threadsafe(self._shut_down(), self._loop)
         # A unit that ignores its cancellation must not hold the run: stop the loop anyway.
         with contextlib.suppress(TimeoutError):
-            done.result(timeout=_CLEANUP_SECONDS)
+            done.result(timeout=3 * _CLEANUP_SECONDS)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=_CLEANUP_SECONDS)
         if not self._thread.is_alive():
@@ -487,8 +522,45 @@ class AsyncLane(FutureLane):
         if self._plain is not None:
             self._plain.close()
         me = asyncio.current_task()
-        tasks = [task for task in asyncio.all_tasks() if task is not me]
+        tasks = {task for task in asyncio.all_tasks() if task is not me}
         for task in tasks:
             if not task.cancelling():  # cancelling twice would cut its cleanup short
                 task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _let_clean_up(tasks)
+
+
+class _PlainFunctions(Lane):
+    """The plain functions of an :class:`AsyncLane`, as a lane (a ready queue) of their own.
+
+    It hands an attempt over only while one of the lane's threads is not taken, so the
+    attempt starts at once; the lane runs it. A thread stuck in an abandoned attempt is
+    replaced by the pool, so abandoning frees its place here.
+    """
+
+    name = "async"
+    calls_in_process = True
+    size = 0  # its attempts count in the AsyncLane's capacity
+
+    def __init__(self, lane: AsyncLane) -> None:
+        """Serve ``lane``'s plain functions."""
+        self._lane = lane
+        self._taken = 0
+
+    def has_room(self) -> bool:
+        """Whether a thread is not taken and the lane's cap allows one more."""
+        return self._taken < self._lane.threads and self._lane.has_room()
+
+    def submit(self, i: int, attempt: int) -> None:
+        """Hand the attempt to the lane, for a thread."""
+        self._taken += 1
+        self._lane.submit(i, attempt)
+
+    def settled(self, i: int, attempt: int) -> None:
+        """Its thread is free."""
+        self._taken -= 1
+        self._lane.settled(i, attempt)
+
+    def abandon(self, i: int, attempt: int) -> None:
+        """Drop the attempt (or retire its thread for a fresh one)."""
+        self._taken -= 1
+        self._lane.abandon(i, attempt)

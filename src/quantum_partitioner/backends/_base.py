@@ -19,7 +19,11 @@ runs next: it asks the run's scheduler. Each backend:
   cluster), ``BaseException`` subclasses included: code that runs a unit elsewhere raises a
   ``KeyboardInterrupt``, ``SystemExit`` or other non-``Exception`` as
   :class:`CarriedBaseException` (the process there may not survive it otherwise) and the
-  driver fails the unit with the exception it carries.
+  driver fails the unit with the exception it carries;
+* applies the ``ctx.pause_limit`` calls of an attempt that ran elsewhere, whatever its
+  outcome (``run.keep_metrics`` for a result, ``run.apply_pauses`` for a failure, before
+  reporting it): they travel in its metrics, or in the :class:`CarriedBaseException` of a
+  failure (:func:`carried_failure`).
 
 Why a ``run(run)`` method rather than ``submit``/``wait``: the thread backend is fastest when
 a worker that finishes a unit picks its next one itself under the scheduler's lock, which a
@@ -32,29 +36,70 @@ import pickle
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Final
 
+from .._context import PAUSES_KEY
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .._graph import Graph
     from .._run import Run
 
-__all__ = ["Backend", "CarriedBaseException", "check_sendable", "root_cause"]
+__all__ = [
+    "Backend",
+    "CarriedBaseException",
+    "carried_failure",
+    "check_sendable",
+    "pool_size",
+    "root_cause",
+]
 
 #: Results that can always be sent: not worth checking.
 _SENDABLE_TYPES: Final = frozenset({int, float, complex, str, bytes, bytearray, bool, type(None)})
 
 
 class CarriedBaseException(Exception):  # noqa: N818 - it carries one, it is not an error
-    """A ``BaseException`` (not an ``Exception``) a unit raised in another process, carried back.
+    """What a unit raised in another process, carried back with what must reach the caller.
 
-    Raised there in its place, so the worker, pool or cluster treats it as an ordinary error
-    of the call; the driver fails the unit with ``error`` (it interrupts nothing here).
+    Raised there in its place for a ``BaseException`` that is not an ``Exception`` (so the
+    worker, pool or cluster treats it as an ordinary error of the call), and for any error
+    raised after ``ctx.pause_limit`` calls, whose pauses travel in ``metrics`` (a 429
+    handler pauses its limit, then raises to be retried). The driver applies the pauses,
+    then fails the unit with ``error`` (it interrupts nothing here).
     """
 
-    def __init__(self, error: BaseException) -> None:
-        """Carry ``error``."""
+    def __init__(self, error: BaseException, metrics: dict[str, Any] | None = None) -> None:
+        """Carry ``error`` and the attempt's ``metrics`` (its pauses)."""
         super().__init__(error)
         self.error = error
+        self.metrics = metrics
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle both: the default would rebuild from ``args`` alone."""
+        return (type(self), (self.error, self.metrics))
+
+
+def carried_failure(
+    error: BaseException, metrics: dict[str, Any] | None
+) -> CarriedBaseException | None:
+    """What code running a unit in another process raises for ``error``; None: ``error`` itself.
+
+    ``metrics`` are the attempt's (``ctx.metrics``): only its ``ctx.pause_limit`` calls
+    travel with a failure, as in the caller's process only they outlive a failed attempt.
+    """
+    pauses = metrics.get(PAUSES_KEY) if metrics else None
+    if pauses is None and isinstance(error, Exception):
+        return None
+    carried = CarriedBaseException(error, None if pauses is None else {PAUSES_KEY: pauses})
+    return carried.with_traceback(error.__traceback__)
+
+
+def pool_size(graph: Graph, size: int) -> int:
+    """How many workers (threads, processes) of at most ``size`` a pool starts for ``graph``.
+
+    No more than it has units, unless maps may add units while it runs: their items must
+    get the full pool, not the few workers the graph's first units needed.
+    """
+    return size if graph.maps else max(1, min(size, len(graph)))
 
 
 def check_sendable(

@@ -22,7 +22,11 @@ Policy:
       completed; an early outcome waits until then. If a dependency fails, times out or is
       cancelled, the handed-over dependents are cancelled and handed over again with the
       retry (or the fallback). With a run cache, lookahead is off: a unit is looked up when
-      it becomes ready and submitted only on a miss.
+      it becomes ready and submitted only on a miss. It is off in a graph with maps too.
+    * Maps: the result mapped over is brought here once to count the items; an item is
+      submitted with its map's inputs and its item (a future, for a map over a map). A
+      map's result is the list of its items' futures until the end, when it is gathered
+      with them (or withheld with them).
     * ``metadata["resource_type"]`` becomes ``resources={type: 1}`` when some worker of the
       cluster declares that resource; otherwise it is ignored.
     * Timeouts: Dask cannot interrupt a running task. At the deadline the unit is TIMEOUT,
@@ -65,11 +69,11 @@ from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from .._context import ExecutionContext
+from .._context import PAUSES_KEY, ExecutionContext
 from .._errors import BrokenBackendError, InternalError
 from .._events import UnitFinished
 from .._graph import UnitState
-from ._base import Backend, CarriedBaseException, check_sendable, root_cause
+from ._base import Backend, CarriedBaseException, carried_failure, check_sendable, root_cause
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -134,28 +138,83 @@ def run_attempt(  # noqa: PLR0917 - called by Dask with positional arguments onl
     context: dict[str, Any],
     *inputs: Any,
     upstream_errors: Mapping[str, BaseException] = _NO_ERRORS,
+    pause_token: str | None = None,
+    item: tuple[int, Any] | None = None,
 ) -> UnitOutput:
     """Run one attempt of a unit on a Dask worker.
 
     ``inputs`` are the dependencies' outputs in the order of ``names``: a dependency's
     :class:`UnitOutput` (Dask resolved its future here, worker to worker) or a plain fallback
     value. ``upstream_errors``: why the other dependencies have no output (join rules).
+    ``pause_token``: the run's, when it has named limits: ``ctx.pause_limit`` then tells the
+    caller at once (:class:`_PauseFromWorker`). ``item``: a map item's ``(index, item)``.
+    A map's result arrives as the list of its items' outputs.
     """
-    results = {
-        name: value.value if type(value) is UnitOutput else value
-        for name, value in zip(names, inputs, strict=True)
-    }
-    ctx = ExecutionContext(context, results, unit_id, attempt, mode, None, -1, upstream_errors)
+    results = {name: _value_of(value) for name, value in zip(names, inputs, strict=True)}
+    if item is not None:
+        item = (item[0], _value_of(item[1]))
+    watch = None if pause_token is None else _PauseFromWorker(pause_token)
+    ctx = ExecutionContext(
+        context, results, unit_id, attempt, mode, watch, -1, upstream_errors, item
+    )
     try:
         value = function(ctx)
         if inspect.iscoroutine(value):  # an async def unit, or a function that returned one
             value = asyncio.run(value)
-    except Exception:
-        raise
+        check_sendable(unit_id, value, "the Dask worker", _serialize)
     except BaseException as error:  # it must fail the unit, not the worker
-        raise CarriedBaseException(error).with_traceback(error.__traceback__) from None
-    check_sendable(unit_id, value, "the Dask worker", _serialize)
+        carried = carried_failure(error, ctx.metrics)
+        if carried is None:
+            raise
+        raise carried from None
     return UnitOutput(value, ctx.metrics, _worker_address())
+
+
+def _value_of(value: Any) -> Any:
+    """An input as the unit sees it: an output's value; a map's list of item outputs, values."""
+    if type(value) is UnitOutput:
+        return value.value
+    if type(value) is list:  # a map's result: its items' outputs (or fallback values)
+        return [v.value if type(v) is UnitOutput else v for v in value]
+    return value
+
+
+#: The event topic on which ``ctx.pause_limit`` calls travel from workers to the caller.
+PAUSE_TOPIC: Final = "quantum-partitioner-pause-limit"
+#: The runs of this process listening for pauses, by run token (they share one topic).
+_pause_listeners: dict[str, Callable[[str, float], None]] = {}
+
+
+class _PauseFromWorker:
+    """``ctx.pause_limit`` on a worker: an event through the scheduler, to the caller at once.
+
+    As in the caller's process, the pause holds while the attempt still runs, and also when
+    it then fails (a 429 handler); the result may stay on the cluster, its metrics with it.
+    """
+
+    __slots__ = ("_token",)
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def attempt_abandoned(self, index: int, attempt: int) -> bool:
+        """Unknown on a worker: never."""
+        del index, attempt
+        return False
+
+    def pause_limit(self, name: str, seconds: float) -> None:
+        """Send the pause to the run's driver."""
+        from distributed import get_worker  # noqa: PLC0415 - present wherever this runs
+
+        get_worker().log_event(PAUSE_TOPIC, (self._token, name, seconds))
+
+
+def _on_pause(event: tuple[float, Any]) -> None:
+    """In the client's loop: a unit paused a limit; hand it to its run's driver."""
+    _, (token, name, seconds) = event
+    listener = _pause_listeners.get(token)
+    if listener is not None:
+        listener(name, seconds)
 
 
 def _serialize(value: Any) -> None:
@@ -264,7 +323,9 @@ class DaskBackend(Backend):
                 f"DaskBackend needs a running client; this one is {client.status}"
             )
         keep = self._indices_to_gather(run)
-        dask_run = _DaskRun(run, client, keep, lookahead=self.lookahead and run.cache is None)
+        # Items are made during the run, from a result on the cluster: no looking ahead.
+        lookahead = self.lookahead and run.cache is None and not run.graph.maps
+        dask_run = _DaskRun(run, client, keep, lookahead=lookahead)
         previous_wake = run.wake
         run.wake = dask_run.wake
         try:
@@ -311,12 +372,13 @@ class _DaskRun:
         n = len(graph)
         self.run = run
         self.client = client
-        self.keep = keep
+        #: The units whose results come back: a map's items with their map.
+        self.keep = set(keep)
         self.lookahead = lookahead
         self.token = uuid.uuid4().hex[:12]
         #: Keys are unique per submission: a cancelled key is never reused.
         self.serial = itertools.count()
-        self.outcomes: queue.SimpleQueue[tuple[int, int, Any] | _Fetched | None] = (
+        self.outcomes: queue.SimpleQueue[tuple[int, int, Any] | _Fetched | _Paused | None] = (
             queue.SimpleQueue()
         )
         #: Each unit's live future (running, looked ahead, or completed) and its attempt.
@@ -333,7 +395,10 @@ class _DaskRun:
         self.broken: str | None = None
         self.context: Any = {}
         self.options: list[dict[str, Any]] = []
-        self.dep_names = [tuple(graph.names[j] for j in row) for row in graph.deps]
+        #: The key each unit's function reads each dependency by (inner names in subgraphs).
+        self.dep_names = graph.view_keys() or [
+            tuple(graph.names[j] for j in row) for row in graph.deps
+        ]
         self.future_type: type[Any] = load_distributed().Future
         #: Futures submitted since the driver last handed them to the client's loop to watch.
         self.to_watch: list[tuple[Any, int, int]] = []
@@ -343,6 +408,27 @@ class _DaskRun:
         self.fetcher: ThreadPoolExecutor | None = None
         self.fetching = 0
         self.to_fetch: list[tuple[int, int]] = []
+        #: What every task of the run receives so its ``ctx.pause_limit`` reaches us.
+        self.pause_kwargs: dict[str, str] = {}
+        run.on_grow.append(self._grow)
+
+    def _grow(self, items: range) -> None:
+        """A map made ``items``: each is a unit with its map's task options."""
+        if not items:
+            return
+        m = self.run.scheduler.item_of[items[0]][0]
+        count = len(items)
+        self.futures.extend([None] * count)
+        self.future_attempt.extend([0] * count)
+        self.scanned.extend([0] * count)
+        self.options.extend([self.options[m]] * count)
+        self.dep_names.extend([()] * count)  # an item's inputs come from inputs_of
+        if m in self.keep:
+            self.keep.update(items)
+
+    def _paused(self, name: str, seconds: float) -> None:
+        """A unit paused limit ``name`` (in the client's loop): the driver applies it."""
+        self.outcomes.put(_Paused(name, seconds))
 
     def wake(self) -> None:
         """Wake the driver (``cancel()`` from another thread)."""
@@ -351,10 +437,14 @@ class _DaskRun:
     # -- setting up ------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Scatter the context and work out each unit's task options."""
+        """Scatter the context, listen for pauses, and work out each unit's task options."""
         run = self.run
         if run.context:
             self.context = self._scatter(dict(run.context))
+        if run.limits:  # units may pause them
+            _pause_listeners[self.token] = self._paused
+            self.client.subscribe_topic(PAUSE_TOPIC, _on_pause)  # the same handler for all
+            self.pause_kwargs = {"pause_token": self.token}
         graph = run.graph
         n = len(graph)
         _, position_of = graph.priority_order()
@@ -473,7 +563,7 @@ class _DaskRun:
                     self.outcomes.put((i, attempt, _Served(value)))
                     return
             sched = run.scheduler
-            if sched.errors or sched.partial_inputs:  # some dependency did not complete
+            if sched.errors or sched.partial_inputs or sched.item_of:  # or a map's item
                 self._submit_with_gaps(i, attempt)
             else:
                 results = sched.results
@@ -482,9 +572,14 @@ class _DaskRun:
             self._look_ahead(i)
 
     def _submit_with_gaps(self, i: int, attempt: int) -> None:
-        """Submit a unit with the outputs that exist and why the others do not (join rules)."""
-        inputs, upstream = self.run.inputs_of(i)
-        self._submit(i, attempt, list(inputs.values()), tuple(inputs), upstream)
+        """Submit a unit with the outputs that exist and why the others do not (join rules).
+
+        A map's item gets its map's inputs and its item (a future when it maps over a map).
+        """
+        run = self.run
+        inputs, upstream = run.inputs_of(i)
+        item = run.item_of(i)
+        self._submit(i, attempt, list(inputs.values()), tuple(inputs), upstream, item=item)
 
     def _submit(
         self,
@@ -493,6 +588,8 @@ class _DaskRun:
         inputs: Sequence[Any],
         dep_names: tuple[str, ...] | None = None,
         upstream_errors: Mapping[str, BaseException] | None = None,
+        *,
+        item: tuple[int, Any] | None = None,
     ) -> None:
         """Hand attempt ``attempt`` of unit ``i`` to Dask with ``inputs`` (futures or values)."""
         run = self.run
@@ -515,6 +612,8 @@ class _DaskRun:
                 key=f"{name}-{attempt}-{self.token}-{next(self.serial)}",
                 **self.options[i],
                 **({"upstream_errors": upstream_errors} if upstream_errors else {}),
+                **({"item": item} if item is not None else {}),
+                **self.pause_kwargs,
             )
         except Exception as error:  # e.g. a function that cannot be pickled
             failure: BaseException
@@ -577,11 +676,11 @@ class _DaskRun:
         for k in self.run.graph.dependents[i]:
             scanned[k] = 0
 
-    def _settle(self, item: tuple[int, int, Any] | _Fetched | None) -> None:
+    def _settle(self, item: tuple[int, int, Any] | _Fetched | _Paused | None) -> None:
         if item is None:
             return
-        if isinstance(item, _Fetched):
-            self._receive_fetched(item)
+        if isinstance(item, _Fetched | _Paused):
+            self._receive(item)
             return
         i, attempt, future = item
         local = isinstance(future, _Served | _Failed)
@@ -624,11 +723,16 @@ class _DaskRun:
         run.report(transitions)
 
     def _error_of(self, i: int, future: Any) -> BaseException:
-        """Why a future did not finish: the unit's exception, or what Dask said."""
+        """Why a future did not finish: the unit's exception, or what Dask said.
+
+        The ``ctx.pause_limit`` calls a failed attempt carried back are applied here.
+        """
         name = self.run.graph.names[i]
         if future.status == "error":
             error: BaseException = future.exception()
             if isinstance(error, CarriedBaseException):
+                if error.metrics:  # its ctx.pause_limit calls, in force before its retry
+                    self.run.apply_pauses(error.metrics)
                 error = error.error
             traceback = future.traceback()
             if traceback is not None:
@@ -741,6 +845,13 @@ class _DaskRun:
                     outputs.append(error)
             return outputs
 
+    def _receive(self, item: _Fetched | _Paused) -> None:
+        """News from the client's loop that is no attempt's outcome."""
+        if isinstance(item, _Paused):
+            self.run.apply_pauses({PAUSES_KEY: [item]})
+        else:
+            self._receive_fetched(item)
+
     def _receive_fetched(self, fetched: _Fetched) -> None:
         self.fetching -= 1
         run = self.run
@@ -785,11 +896,14 @@ class _DaskRun:
                     LOGGER.warning("Dask backend: the result of %r is lost: %s", names[i], gathered)
         remote: dict[str, int] = {}
         keep, future_type = self.keep, self.future_type
+        gathered_by_key: dict[str, Any] = {}
         for i, state in enumerate(sched.state):
             if state is _COMPLETED:
                 value = sched.results[i]
                 output = self.outputs.get(i)
                 if output is not None:
+                    if isinstance(value, future_type):
+                        gathered_by_key[value.key] = output.value
                     sched.results[i] = output.value
                     self._record(i, output.metrics, output.worker)
                     if run.cache is not None:
@@ -802,8 +916,24 @@ class _DaskRun:
                     run.withheld.add(i)
             elif state in _FAILED_STATES and i in sched.fallbacks and i not in keep:
                 run.withheld.add(i)
+        self._collect_maps(gathered_by_key)
         if remote and self.broken is None:
             self._read_remote(remote)
+
+    def _collect_maps(self, gathered_by_key: dict[str, Any]) -> None:
+        """A map's result, the list of its items' futures, becomes their values (or None)."""
+        sched, future_type = self.run.scheduler, self.future_type
+        for m in sched.items_of:
+            items = sched.results[m]
+            if sched.state[m] is not _COMPLETED or type(items) is not list:
+                continue
+            if m in self.keep:
+                sched.results[m] = [
+                    gathered_by_key.get(v.key) if isinstance(v, future_type) else v for v in items
+                ]
+            else:  # withheld, with its items: hold no future of the cluster
+                sched.results[m] = None
+                self.run.withheld.add(m)
 
     def _read_remote(self, remote: dict[str, int]) -> None:
         """Metrics and worker of results that stay on the cluster, without moving them."""
@@ -838,7 +968,11 @@ class _DaskRun:
                 self.client.cancel(futures, force=True)
 
     def close(self) -> None:
-        """Release every future of the run (the cluster frees what nobody else holds)."""
+        """Release every future of the run (the cluster frees what nobody else holds).
+
+        The client stays subscribed to the pause topic: another run may be listening.
+        """
+        _pause_listeners.pop(self.token, None)
         if self.fetcher is not None:
             self.fetcher.shutdown(wait=False, cancel_futures=True)
         results = self.run.scheduler.results
@@ -856,6 +990,13 @@ class _Served(NamedTuple):
     """An outcome decided here: a cached result."""
 
     value: Any
+
+
+class _Paused(NamedTuple):
+    """A unit's ``ctx.pause_limit`` call on a worker."""
+
+    name: str
+    seconds: float
 
 
 class _Failed(NamedTuple):

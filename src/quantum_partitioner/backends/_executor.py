@@ -17,8 +17,10 @@ would; in another (a process pool) it fails the unit.
 
 At a timeout the attempt's future is cancelled if it has not started; if it has, the unit is
 TIMEOUT at its deadline, its late result is discarded, and the executor's worker stays busy
-until the function returns: only the executor can stop its workers. The executor is never
-shut down here: it belongs to the caller.
+until the function returns: only the executor can stop its workers. Until then that worker
+counts as taken, so the next attempt is not queued behind it inside the executor, where its
+own timeout would run while it waits. The executor is never shut down here: it belongs to
+the caller.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from .._errors import UnitInterrupt, interrupts_run
-from ._base import CarriedBaseException, check_sendable
+from ._base import carried_failure, check_sendable
 from ._lanes import FutureLane, LaneBackend
 
 if TYPE_CHECKING:
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from concurrent.futures import Executor
 
     from .._context import ExecutionContext
+    from .._run import Run
+    from ._lanes import Outcome
 
 __all__ = ["ExecutorBackend", "ExecutorLane", "call_unit"]
 
@@ -54,7 +58,8 @@ def call_unit(
     ``KeyboardInterrupt`` or ``SystemExit`` the unit raises is raised as
     :class:`UnitInterrupt` (the run stops) and anything else propagates and fails the unit.
     In another process, a ``BaseException`` is raised as :class:`CarriedBaseException` (a
-    pool's or cluster's worker may not survive it otherwise) and a result that cannot be sent
+    pool's or cluster's worker may not survive it otherwise), and so is any error raised
+    after ``ctx.pause_limit`` calls, with those pauses; a result that cannot be sent
     back raises ``TypeError`` naming the unit: one the standard pickle refuses, unless
     ``serialize`` (how the executor sends results, if not with that pickle) accepts it.
     """
@@ -69,11 +74,12 @@ def call_unit(
         return True, value, ctx.metrics
     try:
         value = asyncio.run(function(ctx)) if is_async else function(ctx)
-    except Exception:
-        raise
+        check_sendable(ctx.unit_id, value, "the executor's worker process", serialize)
     except BaseException as error:  # it must fail the unit, not the executor's worker
-        raise CarriedBaseException(error).with_traceback(error.__traceback__) from None
-    check_sendable(ctx.unit_id, value, "the executor's worker process", serialize)
+        carried = carried_failure(error, ctx.metrics)
+        if carried is None:
+            raise
+        raise carried from None
     return True, value, ctx.metrics
 
 
@@ -115,10 +121,34 @@ class ExecutorLane(FutureLane):
         self._serialize = _result_serializer(executor)
         self._futures = {}
         self._caller_pid = os.getpid()
+        #: Abandoned attempts still running: each holds an executor worker until it returns.
+        self._stuck: set[Any] = set()
 
     def has_room(self) -> bool:
-        """Whether fewer attempts than the executor's workers are in flight."""
-        return len(self._futures) < self.capacity
+        """Whether fewer attempts than the executor's workers are in flight (stuck ones too).
+
+        An abandoned attempt that could not be cancelled still holds its worker: another
+        attempt sent now would wait in the executor's queue, its timeout running.
+        """
+        return len(self._futures) + len(self._stuck) < self.capacity
+
+    def abandon(self, i: int, attempt: int) -> None:
+        """Cancel the future; if it already runs, count its worker busy until it returns."""
+        del attempt
+        future = self._futures.pop(i, None)
+        if future is not None and not future.cancel():
+            self._stuck.add(future)
+            future.add_done_callback(self._worker_free)
+
+    def _worker_free(self, future: Any) -> None:
+        """An abandoned attempt returned (any thread): its worker can take the next one."""
+        self._stuck.discard(future)
+        self._post(None)
+
+    def open(self, run: Run, post: Callable[[Outcome], None]) -> None:
+        """Start with no stuck attempt."""
+        super().open(run, post)
+        self._stuck = set()
 
     def submit(self, i: int, attempt: int) -> None:
         """Send the attempt to the executor."""

@@ -10,7 +10,8 @@ full lane never holds back another. There is still one scheduler and one graph.
 A lane only runs attempts: the driver tells it to ``submit`` one, to ``abandon`` one that
 timed out or was cancelled, and that an outcome was ``settled``; the lane posts
 ``(index, attempt, ok, value_or_error, metrics)`` when an attempt ends, or ``None`` to wake
-the driver (for example when a replacement worker is ready).
+the driver (for example when a replacement worker is ready). A failure's metrics hold only
+the ``ctx.pause_limit`` calls of an attempt that ran elsewhere (or are None).
 
 A lane whose attempts run in the caller's process hands a ``KeyboardInterrupt`` or
 ``SystemExit`` a unit raised to the driver (``Run.hand_over_interrupt``) instead of posting
@@ -116,7 +117,7 @@ class FutureLane(Lane):
                 carried = error.error.with_traceback(error.__traceback__)
                 if carried.__cause__ is None:  # a process pool's remote traceback
                     carried.__cause__ = error.__cause__
-                post((i, attempt, False, carried, None))
+                post((i, attempt, False, carried, error.metrics))
             else:
                 post((i, attempt, False, error, None))
 
@@ -286,4 +287,6 @@ class LaneBackend(Backend):
             if current and run.dispatcher.unit_finished:
                 run.emit_finished(i, attempt, now)
         else:
+            if metrics:  # its ctx.pause_limit calls: in force before its retry is scheduled
+                run.apply_pauses(metrics)
             run.report(sched.fail(i, attempt, value, now))

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from .._errors import BrokenBackendError, WorkerDiedError, describe_exit
+from ._base import pool_size
 from ._lanes import Lane, LaneBackend
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ class ProcessLane(Lane):
             if starting:
                 self._wake_r, self._wake_w = os.pipe()
             self._preload = _modules_of(run)
-            for _ in range(min(self.size, max(1, len(run.graph))) - len(self._workers)):
+            for _ in range(pool_size(run.graph, self.size) - len(self._workers)):
                 self._spawn()
         if starting:
             self._reader = threading.Thread(
@@ -496,7 +497,7 @@ class ProcessLane(Lane):
                 return
             self._post((i, attempt, True, value, metrics))
         else:
-            self._post((i, attempt, False, _rebuild_error(message), None))
+            self._post((i, attempt, False, _rebuild_error(message), message[4]))
 
     def _bury(self, worker: _Worker) -> None:
         """A worker's pipe closed: it died. Fail its attempt and start a replacement."""
@@ -619,7 +620,7 @@ def _modules_of(run: Run) -> dict[str, str]:
 
 
 def _rebuild_error(message: tuple[Any, ...]) -> BaseException:
-    _, blob, description, text = message
+    _, blob, description, text, _ = message
     error: BaseException
     try:
         error = pickle.loads(blob) if blob is not None else RemoteUnitError(description)  # noqa: S301

@@ -90,6 +90,8 @@ class SequentialBackend(Backend):
 
 def _sleep_until_deadline(run: Run, now: float, wakeups: queue.SimpleQueue[None]) -> None:
     sched = run.scheduler
+    if not sched.is_active():
+        return  # the run's deadline ended it while it waited (for a backoff, a token)
     deadline = sched.next_deadline()
     if deadline is None:
         if not sched.waiting_on_limits:

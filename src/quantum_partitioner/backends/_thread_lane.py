@@ -4,7 +4,8 @@ Pure THREAD mode uses the faster :mod:`._threads` backend, whose workers pull fr
 scheduler themselves; in a mixed run one driver feeds several lanes, and this is the thread
 one, on a :class:`~._pool.DaemonPool`. Timeouts behave as in THREAD mode: an attempt is
 handed over only to a free thread, so its timeout counts from when it starts; an abandoned
-attempt that no thread has picked up never starts; a thread stuck in one is retired (its late
+attempt that no thread has picked up never starts, nor does one whose timeout passed before a
+thread got to it; a thread stuck in one is retired (its late
 outcome is ignored) and a fresh one takes its place, so the lane keeps its full size.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._errors import interrupts_run
+from ._base import pool_size
 from ._lanes import Lane
 from ._pool import DaemonPool
 
@@ -46,7 +48,7 @@ class ThreadLane(Lane):
         self._post = post
         self._busy = 0
         self._pool: DaemonPool[tuple[int, int]] = DaemonPool(
-            min(self.size, max(1, len(run.graph))),
+            pool_size(run.graph, self.size),
             "quantum-partitioner-io",
             self._call,
             self._deliver,
@@ -56,8 +58,11 @@ class ThreadLane(Lane):
 
     def _call(self, job: tuple[int, int]) -> tuple[bool, Any] | None:
         i, attempt = job
+        run = self._run
+        if not run.still_wanted(i, attempt):
+            return None  # abandoned, or timed out, before this thread got to it: never start
         try:
-            return self._run.call(i, attempt)
+            return run.call(i, attempt)
         except BaseException as error:
             if interrupts_run(error):  # KeyboardInterrupt, SystemExit: stop the run
                 self._run.hand_over_interrupt(error)
@@ -66,7 +71,7 @@ class ThreadLane(Lane):
 
     def _deliver(self, job: tuple[int, int], outcome: tuple[bool, Any] | None) -> None:
         if outcome is None:
-            self._post(None)  # the run is being interrupted: wake the driver
+            self._post(None)  # not run, or the run is being interrupted: wake the driver
             return
         i, attempt = job
         ok, value = outcome

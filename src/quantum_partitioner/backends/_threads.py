@@ -29,7 +29,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .._errors import InternalError, interrupts_run
-from ._base import Backend
+from ._base import Backend, pool_size
 
 if TYPE_CHECKING:
     from .._run import Run
@@ -93,7 +93,7 @@ class _ThreadPool:
         self.owner: list[_Worker | None] = [None] * len(run.graph)
         run.on_grow.append(self._grow)
         self.workers: list[_Worker] = []
-        self.size = max(1, min(max_workers, len(run.graph)))
+        self.size = pool_size(run.graph, max_workers)
 
     # -- the driver ------------------------------------------------------------------------
 
