@@ -709,6 +709,11 @@ def test_map_items_are_keyed_by_their_item_not_their_index_nor_the_whole_list(tm
                 "count",
             ]
         )
+
+        entries = {entry.unit for entry in p.cache_entries()}
+        assert entries == {"plan", "cfg", "tool", "summary", "answer", "count"}
+        assert p.clear_cache("tool") == 9  # 3 items, 3 versions: their entries are their map's
+        assert run(p, ["c", "a", "b"], suffix="-y") == (results, ["tool:a", "tool:b", "tool:c"])
     assert p.cache_stats().skipped == 0
 
 

@@ -135,7 +135,9 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
     not affect the result (a counter, a lock, a client); ``metadata["cache_version"]`` is
     any plain value to bump by hand. Keys are content fingerprints (see docs/caching.md):
     editing a unit's function, a context value it reads or anything upstream of it
-    recomputes it and everything downstream, and nothing else.
+    recomputes it and everything downstream, and nothing else. A map's items are keyed on
+    their own item, not their index nor the whole result mapped over: one element added to
+    that result recomputes its item (and its item-wise downstream) only.
 
     Args:
         max_workers: As for :class:`QuantumPartitioner`.
@@ -727,8 +729,11 @@ class _RunCache:
             )
             owner._count_trouble(skipped=True)
             return
+        item_of = self._item_of
+        # An item's entry is its map's (clear_cache("tool")): another item may be served it.
+        unit = self._names[item_of[i][0] if item_of and i in item_of else i]
         try:
-            self._store.put(key, self._names[i], payload)
+            self._store.put(key, unit, payload)
         except Exception as error:
             LOGGER.warning("unit %r: result not cached: %s", self._names[i], error)
             owner._count_trouble(error=True)
