@@ -46,8 +46,40 @@ def clock() -> FakeClock:
 # uses the standard pickle, so its units must be importable by name (_contract_units.py).
 # Its workers are spawned: forking a process that runs threads is unsafe. "process" passes
 # max_workers=2 (two worker processes on any machine), which overrides a partitioner's own.
+# Spawning two interpreters costs more than most tests, so "custom-processpool" lends every
+# test the same pool, as a user keeps one executor for many runs; a test that leaves it
+# broken, shut down or still busy gets it shut down (what runs is waited for, what waits is
+# cancelled) and a new one the next time.
 
 RunModeFactory = Callable[[ExitStack], dict[str, Any]]
+
+
+class _LentProcessPool:
+    """One spawned ``ProcessPoolExecutor(2)``, lent test after test while it stays clean."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+
+    def lend(self, stack: ExitStack) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
+        stack.callback(self._returned)
+        return self._pool
+
+    def _returned(self) -> None:
+        pool = self._pool
+        assert pool is not None
+        # No public API tells these; each would leak into the next test.
+        if pool._broken or pool._shutdown_thread or pool._pending_work_items:
+            self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+_LENT_PROCESS_POOL = _LentProcessPool()
 
 RUN_MODES: list[tuple[str, RunModeFactory]] = [
     ("sequential", lambda _: {"execution_mode": ExecutionMode.SEQUENTIAL}),
@@ -65,12 +97,16 @@ RUN_MODES: list[tuple[str, RunModeFactory]] = [
         "custom-processpool",
         lambda stack: {
             "execution_mode": ExecutionMode.CUSTOM,
-            "custom_executor": stack.enter_context(
-                ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
-            ),
+            "custom_executor": _LENT_PROCESS_POOL.lend(stack),
         },
     ),
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_the_lent_process_pool() -> Iterator[None]:
+    yield
+    _LENT_PROCESS_POOL.close()
 
 
 @dataclass(frozen=True)
@@ -107,7 +143,7 @@ class RunMode:
 
 @pytest.fixture(params=RUN_MODES, ids=[mode_id for mode_id, _ in RUN_MODES])
 def mode(request: pytest.FixtureRequest) -> Iterator[RunMode]:
-    """Each execution mode in turn; its executor (if any) is shut down after the test."""
+    """Each execution mode in turn; its executor (if any) is shut down or returned after it."""
     mode_id, factory = request.param
     with ExitStack() as stack:
         yield RunMode(mode_id, factory(stack))

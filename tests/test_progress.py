@@ -332,3 +332,47 @@ def test_a_limit_with_waiters_shows_its_holders_and_waiters():
     assert "gpu" not in bar.status()
     gpu.held, gpu.waiting = 2, 3
     assert "gpu 2/2 +3 waiting" in bar.status()
+
+
+# -- maps: the total grows as items appear ------------------------------------------------------
+
+
+def test_the_total_grows_as_a_map_creates_its_items_and_the_stream_and_hooks_see_them():
+    """3 units declared; the map adds 4 items: the bar ends at 7/7 with none running."""
+    bar, out = drawn_bar()
+    seen: dict[str, list[str]] = {"start": [], "complete": []}
+    qp = QuantumPartitioner(instruments=[bar], max_workers=2)
+    qp.on_unit_start = seen["start"].append
+    qp.on_unit_complete = lambda name, result: seen["complete"].append(name)
+    qp.add_unit(lambda ctx: [1, 2, 3, 4], name="plan")
+    qp.add_map(lambda ctx: ctx.item * 2, over="plan", name="double")
+    qp.add_unit(lambda ctx: sum(ctx["double"]), ["double"], name="total")
+    qp.execute(execution_mode=ExecutionMode.THREAD)
+    items = [f"double[{i}]" for i in range(4)]
+    assert (bar.total, bar.done, bar.running, bar.filled) == (7, 7, 0, 7)
+    assert "7/7" in out.getvalue().rsplit("\r", 1)[-1]
+    assert sorted(seen["start"]) == sorted(["plan", "total", *items])  # a map never starts
+    assert sorted(seen["complete"]) == sorted(["plan", "double", "total", *items])
+    streamed = [r.name for r in qp.stream(execution_mode=ExecutionMode.THREAD)]
+    assert sorted(streamed) == sorted(["plan", "double", "total", *items])
+
+
+def test_a_map_weighs_nothing_and_its_items_learn_one_kind():
+    """A map itself is no work; once it expands, its items are work of one kind."""
+    from quantum_partitioner._events import UnitsAdded  # noqa: PLC0415
+
+    clock = FakeClock()
+    qp = QuantumPartitioner()
+    qp.add_unit(lambda ctx: [1, 2, 3], name="plan", metadata={"estimated_duration": 1.0})
+    fetch = qp.add_map(lambda ctx: None, over="plan", name="fetch")
+    bar = started_bar(qp, clock)
+    assert bar.total == 2
+    run_one(bar, clock, "plan", 1.0)
+    assert bar.work.left() == 0.0  # what the map will create is not known yet: it weighs 0
+    bar.units_added(UnitsAdded("fetch", ["fetch[0]", "fetch[1]", "fetch[2]"], clock(), fetch))
+    assert bar.total == 5
+    assert bar.work.left() is None  # three items of a kind not measured yet
+    run_one(bar, clock, "fetch[0]", 2.0)
+    assert bar.work.left() == pytest.approx(2 * 2.0)  # two items of 2 s each
+    bar.unit_finished(UnitFinished("fetch", 0, clock(), 0.0, []))  # the map never ran
+    assert bar.running == 0

@@ -88,3 +88,50 @@ def test_simulated_schedules_are_valid_and_bounded(spec, workers):
     assert sim.makespan >= max(sim.critical_path_length, total / workers) - 1e-9
     # Graham's bound for list scheduling: never worse than total/workers + critical path.
     assert sim.makespan <= total / workers + sim.critical_path_length + 1e-9
+
+
+def _agent(estimated_items=None):
+    """plan(1) -> tool (a map, 2 per item) -> summary (item-wise, 1 per item) -> answer(1)."""
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: [], name="plan", metadata={"estimated_duration": 1})
+    meta = {"estimated_duration": 2}
+    if estimated_items is not None:
+        meta["estimated_items"] = estimated_items
+    p.add_map(lambda ctx: None, over="plan", name="tool", metadata=meta)
+    p.add_map(lambda ctx: None, over="tool", name="summary", metadata={"estimated_duration": 1})
+    p.add_unit(lambda ctx: None, ["summary"], name="answer", metadata={"estimated_duration": 1})
+    return p
+
+
+def test_a_map_expands_to_its_estimated_items_and_a_map_over_it_item_by_item():
+    """4 tool items on 2 workers; depth first, each item's summary runs before the next tools."""
+    sim = _agent(estimated_items=4).build_execution_plan().simulate(workers=2)
+    tools = [f"tool[{i}]" for i in range(4)]
+    summaries = [f"summary[{i}]" for i in range(4)]
+    assert set(sim.worker_of) == {"plan", "answer", *tools, *summaries}  # maps run nowhere
+    # summary[0] and [1] start as tool[0] and [1] end, before tool[2] and [3].
+    assert [sim.starts[t] for t in tools] == [1, 1, 4, 4]
+    assert [sim.starts[s] for s in summaries] == [3, 3, 6, 6]
+    assert (sim.starts["tool"], sim.ends["tool"]) == (1, 6)
+    assert sim.ends["summary"] == 7
+    assert sim.starts["answer"] == 7
+    assert sim.makespan == 8
+    assert sim.utilisation == pytest.approx((1 + 4 * 2 + 4 * 1 + 1) / (2 * 8))
+
+
+def test_a_map_without_an_estimate_has_one_item_and_zero_items_end_at_once():
+    """By default a map simulates one item; estimated_items=0 completes it at once."""
+    one = _agent().build_execution_plan().simulate(workers=2)
+    assert [name for name in one.starts if "[" in name] == ["tool[0]", "summary[0]"]
+    assert one.makespan == 1 + 2 + 1 + 1
+    none = _agent(estimated_items=0).build_execution_plan().simulate(workers=2)
+    assert (none.ends["tool"], none.starts["answer"], none.makespan) == (1, 1, 2)
+
+
+@pytest.mark.parametrize(("bad", "error"), [(-1, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_a_bad_estimated_items_is_refused_naming_the_map(bad, error):
+    """estimated_items must be an int >= 0, checked by add_map."""
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: [], name="plan")
+    with pytest.raises(error, match=r"'tool'.*estimated_items"):
+        p.add_map(lambda ctx: None, over="plan", name="tool", metadata={"estimated_items": bad})

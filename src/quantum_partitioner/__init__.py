@@ -13,11 +13,12 @@ the unit context, starts fast, and dask is imported only by code that asks for
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-from typing import TYPE_CHECKING, Any
-
+# Worker processes import this package first: it imports nothing at all (not even
+# ``typing``, whose names serve annotations only), so they start fast.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._cache import CacheStats as CacheStats
     from ._cache import CachingQuantumPartitioner as CachingQuantumPartitioner
     from ._context import ExecutionContext as ExecutionContext
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from ._events import UnitFailed as UnitFailed
     from ._events import UnitFinished as UnitFinished
     from ._events import UnitRetrying as UnitRetrying
+    from ._events import UnitsAdded as UnitsAdded
     from ._events import UnitSkipped as UnitSkipped
     from ._events import UnitStarted as UnitStarted
     from ._graph import ExecutionMode as ExecutionMode
@@ -107,6 +109,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "UnitRetrying",
         "UnitSkipped",
         "UnitStarted",
+        "UnitsAdded",
     ),
     "._graph": ("ExecutionMode", "QuantumUnit", "UnitState"),
     "._joins": ("JoinRule", "at_least"),
@@ -143,6 +146,9 @@ def __getattr__(name: str) -> Any:
         except PackageNotFoundError:  # pragma: no cover - running from a source tree
             value = "0.0.0"
     elif name in _MODULE_OF:
+        import contextlib  # noqa: PLC0415 - see the imports at the top
+        import importlib  # noqa: PLC0415
+
         value = getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
         # Public objects say they live here, not in private modules (reprs, docs, pickles).
         if getattr(value, "__module__", "").startswith(f"{__name__}."):
@@ -211,6 +217,7 @@ __all__ = [
     "UnitStarted",
     "UnitState",
     "UnitTimeoutError",
+    "UnitsAdded",
     "UnknownDependencyError",
     "WorkerDiedError",
     "at_least",

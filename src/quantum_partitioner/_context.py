@@ -8,23 +8,31 @@ so it pickles with them to a worker process.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from types import MappingProxyType
-from typing import Any, Final, NoReturn, Protocol
+from collections.abc import Mapping
+from types import CoroutineType, MappingProxyType
 
-from ._errors import SkipUnit, UnitCancelledError
+# Every worker process imports this module before it is ready, so it imports nothing it can
+# do without: not ``typing`` (names for annotations only) nor ``._errors`` (imported where
+# a helper raises).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Any, Final, NoReturn, Protocol
+
+    class _AttemptWatch(Protocol):
+        """Whoever can tell whether an attempt is still wanted (the run, in-process)."""
+
+        def attempt_abandoned(self, index: int, attempt: int) -> bool: ...
+
+        def pause_limit(self, name: str, seconds: float) -> None: ...
+
+    _StrMapping = Mapping[str, Any]
+else:
+    _StrMapping = Mapping
 
 __all__ = ["ExecutionContext"]
 
 _NO_RESULTS: Final[Mapping[str, Any]] = MappingProxyType({})
-
-
-class _AttemptWatch(Protocol):
-    """Whoever can tell whether an attempt is still wanted (the run, in-process)."""
-
-    def attempt_abandoned(self, index: int, attempt: int) -> bool: ...
-
-    def pause_limit(self, name: str, seconds: float) -> None: ...
 
 
 #: Where an attempt in another process records ``pause_limit`` calls, for the run to apply.
@@ -47,7 +55,7 @@ def check_pause_seconds(seconds: object) -> None:
         raise ValueError(f"pause_limit: seconds must be >= 0 and finite, got {seconds!r}")
 
 
-class ExecutionContext(Mapping[str, Any]):
+class ExecutionContext(_StrMapping):
     """The read-only mapping a unit is called with.
 
     It holds the caller's context plus one entry per declared dependency (its result, which
@@ -244,6 +252,8 @@ class ExecutionContext(Mapping[str, Any]):
 
         .. versionadded:: 0.2
         """
+        from ._errors import SkipUnit  # noqa: PLC0415 - see the imports
+
         raise SkipUnit(reason)
 
     def record_metric(self, name: str, value: Any) -> None:
@@ -287,10 +297,12 @@ class ExecutionContext(Mapping[str, Any]):
         Long units running in threads, which cannot be killed, call this now and then.
         """
         if self.cancelled:
+            from ._errors import UnitCancelledError  # noqa: PLC0415 - see the imports
+
             raise UnitCancelledError(self._unit_id, "attempt abandoned")
 
 
-class _Fetching(Mapping[str, Any]):
+class _Fetching(_StrMapping):
     """Dependency results fetched on first read (a ``when=`` predicate on Dask)."""
 
     __slots__ = ("_fetch", "_fetched", "_results")
@@ -313,3 +325,18 @@ class _Fetching(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._results)
+
+
+def call_unit_function(function: Callable[[ExecutionContext], Any], ctx: ExecutionContext) -> Any:
+    """Call a unit as every mode does: ``function(ctx)``, and run a coroutine it returns.
+
+    That is an ``async def`` unit, or a plain function that returned a coroutine; either
+    runs on a loop of its own to its end. For the places that call a unit away from the
+    run's own loop (a worker process, a user's executor, a Dask worker).
+    """
+    value = function(ctx)
+    if type(value) is CoroutineType:
+        import asyncio  # noqa: PLC0415 - most worker processes never need it
+
+        value = asyncio.run(value)
+    return value

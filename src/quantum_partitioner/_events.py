@@ -33,6 +33,7 @@ __all__ = [
     "UnitRetrying",
     "UnitSkipped",
     "UnitStarted",
+    "UnitsAdded",
 ]
 
 LOGGER = logging.getLogger("quantum_partitioner")
@@ -113,6 +114,19 @@ class UnitSkipped(NamedTuple):
     cause: SkipCause = SkipCause.UPSTREAM_FAILED
 
 
+class UnitsAdded(NamedTuple):
+    """A map expanded: the run gained ``names``, one unit per item, in item order.
+
+    ``unit`` is the map's unit, whose options (and ``metadata``) every item has. Sent
+    before any of those items starts; a map with no items sends none.
+    """
+
+    map_id: str
+    names: Sequence[str]
+    time: float
+    unit: QuantumUnit[Any, Any]
+
+
 class UnitCancelled(NamedTuple):
     """A unit was cancelled (fail_fast, cancel(), Ctrl-C); ``was_running`` if mid-attempt."""
 
@@ -149,6 +163,9 @@ class Instrument:
     def unit_cancelled(self, event: UnitCancelled) -> None:
         """A unit was cancelled."""
 
+    def units_added(self, event: UnitsAdded) -> None:
+        """A map created its items: the run has more units than it started with."""
+
     def run_finished(self, event: RunFinished) -> None:
         """A run ended."""
 
@@ -161,6 +178,7 @@ HOOKS = (
     "unit_retrying",
     "unit_skipped",
     "unit_cancelled",
+    "units_added",
     "run_finished",
 )
 
@@ -183,6 +201,7 @@ class Dispatcher:
     unit_retrying: tuple[Hook, ...]
     unit_skipped: tuple[Hook, ...]
     unit_cancelled: tuple[Hook, ...]
+    units_added: tuple[Hook, ...]
     run_finished: tuple[Hook, ...]
 
     def __init__(self, instruments: Iterable[Instrument]) -> None:

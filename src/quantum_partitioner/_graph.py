@@ -12,7 +12,6 @@ computes the longest remaining path from each unit (its *rank*, which orders rea
 
 from __future__ import annotations
 
-import copy
 import enum
 import gc
 import inspect
@@ -280,7 +279,10 @@ class QuantumUnit(Generic[T, R]):
         Every other field is kept (``metadata`` and ``limits`` are copied, so changing this
         unit later leaves the copy as it was): this is how a subgraph's units are inlined.
         """
-        clone = copy.copy(self)
+        # Slot by slot: copy.copy's generic protocol costs ten times more per unit.
+        clone = object.__new__(type(self))
+        for slot in QuantumUnit.__slots__:
+            setattr(clone, slot, getattr(self, slot))
         clone.id = name
         clone.dependencies = dependencies
         clone.view_keys = view_keys
@@ -460,6 +462,13 @@ def _check_map(unit: QuantumUnit[Any, Any]) -> None:
         raise ValueError(f"map {name!r}: max_items must be >= 0, got {bound}")
     if unit.cancel_rest:
         raise ValueError(f"map {name!r}: cancel_rest is not supported on a map")
+    estimate = unit.metadata.get("estimated_items", 1) if unit.metadata else 1
+    if isinstance(estimate, bool) or not isinstance(estimate, int):
+        raise TypeError(
+            f"map {name!r}: metadata['estimated_items'] must be an int, got {estimate!r}"
+        )
+    if estimate < 0:
+        raise ValueError(f"map {name!r}: metadata['estimated_items'] must be >= 0, got {estimate}")
 
 
 def _check_decisions(unit: QuantumUnit[Any, Any], *, over_maps: bool) -> None:
@@ -617,6 +626,7 @@ class Graph:
         """
         self.priority_order()  # computed on the declared units, shared by every run
         self.coroutine_flags()
+        self.view_keys()  # likewise: items read their keys through their map (Run._row_of)
         copy = object.__new__(Graph)
         for slot in Graph.__slots__:
             setattr(copy, slot, getattr(self, slot))

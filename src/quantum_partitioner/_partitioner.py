@@ -578,7 +578,10 @@ class QuantumPartitioner(Generic[T, R]):
             raise ValueError(f"subgraph {name!r}: the partitioner to inline has no units")
         other._compiled()  # its own graph must hold: an unknown name or a cycle is named here
         outer_deps = list(dict.fromkeys(probe.dependencies))
-        units = inline_subgraph(list(other.units.values()), name, outer_deps, other.retry_policy)
+        with _gc_paused():  # many objects made and none freed: see _graph._gc_paused
+            units = inline_subgraph(
+                list(other.units.values()), name, outer_deps, other.retry_policy
+            )
         new_names = {unit.id for unit in units}
         for unit in units:
             if unit.id in self.units:

@@ -13,6 +13,8 @@ items, or names that differ only by a trailing number or ``[index]``). While som
 has neither, the ETA is ``?``: a figure would be a guess. The bar is filled by the work that
 finished (units completed, and units skipped by a decision rather than because a
 dependency failed), never by failed or cancelled units, so a cancelled run does not look done.
+The total grows as maps create their items (the ``units_added`` hook); a map itself never
+runs, so it weighs nothing in the work left.
 
 It writes to standard error, and only when that is a terminal: when output is redirected
 (CI logs, pipes, files) it draws nothing at all, and ``execute(..., progress=True)`` then
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
         UnitFailed,
         UnitFinished,
         UnitRetrying,
+        UnitsAdded,
         UnitSkipped,
         UnitStarted,
     )
@@ -121,7 +124,13 @@ class WorkLeft:
         self._running: dict[str, float] = {}  # unit -> when its attempt started
         self._done = 0.0  # seconds of work in attempts that ended
         for unit in units:
-            self._add(unit.id, unit)
+            if unit.over is None:  # a map never runs: its items are the work
+                self._add(unit.id, unit)
+
+    def add(self, names: Iterable[str], unit: QuantumUnit[Any, Any]) -> None:
+        """A map created the units ``names`` (its items), each with ``unit``'s options."""
+        for name in names:
+            self._add(name, unit)
 
     def _add(self, name: str, unit: QuantumUnit[Any, Any] | None) -> None:
         estimate = unit.metadata.get("estimated_duration") if unit and unit.metadata else None
@@ -148,23 +157,29 @@ class WorkLeft:
         if started is not None:
             self._done += self._clock() - started
 
-    def finished(self, name: str, duration: float | None = None) -> None:
-        """``name`` reached a terminal state; ``duration`` is its attempt's, if it completed."""
+    def finished(self, name: str, duration: float | None = None) -> bool:
+        """``name`` reached a terminal state; ``duration`` is its attempt's, if it completed.
+
+        Returns whether an attempt of it was running (a map, which never runs, was not).
+        """
         started = self._running.pop(name, None)
-        if duration is None:
-            duration = 0.0 if started is None else self._clock() - started
+        if started is None:
+            duration = 0.0  # it never ran (a skip, a map that collected its items)
+        elif duration is None:
+            duration = self._clock() - started
         self._done += duration
         entry = self._unit.pop(name, None)
         if entry is None:
-            return
+            return started is not None
         if type(entry) is float:
             self._estimated_left -= entry
-            return
+            return started is not None
         assert isinstance(entry, _Kind)
         entry.left -= 1
         if started is not None:  # it ran: learn what its kind costs
             entry.total += duration
             entry.count += 1
+        return started is not None
 
     def _expected(self, name: str) -> float | None:
         entry = self._unit.get(name)
@@ -358,15 +373,15 @@ class ProgressBar(Instrument):
         """A unit completed."""
         with self._lock:
             self.done += 1
-            self.running -= 1
-            self.work.finished(event.unit_id, event.duration)
+            if self.work.finished(event.unit_id, event.duration):
+                self.running -= 1
 
     def unit_failed(self, event: UnitFailed) -> None:
         """A unit failed or timed out for good."""
         with self._lock:
             self.failed += 1
-            self.running -= 1
-            self.work.finished(event.unit_id)
+            if self.work.finished(event.unit_id):
+                self.running -= 1
 
     def unit_retrying(self, event: UnitRetrying) -> None:
         """An attempt failed and will be retried."""
@@ -390,6 +405,12 @@ class ProgressBar(Instrument):
             if event.was_running:
                 self.running -= 1
             self.work.finished(event.unit_id)
+
+    def units_added(self, event: UnitsAdded) -> None:
+        """A map created its items: the total grows, and so does the work left."""
+        with self._lock:
+            self.total += len(event.names)
+            self.work.add(event.names, event.unit)
 
     def run_finished(self, event: RunFinished) -> None:  # noqa: ARG002 - only the end matters
         """Stop the redraw thread and draw the final state."""
@@ -485,5 +506,6 @@ class ProgressBar(Instrument):
             rate, work_rate = self._sample()
             status = self.status(rate, self._eta(work_rate))
             filled = self.filled
-        progress.update(self._task, completed=filled, status=status)
+            total = self.total
+        progress.update(self._task, total=total, completed=filled, status=status)
         progress.refresh()

@@ -27,6 +27,7 @@ from ._events import (
     UnitFailed,
     UnitFinished,
     UnitRetrying,
+    UnitsAdded,
     UnitSkipped,
     UnitStarted,
 )
@@ -335,11 +336,12 @@ class Run:
                 return ExecutionContext(
                     self.context, view, self._names[i], attempt, self.mode, self, i, upstream
                 )
-            if self._view_keys is None:  # inlined here: the hot path of ordinary graphs
-                names, results = self._names, sched.results
+            results, keys = sched.results, self._view_keys
+            if keys is None:  # inlined here: the hot path of ordinary graphs
+                names = self._names
                 view = {names[j]: results[j] for j in deps}
-            else:
-                view = self._complete_inputs(*self._row_of(i))
+            else:  # a graph with subgraphs (not an item: items returned above)
+                view = {key: results[j] for key, j in zip(keys[i], deps, strict=True)}
         else:
             view = _NO_RESULTS
         return ExecutionContext(self.context, view, self._names[i], attempt, self.mode, self, i)
@@ -484,6 +486,12 @@ class Run:
         self.is_async.extend([inspect.iscoroutinefunction(function)] * count)
         for listener in self.on_grow:
             listener(items)
+        dispatcher = self.dispatcher
+        if dispatcher.units_added and count:  # before any item starts
+            event = UnitsAdded(
+                self._names[m], self._names[items.start : items.stop], self.to_epoch(now), unit
+            )
+            dispatcher.emit(dispatcher.units_added, event)
         return transitions
 
     def item_of(self, i: int) -> tuple[int, Any] | None:

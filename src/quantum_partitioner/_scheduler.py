@@ -266,6 +266,18 @@ class Scheduler:
                 return i
             allowed = [ok and k != lane for k, ok in enumerate(allowed)]
 
+    def peek_next(self, lane: int = 0) -> int:
+        """The ready unit of ``lane`` that :meth:`start_next` considers first, or -1.
+
+        Changes nothing. For a driver that starts a unit differently depending on what it
+        is (a worker process sends some ahead).
+        """
+        heaps = self._heaps
+        if lane >= len(heaps) or not heaps[lane]:
+            return -1
+        i: int = self._by_position[heaps[lane][0]]
+        return i
+
     def ready_in(self, lane: int) -> int:
         """How many units of ``lane`` are ready to start now."""
         return len(self._heaps[lane])

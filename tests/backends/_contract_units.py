@@ -218,6 +218,15 @@ async def _async_plus(key: str, n: int, ctx: Any) -> Any:
     return ctx[key] + n
 
 
+def returns_coroutine(key: str, n: int) -> partial[Any]:
+    """A plain function returning the coroutine of ``async_times(key, n)`` (not awaited)."""
+    return partial(_returns_coroutine, key, n)
+
+
+def _returns_coroutine(key: str, n: int, ctx: Any) -> Any:
+    return _async_times(key, n, ctx)
+
+
 async def async_key_error(ctx: Any) -> None:
     """An ``async def`` unit raising KeyError."""
     await asyncio.sleep(0)

@@ -542,6 +542,15 @@ def test_async_def_units_are_awaited(mode):
     assert results == {"fetch": 10, "refine": 11, "plain": 110}
 
 
+def test_a_plain_function_returning_a_coroutine_is_awaited(mode):
+    """A plain function's returned coroutine is run: dependents receive its value."""
+    p = QuantumPartitioner()
+    p.add_unit(u.returns_coroutine("base", 3), name="wrapped")
+    p.add_unit(u.times("wrapped", 10), ["wrapped"], name="plain")
+
+    assert mode.execute(p, {"base": 5}) == {"wrapped": 15, "plain": 150}
+
+
 def test_failing_async_unit_is_failed(mode):
     """An exception raised inside an async def unit fails that unit like a plain one."""
     p = QuantumPartitioner()

@@ -151,3 +151,26 @@ def test_subgraph_units_run_on_their_own_lanes_with_resource_balanced():
         "sub": {"report": {"results": {"wait": 8}, "upstream_errors": ["failing"]}},
     }
     assert set(p.get_failed_units()) == {"sub.failing"}
+
+
+def test_maps_inside_a_subgraph_expand_under_its_name_and_read_inner_names(mode):
+    """A map in a subgraph: items ``sub.scaled[i]``, item-wise over it, deps by inner name."""
+    #  config -> sub.plan -> sub.scaled (map) -> sub.again (map over the map)
+    #                   \--> sub.view (map, also declares plan) ; sinks: view, again
+    inner = QuantumPartitioner()
+    inner.add_unit(u.times("config", 1), name="plan")
+    inner.add_map(u.item_times(10), over="plan", name="scaled")
+    inner.add_map(u.item_times(2), over="scaled", name="again")
+    inner.add_map(u.item_view, over="plan", name="view", dependencies=["plan"])
+    p = QuantumPartitioner()
+    p.add_unit(u.const([1, 2]), name="config")
+    p.add_subgraph(inner, "sub", ["config"])
+
+    results = mode.execute(p)
+
+    views = [{"item": 1, "index": 0, "sees": ["plan"]}, {"item": 2, "index": 1, "sees": ["plan"]}]
+    assert results["sub.scaled"] == [10, 20]
+    assert [results["sub.again[0]"], results["sub.again[1]"]] == [20, 40]
+    assert results["sub.view"] == views
+    assert results["sub"] == {"again": [20, 40], "view": views}
+    assert p.last_execution_metrics["total_units"] == 6 + 6

@@ -184,7 +184,16 @@ def test_async_def_units_are_awaited_on_the_workers(client):
     p.add_unit(fetch, name="fetch")
     p.add_unit(lambda ctx: ctx["fetch"] + 1, ["fetch"], name="plain")
 
-    assert p.execute({"base": 5}, backend=DaskBackend(client)) == {"fetch": 10, "plain": 11}
+    def returns_coroutine(ctx):  # a plain function: its coroutine is run like an async unit's
+        return fetch(ctx)
+
+    p.add_unit(returns_coroutine, name="returns_coroutine")
+
+    assert p.execute({"base": 5}, backend=DaskBackend(client)) == {
+        "fetch": 10,
+        "plain": 11,
+        "returns_coroutine": 10,
+    }
 
 
 def test_default_client_is_used_when_none_is_given(client):

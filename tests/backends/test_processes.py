@@ -22,6 +22,7 @@ from quantum_partitioner import (
     BrokenBackendError,
     ExecutionMode,
     ExponentialBackoff,
+    Instrument,
     QuantumPartitioner,
     RetryPolicy,
     UnitState,
@@ -29,6 +30,7 @@ from quantum_partitioner import (
     WorkerDiedError,
 )
 from quantum_partitioner._graph import Graph, QuantumUnit
+from quantum_partitioner._process_worker import FrameReader, send_frame
 from quantum_partitioner._run import Run
 from quantum_partitioner._trace import chrome_trace, layout
 from quantum_partitioner.backends import ProcessBackend, _processes
@@ -155,6 +157,22 @@ def test_unpicklable_result_fails_that_unit_and_names_it():
     error = p.units["returns_lock"].error
     assert "returns_lock" in str(error)
     assert "cannot be sent back" in str(error)
+
+
+def test_a_result_only_cloudpickle_can_send_comes_back():
+    """A result plain pickle refuses (a lambda, a class made at run time) travels by value."""
+
+    def make(ctx):
+        class Made:
+            size = 3
+
+        return (lambda n: n * 2), Made
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(make, name="make")
+    double, made = p.execute({}, execution_mode=PROCESS)["make"]
+    assert double(21) == 42
+    assert made.size == 3
 
 
 def test_unpicklable_context_is_refused_before_any_unit_runs():
@@ -386,6 +404,154 @@ def test_an_attempt_sent_to_a_worker_that_just_died_waits_for_its_replacement():
         lane.close(cancel=True)
 
 
+# -- attempts sent ahead (queued in a busy worker) ---------------------------------------------
+
+
+def _wait_for_file(path: str, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):  # noqa: PTH110 - runs in the worker, keep it plain
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.005)
+
+
+def _lane_sending_ahead(graph: Graph) -> tuple[Run, ProcessLane, queue.SimpleQueue]:
+    """A 1-worker lane on ``graph``, driven by hand, whose attempts count as short."""
+    run = Run(graph, {}, mode="process", max_workers=1)
+    outcomes: queue.SimpleQueue = queue.SimpleQueue()
+    lane = ProcessLane(1)
+    lane.open(run, outcomes.put)
+    while not lane.has_room():  # the worker posts a wake-up once it is ready
+        assert outcomes.get(timeout=30) is None
+    lane._typical_seconds = 0.0  # as after a run of short attempts
+    return run, lane, outcomes
+
+
+def _next_outcome(lane: ProcessLane, outcomes: queue.SimpleQueue) -> tuple:
+    item = None
+    while item is None:  # wake-ups until an outcome; the driver asks for room on each
+        lane.has_room()
+        item = outcomes.get(timeout=30)
+    return item
+
+
+def test_an_attempt_recalled_while_it_waits_in_a_worker_never_starts(tmp_path):
+    """A unit sent ahead, then abandoned (cancelled) before its turn, never runs."""
+    gate, ran = str(tmp_path / "gate"), str(tmp_path / "ran")
+    graph = Graph(
+        [
+            QuantumUnit("busy", lambda ctx: _wait_for_file(gate)),
+            QuantumUnit("queued", lambda ctx: Path(ran).write_text("started")),
+        ]
+    )
+    _run, lane, outcomes = _lane_sending_ahead(graph)
+    try:
+        lane.submit(0, 1)
+        assert lane.has_room()  # the worker is busy, but "queued" may wait behind "busy"
+        lane.submit(1, 1)
+        [worker] = lane._workers
+        assert list(worker.jobs) == [(0, 1), (1, 1)]
+        lane.abandon(1, 1)  # recalled: the worker is not killed
+        Path(gate).touch()
+        assert _next_outcome(lane, outcomes)[:3] == (0, 1, True)
+        deadline = time.monotonic() + 30
+        while worker.jobs:  # the worker acknowledges the recall
+            assert time.monotonic() < deadline
+            outcomes.get(timeout=30)
+        assert worker in lane._workers
+        assert not Path(ran).exists()
+    finally:
+        lane.close(cancel=True)
+
+
+def test_attempts_waiting_in_a_worker_that_dies_run_on_its_replacement(tmp_path):
+    """Only the running attempt fails with the worker; those sent ahead never started."""
+    gate = str(tmp_path / "gate")
+
+    def die(ctx):
+        _wait_for_file(gate)
+        os._exit(3)
+
+    graph = Graph([QuantumUnit("dies", die), QuantumUnit("after", lambda ctx: "ran")])
+    _run, lane, outcomes = _lane_sending_ahead(graph)
+    try:
+        lane.submit(0, 1)
+        lane.submit(1, 1)
+        assert len(lane._workers[0].jobs) == 2
+        Path(gate).touch()
+        died = _next_outcome(lane, outcomes)
+        assert died[:3] == (0, 1, False)
+        assert isinstance(died[3], WorkerDiedError)
+        assert _next_outcome(lane, outcomes) == (1, 1, True, "ran", None)
+    finally:
+        lane.close(cancel=True)
+
+
+def test_a_unit_with_a_timeout_or_a_limit_is_never_sent_ahead(tmp_path):
+    """Their timeout and slots count from the real start: they wait for an idle worker."""
+    gate = str(tmp_path / "gate")
+    graph = Graph(
+        [
+            QuantumUnit("busy", lambda ctx: _wait_for_file(gate)),
+            QuantumUnit("timed", lambda ctx: 1, timeout=30),
+            QuantumUnit("limited", lambda ctx: 2, limits={"api": 1}),
+            QuantumUnit("plain", lambda ctx: 3),
+        ]
+    )
+    run, lane, outcomes = _lane_sending_ahead(graph)
+    try:
+        sched = run.scheduler
+        assert sched.start_next(run.clock()) == 0
+        lane.submit(0, 1)
+        assert sched.peek_next() == 1
+        assert not lane.has_room()  # "timed" is next: it waits for the worker
+        assert not lane._may_send_ahead(2)
+        assert lane._may_send_ahead(3)
+        Path(gate).touch()
+        assert _next_outcome(lane, outcomes)[:3] == (0, 1, True)
+    finally:
+        lane.close(cancel=True)
+
+
+def test_nothing_is_sent_ahead_while_a_hook_listens_to_starts():
+    """A start event must not come before the start: with a start hook, one attempt each."""
+
+    class Starts(Instrument):
+        def unit_started(self, event):
+            pass
+
+    graph = Graph([QuantumUnit("a", lambda ctx: 1), QuantumUnit("b", lambda ctx: 2)])
+    run = Run(graph, {}, mode="process", max_workers=1, instruments=[Starts()])
+    lane = ProcessLane(1)
+    lane.open(run, queue.SimpleQueue().put)
+    try:
+        lane._typical_seconds = 0.0
+        assert not lane._may_send_ahead(1)
+    finally:
+        lane.close(cancel=True)
+
+
+def test_an_attempt_sent_ahead_records_its_real_start(tmp_path):
+    """The recorded start of an attempt that waited in a worker is when it really began."""
+    graph = Graph(
+        [QuantumUnit("slow", lambda ctx: time.sleep(0.3)), QuantumUnit("next", lambda ctx: 1)]
+    )
+    run, lane, outcomes = _lane_sending_ahead(graph)
+    try:
+        sched = run.scheduler
+        for i in (0, 1):
+            sched.start_next(run.clock())
+            lane.submit(i, 1)
+        sent = sched.started[1]
+        for _ in range(2):
+            i, attempt, ok, _, _ = _next_outcome(lane, outcomes)
+            assert ok
+            lane.settled(i, attempt)
+        assert sched.started[1] >= sched.started[0] + 0.3 > sent + 0.2
+    finally:
+        lane.close(cancel=True)
+
+
 ORPHANED_WORKER_PROGRAM = textwrap.dedent(
     """
     import os, sys, time
@@ -446,6 +612,41 @@ def test_a_cpu_unit_of_a_mixed_run_raising_keyboardinterrupt_fails_only_itself()
     error = p.units["cpu_boom"].error
     assert type(error) is KeyboardInterrupt
     assert str(error) == "in a worker"
+
+
+def test_a_worker_imports_little_before_it_is_ready():
+    """The worker program leaves out the modules a worker's start-up need not pay for."""
+    code = "import sys; from quantum_partitioner._process_worker import main; print(*sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    heavy = {"typing", "inspect", "multiprocessing", "cloudpickle", "threading", "re", "enum"}
+    heavy |= {"asyncio", "traceback", "pickle", "runpy", "importlib.util"}
+    assert heavy.isdisjoint(done.stdout.split())
+
+
+def test_frames_split_or_bunched_in_the_pipe_come_out_whole():
+    """One read may hold a frame's part or several frames: each comes out once, in order."""
+    read_fd, write_fd = os.pipe()
+    try:
+        reader = FrameReader(read_fd)
+        big = bytes(range(256)) * 1000  # longer than one read, and than the pipe holds
+        payloads = [b"first", b"", big, b"last"]
+        writer = threading.Thread(target=lambda: [send_frame(write_fd, x) for x in payloads])
+        writer.start()
+        frames: list[bytes] = []
+        while len(frames) < len(payloads):
+            frames += reader.read()
+        writer.join()
+        assert frames == payloads
+        os.close(write_fd)
+        write_fd = -1
+        with pytest.raises(EOFError):
+            reader.read()
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
 
 
 def test_missing_cloudpickle_names_the_package_to_install(monkeypatch):

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import itertools
 import logging
 import queue
@@ -69,7 +68,7 @@ from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from .._context import PAUSES_KEY, ExecutionContext
+from .._context import PAUSES_KEY, ExecutionContext, call_unit_function
 from .._errors import BrokenBackendError, InternalError
 from .._events import UnitFinished
 from .._graph import UnitState
@@ -158,9 +157,7 @@ def run_attempt(  # noqa: PLR0917 - called by Dask with positional arguments onl
         context, results, unit_id, attempt, mode, watch, -1, upstream_errors, item
     )
     try:
-        value = function(ctx)
-        if inspect.iscoroutine(value):  # an async def unit, or a function that returned one
-            value = asyncio.run(value)
+        value = call_unit_function(function, ctx)
         check_sendable(unit_id, value, "the Dask worker", _serialize)
     except BaseException as error:  # it must fail the unit, not the worker
         carried = carried_failure(error, ctx.metrics)

@@ -25,12 +25,11 @@ the caller.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from .._context import call_unit_function
 from .._errors import UnitInterrupt, interrupts_run
 from ._base import carried_failure, check_sendable
 from ._lanes import FutureLane, LaneBackend
@@ -63,17 +62,16 @@ def call_unit(
     back raises ``TypeError`` naming the unit: one the standard pickle refuses, unless
     ``serialize`` (how the executor sends results, if not with that pickle) accepts it.
     """
-    is_async = inspect.iscoroutinefunction(function)
     if caller_pid == os.getpid():
         try:
-            value = asyncio.run(function(ctx)) if is_async else function(ctx)
+            value = call_unit_function(function, ctx)
         except BaseException as error:
             if interrupts_run(error):
                 raise UnitInterrupt(error) from None
             raise
         return True, value, ctx.metrics
     try:
-        value = asyncio.run(function(ctx)) if is_async else function(ctx)
+        value = call_unit_function(function, ctx)
         check_sendable(ctx.unit_id, value, "the executor's worker process", serialize)
     except BaseException as error:  # it must fail the unit, not the executor's worker
         carried = carried_failure(error, ctx.metrics)

@@ -53,6 +53,8 @@ class Lane(ABC):
 
     #: The name units see as ``ctx.environment["execution_mode"]``.
     name = "lane"
+    #: Its place among its backend's lanes: the scheduler's ready queue it starts from.
+    index = 0
     #: Whether attempts go through ``Run.call`` (which consults the run's cache itself);
     #: otherwise the driver looks results up before ``submit`` and stores them after.
     calls_in_process = False
@@ -69,7 +71,11 @@ class Lane(ABC):
         """Start attempt ``attempt`` of unit ``i``; post its outcome when it ends."""
 
     def settled(self, i: int, attempt: int) -> None:  # noqa: B027 - optional hook
-        """The driver received the outcome of that attempt: its slot is free."""
+        """The driver received the outcome of that attempt: its slot is free.
+
+        Called before the outcome is applied: a lane that knows when the attempt really
+        started (a worker process stamps it) may set ``run.scheduler.started[i]``.
+        """
 
     def abandon(self, i: int, attempt: int) -> None:  # noqa: B027 - optional hook
         """Stop that attempt if possible (timeout, cancel); its outcome will be ignored."""
@@ -162,6 +168,8 @@ class LaneBackend(Backend):
         if not lanes:
             raise ValueError("a LaneBackend needs at least one lane")
         self.lanes = list(lanes)
+        for k, lane in enumerate(self.lanes):
+            lane.index = k
         self.lane_for = lane_for
         self.name = name or self.lanes[0].name
 

@@ -1,4 +1,4 @@
-"""PROCESS: attempts run in worker processes, one attempt per worker at a time.
+"""PROCESS: attempts run in worker processes, each running one attempt at a time.
 
 Why not ``ProcessPoolExecutor`` or loky: both hand work to a shared queue, so when a worker
 dies every in-flight future is failed and nobody knows which unit killed it, and neither can
@@ -14,11 +14,27 @@ stop one running call on a timeout. Here the driver knows which unit each worker
 * only a unit's own inputs travel per attempt (its dependencies' results); the caller's
   context is sent to each worker once per run, and each function once per worker.
 
-Workers are fresh interpreters (``python -m quantum_partitioner._process_worker``), started
+Workers are fresh interpreters (``python -c`` running ``_process_worker.main``), started
 in their own session so terminal signals reach only the parent, which stops them; they exit
 by themselves if the parent dies. Each worker imports the modules the run's functions come
 from, then reports ``ready`` before it gets work, so neither a unit's timeout nor its
 duration counts a worker's start-up (the trace shows it as its own slice).
+
+Sending ahead: while the run's attempts are short (a typical one under ``_SHORT_ATTEMPT``),
+the round trip to the driver between two attempts would leave a worker idle for much of the
+time, so up to ``_SEND_AHEAD`` attempts may wait in a busy worker behind the one it runs;
+it runs them in the order they came, which is the scheduler's. An idle worker is always
+preferred. Only attempts whose promises do not depend on when they start are sent ahead: no
+timeout and no named limit (both count from the real start), and only when no instrument
+listens to unit starts (its event would come early). The worker stamps each one's real
+start, which becomes the attempt's recorded start. One that is abandoned (cancelled, the run
+stopping) before its turn is recalled: the worker reads what has arrived before it starts
+each queued attempt, so it drops a recalled one, which never starts. (Should it have started
+before the recall was sent, because the attempt ahead of it had just ended, it runs to its
+end and its outcome is ignored, as an abandoned attempt's late answer; a worker that still
+holds attempts when the run ends is stopped.) Attempts waiting in a worker that
+dies never started: they go to its replacement. A worker sends each outcome as it ends; the
+reader takes every outcome that has arrived in one read.
 
 Each worker holds a *slot*, ``0 .. max_workers - 1``; a replacement takes the slot of the
 worker it replaces, and each attempt is recorded with its slot (``Run.attempt_workers``), so
@@ -47,11 +63,12 @@ import threading
 import time
 import weakref
 from collections import deque
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from .._errors import BrokenBackendError, WorkerDiedError, describe_exit
+from .._process_worker import FrameReader, send_frame
 from ._base import pool_size
 from ._lanes import Lane, LaneBackend
 
@@ -67,8 +84,16 @@ LOGGER = logging.getLogger("quantum_partitioner")
 
 #: Workers in a row that may exit before they are ready before the lane gives up.
 _MAX_FAILED_STARTS = 3
+#: How many attempts may wait in a worker behind the one it runs (sent ahead).
+_SEND_AHEAD = 4
+#: Attempts are sent ahead only while a typical one lasts less than this (seconds): for
+#: longer ones the round trip to the driver costs little, and a queue would only delay a
+#: unit that a free worker could start (and a higher priority that became ready).
+_SHORT_ATTEMPT = 0.002
 #: Seconds a worker may take to report ready (it imports little: well under one, normally).
 _START_TIMEOUT = 60.0
+#: What a worker's interpreter runs (see :mod:`.._process_worker`).
+_WORKER_PROGRAM = "from quantum_partitioner._process_worker import main; main()"
 #: How much of a worker's start-up stderr is kept (its end) for the error message.
 _START_LOG_BYTES = 4096
 
@@ -106,11 +131,13 @@ class _Worker:
         "functions",
         "has_context",
         "inbox",
-        "job",
+        "jobs",
         "late",
         "outbox",
         "process",
+        "reader",
         "ready",
+        "recalled",
         "slot",
         "spawned_at",
         "start_deadline",
@@ -122,8 +149,8 @@ class _Worker:
     def __init__(
         self,
         process: subprocess.Popen[bytes],
-        inbox: Connection,
-        outbox: Connection,
+        inbox: int,
+        outbox: int,
         start_stderr: int,
     ) -> None:
         #: Its place among the lane's workers, as traces name it ("process slot 1").
@@ -131,8 +158,9 @@ class _Worker:
         #: When it was started (the run's clock), until it is ready.
         self.spawned_at: float | None = None
         self.process = process
-        self.inbox = inbox  # we write attempts here
-        self.outbox = outbox  # the worker writes outcomes here
+        self.inbox = inbox  # we write attempts here (-1 once closed)
+        self.outbox = outbox  # the worker writes outcomes here (-1 once closed)
+        self.reader = FrameReader(outbox)
         #: The read end of the worker's stderr until it is ready (-1 once closed).
         self.start_stderr = start_stderr
         self.start_log = bytearray()
@@ -141,7 +169,12 @@ class _Worker:
         self.late = False  # killed for not being ready in time
         self.started = False  # it said it is ready once
         self.ready = False  # it may be given an attempt
-        self.job: tuple[int, int] | None = None
+        #: The attempts it was sent and has not answered, oldest first: the first that is
+        #: not recalled may be running, the others wait in the worker (sent ahead).
+        self.jobs: deque[tuple[int, int]] = deque()
+        #: Those of ``jobs`` recalled (abandoned before they started): dropped by the worker,
+        #: unless it had started them already (their outcome is then ignored).
+        self.recalled: set[tuple[int, int]] = set()
         self.has_context = False
         self.functions: set[int] = set()
 
@@ -188,6 +221,17 @@ class ProcessLane(Lane):
             self._functions: dict[int, tuple[Any, bytes | BaseException]] = {}
             self._closing = False
             self._held.clear()
+            #: Attempts sent ahead: their start is when the worker began them, stamped
+            #: there, kept here until the driver settles them.
+            self._sent_ahead: set[tuple[int, int]] = set()
+            self._started: dict[tuple[int, int], float] = {}
+            # Worker stamps are its time.perf_counter(); the run's clock may be another.
+            self._clock_offset = (
+                0.0 if run.clock is time.perf_counter else run.clock() - time.perf_counter()
+            )
+            self._send_ahead = not run.dispatcher.unit_started
+            #: A recent attempt's typical duration in a worker; none yet: do not send ahead.
+            self._typical_seconds = _SHORT_ATTEMPT
             self._failed_starts = 0
             self._broken = None
             for worker in self._workers:  # reused: each gets this run's context and functions
@@ -233,7 +277,9 @@ class ProcessLane(Lane):
         # The worker imports the caller's modules by name, so it gets the caller's path.
         env["PYTHONPATH"] = os.pathsep.join(p or str(Path.cwd()) for p in sys.path)
         env.update(self._preload)
-        command = [sys.executable, "-m", "quantum_partitioner._process_worker"]
+        # ``-c``, not ``-m``: running a module as ``__main__`` imports runpy and importlib's
+        # helpers first, a few milliseconds of every worker's start-up.
+        command = [sys.executable, "-c", _WORKER_PROGRAM]
         try:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 [*command, str(child_in), str(child_out), str(os.getpid()), str(console)],
@@ -250,12 +296,7 @@ class ProcessLane(Lane):
         finally:
             for fd in (child_in, child_out, start_w, console):
                 os.close(fd)
-        worker = _Worker(
-            process,
-            Connection(parent_out, readable=False),
-            Connection(parent_in, writable=False),
-            start_r,
-        )
+        worker = _Worker(process, parent_out, parent_in, start_r)
         taken = {w.slot for w in self._workers}
         worker.slot = next(
             name for k in range(1, len(taken) + 2) if (name := f"process slot {k}") not in taken
@@ -278,7 +319,7 @@ class ProcessLane(Lane):
                     worker.spawned_at = None
         if self.reuse and not cancel:
             with self._lock:
-                busy = [w for w in self._workers if w.job is not None]
+                busy = [w for w in self._workers if w.jobs]
             for worker in busy:  # cannot happen after a finished run; be safe anyway
                 _kill(worker)
             return
@@ -293,11 +334,11 @@ class ProcessLane(Lane):
             workers = list(self._workers)
         cancel = kill
         for worker in workers:
-            if cancel or worker.job is not None or not worker.ready:
+            if cancel or worker.jobs or not worker.ready:
                 _kill(worker)
             else:
                 with contextlib.suppress(OSError):
-                    worker.inbox.send_bytes(pickle.dumps(("stop",)))
+                    send_frame(worker.inbox, pickle.dumps(("stop",)))
         for worker in workers:
             try:
                 worker.process.wait(timeout=5)
@@ -307,8 +348,7 @@ class ProcessLane(Lane):
         self._wake_reader()
         self._reader.join(timeout=5)
         for worker in workers:
-            worker.inbox.close()
-            worker.outbox.close()
+            _close_pipes(worker)
             _close_start_stderr(worker)
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -319,7 +359,11 @@ class ProcessLane(Lane):
     # -- the driver's side -----------------------------------------------------------------
 
     def has_room(self) -> bool:
-        """Whether a started worker is idle (held attempts take idle workers first).
+        """Whether an attempt can go to a worker now (held attempts take idle workers first).
+
+        A started worker that is idle always has room. When attempts have been short lately,
+        one that runs an attempt has room too (up to ``_SEND_AHEAD`` waiting behind it) if
+        the next unit to start may be sent ahead (see :meth:`_may_send_ahead`).
 
         Raises:
             BrokenBackendError: Workers keep exiting before they are ready; says why.
@@ -328,37 +372,62 @@ class ProcessLane(Lane):
             with self._lock:
                 if self._broken is not None:
                     raise BrokenBackendError(self._broken)
-                idle = any(w.ready and w.job is None for w in self._workers)
+                idle = any(w.ready and not w.jobs for w in self._workers)
                 if not idle or not self._held:
-                    return idle
+                    return idle or (
+                        not self._held
+                        and self._may_send_ahead(self._run.scheduler.peek_next(self.index))
+                        and any(w.ready and len(w.jobs) <= _SEND_AHEAD for w in self._workers)
+                    )
                 i, attempt = self._held.popleft()
             self.submit(i, attempt)
 
+    def _may_send_ahead(self, i: int) -> bool:
+        """Whether unit ``i`` may wait in a busy worker (hold the lock).
+
+        Only when sending ahead pays (the run's attempts have been short, so the round trip
+        to the driver is a large part of each) and cannot change what the run promises: the
+        unit has no timeout and takes no limit (both count from the real start, which a
+        queued attempt has not had yet), and nobody listens to starts (a start event would
+        come before the start).
+        """
+        if i < 0 or not self._send_ahead or self._typical_seconds >= _SHORT_ATTEMPT:
+            return False
+        return self._run.scheduler.timeouts[i] is None and not self._run.graph.units[i].limits
+
     def submit(self, i: int, attempt: int) -> None:
-        """Send the attempt to an idle worker, or fail it if it cannot be pickled."""
+        """Send the attempt to an idle worker, or behind a busy one's; fail it if unpicklable."""
         run = self._run
         unit = run.graph.units[i]
         with self._lock:
-            worker = next((w for w in self._workers if w.ready and w.job is None), None)
+            worker = next((w for w in self._workers if w.ready and not w.jobs), None)
+            if worker is None and self._may_send_ahead(i):
+                worker = min(
+                    (w for w in self._workers if w.ready and len(w.jobs) <= _SEND_AHEAD),
+                    key=lambda w: len(w.jobs),
+                    default=None,
+                )
+                if worker is not None:  # its start is the worker's to say
+                    self._sent_ahead.add((i, attempt))
             if worker is None:  # the idle worker has_room() saw has died since
                 self._held.append((i, attempt))
                 return
-            worker.job = (i, attempt)
+            worker.jobs.append((i, attempt))
         run.attempt_workers[i, attempt] = worker.slot
         try:
             messages = self._messages_for(worker, i, attempt)
         except Exception as error:
             with self._lock:
-                worker.job = None
+                _forget(worker, (i, attempt))
             self._post((i, attempt, False, error, None))
             return
         try:
             for message in messages:
-                worker.inbox.send_bytes(message)
+                send_frame(worker.inbox, message)
         except OSError:  # the worker died before it had the attempt: it never started
             with self._lock:
-                if worker.job == (i, attempt):  # not yet failed by the reader: hold it
-                    worker.job = None
+                if (i, attempt) in worker.jobs:  # not yet failed by the reader: hold it
+                    _forget(worker, (i, attempt))
                     worker.ready = False
                     self._held.append((i, attempt))
         else:
@@ -392,7 +461,7 @@ class ProcessLane(Lane):
                 f"unit {name!r}: the result of its dependency {culprit!r} cannot be sent to "
                 f"a worker process: {error}"
             ) from error
-        messages.append(pickle.dumps(("run", key, name, attempt, blob)))
+        messages.append(pickle.dumps(("run", i, attempt, key, name, blob)))
         return messages
 
     def _function_blob(self, unit_id: str, function: Any) -> bytes:
@@ -414,16 +483,42 @@ class ProcessLane(Lane):
         return blob
 
     def abandon(self, i: int, attempt: int) -> None:
-        """Kill the worker running that attempt; a new one replaces it."""
+        """Stop that attempt: kill its worker if it may be running, else recall it."""
+        job = (i, attempt)
         with self._lock:
-            with contextlib.suppress(ValueError):
-                self._held.remove((i, attempt))  # held: it never started
-            for worker in self._workers:
-                if worker.job == (i, attempt):
-                    worker.job = None  # its death is expected: nothing to report
-                    worker.ready = False  # never hand it another attempt
-                    _kill(worker)
-                    return
+            self._started.pop(job, None)
+            self._sent_ahead.discard(job)
+            if job in self._held:
+                self._held.remove(job)  # held: it never started
+                return
+            worker = next((w for w in self._workers if job in w.jobs), None)
+            if worker is None:
+                return
+            if job == _running(worker):
+                worker.jobs.remove(job)  # its death is expected: nothing to report
+                self._hold_queued(worker)  # they never started: they go to other workers
+                worker.ready = False  # never hand it another attempt
+                _kill(worker)
+                return
+            worker.recalled.add(job)
+        with contextlib.suppress(OSError):  # a dead worker starts nothing either
+            send_frame(worker.inbox, pickle.dumps(("recall", i, attempt)))
+
+    def _hold_queued(self, worker: _Worker) -> None:
+        """Hold the attempts waiting in a worker that will not run them (hold the lock)."""
+        self._held.extend(job for job in worker.jobs if job not in worker.recalled)
+        worker.jobs.clear()
+        worker.recalled.clear()
+
+    def settled(self, i: int, attempt: int) -> None:
+        """Record when an attempt sent ahead really started: its worker's stamp.
+
+        (Others started when the driver sent them, which is what their timeout and limits
+        count from.)
+        """
+        started = self._started.pop((i, attempt), None)
+        if started is not None:
+            self._run.scheduler.started[i] = started
 
     # -- the reader thread -----------------------------------------------------------------
 
@@ -432,33 +527,39 @@ class ProcessLane(Lane):
             with self._lock:
                 if self._closing and not self._workers:
                     return
-                watched: dict[Connection | int, _Worker] = {w.outbox: w for w in self._workers}
+                # Each descriptor: its worker, and whether it is its outbox (else its
+                # start-up stderr).
+                watched: dict[int, tuple[_Worker, bool]] = {
+                    w.outbox: (w, True) for w in self._workers
+                }
                 for w in self._workers:
                     if w.start_stderr >= 0:
-                        watched[w.start_stderr] = w
+                        watched[w.start_stderr] = (w, False)
                 due = [w.start_deadline for w in self._workers if w.start_deadline is not None]
             timeout = max(0.0, min(due) - time.monotonic()) if due else None
             ready = wait([*watched, self._wake_r], timeout)
             if due:
                 self._kill_late_starters()
-            for conn in ready:
-                if conn == self._wake_r:
+            for fd in ready:
+                assert isinstance(fd, int)
+                if fd == self._wake_r:
                     with contextlib.suppress(OSError):
                         os.read(self._wake_r, 4096)
                     continue
-                if isinstance(conn, int):
-                    worker = watched[conn]
-                    if conn == worker.start_stderr:  # not closed (and reused) since
+                worker, is_outbox = watched[fd]
+                if not is_outbox:
+                    if fd == worker.start_stderr:  # not closed (and reused) since
                         _read_start_log(worker)
                     continue
-                assert isinstance(conn, Connection)
-                worker = watched[conn]
+                if fd != worker.outbox:  # buried (and its number reused) since
+                    continue
                 try:
-                    message = pickle.loads(conn.recv_bytes())  # noqa: S301 - our own worker
+                    frames = worker.reader.read()
                 except (EOFError, OSError):
                     self._bury(worker)
                     continue
-                self._receive(worker, message)
+                for frame in frames:
+                    self._receive(worker, pickle.loads(frame))  # noqa: S301 - our own worker
             with self._lock:
                 if self._closing and all(w.process.poll() is not None for w in self._workers):
                     return
@@ -483,13 +584,24 @@ class ProcessLane(Lane):
                 self._failed_starts = 0
             self._post(None)  # the driver may have work for it
             return
+        if kind == "recalled":
+            with self._lock:
+                _forget(worker, (message[1], message[2]))
+            self._post(None)  # the driver may have work for that worker now
+            return
+        _, i, attempt, started, ended = message[:5]
+        job = (i, attempt)
         with self._lock:
-            job, worker.job = worker.job, None
-        if job is None:
-            return  # an abandoned attempt's late answer
-        i, attempt = job
+            if job not in worker.jobs or job in worker.recalled:
+                _forget(worker, job)
+                return  # an abandoned attempt's late answer
+            _forget(worker, job)
+            if job in self._sent_ahead:
+                self._sent_ahead.discard(job)
+                self._started[job] = started + self._clock_offset
+            self._typical_seconds += (ended - started - self._typical_seconds) * 0.25
         if kind == "ok":
-            _, blob, metrics = message
+            _, _, _, _, _, blob, metrics = message
             try:
                 value = pickle.loads(blob)  # noqa: S301 - our own worker's bytes
             except Exception as error:
@@ -497,7 +609,7 @@ class ProcessLane(Lane):
                 return
             self._post((i, attempt, True, value, metrics))
         else:
-            self._post((i, attempt, False, _rebuild_error(message), message[4]))
+            self._post((i, attempt, False, _rebuild_error(message), message[8]))
 
     def _bury(self, worker: _Worker) -> None:
         """A worker's pipe closed: it died. Fail its attempt and start a replacement."""
@@ -510,7 +622,10 @@ class ProcessLane(Lane):
         with self._lock:
             if worker in self._workers:
                 self._workers.remove(worker)
-            job, worker.job = worker.job, None
+            job = _running(worker)
+            if job is not None:
+                worker.jobs.remove(job)
+            self._hold_queued(worker)  # they never started: they go to the replacement
             if not worker.started and not self._closing:
                 self._failed_start(worker, exitcode)
             if not self._closing and self._broken is None:
@@ -519,10 +634,9 @@ class ProcessLane(Lane):
                 except OSError as error:  # out of processes or descriptors
                     self._broken = f"cannot start a worker process: {error}"
                     LOGGER.exception("PROCESS backend: %s", self._broken)
-        worker.inbox.close()
-        worker.outbox.close()
-        if self._broken is not None:
-            self._post(None)  # the driver raises it at its next step
+        _close_pipes(worker)
+        if self._broken is not None or self._held:
+            self._post(None)  # the driver raises it, or hands the held attempts on
         if job is not None:
             i, attempt = job
             self._post(
@@ -586,6 +700,14 @@ def _drain_start_log(worker: _Worker) -> None:
     _close_start_stderr(worker)
 
 
+def _close_pipes(worker: _Worker) -> None:
+    for fd in (worker.inbox, worker.outbox):
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    worker.inbox = worker.outbox = -1
+
+
 def _close_start_stderr(worker: _Worker) -> None:
     if worker.start_stderr >= 0:
         with contextlib.suppress(OSError):
@@ -619,8 +741,20 @@ def _modules_of(run: Run) -> dict[str, str]:
     return {PRELOAD_VARIABLE: ",".join(sorted(modules))}
 
 
+def _running(worker: _Worker) -> tuple[int, int] | None:
+    """The attempt a worker may be running: its oldest one not recalled."""
+    return next((job for job in worker.jobs if job not in worker.recalled), None)
+
+
+def _forget(worker: _Worker, job: tuple[int, int]) -> None:
+    """The worker no longer holds that attempt (hold the lock)."""
+    with contextlib.suppress(ValueError):
+        worker.jobs.remove(job)
+    worker.recalled.discard(job)
+
+
 def _rebuild_error(message: tuple[Any, ...]) -> BaseException:
-    _, blob, description, text, _ = message
+    blob, description, text = message[5:8]
     error: BaseException
     try:
         error = pickle.loads(blob) if blob is not None else RemoteUnitError(description)  # noqa: S301
