@@ -875,6 +875,47 @@ def test_property_reruns_and_changes_recompute_exactly_what_they_should(spec, va
         assert counter.take() == {f"u{i}": 1 for i in spec.downstream(changed)}
 
 
+@PROPERTY_SETTINGS
+@given(runs=st.lists(st.lists(st.integers(0, 4), max_size=5), min_size=1, max_size=4))
+def test_property_a_map_recomputes_exactly_the_items_of_elements_it_has_not_seen(runs):
+    """Runs over changing lists (appends, removals, reorderings, duplicates, empty lists):
+    results equal an uncached run's; an element's item (and its item-wise child) runs once
+    ever, the first time it is met; the dependent of the map runs once per distinct list."""
+    counter = Counter()
+
+    def tool(ctx):
+        counter.hit(f"tool:{ctx.item}")
+        return ctx.item * 10
+
+    def summary(ctx):
+        counter.hit(f"summary:{ctx.item}")
+        return ctx.item + 1
+
+    def answer(ctx):
+        counter.hit("answer")
+        return sum(ctx["summary"])
+
+    metadata = cached(cache_keys=[])
+    with CachingQuantumPartitioner(default_execution_mode=SEQUENTIAL) as p:
+        p.add_unit(lambda ctx: ctx["docs"], name="plan", metadata={"cacheable": True})
+        p.add_map(tool, over="plan", name="tool", metadata=metadata)
+        p.add_map(summary, over="tool", name="summary", metadata=metadata)
+        p.add_unit(answer, ["summary"], name="answer", metadata=metadata)
+        seen: set[int] = set()
+        lists: set[tuple[int, ...]] = set()
+        for docs in runs:
+            results = p.execute({"docs": docs})
+            assert results["summary"] == [d * 10 + 1 for d in docs]
+            assert results["answer"] == sum(d * 10 + 1 for d in docs)
+            new = set(docs) - seen
+            expected = {f"tool:{d}": 1 for d in new} | {f"summary:{d * 10}": 1 for d in new}
+            if tuple(docs) not in lists:
+                expected["answer"] = 1
+            assert counter.take() == expected
+            seen |= new
+            lists.add(tuple(docs))
+
+
 # -- the SQLite store: damage, format, permissions ---------------------------------------------
 
 
