@@ -56,6 +56,7 @@ from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import light_units
 import report
 from shapes import SHAPES, fanout
 from workloads import burn, calibrate_burn
@@ -325,7 +326,7 @@ def rows_process_cpu(options: Options) -> list[Row]:
     units = QUICK_CPU_UNITS if options.n < 10_000 else CPU_UNITS
     cpu_ms = options.cpu_ms
     calibration = calibrate_burn(cpu_ms / 1000)
-    work = functools.partial(_burn_unit, calibration.loops)
+    work = functools.partial(light_units.timed_burn, calibration.loops)
     deps = fanout(units).deps
     deps.pop("sink")
     api = _api()
@@ -387,13 +388,6 @@ def rows_process_cpu(options: Options) -> list[Row]:
     return rows
 
 
-def _burn_unit(loops: int, ctx: Any) -> tuple[float, float]:
-    """The CPU unit: ``burn(loops)``; returns the CPU seconds (of its thread) and wall seconds."""
-    cpu, wall = time.thread_time(), time.perf_counter()
-    burn(loops)
-    return time.thread_time() - cpu, time.perf_counter() - wall
-
-
 def rows_process_noop(options: Options) -> list[Row]:
     n = options.process_n
     deps = fanout(n).deps
@@ -448,7 +442,6 @@ def rows_worker_start(repeat: int) -> list[Row]:
     that imports nothing (the worker's own start-up).
     """
     api = _api()
-    import light_units  # noqa: PLC0415 - the bench directory is on the path
 
     def bare() -> None:
         subprocess.run([sys.executable, "-c", "pass"], check=True)

@@ -14,6 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+# The CPU work lives with the unit functions that import next to nothing.
+from light_units import burn
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -36,14 +39,6 @@ class Workload:
 
 def noop(*_ignored: Any) -> None:
     """Do nothing (the sink of the cpu graph)."""
-
-
-def burn(loops: int, *_ignored: Any) -> int:
-    """Pure-Python CPU work that holds the GIL throughout: ``loops`` multiply-adds."""
-    total = 0
-    for i in range(loops):
-        total += i * i
-    return total
 
 
 async def async_noop(*_ignored: Any) -> None:

@@ -24,6 +24,7 @@ INTERNAL = {
     "quantum_partitioner._render": {
         "DECIDED_SKIP_COLOUR",
         "STATE_COLOURS",
+        "map_note",
         "to_dot",
         "to_mermaid",
         "unit_colour",
@@ -63,6 +64,7 @@ INTERNAL = {
     "quantum_partitioner.backends._base": {
         "CarriedBaseException",
         "carried_failure",
+        "pool_size",
         "check_sendable",
         "root_cause",
     },

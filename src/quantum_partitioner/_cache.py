@@ -68,6 +68,7 @@ _MISS: Final[tuple[bool, Any]] = (False, None)
 _UNKEYABLE: Final = b""
 _COMPLETED: Final = UnitState.COMPLETED
 _KEY_FORMAT: Final = b"quantum-partitioner cache key v1"
+_NO_NAMES: Final[frozenset[str]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,8 +242,9 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         known = self._fingerprints.get(unit.id)
         if known is not None and known[0] is unit.function and known[1] == ignore:
             return known[2]
+        names = frozenset(ignore) if ignore else _NO_NAMES
         try:
-            value = function_fingerprint(unit.function, frozenset(ignore), self._module_memo)
+            value = function_fingerprint(unit.function, names, self._module_memo)
         except UnfingerprintableError as error:
             raise TypeError(
                 f"unit {unit.id!r} is cacheable but its function cannot be fingerprinted: "

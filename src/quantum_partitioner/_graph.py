@@ -260,6 +260,15 @@ class QuantumUnit(Generic[T, R]):
         return None if record is None else record.end_time_of(self._index)
 
     @property
+    def item_states(self) -> dict[UnitState, int]:
+        """For a map, how many of its items are in each state after its last run.
+
+        Empty for other units, before a run, and for a map that created no items.
+        """
+        record = self._record()
+        return {} if record is None or self.over is None else record.item_states_of(self._index)
+
+    @property
     def execution_time(self) -> float | None:
         """Seconds the last attempt took; the original API's name for :meth:`get_execution_time`."""
         return self.get_execution_time()

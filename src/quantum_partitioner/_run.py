@@ -147,6 +147,8 @@ class Run:
             lane_of=lane_of,
             limits=limit_plan if limit_plan is not None else compile_limits(graph, self.limits),
         )
+        #: How many units were declared: the run's first units; map items come after.
+        self.declared_units = len(graph)
         # The scheduler's graph: for a graph with maps, a run-local copy that grows.
         graph = self.scheduler.graph
         self.graph = graph
@@ -743,6 +745,17 @@ class Run:
         if error is None:
             return None
         return "".join(traceback.format_exception(error))
+
+    def item_states_of(self, i: int) -> dict[UnitState, int]:
+        """For map ``i``, how many of its items are in each state ({} before it expanded)."""
+        sched = self.scheduler
+        items = sched.items_of.get(i)
+        counts: dict[UnitState, int] = {}
+        if items is not None:
+            state = sched.state
+            for j in items:
+                counts[state[j]] = counts.get(state[j], 0) + 1
+        return counts
 
     def attempt_of(self, i: int) -> int:
         """How many attempts unit ``i`` made."""

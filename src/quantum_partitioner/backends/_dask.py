@@ -61,6 +61,7 @@ import contextlib
 import itertools
 import logging
 import queue
+import time
 import uuid
 from collections.abc import Collection, Mapping
 from concurrent.futures import CancelledError, ThreadPoolExecutor
@@ -101,6 +102,29 @@ _DROPPED_STATES: Final = frozenset({UnitState.SKIPPED, UnitState.CANCELED})
 _CONNECTION_LOST: Final = "scheduler-connection-lost"
 #: Statuses of a done Dask future whose task did not produce a result.
 _UNFINISHED: Final = frozenset({"error", "cancelled"})
+
+
+#: How long results lost with their workers are waited for while the cluster has no worker.
+_NO_WORKERS_SECONDS: Final = 30.0
+
+
+class _LostResultError(RuntimeError):
+    """A completed unit's result died with its worker and no worker was left to recompute it."""
+
+
+class _Lost:
+    """A stand-in for a future whose result is lost: ``result()`` raises why."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> Any:
+        raise self.error
 
 
 def load_distributed() -> Any:
@@ -830,8 +854,16 @@ class _DaskRun:
         self.outcomes.put(_Fetched(batch, outputs))
 
     def _gather(self, futures: list[Any]) -> list[UnitOutput | BaseException]:
-        """Gather outputs in one call; if that fails, one by one, keeping each error."""
+        """Gather outputs in one call; if that fails, one by one, keeping each error.
+
+        A result whose worker died is recomputed by Dask, which needs a worker: while the
+        cluster has none for :data:`_NO_WORKERS_SECONDS`, the results not yet here are
+        given up (an error each) instead of waiting for ever.
+        """
+        futures = self._wait_while_workers(futures)
         try:
+            if any(type(future) is _Lost for future in futures):
+                raise _LostResultError  # noqa: TRY301 - take the one-by-one path below
             return list(self.client.gather(futures))
         except Exception:
             outputs: list[UnitOutput | BaseException] = []
@@ -841,6 +873,32 @@ class _DaskRun:
                 except Exception as error:
                     outputs.append(error)
             return outputs
+
+    def _wait_while_workers(self, futures: list[Any]) -> list[Any]:
+        """``futures`` once done, or once the cluster has had no worker for a while.
+
+        Then each one still pending is replaced by a stand-in whose ``result()`` says so.
+        """
+        wait = load_distributed().wait
+        workerless_since: float | None = None
+        while True:
+            try:
+                wait(futures, timeout=1.0)
+            except TimeoutError:
+                pass
+            else:
+                return futures
+            if self.client.scheduler_info().get("workers"):
+                workerless_since = None
+                continue
+            now = time.monotonic()
+            if workerless_since is None:
+                workerless_since = now
+            elif now - workerless_since >= _NO_WORKERS_SECONDS:
+                lost = _LostResultError(
+                    f"the cluster had no worker for {_NO_WORKERS_SECONDS:g} s to recompute it"
+                )
+                return [f if f.done() else _Lost(lost) for f in futures]
 
     def _receive(self, item: _Fetched | _Paused) -> None:
         """News from the client's loop that is no attempt's outcome."""

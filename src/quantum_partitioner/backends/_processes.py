@@ -243,6 +243,8 @@ class ProcessLane(Lane):
             self._preload = _modules_of(run)
             for _ in range(pool_size(run.graph, self.size) - len(self._workers)):
                 self._spawn()
+            #: How many workers the run keeps: one that dies is replaced.
+            self._wanted = len(self._workers)
         if starting:
             self._reader = threading.Thread(
                 target=self._read, name="quantum-partitioner-process-reader", daemon=True
@@ -361,6 +363,8 @@ class ProcessLane(Lane):
     def has_room(self) -> bool:
         """Whether an attempt can go to a worker now (held attempts take idle workers first).
 
+        Replaces the workers that died first.
+
         A started worker that is idle always has room. When attempts have been short lately,
         one that runs an attempt has room too (up to ``_SEND_AHEAD`` waiting behind it) if
         the next unit to start may be sent ahead (see :meth:`_may_send_ahead`).
@@ -370,6 +374,7 @@ class ProcessLane(Lane):
         """
         while True:
             with self._lock:
+                self._replace_dead()
                 if self._broken is not None:
                     raise BrokenBackendError(self._broken)
                 idle = any(w.ready and not w.jobs for w in self._workers)
@@ -381,6 +386,15 @@ class ProcessLane(Lane):
                     )
                 i, attempt = self._held.popleft()
             self.submit(i, attempt)
+
+    def _replace_dead(self) -> None:
+        """Start a worker for each that died (hold the lock)."""
+        while not self._closing and self._broken is None and len(self._workers) < self._wanted:
+            try:
+                self._spawn()
+            except OSError as error:  # out of processes or descriptors
+                self._broken = f"cannot start a worker process: {error}"
+                LOGGER.exception("PROCESS backend: %s", self._broken)
 
     def _may_send_ahead(self, i: int) -> bool:
         """Whether unit ``i`` may wait in a busy worker (hold the lock).
@@ -612,7 +626,11 @@ class ProcessLane(Lane):
             self._post((i, attempt, False, _rebuild_error(message), message[8]))
 
     def _bury(self, worker: _Worker) -> None:
-        """A worker's pipe closed: it died. Fail its attempt and start a replacement."""
+        """A worker's pipe closed: it died. Fail its attempt; the driver replaces it.
+
+        The driver starts the replacement (:meth:`has_room`) after it has recorded this
+        failure, so the replacement's start-up never begins before the attempt's end.
+        """
         try:
             exitcode = worker.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -628,20 +646,15 @@ class ProcessLane(Lane):
             self._hold_queued(worker)  # they never started: they go to the replacement
             if not worker.started and not self._closing:
                 self._failed_start(worker, exitcode)
-            if not self._closing and self._broken is None:
-                try:
-                    self._spawn()
-                except OSError as error:  # out of processes or descriptors
-                    self._broken = f"cannot start a worker process: {error}"
-                    LOGGER.exception("PROCESS backend: %s", self._broken)
+            closing = self._closing
         _close_pipes(worker)
-        if self._broken is not None or self._held:
-            self._post(None)  # the driver raises it, or hands the held attempts on
         if job is not None:
             i, attempt = job
             self._post(
                 (i, attempt, False, WorkerDiedError(self._run.graph.names[i], exitcode), None)
             )
+        elif not closing:
+            self._post(None)  # the driver replaces it (or raises why it cannot)
 
     def _kill_late_starters(self) -> None:
         """Kill the workers not ready in time: the reader buries them as failed starts."""
