@@ -782,6 +782,19 @@ def test_a_run_served_from_the_cache_runs_and_writes_nothing(backend, tmp_path):
         assert {entry.unit: entry.created for entry in p.cache.entries()} == created
 
 
+def test_map_items_are_cached_one_by_one(client, tmp_path):
+    """On Dask too: one element appended recomputes its item and item-wise child only."""
+    cacheable = {"cacheable": True, "cache_keys": []}
+    with CachingQuantumPartitioner(cache_path=tmp_path / "results.sqlite") as p:
+        p.add_unit(lambda ctx: ctx["docs"], name="plan", metadata={"cacheable": True})
+        p.add_map(lambda ctx: ctx.item * 10, over="plan", name="tool", metadata=cacheable)
+        p.add_map(lambda ctx: ctx.item + 1, over="tool", name="summary", metadata=cacheable)
+        backend = DaskBackend(client)
+        assert p.execute({"docs": [1, 2]}, backend=backend)["summary"] == [11, 21]
+        assert p.execute({"docs": [1, 2, 3]}, backend=backend)["summary"] == [11, 21, 31]
+        assert (p.cache_hits, p.cache_misses) == (4, 5 + 3)  # plan, tool[2], summary[2]
+
+
 def test_a_closed_client_is_refused_before_anything_runs(cluster, tmp_path):
     """A run on a closed client raises BrokenBackendError; no unit ran."""
     closed = distributed.Client(cluster, set_as_default=False)
