@@ -66,7 +66,6 @@ INTERNAL = {
         "carried_failure",
         "pool_size",
         "check_sendable",
-        "pool_size",
         "root_cause",
     },
     "quantum_partitioner.backends._pool": {"DaemonPool", "default_thread_workers"},

@@ -612,10 +612,8 @@ class _RunCache:
                     expected.append(digest(b"%s\0item\0k%s" % (base, own)))
             return expected
         for j in items:
-            place = run.item_of(j)
-            assert place is not None
             try:
-                key = digest(b"%s\0item\0v%s" % (base, fingerprint(place[1])))
+                key = digest(b"%s\0item\0v%s" % (base, _item_digest(run, j)))
             except UnfingerprintableError:
                 continue  # its lookup says why
             ahead[j] = key
@@ -635,9 +633,7 @@ class _RunCache:
             try:
                 if parent is not None:  # a map over a map: the item it follows
                     return digest(b"%s\0item\0%s" % (base, self._part_of(run, parent)))
-                place = run.item_of(i)
-                assert place is not None
-                return digest(b"%s\0item\0v%s" % (base, fingerprint(place[1])))
+                return digest(b"%s\0item\0v%s" % (base, _item_digest(run, i)))
             except (UnfingerprintableError, _UnkeyableInputError) as error:
                 if m not in self._warned:
                     self._warned.add(m)
@@ -741,3 +737,26 @@ class _RunCache:
             owner._count_trouble(error=True)
             return
         owner._count(write=True)
+
+
+def _item_digest(run: Run, i: int) -> bytes:
+    """The fingerprint of map item ``i``'s item.
+
+    Of its value here, or as its backend measured it where the value stays (Dask:
+    ``Run.item_digests``, filled when the run has a cache).
+
+    Raises:
+        UnfingerprintableError: The item has no fingerprint.
+    """
+    m, position = run.scheduler.item_of[i]
+    digests = run.item_digests.get(m)
+    if digests is not None:
+        measured = digests[position]
+        if measured is None:
+            raise UnfingerprintableError(f"item {position} of map {run.graph.names[m]!r}")
+        return measured
+    if run.count_items is not None:  # the items stayed where the list is, unmeasured
+        raise UnfingerprintableError(f"item {position} of map {run.graph.names[m]!r} is elsewhere")
+    place = run.item_of(i)
+    assert place is not None
+    return fingerprint(place[1])

@@ -213,6 +213,10 @@ class Run:
         #: the result never travels here, and raises what :func:`materialise` raised. The
         #: backend then hands each item its element itself (``item_of`` gives no value).
         self.count_items: Callable[[int, int], int] | None = None
+        #: For a map whose items stay where the result it maps over is (Dask): each item's
+        #: fingerprint, or None for one that has none, filled by ``count_items`` when the
+        #: run has a cache (items are keyed on their values, which never come here).
+        self.item_digests: dict[int, list[bytes | None]] = {}
         self._epoch_offset = time.time() - time.perf_counter()
         self.started_at = 0.0
         self.ended_at = 0.0

@@ -263,16 +263,34 @@ def _fetch_output(value: Any) -> Any:
     return value.value if type(value) is UnitOutput else value
 
 
-def measure_items(key: str, map_name: str, over_name: str, dask_worker: Any = None) -> int | None:
+def measure_items(
+    key: str, map_name: str, over_name: str, digests: bool, dask_worker: Any = None
+) -> tuple[int, list[bytes | None] | None] | None:
     """On a worker (``client.run``): how many items the output under ``key`` gives, if held.
 
-    Runs beside the worker's tasks, not in one of its threads: measuring never waits for a
-    free thread. Raises the :func:`materialise` error for a result that is not iterable.
+    With ``digests``, also each item's fingerprint (None for one that has none), for the
+    cache keys of the items: their values never travel to the caller. Runs beside the
+    worker's tasks, not in one of its threads: measuring never waits for a free thread.
+    Raises the :func:`materialise` error for a result that is not iterable.
     """
     data = dask_worker.data
     if key not in data:
         return None
-    return len(materialise(map_name, over_name, _value_of(data[key])))
+    items = materialise(map_name, over_name, _value_of(data[key]))
+    return len(items), item_digests(items) if digests else None
+
+
+def item_digests(items: list[Any]) -> list[bytes | None]:
+    """Each item's fingerprint, or None where it has none (its item then runs uncached)."""
+    from .._fingerprint import UnfingerprintableError, fingerprint  # noqa: PLC0415 - cache only
+
+    out: list[bytes | None] = []
+    for item in items:
+        try:
+            out.append(fingerprint(item))
+        except UnfingerprintableError:
+            out.append(None)
+    return out
 
 
 def list_items(map_name: str, over_name: str, output: Any) -> list[Any]:
@@ -569,22 +587,28 @@ class _DaskRun:
         names = self.run.graph.names
         map_name, over_name = names[m], names[over]
         source = self.run.scheduler.results[over]
+        cached = self.run.cache is not None
         if not isinstance(source, self.future_type):  # a cached or fallback value: here
             values = materialise(map_name, over_name, source)
             self.item_sources[m] = values
+            if cached:
+                self.run.item_digests[m] = item_digests(values)
             return len(values)
         if self.broken is not None:
             raise BrokenBackendError(f"map {map_name!r}: {self.broken}")
-        answers = self.client.run(measure_items, source.key, map_name, over_name)
-        counts = [count for count in answers.values() if count is not None]
-        if not counts:
+        answers = self.client.run(measure_items, source.key, map_name, over_name, cached)
+        measured = [answer for answer in answers.values() if answer is not None]
+        if not measured:
             raise BrokenBackendError(
                 f"map {map_name!r}: the result of {over_name!r} is lost from the Dask cluster"
             )
+        count, digests = measured[0]
+        if digests is not None:
+            self.run.item_digests[m] = digests
         self.item_sources[m] = self._submit_helper(
             f"{map_name}-items", m, list_items, map_name, over_name, source
         )
-        return int(counts[0])
+        return int(count)
 
     def _submit_helper(self, stem: str, i: int, function: Callable[..., Any], *args: Any) -> Any:
         """Submit a task that lists or picks items, at unit ``i``'s priority."""
