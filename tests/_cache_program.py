@@ -7,6 +7,10 @@ Usage:
   Each unit appends its name to ``LOG`` when it starts; ``d`` first waits until the results
   upstream of it are committed, and after logging until the file ``GATE`` exists. Prints
   one JSON line ``{"results": ..., "hits": ..., "misses": ...}``.
+* ``python _cache_program.py map STORE LOG BROKEN MODE``: ``plan`` returns four documents,
+  ``tool`` maps over it (its item ``BROKEN``, unless ``-``, raises), ``summary`` maps over
+  ``tool`` item by item, ``answer`` joins the summaries; every unit is cacheable and logs
+  ``name:item`` when it starts. Prints the same JSON line.
 * ``python _cache_program.py share STORE N BARRIER PARTIES``: ``N`` independent cacheable
   units in THREAD mode. Before running, the program creates a file in the directory
   ``BARRIER`` and waits until ``PARTIES`` files are there, so that several copies write the
@@ -83,6 +87,34 @@ def resume(store: str, log: str, gate: str, mode: str) -> dict[str, object]:
         return {"results": results, "hits": p.cache_hits, "misses": p.cache_misses}
 
 
+def map_unit(ctx):
+    """Log ``map:item``; fail on the broken item; else tag the item with the map's name."""
+    with Path(ctx["log"]).open("a", encoding="utf-8") as log:
+        log.write(f"{ctx.unit_id.partition('[')[0]}:{ctx.item}\n")
+    if ctx.item == ctx["broken"]:
+        msg = f"{ctx.item} is broken"
+        raise RuntimeError(msg)
+    return f"{ctx.unit_id.partition('[')[0]}({ctx.item})"
+
+
+def answer(ctx):
+    """Log, then join the summaries."""
+    log_start(ctx)
+    return " ".join(ctx["summary"])
+
+
+def mapped(store: str, log: str, broken: str, mode: str) -> dict[str, object]:
+    """Run plan -> tool (a map) -> summary (item-wise) -> answer once."""
+    no_context: dict[str, object] = {"cacheable": True, "cache_keys": []}
+    with CachingQuantumPartitioner(max_workers=2, cache_path=store) as p:
+        p.add_unit(lambda ctx: ["a", "b", "c", "d"], name="plan", metadata=no_context)
+        p.add_map(map_unit, over="plan", name="tool", metadata=no_context)
+        p.add_map(map_unit, over="tool", name="summary", metadata=no_context)
+        p.add_unit(answer, ["summary"], name="answer", metadata=no_context)
+        results = p.execute({"log": log, "broken": broken}, execution_mode=ExecutionMode(mode))
+        return {"results": results, "hits": p.cache_hits, "misses": p.cache_misses}
+
+
 def share(store: str, n: int, barrier: str, parties: int) -> dict[str, object]:
     """Wait for the other parties, then run ``n`` cacheable units on threads."""
     with CachingQuantumPartitioner(max_workers=4, cache_path=store) as p:
@@ -110,6 +142,8 @@ def main() -> None:
     command, *args = sys.argv[1:]
     if command == "resume":
         outcome = resume(*args)
+    elif command == "map":
+        outcome = mapped(*args)
     else:
         store, n, barrier, parties = args
         outcome = share(store, int(n), barrier, int(parties))

@@ -521,6 +521,45 @@ def test_a_hit_is_never_written_back(tmp_path, how):
         assert {entry.unit: entry.created for entry in p.cache.entries()} == created
 
 
+def one(ctx):
+    return 1
+
+
+def pair(ctx):
+    return [1, 2]
+
+
+def a_plus_one(ctx):
+    return ctx["a"] + 1
+
+
+def times_ten(ctx):
+    return ctx.item * 10
+
+
+@pytest.mark.parametrize(
+    "how", [*(m.name for m in ExecutionMode), "resource_balanced"], ids=lambda how: how
+)
+def test_a_hit_releases_a_map_and_a_conditioned_unit_in_every_mode(how):
+    """A hit that makes a map expand or a condition due, with nothing else running, goes on
+    (PROCESS and CUSTOM stopped with "no unit is ready, running or waiting")."""
+    with ThreadPoolExecutor(2) as executor, CachingQuantumPartitioner(max_workers=2) as p:
+        p.add_unit(one, name="a", metadata={"cacheable": True})
+        p.add_unit(a_plus_one, ["a"], name="b", when=lambda ctx: ctx["a"] == 1)
+        p.add_unit(pair, name="plan", metadata={"cacheable": True})
+        p.add_map(times_ten, over="plan", name="items")
+        expected = {"a": 1, "b": 2, "plan": [1, 2], "items": [10, 20]}
+        for _ in range(2):
+            if how == "resource_balanced":
+                results = p.execute_with_strategy({}, "resource_balanced")
+            else:
+                mode = ExecutionMode[how]
+                options = {"custom_executor": executor} if mode is ExecutionMode.CUSTOM else {}
+                results = p.execute({}, execution_mode=mode, **options)
+            assert {name: results[name] for name in expected} == expected
+        assert p.cache_hits == 2
+
+
 def test_aexecute_uses_the_cache(make):
     """await aexecute() consults the cache like execute()."""
     counter = Counter()
@@ -544,6 +583,176 @@ def test_mixed_lanes_use_the_cache(make):
     p.execute_with_strategy({"n": 2, "sq": 1}, "resource_balanced")
     assert p.execute_with_strategy({"n": 2, "sq": 1}, "resource_balanced") == {"cpu": 4, "io": 2}
     assert (p.cache_hits, p.cache_misses) == (2, 2)
+
+
+# -- maps: one key per item -------------------------------------------------------------------
+# plan -> tool (a map over plan, also declaring cfg) -> summary (item-wise) -> answer; count
+# (a dependent of the whole tool map). Every unit appends a line to the file ctx["log"] when
+# it runs (processes too), which is not one of its cache keys.
+
+
+def logged(ctx, line):
+    with open(ctx["log"], "a", encoding="utf-8") as log:  # noqa: PTH123 - O_APPEND: whole lines
+        log.write(line + "\n")
+
+
+def map_plan(ctx):
+    logged(ctx, "plan")
+    return list(ctx["docs"])
+
+
+def map_cfg(ctx):
+    logged(ctx, "cfg")
+    return ctx["suffix"]
+
+
+def map_tool(ctx):
+    logged(ctx, f"tool:{ctx.item}")
+    return ctx.item.upper() + ctx["cfg"]
+
+
+def map_tool_edited(ctx):
+    logged(ctx, f"tool:{ctx.item}")
+    return ctx.item.upper() + ctx["cfg"] + "*"
+
+
+def map_summary(ctx):
+    logged(ctx, f"summary:{ctx.item}")
+    return ctx.item.lower()
+
+
+def map_answer(ctx):
+    logged(ctx, "answer")
+    return "|".join(ctx["summary"])
+
+
+def map_count(ctx):
+    logged(ctx, "count")
+    return len(ctx["tool"])
+
+
+def mapped_agent(p):
+    p.add_unit(map_plan, name="plan", metadata={"cacheable": True, "cache_keys": ["docs"]})
+    p.add_unit(map_cfg, name="cfg", metadata={"cacheable": True, "cache_keys": ["suffix"]})
+    p.add_map(
+        map_tool, over="plan", name="tool", dependencies=["cfg"], metadata=cached(cache_keys=[])
+    )
+    p.add_map(map_summary, over="tool", name="summary", metadata=cached(cache_keys=[]))
+    p.add_unit(map_answer, ["summary"], name="answer", metadata=cached(cache_keys=[]))
+    p.add_unit(map_count, ["tool"], name="count", metadata=cached(cache_keys=[]))
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_map_items_are_keyed_by_their_item_not_their_index_nor_the_whole_list(tmp_path, mode):
+    """Appending a document recomputes its item (and item-wise downstream) only; reordering
+    recomputes no item; a declared dependency or the map's function recomputes every item; a
+    dependent of the map recomputes whenever its list changes."""
+    log = tmp_path / "log.txt"
+
+    def run(p, docs, suffix="-x"):
+        before = log.read_text().splitlines() if log.exists() else []
+        results = p.execute({"docs": docs, "suffix": suffix, "log": str(log)}, execution_mode=mode)
+        return results, sorted(log.read_text().splitlines()[len(before) :])
+
+    with CachingQuantumPartitioner(max_workers=2, cache_path=tmp_path / "c.sqlite") as p:
+        mapped_agent(p)
+        results, ran = run(p, ["a", "b"])
+        assert (results["answer"], results["count"]) == ("a-x|b-x", 2)
+        assert ran == sorted(
+            ["plan", "cfg", "tool:a", "tool:b", "summary:A-x", "summary:B-x", "answer", "count"]
+        )
+        assert run(p, ["a", "b"]) == (results, [])
+
+        results, ran = run(p, ["a", "b", "c"])
+        assert results["answer"] == "a-x|b-x|c-x"
+        assert ran == ["answer", "count", "plan", "summary:C-x", "tool:c"]
+
+        results, ran = run(p, ["c", "a", "b"])  # the same items at other indices
+        assert results["summary"] == ["c-x", "a-x", "b-x"]
+        assert ran == ["answer", "count", "plan"]  # the map's list is in a new order
+
+        results, ran = run(p, ["c", "a", "b"], suffix="-y")  # the map's declared dependency
+        assert results["answer"] == "c-y|a-y|b-y"
+        assert ran == sorted(
+            [
+                "cfg",
+                "tool:a",
+                "tool:b",
+                "tool:c",
+                "summary:A-y",
+                "summary:B-y",
+                "summary:C-y",
+                "answer",
+                "count",
+            ]
+        )
+
+        p.add_map(
+            map_tool_edited,
+            over="plan",
+            name="tool",
+            dependencies=["cfg"],
+            metadata=cached(cache_keys=[]),
+            replace=True,
+        )
+        results, ran = run(p, ["c", "a", "b"], suffix="-y")
+        assert results["answer"] == "c-y*|a-y*|b-y*"
+        assert ran == sorted(
+            [
+                "tool:a",
+                "tool:b",
+                "tool:c",
+                "summary:A-y*",
+                "summary:B-y*",
+                "summary:C-y*",
+                "answer",
+                "count",
+            ]
+        )
+
+        entries = {entry.unit for entry in p.cache_entries()}
+        assert entries == {"plan", "cfg", "tool", "summary", "answer", "count"}
+        assert p.clear_cache("tool") == 9  # 3 items, 3 versions: their entries are their map's
+        assert run(p, ["c", "a", "b"], suffix="-y") == (results, ["tool:a", "tool:b", "tool:c"])
+    assert p.cache_stats().skipped == 0
+
+
+def test_items_of_a_map_on_incomplete_inputs_or_unfingerprintable_items_run_uncached(
+    tmp_path, caplog
+):
+    """A map that started without all its inputs (a join rule) caches no item; an item with
+    no fingerprint runs uncached, logged once for its map and counted per item."""
+    log = tmp_path / "log.txt"
+    context = {"log": str(log)}
+
+    def broken(ctx):
+        raise RuntimeError("no config")
+
+    with CachingQuantumPartitioner() as p:
+        p.add_unit(lambda ctx: ["a", "b"], name="plan")
+        p.add_unit(broken, name="cfg")
+        p.add_map(
+            map_summary,
+            over="plan",
+            name="partial",
+            dependencies=["cfg"],
+            run_if="all_done",
+            metadata=cached(cache_keys=[]),
+        )
+        p.add_unit(lambda ctx: [threading.Lock(), threading.Lock()], name="locks")
+        p.add_map(lambda ctx: 1, over="locks", name="opaque", metadata=cached(cache_keys=[]))
+        for _ in range(2):
+            results = p.execute(context, execution_mode=SEQUENTIAL)
+            assert (results["partial"], results["opaque"]) == (["a", "b"], [1, 1])
+        assert sorted(log.read_text().splitlines()) == [
+            "summary:a",
+            "summary:a",
+            "summary:b",
+            "summary:b",
+        ]
+        stats = p.cache_stats()
+        assert (stats.hits, stats.writes, stats.skipped) == (0, 0, 4)
+    assert sum("map 'opaque'" in record.message for record in caplog.records) == 2  # once a run
 
 
 # -- properties --------------------------------------------------------------------------------
@@ -664,6 +873,47 @@ def test_property_reruns_and_changes_recompute_exactly_what_they_should(spec, va
         after = p.execute(context)
         assert after == uncached(spec, context, salts)
         assert counter.take() == {f"u{i}": 1 for i in spec.downstream(changed)}
+
+
+@PROPERTY_SETTINGS
+@given(runs=st.lists(st.lists(st.integers(0, 4), max_size=5), min_size=1, max_size=4))
+def test_property_a_map_recomputes_exactly_the_items_of_elements_it_has_not_seen(runs):
+    """Runs over changing lists (appends, removals, reorderings, duplicates, empty lists):
+    results equal an uncached run's; an element's item (and its item-wise child) runs once
+    ever, the first time it is met; the dependent of the map runs once per distinct list."""
+    counter = Counter()
+
+    def tool(ctx):
+        counter.hit(f"tool:{ctx.item}")
+        return ctx.item * 10
+
+    def summary(ctx):
+        counter.hit(f"summary:{ctx.item}")
+        return ctx.item + 1
+
+    def answer(ctx):
+        counter.hit("answer")
+        return sum(ctx["summary"])
+
+    metadata = cached(cache_keys=[])
+    with CachingQuantumPartitioner(default_execution_mode=SEQUENTIAL) as p:
+        p.add_unit(lambda ctx: ctx["docs"], name="plan", metadata={"cacheable": True})
+        p.add_map(tool, over="plan", name="tool", metadata=metadata)
+        p.add_map(summary, over="tool", name="summary", metadata=metadata)
+        p.add_unit(answer, ["summary"], name="answer", metadata=metadata)
+        seen: set[int] = set()
+        lists: set[tuple[int, ...]] = set()
+        for docs in runs:
+            results = p.execute({"docs": docs})
+            assert results["summary"] == [d * 10 + 1 for d in docs]
+            assert results["answer"] == sum(d * 10 + 1 for d in docs)
+            new = set(docs) - seen
+            expected = {f"tool:{d}": 1 for d in new} | {f"summary:{d * 10}": 1 for d in new}
+            if tuple(docs) not in lists:
+                expected["answer"] = 1
+            assert counter.take() == expected
+            seen |= new
+            lists.add(tuple(docs))
 
 
 # -- the SQLite store: damage, format, permissions ---------------------------------------------
@@ -1052,6 +1302,23 @@ def test_run_prefetches_the_keys_it_looks_up():
     store.looked_up.clear()
     p.execute()
     assert counter.take() == {"a": 1, "b": 1, "c": 1, "d": 2, "e": 1}
+    assert set(store.prefetched) < set(store.looked_up)
+
+
+def test_a_map_prefetches_its_items_keys_as_it_expands(tmp_path):
+    """plan -> tool (3 items) -> summary (item-wise) -> answer: every key the run looks up
+    is prefetched, the items' as their map expands; the map itself is never looked up."""
+    store = RecordingStore()
+    with CachingQuantumPartitioner(cache_store=store, default_execution_mode=SEQUENTIAL) as p:
+        mapped_agent(p)
+        context = {"docs": ["a", "b", "c"], "suffix": "-x", "log": str(tmp_path / "log")}
+        first = p.execute(context)
+        assert len(store.looked_up) == 2 + 3 + 3 + 2  # plan, cfg; items; answer, count
+        store.prefetched.clear()
+        store.looked_up.clear()
+        assert p.execute(context) == first
+    assert p.cache_hits == 10
+    assert len(store.prefetched) == 8  # answer and count key on the maps, known at run time
     assert set(store.prefetched) < set(store.looked_up)
 
 

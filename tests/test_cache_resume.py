@@ -105,6 +105,23 @@ def test_a_killed_run_resumes_without_recomputing_finished_units(tmp_path, mode)
     assert again["results"] == outcome["results"]
 
 
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_a_resumed_run_recomputes_only_the_unfinished_items_of_a_map(tmp_path, mode):
+    """tool[2] fails; the next run (a new process) recomputes it and what follows it only."""
+    store, log = tmp_path / "runs.sqlite", tmp_path / "log.txt"
+    first = finish(start("map", store, log, "c", mode))
+    ran = [*(f"tool:{d}" for d in "abcd"), *(f"summary:tool({d})" for d in "abd")]
+    assert sorted(log_lines(log)) == sorted(ran)
+    assert "answer" not in first["results"]
+    assert (first["hits"], first["misses"]) == (0, 8)  # plan, 4 tools, 3 summaries
+
+    before = len(log_lines(log))
+    outcome = finish(start("map", store, log, "-", mode))
+    assert log_lines(log)[before:] == ["tool:c", "summary:tool(c)", "answer"]
+    assert outcome["results"]["answer"] == " ".join(f"summary(tool({d}))" for d in "abcd")
+    assert (outcome["hits"], outcome["misses"]) == (7, 3)
+
+
 def test_two_processes_share_one_store(tmp_path):
     """Two runs writing the same store at the same time both succeed; a third hits them all."""
     store, barrier = tmp_path / "shared.sqlite", tmp_path / "barrier"

@@ -90,8 +90,14 @@ def test_provider_fanout_script(tmp_path):
     ]
     assert lines[5].startswith("3 providers answered in ")
     assert lines[5].endswith("(one after another: at least 90 ms)")
-    elapsed = int(lines[5].split()[4])
-    assert elapsed < 90  # in parallel, the fan-out takes about the slowest provider's time
+    # In parallel the fan-out takes about the slowest provider's time (40 ms); one after
+    # another it can never take under 90 ms. A loaded machine may stretch one run, so the
+    # best of three runs is what must be under that.
+    elapsed = [int(lines[5].split()[4])]
+    while min(elapsed) >= 90 and len(elapsed) < 3:
+        again = run_script("provider_fanout.py", cwd=tmp_path).stdout.splitlines()
+        elapsed.append(int(again[5].split()[4]))
+    assert min(elapsed) < 90, elapsed
 
 
 def test_provider_fanout_script_takes_a_query():

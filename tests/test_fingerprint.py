@@ -493,3 +493,29 @@ def test_a_build_memo_encodes_the_globals_of_distinct_closures_once(monkeypatch)
     assert sorted(key[0].co_name for key in memo.globals_parts) == ["scale", "unit"]  # once each
     exec("def scale(x):\n    return x * 3\n", vars(module))
     assert function_fingerprint(make(0), memo=memo) == function_fingerprint(make(0)) != prints[0]
+
+
+def test_closures_of_one_code_object_are_encoded_as_the_long_way_does(monkeypatch):
+    """After one closure, the others (plain values, ignored ones) get the very same bytes."""
+    module = user_module(monkeypatch, "qp_plain", "FACTOR = 2\n")
+    make = compile_function(
+        "def make(k, s, lock):\n"
+        "    def unit(ctx):\n"
+        "        return qp_plain.FACTOR * k, s, lock\n"
+        "    return unit\n",
+        {"qp_plain": module},
+        name="make",
+    )
+    values = [(1, "a"), (2.5, b"b"), (None, True), (float("nan"), "é"), ([1], "list")]
+    for ignore in (frozenset(), frozenset({"lock"})):
+        memo = _fingerprint.ModuleMemo()
+        made = [make(k, s, object() if ignore else 0) for k, s in values]
+        prints = [function_fingerprint(fn, ignore, memo) for fn in made]
+        assert prints == [function_fingerprint(fn, ignore) for fn in made]
+        assert len(set(prints)) == len(values)
+        assert memo.closures  # the closures after the first took the short way
+        module.FACTOR = 3  # a rebound module attribute is seen on the short way too
+        assert function_fingerprint(make(1, "a", 0), ignore, memo) == function_fingerprint(
+            make(1, "a", 0), ignore
+        )
+        module.FACTOR = 2

@@ -292,3 +292,33 @@ def test_plan_200k_units_600k_edges_quickly():
     for dependency, dependent in pairwise(path):
         assert graph.index[dependency] in graph.deps[graph.index[dependent]]
     assert graph.level[graph.index[path[0]]] == 0
+
+
+def test_the_plan_shows_maps_and_subgraphs():
+    """plan.maps names what each map maps over; plan.subgraphs lists each one's inner units."""
+    from quantum_partitioner.cli import _plan_lines  # noqa: PLC0415 - the CLI's plan text
+
+    inner = QuantumPartitioner()
+    inner.add_unit(lambda ctx: [1, 2], name="load")
+    inner.add_map(lambda ctx: ctx.item, over="load", name="parse")
+    deep = QuantumPartitioner()
+    deep.add_subgraph(inner, name="ingest")
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: ["a"], name="plan")
+    p.add_map(lambda ctx: ctx.item, over="plan", name="tool")
+    p.add_map(lambda ctx: ctx.item, over="tool", name="summary")
+    p.add_subgraph(deep, name="outer")
+    plan = p.build_execution_plan()
+    assert plan.maps == {
+        "tool": "plan",
+        "summary": "tool",
+        "outer.ingest.parse": "outer.ingest.load",
+    }
+    assert plan.subgraphs == {
+        "outer.ingest": ["outer.ingest.load", "outer.ingest.parse"],
+        "outer": ["outer.ingest.load", "outer.ingest.parse", "outer.ingest"],
+    }
+    text = "\n".join(_plan_lines(plan))
+    assert "maps             tool over plan, summary over tool, outer.ingest.parse over" in text
+    assert "subgraphs        outer.ingest (2 units), outer (3 units)" in text
+    assert QuantumPartitioner().build_execution_plan().subgraphs == {}

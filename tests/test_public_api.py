@@ -24,6 +24,7 @@ INTERNAL = {
     "quantum_partitioner._render": {
         "DECIDED_SKIP_COLOUR",
         "STATE_COLOURS",
+        "map_note",
         "to_dot",
         "to_mermaid",
         "unit_colour",
@@ -63,7 +64,9 @@ INTERNAL = {
     "quantum_partitioner.backends._base": {
         "CarriedBaseException",
         "carried_failure",
+        "pool_size",
         "check_sendable",
+        "pool_size",
         "root_cause",
     },
     "quantum_partitioner.backends._pool": {"DaemonPool", "default_thread_workers"},

@@ -161,3 +161,69 @@ def test_render_before_any_run_draws_the_plan(tmp_path):
     svg = qp.render(tmp_path / "plan.svg").read_text()
     assert ">only<" in svg
     assert STATE_COLOURS[UnitState.PENDING] in svg
+
+
+# -- maps: one node, its items by state ------------------------------------------------------
+
+
+def mapped(values):
+    """plan -> halve (a map: odd items fail) -> total (all_done)."""
+
+    def halve(ctx):
+        if ctx.item % 2:
+            raise ValueError("odd")
+        return ctx.item // 2
+
+    qp = QuantumPartitioner()
+    qp.add_unit(lambda ctx: values, name="plan")
+    qp.add_map(halve, over="plan", name="halve")
+    qp.add_unit(lambda ctx: sum(ctx["halve"]), ["halve"], name="total", run_if="all_done")
+    return qp
+
+
+def test_a_map_is_one_node_marked_as_a_map_before_a_run():
+    """Before a run the DOT and Mermaid pictures draw a map as one node saying what it maps over."""
+    plan = mapped([1, 2]).build_execution_plan()
+    nodes = dot_nodes(plan.visualize())
+    assert set(nodes) == {"plan", "halve", "total"}
+    assert 'shape=box3d, label="halve\\nmap over plan"' in nodes["halve"]
+    assert 'u1_halve[["halve<br/>map over plan"]]' in plan.to_mermaid()
+
+
+def test_after_a_run_a_map_of_thousands_of_items_is_one_node_with_its_counts_by_state():
+    """5,000 items: the pictures keep three nodes; the map's counts each state of its items."""
+    qp = mapped(list(range(5000)))
+    qp.execute(execution_mode=SEQ)
+    plan = qp.build_execution_plan()
+    dot = plan.visualize()
+    nodes = dot_nodes(dot)
+    assert set(nodes) == {"plan", "halve", "total"}
+    assert 'label="halve\\n5000 items: 2500 completed, 2500 failed"' in nodes["halve"]
+    assert f'fillcolor="{STATE_COLOURS[UnitState.FAILED]}"' in nodes["halve"]
+    assert "halve[" not in dot
+    mermaid = plan.to_mermaid()
+    assert '[["halve<br/>5000 items: 2500 completed, 2500 failed"]]' in mermaid
+    assert "halve[0]" not in mermaid
+    assert qp.units["halve"].item_states == {UnitState.COMPLETED: 2500, UnitState.FAILED: 2500}
+    assert qp.units["plan"].item_states == {}
+
+
+def test_a_map_with_no_items_or_that_never_expanded_says_so():
+    """Zero items: "0 items"; a map skipped because its input failed: what it maps over."""
+    qp = mapped([])
+    qp.execute(execution_mode=SEQ)
+    assert 'label="halve\\n0 items"' in dot_nodes(qp.build_execution_plan().visualize())["halve"]
+    qp.add_unit(boom, name="plan", replace=True)
+    qp.execute(execution_mode=SEQ)
+    node = dot_nodes(qp.build_execution_plan().visualize())["halve"]
+    assert 'label="halve\\nmap over plan"' in node
+    assert f'fillcolor="{STATE_COLOURS[UnitState.SKIPPED]}"' in node
+
+
+@needs_dot
+def test_render_draws_a_map_of_thousands_of_items(tmp_path):
+    """Graphviz draws the collapsed picture of a 5,000-item map."""
+    qp = mapped(list(range(5000)))
+    qp.execute(execution_mode=SEQ)
+    svg = qp.render(tmp_path / "g.svg").read_text()
+    assert "5000 items: 2500 completed, 2500 failed" in svg

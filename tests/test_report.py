@@ -271,3 +271,29 @@ def test_report_renders_in_a_headless_browser(report, tmp_path):
     colours = {bytes(p) for p in pixels}
     for state in (UnitState.COMPLETED, UnitState.FAILED, UnitState.TIMEOUT, UnitState.SKIPPED):
         assert bytes(hex_rgb(STATE_COLOURS[state])) in colours, state
+
+
+def test_a_map_of_ten_thousand_items_is_drawn_as_one_node_with_its_counts(tmp_path):
+    """The report draws the declared units: a 10,000-item map is one node, items by state."""
+
+    def check(ctx):
+        if ctx.item == 7:
+            raise ValueError("seven")
+        return ctx.item
+
+    qp = QuantumPartitioner()
+    qp.add_unit(lambda ctx: range(10_000), name="plan")
+    qp.add_map(check, over="plan", name="check")
+    qp.add_unit(lambda ctx: len(ctx["check"]), ["check"], name="count", run_if="all_done")
+    qp.execute(execution_mode=SEQ)
+    text = qp.write_report(tmp_path / "r.html").read_text(encoding="utf-8")
+    graph = re.search(r'<svg id="graph".*?</svg>', text, re.DOTALL)
+    assert graph is not None  # 10,003 units, 3 of them declared: it draws
+    nodes = re.findall(r"<g class=\"(unit|map)\"><title>([^<]*)</title>", graph[0])
+    assert [kind for kind, _ in nodes] == ["unit", "map", "unit"]
+    assert nodes[1][1] == "check (map): failed; 10000 items: 9999 completed, 1 failed"
+    assert "10000 items: 9999 completed, 1 failed</text>" in graph[0]
+    assert "check[" not in graph[0]
+    assert "check[7]" in text  # the table and the timeline still list every item
+    path = re.search(r'<ol id="critical-path">(.*?)</ol>', text, re.DOTALL)[1]
+    assert "<b>check[" in path  # the item the path went through, not the map

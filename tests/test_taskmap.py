@@ -9,7 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from quantum_partitioner import ExecutionPlan, Limit, UnitSkippedError, UnknownDependencyError
+from quantum_partitioner import (
+    ExecutionPlan,
+    Limit,
+    UnitSkippedError,
+    UnitState,
+    UnknownDependencyError,
+    at_least,
+)
 from quantum_partitioner.taskmap import (
     CircularDependency,
     CircularDependencyError,
@@ -362,6 +369,51 @@ def test_bad_task_options_and_limits_are_refused_naming_them():
     task_map = TaskMap({"a": (lambda ctx: 1, [], {"limits": ["nope"]})})
     with pytest.raises(ValueError, match=r"unit 'a' names the unknown limit 'nope'"):
         run_tasks(task_map)
+
+
+def test_a_task_map_declares_maps_conditions_and_join_rules_through_options():
+    """{"over": ...} makes a map; "when" and "run_if" are add_unit's condition and join rule."""
+    tasks = {
+        "plan": (lambda ctx: ["a", "b", "c"], []),
+        "prefix": (lambda ctx: ">", []),
+        "tool": (lambda ctx: ctx["prefix"] + ctx.item, ["prefix"], {"over": "plan"}),
+        "shout": (lambda ctx: ctx.item.upper(), [], {"over": "tool", "max_items": 5}),
+        "never": (lambda ctx: "ran", ["plan"], {"when": lambda ctx: len(ctx["plan"]) > 9}),
+        "report": (
+            lambda ctx: (ctx["shout"], sorted(ctx.upstream_errors)),
+            ["shout", "never"],
+            {"run_if": "none_failed"},
+        ),
+    }
+    task_map = TaskMap(tasks)
+    results = run_parallel_threads(task_map, max_workers=2)
+    assert results["tool"] == [">a", ">b", ">c"]
+    assert results["shout"] == [">A", ">B", ">C"]
+    assert results["report"] == ([">A", ">B", ">C"], ["never"])
+    assert "never" not in results
+    p = task_map.partitioner()
+    assert p.units["tool"].over == "plan"
+    assert p.units["shout"].max_items == 5
+    assert p.units["never"].state is UnitState.SKIPPED
+    assert p.build_execution_plan().graph.maps == {2: 0, 3: 2}
+
+
+def test_map_and_decision_options_are_checked_as_add_map_and_add_unit_check_them():
+    """Bad options for a map or a decision raise when the task map is built, naming the task."""
+    with pytest.raises(
+        TypeError, match=r"task 'm': unknown options \['cancel_rest'\]; use add_map"
+    ):
+        TaskMap({"m": (lambda ctx: 1, [], {"over": "p", "cancel_rest": True})})
+    with pytest.raises(TypeError, match=r"task 'a': unknown options \['max_items'\]; use add_unit"):
+        TaskMap({"a": (lambda ctx: 1, [], {"max_items": 3})})
+    with pytest.raises(ValueError, match=r"'m'.*at_least"):
+        TaskMap({"m": (lambda ctx: 1, ["x"], {"over": "p", "run_if": at_least(1)})})
+    with pytest.raises(ValueError, match=r"'m': a map cannot map over itself"):
+        TaskMap({"m": (lambda ctx: 1, [], {"over": "m"})})
+    with pytest.raises(ValueError, match=r"'a': unknown join rule 'most'"):
+        TaskMap({"a": (lambda ctx: 1, [], {"run_if": "most"})})
+    with pytest.raises(TypeError, match=r"'a': when= must be callable"):
+        TaskMap({"a": (lambda ctx: 1, [], {"when": True})})
 
 
 def test_a_task_map_in_place_of_a_function_is_a_subgraph():

@@ -420,3 +420,85 @@ def test_aexecute_records_and_exports_too(tmp_path):
         "async slot 3",
     }
     assert_tracks_are_sequential(doc)
+
+
+# -- maps: every item is a unit of the trace ------------------------------------------------
+
+
+def mapped_story():
+    """plan -> fetch (a map; item 1 fails after a retry) -> parse (item-wise) -> report.
+
+    fetch[1] fails for good, so parse[1] is skipped; report (all_done) still runs.
+    """
+    attempts = defaultdict(int)
+
+    def fetch(ctx):
+        attempts[ctx.index] += 1
+        if ctx.index == 1:
+            raise ConnectionError(f"no route to {ctx.item}")
+        time.sleep(0.002)
+        return ctx.item.upper()
+
+    qp = QuantumPartitioner(max_workers=2)
+    qp.add_unit(lambda ctx: ["a", "b", "c"], name="plan")
+    qp.add_map(fetch, over="plan", name="fetch", retries=1)
+    qp.add_map(lambda ctx: f"<{ctx.item}>", over="fetch", name="parse")
+    qp.add_unit(lambda ctx: ctx["parse"], ["parse"], name="report", run_if="all_done")
+    return qp
+
+
+@pytest.mark.parametrize("mode", [SEQ, ExecutionMode.THREAD])
+def test_every_map_item_is_in_the_trace_metrics_and_partial_results(tmp_path, mode):
+    """The trace, loaded back, has each item's attempts and skips; so do metrics and results."""
+    qp = mapped_story()
+    qp.execute(execution_mode=mode, trace=True)
+    doc = load_trace(qp, tmp_path)
+    got = sorted((e["args"]["unit"], e["args"]["attempt"], e["cat"]) for e in slices(doc))
+    assert got == [
+        ("fetch[0]", 1, "completed"),
+        ("fetch[1]", 1, "retried"),
+        ("fetch[1]", 2, "failed"),
+        ("fetch[2]", 1, "completed"),
+        ("parse[0]", 1, "completed"),
+        ("parse[2]", 1, "completed"),
+        ("plan", 1, "completed"),
+        ("report", 1, "completed"),
+    ]
+    skipped = [e["args"]["unit"] for e in doc["traceEvents"] if e.get("cat") == "skipped"]
+    assert skipped == ["parse[1]"]
+    metrics = qp.last_execution_metrics
+    items = {"fetch[0]", "fetch[1]", "fetch[2]", "parse[0]", "parse[2]"}
+    assert {"plan", "report", *items} == set(metrics["unit_times"])  # what ran
+    assert metrics["unit_times"]["fetch[1]"]["attempts"] == 2
+    assert metrics["total_units"] == 4 + 6
+    assert (metrics["completed_units"], metrics["failed_units"]) == (6, 3)  # fetch, parse fail
+    ends = {r["unit"] for r in metrics["execution_trace"] if r["event"] in {"skip", "error"}}
+    assert ends == {"fetch[1]", "parse[1]", "fetch", "parse"}
+    partial = qp.get_partial_results()
+    assert {k: partial[k] for k in ("fetch[0]", "fetch[2]", "parse[0]", "parse[2]")} == {
+        "fetch[0]": "A",
+        "fetch[2]": "C",
+        "parse[0]": "<A>",
+        "parse[2]": "<C>",
+    }
+    assert partial["report"] == ["<A>", "<C>"]  # all_done: the completed items' results
+
+
+def test_the_observed_critical_path_goes_through_the_item_that_ended_last():
+    """A map never runs: the path steps from its dependent to its last item, then upstream."""
+    from quantum_partitioner._trace import observed_critical_path  # noqa: PLC0415
+
+    qp = QuantumPartitioner(max_workers=2)
+    qp.add_unit(lambda ctx: [0.0, 0.05, 0.0], name="plan")
+    qp.add_map(lambda ctx: time.sleep(ctx.item) or ctx.index, over="plan", name="wait")
+    qp.add_map(lambda ctx: ctx.item, over="wait", name="echo")
+    qp.add_unit(lambda ctx: ctx["echo"], ["echo"], name="done")
+    qp.execute(execution_mode=ExecutionMode.THREAD)
+    run = qp._last_run
+    names = run.graph.names
+    assert [names[i] for i in observed_critical_path(run)] == [
+        "plan",
+        "wait[1]",
+        "echo[1]",
+        "done",
+    ]

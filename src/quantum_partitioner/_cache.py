@@ -14,6 +14,14 @@ of:
   results), else the fingerprint of the result it handed over (a non-cacheable unit, or a
   fallback value).
 
+A map's items (``tool[i]``) are keyed on the map's name, function, context part and
+version, the keys of the map's declared ``dependencies`` (as above), and their own item: the
+fingerprint of the item (a map over a unit), or the key of the item they follow (a map over
+a map; its result's fingerprint if it has no key). Neither the index nor the whole result
+mapped over is part of it, so appending one element to that result recomputes only the new
+element's item and its item-wise downstream. A map never runs, so it is never stored; its
+key, for its dependents, is its items' keys in item order.
+
 State per partitioner: the store, the function fingerprints by unit name, and the counters.
 State per run (:class:`_RunCache`): each unit's fixed key part, computed before any unit
 runs (so a context value that cannot be fingerprinted is reported then), and each unit's
@@ -24,6 +32,7 @@ both are thread-safe).
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 import threading
@@ -59,6 +68,7 @@ _MISS: Final[tuple[bool, Any]] = (False, None)
 _UNKEYABLE: Final = b""
 _COMPLETED: Final = UnitState.COMPLETED
 _KEY_FORMAT: Final = b"quantum-partitioner cache key v1"
+_NO_NAMES: Final[frozenset[str]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +136,9 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
     not affect the result (a counter, a lock, a client); ``metadata["cache_version"]`` is
     any plain value to bump by hand. Keys are content fingerprints (see docs/caching.md):
     editing a unit's function, a context value it reads or anything upstream of it
-    recomputes it and everything downstream, and nothing else.
+    recomputes it and everything downstream, and nothing else. A map's items are keyed on
+    their own item, not their index nor the whole result mapped over: one element added to
+    that result recomputes its item (and its item-wise downstream) only.
 
     Args:
         max_workers: As for :class:`QuantumPartitioner`.
@@ -230,8 +242,9 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         known = self._fingerprints.get(unit.id)
         if known is not None and known[0] is unit.function and known[1] == ignore:
             return known[2]
+        names = frozenset(ignore) if ignore else _NO_NAMES
         try:
-            value = function_fingerprint(unit.function, frozenset(ignore), self._module_memo)
+            value = function_fingerprint(unit.function, names, self._module_memo)
         except UnfingerprintableError as error:
             raise TypeError(
                 f"unit {unit.id!r} is cacheable but its function cannot be fingerprinted: "
@@ -331,13 +344,25 @@ def _combine(static: bytes, parts: list[tuple[str, bytes]]) -> bytes:
     return digest(b"".join(out))
 
 
+class _UnkeyableInputError(Exception):
+    """An input has no key and its result cannot be fingerprinted (the key cannot be made)."""
+
+    def __init__(self, index: int, error: UnfingerprintableError) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
+
+
 class _RunCache:
     """One run's keys; the engine's ``UnitCache`` (see the module docstring)."""
 
     __slots__ = (
+        "_ahead",
         "_context",
         "_context_digests",
         "_dep_order",
+        "_item_bases",
+        "_item_of",
         "_keys",
         "_names",
         "_narrowed",
@@ -345,6 +370,7 @@ class _RunCache:
         "_static",
         "_store",
         "_value_digests",
+        "_warned",
         "_whole_context",
     )
 
@@ -386,6 +412,14 @@ class _RunCache:
                 b"%s\0%d:%s%s%s%d:%s"
                 % (_KEY_FORMAT, len(name), name, function, context, len(version_part), version_part)
             )
+        # Each expanded cacheable map -> its items' shared key part (b"": they run uncached).
+        self._item_bases: dict[int, bytes] = {}
+        # Keys of items of a map over a unit, computed as it expands, until looked up.
+        self._ahead: dict[int, bytes] = {}
+        self._item_of = run.scheduler.item_of
+        self._warned: set[int] = set()  # maps whose items' trouble was logged
+        if graph.maps:
+            run.on_grow.append(functools.partial(self._grow, run))
         self._store.prefetch(self._expected_keys(graph))
 
     def _expected_keys(self, graph: Graph) -> list[bytes]:
@@ -395,9 +429,11 @@ class _RunCache:
         its part is then that dependency's own key (see ``_key_of``). Units downstream of a
         non-cacheable one key on a result, known only once it exists: they are left out.
         """
-        static, deps, names = self._static, graph.deps, self._names
+        static, deps, names, maps = self._static, graph.deps, self._names, graph.maps
         expected: list[bytes | None] = [None] * len(static)
         for i in graph.order:
+            if maps and i in maps:
+                continue  # a map's key is its items', known once they ran (see _map_key)
             own = static[i]
             if own is None or not deps[i]:
                 expected[i] = own  # not cacheable (None), or a root: its key is its own part
@@ -470,35 +506,172 @@ class _RunCache:
 
     def _key_of(self, run: Run, i: int, static: bytes) -> bytes:
         """Unit ``i``'s key, or ``_UNKEYABLE`` if a dependency's result has no fingerprint."""
+        if self._item_bases and i in self._item_of:
+            return self._item_key(run, i)
         deps = run.graph.deps[i]
         if not deps:
             return static
         names = self._names
-        sched = run.scheduler
+        try:
+            return self._with_inputs(run, static, self._dependency_order(i, deps))
+        except _UnkeyableInputError as unkeyable:
+            LOGGER.warning(
+                "unit %r runs without the cache: the result of its dependency %r "
+                "cannot be fingerprinted: %s",
+                names[i],
+                names[unkeyable.index],
+                unkeyable.error,
+            )
+            self._owner._count_trouble(skipped=True)
+            return _UNKEYABLE
+
+    def _with_inputs(self, run: Run, static: bytes, order: Sequence[int]) -> bytes:
+        """``static`` and each input in ``order``: its name and :meth:`_part_of`."""
+        names, keys, state = self._names, self._keys, run.scheduler.state
         parts = []
-        for j in self._dependency_order(i, deps):
-            own = self._keys[j]
-            if own and sched.state[j] is _COMPLETED:
-                part = b"k" + own
-            else:
-                value_digest = self._value_digests.get(j)
-                if value_digest is None:
-                    try:
-                        value_digest = fingerprint(sched.results[j])
-                    except UnfingerprintableError as error:
-                        LOGGER.warning(
-                            "unit %r runs without the cache: the result of its dependency %r "
-                            "cannot be fingerprinted: %s",
-                            names[i],
-                            names[j],
-                            error,
-                        )
-                        self._owner._count_trouble(skipped=True)
-                        return _UNKEYABLE
-                    self._value_digests[j] = value_digest
-                part = b"v" + value_digest
+        for j in order:
+            own = keys[j]
+            part = b"k" + own if own and state[j] is _COMPLETED else self._part_of(run, j)
             parts.append((names[j], part))
         return _combine(static, parts)
+
+    def _part_of(self, run: Run, j: int) -> bytes:
+        """What input ``j`` adds to a key: its key if it completed, else its result's fingerprint.
+
+        Raises:
+            _UnkeyableInputError: It has no key and its result cannot be fingerprinted.
+        """
+        sched = run.scheduler
+        own = self._keys[j]
+        if own is None and j in sched.items_of:  # a map: its items' keys, computed once
+            own = self._keys[j] = self._map_key(run, j)
+        if own and sched.state[j] is _COMPLETED:
+            return b"k" + own
+        value_digest = self._value_digests.get(j)
+        if value_digest is None:
+            try:
+                value_digest = fingerprint(sched.results[j])
+            except UnfingerprintableError as error:
+                raise _UnkeyableInputError(j, error) from None
+            self._value_digests[j] = value_digest
+        return b"v" + value_digest
+
+    # -- maps ------------------------------------------------------------------------------
+
+    def _grow(self, run: Run, items: range) -> None:
+        """A map got ``items``: room for them in the per-unit lists, and their shared part.
+
+        That part is computed now, while the map's declared dependencies are at hand; the
+        items of a map that started on incomplete inputs (a join rule) run uncached.
+        """
+        count = len(items)
+        if not count:
+            return
+        self._keys.extend([None] * count)
+        self._dep_order.extend([None] * count)
+        m = self._item_of[items.start][0]
+        static = self._static[m]
+        if static is not None and m in run.scheduler.partial_inputs:
+            static = None
+        self._static.extend([static] * count)
+        if static is None:
+            return
+        graph = run.graph
+        index, names = graph.index, graph.names
+        declared = [index[name] for name in graph.units[m].dependencies]
+        declared.sort(key=names.__getitem__)
+        try:
+            base = self._with_inputs(run, static, declared)
+        except _UnkeyableInputError as unkeyable:
+            LOGGER.warning(
+                "the items of map %r run without the cache: the result of its dependency %r "
+                "cannot be fingerprinted: %s",
+                names[m],
+                names[unkeyable.index],
+                unkeyable.error,
+            )
+            base = _UNKEYABLE
+        self._item_bases[m] = base
+        if base:
+            self._store.prefetch(self._keys_ahead(run, base, items))
+
+    def _keys_ahead(self, run: Run, base: bytes, items: range) -> list[bytes]:
+        """The keys ``items`` will be looked up under, for ``prefetch``.
+
+        An item of a map over a unit has its key now (kept for its lookup); an item of a
+        map over a map will have this one if the item it follows completes.
+        """
+        parents = run.scheduler.item_parent
+        keys, ahead = self._keys, self._ahead
+        expected = []
+        if items.start in parents:
+            for j in items:
+                parent = parents[j]
+                own = keys[parent] or ahead.get(parent)
+                if own:
+                    expected.append(digest(b"%s\0item\0k%s" % (base, own)))
+            return expected
+        for j in items:
+            place = run.item_of(j)
+            assert place is not None
+            try:
+                key = digest(b"%s\0item\0v%s" % (base, fingerprint(place[1])))
+            except UnfingerprintableError:
+                continue  # its lookup says why
+            ahead[j] = key
+            expected.append(key)
+        return expected
+
+    def _item_key(self, run: Run, i: int) -> bytes:
+        """Map item ``i``'s key: its map's shared part and its item's (never its index)."""
+        m = self._item_of[i][0]
+        base = self._item_bases[m]
+        if base:
+            key = self._ahead.pop(i, None)
+            if key is not None:
+                return key
+            sched = run.scheduler
+            parent = sched.item_parent.get(i)
+            try:
+                if parent is not None:  # a map over a map: the item it follows
+                    return digest(b"%s\0item\0%s" % (base, self._part_of(run, parent)))
+                place = run.item_of(i)
+                assert place is not None
+                return digest(b"%s\0item\0v%s" % (base, fingerprint(place[1])))
+            except (UnfingerprintableError, _UnkeyableInputError) as error:
+                if m not in self._warned:
+                    self._warned.add(m)
+                    LOGGER.warning(
+                        "items of map %r run without the cache: an item cannot be "
+                        "fingerprinted (%r first): %s",
+                        self._names[m],
+                        self._names[i],
+                        error,
+                    )
+        self._owner._count_trouble(skipped=True)
+        return _UNKEYABLE
+
+    def _map_key(self, run: Run, m: int) -> bytes:
+        """Map ``m``'s key, for its dependents: the parts of its list's items, in item order.
+
+        ``_UNKEYABLE`` when the map is not cacheable or did not complete (its dependents
+        then fall back to the fingerprint of its result, or are not cached at all).
+        """
+        if self._static[m] is None:
+            return _UNKEYABLE
+        sched = run.scheduler
+        state, fallbacks = sched.state, sched.fallbacks
+        parts = [b"map"]
+        for j in sched.items_of[m]:
+            if state[j] is UnitState.SKIPPED:  # left out of the map's list
+                continue
+            if state[j] is not _COMPLETED and j not in fallbacks:
+                return _UNKEYABLE
+            try:
+                parts.append(self._part_of(run, j))
+            except _UnkeyableInputError:
+                return _UNKEYABLE
+        return digest(b"\0".join(parts))
 
     def lookup(self, run: Run, i: int) -> tuple[bool, Any]:
         """``(True, result)`` if unit ``i``'s result for its current inputs is stored."""
@@ -558,8 +731,11 @@ class _RunCache:
             )
             owner._count_trouble(skipped=True)
             return
+        item_of = self._item_of
+        # An item's entry is its map's (clear_cache("tool")): another item may be served it.
+        unit = self._names[item_of[i][0] if item_of and i in item_of else i]
         try:
-            self._store.put(key, self._names[i], payload)
+            self._store.put(key, unit, payload)
         except Exception as error:
             LOGGER.warning("unit %r: result not cached: %s", self._names[i], error)
             owner._count_trouble(error=True)

@@ -201,16 +201,20 @@ class ModuleMemo:
       object, globals namespace and ignored names: distinct closures of one function
       (``make_unit(k)`` called per unit) differ only in their closure values, so the rest
       is encoded once.
+    * ``closures``: by code object, globals namespace and ignored names, what such closures
+      share once one of them went the long way (the code's bytes, the variables' names, its
+      globals part): a closure without defaults whose values are plain (numbers, strings,
+      bytes, None) is then encoded without an encoder pass, to the very same bytes.
 
-    The last two keep the reads they were made from (``_Observed``: which global,
-    default, closure cell or module attribute held which object) and are used only while
-    every one still holds the same object, so rebinding any of them is seen, as in
-    ``entries``; a value changed in place within one build is not.
+    ``functions`` and ``globals_parts`` keep the reads they were made from (``_Observed``:
+    which global, default, closure cell or module attribute held which object) and are used
+    only while every one still holds the same object, so rebinding any of them is seen, as
+    in ``entries``; a value changed in place within one build is not.
 
     Its owner clears it when a run starts, so each build reads functions and modules afresh.
     """
 
-    __slots__ = ("entries", "functions", "globals_parts")
+    __slots__ = ("closures", "entries", "functions", "globals_parts")
 
     def __init__(self) -> None:
         """An empty memo."""
@@ -219,12 +223,14 @@ class ModuleMemo:
         self.globals_parts: dict[
             tuple[types.CodeType, int, frozenset[str]], tuple[dict[str, Any], bytes, _Observed]
         ] = {}
+        self.closures: dict[tuple[int, int, frozenset[str]], Any] = {}
 
     def clear(self) -> None:
         """Forget every entry."""
         self.entries.clear()
         self.functions.clear()
         self.globals_parts.clear()
+        self.closures.clear()
 
 
 def function_fingerprint(
@@ -254,6 +260,10 @@ def function_fingerprint(
         known = memo.functions.get((id(fn), ignore))
         if known is not None and known[0] is fn and _unchanged(known[2]):
             return known[1]
+        if type(fn) is types.FunctionType and fn.__closure__:
+            value = _closure_fingerprint(fn, ignore, memo)
+            if value is not None:
+                return value
     encoder = _Encoder(ignore, memo)
     out = bytearray(b"fn:")
     out += sys.implementation.cache_tag.encode() if sys.implementation.cache_tag else b"?"
@@ -270,6 +280,71 @@ def function_fingerprint(
         "a value it depends on is nested deeper than the interpreter's recursion limit "
         "allows; pass it in the context instead"
     )
+
+
+def _closure_fingerprint(
+    fn: types.FunctionType, ignore: frozenset[str], memo: ModuleMemo
+) -> bytes | None:
+    """A closure's fingerprint from what another closure of its code object left in ``memo``.
+
+    Distinct closures of one function (``make_unit(k)`` per unit) differ only in their
+    closure values. When a closure of the same code object and globals was fingerprinted
+    in this build (its globals part is in ``memo.globals_parts`` and still holds), and this
+    one has no defaults and only plain values in its cells, its encoding is the same bytes
+    ``_Encoder.function`` would write: the code's, ``N`` twice for the defaults, the cells,
+    the globals part. None when that is not so (the caller then takes the long way).
+    """
+    if fn.__defaults__ is not None or fn.__kwdefaults__ is not None:
+        return None
+    code = fn.__code__
+    namespace = fn.__globals__
+    key = (id(code), id(namespace), ignore)
+    template = memo.closures.get(key)
+    if template is None or template[0] is not code or template[1] is not namespace:
+        template = _closure_template(fn, ignore, memo)
+        if template is None:
+            return None
+        memo.closures[key] = template
+    _, _, head, cell_names, globals_part = template
+    observed: list[Any] = [_ATTRIBUTE, fn, "__defaults__", None]
+    observed += (_ATTRIBUTE, fn, "__kwdefaults__", None)
+    out = bytearray(head)
+    for cell, (name, ignored) in zip(fn.__closure__ or (), cell_names, strict=True):
+        out += name
+        if ignored:
+            continue
+        contents = _cell_contents(cell)
+        observed += (_CELL, cell, None, contents)
+        handler = _PLAIN_CELLS.get(type(contents))
+        if handler is not None:
+            handler(_LEAVES, contents, out)
+        elif contents is _EMPTY_CELL:
+            out += b"_"
+        else:
+            return None
+    if not _unchanged(globals_part[2]):
+        del memo.closures[key]  # rebuilt from the globals part the long way writes next
+        return None
+    out += globals_part[1]
+    value = digest(out)
+    memo.functions[id(fn), ignore] = (fn, value, (*observed, *globals_part[2]))
+    return value
+
+
+def _closure_template(fn: types.FunctionType, ignore: frozenset[str], memo: ModuleMemo) -> Any:
+    """What closures of ``fn``'s code object share, once its globals part is in ``memo``."""
+    code, namespace = fn.__code__, fn.__globals__
+    known = memo.globals_parts.get((code, id(namespace), ignore))
+    if known is None or known[0] is not namespace or _is_library(fn.__module__ or ""):
+        return None
+    tag = sys.implementation.cache_tag.encode() if sys.implementation.cache_tag else b"?"
+    head = b"fn:%sL%sNN%d:" % (tag, _code_bytes(code), len(code.co_freevars))
+    # Each variable's bytes before its value, and whether it is ignored (then "~" is all).
+    names = tuple(
+        (_length_prefixed(b"a", _text(name)) + (b"~" if name in ignore else b""), name in ignore)
+        for name in code.co_freevars
+    )
+    return (code, namespace, head, names, known)
 
 
 def _length_prefixed(tag: bytes, data: bytes) -> bytes:
@@ -1093,6 +1168,13 @@ _EXACT: dict[type, Any] = {
     types.ModuleType: _Encoder.module,
     type: _Encoder.class_,
 }
+
+# Closure values _closure_fingerprint encodes itself: leaves, which read nothing of the
+# encoder they are handed (no function, container or back-reference can be inside).
+_PLAIN_CELLS: Final[dict[type, Any]] = {
+    kind: _EXACT[kind] for kind in (type(None), bool, int, float, str, bytes)
+}
+_LEAVES: Final = _Encoder()
 
 # Subclasses of the plain types are encoded as their base, tagged with their class.
 _BASES: tuple[tuple[type, Any], ...] = (

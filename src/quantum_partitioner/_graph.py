@@ -260,6 +260,15 @@ class QuantumUnit(Generic[T, R]):
         return None if record is None else record.end_time_of(self._index)
 
     @property
+    def item_states(self) -> dict[UnitState, int]:
+        """For a map, how many of its items are in each state after its last run.
+
+        Empty for other units, before a run, and for a map that created no items.
+        """
+        record = self._record()
+        return {} if record is None or self.over is None else record.item_states_of(self._index)
+
+    @property
     def execution_time(self) -> float | None:
         """Seconds the last attempt took; the original API's name for :meth:`get_execution_time`."""
         return self.get_execution_time()
@@ -469,6 +478,23 @@ def _check_map(unit: QuantumUnit[Any, Any]) -> None:
         )
     if estimate < 0:
         raise ValueError(f"map {name!r}: metadata['estimated_items'] must be >= 0, got {estimate}")
+
+
+def materialise(map_name: str, over_name: str, result: Any) -> list[Any]:
+    """The items of map ``map_name``: ``result`` (of unit ``over_name``) as a list, once.
+
+    Raises:
+        TypeError: ``result`` is not iterable, or iterating it raised (the message names the
+            map, the unit and the result's type).
+    """
+    try:
+        return list(result)
+    except Exception as error:
+        message = (
+            f"map {map_name!r}: the result of {over_name!r} is not iterable "
+            f"({type(result).__name__}): {error}"
+        )
+        raise TypeError(message) from error
 
 
 def _check_decisions(unit: QuantumUnit[Any, Any], *, over_maps: bool) -> None:

@@ -151,6 +151,11 @@ def _unit_of_spec(
     )
 
 
+def _is_subgraph(unit: QuantumUnit[Any, Any]) -> bool:
+    """Whether ``unit`` is a subgraph's own unit (:meth:`QuantumPartitioner.add_subgraph`)."""
+    return unit.function is subgraph_result
+
+
 def _check_max_workers(value: object, name: str = "max_workers") -> int | None:
     if value is None:
         return None
@@ -868,7 +873,9 @@ class QuantumPartitioner(Generic[T, R]):
             CircularDependencyError: The dependencies form a cycle (``.cycle`` has its path).
         """
         if self._plan is None or self._graph is None:
-            self._plan = ExecutionPlan(self._compiled(), self.units, self._limits)
+            self._plan = ExecutionPlan(
+                self._compiled(), self.units, self._limits, is_subgraph=_is_subgraph
+            )
         return self._plan
 
     # -- running ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from ._render import to_dot, to_mermaid
 from ._simulate import Simulation, simulate
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from ._graph import Graph, QuantumUnit
     from ._limits import Limit
@@ -40,6 +40,10 @@ class ExecutionPlan:
             ``metadata["estimated_duration"]`` (a unit without one weighs the mean of the
             given estimates, 1 when none is given), root first.
         critical_path_length: That chain's total weight.
+        maps: Each map (:meth:`QuantumPartitioner.add_map`), by name: what it maps over. A map
+            is one unit of the plan; its items exist only in a run.
+        subgraphs: Each subgraph (:meth:`QuantumPartitioner.add_subgraph`), by name: the names
+            of the units inlined into it, nested subgraphs' included.
     """
 
     def __init__(
@@ -47,11 +51,16 @@ class ExecutionPlan:
         graph: Graph,
         units: dict[str, QuantumUnit[Any, Any]],
         limits: Mapping[str, Limit] | None = None,
+        is_subgraph: Callable[[QuantumUnit[Any, Any]], bool] | None = None,
     ) -> None:
-        """Wrap a compiled graph (and the named limits its units may name)."""
+        """Wrap a compiled graph (and the named limits its units may name).
+
+        ``is_subgraph`` tells a subgraph's own unit (the facade knows what one is).
+        """
         self._graph = graph
         self.units = dict(units)
         self._limits = dict(limits or {})
+        self._is_subgraph = is_subgraph
 
     def __repr__(self) -> str:
         """Summarise the plan."""
@@ -90,6 +99,31 @@ class ExecutionPlan:
     def max_parallel_units(self) -> int:
         """The size of the widest level (0 for an empty plan)."""
         return max((len(level) for level in self._graph.levels()), default=0)
+
+    @cached_property
+    def maps(self) -> dict[str, str]:
+        """Each map's name -> the name of the unit (or map) it maps over."""
+        names = self._graph.names
+        return {names[m]: names[over] for m, over in self._graph.maps.items()}
+
+    @cached_property
+    def subgraphs(self) -> dict[str, list[str]]:
+        """Each subgraph's name -> the names of its inner units, in order."""
+        is_subgraph = self._is_subgraph
+        if is_subgraph is None:
+            return {}
+        members: dict[str, list[str]] = {
+            unit.id: [] for unit in self._graph.units if is_subgraph(unit)
+        }
+        if members:
+            for name in self._graph.names:
+                dot = name.find(".")
+                while dot > 0:  # every enclosing subgraph: "a" and "a.b" for "a.b.c"
+                    inner = members.get(name[:dot])
+                    if inner is not None:
+                        inner.append(name)
+                    dot = name.find(".", dot + 1)
+        return members
 
     @cached_property
     def dependencies(self) -> dict[str, set[str]]:

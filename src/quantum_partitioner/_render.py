@@ -1,4 +1,9 @@
-"""Layer 1: text pictures of a graph, Graphviz DOT and Mermaid. Pure string building."""
+"""Layer 1: text pictures of a graph, Graphviz DOT and Mermaid. Pure string building.
+
+A map is drawn as one node however many items it created, so a graph of thousands of
+items still draws: before a run it says what it maps over, after one how many of its items
+ended in each state (:func:`map_note`).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,18 @@ from ._errors import UnitSkippedError
 from ._graph import UnitState
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
-    from ._graph import Graph
+    from ._graph import Graph, QuantumUnit
 
-__all__ = ["DECIDED_SKIP_COLOUR", "STATE_COLOURS", "to_dot", "to_mermaid", "unit_colour"]
+__all__ = [
+    "DECIDED_SKIP_COLOUR",
+    "STATE_COLOURS",
+    "map_note",
+    "to_dot",
+    "to_mermaid",
+    "unit_colour",
+]
 
 #: Fill colour of a unit by state, shared by every picture.
 STATE_COLOURS = {
@@ -43,6 +55,31 @@ def unit_colour(state: UnitState, error: BaseException | None) -> str:
     return STATE_COLOURS[state]
 
 
+def map_note(over: str, state: UnitState, items: Mapping[UnitState, int] | None) -> str:
+    """The line under a map's name: its items by state, or what it maps over.
+
+    ``items`` is how many of its items are in each state (None: draw the plan, not a run).
+    A map that created no items says so once it completed; one that never expanded (still
+    waiting, skipped, failed before it had items) says what it maps over.
+    """
+    if items is None or (not items and state is not UnitState.COMPLETED):
+        return f"map over {over}"
+    total = sum(items.values())
+    counts = ", ".join(f"{items[s]} {s.value}" for s in STATE_COLOURS if items.get(s))
+    return f"{total} item{'' if total == 1 else 's'}" + (f": {counts}" if counts else "")
+
+
+def _map_notes(graph: Graph, *, states: bool) -> dict[int, str]:
+    """Each map's note, by index (see :func:`map_note`)."""
+    notes = {}
+    names, units = graph.names, graph.units
+    for m, over in graph.maps.items():
+        unit: QuantumUnit[object, object] = units[m]
+        items = unit.item_states if states else None
+        notes[m] = map_note(names[over], unit.state, items)
+    return notes
+
+
 def _dot_id(name: str) -> str:
     # json.dumps gives a double-quoted string with backslash escapes, which DOT accepts.
     return json.dumps(name)
@@ -53,7 +90,8 @@ def to_dot(graph: Graph, critical_path: Sequence[str], *, states: bool = True) -
 
     Edges point from a dependency to its dependent. Critical-path nodes and edges are bold
     and red; with ``states``, nodes are filled by their unit's state in the last run, and a
-    legend names the colours of the states drawn (and the critical path's red).
+    legend names the colours of the states drawn (and the critical path's red). A map is one
+    3-D box, labelled with its items by state (see :func:`map_note`).
     """
     critical = set(critical_path)
     critical_edges = set(pairwise(critical_path))
@@ -63,14 +101,19 @@ def to_dot(graph: Graph, critical_path: Sequence[str], *, states: bool = True) -
         "  rankdir=LR;",
         '  node [shape=box, style="rounded,filled", fillcolor="#ffffff", fontname="Helvetica"];',
     ]
-    for unit in graph.units:
+    notes = _map_notes(graph, states=states)
+    for i, unit in enumerate(graph.units):
         attrs = []
+        note = notes.get(i) if notes else None
+        if note is not None:
+            attrs += ["shape=box3d", f"label={_dot_id(unit.id + chr(10) + note)}"]
         if states:
             state = unit.state
             drawn.add(state)
             attrs.append(f'fillcolor="{unit_colour(state, unit.error)}"')
             if state is not UnitState.PENDING:
-                attrs.append(f"tooltip={_dot_id(state.value)}")
+                tip = state.value if note is None else f"{state.value}; {note}"
+                attrs.append(f"tooltip={_dot_id(tip)}")
         if unit.id in critical:
             attrs.append(f'color="{_CRITICAL}", penwidth=2.5')
         suffix = f" [{', '.join(attrs)}]" if attrs else ""
@@ -122,13 +165,22 @@ def _mermaid_label(name: str) -> str:
 
 
 def to_mermaid(graph: Graph, critical_path: Sequence[str], *, states: bool = True) -> str:
-    """Mermaid flowchart source; critical-path edges are thick, nodes classed by state."""
+    """Mermaid flowchart source; critical-path edges are thick, nodes classed by state.
+
+    A map is one subroutine-shaped node, labelled with its items by state.
+    """
     node_ids = [f"u{i}_{_MERMAID_UNSAFE.sub('_', name)[:40]}" for i, name in enumerate(graph.names)]
     critical = set(critical_path)
     critical_edges = set(pairwise(critical_path))
     lines = ["flowchart LR"]
+    notes = _map_notes(graph, states=states)
     for i, unit in enumerate(graph.units):
-        lines.append(f'  {node_ids[i]}["{_mermaid_label(unit.id)}"]')
+        note = notes.get(i) if notes else None
+        if note is None:
+            lines.append(f'  {node_ids[i]}["{_mermaid_label(unit.id)}"]')
+        else:
+            label = f"{_mermaid_label(unit.id)}<br/>{_mermaid_label(note)}"
+            lines.append(f'  {node_ids[i]}[["{label}"]]')
     names = graph.names
     for i, row in enumerate(graph.deps):
         for j in row:

@@ -6,7 +6,8 @@ It holds:
 
 * a summary: mode, workers, duration, units by state;
 * the graph, laid out by levels (left to right, each level's units ordered by where their
-  dependencies sit), units filled by state, the run's critical path in red;
+  dependencies sit), units filled by state, the run's critical path in red; a map is one
+  node with its items counted by state, so thousands of items still draw;
 * a Gantt chart of the attempts, one row per worker (see :mod:`._trace` for how rows are
   found), retries, failures and timeouts in their own colours;
 * the critical path as measured: from the unit that finished last, back through the
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._graph import UnitState
-from ._render import DECIDED_SKIP_COLOUR, STATE_COLOURS, unit_colour
+from ._render import DECIDED_SKIP_COLOUR, STATE_COLOURS, map_note, unit_colour
 from ._trace import describe_error, layout, observed_critical_path, workers_text
 
 if TYPE_CHECKING:
@@ -42,7 +43,8 @@ __all__: list[str] = []
 
 LOGGER = logging.getLogger("quantum_partitioner")
 
-#: Beyond this many units the report does not draw the graph.
+#: Beyond this many declared units the report does not draw the graph (a map is one unit
+#: there, however many items it created).
 MAX_GRAPH_UNITS = 300
 #: Beyond this many worker rows the Gantt chart shows the first ones only.
 MAX_GANTT_ROWS = 120
@@ -78,6 +80,7 @@ border:1px solid #bbb}
 .box{border:1px solid #ddd;border-radius:6px;overflow:auto;max-height:640px;padding:8px}
 .note{color:#8a6d00;font-size:13px}
 svg text{font:12px system-ui,Helvetica,Arial,sans-serif;fill:#222}
+svg text.items{font-size:10px;fill:#555}
 svg .edge{fill:none;stroke:#9e9e9e;stroke-width:1.2}
 svg .crit{fill:none;stroke:#d62728;stroke-width:2.6}
 svg .grid{stroke:#eee}svg .axis{fill:#666;font-size:11px}
@@ -143,9 +146,18 @@ def _shorten(text: str, width: int) -> str:
 
 
 def graph_svg(run: Run, critical: set[int]) -> str:
-    """The graph as inline SVG, laid out by levels, or a note if it is too large."""
+    """The graph as inline SVG, laid out by levels, or a note if it is too large.
+
+    It draws the declared units: a map is one node (stacked), with its items by state
+    under its name; an item on the critical path puts its map on it.
+    """
     graph = run.graph
-    n = len(graph)
+    n = run.declared_units
+    sched = run.scheduler
+    maps = sched.maps
+    if maps:
+        item_of = sched.item_of
+        critical = {item_of[i][0] if i in item_of else i for i in critical}
     if n == 0:
         return '<p class="note">The graph has no units.</p>'
     if n > MAX_GRAPH_UNITS:
@@ -166,10 +178,16 @@ def graph_svg(run: Run, critical: set[int]) -> str:
         for r, i in enumerate(level):
             row[i] = r
         ordered.append(level)
-    longest = max(len(name) for name in graph.names)
-    width = min(200, max(90, 7 * longest + 24))
+    names = graph.names
+    notes = {
+        m: map_note(names[over], sched.state[m], run.item_states_of(m)) for m, over in maps.items()
+    }
+    # A note is in a smaller font: 6 px a character, not 7.
+    longest = max([*map(len, names[:n]), *(len(note) * 6 // 7 for note in notes.values())])
+    width = min(280 if maps else 200, max(90, 7 * longest + 24))
     chars = (width - 16) // 7
-    height, hgap, vgap, pad = 28, 56, 12, 10
+    note_chars = (width - 16) // 6  # the item counts are in a smaller font
+    height, hgap, vgap, pad = (40 if maps else 28), 56, 12, 10
     tallest = max(len(level) for level in ordered)
     svg_w = pad * 2 + len(ordered) * width + (len(ordered) - 1) * hgap
     svg_h = pad * 2 + tallest * height + (tallest - 1) * vgap
@@ -180,10 +198,9 @@ def graph_svg(run: Run, critical: set[int]) -> str:
         for r, i in enumerate(level):
             x[i] = pad + col * (width + hgap)
             y[i] = pad + offset + r * (height + vgap)
-    sched = run.scheduler
     plain: list[str] = []
     bold: list[str] = []
-    for i, deps in enumerate(graph.deps):
+    for i, deps in enumerate(graph.deps[:n]):
         for j in deps:
             x1, y1 = x[j] + width, y[j] + height / 2
             x2, y2 = x[i], y[i] + height / 2
@@ -198,18 +215,37 @@ def graph_svg(run: Run, critical: set[int]) -> str:
                 f'marker-end="url(#{"ac" if on_path else "ae"})"/>'
             )
     nodes = []
-    for i, name in enumerate(graph.names):
+    for i, name in enumerate(names[:n]):
         state = sched.state[i]
         stroke = f'stroke="{_CRITICAL}" stroke-width="2.6"' if i in critical else 'stroke="#777"'
-        tip = f"{name}: {state.value}, {sched.attempts[i]} attempt(s)"
-        if state.is_terminal and sched.attempts[i]:
-            tip += f", {format_seconds(sched.ended[i] - sched.started[i])}"
+        fill = unit_colour(state, sched.errors.get(i))
+        note = notes.get(i)
+        middle = x[i] + width / 2
+        if note is None:
+            tip = f"{name}: {state.value}, {sched.attempts[i]} attempt(s)"
+            if state.is_terminal and sched.attempts[i]:
+                tip += f", {format_seconds(sched.ended[i] - sched.started[i])}"
+            text = (
+                f'<text x="{middle:.1f}" y="{y[i] + height / 2 + 4:.1f}" '
+                f'text-anchor="middle">{_e(_shorten(name, chars))}</text>'
+            )
+            behind = ""
+        else:  # a map: a stack of cards, its name over its items by state
+            tip = f"{name} (map): {state.value}; {note}"
+            text = (
+                f'<text x="{middle:.1f}" y="{y[i] + height / 2 - 3:.1f}" '
+                f'text-anchor="middle">{_e(_shorten(name, chars))}</text>'
+                f'<text class="items" x="{middle:.1f}" y="{y[i] + height / 2 + 11:.1f}" '
+                f'text-anchor="middle">{_e(_shorten(note, note_chars))}</text>'
+            )
+            behind = (
+                f'<rect x="{x[i] + 3:.1f}" y="{y[i] - 3:.1f}" width="{width}" '
+                f'height="{height}" rx="6" fill="{fill}" stroke="#777"/>'
+            )
         nodes.append(
-            f'<g><title>{_e(tip)}</title><rect x="{x[i]:.1f}" y="{y[i]:.1f}" width="{width}" '
-            f'height="{height}" rx="6" fill="{unit_colour(state, sched.errors.get(i))}" '
-            f"{stroke}/>"
-            f'<text x="{x[i] + width / 2:.1f}" y="{y[i] + height / 2 + 4:.1f}" '
-            f'text-anchor="middle">{_e(_shorten(name, chars))}</text></g>'
+            f'<g class="{"map" if note is not None else "unit"}"><title>{_e(tip)}</title>'
+            f'{behind}<rect x="{x[i]:.1f}" y="{y[i]:.1f}" width="{width}" '
+            f'height="{height}" rx="6" fill="{fill}" {stroke}/>{text}</g>'
         )
     markers = (
         "<defs>"

@@ -31,7 +31,7 @@ from ._events import (
     UnitSkipped,
     UnitStarted,
 )
-from ._graph import Graph, UnitState
+from ._graph import Graph, UnitState, materialise
 from ._limits import compile_limits
 from ._scheduler import Scheduler, Transition
 
@@ -147,6 +147,8 @@ class Run:
             lane_of=lane_of,
             limits=limit_plan if limit_plan is not None else compile_limits(graph, self.limits),
         )
+        #: How many units were declared: the run's first units; map items come after.
+        self.declared_units = len(graph)
         # The scheduler's graph: for a graph with maps, a run-local copy that grows.
         graph = self.scheduler.graph
         self.graph = graph
@@ -181,6 +183,9 @@ class Run:
         #: Set when the run is interrupted or cancelled; units can watch ``ctx.cancelled``.
         self.stopping = threading.Event()
         self.interrupted: BaseException | None = None
+        #: Whether ``ctx.cancelled`` reads the clock against timeouts and the deadline
+        #: (:meth:`attempt_abandoned`): set by a driver that cannot act while a unit runs.
+        self.clock_cancels = False
         #: Set by :meth:`request_cancel`; the backend checks it between steps.
         self.cancel_requested = Flag()
         #: What a unit or hook raised in another thread of this process that interrupts the
@@ -203,6 +208,11 @@ class Run:
         #: Brings a dependency's result here for a ``when=`` predicate, for backends that
         #: keep results elsewhere (Dask): only the values a predicate reads travel.
         self.fetch_value: Callable[[Any], Any] | None = None
+        #: Measures, where it is kept, the result map ``m`` maps over, for backends that keep
+        #: results elsewhere (Dask): ``count_items(m, over)`` returns its number of items, so
+        #: the result never travels here, and raises what :func:`materialise` raised. The
+        #: backend then hands each item its element itself (``item_of`` gives no value).
+        self.count_items: Callable[[int, int], int] | None = None
         self._epoch_offset = time.time() - time.perf_counter()
         self.started_at = 0.0
         self.ended_at = 0.0
@@ -309,14 +319,17 @@ class Run:
         return True, value
 
     def still_wanted(self, i: int, attempt: int) -> bool:
-        """Whether an attempt is still current and within its timeout and the run's deadline.
+        """Whether an attempt is still current and within its timeout.
 
         Checked before keeping its metrics or caching its result: a late result must leave
         nothing behind. (SEQUENTIAL notices a timeout only after the call, hence the clock.)
         A pool thread checks it before it starts an attempt handed to it: one whose timeout
         passed before the thread got to it must never start.
         """
-        return not self.attempt_abandoned(i, attempt)
+        if self.attempt_abandoned(i, attempt):
+            return False
+        timeout = self.scheduler.timeouts[i]
+        return timeout is None or self.clock() - self.scheduler.started[i] <= timeout
 
     def context_for(self, i: int, attempt: int) -> ExecutionContext:
         """The context unit ``i`` is called with: the caller's plus its dependencies'."""
@@ -436,9 +449,10 @@ class Run:
     def _expand(self, m: int) -> list[Transition]:
         """Give map ``m`` its items: one per element of the result it maps over.
 
-        That result is materialised once, here in the caller's process; a map over a map
-        has one item per item of that map. A result that is not iterable, or has more than
-        ``max_items`` elements, fails the map.
+        That result is materialised once, here in the caller's process, or measured where
+        it is kept by :attr:`count_items` (Dask: the list never comes here); a map over a
+        map has one item per item of that map. A result that is not iterable, or has more
+        than ``max_items`` elements, fails the map.
         """
         sched = self.scheduler
         over = sched.maps[m]
@@ -448,20 +462,14 @@ class Run:
         if over in sched.maps:
             count = len(sched.items_of[over])
         else:
-            result = sched.results[over]
-            if self.fetch_value is not None:
-                result = self.fetch_value(result)
             try:
-                values = list(result)
-            except Exception as error:  # not iterable, or its iterator raised
-                message = (
-                    f"map {unit.id!r}: the result of {self._names[over]!r} is not iterable "
-                    f"({type(result).__name__}): {error}"
-                )
-                failure = TypeError(message)
-                failure.__cause__ = error
-                return sched.fail_map(m, failure, now)
-            count = len(values)
+                if self.count_items is not None:
+                    count = self.count_items(m, over)
+                else:
+                    values = materialise(unit.id, self._names[over], sched.results[over])
+                    count = len(values)
+            except Exception as error:  # not iterable, its iterator raised, or unreachable
+                return sched.fail_map(m, error, now)
         bound = unit.max_items
         if bound is not None and count > bound:
             message = (
@@ -525,9 +533,10 @@ class Run:
     def attempt_abandoned(self, i: int, attempt: int) -> bool:
         """Whether attempt ``attempt`` of unit ``i`` is no longer wanted (``ctx.cancelled``).
 
-        Also once its timeout or the run's deadline has passed, before the driver acts on
-        it: SEQUENTIAL cannot act while the unit runs, and a unit that watches
-        ``ctx.cancelled`` can stop at its deadline in every mode.
+        With :attr:`clock_cancels` (SEQUENTIAL, whose driver cannot act while a unit runs),
+        also once its timeout or the run's deadline has passed, so that a unit watching
+        ``ctx.cancelled`` stops there as in the other modes. Elsewhere the driver decides:
+        a result it receives before it acts on a deadline still counts.
         """
         sched = self.scheduler
         if (
@@ -536,6 +545,8 @@ class Run:
             or sched.state[i] is not UnitState.RUNNING
         ):
             return True
+        if not self.clock_cancels:
+            return False
         timeout, run_deadline = sched.timeouts[i], sched.run_deadline
         if timeout is None and run_deadline is None:
             return False
@@ -743,6 +754,17 @@ class Run:
         if error is None:
             return None
         return "".join(traceback.format_exception(error))
+
+    def item_states_of(self, i: int) -> dict[UnitState, int]:
+        """For map ``i``, how many of its items are in each state ({} before it expanded)."""
+        sched = self.scheduler
+        items = sched.items_of.get(i)
+        counts: dict[UnitState, int] = {}
+        if items is not None:
+            state = sched.state
+            for j in items:
+                counts[state[j]] = counts.get(state[j], 0) + 1
+        return counts
 
     def attempt_of(self, i: int) -> int:
         """How many attempts unit ``i`` made."""

@@ -317,7 +317,9 @@ def observed_critical_path(run: Run) -> list[int]:
     """The chain of units that set the run's end, root first, by measured times.
 
     From the unit that finished last among those that ran, repeatedly step to the
-    dependency that finished last: the one that unit waited for.
+    dependency that finished last: the one that unit waited for. A map never runs: the path
+    goes through the item of it that ended last, and from an item to what its map waited
+    for (for an item of a map over a map, the item it follows).
     """
     sched = run.scheduler
     ran = [i for i, state in enumerate(sched.state) if sched.attempts[i] and state.is_terminal]
@@ -327,11 +329,40 @@ def observed_critical_path(run: Run) -> list[int]:
     node = max(ran, key=ended.__getitem__)
     path = [node]
     deps = run.graph.deps
-    while deps[node]:
-        node = max(deps[node], key=ended.__getitem__)
-        path.append(node)
+    maps = sched.maps
+    while True:
+        if maps:
+            waited = _waited_for(run, node)
+        elif deps[node]:
+            waited = max(deps[node], key=ended.__getitem__)
+        else:
+            break
+        if waited is None:
+            break
+        node = waited
+        if node not in maps:
+            path.append(node)
     path.reverse()
     return path
+
+
+def _waited_for(run: Run, node: int) -> int | None:
+    """What ``node`` waited for last in a run with maps (None at a root)."""
+    sched = run.scheduler
+    ended, maps = sched.ended, sched.maps
+    items = sched.items_of.get(node)
+    if items:  # a map: its last item
+        return max(items, key=ended.__getitem__)
+    place = sched.item_of.get(node)
+    if place is None:
+        candidates = list(run.graph.deps[node])
+    else:  # an item: what its map waited for, its own parent item instead of a parent map
+        m = place[0]
+        candidates = [j for j in run.graph.deps[m] if j != maps[m] or j not in maps]
+        parent = sched.item_parent.get(node)
+        if parent is not None:
+            candidates.append(parent)
+    return max(candidates, key=ended.__getitem__) if candidates else None
 
 
 def workers_text(run: Run) -> str:

@@ -372,6 +372,21 @@ def _plan_lines(plan: ExecutionPlan) -> list[str]:
         shown = ", ".join(map(_printable, level[:_LEVEL_NAMES_SHOWN]))
         more = len(level) - _LEVEL_NAMES_SHOWN
         lines.append(f"  level {number:<8} {shown}{f' (+{more} more)' if more > 0 else ''}")
+    maps = plan.maps
+    if maps:
+        shown = ", ".join(
+            f"{_printable(m)} over {_printable(o)}" for m, o in list(maps.items())[:5]
+        )
+        lines.append(
+            f"maps             {shown}{f' (+{len(maps) - 5} more)' if len(maps) > 5 else ''}"
+        )
+    subgraphs = plan.subgraphs
+    if subgraphs:
+        shown = ", ".join(
+            f"{_printable(s)} ({len(inner)} units)" for s, inner in list(subgraphs.items())[:5]
+        )
+        more = len(subgraphs) - 5
+        lines.append(f"subgraphs        {shown}{f' (+{more} more)' if more > 0 else ''}")
     path = plan.critical_path
     lines += [
         f"max parallelism  {plan.max_parallel_units}",

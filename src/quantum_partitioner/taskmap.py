@@ -2,8 +2,10 @@
 
 A task map is a dict ``name -> (fn, dependencies)`` or ``name -> (fn, dependencies, options)``
 where ``options`` holds :meth:`QuantumPartitioner.add_unit`'s keyword arguments
-(``{"timeout": 5, "limits": ["api"]}``); each function is called as ``fn(ctx)`` exactly like a
-partitioner's unit. ``TaskMap(tasks, limits={"api": {"concurrency": 2}})`` adds the named
+(``{"timeout": 5, "limits": ["api"]}``, a condition ``{"when": pred}``, a join rule
+``{"run_if": "all_done"}``), or :meth:`~QuantumPartitioner.add_map`'s when it names ``over``
+(``{"over": "plan"}`` makes the task a map); each function is called as ``fn(ctx)`` exactly
+like a partitioner's unit. ``TaskMap(tasks, limits={"api": {"concurrency": 2}})`` adds the named
 limits tasks may name. A task ``(other, dependencies)`` whose ``other`` is another
 :class:`TaskMap` (or a partitioner) is a subgraph, as
 :meth:`QuantumPartitioner.add_subgraph` inlines it. Runs raise :class:`TaskError` (with ``errors``,
@@ -22,8 +24,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ._errors import CircularDependency, CircularDependencyError, TaskError
 from ._graph import ExecutionMode, QuantumUnit, validate_unit
-from ._limits import Limit, normalize_unit_limits
-from ._partitioner import QuantumPartitioner
+from ._limits import Limit
+from ._partitioner import _UNIT_OPTIONS, QuantumPartitioner
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -55,7 +57,9 @@ TaskSpec: TypeAlias = (
 )
 
 #: What a task's ``options`` may hold: ``add_unit``'s keyword arguments (but its name).
-_TASK_OPTIONS = frozenset({"timeout", "retries", "priority", "metadata", "retry_policy", "limits"})
+_TASK_OPTIONS = _UNIT_OPTIONS
+#: What the ``options`` of a task that names ``over`` (a map) may hold: ``add_map``'s.
+_MAP_OPTIONS = (_TASK_OPTIONS - {"cancel_rest"}) | {"over", "max_items"}
 
 
 class TaskMap:
@@ -65,7 +69,10 @@ class TaskMap:
         tasks: ``name -> (fn, dependencies)`` or ``(fn, dependencies, options)``, where
             ``options`` holds :meth:`QuantumPartitioner.add_unit`'s keyword arguments
             (``timeout``, ``retries``, ``priority``, ``metadata``, ``retry_policy``,
-            ``limits``); a bare ``fn`` means no dependencies. In place of ``fn``, another
+            ``limits``, ``when``, ``run_if``, ``cancel_rest``), or, with ``over``,
+            :meth:`~QuantumPartitioner.add_map`'s (``over``, ``max_items`` and the same but
+            ``cancel_rest``): the task is then a map over ``over``, whose ``dependencies``
+            every item sees; a bare ``fn`` means no dependencies. In place of ``fn``, another
             TaskMap or a :class:`QuantumPartitioner` is a subgraph
             (:meth:`QuantumPartitioner.add_subgraph`): its tasks run as ``name.<task>``
             and the task's result is a dict of its sink tasks' results.
@@ -99,12 +106,13 @@ class TaskMap:
         self.options: dict[str, dict[str, Any]] = {}
         #: The tasks that are subgraphs: ``name -> (TaskMap or partitioner, dependencies)``.
         self.subgraphs: dict[str, tuple[TaskMap | QuantumPartitioner[Any, Any], list[str]]] = {}
+        checker: QuantumPartitioner[Any, Any] = QuantumPartitioner()  # add_unit's checks
         for name, spec in tasks.items():
             subgraph = _subgraph_task(name, spec)
             if subgraph is not None:
                 self.subgraphs[name] = subgraph
                 continue
-            fn, deps, options = _task_with_options(name, spec)
+            fn, deps, options = _task_with_options(name, spec, checker)
             self.tasks[name] = (fn, deps)
             if options:
                 self.options[name] = options
@@ -129,7 +137,7 @@ class TaskMap:
                     partitioner.add_subgraph(inner, name, deps)
                     continue
                 fn, deps = self.tasks[name]
-                partitioner.add_unit(fn, deps, name=name, **self.options.get(name, {}))
+                _add_task(partitioner, name, fn, deps, self.options.get(name, {}))
             self._partitioner = partitioner
         partitioner = self._partitioner
         partitioner.on_unit_start = self.on_task_start
@@ -178,6 +186,20 @@ def _named_limits(limits: object) -> dict[str, Limit]:
     return named
 
 
+def _add_task(
+    partitioner: QuantumPartitioner[Any, Any],
+    name: str,
+    fn: Callable[..., Any],
+    deps: list[str],
+    options: Mapping[str, Any],
+) -> None:
+    """Add one task: a map if its options name ``over``, else a unit."""
+    if "over" in options:
+        partitioner.add_map(fn, name=name, dependencies=deps, **options)
+    else:
+        partitioner.add_unit(fn, deps, name=name, **options)
+
+
 def _subgraph_task(
     name: Any, spec: object
 ) -> tuple[TaskMap | QuantumPartitioner[Any, Any], list[str]] | None:
@@ -195,9 +217,12 @@ def _subgraph_task(
 
 
 def _task_with_options(
-    name: Any, spec: object
+    name: Any, spec: object, checker: QuantumPartitioner[Any, Any]
 ) -> tuple[Callable[..., Any], list[str], dict[str, Any]]:
-    """A task as ``(fn, dependency names, add_unit options)``, each checked as add_unit does."""
+    """A task as ``(fn, dependency names, options)``, checked by adding it to ``checker``.
+
+    So the options obey exactly the rules of ``add_unit`` (or ``add_map``, for a map).
+    """
     if not (isinstance(spec, tuple) and len(spec) == 3):
         return (*_task(name, spec), {})
     fn, deps, options = spec
@@ -205,18 +230,17 @@ def _task_with_options(
         raise TypeError(
             f"task {name!r}: options must be a dict of add_unit keyword arguments, got {options!r}"
         )
-    unknown = set(options) - _TASK_OPTIONS
+    allowed, method = (
+        (_MAP_OPTIONS, "add_map") if "over" in options else (_TASK_OPTIONS, "add_unit")
+    )
+    unknown = set(options) - allowed
     if unknown:
         raise TypeError(
             f"task {name!r}: unknown options {sorted(unknown)}; "
-            f"use add_unit's keywords: {sorted(_TASK_OPTIONS)}"
+            f"use {method}'s keywords: {sorted(allowed)}"
         )
     fn, dep_names = _task(name, (fn, deps))
-    checked = dict(options)
-    if "limits" in checked:
-        checked["limits"] = normalize_unit_limits(name, checked["limits"])
-    unit: QuantumUnit[Any, Any] = QuantumUnit(name, fn, dep_names, **checked)
-    validate_unit(unit)  # timeout, retries, priority, metadata, retry_policy: add_unit's rules
+    _add_task(checker, name, fn, dep_names, options)
     return fn, dep_names, dict(options)
 
 

@@ -117,6 +117,28 @@ def measure_big(ctx: Any) -> int:
     return len(ctx["big"].payload)
 
 
+#: How many ``CountedList`` objects were unpickled in this process.
+LISTS_UNPICKLED = 0
+
+
+def _rebuild_list(items: list[Any]) -> CountedList:
+    global LISTS_UNPICKLED  # noqa: PLW0603 - counts unpickles per process
+    LISTS_UNPICKLED += 1
+    return CountedList(items)
+
+
+class CountedList(list[Any]):
+    """A list (a map's input) that counts how often it is unpickled, per process."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_list, (list(self),))
+
+
+def plan_of(ctx: Any) -> CountedList:
+    """A plan of ``ctx["count"]`` tools, built on a worker."""
+    return CountedList(f"tool-{k}" for k in range(ctx["count"]))
+
+
 # -- workers that die --------------------------------------------------------------------------
 
 

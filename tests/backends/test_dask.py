@@ -782,6 +782,19 @@ def test_a_run_served_from_the_cache_runs_and_writes_nothing(backend, tmp_path):
         assert {entry.unit: entry.created for entry in p.cache.entries()} == created
 
 
+def test_map_items_are_cached_one_by_one(client, tmp_path):
+    """On Dask too: one element appended recomputes its item and item-wise child only."""
+    cacheable = {"cacheable": True, "cache_keys": []}
+    with CachingQuantumPartitioner(cache_path=tmp_path / "results.sqlite") as p:
+        p.add_unit(lambda ctx: ctx["docs"], name="plan", metadata={"cacheable": True})
+        p.add_map(lambda ctx: ctx.item * 10, over="plan", name="tool", metadata=cacheable)
+        p.add_map(lambda ctx: ctx.item + 1, over="tool", name="summary", metadata=cacheable)
+        backend = DaskBackend(client)
+        assert p.execute({"docs": [1, 2]}, backend=backend)["summary"] == [11, 21]
+        assert p.execute({"docs": [1, 2, 3]}, backend=backend)["summary"] == [11, 21, 31]
+        assert (p.cache_hits, p.cache_misses) == (4, 5 + 3)  # plan, tool[2], summary[2]
+
+
 def test_a_closed_client_is_refused_before_anything_runs(cluster, tmp_path):
     """A run on a closed client raises BrokenBackendError; no unit ran."""
     closed = distributed.Client(cluster, set_as_default=False)
@@ -1125,6 +1138,85 @@ def test_maps_run_item_by_item_on_the_cluster(client):
     assert p.last_execution_metrics["unit_times"]["tens[1]"]["state"] == "failed"
     only = p.execute(backend=DaskBackend(client, gather=["seen"]))
     assert only == {"seen": [(0, 11), (1, 0), (2, 31)]}
+
+
+def test_maps_expand_on_the_cluster(client):
+    """The contract's map cases in one run: an agent chain (a map, an item-wise map over it,
+    a unit over that), zero items, a failed item skipping only its own item-wise child, a
+    result that is not iterable, and max_items. (Lookahead is on: it must leave maps and
+    their items alone, and hand over the dependents of a completed map.)"""
+    import _contract_units as u  # noqa: PLC0415 - the same directory, on every worker's path
+
+    p = QuantumPartitioner()
+    p.add_unit(u.const(["search", "calc", "weather"]), name="plan")
+    p.add_map(u.tagged_item("tool"), over="plan", name="tool", retries=1)
+    p.add_map(u.tagged_item("summary"), over="tool", name="summary")
+    p.add_unit(u.seen, ["summary"], name="answer")
+    # A condition reads the map's list: its items' values are brought here, not futures.
+    p.add_unit(
+        u.const("ran"), ["tool"], name="gated", when=lambda ctx: "tool:1:calc" in ctx["tool"]
+    )
+    p.add_unit(u.const([]), name="nothing")
+    p.add_map(u.item_view, over="nothing", name="none")
+    p.add_unit(u.seen, ["none"], name="after_none")
+    p.add_unit(u.const([1, 0, 3]), name="numbers")
+    p.add_map(u.item_times(10), over="numbers", name="scaled")
+    p.add_map(u.item_times(2), over="scaled", name="doubled", dependencies=["plan"])
+    p.add_unit(u.seen, ["doubled"], name="report", run_if="all_done")
+    p.add_unit(u.const(42), name="number")
+    p.add_map(u.item_view, over="number", name="over_int")
+    p.add_map(u.item_view, over="plan", name="bounded", max_items=2)
+    # A fallback value is here, not on the cluster: its items are handed over as values.
+    p.add_unit(u.explode, name="broken", metadata={"fallback_value": ["a", "b"]})
+    p.add_map(u.item_view, over="broken", name="over_fallback")
+
+    results = p.execute(backend=DaskBackend(client))
+
+    tools = ["tool:0:search", "tool:1:calc", "tool:2:weather"]
+    summaries = [f"summary:{i}:{tool}" for i, tool in enumerate(tools)]
+    assert results["tool"] == tools
+    assert [results[f"summary[{i}]"] for i in range(3)] == summaries
+    assert results["answer"]["results"] == {"summary": summaries}
+    assert results["gated"] == "ran"
+    assert [view["item"] for view in results["over_fallback"]] == ["a", "b"]
+    assert results["none"] == []
+    assert results["after_none"]["results"] == {"none": []}
+    assert (results["doubled[0]"], results["doubled[2]"]) == (20, 60)
+    assert results["report"] == {"results": {"doubled": [20, 60]}, "upstream_errors": ["doubled"]}
+    failed = p.get_failed_units()
+    assert failed["scaled"].failed_items == ["scaled[1]"]
+    assert failed["doubled"].failed_items == ["doubled[1]"]
+    trace = p.last_execution_metrics["execution_trace"]
+    assert {"doubled[1]"} == {r["unit"] for r in trace if r["event"] == "skip"}
+    assert "map 'over_int': the result of 'number' is not iterable (int)" in str(failed["over_int"])
+    assert isinstance(failed["over_int"], TypeError)
+    assert "'plan' gave 3 items, more than max_items=2" in str(failed["bounded"])
+    assert p.last_execution_metrics["total_units"] == 17 + 3 + 3 + 3 + 3 + 2
+
+
+def test_the_mapped_list_never_travels_to_the_client(client):
+    """The list a map maps over is measured and picked from on the cluster: the client
+    unpickles none of it, while the items, the map's list and its dependents come back."""
+    p = QuantumPartitioner()
+    p.add_unit(units.plan_of, name="plan")
+    p.add_map(lambda ctx: f"{ctx.index}:{ctx.item}", over="plan", name="tool")
+    p.add_map(lambda ctx: ctx.item.upper(), over="tool", name="loud")
+    p.add_unit(lambda ctx: len(ctx["loud"]), ["loud"], name="answer")
+    before = units.LISTS_UNPICKLED
+
+    results = p.execute({"count": 3}, backend=DaskBackend(client, gather=["tool", "answer"]))
+
+    assert before == units.LISTS_UNPICKLED
+    assert results == {
+        "tool": ["0:tool-0", "1:tool-1", "2:tool-2"],
+        "tool[0]": "0:tool-0",
+        "tool[1]": "1:tool-1",
+        "tool[2]": "2:tool-2",
+        "answer": 3,
+    }
+    assert p.units["loud"].state is UnitState.COMPLETED
+    # The tasks that listed and picked the items are released with the run's other futures.
+    assert wait_for(lambda: not run_keys(client, "tool"))
 
 
 # -- named limits and run deadlines ---------------------------------------------------------

@@ -240,7 +240,9 @@ async def _let_clean_up(tasks: set[asyncio.Task[Any]]) -> None:
     await asyncio.wait(set(tasks), timeout=_CLEANUP_SECONDS)
     stubborn = [task for task in tasks if not task.done()]
     for task in stubborn:
-        task.get_coro().close()
+        # Its finally blocks run now; one that awaits there raises RuntimeError: ignored.
+        with contextlib.suppress(Exception):
+            task.get_coro().close()
         task.cancel()
     if stubborn:
         await asyncio.wait(stubborn, timeout=_CLEANUP_SECONDS)

@@ -23,7 +23,12 @@ runs next: it asks the run's scheduler. Each backend:
 * applies the ``ctx.pause_limit`` calls of an attempt that ran elsewhere, whatever its
   outcome (``run.keep_metrics`` for a result, ``run.apply_pauses`` for a failure, before
   reporting it): they travel in its metrics, or in the :class:`CarriedBaseException` of a
-  failure (:func:`carried_failure`).
+  failure (:func:`carried_failure`);
+* for maps: grows its own per-unit lists when items appear (``run.on_grow``); a backend
+  that keeps results elsewhere sets ``run.fetch_value`` (what ``when=`` predicates read)
+  and ``run.count_items`` (measure the result a map maps over where it is, and hand each
+  item its element there: Dask), so ``run.settle_decisions()`` never brings a mapped
+  result to the caller.
 
 Why a ``run(run)`` method rather than ``submit``/``wait``: the thread backend is fastest when
 a worker that finishes a unit picks its next one itself under the scheduler's lock, which a

@@ -22,11 +22,14 @@ Policy:
       completed; an early outcome waits until then. If a dependency fails, times out or is
       cancelled, the handed-over dependents are cancelled and handed over again with the
       retry (or the fallback). With a run cache, lookahead is off: a unit is looked up when
-      it becomes ready and submitted only on a miss. It is off in a graph with maps too.
-    * Maps: the result mapped over is brought here once to count the items; an item is
-      submitted with its map's inputs and its item (a future, for a map over a map). A
-      map's result is the list of its items' futures until the end, when it is gathered
-      with them (or withheld with them).
+      it becomes ready and submitted only on a miss.
+    * Maps: the result a map maps over stays on the cluster. ``Run.count_items`` asks the
+      worker holding it for its length (``client.run``: no task thread needed); a task
+      lists the items there once and each item's task takes its own through a task that
+      picks it. An item-wise item takes the output of the item it follows. A map's result
+      is the list of its items' futures until the end, when it is gathered with them (or
+      withheld with them); a dependent receives it as that list, resolved on its worker.
+      Maps and their items are never looked ahead; the other units still are.
     * ``metadata["resource_type"]`` becomes ``resources={type: 1}`` when some worker of the
       cluster declares that resource; otherwise it is ignored.
     * Timeouts: Dask cannot interrupt a running task. At the deadline the unit is TIMEOUT,
@@ -61,6 +64,7 @@ import contextlib
 import itertools
 import logging
 import queue
+import time
 import uuid
 from collections.abc import Collection, Mapping
 from concurrent.futures import CancelledError, ThreadPoolExecutor
@@ -71,7 +75,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from .._context import PAUSES_KEY, ExecutionContext, call_unit_function
 from .._errors import BrokenBackendError, InternalError
 from .._events import UnitFinished
-from .._graph import UnitState
+from .._graph import UnitState, materialise
 from ._base import Backend, CarriedBaseException, carried_failure, check_sendable, root_cause
 
 if TYPE_CHECKING:
@@ -101,6 +105,29 @@ _DROPPED_STATES: Final = frozenset({UnitState.SKIPPED, UnitState.CANCELED})
 _CONNECTION_LOST: Final = "scheduler-connection-lost"
 #: Statuses of a done Dask future whose task did not produce a result.
 _UNFINISHED: Final = frozenset({"error", "cancelled"})
+
+
+#: How long results lost with their workers are waited for while the cluster has no worker.
+_NO_WORKERS_SECONDS: Final = 30.0
+
+
+class _LostResultError(RuntimeError):
+    """A completed unit's result died with its worker and no worker was left to recompute it."""
+
+
+class _Lost:
+    """A stand-in for a future whose result is lost: ``result()`` raises why."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> Any:
+        raise self.error
 
 
 def load_distributed() -> Any:
@@ -222,10 +249,40 @@ def _serialize(value: Any) -> None:
 
 
 def _fetch_output(value: Any) -> Any:
-    """A value a ``when=`` predicate reads: a unit's output is brought here from the cluster."""
-    if isinstance(value, load_distributed().Future):
+    """A value a ``when=`` predicate reads: a unit's output is brought here from the cluster.
+
+    A map's value is the list of its items' futures (or fallback values): gathered at once.
+    """
+    future_type = load_distributed().Future
+    if type(value) is list:
+        futures = [v for v in value if isinstance(v, future_type)]
+        if futures:
+            return [_value_of(output) for output in futures[0].client.gather(value)]
+    if isinstance(value, future_type):
         value = value.result()
     return value.value if type(value) is UnitOutput else value
+
+
+def measure_items(key: str, map_name: str, over_name: str, dask_worker: Any = None) -> int | None:
+    """On a worker (``client.run``): how many items the output under ``key`` gives, if held.
+
+    Runs beside the worker's tasks, not in one of its threads: measuring never waits for a
+    free thread. Raises the :func:`materialise` error for a result that is not iterable.
+    """
+    data = dask_worker.data
+    if key not in data:
+        return None
+    return len(materialise(map_name, over_name, _value_of(data[key])))
+
+
+def list_items(map_name: str, over_name: str, output: Any) -> list[Any]:
+    """On a worker: the items of a map, once, for the tasks that pick each."""
+    return materialise(map_name, over_name, _value_of(output))
+
+
+def pick_item(items: list[Any], position: int) -> Any:
+    """On a worker: one item of a map, so only that item travels to the task using it."""
+    return items[position]
 
 
 def _worker_address() -> str:
@@ -320,14 +377,14 @@ class DaskBackend(Backend):
                 f"DaskBackend needs a running client; this one is {client.status}"
             )
         keep = self._indices_to_gather(run)
-        # Items are made during the run, from a result on the cluster: no looking ahead.
-        lookahead = self.lookahead and run.cache is None and not run.graph.maps
-        dask_run = _DaskRun(run, client, keep, lookahead=lookahead)
+        dask_run = _DaskRun(run, client, keep, lookahead=self.lookahead and run.cache is None)
         previous_wake = run.wake
         run.wake = dask_run.wake
         try:
             dask_run.open()
             run.fetch_value = _fetch_output
+            if run.scheduler.maps:
+                run.count_items = dask_run.count_items
             dask_run.drive()
             dask_run.collect()
         except BaseException as error:
@@ -407,6 +464,19 @@ class _DaskRun:
         self.to_fetch: list[tuple[int, int]] = []
         #: What every task of the run receives so its ``ctx.pause_limit`` reaches us.
         self.pause_kwargs: dict[str, str] = {}
+        sched = run.scheduler
+        #: Never handed over ahead: units a condition or a rule decides, and maps (which never
+        #: run; their items exist only once the map expanded, and are submitted when started).
+        self.not_ahead = sched.judged | frozenset(sched.maps)
+        #: Each expanded map over a unit -> the list of its items on the cluster (a future),
+        #: or, for a result that is here (cached, a fallback value), the items themselves.
+        self.item_sources: dict[int, Any] = {}
+        #: Each map item -> the future picking its item from that list (kept for retries).
+        self.picks: dict[int, Any] = {}
+        #: Each map -> the Dask priority of its items (item-wise ones rank after their parent).
+        self.item_priority: dict[int, tuple[float, int]] = {}
+        #: The gap between neighbouring units' Dask priorities (set by ``open``).
+        self.priority_step = 1.0
         run.on_grow.append(self._grow)
 
     def _grow(self, items: range) -> None:
@@ -418,7 +488,11 @@ class _DaskRun:
         self.futures.extend([None] * count)
         self.future_attempt.extend([0] * count)
         self.scanned.extend([0] * count)
-        self.options.extend([self.options[m]] * count)
+        options = self.options[m]
+        priority = self._priority_of_items(m, options["priority"])
+        if priority != options["priority"]:
+            options = {**options, "priority": priority}
+        self.options.extend([options] * count)
         self.dep_names.extend([()] * count)  # an item's inputs come from inputs_of
         if m in self.keep:
             self.keep.update(items)
@@ -448,6 +522,7 @@ class _DaskRun:
         declared = self._declared_resources()
         units = graph.units
         integral = all(float(unit.priority).is_integer() for unit in units)
+        self.priority_step = 1 / (n + 1) if integral else 1.0
         for i, unit in enumerate(units):
             rank = n - position_of[i]  # higher runs sooner, as Dask reads priorities
             priority = unit.priority + rank / (n + 1) if integral else rank
@@ -481,6 +556,79 @@ class _DaskRun:
         return frozenset(
             itertools.chain.from_iterable((w.get("resources") or {}) for w in workers.values())
         )
+
+    # -- maps --------------------------------------------------------------------------------
+
+    def count_items(self, m: int, over: int) -> int:
+        """``Run.count_items``: measure the result map ``m`` maps over where it is kept.
+
+        The worker holding it answers with the length (``client.run``, no task thread
+        needed); a task then lists the items there once, and each item's task takes its own
+        through a task picking it, so the list never travels to the caller.
+        """
+        names = self.run.graph.names
+        map_name, over_name = names[m], names[over]
+        source = self.run.scheduler.results[over]
+        if not isinstance(source, self.future_type):  # a cached or fallback value: here
+            values = materialise(map_name, over_name, source)
+            self.item_sources[m] = values
+            return len(values)
+        if self.broken is not None:
+            raise BrokenBackendError(f"map {map_name!r}: {self.broken}")
+        answers = self.client.run(measure_items, source.key, map_name, over_name)
+        counts = [count for count in answers.values() if count is not None]
+        if not counts:
+            raise BrokenBackendError(
+                f"map {map_name!r}: the result of {over_name!r} is lost from the Dask cluster"
+            )
+        self.item_sources[m] = self._submit_helper(
+            f"{map_name}-items", m, list_items, map_name, over_name, source
+        )
+        return int(counts[0])
+
+    def _submit_helper(self, stem: str, i: int, function: Callable[..., Any], *args: Any) -> Any:
+        """Submit a task that lists or picks items, at unit ``i``'s priority."""
+        return self.client.submit(
+            function,
+            *args,
+            key=f"{stem}-{self.token}-{next(self.serial)}",
+            priority=self.options[i]["priority"],
+            pure=False,
+        )
+
+    def _priority_of_items(self, m: int, own: float) -> float:
+        """The Dask priority of map ``m``'s items (its own is ``own``).
+
+        Items of an item-wise map of equal ``priority`` rank right after the item they
+        follow, before the remaining items of that map: depth-first, as in the scheduler.
+        """
+        sched = self.run.scheduler
+        over = sched.maps[m]
+        units = self.run.graph.units
+        parent = self.item_priority.get(over)
+        if parent is None or units[m].priority != units[over].priority:
+            self.item_priority[m] = (own, 0)
+            return own
+        priority, depth = parent
+        placed = priority + self.priority_step * 0.5 ** (depth + 1)
+        self.item_priority[m] = (placed, depth + 1)
+        return placed
+
+    def _item_input(self, i: int, m: int, position: int) -> Any:
+        """What item ``i`` (at ``position`` of map ``m``) maps: a pick, a value or a future."""
+        sched = self.run.scheduler
+        parent = sched.item_parent.get(i)
+        if parent is not None:  # item-wise: the output of the item it follows
+            return sched.results[parent]
+        source = self.item_sources[m]
+        if type(source) is list:
+            return source[position]
+        pick = self.picks.get(i)
+        if pick is None:
+            name = self.run.graph.names[i]
+            pick = self._submit_helper(f"{name}-pick", i, pick_item, source, position)
+            self.picks[i] = pick
+        return pick
 
     # -- the driver loop -------------------------------------------------------------------
 
@@ -571,11 +719,14 @@ class _DaskRun:
     def _submit_with_gaps(self, i: int, attempt: int) -> None:
         """Submit a unit with the outputs that exist and why the others do not (join rules).
 
-        A map's item gets its map's inputs and its item (a future when it maps over a map).
+        A map's item gets its map's inputs and its item: a pick's future, the future of the
+        item it follows, or a value.
         """
         run = self.run
         inputs, upstream = run.inputs_of(i)
-        item = run.item_of(i)
+        sched = run.scheduler
+        place = sched.item_of.get(i) if sched.item_of else None
+        item = None if place is None else (place[1], self._item_input(i, *place))
         self._submit(i, attempt, list(inputs.values()), tuple(inputs), upstream, item=item)
 
     def _submit(
@@ -590,12 +741,12 @@ class _DaskRun:
     ) -> None:
         """Hand attempt ``attempt`` of unit ``i`` to Dask with ``inputs`` (futures or values)."""
         run = self.run
+        name = run.graph.names[i]  # an item's unit is its map's: the name is its own
         if self.broken is not None:
-            error = BrokenBackendError(f"unit {run.graph.names[i]!r}: {self.broken}")
+            error = BrokenBackendError(f"unit {name!r}: {self.broken}")
             self.outcomes.put((i, attempt, _Failed(error)))
             return
         unit = run.graph.units[i]
-        name = unit.id
         try:
             future = self.client.submit(
                 run_attempt,
@@ -638,7 +789,8 @@ class _DaskRun:
         # A unit that names limits goes to Dask only once it holds its slots.
         limited = {} if sched.gate is None else sched.gate.needs
         futures, scanned, has_value = self.futures, self.scanned, self._has_value
-        judged = sched.judged  # a condition or a join rule decides here, not ahead
+        items = sched.item_of
+        judged = self.not_ahead  # a condition, a join rule or a map decides here, not ahead
         stack = [start]
         while stack:
             for k in dependents[stack.pop()]:
@@ -646,6 +798,8 @@ class _DaskRun:
                     continue  # handed over already, ended, or waiting for a retry
                 if k in limited or (judged and k in judged):
                     continue
+                if items and k in items:
+                    continue  # an item-wise item: its item and inputs are named at its start
                 row = deps[k]
                 # Resume where the last look stopped: a sink of n units costs O(n) in all.
                 c, m = scanned[k], len(row)
@@ -830,8 +984,16 @@ class _DaskRun:
         self.outcomes.put(_Fetched(batch, outputs))
 
     def _gather(self, futures: list[Any]) -> list[UnitOutput | BaseException]:
-        """Gather outputs in one call; if that fails, one by one, keeping each error."""
+        """Gather outputs in one call; if that fails, one by one, keeping each error.
+
+        A result whose worker died is recomputed by Dask, which needs a worker: while the
+        cluster has none for :data:`_NO_WORKERS_SECONDS`, the results not yet here are
+        given up (an error each) instead of waiting for ever.
+        """
+        futures = self._wait_while_workers(futures)
         try:
+            if any(type(future) is _Lost for future in futures):
+                raise _LostResultError  # noqa: TRY301 - take the one-by-one path below
             return list(self.client.gather(futures))
         except Exception:
             outputs: list[UnitOutput | BaseException] = []
@@ -841,6 +1003,32 @@ class _DaskRun:
                 except Exception as error:
                     outputs.append(error)
             return outputs
+
+    def _wait_while_workers(self, futures: list[Any]) -> list[Any]:
+        """``futures`` once done, or once the cluster has had no worker for a while.
+
+        Then each one still pending is replaced by a stand-in whose ``result()`` says so.
+        """
+        wait = load_distributed().wait
+        workerless_since: float | None = None
+        while True:
+            try:
+                wait(futures, timeout=1.0)
+            except TimeoutError:
+                pass
+            else:
+                return futures
+            if self.client.scheduler_info().get("workers"):
+                workerless_since = None
+                continue
+            now = time.monotonic()
+            if workerless_since is None:
+                workerless_since = now
+            elif now - workerless_since >= _NO_WORKERS_SECONDS:
+                lost = _LostResultError(
+                    f"the cluster had no worker for {_NO_WORKERS_SECONDS:g} s to recompute it"
+                )
+                return [f if f.done() else _Lost(lost) for f in futures]
 
     def _receive(self, item: _Fetched | _Paused) -> None:
         """News from the client's loop that is no attempt's outcome."""
@@ -918,19 +1106,32 @@ class _DaskRun:
             self._read_remote(remote)
 
     def _collect_maps(self, gathered_by_key: dict[str, Any]) -> None:
-        """A map's result, the list of its items' futures, becomes their values (or None)."""
-        sched, future_type = self.run.scheduler, self.future_type
+        """A map's result, the list of its items' futures, becomes their values.
+
+        If an item did not come back (not asked for, or lost), the map is withheld instead,
+        holding no future of the cluster.
+        """
+        run = self.run
+        sched, future_type = run.scheduler, self.future_type
+        results = sched.results
         for m in sched.items_of:
-            items = sched.results[m]
-            if sched.state[m] is not _COMPLETED or type(items) is not list:
+            values = results[m]
+            if type(values) is not list:
                 continue
-            if m in self.keep:
-                sched.results[m] = [
-                    gathered_by_key.get(v.key) if isinstance(v, future_type) else v for v in items
-                ]
-            else:  # withheld, with its items: hold no future of the cluster
-                sched.results[m] = None
-                self.run.withheld.add(m)
+            out = []
+            for entry in values:
+                if isinstance(entry, future_type):
+                    if entry.key not in gathered_by_key:
+                        results[m] = None
+                        run.withheld.add(m)
+                        break
+                    out.append(gathered_by_key[entry.key])
+                else:  # a fallback value
+                    out.append(entry)
+            else:
+                results[m] = out
+                if m not in self.keep:
+                    run.withheld.add(m)
 
     def _read_remote(self, remote: dict[str, int]) -> None:
         """Metrics and worker of results that stay on the cluster, without moving them."""
@@ -959,10 +1160,15 @@ class _DaskRun:
             if future is not None and sched.state[i] is not _COMPLETED:
                 self._drop(i)
         self.in_flight.clear()
+        self.to_cancel += [f for f in self._map_helpers() if isinstance(f, self.future_type)]
         if self.to_cancel and self.broken is None:
             futures, self.to_cancel = self.to_cancel, []
             with contextlib.suppress(Exception):
                 self.client.cancel(futures, force=True)
+
+    def _map_helpers(self) -> list[Any]:
+        """The tasks that list and pick map items."""
+        return [*self.item_sources.values(), *self.picks.values()]
 
     def close(self) -> None:
         """Release every future of the run (the cluster frees what nobody else holds).
@@ -973,11 +1179,18 @@ class _DaskRun:
         if self.fetcher is not None:
             self.fetcher.shutdown(wait=False, cancel_futures=True)
         results = self.run.scheduler.results
+        future_type, items_of = self.future_type, self.run.scheduler.items_of
         for i, value in enumerate(results):
-            if isinstance(value, self.future_type):  # interrupted before collect() ran
+            if isinstance(value, future_type) or (  # interrupted before collect() ran
+                type(value) is list
+                and i in items_of
+                and any(isinstance(v, future_type) for v in value)
+            ):
                 results[i] = None
                 self.run.withheld.add(i)
         self.futures = []
+        self.item_sources.clear()
+        self.picks.clear()
         self.early.clear()
         self.to_cancel = []
         self.context = {}

@@ -254,6 +254,8 @@ class LaneBackend(Backend):
                                 run.emit_finished(i, attempt, now)
                             continue
                     lane.submit(i, attempt)
+            if sched.to_decide or sched.outbox:
+                continue  # a cache hit made decisions due (a map to expand, a condition)
             deadline = sched.next_deadline()
             if not in_flight and deadline is None:
                 waiting = sched.waiting_on_limits  # for a limit another run holds

@@ -52,6 +52,7 @@ class SequentialBackend(Backend):
         started_hooks, finished_hooks = dispatcher.unit_started, dispatcher.unit_finished
         wakeups: queue.SimpleQueue[None] = queue.SimpleQueue()
         previous_wake, run.wake = run.wake, lambda: wakeups.put(None)
+        run.clock_cancels = True  # nothing acts on a deadline while a unit runs here
         if sched.gate is not None:
             sched.gate.in_order = True
         try:
