@@ -64,7 +64,6 @@ INTERNAL = {
     "quantum_partitioner.backends._base": {
         "CarriedBaseException",
         "carried_failure",
-        "pool_size",
         "check_sendable",
         "root_cause",
     },

@@ -55,6 +55,8 @@ class Lane(ABC):
     name = "lane"
     #: Its place among its backend's lanes: the scheduler's ready queue it starts from.
     index = 0
+    #: Whether :meth:`ended_at` says when attempts ended (else the driver's clock does).
+    knows_end_times = False
     #: Whether attempts go through ``Run.call`` (which consults the run's cache itself);
     #: otherwise the driver looks results up before ``submit`` and stores them after.
     calls_in_process = False
@@ -76,6 +78,15 @@ class Lane(ABC):
         Called before the outcome is applied: a lane that knows when the attempt really
         started (a worker process stamps it) may set ``run.scheduler.started[i]``.
         """
+
+    def ended_at(self, i: int, attempt: int) -> float:
+        """When that settled attempt really ended (the run's clock), or -1 if not known.
+
+        For lanes with ``knows_end_times``, whose attempts run where the end is stamped (a
+        worker process): the driver receives an outcome later than it happened.
+        """
+        del i, attempt
+        return -1.0
 
     def abandon(self, i: int, attempt: int) -> None:  # noqa: B027 - optional hook
         """Stop that attempt if possible (timeout, cancel); its outcome will be ignored."""
@@ -281,11 +292,15 @@ class LaneBackend(Backend):
             return
         i, attempt, ok, value, metrics = item
         lane = self.lanes[run.scheduler.lane_of[i]]
+        now = -1.0
         if in_flight.get(i) == attempt:
             del in_flight[i]
             lane.settled(i, attempt)
+            if lane.knows_end_times:
+                now = lane.ended_at(i, attempt)
         sched = run.scheduler
-        now = run.clock()
+        if now < 0:
+            now = run.clock()
         if ok:
             if metrics:
                 run.keep_metrics(i, metrics)

@@ -189,6 +189,7 @@ class ProcessLane(Lane):
     """
 
     name = "process"
+    knows_end_times = True
 
     def __init__(self, max_workers: int | None = None, *, reuse: bool = False) -> None:
         """Size the pool; workers start when the lane first opens."""
@@ -225,6 +226,7 @@ class ProcessLane(Lane):
             #: there, kept here until the driver settles them.
             self._sent_ahead: set[tuple[int, int]] = set()
             self._started: dict[tuple[int, int], float] = {}
+            self._ended: dict[tuple[int, int], float] = {}
             # Worker stamps are its time.perf_counter(); the run's clock may be another.
             self._clock_offset = (
                 0.0 if run.clock is time.perf_counter else run.clock() - time.perf_counter()
@@ -501,6 +503,7 @@ class ProcessLane(Lane):
         job = (i, attempt)
         with self._lock:
             self._started.pop(job, None)
+            self._ended.pop(job, None)
             self._sent_ahead.discard(job)
             if job in self._held:
                 self._held.remove(job)  # held: it never started
@@ -523,6 +526,10 @@ class ProcessLane(Lane):
         self._held.extend(job for job in worker.jobs if job not in worker.recalled)
         worker.jobs.clear()
         worker.recalled.clear()
+
+    def ended_at(self, i: int, attempt: int) -> float:
+        """When the worker ended that attempt, or -1 (it died: the driver's clock says)."""
+        return self._ended.pop((i, attempt), -1.0)
 
     def settled(self, i: int, attempt: int) -> None:
         """Record when an attempt sent ahead really started: its worker's stamp.
@@ -613,6 +620,9 @@ class ProcessLane(Lane):
             if job in self._sent_ahead:
                 self._sent_ahead.discard(job)
                 self._started[job] = started + self._clock_offset
+            # Its end as the worker saw it: the next attempt sent ahead to the worker may
+            # have started before this outcome reached the driver.
+            self._ended[job] = ended + self._clock_offset
             self._typical_seconds += (ended - started - self._typical_seconds) * 0.25
         if kind == "ok":
             _, _, _, _, _, blob, metrics = message
