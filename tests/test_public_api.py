@@ -65,6 +65,7 @@ INTERNAL = {
         "CarriedBaseException",
         "carried_failure",
         "check_sendable",
+        "pool_size",
         "root_cause",
     },
     "quantum_partitioner.backends._pool": {"DaemonPool", "default_thread_workers"},
