@@ -1033,26 +1033,28 @@ class _DaskRun:
 
         Then each one still pending is replaced by a stand-in whose ``result()`` says so.
         """
-        wait = load_distributed().wait
+        # Polled, not distributed.wait(): that waits on the default client's loop, which
+        # need not be this client's. The futures of completed units are done at once.
         workerless_since: float | None = None
-        while True:
-            try:
-                wait(futures, timeout=1.0)
-            except TimeoutError:
-                pass
-            else:
-                return futures
+        pause = 0.001
+        checked = time.monotonic()
+        while not all(future.done() for future in futures):
+            time.sleep(pause)
+            pause = min(2 * pause, 0.1)
+            now = time.monotonic()
+            if now - checked < 1.0:
+                continue
+            checked = now
             if self.client.scheduler_info().get("workers"):
                 workerless_since = None
-                continue
-            now = time.monotonic()
-            if workerless_since is None:
+            elif workerless_since is None:
                 workerless_since = now
             elif now - workerless_since >= _NO_WORKERS_SECONDS:
                 lost = _LostResultError(
                     f"the cluster had no worker for {_NO_WORKERS_SECONDS:g} s to recompute it"
                 )
                 return [f if f.done() else _Lost(lost) for f in futures]
+        return futures
 
     def _receive(self, item: _Fetched | _Paused) -> None:
         """News from the client's loop that is no attempt's outcome."""
