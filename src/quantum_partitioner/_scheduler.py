@@ -684,11 +684,18 @@ class Scheduler:
         Skips (and maps that finished) are appended to ``out``; returns how many units
         became ready (or to decide).
         """
+        return self._propagate([(i, kind)], out, now)
+
+    def _propagate(self, work: list[tuple[int, int]], out: list[Transition], now: float) -> int:
+        """Judge the dependents of each ``(unit, kind)`` in ``work``, transitively.
+
+        ``work`` grows as skips and finished maps propagate. Returns how many units became
+        ready (or to decide).
+        """
         dependents = self._dependents
         settle = self._settle_one
         released = 0
-        work = [(i, kind)]
-        for node, node_kind in work:  # grows while skips propagate
+        for node, node_kind in work:
             for j in dependents[node]:
                 released += settle(j, node, node_kind, out, work, now)
         return released
@@ -985,9 +992,7 @@ class Scheduler:
                 self._judge_dependent(q, m, _OK, out, work, now)
         if not count:  # nothing to wait for: complete with []
             work.append((m, self._finish_map(m, now, out)))
-        for node, node_kind in work:  # what those endings caused, as in _settle_dependents
-            for j in dependents[node]:
-                self._settle_one(j, node, node_kind, out, work, now)
+        self._propagate(work, out, now)  # what those endings caused
         return out
 
     def _item_keys(self, m: int, count: int, parents: range | None) -> list[float]:
