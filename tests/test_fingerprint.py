@@ -202,6 +202,10 @@ def test_defect_15_nesting_past_the_stack_is_fingerprinted_or_named():
         fingerprint({"chain": chain})
     with pytest.raises(UnfingerprintableError, match="nested deeper than the interpreter's"):
         function_fingerprint(make_closure(chain))
+    memo = _fingerprint.ModuleMemo()  # the short way (a closure of a code seen before) too
+    function_fingerprint(make_closure(0), memo=memo)
+    with pytest.raises(UnfingerprintableError, match="nested deeper than the interpreter's"):
+        function_fingerprint(make_closure(chain), memo=memo)
 
 
 # -- functions ---------------------------------------------------------------------------------
@@ -486,6 +490,33 @@ def test_a_build_memo_takes_a_shared_function_once_until_it_is_cleared(monkeypat
     memo.clear()
     assert function_fingerprint(unit, memo=memo) == function_fingerprint(unit) != first
     assert function_fingerprint(shared, memo=memo) == function_fingerprint(shared) != seen
+    partial = functools.partial(unit, k=1)  # other callables: by identity too
+    assert memo.function(partial, frozenset()) is memo.function(partial, frozenset())
+
+
+class AlwaysEqual:
+    """A callable object that claims to equal every other (and hashes alike)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, ctx):
+        return self.value
+
+    def __eq__(self, other):
+        return True
+
+    def __hash__(self):
+        return 0
+
+
+def test_a_build_memo_keys_callable_objects_by_identity_not_equality():
+    """Two callables that compare equal but hold different values keep their own prints."""
+    memo = _fingerprint.ModuleMemo()
+    one, two = AlwaysEqual(1), AlwaysEqual(2)
+    assert function_fingerprint(one, memo=memo) == function_fingerprint(one)
+    assert function_fingerprint(two, memo=memo) == function_fingerprint(two)
+    assert function_fingerprint(one, memo=memo) != function_fingerprint(two, memo=memo)
 
 
 def test_a_build_memo_encodes_the_globals_of_distinct_closures_once(monkeypatch):

@@ -37,6 +37,7 @@ import logging
 import pickle
 import threading
 from dataclasses import dataclass
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, Final, Self
 
 from ._fingerprint import (
@@ -236,14 +237,19 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         if not metadata.get("cacheable"):
             self._fingerprints.pop(unit.id, None)  # it may replace a cacheable unit
             return
-        if "cache_ignore" not in metadata:
-            # ModuleMemo.function's lookup, inlined: this is all a shared function costs.
-            function = unit.function
-            known = self._module_memo.functions.get(id(function))
-            if known is not None and known[0] is function:
-                self._fingerprints[unit.id] = known
-                return
-        self._take_fingerprint(unit)
+        if "cache_ignore" in metadata:
+            self._take_fingerprint(unit, _ignored(unit))
+            return
+        # ModuleMemo.function's lookup of a plain function, inlined: this is all a unit
+        # whose function an earlier unit of this build ran costs.
+        function = unit.function
+        known = (
+            self._module_memo.functions.get(function) if type(function) is FunctionType else None
+        )
+        if known is not None:
+            self._fingerprints[unit.id] = known
+        else:
+            self._take_fingerprint(unit, _NO_NAMES)
 
     def remove_unit(self, name: str) -> QuantumUnit[T, R]:
         """Remove the unit ``name`` and return it (its stored results stay; see clear_cache).
@@ -260,12 +266,12 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         known = self._fingerprints.get(unit.id)
         if known is not None and known[0] is unit.function and known[1] == _ignored(unit):
             return known[2]
-        return self._take_fingerprint(unit)
+        return self._take_fingerprint(unit, _ignored(unit))
 
-    def _take_fingerprint(self, unit: QuantumUnit[Any, Any]) -> bytes:
+    def _take_fingerprint(self, unit: QuantumUnit[Any, Any], ignore: frozenset[str]) -> bytes:
         """Fingerprint the unit's function now (shared with this build's other units)."""
         try:
-            known = self._module_memo.function(unit.function, _ignored(unit))
+            known = self._module_memo.function(unit.function, ignore)
         except UnfingerprintableError as error:
             raise TypeError(
                 f"unit {unit.id!r} is cacheable but its function cannot be fingerprinted: "

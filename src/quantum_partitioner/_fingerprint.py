@@ -228,8 +228,12 @@ class ModuleMemo:
     def __init__(self) -> None:
         """An empty memo."""
         self.entries: dict[tuple[int, _Path, frozenset[str]], tuple[Any, Any, bytes]] = {}
-        # Keyed by id(fn) alone when no name is ignored (see function_key).
-        self.functions: dict[int | tuple[int, frozenset[str]], Fingerprinted] = {}
+        # Keyed by the function itself when it is a plain function (those hash and compare
+        # by identity, and their hash spreads addresses where id()s, multiples of 16,
+        # crowd a dict's low bits), else by its id (a callable object may define __eq__);
+        # with the ignored names, if any. Most units run a plain function and ignore
+        # nothing: a caller on a hot path can look the function itself up.
+        self.functions: dict[Any, Fingerprinted] = {}
         self.globals_parts: dict[
             tuple[types.CodeType, int, frozenset[str]], tuple[dict[str, Any], bytes]
         ] = {}
@@ -248,25 +252,22 @@ class ModuleMemo:
         The record is shared by every unit of the build that runs ``fn``, so a caller can
         keep it per unit without making one. Raises as :func:`function_fingerprint` does.
         """
-        key = function_key(fn, ignore)
+        key: Any = fn if type(fn) is types.FunctionType else id(fn)  # see ``functions``
+        if ignore:
+            key = (key, ignore)
         known = self.functions.get(key)
-        if known is None or known[0] is not fn:
-            known = self.functions[key] = (fn, ignore, _function_fingerprint(fn, ignore, self))
+        if known is None or known[0] is not fn:  # (an id key's entry keeps its function)
+            value = None
+            if type(fn) is types.FunctionType:
+                value = _closure_fingerprint(fn, ignore, self)
+            if value is None:
+                value = _function_fingerprint(fn, ignore, self)
+            known = self.functions[key] = (fn, ignore, value)
         return known
 
 
 # A function, the names left out of its fingerprint, and that fingerprint.
 Fingerprinted = tuple[Any, frozenset[str], bytes]
-
-
-def function_key(fn: Any, ignore: frozenset[str]) -> int | tuple[int, frozenset[str]]:
-    """``fn``'s key in ``ModuleMemo.functions``: its id, with the ignored names if any.
-
-    Most units ignore nothing, so their key is a plain int: a caller on a hot path can
-    look ``id(fn)`` up directly (the entry keeps ``fn``, so a found id is ``fn``'s only if
-    the entry's function is ``fn``).
-    """
-    return (id(fn), ignore) if ignore else id(fn)
 
 
 def function_fingerprint(
@@ -298,16 +299,12 @@ def function_fingerprint(
 
 
 def _function_fingerprint(fn: Any, ignore: frozenset[str], memo: ModuleMemo | None) -> bytes:
-    """:func:`function_fingerprint` without looking ``fn`` itself up in ``memo``."""
+    """:func:`function_fingerprint` the long way: an encoder pass over all of ``fn``."""
     try:
-        value = None
-        if memo is not None and type(fn) is types.FunctionType:
-            value = _closure_fingerprint(fn, ignore, memo)
-        if value is None:
-            encoder = _Encoder(ignore, memo)
-            out = bytearray(_FUNCTION_TAG)
-            encoder.value(fn, out)
-            value = digest(out)
+        encoder = _Encoder(ignore, memo)
+        out = bytearray(_FUNCTION_TAG)
+        encoder.value(fn, out)
+        value = digest(out)
     except RecursionError:
         pass  # raised below, outside the except clause, where the stack is free again
     else:
@@ -415,7 +412,10 @@ def _closure_fingerprint(
     hasher = template.hasher.copy()
     encoder = _Encoder(ignore, memo)
     encoder.functions[id(fn)] = 0
-    encoder.closure_values(fn, code, out)
+    try:
+        encoder.closure_values(fn, code, out)
+    except RecursionError:
+        return None  # the long way says what is too deep
     hasher.update(out)
     hasher.update(template.tail)
     return hasher.digest()
