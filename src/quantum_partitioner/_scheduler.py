@@ -758,16 +758,38 @@ class Scheduler:
             self._release(j, now)
             return 1
         cause = SkipCause.UPSTREAM_FAILED if bad else SkipCause.JOIN_RULE
-        verb = "failed" if node_kind == _BAD else "was skipped"
-        reason = f"dependency {self.names[node]!r} {verb}"
-        if verdict is _SKIP_VERDICT and self.maps.get(j) == node:
-            reason = f"what it maps over, {self.names[node]!r}, {verb}"
+        decided_by: int | None = node
+        if node_kind == _OK:  # the last input completed: name one that decided the skip
+            decided_by = self._input_of_kind(j, _BAD if bad else _SKIP)
+        if decided_by is None:  # none failed or was skipped: too few inputs (at_least)
+            reason = f"only {self._ok[j]} of its inputs completed"
+        else:
+            verb = "failed" if self._kind_of(decided_by) == _BAD else "was skipped"
+            reason = f"dependency {self.names[decided_by]!r} {verb}"
+        if decided_by is not None and self.maps.get(j) == decided_by:
+            reason = f"what it maps over, {self.names[decided_by]!r}, {verb}"
         elif rule is not ALL_SUCCESS:
             reason = f"its join rule {rule} was not met ({reason})"
-        error = UnitSkippedError(self.names[j], self.names[node], cause, reason)
+        dependency = None if decided_by is None else self.names[decided_by]
+        error = UnitSkippedError(self.names[j], dependency, cause, reason)
         out.append(self._skip_one(j, error, now))
         work.append((j, _BAD if cause.is_failure else _SKIP))
         return 0
+
+    def _input_of_kind(self, j: int, kind: int) -> int | None:
+        """The first terminal input of unit ``j`` that counts as ``kind``, else None.
+
+        Its inputs are its dependencies, and the items of a map it counts item by item
+        (``at_least``). For the reason of a skip whose last input completed.
+        """
+        quorums = self._item_quorums if self.maps else {}
+        state = self.state
+        for d in self._deps[j]:
+            inputs = self.items_of[d] if j in quorums.get(d, ()) else (d,)
+            for k in inputs:
+                if state[k].is_terminal and self._kind_of(k) == kind:
+                    return k
+        return None
 
     def _release(self, j: int, now: float) -> None:
         """Unit ``j``'s rule is met: queue it (or ask its condition first)."""
