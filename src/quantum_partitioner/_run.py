@@ -31,7 +31,7 @@ from ._events import (
     UnitSkipped,
     UnitStarted,
 )
-from ._graph import Graph, UnitState, materialise
+from ._graph import Graph, UnitState, materialise, too_many_items
 from ._limits import compile_limits
 from ._scheduler import Scheduler, Transition
 
@@ -470,17 +470,15 @@ class Run:
                 if self.count_items is not None:
                     count = self.count_items(m, over)
                 else:
-                    values = materialise(unit.id, self._names[over], sched.results[over])
+                    values = materialise(
+                        unit.id, self._names[over], sched.results[over], unit.max_items
+                    )
                     count = len(values)
             except Exception as error:  # not iterable, its iterator raised, or unreachable
                 return sched.fail_map(m, error, now)
         bound = unit.max_items
-        if bound is not None and count > bound:
-            message = (
-                f"map {unit.id!r}: {self._names[over]!r} gave {count} items, more than "
-                f"max_items={bound}"
-            )
-            return sched.fail_map(m, ValueError(message), now)
+        if bound is not None and count > bound:  # a map over a map, or counted elsewhere
+            return sched.fail_map(m, too_many_items(unit.id, self._names[over], count, bound), now)
         index = self.graph.index
         declared = unit.dependencies
         view_keys = unit.view_keys

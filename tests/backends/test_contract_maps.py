@@ -152,6 +152,28 @@ def test_a_result_that_is_not_iterable_or_too_long_fails_the_map(mode):
     assert skipped.cause is SkipCause.UPSTREAM_FAILED
 
 
+def test_a_lazy_result_is_read_no_further_than_max_items_and_a_failing_one_says_so(mode):
+    """max_items stops reading a lazy result at max_items + 1 elements (an endless one fails
+    the map at once); an iterable that raises while it is read fails the map with that
+    error as the cause, not as "not iterable"."""
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.const(u.Paged(1000)), name="pages")
+    p.add_map(u.item_view, over="pages", name="bounded", max_items=3)
+    p.add_unit(u.const(u.Paged(2)), name="short")
+    p.add_map(u.item_view, over="short", name="paged")
+
+    mode.execute(p)
+
+    failed = p.get_failed_units()
+    assert isinstance(failed["bounded"], ValueError)  # without the bound: ConnectionError
+    assert "map 'bounded': 'pages' gave more than max_items=3 items" in str(failed["bounded"])
+    assert isinstance(failed["paged"], TypeError)
+    assert "map 'paged': reading the items of 'short' (Paged) raised ConnectionError: page 3" in (
+        str(failed["paged"])
+    )
+    assert isinstance(failed["paged"].__cause__, ConnectionError)
+
+
 def test_a_map_whose_input_did_not_complete_or_whose_condition_is_false_is_skipped(mode):
     p = QuantumPartitioner(max_workers=2)
     p.add_unit(u.explode, name="broken")
