@@ -177,6 +177,60 @@ def test_a_quorum_over_too_few_items_says_so_and_names_no_dependency():
     assert "at_least(3) was not met (only 2 of its inputs completed)" in str(error)
 
 
+def test_cancel_rest_keeps_a_map_whose_items_an_item_wise_map_still_needs():
+    """A quorum over ``ask`` cancels nothing an item-wise ``summary`` needs, nor ``ask``
+    itself: it ends when its items do, instead of CANCELED while they still run."""
+    # plan -> ask (map) -> summary (item-wise map over ask)
+    #           \-> quorum (at_least(1), cancel_rest)
+    units = [
+        QuantumUnit("plan", noop, []),
+        QuantumUnit("ask", noop, [], over="plan"),
+        QuantumUnit("summary", noop, [], over="ask"),
+        QuantumUnit("quorum", noop, ["ask"], run_if=at_least(1), cancel_rest=True),
+    ]
+    sched = Scheduler(compile_graph(units))
+    run(sched, "plan")
+    index = sched.graph.index
+    sched.to_decide.clear()
+    sched.expand(index["ask"], 2, 0.0)
+    assert sched.to_decide == [index["summary"]]  # the driver expands it at once
+    sched.to_decide.clear()
+    sched.expand(index["summary"], 2, 0.0)
+    ask0, ask1 = sched.start_next(0.0), sched.start_next(0.0)
+    sched.complete(ask0, 1, "a", 0.0)  # the quorum is met while ask[1] runs
+    assert sched.outbox == []
+    for _ in range(2):  # quorum and summary[0]
+        i = sched.start_next(0.0)
+        sched.complete(i, 1, sched.names[i], 0.0)
+    sched.complete(ask1, 1, "b", 0.0)
+    run(sched, "summary[1]")
+    assert not sched.is_active()
+    assert state(sched, "ask") is COMPLETED
+    assert sched.results[index["summary"]] == ["summary[0]", "summary[1]"]
+
+
+def test_cancel_rest_keeps_a_map_whose_items_another_quorum_still_counts():
+    """Two quorums over one map: the first (cancel_rest) leaves the items the second needs."""
+    units = [
+        QuantumUnit("plan", noop, []),
+        QuantumUnit("ask", noop, [], over="plan"),
+        QuantumUnit("first", noop, ["ask"], run_if=at_least(1), cancel_rest=True),
+        QuantumUnit("both", noop, ["ask"], run_if=at_least(2)),
+    ]
+    sched = Scheduler(compile_graph(units))
+    run(sched, "plan")
+    sched.to_decide.clear()
+    sched.expand(sched.graph.index["ask"], 2, 0.0)
+    ask0, ask1 = sched.start_next(0.0), sched.start_next(0.0)
+    sched.complete(ask0, 1, "a", 0.0)
+    assert sched.outbox == []
+    run(sched, "first")
+    sched.complete(ask1, 1, "b", 0.0)
+    run(sched, "both")
+    assert not sched.is_active()
+    assert state(sched, "ask") is COMPLETED
+
+
 def test_cancelled_dependencies_never_trigger_a_unit():
     """cancel(): an all_done unit whose dependencies are cancelled is cancelled, never run."""
     sched = scheduler_of(

@@ -874,6 +874,8 @@ class Scheduler:
                 k != j and not state[k].is_terminal for k in dependents[d]
             ):
                 continue
+            if d in self._collecting and self._items_needed(d, j):
+                continue  # the map ends when its items do, as without cancel_rest
             if current is _PENDING:
                 self._unqueue(d)
             self.outbox.append(self._cancel_one(d, now, reason, was_running=current is _RUNNING))
@@ -881,6 +883,22 @@ class Scheduler:
             if d in self._collecting:  # a map nothing needs: its unfinished items too
                 self._collecting.discard(d)
                 stack.extend(self.items_of[d])
+
+    def _items_needed(self, m: int, j: int) -> bool:
+        """Whether an unfinished item of map ``m`` is needed by something but ``j`` and ``m``.
+
+        By a map over ``m`` (item-wise: expanded or not, it needs each item) or another unit
+        counting ``m``'s items (``at_least``): those are not among ``m``'s dependents.
+        """
+        state = self.state
+        if any(not state[c].is_terminal for c in self._item_children.get(m, ())):
+            return True
+        return any(
+            k not in (j, m) and not state[k].is_terminal
+            for item in self.items_of[m]
+            if not state[item].is_terminal
+            for k in self._dependents[item]
+        )
 
     def _unqueue(self, d: int) -> None:
         """Take a PENDING unit out of the ready queue or the decisions, if it is there."""
