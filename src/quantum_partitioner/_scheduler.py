@@ -971,7 +971,6 @@ class Scheduler:
         names.extend(new_names)
         index.update(zip(new_names, items, strict=True))
         self.item_of.update(zip(items, zip([m] * count, range(count), strict=True), strict=True))
-        self.state.extend([_PENDING] * count)
         self.attempts.extend([0] * count)
         zeros = bytes(8 * count)
         self.started.frombytes(zeros)
@@ -997,6 +996,9 @@ class Scheduler:
             self.item_parent.update(zip(items, parents, strict=True))
             deps.extend([[parent] for parent in parents])
             waiting.extend([1] * count)
+        # Last: a reader in another thread (get_partial_results(), the metrics) walks
+        # ``state``, so every other per-unit list must already have the items' rows.
+        self.state.extend([_PENDING] * count)
         self._n += count
         if count and self.timeouts[m] is not None:
             self.has_timeouts = True
