@@ -1317,6 +1317,22 @@ def test_a_burst_of_writes_shares_transactions_and_each_is_committed_soon(tmp_pa
         assert len(transactions) <= 40  # one per write would be 100
 
 
+def test_a_commit_of_many_rows_stores_each_one_whole(tmp_path):
+    """250 writes committed together (several rows per INSERT, and the rest one by one):
+    each entry is stored with its own unit, payload and size."""
+    path = tmp_path / "c.sqlite"
+    with SQLiteStore(path) as store:
+        for i in range(250):
+            store.put(b"%032d" % i, f"u{i}", b"x" * i)
+        store.flush()
+        entries = {entry.unit: entry for entry in store.entries()}
+        assert len(entries) == 250
+        assert all(entries[f"u{i}"].size == i for i in range(250))
+        assert all(entries[f"u{i}"].key == (b"%032d" % i).hex() for i in range(250))
+    with SQLiteStore(path) as store:  # a fresh process's view: read from the file
+        assert [store.get(b"%032d" % i) for i in range(250)] == [b"x" * i for i in range(250)]
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_writes_through_its_own_connection(tmp_path):
     """A child forked from a process using the store writes its own results (its own

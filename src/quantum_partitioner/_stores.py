@@ -54,6 +54,7 @@ import atexit
 import contextlib
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import sqlite3
@@ -96,20 +97,22 @@ _SCAN_QUERY: Final = "SELECT key, size, CASE WHEN size <= ? THEN payload END, ch
 # How long an idle writer thread of a SQLiteStore waits for more writes before it ends.
 _WRITER_LINGER: Final = 0.5
 # Group commit: the writer lets writes gather for up to _COMMIT_DELAY seconds after the first
-# one of a batch, or until _COMMIT_BATCH are queued. A transaction costs as much CPU as a
-# few dozen rows, so batches of one (a commit per unit) cost three times what a burst costs;
-# the delay is the bound docs/caching.md states for a kill -9.
+# one of a batch, or until _COMMIT_BATCH are queued. A transaction costs as much CPU as some
+# fifty rows: a commit per unit costs eight times the CPU per row of a large batch, ten per
+# transaction three times. The delay is the bound docs/caching.md states for a kill -9.
 _COMMIT_DELAY: Final = 0.01
 _COMMIT_BATCH: Final = 1_000
-# A queued write is its row, ready for executemany, so that a commit hands the queue to
-# SQLite as it is: (key, unit, payload, checksum, size, created, accessed). (Plain "?"
-# parameters: numbered ones reused in a row, "?3" for the size too, cost SQLite half as much
-# again.)
+# A queued write is its row, (key, unit, payload, checksum, size, created, accessed), so that
+# a commit hands the queue to SQLite as it is (see _insert). (Plain "?" parameters: numbered
+# ones reused in a row, "?3" for the size too, cost SQLite half as much again.)
 _INSERT: Final = (
     "INSERT OR REPLACE INTO entries (key, unit, payload, checksum, size, created, accessed)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _Row = tuple[bytes, str, bytes, bytes, int, float, float]
+# Rows per INSERT statement (7 parameters each, below SQLite's oldest limit of 999).
+_ROWS_PER_INSERT: Final = 100
+_INSERT_MANY: Final = _INSERT + ", (?, ?, ?, ?, ?, ?, ?)" * (_ROWS_PER_INSERT - 1)
 # Connections a forked child inherited from its parent: never used, never closed.
 _INHERITED: list[sqlite3.Connection] = []
 # This process's id, kept current in a forked child, so that a write checks for a fork
@@ -827,7 +830,7 @@ class SQLiteStore(CacheStore):
             try:
                 connection = self._connection()
                 with _Transaction(connection):
-                    connection.executemany(_INSERT, batch.values())
+                    _insert(connection, batch.values())
                     limit = self.size_limit
                     if limit is not None:
                         added = sum(len(row[2]) for row in batch.values())
@@ -993,6 +996,22 @@ def _close_live_stores() -> None:
     for store in list(_LIVE_STORES):
         with contextlib.suppress(Exception):
             store.close()
+
+
+def _insert(connection: sqlite3.Connection, rows: Collection[_Row]) -> None:
+    """Insert ``rows``, a hundred per statement.
+
+    The sqlite3 module lets go of the GIL while SQLite works, and takes it back after each
+    statement: one statement per row (``executemany``) would have the writer thread wait
+    for the GIL, and every thread of the run hand it over, once per row.
+    """
+    listed = list(rows)
+    full = len(listed) - len(listed) % _ROWS_PER_INSERT
+    for start in range(0, full, _ROWS_PER_INSERT):
+        chunk = listed[start : start + _ROWS_PER_INSERT]
+        connection.execute(_INSERT_MANY, list(itertools.chain.from_iterable(chunk)))
+    if full < len(listed):
+        connection.executemany(_INSERT, listed[full:])
 
 
 class _Transaction:
