@@ -30,7 +30,7 @@ from quantum_partitioner import (
     WorkerDiedError,
 )
 from quantum_partitioner._graph import Graph, QuantumUnit
-from quantum_partitioner._process_worker import FrameReader, send_frame
+from quantum_partitioner._process_worker import FrameReader, send_frame, send_frames
 from quantum_partitioner._run import Run
 from quantum_partitioner._trace import chrome_trace, layout
 from quantum_partitioner.backends import ProcessBackend, _processes
@@ -626,13 +626,20 @@ def test_a_worker_imports_little_before_it_is_ready():
 
 
 def test_frames_split_or_bunched_in_the_pipe_come_out_whole():
-    """One read may hold a frame's part or several frames: each comes out once, in order."""
+    """One read may hold a frame's part or several frames, however they were written (one
+    by one or several in one go): each comes out once, in order."""
     read_fd, write_fd = os.pipe()
     try:
         reader = FrameReader(read_fd)
         big = bytes(range(256)) * 1000  # longer than one read, and than the pipe holds
-        payloads = [b"first", b"", big, b"last"]
-        writer = threading.Thread(target=lambda: [send_frame(write_fd, x) for x in payloads])
+        payloads = [b"first", b"", big, b"last", b"together", big, b""]
+
+        def write() -> None:
+            for payload in payloads[:4]:
+                send_frame(write_fd, payload)
+            send_frames(write_fd, payloads[4:])  # one writev, which the pipe takes in parts
+
+        writer = threading.Thread(target=write)
         writer.start()
         frames: list[bytes] = []
         while len(frames) < len(payloads):

@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from .._errors import BrokenBackendError, WorkerDiedError, describe_exit
-from .._process_worker import FrameReader, send_frame
+from .._process_worker import FrameReader, send_frame, send_frames
 from ._base import pool_size
 from ._lanes import Lane, LaneBackend
 
@@ -442,8 +442,7 @@ class ProcessLane(Lane):
             self._post((i, attempt, False, error, None))
             return
         try:
-            for message in messages:
-                send_frame(worker.inbox, message)
+            send_frames(worker.inbox, messages)
         except OSError:  # the worker died before it had the attempt: it never started
             with self._lock:
                 if (i, attempt) in worker.jobs:  # not yet failed by the reader: hold it
