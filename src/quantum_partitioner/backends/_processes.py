@@ -56,6 +56,7 @@ import functools
 import logging
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
@@ -63,7 +64,6 @@ import threading
 import time
 import weakref
 from collections import deque
-from multiprocessing.connection import wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -561,11 +561,10 @@ class ProcessLane(Lane):
                         watched[w.start_stderr] = (w, False)
                 due = [w.start_deadline for w in self._workers if w.start_deadline is not None]
             timeout = max(0.0, min(due) - time.monotonic()) if due else None
-            ready = wait([*watched, self._wake_r], timeout)
+            ready = _readable([*watched, self._wake_r], timeout)
             if due:
                 self._kill_late_starters()
             for fd in ready:
-                assert isinstance(fd, int)
                 if fd == self._wake_r:
                     with contextlib.suppress(OSError):
                         os.read(self._wake_r, 4096)
@@ -743,6 +742,20 @@ def _close_pidfd(worker: _Worker) -> None:
         worker.exited = -1
 
 
+def _readable(fds: list[int], timeout: float | None) -> list[int]:
+    """Those of ``fds`` that can be read (or are at their end), waiting up to ``timeout`` s.
+
+    A ``poll`` per call: no bound on descriptor numbers (``select`` stops at 1024), and about
+    4 µs for a few pipes where ``multiprocessing.connection.wait`` took 25-30 µs (it builds a
+    selector each time). The reader thread pays it once per outcome it passes on, holding
+    the GIL that the driver, just woken by that outcome, waits for.
+    """
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, _ in poller.poll(None if timeout is None else timeout * 1000)]
+
+
 def _open_pidfd(pid: int) -> int:
     """A descriptor that becomes readable when process ``pid`` exits, or -1 (none here).
 
@@ -769,7 +782,7 @@ def _wait_exit(worker: _Worker, timeout: float) -> int:
     fd = worker.exited
     if fd < 0:
         return worker.process.wait(timeout=timeout)
-    if worker.process.returncode is None and not wait([fd], timeout):
+    if worker.process.returncode is None and not _readable([fd], timeout):
         raise subprocess.TimeoutExpired(worker.process.args, timeout)
     # It has exited: this returns at once (after the reader thread, if it reaps it first).
     return worker.process.wait()
