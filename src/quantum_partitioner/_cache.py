@@ -358,10 +358,11 @@ class _GraphKeys:
     The partitioner keeps it between runs, until the graph changes (a unit added or removed
     compiles a new one). ``statics`` holds, per unit, the inputs and result of its last
     fixed part: a run whose function fingerprint, context part and version part are the
-    same (a warm run) takes the part from there instead of hashing it again.
+    same (a warm run) takes the part from there instead of hashing it again, and when every
+    unit's is, the expected keys too.
     """
 
-    __slots__ = ("dep_order", "graph", "labels", "statics")
+    __slots__ = ("dep_order", "expected", "graph", "labels", "statics", "wanted")
 
     def __init__(self, graph: Graph) -> None:
         """Spell the graph's names; the rest is filled by the runs."""
@@ -370,6 +371,9 @@ class _GraphKeys:
         self.labels = [_label(name) for name in graph.names]
         self.dep_order: list[Sequence[int] | None] = [None] * n
         self.statics: list[tuple[bytes, bytes, bytes, bytes] | None] = [None] * n
+        # The last run's expected keys (see _RunCache._expected_keys), and those not None.
+        self.expected: list[bytes | None] | None = None
+        self.wanted: list[bytes] = []
 
 
 def _combine(static: bytes, parts: list[bytes]) -> bytes:
@@ -441,12 +445,22 @@ class _RunCache:
         self._keys: list[bytes | None] = [None] * n
         self._static: list[bytes | None] = [None] * n
         statics, labels = known.statics, known.labels
+        reused = True  # every fixed part is the last run's (so are the expected keys)
+        whole: bytes | None = None
         for i, unit in enumerate(graph.units):
             metadata = unit.metadata
             if not metadata.get("cacheable"):
+                if statics[i] is not None:  # cacheable last run
+                    statics[i] = None
+                    reused = False
                 continue
             function = owner._function_fingerprint(unit)
-            context = self._context_part(unit)
+            if metadata.get("cache_keys") is not None:
+                context = self._context_part(unit)
+            else:  # the common case: the whole context's part, computed once
+                if whole is None:
+                    whole = self._context_part(unit)
+                context = whole
             version = metadata.get("cache_version")
             if version is None:
                 version_part = _NO_VERSION
@@ -471,6 +485,7 @@ class _RunCache:
             static = digest(b"".join((_KEY_HEAD, labels[i], function, context, version_part)))
             statics[i] = (function, context, version_part, static)
             self._static[i] = static
+            reused = False
         # Each expanded cacheable map -> its items' shared key part (b"": they run uncached).
         self._item_bases: dict[int, bytes] = {}
         # Keys of items of a map over a unit, computed as it expands, until looked up.
@@ -479,8 +494,11 @@ class _RunCache:
         self._warned: set[int] = set()  # maps whose items' trouble was logged
         if graph.maps:
             run.on_grow.append(functools.partial(self._grow, run))
-        self._expected = self._expected_keys(graph)
-        self._store.prefetch([key for key in self._expected if key is not None])
+        if not reused or known.expected is None:
+            known.expected = self._expected_keys(graph)
+            known.wanted = [key for key in known.expected if key is not None]
+        self._expected = known.expected
+        self._store.prefetch(known.wanted)
 
     def add_counts(self) -> None:
         """Add the run's hits, misses and writes to the partitioner's counters (at its end)."""
