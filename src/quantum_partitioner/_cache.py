@@ -444,7 +444,7 @@ class _RunCache:
         n = len(graph)
         self._keys: list[bytes | None] = [None] * n
         self._static: list[bytes | None] = [None] * n
-        statics, labels = known.statics, known.labels
+        statics, labels, keys, deps = known.statics, known.labels, self._keys, graph.deps
         reused = True  # every fixed part is the last run's (so are the expected keys)
         whole: bytes | None = None
         for i, unit in enumerate(graph.units):
@@ -480,12 +480,14 @@ class _RunCache:
                 and last[1] == context
                 and last[2] == version_part
             ):
-                self._static[i] = last[3]
-                continue
-            static = digest(b"".join((_KEY_HEAD, labels[i], function, context, version_part)))
-            statics[i] = (function, context, version_part, static)
+                static = last[3]
+            else:
+                static = digest(b"".join((_KEY_HEAD, labels[i], function, context, version_part)))
+                statics[i] = (function, context, version_part, static)
+                reused = False
             self._static[i] = static
-            reused = False
+            if not deps[i]:  # a root's key is its fixed part (a map is never a root)
+                keys[i] = static
         # Each expanded cacheable map -> its items' shared key part (b"": they run uncached).
         self._item_bases: dict[int, bytes] = {}
         # Keys of items of a map over a unit, computed as it expands, until looked up.
@@ -502,7 +504,8 @@ class _RunCache:
 
     def add_counts(self) -> None:
         """Add the run's hits, misses and writes to the partitioner's counters (at its end)."""
-        self._owner._count(len(self._hits), len(self._misses), len(self._writes))
+        # A unit looked up again (a retry) is one miss.
+        self._owner._count(len(self._hits), len(set(self._misses)), len(self._writes))
         self._hits, self._misses, self._writes = [], [], []
 
     def _expected_keys(self, graph: Graph) -> list[bytes | None]:
@@ -769,14 +772,12 @@ class _RunCache:
 
     def lookup(self, run: Run, i: int) -> tuple[bool, Any]:
         """``(True, result)`` if unit ``i``'s result for its current inputs is stored."""
-        static = self._static[i]
-        if static is None or i in run.scheduler.partial_inputs:
-            return _MISS  # not cacheable, or runs on incomplete inputs (a join rule)
-        key = self._keys[i]
-        first = key is None
+        key = self._keys[i]  # a root's is its fixed part, set before the run
         if key is None:
-            key = self._key_of(run, i, static)
-            self._keys[i] = key
+            static = self._static[i]
+            if static is None or i in run.scheduler.partial_inputs:
+                return _MISS  # not cacheable, or runs on incomplete inputs (a join rule)
+            key = self._keys[i] = self._key_of(run, i, static)
         if not key:
             return _MISS
         owner = self._owner
@@ -799,8 +800,7 @@ class _RunCache:
             else:
                 self._hits.append(i)
                 return True, value
-        if first:
-            self._misses.append(i)
+        self._misses.append(i)  # once per unit in the counts (see add_counts)
         return _MISS
 
     def _discard(self, key: bytes) -> None:
