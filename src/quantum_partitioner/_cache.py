@@ -159,7 +159,8 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
 
     Attributes:
         cache: The store (``cache.clear()`` and ``len(cache)`` work as on a dict).
-        cache_hits: Units served from the store, over every run.
+        cache_hits: Units served from the store, over every run (a run adds its own hits,
+            misses and writes when it ends).
         cache_misses: Cacheable units that had to run, over every run.
 
     Raises:
