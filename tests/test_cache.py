@@ -37,6 +37,7 @@ from quantum_partitioner import (
     RetryPolicy,
     SQLiteStore,
     UnitState,
+    _fingerprint,
 )
 
 SEQUENTIAL = ExecutionMode.SEQUENTIAL
@@ -310,6 +311,35 @@ def test_closure_changing_during_runs_does_not_invalidate(make):
     assert p.execute() == {"a": 1}
     assert p.execute() == {"a": 1}
     assert calls == [1]
+
+
+def test_a_build_fingerprints_a_shared_function_once_and_after_a_run_afresh(monkeypatch):
+    """Units of one build that run one function share its fingerprint; a later build rereads.
+
+    The units added after a run see a global rebound since: their keys are what a new
+    process would compute, so its results serve (and are served by) a fresh partitioner.
+    """
+    taken = []
+    take = _fingerprint._function_fingerprint
+    monkeypatch.setattr(
+        _fingerprint, "_function_fingerprint", lambda *args: taken.append(1) or take(*args)
+    )
+    namespace = {"OFFSET": 1}
+    exec("def unit(ctx):\n    return OFFSET\n", namespace)
+    store = MemoryStore()
+    p = CachingQuantumPartitioner(cache_store=store, default_execution_mode=SEQUENTIAL)
+    for k in range(50):
+        p.add_unit(namespace["unit"], name=f"u{k}", metadata={"cacheable": True})
+    assert len(taken) == 1
+    assert p.execute()["u0"] == 1
+    namespace["OFFSET"] = 2
+    p.add_unit(namespace["unit"], name="later", metadata={"cacheable": True})
+    assert len(taken) == 2
+    assert p.execute()["later"] == 2
+    fresh = CachingQuantumPartitioner(cache_store=store, default_execution_mode=SEQUENTIAL)
+    fresh.add_unit(namespace["unit"], name="later", metadata={"cacheable": True})
+    fresh.execute()
+    assert (fresh.cache_hits, fresh.cache_misses) == (1, 0)
 
 
 # -- values that cannot be fingerprinted -------------------------------------------------------

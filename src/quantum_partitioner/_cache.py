@@ -40,14 +40,15 @@ import logging
 import pickle
 import threading
 from dataclasses import dataclass
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, Final, Self
 
 from ._fingerprint import (
+    Fingerprinted,
     ModuleMemo,
     UnfingerprintableError,
     digest,
     fingerprint,
-    function_fingerprint,
 )
 from ._graph import ExecutionMode, ExecutionModeArg, QuantumUnit, R, T, UnitState
 from ._partitioner import QuantumPartitioner
@@ -55,7 +56,7 @@ from ._stores import CacheEntry, CacheStore, MemoryStore, SQLiteStore
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
     from types import TracebackType
 
     from ._graph import Graph
@@ -132,6 +133,14 @@ def _check_names(unit_id: str, field: str, value: object) -> tuple[str, ...] | N
     return tuple(value)
 
 
+def _ignored(unit: QuantumUnit[Any, Any]) -> frozenset[str]:
+    """The names ``metadata["cache_ignore"]`` leaves out of the unit's function fingerprint."""
+    listed = unit.metadata.get("cache_ignore")
+    if listed is None:
+        return _NO_NAMES
+    return frozenset(_check_names(unit.id, "cache_ignore", listed) or ())
+
+
 class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
     """A :class:`QuantumPartitioner` that serves results of units whose inputs did not change.
 
@@ -204,8 +213,8 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         self._cache_errors = 0
         self._counts = threading.Lock()
         # unit name -> (function, ignored names, fingerprint), taken by add_unit.
-        self._fingerprints: dict[str, tuple[Callable[..., Any], tuple[str, ...], bytes]] = {}
-        # Module attributes the units added since the last run read (helpers.scale).
+        self._fingerprints: dict[str, Fingerprinted] = {}
+        # What the units added since the last run share: functions, code, module attributes.
         self._module_memo = ModuleMemo()
         # What the keys of the compiled graph need that no run changes (its last cached run).
         self._graph_keys: _GraphKeys | None = None
@@ -223,16 +232,32 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         """Fingerprint a cacheable unit's function as it is added.
 
         The fingerprint is taken now, so a closed-over object that changes while runs go on
-        (a list the unit appends to) does not invalidate the unit's entries.
+        (a list the unit appends to) does not invalidate the unit's entries. Units of one
+        build that run one function share its fingerprint: a unit after the first costs a
+        lookup by the function's identity (see ModuleMemo).
 
         Raises:
             TypeError: The unit is cacheable but its function depends on a value that cannot
                 be fingerprinted (the message names the unit and the value), or its cache
                 metadata has the wrong type. The unit is not added.
         """
-        self._fingerprints.pop(unit.id, None)
-        if unit.metadata.get("cacheable"):
-            self._function_fingerprint(unit)
+        metadata = unit.metadata
+        if not metadata.get("cacheable"):
+            self._fingerprints.pop(unit.id, None)  # it may replace a cacheable unit
+            return
+        if "cache_ignore" in metadata:
+            self._take_fingerprint(unit, _ignored(unit))
+            return
+        # ModuleMemo.function's lookup of a plain function, inlined: this is all a unit
+        # whose function an earlier unit of this build ran costs.
+        function = unit.function
+        known = (
+            self._module_memo.functions.get(function) if type(function) is FunctionType else None
+        )
+        if known is not None:
+            self._fingerprints[unit.id] = known
+        else:
+            self._take_fingerprint(unit, _NO_NAMES)
 
     def remove_unit(self, name: str) -> QuantumUnit[T, R]:
         """Remove the unit ``name`` and return it (its stored results stay; see clear_cache).
@@ -246,21 +271,23 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
 
     def _function_fingerprint(self, unit: QuantumUnit[Any, Any]) -> bytes:
         """The unit's function fingerprint: the one taken by add_unit, unless it changed."""
-        ignore = _check_names(unit.id, "cache_ignore", unit.metadata.get("cache_ignore")) or ()
         known = self._fingerprints.get(unit.id)
-        if known is not None and known[0] is unit.function and known[1] == ignore:
+        if known is not None and known[0] is unit.function and known[1] == _ignored(unit):
             return known[2]
-        names = frozenset(ignore) if ignore else _NO_NAMES
+        return self._take_fingerprint(unit, _ignored(unit))
+
+    def _take_fingerprint(self, unit: QuantumUnit[Any, Any], ignore: frozenset[str]) -> bytes:
+        """Fingerprint the unit's function now (shared with this build's other units)."""
         try:
-            value = function_fingerprint(unit.function, names, self._module_memo)
+            known = self._module_memo.function(unit.function, ignore)
         except UnfingerprintableError as error:
             raise TypeError(
                 f"unit {unit.id!r} is cacheable but its function cannot be fingerprinted: "
                 f"{error}. Make that value plain data, or list the variable in "
                 "metadata['cache_ignore'] if the result does not depend on it."
             ) from None
-        self._fingerprints[unit.id] = (unit.function, ignore, value)
-        return value
+        self._fingerprints[unit.id] = known
+        return known[2]
 
     # -- the engine's hooks ----------------------------------------------------------------
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 import enum
 import gc
 import inspect
+import itertools
 import math
 import sys
 from array import array
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeAlias
 
@@ -480,21 +481,52 @@ def _check_map(unit: QuantumUnit[Any, Any]) -> None:
         raise ValueError(f"map {name!r}: metadata['estimated_items'] must be >= 0, got {estimate}")
 
 
-def materialise(map_name: str, over_name: str, result: Any) -> list[Any]:
+def materialise(
+    map_name: str, over_name: str, result: Any, max_items: int | None = None
+) -> list[Any]:
     """The items of map ``map_name``: ``result`` (of unit ``over_name``) as a list, once.
+
+    With ``max_items``, at most one element more than that is read: a huge or endless
+    iterable fails the map at once instead of being read to its end.
 
     Raises:
         TypeError: ``result`` is not iterable, or iterating it raised (the message names the
-            map, the unit and the result's type).
+            map, the unit, the result's type and the error, which is the ``__cause__``).
+        ValueError: ``result`` has more than ``max_items`` elements.
     """
+    kind = type(result).__name__
+    if max_items is not None and isinstance(result, Sized):
+        try:
+            size = len(result)
+        except Exception:  # a broken __len__: count by iterating instead
+            size = -1
+        if size > max_items:
+            raise too_many_items(map_name, over_name, size, max_items)
     try:
-        return list(result)
+        iterator = iter(result)
+    except Exception as error:
+        message = f"map {map_name!r}: the result of {over_name!r} is not iterable ({kind}): {error}"
+        raise TypeError(message) from error
+    try:
+        items = list(iterator if max_items is None else itertools.islice(iterator, max_items + 1))
     except Exception as error:
         message = (
-            f"map {map_name!r}: the result of {over_name!r} is not iterable "
-            f"({type(result).__name__}): {error}"
+            f"map {map_name!r}: reading the items of {over_name!r} ({kind}) raised "
+            f"{type(error).__name__}: {error}"
         )
         raise TypeError(message) from error
+    if max_items is not None and len(items) > max_items:
+        raise too_many_items(map_name, over_name, None, max_items)
+    return items
+
+
+def too_many_items(map_name: str, over_name: str, count: int | None, bound: int) -> ValueError:
+    """The error of a map given more than ``max_items`` items (``count``: how many, if known)."""
+    if count is None:
+        return ValueError(f"map {map_name!r}: {over_name!r} gave more than max_items={bound} items")
+    return ValueError(
+        f"map {map_name!r}: {over_name!r} gave {count} items, more than max_items={bound}"
+    )
 
 
 def _check_decisions(unit: QuantumUnit[Any, Any], *, over_maps: bool) -> None:

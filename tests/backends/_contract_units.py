@@ -451,3 +451,18 @@ def _quorum_member(gate: str, ctx: Any) -> str:
         while not Path(gate).exists() and time.monotonic() < deadline and not ctx.cancelled:
             time.sleep(0.01)
     return f"{ctx.item}:{ctx.index}"
+
+
+class Paged:
+    """An iterable that yields ``good`` items, then raises ConnectionError (a page that failed).
+
+    Picklable (it crosses back from a worker process), and lazy: a map reading it reads
+    one element at a time, so a map with ``max_items`` below ``good`` must stop early.
+    """
+
+    def __init__(self, good: int) -> None:
+        self.good = good
+
+    def __iter__(self) -> Any:
+        yield from range(self.good)
+        raise ConnectionError(f"page {self.good + 1} failed")

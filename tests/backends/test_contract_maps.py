@@ -7,6 +7,7 @@ Same rules as ``test_contract.py``: the ``mode`` fixture, unit functions from
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,28 @@ def test_a_result_that_is_not_iterable_or_too_long_fails_the_map(mode):
     assert skipped.cause is SkipCause.UPSTREAM_FAILED
 
 
+def test_a_lazy_result_is_read_no_further_than_max_items_and_a_failing_one_says_so(mode):
+    """max_items stops reading a lazy result at max_items + 1 elements (an endless one fails
+    the map at once); an iterable that raises while it is read fails the map with that
+    error as the cause, not as "not iterable"."""
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.const(u.Paged(1000)), name="pages")
+    p.add_map(u.item_view, over="pages", name="bounded", max_items=3)
+    p.add_unit(u.const(u.Paged(2)), name="short")
+    p.add_map(u.item_view, over="short", name="paged")
+
+    mode.execute(p)
+
+    failed = p.get_failed_units()
+    assert isinstance(failed["bounded"], ValueError)  # without the bound: ConnectionError
+    assert "map 'bounded': 'pages' gave more than max_items=3 items" in str(failed["bounded"])
+    assert isinstance(failed["paged"], TypeError)
+    assert "map 'paged': reading the items of 'short' (Paged) raised ConnectionError: page 3" in (
+        str(failed["paged"])
+    )
+    assert isinstance(failed["paged"].__cause__, ConnectionError)
+
+
 def test_a_map_whose_input_did_not_complete_or_whose_condition_is_false_is_skipped(mode):
     p = QuantumPartitioner(max_workers=2)
     p.add_unit(u.explode, name="broken")
@@ -186,6 +209,44 @@ def test_bad_maps_are_refused_before_any_unit_runs():
     p.add_map(u.item_view, over="first", name="second")
     with pytest.raises(CircularDependencyError):
         p.execute()
+
+
+def test_the_record_can_be_read_from_another_thread_while_items_fail():
+    """get_failed_units(), get_partial_results() and the metrics, read from another thread
+    while a THREAD run's items fail and are added, never raise: they used to iterate dicts
+    the run was filling ("dictionary changed size during iteration")."""
+    errors: list[BaseException] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often: the reads interleave with the run
+    try:
+        for _ in range(3):
+            p = QuantumPartitioner(max_workers=1)
+            p.add_unit(u.const(list(range(1000))), name="numbers")
+            p.add_map(u.explode, over="numbers", name="failing")
+            done = threading.Event()
+
+            def read(p=p, done=done):
+                reads = (p.get_failed_units, p.get_partial_results) * 20
+                while not done.is_set():
+                    try:
+                        for read_one in reads:
+                            read_one()
+                        _ = p.last_execution_metrics
+                    except Exception as error:  # what the test looks for
+                        errors.append(error)
+                        return
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            try:
+                p.execute(execution_mode="thread")
+            finally:
+                done.set()
+                reader.join()
+            assert len(p.get_failed_units()) == 1001
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
 
 
 def test_items_of_a_saturated_run_go_depth_first(tmp_path):
