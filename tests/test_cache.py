@@ -999,17 +999,21 @@ def test_damaged_entry_is_recomputed_not_returned(tmp_path, how, caplog):
     assert "recomputed" in caplog.text
 
 
-def test_other_format_version_is_a_clear_error(tmp_path):
-    """A store of another format version raises ValueError and is left as it was."""
+@pytest.mark.parametrize("version", ["1", "99"], ids=["older", "newer"])
+def test_other_format_version_is_a_clear_error(tmp_path, version):
+    """A store of another format version (1: BLAKE2b checksums, before this one) raises
+    ValueError naming both versions, and is left as it was, its entries too."""
     path = tmp_path / "c.sqlite"
-    SQLiteStore(path).close()
+    with SQLiteStore(path) as store:
+        store.put(b"k" * 32, "u", b"payload")
     with sqlite3.connect(path) as db:
-        db.execute("UPDATE meta SET value = '99' WHERE key = 'format_version'")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (version,))
     db.close()
-    with pytest.raises(ValueError, match=r"format version 99.*reads version 1"):
+    with pytest.raises(ValueError, match=rf"format version {version}.*reads version 2"):
         CachingQuantumPartitioner(cache_path=path)
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM meta").fetchone() == ("99",)
+        assert db.execute("SELECT value FROM meta").fetchone() == (version,)
+        assert db.execute("SELECT unit, payload FROM entries").fetchall() == [("u", b"payload")]
     db.close()
 
 
@@ -1407,6 +1411,14 @@ def test_a_warm_run_sees_every_change_to_a_unit_s_fixed_part():
     assert counter.take() == {"b2": 1}
     stats = p.cache_stats()
     assert (stats.hits, stats.misses, stats.writes) == (3, 7, 7)
+    p.units["a"].metadata["cacheable"] = False  # b now keys on a's result, not a's key
+    p.execute({"x": 1, "y": 3})
+    assert counter.take() == {"a": 1, "b2": 1}
+    p.execute({"x": 1, "y": 3})
+    assert counter.take() == {"a": 1}
+    p.units["a"].metadata["cacheable"] = True  # and back: both served
+    p.execute({"x": 1, "y": 3})
+    assert counter.take() == {}
 
 
 class RecordingStore(MemoryStore):

@@ -168,7 +168,8 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
 
     Attributes:
         cache: The store (``cache.clear()`` and ``len(cache)`` work as on a dict).
-        cache_hits: Units served from the store, over every run.
+        cache_hits: Units served from the store, over every run (a run adds its own hits,
+            misses and writes when it ends).
         cache_misses: Cacheable units that had to run, over every run.
 
     Raises:
@@ -385,10 +386,11 @@ class _GraphKeys:
     The partitioner keeps it between runs, until the graph changes (a unit added or removed
     compiles a new one). ``statics`` holds, per unit, the inputs and result of its last
     fixed part: a run whose function fingerprint, context part and version part are the
-    same (a warm run) takes the part from there instead of hashing it again.
+    same (a warm run) takes the part from there instead of hashing it again, and when every
+    unit's is, the expected keys too.
     """
 
-    __slots__ = ("dep_order", "graph", "labels", "statics")
+    __slots__ = ("dep_order", "expected", "graph", "labels", "statics", "wanted")
 
     def __init__(self, graph: Graph) -> None:
         """Spell the graph's names; the rest is filled by the runs."""
@@ -397,6 +399,9 @@ class _GraphKeys:
         self.labels = [_label(name) for name in graph.names]
         self.dep_order: list[Sequence[int] | None] = [None] * n
         self.statics: list[tuple[bytes, bytes, bytes, bytes] | None] = [None] * n
+        # The last run's expected keys (see _RunCache._expected_keys), and those not None.
+        self.expected: list[bytes | None] | None = None
+        self.wanted: list[bytes] = []
 
 
 def _combine(static: bytes, parts: list[bytes]) -> bytes:
@@ -467,13 +472,23 @@ class _RunCache:
         n = len(graph)
         self._keys: list[bytes | None] = [None] * n
         self._static: list[bytes | None] = [None] * n
-        statics, labels = known.statics, known.labels
+        statics, labels, keys, deps = known.statics, known.labels, self._keys, graph.deps
+        reused = True  # every fixed part is the last run's (so are the expected keys)
+        whole: bytes | None = None
         for i, unit in enumerate(graph.units):
             metadata = unit.metadata
             if not metadata.get("cacheable"):
+                if statics[i] is not None:  # cacheable last run
+                    statics[i] = None
+                    reused = False
                 continue
             function = owner._function_fingerprint(unit)
-            context = self._context_part(unit)
+            if metadata.get("cache_keys") is not None:
+                context = self._context_part(unit)
+            else:  # the common case: the whole context's part, computed once
+                if whole is None:
+                    whole = self._context_part(unit)
+                context = whole
             version = metadata.get("cache_version")
             if version is None:
                 version_part = _NO_VERSION
@@ -493,11 +508,14 @@ class _RunCache:
                 and last[1] == context
                 and last[2] == version_part
             ):
-                self._static[i] = last[3]
-                continue
-            static = digest(b"".join((_KEY_HEAD, labels[i], function, context, version_part)))
-            statics[i] = (function, context, version_part, static)
+                static = last[3]
+            else:
+                static = digest(b"".join((_KEY_HEAD, labels[i], function, context, version_part)))
+                statics[i] = (function, context, version_part, static)
+                reused = False
             self._static[i] = static
+            if not deps[i]:  # a root's key is its fixed part (a map is never a root)
+                keys[i] = static
         # Each expanded cacheable map -> its items' shared key part (b"": they run uncached).
         self._item_bases: dict[int, bytes] = {}
         # Keys of items of a map over a unit, computed as it expands, until looked up.
@@ -506,12 +524,16 @@ class _RunCache:
         self._warned: set[int] = set()  # maps whose items' trouble was logged
         if graph.maps:
             run.on_grow.append(functools.partial(self._grow, run))
-        self._expected = self._expected_keys(graph)
-        self._store.prefetch([key for key in self._expected if key is not None])
+        if not reused or known.expected is None:
+            known.expected = self._expected_keys(graph)
+            known.wanted = [key for key in known.expected if key is not None]
+        self._expected = known.expected
+        self._store.prefetch(known.wanted)
 
     def add_counts(self) -> None:
         """Add the run's hits, misses and writes to the partitioner's counters (at its end)."""
-        self._owner._count(len(self._hits), len(self._misses), len(self._writes))
+        # A unit looked up again (a retry) is one miss.
+        self._owner._count(len(self._hits), len(set(self._misses)), len(self._writes))
         self._hits, self._misses, self._writes = [], [], []
 
     def _expected_keys(self, graph: Graph) -> list[bytes | None]:
@@ -778,14 +800,12 @@ class _RunCache:
 
     def lookup(self, run: Run, i: int) -> tuple[bool, Any]:
         """``(True, result)`` if unit ``i``'s result for its current inputs is stored."""
-        static = self._static[i]
-        if static is None or i in run.scheduler.partial_inputs:
-            return _MISS  # not cacheable, or runs on incomplete inputs (a join rule)
-        key = self._keys[i]
-        first = key is None
+        key = self._keys[i]  # a root's is its fixed part, set before the run
         if key is None:
-            key = self._key_of(run, i, static)
-            self._keys[i] = key
+            static = self._static[i]
+            if static is None or i in run.scheduler.partial_inputs:
+                return _MISS  # not cacheable, or runs on incomplete inputs (a join rule)
+            key = self._keys[i] = self._key_of(run, i, static)
         if not key:
             return _MISS
         owner = self._owner
@@ -808,8 +828,7 @@ class _RunCache:
             else:
                 self._hits.append(i)
                 return True, value
-        if first:
-            self._misses.append(i)
+        self._misses.append(i)  # once per unit in the counts (see add_counts)
         return _MISS
 
     def _discard(self, key: bytes) -> None:
