@@ -23,7 +23,12 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeAlias
 
-from ._errors import CircularDependencyError, DuplicateUnitError, UnknownDependencyError
+from ._errors import (
+    CircularDependencyError,
+    DuplicateUnitError,
+    UnknownDependencyError,
+    interrupts_run,
+)
 from ._joins import ALL_SUCCESS, JoinRule
 from ._policies import RetryPolicy
 
@@ -498,18 +503,24 @@ def materialise(
     if max_items is not None and isinstance(result, Sized):
         try:
             size = len(result)
-        except Exception:  # a broken __len__: count by iterating instead
+        except BaseException as error:  # a broken __len__: count by iterating instead
+            if interrupts_run(error):
+                raise
             size = -1
         if size > max_items:
             raise too_many_items(map_name, over_name, size, max_items)
     try:
         iterator = iter(result)
-    except Exception as error:
+    except BaseException as error:
+        if interrupts_run(error):
+            raise
         message = f"map {map_name!r}: the result of {over_name!r} is not iterable ({kind}): {error}"
         raise TypeError(message) from error
     try:
         items = list(iterator if max_items is None else itertools.islice(iterator, max_items + 1))
-    except Exception as error:
+    except BaseException as error:  # user code: any exception fails the map, as a unit's would
+        if interrupts_run(error):
+            raise
         message = (
             f"map {map_name!r}: reading the items of {over_name!r} ({kind}) raised "
             f"{type(error).__name__}: {error}"

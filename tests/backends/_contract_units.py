@@ -453,16 +453,23 @@ def _quorum_member(gate: str, ctx: Any) -> str:
     return f"{ctx.item}:{ctx.index}"
 
 
+class NotAnError(BaseException):
+    """A ``BaseException`` that is neither ``KeyboardInterrupt`` nor ``SystemExit``."""
+
+
 class Paged:
-    """An iterable that yields ``good`` items, then raises ConnectionError (a page that failed).
+    """An iterable that yields ``good`` items, then raises ConnectionError (a page that failed),
+    or ``NotAnError`` with ``base=True``.
 
     Picklable (it crosses back from a worker process), and lazy: a map reading it reads
     one element at a time, so a map with ``max_items`` below ``good`` must stop early.
     """
 
-    def __init__(self, good: int) -> None:
+    def __init__(self, good: int, *, base: bool = False) -> None:
         self.good = good
+        self.base = base
 
     def __iter__(self) -> Any:
         yield from range(self.good)
-        raise ConnectionError(f"page {self.good + 1} failed")
+        message = f"page {self.good + 1} failed"
+        raise NotAnError(message) if self.base else ConnectionError(message)

@@ -175,6 +175,29 @@ def test_a_lazy_result_is_read_no_further_than_max_items_and_a_failing_one_says_
     assert isinstance(failed["paged"].__cause__, ConnectionError)
 
 
+def test_a_base_exception_from_a_maps_iterable_or_a_condition_fails_only_that_unit(mode):
+    """A BaseException that does not interrupt the run, raised by user code the caller runs
+    for a unit (a map reading its iterable, a when= predicate), fails that unit like one
+    its function raised; it used to escape execute() and end the whole run."""
+
+    def refuses(ctx):
+        raise u.NotAnError("no answer")
+
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.const(u.Paged(1, base=True)), name="pages")
+    p.add_map(u.item_view, over="pages", name="paged")
+    p.add_unit(u.const(1), ["pages"], name="gated", when=refuses)
+    p.add_unit(u.const("ran"), name="independent")
+
+    results = mode.execute(p)
+
+    assert results["independent"] == "ran"
+    failed = p.get_failed_units()
+    assert isinstance(failed["paged"].__cause__, u.NotAnError)
+    assert "raised NotAnError: page 2 failed" in str(failed["paged"])
+    assert isinstance(failed["gated"], u.NotAnError)
+
+
 def test_a_map_whose_input_did_not_complete_or_whose_condition_is_false_is_skipped(mode):
     p = QuantumPartitioner(max_workers=2)
     p.add_unit(u.explode, name="broken")
