@@ -854,7 +854,7 @@ def _check_item_names(names: list[str], index: dict[str, int], maps: dict[int, i
         if name.endswith("]") and "[" in name:
             owner, _, rest = name.rpartition("[")
             if rest[:-1].isdigit() and index.get(owner, -1) in maps:
-                raise DuplicateUnitError(name)
+                raise DuplicateUnitError(name, owner)
 
 
 def compile_graph(units: Iterable[QuantumUnit[Any, Any]]) -> Graph:

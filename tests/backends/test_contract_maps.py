@@ -6,6 +6,7 @@ Same rules as ``test_contract.py``: the ``mode`` fixture, unit functions from
 
 from __future__ import annotations
 
+import pickle
 import sys
 import threading
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from quantum_partitioner import (
     CircularDependencyError,
+    DuplicateUnitError,
     MapItemsFailedError,
     QuantumPartitioner,
     SkipCause,
@@ -232,6 +234,22 @@ def test_bad_maps_are_refused_before_any_unit_runs():
     p.add_map(u.item_view, over="first", name="second")
     with pytest.raises(CircularDependencyError):
         p.execute()
+
+
+def test_a_unit_named_like_an_item_of_a_map_is_refused_saying_so(tmp_path):
+    """``tool[5]`` beside a map ``tool``: refused before any unit runs, naming the map (it
+    used to say "already exists; pass replace=True", which cannot help)."""
+    ran = tmp_path / "ran"
+    p = QuantumPartitioner()
+    p.add_unit(u.logged(str(ran), list(range(10))), name="plan")
+    p.add_map(u.item_view, over="plan", name="tool")
+    p.add_unit(u.const("static"), name="tool[5]")
+    with pytest.raises(DuplicateUnitError) as refused:
+        p.execute()
+    assert "unit 'tool[5]' has the name an item of map 'tool' takes" in str(refused.value)
+    assert refused.value.map_name == "tool"
+    assert pickle.loads(pickle.dumps(refused.value)).map_name == "tool"
+    assert not ran.exists()
 
 
 def test_the_record_can_be_read_from_another_thread_while_items_fail():
