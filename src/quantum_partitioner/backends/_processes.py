@@ -470,12 +470,17 @@ class ProcessLane(Lane):
             )
         except Exception as error:
             culprit = next(
-                (name for name, value in inputs.items() if not _picklable(self._pickle, value)),
-                "?",
+                (key for key, value in inputs.items() if not _picklable(self._pickle, value)),
+                None,
             )
+            if culprit is not None:
+                what = f"the result of its dependency {culprit!r}"
+            elif item is not None and not _picklable(self._pickle, item[1]):
+                what = f"its item (ctx.item, {type(item[1]).__name__})"
+            else:
+                what = "why its dependencies have no result (ctx.upstream_errors)"
             raise TypeError(
-                f"unit {name!r}: the result of its dependency {culprit!r} cannot be sent to "
-                f"a worker process: {error}"
+                f"unit {name!r}: {what} cannot be sent to a worker process: {error}"
             ) from error
         messages.append(pickle.dumps(("run", i, attempt, key, name, blob)))
         return messages
