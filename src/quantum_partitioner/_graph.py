@@ -487,12 +487,19 @@ def _check_map(unit: QuantumUnit[Any, Any]) -> None:
 
 
 def materialise(
-    map_name: str, over_name: str, result: Any, max_items: int | None = None
+    map_name: str,
+    over_name: str,
+    result: Any,
+    max_items: int | None = None,
+    *,
+    in_caller: bool = True,
 ) -> list[Any]:
     """The items of map ``map_name``: ``result`` (of unit ``over_name``) as a list, once.
 
     With ``max_items``, at most one element more than that is read: a huge or endless
-    iterable fails the map at once instead of being read to its end.
+    iterable fails the map at once instead of being read to its end. ``KeyboardInterrupt``
+    and ``SystemExit`` propagate (they interrupt the run) only ``in_caller``: elsewhere (a
+    Dask worker) they fail the map like any other exception.
 
     Raises:
         TypeError: ``result`` is not iterable, or iterating it raised (the message names the
@@ -504,7 +511,7 @@ def materialise(
         try:
             size = len(result)
         except BaseException as error:  # a broken __len__: count by iterating instead
-            if interrupts_run(error):
+            if in_caller and interrupts_run(error):
                 raise
             size = -1
         if size > max_items:
@@ -512,14 +519,14 @@ def materialise(
     try:
         iterator = iter(result)
     except BaseException as error:
-        if interrupts_run(error):
+        if in_caller and interrupts_run(error):
             raise
         message = f"map {map_name!r}: the result of {over_name!r} is not iterable ({kind}): {error}"
         raise TypeError(message) from error
     try:
         items = list(iterator if max_items is None else itertools.islice(iterator, max_items + 1))
     except BaseException as error:  # user code: any exception fails the map, as a unit's would
-        if interrupts_run(error):
+        if in_caller and interrupts_run(error):
             raise
         message = (
             f"map {map_name!r}: reading the items of {over_name!r} ({kind}) raised "

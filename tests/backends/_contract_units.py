@@ -458,18 +458,17 @@ class NotAnError(BaseException):
 
 
 class Paged:
-    """An iterable that yields ``good`` items, then raises ConnectionError (a page that failed),
-    or ``NotAnError`` with ``base=True``.
+    """An iterable that yields ``good`` items, then raises ``raises`` (ConnectionError: a page
+    that failed).
 
     Picklable (it crosses back from a worker process), and lazy: a map reading it reads
     one element at a time, so a map with ``max_items`` below ``good`` must stop early.
     """
 
-    def __init__(self, good: int, *, base: bool = False) -> None:
+    def __init__(self, good: int, raises: type[BaseException] = ConnectionError) -> None:
         self.good = good
-        self.base = base
+        self.raises = raises
 
     def __iter__(self) -> Any:
         yield from range(self.good)
-        message = f"page {self.good + 1} failed"
-        raise NotAnError(message) if self.base else ConnectionError(message)
+        raise self.raises(f"page {self.good + 1} failed")

@@ -186,7 +186,7 @@ def test_a_base_exception_from_a_maps_iterable_or_a_condition_fails_only_that_un
         raise u.NotAnError("no answer")
 
     p = QuantumPartitioner(max_workers=2)
-    p.add_unit(u.const(u.Paged(1, base=True)), name="pages")
+    p.add_unit(u.const(u.Paged(1, u.NotAnError)), name="pages")
     p.add_map(u.item_view, over="pages", name="paged")
     p.add_unit(u.const(1), ["pages"], name="gated", when=refuses)
     p.add_unit(u.const("ran"), name="independent")
