@@ -472,3 +472,15 @@ class Paged:
     def __iter__(self) -> Any:
         yield from range(self.good)
         raise self.raises(f"page {self.good + 1} failed")
+
+
+def fail_first_item(seconds: float) -> partial[Any]:
+    """A map item: item 0 raises at once; the others sleep ``seconds`` and return their item."""
+    return partial(_fail_first_item, seconds)
+
+
+def _fail_first_item(seconds: float, ctx: Any) -> Any:
+    if ctx.index == 0:
+        raise ValueError("the first item fails")
+    time.sleep(seconds)
+    return ctx.item

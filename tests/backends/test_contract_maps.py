@@ -218,6 +218,22 @@ def test_a_map_whose_input_did_not_complete_or_whose_condition_is_false_is_skipp
     assert p.units["never"].error.cause is SkipCause.UPSTREAM_FAILED
 
 
+def test_fail_fast_cancels_the_items_that_have_not_started(mode):
+    """fail_fast: once item 0 failed, only items already running may still complete. PROCESS
+    used to send items ahead to busy workers, where they started after the failure."""
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.const(list(range(8))), name="numbers")
+    p.add_map(u.fail_first_item(0.05), over="numbers", name="items")
+
+    mode.execute(p, fail_fast=True)
+
+    states = [p.last_execution_metrics["unit_times"].get(f"items[{k}]") for k in range(8)]
+    completed = [k for k, times in enumerate(states) if times and times["state"] == "completed"]
+    slots = {"sequential": 1, "custom-threadpool": 4}.get(mode.id, 2)
+    assert len(completed) <= slots - 1  # those that ran beside item 0
+    assert p.last_execution_metrics["stop_reason"] == "fail_fast"
+
+
 def test_bad_maps_are_refused_before_any_unit_runs():
     p = QuantumPartitioner()
     with pytest.raises(ValueError, match="map 'loop': a map cannot map over itself"):
