@@ -177,6 +177,22 @@ def test_a_quorum_over_too_few_items_says_so_and_names_no_dependency():
     assert "at_least(3) was not met (only 2 of its inputs completed)" in str(error)
 
 
+def test_a_quorum_over_a_map_that_never_expanded_names_the_map():
+    """at_least(2) over a map skipped before it had items, and a unit that completes last."""
+    units = [
+        QuantumUnit("plan", noop, []),
+        QuantumUnit("ask", noop, [], over="plan"),
+        QuantumUnit("other", noop, [], priority=-1),
+        QuantumUnit("quorum", noop, ["ask", "other"], run_if=at_least(2)),
+    ]
+    sched = Scheduler(compile_graph(units))
+    run(sched, "plan", outcome="fail")  # ask is skipped: it never gets items
+    run(sched, "other")
+    error = sched.errors[sched.graph.index["quorum"]]
+    assert error.cause is SkipCause.UPSTREAM_FAILED
+    assert error.dependency == "ask"
+
+
 def test_cancel_rest_keeps_a_map_whose_items_an_item_wise_map_still_needs():
     """A quorum over ``ask`` cancels nothing an item-wise ``summary`` needs, nor ``ask``
     itself: it ends when its items do, instead of CANCELED while they still run."""

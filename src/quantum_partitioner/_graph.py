@@ -23,7 +23,12 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeAlias
 
-from ._errors import CircularDependencyError, DuplicateUnitError, UnknownDependencyError
+from ._errors import (
+    CircularDependencyError,
+    DuplicateUnitError,
+    UnknownDependencyError,
+    interrupts_run,
+)
 from ._joins import ALL_SUCCESS, JoinRule
 from ._policies import RetryPolicy
 
@@ -482,12 +487,19 @@ def _check_map(unit: QuantumUnit[Any, Any]) -> None:
 
 
 def materialise(
-    map_name: str, over_name: str, result: Any, max_items: int | None = None
+    map_name: str,
+    over_name: str,
+    result: Any,
+    max_items: int | None = None,
+    *,
+    in_caller: bool = True,
 ) -> list[Any]:
     """The items of map ``map_name``: ``result`` (of unit ``over_name``) as a list, once.
 
     With ``max_items``, at most one element more than that is read: a huge or endless
-    iterable fails the map at once instead of being read to its end.
+    iterable fails the map at once instead of being read to its end. ``KeyboardInterrupt``
+    and ``SystemExit`` propagate (they interrupt the run) only ``in_caller``: elsewhere (a
+    Dask worker) they fail the map like any other exception.
 
     Raises:
         TypeError: ``result`` is not iterable, or iterating it raised (the message names the
@@ -498,18 +510,24 @@ def materialise(
     if max_items is not None and isinstance(result, Sized):
         try:
             size = len(result)
-        except Exception:  # a broken __len__: count by iterating instead
+        except BaseException as error:  # a broken __len__: count by iterating instead
+            if in_caller and interrupts_run(error):
+                raise
             size = -1
         if size > max_items:
             raise too_many_items(map_name, over_name, size, max_items)
     try:
         iterator = iter(result)
-    except Exception as error:
+    except BaseException as error:
+        if in_caller and interrupts_run(error):
+            raise
         message = f"map {map_name!r}: the result of {over_name!r} is not iterable ({kind}): {error}"
         raise TypeError(message) from error
     try:
         items = list(iterator if max_items is None else itertools.islice(iterator, max_items + 1))
-    except Exception as error:
+    except BaseException as error:  # user code: any exception fails the map, as a unit's would
+        if in_caller and interrupts_run(error):
+            raise
         message = (
             f"map {map_name!r}: reading the items of {over_name!r} ({kind}) raised "
             f"{type(error).__name__}: {error}"
@@ -843,7 +861,7 @@ def _check_item_names(names: list[str], index: dict[str, int], maps: dict[int, i
         if name.endswith("]") and "[" in name:
             owner, _, rest = name.rpartition("[")
             if rest[:-1].isdigit() and index.get(owner, -1) in maps:
-                raise DuplicateUnitError(name)
+                raise DuplicateUnitError(name, owner)
 
 
 def compile_graph(units: Iterable[QuantumUnit[Any, Any]]) -> Graph:

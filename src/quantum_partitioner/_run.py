@@ -523,7 +523,9 @@ class Run:
             answer = predicate(ctx)
         except SkipUnit:
             return False, None
-        except Exception as error:  # the predicate is user code: it fails only its unit
+        except BaseException as error:  # user code: it fails only its unit, as a unit would
+            if interrupts_run(error):
+                raise
             return False, error
         if inspect.isawaitable(answer):
             if inspect.iscoroutine(answer):

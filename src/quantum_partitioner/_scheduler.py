@@ -783,9 +783,10 @@ class Scheduler:
         (``at_least``). For the reason of a skip whose last input completed.
         """
         quorums = self._item_quorums if self.maps else {}
-        state = self.state
+        state, items_of = self.state, self.items_of
         for d in self._deps[j]:
-            inputs = self.items_of[d] if j in quorums.get(d, ()) else (d,)
+            # A map that never expanded (skipped, failed) counts as itself.
+            inputs = items_of[d] if d in items_of and j in quorums.get(d, ()) else (d,)
             for k in inputs:
                 if state[k].is_terminal and self._kind_of(k) == kind:
                     return k

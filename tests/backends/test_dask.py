@@ -1168,6 +1168,10 @@ def test_maps_expand_on_the_cluster(client):
     p.add_map(u.item_view, over="plan", name="bounded", max_items=2)
     p.add_unit(u.const(u.Paged(1000)), name="pages")  # read on the cluster up to the bound
     p.add_map(u.item_view, over="pages", name="lazy_bounded", max_items=3)
+    # Read on a worker, a KeyboardInterrupt fails the map (it used to stop the worker's
+    # loop: the run hung).
+    p.add_unit(u.const(u.Paged(1, KeyboardInterrupt)), name="interrupting")
+    p.add_map(u.item_view, over="interrupting", name="not_interrupted")
     # A fallback value is here, not on the cluster: its items are handed over as values.
     p.add_unit(u.explode, name="broken", metadata={"fallback_value": ["a", "b"]})
     p.add_map(u.item_view, over="broken", name="over_fallback")
@@ -1194,7 +1198,8 @@ def test_maps_expand_on_the_cluster(client):
     assert isinstance(failed["over_int"], TypeError)
     assert "'plan' gave 3 items, more than max_items=2" in str(failed["bounded"])
     assert "'pages' gave more than max_items=3 items" in str(failed["lazy_bounded"])
-    assert p.last_execution_metrics["total_units"] == 19 + 3 + 3 + 3 + 3 + 2
+    assert "raised KeyboardInterrupt: page 2 failed" in str(failed["not_interrupted"])
+    assert p.last_execution_metrics["total_units"] == 21 + 3 + 3 + 3 + 3 + 2
 
 
 def test_the_mapped_list_never_travels_to_the_client(client):

@@ -159,6 +159,27 @@ def test_unpicklable_result_fails_that_unit_and_names_it():
     assert "cannot be sent back" in str(error)
 
 
+def test_an_unpicklable_item_fails_that_item_naming_its_item():
+    """A map item whose ctx.item cannot be sent (here from a fallback value in the caller)
+    fails that item, saying it is its item; the message used to name the dependency '?'."""
+    p = QuantumPartitioner(max_workers=1)
+
+    def plan(ctx):
+        raise ConnectionError("no plan")
+
+    p.add_unit(plan, name="plan", metadata={"fallback_value": [1, threading.Lock()]})
+    p.add_map(lambda ctx: ctx.item, over="plan", name="step")
+
+    results = p.execute({}, execution_mode=PROCESS)
+
+    assert results["step[0]"] == 1
+    error = p.get_failed_units()["step[1]"]
+    assert isinstance(error, TypeError)
+    assert "unit 'step[1]': its item (ctx.item, lock) cannot be sent to a worker process" in str(
+        error
+    )
+
+
 def test_a_result_only_cloudpickle_can_send_comes_back():
     """A result plain pickle refuses (a lambda, a class made at run time) travels by value."""
 

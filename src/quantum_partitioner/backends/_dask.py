@@ -281,7 +281,7 @@ def measure_items(  # noqa: PLR0917 - called by client.run with positional argum
     data = dask_worker.data
     if key not in data:
         return None
-    items = materialise(map_name, over_name, _value_of(data[key]), max_items)
+    items = materialise(map_name, over_name, _value_of(data[key]), max_items, in_caller=False)
     return len(items), item_digests(items) if digests else None
 
 
@@ -300,7 +300,7 @@ def item_digests(items: list[Any]) -> list[bytes | None]:
 
 def list_items(map_name: str, over_name: str, output: Any, max_items: int | None) -> list[Any]:
     """On a worker: the items of a map, once, for the tasks that pick each."""
-    return materialise(map_name, over_name, _value_of(output), max_items)
+    return materialise(map_name, over_name, _value_of(output), max_items, in_caller=False)
 
 
 def pick_item(items: list[Any], position: int) -> Any:

@@ -25,9 +25,11 @@ the round trip to the driver between two attempts would leave a worker idle for 
 time, so up to ``_SEND_AHEAD`` attempts may wait in a busy worker behind the one it runs;
 it runs them in the order they came, which is the scheduler's. An idle worker is always
 preferred. Only attempts whose promises do not depend on when they start are sent ahead: no
-timeout and no named limit (both count from the real start), and only when no instrument
-listens to unit starts (its event would come early). The worker stamps each one's real
-start, which becomes the attempt's recorded start. One that is abandoned (cancelled, the run
+timeout and no named limit (both count from the real start), only when no instrument
+listens to unit starts (its event would come early), and not under ``fail_fast`` (which
+cancels what has not started: an attempt waiting in a worker would start after the
+failure). The worker stamps each one's real start, which becomes the attempt's recorded
+start. One that is abandoned (cancelled, the run
 stopping) before its turn is recalled: the worker reads what has arrived before it starts
 each queued attempt, so it drops a recalled one, which never starts. (Should it have started
 before the recall was sent, because the attempt ahead of it had just ended, it runs to its
@@ -234,7 +236,9 @@ class ProcessLane(Lane):
             self._clock_offset = (
                 0.0 if run.clock is time.perf_counter else run.clock() - time.perf_counter()
             )
-            self._send_ahead = not run.dispatcher.unit_started
+            # Not when starts are listened to (the event would come early), nor under
+            # fail_fast, which cancels what has not started: a queued attempt would start.
+            self._send_ahead = not run.dispatcher.unit_started and not run.scheduler.fail_fast
             #: A recent attempt's typical duration in a worker; none yet: do not send ahead.
             self._typical_seconds = _SHORT_ATTEMPT
             self._failed_starts = 0
@@ -473,12 +477,17 @@ class ProcessLane(Lane):
             )
         except Exception as error:
             culprit = next(
-                (name for name, value in inputs.items() if not _picklable(self._pickle, value)),
-                "?",
+                (key for key, value in inputs.items() if not _picklable(self._pickle, value)),
+                None,
             )
+            if culprit is not None:
+                what = f"the result of its dependency {culprit!r}"
+            elif item is not None and not _picklable(self._pickle, item[1]):
+                what = f"its item (ctx.item, {type(item[1]).__name__})"
+            else:
+                what = "why its dependencies have no result (ctx.upstream_errors)"
             raise TypeError(
-                f"unit {name!r}: the result of its dependency {culprit!r} cannot be sent to "
-                f"a worker process: {error}"
+                f"unit {name!r}: {what} cannot be sent to a worker process: {error}"
             ) from error
         messages.append(pickle.dumps(("run", i, attempt, key, name, blob)))
         return messages
