@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import sqlite3
@@ -999,10 +1000,42 @@ def test_damaged_entry_is_recomputed_not_returned(tmp_path, how, caplog):
     assert "recomputed" in caplog.text
 
 
-@pytest.mark.parametrize("version", ["1", "99"], ids=["older", "newer"])
-def test_other_format_version_is_a_clear_error(tmp_path, version):
-    """A store of another format version (1: BLAKE2b checksums, before this one) raises
-    ValueError naming both versions, and is left as it was, its entries too."""
+def test_a_version_1_store_is_upgraded_keeping_its_valid_entries(tmp_path):
+    """Version 1 differed only in its checksum (BLAKE2b-128): opening one upgrades it in
+    place; an entry whose old checksum holds is served, a damaged one is recomputed."""
+    path = tmp_path / "c.sqlite"
+    counter = Counter()
+
+    def build():
+        p = CachingQuantumPartitioner(cache_path=path)
+        for name in ("a", "b"):
+            p.add_unit(combining(counter, name), name=name, metadata=cached())
+        return p
+
+    with build() as p:
+        first = p.execute()
+    assert counter.take() == {"a": 1, "b": 1}
+    with sqlite3.connect(path) as db:  # make it a version 1 file, "b"'s entry damaged
+        for key, payload, unit in db.execute("SELECT key, payload, unit FROM entries").fetchall():
+            old = hashlib.blake2b(key + payload, digest_size=16).digest()
+            db.execute(
+                "UPDATE entries SET checksum = ? WHERE key = ?",
+                (old if unit == "a" else b"\0" * 16, key),
+            )
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
+    db.close()
+    with build() as p:
+        assert p.execute() == first
+    assert counter.take() == {"b": 1}
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta").fetchone() == ("2",)
+    db.close()
+
+
+def test_other_format_version_is_a_clear_error(tmp_path):
+    """A store of another format version raises ValueError naming both versions, and is
+    left as it was, its entries too."""
+    version = "99"
     path = tmp_path / "c.sqlite"
     with SQLiteStore(path) as store:
         store.put(b"k" * 32, "u", b"payload")

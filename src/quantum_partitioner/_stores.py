@@ -23,8 +23,10 @@ nothing about units or pickling: :mod:`._cache` makes the keys and the payloads.
   so before the kill.
 * **Several processes.** Readers never block; writers take the lock with ``BEGIN IMMEDIATE``
   and wait for it up to ``timeout`` seconds (``busy_timeout``).
-* **Versioned format.** A ``meta`` table holds ``format_version``. A file of another version,
-  or one that is not a cache, raises ``ValueError`` on opening and is left untouched.
+* **Versioned format.** A ``meta`` table holds ``format_version``. A version 1 file (which
+  differed only in its checksum) is upgraded in place, keeping its valid entries; a file of
+  another version, or one that is not a cache, raises ``ValueError`` on opening and is left
+  untouched.
 * **Owner only.** A new file is created with mode 0o600 before anything is written into it.
   A ``path`` that is a symbolic link is refused (the file would be created, or read, wherever
   the link points); an existing file that others may write gets an
@@ -53,6 +55,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import hashlib
 import itertools
 import logging
 import os
@@ -143,6 +146,36 @@ _SCHEMA: Final = (
     "CREATE INDEX IF NOT EXISTS entries_unit ON entries (unit)",
     "CREATE INDEX IF NOT EXISTS entries_accessed ON entries (accessed)",
 )
+
+
+def _upgrade_from_version_1(connection: sqlite3.Connection) -> None:
+    """Turn a version 1 store into this version, in the caller's transaction.
+
+    Version 1 differed only in its checksum (BLAKE2b-128 of key || payload): each entry whose
+    old checksum holds gets its CRC-32, a damaged one is dropped (it is recomputed when
+    needed), so an upgrade keeps every valid result. A process of an older library still
+    writing to the file afterwards writes BLAKE2b checksums, which read here as damage: its
+    entries are recomputed, never served wrong.
+    """
+    rows = connection.execute("SELECT key, payload, checksum FROM entries").fetchall()
+    kept, damaged = [], []
+    for key, payload, stored in rows:
+        valid = isinstance(key, bytes) and isinstance(payload, bytes)
+        if valid and hashlib.blake2b(key + payload, digest_size=16).digest() == stored:
+            kept.append((checksum(key, payload), key))
+        else:
+            damaged.append((key,))
+    connection.executemany("UPDATE entries SET checksum = ? WHERE key = ?", kept)
+    connection.executemany("DELETE FROM entries WHERE key = ?", damaged)
+    connection.execute(
+        "UPDATE meta SET value = ? WHERE key = 'format_version'", (str(FORMAT_VERSION),)
+    )
+    LOGGER.info(
+        "cache store: upgraded from format version 1 to %d (%d entries kept, %d damaged dropped)",
+        FORMAT_VERSION,
+        len(kept),
+        len(damaged),
+    )
 
 
 def checksum(key: bytes, payload: bytes) -> bytes:
@@ -651,7 +684,11 @@ class SQLiteStore(CacheStore):
             (str(FORMAT_VERSION),),
         )
         row = connection.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()
-        return "missing" if row is None else str(row[0])
+        version = "missing" if row is None else str(row[0])
+        if version == "1":
+            _upgrade_from_version_1(connection)
+            version = str(FORMAT_VERSION)
+        return version
 
     # -- entries ---------------------------------------------------------------------------
 
