@@ -19,9 +19,12 @@ the ratio and the target (a ratio, or an absolute bound where the reference is o
 * PROCESS (2), no-op units (``--process-n``): µs per unit on reused (warm) workers against
   ``ProcessPoolExecutor.submit`` on a warm pool; a fresh-pool run is shown too.
 * PROCESS worker start: a 1-unit PROCESS (1) run minus a 1-unit SEQUENTIAL run, against
-  starting a bare interpreter (``python -c pass``); once with the unit in a module that
-  imports nothing, once in this module, which imports much (a worker imports the modules of
-  a run's functions before it is ready).
+  a bare interpreter importing the unit's module (``python -c "import MODULE"``); once
+  with the unit in a module that imports nothing, once in this module, which imports much.
+  A worker imports the modules of a run's functions before it is ready, as any process
+  pool's worker does to unpickle them: that is the user's cost, so the target is 45 ms
+  *beyond those imports* (the reference minus ``python -c pass``), see
+  :func:`rows_worker_start`.
 * ASYNC, ``async def`` units awaiting ``sleep(0)``, against the hand-written dataflow (a
   task per unit awaiting its dependencies' tasks, one ``asyncio.run``).
 * The cache: a cold SQLite run (THREAD (4), every unit cacheable and stored), a warm one
@@ -43,6 +46,7 @@ import asyncio
 import concurrent.futures
 import functools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -74,6 +78,8 @@ CPU_ROUNDS = 3
 #: A unit that got less of a CPU than this ran on a busy machine.
 BUSY_SHARE = 0.85
 MEMORY_UNITS = 100_000
+#: What a worker's start may cost beyond importing its unit's module (ms).
+WORKER_START_MS = 45
 BENCH_DIR = Path(__file__).resolve().parent
 
 
@@ -438,16 +444,24 @@ def rows_process_noop(options: Options) -> list[Row]:
 
 
 def rows_worker_start(repeat: int) -> list[Row]:
-    """A 1-unit PROCESS (1) run minus a 1-unit SEQUENTIAL run, beside ``python -c pass``.
+    """A 1-unit PROCESS (1) run minus a 1-unit SEQUENTIAL run, beside a bare interpreter
+    importing the unit's module.
 
-    Twice: with the unit in this module (which imports much: the worker imports it before
-    it is ready, as it does the modules of a run's functions), and with the unit in a module
-    that imports nothing (the worker's own start-up).
+    Twice: with the unit in a module that imports nothing (the worker's own start-up), and
+    in this module, which imports much. A worker imports the module of a run's functions
+    before it is ready, and so does any process pool's worker (to unpickle the function):
+    that import is the user's cost, not the worker's. So the reference is
+    ``python -c "import MODULE"`` with the module's directory on the path, and the target
+    is an allowance *beyond those imports* (the reference minus ``python -c pass``): 45 ms
+    for the worker's own start-up, its hand-off and its exit, whatever the module imports.
+    An allowance, not a ratio: the worker's own cost does not grow with the module's
+    imports, and a ratio would let a slow worker hide behind a heavy module.
     """
     api = _api()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH_DIR), *sys.path])}
 
-    def bare() -> None:
-        subprocess.run([sys.executable, "-c", "pass"], check=True)
+    def interpreter(code: str) -> Callable[[], None]:
+        return lambda: subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
     rows = []
     for function, label in (
@@ -462,18 +476,26 @@ def rows_worker_start(repeat: int) -> list[Row]:
         def sequential_run(one: Any = one) -> None:
             one.execute({}, execution_mode=api.ExecutionMode.SEQUENTIAL)
 
-        process_s, bare_s = _median_pair(process_run, bare, repeat)
-        sequential_s, _ = _median_pair(sequential_run, lambda: None, repeat)
+        imports_s, bare_s = _median_pair(
+            interpreter(f"import {function.__module__}"), interpreter("pass"), repeat
+        )
+        process_s, sequential_s = _median_pair(process_run, sequential_run, repeat)
         ms = (process_s - sequential_s) * 1e3
+        imports_ms = max(0.0, imports_s - bare_s) * 1e3
         rows.append(
             Row(
                 f"PROCESS worker start (1-unit run), {label}",
                 ms,
-                bare_s * 1e3,
+                imports_s * 1e3,
                 "ms",
-                "<= 45 ms",
-                ms <= 45,
+                f"<= 45 ms + {imports_ms:.0f}",
+                ms <= WORKER_START_MS + imports_ms,
                 f"{repeat}",
+                note=(
+                    f"Worker start, {label}: {ms:.1f} ms, {ms - imports_ms:.1f} ms beyond "
+                    f"its imports ({function.__module__}: a bare interpreter takes "
+                    f"{bare_s * 1e3:.1f} ms, {imports_s * 1e3:.1f} ms importing it)"
+                ),
             )
         )
     return rows
@@ -681,10 +703,12 @@ class UnitCostSection:
         print(
             "\nReferences: a dict build; graphlib static_order() loop with a result and a state"
             "\nper unit; a 4-thread dataflow with one lock; ProcessPoolExecutor(2) warm (its"
-            "\nspeed-up, and submit per unit); python -c pass; a task-per-unit asyncio dataflow;"
-            "\nthe same run or build without a cache; dask.get's RSS growth on the same graph."
+            "\nspeed-up, and submit per unit); python -c 'import MODULE'; a task-per-unit asyncio"
+            "\ndataflow; the same run or build without a cache; dask.get's RSS growth on the same"
+            "\ngraph."
             "\nSpeed-up rows: ours and the reference are speed-ups over SEQUENTIAL; the target is"
-            "\non ours. The worker start is a 1-unit PROCESS (1) run minus a 1-unit SEQUENTIAL run."
+            "\non ours. The worker start is a 1-unit PROCESS (1) run minus a 1-unit SEQUENTIAL run;"
+            "\nits target allows 45 ms beyond the module's imports (reference - python -c pass)."
         )
         return ok
 

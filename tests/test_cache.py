@@ -8,6 +8,8 @@ ASCII where their shape matters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 import os
 import sqlite3
@@ -36,6 +38,7 @@ from quantum_partitioner import (
     RetryPolicy,
     SQLiteStore,
     UnitState,
+    _fingerprint,
 )
 
 SEQUENTIAL = ExecutionMode.SEQUENTIAL
@@ -309,6 +312,35 @@ def test_closure_changing_during_runs_does_not_invalidate(make):
     assert p.execute() == {"a": 1}
     assert p.execute() == {"a": 1}
     assert calls == [1]
+
+
+def test_a_build_fingerprints_a_shared_function_once_and_after_a_run_afresh(monkeypatch):
+    """Units of one build that run one function share its fingerprint; a later build rereads.
+
+    The units added after a run see a global rebound since: their keys are what a new
+    process would compute, so its results serve (and are served by) a fresh partitioner.
+    """
+    taken = []
+    take = _fingerprint._function_fingerprint
+    monkeypatch.setattr(
+        _fingerprint, "_function_fingerprint", lambda *args: taken.append(1) or take(*args)
+    )
+    namespace = {"OFFSET": 1}
+    exec("def unit(ctx):\n    return OFFSET\n", namespace)
+    store = MemoryStore()
+    p = CachingQuantumPartitioner(cache_store=store, default_execution_mode=SEQUENTIAL)
+    for k in range(50):
+        p.add_unit(namespace["unit"], name=f"u{k}", metadata={"cacheable": True})
+    assert len(taken) == 1
+    assert p.execute()["u0"] == 1
+    namespace["OFFSET"] = 2
+    p.add_unit(namespace["unit"], name="later", metadata={"cacheable": True})
+    assert len(taken) == 2
+    assert p.execute()["later"] == 2
+    fresh = CachingQuantumPartitioner(cache_store=store, default_execution_mode=SEQUENTIAL)
+    fresh.add_unit(namespace["unit"], name="later", metadata={"cacheable": True})
+    fresh.execute()
+    assert (fresh.cache_hits, fresh.cache_misses) == (1, 0)
 
 
 # -- values that cannot be fingerprinted -------------------------------------------------------
@@ -968,17 +1000,53 @@ def test_damaged_entry_is_recomputed_not_returned(tmp_path, how, caplog):
     assert "recomputed" in caplog.text
 
 
-def test_other_format_version_is_a_clear_error(tmp_path):
-    """A store of another format version raises ValueError and is left as it was."""
+def test_a_version_1_store_is_upgraded_keeping_its_valid_entries(tmp_path):
+    """Version 1 differed only in its checksum (BLAKE2b-128): opening one upgrades it in
+    place; an entry whose old checksum holds is served, a damaged one is recomputed."""
     path = tmp_path / "c.sqlite"
-    SQLiteStore(path).close()
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE meta SET value = '99' WHERE key = 'format_version'")
+    counter = Counter()
+
+    def build():
+        p = CachingQuantumPartitioner(cache_path=path)
+        for name in ("a", "b"):
+            p.add_unit(combining(counter, name), name=name, metadata=cached())
+        return p
+
+    with build() as p:
+        first = p.execute()
+    assert counter.take() == {"a": 1, "b": 1}
+    with sqlite3.connect(path) as db:  # make it a version 1 file, "b"'s entry damaged
+        for key, payload, unit in db.execute("SELECT key, payload, unit FROM entries").fetchall():
+            old = hashlib.blake2b(key + payload, digest_size=16).digest()
+            db.execute(
+                "UPDATE entries SET checksum = ? WHERE key = ?",
+                (old if unit == "a" else b"\0" * 16, key),
+            )
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
     db.close()
-    with pytest.raises(ValueError, match=r"format version 99.*reads version 1"):
+    with build() as p:
+        assert p.execute() == first
+    assert counter.take() == {"b": 1}
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta").fetchone() == ("2",)
+    db.close()
+
+
+def test_other_format_version_is_a_clear_error(tmp_path):
+    """A store of another format version raises ValueError naming both versions, and is
+    left as it was, its entries too."""
+    version = "99"
+    path = tmp_path / "c.sqlite"
+    with SQLiteStore(path) as store:
+        store.put(b"k" * 32, "u", b"payload")
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (version,))
+    db.close()
+    with pytest.raises(ValueError, match=rf"format version {version}.*reads version 2"):
         CachingQuantumPartitioner(cache_path=path)
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM meta").fetchone() == ("99",)
+        assert db.execute("SELECT value FROM meta").fetchone() == (version,)
+        assert db.execute("SELECT unit, payload FROM entries").fetchall() == [("u", b"payload")]
     db.close()
 
 
@@ -1265,6 +1333,125 @@ def test_prefetched_damaged_entry_is_dropped_not_served(tmp_path):
         store.prefetch([key])
         assert store.get(key) is None
         assert (store.corrupt, len(store)) == (1, 0)
+
+
+@pytest.mark.parametrize("others", [0, 300, 2_000], ids=["alone", "read-whole", "read-by-key"])
+def test_prefetch_serves_the_same_whether_it_reads_the_store_whole_or_by_key(tmp_path, others):
+    """600 keys read ahead from a store holding them and ``others`` more: a store up to twice
+    their number is read whole, a larger one by key. Either way every entry is served from
+    memory (another process deletes them meanwhile), large payloads too, the absent keys are
+    known absent, and a damaged entry is dropped, never served."""
+    path = tmp_path / "c.sqlite"
+    keys = [b"%032d" % i for i in range(600)]
+    large = b"L" * (40 << 10)  # over what a whole read takes: read by key after it
+    with SQLiteStore(path) as store:
+        for i, key in enumerate(keys[:500]):
+            store.put(key, f"u{i}", large if i == 7 else b"p%d" % i)
+        for i in range(others):
+            store.put(b"o%031d" % i, f"o{i}", b"other")
+        store.flush()
+        with sqlite3.connect(path) as other:  # damage one entry
+            other.execute("UPDATE entries SET payload = ? WHERE key = ?", (b"pX", keys[3]))
+        other.close()
+        store.prefetch(keys)
+        with sqlite3.connect(path) as other:  # another process deletes the rest meanwhile
+            other.execute("DELETE FROM entries WHERE key != ?", (keys[3],))
+        other.close()
+        assert store.get(keys[7]) == large
+        assert store.get(keys[3]) is None
+        assert store.corrupt == 1
+        assert [store.get(key) for key in keys[8:500]] == [b"p%d" % i for i in range(8, 500)]
+        assert all(store.get(key) is None for key in keys[500:])
+
+
+def test_a_burst_of_writes_shares_transactions_and_each_is_committed_soon(tmp_path):
+    """Writes 1 ms apart share transactions (the writer lets a burst gather for 10 ms), and
+    each is committed without a flush, readable by another process soon after."""
+    path = tmp_path / "c.sqlite"
+    with SQLiteStore(path) as store:
+        transactions = []
+        store._connection().set_trace_callback(
+            lambda sql: transactions.append(sql) if sql == "BEGIN IMMEDIATE" else None
+        )
+        for i in range(100):
+            store.put(b"%032d" % i, "u", b"payload")
+            time.sleep(0.001)
+        deadline = time.monotonic() + 30
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as other:
+            while other.execute("SELECT COUNT(*) FROM entries").fetchone()[0] < 100:
+                assert time.monotonic() < deadline, "the writes were never committed"
+                time.sleep(0.005)
+        assert len(transactions) <= 40  # one per write would be 100
+
+
+def test_a_commit_of_many_rows_stores_each_one_whole(tmp_path):
+    """250 writes committed together (several rows per INSERT, and the rest one by one):
+    each entry is stored with its own unit, payload and size."""
+    path = tmp_path / "c.sqlite"
+    with SQLiteStore(path) as store:
+        for i in range(250):
+            store.put(b"%032d" % i, f"u{i}", b"x" * i)
+        store.flush()
+        entries = {entry.unit: entry for entry in store.entries()}
+        assert len(entries) == 250
+        assert all(entries[f"u{i}"].size == i for i in range(250))
+        assert all(entries[f"u{i}"].key == (b"%032d" % i).hex() for i in range(250))
+    with SQLiteStore(path) as store:  # a fresh process's view: read from the file
+        assert [store.get(b"%032d" % i) for i in range(250)] == [b"x" * i for i in range(250)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_writes_through_its_own_connection(tmp_path):
+    """A child forked from a process using the store writes its own results (its own
+    connection and queue, set up at its first write); the parent's stay as they were."""
+    path = tmp_path / "c.sqlite"
+    with SQLiteStore(path) as store:
+        store.put(b"p" * 32, "parent", b"mine")
+        store.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit status only
+            code = 1
+            try:
+                store.put(b"c" * 32, "child", b"yours")
+                store.flush()
+                code = 0 if store.get(b"c" * 32) == b"yours" else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert store.get(b"c" * 32) == b"yours"
+        assert store.get(b"p" * 32) == b"mine"
+
+
+def test_a_warm_run_sees_every_change_to_a_unit_s_fixed_part():
+    """The fixed key parts a run computed are reused by the next run of the same graph only
+    while the function, the context part and the version are the same: a function swapped
+    in, a ``cache_keys`` list changed in place and a context change each recompute."""
+    counter = Counter()
+    p = CachingQuantumPartitioner(default_execution_mode=SEQUENTIAL)
+    p.add_unit(combining(counter, "a", ["x"]), name="a", metadata=cached(cache_keys=["x"]))
+    p.add_unit(combining(counter, "b"), ["a"], name="b", metadata=cached(cache_keys=[]))
+    p.execute({"x": 1, "y": 1})
+    p.execute({"x": 1, "y": 2})
+    assert counter.take() == {"a": 1, "b": 1}
+    p.units["a"].metadata["cache_keys"].append("y")  # the same list, now longer
+    p.execute({"x": 1, "y": 2})
+    assert counter.take() == {"a": 1, "b": 1}
+    p.execute({"x": 1, "y": 3})
+    assert counter.take() == {"a": 1, "b": 1}
+    p.units["b"].function = combining(counter, "b2")
+    p.execute({"x": 1, "y": 3})
+    assert counter.take() == {"b2": 1}
+    stats = p.cache_stats()
+    assert (stats.hits, stats.misses, stats.writes) == (3, 7, 7)
+    p.units["a"].metadata["cacheable"] = False  # b now keys on a's result, not a's key
+    p.execute({"x": 1, "y": 3})
+    assert counter.take() == {"a": 1, "b2": 1}
+    p.execute({"x": 1, "y": 3})
+    assert counter.take() == {"a": 1}
+    p.units["a"].metadata["cacheable"] = True  # and back: both served
+    p.execute({"x": 1, "y": 3})
+    assert counter.take() == {}
 
 
 class RecordingStore(MemoryStore):

@@ -202,6 +202,10 @@ def test_defect_15_nesting_past_the_stack_is_fingerprinted_or_named():
         fingerprint({"chain": chain})
     with pytest.raises(UnfingerprintableError, match="nested deeper than the interpreter's"):
         function_fingerprint(make_closure(chain))
+    memo = _fingerprint.ModuleMemo()  # the short way (a closure of a code seen before) too
+    function_fingerprint(make_closure(0), memo=memo)
+    with pytest.raises(UnfingerprintableError, match="nested deeper than the interpreter's"):
+        function_fingerprint(make_closure(chain), memo=memo)
 
 
 # -- functions ---------------------------------------------------------------------------------
@@ -318,17 +322,21 @@ def test_defect_10_an_unfingerprintable_module_attribute_is_named_and_can_be_ign
     assert function_fingerprint(unit, ignored) == function_fingerprint(unit, ignored)
 
 
-def test_module_memo_is_shared_but_sees_a_rebound_attribute(monkeypatch):
-    """One build encodes ``m.scale`` once; rebinding it (or a reload) is still seen."""
+def test_module_memo_is_shared_and_a_function_met_later_sees_a_rebound_attribute(monkeypatch):
+    """One build encodes ``m.scale`` once; another function met after a rebinding sees it."""
     module = user_module(monkeypatch, "qp_memo", "def scale(x):\n    return x * 2\n")
-    unit = compile_function("def f(ctx):\n    return qp_memo.scale(1)\n", {"qp_memo": module})
+    namespace = {"qp_memo": module}
+    unit = compile_function("def f(ctx):\n    return qp_memo.scale(1)\n", namespace)
     memo = _fingerprint.ModuleMemo()
     first = function_fingerprint(unit, memo=memo)
     assert memo.entries
-    assert function_fingerprint(unit, memo=memo) == first
     exec("def scale(x):\n    return x * 3\n", vars(module))
-    assert function_fingerprint(unit, memo=memo) != first
-    assert function_fingerprint(unit, memo=memo) == function_fingerprint(unit)
+    # The same function again in this build: its fingerprint is the one taken first.
+    assert function_fingerprint(unit, memo=memo) == first
+    other = compile_function("def g(ctx):\n    return qp_memo.scale(2)\n", namespace, "g")
+    assert function_fingerprint(other, memo=memo) == function_fingerprint(other)
+    memo.clear()  # a run: the units added after it read modules afresh
+    assert function_fingerprint(unit, memo=memo) == function_fingerprint(unit) != first
 
 
 def test_defect_10_editable_installs_are_user_code(tmp_path, monkeypatch):
@@ -445,26 +453,17 @@ def test_fingerprints_are_stable_across_processes():
     assert len(outputs[0]) > 64 * 4
 
 
-def test_a_build_memo_shares_one_function_but_sees_a_rebound_global_default_or_cell(
-    monkeypatch,
-):
-    """The memo serves a shared function by identity while what it read is unchanged."""
+def test_a_build_memo_takes_a_shared_function_once_until_it_is_cleared(monkeypatch):
+    """Units of one build that run one function share one fingerprint, taken first.
+
+    They all read the same globals, defaults and cells when they run, so a rebinding in
+    between is no reason for them to differ; the build after a run (``clear``) sees it.
+    """
     module = user_module(monkeypatch, "qp_shared", "LIMIT = 3\n")
     namespace = {"qp_shared": module, "OFFSET": 1}
     unit = compile_function(
         "def f(ctx, k=2):\n    return qp_shared.LIMIT + OFFSET + k\n", namespace
     )
-    memo = _fingerprint.ModuleMemo()
-    first = function_fingerprint(unit, memo=memo)
-    assert memo.functions
-    assert function_fingerprint(unit, memo=memo) == first
-    unit.__globals__["OFFSET"] = 5  # a rebound global
-    assert function_fingerprint(unit, memo=memo) == function_fingerprint(unit) != first
-    unit.__defaults__ = (3,)  # new default arguments
-    assert function_fingerprint(unit, memo=memo) == function_fingerprint(unit)
-    before = function_fingerprint(unit, memo=memo)
-    module.LIMIT = 4  # a rebound module attribute
-    assert function_fingerprint(unit, memo=memo) == function_fingerprint(unit) != before
 
     def make(value):
         def closure(ctx):
@@ -473,9 +472,51 @@ def test_a_build_memo_shares_one_function_but_sees_a_rebound_global_default_or_c
         return closure, lambda new: closure.__closure__[0].__setattr__("cell_contents", new)
 
     shared, rebind = make(1)
+    memo = _fingerprint.ModuleMemo()
+    first = function_fingerprint(unit, memo=memo)
     seen = function_fingerprint(shared, memo=memo)
+    assert memo.functions
+    for change in (
+        lambda: unit.__globals__.__setitem__("OFFSET", 5),  # a rebound global
+        lambda: setattr(unit, "__defaults__", (3,)),  # new default arguments
+        lambda: setattr(module, "LIMIT", 4),  # a rebound module attribute
+    ):
+        before = function_fingerprint(unit)
+        change()
+        assert function_fingerprint(unit) != before
+        assert function_fingerprint(unit, memo=memo) == first
     rebind(2)  # a rebound closure cell
+    assert function_fingerprint(shared, memo=memo) == seen
+    memo.clear()
+    assert function_fingerprint(unit, memo=memo) == function_fingerprint(unit) != first
     assert function_fingerprint(shared, memo=memo) == function_fingerprint(shared) != seen
+    partial = functools.partial(unit, k=1)  # other callables: by identity too
+    assert memo.function(partial, frozenset()) is memo.function(partial, frozenset())
+
+
+class AlwaysEqual:
+    """A callable object that claims to equal every other (and hashes alike)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, ctx):
+        return self.value
+
+    def __eq__(self, other):
+        return True
+
+    def __hash__(self):
+        return 0
+
+
+def test_a_build_memo_keys_callable_objects_by_identity_not_equality():
+    """Two callables that compare equal but hold different values keep their own prints."""
+    memo = _fingerprint.ModuleMemo()
+    one, two = AlwaysEqual(1), AlwaysEqual(2)
+    assert function_fingerprint(one, memo=memo) == function_fingerprint(one)
+    assert function_fingerprint(two, memo=memo) == function_fingerprint(two)
+    assert function_fingerprint(one, memo=memo) != function_fingerprint(two, memo=memo)
 
 
 def test_a_build_memo_encodes_the_globals_of_distinct_closures_once(monkeypatch):
@@ -491,7 +532,10 @@ def test_a_build_memo_encodes_the_globals_of_distinct_closures_once(monkeypatch)
     assert len(set(prints)) == 3
     assert prints == [function_fingerprint(make(k)) for k in range(3)]
     assert sorted(key[0].co_name for key in memo.globals_parts) == ["scale", "unit"]  # once each
-    exec("def scale(x):\n    return x * 3\n", vars(module))
+    assert function_fingerprint(make(0), memo=memo) == prints[0]  # equal values, equal prints
+    exec("def scale(x):\n    return x * 3\n", vars(module))  # the helper edited
+    assert function_fingerprint(make(0), memo=memo) == prints[0]  # this build: as taken first
+    memo.clear()
     assert function_fingerprint(make(0), memo=memo) == function_fingerprint(make(0)) != prints[0]
 
 
@@ -514,8 +558,54 @@ def test_closures_of_one_code_object_are_encoded_as_the_long_way_does(monkeypatc
         assert prints == [function_fingerprint(fn, ignore) for fn in made]
         assert len(set(prints)) == len(values)
         assert memo.closures  # the closures after the first took the short way
-        module.FACTOR = 3  # a rebound module attribute is seen on the short way too
-        assert function_fingerprint(make(1, "a", 0), ignore, memo) == function_fingerprint(
-            make(1, "a", 0), ignore
-        )
+        again = function_fingerprint(make(*values[0], 0), ignore, memo)
+        assert again == prints[0]  # equal values: equal fingerprints
+        module.FACTOR = 3  # the next build (after clear) sees a rebound module attribute
+        memo.clear()
+        assert function_fingerprint(made[0], ignore, memo) == function_fingerprint(made[0], ignore)
+        assert function_fingerprint(made[1], ignore, memo) != prints[1]
         module.FACTOR = 2
+
+
+def test_closures_with_defaults_or_any_values_take_the_short_way_to_the_same_bytes(
+    monkeypatch,
+):
+    """Defaults, containers, functions, modules, empty cells and the closure itself as a value.
+
+    They are encoded by an encoder pass over the defaults and cells only: the bytes are the
+    long way's, recursion (a closure calling itself) included.
+    """
+    module = user_module(monkeypatch, "qp_values", "BASE = 10\ndef helper(x):\n    return x\n")
+    make = compile_function(
+        "def make(value, default):\n"
+        "    def unit(ctx, d=default, *, kw=default):\n"
+        "        return qp_values.BASE + value, d, kw, unit, later\n"
+        "    if value != 'unset':\n"
+        "        later = value\n"
+        "    return unit\n",
+        {"qp_values": module},
+        name="make",
+    )
+    values = [1, "unset", [1, {"a": (2, None)}], module.helper, module, {3}, 1.5]
+    memo = _fingerprint.ModuleMemo()
+    made = [make(value, default) for value in values for default in (0, [0])]
+    prints = [function_fingerprint(fn, memo=memo) for fn in made]
+    assert memo.closures
+    assert prints == [function_fingerprint(fn) for fn in made]
+    assert len(set(prints)) == len(made)
+    assert function_fingerprint(make([1, {"a": (2, None)}], [0]), memo=memo) == prints[5]
+    with pytest.raises(UnfingerprintableError, match="closure variable 'later'"):
+        function_fingerprint(make(threading.Lock(), 0), memo=memo)
+
+
+def test_a_closure_whose_module_is_a_library_is_not_taken_for_user_code(monkeypatch):
+    """functools.wraps copies ``__module__``: a library's name there takes the long way."""
+    make = compile_function(
+        "def make(k):\n    def unit(ctx):\n        return k\n    return unit\n", name="make"
+    )
+    memo = _fingerprint.ModuleMemo()
+    first, second = make(1), make(2)
+    function_fingerprint(first, memo=memo)
+    second.__module__ = "json"
+    second.__qualname__ = "dumps"
+    assert function_fingerprint(second, memo=memo) == function_fingerprint(second)

@@ -361,8 +361,17 @@ def test_simulate_respects_concurrency_and_rate_limits():
 def test_waiting_shows_in_the_trace_the_report_and_the_metrics(tmp_path):
     """A unit that waited for a limit: a "waiting for" slice, a report column, waited."""
     p = QuantumPartitioner(max_workers=2)
-    p.add_limit("gpu", concurrency=1)
-    p.add_unit(lambda ctx: time.sleep(0.05), name="first", limits=["gpu"], priority=1)
+    gpu = p.add_limit("gpu", concurrency=1)
+
+    def first(ctx):
+        # Holds the slot until "second" is seen waiting for it (a loaded machine may start
+        # the other worker late), then 50 ms more: "second" waits at least that long.
+        deadline = time.monotonic() + 30
+        while not gpu.waiting and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.05)
+
+    p.add_unit(first, name="first", limits=["gpu"], priority=1)
     p.add_unit(lambda ctx: None, name="second", limits=["gpu"])
     p.execute(execution_mode=ExecutionMode.THREAD)
     times = p.last_execution_metrics["unit_times"]

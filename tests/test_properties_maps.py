@@ -10,12 +10,14 @@ per item (complete, fail, or ``ctx.skip``). Checked:
   item-wise item's parent item (completed), and a map ends only after all of its items;
 * the final states do not depend on the order: a random order ends as the first-ready order
   does (which is SEQUENTIAL's);
-* real runs in THREAD and ASYNC mode end with the states and results of SEQUENTIAL.
+* real runs in THREAD and ASYNC mode end with the states and results of SEQUENTIAL;
+* with ``at_least(k)`` and ``cancel_rest`` (order-dependent by design): the run ends, and
+  a map is never CANCELED while items of it go on to complete.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from hypothesis import given, settings
@@ -28,6 +30,7 @@ from quantum_partitioner import (
     Scheduler,
     SkipUnit,
     UnitState,
+    at_least,
 )
 from quantum_partitioner._graph import compile_graph
 from quantum_partitioner._joins import join_rule
@@ -50,6 +53,7 @@ class Drawn:
     outcome: list[str]  # of a unit
     items: list[int]  # of a unit: how many elements its result has
     item_outcome: dict[tuple[int, int], str]  # (map, index) -> outcome of that item
+    quorum: dict[int, tuple[int, bool]] = field(default_factory=dict)  # at_least(k), cancel_rest
 
     def is_map(self, i):
         return self.over[i] is not None
@@ -61,7 +65,8 @@ class Drawn:
                 noop,
                 [f"n{j}" for j in self.deps[i]],
                 condition=None if self.condition[i] is None else noop,
-                run_if=join_rule(self.rule[i]),
+                run_if=at_least(self.quorum[i][0]) if i in self.quorum else join_rule(self.rule[i]),
+                cancel_rest=i in self.quorum and self.quorum[i][1],
                 over=None if self.over[i] is None else f"n{self.over[i]}",
             )
             for i in range(len(self.deps))
@@ -100,6 +105,20 @@ def drawn_graphs(draw):
         if dag.is_map(m):
             for k in range(dag.count(m)):
                 dag.item_outcome[m, k] = draw(st.sampled_from(OUTCOMES))
+    return dag
+
+
+@st.composite
+def drawn_graphs_with_quorums(draw):
+    """``drawn_graphs``, where some units with dependencies take ``at_least(k)`` (over a map
+    it counts its items), half of them with ``cancel_rest``."""
+    dag = draw(drawn_graphs())
+    for i, inputs in enumerate(dag.deps):
+        if inputs and not dag.is_map(i) and draw(st.integers(0, 2)) == 0:
+            k = draw(st.integers(1, 3))
+            if not any(dag.is_map(j) for j in inputs):
+                k = min(k, len(inputs))
+            dag.quorum[i] = (k, draw(st.booleans()))
     return dag
 
 
@@ -143,7 +162,7 @@ def drive(dag, pick):
             parent = sched.item_parent.get(i)
             if parent is not None:
                 assert sched.state[parent] is COMPLETED, f"{sched.names[i]} started early"
-            elif i < len(dag.deps):
+            elif i < len(dag.deps) and i not in dag.quorum:  # a quorum starts early
                 for j in [*dag.deps[i], *([dag.over[i]] if dag.is_map(i) else [])]:
                     assert sched.state[j].is_terminal, f"{sched.names[i]} started early"
             running.append(i)
@@ -183,6 +202,24 @@ def test_maps_end_everything_once_never_early_and_whatever_the_order(dag, data):
             assert m in sched.items_of
     first_ready = drive(dag, lambda n: 0)
     assert final_states(sched) == final_states(first_ready)
+
+
+@settings(max_examples=150, deadline=None)
+@given(drawn_graphs_with_quorums(), st.data())
+def test_quorums_end_everything_once_and_never_cancel_a_map_whose_items_go_on(dag, data):
+    """With at_least(k) and cancel_rest: the run ends, each unit once; a map ends after its
+    items, and a CANCELED map has no item that completed after it."""
+    sched = drive(dag, lambda n: data.draw(st.integers(0, n - 1)))
+    assert not sched.is_active()
+    assert all(state.is_terminal for state in sched.state)
+    assert sched.terminal == len(sched.state)
+    assert sched.running == 0
+    for m, items in sched.items_of.items():
+        for j in items:
+            if sched.state[m] is UnitState.CANCELED:
+                assert sched.state[j] is not COMPLETED or sched.ended[j] <= sched.ended[m]
+            else:
+                assert sched.ended[m] >= sched.ended[j]
 
 
 def run_unit(dag, i, ctx):

@@ -11,7 +11,14 @@ import itertools
 
 import pytest
 
-from quantum_partitioner import QuantumUnit, Scheduler, SkipCause, SkipUnit, UnitState
+from quantum_partitioner import (
+    QuantumUnit,
+    Scheduler,
+    SkipCause,
+    SkipUnit,
+    UnitState,
+    at_least,
+)
 from quantum_partitioner._graph import compile_graph
 from quantum_partitioner._joins import ALL_DONE
 
@@ -107,6 +114,17 @@ def test_skip_unit_is_skipped_never_retried_and_turns_on_decisions_mid_run():
     assert not any(s is FAILED for s in sched.state)
 
 
+def end_in_order(sched, order):
+    """Start the units named in ``order``, then end each as its name says: ok, skip, fail."""
+    running = {sched.names[i]: i for i in (sched.start_next(0.0) for _ in order)}
+    for name in order:
+        i = running[name]
+        if name == "ok":
+            sched.complete(i, 1, 1, 0.0)
+        else:
+            sched.fail(i, 1, SkipUnit() if name == "skip" else ValueError(), 0.0)
+
+
 @pytest.mark.parametrize("order", list(itertools.permutations(["skip", "fail", "ok"])))
 def test_why_a_join_is_skipped_does_not_depend_on_the_order_dependencies_end(order):
     """A failure among the dependencies makes the skip UPSTREAM_FAILED, in whatever order."""
@@ -114,16 +132,119 @@ def test_why_a_join_is_skipped_does_not_depend_on_the_order_dependencies_end(ord
     #    \   |   /
     #      join        (all_success)
     sched = scheduler_of({"skip": [], "fail": [], "ok": [], "join": ["skip", "fail", "ok"]})
-    running = {sched.names[i]: i for i in (sched.start_next(0.0) for _ in range(3))}
-    for name in order:
-        i = running[name]
-        if name == "ok":
-            sched.complete(i, 1, 1, 0.0)
-        else:
-            sched.fail(i, 1, SkipUnit() if name == "skip" else ValueError(), 0.0)
+    end_in_order(sched, order)
     assert state(sched, "join") is SKIPPED
     assert cause(sched, "join") is SkipCause.UPSTREAM_FAILED
     assert sched.errors[sched.graph.index["join"]].failed_dependency == "fail"
+
+
+@pytest.mark.parametrize("rule", [None, at_least(2)])
+@pytest.mark.parametrize("order", [("skip", "ok"), ("ok", "skip"), ("fail", "ok"), ("ok", "fail")])
+def test_a_skip_names_the_dependency_that_decided_it_not_the_last_one_to_end(order, rule):
+    """The skip names the skipped or failed input, even when the other one ended last."""
+    # skip|fail  ok
+    #        \  /
+    #        join     (all_success, or at_least(2))
+    spec = {order[0]: [], order[1]: [], "join": sorted(order)}
+    sched = scheduler_of(spec, join={} if rule is None else {"run_if": rule})
+    end_in_order(sched, order)
+    error = sched.errors[sched.graph.index["join"]]
+    decider = "skip" if "skip" in order else "fail"
+    assert error.dependency == decider
+    assert f"dependency {decider!r} {'was skipped' if decider == 'skip' else 'failed'}" in str(
+        error
+    )
+
+
+def test_a_quorum_over_too_few_items_says_so_and_names_no_dependency():
+    """at_least(3) over a map of 2 completed items: skipped, "only 2 of its inputs completed"."""
+    units = [
+        QuantumUnit("plan", noop, []),
+        QuantumUnit("ask", noop, [], over="plan"),
+        QuantumUnit("quorum", noop, ["ask"], run_if=at_least(3)),
+    ]
+    sched = Scheduler(compile_graph(units))
+    run(sched, "plan")
+    ask = sched.graph.index["ask"]
+    assert sched.to_decide == [ask]
+    sched.to_decide.clear()
+    sched.expand(ask, 2, 0.0)
+    run(sched, "ask[0]")
+    run(sched, "ask[1]")
+    error = sched.errors[sched.graph.index["quorum"]]
+    assert error.cause is SkipCause.JOIN_RULE
+    assert error.dependency is None
+    assert "at_least(3) was not met (only 2 of its inputs completed)" in str(error)
+
+
+def test_a_quorum_over_a_map_that_never_expanded_names_the_map():
+    """at_least(2) over a map skipped before it had items, and a unit that completes last."""
+    units = [
+        QuantumUnit("plan", noop, []),
+        QuantumUnit("ask", noop, [], over="plan"),
+        QuantumUnit("other", noop, [], priority=-1),
+        QuantumUnit("quorum", noop, ["ask", "other"], run_if=at_least(2)),
+    ]
+    sched = Scheduler(compile_graph(units))
+    run(sched, "plan", outcome="fail")  # ask is skipped: it never gets items
+    run(sched, "other")
+    error = sched.errors[sched.graph.index["quorum"]]
+    assert error.cause is SkipCause.UPSTREAM_FAILED
+    assert error.dependency == "ask"
+
+
+def test_cancel_rest_keeps_a_map_whose_items_an_item_wise_map_still_needs():
+    """A quorum over ``ask`` cancels nothing an item-wise ``summary`` needs, nor ``ask``
+    itself: it ends when its items do, instead of CANCELED while they still run."""
+    # plan -> ask (map) -> summary (item-wise map over ask)
+    #           \-> quorum (at_least(1), cancel_rest)
+    units = [
+        QuantumUnit("plan", noop, []),
+        QuantumUnit("ask", noop, [], over="plan"),
+        QuantumUnit("summary", noop, [], over="ask"),
+        QuantumUnit("quorum", noop, ["ask"], run_if=at_least(1), cancel_rest=True),
+    ]
+    sched = Scheduler(compile_graph(units))
+    run(sched, "plan")
+    index = sched.graph.index
+    sched.to_decide.clear()
+    sched.expand(index["ask"], 2, 0.0)
+    assert sched.to_decide == [index["summary"]]  # the driver expands it at once
+    sched.to_decide.clear()
+    sched.expand(index["summary"], 2, 0.0)
+    ask0, ask1 = sched.start_next(0.0), sched.start_next(0.0)
+    sched.complete(ask0, 1, "a", 0.0)  # the quorum is met while ask[1] runs
+    assert sched.outbox == []
+    for _ in range(2):  # quorum and summary[0]
+        i = sched.start_next(0.0)
+        sched.complete(i, 1, sched.names[i], 0.0)
+    sched.complete(ask1, 1, "b", 0.0)
+    run(sched, "summary[1]")
+    assert not sched.is_active()
+    assert state(sched, "ask") is COMPLETED
+    assert sched.results[index["summary"]] == ["summary[0]", "summary[1]"]
+
+
+def test_cancel_rest_keeps_a_map_whose_items_another_quorum_still_counts():
+    """Two quorums over one map: the first (cancel_rest) leaves the items the second needs."""
+    units = [
+        QuantumUnit("plan", noop, []),
+        QuantumUnit("ask", noop, [], over="plan"),
+        QuantumUnit("first", noop, ["ask"], run_if=at_least(1), cancel_rest=True),
+        QuantumUnit("both", noop, ["ask"], run_if=at_least(2)),
+    ]
+    sched = Scheduler(compile_graph(units))
+    run(sched, "plan")
+    sched.to_decide.clear()
+    sched.expand(sched.graph.index["ask"], 2, 0.0)
+    ask0, ask1 = sched.start_next(0.0), sched.start_next(0.0)
+    sched.complete(ask0, 1, "a", 0.0)
+    assert sched.outbox == []
+    run(sched, "first")
+    sched.complete(ask1, 1, "b", 0.0)
+    run(sched, "both")
+    assert not sched.is_active()
+    assert state(sched, "ask") is COMPLETED
 
 
 def test_cancelled_dependencies_never_trigger_a_unit():

@@ -404,8 +404,11 @@ def test_map_and_decision_options_are_checked_as_add_map_and_add_unit_check_them
         TypeError, match=r"task 'm': unknown options \['cancel_rest'\]; use add_map"
     ):
         TaskMap({"m": (lambda ctx: 1, [], {"over": "p", "cancel_rest": True})})
-    with pytest.raises(TypeError, match=r"task 'a': unknown options \['max_items'\]; use add_unit"):
+    with pytest.raises(
+        TypeError, match=r"task 'a': unknown options \['max_items'\]; use add_unit"
+    ) as no_map:
         TaskMap({"a": (lambda ctx: 1, [], {"max_items": 3})})
+    assert str(no_map.value).endswith("(with over, add_map's: a map)")  # a forgotten over=
     with pytest.raises(ValueError, match=r"'m'.*at_least"):
         TaskMap({"m": (lambda ctx: 1, ["x"], {"over": "p", "run_if": at_least(1)})})
     with pytest.raises(ValueError, match=r"'m': a map cannot map over itself"):

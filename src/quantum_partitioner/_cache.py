@@ -22,12 +22,15 @@ mapped over is part of it, so appending one element to that result recomputes on
 element's item and its item-wise downstream. A map never runs, so it is never stored; its
 key, for its dependents, is its items' keys in item order.
 
-State per partitioner: the store, the function fingerprints by unit name, and the counters.
-State per run (:class:`_RunCache`): each unit's fixed key part, computed before any unit
-runs (so a context value that cannot be fingerprinted is reported then), and each unit's
-key once its dependencies are known. The engine calls ``lookup`` before a unit runs and
-``remember`` after it completed, always in the caller's process (threads included, so
-both are thread-safe).
+State per partitioner: the store, the function fingerprints by unit name, the counters, and
+what the keys of its compiled graph need that no run changes (:class:`_GraphKeys`: names as
+keys spell them, dependencies by name, each unit's last fixed part). State per run
+(:class:`_RunCache`): each unit's fixed key part, computed before any unit runs (so a
+context value that cannot be fingerprinted is reported then), and each unit's key once its
+dependencies are known. The engine calls ``lookup`` before a unit runs and ``remember``
+after it completed, always in the caller's process (threads included, so both are
+thread-safe: a run counts its hits, misses and writes in lists, whose ``append`` is atomic,
+and adds them to the partitioner's counters when it ends).
 """
 
 from __future__ import annotations
@@ -37,14 +40,15 @@ import logging
 import pickle
 import threading
 from dataclasses import dataclass
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, Final, Self
 
 from ._fingerprint import (
+    Fingerprinted,
     ModuleMemo,
     UnfingerprintableError,
     digest,
     fingerprint,
-    function_fingerprint,
 )
 from ._graph import ExecutionMode, ExecutionModeArg, QuantumUnit, R, T, UnitState
 from ._partitioner import QuantumPartitioner
@@ -52,7 +56,7 @@ from ._stores import CacheEntry, CacheStore, MemoryStore, SQLiteStore
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
     from types import TracebackType
 
     from ._graph import Graph
@@ -68,6 +72,8 @@ _MISS: Final[tuple[bool, Any]] = (False, None)
 _UNKEYABLE: Final = b""
 _COMPLETED: Final = UnitState.COMPLETED
 _KEY_FORMAT: Final = b"quantum-partitioner cache key v1"
+_KEY_HEAD: Final = _KEY_FORMAT + b"\0"
+_NO_VERSION: Final = b"0:"  # the version part of a unit without metadata["cache_version"]
 _NO_NAMES: Final[frozenset[str]] = frozenset()
 
 
@@ -127,6 +133,14 @@ def _check_names(unit_id: str, field: str, value: object) -> tuple[str, ...] | N
     return tuple(value)
 
 
+def _ignored(unit: QuantumUnit[Any, Any]) -> frozenset[str]:
+    """The names ``metadata["cache_ignore"]`` leaves out of the unit's function fingerprint."""
+    listed = unit.metadata.get("cache_ignore")
+    if listed is None:
+        return _NO_NAMES
+    return frozenset(_check_names(unit.id, "cache_ignore", listed) or ())
+
+
 class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
     """A :class:`QuantumPartitioner` that serves results of units whose inputs did not change.
 
@@ -154,7 +168,8 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
 
     Attributes:
         cache: The store (``cache.clear()`` and ``len(cache)`` work as on a dict).
-        cache_hits: Units served from the store, over every run.
+        cache_hits: Units served from the store, over every run (a run adds its own hits,
+            misses and writes when it ends).
         cache_misses: Cacheable units that had to run, over every run.
 
     Raises:
@@ -198,9 +213,11 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         self._cache_errors = 0
         self._counts = threading.Lock()
         # unit name -> (function, ignored names, fingerprint), taken by add_unit.
-        self._fingerprints: dict[str, tuple[Callable[..., Any], tuple[str, ...], bytes]] = {}
-        # Module attributes the units added since the last run read (helpers.scale).
+        self._fingerprints: dict[str, Fingerprinted] = {}
+        # What the units added since the last run share: functions, code, module attributes.
         self._module_memo = ModuleMemo()
+        # What the keys of the compiled graph need that no run changes (its last cached run).
+        self._graph_keys: _GraphKeys | None = None
 
     def __repr__(self) -> str:
         """Name the mode, count the units and show the store."""
@@ -215,16 +232,32 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         """Fingerprint a cacheable unit's function as it is added.
 
         The fingerprint is taken now, so a closed-over object that changes while runs go on
-        (a list the unit appends to) does not invalidate the unit's entries.
+        (a list the unit appends to) does not invalidate the unit's entries. Units of one
+        build that run one function share its fingerprint: a unit after the first costs a
+        lookup by the function's identity (see ModuleMemo).
 
         Raises:
             TypeError: The unit is cacheable but its function depends on a value that cannot
                 be fingerprinted (the message names the unit and the value), or its cache
                 metadata has the wrong type. The unit is not added.
         """
-        self._fingerprints.pop(unit.id, None)
-        if unit.metadata.get("cacheable"):
-            self._function_fingerprint(unit)
+        metadata = unit.metadata
+        if not metadata.get("cacheable"):
+            self._fingerprints.pop(unit.id, None)  # it may replace a cacheable unit
+            return
+        if "cache_ignore" in metadata:
+            self._take_fingerprint(unit, _ignored(unit))
+            return
+        # ModuleMemo.function's lookup of a plain function, inlined: this is all a unit
+        # whose function an earlier unit of this build ran costs.
+        function = unit.function
+        known = (
+            self._module_memo.functions.get(function) if type(function) is FunctionType else None
+        )
+        if known is not None:
+            self._fingerprints[unit.id] = known
+        else:
+            self._take_fingerprint(unit, _NO_NAMES)
 
     def remove_unit(self, name: str) -> QuantumUnit[T, R]:
         """Remove the unit ``name`` and return it (its stored results stay; see clear_cache).
@@ -238,21 +271,23 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
 
     def _function_fingerprint(self, unit: QuantumUnit[Any, Any]) -> bytes:
         """The unit's function fingerprint: the one taken by add_unit, unless it changed."""
-        ignore = _check_names(unit.id, "cache_ignore", unit.metadata.get("cache_ignore")) or ()
         known = self._fingerprints.get(unit.id)
-        if known is not None and known[0] is unit.function and known[1] == ignore:
+        if known is not None and known[0] is unit.function and known[1] == _ignored(unit):
             return known[2]
-        names = frozenset(ignore) if ignore else _NO_NAMES
+        return self._take_fingerprint(unit, _ignored(unit))
+
+    def _take_fingerprint(self, unit: QuantumUnit[Any, Any], ignore: frozenset[str]) -> bytes:
+        """Fingerprint the unit's function now (shared with this build's other units)."""
         try:
-            value = function_fingerprint(unit.function, names, self._module_memo)
+            known = self._module_memo.function(unit.function, ignore)
         except UnfingerprintableError as error:
             raise TypeError(
                 f"unit {unit.id!r} is cacheable but its function cannot be fingerprinted: "
                 f"{error}. Make that value plain data, or list the variable in "
                 "metadata['cache_ignore'] if the result does not depend on it."
             ) from None
-        self._fingerprints[unit.id] = (unit.function, ignore, value)
-        return value
+        self._fingerprints[unit.id] = known
+        return known[2]
 
     # -- the engine's hooks ----------------------------------------------------------------
 
@@ -261,12 +296,19 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         units = run.graph.units
         if not any(unit.metadata.get("cacheable") for unit in units):
             return None
+        graph = self._compiled()  # the declared graph (a run with maps grows a copy of it)
+        known = self._graph_keys
+        if known is None or known.graph is not graph:
+            known = self._graph_keys = _GraphKeys(graph)
         try:
-            return _RunCache(self, run)
+            return _RunCache(self, run, known)
         finally:
             self._module_memo.clear()  # units added after this run read modules afresh
 
     def _finish(self, run: Run) -> None:
+        cache = run.cache
+        if isinstance(cache, _RunCache):
+            cache.add_counts()
         super()._finish(run)
         try:
             self.cache.flush()
@@ -318,14 +360,11 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
 
     # -- counters (any thread) -------------------------------------------------------------
 
-    def _count(self, *, hit: bool = False, miss: bool = False, write: bool = False) -> None:
+    def _count(self, hits: int, misses: int, writes: int) -> None:
         with self._counts:
-            if hit:
-                self.cache_hits += 1
-            if miss:
-                self.cache_misses += 1
-            if write:
-                self._cache_writes += 1
+            self.cache_hits += hits
+            self.cache_misses += misses
+            self._cache_writes += writes
 
     def _count_trouble(self, *, skipped: bool = False, error: bool = False) -> None:
         with self._counts:
@@ -335,13 +374,40 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
                 self._cache_errors += 1
 
 
-def _combine(static: bytes, parts: list[tuple[str, bytes]]) -> bytes:
-    """A key from a unit's fixed part and one part per dependency (name, part) by name."""
-    out = [static]
-    for name, part in parts:
-        encoded = name.encode("utf-8", "surrogatepass")
-        out.append(b"%d:%s%s" % (len(encoded), encoded, part))
-    return digest(b"".join(out))
+def _label(name: str) -> bytes:
+    """A name as keys spell it: its length in bytes, a colon, its UTF-8 bytes."""
+    encoded = name.encode("utf-8", "surrogatepass")
+    return b"%d:%s" % (len(encoded), encoded)
+
+
+class _GraphKeys:
+    """What the keys of one compiled graph need that no run changes.
+
+    The partitioner keeps it between runs, until the graph changes (a unit added or removed
+    compiles a new one). ``statics`` holds, per unit, the inputs and result of its last
+    fixed part: a run whose function fingerprint, context part and version part are the
+    same (a warm run) takes the part from there instead of hashing it again, and when every
+    unit's is, the expected keys too.
+    """
+
+    __slots__ = ("dep_order", "expected", "graph", "labels", "statics", "wanted")
+
+    def __init__(self, graph: Graph) -> None:
+        """Spell the graph's names; the rest is filled by the runs."""
+        self.graph = graph
+        n = len(graph)
+        self.labels = [_label(name) for name in graph.names]
+        self.dep_order: list[Sequence[int] | None] = [None] * n
+        self.statics: list[tuple[bytes, bytes, bytes, bytes] | None] = [None] * n
+        # The last run's expected keys (see _RunCache._expected_keys), and those not None.
+        self.expected: list[bytes | None] | None = None
+        self.wanted: list[bytes] = []
+
+
+def _combine(static: bytes, parts: list[bytes]) -> bytes:
+    """A key from a unit's fixed part and one part per dependency by name (label + part)."""
+    parts.insert(0, static)
+    return digest(b"".join(parts))
 
 
 class _UnkeyableInputError(Exception):
@@ -361,9 +427,13 @@ class _RunCache:
         "_context",
         "_context_digests",
         "_dep_order",
+        "_expected",
+        "_hits",
         "_item_bases",
         "_item_of",
         "_keys",
+        "_labels",
+        "_misses",
         "_names",
         "_narrowed",
         "_owner",
@@ -372,9 +442,12 @@ class _RunCache:
         "_value_digests",
         "_warned",
         "_whole_context",
+        "_writes",
     )
 
-    def __init__(self, owner: CachingQuantumPartitioner[Any, Any], run: Run) -> None:
+    def __init__(
+        self, owner: CachingQuantumPartitioner[Any, Any], run: Run, known: _GraphKeys
+    ) -> None:
         """Compute each cacheable unit's fixed key part; raise if one cannot be made.
 
         Raises:
@@ -388,30 +461,61 @@ class _RunCache:
         self._whole_context: bytes | None = None
         self._narrowed: dict[tuple[Any, ...], bytes] = {}
         self._value_digests: dict[int, bytes] = {}
+        # The units served, missed and written, counted without a lock (see add_counts).
+        self._hits: list[int] = []
+        self._misses: list[int] = []
+        self._writes: list[int] = []
         graph = run.graph
         self._names = graph.names
+        self._labels = known.labels
+        self._dep_order = known.dep_order
         n = len(graph)
         self._keys: list[bytes | None] = [None] * n
-        self._dep_order: list[Sequence[int] | None] = [None] * n
         self._static: list[bytes | None] = [None] * n
+        statics, labels, keys, deps = known.statics, known.labels, self._keys, graph.deps
+        reused = True  # every fixed part is the last run's (so are the expected keys)
+        whole: bytes | None = None
         for i, unit in enumerate(graph.units):
             metadata = unit.metadata
             if not metadata.get("cacheable"):
+                if statics[i] is not None:  # cacheable last run
+                    statics[i] = None
+                    reused = False
                 continue
             function = owner._function_fingerprint(unit)
-            context = self._context_part(unit)
+            if metadata.get("cache_keys") is not None:
+                context = self._context_part(unit)
+            else:  # the common case: the whole context's part, computed once
+                if whole is None:
+                    whole = self._context_part(unit)
+                context = whole
             version = metadata.get("cache_version")
-            try:
-                version_part = b"" if version is None else fingerprint(version)
-            except UnfingerprintableError as error:
-                raise TypeError(
-                    f"unit {unit.id!r}: metadata['cache_version'] cannot be fingerprinted: {error}"
-                ) from None
-            name = unit.id.encode("utf-8", "surrogatepass")
-            self._static[i] = digest(
-                b"%s\0%d:%s%s%s%d:%s"
-                % (_KEY_FORMAT, len(name), name, function, context, len(version_part), version_part)
-            )
+            if version is None:
+                version_part = _NO_VERSION
+            else:
+                try:
+                    part = fingerprint(version)
+                except UnfingerprintableError as error:
+                    raise TypeError(
+                        f"unit {unit.id!r}: metadata['cache_version'] cannot be fingerprinted: "
+                        f"{error}"
+                    ) from None
+                version_part = b"%d:%s" % (len(part), part)
+            last = statics[i]
+            if (
+                last is not None
+                and last[0] == function
+                and last[1] == context
+                and last[2] == version_part
+            ):
+                static = last[3]
+            else:
+                static = digest(b"".join((_KEY_HEAD, labels[i], function, context, version_part)))
+                statics[i] = (function, context, version_part, static)
+                reused = False
+            self._static[i] = static
+            if not deps[i]:  # a root's key is its fixed part (a map is never a root)
+                keys[i] = static
         # Each expanded cacheable map -> its items' shared key part (b"": they run uncached).
         self._item_bases: dict[int, bytes] = {}
         # Keys of items of a map over a unit, computed as it expands, until looked up.
@@ -420,16 +524,28 @@ class _RunCache:
         self._warned: set[int] = set()  # maps whose items' trouble was logged
         if graph.maps:
             run.on_grow.append(functools.partial(self._grow, run))
-        self._store.prefetch(self._expected_keys(graph))
+        if not reused or known.expected is None:
+            known.expected = self._expected_keys(graph)
+            known.wanted = [key for key in known.expected if key is not None]
+        self._expected = known.expected
+        self._store.prefetch(known.wanted)
 
-    def _expected_keys(self, graph: Graph) -> list[bytes]:
-        """The keys the run will look up if every cacheable unit completes, for ``prefetch``.
+    def add_counts(self) -> None:
+        """Add the run's hits, misses and writes to the partitioner's counters (at its end)."""
+        # A unit looked up again (a retry) is one miss.
+        self._owner._count(len(self._hits), len(set(self._misses)), len(self._writes))
+        self._hits, self._misses, self._writes = [], [], []
 
-        A unit's key is known before the run when each of its dependencies is cacheable:
-        its part is then that dependency's own key (see ``_key_of``). Units downstream of a
-        non-cacheable one key on a result, known only once it exists: they are left out.
+    def _expected_keys(self, graph: Graph) -> list[bytes | None]:
+        """Each unit's key if every cacheable unit completes (None: known only at run time).
+
+        Read ahead by ``prefetch``, and taken by ``_key_of`` when the dependencies did
+        complete with those keys. A unit's key is known before the run when each of its
+        dependencies is cacheable: its part is then that dependency's own key (see
+        ``_key_of``). Units downstream of a non-cacheable one key on a result, known only
+        once it exists.
         """
-        static, deps, names, maps = self._static, graph.deps, self._names, graph.maps
+        static, deps, labels, maps = self._static, graph.deps, self._labels, graph.maps
         expected: list[bytes | None] = [None] * len(static)
         for i in graph.order:
             if maps and i in maps:
@@ -443,10 +559,10 @@ class _RunCache:
                 known = expected[j]
                 if known is None:
                     break  # a dependency whose key is known only at run time
-                parts.append((names[j], b"k" + known))
+                parts.append(labels[j] + b"k" + known)
             else:
                 expected[i] = _combine(own, parts)
-        return [key for key in expected if key is not None]
+        return expected
 
     # -- fixed parts -----------------------------------------------------------------------
 
@@ -511,6 +627,15 @@ class _RunCache:
         deps = run.graph.deps[i]
         if not deps:
             return static
+        expected = self._expected[i] if i < len(self._expected) else None
+        if expected is not None:
+            # Each dependency completed under the key expected for it: so did this unit's.
+            keys, state = self._keys, run.scheduler.state
+            for j in deps:
+                if state[j] is not _COMPLETED or keys[j] != self._expected[j]:
+                    break
+            else:
+                return expected
         names = self._names
         try:
             return self._with_inputs(run, static, self._dependency_order(i, deps))
@@ -527,13 +652,18 @@ class _RunCache:
 
     def _with_inputs(self, run: Run, static: bytes, order: Sequence[int]) -> bytes:
         """``static`` and each input in ``order``: its name and :meth:`_part_of`."""
-        names, keys, state = self._names, self._keys, run.scheduler.state
+        keys, state = self._keys, run.scheduler.state
         parts = []
         for j in order:
             own = keys[j]
             part = b"k" + own if own and state[j] is _COMPLETED else self._part_of(run, j)
-            parts.append((names[j], part))
+            parts.append(self._label_of(j) + part)
         return _combine(static, parts)
+
+    def _label_of(self, j: int) -> bytes:
+        """Unit ``j``'s name as keys spell it (a map item's is spelled when it is needed)."""
+        labels = self._labels
+        return labels[j] if j < len(labels) else _label(self._names[j])
 
     def _part_of(self, run: Run, j: int) -> bytes:
         """What input ``j`` adds to a key: its key if it completed, else its result's fingerprint.
@@ -568,7 +698,6 @@ class _RunCache:
         if not count:
             return
         self._keys.extend([None] * count)
-        self._dep_order.extend([None] * count)
         m = self._item_of[items.start][0]
         static = self._static[m]
         if static is not None and m in run.scheduler.partial_inputs:
@@ -671,14 +800,12 @@ class _RunCache:
 
     def lookup(self, run: Run, i: int) -> tuple[bool, Any]:
         """``(True, result)`` if unit ``i``'s result for its current inputs is stored."""
-        static = self._static[i]
-        if static is None or i in run.scheduler.partial_inputs:
-            return _MISS  # not cacheable, or runs on incomplete inputs (a join rule)
-        key = self._keys[i]
-        first = key is None
+        key = self._keys[i]  # a root's is its fixed part, set before the run
         if key is None:
-            key = self._key_of(run, i, static)
-            self._keys[i] = key
+            static = self._static[i]
+            if static is None or i in run.scheduler.partial_inputs:
+                return _MISS  # not cacheable, or runs on incomplete inputs (a join rule)
+            key = self._keys[i] = self._key_of(run, i, static)
         if not key:
             return _MISS
         owner = self._owner
@@ -699,10 +826,9 @@ class _RunCache:
                 )
                 self._discard(key)
             else:
-                owner._count(hit=True)
+                self._hits.append(i)
                 return True, value
-        if first:
-            owner._count(miss=True)
+        self._misses.append(i)  # once per unit in the counts (see add_counts)
         return _MISS
 
     def _discard(self, key: bytes) -> None:
@@ -736,7 +862,7 @@ class _RunCache:
             LOGGER.warning("unit %r: result not cached: %s", self._names[i], error)
             owner._count_trouble(error=True)
             return
-        owner._count(write=True)
+        self._writes.append(i)
 
 
 def _item_digest(run: Run, i: int) -> bytes:

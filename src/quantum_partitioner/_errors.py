@@ -103,15 +103,28 @@ class GraphError(PartitionerError, ValueError):
 
 
 class DuplicateUnitError(GraphError):
-    """Two units share one name."""
+    """Two units share one name, or a unit has the name an item of a map will take.
 
-    def __init__(self, unit_id: str) -> None:
-        super().__init__(f"unit {unit_id!r} already exists; pass replace=True to replace it")
+    Attributes:
+        unit_id: The name.
+        map_name: The map whose item would take that name, if that is the clash.
+    """
+
+    def __init__(self, unit_id: str, map_name: str | None = None) -> None:
+        if map_name is None:
+            message = f"unit {unit_id!r} already exists; pass replace=True to replace it"
+        else:
+            message = (
+                f"unit {unit_id!r} has the name an item of map {map_name!r} takes "
+                f"({map_name}[0], {map_name}[1], ...); rename the unit or the map"
+            )
+        super().__init__(message)
         self.unit_id = unit_id
+        self.map_name = map_name
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle with the constructor's arguments (errors cross process boundaries)."""
-        return (type(self), (self.unit_id,))
+        return (type(self), (self.unit_id, self.map_name))
 
 
 class UnknownDependencyError(GraphError):

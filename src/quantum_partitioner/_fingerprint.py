@@ -32,8 +32,8 @@ Encoding policy, by type:
 
 State: memos of code objects' encodings, global names and attribute chains (code is
 immutable, so they never go stale), of which modules are libraries, and of source files'
-digests by size and modification time; a caller's :class:`ModuleMemo` shares module
-attributes' encodings between the units of one build.
+digests by size and modification time; a caller's :class:`ModuleMemo` shares what the
+units of one build have in common (a function, a code object, a module attribute).
 """
 
 from __future__ import annotations
@@ -92,9 +92,16 @@ class UnfingerprintableError(TypeError):
         return f"{path}: {self.what}" if path else self.what
 
 
+# Copied per digest: the same bytes as hashlib.blake2b(data, digest_size=32), in about
+# two thirds of the time (the constructor's keyword parsing is most of a short digest).
+_BLAKE2B: Final = hashlib.blake2b(digest_size=DIGEST_SIZE)
+
+
 def digest(data: bytes | bytearray) -> bytes:
     """The 32-byte BLAKE2b digest of ``data``."""
-    return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
+    hasher = _BLAKE2B.copy()
+    hasher.update(data)
+    return hasher.digest()
 
 
 def fingerprint(value: Any) -> bytes:
@@ -190,28 +197,30 @@ def _assemble(container: Any, parts: list[bytes]) -> bytes:
 class ModuleMemo:
     """What was encoded while one graph is built, to share between its units.
 
-    * ``entries``: module attributes. Many units read the same ``helpers.scale``; each
-      would encode it (and whatever it calls) again. Keyed by module, attribute path and
-      ignored names; an entry is used only while the attribute is still the same object,
-      so ``importlib.reload`` or rebinding it is seen.
+    Units that run one function object, or closures of one code object that read one
+    globals namespace, read the same globals, helpers and module attributes when they
+    run, so within a build what those encode to is taken once, when the first such unit
+    is added, and the others reuse it without reading it again:
+
     * ``functions``: whole fingerprints by the function's identity and ignored names, for
       the many units that share one function (the entry keeps the function, so its ``id``
-      is not reused while the entry lives).
+      is not reused while the entry lives). A hit is one dict lookup.
     * ``globals_parts``: the encoding of the globals and imports a function reads, by code
-      object, globals namespace and ignored names: distinct closures of one function
-      (``make_unit(k)`` called per unit) differ only in their closure values, so the rest
-      is encoded once.
-    * ``closures``: by code object, globals namespace and ignored names, what such closures
-      share once one of them went the long way (the code's bytes, the variables' names, its
-      globals part): a closure without defaults whose values are plain (numbers, strings,
-      bytes, None) is then encoded without an encoder pass, to the very same bytes.
+      object, globals namespace and ignored names (the entry keeps the namespace).
+    * ``closures``: by code object (with its globals namespace and ignored names), what the distinct
+      closures of one function (``make_unit(k)`` called per unit) share once one of them
+      was encoded: the code's bytes, the variables' names and the globals part. Another
+      closure then encodes only its default arguments and closure values, to the very same
+      bytes as the long way (without an encoder pass when they are plain: numbers, strings,
+      bytes, None).
+    * ``entries``: module attributes. Many functions read the same ``helpers.scale``; each
+      would encode it (and whatever it calls) again. Keyed by module, attribute path and
+      ignored names; an entry is used only while the attribute is still the same object,
+      so a function met later in the build sees ``importlib.reload`` or a rebinding.
 
-    ``functions`` and ``globals_parts`` keep the reads they were made from (``_Observed``:
-    which global, default, closure cell or module attribute held which object) and are used
-    only while every one still holds the same object, so rebinding any of them is seen, as
-    in ``entries``; a value changed in place within one build is not.
-
-    Its owner clears it when a run starts, so each build reads functions and modules afresh.
+    Its owner clears it when a run starts, so units added after a run read functions and
+    modules afresh; a unit's own fingerprint is kept from when it was added (a closed-over
+    object that changes while runs go on does not invalidate its entries).
     """
 
     __slots__ = ("closures", "entries", "functions", "globals_parts")
@@ -219,11 +228,16 @@ class ModuleMemo:
     def __init__(self) -> None:
         """An empty memo."""
         self.entries: dict[tuple[int, _Path, frozenset[str]], tuple[Any, Any, bytes]] = {}
-        self.functions: dict[tuple[int, frozenset[str]], tuple[Any, bytes, _Observed]] = {}
+        # Keyed by the function itself when it is a plain function (those hash and compare
+        # by identity, and their hash spreads addresses where id()s, multiples of 16,
+        # crowd a dict's low bits), else by its id (a callable object may define __eq__);
+        # with the ignored names, if any. Most units run a plain function and ignore
+        # nothing: a caller on a hot path can look the function itself up.
+        self.functions: dict[Any, Fingerprinted] = {}
         self.globals_parts: dict[
-            tuple[types.CodeType, int, frozenset[str]], tuple[dict[str, Any], bytes, _Observed]
+            tuple[types.CodeType, int, frozenset[str]], tuple[dict[str, Any], bytes]
         ] = {}
-        self.closures: dict[tuple[int, int, frozenset[str]], Any] = {}
+        self.closures: dict[int, _ClosureTemplate] = {}
 
     def clear(self) -> None:
         """Forget every entry."""
@@ -231,6 +245,29 @@ class ModuleMemo:
         self.functions.clear()
         self.globals_parts.clear()
         self.closures.clear()
+
+    def function(self, fn: Any, ignore: frozenset[str]) -> Fingerprinted:
+        """``(fn, ignore, its fingerprint)``: this build's, or taken now and kept for it.
+
+        The record is shared by every unit of the build that runs ``fn``, so a caller can
+        keep it per unit without making one. Raises as :func:`function_fingerprint` does.
+        """
+        key: Any = fn if type(fn) is types.FunctionType else id(fn)  # see ``functions``
+        if ignore:
+            key = (key, ignore)
+        known = self.functions.get(key)
+        if known is None or known[0] is not fn:  # (an id key's entry keeps its function)
+            value = None
+            if type(fn) is types.FunctionType:
+                value = _closure_fingerprint(fn, ignore, self)
+            if value is None:
+                value = _function_fingerprint(fn, ignore, self)
+            known = self.functions[key] = (fn, ignore, value)
+        return known
+
+
+# A function, the names left out of its fingerprint, and that fingerprint.
+Fingerprinted = tuple[Any, frozenset[str], bytes]
 
 
 def function_fingerprint(
@@ -251,30 +288,26 @@ def function_fingerprint(
         ignore: Names of closure variables and globals to leave out (their values do not
             affect the result: a counter, a lock, a client); ``"self"`` leaves out the
             object a bound method is bound to; ``"module.name"`` a module attribute.
-        memo: Encodings of module attributes to share between the units of one build.
+        memo: What the units of one build share (see :class:`ModuleMemo`).
 
     Raises:
         UnfingerprintableError: A value the function depends on has no stable encoding.
     """
     if memo is not None:
-        known = memo.functions.get((id(fn), ignore))
-        if known is not None and known[0] is fn and _unchanged(known[2]):
-            return known[1]
-        if type(fn) is types.FunctionType and fn.__closure__:
-            value = _closure_fingerprint(fn, ignore, memo)
-            if value is not None:
-                return value
-    encoder = _Encoder(ignore, memo)
-    out = bytearray(b"fn:")
-    out += sys.implementation.cache_tag.encode() if sys.implementation.cache_tag else b"?"
+        return memo.function(fn, ignore)[2]
+    return _function_fingerprint(fn, ignore, None)
+
+
+def _function_fingerprint(fn: Any, ignore: frozenset[str], memo: ModuleMemo | None) -> bytes:
+    """:func:`function_fingerprint` the long way: an encoder pass over all of ``fn``."""
     try:
+        encoder = _Encoder(ignore, memo)
+        out = bytearray(_FUNCTION_TAG)
         encoder.value(fn, out)
+        value = digest(out)
     except RecursionError:
         pass  # raised below, outside the except clause, where the stack is free again
     else:
-        value = digest(out)
-        if memo is not None:
-            memo.functions[id(fn), ignore] = (fn, value, tuple(encoder.observed))
         return value
     raise UnfingerprintableError(
         "a value it depends on is nested deeper than the interpreter's recursion limit "
@@ -282,69 +315,125 @@ def function_fingerprint(
     )
 
 
+# What every function fingerprint starts with: the Python implementation and minor version.
+_FUNCTION_TAG: Final = b"fn:" + (
+    sys.implementation.cache_tag.encode() if sys.implementation.cache_tag else b"?"
+)
+
+
+class _ClosureTemplate:
+    """What the functions of one code object, globals namespace and ignored names share.
+
+    Their encoding is ``fn:``, the tag, ``L`` and the code's bytes (``head``), the default
+    arguments and closure values, then the globals part (``tail``). ``head`` is fed to a
+    BLAKE2b state once (``hasher``; ``plain`` has ``NN`` and the number of cells after it,
+    what a function without defaults writes next), so each function hashes only its own
+    values and the tail. ``cells`` is each closure variable's name as encoded (plus ``~``
+    when it is ignored) and whether it is ignored. ``module`` is the first function's
+    ``__module__``: user code (a library function is encoded by name).
+    """
+
+    __slots__ = ("cells", "code", "hasher", "ignore", "module", "namespace", "plain", "tail")
+
+    def __init__(
+        self,
+        code: types.CodeType,
+        namespace: dict[str, Any],
+        module: str,
+        ignore: frozenset[str],
+        tail: bytes,
+    ) -> None:
+        self.code = code
+        self.namespace = namespace
+        self.module = module
+        self.ignore = ignore
+        self.hasher = _BLAKE2B.copy()
+        self.hasher.update(_FUNCTION_TAG + b"L" + _code_bytes(code))
+        self.plain = self.hasher.copy()
+        self.plain.update(b"NN%d:" % len(code.co_freevars))
+        self.cells = tuple(
+            (
+                _length_prefixed(b"a", _text(name)) + (b"~" if name in ignore else b""),
+                name in ignore,
+            )
+            for name in code.co_freevars
+        )
+        self.tail = tail
+
+
 def _closure_fingerprint(
     fn: types.FunctionType, ignore: frozenset[str], memo: ModuleMemo
 ) -> bytes | None:
-    """A closure's fingerprint from what another closure of its code object left in ``memo``.
+    """A function's fingerprint from what another function of its code object left in ``memo``.
 
     Distinct closures of one function (``make_unit(k)`` per unit) differ only in their
-    closure values. When a closure of the same code object and globals was fingerprinted
-    in this build (its globals part is in ``memo.globals_parts`` and still holds), and this
-    one has no defaults and only plain values in its cells, its encoding is the same bytes
-    ``_Encoder.function`` would write: the code's, ``N`` twice for the defaults, the cells,
-    the globals part. None when that is not so (the caller then takes the long way).
+    default arguments and closure values. Once a function of the same code object and
+    globals namespace was encoded in this build (its globals part is in
+    ``memo.globals_parts``), this one's encoding is the template's head, its own defaults and
+    cells, and the template's globals part: the same bytes ``_Encoder.function`` writes.
+    Plain values (None, bool, int, float, str, bytes) without defaults are written here;
+    anything else by an encoder pass over the defaults and cells only, with ``fn`` as the
+    function under way (a cell holding ``fn`` itself refers back to it as the long way
+    does). None when no template can be had (the caller then takes the long way).
     """
-    if fn.__defaults__ is not None or fn.__kwdefaults__ is not None:
-        return None
     code = fn.__code__
-    namespace = fn.__globals__
-    key = (id(code), id(namespace), ignore)
-    template = memo.closures.get(key)
-    if template is None or template[0] is not code or template[1] is not namespace:
+    # The template keeps its code object, so an id found here is that code object's.
+    template = memo.closures.get(id(code))
+    if template is None or template.namespace is not fn.__globals__ or template.ignore != ignore:
         template = _closure_template(fn, ignore, memo)
         if template is None:
             return None
-        memo.closures[key] = template
-    _, _, head, cell_names, globals_part = template
-    observed: list[Any] = [_ATTRIBUTE, fn, "__defaults__", None]
-    observed += (_ATTRIBUTE, fn, "__kwdefaults__", None)
-    out = bytearray(head)
-    for cell, (name, ignored) in zip(fn.__closure__ or (), cell_names, strict=True):
-        out += name
-        if ignored:
-            continue
-        contents = _cell_contents(cell)
-        observed += (_CELL, cell, None, contents)
-        handler = _PLAIN_CELLS.get(type(contents))
-        if handler is not None:
-            handler(_LEAVES, contents, out)
-        elif contents is _EMPTY_CELL:
-            out += b"_"
-        else:
-            return None
-    if not _unchanged(globals_part[2]):
-        del memo.closures[key]  # rebuilt from the globals part the long way writes next
+        memo.closures[id(code)] = template  # one per code object: others are rare
+    module = fn.__module__
+    if module != template.module and _is_library(module or ""):  # functools.wraps made it so
         return None
-    out += globals_part[1]
-    value = digest(out)
-    memo.functions[id(fn), ignore] = (fn, value, (*observed, *globals_part[2]))
-    return value
+    out = bytearray()
+    if fn.__defaults__ is None and fn.__kwdefaults__ is None:
+        hasher = template.plain.copy()
+        names = template.cells
+        position = 0  # not zip(): creating one costs more than the rest of this loop
+        for cell in fn.__closure__ or ():  # one cell per free variable, as names has
+            name, ignored = names[position]
+            position += 1
+            out += name
+            if ignored:
+                continue
+            try:
+                contents = cell.cell_contents
+            except ValueError:  # a cell not assigned yet
+                out += b"_"
+                continue
+            handler = _PLAIN_CELLS.get(type(contents))
+            if handler is None:
+                out.clear()  # not plain: let an encoder write them all
+                break
+            handler(_LEAVES, contents, out)
+        else:
+            hasher.update(out)
+            hasher.update(template.tail)
+            return hasher.digest()
+    hasher = template.hasher.copy()
+    encoder = _Encoder(ignore, memo)
+    encoder.functions[id(fn)] = 0
+    try:
+        encoder.closure_values(fn, code, out)
+    except RecursionError:
+        return None  # the long way says what is too deep
+    hasher.update(out)
+    hasher.update(template.tail)
+    return hasher.digest()
 
 
-def _closure_template(fn: types.FunctionType, ignore: frozenset[str], memo: ModuleMemo) -> Any:
-    """What closures of ``fn``'s code object share, once its globals part is in ``memo``."""
+def _closure_template(
+    fn: types.FunctionType, ignore: frozenset[str], memo: ModuleMemo
+) -> _ClosureTemplate | None:
+    """What functions of ``fn``'s code object share, once its globals part is in ``memo``."""
     code, namespace = fn.__code__, fn.__globals__
     known = memo.globals_parts.get((code, id(namespace), ignore))
-    if known is None or known[0] is not namespace or _is_library(fn.__module__ or ""):
+    module = fn.__module__ or ""
+    if known is None or known[0] is not namespace or _is_library(module):
         return None
-    tag = sys.implementation.cache_tag.encode() if sys.implementation.cache_tag else b"?"
-    head = b"fn:%sL%sNN%d:" % (tag, _code_bytes(code), len(code.co_freevars))
-    # Each variable's bytes before its value, and whether it is ignored (then "~" is all).
-    names = tuple(
-        (_length_prefixed(b"a", _text(name)) + (b"~" if name in ignore else b""), name in ignore)
-        for name in code.co_freevars
-    )
-    return (code, namespace, head, names, known)
+    return _ClosureTemplate(code, namespace, module, ignore, known[1])
 
 
 def _length_prefixed(tag: bytes, data: bytes) -> bytes:
@@ -578,43 +667,12 @@ def _code_bytes(code: types.CodeType) -> bytes:
 _EMPTY_CELL: Final = object()
 _MISSING: Final = object()
 
-# What a fingerprint was made from, to tell whether a memoised one still holds: a flat run
-# of (kind, holder, key, object) quadruples (flat: one object for the collector to track
-# per memo entry, not one per read), each holding while looking ``key`` up in ``holder``
-# again gives the very same object. Kinds: an attribute (a function's defaults), a closure
-# cell, a namespace dict (a global), a module attribute path.
-_ATTRIBUTE, _CELL, _NAMESPACE, _MODULE_PATH = range(4)
-_Observed = tuple[Any, ...]
-
 
 def _cell_contents(cell: types.CellType) -> object:
     try:
         return cell.cell_contents
     except ValueError:  # a cell not assigned yet
         return _EMPTY_CELL
-
-
-def _unchanged(observed: _Observed) -> bool:
-    """Whether every read a memoised fingerprint was made from still gives the same object."""
-    quadruples = iter(observed)
-    for kind, holder, key, value in zip(
-        quadruples, quadruples, quadruples, quadruples, strict=True
-    ):
-        if kind == _NAMESPACE:
-            now = holder.get(key, _MISSING)
-        elif kind == _CELL:
-            now = _cell_contents(holder)
-        elif kind == _ATTRIBUTE:
-            now = getattr(holder, key, _MISSING)
-        else:
-            now = holder
-            for attribute in key:
-                now = _module_attribute(now, attribute)
-                if not isinstance(now, types.ModuleType) or _is_library(now.__name__):
-                    break
-        if now is not value:
-            return False
-    return True
 
 
 class _Unimported:
@@ -701,7 +759,6 @@ class _Encoder:
         "functions",
         "ignore",
         "module_memo",
-        "observed",
     )
 
     def __init__(
@@ -713,8 +770,6 @@ class _Encoder:
         self.functions: dict[int, int] = {}
         self.function_memo: dict[int, bytes] = {}
         self.backrefs = 0
-        # What this pass read (see _Observed); kept only when a memo may keep the result.
-        self.observed: list[Any] = []
 
     def encode(self, value: Any) -> bytearray:
         out = bytearray()
@@ -891,27 +946,7 @@ class _Encoder:
         try:
             code = fn.__code__
             part += _code_bytes(code)
-            observed = self.observed
-            observed += (_ATTRIBUTE, fn, "__defaults__", fn.__defaults__)
-            observed += (_ATTRIBUTE, fn, "__kwdefaults__", fn.__kwdefaults__)
-            self.part(part, "default arguments", fn.__defaults__)
-            self.part(part, "keyword defaults", fn.__kwdefaults__)
-            cells = fn.__closure__ or ()
-            part += b"%d:" % len(cells)
-            for name, cell in zip(code.co_freevars, cells, strict=True):
-                part += _length_prefixed(b"a", _text(name))
-                if name in self.ignore:
-                    part += b"~"
-                    continue
-                contents = _cell_contents(cell)
-                observed += (_CELL, cell, None, contents)
-                if contents is _EMPTY_CELL:
-                    part += b"_"
-                elif isinstance(contents, types.ModuleType):
-                    reads = _attribute_reads(code)[0].get(("d", name), frozenset())
-                    self.module_reads(contents, reads, f"closure variable {name}", part)
-                else:
-                    self.part(part, f"closure variable {name!r}", contents)
+            self.closure_values(fn, code, part)
             if not library:
                 self.globals_and_imports(fn, code, part)
         finally:
@@ -919,6 +954,26 @@ class _Encoder:
         if self.backrefs == backrefs:
             self.function_memo[id(fn)] = bytes(part)
         out += part
+
+    def closure_values(self, fn: types.FunctionType, code: types.CodeType, out: bytearray) -> None:
+        """Its default arguments and closure values: what closures of one code object differ in."""
+        self.part(out, "default arguments", fn.__defaults__)
+        self.part(out, "keyword defaults", fn.__kwdefaults__)
+        cells = fn.__closure__ or ()
+        out += b"%d:" % len(cells)
+        for name, cell in zip(code.co_freevars, cells, strict=True):
+            out += _length_prefixed(b"a", _text(name))
+            if name in self.ignore:
+                out += b"~"
+                continue
+            contents = _cell_contents(cell)
+            if contents is _EMPTY_CELL:
+                out += b"_"
+            elif isinstance(contents, types.ModuleType):
+                reads = _attribute_reads(code)[0].get(("d", name), frozenset())
+                self.module_reads(contents, reads, f"closure variable {name}", out)
+            else:
+                self.part(out, f"closure variable {name!r}", contents)
 
     def globals_and_imports(
         self, fn: types.FunctionType, code: types.CodeType, out: bytearray
@@ -928,15 +983,14 @@ class _Encoder:
         namespace = fn.__globals__
         key = (code, id(namespace), self.ignore)
         known = None if memo is None else memo.get(key)
-        if known is not None and known[0] is namespace and _unchanged(known[2]):
+        if known is not None and known[0] is namespace:
             out += known[1]
-            self.observed.extend(known[2])
             return
-        start, backrefs, first_read = len(out), self.backrefs, len(self.observed)
+        start, backrefs = len(out), self.backrefs
         self.globals_of(fn, code, out)
         self.imports_of(fn, code, out)
         if memo is not None and self.backrefs == backrefs:  # no reference to the caller
-            memo[key] = (namespace, bytes(out[start:]), tuple(self.observed[first_read:]))
+            memo[key] = (namespace, bytes(out[start:]))
 
     def globals_of(self, fn: types.FunctionType, code: types.CodeType, out: bytearray) -> None:
         namespace = fn.__globals__
@@ -945,7 +999,6 @@ class _Encoder:
         out += b"%d:" % len(names)
         for name in names:
             out += _length_prefixed(b"g", _text(name))
-            self.observed += (_NAMESPACE, namespace, name, namespace.get(name, _MISSING))
             if name in self.ignore:
                 out += b"~"
             elif name in namespace:
@@ -1000,7 +1053,6 @@ class _Encoder:
                     break
             if taken:
                 values[taken] = value
-                self.observed += (_MODULE_PATH, module, taken, value)
         out += b"%d:" % len(values)
         memo = None if self.module_memo is None else self.module_memo.entries
         for taken in sorted(values):

@@ -15,16 +15,22 @@ from __future__ import annotations
 import enum
 import gc
 import inspect
+import itertools
 import math
 import sys
 from array import array
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from operator import attrgetter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, NamedTuple, TypeAlias, overload
 
-from ._errors import CircularDependencyError, DuplicateUnitError, UnknownDependencyError
+from ._errors import (
+    CircularDependencyError,
+    DuplicateUnitError,
+    UnknownDependencyError,
+    interrupts_run,
+)
 from ._joins import ALL_SUCCESS, JoinRule
 from ._policies import RetryPolicy
 
@@ -652,21 +658,65 @@ def _check_map(unit: QuantumUnit[Any, Any]) -> None:
         raise ValueError(f"map {name!r}: metadata['estimated_items'] must be >= 0, got {estimate}")
 
 
-def materialise(map_name: str, over_name: str, result: Any) -> list[Any]:
+def materialise(
+    map_name: str,
+    over_name: str,
+    result: Any,
+    max_items: int | None = None,
+    *,
+    in_caller: bool = True,
+) -> list[Any]:
     """The items of map ``map_name``: ``result`` (of unit ``over_name``) as a list, once.
+
+    With ``max_items``, at most one element more than that is read: a huge or endless
+    iterable fails the map at once instead of being read to its end. ``KeyboardInterrupt``
+    and ``SystemExit`` propagate (they interrupt the run) only ``in_caller``: elsewhere (a
+    Dask worker) they fail the map like any other exception.
 
     Raises:
         TypeError: ``result`` is not iterable, or iterating it raised (the message names the
-            map, the unit and the result's type).
+            map, the unit, the result's type and the error, which is the ``__cause__``).
+        ValueError: ``result`` has more than ``max_items`` elements.
     """
+    kind = type(result).__name__
+    if max_items is not None and isinstance(result, Sized):
+        try:
+            size = len(result)
+        except BaseException as error:  # a broken __len__: count by iterating instead
+            if in_caller and interrupts_run(error):
+                raise
+            size = -1
+        if size > max_items:
+            raise too_many_items(map_name, over_name, size, max_items)
     try:
-        return list(result)
-    except Exception as error:
+        iterator = iter(result)
+    except BaseException as error:
+        if in_caller and interrupts_run(error):
+            raise
+        message = f"map {map_name!r}: the result of {over_name!r} is not iterable ({kind}): {error}"
+        raise TypeError(message) from error
+    try:
+        items = list(iterator if max_items is None else itertools.islice(iterator, max_items + 1))
+    except BaseException as error:  # user code: any exception fails the map, as a unit's would
+        if in_caller and interrupts_run(error):
+            raise
         message = (
-            f"map {map_name!r}: the result of {over_name!r} is not iterable "
-            f"({type(result).__name__}): {error}"
+            f"map {map_name!r}: reading the items of {over_name!r} ({kind}) raised "
+            f"{type(error).__name__}: {error}"
         )
         raise TypeError(message) from error
+    if max_items is not None and len(items) > max_items:
+        raise too_many_items(map_name, over_name, None, max_items)
+    return items
+
+
+def too_many_items(map_name: str, over_name: str, count: int | None, bound: int) -> ValueError:
+    """The error of a map given more than ``max_items`` items (``count``: how many, if known)."""
+    if count is None:
+        return ValueError(f"map {map_name!r}: {over_name!r} gave more than max_items={bound} items")
+    return ValueError(
+        f"map {map_name!r}: {over_name!r} gave {count} items, more than max_items={bound}"
+    )
 
 
 def _check_decisions(unit: QuantumUnit[Any, Any], *, over_maps: bool) -> None:
@@ -984,7 +1034,7 @@ def _check_item_names(names: list[str], index: dict[str, int], maps: dict[int, i
         if name.endswith("]") and "[" in name:
             owner, _, rest = name.rpartition("[")
             if rest[:-1].isdigit() and index.get(owner, -1) in maps:
-                raise DuplicateUnitError(name)
+                raise DuplicateUnitError(name, owner)
 
 
 def compile_graph(units: Iterable[QuantumUnit[Any, Any]]) -> Graph:

@@ -103,7 +103,7 @@ def build_metrics(run: Run) -> dict[str, Any]:
         "canceled_units": counts[UnitState.CANCELED],
         "skip_causes": {cause.value: n for cause, n in run.skip_causes().items()},
         "execution_trace": trace,
-        "unit_metrics": {names[i]: dict(m) for i, m in run.unit_metrics.items()},
+        "unit_metrics": {names[i]: dict(m) for i, m in list(run.unit_metrics.items())},
         "execution_mode": run.mode,
         "max_workers": run.max_workers,
         "stop_reason": run.stop_reason,

@@ -3,7 +3,7 @@
 Started by :mod:`.backends._processes` as ``python -c "from
 quantum_partitioner._process_worker import main; main()" IN_FD OUT_FD PARENT STDERR_FD``, it
 never imports the caller's ``__main__`` (functions from there travel by value, pickled with
-cloudpickle). Its protocol: frames (:func:`send_frame`,
+cloudpickle). Its protocol: frames (:func:`send_frames`,
 :class:`FrameReader`), each one pickled tuple whose first item says what it is:
 
 parent → worker: ``("context", blob)`` once per run, ``("function", key, blob)`` once
@@ -76,9 +76,25 @@ _READ_SIZE = 1 << 16
 
 def send_frame(fd: int, payload: bytes) -> None:
     """Write one frame; the pipe is blocking, so this returns when all of it is written."""
-    data = memoryview(len(payload).to_bytes(_HEADER, "big") + payload)
-    while data:
-        data = data[os.write(fd, data) :]
+    send_frames(fd, (payload,))
+
+
+def send_frames(fd: int, payloads: tuple[bytes, ...] | list[bytes]) -> None:
+    """Write several frames in one go (the pipe is blocking: returns when all is written).
+
+    One ``writev``: the reader wakes once for all of them (a worker's first attempt comes
+    with the run's context and its function), and no payload is copied to put its header
+    in front of it (an attempt's inputs may be large).
+    """
+    parts: list[memoryview] = []
+    for payload in payloads:
+        parts += (memoryview(len(payload).to_bytes(_HEADER, "big")), memoryview(payload))
+    while parts:
+        written = os.writev(fd, parts)
+        while parts and written >= len(parts[0]):  # a pipe may take only part of it
+            written -= len(parts.pop(0))
+        if written:
+            parts[0] = parts[0][written:]
 
 
 class FrameReader:

@@ -31,7 +31,7 @@ from ._events import (
     UnitSkipped,
     UnitStarted,
 )
-from ._graph import Graph, UnitState, materialise
+from ._graph import Graph, UnitState, materialise, too_many_items
 from ._limits import compile_limits
 from ._scheduler import Scheduler, Transition
 
@@ -470,17 +470,15 @@ class Run:
                 if self.count_items is not None:
                     count = self.count_items(m, over)
                 else:
-                    values = materialise(unit.id, self._names[over], sched.results[over])
+                    values = materialise(
+                        unit.id, self._names[over], sched.results[over], unit.max_items
+                    )
                     count = len(values)
             except Exception as error:  # not iterable, its iterator raised, or unreachable
                 return sched.fail_map(m, error, now)
         bound = unit.max_items
-        if bound is not None and count > bound:
-            message = (
-                f"map {unit.id!r}: {self._names[over]!r} gave {count} items, more than "
-                f"max_items={bound}"
-            )
-            return sched.fail_map(m, ValueError(message), now)
+        if bound is not None and count > bound:  # a map over a map, or counted elsewhere
+            return sched.fail_map(m, too_many_items(unit.id, self._names[over], count, bound), now)
         index = self.graph.index
         declared = unit.dependencies
         view_keys = unit.view_keys
@@ -525,7 +523,9 @@ class Run:
             answer = predicate(ctx)
         except SkipUnit:
             return False, None
-        except Exception as error:  # the predicate is user code: it fails only its unit
+        except BaseException as error:  # user code: it fails only its unit, as a unit would
+            if interrupts_run(error):
+                raise
             return False, error
         if inspect.isawaitable(answer):
             if inspect.iscoroutine(answer):
@@ -720,6 +720,9 @@ class Run:
         return self.interrupt("cancel() was called")
 
     # -- the record ------------------------------------------------------------------------
+    # Read during the run too (get_partial_results() from another thread): dicts the
+    # driver fills are copied first (list() of a dict is one step under the GIL), since
+    # iterating one that grows raises RuntimeError.
 
     def to_epoch(self, t: float) -> float:
         """Convert a run clock reading to seconds since the epoch."""
@@ -735,7 +738,7 @@ class Run:
     def skip_causes(self) -> dict[SkipCause, int]:
         """How many units were SKIPPED for each cause (causes that occurred only)."""
         counts: dict[SkipCause, int] = {}
-        for error in self.scheduler.errors.values():
+        for error in list(self.scheduler.errors.values()):
             if isinstance(error, UnitSkippedError):
                 counts[error.cause] = counts.get(error.cause, 0) + 1
         return counts
@@ -788,10 +791,10 @@ class Run:
         """Results by unit name: completed units, and failed units' fallback values."""
         names, state, results = self._names, self.scheduler.state, self.scheduler.results
         out = {names[i]: results[i] for i, s in enumerate(state) if s is _COMPLETED}
-        for i, value in self.scheduler.fallbacks.items():
+        for i, value in list(self.scheduler.fallbacks.items()):
             if state[i] in _FAILED_STATES:
                 out[names[i]] = value
-        for i in self.withheld:
+        for i in list(self.withheld):
             out.pop(names[i], None)
         return out
 
@@ -800,7 +803,7 @@ class Run:
         sched = self.scheduler
         return {
             self._names[i]: error
-            for i, error in sched.errors.items()
+            for i, error in list(sched.errors.items())
             if sched.state[i] is UnitState.CANCELED
         }
 
@@ -809,6 +812,6 @@ class Run:
         sched = self.scheduler
         return {
             self._names[i]: error
-            for i, error in sched.errors.items()
+            for i, error in list(sched.errors.items())
             if sched.state[i] in _FAILED_STATES
         }

@@ -764,16 +764,39 @@ class Scheduler:
             self._release(j, now)
             return 1
         cause = SkipCause.UPSTREAM_FAILED if bad else SkipCause.JOIN_RULE
-        verb = "failed" if node_kind == _BAD else "was skipped"
-        reason = f"dependency {self.names[node]!r} {verb}"
-        if verdict is _SKIP_VERDICT and self.maps.get(j) == node:
-            reason = f"what it maps over, {self.names[node]!r}, {verb}"
+        decided_by: int | None = node
+        if node_kind == _OK:  # the last input completed: name one that decided the skip
+            decided_by = self._input_of_kind(j, _BAD if bad else _SKIP)
+        if decided_by is None:  # none failed or was skipped: too few inputs (at_least)
+            reason = f"only {self._ok[j]} of its inputs completed"
+        else:
+            verb = "failed" if self._kind_of(decided_by) == _BAD else "was skipped"
+            reason = f"dependency {self.names[decided_by]!r} {verb}"
+        if decided_by is not None and self.maps.get(j) == decided_by:
+            reason = f"what it maps over, {self.names[decided_by]!r}, {verb}"
         elif rule is not ALL_SUCCESS:
             reason = f"its join rule {rule} was not met ({reason})"
-        error = UnitSkippedError(self.names[j], self.names[node], cause, reason)
+        dependency = None if decided_by is None else self.names[decided_by]
+        error = UnitSkippedError(self.names[j], dependency, cause, reason)
         out.append(self._skip_one(j, error, now))
         work.append((j, _BAD if cause.is_failure else _SKIP))
         return 0
+
+    def _input_of_kind(self, j: int, kind: int) -> int | None:
+        """The first terminal input of unit ``j`` that counts as ``kind``, else None.
+
+        Its inputs are its dependencies, and the items of a map it counts item by item
+        (``at_least``). For the reason of a skip whose last input completed.
+        """
+        quorums = self._item_quorums if self.maps else {}
+        state, items_of = self.state, self.items_of
+        for d in self._deps[j]:
+            # A map that never expanded (skipped, failed) counts as itself.
+            inputs = items_of[d] if d in items_of and j in quorums.get(d, ()) else (d,)
+            for k in inputs:
+                if state[k].is_terminal and self._kind_of(k) == kind:
+                    return k
+        return None
 
     def _release(self, j: int, now: float) -> None:
         """Unit ``j``'s rule is met: queue it (or ask its condition first)."""
@@ -858,6 +881,8 @@ class Scheduler:
                 k != j and not state[k].is_terminal for k in dependents[d]
             ):
                 continue
+            if d in self._collecting and self._items_needed(d, j):
+                continue  # the map ends when its items do, as without cancel_rest
             if current is _PENDING:
                 self._unqueue(d)
             self.outbox.append(self._cancel_one(d, now, reason, was_running=current is _RUNNING))
@@ -865,6 +890,22 @@ class Scheduler:
             if d in self._collecting:  # a map nothing needs: its unfinished items too
                 self._collecting.discard(d)
                 stack.extend(self.items_of[d])
+
+    def _items_needed(self, m: int, j: int) -> bool:
+        """Whether an unfinished item of map ``m`` is needed by something but ``j`` and ``m``.
+
+        By a map over ``m`` (item-wise: expanded or not, it needs each item) or another unit
+        counting ``m``'s items (``at_least``): those are not among ``m``'s dependents.
+        """
+        state = self.state
+        if any(not state[c].is_terminal for c in self._item_children.get(m, ())):
+            return True
+        return any(
+            k not in (j, m) and not state[k].is_terminal
+            for item in self.items_of[m]
+            if not state[item].is_terminal
+            for k in self._dependents[item]
+        )
 
     def _unqueue(self, d: int) -> None:
         """Take a PENDING unit out of the ready queue or the decisions, if it is there."""
@@ -937,7 +978,6 @@ class Scheduler:
         names.extend(new_names)
         index.update(zip(new_names, items, strict=True))
         self.item_of.update(zip(items, zip([m] * count, range(count), strict=True), strict=True))
-        self.state.extend([_PENDING] * count)
         self.attempts.extend([0] * count)
         zeros = bytes(8 * count)
         self.started.frombytes(zeros)
@@ -963,6 +1003,9 @@ class Scheduler:
             self.item_parent.update(zip(items, parents, strict=True))
             deps.extend([[parent] for parent in parents])
             waiting.extend([1] * count)
+        # Last: a reader in another thread (get_partial_results(), the metrics) walks
+        # ``state``, so every other per-unit list must already have the items' rows.
+        self.state.extend([_PENDING] * count)
         self._n += count
         if count and self.timeouts[m] is not None:
             self.has_timeouts = True

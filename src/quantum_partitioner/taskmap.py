@@ -235,9 +235,10 @@ def _task_with_options(
     )
     unknown = set(options) - allowed
     if unknown:
+        also = "" if method == "add_map" else " (with over, add_map's: a map)"
         raise TypeError(
             f"task {name!r}: unknown options {sorted(unknown)}; "
-            f"use {method}'s keywords: {sorted(allowed)}"
+            f"use {method}'s keywords: {sorted(allowed)}{also}"
         )
     fn, dep_names = _task(name, (fn, deps))
     _add_task(checker, name, fn, dep_names, options)

@@ -451,3 +451,36 @@ def _quorum_member(gate: str, ctx: Any) -> str:
         while not Path(gate).exists() and time.monotonic() < deadline and not ctx.cancelled:
             time.sleep(0.01)
     return f"{ctx.item}:{ctx.index}"
+
+
+class NotAnError(BaseException):
+    """A ``BaseException`` that is neither ``KeyboardInterrupt`` nor ``SystemExit``."""
+
+
+class Paged:
+    """An iterable that yields ``good`` items, then raises ``raises`` (ConnectionError: a page
+    that failed).
+
+    Picklable (it crosses back from a worker process), and lazy: a map reading it reads
+    one element at a time, so a map with ``max_items`` below ``good`` must stop early.
+    """
+
+    def __init__(self, good: int, raises: type[BaseException] = ConnectionError) -> None:
+        self.good = good
+        self.raises = raises
+
+    def __iter__(self) -> Any:
+        yield from range(self.good)
+        raise self.raises(f"page {self.good + 1} failed")
+
+
+def fail_first_item(seconds: float) -> partial[Any]:
+    """A map item: item 0 raises at once; the others sleep ``seconds`` and return their item."""
+    return partial(_fail_first_item, seconds)
+
+
+def _fail_first_item(seconds: float, ctx: Any) -> Any:
+    if ctx.index == 0:
+        raise ValueError("the first item fails")
+    time.sleep(seconds)
+    return ctx.item

@@ -6,13 +6,16 @@ Same rules as ``test_contract.py``: the ``mode`` fixture, unit functions from
 
 from __future__ import annotations
 
+import pickle
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from quantum_partitioner import (
     CircularDependencyError,
+    DuplicateUnitError,
     MapItemsFailedError,
     QuantumPartitioner,
     SkipCause,
@@ -152,6 +155,51 @@ def test_a_result_that_is_not_iterable_or_too_long_fails_the_map(mode):
     assert skipped.cause is SkipCause.UPSTREAM_FAILED
 
 
+def test_a_lazy_result_is_read_no_further_than_max_items_and_a_failing_one_says_so(mode):
+    """max_items stops reading a lazy result at max_items + 1 elements (an endless one fails
+    the map at once); an iterable that raises while it is read fails the map with that
+    error as the cause, not as "not iterable"."""
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.const(u.Paged(1000)), name="pages")
+    p.add_map(u.item_view, over="pages", name="bounded", max_items=3)
+    p.add_unit(u.const(u.Paged(2)), name="short")
+    p.add_map(u.item_view, over="short", name="paged")
+
+    mode.execute(p)
+
+    failed = p.get_failed_units()
+    assert isinstance(failed["bounded"], ValueError)  # without the bound: ConnectionError
+    assert "map 'bounded': 'pages' gave more than max_items=3 items" in str(failed["bounded"])
+    assert isinstance(failed["paged"], TypeError)
+    assert "map 'paged': reading the items of 'short' (Paged) raised ConnectionError: page 3" in (
+        str(failed["paged"])
+    )
+    assert isinstance(failed["paged"].__cause__, ConnectionError)
+
+
+def test_a_base_exception_from_a_maps_iterable_or_a_condition_fails_only_that_unit(mode):
+    """A BaseException that does not interrupt the run, raised by user code the caller runs
+    for a unit (a map reading its iterable, a when= predicate), fails that unit like one
+    its function raised; it used to escape execute() and end the whole run."""
+
+    def refuses(ctx):
+        raise u.NotAnError("no answer")
+
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.const(u.Paged(1, u.NotAnError)), name="pages")
+    p.add_map(u.item_view, over="pages", name="paged")
+    p.add_unit(u.const(1), ["pages"], name="gated", when=refuses)
+    p.add_unit(u.const("ran"), name="independent")
+
+    results = mode.execute(p)
+
+    assert results["independent"] == "ran"
+    failed = p.get_failed_units()
+    assert isinstance(failed["paged"].__cause__, u.NotAnError)
+    assert "raised NotAnError: page 2 failed" in str(failed["paged"])
+    assert isinstance(failed["gated"], u.NotAnError)
+
+
 def test_a_map_whose_input_did_not_complete_or_whose_condition_is_false_is_skipped(mode):
     p = QuantumPartitioner(max_workers=2)
     p.add_unit(u.explode, name="broken")
@@ -170,6 +218,22 @@ def test_a_map_whose_input_did_not_complete_or_whose_condition_is_false_is_skipp
     assert p.units["never"].error.cause is SkipCause.UPSTREAM_FAILED
 
 
+def test_fail_fast_cancels_the_items_that_have_not_started(mode):
+    """fail_fast: once item 0 failed, only items already running may still complete. PROCESS
+    used to send items ahead to busy workers, where they started after the failure."""
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.const(list(range(8))), name="numbers")
+    p.add_map(u.fail_first_item(0.05), over="numbers", name="items")
+
+    mode.execute(p, fail_fast=True)
+
+    states = [p.last_execution_metrics["unit_times"].get(f"items[{k}]") for k in range(8)]
+    completed = [k for k, times in enumerate(states) if times and times["state"] == "completed"]
+    slots = {"sequential": 1, "custom-threadpool": 4}.get(mode.id, 2)
+    assert len(completed) <= slots - 1  # those that ran beside item 0
+    assert p.last_execution_metrics["stop_reason"] == "fail_fast"
+
+
 def test_bad_maps_are_refused_before_any_unit_runs():
     p = QuantumPartitioner()
     with pytest.raises(ValueError, match="map 'loop': a map cannot map over itself"):
@@ -186,6 +250,60 @@ def test_bad_maps_are_refused_before_any_unit_runs():
     p.add_map(u.item_view, over="first", name="second")
     with pytest.raises(CircularDependencyError):
         p.execute()
+
+
+def test_a_unit_named_like_an_item_of_a_map_is_refused_saying_so(tmp_path):
+    """``tool[5]`` beside a map ``tool``: refused before any unit runs, naming the map (it
+    used to say "already exists; pass replace=True", which cannot help)."""
+    ran = tmp_path / "ran"
+    p = QuantumPartitioner()
+    p.add_unit(u.logged(str(ran), list(range(10))), name="plan")
+    p.add_map(u.item_view, over="plan", name="tool")
+    p.add_unit(u.const("static"), name="tool[5]")
+    with pytest.raises(DuplicateUnitError) as refused:
+        p.execute()
+    assert "unit 'tool[5]' has the name an item of map 'tool' takes" in str(refused.value)
+    assert refused.value.map_name == "tool"
+    assert pickle.loads(pickle.dumps(refused.value)).map_name == "tool"
+    assert not ran.exists()
+
+
+def test_the_record_can_be_read_from_another_thread_while_items_fail():
+    """get_failed_units(), get_partial_results() and the metrics, read from another thread
+    while a THREAD run's items fail and are added, never raise: they used to iterate dicts
+    the run was filling ("dictionary changed size during iteration")."""
+    errors: list[BaseException] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often: the reads interleave with the run
+    try:
+        for _ in range(3):
+            p = QuantumPartitioner(max_workers=1)
+            p.add_unit(u.const(list(range(1000))), name="numbers")
+            p.add_map(u.explode, over="numbers", name="failing")
+            done = threading.Event()
+
+            def read(p=p, done=done):
+                reads = (p.get_failed_units, p.get_partial_results) * 20
+                while not done.is_set():
+                    try:
+                        for read_one in reads:
+                            read_one()
+                        _ = p.last_execution_metrics
+                    except Exception as error:  # what the test looks for
+                        errors.append(error)
+                        return
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            try:
+                p.execute(execution_mode="thread")
+            finally:
+                done.set()
+                reader.join()
+            assert len(p.get_failed_units()) == 1001
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
 
 
 def test_items_of_a_saturated_run_go_depth_first(tmp_path):

@@ -1166,6 +1166,12 @@ def test_maps_expand_on_the_cluster(client):
     p.add_unit(u.const(42), name="number")
     p.add_map(u.item_view, over="number", name="over_int")
     p.add_map(u.item_view, over="plan", name="bounded", max_items=2)
+    p.add_unit(u.const(u.Paged(1000)), name="pages")  # read on the cluster up to the bound
+    p.add_map(u.item_view, over="pages", name="lazy_bounded", max_items=3)
+    # Read on a worker, a KeyboardInterrupt fails the map (it used to stop the worker's
+    # loop: the run hung).
+    p.add_unit(u.const(u.Paged(1, KeyboardInterrupt)), name="interrupting")
+    p.add_map(u.item_view, over="interrupting", name="not_interrupted")
     # A fallback value is here, not on the cluster: its items are handed over as values.
     p.add_unit(u.explode, name="broken", metadata={"fallback_value": ["a", "b"]})
     p.add_map(u.item_view, over="broken", name="over_fallback")
@@ -1191,7 +1197,9 @@ def test_maps_expand_on_the_cluster(client):
     assert "map 'over_int': the result of 'number' is not iterable (int)" in str(failed["over_int"])
     assert isinstance(failed["over_int"], TypeError)
     assert "'plan' gave 3 items, more than max_items=2" in str(failed["bounded"])
-    assert p.last_execution_metrics["total_units"] == 17 + 3 + 3 + 3 + 3 + 2
+    assert "'pages' gave more than max_items=3 items" in str(failed["lazy_bounded"])
+    assert "raised KeyboardInterrupt: page 2 failed" in str(failed["not_interrupted"])
+    assert p.last_execution_metrics["total_units"] == 21 + 3 + 3 + 3 + 3 + 2
 
 
 def test_the_mapped_list_never_travels_to_the_client(client):

@@ -30,7 +30,7 @@ from quantum_partitioner import (
     WorkerDiedError,
 )
 from quantum_partitioner._graph import Graph, QuantumUnit
-from quantum_partitioner._process_worker import FrameReader, send_frame
+from quantum_partitioner._process_worker import FrameReader, send_frame, send_frames
 from quantum_partitioner._run import Run
 from quantum_partitioner._trace import chrome_trace, layout
 from quantum_partitioner.backends import ProcessBackend, _processes
@@ -157,6 +157,27 @@ def test_unpicklable_result_fails_that_unit_and_names_it():
     error = p.units["returns_lock"].error
     assert "returns_lock" in str(error)
     assert "cannot be sent back" in str(error)
+
+
+def test_an_unpicklable_item_fails_that_item_naming_its_item():
+    """A map item whose ctx.item cannot be sent (here from a fallback value in the caller)
+    fails that item, saying it is its item; the message used to name the dependency '?'."""
+    p = QuantumPartitioner(max_workers=1)
+
+    def plan(ctx):
+        raise ConnectionError("no plan")
+
+    p.add_unit(plan, name="plan", metadata={"fallback_value": [1, threading.Lock()]})
+    p.add_map(lambda ctx: ctx.item, over="plan", name="step")
+
+    results = p.execute({}, execution_mode=PROCESS)
+
+    assert results["step[0]"] == 1
+    error = p.get_failed_units()["step[1]"]
+    assert isinstance(error, TypeError)
+    assert "unit 'step[1]': its item (ctx.item, lock) cannot be sent to a worker process" in str(
+        error
+    )
 
 
 def test_a_result_only_cloudpickle_can_send_comes_back():
@@ -626,13 +647,20 @@ def test_a_worker_imports_little_before_it_is_ready():
 
 
 def test_frames_split_or_bunched_in_the_pipe_come_out_whole():
-    """One read may hold a frame's part or several frames: each comes out once, in order."""
+    """One read may hold a frame's part or several frames, however they were written (one
+    by one or several in one go): each comes out once, in order."""
     read_fd, write_fd = os.pipe()
     try:
         reader = FrameReader(read_fd)
         big = bytes(range(256)) * 1000  # longer than one read, and than the pipe holds
-        payloads = [b"first", b"", big, b"last"]
-        writer = threading.Thread(target=lambda: [send_frame(write_fd, x) for x in payloads])
+        payloads = [b"first", b"", big, b"last", b"together", big, b""]
+
+        def write() -> None:
+            for payload in payloads[:4]:
+                send_frame(write_fd, payload)
+            send_frames(write_fd, payloads[4:])  # one writev, which the pipe takes in parts
+
+        writer = threading.Thread(target=write)
         writer.start()
         frames: list[bytes] = []
         while len(frames) < len(payloads):
@@ -703,3 +731,56 @@ def test_report_draws_worker_start_up(tmp_path):
     html = qp.write_report(tmp_path / "report.html").read_text()
     assert 'class="bar startup"' in html
     assert "worker start-up" in html
+
+
+@pytest.mark.parametrize("pidfds", [True, False], ids=["pidfd", "no-pidfd"])
+def test_an_exiting_worker_is_reaped_with_its_status_or_times_out(monkeypatch, pidfds):
+    """_wait_exit returns a worker's exit status once it exits, again after it is reaped,
+    and raises TimeoutExpired while it still runs; with or without pidfds."""
+    if not pidfds:
+        monkeypatch.delattr(os, "pidfd_open", raising=False)
+    elif not hasattr(os, "pidfd_open"):
+        pytest.skip("no pidfds here")
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read(); raise SystemExit(7)"],
+        stdin=subprocess.PIPE,
+    )
+    worker = processes._Worker(process, -1, -1, -1)
+    try:
+        assert (worker.exited >= 0) is pidfds
+        with pytest.raises(subprocess.TimeoutExpired):
+            processes._wait_exit(worker, 0.05)
+        assert process.stdin is not None
+        process.stdin.close()
+        assert processes._wait_exit(worker, 30) == 7
+        assert processes._wait_exit(worker, 0) == 7  # reaped already
+    finally:
+        process.kill()
+        process.wait()
+        processes._close_pidfd(worker)
+
+
+def test_the_end_of_a_run_waits_for_its_workers_exit_without_polling(monkeypatch):
+    """With pidfds, stopping the workers wakes the moment they exit: Popen.wait(timeout)
+    would poll, sleeping up to 50 ms between looks, and every fresh-pool run would end late."""
+    if not hasattr(os, "pidfd_open"):
+        pytest.skip("no pidfds here")
+    sleeps: list[float] = []
+
+    class PollingClock:
+        """subprocess's ``time``, recording the sleeps of a polling wait."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(time, name)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+            time.sleep(seconds)
+
+    monkeypatch.setattr(subprocess, "time", PollingClock())
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(lambda ctx: 1, name="a")
+    p.add_unit(lambda ctx: 2, name="b")
+    assert p.execute(execution_mode=PROCESS) == {"a": 1, "b": 2}
+    assert sleeps == []

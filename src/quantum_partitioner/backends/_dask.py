@@ -263,8 +263,13 @@ def _fetch_output(value: Any) -> Any:
     return value.value if type(value) is UnitOutput else value
 
 
-def measure_items(
-    key: str, map_name: str, over_name: str, digests: bool, dask_worker: Any = None
+def measure_items(  # noqa: PLR0917 - called by client.run with positional arguments
+    key: str,
+    map_name: str,
+    over_name: str,
+    digests: bool,
+    max_items: int | None,
+    dask_worker: Any = None,
 ) -> tuple[int, list[bytes | None] | None] | None:
     """On a worker (``client.run``): how many items the output under ``key`` gives, if held.
 
@@ -276,7 +281,7 @@ def measure_items(
     data = dask_worker.data
     if key not in data:
         return None
-    items = materialise(map_name, over_name, _value_of(data[key]))
+    items = materialise(map_name, over_name, _value_of(data[key]), max_items, in_caller=False)
     return len(items), item_digests(items) if digests else None
 
 
@@ -293,9 +298,9 @@ def item_digests(items: list[Any]) -> list[bytes | None]:
     return out
 
 
-def list_items(map_name: str, over_name: str, output: Any) -> list[Any]:
+def list_items(map_name: str, over_name: str, output: Any, max_items: int | None) -> list[Any]:
     """On a worker: the items of a map, once, for the tasks that pick each."""
-    return materialise(map_name, over_name, _value_of(output))
+    return materialise(map_name, over_name, _value_of(output), max_items, in_caller=False)
 
 
 def pick_item(items: list[Any], position: int) -> Any:
@@ -588,15 +593,16 @@ class _DaskRun:
         map_name, over_name = names[m], names[over]
         source = self.run.scheduler.results[over]
         cached = self.run.cache is not None
+        max_items = self.run.graph.units[m].max_items
         if not isinstance(source, self.future_type):  # a cached or fallback value: here
-            values = materialise(map_name, over_name, source)
+            values = materialise(map_name, over_name, source, max_items)
             self.item_sources[m] = values
             if cached:
                 self.run.item_digests[m] = item_digests(values)
             return len(values)
         if self.broken is not None:
             raise BrokenBackendError(f"map {map_name!r}: {self.broken}")
-        answers = self.client.run(measure_items, source.key, map_name, over_name, cached)
+        answers = self.client.run(measure_items, source.key, map_name, over_name, cached, max_items)
         measured = [answer for answer in answers.values() if answer is not None]
         if not measured:
             raise BrokenBackendError(
@@ -606,7 +612,7 @@ class _DaskRun:
         if digests is not None:
             self.run.item_digests[m] = digests
         self.item_sources[m] = self._submit_helper(
-            f"{map_name}-items", m, list_items, map_name, over_name, source
+            f"{map_name}-items", m, list_items, map_name, over_name, source, max_items
         )
         return int(count)
 
