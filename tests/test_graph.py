@@ -5,6 +5,7 @@ from __future__ import annotations
 import graphlib
 import itertools
 import math
+import sys
 
 import pytest
 
@@ -21,6 +22,7 @@ from quantum_partitioner import (
     at_least,
 )
 from quantum_partitioner._graph import Graph, compile_graph, validate_unit
+from quantum_partitioner._joins import ALL_SUCCESS
 
 
 def noop(ctx):
@@ -634,3 +636,100 @@ def test_a_unit_without_dependencies_owns_the_list_it_hands_out():
     p.units["a"].dependencies.append("b")
     assert (p.units["b"].dependencies, p.units["c"].dependencies) == ([], [])
     assert p.build_execution_plan().dependencies == {"a": {"b"}, "b": set(), "c": set()}
+
+
+_OPTION_VALUES = {
+    "timeout": 2.5,
+    "retries": 3,
+    "priority": 7,
+    "retry_policy": RetryPolicy(retry_on=(OSError,)),
+    "condition": noop,
+    "run_if": at_least(1),
+    "cancel_rest": True,
+    "limits": {"api": 1},
+    "over": "source",
+    "max_items": 4,
+    "view_keys": {"a": "x"},
+}
+
+
+@pytest.mark.parametrize(("option", "value"), list(_OPTION_VALUES.items()))
+def test_unit_options_read_and_write_as_attributes_unit_by_unit(option, value):
+    """Each option reads back as given or set; setting it on one unit leaves the others alone."""
+    given = QuantumUnit("given", noop, ["a"], **{option: value})
+    p = QuantumPartitioner()
+    first, second = p.add_unit(noop, name="first"), p.add_unit(noop, name="second")
+    default = getattr(second, option)
+    setattr(first, option, value)
+    assert getattr(given, option) == value
+    assert getattr(first, option) == value
+    assert getattr(second, option) == default
+    assert getattr(QuantumUnit("plain", noop), option) == getattr(
+        QuantumUnit("other", noop), option
+    )
+
+
+def test_default_options_read_as_before():
+    """A unit's options default as the original API's fields did; add_unit names its join rule."""
+    built = QuantumUnit("a", noop)
+    added = QuantumPartitioner().add_unit(noop, name="a")
+    for unit in (built, added):
+        assert (unit.timeout, unit.retries, unit.priority, unit.retry_policy) == (None, 0, 0, None)
+        assert (unit.condition, unit.cancel_rest, unit.limits) == (None, False, None)
+        assert (unit.over, unit.max_items, unit.view_keys, unit.metadata) == (None, None, None, {})
+    assert built.run_if is None
+    assert added.run_if == ALL_SUCCESS
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"retries": False}, "retries"),
+        ({"priority": True}, "priority"),
+        ({"cancel_rest": 0}, "cancel_rest"),
+    ],
+)
+def test_values_equal_to_a_default_are_still_checked(options, field):
+    """retries=False or cancel_rest=0 equal a default but are not one: validation refuses them."""
+    with pytest.raises(TypeError, match=field):
+        validate_unit(QuantumUnit("a", noop, **options))
+
+
+def test_a_unit_with_default_options_is_small():
+    """A unit with every option at its default keeps them in one shared record, not 11 slots."""
+    unit = QuantumPartitioner().add_unit(noop, name="a")
+    assert sys.getsizeof(unit) <= 96  # 7 slots and the object header; 17 slots were 168
+
+
+def test_metadata_is_made_when_first_read_and_each_unit_owns_its_own():
+    """A run reads no metadata into being; the dict a unit hands out is its own to change."""
+    p = QuantumPartitioner()
+    p.add_units({"a": noop, "b": (noop, ["a"])})
+    p.add_unit(noop, ["b"], name="c")
+    p.execute(execution_mode=ExecutionMode.SEQUENTIAL)
+    assert all(unit._metadata is None for unit in p.units.values())
+    p.units["a"].metadata["fallback_value"] = 1
+    assert p.units["a"].metadata == {"fallback_value": 1}
+    assert (p.units["b"].metadata, p.units["c"].metadata) == ({}, {})
+    assert p.units["b"].metadata is p.units["b"].metadata
+
+
+class _Admitting(QuantumPartitioner):
+    """Refuses units named ``bad``, as a subclass's admission check does."""
+
+    def _admit(self, unit):
+        if unit.id == "bad":
+            raise ValueError("refused: bad")
+
+
+def test_a_subclass_admission_check_sees_every_new_unit():
+    """add_unit and add_units call an overriding _admit (and a refused unit is not added)."""
+    p = _Admitting()
+    p.add_unit(noop, name="good")
+    with pytest.raises(ValueError, match="refused"):
+        p.add_unit(noop, name="bad")
+    with pytest.raises(ValueError, match="refused"):
+        p.add_units({"fine": noop, "bad": (noop, ["good"])})
+    assert list(p.units) == ["good"]
+    assert not QuantumPartitioner._admits
+    assert _Admitting._admits

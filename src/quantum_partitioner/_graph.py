@@ -21,7 +21,9 @@ import sys
 from array import array
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeAlias
+from operator import attrgetter
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, NamedTuple, TypeAlias, overload
 
 from ._errors import (
     CircularDependencyError,
@@ -107,6 +109,103 @@ class _RunView:
 # What a unit without dependencies holds in place of its list (see QuantumUnit.dependencies).
 _NO_DEPENDENCIES: Final[tuple[()]] = ()
 
+_new_object = object.__new__
+
+
+class UnitOptions(NamedTuple):
+    """The options of a unit that most units leave at their defaults, as one record.
+
+    A unit holds one of these instead of a slot per option: most units share one of the
+    two default records (:data:`_DEFAULTS`, :data:`_ADDED_DEFAULTS`), so a unit is a few
+    slots to build and to keep. The record is never changed in place: setting an option on a
+    unit gives that unit a new record (copy on write, see :class:`QuantumUnit`). Readers on
+    a run's path test ``unit._options`` against the defaults first (:func:`customised`).
+    """
+
+    timeout: float | None = None
+    retries: int = 0
+    priority: int = 0
+    retry_policy: RetryPolicy | None = None
+    condition: Callable[[Any], object] | None = None
+    run_if: JoinRule | None = None
+    cancel_rest: bool = False
+    limits: dict[str, int] | None = None
+    over: str | None = None
+    max_items: int | None = None
+    view_keys: dict[str, str] | None = None
+
+
+#: The options of a unit built as ``QuantumUnit(id, function)``: ``run_if`` None.
+_DEFAULTS: Final = UnitOptions()
+#: The options of a unit that ``add_unit``/``add_units`` built with every default: its
+#: ``run_if`` reads as the rule it runs by, ``all_success``.
+_ADDED_DEFAULTS: Final = UnitOptions(run_if=ALL_SUCCESS)
+
+
+_V = TypeVar("_V")
+
+
+def _option(name: str) -> Any:
+    """The :class:`QuantumUnit` attribute for option ``name`` of its :class:`UnitOptions`.
+
+    A property: reading is an ``operator.attrgetter`` on the record (C code, no Python frame
+    per read); writing replaces the record with a copy holding the new value (copy on
+    write: the record may be a default one that many units share, so it is never changed
+    in place). Typed Any so that mypy reads the attribute's annotation, an ``_Option``.
+    """
+
+    def write(unit: QuantumUnit[Any, Any], value: object) -> None:
+        change: dict[str, Any] = {name: value}
+        unit._options = unit._options._replace(**change)
+
+    return property(attrgetter(f"_options.{name}"), write)
+
+
+if TYPE_CHECKING:
+
+    class _Option(Generic[_V]):
+        """What mypy sees of an option made by :func:`_option`: an attribute of type ``_V``."""
+
+        @overload
+        def __get__(self, unit: None, owner: type[Any]) -> _Option[_V]: ...
+        @overload
+        def __get__(self, unit: object, owner: type[Any]) -> _V: ...
+        def __get__(self, unit: object, owner: type[Any]) -> _V | _Option[_V]:
+            raise NotImplementedError  # never runs: mypy's view only
+
+        def __set__(self, unit: object, value: _V) -> None: ...
+
+
+#: What :func:`metadata_of` gives for a unit without metadata (read-only: it is shared).
+_NO_METADATA: Final[Mapping[str, Any]] = MappingProxyType({})
+
+
+def metadata_of(unit: QuantumUnit[Any, Any]) -> Mapping[str, Any]:
+    """``unit``'s metadata to read, without making a dict for a unit that has none."""
+    return unit._metadata or _NO_METADATA
+
+
+def customised(units: Sequence[QuantumUnit[Any, Any]]) -> list[tuple[int, UnitOptions]]:
+    """``(index, options)`` of each unit whose options are not a default record.
+
+    Most units have none of their own, so what reads an option of every unit (a run's
+    timeouts and retries, the priority order, join rules) reads these few and gives the
+    others the default: one identity test per unit instead of an attribute read per option.
+    """
+    plain, added = _DEFAULTS, _ADDED_DEFAULTS
+    # First without positions: enumerate makes an int object per unit past 256, which
+    # costs more than the test, and most graphs have no such unit at all.
+    own = [
+        unit for unit in units if (options := unit._options) is not plain and options is not added
+    ]
+    if not own:
+        return []
+    return [
+        (i, options)
+        for i, unit in enumerate(units)
+        if (options := unit._options) is not plain and options is not added
+    ]
+
 
 class QuantumUnit(Generic[T, R]):
     """A unit of computation: a callable, the units it depends on, and how to run it.
@@ -115,15 +214,19 @@ class QuantumUnit(Generic[T, R]):
     ``end_time``) describe the unit's last run. They are read from that run's record, so a
     run does not pay to copy them into every unit.
 
+    The options from ``timeout`` on read and write as attributes, but live in one
+    :class:`UnitOptions` record that units with default options share: setting one gives the
+    unit a record of its own.
+
     Attributes:
         id: The unit's unique name.
         function: Called as ``function(ctx)`` with an :class:`ExecutionContext`.
         dependencies: Names of the units whose results this unit needs.
+        metadata: Free-form; the library reads ``estimated_duration``, ``fallback_value``,
+            ``resource_type``, ``cacheable`` and ``cache_keys``.
         timeout: Seconds one attempt may take, or None for no limit.
         retries: Extra attempts after a failure (``retries=2`` allows 3 attempts).
         priority: Among ready units, higher runs sooner.
-        metadata: Free-form; the library reads ``estimated_duration``, ``fallback_value``,
-            ``resource_type``, ``cacheable`` and ``cache_keys``.
         retry_policy: Overrides the partitioner's retry policy for this unit.
         condition: ``condition(ctx)`` is asked when the unit becomes ready; false skips it.
         run_if: Its join rule (None: ``"all_success"``).
@@ -139,25 +242,7 @@ class QuantumUnit(Generic[T, R]):
             :meth:`QuantumPartitioner.add_subgraph` keep reading their inner names this way.
     """
 
-    __slots__ = (
-        "_dependencies",
-        "_index",
-        "_view",
-        "cancel_rest",
-        "condition",
-        "function",
-        "id",
-        "limits",
-        "max_items",
-        "metadata",
-        "over",
-        "priority",
-        "retries",
-        "retry_policy",
-        "run_if",
-        "timeout",
-        "view_keys",
-    )
+    __slots__ = ("_dependencies", "_index", "_metadata", "_options", "_view", "function", "id")
 
     def __init__(  # noqa: PLR0917 - the original API's dataclass took these positionally
         self,
@@ -184,18 +269,30 @@ class QuantumUnit(Generic[T, R]):
         self._dependencies: list[str] | tuple[()] = (
             _NO_DEPENDENCIES if dependencies is None else dependencies
         )
-        self.timeout = timeout
-        self.retries = retries
-        self.priority = priority
-        self.metadata: dict[str, Any] = {} if metadata is None else metadata
-        self.retry_policy = retry_policy
-        self.condition = condition
-        self.run_if = run_if
-        self.cancel_rest = cancel_rest
-        self.limits = limits
-        self.over = over
-        self.max_items = max_items
-        self.view_keys = view_keys
+        self._metadata = metadata  # None: no dict until one is asked for
+        if (
+            default_options(timeout, retries, priority, retry_policy, condition, cancel_rest)
+            and run_if is None
+            and limits is None
+            and over is None
+            and max_items is None
+            and view_keys is None
+        ):
+            self._options = _DEFAULTS
+        else:
+            self._options = UnitOptions(
+                timeout,
+                retries,
+                priority,
+                retry_policy,
+                condition,
+                run_if,
+                cancel_rest,
+                limits,
+                over,
+                max_items,
+                view_keys,
+            )
         self._view: _RunView | None = None
         self._index = -1
 
@@ -212,6 +309,33 @@ class QuantumUnit(Generic[T, R]):
     @dependencies.setter
     def dependencies(self, value: list[str]) -> None:
         self._dependencies = value
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Free-form data about the unit (a dict it owns; see the class docstring)."""
+        metadata = self._metadata
+        if metadata is None:
+            # Most units have none: a dict is made when first asked for (an empty dict costs
+            # 64 bytes and a step towards the next garbage collection, per unit).
+            metadata = self._metadata = {}
+        return metadata
+
+    @metadata.setter
+    def metadata(self, value: dict[str, Any]) -> None:
+        self._metadata = value
+
+    # The options (see UnitOptions): each reads the unit's record and writes a new one.
+    timeout: _Option[float | None] = _option("timeout")
+    retries: _Option[int] = _option("retries")
+    priority: _Option[int] = _option("priority")
+    retry_policy: _Option[RetryPolicy | None] = _option("retry_policy")
+    condition: _Option[Callable[[Any], object] | None] = _option("condition")
+    run_if: _Option[JoinRule | None] = _option("run_if")
+    cancel_rest: _Option[bool] = _option("cancel_rest")
+    limits: _Option[dict[str, int] | None] = _option("limits")
+    over: _Option[str | None] = _option("over")
+    max_items: _Option[int | None] = _option("max_items")
+    view_keys: _Option[dict[str, str] | None] = _option("view_keys")
 
     def __repr__(self) -> str:
         """Show the unit's name, dependencies and state."""
@@ -295,14 +419,15 @@ class QuantumUnit(Generic[T, R]):
         unit later leaves the copy as it was): this is how a subgraph's units are inlined.
         """
         # Slot by slot: copy.copy's generic protocol costs ten times more per unit.
-        clone = object.__new__(type(self))
-        for slot in QuantumUnit.__slots__:
-            setattr(clone, slot, getattr(self, slot))
+        clone = _new_object(type(self))
         clone.id = name
-        clone.dependencies = dependencies
-        clone.view_keys = view_keys
-        clone.metadata = dict(self.metadata)
-        clone.limits = None if self.limits is None else dict(self.limits)
+        clone.function = self.function
+        clone._dependencies = dependencies
+        clone._metadata = None if self._metadata is None else dict(self._metadata)
+        limits = self._options.limits
+        clone._options = self._options._replace(
+            view_keys=view_keys, limits=None if limits is None else dict(limits)
+        )
         clone._view = None
         clone._index = -1
         return clone
@@ -336,6 +461,69 @@ def validate_unit(unit: QuantumUnit[Any, Any], *, over_maps: bool = False) -> No
         _check_map(unit)
 
 
+def default_options(  # noqa: PLR0917 - called per unit: positional is cheapest
+    timeout: object,
+    retries: object,
+    priority: object,
+    retry_policy: object,
+    condition: object,
+    cancel_rest: object,
+) -> bool:
+    """Whether these options hold the very default values (most units' options do).
+
+    Type and identity tests, not ``==``: ``retries=False``, ``priority=0.0`` and
+    ``cancel_rest=0`` equal defaults but are the user's values, which validation may refuse.
+    """
+    return (
+        timeout is None
+        and type(retries) is int
+        and retries == 0
+        and type(priority) is int
+        and priority == 0
+        and retry_policy is None
+        and condition is None
+        and cancel_rest is False
+    )
+
+
+def make_plain_unit(
+    unit_id: str, fn: UnitFunction[R], dependencies: Any = None
+) -> QuantumUnit[Any, R]:
+    """A new unit with every option at its default: ``make_unit(unit_id, fn, dependencies)``.
+
+    The name, the dependencies (deduplicated) and ``fn`` are checked in
+    :func:`validate_unit`'s order, each with a fast path for the common exact types (an
+    ``isinstance`` against an abstract base class costs more than the rest of a unit). The
+    unit shares the default options record (:class:`UnitOptions`).
+
+    Raises:
+        TypeError: An argument has the wrong type (the message names the unit).
+        ValueError: The name is empty.
+    """
+    if type(unit_id) is not str or not unit_id:
+        _check_name(unit_id)
+    deps: list[str] | tuple[()]
+    if dependencies is None or (type(dependencies) is list and not dependencies):
+        deps = _NO_DEPENDENCIES  # no list until one is asked for
+    else:
+        _check_dependencies(unit_id, dependencies)
+        # A dependency listed twice counts once; the list is the unit's own copy.
+        deps = list(dict.fromkeys(dependencies)) if len(dependencies) > 1 else list(dependencies)
+    if not callable(fn):
+        raise TypeError(f"unit {unit_id!r}: fn must be callable, got {type(fn).__name__}")
+    # Built slot by slot: the constructor's 16 parameters with their defaults would cost
+    # more than the rest of this function.
+    unit: QuantumUnit[Any, R] = _new_object(QuantumUnit)
+    unit.id = unit_id
+    unit.function = fn
+    unit._dependencies = deps
+    unit._metadata = None
+    unit._options = _ADDED_DEFAULTS
+    unit._view = None
+    unit._index = -1
+    return unit
+
+
 def make_unit(  # noqa: PLR0917 - add_unit's arguments, passed on in its order
     unit_id: str,
     fn: UnitFunction[R],
@@ -354,45 +542,29 @@ def make_unit(  # noqa: PLR0917 - add_unit's arguments, passed on in its order
 ) -> QuantumUnit[Any, R]:
     """A new unit, checked as :func:`validate_unit` checks one, its dependencies deduplicated.
 
-    This is what ``add_unit`` and ``add_units`` build: the checks run in
-    :func:`validate_unit`'s order, each with a fast path for the common exact types (an
-    ``isinstance`` against an abstract base class costs more than the rest of a unit), and
-    the options left at their defaults are not assigned twice.
+    This is what ``add_unit`` and ``add_units`` build: :func:`make_plain_unit`, then the
+    options, checked only when one is not at its default.
 
     Raises:
         TypeError: An argument has the wrong type (the message names the unit).
         ValueError: An argument is out of range (the message names the unit).
     """
-    if type(unit_id) is not str or not unit_id:
-        _check_name(unit_id)
-    deps: list[str] | None
-    if dependencies is None or (type(dependencies) is list and not dependencies):
-        deps = None  # no list until one is asked for
-    else:
-        _check_dependencies(unit_id, dependencies)
-        # A dependency listed twice counts once; the list is the unit's own copy.
-        deps = list(dict.fromkeys(dependencies)) if len(dependencies) > 1 else list(dependencies)
-    if not callable(fn):
-        raise TypeError(f"unit {unit_id!r}: fn must be callable, got {type(fn).__name__}")
-    unit: QuantumUnit[Any, R] = QuantumUnit(unit_id, fn, deps, timeout, retries, priority, metadata)
-    unit.run_if = run_if
-    # A unit with every option at its default (most units) needs no more checks.
+    unit: QuantumUnit[Any, R] = make_plain_unit(unit_id, fn, dependencies)
+    unit._metadata = metadata
     if (
-        timeout is not None
-        or type(retries) is not int
-        or retries < 0
-        or type(priority) is not int
-        or metadata is not None
-        or retry_policy is not None
-        or condition is not None
-        or run_if is not ALL_SUCCESS
-        or cancel_rest is not False
+        default_options(timeout, retries, priority, retry_policy, condition, cancel_rest)
+        and run_if is ALL_SUCCESS
     ):
-        unit.retry_policy = retry_policy
-        unit.condition = condition
-        unit.cancel_rest = cancel_rest
+        # Every option at its default (most units): the shared record, no more checks.
+        if limits is not None:
+            unit._options = _ADDED_DEFAULTS._replace(limits=limits)
+        if metadata is not None:
+            _check_fields(unit, over_maps=over_maps)
+    else:
+        unit._options = UnitOptions(
+            timeout, retries, priority, retry_policy, condition, run_if, cancel_rest, limits
+        )
         _check_fields(unit, over_maps=over_maps)
-    unit.limits = limits
     return unit
 
 
@@ -441,8 +613,8 @@ def _check_fields(unit: QuantumUnit[Any, Any], *, over_maps: bool = False) -> No
         raise TypeError(
             f"unit {name!r}: retry_policy must be a RetryPolicy or None, got {unit.retry_policy!r}"
         )
-    metadata = unit.metadata
-    if type(metadata) is not dict and not isinstance(metadata, Mapping):
+    metadata = unit._metadata  # None: none given (the property would make a dict)
+    if metadata is not None and type(metadata) is not dict and not isinstance(metadata, Mapping):
         raise TypeError(f"unit {name!r}: metadata must be a dict, got {metadata!r}")
     if metadata and "estimated_duration" in metadata:
         _check_number(name, "estimated_duration", metadata["estimated_duration"])
@@ -477,7 +649,7 @@ def _check_map(unit: QuantumUnit[Any, Any]) -> None:
         raise ValueError(f"map {name!r}: max_items must be >= 0, got {bound}")
     if unit.cancel_rest:
         raise ValueError(f"map {name!r}: cancel_rest is not supported on a map")
-    estimate = unit.metadata.get("estimated_items", 1) if unit.metadata else 1
+    estimate = unit._metadata.get("estimated_items", 1) if unit._metadata else 1
     if isinstance(estimate, bool) or not isinstance(estimate, int):
         raise TypeError(
             f"map {name!r}: metadata['estimated_items'] must be an int, got {estimate!r}"
@@ -647,11 +819,12 @@ class Graph:
         maps: dict[int, int] = {}
         for i, unit in enumerate(units):
             wanted = unit._dependencies  # the slot: no list made for a unit without any
-            if unit.over is not None:  # a map also depends on what it maps over
-                if unit.over not in index:
-                    raise UnknownDependencyError(unit.id, unit.over)
-                maps[i] = index[unit.over]
-                wanted = [unit.over, *wanted]
+            over = unit._options.over  # the record: no property call per unit
+            if over is not None:  # a map also depends on what it maps over
+                if over not in index:
+                    raise UnknownDependencyError(unit.id, over)
+                maps[i] = index[over]
+                wanted = [over, *wanted]
             if not wanted:
                 append(no_deps)
                 continue
@@ -740,13 +913,10 @@ class Graph:
         other than the default.
         """
         if self._decisions is None:
-            conditions = {
-                i: u.condition for i, u in enumerate(self.units) if u.condition is not None
-            }
+            own = customised(self.units)
+            conditions = {i: o.condition for i, o in own if o.condition is not None}
             rules = {
-                i: u.run_if
-                for i, u in enumerate(self.units)
-                if u.run_if is not None and u.run_if is not ALL_SUCCESS
+                i: o.run_if for i, o in own if o.run_if is not None and o.run_if is not ALL_SUCCESS
             }
             self._decisions = (conditions, rules)
         return self._decisions
@@ -804,8 +974,11 @@ class Graph:
         if self._priority_order is None:
             n = len(self.names)
             order = sorted(range(n), key=self.rank.__getitem__, reverse=True)
-            priorities = [unit.priority for unit in self.units]
-            if any(priorities):
+            own = [(i, o.priority) for i, o in customised(self.units) if o.priority]
+            if own:
+                priorities = [0] * n
+                for i, priority in own:
+                    priorities[i] = priority
                 order.sort(key=priorities.__getitem__, reverse=True)
             by_position = array("l", order)
             del order
@@ -878,7 +1051,7 @@ def compile_graph(units: Iterable[QuantumUnit[Any, Any]]) -> Graph:
 def _view_keys(
     units: list[QuantumUnit[Any, Any]], names: list[str], deps: list[list[int]]
 ) -> list[tuple[str, ...]] | None:
-    if all(unit.view_keys is None for unit in units):
+    if all(o.view_keys is None for _, o in customised(units)):
         return None
     keys: list[tuple[str, ...]] = []
     for unit, row in zip(units, deps, strict=True):
@@ -891,7 +1064,8 @@ def _view_keys(
 
 
 def _estimate(unit: QuantumUnit[Any, Any]) -> float | None:
-    estimate = unit.metadata.get("estimated_duration") if unit.metadata else None
+    metadata = unit._metadata  # not the property, which would make a dict for every unit
+    estimate = metadata.get("estimated_duration") if metadata else None
     return None if estimate is None else float(estimate)
 
 

@@ -39,6 +39,8 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from ._graph import customised
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
@@ -578,9 +580,9 @@ def compile_limits(graph: Graph, named: Mapping[str, Limit]) -> LimitPlan | None
         return None
     return LimitPlan.compile(
         {
-            i: {named[name]: slots for name, slots in unit.limits.items() if name in named}
-            for i, unit in enumerate(graph.units)
-            if unit.limits
+            i: {named[name]: slots for name, slots in options.limits.items() if name in named}
+            for i, options in customised(graph.units)
+            if options.limits
         }
     )
 

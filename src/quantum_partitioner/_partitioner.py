@@ -12,7 +12,7 @@ import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeAlias, TypeVar, overload
 
 from ._errors import DuplicateUnitError, TaskError
 from ._events import Instrument, UnitFailed, UnitFinished, UnitRetrying, UnitSkipped, UnitStarted
@@ -28,6 +28,8 @@ from ._graph import (
     _gc_paused,
     _RunView,
     compile_graph,
+    default_options,
+    make_plain_unit,
     make_unit,
     validate_unit,
 )
@@ -112,7 +114,7 @@ def _unit_of_spec(
 ) -> QuantumUnit[Any, Any]:
     """An ``add_units`` entry but ``(fn, dependencies)``: ``fn`` or ``(fn, deps, options)``."""
     if type(spec) is not tuple and callable(spec):
-        return make_unit(name, spec)
+        return make_plain_unit(name, spec)
     if not (isinstance(spec, tuple) and len(spec) in {2, 3}):
         raise TypeError(
             f"unit {name!r}: expected fn, (fn, dependencies) or (fn, dependencies, options), "
@@ -404,23 +406,34 @@ class QuantumPartitioner(Generic[T, R]):
         unit_id = named or self._name_for(fn, name, use_function_name=False)
         if unit_id in self.units and not replace:
             raise DuplicateUnitError(unit_id)
-        rule = ALL_SUCCESS if run_if == "all_success" else _join_rule_of(unit_id, run_if)
-        unit: QuantumUnit[T, R] = make_unit(
-            unit_id,
-            fn,
-            dependencies,
-            timeout,
-            retries,
-            priority,
-            metadata,
-            retry_policy,
-            when,
-            rule,
-            cancel_rest,
-            None if limits is None else normalize_unit_limits(unit_id, limits),
-            over_maps=rule.name == "at_least" and self._depends_on_a_map(dependencies),
-        )
-        self._admit(unit)
+        unit: QuantumUnit[T, R]
+        if (
+            metadata is None
+            and limits is None
+            and run_if == "all_success"
+            and default_options(timeout, retries, priority, retry_policy, when, cancel_rest)
+        ):
+            # Every option at its default (most units): nothing but the unit to check.
+            unit = make_plain_unit(unit_id, fn, dependencies)
+        else:
+            rule = ALL_SUCCESS if run_if == "all_success" else _join_rule_of(unit_id, run_if)
+            unit = make_unit(
+                unit_id,
+                fn,
+                dependencies,
+                timeout,
+                retries,
+                priority,
+                metadata,
+                retry_policy,
+                when,
+                rule,
+                cancel_rest,
+                None if limits is None else normalize_unit_limits(unit_id, limits),
+                over_maps=rule.name == "at_least" and self._depends_on_a_map(dependencies),
+            )
+        if self._admits:
+            self._admit(unit)
         self.units[unit_id] = unit
         self._graph = None
         self._plan = None
@@ -651,18 +664,18 @@ class QuantumPartitioner(Generic[T, R]):
                 "add_units() takes a dict of name -> fn, (fn, dependencies) or "
                 f"(fn, dependencies, options), got a {type(units).__name__}"
             )
-        new: dict[str, QuantumUnit[T, R]] = {}
+        make, depends_on_a_map = make_plain_unit, self._depends_on_a_map
         with _gc_paused():  # many objects made and none freed: see _graph._gc_paused
-            for name, spec in units.items():
-                # The common shape first, with every option at its default.
-                if type(spec) is tuple and len(spec) == 2:
-                    fn, deps = spec
-                    new[name] = make_unit(name, fn, deps)
-                else:
-                    new[name] = _unit_of_spec(name, spec, self._depends_on_a_map)
-            if not replace and not new.keys().isdisjoint(self.units):
+            # The common shape, (fn, dependencies) with every option at its default, first.
+            new: dict[str, QuantumUnit[T, R]] = {
+                name: make(name, *spec)
+                if type(spec) is tuple and len(spec) == 2
+                else _unit_of_spec(name, spec, depends_on_a_map)
+                for name, spec in units.items()
+            }
+            if self.units and not replace and not new.keys().isdisjoint(self.units):
                 raise DuplicateUnitError(next(name for name in new if name in self.units))
-            if type(self)._admit is not QuantumPartitioner._admit:
+            if self._admits:
                 for unit in new.values():
                     self._admit(unit)
             self.units.update(new)
@@ -794,7 +807,7 @@ class QuantumPartitioner(Generic[T, R]):
         """Refuse units naming unknown limits or more slots than a limit has, before a run."""
         known = self._limits
         for unit in self.units.values():
-            wanted = unit.limits
+            wanted = unit._options.limits  # the record: no property call per unit
             if not wanted:
                 continue
             for name, slots in wanted.items():
@@ -817,6 +830,14 @@ class QuantumPartitioner(Generic[T, R]):
 
     def _admit(self, unit: QuantumUnit[T, R]) -> None:
         """Check a valid unit before it joins; a subclass hook (raising adds nothing)."""
+
+    #: Whether this class overrides :meth:`_admit`: adding a unit skips the call otherwise.
+    _admits: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Note whether the subclass overrides :meth:`_admit` (see :attr:`_admits`)."""
+        super().__init_subclass__(**kwargs)
+        cls._admits = cls._admit is not QuantumPartitioner._admit
 
     def _name_for(
         self, fn: Callable[..., Any], name: str | None, *, use_function_name: bool

@@ -34,6 +34,7 @@ import time
 from typing import IO, TYPE_CHECKING, Any
 
 from ._events import Instrument
+from ._graph import metadata_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -133,7 +134,7 @@ class WorkLeft:
             self._add(name, unit)
 
     def _add(self, name: str, unit: QuantumUnit[Any, Any] | None) -> None:
-        estimate = unit.metadata.get("estimated_duration") if unit and unit.metadata else None
+        estimate = metadata_of(unit).get("estimated_duration") if unit else None
         if estimate is not None:
             self._unit[name] = float(estimate)
             self._estimated_left += float(estimate)

@@ -62,7 +62,7 @@ from ._errors import (
     UnitSkippedError,
     UnitTimeoutError,
 )
-from ._graph import Graph, UnitState
+from ._graph import Graph, UnitState, customised
 from ._joins import ALL_SUCCESS, Verdict, judge
 from ._limits import LimitGate, LimitPlan
 from ._policies import DEFAULT_RETRY_POLICY, RetryPolicy
@@ -148,13 +148,19 @@ class Scheduler:
         self.fail_fast = fail_fast
         self.default_policy = DEFAULT_RETRY_POLICY if retry_policy is None else retry_policy
         self.names = graph.names
-        self.timeouts: list[float | None] = [unit.timeout for unit in units]
-        self.has_timeouts = any(t is not None for t in self.timeouts)
-        self.retries: list[int] = [unit.retries for unit in units]
+        # Most units have default options: fill in the few that have their own.
+        self.timeouts: list[float | None] = [None] * n
+        self.retries: list[int] = [0] * n
+        self.has_timeouts = False
+        for i, options in customised(units):
+            if options.timeout is not None:
+                self.timeouts[i] = options.timeout
+                self.has_timeouts = True
+            self.retries[i] = options.retries
         self.fallbacks: dict[int, Any] = {
-            i: unit.metadata[_FALLBACK_KEY]
+            i: unit._metadata[_FALLBACK_KEY]
             for i, unit in enumerate(units)
-            if unit.metadata and _FALLBACK_KEY in unit.metadata
+            if unit._metadata and _FALLBACK_KEY in unit._metadata
         }
 
         self.state: list[UnitState] = [_PENDING] * n

@@ -151,7 +151,7 @@ def _decide(
         if over in maps:  # item-wise: one item per item of that map
             count = len(sched.items_of[over])
         else:
-            count = (units[i].metadata or {}).get("estimated_items", 1)
+            count = (units[i]._metadata or {}).get("estimated_items", 1)
         start[i] = now
         sched.expand(i, count, now)
         weight.extend([weight[i]] * count)  # each item weighs what its map weighs

@@ -16,7 +16,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ._events import LOGGER
-from ._graph import ExecutionMode
+from ._graph import ExecutionMode, metadata_of
 from .backends import AsyncLane, Lane, LaneBackend, ProcessLane, ThreadLane
 from .backends._pool import default_thread_workers
 
@@ -46,7 +46,7 @@ def select_optimal_workers(units: Mapping[str, QuantumUnit[Any, Any]], plan: Exe
     """
     cores = os.cpu_count() or 4
     widest = max(1, plan.max_parallel_units)
-    cpu_bound = sum(1 for u in units.values() if u.metadata.get("resource_type") == "cpu")
+    cpu_bound = sum(1 for u in units.values() if metadata_of(u).get("resource_type") == "cpu")
     io_bound = len(units) - cpu_bound
     if cpu_bound > io_bound:
         return min(widest, cores)
@@ -60,7 +60,7 @@ def select_execution_strategy(units: Mapping[str, QuantumUnit[Any, Any]]) -> Exe
     """
     counts = dict.fromkeys(RESOURCE_TYPES, 0)
     for unit in units.values():
-        kind = unit.metadata.get("resource_type")
+        kind = metadata_of(unit).get("resource_type")
         if kind is None:
             kind = "async" if inspect.iscoroutinefunction(unit.function) else "cpu"
         if kind in counts:
@@ -73,7 +73,7 @@ def select_execution_strategy(units: Mapping[str, QuantumUnit[Any, Any]]) -> Exe
 
 
 def _resource_type(unit: QuantumUnit[Any, Any]) -> str:
-    kind = unit.metadata.get("resource_type")
+    kind = metadata_of(unit).get("resource_type")
     if kind is None:
         return "async" if inspect.iscoroutinefunction(unit.function) else "io"
     if kind not in RESOURCE_TYPES:

@@ -75,7 +75,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from .._context import PAUSES_KEY, ExecutionContext, call_unit_function
 from .._errors import BrokenBackendError, InternalError
 from .._events import UnitFinished
-from .._graph import UnitState, materialise
+from .._graph import UnitState, materialise, metadata_of
 from ._base import Backend, CarriedBaseException, carried_failure, check_sendable, root_cause
 
 if TYPE_CHECKING:
@@ -550,7 +550,7 @@ class _DaskRun:
             rank = n - position_of[i]  # higher runs sooner, as Dask reads priorities
             priority = unit.priority + rank / (n + 1) if integral else rank
             options: dict[str, Any] = {"priority": priority, "pure": False, "retries": 0}
-            kind = unit.metadata.get("resource_type") if unit.metadata else None
+            kind = metadata_of(unit).get("resource_type")
             if isinstance(kind, str) and kind in declared:
                 options["resources"] = {kind: 1}
             self.options.append(options)
@@ -573,7 +573,7 @@ class _DaskRun:
         return future
 
     def _declared_resources(self) -> frozenset[str]:
-        if not any(unit.metadata.get("resource_type") for unit in self.run.graph.units):
+        if not any(metadata_of(unit).get("resource_type") for unit in self.run.graph.units):
             return frozenset()  # spare the round trip
         workers = self.client.scheduler_info().get("workers", {})
         return frozenset(

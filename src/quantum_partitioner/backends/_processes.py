@@ -417,7 +417,8 @@ class ProcessLane(Lane):
         """
         if i < 0 or not self._send_ahead or self._typical_seconds >= _SHORT_ATTEMPT:
             return False
-        return self._run.scheduler.timeouts[i] is None and not self._run.graph.units[i].limits
+        run = self._run
+        return run.scheduler.timeouts[i] is None and not run.graph.units[i]._options.limits
 
     def submit(self, i: int, attempt: int) -> None:
         """Send the attempt to an idle worker, or behind a busy one's; fail it if unpicklable."""
