@@ -848,6 +848,9 @@ def test_importing_the_package_does_not_import_dask():
 
 def test_a_killed_worker_is_replaced_and_its_unit_rescheduled_by_dask(client, tmp_path):
     """A unit whose worker dies mid-run is rescheduled by Dask and completes; nothing hangs."""
+    # Both workers up first: the run's context is scattered to every worker there is, and
+    # with one (another test's restarted worker still joining) it would die with it.
+    client.wait_for_workers(2, timeout=30)
     p = QuantumPartitioner()
     p.add_unit(units.dies_once, name="fragile")
     p.add_unit(lambda ctx: ctx["fragile"] + "!", ["fragile"], name="after")
@@ -863,6 +866,7 @@ def test_a_killed_worker_is_replaced_and_its_unit_rescheduled_by_dask(client, tm
 
 def test_a_unit_that_kills_every_worker_fails_with_the_reason(client):
     """A unit that kills each worker running it is FAILED with Dask's KilledWorker reason."""
+    client.wait_for_workers(2, timeout=30)  # see the test above
     p = QuantumPartitioner()
     p.add_unit(units.always_dies, name="killer")
     p.add_unit(lambda ctx: 0, ["killer"], name="after")
