@@ -50,7 +50,7 @@ from ._fingerprint import (
     digest,
     fingerprint,
 )
-from ._graph import ExecutionMode, ExecutionModeArg, QuantumUnit, R, T, UnitState
+from ._graph import ExecutionMode, ExecutionModeArg, QuantumUnit, R, T, UnitState, metadata_of
 from ._partitioner import QuantumPartitioner
 from ._stores import CacheEntry, CacheStore, MemoryStore, SQLiteStore
 
@@ -241,7 +241,7 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
                 be fingerprinted (the message names the unit and the value), or its cache
                 metadata has the wrong type. The unit is not added.
         """
-        metadata = unit.metadata
+        metadata = metadata_of(unit)  # a unit without metadata gets no empty dict here
         if not metadata.get("cacheable"):
             self._fingerprints.pop(unit.id, None)  # it may replace a cacheable unit
             return
@@ -294,7 +294,7 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
     def _cache_for(self, run: Run) -> _RunCache | None:
         """A run's cache, or None when no unit is cacheable (then runs pay nothing)."""
         units = run.graph.units
-        if not any(unit.metadata.get("cacheable") for unit in units):
+        if not any(metadata_of(unit).get("cacheable") for unit in units):
             return None
         graph = self._compiled()  # the declared graph (a run with maps grows a copy of it)
         known = self._graph_keys
@@ -476,7 +476,7 @@ class _RunCache:
         reused = True  # every fixed part is the last run's (so are the expected keys)
         whole: bytes | None = None
         for i, unit in enumerate(graph.units):
-            metadata = unit.metadata
+            metadata = metadata_of(unit)
             if not metadata.get("cacheable"):
                 if statics[i] is not None:  # cacheable last run
                     statics[i] = None

@@ -558,8 +558,8 @@ def make_unit(  # noqa: PLR0917 - add_unit's arguments, passed on in its order
         # Every option at its default (most units): the shared record, no more checks.
         if limits is not None:
             unit._options = _ADDED_DEFAULTS._replace(limits=limits)
-        if metadata is not None:
-            _check_fields(unit, over_maps=over_maps)
+        if metadata is not None:  # the only field left to check (the options are defaults)
+            check_metadata(unit_id, metadata)
     else:
         unit._options = UnitOptions(
             timeout, retries, priority, retry_policy, condition, run_if, cancel_rest, limits
@@ -614,13 +614,24 @@ def _check_fields(unit: QuantumUnit[Any, Any], *, over_maps: bool = False) -> No
             f"unit {name!r}: retry_policy must be a RetryPolicy or None, got {unit.retry_policy!r}"
         )
     metadata = unit._metadata  # None: none given (the property would make a dict)
-    if metadata is not None and type(metadata) is not dict and not isinstance(metadata, Mapping):
-        raise TypeError(f"unit {name!r}: metadata must be a dict, got {metadata!r}")
-    if metadata and "estimated_duration" in metadata:
-        _check_number(name, "estimated_duration", metadata["estimated_duration"])
+    if metadata is not None:
+        check_metadata(name, metadata)
     decided = unit.condition is not None or unit.run_if is not ALL_SUCCESS
     if decided or unit.cancel_rest is not False:
         _check_decisions(unit, over_maps=over_maps)
+
+
+def check_metadata(name: str, metadata: object) -> None:
+    """Check a unit's metadata: a mapping, its ``estimated_duration`` a number.
+
+    Raises:
+        TypeError: It is not a mapping, or ``estimated_duration`` is not a number.
+        ValueError: ``estimated_duration`` is negative or not finite.
+    """
+    if type(metadata) is not dict and not isinstance(metadata, Mapping):
+        raise TypeError(f"unit {name!r}: metadata must be a dict, got {metadata!r}")
+    if metadata and "estimated_duration" in metadata:
+        _check_number(name, "estimated_duration", metadata["estimated_duration"])
 
 
 def _check_view_keys(unit: QuantumUnit[Any, Any]) -> None:

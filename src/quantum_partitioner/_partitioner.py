@@ -27,6 +27,7 @@ from ._graph import (
     UnitState,
     _gc_paused,
     _RunView,
+    check_metadata,
     compile_graph,
     default_options,
     make_plain_unit,
@@ -408,13 +409,16 @@ class QuantumPartitioner(Generic[T, R]):
             raise DuplicateUnitError(unit_id)
         unit: QuantumUnit[T, R]
         if (
-            metadata is None
-            and limits is None
+            limits is None
             and run_if == "all_success"
             and default_options(timeout, retries, priority, retry_policy, when, cancel_rest)
         ):
-            # Every option at its default (most units): nothing but the unit to check.
+            # Every option at its default (most units): nothing but the unit, and its
+            # metadata if it has some, to check.
             unit = make_plain_unit(unit_id, fn, dependencies)
+            if metadata is not None:
+                check_metadata(unit_id, metadata)
+                unit._metadata = metadata
         else:
             rule = ALL_SUCCESS if run_if == "all_success" else _join_rule_of(unit_id, run_if)
             unit = make_unit(
