@@ -157,6 +157,7 @@ class Scheduler:
                 self.timeouts[i] = options.timeout
                 self.has_timeouts = True
             self.retries[i] = options.retries
+        # The metadata slot read directly (metadata_of inlined): once per unit per run.
         self.fallbacks: dict[int, Any] = {
             i: unit._metadata[_FALLBACK_KEY]
             for i, unit in enumerate(units)

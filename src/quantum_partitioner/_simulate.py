@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._errors import InternalError
+from ._graph import metadata_of
 from ._limits import Limit, LimitPlan, compile_limits
 from ._scheduler import Scheduler
 
@@ -151,7 +152,7 @@ def _decide(
         if over in maps:  # item-wise: one item per item of that map
             count = len(sched.items_of[over])
         else:
-            count = (units[i]._metadata or {}).get("estimated_items", 1)
+            count = metadata_of(units[i]).get("estimated_items", 1)
         start[i] = now
         sched.expand(i, count, now)
         weight.extend([weight[i]] * count)  # each item weighs what its map weighs
