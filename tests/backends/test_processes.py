@@ -508,6 +508,50 @@ def test_attempts_waiting_in_a_worker_that_dies_run_on_its_replacement(tmp_path)
         lane.close(cancel=True)
 
 
+@pytest.fixture
+def descriptors_past_1024():
+    """Take every descriptor number up to 1040, so that new pipes get numbers above 1024."""
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1100
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"the hard limit on open files is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    held = []
+    try:
+        while not held or held[-1] < 1040:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_worker_holding_attempts_reads_its_pipe_whatever_its_number(
+    tmp_path, descriptors_past_1024
+):
+    """A caller with over 1024 open files: a worker with attempts sent ahead still runs them.
+
+    (``select()`` refuses descriptor numbers past 1024; the worker's pipe has the caller's.)
+    """
+    gate = str(tmp_path / "gate")
+    graph = Graph(
+        [QuantumUnit("busy", lambda ctx: _wait_for_file(gate)), QuantumUnit("next", lambda ctx: 2)]
+    )
+    _run, lane, outcomes = _lane_sending_ahead(graph)
+    try:
+        assert lane._workers[0].inbox > 1024
+        lane.submit(0, 1)
+        lane.submit(1, 1)
+        assert len(lane._workers[0].jobs) == 2  # "next" waits in the worker
+        Path(gate).touch()
+        assert _next_outcome(lane, outcomes)[:3] == (0, 1, True)
+        assert _next_outcome(lane, outcomes) == (1, 1, True, 2, None)
+    finally:
+        lane.close(cancel=True)
+
+
 def test_a_unit_with_a_timeout_or_a_limit_is_never_sent_ahead(tmp_path):
     """Their timeout and slots count from the real start: they wait for an idle worker."""
     gate = str(tmp_path / "gate")
