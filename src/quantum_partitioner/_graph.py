@@ -789,6 +789,7 @@ class Graph:
         "_coroutine_flags",
         "_decisions",
         "_dependents",
+        "_flag_functions",
         "_priority_order",
         "_rank",
         "_view_keys",
@@ -875,6 +876,8 @@ class Graph:
             None
         )
         self._coroutine_flags: list[bool] | None = None
+        #: The functions ``_coroutine_flags`` was found for.
+        self._flag_functions: list[Callable[..., Any]] = []
         self._view_keys: list[tuple[str, ...]] | Literal[False] | None = False
 
     def for_run(self) -> Graph:
@@ -897,24 +900,38 @@ class Graph:
         copy._dependents = list(self.dependents)
         return copy
 
-    def coroutine_flags(self) -> list[bool]:
+    def coroutine_flags(self, functions: list[Callable[..., Any]] | None = None) -> list[bool]:
         """Whether each unit's function is a coroutine function, found on first use.
 
         Asked once per distinct function (many units share one), not per unit per run:
         ``inspect.iscoroutinefunction`` is a good part of a no-op unit's cost. Never mutated:
         a run that adds units (maps) copies it.
+
+        Args:
+            functions: The units' functions as a run read them. When one is not the function
+                the flags were found for (``unit.function`` replaced between runs), they are
+                found again: comparing the lists costs a run about a nanosecond per unit.
         """
         flags = self._coroutine_flags
+        if flags is not None and functions is not None:
+            try:
+                same = functions == self._flag_functions  # identical items never call __eq__
+            except Exception:  # a callable whose __eq__ cannot answer: ask again
+                same = False
+            if not same:
+                flags = None
         if flags is None:
+            if functions is None:
+                functions = [unit.function for unit in self.units]
             known: dict[int, bool] = {}
             flags = []
-            for unit in self.units:
-                function = unit.function
+            for function in functions:
                 flag = known.get(id(function))
                 if flag is None:
                     flag = known[id(function)] = inspect.iscoroutinefunction(function)
                 flags.append(flag)
             self._coroutine_flags = flags
+            self._flag_functions = list(functions)  # a run's own list grows with its maps
         return flags
 
     def decisions(self) -> tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]]:
