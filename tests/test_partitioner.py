@@ -30,6 +30,7 @@ from quantum_partitioner import (
     UnitSkipped,
     UnitStarted,
     UnitState,
+    UnknownDependencyError,
 )
 
 SEQ = ExecutionMode.SEQUENTIAL
@@ -246,6 +247,48 @@ def test_execute_uses_the_current_units_after_a_change():
     p.add_unit(lambda ctx: ctx["a"] + 1, ["a"], name="b")
 
     assert p.execute({}, SEQ) == {"a": 1, "b": 2}
+
+
+def test_a_unit_changed_after_a_run_or_a_plan_orders_the_next_ones():
+    """priority, metadata and dependencies assigned after a run: the next plan and run see them."""
+    order: list[str] = []
+    p = QuantumPartitioner()
+    for name in "xyz":
+        p.add_unit(lambda ctx, name=name: order.append(name), name=name)
+    p.execute({}, SEQ)
+    assert order == ["x", "y", "z"]
+    assert p.build_execution_plan().critical_path == ["x"]
+
+    p.units["z"].priority = 1
+    order.clear()
+    p.execute({}, SEQ)
+    assert order == ["z", "x", "y"]
+
+    p.units["x"].metadata = {"estimated_duration": 1.0}
+    p.units["y"].metadata = {"estimated_duration": 5.0}
+    assert p.build_execution_plan().critical_path == ["y"]
+    p.units["z"].dependencies = ["x"]
+    assert p.build_execution_plan().levels == [["x", "y"], ["z"]]
+    p.units["z"].dependencies = ["nowhere"]
+    for _ in range(2):  # not once, then the graph compiled before the change
+        with pytest.raises(UnknownDependencyError, match="nowhere"):
+            p.execute({}, SEQ)
+
+
+def test_setting_an_option_on_one_unit_leaves_every_other_as_it_was():
+    """Units share their default options record: writing one gives that unit its own."""
+    p = QuantumPartitioner()
+    a = p.add_unit(lambda ctx: 1, name="a")
+    b = p.add_unit(lambda ctx: 2, name="b")
+    plain = QuantumUnit("plain", len)
+    limited = p.add_unit(lambda ctx: 3, name="limited", limits={"db": 1})
+    a.timeout, a.retries, a.priority, a.limits = 1.0, 2, 3, {"api": 1}
+    limited.limits["db"] = 2
+
+    assert (b.timeout, b.retries, b.priority, b.limits) == (None, 0, 0, None)
+    assert (plain.timeout, plain.retries, plain.priority, plain.limits) == (None, 0, 0, None)
+    assert (a.timeout, a.retries, a.priority, a.limits) == (1.0, 2, 3, {"api": 1})
+    assert p.add_unit(lambda ctx: 4, name="later", limits={"db": 1}).limits == {"db": 1}
 
 
 # -- execute() argument validation -----------------------------------------------------------

@@ -98,12 +98,26 @@ ExecutionModeArg: TypeAlias = (
 
 
 class _RunView:
-    """What a unit reads of the run that last executed it (set by the partitioner)."""
+    """What a unit reads of the run that last executed it, and tells its partitioner.
 
-    __slots__ = ("record",)
+    Each unit of a compiled graph holds its partitioner's view (set by the partitioner).
+    ``changed``: an option, the dependencies or the metadata of one of them was assigned
+    since; the partitioner then compiles its graph again before the next run or plan, which
+    reads them (priority order, join rules, conditions, edges, weights).
+    """
+
+    __slots__ = ("changed", "record")
 
     def __init__(self) -> None:
         self.record: Any = None
+        self.changed = False
+
+
+def _changed(unit: QuantumUnit[Any, Any]) -> None:
+    """Tell the partitioner whose graph ``unit`` was compiled into that it changed."""
+    view = unit._view
+    if view is not None:
+        view.changed = True
 
 
 # What a unit without dependencies holds in place of its list (see QuantumUnit.dependencies).
@@ -157,6 +171,7 @@ def _option(name: str) -> Any:
     def write(unit: QuantumUnit[Any, Any], value: object) -> None:
         change: dict[str, Any] = {name: value}
         unit._options = unit._options._replace(**change)
+        _changed(unit)
 
     return property(attrgetter(f"_options.{name}"), write)
 
@@ -309,6 +324,7 @@ class QuantumUnit(Generic[T, R]):
     @dependencies.setter
     def dependencies(self, value: list[str]) -> None:
         self._dependencies = value
+        _changed(self)
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -323,6 +339,7 @@ class QuantumUnit(Generic[T, R]):
     @metadata.setter
     def metadata(self, value: dict[str, Any]) -> None:
         self._metadata = value
+        _changed(self)
 
     # The options (see UnitOptions): each reads the unit's record and writes a new one.
     timeout: _Option[float | None] = _option("timeout")

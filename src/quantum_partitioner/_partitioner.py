@@ -878,10 +878,12 @@ class QuantumPartitioner(Generic[T, R]):
 
     def _compiled(self) -> Graph:
         graph = self._graph
-        if graph is None:
+        view = self._view
+        if graph is None or view.changed:  # changed: a unit's option assigned since
+            self._graph = self._plan = None  # a graph that does not compile stays unknown
             graph = compile_graph(self.units.values())
+            view.changed = False
             # Bind each unit to the run record it will read its state from.
-            view = self._view
             view.record = None
             # zip with the index's values shares its int objects instead of making new ones.
             for unit, i in zip(graph.units, graph.index.values(), strict=True):
@@ -897,7 +899,7 @@ class QuantumPartitioner(Generic[T, R]):
             UnknownDependencyError: A unit depends on a name that is no unit.
             CircularDependencyError: The dependencies form a cycle (``.cycle`` has its path).
         """
-        if self._plan is None or self._graph is None:
+        if self._plan is None or self._graph is None or self._view.changed:
             self._plan = ExecutionPlan(
                 self._compiled(), self.units, self._limits, is_subgraph=_is_subgraph
             )
