@@ -1400,6 +1400,27 @@ def test_a_commit_of_many_rows_stores_each_one_whole(tmp_path):
         assert [store.get(b"%032d" % i) for i in range(250)] == [b"x" * i for i in range(250)]
 
 
+def test_a_unit_name_sqlite_cannot_store_costs_only_that_unit_its_entry(tmp_path, caplog):
+    """A name with a lone surrogate (``os.fsdecode`` of a bad file name) cannot be written as
+    UTF-8: that unit runs uncached, the others of its batch are committed."""
+    path = tmp_path / "c.sqlite"
+    bad = "file-\udcff"
+
+    def build():
+        p = CachingQuantumPartitioner(cache_path=path)
+        for name in ("a", bad, "b"):
+            p.add_unit(lambda ctx, name=name: name, name=name, metadata={"cacheable": True})
+        return p
+
+    with build() as p:
+        assert p.execute({}, SEQUENTIAL)[bad] == bad
+        assert p.cache_stats().errors == 1
+    assert repr(bad) in caplog.text
+    with build() as p:
+        p.execute({}, SEQUENTIAL)
+        assert (p.cache_hits, p.cache_misses) == (2, 1)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_writes_through_its_own_connection(tmp_path):
     """A child forked from a process using the store writes its own results (its own

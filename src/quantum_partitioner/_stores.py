@@ -801,10 +801,17 @@ class SQLiteStore(CacheStore):
 
         A commit that fails later is logged and counted in ``write_errors``; the entries of
         that batch are recomputed by the next run that needs them.
+
+        Raises:
+            UnicodeEncodeError: ``unit`` cannot be written as UTF-8 (a lone surrogate).
         """
         limit = self.size_limit
         if limit is not None and len(payload) > limit:
             return  # it would evict everything and still not fit
+        if not unit.isascii():
+            # Refused here, not when its batch commits: SQLite stores names as UTF-8, and
+            # one it cannot (a lone surrogate, from os.fsdecode) would fail the whole batch.
+            unit.encode("utf-8")
         if self._pid != _this_process:
             with self._lock:
                 self._connection()  # a forked child: its own connection and queue first
