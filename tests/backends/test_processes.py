@@ -552,6 +552,35 @@ def test_a_worker_holding_attempts_reads_its_pipe_whatever_its_number(
         lane.close(cancel=True)
 
 
+def test_an_attempt_too_large_to_wait_in_a_pipe_waits_for_an_idle_worker(tmp_path):
+    """A busy worker reads its pipe only between attempts: writing it more than the pipe
+    holds would block the driver (its timeouts, outcomes, cancel) until the attempt ahead
+    ends. Such an attempt waits in the driver for an idle worker instead."""
+    gate = str(tmp_path / "gate")
+    payload = bytes(1 << 20)  # sent with the function: cloudpickle sends closures by value
+    graph = Graph(
+        [
+            QuantumUnit("busy", lambda ctx: _wait_for_file(gate)),
+            QuantumUnit("large", lambda ctx: len(payload)),
+        ]
+    )
+    _run, lane, outcomes = _lane_sending_ahead(graph)
+    sent = threading.Event()
+    try:
+        lane.submit(0, 1)
+        assert lane.has_room()
+        threading.Thread(target=lambda: (lane.submit(1, 1), sent.set()), daemon=True).start()
+        assert sent.wait(10), "submit() waited for the worker to finish the attempt ahead"
+        assert list(lane._workers[0].jobs) == [(0, 1)]
+        assert not lane.has_room()  # nothing else goes ahead of it
+        Path(gate).touch()
+        assert _next_outcome(lane, outcomes)[:3] == (0, 1, True)
+        assert _next_outcome(lane, outcomes) == (1, 1, True, 1 << 20, None)
+    finally:
+        Path(gate).touch()
+        lane.close(cancel=True)
+
+
 def test_a_unit_with_a_timeout_or_a_limit_is_never_sent_ahead(tmp_path):
     """Their timeout and slots count from the real start: they wait for an idle worker."""
     gate = str(tmp_path / "gate")
