@@ -31,8 +31,8 @@ cancels what has not started: an attempt waiting in a worker would start after t
 failure). Only small ones too (``_SENT_AHEAD_BYTES``, its inputs and function): a busy
 worker does not read its pipe, and a write the pipe cannot hold would stop the driver (its
 timeouts, outcomes, cancellation) until the attempt ahead ends; a larger one waits in the
-driver for an idle worker, before any other. The worker stamps each one's real start, which becomes the attempt's recorded
-start. One that is abandoned (cancelled, the run
+driver for an idle worker, before any other. The worker stamps each one's real start,
+which becomes the attempt's recorded start. One that is abandoned (cancelled, the run
 stopping) before its turn is recalled: the worker reads what has arrived before it starts
 each queued attempt, so it drops a recalled one, which never starts. (Should it have started
 before the recall was sent, because the attempt ahead of it had just ended, it runs to its
