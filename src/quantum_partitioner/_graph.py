@@ -354,6 +354,16 @@ class QuantumUnit(Generic[T, R]):
     max_items: _Option[int | None] = _option("max_items")
     view_keys: _Option[dict[str, str] | None] = _option("view_keys")
 
+    def __getstate__(self) -> tuple[None, dict[str, Any]]:
+        """What ``copy`` and ``pickle`` keep: the unit's fields, not the run it was part of.
+
+        A copy is a new unit of no partitioner, PENDING until a run of one it is added to:
+        the run record it would otherwise share holds locks and every unit's results.
+        """
+        fields = {slot: getattr(self, slot) for slot in QuantumUnit.__slots__}
+        fields["_view"], fields["_index"] = None, -1
+        return None, fields
+
     def __repr__(self) -> str:
         """Show the unit's name, dependencies and state."""
         return (
