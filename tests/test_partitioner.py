@@ -275,6 +275,34 @@ def test_a_unit_changed_after_a_run_or_a_plan_orders_the_next_ones():
             p.execute({}, SEQ)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("timeout", -1, ValueError),
+        ("retries", -2, ValueError),
+        ("priority", "high", TypeError),
+        ("metadata", [1], TypeError),
+        ("dependencies", "a", TypeError),
+        ("condition", 5, TypeError),
+    ],
+)
+def test_a_bad_value_assigned_between_runs_is_refused_before_any_unit_runs(field, value, error):
+    """Checked as add_unit checks it, naming the unit, when the next run or plan starts."""
+    ran: list[str] = []
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: ran.append("a"), name="a")
+    unit = p.add_unit(lambda ctx: ran.append("b"), ["a"], name="b")
+    p.execute({}, SEQ)
+    ran.clear()
+
+    setattr(unit, field, value)
+    with pytest.raises(error, match="'b'"):
+        p.execute({}, SEQ)
+    with pytest.raises(error, match="'b'"):
+        p.build_execution_plan()
+    assert ran == []
+
+
 def test_setting_an_option_on_one_unit_leaves_every_other_as_it_was():
     """Units share their default options record: writing one gives that unit its own."""
     p = QuantumPartitioner()

@@ -480,7 +480,7 @@ def validate_unit(unit: QuantumUnit[Any, Any], *, over_maps: bool = False) -> No
         ValueError: A field has a value out of range.
     """
     _check_name(unit.id)
-    _check_dependencies(unit.id, unit.dependencies)
+    _check_dependencies(unit.id, unit._dependencies)  # the slot: no list made for a root
     _check_fields(unit, over_maps=over_maps)
     if unit.view_keys is not None:
         _check_view_keys(unit)

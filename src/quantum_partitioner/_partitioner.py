@@ -881,6 +881,10 @@ class QuantumPartitioner(Generic[T, R]):
         view = self._view
         if graph is None or view.changed:  # changed: a unit's option assigned since
             self._graph = self._plan = None  # a graph that does not compile stays unknown
+            if view.changed:  # what was assigned is checked as add_unit checks it
+                for unit in self.units.values():
+                    over_maps = self._depends_on_a_map(unit._dependencies)
+                    validate_unit(unit, over_maps=over_maps)
             graph = compile_graph(self.units.values())
             view.changed = False
             # Bind each unit to the run record it will read its state from.
