@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -1030,6 +1031,32 @@ def test_a_version_1_store_is_upgraded_keeping_its_valid_entries(tmp_path):
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM meta").fetchone() == ("2",)
     db.close()
+
+
+def test_upgrading_a_version_1_store_holds_a_few_entries_in_memory_not_all(tmp_path):
+    """A store of many large results is upgraded a few rows at a time: reading it whole
+    could not open a cache larger than the memory."""
+    path = tmp_path / "c.sqlite"
+    with SQLiteStore(path) as store:
+        for i in range(64):
+            store.put(b"%032d" % i, "u", bytes([i]) * (1 << 19))  # 32 MiB in all
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT key, payload FROM entries").fetchall()
+        old = [(hashlib.blake2b(key + data, digest_size=16).digest(), key) for key, data in rows]
+        db.executemany("UPDATE entries SET checksum = ? WHERE key = ?", old)
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
+    db.close()
+    del rows, old
+    tracemalloc.start()
+    try:
+        store = SQLiteStore(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    with store:
+        assert peak < 4 << 20  # a 512 KiB entry or two at a time; 32 MiB at once
+        assert store.get(b"%032d" % 63) == bytes([63]) * (1 << 19)
+        assert len(store) == 64
 
 
 def test_other_format_version_is_a_clear_error(tmp_path):
