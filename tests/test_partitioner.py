@@ -275,6 +275,29 @@ def test_a_unit_changed_after_a_run_or_a_plan_orders_the_next_ones():
             p.execute({}, SEQ)
 
 
+def test_a_unit_changed_during_a_run_is_seen_by_the_next_run_not_this_one():
+    """A callback assigning an option and asking for the plan mid-run: the run's graph and
+    its units' states stay; the next run uses the new value."""
+    order: list[str] = []
+    p = QuantumPartitioner()
+    for name in "xyz":
+        p.add_unit(lambda ctx, name=name: order.append(name), name=name)
+    plans = []
+
+    def change(unit_id, result):
+        if unit_id == "x":
+            p.units["z"].priority = 1
+            plans.append(p.build_execution_plan())
+
+    p.on_unit_complete = change
+    p.execute({}, SEQ)
+    assert order == ["x", "y", "z"]
+    assert all(unit.state is UnitState.COMPLETED for unit in p.units.values())
+    order.clear()
+    p.execute({}, SEQ)
+    assert order == ["z", "x", "y"]
+
+
 @pytest.mark.parametrize(
     ("field", "value", "error"),
     [

@@ -879,7 +879,9 @@ class QuantumPartitioner(Generic[T, R]):
     def _compiled(self) -> Graph:
         graph = self._graph
         view = self._view
-        if graph is None or view.changed:  # changed: a unit's option assigned since
+        # changed: a unit's option was assigned since; a run under way keeps its graph (and
+        # its units their states), the next run takes the change.
+        if graph is None or (view.changed and self._active_run is None):
             self._graph = self._plan = None  # a graph that does not compile stays unknown
             if view.changed:  # what was assigned is checked as add_unit checks it
                 for unit in self.units.values():
@@ -903,10 +905,9 @@ class QuantumPartitioner(Generic[T, R]):
             UnknownDependencyError: A unit depends on a name that is no unit.
             CircularDependencyError: The dependencies form a cycle (``.cycle`` has its path).
         """
-        if self._plan is None or self._graph is None or self._view.changed:
-            self._plan = ExecutionPlan(
-                self._compiled(), self.units, self._limits, is_subgraph=_is_subgraph
-            )
+        graph = self._compiled()
+        if self._plan is None or self._plan.graph is not graph:
+            self._plan = ExecutionPlan(graph, self.units, self._limits, is_subgraph=_is_subgraph)
         return self._plan
 
     # -- running ---------------------------------------------------------------------------
