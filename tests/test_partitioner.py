@@ -307,12 +307,15 @@ def test_a_unit_changed_during_a_run_is_seen_by_the_next_run_not_this_one():
         ("metadata", [1], TypeError),
         ("dependencies", "a", TypeError),
         ("condition", 5, TypeError),
+        ("limits", {"db": 0}, ValueError),
+        ("limits", "db", TypeError),
     ],
 )
 def test_a_bad_value_assigned_between_runs_is_refused_before_any_unit_runs(field, value, error):
     """Checked as add_unit checks it, naming the unit, when the next run or plan starts."""
     ran: list[str] = []
     p = QuantumPartitioner()
+    p.add_limit("db", concurrency=1)
     p.add_unit(lambda ctx: ran.append("a"), name="a")
     unit = p.add_unit(lambda ctx: ran.append("b"), ["a"], name="b")
     p.execute({}, SEQ)
@@ -324,6 +327,20 @@ def test_a_bad_value_assigned_between_runs_is_refused_before_any_unit_runs(field
     with pytest.raises(error, match="'b'"):
         p.build_execution_plan()
     assert ran == []
+
+
+def test_limits_assigned_as_a_list_count_as_add_unit_counts_them():
+    """``unit.limits = ["db", "db"]`` between runs takes two slots, as ``limits=`` would."""
+    p = QuantumPartitioner()
+    p.add_limit("db", concurrency=2)
+    unit = p.add_unit(lambda ctx: 1, name="a")
+    p.execute({}, SEQ)
+    unit.limits = ["db", "db"]
+    assert p.execute({}, SEQ) == {"a": 1}
+    assert unit.limits == {"db": 2}
+    unit.limits = ["db", "db", "db"]
+    with pytest.raises(ValueError, match="'a'"):
+        p.execute({}, SEQ)
 
 
 def test_setting_an_option_on_one_unit_leaves_every_other_as_it_was():

@@ -883,10 +883,8 @@ class QuantumPartitioner(Generic[T, R]):
         # its units their states), the next run takes the change.
         if graph is None or (view.changed and self._active_run is None):
             self._graph = self._plan = None  # a graph that does not compile stays unknown
-            if view.changed:  # what was assigned is checked as add_unit checks it
-                for unit in self.units.values():
-                    over_maps = self._depends_on_a_map(unit._dependencies)
-                    validate_unit(unit, over_maps=over_maps)
+            if view.changed:
+                self._check_assigned()
             graph = compile_graph(self.units.values())
             view.changed = False
             # Bind each unit to the run record it will read its state from.
@@ -897,6 +895,23 @@ class QuantumPartitioner(Generic[T, R]):
                 unit._index = i
             self._graph = graph
         return graph
+
+    def _check_assigned(self) -> None:
+        """Check the units as add_unit checks them: a field was assigned since the last compile.
+
+        Limits given as a list of names become ``{name: slots}``, as ``limits=`` does.
+
+        Raises:
+            TypeError: A field has the wrong type (the message names the unit).
+            ValueError: A field is out of range (the message names the unit).
+        """
+        for unit in self.units.values():
+            validate_unit(unit, over_maps=self._depends_on_a_map(unit._dependencies))
+            limits = unit._options.limits
+            if limits is not None:
+                slots = normalize_unit_limits(unit.id, limits)
+                if slots != limits:  # the record, not the attribute: no change to report
+                    unit._options = unit._options._replace(limits=slots)
 
     def build_execution_plan(self) -> ExecutionPlan:
         """Validate the graph and describe it: levels, critical path, picture.
