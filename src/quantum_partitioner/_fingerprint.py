@@ -212,7 +212,8 @@ class ModuleMemo:
       was encoded: the code's bytes, the variables' names and the globals part. Another
       closure then encodes only its default arguments and closure values, to the very same
       bytes as the long way (without an encoder pass when they are plain: numbers, strings,
-      bytes, None).
+      bytes, None). A caller may keep such a closure's plain values instead and take its
+      fingerprint later (:func:`closure_snapshot`); those are not kept in ``functions``.
     * ``entries``: module attributes. Many functions read the same ``helpers.scale``; each
       would encode it (and whatever it calls) again. Keyed by module, attribute path and
       ignored names; an entry is used only while the attribute is still the same object,
@@ -1286,8 +1287,9 @@ _EXACT: dict[type, Any] = {
     type: _Encoder.class_,
 }
 
-# Closure values _closure_fingerprint encodes itself: leaves, which read nothing of the
-# encoder they are handed (no function, container or back-reference can be inside).
+# Closure values a closure_snapshot keeps and snapshot_fingerprint encodes itself: leaves,
+# which read nothing of the encoder they are handed (no function, container or
+# back-reference can be inside) and which nothing can change.
 _PLAIN_CELLS: Final[dict[type, Any]] = {
     kind: _EXACT[kind] for kind in (type(None), bool, int, float, str, bytes)
 }
