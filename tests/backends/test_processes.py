@@ -436,15 +436,19 @@ def _wait_for_file(path: str, seconds: float = 30.0) -> None:
         time.sleep(0.005)
 
 
-def _lane_sending_ahead(graph: Graph) -> tuple[Run, ProcessLane, queue.SimpleQueue]:
-    """A 1-worker lane on ``graph``, driven by hand, whose attempts count as short."""
-    run = Run(graph, {}, mode="process", max_workers=1)
+def _lane_sending_ahead(
+    graph: Graph, workers: int = 1, *, short: bool = True
+) -> tuple[Run, ProcessLane, queue.SimpleQueue]:
+    """A lane on ``graph``, driven by hand, its workers ready; its attempts count as short
+    (else as long: they are sent ahead only while nothing can become ready before them)."""
+    run = Run(graph, {}, mode="process", max_workers=workers)
     outcomes: queue.SimpleQueue = queue.SimpleQueue()
-    lane = ProcessLane(1)
+    lane = ProcessLane(workers)
     lane.open(run, outcomes.put)
-    while not lane.has_room():  # the worker posts a wake-up once it is ready
+    while sum(w.ready for w in lane._workers) < workers:  # each posts a wake-up when ready
         assert outcomes.get(timeout=30) is None
-    lane._typical_seconds = 0.0  # as after a run of short attempts
+    if short:
+        lane._typical_seconds = 0.0  # as after a run of short attempts
     return run, lane, outcomes
 
 
@@ -456,32 +460,148 @@ def _next_outcome(lane: ProcessLane, outcomes: queue.SimpleQueue) -> tuple:
     return item
 
 
-def test_an_attempt_recalled_while_it_waits_in_a_worker_never_starts(tmp_path):
-    """A unit sent ahead, then abandoned (cancelled) before its turn, never runs."""
+@pytest.mark.parametrize("short", [True, False], ids=["short", "long"])
+def test_an_attempt_recalled_while_it_waits_in_a_worker_never_starts(tmp_path, short):
+    """A unit sent ahead, then abandoned (cancelled) before its turn, never runs: the driver
+    takes its claim number back at once, without waiting for the busy worker."""
     gate, ran = str(tmp_path / "gate"), str(tmp_path / "ran")
     graph = Graph(
         [
             QuantumUnit("busy", lambda ctx: _wait_for_file(gate)),
             QuantumUnit("queued", lambda ctx: Path(ran).write_text("started")),
+            QuantumUnit("after", lambda ctx: "ran"),
         ]
     )
-    _run, lane, outcomes = _lane_sending_ahead(graph)
+    run, lane, outcomes = _lane_sending_ahead(graph, short=short)
     try:
+        sched = run.scheduler
+        assert sched.start_next(run.clock()) == 0
         lane.submit(0, 1)
         assert lane.has_room()  # the worker is busy, but "queued" may wait behind "busy"
+        assert sched.start_next(run.clock()) == 1
         lane.submit(1, 1)
         [worker] = lane._workers
         assert list(worker.jobs) == [(0, 1), (1, 1)]
-        lane.abandon(1, 1)  # recalled: the worker is not killed
+        lane.abandon(1, 1)  # taken back: the worker is not killed
+        assert list(worker.jobs) == [(0, 1)]
         Path(gate).touch()
         assert _next_outcome(lane, outcomes)[:3] == (0, 1, True)
-        deadline = time.monotonic() + 30
-        while worker.jobs:  # the worker acknowledges the recall
-            assert time.monotonic() < deadline
-            outcomes.get(timeout=30)
+        lane.submit(2, 1)  # the worker has passed over "queued" before it runs this
+        assert _next_outcome(lane, outcomes) == (2, 1, True, "ran", None)
         assert worker in lane._workers
         assert not Path(ran).exists()
     finally:
+        lane.close(cancel=True)
+
+
+def test_an_idle_worker_takes_over_an_attempt_waiting_in_a_busy_one_which_runs_once(tmp_path):
+    """Work stealing: a long attempt waits in a busy worker; the other worker goes idle with
+    nothing ready, takes it over and runs it; the busy worker drops it: it runs once."""
+    gates = [str(tmp_path / "gate0"), str(tmp_path / "gate1")]
+    log = tmp_path / "log"
+
+    def queued(ctx):
+        with log.open("a") as out:
+            out.write("ran\n")
+        return os.getpid()
+
+    graph = Graph(
+        [
+            QuantumUnit("slow0", lambda ctx: _wait_for_file(gates[0])),
+            QuantumUnit("slow1", lambda ctx: _wait_for_file(gates[1])),
+            QuantumUnit("queued", queued),
+            QuantumUnit("later", lambda ctx: os.getpid()),
+        ]
+    )
+    run, lane, outcomes = _lane_sending_ahead(graph, 2, short=False)
+    try:
+        sched = run.scheduler
+        for i in (0, 1, 2):
+            assert lane.has_room()  # "queued" too: every unit left is ready or running
+            assert sched.start_next(run.clock()) == i
+            lane.submit(i, 1)
+        [victim] = [w for w in lane._workers if len(w.jobs) == 2]
+        [thief] = [w for w in lane._workers if w is not victim]
+        (victims_own, _), queued_job = victim.jobs
+        (thiefs_own, _) = thief.jobs[0]
+        assert queued_job == (2, 1)
+        Path(gates[thiefs_own]).touch()  # the thief's attempt ends: it goes idle
+        assert _next_outcome(lane, outcomes)[:3] == (thiefs_own, 1, True)
+        lane.settled(thiefs_own, 1)
+        item = _next_outcome(lane, outcomes)  # has_room() gave "queued" to the idle thief
+        assert item == (2, 1, True, thief.process.pid, None)
+        assert list(victim.jobs) == [(victims_own, 1)]
+        Path(gates[victims_own]).touch()
+        assert _next_outcome(lane, outcomes)[:3] == (victims_own, 1, True)
+        lane.submit(3, 1)  # after "queued" in the victim's pipe: it dropped that one first
+        assert _next_outcome(lane, outcomes)[2] is True
+        assert log.read_text() == "ran\n"
+        assert victim in lane._workers
+        assert thief in lane._workers
+    finally:
+        lane.close(cancel=True)
+
+
+def test_long_attempts_wait_in_no_worker_while_a_unit_that_comes_first_may_get_ready(tmp_path):
+    """A long attempt sent ahead would start before a unit that became ready behind it: so
+    none is while some unit left is not ready; the order stays the scheduler's."""
+    log = tmp_path / "order"
+
+    def step(name, seconds=0.0):
+        def unit(ctx):
+            time.sleep(seconds)
+            with open(ctx["log"], "a") as out:  # noqa: PTH123 - runs in the worker
+                out.write(name + "\n")
+
+        return unit
+
+    def order(mode):
+        p = QuantumPartitioner(max_workers=1)
+        p.add_unit(step("first", 0.2), name="first")
+        p.add_unit(step("urgent"), ["first"], name="urgent", priority=5)
+        p.add_unit(step("low1"), name="low1")
+        p.add_unit(step("low2"), name="low2")
+        log.unlink(missing_ok=True)
+        p.execute({"log": str(log)}, execution_mode=mode)
+        return log.read_text().split()
+
+    assert order(PROCESS) == order(ExecutionMode.SEQUENTIAL) == ["first", "urgent", "low1", "low2"]
+
+
+def test_an_attempt_too_big_for_the_pipe_is_not_sent_ahead(tmp_path):
+    """A busy worker does not read its pipe: an attempt whose inputs would not fit waits in
+    the driver for an idle worker instead, and submit() never blocks."""
+    gate = str(tmp_path / "gate")
+    graph = Graph(
+        [
+            QuantumUnit("big", lambda ctx: b"x" * 200_000),
+            QuantumUnit("busy", lambda ctx: _wait_for_file(gate)),
+            QuantumUnit("uses_big", lambda ctx: len(ctx["big"]), dependencies=["big"]),
+        ]
+    )
+    run, lane, outcomes = _lane_sending_ahead(graph, short=False)
+    try:
+        sched = run.scheduler
+        assert sched.start_next(run.clock()) == 0
+        lane.submit(0, 1)
+        i, attempt, ok, value, _ = _next_outcome(lane, outcomes)
+        assert ok
+        lane.settled(i, attempt)
+        sched.complete(i, attempt, value, run.clock())
+        assert sched.start_next(run.clock()) == 1
+        lane.submit(1, 1)
+        assert lane.has_room()  # "uses_big" may be sent ahead, as far as its unit goes
+        assert sched.start_next(run.clock()) == 2
+        submitting = threading.Thread(target=lane.submit, args=(2, 1), daemon=True)
+        submitting.start()
+        submitting.join(10)
+        assert not submitting.is_alive()  # it did not wait for the busy worker to read
+        assert list(lane._held) == [(2, 1)]
+        Path(gate).touch()
+        assert _next_outcome(lane, outcomes)[:3] == (1, 1, True)
+        assert _next_outcome(lane, outcomes) == (2, 1, True, 200_000, None)
+    finally:
+        Path(gate).touch()
         lane.close(cancel=True)
 
 
@@ -526,8 +646,8 @@ def test_a_unit_with_a_timeout_or_a_limit_is_never_sent_ahead(tmp_path):
         lane.submit(0, 1)
         assert sched.peek_next() == 1
         assert not lane.has_room()  # "timed" is next: it waits for the worker
-        assert not lane._may_send_ahead(2)
-        assert lane._may_send_ahead(3)
+        assert not lane._ahead_room(2)
+        assert lane._ahead_room(3)
         Path(gate).touch()
         assert _next_outcome(lane, outcomes)[:3] == (0, 1, True)
     finally:
@@ -547,7 +667,7 @@ def test_nothing_is_sent_ahead_while_a_hook_listens_to_starts():
     lane.open(run, queue.SimpleQueue().put)
     try:
         lane._typical_seconds = 0.0
-        assert not lane._may_send_ahead(1)
+        assert not lane._ahead_room(1)
     finally:
         lane.close(cancel=True)
 
@@ -745,7 +865,7 @@ def test_an_exiting_worker_is_reaped_with_its_status_or_times_out(monkeypatch, p
         [sys.executable, "-c", "import sys; sys.stdin.read(); raise SystemExit(7)"],
         stdin=subprocess.PIPE,
     )
-    worker = processes._Worker(process, -1, -1, -1)
+    worker = processes._Worker(process, -1, -1, -1, (-1, -1))
     try:
         assert (worker.exited >= 0) is pidfds
         with pytest.raises(subprocess.TimeoutExpired):
