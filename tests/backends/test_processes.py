@@ -904,3 +904,33 @@ def test_the_end_of_a_run_waits_for_its_workers_exit_without_polling(monkeypatch
     p.add_unit(lambda ctx: 2, name="b")
     assert p.execute(execution_mode=PROCESS) == {"a": 1, "b": 2}
     assert sleeps == []
+
+
+class _FinalizedAtTeardown:
+    """Writes a file when the interpreter's teardown frees it (a worker's global)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __del__(self) -> None:
+        with open(self.path, "w") as out:  # noqa: PTH123 - runs in a worker's teardown
+            out.write("finalized")
+
+
+def test_a_stopped_worker_runs_its_atexit_handlers_and_exits_without_teardown(tmp_path):
+    """Told to stop, a worker exits at once: what units registered with atexit runs, but the
+    interpreter's teardown (freeing modules and objects: most of a fresh pool's end) does
+    not."""
+    handled, finalized = str(tmp_path / "atexit"), str(tmp_path / "finalized")
+
+    def register(ctx):
+        import atexit  # noqa: PLC0415 - in the worker
+
+        atexit.register(Path(handled).write_text, "ran")
+        sys.modules["__main__"].kept_until_teardown = _FinalizedAtTeardown(finalized)
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(register, name="register")
+    p.execute(execution_mode=PROCESS)  # returns once its worker has exited
+    assert Path(handled).read_text() == "ran"
+    assert not Path(finalized).exists()
