@@ -494,6 +494,32 @@ def test_an_attempt_recalled_while_it_waits_in_a_worker_never_starts(tmp_path, s
         lane.close(cancel=True)
 
 
+def test_an_attempt_sent_ahead_and_abandoned_once_it_started_is_stopped_for_real(tmp_path):
+    """The worker took its claim number: it has started, so abandoning it kills its worker
+    (the CPU is free at once) instead of letting it run on."""
+    started, gate = str(tmp_path / "started"), str(tmp_path / "gate")
+
+    def long_one(ctx):
+        Path(started).touch()
+        _wait_for_file(gate)
+
+    graph = Graph([QuantumUnit("quick", lambda ctx: 1), QuantumUnit("long", long_one)])
+    run, lane, outcomes = _lane_sending_ahead(graph, short=False)
+    try:
+        sched = run.scheduler
+        for i in (0, 1):
+            assert sched.start_next(run.clock()) == i
+            lane.submit(i, 1)
+        [worker] = lane._workers
+        assert list(worker.jobs) == [(0, 1), (1, 1)]  # "long" waits behind "quick"
+        _wait_for_file(started)  # "quick" ended, and the worker went straight on to "long"
+        lane.abandon(1, 1)
+        assert worker.process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        Path(gate).touch()
+        lane.close(cancel=True)
+
+
 def test_an_idle_worker_takes_over_an_attempt_waiting_in_a_busy_one_which_runs_once(tmp_path):
     """Work stealing: a long attempt waits in a busy worker; the other worker goes idle with
     nothing ready, takes it over and runs it; the busy worker drops it: it runs once."""
