@@ -504,7 +504,7 @@ def test_an_attempt_sent_ahead_and_abandoned_once_it_started_is_stopped_for_real
         _wait_for_file(gate)
 
     graph = Graph([QuantumUnit("quick", lambda ctx: 1), QuantumUnit("long", long_one)])
-    run, lane, outcomes = _lane_sending_ahead(graph, short=False)
+    run, lane, _outcomes = _lane_sending_ahead(graph, short=False)
     try:
         sched = run.scheduler
         for i in (0, 1):
