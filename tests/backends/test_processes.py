@@ -520,6 +520,49 @@ def test_an_attempt_sent_ahead_and_abandoned_once_it_started_is_stopped_for_real
         lane.close(cancel=True)
 
 
+def test_abandoning_an_ended_attempt_whose_worker_went_on_reruns_the_one_it_stopped(tmp_path):
+    """An attempt abandoned just after it ended (its outcome on its way), when its worker
+    has already started the one sent ahead: killing the worker stops that one by no fault
+    of its own, so it starts again on the replacement instead of failing."""
+    starts, gate = tmp_path / "starts", str(tmp_path / "gate")
+
+    def long_one(ctx):
+        with starts.open("a") as out:
+            out.write("start\n")
+        _wait_for_file(gate)
+        return "done"
+
+    graph = Graph([QuantumUnit("quick", lambda ctx: 1), QuantumUnit("long", long_one)])
+    run, lane, outcomes = _lane_sending_ahead(graph, short=False)
+    delivered = threading.Event()
+    receive = lane._receive
+
+    def receive_late(worker, message):  # the outcome of "quick" is still on its way
+        if message[:2] == ("ok", 0):
+            delivered.wait(30)
+        receive(worker, message)
+
+    lane._receive = receive_late
+    try:
+        sched = run.scheduler
+        for i in (0, 1):
+            assert sched.start_next(run.clock()) == i
+            lane.submit(i, 1)
+        [worker] = lane._workers
+        _wait_for_file(str(starts))  # "quick" ended; the worker went on to "long"
+        lane.abandon(0, 1)  # as a timeout would, with the outcome of "quick" on its way
+        delivered.set()
+        assert worker.process.wait(timeout=30) == -signal.SIGKILL
+        assert list(lane._held) == [(1, 1)]
+        Path(gate).touch()
+        assert _next_outcome(lane, outcomes) == (1, 1, True, "done", None)
+        assert starts.read_text() == "start\nstart\n"
+    finally:
+        delivered.set()
+        Path(gate).touch()
+        lane.close(cancel=True)
+
+
 def test_an_idle_worker_takes_over_an_attempt_waiting_in_a_busy_one_which_runs_once(tmp_path):
     """Work stealing: a long attempt waits in a busy worker; the other worker goes idle with
     nothing ready, takes it over and runs it; the busy worker drops it: it runs once."""
