@@ -452,6 +452,13 @@ def _lane_sending_ahead(
     return run, lane, outcomes
 
 
+def _start_and_submit(run: Run, lane: ProcessLane, *indices: int) -> None:
+    """Start those units (in the scheduler's order) and hand each to the lane, as the driver."""
+    for i in indices:
+        assert run.scheduler.start_next(run.clock()) == i
+        lane.submit(i, 1)
+
+
 def _next_outcome(lane: ProcessLane, outcomes: queue.SimpleQueue) -> tuple:
     item = None
     while item is None:  # wake-ups until an outcome; the driver asks for room on each
@@ -506,10 +513,7 @@ def test_an_attempt_sent_ahead_and_abandoned_once_it_started_is_stopped_for_real
     graph = Graph([QuantumUnit("quick", lambda ctx: 1), QuantumUnit("long", long_one)])
     run, lane, _outcomes = _lane_sending_ahead(graph, short=False)
     try:
-        sched = run.scheduler
-        for i in (0, 1):
-            assert sched.start_next(run.clock()) == i
-            lane.submit(i, 1)
+        _start_and_submit(run, lane, 0, 1)
         [worker] = lane._workers
         assert list(worker.jobs) == [(0, 1), (1, 1)]  # "long" waits behind "quick"
         _wait_for_file(started)  # "quick" ended, and the worker went straight on to "long"
@@ -544,10 +548,7 @@ def test_abandoning_an_ended_attempt_whose_worker_went_on_reruns_the_one_it_stop
 
     lane._receive = receive_late
     try:
-        sched = run.scheduler
-        for i in (0, 1):
-            assert sched.start_next(run.clock()) == i
-            lane.submit(i, 1)
+        _start_and_submit(run, lane, 0, 1)
         [worker] = lane._workers
         _wait_for_file(str(starts))  # "quick" ended; the worker went on to "long"
         lane.abandon(0, 1)  # as a timeout would, with the outcome of "quick" on its way
