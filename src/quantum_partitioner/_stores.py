@@ -148,6 +148,16 @@ _SCHEMA: Final = (
 )
 
 
+# Upgrading a version 1 store, a few rows at a time (by rowid): payloads up to
+# _UPGRADE_ENTRY_BYTES come with their row, larger ones are read one by one.
+_UPGRADE_CHUNK: Final = 256
+_UPGRADE_ENTRY_BYTES: Final = 16 << 10
+_UPGRADE_QUERY: Final = (
+    "SELECT rowid, key, CASE WHEN size <= ? THEN payload END, checksum FROM entries"
+    " WHERE rowid > ? ORDER BY rowid LIMIT ?"
+)
+
+
 def _upgrade_from_version_1(connection: sqlite3.Connection) -> None:
     """Turn a version 1 store into this version, in the caller's transaction.
 
@@ -155,27 +165,51 @@ def _upgrade_from_version_1(connection: sqlite3.Connection) -> None:
     old checksum holds gets its CRC-32, a damaged one is dropped (it is recomputed when
     needed), so an upgrade keeps every valid result. A process of an older library still
     writing to the file afterwards writes BLAKE2b checksums, which read here as damage: its
-    entries are recomputed, never served wrong.
+    entries are recomputed, never served wrong. The store is read a few rows at a time: it
+    may hold more than the memory.
     """
-    rows = connection.execute("SELECT key, payload, checksum FROM entries").fetchall()
-    kept, damaged = [], []
-    for key, payload, stored in rows:
-        valid = isinstance(key, bytes) and isinstance(payload, bytes)
-        if valid and hashlib.blake2b(key + payload, digest_size=16).digest() == stored:
-            kept.append((checksum(key, payload), key))
-        else:
-            damaged.append((key,))
-    connection.executemany("UPDATE entries SET checksum = ? WHERE key = ?", kept)
-    connection.executemany("DELETE FROM entries WHERE key = ?", damaged)
+    kept = damaged = 0
+    last = -1 << 63
+    while True:
+        rows = connection.execute(
+            _UPGRADE_QUERY, (_UPGRADE_ENTRY_BYTES, last, _UPGRADE_CHUNK)
+        ).fetchall()
+        if not rows:
+            break
+        valid, invalid = [], []
+        for rowid, key, inline, stored in rows:
+            payload = inline
+            if payload is None:  # large (or not a blob): read alone
+                (payload,) = connection.execute(
+                    "SELECT payload FROM entries WHERE rowid = ?", (rowid,)
+                ).fetchone()
+            if _version_1_checksum_holds(key, payload, stored):
+                valid.append((checksum(key, payload), rowid))
+            else:
+                invalid.append((rowid,))
+            del payload
+        connection.executemany("UPDATE entries SET checksum = ? WHERE rowid = ?", valid)
+        connection.executemany("DELETE FROM entries WHERE rowid = ?", invalid)
+        kept, damaged, last = kept + len(valid), damaged + len(invalid), rows[-1][0]
+        del rows
     connection.execute(
         "UPDATE meta SET value = ? WHERE key = 'format_version'", (str(FORMAT_VERSION),)
     )
     LOGGER.info(
         "cache store: upgraded from format version 1 to %d (%d entries kept, %d damaged dropped)",
         FORMAT_VERSION,
-        len(kept),
-        len(damaged),
+        kept,
+        damaged,
     )
+
+
+def _version_1_checksum_holds(key: object, payload: object, stored: object) -> bool:
+    """Whether a version 1 entry is intact: its BLAKE2b-128 of key || payload matches."""
+    if not (isinstance(key, bytes) and isinstance(payload, bytes)):
+        return False
+    hasher = hashlib.blake2b(key, digest_size=16)
+    hasher.update(payload)  # not key + payload: no copy of a large payload
+    return hasher.digest() == stored
 
 
 def checksum(key: bytes, payload: bytes) -> bytes:
@@ -801,10 +835,17 @@ class SQLiteStore(CacheStore):
 
         A commit that fails later is logged and counted in ``write_errors``; the entries of
         that batch are recomputed by the next run that needs them.
+
+        Raises:
+            UnicodeEncodeError: ``unit`` cannot be written as UTF-8 (a lone surrogate).
         """
         limit = self.size_limit
         if limit is not None and len(payload) > limit:
             return  # it would evict everything and still not fit
+        if not unit.isascii():
+            # Refused here, not when its batch commits: SQLite stores names as UTF-8, and
+            # one it cannot (a lone surrogate, from os.fsdecode) would fail the whole batch.
+            unit.encode("utf-8")
         if self._pid != _this_process:
             with self._lock:
                 self._connection()  # a forked child: its own connection and queue first

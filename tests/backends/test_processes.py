@@ -638,43 +638,6 @@ def test_long_attempts_wait_in_no_worker_while_a_unit_that_comes_first_may_get_r
     assert order(PROCESS) == order(ExecutionMode.SEQUENTIAL) == ["first", "urgent", "low1", "low2"]
 
 
-def test_an_attempt_too_big_for_the_pipe_is_not_sent_ahead(tmp_path):
-    """A busy worker does not read its pipe: an attempt whose inputs would not fit waits in
-    the driver for an idle worker instead, and submit() never blocks."""
-    gate = str(tmp_path / "gate")
-    graph = Graph(
-        [
-            QuantumUnit("big", lambda ctx: b"x" * 200_000),
-            QuantumUnit("busy", lambda ctx: _wait_for_file(gate)),
-            QuantumUnit("uses_big", lambda ctx: len(ctx["big"]), dependencies=["big"]),
-        ]
-    )
-    run, lane, outcomes = _lane_sending_ahead(graph, short=False)
-    try:
-        sched = run.scheduler
-        assert sched.start_next(run.clock()) == 0
-        lane.submit(0, 1)
-        i, attempt, ok, value, _ = _next_outcome(lane, outcomes)
-        assert ok
-        lane.settled(i, attempt)
-        sched.complete(i, attempt, value, run.clock())
-        assert sched.start_next(run.clock()) == 1
-        lane.submit(1, 1)
-        assert lane.has_room()  # "uses_big" may be sent ahead, as far as its unit goes
-        assert sched.start_next(run.clock()) == 2
-        submitting = threading.Thread(target=lane.submit, args=(2, 1), daemon=True)
-        submitting.start()
-        submitting.join(10)
-        assert not submitting.is_alive()  # it did not wait for the busy worker to read
-        assert list(lane._held) == [(2, 1)]
-        Path(gate).touch()
-        assert _next_outcome(lane, outcomes)[:3] == (1, 1, True)
-        assert _next_outcome(lane, outcomes) == (2, 1, True, 200_000, None)
-    finally:
-        Path(gate).touch()
-        lane.close(cancel=True)
-
-
 def test_attempts_waiting_in_a_worker_that_dies_run_on_its_replacement(tmp_path):
     """Only the running attempt fails with the worker; those sent ahead never started."""
     gate = str(tmp_path / "gate")
@@ -695,6 +658,80 @@ def test_attempts_waiting_in_a_worker_that_dies_run_on_its_replacement(tmp_path)
         assert isinstance(died[3], WorkerDiedError)
         assert _next_outcome(lane, outcomes) == (1, 1, True, "ran", None)
     finally:
+        lane.close(cancel=True)
+
+
+@pytest.fixture
+def descriptors_past_1024():
+    """Take every descriptor number up to 1040, so that new pipes get numbers above 1024."""
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1100
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"the hard limit on open files is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    held = []
+    try:
+        while not held or held[-1] < 1040:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_worker_holding_attempts_reads_its_pipe_whatever_its_number(
+    tmp_path, descriptors_past_1024
+):
+    """A caller with over 1024 open files: a worker with attempts sent ahead still runs them.
+
+    (``select()`` refuses descriptor numbers past 1024; the worker's pipe has the caller's.)
+    """
+    gate = str(tmp_path / "gate")
+    graph = Graph(
+        [QuantumUnit("busy", lambda ctx: _wait_for_file(gate)), QuantumUnit("next", lambda ctx: 2)]
+    )
+    _run, lane, outcomes = _lane_sending_ahead(graph)
+    try:
+        assert lane._workers[0].inbox > 1024
+        lane.submit(0, 1)
+        lane.submit(1, 1)
+        assert len(lane._workers[0].jobs) == 2  # "next" waits in the worker
+        Path(gate).touch()
+        assert _next_outcome(lane, outcomes)[:3] == (0, 1, True)
+        assert _next_outcome(lane, outcomes) == (1, 1, True, 2, None)
+    finally:
+        lane.close(cancel=True)
+
+
+@pytest.mark.parametrize("short", [True, False], ids=["short", "long"])
+def test_an_attempt_too_large_to_wait_in_a_pipe_waits_for_an_idle_worker(tmp_path, short):
+    """A busy worker reads its pipe only between attempts: writing it more than the pipe
+    holds would block the driver (its timeouts, outcomes, cancel) until the attempt ahead
+    ends. Such an attempt waits in the driver for an idle worker instead."""
+    gate = str(tmp_path / "gate")
+    payload = bytes(1 << 20)  # sent with the function: cloudpickle sends closures by value
+    graph = Graph(
+        [
+            QuantumUnit("busy", lambda ctx: _wait_for_file(gate)),
+            QuantumUnit("large", lambda ctx: len(payload)),
+        ]
+    )
+    _run, lane, outcomes = _lane_sending_ahead(graph, short=short)
+    sent = threading.Event()
+    try:
+        lane.submit(0, 1)
+        assert lane.has_room()
+        threading.Thread(target=lambda: (lane.submit(1, 1), sent.set()), daemon=True).start()
+        assert sent.wait(10), "submit() waited for the worker to finish the attempt ahead"
+        assert list(lane._workers[0].jobs) == [(0, 1)]
+        assert not lane.has_room()  # nothing else goes ahead of it
+        Path(gate).touch()
+        assert _next_outcome(lane, outcomes)[:3] == (0, 1, True)
+        assert _next_outcome(lane, outcomes) == (1, 1, True, 1 << 20, None)
+    finally:
+        Path(gate).touch()
         lane.close(cancel=True)
 
 

@@ -33,7 +33,7 @@ attempts whose promises do not depend on when they start are sent ahead: no time
 named limit (both count from the real start), only when no instrument listens to unit
 starts (its event would come early), and not under ``fail_fast`` (which cancels what has
 not started: an attempt waiting in a worker would start after the failure). Nor are those
-whose messages would not fit in the pipe (``_AHEAD_BYTES``): a busy worker does not read
+whose messages would not fit in the pipe (``_SENT_AHEAD_BYTES``): a busy worker does not read
 it, and the driver must never wait on a worker. The worker stamps each one's real start,
 which becomes the attempt's recorded start.
 
@@ -106,10 +106,10 @@ _SEND_AHEAD = 4
 #: in a busy worker whatever may become ready; longer ones wait one per worker, and only
 #: while no unit can become ready that would come before them (see ``_ahead_room``).
 _SHORT_ATTEMPT = 0.002
-#: An attempt is sent ahead only if its messages take at most this many bytes: a busy worker
-#: does not read its pipe, whose buffer (64 KiB on Linux) must take them without the driver
-#: waiting; a bigger one waits in the driver for an idle worker.
-_AHEAD_BYTES = 16 * 1024
+#: The largest attempt (its messages, in bytes) that may be sent ahead: a busy worker does
+#: not read its pipe, whose buffer (64 KiB on Linux) must take that many of them, and those
+#: taken back that the worker has not read yet, without the driver waiting.
+_SENT_AHEAD_BYTES = 8 << 10
 #: Seconds a worker may take to report ready (it imports little: well under one, normally).
 _START_TIMEOUT = 60.0
 #: What a worker's interpreter runs (see :mod:`.._process_worker`).
@@ -513,7 +513,10 @@ class ProcessLane(Lane):
                 _forget(worker, job)
             self._post((i, attempt, False, error, None))
             return
-        if claim and sum(map(len, messages)) > _AHEAD_BYTES:  # it waits for an idle worker
+        if claim and sum(map(len, messages)) > _SENT_AHEAD_BYTES:
+            # A write the pipe cannot hold would stop the driver (its timeouts, outcomes,
+            # cancellation) until the attempt ahead ends: it waits for an idle worker here
+            # instead, before any other (its start is still the worker's stamp).
             with self._lock:
                 _forget(worker, job)
                 self._held.append(job)
