@@ -46,9 +46,9 @@ never will there: it takes them back to give them to a worker that went idle (th
 first: work stealing, so that no worker idles while another holds attempts that wait,
 which is how the scheduler's order holds too), and to drop one that is abandoned
 (cancelled, the run stopping). An abandoned attempt whose number the worker took has
-started: its worker is killed, as for any running attempt (should that attempt have ended
-already, its outcome on its way, the one its worker went on to is stopped by no fault of
-its own: it starts again on another worker). Attempts waiting in a worker
+started: its worker is killed, as for any running attempt, unless the worker has taken
+the number of one behind it, which it does only once the abandoned one has ended (its late
+outcome is then ignored, and the one it went on to runs on). Attempts waiting in a worker
 that dies never started: they go to other workers. A worker sends each outcome as it
 ends; the reader takes every outcome that has arrived in one read.
 
@@ -612,17 +612,15 @@ class ProcessLane(Lane):
             self._held.extendleft(reversed([other for other in waiting if other != job]))
             if job in waiting:
                 return
-            # It may be running: kill its worker (those behind it were just taken back).
+            # It may be running (those behind it that wait were just taken back).
             self._held.extend(_take_back(worker, len(worker.claims)))
             jobs = worker.jobs
-            behind = list(jobs)[list(jobs).index(job) + 1 :]
-            jobs.remove(job)  # its death is expected: nothing to report
-            if behind:
-                # It had ended (its outcome is on its way) and the worker had taken the next
-                # ones: those before the last ended too, the last runs and is stopped by no
-                # fault of its own: it starts again elsewhere, first.
-                jobs.remove(behind[-1])
-                self._held.appendleft(behind[-1])
+            went_on = list(jobs).index(job) + 1 < len(jobs)
+            jobs.remove(job)  # its outcome, should one come, is an abandoned one's: ignored
+            if went_on:
+                # The worker took the number of one behind it, which it does only once this
+                # one has ended: there is nothing to stop, and the one it went on to runs on.
+                return
             worker.ready = False  # never hand it another attempt
             _kill(worker)
 
