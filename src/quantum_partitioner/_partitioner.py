@@ -879,7 +879,9 @@ class QuantumPartitioner(Generic[T, R]):
     def _compiled(self) -> Graph:
         graph = self._graph
         view = self._view
-        # changed: a unit's option was assigned since; a run under way keeps its graph (and
+        if graph is not None and len(graph.units) != len(self.units):
+            view.changed = True  # a unit put into or deleted from the dict directly
+        # changed: a unit's field was assigned since; a run under way keeps its graph (and
         # its units their states), the next run takes the change.
         if graph is None or (view.changed and self._active_run is None):
             self._graph = self._plan = None  # a graph that does not compile stays unknown
