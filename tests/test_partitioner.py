@@ -347,6 +347,19 @@ def test_a_unit_put_into_or_deleted_from_the_units_dict_is_seen_by_the_next_run(
         p.execute({}, SEQ)
 
 
+def test_a_join_rule_assigned_by_name_counts_as_run_if_does():
+    """``unit.run_if = "all_done"`` between runs: the rule of that name, as ``run_if=``."""
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: 1 / 0, name="broken")
+    after = p.add_unit(lambda ctx: "ran", ["broken"], name="after")
+    p.execute({}, SEQ)
+    after.run_if = "all_done"
+    assert p.execute({}, SEQ) == {"after": "ran"}
+    after.run_if = "sometimes"
+    with pytest.raises(ValueError, match="'after'"):
+        p.execute({}, SEQ)
+
+
 def test_limits_assigned_as_a_list_count_as_add_unit_counts_them():
     """``unit.limits = ["db", "db"]`` between runs takes two slots, as ``limits=`` would."""
     p = QuantumPartitioner()

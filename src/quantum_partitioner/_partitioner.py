@@ -901,13 +901,17 @@ class QuantumPartitioner(Generic[T, R]):
     def _check_assigned(self) -> None:
         """Check the units as add_unit checks them: a field was assigned since the last compile.
 
-        Limits given as a list of names become ``{name: slots}``, as ``limits=`` does.
+        Limits given as a list of names become ``{name: slots}``, and a join rule given by
+        name the rule, as ``limits=`` and ``run_if=`` do.
 
         Raises:
             TypeError: A field has the wrong type (the message names the unit).
             ValueError: A field is out of range (the message names the unit).
         """
         for unit in self.units.values():
+            rule = unit._options.run_if
+            if isinstance(rule, str):  # the record, not the attribute: no change to report
+                unit._options = unit._options._replace(run_if=_join_rule_of(unit.id, rule))
             validate_unit(unit, over_maps=self._depends_on_a_map(unit._dependencies))
             limits = unit._options.limits
             if limits is not None:
