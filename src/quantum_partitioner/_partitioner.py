@@ -909,7 +909,7 @@ class QuantumPartitioner(Generic[T, R]):
             ValueError: A field is out of range (the message names the unit).
         """
         for unit in self.units.values():
-            rule = unit._options.run_if
+            rule: object = unit._options.run_if  # what was assigned: maybe a rule's name
             if isinstance(rule, str):  # the record, not the attribute: no change to report
                 unit._options = unit._options._replace(run_if=_join_rule_of(unit.id, rule))
             validate_unit(unit, over_maps=self._depends_on_a_map(unit._dependencies))
