@@ -1532,6 +1532,8 @@ def test_a_unit_name_sqlite_cannot_store_costs_only_that_unit_its_entry(tmp_path
     with build() as p:
         p.execute({}, SEQUENTIAL)
         assert (p.cache_hits, p.cache_misses) == (2, 1)
+        assert (p.cache_entries(bad), p.clear_cache(bad)) == ([], 0)
+        assert len(p.cache_entries()) == 2
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

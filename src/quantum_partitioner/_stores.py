@@ -212,6 +212,17 @@ def _version_1_checksum_holds(key: object, payload: object, stored: object) -> b
     return hasher.digest() == stored
 
 
+def _storable(name: str) -> bool:
+    """Whether SQLite can store ``name``, as UTF-8 (a lone surrogate cannot be)."""
+    if name.isascii():
+        return True
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def checksum(key: bytes, payload: bytes) -> bytes:
     """The 4-byte checksum stored beside a payload: CRC-32 of the key and the payload.
 
@@ -981,6 +992,8 @@ class SQLiteStore(CacheStore):
 
     def clear(self, unit: str | None = None) -> int:
         """Delete every entry, or ``unit``'s; return how many."""
+        if unit is not None and not _storable(unit):
+            return 0  # put refuses such a name: it has no entries
         with self._lock:
             self._commit_queued()  # so that they are counted and deleted with the others
             self._forget_prefetched()
@@ -996,6 +1009,8 @@ class SQLiteStore(CacheStore):
 
     def entries(self, unit: str | None = None) -> list[CacheEntry]:
         """Every entry (or ``unit``'s), most recently used first."""
+        if unit is not None and not _storable(unit):
+            return []  # put refuses such a name: it has no entries
         self._write_everything()
         query = "SELECT unit, key, size, created, accessed FROM entries"
         params: tuple[str, ...] = ()
