@@ -1663,3 +1663,36 @@ assert p.cache_hits == 300
         rows = db.execute("SELECT count(*), sum(accessed > created) FROM entries").fetchone()
     db.close()
     assert rows == (300, 300)
+
+
+def test_ints_longer_than_the_str_conversion_limit_are_fingerprinted_alike_everywhere():
+    """An int of more digits than int-to-str conversion allows is a plain value like others.
+
+    It was refused with Python's ValueError: at add_unit when taken the long way, at the run
+    when a closure kept it for its digest, in the context at the run. Its key does not depend
+    on the process's sys.set_int_max_str_digits either (a lowered limit is what a caller who
+    guards its own parsing may have set).
+    """
+    huge, medium = 10**5000 + 7, -(10**1000) - 3
+    store = MemoryStore()
+
+    def build(values, context):
+        p = CachingQuantumPartitioner(cache_store=store, default_execution_mode=SEQUENTIAL)
+        for value in values:
+            p.add_unit(make_closure(value)[0], name=f"u{value % 97}", metadata={"cacheable": True})
+        result = p.execute(context)
+        return result, (p.cache_hits, p.cache_misses)
+
+    first = build([1, huge, medium], {"x": huge})  # the second and third are kept for the run
+    assert first == ({"u1": 1, f"u{huge % 97}": huge, f"u{medium % 97}": medium}, (0, 3))
+    assert build([huge], {"x": huge})[1] == (1, 0)  # taken the long way: the same key
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(640)
+    try:
+        assert build([medium], {"x": huge})[1] == (1, 0)
+    finally:
+        sys.set_int_max_str_digits(limit)
+    assert build([huge + 1], {"x": huge})[1] == (0, 1)
+    assert build([huge], {"x": huge - 1})[1] == (0, 1)
+    assert _fingerprint.fingerprint(huge) != _fingerprint.fingerprint(-huge)
+    assert _fingerprint.fingerprint(10**700) == _fingerprint.fingerprint(10**700)

@@ -430,7 +430,10 @@ def snapshot_fingerprint(snapshot: ClosureSnapshot) -> bytes:
             continue
         value = snapshot[position]
         if type(value) is int:  # the commonest, without a call: _Encoder.int_'s bytes
-            out += _INT_FORMAT % value
+            try:
+                out += _INT_FORMAT % value
+            except ValueError:  # more digits than int-to-str conversion allows
+                out += b"i%s;" % _decimal(value)
         elif value is _EMPTY_CELL:
             out += b"_"
         else:
@@ -734,6 +737,36 @@ _INT_FORMAT: Final = b"i%d;"
 _MISSING: Final = object()
 
 
+def _decimal(value: int) -> bytes:
+    """``b"%d" % value``, however many digits it has.
+
+    Python refuses to convert an int of more digits than ``sys.get_int_max_str_digits()``
+    (4,300 unless the process changed it) to decimal; a fingerprint must not depend on that
+    setting, so such an int is split at a power of ten until each part is short enough for
+    any limit Python accepts (at least 640 digits).
+    """
+    try:
+        return b"%d" % value
+    except ValueError:
+        pass
+    if value < 0:
+        return b"-" + _decimal_digits(-value)
+    return _decimal_digits(value)
+
+
+def _decimal_digits(value: int) -> bytes:
+    """The decimal digits of ``value`` >= 0, in halves while they are more than 600."""
+    if value < _SHORT_DECIMAL:
+        return b"%d" % value
+    low_digits = int(value.bit_length() * _DIGITS_PER_BIT) // 2
+    high, low = divmod(value, 10**low_digits)
+    return _decimal_digits(high) + _decimal_digits(low).rjust(low_digits, b"0")
+
+
+_SHORT_DECIMAL: Final = 10**600  # fewer digits than the lowest limit Python accepts (640)
+_DIGITS_PER_BIT: Final = math.log10(2)
+
+
 def _cell_contents(cell: types.CellType) -> object:
     try:
         return cell.cell_contents
@@ -859,7 +892,10 @@ class _Encoder:
         out += b"T" if value else b"F"
 
     def int_(self, value: int, out: bytearray) -> None:
-        out += _INT_FORMAT % value
+        try:
+            out += _INT_FORMAT % value
+        except ValueError:  # more digits than int-to-str conversion allows
+            out += b"i%s;" % _decimal(value)
 
     def float_(self, value: float, out: bytearray) -> None:
         out += b"fnan" if math.isnan(value) else b"f" + _PACK_DOUBLE(value)
@@ -883,10 +919,10 @@ class _Encoder:
         out += _length_prefixed(b"r", _text(repr(value)))
 
     def fraction(self, value: fractions.Fraction, out: bytearray) -> None:
-        out += b"q%d/%d;" % (value.numerator, value.denominator)
+        out += b"q%s/%s;" % (_decimal(value.numerator), _decimal(value.denominator))
 
     def range_(self, value: range, out: bytearray) -> None:
-        out += b"R%d,%d,%d;" % (value.start, value.stop, value.step)
+        out += b"R%s,%s,%s;" % (_decimal(value.start), _decimal(value.stop), _decimal(value.step))
 
     def singleton(self, value: Any, out: bytearray) -> None:
         out += b"." + _text(repr(value))
