@@ -12,6 +12,7 @@ import contextlib
 import gc
 import hashlib
 import logging
+import math
 import os
 import sqlite3
 import stat
@@ -1696,3 +1697,49 @@ def test_ints_longer_than_the_str_conversion_limit_are_fingerprinted_alike_every
     assert build([huge], {"x": huge - 1})[1] == (0, 1)
     assert _fingerprint.fingerprint(huge) != _fingerprint.fingerprint(-huge)
     assert _fingerprint.fingerprint(10**700) == _fingerprint.fingerprint(10**700)
+
+
+def make_over_a_closure(value):
+    """A closure whose one closure value is another closure (of make_closure's code)."""
+    inner = make_closure(value)[0]
+
+    def unit(ctx):
+        return inner(ctx)
+
+    return unit
+
+
+def make_unassigned():
+    """A closure whose cell is never assigned (its variable is bound after the return)."""
+
+    def unit(ctx):
+        return later
+
+    if unit:
+        return unit
+    later = 1  # never reached: the cell stays empty
+    return unit
+
+
+def test_closures_kept_for_the_run_are_keyed_as_the_long_way_for_every_kind_of_value():
+    """Each closure of one build is keyed as the same closure taken alone, and no two alike.
+
+    Values that compare equal but must not share a key (True and 1, -0.0 and 0.0, "a" and
+    b"a"), an unassigned cell, a closure over a closure (which is encoded, not kept) and
+    units of one code object of which only some leave a variable out (cache_ignore).
+    """
+    values = [1, True, 0, False, 1.0, -0.0, 0.0, math.nan, 10**100, "a", b"a", "", b"", None]
+    specs = [(make_closure(value)[0], frozenset()) for value in values]
+    specs += [(make_over_a_closure(2), frozenset()), (make_over_a_closure(3), frozenset())]
+    specs += [(make_unassigned(), frozenset()), (make_unassigned(), frozenset())]
+    specs += [(make_closure(k)[0], frozenset({"value"})) for k in (4, 5)]
+    p = CachingQuantumPartitioner(cache_store=MemoryStore(), default_execution_mode=SEQUENTIAL)
+    for k, (function, ignore) in enumerate(specs):
+        metadata = {"cacheable": True}
+        if ignore:
+            metadata["cache_ignore"] = sorted(ignore)
+        p.add_unit(function, name=f"u{k}", metadata=metadata)
+    keyed = [p._function_fingerprint(p.units[f"u{k}"]) for k in range(len(specs))]
+    assert keyed == [_fingerprint.function_fingerprint(fn, ignore) for fn, ignore in specs]
+    # every value its own key but the two unassigned cells and the two ignored values
+    assert len(set(keyed)) == len(keyed) - 2
