@@ -819,6 +819,36 @@ def test_map_items_are_cached_one_by_one(client, tmp_path):
         assert (p.cache_hits, p.cache_misses) == (4, 5 + 3)  # plan, tool[2], summary[2]
 
 
+def closure_returning(value):
+    """A closure of one code object per call (``make_unit(k)``)."""
+
+    def unit(ctx):
+        return value
+
+    return unit
+
+
+def test_closures_keyed_in_the_caller_serve_a_build_in_the_other_order(client, tmp_path):
+    """Closures after the first of a build keep their values until the run needs their keys.
+
+    A Dask run computes the keys in the caller: a build in the other order (where another
+    closure is the one taken the long way) finds every result; True and 1 are two keys.
+    """
+    values = [1, True, -0.0, "a", b"a", 10**5000]
+    path = tmp_path / "results.sqlite"
+    with CachingQuantumPartitioner(cache_path=path) as p:
+        for k, value in enumerate(values):
+            p.add_unit(closure_returning(value), name=f"u{k}", metadata={"cacheable": True})
+        assert p.execute(backend=DaskBackend(client))["u1"] is True
+        assert (p.cache_hits, p.cache_misses) == (0, len(values))
+    with CachingQuantumPartitioner(cache_path=path) as q:
+        for k, value in reversed(list(enumerate(values))):
+            q.add_unit(closure_returning(value), name=f"u{k}", metadata={"cacheable": True})
+        expected = {f"u{k}": value for k, value in enumerate(values)}
+        assert q.execute(execution_mode=ExecutionMode.SEQUENTIAL) == expected
+        assert (q.cache_hits, q.cache_misses) == (len(values), 0)
+
+
 def test_a_closed_client_is_refused_before_anything_runs(cluster, tmp_path):
     """A run on a closed client raises BrokenBackendError; no unit ran."""
     closed = distributed.Client(cluster, set_as_default=False)
