@@ -1726,7 +1726,8 @@ def test_closures_kept_for_the_run_are_keyed_as_the_long_way_for_every_kind_of_v
 
     Values that compare equal but must not share a key (True and 1, -0.0 and 0.0, "a" and
     b"a"), an unassigned cell, a closure over a closure (which is encoded, not kept) and
-    units of one code object of which only some leave a variable out (cache_ignore).
+    units of one code object of which only some leave a variable out (cache_ignore); a
+    function replaced after add_unit is keyed as the new one.
     """
     values = [1, True, 0, False, 1.0, -0.0, 0.0, math.nan, 10**100, "a", b"a", "", b"", None]
     specs = [(make_closure(value)[0], frozenset()) for value in values]
@@ -1739,7 +1740,12 @@ def test_closures_kept_for_the_run_are_keyed_as_the_long_way_for_every_kind_of_v
         if ignore:
             metadata["cache_ignore"] = sorted(ignore)
         p.add_unit(function, name=f"u{k}", metadata=metadata)
+    p.add_unit(make_closure(98)[0], name="replaced", metadata={"cacheable": True})
+    replacing = make_closure(99)[0]
+    p.units["replaced"].function = replacing  # after add_unit: keyed as the new function
     keyed = [p._function_fingerprint(p.units[f"u{k}"]) for k in range(len(specs))]
     assert keyed == [_fingerprint.function_fingerprint(fn, ignore) for fn, ignore in specs]
+    replaced = p._function_fingerprint(p.units["replaced"])
+    assert replaced == _fingerprint.function_fingerprint(replacing)
     # every value its own key but the two unassigned cells and the two ignored values
     assert len(set(keyed)) == len(keyed) - 2
