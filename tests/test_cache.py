@@ -24,6 +24,7 @@ import tracemalloc
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -1697,6 +1698,11 @@ def test_ints_longer_than_the_str_conversion_limit_are_fingerprinted_alike_every
     assert build([huge], {"x": huge - 1})[1] == (0, 1)
     assert _fingerprint.fingerprint(huge) != _fingerprint.fingerprint(-huge)
     assert _fingerprint.fingerprint(10**700) == _fingerprint.fingerprint(10**700)
+    # the int parts of a Fraction and a range too
+    assert _fingerprint.fingerprint(Fraction(huge, 3)) != _fingerprint.fingerprint(
+        Fraction(huge, 7)
+    )
+    assert _fingerprint.fingerprint(range(huge)) != _fingerprint.fingerprint(range(huge + 1))
 
 
 def make_over_a_closure(value):
