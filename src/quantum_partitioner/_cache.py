@@ -66,7 +66,7 @@ __all__ = ["CacheStats", "CachingQuantumPartitioner"]
 
 LOGGER = logging.getLogger("quantum_partitioner")
 
-#: Pickle protocol of stored results (part of the store's format version 1).
+#: Pickle protocol of stored results (part of the store's format since version 1).
 PICKLE_PROTOCOL: Final = 5
 _MISS: Final[tuple[bool, Any]] = (False, None)
 _UNKEYABLE: Final = b""
@@ -384,13 +384,25 @@ class _GraphKeys:
     """What the keys of one compiled graph need that no run changes.
 
     The partitioner keeps it between runs, until the graph changes (a unit added or removed
-    compiles a new one). ``statics`` holds, per unit, the inputs and result of its last
-    fixed part: a run whose function fingerprint, context part and version part are the
-    same (a warm run) takes the part from there instead of hashing it again, and when every
-    unit's is, the expected keys too.
+    compiles a new one). ``statics`` holds, per unit, its last fixed part (None: it was not
+    cacheable), and ``functions``, ``contexts`` and ``versions`` the parts that made it: a
+    run whose function fingerprint, context part and version part are the same (a warm run)
+    takes the part from there instead of hashing it again, and when every unit's is, the
+    expected keys too. (Four lists, not a tuple per unit: ten thousand objects made by a
+    cold run and kept would set the garbage collector going a dozen times.)
     """
 
-    __slots__ = ("dep_order", "expected", "graph", "labels", "statics", "wanted")
+    __slots__ = (
+        "contexts",
+        "dep_order",
+        "expected",
+        "functions",
+        "graph",
+        "labels",
+        "statics",
+        "versions",
+        "wanted",
+    )
 
     def __init__(self, graph: Graph) -> None:
         """Spell the graph's names; the rest is filled by the runs."""
@@ -398,7 +410,10 @@ class _GraphKeys:
         n = len(graph)
         self.labels = [_label(name) for name in graph.names]
         self.dep_order: list[Sequence[int] | None] = [None] * n
-        self.statics: list[tuple[bytes, bytes, bytes, bytes] | None] = [None] * n
+        self.statics: list[bytes | None] = [None] * n
+        self.functions: list[bytes] = [b""] * n
+        self.contexts: list[bytes] = [b""] * n
+        self.versions: list[bytes] = [b""] * n
         # The last run's expected keys (see _RunCache._expected_keys), and those not None.
         self.expected: list[bytes | None] | None = None
         self.wanted: list[bytes] = []
@@ -473,6 +488,7 @@ class _RunCache:
         self._keys: list[bytes | None] = [None] * n
         self._static: list[bytes | None] = [None] * n
         statics, labels, keys, deps = known.statics, known.labels, self._keys, graph.deps
+        functions, contexts, versions = known.functions, known.contexts, known.versions
         reused = True  # every fixed part is the last run's (so are the expected keys)
         whole: bytes | None = None
         for i, unit in enumerate(graph.units):
@@ -501,17 +517,16 @@ class _RunCache:
                         f"{error}"
                     ) from None
                 version_part = b"%d:%s" % (len(part), part)
-            last = statics[i]
+            static = statics[i]
             if (
-                last is not None
-                and last[0] == function
-                and last[1] == context
-                and last[2] == version_part
+                static is None
+                or functions[i] != function
+                or contexts[i] != context
+                or versions[i] != version_part
             ):
-                static = last[3]
-            else:
                 static = digest(b"".join((_KEY_HEAD, labels[i], function, context, version_part)))
-                statics[i] = (function, context, version_part, static)
+                statics[i] = static
+                functions[i], contexts[i], versions[i] = function, context, version_part
                 reused = False
             self._static[i] = static
             if not deps[i]:  # a root's key is its fixed part (a map is never a root)
