@@ -1579,3 +1579,19 @@ assert p.cache_hits == 300
         rows = db.execute("SELECT count(*), sum(accessed > created) FROM entries").fetchone()
     db.close()
     assert rows == (300, 300)
+
+
+def test_read_times_of_many_entries_are_all_written(tmp_path):
+    """Read times go to the file a few hundred keys per statement: every one of them."""
+    path = tmp_path / "c.sqlite"
+    keys = [i.to_bytes(32, "big") for i in range(1234)]
+    with SQLiteStore(path) as store:
+        for key in keys:
+            store.put(key, "u", b"payload")
+    time.sleep(0.01)  # the clock moves on between the writes and the reads
+    with SQLiteStore(path) as store:
+        store.prefetch(keys)
+        assert all(store.get(key) == b"payload" for key in keys)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT count(*), sum(accessed > created) FROM entries").fetchone()
+    assert rows == (1234, 1234)

@@ -113,6 +113,13 @@ class CacheStats:
         return self.hits / looked_up if looked_up else 0.0
 
 
+# The payload of a result of None (a unit run for what it does, not what it returns): written
+# and read without the pickle module, which builds a pickler or an unpickler even for these
+# 4 bytes (a tenth of what caching a no-op unit costs). The same bytes pickle.dumps makes:
+# every store and version reads them as any payload.
+_NONE_PAYLOAD: Final = pickle.dumps(None, protocol=PICKLE_PROTOCOL)
+
+
 def dumps(value: Any) -> bytes:
     """Serialise a result: pickle, or cloudpickle for what pickle refuses (lambdas)."""
     try:
@@ -419,9 +426,30 @@ class _GraphKeys:
         self.wanted: list[bytes] = []
 
 
-def _combine(static: bytes, parts: list[bytes]) -> bytes:
-    """A key from a unit's fixed part and one part per dependency by name (label + part)."""
-    parts.insert(0, static)
+def _version_part(unit: QuantumUnit[Any, Any], metadata: Mapping[str, Any]) -> bytes:
+    """The part of a unit's key ``metadata["cache_version"]`` makes.
+
+    Raises:
+        TypeError: The version cannot be fingerprinted.
+    """
+    version = metadata.get("cache_version")
+    if version is None:
+        return _NO_VERSION
+    try:
+        part = fingerprint(version)
+    except UnfingerprintableError as error:
+        raise TypeError(
+            f"unit {unit.id!r}: metadata['cache_version'] cannot be fingerprinted: {error}"
+        ) from None
+    return b"%d:%s" % (len(part), part)
+
+
+def _combine(parts: list[bytes]) -> bytes:
+    """A key from a unit's fixed part, then each dependency's by name (its label, its part).
+
+    The pieces are joined once, not each label to its part first: a unit with many
+    dependencies (a sink over ten thousand) would make two objects per dependency.
+    """
     return digest(b"".join(parts))
 
 
@@ -489,34 +517,26 @@ class _RunCache:
         self._static: list[bytes | None] = [None] * n
         statics, labels, keys, deps = known.statics, known.labels, self._keys, graph.deps
         functions, contexts, versions = known.functions, known.contexts, known.versions
+        fixed = self._static
         reused = True  # every fixed part is the last run's (so are the expected keys)
-        whole: bytes | None = None
+        # Units often share one metadata dict (added in a loop): what it says is read once.
+        last: Mapping[str, Any] | None = None
+        cacheable = False
+        context = version_part = b""
         for i, unit in enumerate(graph.units):
             metadata = metadata_of(unit)
-            if not metadata.get("cacheable"):
+            if metadata is not last:
+                last = metadata
+                cacheable = bool(metadata.get("cacheable"))
+                if cacheable:
+                    context = self._context_part(unit, metadata)
+                    version_part = _version_part(unit, metadata)
+            if not cacheable:
                 if statics[i] is not None:  # cacheable last run
                     statics[i] = None
                     reused = False
                 continue
             function = owner._function_fingerprint(unit)
-            if metadata.get("cache_keys") is not None:
-                context = self._context_part(unit)
-            else:  # the common case: the whole context's part, computed once
-                if whole is None:
-                    whole = self._context_part(unit)
-                context = whole
-            version = metadata.get("cache_version")
-            if version is None:
-                version_part = _NO_VERSION
-            else:
-                try:
-                    part = fingerprint(version)
-                except UnfingerprintableError as error:
-                    raise TypeError(
-                        f"unit {unit.id!r}: metadata['cache_version'] cannot be fingerprinted: "
-                        f"{error}"
-                    ) from None
-                version_part = b"%d:%s" % (len(part), part)
             static = statics[i]
             if (
                 static is None
@@ -528,7 +548,7 @@ class _RunCache:
                 statics[i] = static
                 functions[i], contexts[i], versions[i] = function, context, version_part
                 reused = False
-            self._static[i] = static
+            fixed[i] = static
             if not deps[i]:  # a root's key is its fixed part (a map is never a root)
                 keys[i] = static
         # Each expanded cacheable map -> its items' shared key part (b"": they run uncached).
@@ -569,20 +589,24 @@ class _RunCache:
             if own is None or not deps[i]:
                 expected[i] = own  # not cacheable (None), or a root: its key is its own part
                 continue
-            parts = []
+            parts = [own]
+            add = parts.append
             for j in self._dependency_order(i, deps[i]):
                 known = expected[j]
                 if known is None:
                     break  # a dependency whose key is known only at run time
-                parts.append(labels[j] + b"k" + known)
+                add(labels[j])
+                add(b"k")
+                add(known)
             else:
-                expected[i] = _combine(own, parts)
+                expected[i] = _combine(parts)
         return expected
 
     # -- fixed parts -----------------------------------------------------------------------
 
-    def _context_part(self, unit: QuantumUnit[Any, Any]) -> bytes:
-        keys = _check_names(unit.id, "cache_keys", unit.metadata.get("cache_keys"))
+    def _context_part(self, unit: QuantumUnit[Any, Any], metadata: Mapping[str, Any]) -> bytes:
+        """The part of the context ``metadata["cache_keys"]`` names (absent: all of it)."""
+        keys = _check_names(unit.id, "cache_keys", metadata.get("cache_keys"))
         if keys is None:
             if self._whole_context is None:
                 self._whole_context = self._digest_of_keys(unit.id, list(self._context))
@@ -668,12 +692,17 @@ class _RunCache:
     def _with_inputs(self, run: Run, static: bytes, order: Sequence[int]) -> bytes:
         """``static`` and each input in ``order``: its name and :meth:`_part_of`."""
         keys, state = self._keys, run.scheduler.state
-        parts = []
+        parts = [static]
+        add = parts.append
         for j in order:
+            add(self._label_of(j))
             own = keys[j]
-            part = b"k" + own if own and state[j] is _COMPLETED else self._part_of(run, j)
-            parts.append(self._label_of(j) + part)
-        return _combine(static, parts)
+            if own and state[j] is _COMPLETED:
+                add(b"k")
+                add(own)
+            else:
+                add(self._part_of(run, j))
+        return _combine(parts)
 
     def _label_of(self, j: int) -> bytes:
         """Unit ``j``'s name as keys spell it (a map item's is spelled when it is needed)."""
@@ -830,6 +859,9 @@ class _RunCache:
             LOGGER.warning("unit %r: cache lookup failed, running it: %s", self._names[i], error)
             owner._count_trouble(error=True)
             payload = None
+        if payload == _NONE_PAYLOAD:
+            self._hits.append(i)
+            return True, None
         if payload is not None:
             try:
                 value = pickle.loads(payload)  # noqa: S301 - the store is trusted (docs/caching.md)
@@ -861,7 +893,7 @@ class _RunCache:
             return
         owner = self._owner
         try:
-            payload = dumps(value)
+            payload = _NONE_PAYLOAD if value is None else dumps(value)
         except Exception as error:
             LOGGER.warning(
                 "unit %r: result not cached, it cannot be pickled: %s", self._names[i], error

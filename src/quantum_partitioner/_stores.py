@@ -96,6 +96,7 @@ _PREFETCH_BYTES: Final = 64 << 20
 _PREFETCH_QUERY: Final = (
     "SELECT key, CASE WHEN size <= ? THEN payload END, checksum FROM entries WHERE key IN ({})"
 )
+_TOUCH_QUERY: Final = "UPDATE entries SET accessed = MAX(accessed, ?) WHERE key IN ({})"
 # A store with at most _SCAN_RATIO entries per key wanted is read whole instead (a scan costs
 # a quarter of a keyed read per row), keeping the wanted rows; payloads over _SCAN_ENTRY_BYTES
 # are left out of the scan (it reads every row's) and read by key afterwards.
@@ -218,6 +219,11 @@ def _upgrade(connection: sqlite3.Connection, version: str) -> None:
         kept,
         damaged,
     )
+
+
+def _intact(key: bytes, payload: object, stored: object) -> bool:
+    """Whether a row read from the file holds a payload whose checksum matches."""
+    return isinstance(payload, bytes) and checksum(key, payload) == stored
 
 
 def checksum(key: bytes, payload: bytes) -> int:
@@ -608,9 +614,11 @@ class SQLiteStore(CacheStore):
         self._known_total: int | None = None
         self._indexed = False  # the index on accessed is known to exist (see _evict)
         self._unchecked = 0
-        # What prefetch found: key -> (payload, checksum), or None when the payload was left
-        # to be read at the lookup; and the keys it asked for and did not find.
-        self._prefetched: dict[bytes, tuple[bytes, bytes] | None] = {}
+        # What prefetch found: key -> its payload, checked, or None when the payload was left
+        # to be read at the lookup; and the keys it asked for and did not find. (Payloads,
+        # not (payload, checksum) tuples: ten thousand objects kept for the length of a run
+        # would set the garbage collector going a dozen times.)
+        self._prefetched: dict[bytes, bytes | None] = {}
         self._absent: set[bytes] = set()
         self._finalizer = weakref.finalize(self, _close_quietly, self._connections)
         # At exit _close_live_stores closes the store, under its lock: the finalizer must
@@ -766,8 +774,8 @@ class SQLiteStore(CacheStore):
             return queued
         if key in self._absent:
             return None
-        row = self._prefetched.pop(key, None)
-        if row is None:
+        payload = self._prefetched.pop(key, None)  # checked by prefetch
+        if payload is None:
             with self._lock:
                 row = (
                     self._connection()
@@ -776,20 +784,24 @@ class SQLiteStore(CacheStore):
                 )
             if row is None:
                 return None
-        payload, stored = row
-        if not isinstance(payload, bytes) or checksum(key, payload) != stored:
-            LOGGER.warning(
-                "cache store %s: entry %s is damaged (checksum mismatch); it will be recomputed",
-                self.path,
-                key.hex(),
-            )
-            self.discard(key, corrupt=True)
-            return None
+            payload, stored = row
+            if not _intact(key, payload, stored):
+                self._drop_damaged(key)
+                return None
         touched = self._touched
         touched.append(key)
         if len(touched) >= _TOUCH_BATCH:
             self._hand_touches_over()
         return payload
+
+    def _drop_damaged(self, key: bytes) -> None:
+        LOGGER.warning(
+            "cache store %s: entry %s is damaged (checksum mismatch); it will be recomputed",
+            self.path,
+            key.hex(),
+        )
+        self.discard(key, corrupt=True)
+        self._absent.add(key)
 
     def prefetch(self, keys: Collection[bytes]) -> None:
         """Read the entries under ``keys`` in bulk (see "Bulk reads" in the module docstring).
@@ -809,11 +821,15 @@ class SQLiteStore(CacheStore):
         if not wanted:
             return
         prefetched, absent = self._prefetched, self._absent
-        budget = _PREFETCH_BYTES - sum(len(row[0]) for row in prefetched.values() if row)
+        budget = _PREFETCH_BYTES - sum(len(payload) for payload in prefetched.values() if payload)
+        damaged: list[bytes] = []
         if len(wanted) >= _PREFETCH_CHUNK:
             (count,) = connection.execute("SELECT COUNT(*) FROM entries").fetchone()
+            if count == 0:  # a new store: every key is a miss
+                absent.update(wanted)
+                return
             if count <= _SCAN_RATIO * len(wanted):
-                wanted, budget = self._scan(connection, wanted, budget)
+                wanted, budget = self._scan(connection, wanted, budget, damaged)
         for start in range(0, len(wanted), _PREFETCH_CHUNK):
             chunk = wanted[start : start + _PREFETCH_CHUNK]
             absent.update(chunk)
@@ -824,17 +840,22 @@ class SQLiteStore(CacheStore):
                 absent.discard(key)
                 if payload is None:
                     prefetched[key] = None  # present, but read when looked up
-                else:
-                    prefetched[key] = (payload, stored)
+                elif _intact(key, payload, stored):
+                    prefetched[key] = payload
                     budget -= len(payload)
+                else:
+                    damaged.append(key)
+        for key in damaged:  # once no query is under way
+            self._drop_damaged(key)
 
     def _scan(
-        self, connection: sqlite3.Connection, wanted: list[bytes], budget: int
+        self, connection: sqlite3.Connection, wanted: list[bytes], budget: int, damaged: list[bytes]
     ) -> tuple[list[bytes], int]:
         """Read the whole table, keeping the rows ``wanted``; return those left, and the budget.
 
         Left: the wanted keys found with a payload the scan did not read (over
-        ``_SCAN_ENTRY_BYTES``), for the keyed reads to decide about.
+        ``_SCAN_ENTRY_BYTES``), for the keyed reads to decide about. The keys of damaged
+        entries are added to ``damaged``.
         """
         prefetched, absent = self._prefetched, self._absent
         looking = set(wanted)
@@ -847,11 +868,13 @@ class SQLiteStore(CacheStore):
             absent.discard(key)
             if payload is None:
                 left.append(key)
-            elif size <= budget:
-                prefetched[key] = (payload, stored)
+            elif size > budget:
+                prefetched[key] = None  # present, but read when looked up
+            elif _intact(key, payload, stored):
+                prefetched[key] = payload
                 budget -= size
             else:
-                prefetched[key] = None  # present, but read when looked up
+                damaged.append(key)
         return left, budget
 
     def _forget_prefetched(self) -> None:
@@ -1061,10 +1084,13 @@ class SQLiteStore(CacheStore):
             # after the read): the LRU order needs no finer one, and a hit no clock read.
             touched, self._touched = self._touched, []
             now = time.time()
-            connection.executemany(
-                "UPDATE entries SET accessed = MAX(accessed, ?) WHERE key = ?",
-                [(now, bytearray(key)) for key in dict.fromkeys(touched)],  # see _COPY_BYTES
-            )
+            # A few hundred keys per statement, not a (time, key) row each: fewer hand-overs
+            # of the GIL, and no tuple per read (ten thousand of them, alive at once, set the
+            # garbage collector going a dozen times in the threads of the run under way).
+            keys = [bytearray(key) for key in dict.fromkeys(touched)]  # see _COPY_BYTES
+            for start in range(0, len(keys), _PREFETCH_CHUNK):
+                chunk = keys[start : start + _PREFETCH_CHUNK]
+                connection.execute(_TOUCH_QUERY.format(",".join("?" * len(chunk))), [now, *chunk])
 
     def _flush_touches(self, connection: sqlite3.Connection) -> None:
         try:
