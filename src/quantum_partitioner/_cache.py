@@ -852,17 +852,16 @@ class _RunCache:
             key = self._keys[i] = self._key_of(run, i, static)
         if not key:
             return _MISS
-        owner = self._owner
         try:
             payload = self._store.get(key)
         except Exception as error:
             LOGGER.warning("unit %r: cache lookup failed, running it: %s", self._names[i], error)
-            owner._count_trouble(error=True)
+            self._owner._count_trouble(error=True)
             payload = None
-        if payload == _NONE_PAYLOAD:
-            self._hits.append(i)
-            return True, None
-        if payload is not None:
+        if payload is not None:  # (a miss, the common case of a cold run, is tested first)
+            if payload == _NONE_PAYLOAD:
+                self._hits.append(i)
+                return True, None
             try:
                 value = pickle.loads(payload)  # noqa: S301 - the store is trusted (docs/caching.md)
             except Exception as error:
@@ -891,14 +890,13 @@ class _RunCache:
         key = self._keys[i]
         if not key:
             return
-        owner = self._owner
         try:
             payload = _NONE_PAYLOAD if value is None else dumps(value)
         except Exception as error:
             LOGGER.warning(
                 "unit %r: result not cached, it cannot be pickled: %s", self._names[i], error
             )
-            owner._count_trouble(skipped=True)
+            self._owner._count_trouble(skipped=True)
             return
         item_of = self._item_of
         # An item's entry is its map's (clear_cache("tool")): another item may be served it.
@@ -907,7 +905,7 @@ class _RunCache:
             self._store.put(key, unit, payload)
         except Exception as error:
             LOGGER.warning("unit %r: result not cached: %s", self._names[i], error)
-            owner._count_trouble(error=True)
+            self._owner._count_trouble(error=True)
             return
         self._writes.append(i)
 

@@ -893,8 +893,8 @@ class SQLiteStore(CacheStore):
         if self._pid != _this_process:
             with self._lock:
                 self._connection()  # a forked child: its own connection and queue first
-        self._absent.discard(key)  # a set operation: atomic, no lock needed
-        # Its checksum and time are the writer's work (see _insert).
+        # Its checksum and time are the writer's work (see _insert), and so is taking its key
+        # out of what prefetch found missing (see _commit_queued).
         with self._queue_mutex:
             queued = self._queued
             queued[key] = payload
@@ -964,6 +964,9 @@ class SQLiteStore(CacheStore):
             with self._queue_mutex:
                 # Marked before the swap: whoever sees the queue empty sees the mark too.
                 self._committing = bool(self._queued)
+                # Not missing any more, before they leave the queue (get looks there first):
+                # one set operation per batch instead of one per put.
+                self._absent.difference_update(self._queued)
                 batch, self._queued = self._queued, {}
                 units, self._queued_units = self._queued_units, {}
             if not batch or self._pid != os.getpid():
