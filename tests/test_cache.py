@@ -1595,3 +1595,17 @@ def test_read_times_of_many_entries_are_all_written(tmp_path):
     with contextlib.closing(sqlite3.connect(path)) as db:
         rows = db.execute("SELECT count(*), sum(accessed > created) FROM entries").fetchone()
     assert rows == (1234, 1234)
+
+
+def test_an_entry_read_ahead_while_queued_is_found_once_committed(tmp_path):
+    """A key put, then read ahead (a map's items, as it expands) before its batch commits,
+    is not in the file yet; once the writer thread commits it, it is found, not missed."""
+    with SQLiteStore(tmp_path / "c.sqlite") as store:
+        with store._lock:  # the writer thread cannot commit in between
+            store.put(b"k" * 32, "u", b"payload")
+            store.prefetch([b"k" * 32])
+        deadline = time.monotonic() + 30
+        while store._queued or store._committing:  # the writer thread commits it
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        assert store.get(b"k" * 32) == b"payload"
