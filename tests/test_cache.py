@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -1084,6 +1085,32 @@ def test_a_new_store_has_no_index_but_its_key_until_a_size_limit_needs_one(tmp_p
     assert indexes() == {"entries_accessed"}
 
 
+def test_upgrading_a_version_1_store_holds_a_few_entries_in_memory_not_all(tmp_path):
+    """A store of many large results is upgraded a few rows at a time: reading it whole
+    could not open a cache larger than the memory."""
+    path = tmp_path / "c.sqlite"
+    with SQLiteStore(path) as store:
+        for i in range(64):
+            store.put(b"%032d" % i, "u", bytes([i]) * (1 << 19))  # 32 MiB in all
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT key, payload FROM entries").fetchall()
+        old = [(hashlib.blake2b(key + data, digest_size=16).digest(), key) for key, data in rows]
+        db.executemany("UPDATE entries SET checksum = ? WHERE key = ?", old)
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
+    db.close()
+    del rows, old
+    tracemalloc.start()
+    try:
+        store = SQLiteStore(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    with store:
+        assert peak < 4 << 20  # a 512 KiB entry or two at a time; 32 MiB at once
+        assert store.get(b"%032d" % 63) == bytes([63]) * (1 << 19)
+        assert len(store) == 64
+
+
 def test_other_format_version_is_a_clear_error(tmp_path):
     """A store of another format version raises ValueError naming both versions, and is
     left as it was, its entries too."""
@@ -1450,6 +1477,27 @@ def test_a_commit_of_many_rows_stores_each_one_whole(tmp_path):
         assert all(entries[f"u{i}"].key == (b"%032d" % i).hex() for i in range(250))
     with SQLiteStore(path) as store:  # a fresh process's view: read from the file
         assert [store.get(b"%032d" % i) for i in range(250)] == [b"x" * i for i in range(250)]
+
+
+def test_a_unit_name_sqlite_cannot_store_costs_only_that_unit_its_entry(tmp_path, caplog):
+    """A name with a lone surrogate (``os.fsdecode`` of a bad file name) cannot be written as
+    UTF-8: that unit runs uncached, the others of its batch are committed."""
+    path = tmp_path / "c.sqlite"
+    bad = "file-\udcff"
+
+    def build():
+        p = CachingQuantumPartitioner(cache_path=path)
+        for name in ("a", bad, "b"):
+            p.add_unit(lambda ctx, name=name: name, name=name, metadata={"cacheable": True})
+        return p
+
+    with build() as p:
+        assert p.execute({}, SEQUENTIAL)[bad] == bad
+        assert p.cache_stats().errors == 1
+    assert repr(bad) in caplog.text
+    with build() as p:
+        p.execute({}, SEQUENTIAL)
+        assert (p.cache_hits, p.cache_misses) == (2, 1)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import graphlib
 import itertools
 import math
+import pickle
 import sys
 
 import pytest
@@ -18,6 +20,7 @@ from quantum_partitioner import (
     QuantumPartitioner,
     QuantumUnit,
     RetryPolicy,
+    UnitState,
     UnknownDependencyError,
     at_least,
 )
@@ -712,6 +715,25 @@ def test_metadata_is_made_when_first_read_and_each_unit_owns_its_own():
     assert p.units["a"].metadata == {"fallback_value": 1}
     assert (p.units["b"].metadata, p.units["c"].metadata) == ({}, {})
     assert p.units["b"].metadata is p.units["b"].metadata
+
+
+def test_a_unit_copies_and_pickles_after_a_run_as_a_new_unit_of_no_partitioner():
+    """copy, deepcopy and pickle keep a unit's fields, not the run it was part of (whose
+    record holds locks and every unit's results): the copy is PENDING, and its options its own."""
+    p = QuantumPartitioner()
+    p.add_unit(noop, name="a")
+    unit = p.add_unit(noop, ["a"], name="b", timeout=2.0, metadata={"tag": [1]})
+    p.execute(execution_mode=ExecutionMode.SEQUENTIAL)
+
+    for copied in (copy.copy(unit), copy.deepcopy(unit), pickle.loads(pickle.dumps(unit))):
+        assert (copied.id, copied.function, copied.dependencies) == ("b", noop, ["a"])
+        assert (copied.timeout, copied.metadata, copied.run_if) == (2.0, {"tag": [1]}, ALL_SUCCESS)
+        assert copied.state is UnitState.PENDING
+        assert copied.result is None
+        copied.timeout = 5.0
+        assert unit.timeout == 2.0
+    assert unit.state is UnitState.COMPLETED
+    assert copy.deepcopy(unit).metadata["tag"] is not unit.metadata["tag"]
 
 
 class _Admitting(QuantumPartitioner):

@@ -30,6 +30,7 @@ from quantum_partitioner import (
     UnitSkipped,
     UnitStarted,
     UnitState,
+    UnknownDependencyError,
 )
 
 SEQ = ExecutionMode.SEQUENTIAL
@@ -246,6 +247,116 @@ def test_execute_uses_the_current_units_after_a_change():
     p.add_unit(lambda ctx: ctx["a"] + 1, ["a"], name="b")
 
     assert p.execute({}, SEQ) == {"a": 1, "b": 2}
+
+
+def test_a_unit_changed_after_a_run_or_a_plan_orders_the_next_ones():
+    """priority, metadata and dependencies assigned after a run: the next plan and run see them."""
+    order: list[str] = []
+    p = QuantumPartitioner()
+    for name in "xyz":
+        p.add_unit(lambda ctx, name=name: order.append(name), name=name)
+    p.execute({}, SEQ)
+    assert order == ["x", "y", "z"]
+    assert p.build_execution_plan().critical_path == ["x"]
+
+    p.units["z"].priority = 1
+    order.clear()
+    p.execute({}, SEQ)
+    assert order == ["z", "x", "y"]
+
+    p.units["x"].metadata = {"estimated_duration": 1.0}
+    p.units["y"].metadata = {"estimated_duration": 5.0}
+    assert p.build_execution_plan().critical_path == ["y"]
+    p.units["z"].dependencies = ["x"]
+    assert p.build_execution_plan().levels == [["x", "y"], ["z"]]
+    p.units["z"].dependencies = ["nowhere"]
+    for _ in range(2):  # not once, then the graph compiled before the change
+        with pytest.raises(UnknownDependencyError, match="nowhere"):
+            p.execute({}, SEQ)
+
+
+def test_a_unit_changed_during_a_run_is_seen_by_the_next_run_not_this_one():
+    """A callback assigning an option and asking for the plan mid-run: the run's graph and
+    its units' states stay; the next run uses the new value."""
+    order: list[str] = []
+    p = QuantumPartitioner()
+    for name in "xyz":
+        p.add_unit(lambda ctx, name=name: order.append(name), name=name)
+    plans = []
+
+    def change(unit_id, result):
+        if unit_id == "x":
+            p.units["z"].priority = 1
+            plans.append(p.build_execution_plan())
+
+    p.on_unit_complete = change
+    p.execute({}, SEQ)
+    assert order == ["x", "y", "z"]
+    assert all(unit.state is UnitState.COMPLETED for unit in p.units.values())
+    order.clear()
+    p.execute({}, SEQ)
+    assert order == ["z", "x", "y"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("timeout", -1, ValueError),
+        ("retries", -2, ValueError),
+        ("priority", "high", TypeError),
+        ("metadata", [1], TypeError),
+        ("dependencies", "a", TypeError),
+        ("condition", 5, TypeError),
+        ("limits", {"db": 0}, ValueError),
+        ("limits", "db", TypeError),
+    ],
+)
+def test_a_bad_value_assigned_between_runs_is_refused_before_any_unit_runs(field, value, error):
+    """Checked as add_unit checks it, naming the unit, when the next run or plan starts."""
+    ran: list[str] = []
+    p = QuantumPartitioner()
+    p.add_limit("db", concurrency=1)
+    p.add_unit(lambda ctx: ran.append("a"), name="a")
+    unit = p.add_unit(lambda ctx: ran.append("b"), ["a"], name="b")
+    p.execute({}, SEQ)
+    ran.clear()
+
+    setattr(unit, field, value)
+    with pytest.raises(error, match="'b'"):
+        p.execute({}, SEQ)
+    with pytest.raises(error, match="'b'"):
+        p.build_execution_plan()
+    assert ran == []
+
+
+def test_limits_assigned_as_a_list_count_as_add_unit_counts_them():
+    """``unit.limits = ["db", "db"]`` between runs takes two slots, as ``limits=`` would."""
+    p = QuantumPartitioner()
+    p.add_limit("db", concurrency=2)
+    unit = p.add_unit(lambda ctx: 1, name="a")
+    p.execute({}, SEQ)
+    unit.limits = ["db", "db"]
+    assert p.execute({}, SEQ) == {"a": 1}
+    assert unit.limits == {"db": 2}
+    unit.limits = ["db", "db", "db"]
+    with pytest.raises(ValueError, match="'a'"):
+        p.execute({}, SEQ)
+
+
+def test_setting_an_option_on_one_unit_leaves_every_other_as_it_was():
+    """Units share their default options record: writing one gives that unit its own."""
+    p = QuantumPartitioner()
+    a = p.add_unit(lambda ctx: 1, name="a")
+    b = p.add_unit(lambda ctx: 2, name="b")
+    plain = QuantumUnit("plain", len)
+    limited = p.add_unit(lambda ctx: 3, name="limited", limits={"db": 1})
+    a.timeout, a.retries, a.priority, a.limits = 1.0, 2, 3, {"api": 1}
+    limited.limits["db"] = 2
+
+    assert (b.timeout, b.retries, b.priority, b.limits) == (None, 0, 0, None)
+    assert (plain.timeout, plain.retries, plain.priority, plain.limits) == (None, 0, 0, None)
+    assert (a.timeout, a.retries, a.priority, a.limits) == (1.0, 2, 3, {"api": 1})
+    assert p.add_unit(lambda ctx: 4, name="later", limits={"db": 1}).limits == {"db": 1}
 
 
 # -- execute() argument validation -----------------------------------------------------------

@@ -98,12 +98,26 @@ ExecutionModeArg: TypeAlias = (
 
 
 class _RunView:
-    """What a unit reads of the run that last executed it (set by the partitioner)."""
+    """What a unit reads of the run that last executed it, and tells its partitioner.
 
-    __slots__ = ("record",)
+    Each unit of a compiled graph holds its partitioner's view (set by the partitioner).
+    ``changed``: an option, the dependencies or the metadata of one of them was assigned
+    since; the partitioner then compiles its graph again before the next run or plan, which
+    reads them (priority order, join rules, conditions, edges, weights).
+    """
+
+    __slots__ = ("changed", "record")
 
     def __init__(self) -> None:
         self.record: Any = None
+        self.changed = False
+
+
+def _changed(unit: QuantumUnit[Any, Any]) -> None:
+    """Tell the partitioner whose graph ``unit`` was compiled into that it changed."""
+    view = unit._view
+    if view is not None:
+        view.changed = True
 
 
 # What a unit without dependencies holds in place of its list (see QuantumUnit.dependencies).
@@ -157,6 +171,7 @@ def _option(name: str) -> Any:
     def write(unit: QuantumUnit[Any, Any], value: object) -> None:
         change: dict[str, Any] = {name: value}
         unit._options = unit._options._replace(**change)
+        _changed(unit)
 
     return property(attrgetter(f"_options.{name}"), write)
 
@@ -309,6 +324,7 @@ class QuantumUnit(Generic[T, R]):
     @dependencies.setter
     def dependencies(self, value: list[str]) -> None:
         self._dependencies = value
+        _changed(self)
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -323,6 +339,7 @@ class QuantumUnit(Generic[T, R]):
     @metadata.setter
     def metadata(self, value: dict[str, Any]) -> None:
         self._metadata = value
+        _changed(self)
 
     # The options (see UnitOptions): each reads the unit's record and writes a new one.
     timeout: _Option[float | None] = _option("timeout")
@@ -336,6 +353,16 @@ class QuantumUnit(Generic[T, R]):
     over: _Option[str | None] = _option("over")
     max_items: _Option[int | None] = _option("max_items")
     view_keys: _Option[dict[str, str] | None] = _option("view_keys")
+
+    def __getstate__(self) -> tuple[None, dict[str, Any]]:
+        """What ``copy`` and ``pickle`` keep: the unit's fields, not the run it was part of.
+
+        A copy is a new unit of no partitioner, PENDING until a run of one it is added to:
+        the run record it would otherwise share holds locks and every unit's results.
+        """
+        fields = {slot: getattr(self, slot) for slot in QuantumUnit.__slots__}
+        fields["_view"], fields["_index"] = None, -1
+        return None, fields
 
     def __repr__(self) -> str:
         """Show the unit's name, dependencies and state."""
@@ -453,7 +480,7 @@ def validate_unit(unit: QuantumUnit[Any, Any], *, over_maps: bool = False) -> No
         ValueError: A field has a value out of range.
     """
     _check_name(unit.id)
-    _check_dependencies(unit.id, unit.dependencies)
+    _check_dependencies(unit.id, unit._dependencies)  # the slot: no list made for a root
     _check_fields(unit, over_maps=over_maps)
     if unit.view_keys is not None:
         _check_view_keys(unit)
@@ -789,6 +816,7 @@ class Graph:
         "_coroutine_flags",
         "_decisions",
         "_dependents",
+        "_flag_functions",
         "_priority_order",
         "_rank",
         "_view_keys",
@@ -875,6 +903,8 @@ class Graph:
             None
         )
         self._coroutine_flags: list[bool] | None = None
+        #: The functions ``_coroutine_flags`` was found for.
+        self._flag_functions: list[Callable[..., Any]] = []
         self._view_keys: list[tuple[str, ...]] | Literal[False] | None = False
 
     def for_run(self) -> Graph:
@@ -897,24 +927,38 @@ class Graph:
         copy._dependents = list(self.dependents)
         return copy
 
-    def coroutine_flags(self) -> list[bool]:
+    def coroutine_flags(self, functions: list[Callable[..., Any]] | None = None) -> list[bool]:
         """Whether each unit's function is a coroutine function, found on first use.
 
         Asked once per distinct function (many units share one), not per unit per run:
         ``inspect.iscoroutinefunction`` is a good part of a no-op unit's cost. Never mutated:
         a run that adds units (maps) copies it.
+
+        Args:
+            functions: The units' functions as a run read them. When one is not the function
+                the flags were found for (``unit.function`` replaced between runs), they are
+                found again: comparing the lists costs a run about a nanosecond per unit.
         """
         flags = self._coroutine_flags
+        if flags is not None and functions is not None:
+            try:
+                same = functions == self._flag_functions  # identical items never call __eq__
+            except Exception:  # a callable whose __eq__ cannot answer: ask again
+                same = False
+            if not same:
+                flags = None
         if flags is None:
+            if functions is None:
+                functions = [unit.function for unit in self.units]
             known: dict[int, bool] = {}
             flags = []
-            for unit in self.units:
-                function = unit.function
+            for function in functions:
                 flag = known.get(id(function))
                 if flag is None:
                     flag = known[id(function)] = inspect.iscoroutinefunction(function)
                 flags.append(flag)
             self._coroutine_flags = flags
+            self._flag_functions = list(functions)  # a run's own list grows with its maps
         return flags
 
     def decisions(self) -> tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]]:

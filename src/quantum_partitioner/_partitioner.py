@@ -878,10 +878,16 @@ class QuantumPartitioner(Generic[T, R]):
 
     def _compiled(self) -> Graph:
         graph = self._graph
-        if graph is None:
+        view = self._view
+        # changed: a unit's option was assigned since; a run under way keeps its graph (and
+        # its units their states), the next run takes the change.
+        if graph is None or (view.changed and self._active_run is None):
+            self._graph = self._plan = None  # a graph that does not compile stays unknown
+            if view.changed:
+                self._check_assigned()
             graph = compile_graph(self.units.values())
+            view.changed = False
             # Bind each unit to the run record it will read its state from.
-            view = self._view
             view.record = None
             # zip with the index's values shares its int objects instead of making new ones.
             for unit, i in zip(graph.units, graph.index.values(), strict=True):
@@ -890,6 +896,23 @@ class QuantumPartitioner(Generic[T, R]):
             self._graph = graph
         return graph
 
+    def _check_assigned(self) -> None:
+        """Check the units as add_unit checks them: a field was assigned since the last compile.
+
+        Limits given as a list of names become ``{name: slots}``, as ``limits=`` does.
+
+        Raises:
+            TypeError: A field has the wrong type (the message names the unit).
+            ValueError: A field is out of range (the message names the unit).
+        """
+        for unit in self.units.values():
+            validate_unit(unit, over_maps=self._depends_on_a_map(unit._dependencies))
+            limits = unit._options.limits
+            if limits is not None:
+                slots = normalize_unit_limits(unit.id, limits)
+                if slots != limits:  # the record, not the attribute: no change to report
+                    unit._options = unit._options._replace(limits=slots)
+
     def build_execution_plan(self) -> ExecutionPlan:
         """Validate the graph and describe it: levels, critical path, picture.
 
@@ -897,10 +920,9 @@ class QuantumPartitioner(Generic[T, R]):
             UnknownDependencyError: A unit depends on a name that is no unit.
             CircularDependencyError: The dependencies form a cycle (``.cycle`` has its path).
         """
-        if self._plan is None or self._graph is None:
-            self._plan = ExecutionPlan(
-                self._compiled(), self.units, self._limits, is_subgraph=_is_subgraph
-            )
+        graph = self._compiled()
+        if self._plan is None or self._plan.graph is not graph:
+            self._plan = ExecutionPlan(graph, self.units, self._limits, is_subgraph=_is_subgraph)
         return self._plan
 
     # -- running ---------------------------------------------------------------------------

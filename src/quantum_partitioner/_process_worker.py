@@ -178,10 +178,14 @@ def serve(inbox: int, outbox: int, parent: int) -> None:
     send_frame(outbox, dumps(("ready", os.getpid()), PROTOCOL))
     reader = FrameReader(inbox)
     queued: deque[tuple[Any, ...]] = deque()  # "run" messages not started yet
+    # poll(), not select(): the pipe has the number the parent gave it, and select() refuses
+    # numbers past 1024 (a parent with many open files).
+    arrived = select.poll()
+    arrived.register(inbox, select.POLLIN)
     while True:
         # With nothing queued, wait for the parent; else take in what has arrived (a recall
         # among it) before the next attempt starts.
-        if not queued or select.select([inbox], [], [], 0)[0]:
+        if not queued or arrived.poll(0):
             try:
                 frames = reader.read()
             except EOFError:

@@ -198,7 +198,7 @@ class Run:
         # Typed loosely: a unit declared sync may still return a coroutine (awaited below).
         self._functions: list[Callable[..., Any]] = [unit.function for unit in graph.units]
         #: Whether each unit is a coroutine function, for drivers that run those apart.
-        flags = graph.coroutine_flags()
+        flags = graph.coroutine_flags(self._functions)
         self.is_async = list(flags) if graph.maps else flags  # maps extend it
         self._names = graph.names
         self._deps = graph.deps

@@ -172,12 +172,24 @@ _ACCESSED_INDEX: Final = "CREATE INDEX IF NOT EXISTS entries_accessed ON entries
 _PAGE_SIZE: Final = 16384
 
 
+# Upgrading a version 1 or 2 store, a few rows at a time (by rowid): payloads up to
+# _UPGRADE_ENTRY_BYTES come with their row, larger ones are read (and copied) one by one.
+_UPGRADE_CHUNK: Final = 256
+_UPGRADE_ENTRY_BYTES: Final = 16 << 10
+_UPGRADE_QUERY: Final = (
+    "SELECT rowid, key, unit, CASE WHEN size <= ? THEN payload END, checksum, size, created,"
+    " accessed FROM entries_old WHERE rowid > ? ORDER BY rowid LIMIT ?"
+)
+
+
 def _old_checksum_holds(version: str, key: object, payload: object, stored: object) -> bool:
     """Whether an entry of a version 1 or 2 store is intact, by that version's checksum."""
     if not (isinstance(key, bytes) and isinstance(payload, bytes)):
         return False
-    if version == "1":
-        return hashlib.blake2b(key + payload, digest_size=16).digest() == stored
+    if version == "1":  # BLAKE2b-128 of key || payload
+        hasher = hashlib.blake2b(key, digest_size=16)
+        hasher.update(payload)  # not key + payload: no copy of a large payload
+        return hasher.digest() == stored
     return checksum(key, payload).to_bytes(4, "big") == stored
 
 
@@ -189,25 +201,36 @@ def _upgrade(connection: sqlite3.Connection, version: str) -> None:
     whose old checksum holds is copied with this version's, a damaged one is dropped (it is
     recomputed when needed), so an upgrade keeps every valid result. A process of an older
     library still writing to the file afterwards writes checksums that read here as damage:
-    its entries are recomputed, never served wrong.
+    its entries are recomputed, never served wrong. The store is read a few rows at a time:
+    it may hold more than the memory.
     """
     connection.execute("ALTER TABLE entries RENAME TO entries_old")
     connection.execute(_ENTRIES)
     kept = damaged = 0
-    rows = connection.execute(
-        "SELECT key, unit, payload, checksum, size, created, accessed FROM entries_old"
-    )
-    while chunk := rows.fetchmany(_ROWS_PER_INSERT):
-        valid = [row for row in chunk if _old_checksum_holds(version, row[0], row[2], row[3])]
-        damaged += len(chunk) - len(valid)
-        kept += len(valid)
-        connection.executemany(
-            _INSERT,
-            [
-                (key, unit, payload, checksum(key, payload), size, created, accessed)
-                for key, unit, payload, _, size, created, accessed in valid
-            ],
-        )
+    last = -1 << 63
+    while rows := connection.execute(
+        _UPGRADE_QUERY, (_UPGRADE_ENTRY_BYTES, last, _UPGRADE_CHUNK)
+    ).fetchall():
+        small = []
+        for rowid, key, unit, inline, stored, size, created, accessed in rows:
+            payload = inline
+            if payload is None:  # large (or not a blob): read alone
+                (payload,) = connection.execute(
+                    "SELECT payload FROM entries_old WHERE rowid = ?", (rowid,)
+                ).fetchone()
+            if not _old_checksum_holds(version, key, payload, stored):
+                damaged += 1
+                continue
+            kept += 1
+            row = (key, unit, payload, checksum(key, payload), size, created, accessed)
+            if inline is None:
+                connection.execute(_INSERT, row)  # at once: not kept in memory
+            else:
+                small.append(row)
+            del payload, row
+        connection.executemany(_INSERT, small)
+        last = rows[-1][0]
+        del rows, small
     connection.execute("DROP TABLE entries_old")  # and its indexes
     connection.execute(
         "UPDATE meta SET value = ? WHERE key = 'format_version'", (str(FORMAT_VERSION),)
@@ -886,10 +909,17 @@ class SQLiteStore(CacheStore):
 
         A commit that fails later is logged and counted in ``write_errors``; the entries of
         that batch are recomputed by the next run that needs them.
+
+        Raises:
+            UnicodeEncodeError: ``unit`` cannot be written as UTF-8 (a lone surrogate).
         """
         limit = self.size_limit
         if limit is not None and len(payload) > limit:
             return  # it would evict everything and still not fit
+        if not unit.isascii():
+            # Refused here, not when its batch commits: SQLite stores names as UTF-8, and
+            # one it cannot (a lone surrogate, from os.fsdecode) would fail the whole batch.
+            unit.encode("utf-8")
         if self._pid != _this_process:
             with self._lock:
                 self._connection()  # a forked child: its own connection and queue first

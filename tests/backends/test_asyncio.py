@@ -144,6 +144,21 @@ def test_max_workers_caps_concurrent_coroutines():
     assert peak == 3
 
 
+def test_a_function_made_plain_or_async_between_mixed_runs_goes_where_it_belongs_now():
+    """resource_balanced: a unit's function replaced between runs is called as it is now."""
+
+    async def fetch(ctx):
+        return 2
+
+    p = QuantumPartitioner()
+    unit = p.add_unit(fetch, name="a", metadata={"resource_type": "async"})
+    assert p.execute_with_strategy({}, "resource_balanced") == {"a": 2}
+    unit.function = lambda ctx: 3
+    assert p.execute_with_strategy({}, "resource_balanced") == {"a": 3}
+    unit.function = fetch
+    assert p.execute_with_strategy({}, "resource_balanced") == {"a": 2}
+
+
 @pytest.mark.parametrize("strategy", [None, "resource_balanced"])
 def test_unit_raising_cancelled_error_fails_instead_of_hanging(strategy):
     """A unit that raises CancelledError itself is FAILED; its dependents are skipped."""

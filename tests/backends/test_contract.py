@@ -33,6 +33,7 @@ from quantum_partitioner import (
     UnitCancelledError,
     UnitSkippedError,
     UnitState,
+    at_least,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -597,6 +598,37 @@ def test_states_reset_between_runs(mode):
     assert p.completed_units == {"sometimes", "after"}
     assert p.get_failed_units() == {}
     assert p.last_execution_metrics["failed_units"] == 0
+
+
+def test_a_function_replaced_between_runs_is_called_as_it_is_now(mode):
+    """``unit.function = ...`` between runs: the next run calls (and awaits) the new one."""
+    p = QuantumPartitioner()
+    unit = p.add_unit(u.async_times("base", 2), name="unit")
+    assert mode.execute(p, {"base": 5}) == {"unit": 10}
+
+    unit.function = u.times("base", 3)
+    assert mode.execute(p, {"base": 5}) == {"unit": 15}
+    unit.function = u.async_times("base", 4)
+    assert mode.execute(p, {"base": 5}) == {"unit": 20}
+    assert unit.state is UnitState.COMPLETED
+
+
+def test_options_and_dependencies_set_between_runs_are_what_the_next_run_uses(mode):
+    """A unit's when=, run_if and dependencies assigned after a run: the next run sees them."""
+    p = QuantumPartitioner()
+    p.add_unit(u.fail_if("fail"), name="flaky")
+    p.add_unit(u.const(2), name="steady")
+    joined = p.add_unit(u.times("steady", 10), ["flaky"], name="joined")
+    mode.execute(p, {"fail": True})
+    assert joined.state is UnitState.SKIPPED
+
+    joined.run_if = at_least(1)
+    joined.dependencies = ["flaky", "steady"]
+    assert mode.execute(p, {"fail": True})["joined"] == 20  # ctx["steady"]: declared now
+
+    joined.condition = lambda ctx: False
+    mode.execute(p, {"fail": False})
+    assert joined.state is UnitState.SKIPPED
 
 
 def test_unit_runtime_fields_describe_the_last_run(mode):

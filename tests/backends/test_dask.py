@@ -44,6 +44,7 @@ from quantum_partitioner import (  # noqa: E402
     UnitSkippedError,
     UnitState,
     UnitTimeoutError,
+    at_least,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -194,6 +195,26 @@ def test_async_def_units_are_awaited_on_the_workers(client):
         "plain": 11,
         "returns_coroutine": 10,
     }
+
+
+def test_a_unit_changed_between_runs_runs_as_it_is_now(client):
+    """Its function (async made plain), run_if and dependencies assigned after a run."""
+
+    async def fetch(ctx):
+        return ctx["base"] * 2
+
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: 1 / 0, name="broken")
+    p.add_unit(lambda ctx: 3, name="steady")
+    unit = p.add_unit(fetch, name="fetch")
+    joined = p.add_unit(lambda ctx: ctx["steady"], ["broken"], name="joined")
+    p.execute({"base": 5}, backend=DaskBackend(client))
+    assert joined.state is UnitState.SKIPPED
+
+    unit.function = lambda ctx: ctx["base"] * 3
+    joined.run_if, joined.dependencies = at_least(1), ["broken", "steady"]
+    results = p.execute({"base": 5}, backend=DaskBackend(client))
+    assert (results["fetch"], results["joined"]) == (15, 3)
 
 
 def test_default_client_is_used_when_none_is_given(client):

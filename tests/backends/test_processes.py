@@ -508,6 +508,79 @@ def test_attempts_waiting_in_a_worker_that_dies_run_on_its_replacement(tmp_path)
         lane.close(cancel=True)
 
 
+@pytest.fixture
+def descriptors_past_1024():
+    """Take every descriptor number up to 1040, so that new pipes get numbers above 1024."""
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1100
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"the hard limit on open files is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    held = []
+    try:
+        while not held or held[-1] < 1040:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_worker_holding_attempts_reads_its_pipe_whatever_its_number(
+    tmp_path, descriptors_past_1024
+):
+    """A caller with over 1024 open files: a worker with attempts sent ahead still runs them.
+
+    (``select()`` refuses descriptor numbers past 1024; the worker's pipe has the caller's.)
+    """
+    gate = str(tmp_path / "gate")
+    graph = Graph(
+        [QuantumUnit("busy", lambda ctx: _wait_for_file(gate)), QuantumUnit("next", lambda ctx: 2)]
+    )
+    _run, lane, outcomes = _lane_sending_ahead(graph)
+    try:
+        assert lane._workers[0].inbox > 1024
+        lane.submit(0, 1)
+        lane.submit(1, 1)
+        assert len(lane._workers[0].jobs) == 2  # "next" waits in the worker
+        Path(gate).touch()
+        assert _next_outcome(lane, outcomes)[:3] == (0, 1, True)
+        assert _next_outcome(lane, outcomes) == (1, 1, True, 2, None)
+    finally:
+        lane.close(cancel=True)
+
+
+def test_an_attempt_too_large_to_wait_in_a_pipe_waits_for_an_idle_worker(tmp_path):
+    """A busy worker reads its pipe only between attempts: writing it more than the pipe
+    holds would block the driver (its timeouts, outcomes, cancel) until the attempt ahead
+    ends. Such an attempt waits in the driver for an idle worker instead."""
+    gate = str(tmp_path / "gate")
+    payload = bytes(1 << 20)  # sent with the function: cloudpickle sends closures by value
+    graph = Graph(
+        [
+            QuantumUnit("busy", lambda ctx: _wait_for_file(gate)),
+            QuantumUnit("large", lambda ctx: len(payload)),
+        ]
+    )
+    _run, lane, outcomes = _lane_sending_ahead(graph)
+    sent = threading.Event()
+    try:
+        lane.submit(0, 1)
+        assert lane.has_room()
+        threading.Thread(target=lambda: (lane.submit(1, 1), sent.set()), daemon=True).start()
+        assert sent.wait(10), "submit() waited for the worker to finish the attempt ahead"
+        assert list(lane._workers[0].jobs) == [(0, 1)]
+        assert not lane.has_room()  # nothing else goes ahead of it
+        Path(gate).touch()
+        assert _next_outcome(lane, outcomes)[:3] == (0, 1, True)
+        assert _next_outcome(lane, outcomes) == (1, 1, True, 1 << 20, None)
+    finally:
+        Path(gate).touch()
+        lane.close(cancel=True)
+
+
 def test_a_unit_with_a_timeout_or_a_limit_is_never_sent_ahead(tmp_path):
     """Their timeout and slots count from the real start: they wait for an idle worker."""
     gate = str(tmp_path / "gate")

@@ -28,8 +28,11 @@ preferred. Only attempts whose promises do not depend on when they start are sen
 timeout and no named limit (both count from the real start), only when no instrument
 listens to unit starts (its event would come early), and not under ``fail_fast`` (which
 cancels what has not started: an attempt waiting in a worker would start after the
-failure). The worker stamps each one's real start, which becomes the attempt's recorded
-start. One that is abandoned (cancelled, the run
+failure). Only small ones too (``_SENT_AHEAD_BYTES``, its inputs and function): a busy
+worker does not read its pipe, and a write the pipe cannot hold would stop the driver (its
+timeouts, outcomes, cancellation) until the attempt ahead ends; a larger one waits in the
+driver for an idle worker, before any other. The worker stamps each one's real start,
+which becomes the attempt's recorded start. One that is abandoned (cancelled, the run
 stopping) before its turn is recalled: the worker reads what has arrived before it starts
 each queued attempt, so it drops a recalled one, which never starts. (Should it have started
 before the recall was sent, because the attempt ahead of it had just ended, it runs to its
@@ -88,6 +91,9 @@ LOGGER = logging.getLogger("quantum_partitioner")
 _MAX_FAILED_STARTS = 3
 #: How many attempts may wait in a worker behind the one it runs (sent ahead).
 _SEND_AHEAD = 4
+#: The largest attempt (its messages, in bytes) that may be sent ahead: that many of them
+#: and a recall fit in a pipe's buffer (64 KiB on Linux), which a busy worker does not read.
+_SENT_AHEAD_BYTES = 8 << 10
 #: Attempts are sent ahead only while a typical one lasts less than this (seconds): for
 #: longer ones the round trip to the driver costs little, and a queue would only delay a
 #: unit that a free worker could start (and a higher priority that became ready).
@@ -424,6 +430,7 @@ class ProcessLane(Lane):
         """Send the attempt to an idle worker, or behind a busy one's; fail it if unpicklable."""
         run = self._run
         unit = run.graph.units[i]
+        ahead = False
         with self._lock:
             worker = next((w for w in self._workers if w.ready and not w.jobs), None)
             if worker is None and self._may_send_ahead(i):
@@ -434,6 +441,7 @@ class ProcessLane(Lane):
                 )
                 if worker is not None:  # its start is the worker's to say
                     self._sent_ahead.add((i, attempt))
+                    ahead = True
             if worker is None:  # the idle worker has_room() saw has died since
                 self._held.append((i, attempt))
                 return
@@ -445,6 +453,14 @@ class ProcessLane(Lane):
             with self._lock:
                 _forget(worker, (i, attempt))
             self._post((i, attempt, False, error, None))
+            return
+        if ahead and sum(map(len, messages)) > _SENT_AHEAD_BYTES:
+            # A busy worker reads its pipe only between attempts: a write the pipe cannot
+            # hold would stop the driver until the attempt ahead ends. It waits for an idle
+            # worker here instead (its start is still the worker's stamp).
+            with self._lock:
+                _forget(worker, (i, attempt))
+                self._held.append((i, attempt))
             return
         try:
             send_frames(worker.inbox, messages)
