@@ -329,6 +329,37 @@ def test_a_bad_value_assigned_between_runs_is_refused_before_any_unit_runs(field
     assert ran == []
 
 
+def test_a_unit_put_into_or_deleted_from_the_units_dict_is_seen_by_the_next_run():
+    """The original API's ``units`` dict given a new unit or losing one after a run: the
+    next run (and plan) has the units it holds now, checked as add_unit checks one."""
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: 1, name="a")
+    p.add_unit(lambda ctx: 2, name="gone")
+    assert p.execute({}, SEQ) == {"a": 1, "gone": 2}
+
+    del p.units["gone"]
+    assert p.execute({}, SEQ) == {"a": 1}
+    p.units["b"] = QuantumUnit("b", lambda ctx: ctx["a"] + 1, ["a"])
+    assert p.execute({}, SEQ) == {"a": 1, "b": 2}
+    assert p.build_execution_plan().levels == [["a"], ["b"]]
+    p.units["bad"] = QuantumUnit("bad", lambda ctx: 3, timeout=-1)
+    with pytest.raises(ValueError, match="'bad'"):
+        p.execute({}, SEQ)
+
+
+def test_a_join_rule_assigned_by_name_counts_as_run_if_does():
+    """``unit.run_if = "all_done"`` between runs: the rule of that name, as ``run_if=``."""
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: 1 / 0, name="broken")
+    after = p.add_unit(lambda ctx: "ran", ["broken"], name="after")
+    p.execute({}, SEQ)
+    after.run_if = "all_done"
+    assert p.execute({}, SEQ) == {"after": "ran"}
+    after.run_if = "sometimes"
+    with pytest.raises(ValueError, match="'after'"):
+        p.execute({}, SEQ)
+
+
 def test_limits_assigned_as_a_list_count_as_add_unit_counts_them():
     """``unit.limits = ["db", "db"]`` between runs takes two slots, as ``limits=`` would."""
     p = QuantumPartitioner()

@@ -958,7 +958,8 @@ class Graph:
                     flag = known[id(function)] = inspect.iscoroutinefunction(function)
                 flags.append(flag)
             self._coroutine_flags = flags
-            self._flag_functions = list(functions)  # a run's own list grows with its maps
+            # The run's own list, kept as it is unless its maps will grow it.
+            self._flag_functions = list(functions) if self.maps else functions
         return flags
 
     def decisions(self) -> tuple[dict[int, Callable[[Any], object]], dict[int, JoinRule]]:

@@ -417,7 +417,10 @@ class QuantumPartitioner(Generic[T, R]):
             # metadata if it has some, to check.
             unit = make_plain_unit(unit_id, fn, dependencies)
             if metadata is not None:
-                check_metadata(unit_id, metadata)
+                # check_metadata's own test of a dict, inlined: a cacheable unit's metadata
+                # ({"cacheable": True}) is a dict without an estimated_duration to check.
+                if type(metadata) is not dict or "estimated_duration" in metadata:
+                    check_metadata(unit_id, metadata)
                 unit._metadata = metadata
         else:
             rule = ALL_SUCCESS if run_if == "all_success" else _join_rule_of(unit_id, run_if)
@@ -879,7 +882,9 @@ class QuantumPartitioner(Generic[T, R]):
     def _compiled(self) -> Graph:
         graph = self._graph
         view = self._view
-        # changed: a unit's option was assigned since; a run under way keeps its graph (and
+        if graph is not None and len(graph.units) != len(self.units):
+            view.changed = True  # a unit put into or deleted from the dict directly
+        # changed: a unit's field was assigned since; a run under way keeps its graph (and
         # its units their states), the next run takes the change.
         if graph is None or (view.changed and self._active_run is None):
             self._graph = self._plan = None  # a graph that does not compile stays unknown
@@ -899,13 +904,17 @@ class QuantumPartitioner(Generic[T, R]):
     def _check_assigned(self) -> None:
         """Check the units as add_unit checks them: a field was assigned since the last compile.
 
-        Limits given as a list of names become ``{name: slots}``, as ``limits=`` does.
+        Limits given as a list of names become ``{name: slots}``, and a join rule given by
+        name the rule, as ``limits=`` and ``run_if=`` do.
 
         Raises:
             TypeError: A field has the wrong type (the message names the unit).
             ValueError: A field is out of range (the message names the unit).
         """
         for unit in self.units.values():
+            rule: object = unit._options.run_if  # what was assigned: maybe a rule's name
+            if isinstance(rule, str):  # the record, not the attribute: no change to report
+                unit._options = unit._options._replace(run_if=_join_rule_of(unit.id, rule))
             validate_unit(unit, over_maps=self._depends_on_a_map(unit._dependencies))
             limits = unit._options.limits
             if limits is not None:

@@ -1,21 +1,28 @@
 """The program a PROCESS-mode worker runs: receive attempts, run them, send outcomes back.
 
 Started by :mod:`.backends._processes` as ``python -c "from
-quantum_partitioner._process_worker import main; main()" IN_FD OUT_FD PARENT STDERR_FD``, it
-never imports the caller's ``__main__`` (functions from there travel by value, pickled with
-cloudpickle). Its protocol: frames (:func:`send_frames`,
+quantum_partitioner._process_worker import main; main()" IN_FD OUT_FD PARENT STDERR_FD
+CLAIM_FD``, it never imports the caller's ``__main__`` (functions from there travel by value,
+pickled with cloudpickle). Its protocol: frames (:func:`send_frames`,
 :class:`FrameReader`), each one pickled tuple whose first item says what it is:
 
 parent → worker: ``("context", blob)`` once per run, ``("function", key, blob)`` once
-per function, ``("run", index, attempt, key, unit_id, inputs_blob)`` per attempt,
-``("recall", index, attempt)`` for an attempt sent ahead that must not start, ``("stop",)``.
-New kinds of message, or new trailing items, extend it; the worker ignores a kind it does
-not know.
+per function, ``("run", index, attempt, key, unit_id, inputs_blob, claim)`` per attempt,
+``("stop",)``. New kinds of message, or new trailing items, extend it; the worker ignores a
+kind it does not know.
 
 The parent may send attempts ahead: the worker queues them and runs them in the order they
-came. Before it starts a queued attempt it reads whatever else has arrived, so a recall
-sent before that moment is always seen: the recalled attempt is dropped (and acknowledged),
-it never starts.
+came. Such an attempt has a ``claim`` number (0 for the others) and the parent wrote that
+number (:data:`CLAIM_BYTES`, big-endian) into the *claim pipe* (``CLAIM_FD``, non-blocking)
+before it sent the attempt. The worker and the parent both read that pipe: before it starts
+an attempt sent ahead, the worker takes the next number out of it, and the parent takes
+numbers out to take attempts back (to give them to an idle worker, or because they were
+cancelled). The pipe hands each number to exactly one of them, so an attempt is either
+started here or taken back, never both, and the parent knows which at once, without
+waiting for this worker (which may be busy for a long time in a unit). Numbers leave the
+pipe in the order they went in: the worker runs the attempt whose number it took and drops
+the attempts queued before it (taken back); finding the pipe empty, it drops the attempt
+(taken back too).
 
 Before it says it is ready, the worker imports the modules named (comma-separated) in the
 environment variable ``QUANTUM_PARTITIONER_PRELOAD``: the modules the run's functions come
@@ -25,8 +32,7 @@ worker → parent: ``("ready", pid)``, then per attempt ``("ok", index, attempt,
 ended, result_blob, metrics)`` or ``("error", index, attempt, started, ended,
 exception_blob_or_None, description, traceback_text, pauses)``, where ``started`` and
 ``ended`` are the worker's ``time.perf_counter()`` when the attempt really started and
-ended, and ``pauses`` holds the attempt's ``ctx.pause_limit`` calls (as metrics) or is None;
-per honoured recall ``("recalled", index, attempt)``.
+ended, and ``pauses`` holds the attempt's ``ctx.pause_limit`` calls (as metrics) or is None.
 
 Start-up is most of what a short-lived worker costs, so this module imports only what every
 worker needs before it is ready: the interpreter's own modules, ``_pickle`` and the unit
@@ -39,14 +45,16 @@ two apart means no unit can corrupt the stream. Until the worker is ready its st
 pipe to the parent (so a worker that cannot start can say why); then it becomes
 ``STDERR_FD``, the parent's own stderr. A watchdog thread exits the worker if its parent
 dies, so no worker outlives the program that started it; a worker whose parent is gone
-exits quietly, without a traceback on the terminal.
+exits quietly, without a traceback on the terminal. Told to stop, it runs the
+:mod:`atexit` handlers its units registered, flushes its console and exits at once,
+without the interpreter's teardown (objects still alive are not finalized: a file a unit
+left open keeps what it had not flushed).
 """
 
 from __future__ import annotations
 
 import _thread
 import os
-import select
 import sys
 import time
 from collections import deque
@@ -72,6 +80,9 @@ PROTOCOL = 5
 #: A frame is its length in this many bytes (big-endian), then the payload.
 _HEADER = 8
 _READ_SIZE = 1 << 16
+#: A claim number in the claim pipe: this many bytes, big-endian (under ``PIPE_BUF``, so
+#: each is written and read whole).
+CLAIM_BYTES = 8
 
 
 def send_frame(fd: int, payload: bytes) -> None:
@@ -169,7 +180,34 @@ def _error_message(
     return ("error", blob, f"unit {unit_id!r}: {error!r}", text, pauses)
 
 
-def serve(inbox: int, outbox: int, parent: int) -> None:
+def _take_claim(claims: int) -> int:
+    """The next claim number in the claim pipe, or 0 if the parent took them all back."""
+    try:
+        return int.from_bytes(os.read(claims, CLAIM_BYTES), "big")
+    except BlockingIOError:
+        return 0
+
+
+def _exit_at_once() -> None:
+    """Exit when told to stop: the atexit handlers run, the console is flushed, and that is all.
+
+    The interpreter's teardown (freeing every module and object, the garbage collector)
+    took most of the time from a run's last outcome to the end of ``execute`` with a fresh
+    pool (the driver waits for its workers' exit); skipping it is what a process pool's
+    forked workers do too. What the units registered with :mod:`atexit` still runs.
+    """
+    import atexit  # noqa: PLC0415 - built in: costs nothing, and only when stopping
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:  # noqa: SIM105 - contextlib is not imported here: a worker imports little
+            stream.flush()
+        except Exception:  # noqa: S110 - a console that is gone has nothing left to say
+            pass
+    os._exit(0)
+
+
+def serve(inbox: int, outbox: int, parent: int, claims: int) -> None:
     """Answer the parent's messages until it says stop or goes away."""
     _thread.start_new_thread(_watch_parent, (parent,))  # dies with the process, as a daemon
     context: Any = {}
@@ -178,14 +216,9 @@ def serve(inbox: int, outbox: int, parent: int) -> None:
     send_frame(outbox, dumps(("ready", os.getpid()), PROTOCOL))
     reader = FrameReader(inbox)
     queued: deque[tuple[Any, ...]] = deque()  # "run" messages not started yet
-    # poll(), not select(): the pipe has the number the parent gave it, and select() refuses
-    # numbers past 1024 (a parent with many open files).
-    arrived = select.poll()
-    arrived.register(inbox, select.POLLIN)
+    claimed = 0  # the last claim number taken; its attempt may not have arrived yet
     while True:
-        # With nothing queued, wait for the parent; else take in what has arrived (a recall
-        # among it) before the next attempt starts.
-        if not queued or arrived.poll(0):
+        if not queued:  # wait for the parent (what is queued needs nothing that follows)
             try:
                 frames = reader.read()
             except EOFError:
@@ -195,13 +228,6 @@ def serve(inbox: int, outbox: int, parent: int) -> None:
                 kind = message[0]
                 if kind == "run":
                     queued.append(message)
-                elif kind == "recall":
-                    _, index, attempt = message[:3]
-                    for queued_message in queued:
-                        if queued_message[1] == index and queued_message[2] == attempt:
-                            queued.remove(queued_message)
-                            send_frame(outbox, dumps(("recalled", index, attempt), PROTOCOL))
-                            break
                 elif kind == "function":
                     _, key, blob = message[:3]
                     try:
@@ -212,9 +238,14 @@ def serve(inbox: int, outbox: int, parent: int) -> None:
                     context = loads(message[1])  # noqa: S301 - from our parent
                     functions.clear()
                 elif kind == "stop":
-                    return
+                    _exit_at_once()
             continue
-        _, index, attempt, key, unit_id, inputs = queued.popleft()[:6]
+        _, index, attempt, key, unit_id, inputs, claim = queued.popleft()[:7]
+        if claim:  # sent ahead: run it only if its claim number is ours, not taken back
+            if claimed < claim:
+                claimed = _take_claim(claims)
+            if claimed != claim:
+                continue  # taken back before its turn: it never starts here
         started = time.perf_counter()
         outcome = _run_one(context, functions[key], unit_id, attempt, inputs)
         reply = (outcome[0], index, attempt, started, time.perf_counter(), *outcome[1:])
@@ -257,8 +288,8 @@ def _run_one(
 
 
 def main() -> None:
-    """Entry point, with the arguments ``IN_FD OUT_FD PARENT STDERR_FD``."""
-    in_fd, out_fd, parent, console = (int(arg) for arg in sys.argv[1:5])
+    """Entry point, with the arguments ``IN_FD OUT_FD PARENT STDERR_FD CLAIM_FD``."""
+    in_fd, out_fd, parent, console, claims = (int(arg) for arg in sys.argv[1:6])
     # Started: from here on stderr is the caller's, no longer the pipe it reads until ready.
     sys.stderr.flush()
     os.dup2(console, 2)
@@ -267,7 +298,7 @@ def main() -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     try:
-        serve(in_fd, out_fd, parent)
+        serve(in_fd, out_fd, parent, claims)
     except OSError:  # the pipe to the parent broke: it died, nobody is left to answer
         return
 

@@ -249,6 +249,17 @@ def _intact(key: bytes, payload: object, stored: object) -> bool:
     return isinstance(payload, bytes) and checksum(key, payload) == stored
 
 
+def _storable(name: str) -> bool:
+    """Whether SQLite can store ``name``, as UTF-8 (a lone surrogate cannot be)."""
+    if name.isascii():
+        return True
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def checksum(key: bytes, payload: bytes) -> int:
     """The checksum stored beside a payload: CRC-32 of the key and the payload.
 
@@ -1063,6 +1074,8 @@ class SQLiteStore(CacheStore):
 
     def clear(self, unit: str | None = None) -> int:
         """Delete every entry, or ``unit``'s; return how many."""
+        if unit is not None and not _storable(unit):
+            return 0  # put refuses such a name: it has no entries
         with self._lock:
             self._commit_queued()  # so that they are counted and deleted with the others
             self._forget_prefetched()
@@ -1078,6 +1091,8 @@ class SQLiteStore(CacheStore):
 
     def entries(self, unit: str | None = None) -> list[CacheEntry]:
         """Every entry (or ``unit``'s), most recently used first."""
+        if unit is not None and not _storable(unit):
+            return []  # put refuses such a name: it has no entries
         self._write_everything()
         query = "SELECT unit, key, size, created, accessed FROM entries"
         params: tuple[str, ...] = ()

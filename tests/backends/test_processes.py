@@ -436,16 +436,27 @@ def _wait_for_file(path: str, seconds: float = 30.0) -> None:
         time.sleep(0.005)
 
 
-def _lane_sending_ahead(graph: Graph) -> tuple[Run, ProcessLane, queue.SimpleQueue]:
-    """A 1-worker lane on ``graph``, driven by hand, whose attempts count as short."""
-    run = Run(graph, {}, mode="process", max_workers=1)
+def _lane_sending_ahead(
+    graph: Graph, workers: int = 1, *, short: bool = True
+) -> tuple[Run, ProcessLane, queue.SimpleQueue]:
+    """A lane on ``graph``, driven by hand, its workers ready; its attempts count as short
+    (else as long: they are sent ahead only while nothing can become ready before them)."""
+    run = Run(graph, {}, mode="process", max_workers=workers)
     outcomes: queue.SimpleQueue = queue.SimpleQueue()
-    lane = ProcessLane(1)
+    lane = ProcessLane(workers)
     lane.open(run, outcomes.put)
-    while not lane.has_room():  # the worker posts a wake-up once it is ready
+    while sum(w.ready for w in lane._workers) < workers:  # each posts a wake-up when ready
         assert outcomes.get(timeout=30) is None
-    lane._typical_seconds = 0.0  # as after a run of short attempts
+    if short:
+        lane._typical_seconds = 0.0  # as after a run of short attempts
     return run, lane, outcomes
+
+
+def _start_and_submit(run: Run, lane: ProcessLane, *indices: int) -> None:
+    """Start those units (in the scheduler's order) and hand each to the lane, as the driver."""
+    for i in indices:
+        assert run.scheduler.start_next(run.clock()) == i
+        lane.submit(i, 1)
 
 
 def _next_outcome(lane: ProcessLane, outcomes: queue.SimpleQueue) -> tuple:
@@ -456,33 +467,175 @@ def _next_outcome(lane: ProcessLane, outcomes: queue.SimpleQueue) -> tuple:
     return item
 
 
-def test_an_attempt_recalled_while_it_waits_in_a_worker_never_starts(tmp_path):
-    """A unit sent ahead, then abandoned (cancelled) before its turn, never runs."""
+@pytest.mark.parametrize("short", [True, False], ids=["short", "long"])
+def test_an_attempt_recalled_while_it_waits_in_a_worker_never_starts(tmp_path, short):
+    """A unit sent ahead, then abandoned (cancelled) before its turn, never runs: the driver
+    takes its claim number back at once, without waiting for the busy worker."""
     gate, ran = str(tmp_path / "gate"), str(tmp_path / "ran")
     graph = Graph(
         [
             QuantumUnit("busy", lambda ctx: _wait_for_file(gate)),
             QuantumUnit("queued", lambda ctx: Path(ran).write_text("started")),
+            QuantumUnit("after", lambda ctx: "ran"),
         ]
     )
-    _run, lane, outcomes = _lane_sending_ahead(graph)
+    run, lane, outcomes = _lane_sending_ahead(graph, short=short)
     try:
+        sched = run.scheduler
+        assert sched.start_next(run.clock()) == 0
         lane.submit(0, 1)
         assert lane.has_room()  # the worker is busy, but "queued" may wait behind "busy"
+        assert sched.start_next(run.clock()) == 1
         lane.submit(1, 1)
         [worker] = lane._workers
         assert list(worker.jobs) == [(0, 1), (1, 1)]
-        lane.abandon(1, 1)  # recalled: the worker is not killed
+        lane.abandon(1, 1)  # taken back: the worker is not killed
+        assert list(worker.jobs) == [(0, 1)]
         Path(gate).touch()
         assert _next_outcome(lane, outcomes)[:3] == (0, 1, True)
-        deadline = time.monotonic() + 30
-        while worker.jobs:  # the worker acknowledges the recall
-            assert time.monotonic() < deadline
-            outcomes.get(timeout=30)
+        lane.submit(2, 1)  # the worker has passed over "queued" before it runs this
+        assert _next_outcome(lane, outcomes) == (2, 1, True, "ran", None)
         assert worker in lane._workers
         assert not Path(ran).exists()
     finally:
         lane.close(cancel=True)
+
+
+def test_an_attempt_sent_ahead_and_abandoned_once_it_started_is_stopped_for_real(tmp_path):
+    """The worker took its claim number: it has started, so abandoning it kills its worker
+    (the CPU is free at once) instead of letting it run on."""
+    started, gate = str(tmp_path / "started"), str(tmp_path / "gate")
+
+    def long_one(ctx):
+        Path(started).touch()
+        _wait_for_file(gate)
+
+    graph = Graph([QuantumUnit("quick", lambda ctx: 1), QuantumUnit("long", long_one)])
+    run, lane, _outcomes = _lane_sending_ahead(graph, short=False)
+    try:
+        _start_and_submit(run, lane, 0, 1)
+        [worker] = lane._workers
+        assert list(worker.jobs) == [(0, 1), (1, 1)]  # "long" waits behind "quick"
+        _wait_for_file(started)  # "quick" ended, and the worker went straight on to "long"
+        lane.abandon(1, 1)
+        assert worker.process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        Path(gate).touch()
+        lane.close(cancel=True)
+
+
+def test_abandoning_an_ended_attempt_whose_worker_went_on_stops_nothing(tmp_path):
+    """An attempt abandoned just after it ended (its outcome on its way), when its worker
+    has already started the one sent ahead: that one is not stopped (it runs once, to its
+    end, on the same worker) and the abandoned one's late outcome is ignored."""
+    starts, gate = tmp_path / "starts", str(tmp_path / "gate")
+
+    def long_one(ctx):
+        with starts.open("a") as out:
+            out.write("start\n")
+        _wait_for_file(gate)
+        return "done"
+
+    graph = Graph([QuantumUnit("quick", lambda ctx: 1), QuantumUnit("long", long_one)])
+    run, lane, outcomes = _lane_sending_ahead(graph, short=False)
+    delivered = threading.Event()
+    receive = lane._receive
+
+    def receive_late(worker, message):  # the outcome of "quick" is still on its way
+        if message[:2] == ("ok", 0):
+            delivered.wait(30)
+        receive(worker, message)
+
+    lane._receive = receive_late
+    try:
+        _start_and_submit(run, lane, 0, 1)
+        [worker] = lane._workers
+        _wait_for_file(str(starts))  # "quick" ended; the worker went on to "long"
+        lane.abandon(0, 1)  # as a timeout would, with the outcome of "quick" on its way
+        delivered.set()
+        Path(gate).touch()
+        assert _next_outcome(lane, outcomes) == (1, 1, True, "done", None)
+        assert worker in lane._workers
+        assert worker.process.poll() is None
+        assert starts.read_text() == "start\n"
+    finally:
+        delivered.set()
+        Path(gate).touch()
+        lane.close(cancel=True)
+
+
+def test_an_idle_worker_takes_over_an_attempt_waiting_in_a_busy_one_which_runs_once(tmp_path):
+    """Work stealing: a long attempt waits in a busy worker; the other worker goes idle with
+    nothing ready, takes it over and runs it; the busy worker drops it: it runs once."""
+    gates = [str(tmp_path / "gate0"), str(tmp_path / "gate1")]
+    log = tmp_path / "log"
+
+    def queued(ctx):
+        with log.open("a") as out:
+            out.write("ran\n")
+        return os.getpid()
+
+    graph = Graph(
+        [
+            QuantumUnit("slow0", lambda ctx: _wait_for_file(gates[0])),
+            QuantumUnit("slow1", lambda ctx: _wait_for_file(gates[1])),
+            QuantumUnit("queued", queued),
+            QuantumUnit("later", lambda ctx: os.getpid()),
+        ]
+    )
+    run, lane, outcomes = _lane_sending_ahead(graph, 2, short=False)
+    try:
+        sched = run.scheduler
+        for i in (0, 1, 2):
+            assert lane.has_room()  # "queued" too: every unit left is ready or running
+            assert sched.start_next(run.clock()) == i
+            lane.submit(i, 1)
+        [victim] = [w for w in lane._workers if len(w.jobs) == 2]
+        [thief] = [w for w in lane._workers if w is not victim]
+        (victims_own, _), queued_job = victim.jobs
+        (thiefs_own, _) = thief.jobs[0]
+        assert queued_job == (2, 1)
+        Path(gates[thiefs_own]).touch()  # the thief's attempt ends: it goes idle
+        assert _next_outcome(lane, outcomes)[:3] == (thiefs_own, 1, True)
+        lane.settled(thiefs_own, 1)
+        item = _next_outcome(lane, outcomes)  # has_room() gave "queued" to the idle thief
+        assert item == (2, 1, True, thief.process.pid, None)
+        assert list(victim.jobs) == [(victims_own, 1)]
+        Path(gates[victims_own]).touch()
+        assert _next_outcome(lane, outcomes)[:3] == (victims_own, 1, True)
+        lane.submit(3, 1)  # after "queued" in the victim's pipe: it dropped that one first
+        assert _next_outcome(lane, outcomes)[2] is True
+        assert log.read_text() == "ran\n"
+        assert victim in lane._workers
+        assert thief in lane._workers
+    finally:
+        lane.close(cancel=True)
+
+
+def test_long_attempts_wait_in_no_worker_while_a_unit_that_comes_first_may_get_ready(tmp_path):
+    """A long attempt sent ahead would start before a unit that became ready behind it: so
+    none is while some unit left is not ready; the order stays the scheduler's."""
+    log = tmp_path / "order"
+
+    def step(name, seconds=0.0):
+        def unit(ctx):
+            time.sleep(seconds)
+            with open(ctx["log"], "a") as out:  # noqa: PTH123 - runs in the worker
+                out.write(name + "\n")
+
+        return unit
+
+    def order(mode):
+        p = QuantumPartitioner(max_workers=1)
+        p.add_unit(step("first", 0.2), name="first")
+        p.add_unit(step("urgent"), ["first"], name="urgent", priority=5)
+        p.add_unit(step("low1"), name="low1")
+        p.add_unit(step("low2"), name="low2")
+        log.unlink(missing_ok=True)
+        p.execute({"log": str(log)}, execution_mode=mode)
+        return log.read_text().split()
+
+    assert order(PROCESS) == order(ExecutionMode.SEQUENTIAL) == ["first", "urgent", "low1", "low2"]
 
 
 def test_attempts_waiting_in_a_worker_that_dies_run_on_its_replacement(tmp_path):
@@ -552,7 +705,8 @@ def test_a_worker_holding_attempts_reads_its_pipe_whatever_its_number(
         lane.close(cancel=True)
 
 
-def test_an_attempt_too_large_to_wait_in_a_pipe_waits_for_an_idle_worker(tmp_path):
+@pytest.mark.parametrize("short", [True, False], ids=["short", "long"])
+def test_an_attempt_too_large_to_wait_in_a_pipe_waits_for_an_idle_worker(tmp_path, short):
     """A busy worker reads its pipe only between attempts: writing it more than the pipe
     holds would block the driver (its timeouts, outcomes, cancel) until the attempt ahead
     ends. Such an attempt waits in the driver for an idle worker instead."""
@@ -564,7 +718,7 @@ def test_an_attempt_too_large_to_wait_in_a_pipe_waits_for_an_idle_worker(tmp_pat
             QuantumUnit("large", lambda ctx: len(payload)),
         ]
     )
-    _run, lane, outcomes = _lane_sending_ahead(graph)
+    _run, lane, outcomes = _lane_sending_ahead(graph, short=short)
     sent = threading.Event()
     try:
         lane.submit(0, 1)
@@ -599,8 +753,8 @@ def test_a_unit_with_a_timeout_or_a_limit_is_never_sent_ahead(tmp_path):
         lane.submit(0, 1)
         assert sched.peek_next() == 1
         assert not lane.has_room()  # "timed" is next: it waits for the worker
-        assert not lane._may_send_ahead(2)
-        assert lane._may_send_ahead(3)
+        assert not lane._ahead_room(2)
+        assert lane._ahead_room(3)
         Path(gate).touch()
         assert _next_outcome(lane, outcomes)[:3] == (0, 1, True)
     finally:
@@ -620,7 +774,7 @@ def test_nothing_is_sent_ahead_while_a_hook_listens_to_starts():
     lane.open(run, queue.SimpleQueue().put)
     try:
         lane._typical_seconds = 0.0
-        assert not lane._may_send_ahead(1)
+        assert not lane._ahead_room(1)
     finally:
         lane.close(cancel=True)
 
@@ -818,7 +972,7 @@ def test_an_exiting_worker_is_reaped_with_its_status_or_times_out(monkeypatch, p
         [sys.executable, "-c", "import sys; sys.stdin.read(); raise SystemExit(7)"],
         stdin=subprocess.PIPE,
     )
-    worker = processes._Worker(process, -1, -1, -1)
+    worker = processes._Worker(process, -1, -1, -1, (-1, -1))
     try:
         assert (worker.exited >= 0) is pidfds
         with pytest.raises(subprocess.TimeoutExpired):
@@ -857,3 +1011,33 @@ def test_the_end_of_a_run_waits_for_its_workers_exit_without_polling(monkeypatch
     p.add_unit(lambda ctx: 2, name="b")
     assert p.execute(execution_mode=PROCESS) == {"a": 1, "b": 2}
     assert sleeps == []
+
+
+class _FinalizedAtTeardown:
+    """Writes a file when the interpreter's teardown frees it (a worker's global)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __del__(self) -> None:
+        with open(self.path, "w") as out:  # noqa: PTH123 - runs in a worker's teardown
+            out.write("finalized")
+
+
+def test_a_stopped_worker_runs_its_atexit_handlers_and_exits_without_teardown(tmp_path):
+    """Told to stop, a worker exits at once: what units registered with atexit runs, but the
+    interpreter's teardown (freeing modules and objects: most of a fresh pool's end) does
+    not."""
+    handled, finalized = str(tmp_path / "atexit"), str(tmp_path / "finalized")
+
+    def register(ctx):
+        import atexit  # noqa: PLC0415 - in the worker
+
+        atexit.register(Path(handled).write_text, "ran")
+        sys.modules["__main__"].kept_until_teardown = _FinalizedAtTeardown(finalized)
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(register, name="register")
+    p.execute(execution_mode=PROCESS)  # returns once its worker has exited
+    assert Path(handled).read_text() == "ran"
+    assert not Path(finalized).exists()

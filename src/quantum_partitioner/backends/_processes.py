@@ -20,26 +20,37 @@ by themselves if the parent dies. Each worker imports the modules the run's func
 from, then reports ``ready`` before it gets work, so neither a unit's timeout nor its
 duration counts a worker's start-up (the trace shows it as its own slice).
 
-Sending ahead: while the run's attempts are short (a typical one under ``_SHORT_ATTEMPT``),
-the round trip to the driver between two attempts would leave a worker idle for much of the
-time, so up to ``_SEND_AHEAD`` attempts may wait in a busy worker behind the one it runs;
-it runs them in the order they came, which is the scheduler's. An idle worker is always
-preferred. Only attempts whose promises do not depend on when they start are sent ahead: no
-timeout and no named limit (both count from the real start), only when no instrument
-listens to unit starts (its event would come early), and not under ``fail_fast`` (which
-cancels what has not started: an attempt waiting in a worker would start after the
-failure). Only small ones too (``_SENT_AHEAD_BYTES``, its inputs and function): a busy
-worker does not read its pipe, and a write the pipe cannot hold would stop the driver (its
-timeouts, outcomes, cancellation) until the attempt ahead ends; a larger one waits in the
-driver for an idle worker, before any other. The worker stamps each one's real start,
-which becomes the attempt's recorded start. One that is abandoned (cancelled, the run
-stopping) before its turn is recalled: the worker reads what has arrived before it starts
-each queued attempt, so it drops a recalled one, which never starts. (Should it have started
-before the recall was sent, because the attempt ahead of it had just ended, it runs to its
-end and its outcome is ignored, as an abandoned attempt's late answer; a worker that still
-holds attempts when the run ends is stopped.) Attempts waiting in a worker that
-dies never started: they go to its replacement. A worker sends each outcome as it ends; the
-reader takes every outcome that has arrived in one read.
+Sending ahead: the round trip to the driver between two attempts would leave a worker idle,
+so an attempt may wait in a busy worker behind the one it runs, which starts it the moment
+the attempt ahead of it ends; it runs them in the order they came, which is the
+scheduler's. An idle worker is always preferred. While the run's attempts are short (a
+typical one under ``_SHORT_ATTEMPT``) up to ``_SEND_AHEAD`` may wait in each worker: the
+round trip would be much of each one's time. Longer ones wait one per worker, and only
+while no unit can become ready that would come before them in the scheduler's order
+(every unit left is ready or running, no map can add items, no unit of the lane may be
+retried): a unit that becomes ready is then never held up behind one sent ahead. Only
+attempts whose promises do not depend on when they start are sent ahead: no timeout and no
+named limit (both count from the real start), only when no instrument listens to unit
+starts (its event would come early), and not under ``fail_fast`` (which cancels what has
+not started: an attempt waiting in a worker would start after the failure). Nor are those
+whose messages would not fit in the pipe (``_SENT_AHEAD_BYTES``): a busy worker does not read
+it, and the driver must never wait on a worker. The worker stamps each one's real start,
+which becomes the attempt's recorded start.
+
+Taking back: each attempt sent ahead has a claim number that the driver writes into the
+worker's *claim pipe* before the attempt (see :mod:`.._process_worker`). The worker takes
+the number out before it starts the attempt; the driver takes numbers out to take attempts
+back, and the pipe gives each number to one of them only. So, without waiting for a busy
+worker, the driver knows which of the attempts it sent ahead have not started, and those
+never will there: it takes them back to give them to a worker that went idle (the oldest
+first: work stealing, so that no worker idles while another holds attempts that wait,
+which is how the scheduler's order holds too), and to drop one that is abandoned
+(cancelled, the run stopping). An abandoned attempt whose number the worker took has
+started: its worker is killed, as for any running attempt, unless the worker has taken
+the number of one behind it, which it does only once the abandoned one has ended (its late
+outcome is then ignored, and the one it went on to runs on). Attempts waiting in a worker
+that dies never started: they go to other workers. A worker sends each outcome as it
+ends; the reader takes every outcome that has arrived in one read.
 
 Each worker holds a *slot*, ``0 .. max_workers - 1``; a replacement takes the slot of the
 worker it replaces, and each attempt is recorded with its slot (``Run.attempt_workers``), so
@@ -73,7 +84,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from .._errors import BrokenBackendError, WorkerDiedError, describe_exit
-from .._process_worker import FrameReader, send_frame, send_frames
+from .._process_worker import CLAIM_BYTES, FrameReader, send_frame, send_frames
 from ._base import pool_size
 from ._lanes import Lane, LaneBackend
 
@@ -91,13 +102,14 @@ LOGGER = logging.getLogger("quantum_partitioner")
 _MAX_FAILED_STARTS = 3
 #: How many attempts may wait in a worker behind the one it runs (sent ahead).
 _SEND_AHEAD = 4
-#: The largest attempt (its messages, in bytes) that may be sent ahead: that many of them
-#: and a recall fit in a pipe's buffer (64 KiB on Linux), which a busy worker does not read.
-_SENT_AHEAD_BYTES = 8 << 10
-#: Attempts are sent ahead only while a typical one lasts less than this (seconds): for
-#: longer ones the round trip to the driver costs little, and a queue would only delay a
-#: unit that a free worker could start (and a higher priority that became ready).
+#: While a typical attempt lasts less than this (seconds), ``_SEND_AHEAD`` attempts may wait
+#: in a busy worker whatever may become ready; longer ones wait one per worker, and only
+#: while no unit can become ready that would come before them (see ``_ahead_room``).
 _SHORT_ATTEMPT = 0.002
+#: The largest attempt (its messages, in bytes) that may be sent ahead: a busy worker does
+#: not read its pipe, whose buffer (64 KiB on Linux) must take that many of them, and those
+#: taken back that the worker has not read yet, without the driver waiting.
+_SENT_AHEAD_BYTES = 8 << 10
 #: Seconds a worker may take to report ready (it imports little: well under one, normally).
 _START_TIMEOUT = 60.0
 #: What a worker's interpreter runs (see :mod:`.._process_worker`).
@@ -136,6 +148,9 @@ def _load_cloudpickle() -> Any:
 
 class _Worker:
     __slots__ = (
+        "claim_r",
+        "claim_w",
+        "claims",
         "exited",
         "functions",
         "has_context",
@@ -146,7 +161,6 @@ class _Worker:
         "process",
         "reader",
         "ready",
-        "recalled",
         "slot",
         "spawned_at",
         "start_deadline",
@@ -161,6 +175,7 @@ class _Worker:
         inbox: int,
         outbox: int,
         start_stderr: int,
+        claim_pipe: tuple[int, int],
     ) -> None:
         #: Its place among the lane's workers, as traces name it ("process slot 1").
         self.slot = ""
@@ -180,12 +195,14 @@ class _Worker:
         self.late = False  # killed for not being ready in time
         self.started = False  # it said it is ready once
         self.ready = False  # it may be given an attempt
-        #: The attempts it was sent and has not answered, oldest first: the first that is
-        #: not recalled may be running, the others wait in the worker (sent ahead).
+        #: The attempts it was sent and has not answered, oldest first: the first may be
+        #: running, the others wait in the worker (sent ahead).
         self.jobs: deque[tuple[int, int]] = deque()
-        #: Those of ``jobs`` recalled (abandoned before they started): dropped by the worker,
-        #: unless it had started them already (their outcome is then ignored).
-        self.recalled: set[tuple[int, int]] = set()
+        #: Its claim pipe (read end, non-blocking for both readers; write end).
+        self.claim_r, self.claim_w = claim_pipe
+        #: The claim number of each attempt sent ahead whose number may still be in the
+        #: pipe, oldest first (the worker may have taken it since: it then started).
+        self.claims: dict[int, tuple[int, int]] = {}
         self.has_context = False
         self.functions: set[int] = set()
 
@@ -219,6 +236,9 @@ class ProcessLane(Lane):
         self._failed_starts = 0
         #: Why workers cannot start, once the lane gave up on them.
         self._broken: str | None = None
+        #: The last claim number given (never reused: a reused worker may still hold an
+        #: attempt of an earlier run that was taken back, which it drops by its number).
+        self._last_claim = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -233,8 +253,8 @@ class ProcessLane(Lane):
             self._functions: dict[int, tuple[Any, bytes | BaseException]] = {}
             self._closing = False
             self._held.clear()
-            #: Attempts sent ahead: their start is when the worker began them, stamped
-            #: there, kept here until the driver settles them.
+            #: Attempts sent ahead (or held after that): their start is when the worker
+            #: began them, stamped there, kept here until the driver settles them.
             self._sent_ahead: set[tuple[int, int]] = set()
             self._started: dict[tuple[int, int], float] = {}
             self._ended: dict[tuple[int, int], float] = {}
@@ -245,8 +265,10 @@ class ProcessLane(Lane):
             # Not when starts are listened to (the event would come early), nor under
             # fail_fast, which cancels what has not started: a queued attempt would start.
             self._send_ahead = not run.dispatcher.unit_started and not run.scheduler.fail_fast
-            #: A recent attempt's typical duration in a worker; none yet: do not send ahead.
+            #: A recent attempt's typical duration in a worker; none yet: not short.
             self._typical_seconds = _SHORT_ATTEMPT
+            # A unit that may be retried could come back ready before one sent ahead.
+            self._may_retry = any(run.scheduler.retries)
             self._failed_starts = 0
             self._broken = None
             for worker in self._workers:  # reused: each gets this run's context and functions
@@ -286,6 +308,8 @@ class ProcessLane(Lane):
         child_in, parent_out = os.pipe()
         parent_in, child_out = os.pipe()
         start_r, start_w = os.pipe()  # its stderr until it is ready
+        claim_pipe = os.pipe()  # the worker reads it, and so do we: the same open file
+        os.set_blocking(claim_pipe[0], False)
         try:
             console = os.dup(2)  # its stderr from then on: ours
         except OSError:  # we have none (a daemon): neither has it
@@ -299,21 +323,24 @@ class ProcessLane(Lane):
         command = [sys.executable, "-c", _WORKER_PROGRAM]
         try:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [*command, str(child_in), str(child_out), str(os.getpid()), str(console)],
-                pass_fds=(child_in, child_out, console),
+                [
+                    *command,
+                    *map(str, (child_in, child_out, os.getpid(), console, claim_pipe[0])),
+                ],
+                pass_fds=(child_in, child_out, console, claim_pipe[0]),
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
                 stderr=start_w,
                 env=env,
             )
         except BaseException:
-            for fd in (parent_out, parent_in, start_r):
+            for fd in (parent_out, parent_in, start_r, *claim_pipe):
                 os.close(fd)
             raise
         finally:
             for fd in (child_in, child_out, start_w, console):
                 os.close(fd)
-        worker = _Worker(process, parent_out, parent_in, start_r)
+        worker = _Worker(process, parent_out, parent_in, start_r, claim_pipe)
         taken = {w.slot for w in self._workers}
         worker.slot = next(
             name for k in range(1, len(taken) + 2) if (name := f"process slot {k}") not in taken
@@ -377,13 +404,14 @@ class ProcessLane(Lane):
     # -- the driver's side -----------------------------------------------------------------
 
     def has_room(self) -> bool:
-        """Whether an attempt can go to a worker now (held attempts take idle workers first).
+        """Whether an attempt can go to a worker now (waiting attempts take idle workers first).
 
         Replaces the workers that died first.
 
-        A started worker that is idle always has room. When attempts have been short lately,
-        one that runs an attempt has room too (up to ``_SEND_AHEAD`` waiting behind it) if
-        the next unit to start may be sent ahead (see :meth:`_may_send_ahead`).
+        A started worker that is idle always has room; it takes first an attempt held in
+        the driver, else the oldest attempt waiting in another worker (taken back from it).
+        A worker that runs an attempt has room too if the next unit to start may be sent
+        ahead and fewer than the attempts allowed wait behind it (see :meth:`_ahead_room`).
 
         Raises:
             BrokenBackendError: Workers keep exiting before they are ready; says why.
@@ -394,14 +422,35 @@ class ProcessLane(Lane):
                 if self._broken is not None:
                     raise BrokenBackendError(self._broken)
                 idle = any(w.ready and not w.jobs for w in self._workers)
+                if idle and not self._held:
+                    self._take_back_oldest()
                 if not idle or not self._held:
-                    return idle or (
-                        not self._held
-                        and self._may_send_ahead(self._run.scheduler.peek_next(self.index))
-                        and any(w.ready and len(w.jobs) <= _SEND_AHEAD for w in self._workers)
-                    )
+                    if idle or self._held:
+                        return idle
+                    room = self._ahead_room(self._run.scheduler.peek_next(self.index))
+                    return room > 0 and any(w.ready and len(w.jobs) <= room for w in self._workers)
                 i, attempt = self._held.popleft()
             self.submit(i, attempt)
+
+    def _take_back_oldest(self) -> None:
+        """Take back the oldest attempt waiting in a busy worker, into ``_held`` (hold the lock).
+
+        For a worker that went idle: the attempts waiting in others were started first by
+        the scheduler, so they go before any ready unit, and no worker idles while another
+        holds attempts it has not begun (the end of a run most of all).
+        """
+        while True:
+            worker = min(
+                (w for w in self._workers if w.claims),
+                key=lambda w: next(iter(w.claims)),
+                default=None,
+            )
+            if worker is None:
+                return
+            taken = _take_back(worker, 1)
+            if taken:
+                self._held.extend(taken)
+                return
 
     def _replace_dead(self) -> None:
         """Start a worker for each that died (hold the lock)."""
@@ -412,69 +461,84 @@ class ProcessLane(Lane):
                 self._broken = f"cannot start a worker process: {error}"
                 LOGGER.exception("PROCESS backend: %s", self._broken)
 
-    def _may_send_ahead(self, i: int) -> bool:
-        """Whether unit ``i`` may wait in a busy worker (hold the lock).
+    def _ahead_room(self, i: int) -> int:
+        """How many attempts may wait in a busy worker if unit ``i`` is sent ahead, or 0.
 
-        Only when sending ahead pays (the run's attempts have been short, so the round trip
-        to the driver is a large part of each) and cannot change what the run promises: the
-        unit has no timeout and takes no limit (both count from the real start, which a
-        queued attempt has not had yet), and nobody listens to starts (a start event would
-        come before the start).
+        (Hold the lock.) None unless the unit's promises hold when it waits: it has no
+        timeout and takes no limit (both count from the real start, which a queued attempt
+        has not had yet), nobody listens to starts (a start event would come before the
+        start), and the run is not ``fail_fast``. While the run's attempts are short, the
+        round trip to the driver is a large part of each: ``_SEND_AHEAD``. Longer ones: one,
+        and only while no unit can become ready that the scheduler would start before ``i``
+        (which would wait behind it, maybe a whole attempt): every unit left is ready or
+        running (ready ones come after ``i``: it is the best of them), no map can add items
+        and no unit may be retried.
         """
-        if i < 0 or not self._send_ahead or self._typical_seconds >= _SHORT_ATTEMPT:
-            return False
+        if i < 0 or not self._send_ahead:
+            return 0
         run = self._run
-        return run.scheduler.timeouts[i] is None and not run.graph.units[i]._options.limits
+        if run.scheduler.timeouts[i] is not None or run.graph.units[i]._options.limits:
+            return 0
+        if self._typical_seconds < _SHORT_ATTEMPT:
+            return _SEND_AHEAD
+        sched = run.scheduler
+        settled = sched.terminal + sched.running + sched.ready_count == len(sched.state)
+        return 1 if settled and not self._may_retry and not sched.maps else 0
 
     def submit(self, i: int, attempt: int) -> None:
         """Send the attempt to an idle worker, or behind a busy one's; fail it if unpicklable."""
         run = self._run
         unit = run.graph.units[i]
-        ahead = False
+        job = (i, attempt)
         with self._lock:
             worker = next((w for w in self._workers if w.ready and not w.jobs), None)
-            if worker is None and self._may_send_ahead(i):
+            claim = 0
+            if worker is None and (room := self._ahead_room(i)):
                 worker = min(
-                    (w for w in self._workers if w.ready and len(w.jobs) <= _SEND_AHEAD),
+                    (w for w in self._workers if w.ready and len(w.jobs) <= room),
                     key=lambda w: len(w.jobs),
                     default=None,
                 )
                 if worker is not None:  # its start is the worker's to say
-                    self._sent_ahead.add((i, attempt))
-                    ahead = True
+                    self._sent_ahead.add(job)
+                    self._last_claim = claim = self._last_claim + 1
             if worker is None:  # the idle worker has_room() saw has died since
-                self._held.append((i, attempt))
+                self._held.append(job)
                 return
-            worker.jobs.append((i, attempt))
-        run.attempt_workers[i, attempt] = worker.slot
+            worker.jobs.append(job)
         try:
-            messages = self._messages_for(worker, i, attempt)
+            messages = self._messages_for(worker, i, attempt, claim)
         except Exception as error:
             with self._lock:
-                _forget(worker, (i, attempt))
+                _forget(worker, job)
             self._post((i, attempt, False, error, None))
             return
-        if ahead and sum(map(len, messages)) > _SENT_AHEAD_BYTES:
-            # A busy worker reads its pipe only between attempts: a write the pipe cannot
-            # hold would stop the driver until the attempt ahead ends. It waits for an idle
-            # worker here instead (its start is still the worker's stamp).
+        if claim and sum(map(len, messages)) > _SENT_AHEAD_BYTES:
+            # A write the pipe cannot hold would stop the driver (its timeouts, outcomes,
+            # cancellation) until the attempt ahead ends: it waits for an idle worker here
+            # instead, before any other (its start is still the worker's stamp).
             with self._lock:
-                _forget(worker, (i, attempt))
-                self._held.append((i, attempt))
+                _forget(worker, job)
+                self._held.append(job)
             return
+        run.attempt_workers[i, attempt] = worker.slot
         try:
+            if claim:  # before the attempt, which the worker runs only once it took this
+                with self._lock:  # with its record: a worker buried now gets neither or both
+                    worker.claims[claim] = job
+                    os.write(worker.claim_w, claim.to_bytes(CLAIM_BYTES, "big"))
             send_frames(worker.inbox, messages)
         except OSError:  # the worker died before it had the attempt: it never started
             with self._lock:
-                if (i, attempt) in worker.jobs:  # not yet failed by the reader: hold it
-                    _forget(worker, (i, attempt))
+                if job in worker.jobs:  # not yet failed by the reader: hold it
+                    _forget(worker, job)
                     worker.ready = False
-                    self._held.append((i, attempt))
+                    self._held.append(job)
         else:
             worker.has_context = True
             worker.functions.add(id(unit.function))
 
-    def _messages_for(self, worker: _Worker, i: int, attempt: int) -> list[bytes]:
+    def _messages_for(self, worker: _Worker, i: int, attempt: int, claim: int) -> list[bytes]:
         run = self._run
         unit = run.graph.units[i]
         name = run.graph.names[i]  # a map item's unit is its map's: its name is its own
@@ -506,7 +570,7 @@ class ProcessLane(Lane):
             raise TypeError(
                 f"unit {name!r}: {what} cannot be sent to a worker process: {error}"
             ) from error
-        messages.append(pickle.dumps(("run", i, attempt, key, name, blob)))
+        messages.append(pickle.dumps(("run", i, attempt, key, name, blob, claim)))
         return messages
 
     def _function_blob(self, unit_id: str, function: Any) -> bytes:
@@ -528,7 +592,7 @@ class ProcessLane(Lane):
         return blob
 
     def abandon(self, i: int, attempt: int) -> None:
-        """Stop that attempt: kill its worker if it may be running, else recall it."""
+        """Stop that attempt: take it back if it has not started, else kill its worker."""
         job = (i, attempt)
         with self._lock:
             self._started.pop(job, None)
@@ -540,21 +604,25 @@ class ProcessLane(Lane):
             worker = next((w for w in self._workers if job in w.jobs), None)
             if worker is None:
                 return
-            if job == _running(worker):
-                worker.jobs.remove(job)  # its death is expected: nothing to report
-                self._hold_queued(worker)  # they never started: they go to other workers
-                worker.ready = False  # never hand it another attempt
-                _kill(worker)
+            # Those still waiting in it (the pipe gives them in order): they never start
+            # there; the others go to the next idle worker, first.
+            waiting = (
+                _take_back(worker, len(worker.claims)) if job in worker.claims.values() else []
+            )
+            self._held.extendleft(reversed([other for other in waiting if other != job]))
+            if job in waiting:
                 return
-            worker.recalled.add(job)
-        with contextlib.suppress(OSError):  # a dead worker starts nothing either
-            send_frame(worker.inbox, pickle.dumps(("recall", i, attempt)))
-
-    def _hold_queued(self, worker: _Worker) -> None:
-        """Hold the attempts waiting in a worker that will not run them (hold the lock)."""
-        self._held.extend(job for job in worker.jobs if job not in worker.recalled)
-        worker.jobs.clear()
-        worker.recalled.clear()
+            # It may be running (those behind it that wait were just taken back).
+            self._held.extend(_take_back(worker, len(worker.claims)))
+            jobs = worker.jobs
+            went_on = list(jobs).index(job) + 1 < len(jobs)
+            jobs.remove(job)  # its outcome, should one come, is an abandoned one's: ignored
+            if went_on:
+                # The worker took the number of one behind it, which it does only once this
+                # one has ended: there is nothing to stop, and the one it went on to runs on.
+                return
+            worker.ready = False  # never hand it another attempt
+            _kill(worker)
 
     def ended_at(self, i: int, attempt: int) -> float:
         """When the worker ended that attempt, or -1 (it died: the driver's clock says)."""
@@ -633,16 +701,10 @@ class ProcessLane(Lane):
                 self._failed_starts = 0
             self._post(None)  # the driver may have work for it
             return
-        if kind == "recalled":
-            with self._lock:
-                _forget(worker, (message[1], message[2]))
-            self._post(None)  # the driver may have work for that worker now
-            return
         _, i, attempt, started, ended = message[:5]
         job = (i, attempt)
         with self._lock:
-            if job not in worker.jobs or job in worker.recalled:
-                _forget(worker, job)
+            if job not in worker.jobs:
                 return  # an abandoned attempt's late answer
             _forget(worker, job)
             if job in self._sent_ahead:
@@ -678,22 +740,22 @@ class ProcessLane(Lane):
         with self._lock:
             if worker in self._workers:
                 self._workers.remove(worker)
-            job = _running(worker)
-            if job is not None:
-                worker.jobs.remove(job)
-            self._hold_queued(worker)  # they never started: they go to the replacement
+            # Those it had not begun go to the replacement; the one it ran (at most one: it
+            # sent the outcome of each before it took the next) failed with it.
+            self._held.extend(_take_back(worker, len(worker.claims)))
+            died = list(worker.jobs)
+            worker.jobs.clear()
             if not worker.started and not self._closing:
                 self._failed_start(worker, exitcode)
             closing = self._closing
         _close_pipes(worker)
         if not closing:  # else shutdown() may be waiting on it: it closes it after
             _close_pidfd(worker)
-        if job is not None:
-            i, attempt = job
+        for i, attempt in died:
             self._post(
                 (i, attempt, False, WorkerDiedError(self._run.graph.names[i], exitcode), None)
             )
-        elif not closing:
+        if not died and not closing:
             self._post(None)  # the driver replaces it (or raises why it cannot)
 
     def _kill_late_starters(self) -> None:
@@ -754,11 +816,11 @@ def _drain_start_log(worker: _Worker) -> None:
 
 
 def _close_pipes(worker: _Worker) -> None:
-    for fd in (worker.inbox, worker.outbox):
+    for fd in (worker.inbox, worker.outbox, worker.claim_r, worker.claim_w):
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
-    worker.inbox = worker.outbox = -1
+    worker.inbox = worker.outbox = worker.claim_r = worker.claim_w = -1
 
 
 def _close_pidfd(worker: _Worker) -> None:
@@ -847,16 +909,39 @@ def _modules_of(run: Run) -> dict[str, str]:
     return {PRELOAD_VARIABLE: ",".join(sorted(modules))}
 
 
-def _running(worker: _Worker) -> tuple[int, int] | None:
-    """The attempt a worker may be running: its oldest one not recalled."""
-    return next((job for job in worker.jobs if job not in worker.recalled), None)
+def _take_back(worker: _Worker, most: int) -> list[tuple[int, int]]:
+    """Take up to ``most`` attempts that wait in ``worker`` back from it, oldest first.
+
+    (Hold the lock.) Each is one whose claim number was still in the worker's claim pipe:
+    taken out, the worker drops that attempt, which never starts there. The numbers the
+    worker took before it are of attempts it has started: they stay its own.
+    """
+    taken: list[tuple[int, int]] = []
+    claims = worker.claims
+    while claims and len(taken) < most:
+        try:
+            data = os.read(worker.claim_r, CLAIM_BYTES)
+        except OSError:  # BlockingIOError: it took every number itself
+            data = b""
+        if not data:
+            claims.clear()
+            break
+        number = int.from_bytes(data, "big")
+        for older in [c for c in claims if c < number]:  # the worker took those: started
+            del claims[older]
+        job = claims.pop(number, None)
+        if job is not None:  # else sent to a worker that died meanwhile: held already
+            taken.append(job)
+            worker.jobs.remove(job)
+    return taken
 
 
 def _forget(worker: _Worker, job: tuple[int, int]) -> None:
     """The worker no longer holds that attempt (hold the lock)."""
     with contextlib.suppress(ValueError):
         worker.jobs.remove(job)
-    worker.recalled.discard(job)
+    for number in [c for c, j in worker.claims.items() if j == job]:
+        del worker.claims[number]
 
 
 def _rebuild_error(message: tuple[Any, ...]) -> BaseException:
