@@ -1041,3 +1041,32 @@ def test_a_stopped_worker_runs_its_atexit_handlers_and_exits_without_teardown(tm
     p.execute(execution_mode=PROCESS)  # returns once its worker has exited
     assert Path(handled).read_text() == "ran"
     assert not Path(finalized).exists()
+
+
+def test_a_stopped_worker_lets_the_threads_its_units_started_finish_first(tmp_path):
+    """As an interpreter's exit does, a stopping worker waits for the threads (not daemons)
+    and thread pools its units left working, before its atexit handlers: what they were
+    doing (writing a result, an upload) is not cut off."""
+    thread_done, pool_done = tmp_path / "thread", tmp_path / "pool"
+
+    def leave_work_behind(ctx):
+        import threading  # noqa: PLC0415 - in the worker
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+        started = threading.Event()
+
+        def later(path):
+            started.set()
+            time.sleep(0.2)  # still working when the run ends
+            path.write_text("done")
+
+        threading.Thread(target=later, args=(thread_done,)).start()
+        sys.modules["__main__"].pool = pool = ThreadPoolExecutor(1)
+        pool.submit(later, pool_done)
+        started.wait(30)
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(leave_work_behind, name="leave_work_behind")
+    p.execute(execution_mode=PROCESS)  # returns once its worker has exited
+    assert thread_done.read_text() == "done"
+    assert pool_done.read_text() == "done"
