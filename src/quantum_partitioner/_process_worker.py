@@ -29,8 +29,9 @@ environment variable ``QUANTUM_PARTITIONER_PRELOAD``: the modules the run's func
 from, so that importing them is the worker's start-up and not the first unit's time.
 
 worker → parent: ``("ready", pid)``, then per attempt ``("ok", index, attempt, started,
-ended, result_blob, metrics)`` or ``("error", index, attempt, started, ended,
-exception_blob_or_None, description, traceback_text, pauses)``, where ``started`` and
+ended, result_blob, metrics)``, ``("error", index, attempt, started, ended,
+exception_blob_or_None, description, traceback_text, pauses)`` or, for one taken back that
+it dropped, ``("dropped", index, attempt)``, where ``started`` and
 ``ended`` are the worker's ``time.perf_counter()`` when the attempt really started and
 ended, and ``pauses`` holds the attempt's ``ctx.pause_limit`` calls (as metrics) or is None.
 
@@ -251,8 +252,9 @@ def serve(inbox: int, outbox: int, parent: int, claims: int) -> None:
         if claim:  # sent ahead: run it only if its claim number is ours, not taken back
             if claimed < claim:
                 claimed = _take_claim(claims)
-            if claimed != claim:
-                continue  # taken back before its turn: it never starts here
+            if claimed != claim:  # taken back before its turn: it never starts here
+                send_frame(outbox, dumps(("dropped", index, attempt), PROTOCOL))
+                continue
         started = time.perf_counter()
         outcome = _run_one(context, functions[key], unit_id, attempt, inputs)
         reply = (outcome[0], index, attempt, started, time.perf_counter(), *outcome[1:])

@@ -1070,3 +1070,50 @@ def test_a_stopped_worker_lets_the_threads_its_units_started_finish_first(tmp_pa
     p.execute(execution_mode=PROCESS)  # returns once its worker has exited
     assert thread_done.read_text() == "done"
     assert pool_done.read_text() == "done"
+
+
+def test_a_worker_still_dropping_an_attempt_taken_back_is_not_idle(tmp_path):
+    """An attempt taken back from a busy worker is dropped there only when the worker gets
+    to it: until then the worker is not idle. (Given an attempt as if it were, with one
+    sent ahead behind it, the worker took the number of the one behind as it dropped the
+    taken one: the first one then counted as ended, and abandoning it did not stop it.)"""
+    gates = [str(tmp_path / f"gate{k}") for k in range(3)]
+    started, ended = tmp_path / "started", tmp_path / "ended"
+
+    class LoadedLate:  # its worker reads it only once the gate opens (a slow unpickling)
+        def __call__(self, ctx):
+            return "never runs: taken back"
+
+        def __setstate__(self, state):
+            _wait_for_file(gates[1])
+
+    def abandoned(ctx):
+        started.touch()
+        _wait_for_file(gates[2])
+        ended.touch()
+
+    graph = Graph(
+        [
+            QuantumUnit("busy", lambda ctx: _wait_for_file(gates[0])),
+            QuantumUnit("taken_back", LoadedLate()),
+            QuantumUnit("abandoned", abandoned),
+            QuantumUnit("behind", lambda ctx: "ran"),
+        ]
+    )
+    run, lane, outcomes = _lane_sending_ahead(graph, short=False)
+    try:
+        _start_and_submit(run, lane, 0, 1)
+        lane.abandon(1, 1)  # taken back: the busy worker has not read it yet
+        Path(gates[0]).touch()
+        assert _next_outcome(lane, outcomes)[:3] == (0, 1, True)
+        _start_and_submit(run, lane, 2, 3)  # the worker is still reading "taken_back"
+        Path(gates[1]).touch()
+        _wait_for_file(str(started))
+        lane.abandon(2, 1)  # running: stopped for real
+        Path(gates[2]).touch()
+        assert _next_outcome(lane, outcomes) == (3, 1, True, "ran", None)
+        assert not ended.exists()
+    finally:
+        for gate in gates:
+            Path(gate).touch()
+        lane.close(cancel=True)

@@ -48,9 +48,11 @@ which is how the scheduler's order holds too), and to drop one that is abandoned
 (cancelled, the run stopping). An abandoned attempt whose number the worker took has
 started: its worker is killed, as for any running attempt, unless the worker has taken
 the number of one behind it, which it does only once the abandoned one has ended (its late
-outcome is then ignored, and the one it went on to runs on). Attempts waiting in a worker
-that dies never started: they go to other workers. A worker sends each outcome as it
-ends; the reader takes every outcome that has arrived in one read.
+outcome is then ignored, and the one it went on to runs on). A worker says when it drops an
+attempt taken back; until then it is not idle: the next attempt it is given has a number
+too, which the worker may take as it drops the one taken back (before it starts the next).
+Attempts waiting in a worker that dies never started: they go to other workers. A worker
+sends each outcome as it ends; the reader takes every outcome that has arrived in one read.
 
 Each worker holds a *slot*, ``0 .. max_workers - 1``; a replacement takes the slot of the
 worker it replaces, and each attempt is recorded with its slot (``Run.attempt_workers``), so
@@ -151,6 +153,7 @@ class _Worker:
         "claim_r",
         "claim_w",
         "claims",
+        "dropping",
         "exited",
         "functions",
         "has_context",
@@ -203,6 +206,10 @@ class _Worker:
         #: The claim number of each attempt sent ahead whose number may still be in the
         #: pipe, oldest first (the worker may have taken it since: it then started).
         self.claims: dict[int, tuple[int, int]] = {}
+        #: How many attempts taken back from it it has not said it dropped: until it has,
+        #: it is not idle (dropping one, it may take the claim number of the next one it
+        #: was sent, so that one must have a number).
+        self.dropping = 0
         self.has_context = False
         self.functions: set[int] = set()
 
@@ -421,7 +428,7 @@ class ProcessLane(Lane):
                 self._replace_dead()
                 if self._broken is not None:
                     raise BrokenBackendError(self._broken)
-                idle = any(w.ready and not w.jobs for w in self._workers)
+                idle = any(_idle(w) for w in self._workers)
                 if idle and not self._held:
                     self._take_back_oldest()
                 if not idle or not self._held:
@@ -491,7 +498,7 @@ class ProcessLane(Lane):
         unit = run.graph.units[i]
         job = (i, attempt)
         with self._lock:
-            worker = next((w for w in self._workers if w.ready and not w.jobs), None)
+            worker = next((w for w in self._workers if _idle(w)), None)
             claim = 0
             if worker is None and (room := self._ahead_room(i)):
                 worker = min(
@@ -700,6 +707,13 @@ class ProcessLane(Lane):
                 worker.start_deadline = None
                 self._failed_starts = 0
             self._post(None)  # the driver may have work for it
+            return
+        if kind == "dropped":
+            with self._lock:
+                worker.dropping = max(0, worker.dropping - 1)
+                idle = _idle(worker)
+            if idle:
+                self._post(None)  # the driver may have work for it
             return
         _, i, attempt, started, ended = message[:5]
         job = (i, attempt)
@@ -933,7 +947,13 @@ def _take_back(worker: _Worker, most: int) -> list[tuple[int, int]]:
         if job is not None:  # else sent to a worker that died meanwhile: held already
             taken.append(job)
             worker.jobs.remove(job)
+            worker.dropping += 1
     return taken
+
+
+def _idle(worker: _Worker) -> bool:
+    """Whether the worker may be given an attempt without a claim number (hold the lock)."""
+    return worker.ready and not worker.jobs and not worker.dropping
 
 
 def _forget(worker: _Worker, job: tuple[int, int]) -> None:
