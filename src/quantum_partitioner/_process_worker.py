@@ -31,9 +31,10 @@ from, so that importing them is the worker's start-up and not the first unit's t
 worker → parent: ``("ready", pid)``, then per attempt ``("ok", index, attempt, started,
 ended, result_blob, metrics)``, ``("error", index, attempt, started, ended,
 exception_blob_or_None, description, traceback_text, pauses)`` or, for one taken back that
-it dropped, ``("dropped", index, attempt)``, where ``started`` and
-``ended`` are the worker's ``time.perf_counter()`` when the attempt really started and
-ended, and ``pauses`` holds the attempt's ``ctx.pause_limit`` calls (as metrics) or is None.
+it dropped, ``("dropped", index, attempt, when)``, where ``started`` and ``ended`` (and
+``when``) are the worker's ``time.perf_counter()`` when the attempt really started and
+ended (was dropped), and ``pauses`` holds the attempt's ``ctx.pause_limit`` calls (as
+metrics) or is None.
 
 Start-up is most of what a short-lived worker costs, so this module imports only what every
 worker needs before it is ready: the interpreter's own modules, ``_pickle`` and the unit
@@ -253,7 +254,8 @@ def serve(inbox: int, outbox: int, parent: int, claims: int) -> None:
             if claimed < claim:
                 claimed = _take_claim(claims)
             if claimed != claim:  # taken back before its turn: it never starts here
-                send_frame(outbox, dumps(("dropped", index, attempt), PROTOCOL))
+                dropped = ("dropped", index, attempt, time.perf_counter())
+                send_frame(outbox, dumps(dropped, PROTOCOL))
                 continue
         started = time.perf_counter()
         outcome = _run_one(context, functions[key], unit_id, attempt, inputs)

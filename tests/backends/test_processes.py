@@ -1117,3 +1117,14 @@ def test_a_worker_still_dropping_an_attempt_taken_back_is_not_idle(tmp_path):
         for gate in gates:
             Path(gate).touch()
         lane.close(cancel=True)
+
+
+def test_an_attempt_sent_ahead_whose_worker_dies_is_timed_from_its_real_start():
+    """It started when the one ahead of it in its worker ended, not when it was sent: its
+    time does not count the wait (it had no outcome to stamp its start)."""
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(lambda ctx: time.sleep(1.0), name="ahead", priority=5)
+    p.add_unit(lambda ctx: os._exit(3), name="dies")  # sent ahead behind "ahead"
+    p.execute(execution_mode=PROCESS)
+    assert isinstance(p.units["dies"].error, WorkerDiedError)
+    assert p.units["dies"].execution_time < 0.5  # it waited 1 s behind "ahead"

@@ -159,6 +159,7 @@ class _Worker:
         "has_context",
         "inbox",
         "jobs",
+        "last_answer",
         "late",
         "outbox",
         "process",
@@ -210,6 +211,9 @@ class _Worker:
         #: it is not idle (dropping one, it may take the claim number of the next one it
         #: was sent, so that one must have a number).
         self.dropping = 0
+        #: When it last ended or dropped an attempt (the run's clock): it began the one it
+        #: went on to then, if that was waiting in it.
+        self.last_answer = -1.0
         self.has_context = False
         self.functions: set[int] = set()
 
@@ -710,6 +714,7 @@ class ProcessLane(Lane):
             return
         if kind == "dropped":
             with self._lock:
+                worker.last_answer = message[3] + self._clock_offset
                 worker.dropping = max(0, worker.dropping - 1)
                 idle = _idle(worker)
             if idle:
@@ -718,6 +723,7 @@ class ProcessLane(Lane):
         _, i, attempt, started, ended = message[:5]
         job = (i, attempt)
         with self._lock:
+            worker.last_answer = ended + self._clock_offset
             if job not in worker.jobs:
                 return  # an abandoned attempt's late answer
             _forget(worker, job)
@@ -759,6 +765,11 @@ class ProcessLane(Lane):
             self._held.extend(_take_back(worker, len(worker.claims)))
             died = list(worker.jobs)
             worker.jobs.clear()
+            for job in died:  # sent ahead: it began when the worker was done with the last
+                if job in self._sent_ahead:
+                    self._sent_ahead.discard(job)
+                    sent = self._run.scheduler.started[job[0]]
+                    self._started[job] = max(sent, worker.last_answer)
             if not worker.started and not self._closing:
                 self._failed_start(worker, exitcode)
             closing = self._closing
