@@ -1128,3 +1128,27 @@ def test_an_attempt_sent_ahead_whose_worker_dies_is_timed_from_its_real_start():
     p.execute(execution_mode=PROCESS)
     assert isinstance(p.units["dies"].error, WorkerDiedError)
     assert p.units["dies"].execution_time < 0.5  # it waited 1 s behind "ahead"
+
+
+def test_an_attempt_cancelled_while_it_waits_in_a_worker_reads_as_never_started(tmp_path):
+    """Sent ahead behind a long one and cancelled before its turn, it never ran: no time,
+    no attempt (as a unit cancelled before it started), and the report does not draw it
+    running on the slot where the long one ran."""
+    started = str(tmp_path / "started")
+
+    def long_one(ctx):
+        Path(started).touch()
+        time.sleep(30)
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(long_one, name="long", priority=5)
+    p.add_unit(lambda ctx: 1, name="waits")  # sent ahead behind "long"
+    canceller = threading.Thread(target=lambda: (_wait_for_file(started), p.cancel()))
+    canceller.start()
+    p.execute(execution_mode=PROCESS)
+    canceller.join()
+    waits = p.units["waits"]
+    assert waits.state is UnitState.CANCELED
+    assert (waits.attempt, waits.execution_time) == (0, None)
+    assert p.units["long"].execution_time > 0
+    assert [a.unit_id for a in layout(p._last_run).attempts] == ["long"]

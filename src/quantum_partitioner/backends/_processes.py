@@ -611,6 +611,7 @@ class ProcessLane(Lane):
             self._sent_ahead.discard(job)
             if job in self._held:
                 self._held.remove(job)  # held: it never started
+                self._run.scheduler.never_began(i)
                 return
             worker = next((w for w in self._workers if job in w.jobs), None)
             if worker is None:
@@ -621,7 +622,8 @@ class ProcessLane(Lane):
                 _take_back(worker, len(worker.claims)) if job in worker.claims.values() else []
             )
             self._held.extendleft(reversed([other for other in waiting if other != job]))
-            if job in waiting:
+            if job in waiting:  # it never started
+                self._run.scheduler.never_began(i)
                 return
             # It may be running (those behind it that wait were just taken back).
             self._held.extend(_take_back(worker, len(worker.claims)))
