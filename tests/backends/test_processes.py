@@ -1130,10 +1130,9 @@ def test_an_attempt_sent_ahead_whose_worker_dies_is_timed_from_its_real_start():
     assert p.units["dies"].execution_time < 0.5  # it waited 1 s behind "ahead"
 
 
-def test_an_attempt_cancelled_while_it_waits_in_a_worker_reads_as_never_started(tmp_path):
-    """Sent ahead behind a long one and cancelled before its turn, it never ran: no time,
-    no attempt (as a unit cancelled before it started), and the report does not draw it
-    running on the slot where the long one ran."""
+def _long_one_and_one_sent_ahead(tmp_path: Path) -> tuple[QuantumPartitioner, str]:
+    """One worker: "long" runs (it touches the file returned when it starts), "waits" is
+    sent ahead behind it."""
     started = str(tmp_path / "started")
 
     def long_one(ctx):
@@ -1142,7 +1141,15 @@ def test_an_attempt_cancelled_while_it_waits_in_a_worker_reads_as_never_started(
 
     p = QuantumPartitioner(max_workers=1)
     p.add_unit(long_one, name="long", priority=5)
-    p.add_unit(lambda ctx: 1, name="waits")  # sent ahead behind "long"
+    p.add_unit(lambda ctx: 1, name="waits")
+    return p, started
+
+
+def test_an_attempt_cancelled_while_it_waits_in_a_worker_reads_as_never_started(tmp_path):
+    """Sent ahead behind a long one and cancelled before its turn, it never ran: no time,
+    no attempt (as a unit cancelled before it started), and the report does not draw it
+    running on the slot where the long one ran."""
+    p, started = _long_one_and_one_sent_ahead(tmp_path)
     canceller = threading.Thread(target=lambda: (_wait_for_file(started), p.cancel()))
     canceller.start()
     p.execute(execution_mode=PROCESS)
@@ -1152,3 +1159,18 @@ def test_an_attempt_cancelled_while_it_waits_in_a_worker_reads_as_never_started(
     assert (waits.attempt, waits.execution_time) == (0, None)
     assert p.units["long"].execution_time > 0
     assert [a.unit_id for a in layout(p._last_run).attempts] == ["long"]
+
+
+def test_an_attempt_waiting_in_a_worker_when_the_run_is_interrupted_never_started(tmp_path):
+    """Ctrl-C while one waits in a worker behind a long one: it reads as never started."""
+    p, started = _long_one_and_one_sent_ahead(tmp_path)
+    interrupter = threading.Thread(
+        target=lambda: (_wait_for_file(started), os.kill(os.getpid(), signal.SIGINT))
+    )
+    interrupter.start()
+    with pytest.raises(KeyboardInterrupt):
+        p.execute(execution_mode=PROCESS)
+    interrupter.join()
+    waits = p.units["waits"]
+    assert waits.state is UnitState.CANCELED
+    assert (waits.attempt, waits.execution_time) == (0, None)

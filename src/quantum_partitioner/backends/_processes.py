@@ -372,6 +372,13 @@ class ProcessLane(Lane):
                 if worker.spawned_at is not None:
                     run.worker_startups.append((worker.slot, worker.spawned_at, run.clock()))
                     worker.spawned_at = None
+            # Stopped without being abandoned one by one (an interrupt): those still held or
+            # waiting in a worker never started.
+            for worker in self._workers:
+                self._held.extend(_take_back(worker, len(worker.claims)))
+            for i, _ in self._held:
+                run.scheduler.never_began(i)
+            self._held.clear()
         if self.reuse and not cancel:
             with self._lock:
                 busy = [w for w in self._workers if w.jobs]
