@@ -1174,3 +1174,23 @@ def test_an_attempt_waiting_in_a_worker_when_the_run_is_interrupted_never_starte
     waits = p.units["waits"]
     assert waits.state is UnitState.CANCELED
     assert (waits.attempt, waits.execution_time) == (0, None)
+
+
+def test_an_attempt_sent_ahead_cancelled_once_it_started_is_timed_from_its_real_start(tmp_path):
+    """Cancelled while it runs, it is timed from when its worker began it, not from when it
+    was sent (it waited 1 s behind the one ahead of it)."""
+    started = str(tmp_path / "started")
+
+    def second(ctx):
+        Path(started).touch()
+        time.sleep(30)
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(lambda ctx: time.sleep(1.0), name="ahead", priority=5)
+    p.add_unit(second, name="second")  # sent ahead behind "ahead"
+    canceller = threading.Thread(target=lambda: (_wait_for_file(started), p.cancel()))
+    canceller.start()
+    p.execute(execution_mode=PROCESS)
+    canceller.join()
+    assert p.units["second"].state is UnitState.CANCELED
+    assert p.units["second"].execution_time < 0.5

@@ -615,6 +615,7 @@ class ProcessLane(Lane):
         with self._lock:
             self._started.pop(job, None)
             self._ended.pop(job, None)
+            sent_ahead = job in self._sent_ahead
             self._sent_ahead.discard(job)
             if job in self._held:
                 self._held.remove(job)  # held: it never started
@@ -643,6 +644,16 @@ class ProcessLane(Lane):
                 return
             worker.ready = False  # never hand it another attempt
             _kill(worker)
+            if sent_ahead:  # it ran from then to now
+                self._run.scheduler.started[i] = self._began_at(worker, i)
+
+    def _began_at(self, worker: _Worker, i: int) -> float:
+        """When unit ``i``'s attempt sent ahead to ``worker`` began, which no outcome said.
+
+        (Hold the lock.) When the worker was done with the attempt before it, or when it was
+        sent if the worker was done before then.
+        """
+        return max(self._run.scheduler.started[i], worker.last_answer)
 
     def ended_at(self, i: int, attempt: int) -> float:
         """When the worker ended that attempt, or -1 (it died: the driver's clock says)."""
@@ -774,11 +785,10 @@ class ProcessLane(Lane):
             self._held.extend(_take_back(worker, len(worker.claims)))
             died = list(worker.jobs)
             worker.jobs.clear()
-            for job in died:  # sent ahead: it began when the worker was done with the last
+            for job in died:
                 if job in self._sent_ahead:
                     self._sent_ahead.discard(job)
-                    sent = self._run.scheduler.started[job[0]]
-                    self._started[job] = max(sent, worker.last_answer)
+                    self._started[job] = self._began_at(worker, job[0])
             if not worker.started and not self._closing:
                 self._failed_start(worker, exitcode)
             closing = self._closing
