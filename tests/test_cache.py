@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import logging
 import os
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 import tracemalloc
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -39,6 +41,7 @@ from quantum_partitioner import (
     RetryPolicy,
     SQLiteStore,
     UnitState,
+    _cache,
     _fingerprint,
 )
 
@@ -342,6 +345,89 @@ def test_a_build_fingerprints_a_shared_function_once_and_after_a_run_afresh(monk
     fresh.add_unit(namespace["unit"], name="later", metadata={"cacheable": True})
     fresh.execute()
     assert (fresh.cache_hits, fresh.cache_misses) == (1, 0)
+
+
+def make_closure(value):
+    """A closure of one code object per call (``make_unit(k)``); ``rebind`` sets its cell."""
+
+    def unit(ctx):
+        return value
+
+    def rebind(new):
+        nonlocal value
+        value = new
+
+    return unit, rebind
+
+
+def test_closures_after_the_first_keep_their_values_and_take_their_digests_at_the_run(
+    tmp_path, monkeypatch
+):
+    """Plain closure values are kept by add_unit; the run's key is what the long way makes.
+
+    Each closure is then served to a partitioner of a new build that adds it alone (the
+    long way), so the keys are equal; a cell rebound or a list mutated after add_unit
+    changes nothing, and different values give different keys.
+    """
+    taken = []
+    digest_of = _fingerprint.snapshot_fingerprint
+    monkeypatch.setattr(
+        _cache, "snapshot_fingerprint", lambda snapshot: taken.append(1) or digest_of(snapshot)
+    )
+    path = tmp_path / "results.sqlite"
+    values = (1, 2, 3, "three", None)
+    made = [make_closure(k) for k in values]
+    listed = []
+
+    def over_a_list(ctx):
+        return list(listed)
+
+    with CachingQuantumPartitioner(cache_path=path, default_execution_mode=SEQUENTIAL) as p:
+        for k, (unit, _) in enumerate(made):
+            p.add_unit(unit, name=f"u{k}", metadata={"cacheable": True})
+        p.add_unit(over_a_list, name="listed", metadata={"cacheable": True})
+        assert taken == []  # add_unit kept the values; no digest yet
+        made[2][1](30)  # rebound after add_unit: the unit keeps the value it had
+        listed.append(1)  # mutated after add_unit: encoded then (not plain), as before
+        assert p.execute() == {"u0": 1, "u1": 2, "u2": 30, "u3": "three", "u4": None, "listed": [1]}
+        assert len(taken) == 4  # the closures after the first (whose template they use)
+        assert p.execute()["u2"] == 30
+        assert len(taken) == 4  # each taken once
+        assert p.cache_stats().entries == 6
+    listed.clear()
+    for k, value in enumerate(values):
+        with CachingQuantumPartitioner(cache_path=path, default_execution_mode=SEQUENTIAL) as q:
+            q.add_unit(make_closure(value)[0], name=f"u{k}", metadata={"cacheable": True})
+            q.add_unit(over_a_list, name="listed", metadata={"cacheable": True})
+            # u2 ran with 30 under the key of 3, the value it had when it was added.
+            assert q.execute() == {f"u{k}": 30 if k == 2 else value, "listed": [1]}
+            assert (q.cache_hits, q.cache_misses) == (2, 0)
+
+
+def test_a_closure_kept_by_add_unit_is_dropped_with_its_unit(tmp_path):
+    """remove_unit and replace=True drop a unit's kept closure; a lock is refused at once."""
+    path = tmp_path / "results.sqlite"
+    made = [make_closure(k)[0] for k in range(4)]
+    with CachingQuantumPartitioner(cache_path=path, default_execution_mode=SEQUENTIAL) as p:
+        for k in range(4):
+            p.add_unit(made[k], name=f"u{k}", metadata={"cacheable": True})
+        gone = weakref.ref(made.pop(3))
+        p.remove_unit("u3")
+        gc.collect()
+        assert gone() is None  # nothing of the removed unit is kept
+        p.add_unit(make_closure(20)[0], name="u2", metadata={"cacheable": True}, replace=True)
+        with pytest.raises(TypeError, match=r"unit 'u1'.*closure variable 'value'.*cache_ignore"):
+            p.add_unit(
+                make_closure(threading.Lock())[0],
+                name="u1",
+                metadata={"cacheable": True},
+                replace=True,
+            )
+        assert p.execute() == {"u0": 0, "u1": 1, "u2": 20}
+    with CachingQuantumPartitioner(cache_path=path, default_execution_mode=SEQUENTIAL) as q:
+        q.add_unit(make_closure(20)[0], name="u2", metadata={"cacheable": True})
+        q.execute()
+        assert (q.cache_hits, q.cache_misses) == (1, 0)  # keyed on the replacing closure
 
 
 # -- values that cannot be fingerprinted -------------------------------------------------------

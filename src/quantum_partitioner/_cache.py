@@ -44,11 +44,14 @@ from types import FunctionType
 from typing import TYPE_CHECKING, Any, Final, Self
 
 from ._fingerprint import (
+    ClosureSnapshot,
     Fingerprinted,
     ModuleMemo,
     UnfingerprintableError,
+    closure_snapshot,
     digest,
     fingerprint,
+    snapshot_fingerprint,
 )
 from ._graph import ExecutionMode, ExecutionModeArg, QuantumUnit, R, T, UnitState, metadata_of
 from ._partitioner import QuantumPartitioner
@@ -75,6 +78,11 @@ _KEY_FORMAT: Final = b"quantum-partitioner cache key v1"
 _KEY_HEAD: Final = _KEY_FORMAT + b"\0"
 _NO_VERSION: Final = b"0:"  # the version part of a unit without metadata["cache_version"]
 _NO_NAMES: Final[frozenset[str]] = frozenset()
+
+# A unit's function, the names left out of its fingerprint and that fingerprint; or the
+# snapshot of a closure, which starts with the same two, to take it from when a run needs
+# it (see _admit).
+_Taken = Fingerprinted | ClosureSnapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,8 +220,8 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         self._cache_skipped = 0
         self._cache_errors = 0
         self._counts = threading.Lock()
-        # unit name -> (function, ignored names, fingerprint), taken by add_unit.
-        self._fingerprints: dict[str, Fingerprinted] = {}
+        # unit name -> (function, ignored names, fingerprint) or a snapshot, by add_unit.
+        self._fingerprints: dict[str, _Taken] = {}
         # What the units added since the last run share: functions, code, module attributes.
         self._module_memo = ModuleMemo()
         # What the keys of the compiled graph need that no run changes (its last cached run).
@@ -231,33 +239,37 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
     def _admit(self, unit: QuantumUnit[Any, Any]) -> None:
         """Fingerprint a cacheable unit's function as it is added.
 
-        The fingerprint is taken now, so a closed-over object that changes while runs go on
-        (a list the unit appends to) does not invalidate the unit's entries. Units of one
-        build that run one function share its fingerprint: a unit after the first costs a
-        lookup by the function's identity (see ModuleMemo).
+        The fingerprint is of the function as it is now, so a closed-over object that
+        changes while runs go on (a list the unit appends to) does not invalidate the unit's
+        entries. Units of one build that run one function share its fingerprint: a unit
+        after the first costs a lookup by the function's identity (see ModuleMemo). A
+        closure of a code object seen before in this build, whose closure values are all
+        plain (numbers, strings, bytes, None), keeps those values and its digest is taken
+        when a run first needs it (see closure_snapshot): the same bytes, since nothing in
+        them can change.
 
         Raises:
             TypeError: The unit is cacheable but its function depends on a value that cannot
                 be fingerprinted (the message names the unit and the value), or its cache
                 metadata has the wrong type. The unit is not added.
         """
-        metadata = metadata_of(unit)  # a unit without metadata gets no empty dict here
-        if not metadata.get("cacheable"):
+        metadata = unit._metadata  # read directly: a unit without metadata has None here
+        if not metadata or not metadata.get("cacheable"):
             self._fingerprints.pop(unit.id, None)  # it may replace a cacheable unit
             return
-        if "cache_ignore" in metadata:
-            self._take_fingerprint(unit, _ignored(unit))
-            return
-        # ModuleMemo.function's lookup of a plain function, inlined: this is all a unit
-        # whose function an earlier unit of this build ran costs.
+        ignore = _ignored(unit) if "cache_ignore" in metadata else _NO_NAMES
         function = unit.function
-        known = (
-            self._module_memo.functions.get(function) if type(function) is FunctionType else None
-        )
-        if known is not None:
-            self._fingerprints[unit.id] = known
-        else:
-            self._take_fingerprint(unit, _NO_NAMES)
+        if type(function) is FunctionType:
+            memo = self._module_memo
+            # ModuleMemo.function's lookup, inlined: this is all a unit whose function an
+            # earlier unit of this build ran costs.
+            known: _Taken | None = memo.functions.get((function, ignore) if ignore else function)
+            if known is None:
+                known = closure_snapshot(function, ignore, memo)
+            if known is not None:
+                self._fingerprints[unit.id] = known
+                return
+        self._take_fingerprint(unit, ignore)
 
     def remove_unit(self, name: str) -> QuantumUnit[T, R]:
         """Remove the unit ``name`` and return it (its stored results stay; see clear_cache).
@@ -273,7 +285,11 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         """The unit's function fingerprint: the one taken by add_unit, unless it changed."""
         known = self._fingerprints.get(unit.id)
         if known is not None and known[0] is unit.function and known[1] == _ignored(unit):
-            return known[2]
+            if isinstance(known, tuple):
+                return known[2]
+            value = snapshot_fingerprint(known)  # a closure's, deferred by _admit
+            self._fingerprints[unit.id] = (known[0], known[1], value)
+            return value
         return self._take_fingerprint(unit, _ignored(unit))
 
     def _take_fingerprint(self, unit: QuantumUnit[Any, Any], ignore: frozenset[str]) -> bytes:

@@ -212,7 +212,8 @@ class ModuleMemo:
       was encoded: the code's bytes, the variables' names and the globals part. Another
       closure then encodes only its default arguments and closure values, to the very same
       bytes as the long way (without an encoder pass when they are plain: numbers, strings,
-      bytes, None).
+      bytes, None). A caller may keep such a closure's plain values instead and take its
+      fingerprint later (:func:`closure_snapshot`); those are not kept in ``functions``.
     * ``entries``: module attributes. Many functions read the same ``helpers.scale``; each
       would encode it (and whatever it calls) again. Keyed by module, attribute path and
       ignored names; an entry is used only while the attribute is still the same object,
@@ -361,21 +362,119 @@ class _ClosureTemplate:
         self.tail = tail
 
 
+# A closure's fingerprint, not taken yet: what ModuleMemo.function's record holds (the
+# function and the names left out), then the template of its code object and the values of
+# its cells when it was seen (None for an ignored cell, _EMPTY_CELL for an unassigned one)
+# in place of the fingerprint. Every value is plain (None, bool, int, float, str, bytes:
+# immutable, nothing inside to change), so the fingerprint taken from it later is the one
+# the function had then. A list, not a tuple: it is filled cell by cell, and one object
+# per unit is what a build of many closures can afford (each costs it garbage collection).
+ClosureSnapshot = list[Any]
+
+
+def closure_snapshot(
+    fn: types.FunctionType, ignore: frozenset[str], memo: ModuleMemo
+) -> ClosureSnapshot | None:
+    """``fn``'s snapshot, to take its fingerprint from later, if a function of its code was seen.
+
+    Distinct closures of one function (``make_unit(k)`` per unit) differ only in their
+    default arguments and closure values. Once a function of the same code object and
+    globals namespace was encoded in this build (its globals part is in
+    ``memo.globals_parts``), this one's encoding is the template's head, its own defaults
+    and cells, and the template's globals part. When it has no defaults and its closure
+    values are all plain, they are all there is to keep: :func:`snapshot_fingerprint`
+    makes the bytes ``_Encoder.function`` would have made now, whenever it is called.
+    None otherwise (no template, defaults, a value that is not plain).
+    """
+    # _template_for's lookup, inlined for the common case: a template of this very code,
+    # namespace, ignored names and module (the template keeps its code object, so an id
+    # found here is that code object's).
+    template = memo.closures.get(id(fn.__code__))
+    if (
+        template is None
+        or template.namespace is not fn.__globals__
+        or template.ignore != ignore
+        or template.module != fn.__module__
+    ):
+        template = _template_for(fn, ignore, memo)
+        if template is None:
+            return None
+    if fn.__defaults__ is not None or fn.__kwdefaults__ is not None:
+        return None
+    cells = template.cells
+    snapshot: ClosureSnapshot = [fn, ignore, template]
+    # One cell per free variable, as cells has; the snapshot's length counts the position
+    # (a zip() or enumerate() costs more than the rest of this loop for a closure or two).
+    for cell in fn.__closure__ or ():
+        if cells[len(snapshot) - 3][1]:
+            snapshot.append(None)  # ignored: not read
+            continue
+        try:
+            contents = cell.cell_contents
+        except ValueError:  # a cell not assigned yet
+            contents = _EMPTY_CELL
+        else:
+            if type(contents) not in _PLAIN_CELLS:
+                return None
+        snapshot.append(contents)
+    return snapshot
+
+
+def snapshot_fingerprint(snapshot: ClosureSnapshot) -> bytes:
+    """The fingerprint of the function a :func:`closure_snapshot` was taken of, as it was then."""
+    template: _ClosureTemplate = snapshot[2]
+    out = bytearray()
+    for position, (name, ignored) in enumerate(template.cells, 3):
+        out += name
+        if ignored:
+            continue
+        value = snapshot[position]
+        if type(value) is int:  # the commonest, without a call: _Encoder.int_'s bytes
+            out += _INT_FORMAT % value
+        elif value is _EMPTY_CELL:
+            out += b"_"
+        else:
+            _PLAIN_CELLS[type(value)](_LEAVES, value, out)
+    out += template.tail
+    hasher = template.plain.copy()
+    hasher.update(out)
+    return hasher.digest()
+
+
 def _closure_fingerprint(
     fn: types.FunctionType, ignore: frozenset[str], memo: ModuleMemo
 ) -> bytes | None:
     """A function's fingerprint from what another function of its code object left in ``memo``.
 
-    Distinct closures of one function (``make_unit(k)`` per unit) differ only in their
-    default arguments and closure values. Once a function of the same code object and
-    globals namespace was encoded in this build (its globals part is in
-    ``memo.globals_parts``), this one's encoding is the template's head, its own defaults and
-    cells, and the template's globals part: the same bytes ``_Encoder.function`` writes.
-    Plain values (None, bool, int, float, str, bytes) without defaults are written here;
-    anything else by an encoder pass over the defaults and cells only, with ``fn`` as the
-    function under way (a cell holding ``fn`` itself refers back to it as the long way
-    does). None when no template can be had (the caller then takes the long way).
+    See :func:`closure_snapshot`: plain values without defaults are written by
+    :func:`snapshot_fingerprint`; anything else by an encoder pass over the defaults and
+    cells only, with ``fn`` as the function under way (a cell holding ``fn`` itself refers
+    back to it as the long way does). None when no template can be had (the caller then
+    takes the long way).
     """
+    snapshot = closure_snapshot(fn, ignore, memo)
+    if snapshot is not None:
+        return snapshot_fingerprint(snapshot)
+    template = _template_for(fn, ignore, memo)
+    if template is None:
+        return None
+    out = bytearray()
+    hasher = template.hasher.copy()
+    encoder = _Encoder(ignore, memo)
+    encoder.functions[id(fn)] = 0
+    try:
+        encoder.closure_values(fn, fn.__code__, out)
+    except RecursionError:
+        return None  # the long way says what is too deep
+    hasher.update(out)
+    hasher.update(template.tail)
+    return hasher.digest()
+
+
+def _template_for(
+    fn: types.FunctionType, ignore: frozenset[str], memo: ModuleMemo
+) -> _ClosureTemplate | None:
+    """The template of ``fn``'s code object in this build (made now if it can be), or None."""
     code = fn.__code__
     # The template keeps its code object, so an id found here is that code object's.
     template = memo.closures.get(id(code))
@@ -387,41 +486,7 @@ def _closure_fingerprint(
     module = fn.__module__
     if module != template.module and _is_library(module or ""):  # functools.wraps made it so
         return None
-    out = bytearray()
-    if fn.__defaults__ is None and fn.__kwdefaults__ is None:
-        hasher = template.plain.copy()
-        names = template.cells
-        position = 0  # not zip(): creating one costs more than the rest of this loop
-        for cell in fn.__closure__ or ():  # one cell per free variable, as names has
-            name, ignored = names[position]
-            position += 1
-            out += name
-            if ignored:
-                continue
-            try:
-                contents = cell.cell_contents
-            except ValueError:  # a cell not assigned yet
-                out += b"_"
-                continue
-            handler = _PLAIN_CELLS.get(type(contents))
-            if handler is None:
-                out.clear()  # not plain: let an encoder write them all
-                break
-            handler(_LEAVES, contents, out)
-        else:
-            hasher.update(out)
-            hasher.update(template.tail)
-            return hasher.digest()
-    hasher = template.hasher.copy()
-    encoder = _Encoder(ignore, memo)
-    encoder.functions[id(fn)] = 0
-    try:
-        encoder.closure_values(fn, code, out)
-    except RecursionError:
-        return None  # the long way says what is too deep
-    hasher.update(out)
-    hasher.update(template.tail)
-    return hasher.digest()
+    return template
 
 
 def _closure_template(
@@ -665,6 +730,7 @@ def _code_bytes(code: types.CodeType) -> bytes:
 
 
 _EMPTY_CELL: Final = object()
+_INT_FORMAT: Final = b"i%d;"
 _MISSING: Final = object()
 
 
@@ -793,7 +859,7 @@ class _Encoder:
         out += b"T" if value else b"F"
 
     def int_(self, value: int, out: bytearray) -> None:
-        out += b"i%d;" % value
+        out += _INT_FORMAT % value
 
     def float_(self, value: float, out: bytearray) -> None:
         out += b"fnan" if math.isnan(value) else b"f" + _PACK_DOUBLE(value)
@@ -1221,8 +1287,9 @@ _EXACT: dict[type, Any] = {
     type: _Encoder.class_,
 }
 
-# Closure values _closure_fingerprint encodes itself: leaves, which read nothing of the
-# encoder they are handed (no function, container or back-reference can be inside).
+# Closure values a closure_snapshot keeps and snapshot_fingerprint encodes itself: leaves,
+# which read nothing of the encoder they are handed (no function, container or
+# back-reference can be inside) and which nothing can change.
 _PLAIN_CELLS: Final[dict[type, Any]] = {
     kind: _EXACT[kind] for kind in (type(None), bool, int, float, str, bytes)
 }

@@ -417,7 +417,10 @@ class QuantumPartitioner(Generic[T, R]):
             # metadata if it has some, to check.
             unit = make_plain_unit(unit_id, fn, dependencies)
             if metadata is not None:
-                check_metadata(unit_id, metadata)
+                # check_metadata's own test of a dict, inlined: a cacheable unit's metadata
+                # ({"cacheable": True}) is a dict without an estimated_duration to check.
+                if type(metadata) is not dict or "estimated_duration" in metadata:
+                    check_metadata(unit_id, metadata)
                 unit._metadata = metadata
         else:
             rule = ALL_SUCCESS if run_if == "all_success" else _join_rule_of(unit_id, run_if)
