@@ -22,6 +22,7 @@ import threading
 import time
 import tracemalloc
 import weakref
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -1057,7 +1058,7 @@ def damage(path, unit, how):
         elif how == "torn":
             payload = payload[: len(payload) // 2]
         elif how == "checksum":
-            checksum = bytes(len(checksum))
+            checksum ^= 1
         elif how == "garbage":  # a valid checksum over bytes that are no pickle
             from quantum_partitioner._stores import checksum as make_checksum  # noqa: PLC0415
 
@@ -1089,36 +1090,87 @@ def test_damaged_entry_is_recomputed_not_returned(tmp_path, how, caplog):
     assert "recomputed" in caplog.text
 
 
-def test_a_version_1_store_is_upgraded_keeping_its_valid_entries(tmp_path):
-    """Version 1 differed only in its checksum (BLAKE2b-128): opening one upgrades it in
-    place; an entry whose old checksum holds is served, a damaged one is recomputed."""
-    path = tmp_path / "c.sqlite"
+# The schema of format versions 1 and 2 (they differed only in their checksum).
+_OLD_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    (
+        "CREATE TABLE entries (key BLOB PRIMARY KEY, unit TEXT NOT NULL, payload BLOB NOT NULL,"
+        " checksum BLOB NOT NULL, size INTEGER NOT NULL, created REAL NOT NULL,"
+        " accessed REAL NOT NULL)"
+    ),
+    "CREATE INDEX entries_unit ON entries (unit)",
+    "CREATE INDEX entries_accessed ON entries (accessed)",
+)
+
+
+def _old_checksum(version, key, payload):
+    if version == 1:
+        return hashlib.blake2b(key + payload, digest_size=16).digest()
+    return zlib.crc32(payload, zlib.crc32(key)).to_bytes(4, "big")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_old_store_is_upgraded_keeping_its_valid_entries(tmp_path, version):
+    """A store of format version 1 (BLAKE2b-128 checksums) or 2 (CRC-32 as 4 bytes, an index
+    on unit) is upgraded in place when opened: an entry whose old checksum holds is served,
+    a damaged one is recomputed, and the file then has this version's schema."""
     counter = Counter()
 
-    def build():
+    def build(path):
         p = CachingQuantumPartitioner(cache_path=path)
         for name in ("a", "b"):
             p.add_unit(combining(counter, name), name=name, metadata=cached())
         return p
 
-    with build() as p:
+    with build(tmp_path / "new.sqlite") as p:  # the entries, as this version writes them
         first = p.execute()
     assert counter.take() == {"a": 1, "b": 1}
-    with sqlite3.connect(path) as db:  # make it a version 1 file, "b"'s entry damaged
-        for key, payload, unit in db.execute("SELECT key, payload, unit FROM entries").fetchall():
-            old = hashlib.blake2b(key + payload, digest_size=16).digest()
+    with contextlib.closing(sqlite3.connect(tmp_path / "new.sqlite")) as db:
+        rows = db.execute("SELECT key, unit, payload, size, created, accessed FROM entries")
+        rows = rows.fetchall()
+    path = tmp_path / "old.sqlite"
+    path.touch(mode=0o600)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:  # a real old file, "b" damaged
+        for statement in _OLD_SCHEMA:
+            db.execute(statement)
+        db.execute("INSERT INTO meta VALUES ('format_version', ?)", (str(version),))
+        for key, unit, payload, size, created, accessed in rows:
+            stored = _old_checksum(version, key, payload if unit == "a" else payload + b"!")
             db.execute(
-                "UPDATE entries SET checksum = ? WHERE key = ?",
-                (old if unit == "a" else b"\0" * 16, key),
+                "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key, unit, payload, stored, size, created, accessed),
             )
-        db.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
-    db.close()
-    with build() as p:
+    with build(path) as p:
         assert p.execute() == first
-    assert counter.take() == {"b": 1}
-    with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM meta").fetchone() == ("2",)
-    db.close()
+        assert counter.take() == {"b": 1}
+        assert p.execute() == first  # b's new entry is served
+        assert counter.take() == {}
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT value FROM meta").fetchone() == ("3",)
+        indexes = db.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
+        assert ("entries_unit",) not in indexes
+        assert "entries_old" not in {
+            name for (name,) in db.execute("SELECT name FROM sqlite_master")
+        }
+        assert {type(c) for (c,) in db.execute("SELECT checksum FROM entries")} == {int}
+
+
+def test_a_new_store_has_no_index_but_its_key_until_a_size_limit_needs_one(tmp_path):
+    """Each index costs every write: a store made without a size limit has only its key's;
+    opening it with a limit adds the one on ``accessed`` that eviction reads."""
+    path = tmp_path / "c.sqlite"
+
+    def indexes():
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            query = "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            return {name for (name,) in db.execute(query)}
+
+    with SQLiteStore(path) as store:
+        store.put(b"k" * 32, "u", b"payload")
+    assert indexes() == set()
+    with SQLiteStore(path, 10_000) as store:
+        assert store.get(b"k" * 32) == b"payload"
+    assert indexes() == {"entries_accessed"}
 
 
 def test_upgrading_a_version_1_store_holds_a_few_entries_in_memory_not_all(tmp_path):
@@ -1157,7 +1209,7 @@ def test_other_format_version_is_a_clear_error(tmp_path):
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (version,))
     db.close()
-    with pytest.raises(ValueError, match=rf"format version {version}.*reads version 2"):
+    with pytest.raises(ValueError, match=rf"format version {version}.*reads version 3"):
         CachingQuantumPartitioner(cache_path=path)
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM meta").fetchone() == (version,)
@@ -1755,3 +1807,33 @@ def test_closures_kept_for_the_run_are_keyed_as_the_long_way_for_every_kind_of_v
     assert replaced == _fingerprint.function_fingerprint(replacing)
     # every value its own key but the two unassigned cells and the two ignored values
     assert len(set(keyed)) == len(keyed) - 2
+
+
+def test_read_times_of_many_entries_are_all_written(tmp_path):
+    """Read times go to the file a few hundred keys per statement: every one of them."""
+    path = tmp_path / "c.sqlite"
+    keys = [i.to_bytes(32, "big") for i in range(1234)]
+    with SQLiteStore(path) as store:
+        for key in keys:
+            store.put(key, "u", b"payload")
+    time.sleep(0.01)  # the clock moves on between the writes and the reads
+    with SQLiteStore(path) as store:
+        store.prefetch(keys)
+        assert all(store.get(key) == b"payload" for key in keys)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT count(*), sum(accessed > created) FROM entries").fetchone()
+    assert rows == (1234, 1234)
+
+
+def test_an_entry_read_ahead_while_queued_is_found_once_committed(tmp_path):
+    """A key put, then read ahead (a map's items, as it expands) before its batch commits,
+    is not in the file yet; once the writer thread commits it, it is found, not missed."""
+    with SQLiteStore(tmp_path / "c.sqlite") as store:
+        with store._lock:  # the writer thread cannot commit in between
+            store.put(b"k" * 32, "u", b"payload")
+            store.prefetch([b"k" * 32])
+        deadline = time.monotonic() + 30
+        while store._queued or store._committing:  # the writer thread commits it
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        assert store.get(b"k" * 32) == b"payload"

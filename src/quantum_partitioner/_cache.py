@@ -69,7 +69,7 @@ __all__ = ["CacheStats", "CachingQuantumPartitioner"]
 
 LOGGER = logging.getLogger("quantum_partitioner")
 
-#: Pickle protocol of stored results (part of the store's format version 1).
+#: Pickle protocol of stored results (part of the store's format since version 1).
 PICKLE_PROTOCOL: Final = 5
 _MISS: Final[tuple[bool, Any]] = (False, None)
 _UNKEYABLE: Final = b""
@@ -119,6 +119,13 @@ class CacheStats:
         """The share of lookups served: hits / (hits + misses), 0.0 before any."""
         looked_up = self.hits + self.misses
         return self.hits / looked_up if looked_up else 0.0
+
+
+# The payload of a result of None (a unit run for what it does, not what it returns): written
+# and read without the pickle module, which builds a pickler or an unpickler even for these
+# 4 bytes (a tenth of what caching a no-op unit costs). The same bytes pickle.dumps makes:
+# every store and version reads them as any payload.
+_NONE_PAYLOAD: Final = pickle.dumps(None, protocol=PICKLE_PROTOCOL)
 
 
 def dumps(value: Any) -> bytes:
@@ -400,13 +407,25 @@ class _GraphKeys:
     """What the keys of one compiled graph need that no run changes.
 
     The partitioner keeps it between runs, until the graph changes (a unit added or removed
-    compiles a new one). ``statics`` holds, per unit, the inputs and result of its last
-    fixed part: a run whose function fingerprint, context part and version part are the
-    same (a warm run) takes the part from there instead of hashing it again, and when every
-    unit's is, the expected keys too.
+    compiles a new one). ``statics`` holds, per unit, its last fixed part (None: it was not
+    cacheable), and ``functions``, ``contexts`` and ``versions`` the parts that made it: a
+    run whose function fingerprint, context part and version part are the same (a warm run)
+    takes the part from there instead of hashing it again, and when every unit's is, the
+    expected keys too. (Four lists, not a tuple per unit: ten thousand objects made by a
+    cold run and kept would set the garbage collector going a dozen times.)
     """
 
-    __slots__ = ("dep_order", "expected", "graph", "labels", "statics", "wanted")
+    __slots__ = (
+        "contexts",
+        "dep_order",
+        "expected",
+        "functions",
+        "graph",
+        "labels",
+        "statics",
+        "versions",
+        "wanted",
+    )
 
     def __init__(self, graph: Graph) -> None:
         """Spell the graph's names; the rest is filled by the runs."""
@@ -414,15 +433,39 @@ class _GraphKeys:
         n = len(graph)
         self.labels = [_label(name) for name in graph.names]
         self.dep_order: list[Sequence[int] | None] = [None] * n
-        self.statics: list[tuple[bytes, bytes, bytes, bytes] | None] = [None] * n
+        self.statics: list[bytes | None] = [None] * n
+        self.functions: list[bytes] = [b""] * n
+        self.contexts: list[bytes] = [b""] * n
+        self.versions: list[bytes] = [b""] * n
         # The last run's expected keys (see _RunCache._expected_keys), and those not None.
         self.expected: list[bytes | None] | None = None
         self.wanted: list[bytes] = []
 
 
-def _combine(static: bytes, parts: list[bytes]) -> bytes:
-    """A key from a unit's fixed part and one part per dependency by name (label + part)."""
-    parts.insert(0, static)
+def _version_part(unit: QuantumUnit[Any, Any], metadata: Mapping[str, Any]) -> bytes:
+    """The part of a unit's key ``metadata["cache_version"]`` makes.
+
+    Raises:
+        TypeError: The version cannot be fingerprinted.
+    """
+    version = metadata.get("cache_version")
+    if version is None:
+        return _NO_VERSION
+    try:
+        part = fingerprint(version)
+    except UnfingerprintableError as error:
+        raise TypeError(
+            f"unit {unit.id!r}: metadata['cache_version'] cannot be fingerprinted: {error}"
+        ) from None
+    return b"%d:%s" % (len(part), part)
+
+
+def _combine(parts: list[bytes]) -> bytes:
+    """A key from a unit's fixed part, then each dependency's by name (its label, its part).
+
+    The pieces are joined once, not each label to its part first: a unit with many
+    dependencies (a sink over ten thousand) would make two objects per dependency.
+    """
     return digest(b"".join(parts))
 
 
@@ -489,47 +532,39 @@ class _RunCache:
         self._keys: list[bytes | None] = [None] * n
         self._static: list[bytes | None] = [None] * n
         statics, labels, keys, deps = known.statics, known.labels, self._keys, graph.deps
+        functions, contexts, versions = known.functions, known.contexts, known.versions
+        fixed = self._static
         reused = True  # every fixed part is the last run's (so are the expected keys)
-        whole: bytes | None = None
+        # Units often share one metadata dict (added in a loop): what it says is read once.
+        last: Mapping[str, Any] | None = None
+        cacheable = False
+        context = version_part = b""
         for i, unit in enumerate(graph.units):
             metadata = metadata_of(unit)
-            if not metadata.get("cacheable"):
+            if metadata is not last:
+                last = metadata
+                cacheable = bool(metadata.get("cacheable"))
+                if cacheable:
+                    context = self._context_part(unit, metadata)
+                    version_part = _version_part(unit, metadata)
+            if not cacheable:
                 if statics[i] is not None:  # cacheable last run
                     statics[i] = None
                     reused = False
                 continue
             function = owner._function_fingerprint(unit)
-            if metadata.get("cache_keys") is not None:
-                context = self._context_part(unit)
-            else:  # the common case: the whole context's part, computed once
-                if whole is None:
-                    whole = self._context_part(unit)
-                context = whole
-            version = metadata.get("cache_version")
-            if version is None:
-                version_part = _NO_VERSION
-            else:
-                try:
-                    part = fingerprint(version)
-                except UnfingerprintableError as error:
-                    raise TypeError(
-                        f"unit {unit.id!r}: metadata['cache_version'] cannot be fingerprinted: "
-                        f"{error}"
-                    ) from None
-                version_part = b"%d:%s" % (len(part), part)
-            last = statics[i]
+            static = statics[i]
             if (
-                last is not None
-                and last[0] == function
-                and last[1] == context
-                and last[2] == version_part
+                static is None
+                or functions[i] != function
+                or contexts[i] != context
+                or versions[i] != version_part
             ):
-                static = last[3]
-            else:
                 static = digest(b"".join((_KEY_HEAD, labels[i], function, context, version_part)))
-                statics[i] = (function, context, version_part, static)
+                statics[i] = static
+                functions[i], contexts[i], versions[i] = function, context, version_part
                 reused = False
-            self._static[i] = static
+            fixed[i] = static
             if not deps[i]:  # a root's key is its fixed part (a map is never a root)
                 keys[i] = static
         # Each expanded cacheable map -> its items' shared key part (b"": they run uncached).
@@ -570,20 +605,24 @@ class _RunCache:
             if own is None or not deps[i]:
                 expected[i] = own  # not cacheable (None), or a root: its key is its own part
                 continue
-            parts = []
+            parts = [own]
+            add = parts.append
             for j in self._dependency_order(i, deps[i]):
                 known = expected[j]
                 if known is None:
                     break  # a dependency whose key is known only at run time
-                parts.append(labels[j] + b"k" + known)
+                add(labels[j])
+                add(b"k")
+                add(known)
             else:
-                expected[i] = _combine(own, parts)
+                expected[i] = _combine(parts)
         return expected
 
     # -- fixed parts -----------------------------------------------------------------------
 
-    def _context_part(self, unit: QuantumUnit[Any, Any]) -> bytes:
-        keys = _check_names(unit.id, "cache_keys", unit.metadata.get("cache_keys"))
+    def _context_part(self, unit: QuantumUnit[Any, Any], metadata: Mapping[str, Any]) -> bytes:
+        """The part of the context ``metadata["cache_keys"]`` names (absent: all of it)."""
+        keys = _check_names(unit.id, "cache_keys", metadata.get("cache_keys"))
         if keys is None:
             if self._whole_context is None:
                 self._whole_context = self._digest_of_keys(unit.id, list(self._context))
@@ -669,12 +708,17 @@ class _RunCache:
     def _with_inputs(self, run: Run, static: bytes, order: Sequence[int]) -> bytes:
         """``static`` and each input in ``order``: its name and :meth:`_part_of`."""
         keys, state = self._keys, run.scheduler.state
-        parts = []
+        parts = [static]
+        add = parts.append
         for j in order:
+            add(self._label_of(j))
             own = keys[j]
-            part = b"k" + own if own and state[j] is _COMPLETED else self._part_of(run, j)
-            parts.append(self._label_of(j) + part)
-        return _combine(static, parts)
+            if own and state[j] is _COMPLETED:
+                add(b"k")
+                add(own)
+            else:
+                add(self._part_of(run, j))
+        return _combine(parts)
 
     def _label_of(self, j: int) -> bytes:
         """Unit ``j``'s name as keys spell it (a map item's is spelled when it is needed)."""
@@ -824,14 +868,16 @@ class _RunCache:
             key = self._keys[i] = self._key_of(run, i, static)
         if not key:
             return _MISS
-        owner = self._owner
         try:
             payload = self._store.get(key)
         except Exception as error:
             LOGGER.warning("unit %r: cache lookup failed, running it: %s", self._names[i], error)
-            owner._count_trouble(error=True)
+            self._owner._count_trouble(error=True)
             payload = None
-        if payload is not None:
+        if payload is not None:  # (a miss, the common case of a cold run, is tested first)
+            if payload == _NONE_PAYLOAD:
+                self._hits.append(i)
+                return True, None
             try:
                 value = pickle.loads(payload)  # noqa: S301 - the store is trusted (docs/caching.md)
             except Exception as error:
@@ -860,14 +906,13 @@ class _RunCache:
         key = self._keys[i]
         if not key:
             return
-        owner = self._owner
         try:
-            payload = dumps(value)
+            payload = _NONE_PAYLOAD if value is None else dumps(value)
         except Exception as error:
             LOGGER.warning(
                 "unit %r: result not cached, it cannot be pickled: %s", self._names[i], error
             )
-            owner._count_trouble(skipped=True)
+            self._owner._count_trouble(skipped=True)
             return
         item_of = self._item_of
         # An item's entry is its map's (clear_cache("tool")): another item may be served it.
@@ -876,7 +921,7 @@ class _RunCache:
             self._store.put(key, unit, payload)
         except Exception as error:
             LOGGER.warning("unit %r: result not cached: %s", self._names[i], error)
-            owner._count_trouble(error=True)
+            self._owner._count_trouble(error=True)
             return
         self._writes.append(i)
 

@@ -29,10 +29,12 @@ environment variable ``QUANTUM_PARTITIONER_PRELOAD``: the modules the run's func
 from, so that importing them is the worker's start-up and not the first unit's time.
 
 worker → parent: ``("ready", pid)``, then per attempt ``("ok", index, attempt, started,
-ended, result_blob, metrics)`` or ``("error", index, attempt, started, ended,
-exception_blob_or_None, description, traceback_text, pauses)``, where ``started`` and
-``ended`` are the worker's ``time.perf_counter()`` when the attempt really started and
-ended, and ``pauses`` holds the attempt's ``ctx.pause_limit`` calls (as metrics) or is None.
+ended, result_blob, metrics)``, ``("error", index, attempt, started, ended,
+exception_blob_or_None, description, traceback_text, pauses)`` or, for one taken back that
+it dropped, ``("dropped", index, attempt, when)``, where ``started`` and ``ended`` (and
+``when``) are the worker's ``time.perf_counter()`` when the attempt really started and
+ended (was dropped), and ``pauses`` holds the attempt's ``ctx.pause_limit`` calls (as
+metrics) or is None.
 
 Start-up is most of what a short-lived worker costs, so this module imports only what every
 worker needs before it is ready: the interpreter's own modules, ``_pickle`` and the unit
@@ -45,7 +47,8 @@ two apart means no unit can corrupt the stream. Until the worker is ready its st
 pipe to the parent (so a worker that cannot start can say why); then it becomes
 ``STDERR_FD``, the parent's own stderr. A watchdog thread exits the worker if its parent
 dies, so no worker outlives the program that started it; a worker whose parent is gone
-exits quietly, without a traceback on the terminal. Told to stop, it runs the
+exits quietly, without a traceback on the terminal. Told to stop, it waits for the threads
+its units left running (not daemons; thread pools' queued work too), runs the
 :mod:`atexit` handlers its units registered, flushes its console and exits at once,
 without the interpreter's teardown (objects still alive are not finalized: a file a unit
 left open keeps what it had not flushed).
@@ -189,15 +192,21 @@ def _take_claim(claims: int) -> int:
 
 
 def _exit_at_once() -> None:
-    """Exit when told to stop: the atexit handlers run, the console is flushed, and that is all.
+    """Exit when told to stop: threads end, atexit handlers run, the console is flushed.
 
     The interpreter's teardown (freeing every module and object, the garbage collector)
     took most of the time from a run's last outcome to the end of ``execute`` with a fresh
     pool (the driver waits for its workers' exit); skipping it is what a process pool's
-    forked workers do too. What the units registered with :mod:`atexit` still runs.
+    forked workers do too. What the units registered with :mod:`atexit` still runs, after
+    the threads they started (as at an interpreter's exit).
     """
     import atexit  # noqa: PLC0415 - built in: costs nothing, and only when stopping
 
+    # As the interpreter's exit does first: wait for the threads (not daemons) the units
+    # started and run threading's own exit hooks (thread pools finish their queued work).
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        threading._shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:  # noqa: SIM105 - contextlib is not imported here: a worker imports little
@@ -244,8 +253,10 @@ def serve(inbox: int, outbox: int, parent: int, claims: int) -> None:
         if claim:  # sent ahead: run it only if its claim number is ours, not taken back
             if claimed < claim:
                 claimed = _take_claim(claims)
-            if claimed != claim:
-                continue  # taken back before its turn: it never starts here
+            if claimed != claim:  # taken back before its turn: it never starts here
+                dropped = ("dropped", index, attempt, time.perf_counter())
+                send_frame(outbox, dumps(dropped, PROTOCOL))
+                continue
         started = time.perf_counter()
         outcome = _run_one(context, functions[key], unit_id, attempt, inputs)
         reply = (outcome[0], index, attempt, started, time.perf_counter(), *outcome[1:])

@@ -381,6 +381,17 @@ class Scheduler:
             heapq.heappush(self._timeouts_heap, (now + timeout, i, attempt))
         return i
 
+    def never_began(self, i: int) -> None:
+        """The abandoned attempt of unit ``i`` had not begun: a lane held it, then dropped it.
+
+        Cancelled (or being cancelled: the run stops), it does not count as an attempt: a
+        unit that had no other reads as never started (no start, no time), as one cancelled
+        before it was started does. (One that timed out keeps it: its timeout counted from
+        its start here, and a retry must have a number of its own.)
+        """
+        if self.state[i] is _CANCELED or self.state[i] is _RUNNING:
+            self.attempts[i] -= 1
+
     def complete(self, i: int, attempt: int, result: Any, now: float) -> int:
         """Record that attempt ``attempt`` of unit ``i`` returned ``result``.
 

@@ -14,19 +14,23 @@ nothing about units or pickling: :mod:`._cache` makes the keys and the payloads.
   last few, never corrupt the file.
 * **Group commit.** ``put`` only queues the entry (``get`` sees it at once); a writer thread
   lets the writes of a burst gather for ``_COMMIT_DELAY`` (10 ms) after the first, or until
-  ``_COMMIT_BATCH`` (1,000) are queued, and commits them in one transaction; the writes that
-  arrive meanwhile go into the next one. So a write is committed within about 10 ms plus a
-  transaction's time, a burst of short units shares a few large transactions (one per unit
-  would cost three times the CPU), and the caller's thread waits for neither; ``flush`` (the
+  ``_COMMIT_BATCH`` (1,000) are queued, and commits them in one transaction, each entry
+  stamped with its time; the writes that arrive meanwhile go into the next one. So a write
+  is committed within about 10 ms plus a transaction's time, a burst of short units shares
+  a few large transactions (one per unit would cost three times the CPU), and the caller's
+  thread waits for neither; ``flush`` (the
   end of every run, interrupted or not), ``close`` and a normal interpreter exit commit what
   is left at once. A ``kill -9`` can lose only the results handed over in the last 10 ms or
   so before the kill.
 * **Several processes.** Readers never block; writers take the lock with ``BEGIN IMMEDIATE``
   and wait for it up to ``timeout`` seconds (``busy_timeout``).
-* **Versioned format.** A ``meta`` table holds ``format_version``. A version 1 file (which
-  differed only in its checksum) is upgraded in place, keeping its valid entries; a file of
-  another version, or one that is not a cache, raises ``ValueError`` on opening and is left
-  untouched.
+* **Versioned format.** A ``meta`` table holds ``format_version``. A version 1 or 2 file
+  (which differed in its checksum and had an index on ``unit``) is upgraded in place,
+  keeping its valid entries; a file of another version, or one that is not a cache, raises
+  ``ValueError`` on opening and is left untouched.
+* **One b-tree per write.** ``entries`` has no index but its key's (each would be one more
+  b-tree per write) until a store with a size limit adds the one on ``accessed`` that
+  eviction reads; listing or clearing one unit's entries reads the whole table.
 * **Owner only.** A new file is created with mode 0o600 before anything is written into it.
   A ``path`` that is a symbolic link is refused (the file would be created, or read, wherever
   the link points); an existing file that others may write gets an
@@ -56,7 +60,6 @@ import atexit
 import contextlib
 import errno
 import hashlib
-import itertools
 import logging
 import os
 import sqlite3
@@ -80,9 +83,10 @@ __all__ = ["CacheEntry", "CacheStore", "InsecureCacheWarning", "MemoryStore", "S
 
 LOGGER = logging.getLogger("quantum_partitioner")
 
-#: The on-disk format this version reads and writes (see docs/caching.md). Version 2: the
-#: checksum is CRC-32, not BLAKE2b-128 (a quarter of the cost, on every write and hit).
-FORMAT_VERSION: Final = 2
+#: The on-disk format this version reads and writes (see docs/caching.md). Version 3: the
+#: checksum is an INTEGER (version 2: 4 bytes), and ``entries`` has no index on ``unit``
+#: (version 1: the checksum was BLAKE2b-128, four times the cost of CRC-32).
+FORMAT_VERSION: Final = 3
 _TOUCH_BATCH: Final = 10_000
 # prefetch: keys per IN (...) query (below SQLite's oldest limit of 999 parameters), the
 # largest payload it reads ahead, and how many payload bytes it holds at most.
@@ -92,6 +96,7 @@ _PREFETCH_BYTES: Final = 64 << 20
 _PREFETCH_QUERY: Final = (
     "SELECT key, CASE WHEN size <= ? THEN payload END, checksum FROM entries WHERE key IN ({})"
 )
+_TOUCH_QUERY: Final = "UPDATE entries SET accessed = MAX(accessed, ?) WHERE key IN ({})"
 # A store with at most _SCAN_RATIO entries per key wanted is read whole instead (a scan costs
 # a quarter of a keyed read per row), keeping the wanted rows; payloads over _SCAN_ENTRY_BYTES
 # are left out of the scan (it reads every row's) and read by key afterwards.
@@ -106,17 +111,25 @@ _WRITER_LINGER: Final = 0.5
 # transaction three times. The delay is the bound docs/caching.md states for a kill -9.
 _COMMIT_DELAY: Final = 0.01
 _COMMIT_BATCH: Final = 1_000
-# A queued write is its row, (key, unit, payload, checksum, size, created, accessed), so that
-# a commit hands the queue to SQLite as it is (see _insert). (Plain "?" parameters: numbered
-# ones reused in a row, "?3" for the size too, cost SQLite half as much again.)
 _INSERT: Final = (
     "INSERT OR REPLACE INTO entries (key, unit, payload, checksum, size, created, accessed)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-_Row = tuple[bytes, str, bytes, bytes, int, float, float]
-# Rows per INSERT statement (7 parameters each, below SQLite's oldest limit of 999).
-_ROWS_PER_INSERT: Final = 100
-_INSERT_MANY: Final = _INSERT + ", (?, ?, ?, ?, ?, ?, ?)" * (_ROWS_PER_INSERT - 1)
+# Rows per INSERT statement at most (7 parameters each, below SQLite's oldest limit of 999).
+# A batch goes in statements of 128 rows, then one each of 64, 32, ... for its rest, as
+# its binary digits say: a few statements per batch, and few distinct ones (each is compiled
+# once and kept in the connection's statement cache). (Plain "?" parameters: numbered ones
+# reused in a row, "?5" for the created time too, cost SQLite half as much again.)
+_ROWS_PER_INSERT: Final = 128
+_INSERTS: Final = {
+    rows: _INSERT + ", (?, ?, ?, ?, ?, ?, ?)" * (rows - 1)
+    for rows in (1 << bit for bit in range(_ROWS_PER_INSERT.bit_length()))
+}
+# Keys and payloads up to this size are handed to SQLite as bytearray copies: the sqlite3
+# module binds a bytearray at once, but bytes only after looking for an adapter for them
+# (a tuple, a dict lookup and two attribute lookups per value, a third of the CPU of a small
+# row). Over it, the copy would cost more than the look-up.
+_COPY_BYTES: Final = 4096
 # Connections a forked child inherited from its parent: never used, never closed.
 _INHERITED: list[sqlite3.Connection] = []
 # This process's id, kept current in a forked child, so that a write checks for a fork
@@ -131,85 +144,109 @@ def _note_fork() -> None:
 
 os.register_at_fork(after_in_child=_note_fork)
 
+# Each index is one more b-tree every write updates; ``entries`` has only its primary key's.
+# A rowid table (rows appended in write order) with the key's index beside it, not a table
+# clustered on the key (WITHOUT ROWID): random keys would spread each transaction's rows
+# over all of its pages, and a commit writes every page it changed (a third more CPU).
+# ``clear(unit)`` and ``entries(unit)`` read the whole table (rare, and linear); the index
+# on ``accessed`` that eviction reads is made by the first store that has a size limit (see
+# _index_for_eviction), so that stores without one do not pay for it.
+_ENTRIES: Final = (
+    "CREATE TABLE IF NOT EXISTS entries ("
+    " key BLOB PRIMARY KEY,"
+    " unit TEXT NOT NULL,"
+    " payload BLOB NOT NULL,"
+    " checksum INTEGER NOT NULL,"
+    " size INTEGER NOT NULL,"
+    " created REAL NOT NULL,"
+    " accessed REAL NOT NULL)"
+)
 _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    (
-        "CREATE TABLE IF NOT EXISTS entries ("
-        " key BLOB PRIMARY KEY,"
-        " unit TEXT NOT NULL,"
-        " payload BLOB NOT NULL,"
-        " checksum BLOB NOT NULL,"
-        " size INTEGER NOT NULL,"
-        " created REAL NOT NULL,"
-        " accessed REAL NOT NULL)"
-    ),
-    "CREATE INDEX IF NOT EXISTS entries_unit ON entries (unit)",
-    "CREATE INDEX IF NOT EXISTS entries_accessed ON entries (accessed)",
+    _ENTRIES,
 )
+_ACCESSED_INDEX: Final = "CREATE INDEX IF NOT EXISTS entries_accessed ON entries (accessed)"
+# The page size of a new store (SQLite's default is 4 KiB): a commit writes each page it
+# changed with one system call, and a batch of small rows changes about as many pages of the
+# key's index whatever their size; 16 KiB pages take a fifth less CPU per row.
+_PAGE_SIZE: Final = 16384
 
 
-# Upgrading a version 1 store, a few rows at a time (by rowid): payloads up to
-# _UPGRADE_ENTRY_BYTES come with their row, larger ones are read one by one.
+# Upgrading a version 1 or 2 store, a few rows at a time (by rowid): payloads up to
+# _UPGRADE_ENTRY_BYTES come with their row, larger ones are read (and copied) one by one.
 _UPGRADE_CHUNK: Final = 256
 _UPGRADE_ENTRY_BYTES: Final = 16 << 10
 _UPGRADE_QUERY: Final = (
-    "SELECT rowid, key, CASE WHEN size <= ? THEN payload END, checksum FROM entries"
-    " WHERE rowid > ? ORDER BY rowid LIMIT ?"
+    "SELECT rowid, key, unit, CASE WHEN size <= ? THEN payload END, checksum, size, created,"
+    " accessed FROM entries_old WHERE rowid > ? ORDER BY rowid LIMIT ?"
 )
 
 
-def _upgrade_from_version_1(connection: sqlite3.Connection) -> None:
-    """Turn a version 1 store into this version, in the caller's transaction.
+def _old_checksum_holds(version: str, key: object, payload: object, stored: object) -> bool:
+    """Whether an entry of a version 1 or 2 store is intact, by that version's checksum."""
+    if not (isinstance(key, bytes) and isinstance(payload, bytes)):
+        return False
+    if version == "1":  # BLAKE2b-128 of key || payload
+        hasher = hashlib.blake2b(key, digest_size=16)
+        hasher.update(payload)  # not key + payload: no copy of a large payload
+        return hasher.digest() == stored
+    return checksum(key, payload).to_bytes(4, "big") == stored
 
-    Version 1 differed only in its checksum (BLAKE2b-128 of key || payload): each entry whose
-    old checksum holds gets its CRC-32, a damaged one is dropped (it is recomputed when
-    needed), so an upgrade keeps every valid result. A process of an older library still
-    writing to the file afterwards writes BLAKE2b checksums, which read here as damage: its
-    entries are recomputed, never served wrong. The store is read a few rows at a time: it
-    may hold more than the memory.
+
+def _upgrade(connection: sqlite3.Connection, version: str) -> None:
+    """Turn a version 1 or 2 store into this version, in the caller's transaction.
+
+    Both differed in their checksum (version 1: BLAKE2b-128 of key || payload; version 2:
+    the CRC-32 as 4 bytes) and had an index on ``unit``. The table is made anew: each entry
+    whose old checksum holds is copied with this version's, a damaged one is dropped (it is
+    recomputed when needed), so an upgrade keeps every valid result. A process of an older
+    library still writing to the file afterwards writes checksums that read here as damage:
+    its entries are recomputed, never served wrong. The store is read a few rows at a time:
+    it may hold more than the memory.
     """
+    connection.execute("ALTER TABLE entries RENAME TO entries_old")
+    connection.execute(_ENTRIES)
     kept = damaged = 0
     last = -1 << 63
-    while True:
-        rows = connection.execute(
-            _UPGRADE_QUERY, (_UPGRADE_ENTRY_BYTES, last, _UPGRADE_CHUNK)
-        ).fetchall()
-        if not rows:
-            break
-        valid, invalid = [], []
-        for rowid, key, inline, stored in rows:
+    while rows := connection.execute(
+        _UPGRADE_QUERY, (_UPGRADE_ENTRY_BYTES, last, _UPGRADE_CHUNK)
+    ).fetchall():
+        small = []
+        for rowid, key, unit, inline, stored, size, created, accessed in rows:
             payload = inline
             if payload is None:  # large (or not a blob): read alone
                 (payload,) = connection.execute(
-                    "SELECT payload FROM entries WHERE rowid = ?", (rowid,)
+                    "SELECT payload FROM entries_old WHERE rowid = ?", (rowid,)
                 ).fetchone()
-            if _version_1_checksum_holds(key, payload, stored):
-                valid.append((checksum(key, payload), rowid))
+            if not _old_checksum_holds(version, key, payload, stored):
+                damaged += 1
+                continue
+            kept += 1
+            row = (key, unit, payload, checksum(key, payload), size, created, accessed)
+            if inline is None:
+                connection.execute(_INSERT, row)  # at once: not kept in memory
             else:
-                invalid.append((rowid,))
-            del payload
-        connection.executemany("UPDATE entries SET checksum = ? WHERE rowid = ?", valid)
-        connection.executemany("DELETE FROM entries WHERE rowid = ?", invalid)
-        kept, damaged, last = kept + len(valid), damaged + len(invalid), rows[-1][0]
-        del rows
+                small.append(row)
+            del payload, row
+        connection.executemany(_INSERT, small)
+        last = rows[-1][0]
+        del rows, small
+    connection.execute("DROP TABLE entries_old")  # and its indexes
     connection.execute(
         "UPDATE meta SET value = ? WHERE key = 'format_version'", (str(FORMAT_VERSION),)
     )
     LOGGER.info(
-        "cache store: upgraded from format version 1 to %d (%d entries kept, %d damaged dropped)",
+        "cache store: upgraded from format version %s to %d (%d entries kept, %d damaged dropped)",
+        version,
         FORMAT_VERSION,
         kept,
         damaged,
     )
 
 
-def _version_1_checksum_holds(key: object, payload: object, stored: object) -> bool:
-    """Whether a version 1 entry is intact: its BLAKE2b-128 of key || payload matches."""
-    if not (isinstance(key, bytes) and isinstance(payload, bytes)):
-        return False
-    hasher = hashlib.blake2b(key, digest_size=16)
-    hasher.update(payload)  # not key + payload: no copy of a large payload
-    return hasher.digest() == stored
+def _intact(key: bytes, payload: object, stored: object) -> bool:
+    """Whether a row read from the file holds a payload whose checksum matches."""
+    return isinstance(payload, bytes) and checksum(key, payload) == stored
 
 
 def _storable(name: str) -> bool:
@@ -223,13 +260,13 @@ def _storable(name: str) -> bool:
     return True
 
 
-def checksum(key: bytes, payload: bytes) -> bytes:
-    """The 4-byte checksum stored beside a payload: CRC-32 of the key and the payload.
+def checksum(key: bytes, payload: bytes) -> int:
+    """The checksum stored beside a payload: CRC-32 of the key and the payload.
 
     It guards against damage (bit rot, a torn write, a hand edit), not against whoever may
     write the file: they can make it run code anyway (results are pickles).
     """
-    return zlib.crc32(payload, zlib.crc32(key)).to_bytes(4, "big")
+    return zlib.crc32(payload, zlib.crc32(key))
 
 
 @dataclass(frozen=True, slots=True)
@@ -594,10 +631,13 @@ class SQLiteStore(CacheStore):
         self._touches_due = False
         # True while the writer thread commits a batch of results (see flush).
         self._committing = False
-        # Queued writes, key -> its row (see _INSERT), and the writer thread; guarded by
+        # Queued writes, key -> payload and key -> unit (two dicts, not a tuple per write:
+        # objects that live until the commit are what sets the garbage collector going),
+        # and the writer thread; guarded by
         # _queue_mutex, which is never held while taking _lock (the writer takes _lock
         # first, then it), and only for a few operations on them.
-        self._queued: dict[bytes, _Row] = {}
+        self._queued: dict[bytes, bytes] = {}
+        self._queued_units: dict[bytes, str] = {}
         self._queue_mutex = threading.Lock()
         self._writer: threading.Thread | None = None
         # Wakes the writer thread. Not a Condition on _queue_mutex: a thread woken from a
@@ -606,10 +646,13 @@ class SQLiteStore(CacheStore):
         self._wake = threading.Event()
         self.write_errors = 0
         self._known_total: int | None = None
+        self._indexed = False  # the index on accessed is known to exist (see _evict)
         self._unchecked = 0
-        # What prefetch found: key -> (payload, checksum), or None when the payload was left
-        # to be read at the lookup; and the keys it asked for and did not find.
-        self._prefetched: dict[bytes, tuple[bytes, bytes] | None] = {}
+        # What prefetch found: key -> its payload, checked, or None when the payload was left
+        # to be read at the lookup; and the keys it asked for and did not find. (Payloads,
+        # not (payload, checksum) tuples: ten thousand objects kept for the length of a run
+        # would set the garbage collector going a dozen times.)
+        self._prefetched: dict[bytes, bytes | None] = {}
         self._absent: set[bytes] = set()
         self._finalizer = weakref.finalize(self, _close_quietly, self._connections)
         # At exit _close_live_stores closes the store, under its lock: the finalizer must
@@ -639,6 +682,7 @@ class SQLiteStore(CacheStore):
             self._queue_mutex = threading.Lock()
             self._wake = threading.Event()
             self._queued = {}
+            self._queued_units = {}
             self._writer = None
         checked = _open_private_file(self.path)
         try:
@@ -660,6 +704,8 @@ class SQLiteStore(CacheStore):
     def _prepare(self, connection: sqlite3.Connection) -> None:
         try:
             connection.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            # Only a new (empty) file takes it: an existing one keeps its page size.
+            connection.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
             self._enable_wal(connection)
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.execute("BEGIN IMMEDIATE")
@@ -730,10 +776,23 @@ class SQLiteStore(CacheStore):
         )
         row = connection.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()
         version = "missing" if row is None else str(row[0])
-        if version == "1":
-            _upgrade_from_version_1(connection)
+        if version in {"1", "2"}:
+            _upgrade(connection, version)
             version = str(FORMAT_VERSION)
+        if self.size_limit is not None and version == str(FORMAT_VERSION):
+            self._index_for_eviction(connection)
         return version
+
+    def _index_for_eviction(self, connection: sqlite3.Connection) -> None:
+        """Make the index on ``accessed`` that eviction reads, if no store made it yet.
+
+        A store with a size limit makes it when it opens (so that the time goes there, not
+        into a run), or at its first eviction if the limit was set afterwards. Once made,
+        every process's writes keep it up to date.
+        """
+        if not self._indexed:
+            connection.execute(_ACCESSED_INDEX)
+            self._indexed = True
 
     # -- entries ---------------------------------------------------------------------------
 
@@ -746,11 +805,11 @@ class SQLiteStore(CacheStore):
         """
         queued = self._queued.get(key)
         if queued is not None:
-            return queued[2]
+            return queued
         if key in self._absent:
             return None
-        row = self._prefetched.pop(key, None)
-        if row is None:
+        payload = self._prefetched.pop(key, None)  # checked by prefetch
+        if payload is None:
             with self._lock:
                 row = (
                     self._connection()
@@ -759,20 +818,24 @@ class SQLiteStore(CacheStore):
                 )
             if row is None:
                 return None
-        payload, stored = row
-        if not isinstance(payload, bytes) or checksum(key, payload) != stored:
-            LOGGER.warning(
-                "cache store %s: entry %s is damaged (checksum mismatch); it will be recomputed",
-                self.path,
-                key.hex(),
-            )
-            self.discard(key, corrupt=True)
-            return None
+            payload, stored = row
+            if not _intact(key, payload, stored):
+                self._drop_damaged(key)
+                return None
         touched = self._touched
         touched.append(key)
         if len(touched) >= _TOUCH_BATCH:
             self._hand_touches_over()
         return payload
+
+    def _drop_damaged(self, key: bytes) -> None:
+        LOGGER.warning(
+            "cache store %s: entry %s is damaged (checksum mismatch); it will be recomputed",
+            self.path,
+            key.hex(),
+        )
+        self.discard(key, corrupt=True)
+        self._absent.add(key)
 
     def prefetch(self, keys: Collection[bytes]) -> None:
         """Read the entries under ``keys`` in bulk (see "Bulk reads" in the module docstring).
@@ -792,11 +855,15 @@ class SQLiteStore(CacheStore):
         if not wanted:
             return
         prefetched, absent = self._prefetched, self._absent
-        budget = _PREFETCH_BYTES - sum(len(row[0]) for row in prefetched.values() if row)
+        budget = _PREFETCH_BYTES - sum(len(payload) for payload in prefetched.values() if payload)
+        damaged: list[bytes] = []
         if len(wanted) >= _PREFETCH_CHUNK:
             (count,) = connection.execute("SELECT COUNT(*) FROM entries").fetchone()
+            if count == 0:  # a new store: every key is a miss
+                absent.update(wanted)
+                return
             if count <= _SCAN_RATIO * len(wanted):
-                wanted, budget = self._scan(connection, wanted, budget)
+                wanted, budget = self._scan(connection, wanted, budget, damaged)
         for start in range(0, len(wanted), _PREFETCH_CHUNK):
             chunk = wanted[start : start + _PREFETCH_CHUNK]
             absent.update(chunk)
@@ -807,17 +874,22 @@ class SQLiteStore(CacheStore):
                 absent.discard(key)
                 if payload is None:
                     prefetched[key] = None  # present, but read when looked up
-                else:
-                    prefetched[key] = (payload, stored)
+                elif _intact(key, payload, stored):
+                    prefetched[key] = payload
                     budget -= len(payload)
+                else:
+                    damaged.append(key)
+        for key in damaged:  # once no query is under way
+            self._drop_damaged(key)
 
     def _scan(
-        self, connection: sqlite3.Connection, wanted: list[bytes], budget: int
+        self, connection: sqlite3.Connection, wanted: list[bytes], budget: int, damaged: list[bytes]
     ) -> tuple[list[bytes], int]:
         """Read the whole table, keeping the rows ``wanted``; return those left, and the budget.
 
         Left: the wanted keys found with a payload the scan did not read (over
-        ``_SCAN_ENTRY_BYTES``), for the keyed reads to decide about.
+        ``_SCAN_ENTRY_BYTES``), for the keyed reads to decide about. The keys of damaged
+        entries are added to ``damaged``.
         """
         prefetched, absent = self._prefetched, self._absent
         looking = set(wanted)
@@ -830,11 +902,13 @@ class SQLiteStore(CacheStore):
             absent.discard(key)
             if payload is None:
                 left.append(key)
-            elif size <= budget:
-                prefetched[key] = (payload, stored)
+            elif size > budget:
+                prefetched[key] = None  # present, but read when looked up
+            elif _intact(key, payload, stored):
+                prefetched[key] = payload
                 budget -= size
             else:
-                prefetched[key] = None  # present, but read when looked up
+                damaged.append(key)
         return left, budget
 
     def _forget_prefetched(self) -> None:
@@ -860,12 +934,12 @@ class SQLiteStore(CacheStore):
         if self._pid != _this_process:
             with self._lock:
                 self._connection()  # a forked child: its own connection and queue first
-        self._absent.discard(key)  # a set operation: atomic, no lock needed
-        now = time.time()
-        row = (key, unit, payload, checksum(key, payload), len(payload), now, now)
+        # Its checksum and time are the writer's work (see _insert), and so is taking its key
+        # out of what prefetch found missing (see _commit_queued).
         with self._queue_mutex:
             queued = self._queued
-            queued[key] = row
+            queued[key] = payload
+            self._queued_units[key] = unit
             count = len(queued)
             writer = self._writer
             if writer is None:
@@ -931,17 +1005,21 @@ class SQLiteStore(CacheStore):
             with self._queue_mutex:
                 # Marked before the swap: whoever sees the queue empty sees the mark too.
                 self._committing = bool(self._queued)
+                # Not missing any more, before they leave the queue (get looks there first):
+                # one set operation per batch instead of one per put.
+                self._absent.difference_update(self._queued)
                 batch, self._queued = self._queued, {}
+                units, self._queued_units = self._queued_units, {}
             if not batch or self._pid != os.getpid():
                 self._committing = False
                 return
             try:
                 connection = self._connection()
                 with _Transaction(connection):
-                    _insert(connection, batch.values())
+                    _insert(connection, batch, units)
                     limit = self.size_limit
                     if limit is not None:
-                        added = sum(len(row[2]) for row in batch.values())
+                        added = sum(map(len, batch.values()))
                         self._evict(connection, limit, next(reversed(batch)), added)
             except (sqlite3.Error, OSError, ValueError) as error:
                 self.write_errors += len(batch)
@@ -966,9 +1044,12 @@ class SQLiteStore(CacheStore):
         self._apply_touches(connection)
         (total,) = connection.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()
         if total > limit:
+            self._index_for_eviction(connection)  # the limit may have been set after opening
             doomed = []
+            # rowid: the order of writes, among entries last used at the same time.
             for key, size in connection.execute(
-                "SELECT key, size FROM entries WHERE key != ? ORDER BY accessed, created", (keep,)
+                "SELECT key, size FROM entries WHERE key != ? ORDER BY accessed, created, rowid",
+                (keep,),
             ):
                 doomed.append((key,))
                 total -= size
@@ -986,6 +1067,7 @@ class SQLiteStore(CacheStore):
             self._prefetched.pop(key, None)
             with self._queue_mutex:
                 self._queued.pop(key, None)
+                self._queued_units.pop(key, None)
             connection = self._connection()
             with _Transaction(connection):
                 connection.execute("DELETE FROM entries WHERE key = ?", (key,))
@@ -1050,10 +1132,13 @@ class SQLiteStore(CacheStore):
             # after the read): the LRU order needs no finer one, and a hit no clock read.
             touched, self._touched = self._touched, []
             now = time.time()
-            connection.executemany(
-                "UPDATE entries SET accessed = MAX(accessed, ?) WHERE key = ?",
-                [(now, key) for key in dict.fromkeys(touched)],
-            )
+            # A few hundred keys per statement, not a (time, key) row each: fewer hand-overs
+            # of the GIL, and no tuple per read (ten thousand of them, alive at once, set the
+            # garbage collector going a dozen times in the threads of the run under way).
+            keys = [bytearray(key) for key in dict.fromkeys(touched)]  # see _COPY_BYTES
+            for start in range(0, len(keys), _PREFETCH_CHUNK):
+                chunk = keys[start : start + _PREFETCH_CHUNK]
+                connection.execute(_TOUCH_QUERY.format(",".join("?" * len(chunk))), [now, *chunk])
 
     def _flush_touches(self, connection: sqlite3.Connection) -> None:
         try:
@@ -1110,20 +1195,38 @@ def _close_live_stores() -> None:
             store.close()
 
 
-def _insert(connection: sqlite3.Connection, rows: Collection[_Row]) -> None:
-    """Insert ``rows``, a hundred per statement.
+def _insert(
+    connection: sqlite3.Connection, batch: dict[bytes, bytes], units: dict[bytes, str]
+) -> None:
+    """Insert a batch of queued writes (key -> payload, key -> unit), up to 128 per statement.
+
+    The entries are stamped with the time of their commit, all alike (a few milliseconds
+    after their ``put`` at most): the order between batches is what eviction needs.
 
     The sqlite3 module lets go of the GIL while SQLite works, and takes it back after each
     statement: one statement per row (``executemany``) would have the writer thread wait
     for the GIL, and every thread of the run hand it over, once per row.
     """
-    listed = list(rows)
-    full = len(listed) - len(listed) % _ROWS_PER_INSERT
-    for start in range(0, full, _ROWS_PER_INSERT):
-        chunk = listed[start : start + _ROWS_PER_INSERT]
-        connection.execute(_INSERT_MANY, list(itertools.chain.from_iterable(chunk)))
-    if full < len(listed):
-        connection.executemany(_INSERT, listed[full:])
+    crc32 = zlib.crc32
+    now = time.time()
+    params: list[object] = []
+    add = params.extend
+    rows = 0
+    left = len(batch)
+    # The statement's size: 128 rows, or the largest power of two left (see _INSERTS).
+    size = min(_ROWS_PER_INSERT, 1 << (left.bit_length() - 1))
+    for key, payload in batch.items():
+        value = bytearray(payload) if len(payload) <= _COPY_BYTES else payload
+        check = crc32(payload, crc32(key))
+        add((bytearray(key), units[key], value, check, len(payload), now, now))
+        rows += 1
+        if rows == size:
+            connection.execute(_INSERTS[size], params)
+            params.clear()
+            left -= size
+            rows = 0
+            if left:
+                size = min(_ROWS_PER_INSERT, 1 << (left.bit_length() - 1))
 
 
 class _Transaction:

@@ -1041,3 +1041,156 @@ def test_a_stopped_worker_runs_its_atexit_handlers_and_exits_without_teardown(tm
     p.execute(execution_mode=PROCESS)  # returns once its worker has exited
     assert Path(handled).read_text() == "ran"
     assert not Path(finalized).exists()
+
+
+def test_a_stopped_worker_lets_the_threads_its_units_started_finish_first(tmp_path):
+    """As an interpreter's exit does, a stopping worker waits for the threads (not daemons)
+    and thread pools its units left working, before its atexit handlers: what they were
+    doing (writing a result, an upload) is not cut off."""
+    thread_done, pool_done = tmp_path / "thread", tmp_path / "pool"
+
+    def leave_work_behind(ctx):
+        import threading  # noqa: PLC0415 - in the worker
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+        started = threading.Event()
+
+        def later(path):
+            started.set()
+            time.sleep(0.2)  # still working when the run ends
+            path.write_text("done")
+
+        threading.Thread(target=later, args=(thread_done,)).start()
+        sys.modules["__main__"].pool = pool = ThreadPoolExecutor(1)
+        pool.submit(later, pool_done)
+        started.wait(30)
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(leave_work_behind, name="leave_work_behind")
+    p.execute(execution_mode=PROCESS)  # returns once its worker has exited
+    assert thread_done.read_text() == "done"
+    assert pool_done.read_text() == "done"
+
+
+def test_a_worker_still_dropping_an_attempt_taken_back_is_not_idle(tmp_path):
+    """An attempt taken back from a busy worker is dropped there only when the worker gets
+    to it: until then the worker is not idle. (Given an attempt as if it were, with one
+    sent ahead behind it, the worker took the number of the one behind as it dropped the
+    taken one: the first one then counted as ended, and abandoning it did not stop it.)"""
+    gates = [str(tmp_path / f"gate{k}") for k in range(3)]
+    started, ended = tmp_path / "started", tmp_path / "ended"
+
+    class LoadedLate:  # its worker reads it only once the gate opens (a slow unpickling)
+        def __call__(self, ctx):
+            return "never runs: taken back"
+
+        def __setstate__(self, state):
+            _wait_for_file(gates[1])
+
+    def abandoned(ctx):
+        started.touch()
+        _wait_for_file(gates[2])
+        ended.touch()
+
+    graph = Graph(
+        [
+            QuantumUnit("busy", lambda ctx: _wait_for_file(gates[0])),
+            QuantumUnit("taken_back", LoadedLate()),
+            QuantumUnit("abandoned", abandoned),
+            QuantumUnit("behind", lambda ctx: "ran"),
+        ]
+    )
+    run, lane, outcomes = _lane_sending_ahead(graph, short=False)
+    try:
+        _start_and_submit(run, lane, 0, 1)
+        lane.abandon(1, 1)  # taken back: the busy worker has not read it yet
+        Path(gates[0]).touch()
+        assert _next_outcome(lane, outcomes)[:3] == (0, 1, True)
+        _start_and_submit(run, lane, 2, 3)  # the worker is still reading "taken_back"
+        Path(gates[1]).touch()
+        _wait_for_file(str(started))
+        lane.abandon(2, 1)  # running: stopped for real
+        Path(gates[2]).touch()
+        assert _next_outcome(lane, outcomes) == (3, 1, True, "ran", None)
+        assert not ended.exists()
+    finally:
+        for gate in gates:
+            Path(gate).touch()
+        lane.close(cancel=True)
+
+
+def test_an_attempt_sent_ahead_whose_worker_dies_is_timed_from_its_real_start():
+    """It started when the one ahead of it in its worker ended, not when it was sent: its
+    time does not count the wait (it had no outcome to stamp its start)."""
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(lambda ctx: time.sleep(1.0), name="ahead", priority=5)
+    p.add_unit(lambda ctx: os._exit(3), name="dies")  # sent ahead behind "ahead"
+    p.execute(execution_mode=PROCESS)
+    assert isinstance(p.units["dies"].error, WorkerDiedError)
+    assert p.units["dies"].execution_time < 0.5  # it waited 1 s behind "ahead"
+
+
+def _long_one_and_one_sent_ahead(tmp_path: Path) -> tuple[QuantumPartitioner, str]:
+    """One worker: "long" runs (it touches the file returned when it starts), "waits" is
+    sent ahead behind it."""
+    started = str(tmp_path / "started")
+
+    def long_one(ctx):
+        Path(started).touch()
+        time.sleep(30)
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(long_one, name="long", priority=5)
+    p.add_unit(lambda ctx: 1, name="waits")
+    return p, started
+
+
+def test_an_attempt_cancelled_while_it_waits_in_a_worker_reads_as_never_started(tmp_path):
+    """Sent ahead behind a long one and cancelled before its turn, it never ran: no time,
+    no attempt (as a unit cancelled before it started), and the report does not draw it
+    running on the slot where the long one ran."""
+    p, started = _long_one_and_one_sent_ahead(tmp_path)
+    canceller = threading.Thread(target=lambda: (_wait_for_file(started), p.cancel()))
+    canceller.start()
+    p.execute(execution_mode=PROCESS)
+    canceller.join()
+    waits = p.units["waits"]
+    assert waits.state is UnitState.CANCELED
+    assert (waits.attempt, waits.execution_time) == (0, None)
+    assert p.units["long"].execution_time > 0
+    assert [a.unit_id for a in layout(p._last_run).attempts] == ["long"]
+
+
+def test_an_attempt_waiting_in_a_worker_when_the_run_is_interrupted_never_started(tmp_path):
+    """Ctrl-C while one waits in a worker behind a long one: it reads as never started."""
+    p, started = _long_one_and_one_sent_ahead(tmp_path)
+    interrupter = threading.Thread(
+        target=lambda: (_wait_for_file(started), os.kill(os.getpid(), signal.SIGINT))
+    )
+    interrupter.start()
+    with pytest.raises(KeyboardInterrupt):
+        p.execute(execution_mode=PROCESS)
+    interrupter.join()
+    waits = p.units["waits"]
+    assert waits.state is UnitState.CANCELED
+    assert (waits.attempt, waits.execution_time) == (0, None)
+
+
+def test_an_attempt_sent_ahead_cancelled_once_it_started_is_timed_from_its_real_start(tmp_path):
+    """Cancelled while it runs, it is timed from when its worker began it, not from when it
+    was sent (it waited 1 s behind the one ahead of it)."""
+    started = str(tmp_path / "started")
+
+    def second(ctx):
+        Path(started).touch()
+        time.sleep(30)
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(lambda ctx: time.sleep(1.0), name="ahead", priority=5)
+    p.add_unit(second, name="second")  # sent ahead behind "ahead"
+    canceller = threading.Thread(target=lambda: (_wait_for_file(started), p.cancel()))
+    canceller.start()
+    p.execute(execution_mode=PROCESS)
+    canceller.join()
+    assert p.units["second"].state is UnitState.CANCELED
+    assert p.units["second"].execution_time < 0.5

@@ -48,9 +48,11 @@ which is how the scheduler's order holds too), and to drop one that is abandoned
 (cancelled, the run stopping). An abandoned attempt whose number the worker took has
 started: its worker is killed, as for any running attempt, unless the worker has taken
 the number of one behind it, which it does only once the abandoned one has ended (its late
-outcome is then ignored, and the one it went on to runs on). Attempts waiting in a worker
-that dies never started: they go to other workers. A worker sends each outcome as it
-ends; the reader takes every outcome that has arrived in one read.
+outcome is then ignored, and the one it went on to runs on). A worker says when it drops an
+attempt taken back; until then it is not idle: the next attempt it is given has a number
+too, which the worker may take as it drops the one taken back (before it starts the next).
+Attempts waiting in a worker that dies never started: they go to other workers. A worker
+sends each outcome as it ends; the reader takes every outcome that has arrived in one read.
 
 Each worker holds a *slot*, ``0 .. max_workers - 1``; a replacement takes the slot of the
 worker it replaces, and each attempt is recorded with its slot (``Run.attempt_workers``), so
@@ -151,11 +153,13 @@ class _Worker:
         "claim_r",
         "claim_w",
         "claims",
+        "dropping",
         "exited",
         "functions",
         "has_context",
         "inbox",
         "jobs",
+        "last_answer",
         "late",
         "outbox",
         "process",
@@ -203,6 +207,13 @@ class _Worker:
         #: The claim number of each attempt sent ahead whose number may still be in the
         #: pipe, oldest first (the worker may have taken it since: it then started).
         self.claims: dict[int, tuple[int, int]] = {}
+        #: How many attempts taken back from it it has not said it dropped: until it has,
+        #: it is not idle (dropping one, it may take the claim number of the next one it
+        #: was sent, so that one must have a number).
+        self.dropping = 0
+        #: When it last ended or dropped an attempt (the run's clock): it began the one it
+        #: went on to then, if that was waiting in it.
+        self.last_answer = -1.0
         self.has_context = False
         self.functions: set[int] = set()
 
@@ -361,6 +372,13 @@ class ProcessLane(Lane):
                 if worker.spawned_at is not None:
                     run.worker_startups.append((worker.slot, worker.spawned_at, run.clock()))
                     worker.spawned_at = None
+            # Stopped without being abandoned one by one (an interrupt): those still held or
+            # waiting in a worker never started.
+            for worker in self._workers:
+                self._held.extend(_take_back(worker, len(worker.claims)))
+            for i, _ in self._held:
+                run.scheduler.never_began(i)
+            self._held.clear()
         if self.reuse and not cancel:
             with self._lock:
                 busy = [w for w in self._workers if w.jobs]
@@ -421,7 +439,7 @@ class ProcessLane(Lane):
                 self._replace_dead()
                 if self._broken is not None:
                     raise BrokenBackendError(self._broken)
-                idle = any(w.ready and not w.jobs for w in self._workers)
+                idle = any(_idle(w) for w in self._workers)
                 if idle and not self._held:
                     self._take_back_oldest()
                 if not idle or not self._held:
@@ -491,7 +509,7 @@ class ProcessLane(Lane):
         unit = run.graph.units[i]
         job = (i, attempt)
         with self._lock:
-            worker = next((w for w in self._workers if w.ready and not w.jobs), None)
+            worker = next((w for w in self._workers if _idle(w)), None)
             claim = 0
             if worker is None and (room := self._ahead_room(i)):
                 worker = min(
@@ -597,9 +615,11 @@ class ProcessLane(Lane):
         with self._lock:
             self._started.pop(job, None)
             self._ended.pop(job, None)
+            sent_ahead = job in self._sent_ahead
             self._sent_ahead.discard(job)
             if job in self._held:
                 self._held.remove(job)  # held: it never started
+                self._run.scheduler.never_began(i)
                 return
             worker = next((w for w in self._workers if job in w.jobs), None)
             if worker is None:
@@ -610,7 +630,8 @@ class ProcessLane(Lane):
                 _take_back(worker, len(worker.claims)) if job in worker.claims.values() else []
             )
             self._held.extendleft(reversed([other for other in waiting if other != job]))
-            if job in waiting:
+            if job in waiting:  # it never started
+                self._run.scheduler.never_began(i)
                 return
             # It may be running (those behind it that wait were just taken back).
             self._held.extend(_take_back(worker, len(worker.claims)))
@@ -623,6 +644,16 @@ class ProcessLane(Lane):
                 return
             worker.ready = False  # never hand it another attempt
             _kill(worker)
+            if sent_ahead:  # it ran from then to now
+                self._run.scheduler.started[i] = self._began_at(worker, i)
+
+    def _began_at(self, worker: _Worker, i: int) -> float:
+        """When unit ``i``'s attempt sent ahead to ``worker`` began, which no outcome said.
+
+        (Hold the lock.) When the worker was done with the attempt before it, or when it was
+        sent if the worker was done before then.
+        """
+        return max(self._run.scheduler.started[i], worker.last_answer)
 
     def ended_at(self, i: int, attempt: int) -> float:
         """When the worker ended that attempt, or -1 (it died: the driver's clock says)."""
@@ -701,9 +732,18 @@ class ProcessLane(Lane):
                 self._failed_starts = 0
             self._post(None)  # the driver may have work for it
             return
+        if kind == "dropped":
+            with self._lock:
+                worker.last_answer = message[3] + self._clock_offset
+                worker.dropping = max(0, worker.dropping - 1)
+                idle = _idle(worker)
+            if idle:
+                self._post(None)  # the driver may have work for it
+            return
         _, i, attempt, started, ended = message[:5]
         job = (i, attempt)
         with self._lock:
+            worker.last_answer = ended + self._clock_offset
             if job not in worker.jobs:
                 return  # an abandoned attempt's late answer
             _forget(worker, job)
@@ -745,6 +785,10 @@ class ProcessLane(Lane):
             self._held.extend(_take_back(worker, len(worker.claims)))
             died = list(worker.jobs)
             worker.jobs.clear()
+            for job in died:
+                if job in self._sent_ahead:
+                    self._sent_ahead.discard(job)
+                    self._started[job] = self._began_at(worker, job[0])
             if not worker.started and not self._closing:
                 self._failed_start(worker, exitcode)
             closing = self._closing
@@ -933,7 +977,13 @@ def _take_back(worker: _Worker, most: int) -> list[tuple[int, int]]:
         if job is not None:  # else sent to a worker that died meanwhile: held already
             taken.append(job)
             worker.jobs.remove(job)
+            worker.dropping += 1
     return taken
+
+
+def _idle(worker: _Worker) -> bool:
+    """Whether the worker may be given an attempt without a claim number (hold the lock)."""
+    return worker.ready and not worker.jobs and not worker.dropping
 
 
 def _forget(worker: _Worker, job: tuple[int, int]) -> None:
