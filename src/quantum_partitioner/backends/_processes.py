@@ -521,7 +521,7 @@ class ProcessLane(Lane):
                     self._sent_ahead.add(job)
                     self._last_claim = claim = self._last_claim + 1
             if worker is None:  # the idle worker has_room() saw has died since
-                self._held.append(job)
+                self._hold(job)
                 return
             worker.jobs.append(job)
         try:
@@ -537,7 +537,7 @@ class ProcessLane(Lane):
             # instead, before any other (its start is still the worker's stamp).
             with self._lock:
                 _forget(worker, job)
-                self._held.append(job)
+                self._hold(job)
             return
         run.attempt_workers[i, attempt] = worker.slot
         try:
@@ -551,10 +551,20 @@ class ProcessLane(Lane):
                 if job in worker.jobs:  # not yet failed by the reader: hold it
                     _forget(worker, job)
                     worker.ready = False
-                    self._held.append(job)
+                    self._hold(job)
         else:
             worker.has_context = True
             worker.functions.add(id(unit.function))
+
+    def _hold(self, job: tuple[int, int]) -> None:
+        """Keep an attempt in the driver until a worker is idle (hold the lock).
+
+        It starts when that worker begins it, maybe much later (a worker being replaced
+        starts first): as for one sent ahead, its start is the worker's stamp, not the
+        moment it was first handed to the lane.
+        """
+        self._sent_ahead.add(job)
+        self._held.append(job)
 
     def _messages_for(self, worker: _Worker, i: int, attempt: int, claim: int) -> list[bytes]:
         run = self._run
