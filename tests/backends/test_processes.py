@@ -1194,3 +1194,41 @@ def test_an_attempt_sent_ahead_cancelled_once_it_started_is_timed_from_its_real_
     canceller.join()
     assert p.units["second"].state is UnitState.CANCELED
     assert p.units["second"].execution_time < 0.5
+
+
+def test_attempts_taken_back_count_against_what_may_wait_in_a_busy_worker(tmp_path):
+    """A busy worker reads its pipe only between attempts, so the messages of attempts taken
+    back from it (stolen, cancelled) stay there until it drops them: they count against
+    what may wait in it. (Sending it more, each taken back in turn, filled its pipe: the
+    driver blocked on it until the attempt ahead ended, its timeouts and outcomes too.)"""
+    gate = str(tmp_path / "gate")
+    graph = Graph(
+        [
+            QuantumUnit("inputs", lambda ctx: bytes(7000)),  # each attempt's message: 7 KB
+            QuantumUnit("busy", lambda ctx: _wait_for_file(gate)),
+            *(QuantumUnit(f"s{k}", lambda ctx: 1, ["inputs"]) for k in range(12)),
+        ]
+    )
+    run, lane, outcomes = _lane_sending_ahead(graph)
+    try:
+        sched = run.scheduler
+        _start_and_submit(run, lane, 0)
+        item = _next_outcome(lane, outcomes)
+        lane.settled(0, 1)
+        sched.complete(0, 1, item[3], run.clock())
+        _start_and_submit(run, lane, 1)
+        taken_back = 0
+        while lane.has_room() and taken_back < 12:
+            i = sched.start_next(run.clock())
+            sent = threading.Thread(target=lane.submit, args=(i, 1), daemon=True)
+            sent.start()
+            sent.join(10)
+            assert not sent.is_alive(), f"submit() waited for the busy worker ({taken_back})"
+            lane.abandon(i, 1)  # taken back: its message stays in the worker's pipe
+            taken_back += 1
+        assert taken_back <= processes._SEND_AHEAD
+        Path(gate).touch()
+        assert _next_outcome(lane, outcomes)[:3] == (1, 1, True)
+    finally:
+        Path(gate).touch()
+        lane.close(cancel=True)

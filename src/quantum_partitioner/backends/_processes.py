@@ -49,8 +49,10 @@ which is how the scheduler's order holds too), and to drop one that is abandoned
 started: its worker is killed, as for any running attempt, unless the worker has taken
 the number of one behind it, which it does only once the abandoned one has ended (its late
 outcome is then ignored, and the one it went on to runs on). A worker says when it drops an
-attempt taken back; until then it is not idle: the next attempt it is given has a number
-too, which the worker may take as it drops the one taken back (before it starts the next).
+attempt taken back (its message stays in the pipe until then: it counts among those that
+may wait in the worker); until then it is not idle: the next attempt it is given has a
+number too, which the worker may take as it drops the one taken back (before it starts
+the next).
 Attempts waiting in a worker that dies never started: they go to other workers. A worker
 sends each outcome as it ends; the reader takes every outcome that has arrived in one read.
 
@@ -109,8 +111,9 @@ _SEND_AHEAD = 4
 #: while no unit can become ready that would come before them (see ``_ahead_room``).
 _SHORT_ATTEMPT = 0.002
 #: The largest attempt (its messages, in bytes) that may be sent ahead: a busy worker does
-#: not read its pipe, whose buffer (64 KiB on Linux) must take that many of them, and those
-#: taken back that the worker has not read yet, without the driver waiting.
+#: not read its pipe, whose buffer (64 KiB on Linux) must take ``_SEND_AHEAD`` of them
+#: without the driver waiting (those taken back that it has not dropped yet count among
+#: them: see ``_may_wait_in``).
 _SENT_AHEAD_BYTES = 8 << 10
 #: Seconds a worker may take to report ready (it imports little: well under one, normally).
 _START_TIMEOUT = 60.0
@@ -446,7 +449,7 @@ class ProcessLane(Lane):
                     if idle or self._held:
                         return idle
                     room = self._ahead_room(self._run.scheduler.peek_next(self.index))
-                    return room > 0 and any(w.ready and len(w.jobs) <= room for w in self._workers)
+                    return room > 0 and any(_may_wait_in(w, room) for w in self._workers)
                 i, attempt = self._held.popleft()
             self.submit(i, attempt)
 
@@ -513,7 +516,7 @@ class ProcessLane(Lane):
             claim = 0
             if worker is None and (room := self._ahead_room(i)):
                 worker = min(
-                    (w for w in self._workers if w.ready and len(w.jobs) <= room),
+                    (w for w in self._workers if _may_wait_in(w, room)),
                     key=lambda w: len(w.jobs),
                     default=None,
                 )
@@ -994,6 +997,17 @@ def _take_back(worker: _Worker, most: int) -> list[tuple[int, int]]:
 def _idle(worker: _Worker) -> bool:
     """Whether the worker may be given an attempt without a claim number (hold the lock)."""
     return worker.ready and not worker.jobs and not worker.dropping
+
+
+def _may_wait_in(worker: _Worker, room: int) -> bool:
+    """Whether another attempt may wait in the busy ``worker`` (hold the lock).
+
+    Fewer than ``room`` may wait in its pipe unread, counting those taken back that it has
+    not dropped yet: a busy worker reads nothing, so their messages are still there (taken
+    back one by one, stolen or cancelled, they filled the pipe and the driver's next write
+    waited for the attempt ahead to end).
+    """
+    return worker.ready and len(worker.jobs) + worker.dropping <= room
 
 
 def _forget(worker: _Worker, job: tuple[int, int]) -> None:
