@@ -6,6 +6,7 @@ value, which is what users' lambdas rely on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -1232,3 +1233,37 @@ def test_attempts_taken_back_count_against_what_may_wait_in_a_busy_worker(tmp_pa
     finally:
         Path(gate).touch()
         lane.close(cancel=True)
+
+
+@pytest.mark.parametrize("pidfds", [True, False], ids=["pidfd", "no-pidfd"])
+def test_a_worker_that_dies_leaving_a_forked_child_fails_its_unit_at_once(
+    tmp_path, monkeypatch, pidfds
+):
+    """A unit's forked child (``os.fork``, a ``fork`` multiprocessing helper) holds the
+    worker's pipe to the driver: the worker's death is still noticed at once, not when that
+    child exits."""
+    if not pidfds:
+        monkeypatch.delattr(os, "pidfd_open", raising=False)
+    elif not hasattr(os, "pidfd_open"):
+        pytest.skip("no pidfds here")
+    child = tmp_path / "child"
+
+    def leave_a_child(ctx):
+        pid = os.fork()
+        if pid == 0:  # the child: outlives its parent, holding what it inherited
+            time.sleep(60)
+            os._exit(0)
+        child.write_text(str(pid))
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(leave_a_child, name="leave_a_child", priority=5)
+    p.add_unit(lambda ctx: os._exit(3), ["leave_a_child"], name="dies")
+    started = time.monotonic()
+    try:
+        p.execute(execution_mode=PROCESS)
+        assert time.monotonic() - started < 30  # the child sleeps for 60 s
+    finally:
+        if child.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(child.read_text()), signal.SIGKILL)
+    assert isinstance(p.units["dies"].error, WorkerDiedError)
