@@ -1267,3 +1267,34 @@ def test_a_worker_that_dies_leaving_a_forked_child_fails_its_unit_at_once(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(child.read_text()), signal.SIGKILL)
     assert isinstance(p.units["dies"].error, WorkerDiedError)
+
+
+def test_workers_that_do_not_stop_are_all_killed_once_the_same_wait_is_over(
+    tmp_path, monkeypatch
+):
+    """Each worker left a thread that never ends: they are killed together once the wait
+    for a stopped worker is over, not one such wait after the other."""
+    monkeypatch.setattr(processes, "_STOP_SECONDS", 1.5)
+    workers = 4
+
+    def never_ends(ctx):
+        import threading  # noqa: PLC0415 - in the worker
+
+        threading.Thread(target=time.sleep, args=(3600,)).start()  # not a daemon
+        (tmp_path / str(os.getpid())).touch()
+        deadline = time.monotonic() + 30  # until each worker has one: they all get one
+        while len(os.listdir(tmp_path)) < workers and time.monotonic() < deadline:  # noqa: PTH208
+            time.sleep(0.005)
+        return os.getpid()
+
+    p = QuantumPartitioner()
+    for k in range(workers):
+        p.add_unit(never_ends, name=f"u{k}")
+    backend = ProcessBackend(workers, reuse=True)
+    try:
+        assert len(set(p.execute({}, backend=backend).values())) == workers
+    finally:
+        started = time.monotonic()
+        backend.close()
+        stopping = time.monotonic() - started
+    assert 1.5 <= stopping < 4.5  # one wait of 1.5 s; one after the other took 6 s

@@ -117,6 +117,9 @@ _SHORT_ATTEMPT = 0.002
 #: without the driver waiting (those taken back that it has not dropped yet count among
 #: them: see ``_may_wait_in``).
 _SENT_AHEAD_BYTES = 8 << 10
+#: Seconds the workers told to stop may take to exit before they are killed (a unit's
+#: thread that never ends, an atexit handler that hangs).
+_STOP_SECONDS = 5.0
 #: Seconds a worker may take to report ready (it imports little: well under one, normally).
 _START_TIMEOUT = 60.0
 #: What a worker's interpreter runs (see :mod:`.._process_worker`).
@@ -411,9 +414,10 @@ class ProcessLane(Lane):
             else:
                 with contextlib.suppress(OSError):
                     send_frame(worker.inbox, pickle.dumps(("stop",)))
+        stop_by = time.monotonic() + _STOP_SECONDS  # they were all told at once
         for worker in workers:
             try:
-                _wait_exit(worker, 5)
+                _wait_exit(worker, max(0.0, stop_by - time.monotonic()))
             except subprocess.TimeoutExpired:
                 _kill(worker)
                 worker.process.wait()
