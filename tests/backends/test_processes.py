@@ -1269,9 +1269,7 @@ def test_a_worker_that_dies_leaving_a_forked_child_fails_its_unit_at_once(
     assert isinstance(p.units["dies"].error, WorkerDiedError)
 
 
-def test_workers_that_do_not_stop_are_all_killed_once_the_same_wait_is_over(
-    tmp_path, monkeypatch
-):
+def test_workers_that_do_not_stop_are_all_killed_once_the_same_wait_is_over(tmp_path, monkeypatch):
     """Each worker left a thread that never ends: they are killed together once the wait
     for a stopped worker is over, not one such wait after the other."""
     monkeypatch.setattr(processes, "_STOP_SECONDS", 1.5)
