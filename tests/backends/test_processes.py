@@ -1296,3 +1296,43 @@ def test_workers_that_do_not_stop_are_all_killed_once_the_same_wait_is_over(tmp_
         backend.close()
         stopping = time.monotonic() - started
     assert 1.5 <= stopping < 4.5  # one wait of 1.5 s; one after the other took 6 s
+
+
+@pytest.mark.parametrize("kind", ["process", "executor"])
+def test_a_backend_running_a_run_refuses_another_before_any_unit_runs(tmp_path, kind):
+    """A backend whose lanes follow one run (a reused ProcessBackend, an ExecutorBackend)
+    shared by two partitioners: the second run at once is refused, saying so, before any of
+    its units runs; the first goes on unharmed. (Both ran on the lanes: one hung, the
+    other got results of the first's units.)"""
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    from quantum_partitioner.backends import ExecutorBackend  # noqa: PLC0415
+
+    started, gate, ran = tmp_path / "started", str(tmp_path / "gate"), tmp_path / "ran"
+
+    def first(ctx):
+        Path(started).touch()
+        _wait_for_file(gate)
+        return "first"
+
+    one, other = QuantumPartitioner(), QuantumPartitioner()
+    one.add_unit(first, name="a")
+    other.add_unit(lambda ctx: ran.touch(), name="a")
+    with contextlib.ExitStack() as stack:
+        if kind == "process":
+            backend = stack.enter_context(ProcessBackend(1, reuse=True))
+        else:
+            backend = ExecutorBackend(stack.enter_context(ThreadPoolExecutor(2)))
+        results: dict[str, object] = {}
+        running = threading.Thread(target=lambda: results.update(one.execute(backend=backend)))
+        running.start()
+        try:
+            _wait_for_file(str(started))
+            with pytest.raises(RuntimeError, match="already running a run"):
+                other.execute(backend=backend)
+        finally:
+            Path(gate).touch()
+            running.join(30)
+        assert results == {"a": "first"}
+        assert not ran.exists()
+        assert other.execute(backend=backend) == {"a": None}  # once it is free again

@@ -22,6 +22,7 @@ they are posted like any failure and fail the unit (``interrupts_run``).
 from __future__ import annotations
 
 import queue
+import threading
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
@@ -183,6 +184,8 @@ class LaneBackend(Backend):
             lane.index = k
         self.lane_for = lane_for
         self.name = name or self.lanes[0].name
+        #: Held while a run is driven: the lanes follow one run at a time.
+        self._driving = threading.Lock()
 
     @property
     def concurrency(self) -> int | None:
@@ -200,7 +203,24 @@ class LaneBackend(Backend):
         return [lane_for(unit) for unit in graph.units]
 
     def run(self, run: Run) -> None:
-        """Drive ``run`` until every unit is terminal."""
+        """Drive ``run`` until every unit is terminal.
+
+        Raises:
+            RuntimeError: The backend is driving another run (its lanes follow one at a
+                time: a reused ``ProcessBackend`` shared by two partitioners); before any
+                unit runs.
+        """
+        if not self._driving.acquire(blocking=False):
+            raise RuntimeError(
+                f"this {type(self).__name__} is already running a run; it runs one at a "
+                "time: give each run that may overlap a backend of its own"
+            )
+        try:
+            self._run_alone(run)
+        finally:
+            self._driving.release()
+
+    def _run_alone(self, run: Run) -> None:
         outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         previous_wake = run.wake
         run.wake = lambda: outcomes.put(None)

@@ -1087,7 +1087,8 @@ class ProcessBackend(LaneBackend):
         max_workers: How many worker processes (default: the number of CPUs).
         reuse: Keep the workers between runs, so later runs skip their start-up; stop
             them with :meth:`close` (or use the backend as a context manager). Without it,
-            each run starts and stops its own workers.
+            each run starts and stops its own workers. The runs take turns: one started
+            while another runs on the backend raises ``RuntimeError``.
 
     .. versionadded:: 0.1
     """
