@@ -9,7 +9,8 @@ pickled with cloudpickle). Its protocol: frames (:func:`send_frames`,
 parent → worker: ``("context", blob)`` once per run, ``("function", key, blob)`` once
 per function, ``("run", index, attempt, key, unit_id, inputs_blob, claim)`` per attempt,
 ``("stop",)``. New kinds of message, or new trailing items, extend it; the worker ignores a
-kind it does not know.
+kind it does not know. A function or a context it cannot load (whatever unpickling raises)
+fails the units that need it, with that reason, when their turn comes: the worker goes on.
 
 The parent may send attempts ahead: the worker queues them and runs them in the order they
 came. Such an attempt has a ``claim`` number (0 for the others) and the parent wrote that
@@ -183,6 +184,27 @@ def _error_message(
     return ("error", blob, f"unit {unit_id!r}: {error!r}", text, pauses)
 
 
+class _Unloadable:
+    """What the worker could not load (a function, the run's context) and why.
+
+    The units that need it fail with that reason when their turn comes; the worker goes on.
+    """
+
+    __slots__ = ("error", "what")
+
+    def __init__(self, what: str, error: BaseException) -> None:
+        self.what = what
+        self.error = error
+
+
+def _load(blob: bytes, what: str) -> Any:
+    """Unpickle a function or a context, or an :class:`_Unloadable` saying why it failed."""
+    try:
+        return loads(blob)  # noqa: S301 - from our parent
+    except BaseException as error:  # SystemExit too: its units' failure, not the worker's
+        return _Unloadable(what, error)
+
+
 def _take_claim(claims: int) -> int:
     """The next claim number in the claim pipe, or 0 if the parent took them all back."""
     try:
@@ -220,6 +242,7 @@ def serve(inbox: int, outbox: int, parent: int, claims: int) -> None:
     """Answer the parent's messages until it says stop or goes away."""
     _thread.start_new_thread(_watch_parent, (parent,))  # dies with the process, as a daemon
     context: Any = {}
+    unloadable_context: _Unloadable | None = None  # then every function stands for it
     functions: dict[int, Any] = {}
     _preload(os.environ.pop(PRELOAD_VARIABLE, ""))
     send_frame(outbox, dumps(("ready", os.getpid()), PROTOCOL))
@@ -239,12 +262,10 @@ def serve(inbox: int, outbox: int, parent: int, claims: int) -> None:
                     queued.append(message)
                 elif kind == "function":
                     _, key, blob = message[:3]
-                    try:
-                        functions[key] = loads(blob)  # noqa: S301 - from our parent
-                    except Exception as error:
-                        functions[key] = error
+                    functions[key] = unloadable_context or _load(blob, "its function")
                 elif kind == "context":  # a new run: its own context and functions
-                    context = loads(message[1])  # noqa: S301 - from our parent
+                    context = _load(message[1], "the run's context")
+                    unloadable_context = context if type(context) is _Unloadable else None
                     functions.clear()
                 elif kind == "stop":
                     _exit_at_once()
@@ -267,9 +288,9 @@ def _run_one(
     context: Any, function: Any, unit_id: str, attempt: int, blob: bytes
 ) -> tuple[Any, ...]:
     """``("ok", result_blob, metrics)`` or ``("error", blob, description, traceback)``."""
-    if isinstance(function, BaseException):
-        note = RuntimeError(f"unit {unit_id!r}: its function could not be loaded in the worker")
-        note.__cause__ = function
+    if type(function) is _Unloadable:
+        note = RuntimeError(f"unit {unit_id!r}: {function.what} could not be loaded in the worker")
+        note.__cause__ = function.error
         return _error_message(note, unit_id)
     ctx = None
     try:

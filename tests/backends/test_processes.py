@@ -1336,3 +1336,51 @@ def test_a_backend_running_a_run_refuses_another_before_any_unit_runs(tmp_path, 
         assert results == {"a": "first"}
         assert not ran.exists()
         assert other.execute(backend=backend) == {"a": None}  # once it is free again
+
+
+def _rebuild_raising(error: BaseException) -> None:
+    raise error
+
+
+class _LoadsRaising:
+    """Pickles, but raises ``error`` when a worker unpickles it."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __call__(self, ctx):
+        return "never runs: it cannot be loaded"
+
+    def __reduce__(self):
+        return (_rebuild_raising, (self.error,))
+
+
+@pytest.mark.parametrize("error", [ValueError("no such class here"), SystemExit(4)])
+def test_a_function_a_worker_cannot_load_fails_its_unit_and_the_worker_goes_on(error):
+    """Whatever loading the function raises in the worker (SystemExit too, as a unit's own
+    SystemExit does), its unit fails saying so and the worker runs the next one. (The
+    worker died: WorkerDiedError for that unit, or for another whose attempt it held.)"""
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(lambda ctx: os.getpid(), name="before", priority=2)
+    p.add_unit(_LoadsRaising(error), name="unloadable", priority=1)
+    p.add_unit(lambda ctx: os.getpid(), name="after")
+    results = p.execute(execution_mode=PROCESS)
+    assert results["before"] == results["after"]  # one worker throughout
+    failure = p.units["unloadable"].error
+    assert isinstance(failure, RuntimeError)
+    assert "unit 'unloadable': its function could not be loaded in the worker" in str(failure)
+    assert type(error).__name__ in failure.__cause__.text
+
+
+def test_a_context_a_worker_cannot_load_fails_each_unit_saying_so():
+    """The run's context pickles here but cannot be loaded in the worker: each unit fails
+    with that reason, not as if its worker had died."""
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(lambda ctx: 1, name="a")
+    p.add_unit(lambda ctx: 2, name="b")
+    assert p.execute({"key": _LoadsRaising(ValueError("not here"))}, execution_mode=PROCESS) == {}
+    for name in ("a", "b"):
+        failure = p.units[name].error
+        assert isinstance(failure, RuntimeError)
+        assert f"unit {name!r}: the run's context could not be loaded in the worker" in str(failure)
+        assert "not here" in failure.__cause__.text
