@@ -508,10 +508,20 @@ _PATH_ERRORS: Final = {
 }
 
 
+# Primary SQLite result codes of a lock held by another connection: SQLITE_BUSY, SQLITE_LOCKED.
+_LOCK_ERRORS: Final = frozenset({5, 6})
+
+
 def _path_problem(error: sqlite3.Error) -> str | None:
     """Why SQLite could not use the file, if ``error`` says it is the path's fault."""
     code = getattr(error, "sqlite_errorcode", None)
     return None if code is None else _PATH_ERRORS.get(code & 0xFF)
+
+
+def _locked(error: sqlite3.Error) -> bool:
+    """Whether ``error`` is SQLite's "database is locked" (SQLITE_BUSY or SQLITE_LOCKED)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _LOCK_ERRORS
 
 
 def _open_private_file(path: Path) -> os.stat_result:
@@ -607,6 +617,8 @@ class SQLiteStore(CacheStore):
             version, or ``path`` is a symbolic link.
         OSError: ``path`` is a directory, or cannot be created, read or written (the
             message names it).
+        TimeoutError: Another connection held the file's write lock for longer than
+            ``timeout`` (a long write, or an upgrade by another process).
 
     Warns:
         InsecureCacheWarning: The file exists and its group or others may write it.
@@ -718,6 +730,13 @@ class SQLiteStore(CacheStore):
         except sqlite3.DatabaseError as error:
             if _path_problem(error) is not None:
                 raise self._unusable(error) from error
+            if _locked(error):  # a store, another connection's write under way too long
+                raise TimeoutError(
+                    errno.ETIMEDOUT,
+                    "cannot open the cache store: it stayed locked by another connection's "
+                    f"write for longer than timeout ({self.timeout:g} s)",
+                    str(self.path),
+                ) from error
             raise ValueError(
                 f"{str(self.path)!r} is not a quantum-partitioner cache store ({error})"
             ) from error
