@@ -26,6 +26,40 @@ def _tables(path):
         return {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
+# -- files that are not stores ----------------------------------------------------------------
+
+
+def test_a_database_refused_as_not_a_store_keeps_its_journal_mode(tmp_path):
+    """Someone else's SQLite database is refused before anything changes it: its journal
+    mode is not switched to WAL (a lasting change to the file), no -wal file is made."""
+    path = tmp_path / "app.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE users (name TEXT)")
+    path.chmod(0o600)
+    with pytest.raises(ValueError, match=r"not a quantum-partitioner cache.*users"):
+        SQLiteStore(path)
+    assert _journal_mode(path) == "delete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.sqlite"]
+
+
+def test_a_database_with_a_meta_table_of_its_own_is_not_taken_for_a_store(tmp_path):
+    """A database with a ``meta (key, value)`` table (a common name) but no format version
+    in it is not a store: it is refused, and gets neither an ``entries`` table nor a
+    version."""
+    path = tmp_path / "app.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        db.execute("INSERT INTO meta VALUES ('app', 'mine')")
+        db.execute("CREATE TABLE users (name TEXT)")
+    path.chmod(0o600)
+    with pytest.raises(ValueError, match=r"not a quantum-partitioner cache.*meta.*users"):
+        SQLiteStore(path)
+    assert _tables(path) == {"meta", "users"}
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT * FROM meta").fetchall() == [("app", "mine")]
+    assert _journal_mode(path) == "delete"
+
+
 # -- locks ------------------------------------------------------------------------------------
 
 

@@ -26,8 +26,9 @@ nothing about units or pickling: :mod:`._cache` makes the keys and the payloads.
   and wait for it up to ``timeout`` seconds (``busy_timeout``).
 * **Versioned format.** A ``meta`` table holds ``format_version``. A version 1 or 2 file
   (which differed in its checksum and had an index on ``unit``) is upgraded in place,
-  keeping its valid entries; a file of another version, or one that is not a cache, raises
-  ``ValueError`` on opening and is left untouched.
+  keeping its valid entries; a file of another version, or one that is not a cache (a
+  SQLite database without a format version, or not one at all), raises
+  ``ValueError`` on opening and is left untouched (checked before anything is written).
 * **One b-tree per write.** ``entries`` has no index but its key's (each would be one more
   b-tree per write) until a store with a size limit adds the one on ``accessed`` that
   eviction reads; listing or clearing one unit's entries reads the whole table.
@@ -716,6 +717,8 @@ class SQLiteStore(CacheStore):
     def _prepare(self, connection: sqlite3.Connection) -> None:
         try:
             connection.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            # Before anything is written: switching to WAL is a lasting change to the file.
+            self._refuse_foreign(connection)
             # Only a new (empty) file takes it: an existing one keeps its page size.
             connection.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
             self._enable_wal(connection)
@@ -777,16 +780,32 @@ class SQLiteStore(CacheStore):
             else:
                 return
 
-    def _check_or_create(self, connection: sqlite3.Connection) -> str:
+    def _refuse_foreign(self, connection: sqlite3.Connection) -> None:
+        """Raise ValueError if the file is a SQLite database other than a store (or new).
+
+        A store has a ``meta`` table with its format version from the transaction that made
+        it; a ``meta`` table without one is another application's.
+        """
         tables = {
             row[0]
             for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
-        if tables and "meta" not in tables:
-            raise ValueError(
-                f"{str(self.path)!r} is a SQLite database but not a quantum-partitioner cache "
-                f"store (it has tables {sorted(tables)}); use another cache_path"
-            )
+        if not tables:
+            return
+        if "meta" in tables:
+            try:
+                query = "SELECT 1 FROM meta WHERE key = 'format_version'"
+                if connection.execute(query).fetchone() is not None:
+                    return
+            except sqlite3.OperationalError:  # a meta table of another shape
+                pass
+        raise ValueError(
+            f"{str(self.path)!r} is a SQLite database but not a quantum-partitioner cache "
+            f"store (it has tables {sorted(tables)}); use another cache_path"
+        )
+
+    def _check_or_create(self, connection: sqlite3.Connection) -> str:
+        self._refuse_foreign(connection)  # again: another process may have made it meanwhile
         for statement in _SCHEMA:
             connection.execute(statement)
         connection.execute(
