@@ -60,6 +60,19 @@ def test_a_database_with_a_meta_table_of_its_own_is_not_taken_for_a_store(tmp_pa
     assert _journal_mode(path) == "delete"
 
 
+@pytest.mark.parametrize("content", [b"x", b"\n"])
+def test_a_one_byte_file_is_refused_not_overwritten(tmp_path, content):
+    """SQLite reads a file of one byte as an empty database; it is not one, and is left as
+    it was (not made into a store)."""
+    path = tmp_path / "notes"
+    path.write_bytes(content)
+    path.chmod(0o600)
+    with pytest.raises(ValueError, match="not a quantum-partitioner cache store"):
+        SQLiteStore(path)
+    assert path.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
+
+
 # -- locks ------------------------------------------------------------------------------------
 
 

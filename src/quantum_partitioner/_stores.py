@@ -27,7 +27,7 @@ nothing about units or pickling: :mod:`._cache` makes the keys and the payloads.
 * **Versioned format.** A ``meta`` table holds ``format_version``. A version 1 or 2 file
   (which differed in its checksum and had an index on ``unit``) is upgraded in place,
   keeping its valid entries; a file of another version, or one that is not a cache (a
-  SQLite database without a format version, or not one at all), raises
+  SQLite database without a format version, or not a SQLite database), raises
   ``ValueError`` on opening and is left untouched (checked before anything is written).
 * **One b-tree per write.** ``entries`` has no index but its key's (each would be one more
   b-tree per write) until a store with a size limit adds the one on ``accessed`` that
@@ -575,6 +575,18 @@ def _open_private_file(path: Path) -> os.stat_result:
     return info
 
 
+_SQLITE_HEADER: Final = b"SQLite format 3\0"
+
+
+def _is_sqlite_file(path: Path) -> bool:
+    """Whether the file at ``path`` (not a link) starts as every SQLite database does."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        return os.read(fd, len(_SQLITE_HEADER)) == _SQLITE_HEADER
+    finally:
+        os.close(fd)
+
+
 def _check_unchanged(path: Path, before: os.stat_result) -> None:
     """Refuse ``path`` if it became a link or another file while SQLite opened it."""
     after = os.lstat(path)
@@ -698,6 +710,12 @@ class SQLiteStore(CacheStore):
             self._queued_units = {}
             self._writer = None
         checked = _open_private_file(self.path)
+        if checked.st_size and not _is_sqlite_file(self.path):
+            # SQLite itself would take a file of one byte for an empty database, and write one.
+            raise ValueError(
+                f"{str(self.path)!r} is not a quantum-partitioner cache store (it is not a "
+                "SQLite database); use another cache_path"
+            )
         try:
             connection = sqlite3.connect(
                 self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
