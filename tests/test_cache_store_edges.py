@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 
 import pytest
 
-from quantum_partitioner import ExecutionMode, SQLiteStore
+from quantum_partitioner import CachingQuantumPartitioner, ExecutionMode, SQLiteStore
 
 THREAD = ExecutionMode.THREAD
 
@@ -89,3 +90,56 @@ def test_a_store_locked_past_the_timeout_is_a_timeout_naming_it_not_a_foreign_fi
         other.execute("ROLLBACK")
     assert info.value.filename == str(path)
     SQLiteStore(path, timeout=0.2).close()  # once the lock is let go, it opens
+
+
+# -- one store, several runs at once --------------------------------------------------------
+
+
+def test_a_lookup_during_another_run_s_read_ahead_finds_what_is_stored(tmp_path):
+    """Partitioners may share a store and run at once: one run's read-ahead must never make
+    an entry that is in the file look missing to another run's lookup on another thread
+    while its query runs (a key is marked missing once the read says so, not before)."""
+    key = b"k" * 32
+    others = [i.to_bytes(32, "big") for i in range(1400)]
+    with SQLiteStore(tmp_path / "c.sqlite") as store:
+        for other in others[:1000]:
+            store.put(other, "u", b"x")
+        store.put(key, "u", b"payload")
+        store.flush()
+        seen = []  # what a lookup on another thread would see while each query runs
+
+        def on_statement(statement):
+            if statement.startswith("SELECT key"):
+                seen.append(key in store._absent)
+
+        store._connection().set_trace_callback(on_statement)
+        store.prefetch([*others[1000:], key])  # by key: one IN query
+        assert store.get(key) == b"payload"
+        store.flush()
+        store.prefetch([*others[:700], key])  # a scan of the whole table
+        assert store.get(key) == b"payload"
+        assert seen == [False, False]
+
+
+def test_partitioners_sharing_a_store_serve_every_hit_while_running_at_once(tmp_path):
+    """Eight partitioners on one SQLite store, running at once on threads, each find every
+    result the first one stored."""
+    path = tmp_path / "c.sqlite"
+
+    def build(store):
+        p = CachingQuantumPartitioner(cache_store=store, default_execution_mode=THREAD)
+        for i in range(300):
+            p.add_unit(lambda ctx, i=i: i, name=f"u{i}", metadata={"cacheable": True})
+        return p
+
+    with SQLiteStore(path) as store:
+        build(store).execute()
+        partitioners = [build(store) for _ in range(8)]
+        threads = [threading.Thread(target=p.execute) for p in partitioners]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [(p.cache_stats().hits, p.cache_stats().misses) for p in partitioners] == [
+            (300, 0)
+        ] * 8

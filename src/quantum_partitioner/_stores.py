@@ -922,12 +922,14 @@ class SQLiteStore(CacheStore):
                 wanted, budget = self._scan(connection, wanted, budget, damaged)
         for start in range(0, len(wanted), _PREFETCH_CHUNK):
             chunk = wanted[start : start + _PREFETCH_CHUNK]
-            absent.update(chunk)
+            # Marked missing once the query says so, not before: a lookup on another thread
+            # (another run on this store) reads _absent meanwhile, without the lock.
+            missing = set(chunk)
             largest = max(0, min(_PREFETCH_ENTRY_BYTES, budget))
             placeholders = ",".join("?" * len(chunk))
             rows = connection.execute(_PREFETCH_QUERY.format(placeholders), (largest, *chunk))
             for key, payload, stored in rows:
-                absent.discard(key)
+                missing.discard(key)
                 if payload is None:
                     prefetched[key] = None  # present, but read when looked up
                 elif _intact(key, payload, stored):
@@ -935,6 +937,7 @@ class SQLiteStore(CacheStore):
                     budget -= len(payload)
                 else:
                     damaged.append(key)
+            absent.update(missing)
         for key in damaged:  # once no query is under way
             self._drop_damaged(key)
 
@@ -949,13 +952,13 @@ class SQLiteStore(CacheStore):
         """
         prefetched, absent = self._prefetched, self._absent
         looking = set(wanted)
-        absent.update(looking)
+        missing = set(looking)  # marked missing after the scan (see _prefetch)
         left = []
         rows = connection.execute(_SCAN_QUERY, (_SCAN_ENTRY_BYTES,))
         for key, size, payload, stored in rows:
             if key not in looking:
                 continue
-            absent.discard(key)
+            missing.discard(key)
             if payload is None:
                 left.append(key)
             elif size > budget:
@@ -965,6 +968,7 @@ class SQLiteStore(CacheStore):
                 budget -= size
             else:
                 damaged.append(key)
+        absent.update(missing)
         return left, budget
 
     def _forget_prefetched(self) -> None:
