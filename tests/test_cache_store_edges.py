@@ -143,3 +143,32 @@ def test_partitioners_sharing_a_store_serve_every_hit_while_running_at_once(tmp_
         assert [(p.cache_stats().hits, p.cache_stats().misses) for p in partitioners] == [
             (300, 0)
         ] * 8
+
+
+# -- eviction and listing cost ------------------------------------------------------------
+
+
+def _plans(path, statements):
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return {
+            statement: " / ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + statement))
+            for statement in statements
+        }
+
+
+def test_eviction_reads_the_least_recently_used_in_index_order_without_sorting(tmp_path):
+    """Eviction at the size limit reads the oldest entries through the index on
+    ``accessed`` as it stands: no sort of the entries (of a whole batch's, or of the whole
+    store's when one read batch stamped them all) before the first is deleted."""
+    path = tmp_path / "c.sqlite"
+    with SQLiteStore(path, size_limit=100 * 100) as store:
+        for i in range(300):  # one batch: all written (and last used) at one time
+            store.put(i.to_bytes(32, "big"), "u", b"p" * 100)
+        statements = []
+        store._connection().set_trace_callback(statements.append)
+        store.flush()
+        assert len(store) == 100
+    evicting = [s for s in statements if s.startswith("SELECT") and "ORDER BY" in s]
+    assert evicting
+    for statement, plan in _plans(path, evicting).items():
+        assert "TEMP B-TREE" not in plan, (statement, plan)

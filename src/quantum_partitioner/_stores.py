@@ -1106,9 +1106,11 @@ class SQLiteStore(CacheStore):
         if total > limit:
             self._index_for_eviction(connection)  # the limit may have been set after opening
             doomed = []
-            # rowid: the order of writes, among entries last used at the same time.
+            # rowid: the order of writes (each row is appended), among entries last used at
+            # the same time (a batch's). Not ``created`` as well: the index on accessed holds
+            # rowids in order, created would have every such group sorted first.
             for key, size in connection.execute(
-                "SELECT key, size FROM entries WHERE key != ? ORDER BY accessed, created, rowid",
+                "SELECT key, size FROM entries WHERE key != ? ORDER BY accessed, rowid",
                 (keep,),
             ):
                 doomed.append((key,))
