@@ -152,15 +152,19 @@ os.register_at_fork(after_in_child=_note_fork)
 # ``clear(unit)`` and ``entries(unit)`` read the whole table (rare, and linear); the index
 # on ``accessed`` that eviction reads is made by the first store that has a size limit (see
 # _index_for_eviction), so that stores without one do not pay for it.
+# The payload is the last column: SQLite reads a row's columns in order, and a payload
+# larger than a page goes on in overflow pages, so that one before the others would have a
+# query of sizes or times (the total eviction checks, the LRU order, a listing) read every
+# page of every payload. (A file made before kept its order: columns are named, not counted.)
 _ENTRIES: Final = (
     "CREATE TABLE IF NOT EXISTS entries ("
     " key BLOB PRIMARY KEY,"
     " unit TEXT NOT NULL,"
-    " payload BLOB NOT NULL,"
     " checksum INTEGER NOT NULL,"
     " size INTEGER NOT NULL,"
     " created REAL NOT NULL,"
-    " accessed REAL NOT NULL)"
+    " accessed REAL NOT NULL,"
+    " payload BLOB NOT NULL)"
 )
 _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
