@@ -1384,3 +1384,29 @@ def test_a_context_a_worker_cannot_load_fails_each_unit_saying_so():
         assert isinstance(failure, RuntimeError)
         assert f"unit {name!r}: the run's context could not be loaded in the worker" in str(failure)
         assert "not here" in failure.__cause__.text
+
+
+def test_an_attempt_whose_worker_died_ends_before_its_replacement_starts():
+    """Its end is when the reader found the worker dead, before the replacement could
+    start: the driver may start that one (has_room) before it takes the failure, whose
+    end was then its own later clock, and the trace drew the attempt over the
+    replacement's start-up on their slot."""
+    graph = Graph([QuantumUnit("dies", lambda ctx: os._exit(3)), QuantumUnit("b", lambda ctx: 1)])
+    run, lane, outcomes = _lane_sending_ahead(graph)
+    try:
+        _start_and_submit(run, lane, 0)
+        [worker] = lane._workers
+        item = None
+        while item is None:  # its failure is posted once the worker is buried
+            item = outcomes.get(timeout=30)
+        assert item[:3] == (0, 1, False)
+        assert worker not in lane._workers
+        lane.has_room()  # the replacement starts before the driver takes the failure
+        [replacement] = lane._workers
+        spawned = [start for slot, start, _ in run.worker_startups if slot == worker.slot]
+        started = replacement.spawned_at if replacement.spawned_at is not None else spawned[-1]
+        lane.settled(0, 1)
+        assert 0 <= lane.ended_at(0, 1) <= started
+    finally:
+        lane.close(cancel=True)
+

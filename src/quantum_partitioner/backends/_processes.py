@@ -680,7 +680,7 @@ class ProcessLane(Lane):
         return max(self._run.scheduler.started[i], worker.last_answer)
 
     def ended_at(self, i: int, attempt: int) -> float:
-        """When the worker ended that attempt, or -1 (it died: the driver's clock says)."""
+        """When the worker ended that attempt, or when it was found dead, or -1 if unknown."""
         return self._ended.pop((i, attempt), -1.0)
 
     def settled(self, i: int, attempt: int) -> None:
@@ -835,7 +835,11 @@ class ProcessLane(Lane):
             self._held.extend(_take_back(worker, len(worker.claims)))
             died = list(worker.jobs)
             worker.jobs.clear()
+            # It ended now, before its replacement may start (the driver may start one
+            # before it takes this failure): on their slot, one after the other.
+            now = self._run.clock()
             for job in died:
+                self._ended[job] = now
                 if job in self._sent_ahead:
                     self._sent_ahead.discard(job)
                     self._started[job] = self._began_at(worker, job[0])
