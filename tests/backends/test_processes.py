@@ -1410,3 +1410,32 @@ def test_an_attempt_whose_worker_died_ends_before_its_replacement_starts():
     finally:
         lane.close(cancel=True)
 
+
+def test_each_attempt_starts_when_the_driver_hands_it_to_its_lane():
+    """Several attempts handed over in one pass of the driver each start when handed over,
+    not when the pass began: handing one over takes time (a process lane pickles and
+    writes it), and a worker that became ready meanwhile was drawn running the next
+    attempt before its own start-up ended."""
+    from quantum_partitioner.backends import Lane, LaneBackend  # noqa: PLC0415
+    from quantum_partitioner.testing import FakeClock  # noqa: PLC0415
+
+    clock = FakeClock()
+
+    class SlowHandOver(Lane):
+        """Room for every attempt; handing one over takes 1 s of the run's clock."""
+
+        def open(self, run, post):
+            self._post = post
+
+        def has_room(self):
+            return True
+
+        def submit(self, i, attempt):
+            clock.advance(1.0)
+            self._post((i, attempt, True, i, None))
+
+    graph = Graph([QuantumUnit(name, lambda ctx: 1) for name in ("a", "b", "c")])
+    run = Run(graph, {}, mode="lanes", max_workers=3)
+    run.clock = clock
+    LaneBackend([SlowHandOver()]).run(run)
+    assert sorted(run.scheduler.started) == [0.0, 1.0, 2.0]

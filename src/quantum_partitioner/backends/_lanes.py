@@ -259,6 +259,9 @@ class LaneBackend(Backend):
                 self._stop_abandoned(run, run.settle_decisions(), in_flight)
             for k, lane in enumerate(lanes):
                 while lane.has_room():
+                    # Handing the one before over took time (a process lane pickles and
+                    # writes it): this one starts now, not when the pass began.
+                    now = clock()
                     i = sched.start_next(now, k)
                     if i < 0:
                         break
