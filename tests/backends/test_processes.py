@@ -1439,3 +1439,36 @@ def test_each_attempt_starts_when_the_driver_hands_it_to_its_lane():
     run.clock = clock
     LaneBackend([SlowHandOver()]).run(run)
     assert sorted(run.scheduler.started) == [0.0, 1.0, 2.0]
+
+
+def test_ctrl_c_while_the_run_waits_for_its_workers_to_stop_kills_them(monkeypatch):
+    """A worker still finishing what its unit left (a thread) when the run ends: Ctrl-C
+    while the run waits for it kills it, and the run ends with KeyboardInterrupt. (The
+    wait was cut short, and the worker lived on, with its pipes open.)"""
+    waiting = threading.Event()
+    wait_exit = processes._wait_exit
+
+    def wait_exit_observed(worker, timeout):
+        waiting.set()
+        return wait_exit(worker, timeout)
+
+    monkeypatch.setattr(processes, "_wait_exit", wait_exit_observed)
+
+    def leave_a_thread(ctx):
+        import threading  # noqa: PLC0415 - in the worker
+
+        threading.Thread(target=time.sleep, args=(3600,)).start()  # not a daemon
+        return os.getpid()
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(leave_a_thread, name="leave_a_thread")
+    interrupter = threading.Thread(
+        target=lambda: waiting.wait(30) and os.kill(os.getpid(), signal.SIGINT)
+    )
+    interrupter.start()
+    backend = ProcessBackend(1)  # held here: nothing stops its workers later
+    with pytest.raises(KeyboardInterrupt):
+        p.execute(backend=backend)
+    interrupter.join()
+    assert _wait_gone(p.units["leave_a_thread"].result, 2)
+    assert backend.lane._reader is None  # its pipes closed, its reader gone

@@ -415,23 +415,31 @@ class ProcessLane(Lane):
                 with contextlib.suppress(OSError):
                     send_frame(worker.inbox, pickle.dumps(("stop",)))
         stop_by = time.monotonic() + _STOP_SECONDS  # they were all told at once
-        for worker in workers:
-            try:
-                _wait_exit(worker, max(0.0, stop_by - time.monotonic()))
-            except subprocess.TimeoutExpired:
+        try:
+            for worker in workers:
+                try:
+                    _wait_exit(worker, max(0.0, stop_by - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    _kill(worker)
+                    worker.process.wait()
+        except BaseException:  # Ctrl-C while they finish what their units left: stop them
+            for worker in workers:
                 _kill(worker)
+            for worker in workers:
                 worker.process.wait()
-        self._wake_reader()
-        self._reader.join(timeout=5)
-        for worker in workers:
-            _close_pipes(worker)
-            _close_pidfd(worker)
-            _close_start_stderr(worker)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-        with self._lock:
-            self._workers = []
-            self._reader = None
+            raise
+        finally:
+            self._wake_reader()
+            self._reader.join(timeout=5)
+            for worker in workers:
+                _close_pipes(worker)
+                _close_pidfd(worker)
+                _close_start_stderr(worker)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            with self._lock:
+                self._workers = []
+                self._reader = None
 
     # -- the driver's side -----------------------------------------------------------------
 
