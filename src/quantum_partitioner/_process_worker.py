@@ -177,7 +177,7 @@ def _error_message(
     try:
         blob = _cloudpickle().dumps(error)
         loads(blob)  # noqa: S301 - our own bytes; checks the error survives the trip
-    except Exception:  # the exception itself cannot travel: send its description
+    except BaseException:  # it cannot travel (its loading may even raise SystemExit)
         blob = None
     metrics = ctx.metrics if ctx is not None else None
     pauses = {PAUSES_KEY: metrics[PAUSES_KEY]} if metrics and PAUSES_KEY in metrics else None

@@ -1472,3 +1472,51 @@ def test_ctrl_c_while_the_run_waits_for_its_workers_to_stop_kills_them(monkeypat
     interrupter.join()
     assert _wait_gone(p.units["leave_a_thread"].result, 2)
     assert backend.lane._reader is None  # its pipes closed, its reader gone
+
+
+def _exit_when_loaded() -> None:
+    raise SystemExit(3)
+
+
+class _ExitsWhenLoaded:
+    """A result whose unpickling raises SystemExit (in the caller's process)."""
+
+    def __reduce__(self):
+        return (_exit_when_loaded, ())
+
+
+def test_a_result_whose_loading_raises_systemexit_fails_its_unit_and_the_run_goes_on(bounded):
+    """Loading a result raises SystemExit in the caller's process: its unit fails saying
+    so, and the run goes on. (It ended the thread that reads every worker's outcomes:
+    the run waited for ever.)"""
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(lambda ctx: _ExitsWhenLoaded(), name="result", priority=1)
+    p.add_unit(lambda ctx: 2, name="other")
+    assert bounded(lambda: p.execute(execution_mode=PROCESS), 30) == {"other": 2}
+    failure = p.units["result"].error
+    assert isinstance(failure, RuntimeError)
+    assert "unit 'result': loading its result raised SystemExit(3)" in str(failure)
+
+
+class _ExitsWhenLoadedError(Exception):
+    """An error whose unpickling raises SystemExit."""
+
+    def __reduce__(self):
+        return (_exit_when_loaded, ())
+
+
+def test_an_error_whose_loading_raises_systemexit_still_fails_only_its_unit(bounded):
+    """The worker checks that a unit's error survives the trip; loading it raises
+    SystemExit: the unit fails with its description, and the worker goes on. (The worker
+    died of it: WorkerDiedError.)"""
+
+    def fails(ctx):
+        raise _ExitsWhenLoadedError("the unit's own error")
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(fails, name="fails", priority=1)
+    p.add_unit(lambda ctx: os.getpid(), name="other")
+    assert "other" in bounded(lambda: p.execute(execution_mode=PROCESS), 30)
+    failure = p.units["fails"].error
+    assert isinstance(failure, _processes.RemoteUnitError)
+    assert "the unit's own error" in str(failure)

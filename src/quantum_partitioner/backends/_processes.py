@@ -819,6 +819,13 @@ class ProcessLane(Lane):
             except Exception as error:
                 self._post((i, attempt, False, error, None))
                 return
+            except BaseException as error:  # SystemExit...: it would end this thread
+                note = RuntimeError(
+                    f"unit {self._run.graph.names[i]!r}: loading its result raised {error!r}"
+                )
+                note.__cause__ = error
+                self._post((i, attempt, False, note, None))
+                return
             self._post((i, attempt, True, value, metrics))
         else:
             self._post((i, attempt, False, _rebuild_error(message), message[8]))
@@ -1072,7 +1079,7 @@ def _rebuild_error(message: tuple[Any, ...]) -> BaseException:
     error: BaseException
     try:
         error = pickle.loads(blob) if blob is not None else RemoteUnitError(description)  # noqa: S301
-    except Exception:
+    except BaseException:  # SystemExit too: the reader thread must go on
         error = RemoteUnitError(description)
     error.__cause__ = RemoteTraceback(text)
     return error
