@@ -1520,3 +1520,20 @@ def test_an_error_whose_loading_raises_systemexit_still_fails_only_its_unit(boun
     failure = p.units["fails"].error
     assert isinstance(failure, _processes.RemoteUnitError)
     assert "the unit's own error" in str(failure)
+
+
+def test_a_unit_writing_into_its_workers_pipe_to_the_driver_fails_only_itself(bounded):
+    """A unit writes bytes that are no message into the worker's pipe to the driver (a
+    descriptor it does not own): that worker is replaced, its unit fails, and the run goes
+    on. (The thread reading every worker's outcomes died of it: the run waited for ever.)"""
+
+    def scribble(ctx):
+        out = int(sys.argv[2])  # the worker's pipe to the driver
+        os.write(out, (20).to_bytes(8, "big") + b"not a pickle at all!")
+        time.sleep(30)
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(scribble, name="scribble", priority=1)
+    p.add_unit(lambda ctx: 2, name="other")
+    assert bounded(lambda: p.execute(execution_mode=PROCESS), 30) == {"other": 2}
+    assert isinstance(p.units["scribble"].error, WorkerDiedError)

@@ -748,13 +748,28 @@ class ProcessLane(Lane):
                     return
 
     def _pass_on(self, worker: _Worker) -> bool:
-        """Read the worker's outbox once and take its messages; False at its end."""
+        """Read the worker's outbox once and take its messages; False at its end.
+
+        Bytes that are no message (a unit wrote into a descriptor it does not own) end it
+        too: the worker is killed, and its unit fails with it, as this thread must go on.
+        """
         try:
             frames = worker.reader.read()
         except (EOFError, OSError):  # BlockingIOError too: drained (see _bury_exited)
             return False
         for frame in frames:
-            self._receive(worker, pickle.loads(frame))  # noqa: S301 - our own worker
+            try:
+                self._receive(worker, pickle.loads(frame))  # noqa: S301 - our own worker
+            except Exception:
+                LOGGER.exception(
+                    "PROCESS backend: a worker wrote something that is not a message into "
+                    "its pipe to the driver (a unit writing to a descriptor it does not own?);"
+                    " it is replaced"
+                )
+                with self._lock:
+                    worker.ready = False
+                _kill(worker)
+                return False
         return True
 
     def _bury_exited(self, worker: _Worker) -> None:
