@@ -1537,3 +1537,18 @@ def test_a_unit_writing_into_its_workers_pipe_to_the_driver_fails_only_itself(bo
     p.add_unit(lambda ctx: 2, name="other")
     assert bounded(lambda: p.execute(execution_mode=PROCESS), 30) == {"other": 2}
     assert isinstance(p.units["scribble"].error, WorkerDiedError)
+
+
+def test_a_reused_backend_run_again_after_close_stops_its_new_workers_on_close():
+    """close() stops the kept workers each time: a run after close() starts new ones,
+    which the next close() stops too. (Only the first close() did: the workers of later
+    runs lived as long as the program.)"""
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: os.getpid(), name="a")
+    backend = ProcessBackend(1, reuse=True)
+    first = p.execute(backend=backend)["a"]
+    backend.close()
+    assert _wait_gone(first)
+    second = p.execute(backend=backend)["a"]
+    backend.close()
+    assert _wait_gone(second, 5)

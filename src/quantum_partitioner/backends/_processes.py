@@ -1136,8 +1136,8 @@ class ProcessBackend(LaneBackend):
         self._finalizer = weakref.finalize(self, self.lane.shutdown)
 
     def close(self) -> None:
-        """Stop the kept workers."""
-        self._finalizer()
+        """Stop the kept workers (each time: a run after ``close()`` starts new ones)."""
+        self.lane.shutdown()
 
     def __enter__(self) -> Self:
         """Use the backend for several runs."""
