@@ -11,6 +11,7 @@ import contextlib
 import functools
 import math
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -435,3 +436,43 @@ def test_closures_are_keyed_as_they_were_when_added_whatever_changes_after(chang
     assert keyed == when_added
     assert len(set(keyed)) == len(starts)
     assert p._function_fingerprint(p.units["partial"]) == partial_when_added
+
+
+# -- fork --------------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_a_child_forked_while_another_thread_holds_the_store_s_lock_can_use_it(tmp_path, kind):
+    """A fork while another thread holds the store's lock (the writer thread, committing a
+    batch; a lookup on a MemoryStore) must not leave the child a lock nobody will ever let
+    go of: the child writes and reads (it hung at its first write)."""
+    store = SQLiteStore(tmp_path / "c.sqlite") if kind == "sqlite" else MemoryStore()
+    with store:
+        store.put(b"p" * 32, "parent", b"mine")
+        store.flush()
+        held, release = threading.Event(), threading.Event()
+
+        def commit_under_way():
+            with store._lock:  # as _commit_queued or a lookup holds it
+                held.set()
+                release.wait()
+
+        committing = threading.Thread(target=commit_under_way)
+        committing.start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit status only
+            code = 1
+            try:
+                signal.alarm(10)  # a child that hangs is killed: the test fails, not hangs
+                store.put(b"c" * 32, "child", b"yours")
+                store.flush()
+                code = 0 if store.get(b"c" * 32) == b"yours" else 2
+            finally:
+                os._exit(code)
+        release.set()
+        committing.join()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert store.get(b"p" * 32) == b"mine"

@@ -52,7 +52,7 @@ nothing about units or pickling: :mod:`._cache` makes the keys and the payloads.
   between runs is what eviction needs, and a hit then reads no clock.
 
 State: one connection per store and per process (reopened after a fork), guarded by a lock,
-since lookups come from several threads at once.
+since lookups come from several threads at once; a forked child makes its stores' locks anew.
 """
 
 from __future__ import annotations
@@ -141,6 +141,12 @@ _this_process = os.getpid()
 def _note_fork() -> None:
     global _this_process  # noqa: PLW0603 - one process id, read on every write
     _this_process = os.getpid()
+    # Locks of their own: the thread that held one at the fork (a writer thread committing,
+    # a lookup under way) does not exist in the child, and would never let go of it.
+    for store in list(_LIVE_STORES):
+        store._new_locks()
+    for memory in list(_MEMORY_STORES.values()):
+        memory._new_locks()
 
 
 os.register_at_fork(after_in_child=_note_fork)
@@ -403,6 +409,10 @@ class _MemoryEntry:
         self.accessed = now
 
 
+# The MemoryStores of this process, for _note_fork.
+_MEMORY_STORES: weakref.WeakValueDictionary[int, MemoryStore] = weakref.WeakValueDictionary()
+
+
 class MemoryStore(CacheStore):
     """Entries in a dict, for the life of the process (the default store).
 
@@ -421,6 +431,11 @@ class MemoryStore(CacheStore):
         self.corrupt = 0
         self._entries: OrderedDict[bytes, _MemoryEntry] = OrderedDict()  # oldest use first
         self._total = 0
+        self._lock = threading.Lock()
+        _MEMORY_STORES[id(self)] = self  # by id: a subclass need not be hashable
+
+    def _new_locks(self) -> None:
+        """In a forked child: a lock of its own (see _note_fork)."""
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -708,8 +723,6 @@ class SQLiteStore(CacheStore):
             self._touched.clear()
             self._forget_prefetched()
             # The parent commits its own queue; the child has no writer thread.
-            self._queue_mutex = threading.Lock()
-            self._wake = threading.Event()
             self._queued = {}
             self._queued_units = {}
             self._writer = None
@@ -735,6 +748,12 @@ class SQLiteStore(CacheStore):
         self._connections.append(connection)
         self._pid = os.getpid()
         return connection
+
+    def _new_locks(self) -> None:
+        """In a forked child: locks of its own (see _note_fork)."""
+        self._lock = threading.RLock()
+        self._queue_mutex = threading.Lock()
+        self._wake = threading.Event()
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
         try:
