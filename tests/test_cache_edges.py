@@ -476,3 +476,47 @@ def test_a_child_forked_while_another_thread_holds_the_store_s_lock_can_use_it(t
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert store.get(b"p" * 32) == b"mine"
+
+
+# -- a full disk -------------------------------------------------------------------------------
+
+# Runs a cached graph whose results no longer fit in the file (a file size limit stands for
+# a full disk: writes past it fail, as they do with ENOSPC), twice.
+_RUN_ON_A_FULL_DISK = """
+import os, resource, signal, sys
+from quantum_partitioner import CachingQuantumPartitioner, ExecutionMode
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG)
+path = sys.argv[1]
+p = CachingQuantumPartitioner(4, ExecutionMode.THREAD, cache_path=path)
+p.add_unit(lambda ctx: "small", name="small", metadata={"cacheable": True})
+p.execute()
+room = os.path.getsize(path) + os.path.getsize(path + "-wal") + 200_000
+resource.setrlimit(resource.RLIMIT_FSIZE, (room, room))
+for i in range(20):
+    p.add_unit(lambda ctx, i=i: bytes([i]) * 100_000, name=f"big{i}", metadata={"cacheable": True})
+first = p.execute()
+expected = {"small": "small", **{f"big{i}": bytes([i]) * 100_000 for i in range(20)}}
+assert first == p.execute() == expected
+stats = p.cache_stats()
+print(stats.hits, stats.errors > 0, stats.entries)
+"""
+
+
+def test_a_full_disk_fails_no_run_and_leaves_the_file_whole(tmp_path):
+    """Results that no longer fit are not stored (logged, counted as errors); the runs
+    return every result, and the file keeps what it held, intact."""
+    path = tmp_path / "c.sqlite"
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN_ON_A_FULL_DISK, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "2 True 1\n"  # "small" served by both runs; nothing else stored
+    assert "could not write" in done.stderr
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    with SQLiteStore(path) as store:
+        assert [entry.unit for entry in store.entries()] == ["small"]
