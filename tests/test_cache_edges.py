@@ -490,7 +490,7 @@ path = sys.argv[1]
 p = CachingQuantumPartitioner(4, ExecutionMode.THREAD, cache_path=path)
 p.add_unit(lambda ctx: "small", name="small", metadata={"cacheable": True})
 p.execute()
-room = os.path.getsize(path) + os.path.getsize(path + "-wal") + 200_000
+room = os.path.getsize(path) + os.path.getsize(path + "-wal") + 8_000  # no 16 KiB page more
 resource.setrlimit(resource.RLIMIT_FSIZE, (room, room))
 for i in range(20):
     p.add_unit(lambda ctx, i=i: bytes([i]) * 100_000, name=f"big{i}", metadata={"cacheable": True})
