@@ -520,3 +520,30 @@ def test_a_full_disk_fails_no_run_and_leaves_the_file_whole(tmp_path):
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     with SQLiteStore(path) as store:
         assert [entry.unit for entry in store.entries()] == ["small"]
+
+
+# -- a size limit set on a store made without one, and the reverse ----------------------------
+
+
+def test_a_limit_given_to_a_store_made_without_one_evicts_the_least_recently_used(tmp_path):
+    """A store filled without a limit, then opened with one: the first write evicts down
+    to the limit, least recently used first (entries read in this process count as used);
+    opened without a limit again, it grows past the old limit, keeping every entry."""
+    path = tmp_path / "c.sqlite"
+    keys = [i.to_bytes(32, "big") for i in range(1000)]
+    with SQLiteStore(path) as store:
+        for key in keys:
+            store.put(key, "u", b"p" * 100)
+    time.sleep(0.01)  # the clock moves on between the writes and the reads
+    with SQLiteStore(path, size_limit=100 * 100) as store:
+        assert len(store) == 1000  # nothing is evicted before a write
+        assert all(store.get(key) == b"p" * 100 for key in keys[:10])  # the oldest, read
+        store.put(b"n" * 32, "u", b"p" * 100)
+        kept = {bytes.fromhex(entry.key) for entry in store.entries()}
+    assert len(kept) == 100
+    assert kept >= {*keys[:10], b"n" * 32}
+    assert kept - {*keys[:10], b"n" * 32} == set(keys[-89:])  # then the newest
+    with SQLiteStore(path) as store:
+        for key in keys[:500]:
+            store.put(key, "u", b"q" * 100)
+        assert len(store) == 590
