@@ -547,3 +547,28 @@ def test_a_limit_given_to_a_store_made_without_one_evicts_the_least_recently_use
         for key in keys[:500]:
             store.put(key, "u", b"q" * 100)
         assert len(store) == 590
+
+
+_WRITE_MANY = """
+import sys
+from quantum_partitioner import SQLiteStore
+with SQLiteStore(sys.argv[1]) as store:
+    for i in range(200):
+        store.put(b"o" * 28 + i.to_bytes(4, "big"), "other", b"x" * 1000)
+"""
+
+
+def test_a_store_with_a_limit_sees_another_process_s_writes_at_its_next_write(tmp_path):
+    """Another process, without a limit, fills the file far past this store's limit: this
+    store's next write brings it back within the limit (it checked the total only once its
+    own writes added up to the limit, which could be never)."""
+    path = tmp_path / "c.sqlite"
+    with SQLiteStore(path, size_limit=10_000) as store:
+        store.put(b"a" * 32, "u", b"p" * 100)
+        store.flush()
+        subprocess.run([sys.executable, "-c", _WRITE_MANY, str(path)], check=True, timeout=120)
+        assert store.total_size() > 100_000
+        store.put(b"b" * 32, "u", b"p" * 100)
+        store.flush()
+        assert store.total_size() <= 10_000
+        assert store.get(b"b" * 32) == b"p" * 100

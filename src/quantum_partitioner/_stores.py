@@ -45,7 +45,8 @@ nothing about units or pickling: :mod:`._cache` makes the keys and the payloads.
   another process writes meanwhile is recomputed once; an entry it deletes meanwhile may
   still be served (it was valid: keys are content addresses).
 * **LRU.** With ``size_limit`` (bytes of payload), entries least recently read or written
-  are evicted after a write that goes over it. Read times are batched in memory and written
+  are evicted after a write that goes over it (or the first write after another process
+  changed the file, whose writes it cannot count). Read times are batched in memory and written
   by the writer thread every 10,000 reads and after each run (``close``, a listing and an
   eviction write them first), so a hit costs no write transaction and nobody waits for one.
   A batch is stamped with the time it is written, not each read with its own: the order
@@ -690,6 +691,7 @@ class SQLiteStore(CacheStore):
         self._wake = threading.Event()
         self.write_errors = 0
         self._known_total: int | None = None
+        self._summed_version = -1  # PRAGMA data_version when _known_total was summed
         self._indexed = False  # the index on accessed is known to exist (see _evict)
         self._unchecked = 0
         # What prefetch found: key -> its payload, checked, or None when the payload was left
@@ -747,6 +749,7 @@ class SQLiteStore(CacheStore):
             raise
         self._connections.append(connection)
         self._pid = os.getpid()
+        self._summed_version = -1  # each connection counts its own data versions
         return connection
 
     def _new_locks(self) -> None:
@@ -1118,12 +1121,19 @@ class SQLiteStore(CacheStore):
     def _evict(self, connection: sqlite3.Connection, limit: int, keep: bytes, added: int) -> None:
         """Delete least recently used entries while the store is over ``limit`` (in a write).
 
-        The total is summed only when the running estimate says it may be over the limit:
-        writes by other processes are seen at the next check.
+        The total is summed only when the running estimate says it may be over the limit,
+        or another connection (process) changed the file since it was last summed: SQLite's
+        ``data_version`` tells, without reading the file.
         """
         self._unchecked += added
-        if self._known_total is not None and self._known_total + self._unchecked <= limit:
+        (version,) = connection.execute("PRAGMA data_version").fetchone()
+        if (
+            self._known_total is not None
+            and self._known_total + self._unchecked <= limit
+            and version == self._summed_version
+        ):
             return
+        self._summed_version = version
         self._apply_touches(connection)
         (total,) = connection.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()
         if total > limit:
