@@ -441,6 +441,25 @@ def test_closures_are_keyed_as_they_were_when_added_whatever_changes_after(chang
 # -- fork --------------------------------------------------------------------------------------
 
 
+def _fork_and_write(store):
+    """Fork a child that writes ``c`` -> ``yours`` and reads it back; return its pid.
+
+    The child reports through its exit status only (0: done); one that hangs is killed by
+    an alarm, so that the test fails instead of hanging.
+    """
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.alarm(10)
+            store.put(b"c" * 32, "child", b"yours")
+            store.flush()
+            code = 0 if store.get(b"c" * 32) == b"yours" else 2
+        finally:
+            os._exit(code)
+    return pid
+
+
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 @pytest.mark.parametrize("kind", ["sqlite", "memory"])
 def test_a_child_forked_while_another_thread_holds_the_store_s_lock_can_use_it(tmp_path, kind):
@@ -461,16 +480,7 @@ def test_a_child_forked_while_another_thread_holds_the_store_s_lock_can_use_it(t
         committing = threading.Thread(target=commit_under_way)
         committing.start()
         held.wait()
-        pid = os.fork()
-        if pid == 0:  # the child: report through the exit status only
-            code = 1
-            try:
-                signal.alarm(10)  # a child that hangs is killed: the test fails, not hangs
-                store.put(b"c" * 32, "child", b"yours")
-                store.flush()
-                code = 0 if store.get(b"c" * 32) == b"yours" else 2
-            finally:
-                os._exit(code)
+        pid = _fork_and_write(store)
         release.set()
         committing.join()
         _, status = os.waitpid(pid, 0)
@@ -572,3 +582,24 @@ def test_a_store_with_a_limit_sees_another_process_s_writes_at_its_next_write(tm
         store.flush()
         assert store.total_size() <= 10_000
         assert store.get(b"b" * 32) == b"p" * 100
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_store_given_a_relative_path_stays_in_its_file_after_a_change_of_directory(
+    tmp_path, monkeypatch
+):
+    """A relative ``cache_path`` names the file it named when the store was opened: a
+    child forked after the process changed its working directory (a daemon does) writes
+    there, not into a new file beside the new directory."""
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    with SQLiteStore("c.sqlite") as store:
+        store.put(b"p" * 32, "parent", b"mine")
+        store.flush()
+        os.chdir(tmp_path / "second")
+        pid = _fork_and_write(store)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert store.get(b"c" * 32) == b"yours"
+    assert list((tmp_path / "second").iterdir()) == []

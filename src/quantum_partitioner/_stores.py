@@ -641,7 +641,7 @@ class SQLiteStore(CacheStore):
 
     Args:
         path: The database file; created (mode 0o600, parent directories too) if missing.
-            Not a symbolic link.
+            Not a symbolic link. A relative path is taken from the working directory now.
         size_limit: Bytes of payload to keep at most, or None for no limit.
         timeout: Seconds a writer waits for another process's write lock.
 
@@ -663,7 +663,9 @@ class SQLiteStore(CacheStore):
         self, path: str | os.PathLike[str], size_limit: int | None = None, *, timeout: float = 30.0
     ) -> None:
         """Open (or create) the store and check its format."""
-        self.path = Path(path)
+        # Absolute, not resolved (a link is refused, not followed): a connection opened
+        # later (a forked child's) must open this file whatever the working directory then.
+        self.path = Path(path).absolute()
         self.size_limit = _check_limit(size_limit)
         self.corrupt = 0
         self.timeout = timeout
