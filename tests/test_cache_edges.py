@@ -366,6 +366,31 @@ def test_a_run_that_raises_leaves_every_completed_result_in_the_file(tmp_path):
         assert db.execute("SELECT COUNT(*) FROM entries").fetchone() == (101,)
 
 
+@pytest.mark.parametrize("mode", [SEQUENTIAL, THREAD])
+def test_an_interrupted_run_leaves_every_completed_result_in_the_file(tmp_path, mode):
+    """A KeyboardInterrupt halfway through a chain: the results before it are committed
+    by the time it reaches the caller, and no writer thread is left with them queued."""
+    path = tmp_path / "c.sqlite"
+    with SQLiteStore(path) as store:
+        p = CachingQuantumPartitioner(4, mode, cache_store=store)
+
+        def link(ctx, i):
+            if i == 30:
+                raise KeyboardInterrupt
+            return i
+
+        for i in range(60):
+            before = [f"u{i - 1}"] if i else []
+            p.add_unit(
+                functools.partial(link, i=i), before, name=f"u{i}", metadata={"cacheable": True}
+            )
+        with pytest.raises(KeyboardInterrupt):
+            p.execute()
+        assert not store._queued
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            assert db.execute("SELECT COUNT(*) FROM entries").fetchone() == (30,)
+
+
 # -- closures whose cells change after add_unit ------------------------------------------------
 
 
