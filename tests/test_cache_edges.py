@@ -77,6 +77,22 @@ def test_a_database_with_a_meta_table_of_its_own_is_not_taken_for_a_store(tmp_pa
     assert _journal_mode(path) == "delete"
 
 
+def test_a_store_of_another_format_version_is_refused_before_anything_is_written(tmp_path):
+    """A store of a format this version does not read (a later one, which may lay out its
+    tables and journal otherwise) is refused before anything changes it: no ``entries``
+    table is added, its journal mode is not switched to WAL."""
+    path = tmp_path / "later.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO meta VALUES ('format_version', '99')")
+        db.execute("CREATE TABLE results (key BLOB PRIMARY KEY, payload BLOB)")
+    path.chmod(0o600)
+    with pytest.raises(ValueError, match="format version 99"):
+        SQLiteStore(path, size_limit=1000)
+    assert _tables(path) == {"meta", "results"}
+    assert _journal_mode(path) == "delete"
+
+
 @pytest.mark.parametrize("content", [b"x", b"\n"])
 def test_a_one_byte_file_is_refused_not_overwritten(tmp_path, content):
     """SQLite reads a file of one byte as an empty database; it is not one, and is left as

@@ -764,14 +764,14 @@ class SQLiteStore(CacheStore):
         try:
             connection.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             # Before anything is written: switching to WAL is a lasting change to the file.
-            self._refuse_foreign(connection)
+            self._stored_version(connection)
             # Only a new (empty) file takes it: an existing one keeps its page size.
             connection.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
             self._enable_wal(connection)
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.execute("BEGIN IMMEDIATE")
             try:
-                version = self._check_or_create(connection)
+                self._check_or_create(connection)
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
@@ -789,12 +789,6 @@ class SQLiteStore(CacheStore):
             raise ValueError(
                 f"{str(self.path)!r} is not a quantum-partitioner cache store ({error})"
             ) from error
-        if version != str(FORMAT_VERSION):
-            raise ValueError(
-                f"cache store {str(self.path)!r} has format version {version}; this version of "
-                f"quantum-partitioner reads version {FORMAT_VERSION}. Use another cache_path, "
-                "or delete the file (its results will be recomputed)."
-            )
 
     def _unusable(self, error: sqlite3.Error) -> OSError:
         """An ``OSError`` naming the path, for a SQLite error that means it cannot be used."""
@@ -826,46 +820,55 @@ class SQLiteStore(CacheStore):
             else:
                 return
 
-    def _refuse_foreign(self, connection: sqlite3.Connection) -> None:
-        """Raise ValueError if the file is a SQLite database other than a store (or new).
+    def _stored_version(self, connection: sqlite3.Connection) -> str | None:
+        """The file's format version (None: a new file), if it is one this version reads.
 
         A store has a ``meta`` table with its format version from the transaction that made
         it; a ``meta`` table without one is another application's.
+
+        Raises:
+            ValueError: The file is a SQLite database other than a store, or a store of a
+                format version other than 1, 2 or 3.
         """
         tables = {
             row[0]
             for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
         if not tables:
-            return
+            return None
+        row = None
         if "meta" in tables:
-            try:
-                query = "SELECT 1 FROM meta WHERE key = 'format_version'"
-                if connection.execute(query).fetchone() is not None:
-                    return
-            except sqlite3.OperationalError:  # a meta table of another shape
-                pass
-        raise ValueError(
-            f"{str(self.path)!r} is a SQLite database but not a quantum-partitioner cache "
-            f"store (it has tables {sorted(tables)}); use another cache_path"
-        )
-
-    def _check_or_create(self, connection: sqlite3.Connection) -> str:
-        self._refuse_foreign(connection)  # again: another process may have made it meanwhile
-        for statement in _SCHEMA:
-            connection.execute(statement)
-        connection.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('format_version', ?)",
-            (str(FORMAT_VERSION),),
-        )
-        row = connection.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()
-        version = "missing" if row is None else str(row[0])
-        if version in {"1", "2"}:
-            _upgrade(connection, version)
-            version = str(FORMAT_VERSION)
-        if self.size_limit is not None and version == str(FORMAT_VERSION):
-            self._index_for_eviction(connection)
+            with contextlib.suppress(sqlite3.OperationalError):  # a meta of another shape
+                query = "SELECT value FROM meta WHERE key = 'format_version'"
+                row = connection.execute(query).fetchone()
+        if row is None:
+            raise ValueError(
+                f"{str(self.path)!r} is a SQLite database but not a quantum-partitioner cache "
+                f"store (it has tables {sorted(tables)}); use another cache_path"
+            )
+        version = str(row[0])
+        if version not in {"1", "2", str(FORMAT_VERSION)}:
+            raise ValueError(
+                f"cache store {str(self.path)!r} has format version {version}; this version of "
+                f"quantum-partitioner reads version {FORMAT_VERSION}. Use another cache_path, "
+                "or delete the file (its results will be recomputed)."
+            )
         return version
+
+    def _check_or_create(self, connection: sqlite3.Connection) -> None:
+        # Again, in the write transaction: another process may have made it meanwhile.
+        version = self._stored_version(connection)
+        for statement in _SCHEMA:  # (a table dropped by hand is made again)
+            connection.execute(statement)
+        if version is None:
+            connection.execute(
+                "INSERT INTO meta (key, value) VALUES ('format_version', ?)",
+                (str(FORMAT_VERSION),),
+            )
+        elif version in {"1", "2"}:
+            _upgrade(connection, version)
+        if self.size_limit is not None:
+            self._index_for_eviction(connection)
 
     def _index_for_eviction(self, connection: sqlite3.Connection) -> None:
         """Make the index on ``accessed`` that eviction reads, if no store made it yet.
