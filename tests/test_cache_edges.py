@@ -43,16 +43,22 @@ def _tables(path):
         return {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
+def _database(path, *statements):
+    """A SQLite database at ``path`` (owner only, as a store's file is) made by ``statements``."""
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        for statement in statements:
+            db.execute(statement)
+    path.chmod(0o600)
+    return path
+
+
 # -- files that are not stores ----------------------------------------------------------------
 
 
 def test_a_database_refused_as_not_a_store_keeps_its_journal_mode(tmp_path):
     """Someone else's SQLite database is refused before anything changes it: its journal
     mode is not switched to WAL (a lasting change to the file), no -wal file is made."""
-    path = tmp_path / "app.sqlite"
-    with contextlib.closing(sqlite3.connect(path)) as db, db:
-        db.execute("CREATE TABLE users (name TEXT)")
-    path.chmod(0o600)
+    path = _database(tmp_path / "app.sqlite", "CREATE TABLE users (name TEXT)")
     with pytest.raises(ValueError, match=r"not a quantum-partitioner cache.*users"):
         SQLiteStore(path)
     assert _journal_mode(path) == "delete"
@@ -63,12 +69,12 @@ def test_a_database_with_a_meta_table_of_its_own_is_not_taken_for_a_store(tmp_pa
     """A database with a ``meta (key, value)`` table (a common name) but no format version
     in it is not a store: it is refused, and gets neither an ``entries`` table nor a
     version."""
-    path = tmp_path / "app.sqlite"
-    with contextlib.closing(sqlite3.connect(path)) as db, db:
-        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
-        db.execute("INSERT INTO meta VALUES ('app', 'mine')")
-        db.execute("CREATE TABLE users (name TEXT)")
-    path.chmod(0o600)
+    path = _database(
+        tmp_path / "app.sqlite",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
+        "INSERT INTO meta VALUES ('app', 'mine')",
+        "CREATE TABLE users (name TEXT)",
+    )
     with pytest.raises(ValueError, match=r"not a quantum-partitioner cache.*meta.*users"):
         SQLiteStore(path)
     assert _tables(path) == {"meta", "users"}
@@ -81,12 +87,12 @@ def test_a_store_of_another_format_version_is_refused_before_anything_is_written
     """A store of a format this version does not read (a later one, which may lay out its
     tables and journal otherwise) is refused before anything changes it: no ``entries``
     table is added, its journal mode is not switched to WAL."""
-    path = tmp_path / "later.sqlite"
-    with contextlib.closing(sqlite3.connect(path)) as db, db:
-        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        db.execute("INSERT INTO meta VALUES ('format_version', '99')")
-        db.execute("CREATE TABLE results (key BLOB PRIMARY KEY, payload BLOB)")
-    path.chmod(0o600)
+    path = _database(
+        tmp_path / "later.sqlite",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "INSERT INTO meta VALUES ('format_version', '99')",
+        "CREATE TABLE results (key BLOB PRIMARY KEY, payload BLOB)",
+    )
     with pytest.raises(ValueError, match="format version 99"):
         SQLiteStore(path, size_limit=1000)
     assert _tables(path) == {"meta", "results"}
