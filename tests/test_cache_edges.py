@@ -27,6 +27,7 @@ from quantum_partitioner import (
     MemoryStore,
     SQLiteStore,
     _fingerprint,
+    _stores,
 )
 
 SEQUENTIAL = ExecutionMode.SEQUENTIAL
@@ -386,6 +387,38 @@ def test_a_run_that_raises_leaves_every_completed_result_in_the_file(tmp_path):
     store.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT COUNT(*) FROM entries").fetchone() == (101,)
+
+
+def test_a_commit_that_fails_unexpectedly_leaves_the_writer_thread_committing(
+    tmp_path, monkeypatch, caplog
+):
+    """A batch whose commit fails in an unexpected way (out of memory) is counted and
+    logged like any failed write, and the writer thread goes on committing the next ones
+    within its bound (it died, and nothing more was committed until the run's end)."""
+    path = tmp_path / "c.sqlite"
+    real = _stores._insert
+    calls = []
+
+    def failing_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError
+        real(*args)
+
+    monkeypatch.setattr(_stores, "_insert", failing_once)
+    with SQLiteStore(path) as store:
+        store.put(b"a" * 32, "u", b"lost")
+        deadline = time.monotonic() + 30
+        while not calls:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        store.put(b"b" * 32, "u", b"kept")
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            while db.execute("SELECT COUNT(*) FROM entries").fetchone() != (1,):
+                assert time.monotonic() < deadline  # committed by the writer, not at flush
+                time.sleep(0.001)
+        assert store.write_errors == 1
+    assert "could not write 1 results" in caplog.text
 
 
 @pytest.mark.parametrize("mode", [SEQUENTIAL, THREAD])

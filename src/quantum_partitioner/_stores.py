@@ -1112,7 +1112,7 @@ class SQLiteStore(CacheStore):
                     if limit is not None:
                         added = sum(map(len, batch.values()))
                         self._evict(connection, limit, next(reversed(batch)), added)
-            except (sqlite3.Error, OSError, ValueError) as error:
+            except Exception as error:  # any: the writer thread must live on (out of memory)
                 self.write_errors += len(batch)
                 LOGGER.warning(
                     "cache store %s: could not write %d results (they will be recomputed): %s",
