@@ -389,14 +389,17 @@ def test_a_run_that_raises_leaves_every_completed_result_in_the_file(tmp_path):
         assert db.execute("SELECT COUNT(*) FROM entries").fetchone() == (101,)
 
 
-def test_a_commit_that_fails_unexpectedly_leaves_the_writer_thread_committing(
-    tmp_path, monkeypatch, caplog
+@pytest.mark.parametrize("failing", ["results", "read times"])
+def test_a_write_that_fails_unexpectedly_leaves_the_writer_thread_committing(
+    tmp_path, monkeypatch, caplog, failing
 ):
-    """A batch whose commit fails in an unexpected way (out of memory) is counted and
-    logged like any failed write, and the writer thread goes on committing the next ones
-    within its bound (it died, and nothing more was committed until the run's end)."""
+    """A batch of results, or of read times, whose write fails in an unexpected way (out
+    of memory) is logged and counted like any failed write (read times, hints, are
+    dropped), and the writer thread goes on committing the next results within its bound
+    (it died, and nothing more was committed until the run's end)."""
     path = tmp_path / "c.sqlite"
-    real = _stores._insert
+    owner, name = (_stores, "_insert") if failing == "results" else (SQLiteStore, "_apply_touches")
+    real = getattr(owner, name)
     calls = []
 
     def failing_once(*args):
@@ -405,20 +408,25 @@ def test_a_commit_that_fails_unexpectedly_leaves_the_writer_thread_committing(
             raise MemoryError
         real(*args)
 
-    monkeypatch.setattr(_stores, "_insert", failing_once)
+    monkeypatch.setattr(owner, name, failing_once)
     with SQLiteStore(path) as store:
-        store.put(b"a" * 32, "u", b"lost")
+        store.put(b"a" * 32, "u", b"first")
+        if failing == "read times":
+            store.flush()
+            assert store.get(b"a" * 32) == b"first"
+            store.flush()  # hands the read time over to the writer thread
         deadline = time.monotonic() + 30
         while not calls:
             assert time.monotonic() < deadline
             time.sleep(0.001)
         store.put(b"b" * 32, "u", b"kept")
         with contextlib.closing(sqlite3.connect(path)) as db:
-            while db.execute("SELECT COUNT(*) FROM entries").fetchone() != (1,):
-                assert time.monotonic() < deadline  # committed by the writer, not at flush
+            kept = [b"b" * 32] if failing == "results" else [b"a" * 32, b"b" * 32]
+            while [key for (key,) in db.execute("SELECT key FROM entries ORDER BY key")] != kept:
+                assert time.monotonic() < deadline  # committed by the writer, not at close
                 time.sleep(0.001)
-        assert store.write_errors == 1
-    assert "could not write 1 results" in caplog.text
+        assert store.write_errors == (failing == "results")
+    assert ("could not write 1 results" if failing == "results" else "read times") in caplog.text
 
 
 @pytest.mark.parametrize("mode", [SEQUENTIAL, THREAD])

@@ -1244,7 +1244,7 @@ class SQLiteStore(CacheStore):
         try:
             with _Transaction(connection):
                 self._apply_touches(connection)
-        except sqlite3.Error as error:  # read times are a hint: never fail a lookup for them
+        except Exception as error:  # read times are a hint: never fail a lookup for them
             LOGGER.warning("cache store %s: could not record read times: %s", self.path, error)
             self._touched = []
 
