@@ -11,6 +11,7 @@ import contextlib
 import functools
 import math
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from quantum_partitioner import (
     MemoryStore,
     SQLiteStore,
     _fingerprint,
+    _stores,
 )
 
 SEQUENTIAL = ExecutionMode.SEQUENTIAL
@@ -42,16 +44,22 @@ def _tables(path):
         return {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
+def _database(path, *statements):
+    """A SQLite database at ``path`` (owner only, as a store's file is) made by ``statements``."""
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        for statement in statements:
+            db.execute(statement)
+    path.chmod(0o600)
+    return path
+
+
 # -- files that are not stores ----------------------------------------------------------------
 
 
 def test_a_database_refused_as_not_a_store_keeps_its_journal_mode(tmp_path):
     """Someone else's SQLite database is refused before anything changes it: its journal
     mode is not switched to WAL (a lasting change to the file), no -wal file is made."""
-    path = tmp_path / "app.sqlite"
-    with contextlib.closing(sqlite3.connect(path)) as db, db:
-        db.execute("CREATE TABLE users (name TEXT)")
-    path.chmod(0o600)
+    path = _database(tmp_path / "app.sqlite", "CREATE TABLE users (name TEXT)")
     with pytest.raises(ValueError, match=r"not a quantum-partitioner cache.*users"):
         SQLiteStore(path)
     assert _journal_mode(path) == "delete"
@@ -62,17 +70,33 @@ def test_a_database_with_a_meta_table_of_its_own_is_not_taken_for_a_store(tmp_pa
     """A database with a ``meta (key, value)`` table (a common name) but no format version
     in it is not a store: it is refused, and gets neither an ``entries`` table nor a
     version."""
-    path = tmp_path / "app.sqlite"
-    with contextlib.closing(sqlite3.connect(path)) as db, db:
-        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
-        db.execute("INSERT INTO meta VALUES ('app', 'mine')")
-        db.execute("CREATE TABLE users (name TEXT)")
-    path.chmod(0o600)
+    path = _database(
+        tmp_path / "app.sqlite",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
+        "INSERT INTO meta VALUES ('app', 'mine')",
+        "CREATE TABLE users (name TEXT)",
+    )
     with pytest.raises(ValueError, match=r"not a quantum-partitioner cache.*meta.*users"):
         SQLiteStore(path)
     assert _tables(path) == {"meta", "users"}
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT * FROM meta").fetchall() == [("app", "mine")]
+    assert _journal_mode(path) == "delete"
+
+
+def test_a_store_of_another_format_version_is_refused_before_anything_is_written(tmp_path):
+    """A store of a format this version does not read (a later one, which may lay out its
+    tables and journal otherwise) is refused before anything changes it: no ``entries``
+    table is added, its journal mode is not switched to WAL."""
+    path = _database(
+        tmp_path / "later.sqlite",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "INSERT INTO meta VALUES ('format_version', '99')",
+        "CREATE TABLE results (key BLOB PRIMARY KEY, payload BLOB)",
+    )
+    with pytest.raises(ValueError, match="format version 99"):
+        SQLiteStore(path, size_limit=1000)
+    assert _tables(path) == {"meta", "results"}
     assert _journal_mode(path) == "delete"
 
 
@@ -365,6 +389,71 @@ def test_a_run_that_raises_leaves_every_completed_result_in_the_file(tmp_path):
         assert db.execute("SELECT COUNT(*) FROM entries").fetchone() == (101,)
 
 
+@pytest.mark.parametrize("failing", ["results", "read times"])
+def test_a_write_that_fails_unexpectedly_leaves_the_writer_thread_committing(
+    tmp_path, monkeypatch, caplog, failing
+):
+    """A batch of results, or of read times, whose write fails in an unexpected way (out
+    of memory) is logged and counted like any failed write (read times, hints, are
+    dropped), and the writer thread goes on committing the next results within its bound
+    (it died, and nothing more was committed until the run's end)."""
+    path = tmp_path / "c.sqlite"
+    owner, name = (_stores, "_insert") if failing == "results" else (SQLiteStore, "_apply_touches")
+    real = getattr(owner, name)
+    calls = []
+
+    def failing_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError
+        real(*args)
+
+    monkeypatch.setattr(owner, name, failing_once)
+    with SQLiteStore(path) as store:
+        store.put(b"a" * 32, "u", b"first")
+        if failing == "read times":
+            store.flush()
+            assert store.get(b"a" * 32) == b"first"
+            store.flush()  # hands the read time over to the writer thread
+        deadline = time.monotonic() + 30
+        while not calls:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        store.put(b"b" * 32, "u", b"kept")
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            kept = [b"b" * 32] if failing == "results" else [b"a" * 32, b"b" * 32]
+            while [key for (key,) in db.execute("SELECT key FROM entries ORDER BY key")] != kept:
+                assert time.monotonic() < deadline  # committed by the writer, not at close
+                time.sleep(0.001)
+        assert store.write_errors == (failing == "results")
+    assert ("could not write 1 results" if failing == "results" else "read times") in caplog.text
+
+
+@pytest.mark.parametrize("mode", [SEQUENTIAL, THREAD])
+def test_an_interrupted_run_leaves_every_completed_result_in_the_file(tmp_path, mode):
+    """A KeyboardInterrupt halfway through a chain: the results before it are committed
+    by the time it reaches the caller, and no writer thread is left with them queued."""
+    path = tmp_path / "c.sqlite"
+    with SQLiteStore(path) as store:
+        p = CachingQuantumPartitioner(4, mode, cache_store=store)
+
+        def link(ctx, i):
+            if i == 30:
+                raise KeyboardInterrupt
+            return i
+
+        for i in range(60):
+            before = [f"u{i - 1}"] if i else []
+            p.add_unit(
+                functools.partial(link, i=i), before, name=f"u{i}", metadata={"cacheable": True}
+            )
+        with pytest.raises(KeyboardInterrupt):
+            p.execute()
+        assert not store._queued
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            assert db.execute("SELECT COUNT(*) FROM entries").fetchone() == (30,)
+
+
 # -- closures whose cells change after add_unit ------------------------------------------------
 
 
@@ -435,3 +524,170 @@ def test_closures_are_keyed_as_they_were_when_added_whatever_changes_after(chang
     assert keyed == when_added
     assert len(set(keyed)) == len(starts)
     assert p._function_fingerprint(p.units["partial"]) == partial_when_added
+
+
+# -- fork --------------------------------------------------------------------------------------
+
+
+def _fork_and_write(store):
+    """Fork a child that writes ``c`` -> ``yours`` and reads it back; return its pid.
+
+    The child reports through its exit status only (0: done); one that hangs is killed by
+    an alarm, so that the test fails instead of hanging.
+    """
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.alarm(10)
+            store.put(b"c" * 32, "child", b"yours")
+            store.flush()
+            code = 0 if store.get(b"c" * 32) == b"yours" else 2
+        finally:
+            os._exit(code)
+    return pid
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_a_child_forked_while_another_thread_holds_the_store_s_lock_can_use_it(tmp_path, kind):
+    """A fork while another thread holds the store's lock (the writer thread, committing a
+    batch; a lookup on a MemoryStore) must not leave the child a lock nobody will ever let
+    go of: the child writes and reads (it hung at its first write)."""
+    store = SQLiteStore(tmp_path / "c.sqlite") if kind == "sqlite" else MemoryStore()
+    with store:
+        store.put(b"p" * 32, "parent", b"mine")
+        store.flush()
+        held, release = threading.Event(), threading.Event()
+
+        def commit_under_way():
+            with store._lock:  # as _commit_queued or a lookup holds it
+                held.set()
+                release.wait()
+
+        committing = threading.Thread(target=commit_under_way)
+        committing.start()
+        held.wait()
+        pid = _fork_and_write(store)
+        release.set()
+        committing.join()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert store.get(b"p" * 32) == b"mine"
+
+
+# -- a full disk -------------------------------------------------------------------------------
+
+# Runs a cached graph whose results no longer fit in the file (a file size limit stands for
+# a full disk: writes past it fail, as they do with ENOSPC), twice.
+_RUN_ON_A_FULL_DISK = """
+import os, resource, signal, sys
+from quantum_partitioner import CachingQuantumPartitioner, ExecutionMode
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG)
+path = sys.argv[1]
+p = CachingQuantumPartitioner(4, ExecutionMode.THREAD, cache_path=path)
+p.add_unit(lambda ctx: "small", name="small", metadata={"cacheable": True})
+p.execute()
+room = os.path.getsize(path) + os.path.getsize(path + "-wal") + 8_000  # no 16 KiB page more
+resource.setrlimit(resource.RLIMIT_FSIZE, (room, room))
+for i in range(20):
+    p.add_unit(lambda ctx, i=i: bytes([i]) * 100_000, name=f"big{i}", metadata={"cacheable": True})
+first = p.execute()
+expected = {"small": "small", **{f"big{i}": bytes([i]) * 100_000 for i in range(20)}}
+assert first == p.execute() == expected
+stats = p.cache_stats()
+print(stats.hits, stats.errors > 0, stats.entries)
+"""
+
+
+def test_a_full_disk_fails_no_run_and_leaves_the_file_whole(tmp_path):
+    """Results that no longer fit are not stored (logged, counted as errors); the runs
+    return every result, and the file keeps what it held, intact."""
+    path = tmp_path / "c.sqlite"
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN_ON_A_FULL_DISK, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "2 True 1\n"  # "small" served by both runs; nothing else stored
+    assert "could not write" in done.stderr
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    with SQLiteStore(path) as store:
+        assert [entry.unit for entry in store.entries()] == ["small"]
+
+
+# -- a size limit set on a store made without one, and the reverse ----------------------------
+
+
+def test_a_limit_given_to_a_store_made_without_one_evicts_the_least_recently_used(tmp_path):
+    """A store filled without a limit, then opened with one: the first write evicts down
+    to the limit, least recently used first (entries read in this process count as used);
+    opened without a limit again, it grows past the old limit, keeping every entry."""
+    path = tmp_path / "c.sqlite"
+    keys = [i.to_bytes(32, "big") for i in range(1000)]
+    with SQLiteStore(path) as store:
+        for key in keys:
+            store.put(key, "u", b"p" * 100)
+    time.sleep(0.01)  # the clock moves on between the writes and the reads
+    with SQLiteStore(path, size_limit=100 * 100) as store:
+        assert len(store) == 1000  # nothing is evicted before a write
+        assert all(store.get(key) == b"p" * 100 for key in keys[:10])  # the oldest, read
+        store.put(b"n" * 32, "u", b"p" * 100)
+        kept = {bytes.fromhex(entry.key) for entry in store.entries()}
+    assert len(kept) == 100
+    assert kept >= {*keys[:10], b"n" * 32}
+    assert kept - {*keys[:10], b"n" * 32} == set(keys[-89:])  # then the newest
+    with SQLiteStore(path) as store:
+        for key in keys[:500]:
+            store.put(key, "u", b"q" * 100)
+        assert len(store) == 590
+
+
+_WRITE_MANY = """
+import sys
+from quantum_partitioner import SQLiteStore
+with SQLiteStore(sys.argv[1]) as store:
+    for i in range(200):
+        store.put(b"o" * 28 + i.to_bytes(4, "big"), "other", b"x" * 1000)
+"""
+
+
+def test_a_store_with_a_limit_sees_another_process_s_writes_at_its_next_write(tmp_path):
+    """Another process, without a limit, fills the file far past this store's limit: this
+    store's next write brings it back within the limit (it checked the total only once its
+    own writes added up to the limit, which could be never)."""
+    path = tmp_path / "c.sqlite"
+    with SQLiteStore(path, size_limit=10_000) as store:
+        store.put(b"a" * 32, "u", b"p" * 100)
+        store.flush()
+        subprocess.run([sys.executable, "-c", _WRITE_MANY, str(path)], check=True, timeout=120)
+        assert store.total_size() > 100_000
+        store.put(b"b" * 32, "u", b"p" * 100)
+        store.flush()
+        assert store.total_size() <= 10_000
+        assert store.get(b"b" * 32) == b"p" * 100
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_store_given_a_relative_path_stays_in_its_file_after_a_change_of_directory(
+    tmp_path, monkeypatch
+):
+    """A relative ``cache_path`` names the file it named when the store was opened: a
+    child forked after the process changed its working directory (a daemon does) writes
+    there, not into a new file beside the new directory."""
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    with SQLiteStore("c.sqlite") as store:
+        store.put(b"p" * 32, "parent", b"mine")
+        store.flush()
+        os.chdir(tmp_path / "second")
+        pid = _fork_and_write(store)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert store.get(b"c" * 32) == b"yours"
+    assert list((tmp_path / "second").iterdir()) == []

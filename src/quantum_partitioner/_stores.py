@@ -45,14 +45,15 @@ nothing about units or pickling: :mod:`._cache` makes the keys and the payloads.
   another process writes meanwhile is recomputed once; an entry it deletes meanwhile may
   still be served (it was valid: keys are content addresses).
 * **LRU.** With ``size_limit`` (bytes of payload), entries least recently read or written
-  are evicted after a write that goes over it. Read times are batched in memory and written
+  are evicted after a write that goes over it (or the first write after another process
+  changed the file, whose writes it cannot count). Read times are batched in memory and written
   by the writer thread every 10,000 reads and after each run (``close``, a listing and an
   eviction write them first), so a hit costs no write transaction and nobody waits for one.
   A batch is stamped with the time it is written, not each read with its own: the order
   between runs is what eviction needs, and a hit then reads no clock.
 
 State: one connection per store and per process (reopened after a fork), guarded by a lock,
-since lookups come from several threads at once.
+since lookups come from several threads at once; a forked child makes its stores' locks anew.
 """
 
 from __future__ import annotations
@@ -141,6 +142,12 @@ _this_process = os.getpid()
 def _note_fork() -> None:
     global _this_process  # noqa: PLW0603 - one process id, read on every write
     _this_process = os.getpid()
+    # Locks of their own: the thread that held one at the fork (a writer thread committing,
+    # a lookup under way) does not exist in the child, and would never let go of it.
+    for store in list(_LIVE_STORES):
+        store._new_locks()
+    for memory in list(_MEMORY_STORES.values()):
+        memory._new_locks()
 
 
 os.register_at_fork(after_in_child=_note_fork)
@@ -403,6 +410,10 @@ class _MemoryEntry:
         self.accessed = now
 
 
+# The MemoryStores of this process, for _note_fork.
+_MEMORY_STORES: weakref.WeakValueDictionary[int, MemoryStore] = weakref.WeakValueDictionary()
+
+
 class MemoryStore(CacheStore):
     """Entries in a dict, for the life of the process (the default store).
 
@@ -421,6 +432,11 @@ class MemoryStore(CacheStore):
         self.corrupt = 0
         self._entries: OrderedDict[bytes, _MemoryEntry] = OrderedDict()  # oldest use first
         self._total = 0
+        self._lock = threading.Lock()
+        _MEMORY_STORES[id(self)] = self  # by id: a subclass need not be hashable
+
+    def _new_locks(self) -> None:
+        """In a forked child: a lock of its own (see _note_fork)."""
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -625,7 +641,7 @@ class SQLiteStore(CacheStore):
 
     Args:
         path: The database file; created (mode 0o600, parent directories too) if missing.
-            Not a symbolic link.
+            Not a symbolic link. A relative path is taken from the working directory now.
         size_limit: Bytes of payload to keep at most, or None for no limit.
         timeout: Seconds a writer waits for another process's write lock.
 
@@ -647,7 +663,9 @@ class SQLiteStore(CacheStore):
         self, path: str | os.PathLike[str], size_limit: int | None = None, *, timeout: float = 30.0
     ) -> None:
         """Open (or create) the store and check its format."""
-        self.path = Path(path)
+        # Absolute, not resolved (a link is refused, not followed): a connection opened
+        # later (a forked child's) must open this file whatever the working directory then.
+        self.path = Path(path).absolute()
         self.size_limit = _check_limit(size_limit)
         self.corrupt = 0
         self.timeout = timeout
@@ -675,6 +693,7 @@ class SQLiteStore(CacheStore):
         self._wake = threading.Event()
         self.write_errors = 0
         self._known_total: int | None = None
+        self._summed_version = -1  # PRAGMA data_version when _known_total was summed
         self._indexed = False  # the index on accessed is known to exist (see _evict)
         self._unchecked = 0
         # What prefetch found: key -> its payload, checked, or None when the payload was left
@@ -708,8 +727,6 @@ class SQLiteStore(CacheStore):
             self._touched.clear()
             self._forget_prefetched()
             # The parent commits its own queue; the child has no writer thread.
-            self._queue_mutex = threading.Lock()
-            self._wake = threading.Event()
             self._queued = {}
             self._queued_units = {}
             self._writer = None
@@ -734,20 +751,27 @@ class SQLiteStore(CacheStore):
             raise
         self._connections.append(connection)
         self._pid = os.getpid()
+        self._summed_version = -1  # each connection counts its own data versions
         return connection
+
+    def _new_locks(self) -> None:
+        """In a forked child: locks of its own (see _note_fork)."""
+        self._lock = threading.RLock()
+        self._queue_mutex = threading.Lock()
+        self._wake = threading.Event()
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
         try:
             connection.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             # Before anything is written: switching to WAL is a lasting change to the file.
-            self._refuse_foreign(connection)
+            self._stored_version(connection)
             # Only a new (empty) file takes it: an existing one keeps its page size.
             connection.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
             self._enable_wal(connection)
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.execute("BEGIN IMMEDIATE")
             try:
-                version = self._check_or_create(connection)
+                self._check_or_create(connection)
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
@@ -765,12 +789,6 @@ class SQLiteStore(CacheStore):
             raise ValueError(
                 f"{str(self.path)!r} is not a quantum-partitioner cache store ({error})"
             ) from error
-        if version != str(FORMAT_VERSION):
-            raise ValueError(
-                f"cache store {str(self.path)!r} has format version {version}; this version of "
-                f"quantum-partitioner reads version {FORMAT_VERSION}. Use another cache_path, "
-                "or delete the file (its results will be recomputed)."
-            )
 
     def _unusable(self, error: sqlite3.Error) -> OSError:
         """An ``OSError`` naming the path, for a SQLite error that means it cannot be used."""
@@ -802,46 +820,55 @@ class SQLiteStore(CacheStore):
             else:
                 return
 
-    def _refuse_foreign(self, connection: sqlite3.Connection) -> None:
-        """Raise ValueError if the file is a SQLite database other than a store (or new).
+    def _stored_version(self, connection: sqlite3.Connection) -> str | None:
+        """The file's format version (None: a new file), if it is one this version reads.
 
         A store has a ``meta`` table with its format version from the transaction that made
         it; a ``meta`` table without one is another application's.
+
+        Raises:
+            ValueError: The file is a SQLite database other than a store, or a store of a
+                format version other than 1, 2 or 3.
         """
         tables = {
             row[0]
             for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
         if not tables:
-            return
+            return None
+        row = None
         if "meta" in tables:
-            try:
-                query = "SELECT 1 FROM meta WHERE key = 'format_version'"
-                if connection.execute(query).fetchone() is not None:
-                    return
-            except sqlite3.OperationalError:  # a meta table of another shape
-                pass
-        raise ValueError(
-            f"{str(self.path)!r} is a SQLite database but not a quantum-partitioner cache "
-            f"store (it has tables {sorted(tables)}); use another cache_path"
-        )
-
-    def _check_or_create(self, connection: sqlite3.Connection) -> str:
-        self._refuse_foreign(connection)  # again: another process may have made it meanwhile
-        for statement in _SCHEMA:
-            connection.execute(statement)
-        connection.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('format_version', ?)",
-            (str(FORMAT_VERSION),),
-        )
-        row = connection.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()
-        version = "missing" if row is None else str(row[0])
-        if version in {"1", "2"}:
-            _upgrade(connection, version)
-            version = str(FORMAT_VERSION)
-        if self.size_limit is not None and version == str(FORMAT_VERSION):
-            self._index_for_eviction(connection)
+            with contextlib.suppress(sqlite3.OperationalError):  # a meta of another shape
+                query = "SELECT value FROM meta WHERE key = 'format_version'"
+                row = connection.execute(query).fetchone()
+        if row is None:
+            raise ValueError(
+                f"{str(self.path)!r} is a SQLite database but not a quantum-partitioner cache "
+                f"store (it has tables {sorted(tables)}); use another cache_path"
+            )
+        version = str(row[0])
+        if version not in {"1", "2", str(FORMAT_VERSION)}:
+            raise ValueError(
+                f"cache store {str(self.path)!r} has format version {version}; this version of "
+                f"quantum-partitioner reads version {FORMAT_VERSION}. Use another cache_path, "
+                "or delete the file (its results will be recomputed)."
+            )
         return version
+
+    def _check_or_create(self, connection: sqlite3.Connection) -> None:
+        # Again, in the write transaction: another process may have made it meanwhile.
+        version = self._stored_version(connection)
+        for statement in _SCHEMA:  # (a table dropped by hand is made again)
+            connection.execute(statement)
+        if version is None:
+            connection.execute(
+                "INSERT INTO meta (key, value) VALUES ('format_version', ?)",
+                (str(FORMAT_VERSION),),
+            )
+        elif version in {"1", "2"}:
+            _upgrade(connection, version)
+        if self.size_limit is not None:
+            self._index_for_eviction(connection)
 
     def _index_for_eviction(self, connection: sqlite3.Connection) -> None:
         """Make the index on ``accessed`` that eviction reads, if no store made it yet.
@@ -1085,7 +1112,7 @@ class SQLiteStore(CacheStore):
                     if limit is not None:
                         added = sum(map(len, batch.values()))
                         self._evict(connection, limit, next(reversed(batch)), added)
-            except (sqlite3.Error, OSError, ValueError) as error:
+            except Exception as error:  # any: the writer thread must live on (out of memory)
                 self.write_errors += len(batch)
                 LOGGER.warning(
                     "cache store %s: could not write %d results (they will be recomputed): %s",
@@ -1099,12 +1126,19 @@ class SQLiteStore(CacheStore):
     def _evict(self, connection: sqlite3.Connection, limit: int, keep: bytes, added: int) -> None:
         """Delete least recently used entries while the store is over ``limit`` (in a write).
 
-        The total is summed only when the running estimate says it may be over the limit:
-        writes by other processes are seen at the next check.
+        The total is summed only when the running estimate says it may be over the limit,
+        or another connection (process) changed the file since it was last summed: SQLite's
+        ``data_version`` tells, without reading the file.
         """
         self._unchecked += added
-        if self._known_total is not None and self._known_total + self._unchecked <= limit:
+        (version,) = connection.execute("PRAGMA data_version").fetchone()
+        if (
+            self._known_total is not None
+            and self._known_total + self._unchecked <= limit
+            and version == self._summed_version
+        ):
             return
+        self._summed_version = version
         self._apply_touches(connection)
         (total,) = connection.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()
         if total > limit:
@@ -1210,7 +1244,7 @@ class SQLiteStore(CacheStore):
         try:
             with _Transaction(connection):
                 self._apply_touches(connection)
-        except sqlite3.Error as error:  # read times are a hint: never fail a lookup for them
+        except Exception as error:  # read times are a hint: never fail a lookup for them
             LOGGER.warning("cache store %s: could not record read times: %s", self.path, error)
             self._touched = []
 
