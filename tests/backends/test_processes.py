@@ -360,6 +360,41 @@ def test_what_a_worker_writes_while_it_starts_still_reaches_stderr(tmp_path, mon
     assert "site says hello" in capfd.readouterr().err
 
 
+def _boot_modules_as_imported(ctx):
+    modules = [sys.modules[name] for name in processes._BOOT_MODULES]
+    package = modules[0]
+    return [
+        [m.__name__, m.__file__, m.__spec__.origin, m.__cached__, m.__package__] for m in modules
+    ] + [package.__path__, type(package.__loader__).__name__, package._context is modules[1]]
+
+
+def test_workers_run_the_package_from_the_code_the_parent_sends(monkeypatch, capfd):
+    """A worker starts from the code of the package's modules that the driver sends: it
+    neither reads nor compiles them (a third of its start-up where no bytecode is kept),
+    and they look as imported (their file, spec, package, the package's attributes)."""
+    monkeypatch.setenv("PYTHONVERBOSE", "1")  # the worker says what it imports, and how
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(_boot_modules_as_imported, name="modules")
+    in_worker = p.execute({}, execution_mode=PROCESS)["modules"]
+    said = capfd.readouterr().err  # its start-up stderr is passed on once it is ready
+    assert "import 'quantum_partitioner._process_worker'" not in said
+    assert "import '_pickle'" in said  # what it does import is said
+    boot_files = [sys.modules[name].__file__ for name in processes._BOOT_MODULES]
+    loaded = [line for line in said.splitlines() if line.startswith("# code object from")]
+    assert loaded  # its unit's module (this one) and what that imports
+    assert not [line for line in loaded if any(line.endswith(f) for f in boot_files)]
+    assert in_worker == _boot_modules_as_imported(None)
+
+
+def test_a_worker_imports_the_package_when_its_code_cannot_be_sent(monkeypatch):
+    """Where the pipe would not hold the package's code (or its size is unknown), the worker
+    imports it, as any interpreter does."""
+    monkeypatch.setattr(processes, "_pipe_capacity", lambda fd: 0)
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(_boot_modules_as_imported, name="modules")
+    assert p.execute({}, execution_mode=PROCESS)["modules"] == _boot_modules_as_imported(None)
+
+
 def test_an_idle_worker_dying_before_submit_loses_no_attempt():
     """Defect 5: an idle worker that dies between has_room() and submit() costs nothing.
 
