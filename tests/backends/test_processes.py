@@ -425,6 +425,46 @@ def test_an_idle_worker_dying_before_submit_loses_no_attempt():
         lane.close(cancel=True)
 
 
+def test_an_attempt_held_for_a_replacement_worker_times_out_from_its_real_start(
+    tmp_path, monkeypatch
+):
+    """Its timeout counts from when the replacement gets it, not from when it was handed over.
+
+    The idle worker dies between has_room() and submit() (killed there: has_room() waits
+    until it is buried), and its replacement takes longer to start than the unit's timeout
+    (a slow site hook): the attempt waits in the driver, then runs well within it.
+    """
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, time\ntime.sleep(float(os.environ.get('QP_TEST_START_DELAY', '0')))\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    real_has_room = ProcessLane.has_room
+    killed = []
+
+    def has_room_then_kill(lane):
+        room = real_has_room(lane)
+        if room and not killed:
+            [worker] = lane._workers
+            monkeypatch.setenv("QP_TEST_START_DELAY", "0.8")  # for its replacement
+            os.kill(worker.process.pid, signal.SIGKILL)
+            killed.append(worker.process.pid)
+            deadline = time.monotonic() + 30
+            while worker in lane._workers:  # the reader thread buries it
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        return room
+
+    monkeypatch.setattr(ProcessLane, "has_room", has_room_then_kill)
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(lambda ctx: 42, name="a", timeout=0.5)
+    started = time.perf_counter()
+    assert p.execute({}, execution_mode=PROCESS) == {"a": 42}
+    assert killed
+    assert time.perf_counter() - started > 0.8  # it did wait for the slow replacement
+
+
 def test_an_attempt_sent_to_a_worker_that_just_died_waits_for_its_replacement():
     """Defect 5, second case: the idle worker is dead but not yet buried when the attempt is
     sent; the attempt never started, so it is not failed: it runs on the replacement."""

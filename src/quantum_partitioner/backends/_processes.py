@@ -491,6 +491,8 @@ class ProcessLane(Lane):
                     room = self._ahead_room(self._run.scheduler.peek_next(self.index))
                     return room > 0 and any(w.ready and len(w.jobs) <= room for w in self._workers)
                 i, attempt = self._held.popleft()
+                # Its timeout counts from now, when an idle worker gets it (see _hold).
+                self._run.scheduler.begin(i, attempt, self._run.clock())
             self.submit(i, attempt)
 
     def _take_back_oldest(self) -> None:
@@ -604,10 +606,13 @@ class ProcessLane(Lane):
 
         It starts when that worker begins it, maybe much later (a worker being replaced
         starts first): as for one sent ahead, its start is the worker's stamp, not the
-        moment it was first handed to the lane.
+        moment it was first handed to the lane; and its timeout counts only from when
+        :meth:`has_room` gives it to that worker (the scheduler holds it until then).
+        Called by the driver's thread only (``submit``), which owns the scheduler.
         """
         self._sent_ahead.add(job)
         self._held.append(job)
+        self._run.scheduler.hold(*job)
 
     def _messages_for(self, worker: _Worker, i: int, attempt: int, claim: int) -> list[bytes]:
         run = self._run
