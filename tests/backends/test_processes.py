@@ -396,6 +396,24 @@ def test_a_worker_imports_the_package_when_its_code_cannot_be_sent(monkeypatch):
     assert p.execute({}, execution_mode=PROCESS)["modules"] == _boot_modules_as_imported(None)
 
 
+def test_a_workers_path_is_the_callers_without_the_working_directory(tmp_path, monkeypatch):
+    """A module in the working directory that the caller cannot import (its path has no
+    "" entry) is not importable in a worker either (``python -c`` would put it first)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry])
+    (tmp_path / "only_in_the_working_directory.py").write_text("X = 1\n")
+
+    def importable(ctx):
+        import importlib.util  # noqa: PLC0415 - in the worker
+
+        return importlib.util.find_spec("only_in_the_working_directory") is not None
+
+    assert not importable(None)
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(importable, name="a")
+    assert p.execute({}, execution_mode=PROCESS) == {"a": False}
+
+
 def test_an_idle_worker_dying_before_submit_loses_no_attempt():
     """Defect 5: an idle worker that dies between has_room() and submit() costs nothing.
 

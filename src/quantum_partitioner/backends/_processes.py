@@ -380,8 +380,11 @@ class ProcessLane(Lane):
         env["PYTHONPATH"] = os.pathsep.join(p or str(Path.cwd()) for p in sys.path)
         env.update(self._preload)
         # ``-c``, not ``-m``: running a module as ``__main__`` imports runpy and importlib's
-        # helpers first, a few milliseconds of every worker's start-up.
-        command = [sys.executable, "-c", _WORKER_PROGRAM]
+        # helpers first, a few milliseconds of every worker's start-up. ``-P``: no working
+        # directory in front of the caller's path, which ``-c`` would add (a module there
+        # would be importable, or shadow another, in a worker only; one more directory
+        # searched for every import a worker makes).
+        command = [sys.executable, "-P", "-c", _WORKER_PROGRAM]
         arguments = [child_in, child_out, os.getpid(), console, claim_pipe[0]]
         boot = _boot_code()
         if boot is not None and len(boot) <= _pipe_capacity(parent_out):
