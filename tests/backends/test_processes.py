@@ -414,6 +414,30 @@ def test_a_workers_path_is_the_callers_without_the_working_directory(tmp_path, m
     assert p.execute({}, execution_mode=PROCESS) == {"a": False}
 
 
+def test_a_context_that_cannot_be_sent_fails_before_any_unit_and_stops_the_workers(
+    monkeypatch,
+):
+    """The workers start while the context is pickled (cloudpickle's first import overlaps
+    their start-up): one that cannot be sent fails the run before any unit runs, naming
+    the key, and the workers started for it are stopped."""
+    started = []
+    real_worker = processes._Worker
+
+    def recording_worker(process, *args):
+        started.append(process.pid)
+        return real_worker(process, *args)
+
+    monkeypatch.setattr(processes, "_Worker", recording_worker)
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(lambda ctx: 1, name="a")
+    p.add_unit(lambda ctx: 2, name="b")
+    with pytest.raises(TypeError, match="context key 'lock' \\(lock\\) cannot be sent"):
+        p.execute({"lock": threading.Lock()}, execution_mode=PROCESS)
+    assert p.units["a"].state is not UnitState.COMPLETED
+    assert len(started) == 2
+    assert all(_wait_gone(pid) for pid in started)
+
+
 def test_an_idle_worker_dying_before_submit_loses_no_attempt():
     """Defect 5: an idle worker that dies between has_room() and submit() costs nothing.
 

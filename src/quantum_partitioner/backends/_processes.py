@@ -304,13 +304,16 @@ class ProcessLane(Lane):
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self, run: Run, post: Callable[[Outcome], None]) -> None:
-        """Pickle the context once; start (or reuse) the workers and the reader thread."""
-        self._pickle = _load_cloudpickle()
-        context_blob = self._pickle_context(run)  # a bad context fails before any worker
+        """Start (or reuse) the workers and the reader thread; pickle the context once.
+
+        The workers start first: the first run of a process imports cloudpickle here (for
+        the context and the functions), which takes longer than a worker's start-up, and
+        both then happen at once. A context that cannot be sent still fails before any
+        unit runs; the workers just started are stopped (with ``reuse``, kept).
+        """
         with self._lock:
             self._run = run
             self._post = post
-            self._context_blob = context_blob
             self._functions: dict[int, tuple[Any, bytes | BaseException]] = {}
             self._closing = False
             self._held.clear()
@@ -348,6 +351,12 @@ class ProcessLane(Lane):
                 target=self._read, name="quantum-partitioner-process-reader", daemon=True
             )
             self._reader.start()
+        try:
+            self._pickle = _load_cloudpickle()
+            self._context_blob = self._pickle_context(run)
+        except BaseException:
+            self.close(cancel=False)
+            raise
 
     def _pickle_context(self, run: Run) -> bytes:
         context = dict(run.context)
