@@ -407,6 +407,25 @@ def test_timed_out_attempt_is_retried(clock):
     assert start(sched, clock()) == "after"
 
 
+def test_a_held_attempt_times_out_from_when_it_begins(clock):
+    """An attempt a lane holds (its worker died as it was sent) has no deadline while held;
+    it counts from begin(), as the unit's start does, and the deadline it had is stale."""
+    sched = scheduler_of({"t": [], "after": ["t"]}, t={"timeout": 1.0})
+    i = sched.start_next(clock())
+    sched.hold(i, 1)
+    assert sched.next_deadline() is None
+    clock.set(5.0)
+    assert sched.advance(clock()) == []
+    sched.begin(i, 1, clock())
+    assert sched.started[i] == 5.0
+    assert sched.next_deadline() == 6.0
+    clock.set(5.999)
+    assert sched.advance(clock()) == []
+    clock.set(6.0)
+    assert summary(sched.advance(clock()), sched) == [("t", TIMEOUT), ("after", SKIPPED)]
+    assert sched.next_deadline() is None
+
+
 def test_completion_before_advance_beats_the_deadline(clock):
     """A result reported before advance() is called keeps the unit COMPLETED."""
     sched = scheduler_of({"t": []}, t={"timeout": 1.0})

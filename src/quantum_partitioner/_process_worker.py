@@ -1,8 +1,9 @@
 """The program a PROCESS-mode worker runs: receive attempts, run them, send outcomes back.
 
-Started by :mod:`.backends._processes` as ``python -c "from
-quantum_partitioner._process_worker import main; main()" IN_FD OUT_FD PARENT STDERR_FD
-CLAIM_FD``, it never imports the caller's ``__main__`` (functions from there travel by value,
+Started by :mod:`.backends._processes` as ``python -c PROGRAM IN_FD OUT_FD PARENT STDERR_FD
+CLAIM_FD [BOOT_BYTES]``, where the program runs :func:`main` (after the code of this package's
+modules it starts from, ``BOOT_BYTES`` of it, read from ``IN_FD``: see ``_WORKER_PROGRAM``
+there), it never imports the caller's ``__main__`` (functions from there travel by value,
 pickled with cloudpickle). Its protocol: frames (:func:`send_frames`,
 :class:`FrameReader`), each one pickled tuple whose first item says what it is:
 
@@ -39,7 +40,8 @@ metrics) or is None.
 
 Start-up is most of what a short-lived worker costs, so this module imports only what every
 worker needs before it is ready: the interpreter's own modules, ``_pickle`` and the unit
-context. ``cloudpickle`` is imported when something needs it (a function sent by value
+context (and the garbage collector is off until it is ready: imports make little
+garbage). ``cloudpickle`` is imported when something needs it (a function sent by value
 loads it; a result that plain pickle cannot send), ``traceback`` when a unit fails,
 ``asyncio`` when a unit returns a coroutine.
 
@@ -58,6 +60,7 @@ left open keeps what it had not flushed).
 from __future__ import annotations
 
 import _thread
+import gc
 import os
 import sys
 import time
@@ -245,6 +248,10 @@ def serve(inbox: int, outbox: int, parent: int, claims: int) -> None:
     unloadable_context: _Unloadable | None = None  # then every function stands for it
     functions: dict[int, Any] = {}
     _preload(os.environ.pop(PRELOAD_VARIABLE, ""))
+    # The program that runs this disables the garbage collector while the worker starts:
+    # imports make many objects and little garbage; the collections they set off cost a
+    # few per cent of a start-up (of heavy imports too). The units run with it on.
+    gc.enable()
     send_frame(outbox, dumps(("ready", os.getpid()), PROTOCOL))
     reader = FrameReader(inbox)
     queued: deque[tuple[Any, ...]] = deque()  # "run" messages not started yet

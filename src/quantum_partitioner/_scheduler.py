@@ -215,6 +215,10 @@ class Scheduler:
         # The single-lane case (every backend but the mixed one) reads this heap directly.
         self._ready = self._heaps[0] if lanes == 1 else None
         self._timeouts_heap: list[tuple[float, int, int]] = []
+        #: The timeout deadline of each running attempt whose start a lane put off
+        #: (:meth:`hold`, :meth:`begin`): inf while held. Its entries in the heap that differ
+        #: are stale. Empty but on that rare path: the heap's checks then cost a truth test.
+        self._moved_deadlines: dict[tuple[int, int], float] = {}
         self._retries_heap: list[tuple[float, int]] = []
         #: The named limits' gate; None when no unit names a limit (then limits cost nothing).
         self.gate: LimitGate | None = (
@@ -331,12 +335,15 @@ class Scheduler:
 
     def _own_deadline(self) -> float | None:
         timeouts = self._timeouts_heap
-        state, attempts = self.state, self.attempts
+        state, attempts, moved = self.state, self.attempts, self._moved_deadlines
         while timeouts:
-            _, i, attempt = timeouts[0]
-            if state[i] is _RUNNING and attempts[i] == attempt:
+            at, i, attempt = timeouts[0]
+            current = state[i] is _RUNNING and attempts[i] == attempt
+            if current and not (moved and moved.get((i, attempt), at) != at):
                 break
-            heapq.heappop(timeouts)  # that attempt already ended
+            heapq.heappop(timeouts)  # that attempt already ended (or its deadline moved)
+            if not current and moved:
+                moved.pop((i, attempt), None)
         retries = self._retries_heap
         while retries and state[retries[0][1]] is not _PENDING:
             heapq.heappop(retries)  # cancelled while it waited
@@ -380,6 +387,26 @@ class Scheduler:
         if timeout is not None:
             heapq.heappush(self._timeouts_heap, (now + timeout, i, attempt))
         return i
+
+    def hold(self, i: int, attempt: int) -> None:
+        """The lane holds that running attempt before it really starts: no timeout yet.
+
+        A lane that could not start it when it was handed over (its worker died just then)
+        calls :meth:`begin` when it does: the timeout counts from there, not from
+        :meth:`start_next`, as for any attempt.
+        """
+        if self.timeouts[i] is not None and self.attempts[i] == attempt:
+            self._moved_deadlines[i, attempt] = float("inf")
+
+    def begin(self, i: int, attempt: int, now: float) -> None:
+        """The held attempt of unit ``i`` really starts at ``now``: its start and timeout."""
+        if self.state[i] is not _RUNNING or self.attempts[i] != attempt:
+            return
+        self.started[i] = now
+        timeout = self.timeouts[i]
+        if timeout is not None:
+            self._moved_deadlines[i, attempt] = now + timeout
+            heapq.heappush(self._timeouts_heap, (now + timeout, i, attempt))
 
     def never_began(self, i: int) -> None:
         """The abandoned attempt of unit ``i`` had not begun: a lane held it, then dropped it.
@@ -482,11 +509,15 @@ class Scheduler:
         """
         transitions: list[Transition] = []
         timeouts = self._timeouts_heap
-        state, attempts = self.state, self.attempts
+        state, attempts, moved = self.state, self.attempts, self._moved_deadlines
         while timeouts and timeouts[0][0] <= now:
-            _, i, attempt = heapq.heappop(timeouts)
+            at, i, attempt = heapq.heappop(timeouts)
             if state[i] is not _RUNNING or attempts[i] != attempt:
                 continue
+            if moved:  # a lane held some attempt: this deadline may be stale
+                if moved.get((i, attempt), at) != at:
+                    continue  # it was held since: its deadline is a later entry, or none yet
+                moved.pop((i, attempt), None)
             self.running -= 1
             if self.gate is not None:
                 # The attempt may go on running (a thread): it no longer holds its slots.

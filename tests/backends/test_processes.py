@@ -361,6 +361,83 @@ def test_what_a_worker_writes_while_it_starts_still_reaches_stderr(tmp_path, mon
     assert "site says hello" in capfd.readouterr().err
 
 
+def _boot_modules_as_imported(ctx):
+    modules = [sys.modules[name] for name in processes._BOOT_MODULES]
+    package = modules[0]
+    return [
+        [m.__name__, m.__file__, m.__spec__.origin, m.__cached__, m.__package__] for m in modules
+    ] + [package.__path__, type(package.__loader__).__name__, package._context is modules[1]]
+
+
+def test_workers_run_the_package_from_the_code_the_parent_sends(monkeypatch, capfd):
+    """A worker starts from the code of the package's modules that the driver sends: it
+    neither reads nor compiles them (a third of its start-up where no bytecode is kept),
+    and they look as imported (their file, spec, package, the package's attributes)."""
+    monkeypatch.setenv("PYTHONVERBOSE", "1")  # the worker says what it imports, and how
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(_boot_modules_as_imported, name="modules")
+    in_worker = p.execute({}, execution_mode=PROCESS)["modules"]
+    said = capfd.readouterr().err  # its start-up stderr is passed on once it is ready
+    assert "import 'quantum_partitioner._process_worker'" not in said
+    assert "import '_pickle'" in said  # what it does import is said
+    boot_files = [sys.modules[name].__file__ for name in processes._BOOT_MODULES]
+    loaded = [line for line in said.splitlines() if line.startswith("# code object from")]
+    assert loaded  # its unit's module (this one) and what that imports
+    assert not [line for line in loaded if any(line.endswith(f) for f in boot_files)]
+    assert in_worker == _boot_modules_as_imported(None)
+
+
+def test_a_worker_imports_the_package_when_its_code_cannot_be_sent(monkeypatch):
+    """Where the pipe would not hold the package's code (or its size is unknown), the worker
+    imports it, as any interpreter does."""
+    monkeypatch.setattr(processes, "_pipe_capacity", lambda fd: 0)
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(_boot_modules_as_imported, name="modules")
+    assert p.execute({}, execution_mode=PROCESS)["modules"] == _boot_modules_as_imported(None)
+
+
+def test_a_workers_path_is_the_callers_without_the_working_directory(tmp_path, monkeypatch):
+    """A module in the working directory that the caller cannot import (its path has no
+    "" entry) is not importable in a worker either (``python -c`` would put it first)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry])
+    (tmp_path / "only_in_the_working_directory.py").write_text("X = 1\n")
+
+    def importable(ctx):
+        import importlib.util  # noqa: PLC0415 - in the worker
+
+        return importlib.util.find_spec("only_in_the_working_directory") is not None
+
+    assert not importable(None)
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(importable, name="a")
+    assert p.execute({}, execution_mode=PROCESS) == {"a": False}
+
+
+def test_a_context_that_cannot_be_sent_fails_before_any_unit_and_stops_the_workers(
+    monkeypatch,
+):
+    """The workers start while the context is pickled (cloudpickle's first import overlaps
+    their start-up): one that cannot be sent fails the run before any unit runs, naming
+    the key, and the workers started for it are stopped."""
+    started = []
+    real_worker = processes._Worker
+
+    def recording_worker(process, *args):
+        started.append(process.pid)
+        return real_worker(process, *args)
+
+    monkeypatch.setattr(processes, "_Worker", recording_worker)
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(lambda ctx: 1, name="a")
+    p.add_unit(lambda ctx: 2, name="b")
+    with pytest.raises(TypeError, match="context key 'lock' \\(lock\\) cannot be sent"):
+        p.execute({"lock": threading.Lock()}, execution_mode=PROCESS)
+    assert p.units["a"].state is not UnitState.COMPLETED
+    assert len(started) == 2
+    assert all(_wait_gone(pid) for pid in started)
+
+
 def test_an_idle_worker_dying_before_submit_loses_no_attempt():
     """Defect 5: an idle worker that dies between has_room() and submit() costs nothing.
 
@@ -389,6 +466,46 @@ def test_an_idle_worker_dying_before_submit_loses_no_attempt():
         assert item == (0, 1, True, 42, None)
     finally:
         lane.close(cancel=True)
+
+
+def test_an_attempt_held_for_a_replacement_worker_times_out_from_its_real_start(
+    tmp_path, monkeypatch
+):
+    """Its timeout counts from when the replacement gets it, not from when it was handed over.
+
+    The idle worker dies between has_room() and submit() (killed there: has_room() waits
+    until it is buried), and its replacement takes longer to start than the unit's timeout
+    (a slow site hook): the attempt waits in the driver, then runs well within it.
+    """
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, time\ntime.sleep(float(os.environ.get('QP_TEST_START_DELAY', '0')))\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    real_has_room = ProcessLane.has_room
+    killed = []
+
+    def has_room_then_kill(lane):
+        room = real_has_room(lane)
+        if room and not killed:
+            [worker] = lane._workers
+            monkeypatch.setenv("QP_TEST_START_DELAY", "0.8")  # for its replacement
+            os.kill(worker.process.pid, signal.SIGKILL)
+            killed.append(worker.process.pid)
+            deadline = time.monotonic() + 30
+            while worker in lane._workers:  # the reader thread buries it
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        return room
+
+    monkeypatch.setattr(ProcessLane, "has_room", has_room_then_kill)
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(lambda ctx: 42, name="a", timeout=0.5)
+    started = time.perf_counter()
+    assert p.execute({}, execution_mode=PROCESS) == {"a": 42}
+    assert killed
+    assert time.perf_counter() - started > 0.8  # it did wait for the slow replacement
 
 
 def test_an_attempt_sent_to_a_worker_that_just_died_waits_for_its_replacement():

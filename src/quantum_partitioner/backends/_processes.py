@@ -16,9 +16,11 @@ stop one running call on a timeout. Here the driver knows which unit each worker
 
 Workers are fresh interpreters (``python -c`` running ``_process_worker.main``), started
 in their own session so terminal signals reach only the parent, which stops them; they exit
-by themselves if the parent dies. Each worker imports the modules the run's functions come
-from, then reports ``ready`` before it gets work, so neither a unit's timeout nor its
-duration counts a worker's start-up (the trace shows it as its own slice).
+by themselves if the parent dies. The driver sends each the code of the package's modules it
+starts from (``_BOOT_MODULES``), so it does not find, read or compile them. Each worker
+imports the modules the run's functions come from, then reports ``ready`` before it gets
+work, so neither a unit's timeout nor its duration counts a worker's start-up (the trace
+shows it as its own slice).
 
 Sending ahead: the round trip to the driver between two attempts would leave a worker idle,
 so an attempt may wait in a busy worker behind the one it runs, which starts it the moment
@@ -74,8 +76,10 @@ raises :class:`BrokenBackendError` with the last one's exit status and stderr: t
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import logging
+import marshal
 import os
 import pickle
 import select
@@ -122,8 +126,41 @@ _SENT_AHEAD_BYTES = 8 << 10
 _STOP_SECONDS = 5.0
 #: Seconds a worker may take to report ready (it imports little: well under one, normally).
 _START_TIMEOUT = 60.0
-#: What a worker's interpreter runs (see :mod:`.._process_worker`).
-_WORKER_PROGRAM = "from quantum_partitioner._process_worker import main; main()"
+#: The package's modules a worker runs before it is ready, in that order (each one's
+#: imports of the package are among those before it). It is sent their code (see
+#: :func:`_boot_code`).
+_BOOT_MODULES = (
+    "quantum_partitioner",
+    "quantum_partitioner._context",
+    "quantum_partitioner._process_worker",
+)
+#: What a worker's interpreter runs (see :mod:`.._process_worker`). Given a seventh argument,
+#: it first reads that many bytes from its inbox: the code of ``_BOOT_MODULES``, marshalled
+#: (:func:`_boot_code`), which it runs as each module, as an import would but without
+#: finding, reading or compiling its source. ``_frozen_importlib*`` are the import system's
+#: own modules, always loaded: ``importlib.util``, which re-exports the two functions used,
+#: would cost a worker more than the modules themselves.
+_WORKER_PROGRAM = """\
+import gc, sys
+gc.disable()  # until it is ready (see _process_worker.serve)
+if sys.argv[6:]:
+    import _frozen_importlib, _frozen_importlib_external, marshal, os
+    inbox, size, boot = int(sys.argv[1]), int(sys.argv[6]), b""
+    while len(boot) < size:
+        chunk = os.read(inbox, size - len(boot))
+        if not chunk:
+            sys.exit("the parent is gone")
+        boot += chunk
+    for name, path, code in marshal.loads(boot):
+        spec = _frozen_importlib_external.spec_from_file_location(name, path)
+        module = sys.modules[name] = _frozen_importlib.module_from_spec(spec)
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, module)
+        exec(code, module.__dict__)
+from quantum_partitioner._process_worker import main
+main()
+"""
 #: How much of a worker's start-up stderr is kept (its end) for the error message.
 _START_LOG_BYTES = 4096
 #: Seconds between looks for the exit of workers without a pidfd (their exit cannot wake
@@ -267,13 +304,16 @@ class ProcessLane(Lane):
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self, run: Run, post: Callable[[Outcome], None]) -> None:
-        """Pickle the context once; start (or reuse) the workers and the reader thread."""
-        self._pickle = _load_cloudpickle()
-        context_blob = self._pickle_context(run)  # a bad context fails before any worker
+        """Start (or reuse) the workers and the reader thread; pickle the context once.
+
+        The workers start first: the first run of a process imports cloudpickle here (for
+        the context and the functions), which takes longer than a worker's start-up, and
+        both then happen at once. A context that cannot be sent still fails before any
+        unit runs; the workers just started are stopped (with ``reuse``, kept).
+        """
         with self._lock:
             self._run = run
             self._post = post
-            self._context_blob = context_blob
             self._functions: dict[int, tuple[Any, bytes | BaseException]] = {}
             self._closing = False
             self._held.clear()
@@ -311,6 +351,12 @@ class ProcessLane(Lane):
                 target=self._read, name="quantum-partitioner-process-reader", daemon=True
             )
             self._reader.start()
+        try:
+            self._pickle = _load_cloudpickle()
+            self._context_blob = self._pickle_context(run)
+        except BaseException:
+            self.close(cancel=False)
+            raise
 
     def _pickle_context(self, run: Run) -> bytes:
         context = dict(run.context)
@@ -343,14 +389,20 @@ class ProcessLane(Lane):
         env["PYTHONPATH"] = os.pathsep.join(p or str(Path.cwd()) for p in sys.path)
         env.update(self._preload)
         # ``-c``, not ``-m``: running a module as ``__main__`` imports runpy and importlib's
-        # helpers first, a few milliseconds of every worker's start-up.
-        command = [sys.executable, "-c", _WORKER_PROGRAM]
+        # helpers first, a few milliseconds of every worker's start-up. ``-P``: no working
+        # directory in front of the caller's path, which ``-c`` would add (a module there
+        # would be importable, or shadow another, in a worker only; one more directory
+        # searched for every import a worker makes).
+        command = [sys.executable, "-P", "-c", _WORKER_PROGRAM]
+        arguments = [child_in, child_out, os.getpid(), console, claim_pipe[0]]
+        boot = _boot_code()
+        if boot is not None and len(boot) <= _pipe_capacity(parent_out):
+            arguments.append(len(boot))  # the pipe holds it all: never waits for the worker
+        else:
+            boot = None  # it imports them (the pipe would not hold them)
         try:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [
-                    *command,
-                    *map(str, (child_in, child_out, os.getpid(), console, claim_pipe[0])),
-                ],
+                [*command, *map(str, arguments)],
                 pass_fds=(child_in, child_out, console, claim_pipe[0]),
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
@@ -364,6 +416,9 @@ class ProcessLane(Lane):
         finally:
             for fd in (child_in, child_out, start_w, console):
                 os.close(fd)
+        if boot is not None:  # one write: the pipe is new and holds it all
+            with contextlib.suppress(OSError):  # it died already: a failed start, as it reads
+                os.write(parent_out, boot)
         worker = _Worker(process, parent_out, parent_in, start_r, claim_pipe)
         taken = {w.slot for w in self._workers}
         worker.slot = next(
@@ -470,6 +525,8 @@ class ProcessLane(Lane):
                     room = self._ahead_room(self._run.scheduler.peek_next(self.index))
                     return room > 0 and any(_may_wait_in(w, room) for w in self._workers)
                 i, attempt = self._held.popleft()
+                # Its timeout counts from now, when an idle worker gets it (see _hold).
+                self._run.scheduler.begin(i, attempt, self._run.clock())
             self.submit(i, attempt)
 
     def _take_back_oldest(self) -> None:
@@ -583,10 +640,13 @@ class ProcessLane(Lane):
 
         It starts when that worker begins it, maybe much later (a worker being replaced
         starts first): as for one sent ahead, its start is the worker's stamp, not the
-        moment it was first handed to the lane.
+        moment it was first handed to the lane; and its timeout counts only from when
+        :meth:`has_room` gives it to that worker (the scheduler holds it until then).
+        Called by the driver's thread only (``submit``), which owns the scheduler.
         """
         self._sent_ahead.add(job)
         self._held.append(job)
+        self._run.scheduler.hold(*job)
 
     def _messages_for(self, worker: _Worker, i: int, attempt: int, claim: int) -> list[bytes]:
         run = self._run
@@ -1009,6 +1069,38 @@ def _close_start_stderr(worker: _Worker) -> None:
         with contextlib.suppress(OSError):
             os.close(worker.start_stderr)
         worker.start_stderr = -1
+
+
+@functools.cache
+def _boot_code() -> bytes | None:
+    """The code of the modules a worker starts from (``_BOOT_MODULES``), for it to run.
+
+    ``marshal`` of ``(name, path, code)`` per module, got once per process from the
+    modules' loaders: from their bytecode cache, or compiled. A worker would otherwise find
+    and read each module, and compile it wherever the interpreter keeps no bytecode
+    (``PYTHONDONTWRITEBYTECODE``, a read-only install): the compile was a third of its
+    start-up. None if a loader cannot say (the workers import them).
+    """
+    modules = []
+    try:
+        for name in _BOOT_MODULES:
+            spec: Any = sys.modules[name].__spec__
+            modules.append((name, spec.origin, spec.loader.get_code(name)))
+        return marshal.dumps(tuple(modules))
+    except Exception:  # a loader without code (a frozen application): workers import them
+        return None
+
+
+def _pipe_capacity(fd: int) -> int:
+    """How many bytes the pipe ``fd`` writes to holds unread, or 0 where that is unknown."""
+    get_size = getattr(fcntl, "F_GETPIPE_SZ", None)  # Linux
+    if get_size is None:
+        return 0
+    try:
+        size: int = fcntl.fcntl(fd, get_size)
+    except OSError:
+        return 0
+    return size
 
 
 def _modules_of(run: Run) -> dict[str, str]:
