@@ -1682,6 +1682,51 @@ def test_run_prefetches_the_keys_it_looks_up():
     assert set(store.prefetched) < set(store.looked_up)
 
 
+@pytest.mark.parametrize("mode", [ExecutionMode.SEQUENTIAL, ExecutionMode.THREAD])
+def test_keys_are_composed_as_the_key_format_says(mode):
+    """Keys are content addresses kept in stores across versions: their composition is fixed.
+
+    a, b1 and b2 are roots (b2 with a version, both reading no context), c depends on a
+    and b1 (its key is known before the run), d on the non-cacheable plain (its key takes
+    plain's result). Recomputed here from the parts as docs/caching.md spells them.
+    """
+    p = CachingQuantumPartitioner(default_execution_mode=mode, max_workers=2)
+    counter = Counter()
+    p.add_unit(combining(counter, "plain"), name="plain")
+    for name, deps, extra in (
+        ("a", [], {"cache_keys": []}),
+        ("b1", [], {"cache_keys": []}),
+        ("b2", [], {"cache_keys": [], "cache_version": 2}),
+        ("c", ["b1", "a"], {"cache_keys": []}),
+        ("d", ["plain"], {"cache_keys": []}),
+    ):
+        p.add_unit(combining(counter, name), deps, name=name, metadata=cached(**extra))
+    results = p.execute({"unread": 1})
+
+    def label(name):
+        return b"%d:%s" % (len(name), name.encode())
+
+    def fixed(name, version=b"0:"):
+        function = p._fingerprints[name][2]
+        no_context = _fingerprint.digest(b"")
+        return _fingerprint.digest(
+            b"quantum-partitioner cache key v1\0" + label(name) + function + no_context + version
+        )
+
+    two = _fingerprint.fingerprint(2)
+    expected = {
+        "a": fixed("a"),
+        "b1": fixed("b1"),
+        "b2": fixed("b2", b"%d:%s" % (len(two), two)),
+    }
+    expected["c"] = _fingerprint.digest(
+        fixed("c") + label("a") + b"k" + expected["a"] + label("b1") + b"k" + expected["b1"]
+    )
+    plain_result = _fingerprint.fingerprint(results["plain"])
+    expected["d"] = _fingerprint.digest(fixed("d") + label("plain") + b"v" + plain_result)
+    assert {e.unit: bytes.fromhex(e.key) for e in p.cache_entries()} == expected
+
+
 def test_a_map_prefetches_its_items_keys_as_it_expands(tmp_path):
     """plan -> tool (3 items) -> summary (item-wise) -> answer: every key the run looks up
     is prefetched, the items' as their map expands; the map itself is never looked up."""
