@@ -366,7 +366,10 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         )
 
     def close(self) -> None:
-        """Close the store (a SQLite file's connection); the partitioner is done with."""
+        """Close the store (a SQLite file's connection); the partitioner is done with.
+
+        Every result is committed when it returns (see :meth:`SQLiteStore.close`).
+        """
         self.cache.close()
 
     def __enter__(self) -> Self:
