@@ -46,6 +46,7 @@ from quantum_partitioner import (
     UnitState,
     _cache,
     _fingerprint,
+    _stores,
 )
 
 SEQUENTIAL = ExecutionMode.SEQUENTIAL
@@ -1343,6 +1344,49 @@ def test_killed_writer_mid_transaction_leaves_no_entry(tmp_path):
     store.close()
 
 
+def test_close_commits_every_result_and_leaves_the_checkpoint_to_a_thread(tmp_path, monkeypatch):
+    """close() returns once every result is committed; closing the connection (which
+    checkpoints the write-ahead log into the file: two fsyncs) is a thread's work, and a
+    normal interpreter exit waits for it."""
+    release = threading.Event()
+    closed_by = []
+    close_now = _stores._close_quietly
+
+    def held_close(connections):
+        closed_by.append(threading.current_thread().name)
+        if threading.current_thread() is not threading.main_thread():
+            release.wait(30)
+        close_now(connections)
+
+    monkeypatch.setattr(_stores, "_close_quietly", held_close)
+    path = tmp_path / "c.sqlite"
+    p = CachingQuantumPartitioner(cache_path=path, default_execution_mode=SEQUENTIAL)
+    p.add_unit(lambda ctx: 1, name="a", metadata={"cacheable": True})
+    p.execute()
+    p.close()  # returns while the connection's close is held
+    assert closed_by == ["quantum-partitioner cache closer"]
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        assert db.execute("SELECT unit FROM entries").fetchall() == [("a",)]
+    release.set()
+    for thread in threading.enumerate():
+        if thread.name == "quantum-partitioner cache closer":
+            thread.join(30)
+    assert not (tmp_path / "c.sqlite-wal").exists()  # checkpointed, then deleted
+
+    program = (
+        "import sys, quantum_partitioner as qp\n"
+        "p = qp.CachingQuantumPartitioner(cache_path=sys.argv[1])\n"
+        "p.add_unit(lambda ctx: 1, name='b', metadata={'cacheable': True})\n"
+        "p.execute(execution_mode='sequential')\n"
+        "p.close()\n"
+    )
+    other = tmp_path / "exit.sqlite"
+    subprocess.run([sys.executable, "-c", program, str(other)], check=True, timeout=60)
+    assert not (tmp_path / "exit.sqlite-wal").exists()  # the exit waited for the closer
+    with contextlib.closing(sqlite3.connect(other)) as db:
+        assert db.execute("SELECT unit FROM entries").fetchall() == [("b",)]
+
+
 # -- management --------------------------------------------------------------------------------
 
 
@@ -1680,6 +1724,51 @@ def test_run_prefetches_the_keys_it_looks_up():
     p.execute()
     assert counter.take() == {"a": 1, "b": 1, "c": 1, "d": 2, "e": 1}
     assert set(store.prefetched) < set(store.looked_up)
+
+
+@pytest.mark.parametrize("mode", [ExecutionMode.SEQUENTIAL, ExecutionMode.THREAD])
+def test_keys_are_composed_as_the_key_format_says(mode):
+    """Keys are content addresses kept in stores across versions: their composition is fixed.
+
+    a, b1 and b2 are roots (b2 with a version, both reading no context), c depends on a
+    and b1 (its key is known before the run), d on the non-cacheable plain (its key takes
+    plain's result). Recomputed here from the parts as docs/caching.md spells them.
+    """
+    p = CachingQuantumPartitioner(default_execution_mode=mode, max_workers=2)
+    counter = Counter()
+    p.add_unit(combining(counter, "plain"), name="plain")
+    for name, deps, extra in (
+        ("a", [], {"cache_keys": []}),
+        ("b1", [], {"cache_keys": []}),
+        ("b2", [], {"cache_keys": [], "cache_version": 2}),
+        ("c", ["b1", "a"], {"cache_keys": []}),
+        ("d", ["plain"], {"cache_keys": []}),
+    ):
+        p.add_unit(combining(counter, name), deps, name=name, metadata=cached(**extra))
+    results = p.execute({"unread": 1})
+
+    def label(name):
+        return b"%d:%s" % (len(name), name.encode())
+
+    def fixed(name, version=b"0:"):
+        function = p._fingerprints[name][2]
+        no_context = _fingerprint.digest(b"")
+        return _fingerprint.digest(
+            b"quantum-partitioner cache key v1\0" + label(name) + function + no_context + version
+        )
+
+    two = _fingerprint.fingerprint(2)
+    expected = {
+        "a": fixed("a"),
+        "b1": fixed("b1"),
+        "b2": fixed("b2", b"%d:%s" % (len(two), two)),
+    }
+    expected["c"] = _fingerprint.digest(
+        fixed("c") + label("a") + b"k" + expected["a"] + label("b1") + b"k" + expected["b1"]
+    )
+    plain_result = _fingerprint.fingerprint(results["plain"])
+    expected["d"] = _fingerprint.digest(fixed("d") + label("plain") + b"v" + plain_result)
+    assert {e.unit: bytes.fromhex(e.key) for e in p.cache_entries()} == expected
 
 
 def test_a_map_prefetches_its_items_keys_as_it_expands(tmp_path):

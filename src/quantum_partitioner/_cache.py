@@ -36,12 +36,13 @@ and adds them to the partitioner's counters when it ends).
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import pickle
 import threading
 from dataclasses import dataclass
 from types import FunctionType
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self, cast
 
 from ._fingerprint import (
     ClosureSnapshot,
@@ -366,7 +367,10 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         )
 
     def close(self) -> None:
-        """Close the store (a SQLite file's connection); the partitioner is done with."""
+        """Close the store (a SQLite file's connection); the partitioner is done with.
+
+        Every result is committed when it returns (see :meth:`SQLiteStore.close`).
+        """
         self.cache.close()
 
     def __enter__(self) -> Self:
@@ -404,40 +408,35 @@ def _label(name: str) -> bytes:
     return b"%d:%s" % (len(encoded), encoded)
 
 
+def _labels(names: Sequence[str]) -> list[bytes]:
+    """:func:`_label` of each name (in C loops: a graph's first cached run spells them all)."""
+    encoded = [name.encode("utf-8", "surrogatepass") for name in names]
+    return list(map(b"%d:%s".__mod__, zip(map(len, encoded), encoded, strict=True)))
+
+
 class _GraphKeys:
     """What the keys of one compiled graph need that no run changes.
 
     The partitioner keeps it between runs, until the graph changes (a unit added or removed
     compiles a new one). ``statics`` holds, per unit, its last fixed part (None: it was not
-    cacheable), and ``functions``, ``contexts`` and ``versions`` the parts that made it: a
-    run whose function fingerprint, context part and version part are the same (a warm run)
-    takes the part from there instead of hashing it again, and when every unit's is, the
-    expected keys too. (Four lists, not a tuple per unit: ten thousand objects made by a
-    cold run and kept would set the garbage collector going a dozen times.)
+    cacheable), and ``tails`` what followed its label in it (its function fingerprint,
+    context part and version part): a run whose tail is the same (a warm run) takes the part
+    from there instead of hashing it again, and when every unit's is, the expected keys too.
+    Units that share a function, a context and a version share one tail object. (Lists, not
+    a tuple per unit: ten thousand objects made by a cold run and kept would set the garbage
+    collector going a dozen times.)
     """
 
-    __slots__ = (
-        "contexts",
-        "dep_order",
-        "expected",
-        "functions",
-        "graph",
-        "labels",
-        "statics",
-        "versions",
-        "wanted",
-    )
+    __slots__ = ("dep_order", "expected", "graph", "labels", "statics", "tails", "wanted")
 
     def __init__(self, graph: Graph) -> None:
         """Spell the graph's names; the rest is filled by the runs."""
         self.graph = graph
         n = len(graph)
-        self.labels = [_label(name) for name in graph.names]
+        self.labels = _labels(graph.names)
         self.dep_order: list[Sequence[int] | None] = [None] * n
         self.statics: list[bytes | None] = [None] * n
-        self.functions: list[bytes] = [b""] * n
-        self.contexts: list[bytes] = [b""] * n
-        self.versions: list[bytes] = [b""] * n
+        self.tails: list[bytes] = [b""] * n
         # The last run's expected keys (see _RunCache._expected_keys), and those not None.
         self.expected: list[bytes | None] | None = None
         self.wanted: list[bytes] = []
@@ -532,18 +531,26 @@ class _RunCache:
         n = len(graph)
         self._keys: list[bytes | None] = [None] * n
         self._static: list[bytes | None] = [None] * n
-        statics, labels, keys, deps = known.statics, known.labels, self._keys, graph.deps
-        functions, contexts, versions = known.functions, known.contexts, known.versions
+        statics, tails, labels = known.statics, known.tails, known.labels
+        keys, deps, fingerprints = self._keys, graph.deps, owner._fingerprints
         fixed = self._static
         reused = True  # every fixed part is the last run's (so are the expected keys)
         # Units often share one metadata dict (added in a loop): what it says is read once.
         last: Mapping[str, Any] | None = None
         cacheable = False
         context = version_part = b""
+        # Units of one build that run one function share its fingerprint record (see
+        # ModuleMemo.function): a unit whose record is the one the unit before it was found
+        # valid with, and whose metadata is that unit's too (the same ignored names, context
+        # and version), has that unit's tail. An identity test, not the checks of
+        # _function_fingerprint, per unit of a loop-built graph.
+        checked: object = None
+        tail = b""
         for i, unit in enumerate(graph.units):
             metadata = metadata_of(unit)
             if metadata is not last:
                 last = metadata
+                checked = None
                 cacheable = bool(metadata.get("cacheable"))
                 if cacheable:
                     context = self._context_part(unit, metadata)
@@ -553,17 +560,15 @@ class _RunCache:
                     statics[i] = None
                     reused = False
                 continue
-            function = owner._function_fingerprint(unit)
+            record = fingerprints.get(unit.id)
+            if record is not checked or record is None or record[0] is not unit.function:
+                tail = owner._function_fingerprint(unit) + context + version_part
+                checked = fingerprints.get(unit.id)  # the record it was found valid with
             static = statics[i]
-            if (
-                static is None
-                or functions[i] != function
-                or contexts[i] != context
-                or versions[i] != version_part
-            ):
-                static = digest(b"".join((_KEY_HEAD, labels[i], function, context, version_part)))
+            if static is None or tails[i] != tail:
+                static = digest(b"".join((_KEY_HEAD, labels[i], tail)))
                 statics[i] = static
-                functions[i], contexts[i], versions[i] = function, context, version_part
+                tails[i] = tail
                 reused = False
             fixed[i] = static
             if not deps[i]:  # a root's key is its fixed part (a map is never a root)
@@ -578,7 +583,7 @@ class _RunCache:
             run.on_grow.append(functools.partial(self._grow, run))
         if not reused or known.expected is None:
             known.expected = self._expected_keys(graph)
-            known.wanted = [key for key in known.expected if key is not None]
+            known.wanted = list(filter(None, known.expected))
         self._expected = known.expected
         self._store.prefetch(known.wanted)
 
@@ -598,25 +603,26 @@ class _RunCache:
         once it exists.
         """
         static, deps, labels, maps = self._static, graph.deps, self._labels, graph.maps
-        expected: list[bytes | None] = [None] * len(static)
-        for i in graph.order:
-            if maps and i in maps:
-                continue  # a map's key is its items', known once they ran (see _map_key)
-            own = static[i]
-            if own is None or not deps[i]:
-                expected[i] = own  # not cacheable (None), or a root: its key is its own part
+        # A root's key is its fixed part (None: not cacheable); a map's is its items', known
+        # once they ran (see _map_key). The others, in topological order (the roots left
+        # out by a C loop: most units of a wide graph are roots).
+        expected: list[bytes | None] = list(static)
+        for m in maps:
+            expected[m] = None
+        order = graph.order
+        for i in itertools.compress(order, map(deps.__getitem__, order)):
+            own = expected[i]
+            if own is None:
+                continue  # not cacheable, or a map
+            order_i = self._dependency_order(i, deps[i])
+            known = list(map(expected.__getitem__, order_i))
+            if not all(known):  # a dependency whose key is known only at run time
+                expected[i] = None
                 continue
-            parts = [own]
-            add = parts.append
-            for j in self._dependency_order(i, deps[i]):
-                known = expected[j]
-                if known is None:
-                    break  # a dependency whose key is known only at run time
-                add(labels[j])
-                add(b"k")
-                add(known)
-            else:
-                expected[i] = _combine(parts)
+            # Its part after its fixed one: each dependency's label, b"k" and key, by name.
+            keys = cast("list[bytes]", known)  # none is None (all() above)
+            named = zip(map(labels.__getitem__, order_i), itertools.repeat(b"k"), keys)
+            expected[i] = _combine([own, *itertools.chain.from_iterable(named)])
         return expected
 
     # -- fixed parts -----------------------------------------------------------------------
