@@ -245,13 +245,29 @@ def build(
     return partitioner
 
 
-def build_cacheable(deps: dict[str, list[str]], functions: list[Any], **kwargs: Any) -> Any:
-    """A caching partitioner whose units are all cacheable; unit k runs ``functions[k]``."""
-    partitioner = _api().CachingQuantumPartitioner(max_workers=THREADS, **kwargs)
-    metadata = {"cacheable": True}
+def build_each(
+    deps: dict[str, list[str]],
+    functions: list[Any],
+    metadata: dict[str, Any] | None = None,
+    *,
+    cls: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """A partitioner (``cls``, default QuantumPartitioner) whose unit k runs ``functions[k]``."""
+    partitioner = (cls or _api().QuantumPartitioner)(max_workers=THREADS, **kwargs)
     for (name, names), function in zip(deps.items(), functions, strict=True):
         partitioner.add_unit(function, dependencies=names, name=name, metadata=metadata)
     return partitioner
+
+
+def build_cacheable(deps: dict[str, list[str]], functions: list[Any], **kwargs: Any) -> Any:
+    """A caching partitioner whose units are all cacheable; unit k runs ``functions[k]``.
+
+    Its reference is ``build_each(deps, functions)``: the same units, by the same loop,
+    without a cache.
+    """
+    cls = _api().CachingQuantumPartitioner
+    return build_each(deps, functions, {"cacheable": True}, cls=cls, **kwargs)
 
 
 def _closure(k: int) -> Any:
@@ -546,11 +562,13 @@ def rows_cache(n: int, repeat: int, directory: Path) -> list[Row]:
     )
     warm.close()
     closures = [_closure(k) for k in range(len(deps))]
+    # Each beside the same units without a cache: a plain build of the distinct closures
+    # reads as many function objects as the cached one (one shared function reads one).
     build_shared, build_plain = _median_pair(
-        lambda: build_cacheable(deps, shared), lambda: build(deps), repeat
+        lambda: build_cacheable(deps, shared), lambda: build_each(deps, shared), repeat
     )
     build_closures, build_plain2 = _median_pair(
-        lambda: build_cacheable(deps, closures), lambda: build(deps, closures[0]), repeat
+        lambda: build_cacheable(deps, closures), lambda: build_each(deps, closures), repeat
     )
 
     # add_unit leaves the digest of a closure of a code seen before to the first run (see
@@ -562,7 +580,7 @@ def rows_cache(n: int, repeat: int, directory: Path) -> list[Row]:
         return partitioner  # freed outside the sample
 
     def plain_build_and_first_run() -> Any:
-        partitioner = build(deps, closures[0])
+        partitioner = build_each(deps, closures)
         partitioner.execute({}, execution_mode="THREAD")
         return partitioner
 

@@ -517,7 +517,8 @@ def test_closures_are_keyed_as_they_were_when_added_whatever_changes_after(chang
         closures.append((unit, rebind, delete))
     p.add_unit(functools.partial(_closure(2)[0]), name="partial", metadata={"cacheable": True})
     partial_when_added = _fingerprint.function_fingerprint(p.units["partial"].function)
-    assert any(isinstance(p._fingerprints[f"u{k}"], list) for k in range(len(starts)))
+    # Some kept as snapshots (a template third, where a taken fingerprint has its bytes).
+    assert any(type(p._fingerprints[f"u{k}"][2]) is not bytes for k in range(len(starts)))
     for closure in closures:
         change(*closure)
     keyed = [p._function_fingerprint(p.units[f"u{k}"]) for k in range(len(starts))]

@@ -567,6 +567,65 @@ def test_closures_of_one_code_object_are_encoded_as_the_long_way_does(monkeypatc
         module.FACTOR = 2
 
 
+def test_closures_interleaved_across_code_namespaces_and_modules_get_the_long_ways_bytes(
+    monkeypatch,
+):
+    """The template used last serves only its own code, namespace, module and ignored names.
+
+    Closures of three factories, of one code object under another globals namespace, with
+    an unassigned cell, with ``__module__`` set to a library's (as ``functools.wraps``
+    does) or ignoring their one cell are added in turn; each gets the bytes of the long way.
+    """
+    source = (
+        "def make(k):\n"
+        "    def unit(ctx):\n"
+        "        return qp_interleaved.BASE + k\n"
+        "    return unit\n"
+        "def other(k):\n"
+        "    def unit(ctx):\n"
+        "        return k, later\n"
+        "    if k is not None:\n"
+        "        later = k\n"
+        "    return unit\n"
+        "def unset(flag):\n"
+        "    def unit(ctx):\n"
+        "        return later\n"
+        "    if flag:\n"
+        "        later = flag\n"
+        "    return unit\n"
+    )
+    module = user_module(monkeypatch, "qp_interleaved", "BASE = 1\n")
+    # Named like a module (functions take their __module__ from it), both the same.
+    namespace = {"__name__": "qp_factories", "qp_interleaved": module}
+    make = compile_function(source, namespace, name="make")
+    other, unset = namespace["other"], namespace["unset"]
+    elsewhere = {"__name__": "qp_factories", "qp_interleaved": types.SimpleNamespace(BASE=2)}
+
+    def rehomed(k):  # the code of make's closures, under another globals namespace
+        fn = make(k)
+        return types.FunctionType(fn.__code__, elsewhere, fn.__name__, None, fn.__closure__)
+
+    def library_module(k):
+        fn = make(k)
+        fn.__module__ = "json"
+        return fn
+
+    made = []
+    for k in range(3):
+        made += [make(k), other(k), rehomed(k), make(k + 10), library_module(k), other(None)]
+        made += [unset(k), unset(0)]  # one cell, assigned or not
+    memo = _fingerprint.ModuleMemo()
+    prints = [function_fingerprint(fn, memo=memo) for fn in made]
+    assert prints == [function_fingerprint(fn) for fn in made]
+    assert memo.closures  # the closures after the first of each took the short way
+    ignore = frozenset({"k"})
+    pairs = [(make(k), names) for k in range(3) for names in (ignore, frozenset())]
+    prints = [function_fingerprint(fn, names, memo) for fn, names in pairs]
+    assert prints == [function_fingerprint(fn, names) for fn, names in pairs]
+    assert len(set(prints[0::2])) == 1  # k ignored: one fingerprint
+    assert len(set(prints[1::2])) == 3
+
+
 def test_closures_with_defaults_or_any_values_take_the_short_way_to_the_same_bytes(
     monkeypatch,
 ):

@@ -80,9 +80,9 @@ _KEY_HEAD: Final = _KEY_FORMAT + b"\0"
 _NO_VERSION: Final = b"0:"  # the version part of a unit without metadata["cache_version"]
 _NO_NAMES: Final[frozenset[str]] = frozenset()
 
-# A unit's function, the names left out of its fingerprint and that fingerprint; or the
-# snapshot of a closure, which starts with the same two, to take it from when a run needs
-# it (see _admit).
+# A unit's function, the names left out of its fingerprint and that fingerprint (bytes);
+# or the snapshot of a closure, which starts with the same two and has its template third,
+# to take the fingerprint from when a run needs it (see _admit).
 _Taken = Fingerprinted | ClosureSnapshot
 
 
@@ -294,8 +294,9 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         """The unit's function fingerprint: the one taken by add_unit, unless it changed."""
         known = self._fingerprints.get(unit.id)
         if known is not None and known[0] is unit.function and known[1] == _ignored(unit):
-            if isinstance(known, tuple):
-                return known[2]
+            value = known[2]
+            if type(value) is bytes:
+                return value
             value = snapshot_fingerprint(known)  # a closure's, deferred by _admit
             self._fingerprints[unit.id] = (known[0], known[1], value)
             return value

@@ -224,7 +224,7 @@ class ModuleMemo:
     object that changes while runs go on does not invalidate its entries).
     """
 
-    __slots__ = ("closures", "entries", "functions", "globals_parts")
+    __slots__ = ("closures", "entries", "functions", "globals_parts", "recent")
 
     def __init__(self) -> None:
         """An empty memo."""
@@ -239,6 +239,8 @@ class ModuleMemo:
             tuple[types.CodeType, int, frozenset[str]], tuple[dict[str, Any], bytes]
         ] = {}
         self.closures: dict[int, _ClosureTemplate] = {}
+        # The template closure_snapshot used last (one of ``closures``).
+        self.recent: _ClosureTemplate | None = None
 
     def clear(self) -> None:
         """Forget every entry."""
@@ -246,6 +248,7 @@ class ModuleMemo:
         self.functions.clear()
         self.globals_parts.clear()
         self.closures.clear()
+        self.recent = None
 
     def function(self, fn: Any, ignore: frozenset[str]) -> Fingerprinted:
         """``(fn, ignore, its fingerprint)``: this build's, or taken now and kept for it.
@@ -330,11 +333,22 @@ class _ClosureTemplate:
     BLAKE2b state once (``hasher``; ``plain`` has ``NN`` and the number of cells after it,
     what a function without defaults writes next), so each function hashes only its own
     values and the tail. ``cells`` is each closure variable's name as encoded (plus ``~``
-    when it is ignored) and whether it is ignored. ``module`` is the first function's
-    ``__module__``: user code (a library function is encoded by name).
+    when it is ignored) and whether it is ignored; ``one_cell`` says there is one, not
+    ignored. ``module`` is the first function's ``__module__``: user code (a library
+    function is encoded by name).
     """
 
-    __slots__ = ("cells", "code", "hasher", "ignore", "module", "namespace", "plain", "tail")
+    __slots__ = (
+        "cells",
+        "code",
+        "hasher",
+        "ignore",
+        "module",
+        "namespace",
+        "one_cell",
+        "plain",
+        "tail",
+    )
 
     def __init__(
         self,
@@ -359,6 +373,7 @@ class _ClosureTemplate:
             )
             for name in code.co_freevars
         )
+        self.one_cell = len(self.cells) == 1 and not self.cells[0][1]  # (one, not ignored)
         self.tail = tail
 
 
@@ -367,9 +382,9 @@ class _ClosureTemplate:
 # its cells when it was seen (None for an ignored cell, _EMPTY_CELL for an unassigned one)
 # in place of the fingerprint. Every value is plain (None, bool, int, float, str, bytes:
 # immutable, nothing inside to change), so the fingerprint taken from it later is the one
-# the function had then. A list, not a tuple: it is filled cell by cell, and one object
-# per unit is what a build of many closures can afford (each costs it garbage collection).
-ClosureSnapshot = list[Any]
+# the function had then. One tuple per unit (a list would be two allocations, resized as
+# it is filled): a build of many closures pays for each object it keeps per unit.
+ClosureSnapshot = tuple[Any, ...]
 
 
 def closure_snapshot(
@@ -386,28 +401,43 @@ def closure_snapshot(
     makes the bytes ``_Encoder.function`` would have made now, whenever it is called.
     None otherwise (no template, defaults, a value that is not plain).
     """
-    # _template_for's lookup, inlined for the common case: a template of this very code,
-    # namespace, ignored names and module (the template keeps its code object, so an id
-    # found here is that code object's).
-    template = memo.closures.get(id(fn.__code__))
+    # The template used last, if it is this very code's, namespace's, ignored names' and
+    # module's: a build adds the closures of one factory one after the other, so this is
+    # the common case, proven by identities alone (the template keeps its code and
+    # namespace, so ``is`` cannot match another's). Anything else looks the template up.
+    template = memo.recent
     if (
         template is None
+        or template.code is not fn.__code__
         or template.namespace is not fn.__globals__
-        or template.ignore != ignore
-        or template.module != fn.__module__
+        or template.ignore is not ignore
+        or template.module is not fn.__module__
     ):
         template = _template_for(fn, ignore, memo)
         if template is None:
             return None
+        memo.recent = template
     if fn.__defaults__ is not None or fn.__kwdefaults__ is not None:
         return None
-    cells = template.cells
-    snapshot: ClosureSnapshot = [fn, ignore, template]
-    # One cell per free variable, as cells has; the snapshot's length counts the position
-    # (a zip() or enumerate() costs more than the rest of this loop for a closure or two).
-    for cell in fn.__closure__ or ():
-        if cells[len(snapshot) - 3][1]:
-            snapshot.append(None)  # ignored: not read
+    closure = fn.__closure__
+    if template.one_cell:  # a factory's one argument, the commonest closure: no loop
+        try:
+            value = closure[0].cell_contents  # type: ignore[index]  # (one free variable)
+        except ValueError:  # a cell not assigned yet
+            return (fn, ignore, template, _EMPTY_CELL)
+        return (fn, ignore, template, value) if type(value) in _PLAIN_CELLS else None
+    values = _cell_values(closure or (), template)
+    return None if values is None else (fn, ignore, template, *values)
+
+
+def _cell_values(
+    closure: tuple[types.CellType, ...], template: _ClosureTemplate
+) -> list[Any] | None:
+    """A snapshot's values of the cells (None if one is not plain)."""
+    values: list[Any] = []
+    for cell, (_, ignored) in zip(closure, template.cells, strict=True):
+        if ignored:
+            values.append(None)  # not read
             continue
         try:
             contents = cell.cell_contents
@@ -416,8 +446,8 @@ def closure_snapshot(
         else:
             if type(contents) not in _PLAIN_CELLS:
                 return None
-        snapshot.append(contents)
-    return snapshot
+        values.append(contents)
+    return values
 
 
 def snapshot_fingerprint(snapshot: ClosureSnapshot) -> bytes:
