@@ -191,7 +191,8 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         ValueError: ``cache_path`` is not a cache store of this format version, or is a
             symbolic link.
         OSError: ``cache_path`` is a directory or cannot be created, read or written (the
-            message names it).
+            message names it); TimeoutError (an OSError) if another process held its
+            write lock for longer than 30 s.
 
     Warns:
         InsecureCacheWarning: ``cache_path`` exists and its group or others may write it.

@@ -26,8 +26,9 @@ nothing about units or pickling: :mod:`._cache` makes the keys and the payloads.
   and wait for it up to ``timeout`` seconds (``busy_timeout``).
 * **Versioned format.** A ``meta`` table holds ``format_version``. A version 1 or 2 file
   (which differed in its checksum and had an index on ``unit``) is upgraded in place,
-  keeping its valid entries; a file of another version, or one that is not a cache, raises
-  ``ValueError`` on opening and is left untouched.
+  keeping its valid entries; a file of another version, or one that is not a cache (a
+  SQLite database without a format version, or not a SQLite database), raises
+  ``ValueError`` on opening and is left untouched (checked before anything is written).
 * **One b-tree per write.** ``entries`` has no index but its key's (each would be one more
   b-tree per write) until a store with a size limit adds the one on ``accessed`` that
   eviction reads; listing or clearing one unit's entries reads the whole table.
@@ -151,15 +152,19 @@ os.register_at_fork(after_in_child=_note_fork)
 # ``clear(unit)`` and ``entries(unit)`` read the whole table (rare, and linear); the index
 # on ``accessed`` that eviction reads is made by the first store that has a size limit (see
 # _index_for_eviction), so that stores without one do not pay for it.
+# The payload is the last column: SQLite reads a row's columns in order, and a payload
+# larger than a page goes on in overflow pages, so that one before the others would have a
+# query of sizes or times (the total eviction checks, the LRU order, a listing) read every
+# page of every payload. (A file made before kept its order: columns are named, not counted.)
 _ENTRIES: Final = (
     "CREATE TABLE IF NOT EXISTS entries ("
     " key BLOB PRIMARY KEY,"
     " unit TEXT NOT NULL,"
-    " payload BLOB NOT NULL,"
     " checksum INTEGER NOT NULL,"
     " size INTEGER NOT NULL,"
     " created REAL NOT NULL,"
-    " accessed REAL NOT NULL)"
+    " accessed REAL NOT NULL,"
+    " payload BLOB NOT NULL)"
 )
 _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -508,10 +513,20 @@ _PATH_ERRORS: Final = {
 }
 
 
+# Primary SQLite result codes of a lock held by another connection: SQLITE_BUSY, SQLITE_LOCKED.
+_LOCK_ERRORS: Final = frozenset({5, 6})
+
+
 def _path_problem(error: sqlite3.Error) -> str | None:
     """Why SQLite could not use the file, if ``error`` says it is the path's fault."""
     code = getattr(error, "sqlite_errorcode", None)
     return None if code is None else _PATH_ERRORS.get(code & 0xFF)
+
+
+def _locked(error: sqlite3.Error) -> bool:
+    """Whether ``error`` is SQLite's "database is locked" (SQLITE_BUSY or SQLITE_LOCKED)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _LOCK_ERRORS
 
 
 def _open_private_file(path: Path) -> os.stat_result:
@@ -564,6 +579,18 @@ def _open_private_file(path: Path) -> os.stat_result:
     return info
 
 
+_SQLITE_HEADER: Final = b"SQLite format 3\0"
+
+
+def _is_sqlite_file(path: Path) -> bool:
+    """Whether the file at ``path`` (not a link) starts as every SQLite database does."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        return os.read(fd, len(_SQLITE_HEADER)) == _SQLITE_HEADER
+    finally:
+        os.close(fd)
+
+
 def _check_unchanged(path: Path, before: os.stat_result) -> None:
     """Refuse ``path`` if it became a link or another file while SQLite opened it."""
     after = os.lstat(path)
@@ -607,6 +634,8 @@ class SQLiteStore(CacheStore):
             version, or ``path`` is a symbolic link.
         OSError: ``path`` is a directory, or cannot be created, read or written (the
             message names it).
+        TimeoutError: Another connection held the file's write lock for longer than
+            ``timeout`` (a long write, or an upgrade by another process).
 
     Warns:
         InsecureCacheWarning: The file exists and its group or others may write it.
@@ -685,6 +714,12 @@ class SQLiteStore(CacheStore):
             self._queued_units = {}
             self._writer = None
         checked = _open_private_file(self.path)
+        if checked.st_size and not _is_sqlite_file(self.path):
+            # SQLite itself would take a file of one byte for an empty database, and write one.
+            raise ValueError(
+                f"{str(self.path)!r} is not a quantum-partitioner cache store (it is not a "
+                "SQLite database); use another cache_path"
+            )
         try:
             connection = sqlite3.connect(
                 self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
@@ -704,6 +739,8 @@ class SQLiteStore(CacheStore):
     def _prepare(self, connection: sqlite3.Connection) -> None:
         try:
             connection.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            # Before anything is written: switching to WAL is a lasting change to the file.
+            self._refuse_foreign(connection)
             # Only a new (empty) file takes it: an existing one keeps its page size.
             connection.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
             self._enable_wal(connection)
@@ -718,6 +755,13 @@ class SQLiteStore(CacheStore):
         except sqlite3.DatabaseError as error:
             if _path_problem(error) is not None:
                 raise self._unusable(error) from error
+            if _locked(error):  # a store, another connection's write under way too long
+                raise TimeoutError(
+                    errno.ETIMEDOUT,
+                    "cannot open the cache store: it stayed locked by another connection's "
+                    f"write for longer than timeout ({self.timeout:g} s)",
+                    str(self.path),
+                ) from error
             raise ValueError(
                 f"{str(self.path)!r} is not a quantum-partitioner cache store ({error})"
             ) from error
@@ -758,16 +802,32 @@ class SQLiteStore(CacheStore):
             else:
                 return
 
-    def _check_or_create(self, connection: sqlite3.Connection) -> str:
+    def _refuse_foreign(self, connection: sqlite3.Connection) -> None:
+        """Raise ValueError if the file is a SQLite database other than a store (or new).
+
+        A store has a ``meta`` table with its format version from the transaction that made
+        it; a ``meta`` table without one is another application's.
+        """
         tables = {
             row[0]
             for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
-        if tables and "meta" not in tables:
-            raise ValueError(
-                f"{str(self.path)!r} is a SQLite database but not a quantum-partitioner cache "
-                f"store (it has tables {sorted(tables)}); use another cache_path"
-            )
+        if not tables:
+            return
+        if "meta" in tables:
+            try:
+                query = "SELECT 1 FROM meta WHERE key = 'format_version'"
+                if connection.execute(query).fetchone() is not None:
+                    return
+            except sqlite3.OperationalError:  # a meta table of another shape
+                pass
+        raise ValueError(
+            f"{str(self.path)!r} is a SQLite database but not a quantum-partitioner cache "
+            f"store (it has tables {sorted(tables)}); use another cache_path"
+        )
+
+    def _check_or_create(self, connection: sqlite3.Connection) -> str:
+        self._refuse_foreign(connection)  # again: another process may have made it meanwhile
         for statement in _SCHEMA:
             connection.execute(statement)
         connection.execute(
@@ -866,12 +926,14 @@ class SQLiteStore(CacheStore):
                 wanted, budget = self._scan(connection, wanted, budget, damaged)
         for start in range(0, len(wanted), _PREFETCH_CHUNK):
             chunk = wanted[start : start + _PREFETCH_CHUNK]
-            absent.update(chunk)
+            # Marked missing once the query says so, not before: a lookup on another thread
+            # (another run on this store) reads _absent meanwhile, without the lock.
+            missing = set(chunk)
             largest = max(0, min(_PREFETCH_ENTRY_BYTES, budget))
             placeholders = ",".join("?" * len(chunk))
             rows = connection.execute(_PREFETCH_QUERY.format(placeholders), (largest, *chunk))
             for key, payload, stored in rows:
-                absent.discard(key)
+                missing.discard(key)
                 if payload is None:
                     prefetched[key] = None  # present, but read when looked up
                 elif _intact(key, payload, stored):
@@ -879,6 +941,7 @@ class SQLiteStore(CacheStore):
                     budget -= len(payload)
                 else:
                     damaged.append(key)
+            absent.update(missing)
         for key in damaged:  # once no query is under way
             self._drop_damaged(key)
 
@@ -893,13 +956,13 @@ class SQLiteStore(CacheStore):
         """
         prefetched, absent = self._prefetched, self._absent
         looking = set(wanted)
-        absent.update(looking)
+        missing = set(looking)  # marked missing after the scan (see _prefetch)
         left = []
         rows = connection.execute(_SCAN_QUERY, (_SCAN_ENTRY_BYTES,))
         for key, size, payload, stored in rows:
             if key not in looking:
                 continue
-            absent.discard(key)
+            missing.discard(key)
             if payload is None:
                 left.append(key)
             elif size > budget:
@@ -909,6 +972,7 @@ class SQLiteStore(CacheStore):
                 budget -= size
             else:
                 damaged.append(key)
+        absent.update(missing)
         return left, budget
 
     def _forget_prefetched(self) -> None:
@@ -1046,9 +1110,11 @@ class SQLiteStore(CacheStore):
         if total > limit:
             self._index_for_eviction(connection)  # the limit may have been set after opening
             doomed = []
-            # rowid: the order of writes, among entries last used at the same time.
+            # rowid: the order of writes (each row is appended), among entries last used at
+            # the same time (a batch's). Not ``created`` as well: the index on accessed holds
+            # rowids in order, created would have every such group sorted first.
             for key, size in connection.execute(
-                "SELECT key, size FROM entries WHERE key != ? ORDER BY accessed, created, rowid",
+                "SELECT key, size FROM entries WHERE key != ? ORDER BY accessed, rowid",
                 (keep,),
             ):
                 doomed.append((key,))

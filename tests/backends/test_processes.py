@@ -6,6 +6,7 @@ value, which is what users' lambdas rely on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -1194,3 +1195,104 @@ def test_an_attempt_sent_ahead_cancelled_once_it_started_is_timed_from_its_real_
     canceller.join()
     assert p.units["second"].state is UnitState.CANCELED
     assert p.units["second"].execution_time < 0.5
+
+
+def test_attempts_taken_back_count_against_what_may_wait_in_a_busy_worker(tmp_path):
+    """A busy worker reads its pipe only between attempts, so the messages of attempts taken
+    back from it (stolen, cancelled) stay there until it drops them: they count against
+    what may wait in it. (Sending it more, each taken back in turn, filled its pipe: the
+    driver blocked on it until the attempt ahead ended, its timeouts and outcomes too.)"""
+    gate = str(tmp_path / "gate")
+    graph = Graph(
+        [
+            QuantumUnit("inputs", lambda ctx: bytes(7000)),  # each attempt's message: 7 KB
+            QuantumUnit("busy", lambda ctx: _wait_for_file(gate)),
+            *(QuantumUnit(f"s{k}", lambda ctx: 1, ["inputs"]) for k in range(12)),
+        ]
+    )
+    run, lane, outcomes = _lane_sending_ahead(graph)
+    try:
+        sched = run.scheduler
+        _start_and_submit(run, lane, 0)
+        item = _next_outcome(lane, outcomes)
+        lane.settled(0, 1)
+        sched.complete(0, 1, item[3], run.clock())
+        _start_and_submit(run, lane, 1)
+        taken_back = 0
+        while lane.has_room() and taken_back < 12:
+            i = sched.start_next(run.clock())
+            sent = threading.Thread(target=lane.submit, args=(i, 1), daemon=True)
+            sent.start()
+            sent.join(10)
+            assert not sent.is_alive(), f"submit() waited for the busy worker ({taken_back})"
+            lane.abandon(i, 1)  # taken back: its message stays in the worker's pipe
+            taken_back += 1
+        assert taken_back <= processes._SEND_AHEAD
+        Path(gate).touch()
+        assert _next_outcome(lane, outcomes)[:3] == (1, 1, True)
+    finally:
+        Path(gate).touch()
+        lane.close(cancel=True)
+
+
+@pytest.mark.parametrize("pidfds", [True, False], ids=["pidfd", "no-pidfd"])
+def test_a_worker_that_dies_leaving_a_forked_child_fails_its_unit_at_once(
+    tmp_path, monkeypatch, pidfds
+):
+    """A unit's forked child (``os.fork``, a ``fork`` multiprocessing helper) holds the
+    worker's pipe to the driver: the worker's death is still noticed at once, not when that
+    child exits."""
+    if not pidfds:
+        monkeypatch.delattr(os, "pidfd_open", raising=False)
+    elif not hasattr(os, "pidfd_open"):
+        pytest.skip("no pidfds here")
+    child = tmp_path / "child"
+
+    def leave_a_child(ctx):
+        pid = os.fork()
+        if pid == 0:  # the child: outlives its parent, holding what it inherited
+            time.sleep(60)
+            os._exit(0)
+        child.write_text(str(pid))
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(leave_a_child, name="leave_a_child", priority=5)
+    p.add_unit(lambda ctx: os._exit(3), ["leave_a_child"], name="dies")
+    started = time.monotonic()
+    try:
+        p.execute(execution_mode=PROCESS)
+        assert time.monotonic() - started < 30  # the child sleeps for 60 s
+    finally:
+        if child.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(child.read_text()), signal.SIGKILL)
+    assert isinstance(p.units["dies"].error, WorkerDiedError)
+
+
+def test_workers_that_do_not_stop_are_all_killed_once_the_same_wait_is_over(tmp_path, monkeypatch):
+    """Each worker left a thread that never ends: they are killed together once the wait
+    for a stopped worker is over, not one such wait after the other."""
+    monkeypatch.setattr(processes, "_STOP_SECONDS", 1.5)
+    workers = 4
+
+    def never_ends(ctx):
+        import threading  # noqa: PLC0415 - in the worker
+
+        threading.Thread(target=time.sleep, args=(3600,)).start()  # not a daemon
+        (tmp_path / str(os.getpid())).touch()
+        deadline = time.monotonic() + 30  # until each worker has one: they all get one
+        while len(os.listdir(tmp_path)) < workers and time.monotonic() < deadline:  # noqa: PTH208
+            time.sleep(0.005)
+        return os.getpid()
+
+    p = QuantumPartitioner()
+    for k in range(workers):
+        p.add_unit(never_ends, name=f"u{k}")
+    backend = ProcessBackend(workers, reuse=True)
+    try:
+        assert len(set(p.execute({}, backend=backend).values())) == workers
+    finally:
+        started = time.monotonic()
+        backend.close()
+        stopping = time.monotonic() - started
+    assert 1.5 <= stopping < 4.5  # one wait of 1.5 s; one after the other took 6 s

@@ -49,10 +49,14 @@ which is how the scheduler's order holds too), and to drop one that is abandoned
 started: its worker is killed, as for any running attempt, unless the worker has taken
 the number of one behind it, which it does only once the abandoned one has ended (its late
 outcome is then ignored, and the one it went on to runs on). A worker says when it drops an
-attempt taken back; until then it is not idle: the next attempt it is given has a number
-too, which the worker may take as it drops the one taken back (before it starts the next).
+attempt taken back (its message stays in the pipe until then: it counts among those that
+may wait in the worker); until then it is not idle: the next attempt it is given has a
+number too, which the worker may take as it drops the one taken back (before it starts
+the next).
 Attempts waiting in a worker that dies never started: they go to other workers. A worker
 sends each outcome as it ends; the reader takes every outcome that has arrived in one read.
+The reader learns that a worker died from its exit (a pidfd; where there are none, it looks
+twice a second), not from the end of its pipe, which a child its unit forked may hold open.
 
 Each worker holds a *slot*, ``0 .. max_workers - 1``; a replacement takes the slot of the
 worker it replaces, and each attempt is recorded with its slot (``Run.attempt_workers``), so
@@ -109,15 +113,24 @@ _SEND_AHEAD = 4
 #: while no unit can become ready that would come before them (see ``_ahead_room``).
 _SHORT_ATTEMPT = 0.002
 #: The largest attempt (its messages, in bytes) that may be sent ahead: a busy worker does
-#: not read its pipe, whose buffer (64 KiB on Linux) must take that many of them, and those
-#: taken back that the worker has not read yet, without the driver waiting.
+#: not read its pipe, whose buffer (64 KiB on Linux) must take ``_SEND_AHEAD`` of them
+#: without the driver waiting (those taken back that it has not dropped yet count among
+#: them: see ``_may_wait_in``).
 _SENT_AHEAD_BYTES = 8 << 10
+#: Seconds the workers told to stop may take to exit before they are killed (a unit's
+#: thread that never ends, an atexit handler that hangs).
+_STOP_SECONDS = 5.0
 #: Seconds a worker may take to report ready (it imports little: well under one, normally).
 _START_TIMEOUT = 60.0
 #: What a worker's interpreter runs (see :mod:`.._process_worker`).
 _WORKER_PROGRAM = "from quantum_partitioner._process_worker import main; main()"
 #: How much of a worker's start-up stderr is kept (its end) for the error message.
 _START_LOG_BYTES = 4096
+#: Seconds between looks for the exit of workers without a pidfd (their exit cannot wake
+#: the reader, and a child their unit forked may keep their pipe open).
+_EXIT_CHECK_SECONDS = 0.5
+#: What a descriptor the reader watches is to its worker.
+_OUTBOX, _START_LOG, _EXITED = range(3)
 
 
 class RemoteTraceback(Exception):  # noqa: N818 - named after concurrent.futures'
@@ -401,9 +414,10 @@ class ProcessLane(Lane):
             else:
                 with contextlib.suppress(OSError):
                     send_frame(worker.inbox, pickle.dumps(("stop",)))
+        stop_by = time.monotonic() + _STOP_SECONDS  # they were all told at once
         for worker in workers:
             try:
-                _wait_exit(worker, 5)
+                _wait_exit(worker, max(0.0, stop_by - time.monotonic()))
             except subprocess.TimeoutExpired:
                 _kill(worker)
                 worker.process.wait()
@@ -446,7 +460,7 @@ class ProcessLane(Lane):
                     if idle or self._held:
                         return idle
                     room = self._ahead_room(self._run.scheduler.peek_next(self.index))
-                    return room > 0 and any(w.ready and len(w.jobs) <= room for w in self._workers)
+                    return room > 0 and any(_may_wait_in(w, room) for w in self._workers)
                 i, attempt = self._held.popleft()
             self.submit(i, attempt)
 
@@ -513,7 +527,7 @@ class ProcessLane(Lane):
             claim = 0
             if worker is None and (room := self._ahead_room(i)):
                 worker = min(
-                    (w for w in self._workers if w.ready and len(w.jobs) <= room),
+                    (w for w in self._workers if _may_wait_in(w, room)),
                     key=lambda w: len(w.jobs),
                     default=None,
                 )
@@ -686,16 +700,21 @@ class ProcessLane(Lane):
             with self._lock:
                 if self._closing and not self._workers:
                     return
-                # Each descriptor: its worker, and whether it is its outbox (else its
-                # start-up stderr).
-                watched: dict[int, tuple[_Worker, bool]] = {
-                    w.outbox: (w, True) for w in self._workers
-                }
+                # Each descriptor: its worker, and what it is to it.
+                watched: dict[int, tuple[_Worker, int]] = {}
                 for w in self._workers:
+                    watched[w.outbox] = (w, _OUTBOX)
                     if w.start_stderr >= 0:
-                        watched[w.start_stderr] = (w, False)
+                        watched[w.start_stderr] = (w, _START_LOG)
+                    if w.exited >= 0:
+                        watched[w.exited] = (w, _EXITED)
+                # Without a pidfd, a worker's exit is looked for every so often.
+                unwatched = [w for w in self._workers if w.exited < 0]
                 due = [w.start_deadline for w in self._workers if w.start_deadline is not None]
-            timeout = max(0.0, min(due) - time.monotonic()) if due else None
+            waits = [min(due) - time.monotonic()] if due else []
+            if unwatched:
+                waits.append(_EXIT_CHECK_SECONDS)
+            timeout = max(0.0, min(waits)) if waits else None
             ready = _readable([*watched, self._wake_r], timeout)
             if due:
                 self._kill_late_starters()
@@ -704,23 +723,44 @@ class ProcessLane(Lane):
                     with contextlib.suppress(OSError):
                         os.read(self._wake_r, 4096)
                     continue
-                worker, is_outbox = watched[fd]
-                if not is_outbox:
+                worker, kind = watched[fd]
+                if kind == _START_LOG:
                     if fd == worker.start_stderr:  # not closed (and reused) since
                         _read_start_log(worker)
-                    continue
-                if fd != worker.outbox:  # buried (and its number reused) since
-                    continue
-                try:
-                    frames = worker.reader.read()
-                except (EOFError, OSError):
+                elif kind == _EXITED:
+                    if fd == worker.exited and worker.outbox >= 0:  # not buried since
+                        self._bury_exited(worker)
+                elif fd == worker.outbox and not self._pass_on(worker):  # else buried since
                     self._bury(worker)
-                    continue
-                for frame in frames:
-                    self._receive(worker, pickle.loads(frame))  # noqa: S301 - our own worker
+            for worker in unwatched:
+                if worker.outbox >= 0 and worker.process.poll() is not None:
+                    self._bury_exited(worker)
             with self._lock:
                 if self._closing and all(w.process.poll() is not None for w in self._workers):
                     return
+
+    def _pass_on(self, worker: _Worker) -> bool:
+        """Read the worker's outbox once and take its messages; False at its end."""
+        try:
+            frames = worker.reader.read()
+        except (EOFError, OSError):  # BlockingIOError too: drained (see _bury_exited)
+            return False
+        for frame in frames:
+            self._receive(worker, pickle.loads(frame))  # noqa: S301 - our own worker
+        return True
+
+    def _bury_exited(self, worker: _Worker) -> None:
+        """The worker exited: take what it sent before it did, then bury it.
+
+        Its outbox may never reach its end: a child the unit forked (``os.fork``, a
+        ``fork`` multiprocessing helper) holds it open, maybe for a long time. So the exit
+        itself says it died, and its outbox is read only for what is there.
+        """
+        with contextlib.suppress(OSError):
+            os.set_blocking(worker.outbox, False)
+        while self._pass_on(worker):
+            pass
+        self._bury(worker)
 
     def _receive(self, worker: _Worker, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -994,6 +1034,17 @@ def _take_back(worker: _Worker, most: int) -> list[tuple[int, int]]:
 def _idle(worker: _Worker) -> bool:
     """Whether the worker may be given an attempt without a claim number (hold the lock)."""
     return worker.ready and not worker.jobs and not worker.dropping
+
+
+def _may_wait_in(worker: _Worker, room: int) -> bool:
+    """Whether another attempt may wait in the busy ``worker`` (hold the lock).
+
+    Fewer than ``room`` may wait in its pipe unread, counting those taken back that it has
+    not dropped yet: a busy worker reads nothing, so their messages are still there (taken
+    back one by one, stolen or cancelled, they filled the pipe and the driver's next write
+    waited for the attempt ahead to end).
+    """
+    return worker.ready and len(worker.jobs) + worker.dropping <= room
 
 
 def _forget(worker: _Worker, job: tuple[int, int]) -> None:
