@@ -296,6 +296,88 @@ def test_add_units_builds_what_add_unit_builds():
     }
 
 
+class _Name(str):
+    """A str subclass: a valid unit or dependency name that is not exactly a str."""
+
+    __slots__ = ()
+
+
+def _fields(unit):
+    """Every slot and public attribute of ``unit``, to compare two units field by field."""
+    slots = {slot: getattr(unit, slot) for slot in type(unit).__slots__}
+    public = {
+        name: getattr(unit, name)
+        for name in dir(type(unit))
+        if not name.startswith("_") and not callable(getattr(unit, name))
+    }
+    return slots, public, type(unit)
+
+
+@pytest.mark.parametrize(
+    "dependencies",
+    [
+        pytest.param([], id="empty-list"),
+        pytest.param(None, id="none"),
+        pytest.param((), id="empty-tuple"),
+        pytest.param(["a"], id="one"),
+        pytest.param(["a", "b", "a"], id="repeated"),
+        pytest.param(("b", "a"), id="tuple"),
+        pytest.param([_Name("a"), "b"], id="str-subclass"),
+    ],
+)
+def test_add_units_builds_the_very_unit_add_unit_builds(dependencies):
+    """A (fn, dependencies) entry gives a unit equal to add_unit's in every slot and field."""
+    one, bulk = QuantumPartitioner(), QuantumPartitioner()
+    for p in (one, bulk):
+        p.add_units({"a": noop, "b": noop})
+    one.add_unit(other, dependencies, "u")
+    bulk.add_units({"u": (other, dependencies)})
+    built, added = bulk.units["u"], one.units["u"]
+    assert _fields(built) == _fields(added)
+    assert type(built._dependencies) is type(added._dependencies)
+    assert built._options is added._options  # the shared default record
+    if dependencies:
+        assert built.dependencies is not dependencies  # the unit's own list
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param((noop, "a"), id="deps-as-str"),
+        pytest.param((noop, {"a"}), id="deps-as-set"),
+        pytest.param((noop, ""), id="deps-as-empty-str"),
+        pytest.param((noop, {}), id="deps-as-empty-dict"),
+        pytest.param((noop, [1]), id="int-dep"),
+        pytest.param((noop, ["a", None]), id="none-dep"),
+        pytest.param((5, ["a"]), id="non-callable"),
+        pytest.param((5, [1]), id="non-callable-and-int-dep"),
+    ],
+)
+def test_add_units_raises_add_unit_error_for_a_bad_pair_adding_none(entry):
+    """A bad (fn, dependencies) entry raises add_unit's very error; none of the units is added."""
+    with pytest.raises(TypeError) as expected:
+        QuantumPartitioner().add_unit(entry[0], entry[1], "bad_unit")
+    p = QuantumPartitioner()
+    later_error = {"later": (5, [])}  # a later bad entry: the first one raises
+    with pytest.raises(TypeError) as info:
+        p.add_units({"a": (noop, []), "b": (noop, ["a"]), "bad_unit": entry, **later_error})
+    assert str(info.value) == str(expected.value)
+    assert p.units == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [("", ValueError), (1, TypeError), (None, TypeError)],
+    ids=["empty", "int", "none"],
+)
+def test_add_units_refuses_a_bad_name_among_pairs(name, error):
+    """A bad name among (fn, dependencies) entries raises, naming it, and adds none."""
+    p = QuantumPartitioner()
+    with pytest.raises(error, match=f"unit name must be a non-empty string, got {name!r}"):
+        p.add_units({"a": (noop, []), name: (noop, ["a"]), "later": (5, [])})
+    assert p.units == {}
+
+
 @pytest.mark.parametrize(
     ("units", "message"),
     [

@@ -533,9 +533,7 @@ def make_plain_unit(
     if dependencies is None or (type(dependencies) is list and not dependencies):
         deps = _NO_DEPENDENCIES  # no list until one is asked for
     else:
-        _check_dependencies(unit_id, dependencies)
-        # A dependency listed twice counts once; the list is the unit's own copy.
-        deps = list(dict.fromkeys(dependencies)) if len(dependencies) > 1 else list(dependencies)
+        deps = _own_dependencies(unit_id, dependencies)
     if not callable(fn):
         raise TypeError(f"unit {unit_id!r}: fn must be callable, got {type(fn).__name__}")
     # Built slot by slot: the constructor's 16 parameters with their defaults would cost
@@ -549,6 +547,65 @@ def make_plain_unit(
     unit._view = None
     unit._index = -1
     return unit
+
+
+def make_plain_units(
+    units: Mapping[str, Any], make_other: Callable[[str, Any], QuantumUnit[Any, Any]]
+) -> dict[str, QuantumUnit[Any, Any]]:
+    """The units of an ``add_units`` mapping, by name, in its order.
+
+    An entry ``(fn, dependencies)`` with a list of dependencies, a plain non-empty name and
+    a callable ``fn`` (most entries of a large graph) becomes what :func:`make_plain_unit`
+    makes of it, built here: a Python call per unit would cost a third of the build. Every
+    other entry is ``make_other(name, entry)``, which builds it or raises its error. The
+    entries are taken in order, so the first bad entry raises, as one by one.
+
+    Raises:
+        TypeError: From ``make_other``, or a dependency that is no name (naming the unit).
+    """
+    new_unit, unit_class, defaults, no_deps = _new_object, QuantumUnit, _ADDED_DEFAULTS, ()
+    made: dict[str, QuantumUnit[Any, Any]] = {}
+    for name, entry in units.items():
+        if type(entry) is tuple and len(entry) == 2 and type(name) is str and name:
+            fn, wanted = entry
+            if type(wanted) is list and callable(fn):
+                # make_plain_unit's checks and slot stores, inlined: the name, the list and
+                # fn are known to be valid here; the names in the list are checked next.
+                unit = new_unit(unit_class)
+                unit.id = name
+                unit.function = fn
+                unit._dependencies = _own_dependencies(name, wanted) if wanted else no_deps
+                unit._metadata = None
+                unit._options = defaults
+                unit._view = None
+                unit._index = -1
+                made[name] = unit
+                continue
+        made[name] = make_other(name, entry)
+    return made
+
+
+def _own_dependencies(unit_id: str, dependencies: Any) -> list[str]:
+    """``dependencies``, checked, as the unit's own list, each name once (in first order).
+
+    Raises:
+        TypeError: ``dependencies`` is no list of names (the message names the unit).
+    """
+    if type(dependencies) is list:
+        # str.join refuses any item that is not a str (a str subclass is one), in C: the
+        # cheapest check of a long list there is (a Python loop costs three times more).
+        # The joined string is thrown away; only a refusal goes on to the check that
+        # names the unit.
+        try:
+            "".join(dependencies)
+        except TypeError:
+            _check_dependencies(unit_id, dependencies)
+    else:
+        _check_dependencies(unit_id, dependencies)
+    # A set finds a repeat faster than a dict removes one, and repeats are rare.
+    if len(dependencies) > 1 and len(set(dependencies)) != len(dependencies):
+        return list(dict.fromkeys(dependencies))
+    return list(dependencies)
 
 
 def make_unit(  # noqa: PLR0917 - add_unit's arguments, passed on in its order

@@ -31,6 +31,7 @@ from ._graph import (
     compile_graph,
     default_options,
     make_plain_unit,
+    make_plain_units,
     make_unit,
     validate_unit,
 )
@@ -113,7 +114,7 @@ _UNIT_OPTIONS = frozenset(
 def _unit_of_spec(
     name: str, spec: object, depends_on_a_map: Callable[[object], bool]
 ) -> QuantumUnit[Any, Any]:
-    """An ``add_units`` entry but ``(fn, dependencies)``: ``fn`` or ``(fn, deps, options)``."""
+    """An ``add_units`` entry that :func:`make_plain_units` leaves: any shape, or an error."""
     if type(spec) is not tuple and callable(spec):
         return make_plain_unit(name, spec)
     if not (isinstance(spec, tuple) and len(spec) in {2, 3}):
@@ -671,15 +672,13 @@ class QuantumPartitioner(Generic[T, R]):
                 "add_units() takes a dict of name -> fn, (fn, dependencies) or "
                 f"(fn, dependencies, options), got a {type(units).__name__}"
             )
-        make, depends_on_a_map = make_plain_unit, self._depends_on_a_map
+        depends_on_a_map = self._depends_on_a_map
+
+        def make_other(name: str, entry: object) -> QuantumUnit[Any, Any]:
+            return _unit_of_spec(name, entry, depends_on_a_map)
+
         with _gc_paused():  # many objects made and none freed: see _graph._gc_paused
-            # The common shape, (fn, dependencies) with every option at its default, first.
-            new: dict[str, QuantumUnit[T, R]] = {
-                name: make(name, *spec)
-                if type(spec) is tuple and len(spec) == 2
-                else _unit_of_spec(name, spec, depends_on_a_map)
-                for name, spec in units.items()
-            }
+            new: dict[str, QuantumUnit[T, R]] = make_plain_units(units, make_other)
             if self.units and not replace and not new.keys().isdisjoint(self.units):
                 raise DuplicateUnitError(next(name for name in new if name in self.units))
             if self._admits:

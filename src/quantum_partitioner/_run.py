@@ -314,10 +314,15 @@ class Run:
             if interrupts_run(error):
                 raise
             return False, error
+        metrics = ctx.metrics
+        if metrics is None and cache is None:
+            # Nothing to keep or to leave behind (most units): whether the attempt is still
+            # wanted is the scheduler's to decide when it gets the result, as it always is.
+            return True, value
         if not self.still_wanted(i, attempt):
             return True, value  # timed out or cancelled: the scheduler will discard it
-        if ctx.metrics is not None:
-            self.unit_metrics[i] = ctx.metrics
+        if metrics is not None:
+            self.unit_metrics[i] = metrics
         if cache is not None:
             cache.remember(self, i, value)
         return True, value
