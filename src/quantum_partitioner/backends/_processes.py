@@ -416,9 +416,11 @@ class ProcessLane(Lane):
         finally:
             for fd in (child_in, child_out, start_w, console):
                 os.close(fd)
-        if boot is not None:  # one write: the pipe is new and holds it all
+        if boot is not None:  # the pipe is new and holds it all: this never waits
+            unwritten = memoryview(boot)
             with contextlib.suppress(OSError):  # it died already: a failed start, as it reads
-                os.write(parent_out, boot)
+                while unwritten:
+                    unwritten = unwritten[os.write(parent_out, unwritten) :]
         worker = _Worker(process, parent_out, parent_in, start_r, claim_pipe)
         taken = {w.slot for w in self._workers}
         worker.slot = next(
