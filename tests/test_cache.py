@@ -46,7 +46,6 @@ from quantum_partitioner import (
     UnitState,
     _cache,
     _fingerprint,
-    _stores,
 )
 
 SEQUENTIAL = ExecutionMode.SEQUENTIAL
@@ -1342,49 +1341,6 @@ def test_killed_writer_mid_transaction_leaves_no_entry(tmp_path):
     assert store.get(b"a" * 32) == b"kept"
     assert store.get(b"b" * 32) is None
     store.close()
-
-
-def test_close_commits_every_result_and_leaves_the_checkpoint_to_a_thread(tmp_path, monkeypatch):
-    """close() returns once every result is committed; closing the connection (which
-    checkpoints the write-ahead log into the file: two fsyncs) is a thread's work, and a
-    normal interpreter exit waits for it."""
-    release = threading.Event()
-    closed_by = []
-    close_now = _stores._close_quietly
-
-    def held_close(connections):
-        closed_by.append(threading.current_thread().name)
-        if threading.current_thread() is not threading.main_thread():
-            release.wait(30)
-        close_now(connections)
-
-    monkeypatch.setattr(_stores, "_close_quietly", held_close)
-    path = tmp_path / "c.sqlite"
-    p = CachingQuantumPartitioner(cache_path=path, default_execution_mode=SEQUENTIAL)
-    p.add_unit(lambda ctx: 1, name="a", metadata={"cacheable": True})
-    p.execute()
-    p.close()  # returns while the connection's close is held
-    assert closed_by == ["quantum-partitioner cache closer"]
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        assert db.execute("SELECT unit FROM entries").fetchall() == [("a",)]
-    release.set()
-    for thread in threading.enumerate():
-        if thread.name == "quantum-partitioner cache closer":
-            thread.join(30)
-    assert not (tmp_path / "c.sqlite-wal").exists()  # checkpointed, then deleted
-
-    program = (
-        "import sys, quantum_partitioner as qp\n"
-        "p = qp.CachingQuantumPartitioner(cache_path=sys.argv[1])\n"
-        "p.add_unit(lambda ctx: 1, name='b', metadata={'cacheable': True})\n"
-        "p.execute(execution_mode='sequential')\n"
-        "p.close()\n"
-    )
-    other = tmp_path / "exit.sqlite"
-    subprocess.run([sys.executable, "-c", program, str(other)], check=True, timeout=60)
-    assert not (tmp_path / "exit.sqlite-wal").exists()  # the exit waited for the closer
-    with contextlib.closing(sqlite3.connect(other)) as db:
-        assert db.execute("SELECT unit FROM entries").fetchall() == [("b",)]
 
 
 # -- management --------------------------------------------------------------------------------

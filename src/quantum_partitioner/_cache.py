@@ -368,10 +368,7 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         )
 
     def close(self) -> None:
-        """Close the store (a SQLite file's connection); the partitioner is done with.
-
-        Every result is committed when it returns (see :meth:`SQLiteStore.close`).
-        """
+        """Close the store (a SQLite file's connection); the partitioner is done with."""
         self.cache.close()
 
     def __enter__(self) -> Self:

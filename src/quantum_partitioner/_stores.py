@@ -1277,35 +1277,11 @@ class SQLiteStore(CacheStore):
             self._write_touches()
 
     def close(self) -> None:
-        """Commit the queued results and write the read times; close the connection.
-
-        Every result is committed when it returns. Closing the last connection to a store
-        also checkpoints its write-ahead log into the main file (two fsyncs, 10-20 ms),
-        which nobody needs to wait for: on POSIX systems a thread of its own does that
-        closing, and a normal interpreter exit waits for it. (On Windows, where a file that
-        is open cannot be deleted, it is done before ``close`` returns.)
-        """
-        self._close(in_background=os.name == "posix")
-
-    def _close(self, *, in_background: bool) -> None:
+        """Write the queued results and read times, and close the connection."""
         with self._lock:
             self._write_everything()
-            connections = self._connections[:]  # the store opens another if used again
-            self._connections.clear()
+            _close_quietly(self._connections)
             self._pid = -1
-        if not connections:
-            return
-        if in_background:
-            closer = threading.Thread(  # not a daemon: the interpreter's exit joins it
-                target=_close_quietly, args=(connections,), name="quantum-partitioner cache closer"
-            )
-            try:
-                closer.start()
-            except RuntimeError:  # no new threads (the interpreter is exiting)
-                pass
-            else:
-                return
-        _close_quietly(connections)
 
 
 _LIVE_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
@@ -1313,13 +1289,10 @@ _LIVE_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
 
 @atexit.register
 def _close_live_stores() -> None:
-    """Commit what is still queued when the interpreter exits normally, and close.
-
-    Here, not in a thread: the interpreter has joined its threads before it calls this.
-    """
+    """Commit what is still queued when the interpreter exits normally, and close."""
     for store in list(_LIVE_STORES):
         with contextlib.suppress(Exception):
-            store._close(in_background=False)
+            store.close()
 
 
 def _insert(
