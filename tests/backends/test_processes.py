@@ -1314,6 +1314,45 @@ def test_an_attempt_sent_ahead_cancelled_once_it_started_is_timed_from_its_real_
     assert p.units["second"].execution_time < 0.5
 
 
+def test_an_attempt_stopped_before_the_outcome_ahead_of_it_is_read_is_timed_from_its_start(
+    tmp_path,
+):
+    """The worker sends the outcome of the attempt ahead, then begins the next one. A stop
+    that comes before the driver has read that outcome times the stopped one from when it
+    began, once the outcome is read (it kept when it was sent: 1 s too early here)."""
+    started = str(tmp_path / "started")
+
+    def second(ctx):
+        Path(started).touch()
+        time.sleep(30)
+
+    graph = Graph(
+        [QuantumUnit("ahead", lambda ctx: time.sleep(1.0)), QuantumUnit("second", second)]
+    )
+    run, lane, outcomes = _lane_sending_ahead(graph, short=False)
+    reading = threading.Event()
+    pass_on = lane._pass_on
+
+    def read_after_the_stop(worker):
+        reading.wait(60)
+        return pass_on(worker)
+
+    lane._pass_on = read_after_the_stop  # the reader takes no outcome until it is set
+    try:
+        sched = run.scheduler
+        _start_and_submit(run, lane, 0, 1)
+        [worker] = lane._workers
+        assert list(worker.jobs) == [(0, 1), (1, 1)]  # "second" waits behind "ahead"
+        _wait_for_file(started)  # "ahead" ended, its outcome unread, and "second" began
+        lane.abandon(1, 1)
+        reading.set()
+        assert _next_outcome(lane, outcomes)[:3] == (0, 1, True)
+        assert sched.started[1] - sched.started[0] > 0.9  # after "ahead"'s 1 s
+    finally:
+        reading.set()
+        lane.close(cancel=True)
+
+
 def test_attempts_taken_back_count_against_what_may_wait_in_a_busy_worker(tmp_path):
     """A busy worker reads its pipe only between attempts, so the messages of attempts taken
     back from it (stolen, cancelled) stay there until it drops them: they count against

@@ -221,6 +221,7 @@ class _Worker:
         "start_log",
         "start_stderr",
         "started",
+        "unsure_start",
     )
 
     def __init__(
@@ -264,6 +265,10 @@ class _Worker:
         #: When it last ended or dropped an attempt (the run's clock): it began the one it
         #: went on to then, if that was waiting in it.
         self.last_answer = -1.0
+        #: An attempt sent ahead to it and stopped once it had begun: ``(i, attempt, when it
+        #: was sent)``. Its start was taken from the outcomes read by then; the one of the
+        #: attempt before it, sent before it began, may come after (see _correct_start).
+        self.unsure_start: tuple[int, int, float] | None = None
         self.has_context = False
         self.functions: set[int] = set()
 
@@ -739,6 +744,7 @@ class ProcessLane(Lane):
             worker.ready = False  # never hand it another attempt
             _kill(worker)
             if sent_ahead:  # it ran from then to now
+                worker.unsure_start = (i, attempt, self._run.scheduler.started[i])
                 self._run.scheduler.started[i] = self._began_at(worker, i)
 
     def _began_at(self, worker: _Worker, i: int) -> float:
@@ -748,6 +754,24 @@ class ProcessLane(Lane):
         sent if the worker was done before then.
         """
         return max(self._run.scheduler.started[i], worker.last_answer)
+
+    def _correct_start(self, worker: _Worker) -> None:
+        """Correct the start of the attempt stopped in ``worker`` by its latest outcome read.
+
+        (Hold the lock.) The worker sent the outcome of the attempt before it, then began
+        it; a stop that came before the driver read that outcome took the start from what it
+        knew then (when it was sent, which may be long before). The reader reads the dead
+        worker's last outcomes before it buries it, and the run's end waits for that.
+        """
+        assert worker.unsure_start is not None
+        i, attempt, sent = worker.unsure_start
+        sched = self._run.scheduler
+        if sched.attempts[i] != attempt:
+            return
+        began = max(sent, worker.last_answer)
+        if sched.state[i].is_terminal:
+            began = min(began, sched.ended[i])
+        sched.started[i] = began
 
     def ended_at(self, i: int, attempt: int) -> float:
         """When the worker ended that attempt, or when it was found dead, or -1 if unknown."""
@@ -870,6 +894,8 @@ class ProcessLane(Lane):
         if kind == "dropped":
             with self._lock:
                 worker.last_answer = message[3] + self._clock_offset
+                if worker.unsure_start is not None:
+                    self._correct_start(worker)
                 worker.dropping = max(0, worker.dropping - 1)
                 idle = _idle(worker)
             if idle:
@@ -879,6 +905,8 @@ class ProcessLane(Lane):
         job = (i, attempt)
         with self._lock:
             worker.last_answer = ended + self._clock_offset
+            if worker.unsure_start is not None:
+                self._correct_start(worker)
             if job not in worker.jobs:
                 return  # an abandoned attempt's late answer
             _forget(worker, job)
