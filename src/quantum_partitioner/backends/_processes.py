@@ -267,7 +267,7 @@ class _Worker:
         self.last_answer = -1.0
         #: An attempt sent ahead to it and stopped once it had begun: ``(i, attempt, when it
         #: was sent)``. Its start was taken from the outcomes read by then; the one of the
-        #: attempt before it, sent before it began, may come after (see _correct_start).
+        #: attempt before it, sent before it began, may come after (see _answered).
         self.unsure_start: tuple[int, int, float] | None = None
         self.has_context = False
         self.functions: set[int] = set()
@@ -755,15 +755,18 @@ class ProcessLane(Lane):
         """
         return max(self._run.scheduler.started[i], worker.last_answer)
 
-    def _correct_start(self, worker: _Worker) -> None:
-        """Correct the start of the attempt stopped in ``worker`` by its latest outcome read.
+    def _answered(self, worker: _Worker, at: float) -> None:
+        """The worker ended or dropped an attempt ``at`` (the run's clock; hold the lock).
 
-        (Hold the lock.) The worker sent the outcome of the attempt before it, then began
-        it; a stop that came before the driver read that outcome took the start from what it
-        knew then (when it was sent, which may be long before). The reader reads the dead
-        worker's last outcomes before it buries it, and the run's end waits for that.
+        That also corrects the start of an attempt stopped in it since (``unsure_start``):
+        the worker sent this answer, then began that one; the stop came before the driver
+        read the answer, so it took the start from what it knew then (when it was sent,
+        which may be long before). The reader reads a dead worker's last answers before it
+        buries it, and the end of a run that stops its workers waits for that.
         """
-        assert worker.unsure_start is not None
+        worker.last_answer = at
+        if worker.unsure_start is None:
+            return
         i, attempt, sent = worker.unsure_start
         sched = self._run.scheduler
         if sched.attempts[i] != attempt:
@@ -893,9 +896,7 @@ class ProcessLane(Lane):
             return
         if kind == "dropped":
             with self._lock:
-                worker.last_answer = message[3] + self._clock_offset
-                if worker.unsure_start is not None:
-                    self._correct_start(worker)
+                self._answered(worker, message[3] + self._clock_offset)
                 worker.dropping = max(0, worker.dropping - 1)
                 idle = _idle(worker)
             if idle:
@@ -904,9 +905,7 @@ class ProcessLane(Lane):
         _, i, attempt, started, ended = message[:5]
         job = (i, attempt)
         with self._lock:
-            worker.last_answer = ended + self._clock_offset
-            if worker.unsure_start is not None:
-                self._correct_start(worker)
+            self._answered(worker, ended + self._clock_offset)
             if job not in worker.jobs:
                 return  # an abandoned attempt's late answer
             _forget(worker, job)
