@@ -428,12 +428,15 @@ def test_a_context_that_cannot_be_sent_fails_before_any_unit_and_stops_the_worke
         return real_worker(process, *args)
 
     monkeypatch.setattr(processes, "_Worker", recording_worker)
-    p = QuantumPartitioner(max_workers=2)
+    heard = _Heard()
+    p = QuantumPartitioner(max_workers=2, instruments=[heard])
     p.add_unit(lambda ctx: 1, name="a")
     p.add_unit(lambda ctx: 2, name="b")
     with pytest.raises(TypeError, match="context key 'lock' \\(lock\\) cannot be sent"):
         p.execute({"lock": threading.Lock()}, execution_mode=PROCESS)
     assert p.units["a"].state is not UnitState.COMPLETED
+    assert heard.heard == []  # refused like bad input: no run began (none was cancelled)
+    assert p.last_execution_metrics is None
     assert len(started) == 2
     assert all(_wait_gone(pid) for pid in started)
 
@@ -1454,12 +1457,27 @@ def test_workers_that_do_not_stop_are_all_killed_once_the_same_wait_is_over(tmp_
     assert 1.5 <= stopping < 4.5  # one wait of 1.5 s; one after the other took 6 s
 
 
+class _Heard(Instrument):
+    """Keeps the name of each event it hears, run and unit events alike."""
+
+    def __init__(self):
+        self.heard = []
+
+    def _keep(self, event):
+        self.heard.append(type(event).__name__)
+
+    run_started = unit_started = unit_finished = unit_failed = _keep
+    unit_skipped = unit_cancelled = run_finished = _keep
+
+
 @pytest.mark.parametrize("kind", ["process", "executor"])
 def test_a_backend_running_a_run_refuses_another_before_any_unit_runs(tmp_path, kind):
     """A backend whose lanes follow one run (a reused ProcessBackend, an ExecutorBackend)
     shared by two partitioners: the second run at once is refused, saying so, before any of
-    its units runs; the first goes on unharmed. (Both ran on the lanes: one hung, the
-    other got results of the first's units.)"""
+    its units runs, like bad input: no hook hears of it and the partitioner keeps the record
+    of its last run; the first goes on unharmed. (Both ran on the lanes: one hung, the
+    other got results of the first's units; then the refused run fired run_started and
+    run_finished, and replaced the last run's record with units left PENDING.)"""
     from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
     from quantum_partitioner.backends import ExecutorBackend  # noqa: PLC0415
@@ -1471,9 +1489,12 @@ def test_a_backend_running_a_run_refuses_another_before_any_unit_runs(tmp_path, 
         _wait_for_file(gate)
         return "first"
 
-    one, other = QuantumPartitioner(), QuantumPartitioner()
+    heard = _Heard()
+    one, other = QuantumPartitioner(), QuantumPartitioner(instruments=[heard])
     one.add_unit(first, name="a")
-    other.add_unit(lambda ctx: ran.touch(), name="a")
+    other.add_unit(lambda ctx: ctx.get("before") or ran.touch(), name="a")
+    assert other.execute({"before": "earlier"}) == {"a": "earlier"}
+    heard.heard.clear()
     with contextlib.ExitStack() as stack:
         if kind == "process":
             backend = stack.enter_context(ProcessBackend(1, reuse=True))
@@ -1491,7 +1512,12 @@ def test_a_backend_running_a_run_refuses_another_before_any_unit_runs(tmp_path, 
             running.join(30)
         assert results == {"a": "first"}
         assert not ran.exists()
+        assert heard.heard == []
+        assert other.get_partial_results() == {"a": "earlier"}
+        assert other.last_execution_metrics["execution_mode"] == "thread"
+        assert other.units["a"].state is UnitState.COMPLETED
         assert other.execute(backend=backend) == {"a": None}  # once it is free again
+        assert heard.heard == ["RunStarted", "UnitStarted", "UnitFinished", "RunFinished"]
 
 
 def _rebuild_raising(error: BaseException) -> None:
