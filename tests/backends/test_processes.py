@@ -546,6 +546,47 @@ def test_an_attempt_sent_to_a_worker_that_just_died_waits_for_its_replacement():
         lane.close(cancel=True)
 
 
+def test_an_attempt_whose_worker_is_buried_while_it_is_sent_waits_for_its_replacement(
+    monkeypatch,
+):
+    """The idle worker dies as its attempt is written, and the reader buries it before the
+    write fails: the attempt provably never started (the worker never had it), so it is not
+    failed and keeps its attempt number: it runs on the replacement. (The reader failed it
+    with WorkerDiedError, and the write went to a descriptor it had closed.)"""
+    graph = Graph([QuantumUnit("a", lambda ctx: 42)])
+    run = Run(graph, {}, mode="process", max_workers=1)
+    outcomes = queue.SimpleQueue()
+    lane = ProcessLane(1)
+    real_send = processes.send_frames
+    killed = []
+
+    def die_then_send(fd, payloads):
+        if not killed:
+            [worker] = lane._workers
+            killed.append(worker.process.pid)
+            os.kill(worker.process.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while worker in lane._workers:  # the reader thread buries it meanwhile
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        real_send(fd, payloads)
+
+    monkeypatch.setattr(processes, "send_frames", die_then_send)
+    lane.open(run, outcomes.put)
+    try:
+        while not lane.has_room():
+            assert outcomes.get(timeout=30) is None
+        lane.submit(0, 1)
+        item = None
+        while item is None:
+            lane.has_room()
+            item = outcomes.get(timeout=30)
+        assert item == (0, 1, True, 42, None)
+        assert killed
+    finally:
+        lane.close(cancel=True)
+
+
 # -- attempts sent ahead (queued in a busy worker) ---------------------------------------------
 
 

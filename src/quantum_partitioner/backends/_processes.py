@@ -55,7 +55,9 @@ attempt taken back (its message stays in the pipe until then: it counts among th
 may wait in the worker); until then it is not idle: the next attempt it is given has a
 number too, which the worker may take as it drops the one taken back (before it starts
 the next).
-Attempts waiting in a worker that dies never started: they go to other workers. A worker
+Attempts waiting in a worker that dies never started: they go to other workers, their
+attempt numbers (retry budgets) untouched; so does one the driver was writing when the
+worker died, if the write failed (the worker never had it). A worker
 sends each outcome as it ends; the reader takes every outcome that has arrived in one read.
 The reader learns that a worker died from its exit (a pidfd; where there are none, it looks
 twice a second), not from the end of its pipe, which a child its unit forked may hold open.
@@ -204,6 +206,7 @@ class _Worker:
         "claim_w",
         "claims",
         "dropping",
+        "exitcode",
         "exited",
         "functions",
         "has_context",
@@ -215,6 +218,7 @@ class _Worker:
         "process",
         "reader",
         "ready",
+        "sending",
         "slot",
         "spawned_at",
         "start_deadline",
@@ -271,6 +275,11 @@ class _Worker:
         self.unsure_start: tuple[int, int, float] | None = None
         self.has_context = False
         self.functions: set[int] = set()
+        #: The attempt the driver is writing into its inbox: if the worker dies meanwhile,
+        #: the driver settles it (it knows whether the worker got it) and closes the inbox.
+        self.sending: tuple[int, int] | None = None
+        #: How it exited, once buried.
+        self.exitcode: int | None = None
 
 
 class ProcessLane(Lane):
@@ -610,11 +619,13 @@ class ProcessLane(Lane):
                 self._hold(job)
                 return
             worker.jobs.append(job)
+            worker.sending = job
         try:
             messages = self._messages_for(worker, i, attempt, claim)
         except Exception as error:
             with self._lock:
                 _forget(worker, job)
+                self._sent(worker, job, reached=False)
             self._post((i, attempt, False, error, None))
             return
         if claim and sum(map(len, messages)) > _SENT_AHEAD_BYTES:
@@ -623,9 +634,11 @@ class ProcessLane(Lane):
             # instead, before any other (its start is still the worker's stamp).
             with self._lock:
                 _forget(worker, job)
+                self._sent(worker, job, reached=False)
                 self._hold(job)
             return
         run.attempt_workers[i, attempt] = worker.slot
+        reached = True
         try:
             if claim:  # before the attempt, which the worker runs only once it took this
                 with self._lock:  # with its record: a worker buried now gets neither or both
@@ -633,14 +646,36 @@ class ProcessLane(Lane):
                     os.write(worker.claim_w, claim.to_bytes(CLAIM_BYTES, "big"))
             send_frames(worker.inbox, messages)
         except OSError:  # the worker died before it had the attempt: it never started
-            with self._lock:
-                if job in worker.jobs:  # not yet failed by the reader: hold it
-                    _forget(worker, job)
-                    worker.ready = False
-                    self._hold(job)
+            reached = False
         else:
             worker.has_context = True
             worker.functions.add(id(unit.function))
+        with self._lock:
+            self._sent(worker, job, reached=reached)
+
+    def _sent(self, worker: _Worker, job: tuple[int, int], *, reached: bool) -> None:
+        """The driver is done writing ``job`` to ``worker``, which it ``reached`` or not.
+
+        (Hold the lock.) A worker the reader buried meanwhile left the attempt to this
+        (see :meth:`_bury`): one that never reached it never started, so it waits for
+        another worker, its attempt number (retry budget) untouched, as those queued in a
+        dead worker do; one that reached it may have started: it died with the worker.
+        """
+        worker.sending = None
+        buried = worker.exitcode is not None
+        if buried:  # the reader left the inbox open for this write
+            with contextlib.suppress(OSError):
+                os.close(worker.inbox)
+            worker.inbox = -1
+        if job not in worker.jobs:  # taken back (never started), or failed to pickle
+            return
+        if not reached:
+            _forget(worker, job)
+            worker.ready = False  # it is dying: the reader buries it, without this attempt
+            self._hold(job)
+        elif buried:
+            worker.jobs.remove(job)
+            self._died(worker, [job])
 
     def _hold(self, job: tuple[int, int]) -> None:
         """Keep an attempt in the driver until a worker is idle (hold the lock).
@@ -947,33 +982,42 @@ class ProcessLane(Lane):
             exitcode = worker.process.wait()
         _drain_start_log(worker)
         with self._lock:
+            worker.exitcode = exitcode
             if worker in self._workers:
                 self._workers.remove(worker)
             # Those it had not begun go to the replacement; the one it ran (at most one: it
-            # sent the outcome of each before it took the next) failed with it.
+            # sent the outcome of each before it took the next) failed with it. One the
+            # driver is writing to it is the driver's to settle (see _sent).
             self._held.extend(_take_back(worker, len(worker.claims)))
-            died = list(worker.jobs)
-            worker.jobs.clear()
-            # It ended now, before its replacement may start (the driver may start one
-            # before it takes this failure): on their slot, one after the other.
-            now = self._run.clock()
-            for job in died:
-                self._ended[job] = now
-                if job in self._sent_ahead:
-                    self._sent_ahead.discard(job)
-                    self._started[job] = self._began_at(worker, job[0])
+            died = [job for job in worker.jobs if job != worker.sending]
+            worker.jobs = deque(job for job in worker.jobs if job == worker.sending)
+            self._died(worker, died)
             if not worker.started and not self._closing:
                 self._failed_start(worker, exitcode)
             closing = self._closing
-        _close_pipes(worker)
+            sending = worker.sending is not None
+        _close_pipes(worker, keep_inbox=sending)
         if not closing:  # else shutdown() may be waiting on it: it closes it after
             _close_pidfd(worker)
-        for i, attempt in died:
-            self._post(
-                (i, attempt, False, WorkerDiedError(self._run.graph.names[i], exitcode), None)
-            )
         if not died and not closing:
             self._post(None)  # the driver replaces it (or raises why it cannot)
+
+    def _died(self, worker: _Worker, died: list[tuple[int, int]]) -> None:
+        """Fail the attempts that died with the buried ``worker`` (hold the lock).
+
+        They ended now, before its replacement may start (the driver may start one before
+        it takes this failure): on their slot, one after the other.
+        """
+        now = self._run.clock()
+        for job in died:
+            self._ended[job] = now
+            if job in self._sent_ahead:
+                self._sent_ahead.discard(job)
+                self._started[job] = self._began_at(worker, job[0])
+        assert worker.exitcode is not None
+        for i, attempt in died:
+            error = WorkerDiedError(self._run.graph.names[i], worker.exitcode)
+            self._post((i, attempt, False, error, None))
 
     def _kill_late_starters(self) -> None:
         """Kill the workers not ready in time: the reader buries them as failed starts."""
@@ -1032,12 +1076,18 @@ def _drain_start_log(worker: _Worker) -> None:
     _close_start_stderr(worker)
 
 
-def _close_pipes(worker: _Worker) -> None:
-    for fd in (worker.inbox, worker.outbox, worker.claim_r, worker.claim_w):
+def _close_pipes(worker: _Worker, *, keep_inbox: bool = False) -> None:
+    """Close the worker's pipes; with ``keep_inbox``, all but the one the driver writes to."""
+    for fd in (worker.outbox, worker.claim_r, worker.claim_w):
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
-    worker.inbox = worker.outbox = worker.claim_r = worker.claim_w = -1
+    worker.outbox = worker.claim_r = worker.claim_w = -1
+    if not keep_inbox:
+        if worker.inbox >= 0:
+            with contextlib.suppress(OSError):
+                os.close(worker.inbox)
+        worker.inbox = -1
 
 
 def _close_pidfd(worker: _Worker) -> None:
