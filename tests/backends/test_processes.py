@@ -599,13 +599,13 @@ def _wait_for_file(path: str, seconds: float = 30.0) -> None:
 
 
 def _lane_sending_ahead(
-    graph: Graph, workers: int = 1, *, short: bool = True
+    graph: Graph, workers: int = 1, *, short: bool = True, reuse: bool = False
 ) -> tuple[Run, ProcessLane, queue.SimpleQueue]:
     """A lane on ``graph``, driven by hand, its workers ready; its attempts count as short
     (else as long: they are sent ahead only while nothing can become ready before them)."""
     run = Run(graph, {}, mode="process", max_workers=workers)
     outcomes: queue.SimpleQueue = queue.SimpleQueue()
-    lane = ProcessLane(workers)
+    lane = ProcessLane(workers, reuse=reuse)
     lane.open(run, outcomes.put)
     while sum(w.ready for w in lane._workers) < workers:  # each posts a wake-up when ready
         assert outcomes.get(timeout=30) is None
@@ -1395,6 +1395,43 @@ def test_an_attempt_stopped_before_the_outcome_ahead_of_it_is_read_is_timed_from
     finally:
         reading.set()
         lane.close(cancel=True)
+
+
+def test_a_run_on_kept_workers_ends_once_the_start_of_a_stopped_attempt_is_final(tmp_path):
+    """Reused workers: the run's end waits for the reader to bury the worker killed to stop
+    an attempt sent ahead, so the outcome ahead of it, still unread then, has corrected that
+    attempt's start before execute returns (it was corrected after, once the metrics were
+    taken)."""
+    started = str(tmp_path / "started")
+
+    def second(ctx):
+        Path(started).touch()
+        time.sleep(30)
+
+    graph = Graph(
+        [QuantumUnit("ahead", lambda ctx: time.sleep(1.0)), QuantumUnit("second", second)]
+    )
+    run, lane, _ = _lane_sending_ahead(graph, short=False, reuse=True)
+    reading = threading.Event()
+    pass_on = lane._pass_on
+
+    def read_after_the_stop(worker):
+        reading.wait(60)
+        return pass_on(worker)
+
+    lane._pass_on = read_after_the_stop  # the reader takes no outcome until it is set
+    try:
+        sched = run.scheduler
+        _start_and_submit(run, lane, 0, 1)
+        _wait_for_file(started)  # "ahead" ended, its outcome unread, and "second" began
+        lane.abandon(1, 1)
+        threading.Timer(0.3, reading.set).start()
+        lane.close(cancel=False)  # the run ends
+        assert reading.is_set()
+        assert sched.started[1] - sched.started[0] > 0.9  # after "ahead"'s 1 s
+    finally:
+        reading.set()
+        lane.shutdown()
 
 
 def test_attempts_taken_back_count_against_what_may_wait_in_a_busy_worker(tmp_path):

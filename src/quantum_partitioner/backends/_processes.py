@@ -212,6 +212,7 @@ class _Worker:
         "has_context",
         "inbox",
         "jobs",
+        "killed",
         "last_answer",
         "late",
         "outbox",
@@ -252,6 +253,7 @@ class _Worker:
         #: When it must have said it is ready (``time.monotonic``), until it has.
         self.start_deadline: float | None = time.monotonic() + _START_TIMEOUT
         self.late = False  # killed for not being ready in time
+        self.killed = False  # killed (its process group): the reader buries it
         self.started = False  # it said it is ready once
         self.ready = False  # it may be given an attempt
         #: The attempts it was sent and has not answered, oldest first: the first may be
@@ -309,6 +311,8 @@ class ProcessLane(Lane):
         #: replacement) before any new attempt.
         self._held: deque[tuple[int, int]] = deque()
         self._failed_starts = 0
+        #: Notified when the reader has buried a worker (it read all it had sent).
+        self._buried = threading.Condition(self._lock)
         #: Why workers cannot start, once the lane gave up on them.
         self._broken: str | None = None
         #: The last claim number given (never reused: a reused worker may still hold an
@@ -468,8 +472,25 @@ class ProcessLane(Lane):
                 busy = [w for w in self._workers if w.jobs]
             for worker in busy:  # cannot happen after a finished run; be safe anyway
                 _kill(worker)
+            self._await_burials()
             return
         self.shutdown(kill=cancel)
+
+    def _await_burials(self) -> None:
+        """Wait until the reader has buried the workers killed during the run (kept ones).
+
+        The last answers a killed worker sent may still be in its pipe, and reading them
+        can correct the start of an attempt stopped in it (see :meth:`_answered`): the run's
+        record is final only once they are read, before ``execute`` returns.
+        """
+        stop_by = time.monotonic() + _STOP_SECONDS
+        with self._lock:
+            while any(w.killed for w in self._workers):
+                left = stop_by - time.monotonic()
+                if left <= 0:
+                    LOGGER.warning("PROCESS backend: a killed worker was not buried in time")
+                    return
+                self._buried.wait(left)
 
     def shutdown(self, *, kill: bool = False) -> None:
         """Stop every worker: politely when idle, by killing when busy or ``kill``."""
@@ -985,6 +1006,7 @@ class ProcessLane(Lane):
             worker.exitcode = exitcode
             if worker in self._workers:
                 self._workers.remove(worker)
+                self._buried.notify_all()
             # Those it had not begun go to the replacement; the one it ran (at most one: it
             # sent the outcome of each before it took the next) failed with it. One the
             # driver is writing to it is the driver's to settle (see _sent).
@@ -1281,6 +1303,7 @@ def _picklable(pickler: Any, value: Any) -> bool:
 
 def _kill(worker: _Worker) -> None:
     """Kill a worker and whatever its unit started (its whole process group)."""
+    worker.killed = True
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(worker.process.pid, signal.SIGKILL)
 
