@@ -1358,12 +1358,11 @@ def test_an_attempt_sent_ahead_cancelled_once_it_started_is_timed_from_its_real_
     assert p.units["second"].execution_time < 0.5
 
 
-def test_an_attempt_stopped_before_the_outcome_ahead_of_it_is_read_is_timed_from_its_start(
-    tmp_path,
-):
-    """The worker sends the outcome of the attempt ahead, then begins the next one. A stop
-    that comes before the driver has read that outcome times the stopped one from when it
-    began, once the outcome is read (it kept when it was sent: 1 s too early here)."""
+def _stopped_once_begun(
+    tmp_path: Path, *, reuse: bool
+) -> tuple[Run, ProcessLane, queue.SimpleQueue, threading.Event]:
+    """Unit "second" sent ahead behind "ahead" (1 s), then stopped once it began, while the
+    reader holds back the outcome of "ahead" (until the event returned is set)."""
     started = str(tmp_path / "started")
 
     def second(ctx):
@@ -1373,7 +1372,7 @@ def test_an_attempt_stopped_before_the_outcome_ahead_of_it_is_read_is_timed_from
     graph = Graph(
         [QuantumUnit("ahead", lambda ctx: time.sleep(1.0)), QuantumUnit("second", second)]
     )
-    run, lane, outcomes = _lane_sending_ahead(graph, short=False)
+    run, lane, outcomes = _lane_sending_ahead(graph, short=False, reuse=reuse)
     reading = threading.Event()
     pass_on = lane._pass_on
 
@@ -1383,15 +1382,29 @@ def test_an_attempt_stopped_before_the_outcome_ahead_of_it_is_read_is_timed_from
 
     lane._pass_on = read_after_the_stop  # the reader takes no outcome until it is set
     try:
-        sched = run.scheduler
         _start_and_submit(run, lane, 0, 1)
         [worker] = lane._workers
         assert list(worker.jobs) == [(0, 1), (1, 1)]  # "second" waits behind "ahead"
         _wait_for_file(started)  # "ahead" ended, its outcome unread, and "second" began
         lane.abandon(1, 1)
+    except BaseException:
+        reading.set()
+        lane.close(cancel=True)
+        raise
+    return run, lane, outcomes, reading
+
+
+def test_an_attempt_stopped_before_the_outcome_ahead_of_it_is_read_is_timed_from_its_start(
+    tmp_path,
+):
+    """The worker sends the outcome of the attempt ahead, then begins the next one. A stop
+    that comes before the driver has read that outcome times the stopped one from when it
+    began, once the outcome is read (it kept when it was sent: 1 s too early here)."""
+    run, lane, outcomes, reading = _stopped_once_begun(tmp_path, reuse=False)
+    try:
         reading.set()
         assert _next_outcome(lane, outcomes)[:3] == (0, 1, True)
-        assert sched.started[1] - sched.started[0] > 0.9  # after "ahead"'s 1 s
+        assert run.scheduler.started[1] - run.scheduler.started[0] > 0.9  # after "ahead"
     finally:
         reading.set()
         lane.close(cancel=True)
@@ -1402,33 +1415,12 @@ def test_a_run_on_kept_workers_ends_once_the_start_of_a_stopped_attempt_is_final
     an attempt sent ahead, so the outcome ahead of it, still unread then, has corrected that
     attempt's start before execute returns (it was corrected after, once the metrics were
     taken)."""
-    started = str(tmp_path / "started")
-
-    def second(ctx):
-        Path(started).touch()
-        time.sleep(30)
-
-    graph = Graph(
-        [QuantumUnit("ahead", lambda ctx: time.sleep(1.0)), QuantumUnit("second", second)]
-    )
-    run, lane, _ = _lane_sending_ahead(graph, short=False, reuse=True)
-    reading = threading.Event()
-    pass_on = lane._pass_on
-
-    def read_after_the_stop(worker):
-        reading.wait(60)
-        return pass_on(worker)
-
-    lane._pass_on = read_after_the_stop  # the reader takes no outcome until it is set
+    run, lane, _, reading = _stopped_once_begun(tmp_path, reuse=True)
     try:
-        sched = run.scheduler
-        _start_and_submit(run, lane, 0, 1)
-        _wait_for_file(started)  # "ahead" ended, its outcome unread, and "second" began
-        lane.abandon(1, 1)
         threading.Timer(0.3, reading.set).start()
         lane.close(cancel=False)  # the run ends
         assert reading.is_set()
-        assert sched.started[1] - sched.started[0] > 0.9  # after "ahead"'s 1 s
+        assert run.scheduler.started[1] - run.scheduler.started[0] > 0.9  # after "ahead"
     finally:
         reading.set()
         lane.shutdown()
