@@ -49,8 +49,12 @@ def _alive(pid: int) -> bool:
         return False
     try:  # a zombie still answers kill(0); reap it if it is our child
         done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return True
+    except ChildProcessError:  # another's child: a zombie waits for its reaper
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True
+        return stat.rpartition(")")[2].split()[0] != "Z"
     return done == 0
 
 
@@ -1470,7 +1474,7 @@ def test_a_worker_that_dies_leaving_a_forked_child_fails_its_unit_at_once(
 ):
     """A unit's forked child (``os.fork``, a ``fork`` multiprocessing helper) holds the
     worker's pipe to the driver: the worker's death is still noticed at once, not when that
-    child exits."""
+    child exits; and the child goes with the worker (its process group)."""
     if not pidfds:
         monkeypatch.delattr(os, "pidfd_open", raising=False)
     elif not hasattr(os, "pidfd_open"):
@@ -1491,6 +1495,8 @@ def test_a_worker_that_dies_leaving_a_forked_child_fails_its_unit_at_once(
     try:
         p.execute(execution_mode=PROCESS)
         assert time.monotonic() - started < 30  # the child sleeps for 60 s
+        # The worker's process group died with it, as on a timeout (the child lived on).
+        assert _wait_gone(int(child.read_text()))
     finally:
         if child.exists():
             with contextlib.suppress(ProcessLookupError):

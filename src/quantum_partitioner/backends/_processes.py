@@ -6,6 +6,7 @@ stop one running call on a timeout. Here the driver knows which unit each worker
 
 * a worker that dies (segfault, ``os._exit``, SIGKILL, out of memory) fails only its unit,
   with :class:`WorkerDiedError` saying how it died, and a new worker takes its place;
+  however a worker ends, its process group (what its units started) goes with it;
 * a unit past its timeout is stopped for real: its worker's process group is killed (the
   CPU is free again, the unit's own children go too) and replaced;
 * functions and results travel with cloudpickle, so lambdas and closures work; a function,
@@ -1149,19 +1150,29 @@ def _open_pidfd(pid: int) -> int:
 
 
 def _wait_exit(worker: _Worker, timeout: float) -> int:
-    """Reap a worker that is exiting; its exit status. Raises ``subprocess.TimeoutExpired``.
+    """Reap a worker that is exiting, and kill its process group; its exit status.
+
+    The group is what the worker's units started (outside a session of their own): it goes
+    with the worker however the worker ended, crash, kill or stop, as it goes on a timeout.
 
     ``Popen.wait(timeout)`` polls, sleeping twice as long between looks each time (up to
     50 ms): a worker that takes 5 ms to exit after ``stop`` (the interpreter's finalization)
     was reaped after 7.5 ms, one that takes 8 ms after 15.5 ms, and every run with a fresh
     pool ended that much later. Waiting on the worker's pidfd wakes the moment it exits.
+
+    Raises:
+        subprocess.TimeoutExpired: It has not exited within ``timeout`` seconds.
     """
     fd = worker.exited
     if fd < 0:
-        return worker.process.wait(timeout=timeout)
+        exitcode = worker.process.wait(timeout=timeout)
+        _kill_group(worker.process.pid)
+        return exitcode
     if worker.process.returncode is None and not _readable([fd], timeout):
         raise subprocess.TimeoutExpired(worker.process.args, timeout)
-    # It has exited: this returns at once (after the reader thread, if it reaps it first).
+    # It has exited. Its group is killed before it is reaped: the number is still its own.
+    _kill_group(worker.process.pid)
+    # This returns at once (after the reader thread, if it reaps it first).
     return worker.process.wait()
 
 
@@ -1304,8 +1315,16 @@ def _picklable(pickler: Any, value: Any) -> bool:
 def _kill(worker: _Worker) -> None:
     """Kill a worker and whatever its unit started (its whole process group)."""
     worker.killed = True
+    _kill_group(worker.process.pid)
+
+
+def _kill_group(worker_pid: int) -> None:
+    """Kill the process group a worker leads, the worker exited or not.
+
+    Its members are the processes its units started (outside a session of their own).
+    """
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(worker.process.pid, signal.SIGKILL)
+        os.killpg(worker_pid, signal.SIGKILL)
 
 
 class ProcessBackend(LaneBackend):
