@@ -1794,7 +1794,29 @@ def test_a_unit_writing_into_its_workers_pipe_to_the_driver_fails_only_itself(bo
     p.add_unit(scribble, name="scribble", priority=1)
     p.add_unit(lambda ctx: 2, name="other")
     assert bounded(lambda: p.execute(execution_mode=PROCESS), 30) == {"other": 2}
-    assert isinstance(p.units["scribble"].error, WorkerDiedError)
+    error = p.units["scribble"].error
+    assert isinstance(error, WorkerDiedError)
+    assert "a message that cannot be loaded" in str(error)
+
+
+def test_a_frame_header_claiming_more_than_any_message_fails_only_its_unit(bounded):
+    """A unit writes into the worker's pipe to the driver a frame header that claims more
+    bytes than any message can hold: that worker is replaced at once, its unit fails saying
+    why, and the run goes on. (The reader waited for ever for the rest of that frame.)"""
+
+    def claim_too_much(ctx):
+        out = int(sys.argv[2])  # the worker's pipe to the driver
+        os.write(out, (1 << 62).to_bytes(8, "big") + b"and never the rest")
+        time.sleep(30)
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(claim_too_much, name="claims", priority=1)
+    p.add_unit(lambda ctx: 2, name="other")
+    assert bounded(lambda: p.execute(execution_mode=PROCESS), 20) == {"other": 2}
+    error = p.units["claims"].error
+    assert isinstance(error, WorkerDiedError)
+    assert f"a frame header claims {1 << 62} bytes" in str(error)
+    assert error.reason is not None
 
 
 def test_a_reused_backend_run_again_after_close_stops_its_new_workers_on_close():

@@ -97,7 +97,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from .._errors import BrokenBackendError, WorkerDiedError, describe_exit
-from .._process_worker import CLAIM_BYTES, FrameReader, send_frame, send_frames
+from .._process_worker import CLAIM_BYTES, FrameError, FrameReader, send_frame, send_frames
 from ._base import pool_size
 from ._lanes import Lane, LaneBackend
 
@@ -206,6 +206,7 @@ class _Worker:
         "claim_r",
         "claim_w",
         "claims",
+        "corrupted",
         "dropping",
         "exitcode",
         "exited",
@@ -247,7 +248,7 @@ class _Worker:
         self.exited = _open_pidfd(process.pid)
         self.inbox = inbox  # we write attempts here (-1 once closed)
         self.outbox = outbox  # the worker writes outcomes here (-1 once closed)
-        self.reader = FrameReader(outbox)
+        self.reader = FrameReader(outbox, _max_message_bytes())
         #: The read end of the worker's stderr until it is ready (-1 once closed).
         self.start_stderr = start_stderr
         self.start_log = bytearray()
@@ -255,6 +256,8 @@ class _Worker:
         self.start_deadline: float | None = time.monotonic() + _START_TIMEOUT
         self.late = False  # killed for not being ready in time
         self.killed = False  # killed (its process group): the reader buries it
+        #: Why it was killed, if for bytes in its pipe that are no message.
+        self.corrupted: str | None = None
         self.started = False  # it said it is ready once
         self.ready = False  # it may be given an attempt
         #: The attempts it was sent and has not answered, oldest first: the first may be
@@ -897,26 +900,36 @@ class ProcessLane(Lane):
         """Read the worker's outbox once and take its messages; False at its end.
 
         Bytes that are no message (a unit wrote into a descriptor it does not own) end it
-        too: the worker is killed, and its unit fails with it, as this thread must go on.
+        too: the worker is killed, and its unit fails with it, saying why, as this thread
+        must go on. So does a header that claims more than any message can hold, which
+        would have this thread wait for ever for the rest.
         """
         try:
             frames = worker.reader.read()
         except (EOFError, OSError):  # BlockingIOError too: drained (see _bury_exited)
             return False
+        except FrameError as error:
+            self._corrupted(worker, str(error))
+            return False
         for frame in frames:
             try:
                 self._receive(worker, pickle.loads(frame))  # noqa: S301 - our own worker
-            except Exception:
-                LOGGER.exception(
-                    "PROCESS backend: a worker wrote something that is not a message into "
-                    "its pipe to the driver (a unit writing to a descriptor it does not own?);"
-                    " it is replaced"
-                )
-                with self._lock:
-                    worker.ready = False
-                _kill(worker)
+            except Exception as error:
+                self._corrupted(worker, f"a message that cannot be loaded ({error!r})")
                 return False
         return True
+
+    def _corrupted(self, worker: _Worker, what: str) -> None:
+        """Kill a worker that wrote ``what`` into its pipe to the driver; it is replaced."""
+        reason = (
+            f"it wrote {what} into its pipe to the driver (a unit writing to a descriptor "
+            "it does not own?)"
+        )
+        LOGGER.error("PROCESS backend: a worker %s; it is replaced", reason)
+        with self._lock:
+            worker.ready = False
+            worker.corrupted = reason
+        _kill(worker)
 
     def _bury_exited(self, worker: _Worker) -> None:
         """The worker exited: take what it sent before it did, then bury it.
@@ -1039,7 +1052,7 @@ class ProcessLane(Lane):
                 self._started[job] = self._began_at(worker, job[0])
         assert worker.exitcode is not None
         for i, attempt in died:
-            error = WorkerDiedError(self._run.graph.names[i], worker.exitcode)
+            error = WorkerDiedError(self._run.graph.names[i], worker.exitcode, worker.corrupted)
             self._post((i, attempt, False, error, None))
 
     def _kill_late_starters(self) -> None:
@@ -1201,6 +1214,19 @@ def _boot_code() -> bytes | None:
         return marshal.dumps(tuple(modules))
     except Exception:  # a loader without code (a frozen application): workers import them
         return None
+
+
+@functools.cache
+def _max_message_bytes() -> int:
+    """The most a worker's message can hold: this machine's memory.
+
+    A worker builds each message whole before it sends it, so a header claiming more comes
+    from bytes that are no message: waiting for the rest would wait for ever.
+    """
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not known here: what 64-bit can address
+        return 1 << 48
 
 
 def _pipe_capacity(fd: int) -> int:
