@@ -7,6 +7,7 @@ value, which is what users' lambdas rely on.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import signal
@@ -418,12 +419,13 @@ def test_a_workers_path_is_the_callers_without_the_working_directory(tmp_path, m
     assert p.execute({}, execution_mode=PROCESS) == {"a": False}
 
 
+@pytest.mark.parametrize("lanes", ["process", "mixed"])
 def test_a_context_that_cannot_be_sent_fails_before_any_unit_and_stops_the_workers(
-    monkeypatch,
+    monkeypatch, lanes
 ):
     """The workers start while the context is pickled (cloudpickle's first import overlaps
     their start-up): one that cannot be sent fails the run before any unit runs, naming
-    the key, and the workers started for it are stopped."""
+    the key, and the workers started for it are stopped; alone or beside a thread lane."""
     started = []
     real_worker = processes._Worker
 
@@ -434,10 +436,17 @@ def test_a_context_that_cannot_be_sent_fails_before_any_unit_and_stops_the_worke
     monkeypatch.setattr(processes, "_Worker", recording_worker)
     heard = _Heard()
     p = QuantumPartitioner(max_workers=2, instruments=[heard])
-    p.add_unit(lambda ctx: 1, name="a")
-    p.add_unit(lambda ctx: 2, name="b")
+    cpu = {"resource_type": "cpu"}
+    p.add_unit(lambda ctx: 1, name="a", metadata=cpu)
+    p.add_unit(lambda ctx: 2, name="b", metadata=cpu)
+    if lanes == "mixed":
+        p.add_unit(lambda ctx: 3, name="c", metadata={"resource_type": "io"})
+    run = {
+        "process": functools.partial(p.execute, execution_mode=PROCESS),
+        "mixed": functools.partial(p.execute_with_strategy, strategy="resource_balanced"),
+    }[lanes]
     with pytest.raises(TypeError, match="context key 'lock' \\(lock\\) cannot be sent"):
-        p.execute({"lock": threading.Lock()}, execution_mode=PROCESS)
+        run({"lock": threading.Lock()})
     assert p.units["a"].state is not UnitState.COMPLETED
     assert heard.heard == []  # refused like bad input: no run began (none was cancelled)
     assert p.last_execution_metrics is None
@@ -1810,6 +1819,25 @@ def test_a_unit_writing_into_its_workers_pipe_to_the_driver_fails_only_itself(
     assert isinstance(error, WorkerDiedError)
     assert reason in str(error)
     assert reason in error.reason
+
+
+def test_a_worker_whose_pipe_to_the_driver_closes_while_it_lives_is_replaced_at_once():
+    """A unit closes the worker's pipe to the driver (a descriptor it does not own) and goes
+    on: the worker cannot answer any more, so it is killed and replaced at once, and its unit
+    fails saying why. (The reader waited 5 s for it to exit, reading no other worker.)"""
+
+    def close_the_pipe(ctx):
+        os.close(int(sys.argv[2]))  # the worker's pipe to the driver
+        time.sleep(30)
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(close_the_pipe, name="closes", priority=1)
+    p.add_unit(lambda ctx: 2, name="other")
+    assert p.execute(execution_mode=PROCESS) == {"other": 2}
+    error = p.units["closes"].error
+    assert isinstance(error, WorkerDiedError)
+    assert "its pipe to the driver closed while it ran" in error.reason
+    assert p.units["closes"].execution_time < 2.5  # it took 5 s and more
 
 
 def test_a_reused_backend_run_again_after_close_stops_its_new_workers_on_close():

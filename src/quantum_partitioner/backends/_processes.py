@@ -127,6 +127,9 @@ _SENT_AHEAD_BYTES = 8 << 10
 #: Seconds the workers told to stop may take to exit before they are killed (a unit's
 #: thread that never ends, an atexit handler that hangs).
 _STOP_SECONDS = 5.0
+#: Seconds a worker whose pipe to the driver closed may take to be seen exiting (its pipe
+#: closes as it exits) before it counts as alive without it, and is killed.
+_EXITING_SECONDS = 0.25
 #: Seconds a worker may take to report ready (it imports little: well under one, normally).
 _START_TIMEOUT = 60.0
 #: The package's modules a worker runs before it is ready, in that order (each one's
@@ -1009,10 +1012,19 @@ class ProcessLane(Lane):
 
         The driver starts the replacement (:meth:`has_room`) after it has recorded this
         failure, so the replacement's start-up never begins before the attempt's end.
+
+        The worker never closes that pipe itself: it closes as the worker exits. One still
+        alive a moment later had it closed by a unit, and can never answer: it is killed
+        at once (this thread reads every worker: no wait of its own may hold it up).
         """
         try:
-            exitcode = _wait_exit(worker, 5)
+            exitcode = _wait_exit(worker, _EXITING_SECONDS)
         except subprocess.TimeoutExpired:
+            with self._lock:
+                worker.corrupted = worker.corrupted or (
+                    "its pipe to the driver closed while it ran (a unit closing a descriptor "
+                    "it does not own?)"
+                )
             _kill(worker)
             exitcode = worker.process.wait()
         _drain_start_log(worker)
