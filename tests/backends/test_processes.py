@@ -1371,11 +1371,8 @@ def test_an_attempt_sent_ahead_cancelled_once_it_started_is_timed_from_its_real_
     assert p.units["second"].execution_time < 0.5
 
 
-def _stopped_once_begun(
-    tmp_path: Path, *, reuse: bool
-) -> tuple[Run, ProcessLane, queue.SimpleQueue, threading.Event]:
-    """Unit "second" sent ahead behind "ahead" (1 s), then stopped once it began, while the
-    reader holds back the outcome of "ahead" (until the event returned is set)."""
+def _ahead_then_second(tmp_path: Path) -> tuple[Graph, str]:
+    """Units "ahead" (1 s) and "second" (30 s, which touches the file returned first)."""
     started = str(tmp_path / "started")
 
     def second(ctx):
@@ -1385,6 +1382,15 @@ def _stopped_once_begun(
     graph = Graph(
         [QuantumUnit("ahead", lambda ctx: time.sleep(1.0)), QuantumUnit("second", second)]
     )
+    return graph, started
+
+
+def _stopped_once_begun(
+    tmp_path: Path, *, reuse: bool
+) -> tuple[Run, ProcessLane, queue.SimpleQueue, threading.Event]:
+    """Unit "second" sent ahead behind "ahead" (1 s), then stopped once it began, while the
+    reader holds back the outcome of "ahead" (until the event returned is set)."""
+    graph, started = _ahead_then_second(tmp_path)
     run, lane, outcomes = _lane_sending_ahead(graph, short=False, reuse=reuse)
     reading = threading.Event()
     pass_on = lane._pass_on
@@ -1437,6 +1443,34 @@ def test_a_run_on_kept_workers_ends_once_the_start_of_a_stopped_attempt_is_final
     finally:
         reading.set()
         lane.shutdown()
+
+
+def test_a_run_that_stops_its_workers_ends_once_their_last_answers_are_read(tmp_path, monkeypatch):
+    """Workers stopped at the run's end: the reader reads what each sent before it exited
+    before it ends, even what it had not got to (here: it wakes for nothing but the driver
+    once the attempts are sent), so the start of an attempt stopped in one is final when
+    the run ends. (It ended as soon as every worker had exited, reading nothing more: the
+    outcome ahead of the stopped attempt was never read.)"""
+    graph, started = _ahead_then_second(tmp_path)
+    run, lane, _ = _lane_sending_ahead(graph, short=False)
+    real_readable = processes._readable
+
+    def only_the_driver_wakes_the_reader(fds, timeout):
+        ready = real_readable(fds, timeout)
+        if threading.current_thread() is not lane._reader:
+            return ready
+        time.sleep(0.01)  # what it ignores stays readable
+        return [fd for fd in ready if fd == lane._wake_r]
+
+    monkeypatch.setattr(processes, "_readable", only_the_driver_wakes_the_reader)
+    lane._wake_reader()  # it waits in the real _readable: from its next wait on, it ignores
+    try:
+        _start_and_submit(run, lane, 0, 1)
+        _wait_for_file(started)  # "ahead" ended, its outcome unread, and "second" began
+        lane.abandon(1, 1)
+    finally:
+        lane.close(cancel=False)  # the run ends: its workers are stopped
+    assert run.scheduler.started[1] - run.scheduler.started[0] > 0.9  # after "ahead"'s 1 s
 
 
 def test_attempts_taken_back_count_against_what_may_wait_in_a_busy_worker(tmp_path):

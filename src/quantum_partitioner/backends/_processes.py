@@ -896,8 +896,15 @@ class ProcessLane(Lane):
                 if worker.outbox >= 0 and worker.process.poll() is not None:
                     self._bury_exited(worker)
             with self._lock:
-                if self._closing and all(w.process.poll() is not None for w in self._workers):
-                    return
+                done = self._closing and all(w.process.poll() is not None for w in self._workers)
+                left = list(self._workers) if done else []
+            if done:
+                # Each one's last answers (what it sent before it exited, which this loop
+                # may not have woken for yet) make the run's record final: read them now.
+                for worker in left:
+                    if worker.outbox >= 0:
+                        self._bury_exited(worker)
+                return
 
     def _pass_on(self, worker: _Worker) -> bool:
         """Read the worker's outbox once and take its messages; False at its end.
