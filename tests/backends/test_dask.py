@@ -765,14 +765,15 @@ def test_resource_type_becomes_a_dask_resource_only_if_workers_declare_it(client
 
 
 def test_context_that_cannot_be_sent_is_refused_naming_the_key(client):
-    """A context value that cannot be pickled: TypeError naming the key; no unit ran."""
+    """A context value that cannot be pickled: TypeError naming the key; the run is refused
+    before it begins, like bad input: no unit ran or was cancelled."""
     p = QuantumPartitioner()
     p.add_unit(lambda ctx: 1, name="a")
 
     with pytest.raises(TypeError, match="'lock'"):
         p.execute({"lock": threading.Lock(), "fine": 1}, backend=DaskBackend(client))
 
-    assert p.units["a"].state is UnitState.CANCELED
+    assert p.units["a"].state is UnitState.PENDING
 
 
 def test_unit_that_cannot_be_sent_fails_naming_it_and_the_run_goes_on(client):
