@@ -92,6 +92,11 @@ _READ_SIZE = 1 << 16
 CLAIM_BYTES = 8
 
 
+def frames_size(payloads: tuple[bytes, ...] | list[bytes]) -> int:
+    """How many bytes :func:`send_frames` writes for ``payloads``."""
+    return sum(map(len, payloads)) + _HEADER * len(payloads)
+
+
 def send_frame(fd: int, payload: bytes) -> None:
     """Write one frame; the pipe is blocking, so this returns when all of it is written."""
     send_frames(fd, (payload,))
