@@ -603,7 +603,7 @@ def test_an_attempt_whose_worker_is_buried_while_it_is_sent_waits_for_its_replac
             while worker in lane._workers:  # the reader thread buries it meanwhile
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
-        real_send(fd, payloads)
+        return real_send(fd, payloads)
 
     monkeypatch.setattr(processes, "send_frames", die_then_send)
     lane.open(run, outcomes.put)

@@ -102,7 +102,6 @@ from .._process_worker import (
     CLAIM_BYTES,
     FrameError,
     FrameReader,
-    frames_size,
     send_frame,
     send_frames,
 )
@@ -690,13 +689,13 @@ class ProcessLane(Lane):
                 self._hold(job)
             return
         run.attempt_workers[i, attempt] = worker.slot
-        reached = True
+        reached, written = True, 0
         try:
             if claim:  # before the attempt, which the worker runs only once it took this
                 with self._lock:  # with its record: a worker buried now gets neither or both
                     worker.claims[claim] = job
                     os.write(worker.claim_w, claim.to_bytes(CLAIM_BYTES, "big"))
-            send_frames(worker.inbox, messages)
+            written = send_frames(worker.inbox, messages)
         except OSError:  # the worker died before it had the attempt: it never started
             reached = False
         else:
@@ -704,7 +703,7 @@ class ProcessLane(Lane):
             worker.functions.add(id(unit.function))
         with self._lock:
             if reached:
-                worker.written += frames_size(messages)
+                worker.written += written
                 if not claim:
                     worker.unclaimed = (job, worker.written)
             self._sent(worker, job, reached=reached)
