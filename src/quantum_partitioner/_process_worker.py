@@ -97,22 +97,28 @@ def send_frame(fd: int, payload: bytes) -> None:
     send_frames(fd, (payload,))
 
 
-def send_frames(fd: int, payloads: tuple[bytes, ...] | list[bytes]) -> None:
+def send_frames(fd: int, payloads: tuple[bytes, ...] | list[bytes]) -> int:
     """Write several frames in one go (the pipe is blocking: returns when all is written).
 
     One ``writev``: the reader wakes once for all of them (a worker's first attempt comes
     with the run's context and its function), and no payload is copied to put its header
     in front of it (an attempt's inputs may be large).
+
+    Returns:
+        How many bytes were written.
     """
     parts: list[memoryview] = []
     for payload in payloads:
         parts += (memoryview(len(payload).to_bytes(_HEADER, "big")), memoryview(payload))
+    total = 0
     while parts:
         written = os.writev(fd, parts)
+        total += written
         while parts and written >= len(parts[0]):  # a pipe may take only part of it
             written -= len(parts.pop(0))
         if written:
             parts[0] = parts[0][written:]
+    return total
 
 
 class FrameError(ValueError):

@@ -484,6 +484,37 @@ def test_an_idle_worker_dying_before_submit_loses_no_attempt():
         lane.close(cancel=True)
 
 
+def _stop(pid: int) -> None:
+    """Stop a process (SIGSTOP) and wait until it is stopped: it reads nothing more."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "T":
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+
+
+def _slow_replacements(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers started once QP_TEST_START_DELAY is set sleep that long as they start."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, time\ntime.sleep(float(os.environ.get('QP_TEST_START_DELAY', '0')))\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+
+
+def _runs_on_the_slow_replacement(killed: list[int]) -> None:
+    """Unit "a" (timeout 0.5 s) completes, in its first attempt, on a worker that took 0.8 s
+    to start after the first was killed (its pid in ``killed``)."""
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(lambda ctx: 42, name="a", timeout=0.5)
+    started = time.perf_counter()
+    assert p.execute({}, execution_mode=PROCESS) == {"a": 42}
+    assert killed
+    assert time.perf_counter() - started > 0.8  # it did wait for the slow replacement
+    assert p.units["a"].attempt == 1
+
+
 def test_an_attempt_held_for_a_replacement_worker_times_out_from_its_real_start(
     tmp_path, monkeypatch
 ):
@@ -493,12 +524,7 @@ def test_an_attempt_held_for_a_replacement_worker_times_out_from_its_real_start(
     until it is buried), and its replacement takes longer to start than the unit's timeout
     (a slow site hook): the attempt waits in the driver, then runs well within it.
     """
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        "import os, time\ntime.sleep(float(os.environ.get('QP_TEST_START_DELAY', '0')))\n"
-    )
-    monkeypatch.syspath_prepend(str(site))
+    _slow_replacements(tmp_path, monkeypatch)
     real_has_room = ProcessLane.has_room
     killed = []
 
@@ -516,12 +542,7 @@ def test_an_attempt_held_for_a_replacement_worker_times_out_from_its_real_start(
         return room
 
     monkeypatch.setattr(ProcessLane, "has_room", has_room_then_kill)
-    p = QuantumPartitioner(max_workers=1)
-    p.add_unit(lambda ctx: 42, name="a", timeout=0.5)
-    started = time.perf_counter()
-    assert p.execute({}, execution_mode=PROCESS) == {"a": 42}
-    assert killed
-    assert time.perf_counter() - started > 0.8  # it did wait for the slow replacement
+    _runs_on_the_slow_replacement(killed)
 
 
 def test_an_attempt_sent_to_a_worker_that_just_died_waits_for_its_replacement():
@@ -582,7 +603,7 @@ def test_an_attempt_whose_worker_is_buried_while_it_is_sent_waits_for_its_replac
             while worker in lane._workers:  # the reader thread buries it meanwhile
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
-        real_send(fd, payloads)
+        return real_send(fd, payloads)
 
     monkeypatch.setattr(processes, "send_frames", die_then_send)
     lane.open(run, outcomes.put)
@@ -598,6 +619,47 @@ def test_an_attempt_whose_worker_is_buried_while_it_is_sent_waits_for_its_replac
         assert killed
     finally:
         lane.close(cancel=True)
+
+
+def test_an_attempt_its_worker_died_before_reading_waits_for_its_replacement():
+    """The idle worker's attempt is written into its pipe, but it dies before it reads it
+    (stopped, then killed): the bytes still in the pipe prove it never started, so it is
+    not failed and keeps its attempt number: it runs on the replacement. (It failed with
+    WorkerDiedError.)"""
+    _, lane, outcomes = _lane_sending_ahead(Graph([QuantumUnit("a", lambda ctx: 42)]))
+    try:
+        [worker] = lane._workers
+        _stop(worker.process.pid)  # it reads nothing more
+        lane.submit(0, 1)  # into the pipe's buffer: the write succeeds
+        os.kill(worker.process.pid, signal.SIGKILL)
+        assert _next_outcome(lane, outcomes) == (0, 1, True, 42, None)
+        assert lane._workers[0] is not worker
+    finally:
+        lane.close(cancel=True)
+
+
+def test_an_attempt_found_unread_in_a_dead_worker_times_out_from_its_real_start(
+    tmp_path, monkeypatch
+):
+    """Its timeout counts from when the replacement gets it: the worker died before it read
+    the attempt, and the replacement takes longer to start than the unit's timeout (a slow
+    site hook): the attempt waits in the driver, then runs well within it."""
+    _slow_replacements(tmp_path, monkeypatch)
+    real_submit = ProcessLane.submit
+    killed = []
+
+    def submit_to_a_worker_that_dies_unread(lane, i, attempt):
+        [worker] = lane._workers
+        if not killed:
+            monkeypatch.setenv("QP_TEST_START_DELAY", "0.8")  # for its replacement
+            _stop(worker.process.pid)
+        real_submit(lane, i, attempt)
+        if not killed:
+            os.kill(worker.process.pid, signal.SIGKILL)
+            killed.append(worker.process.pid)
+
+    monkeypatch.setattr(ProcessLane, "submit", submit_to_a_worker_that_dies_unread)
+    _runs_on_the_slow_replacement(killed)
 
 
 # -- attempts sent ahead (queued in a busy worker) ---------------------------------------------

@@ -57,8 +57,8 @@ may wait in the worker); until then it is not idle: the next attempt it is given
 number too, which the worker may take as it drops the one taken back (before it starts
 the next).
 Attempts waiting in a worker that dies never started: they go to other workers, their
-attempt numbers (retry budgets) untouched; so does one the driver was writing when the
-worker died, if the write failed (the worker never had it). A worker
+attempt numbers (retry budgets) untouched; so does one the worker died before it read
+whole (the write failed, or what it did not read is still in its pipe). A worker
 sends each outcome as it ends; the reader takes every outcome that has arrived in one read.
 The reader learns that a worker died from its exit (a pidfd; where there are none, it looks
 twice a second), not from the end of its pipe, which a child its unit forked may hold open.
@@ -89,6 +89,7 @@ import select
 import signal
 import subprocess
 import sys
+import termios
 import threading
 import time
 import weakref
@@ -97,7 +98,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from .._errors import BrokenBackendError, WorkerDiedError, describe_exit
-from .._process_worker import CLAIM_BYTES, FrameError, FrameReader, send_frame, send_frames
+from .._process_worker import (
+    CLAIM_BYTES,
+    FrameError,
+    FrameReader,
+    send_frame,
+    send_frames,
+)
 from ._base import pool_size
 from ._lanes import Lane, LaneBackend
 
@@ -231,7 +238,9 @@ class _Worker:
         "start_log",
         "start_stderr",
         "started",
+        "unclaimed",
         "unsure_start",
+        "written",
     )
 
     def __init__(
@@ -289,6 +298,11 @@ class _Worker:
         self.sending: tuple[int, int] | None = None
         #: How it exited, once buried.
         self.exitcode: int | None = None
+        #: How many bytes were written into its inbox (what it starts from included).
+        self.written = 0
+        #: The last attempt sent to it without a claim number, and where its messages end
+        #: among the bytes written: if it dies before it read them all, it never started.
+        self.unclaimed: tuple[tuple[int, int], int] | None = None
 
 
 class ProcessLane(Lane):
@@ -317,6 +331,9 @@ class ProcessLane(Lane):
         #: ``submit``, or while they were sent): they go to the next idle worker (its
         #: replacement) before any new attempt.
         self._held: deque[tuple[int, int]] = deque()
+        #: Those the reader held (found unread in a dead worker's inbox), for the driver to
+        #: tell the scheduler (their timeouts wait until a worker has them).
+        self._to_hold: list[tuple[int, int]] = []
         self._failed_starts = 0
         #: Notified when the reader has buried a worker (it read all it had sent).
         self._buried = threading.Condition(self._lock)
@@ -342,6 +359,7 @@ class ProcessLane(Lane):
             self._functions: dict[int, tuple[Any, bytes | BaseException]] = {}
             self._closing = False
             self._held.clear()
+            self._to_hold.clear()
             #: Attempts sent ahead (or held after that): their start is when the worker
             #: began them, stamped there, kept here until the driver settles them.
             self._sent_ahead: set[tuple[int, int]] = set()
@@ -447,6 +465,8 @@ class ProcessLane(Lane):
                 while unwritten:
                     unwritten = unwritten[os.write(parent_out, unwritten) :]
         worker = _Worker(process, parent_out, parent_in, start_r, claim_pipe)
+        if boot is not None:
+            worker.written = len(boot) - len(unwritten)
         taken = {w.slot for w in self._workers}
         worker.slot = next(
             name for k in range(1, len(taken) + 2) if (name := f"process slot {k}") not in taken
@@ -557,6 +577,9 @@ class ProcessLane(Lane):
         """
         while True:
             with self._lock:
+                for job in self._to_hold:  # held by the reader: the scheduler is ours
+                    self._run.scheduler.hold(*job)
+                self._to_hold.clear()
                 self._replace_dead()
                 if self._broken is not None:
                     raise BrokenBackendError(self._broken)
@@ -666,44 +689,48 @@ class ProcessLane(Lane):
                 self._hold(job)
             return
         run.attempt_workers[i, attempt] = worker.slot
-        reached = True
+        reached, written = True, 0
         try:
             if claim:  # before the attempt, which the worker runs only once it took this
                 with self._lock:  # with its record: a worker buried now gets neither or both
                     worker.claims[claim] = job
                     os.write(worker.claim_w, claim.to_bytes(CLAIM_BYTES, "big"))
-            send_frames(worker.inbox, messages)
+            written = send_frames(worker.inbox, messages)
         except OSError:  # the worker died before it had the attempt: it never started
             reached = False
         else:
             worker.has_context = True
             worker.functions.add(id(unit.function))
         with self._lock:
+            if reached:
+                worker.written += written
+                if not claim:
+                    worker.unclaimed = (job, worker.written)
             self._sent(worker, job, reached=reached)
 
     def _sent(self, worker: _Worker, job: tuple[int, int], *, reached: bool) -> None:
         """The driver is done writing ``job`` to ``worker``, which it ``reached`` or not.
 
         (Hold the lock.) A worker the reader buried meanwhile left the attempt to this
-        (see :meth:`_bury`): one that never reached it never started, so it waits for
-        another worker, its attempt number (retry budget) untouched, as those queued in a
-        dead worker do; one that reached it may have started: it died with the worker.
+        (see :meth:`_bury`): one that never reached it, or never read all of it, never
+        started, so it waits for another worker, its attempt number (retry budget)
+        untouched, as those queued in a dead worker do; one that read it may have started:
+        it died with the worker.
         """
         worker.sending = None
         buried = worker.exitcode is not None
+        if job in worker.jobs:  # else taken back (never started), or failed to pickle
+            if not reached or (buried and _never_read(worker, job)):
+                _forget(worker, job)
+                worker.ready = False  # it is dying: the reader buries it, without this one
+                self._hold(job)
+            elif buried:
+                worker.jobs.remove(job)
+                self._died(worker, [job])
         if buried:  # the reader left the inbox open for this write
             with contextlib.suppress(OSError):
                 os.close(worker.inbox)
             worker.inbox = -1
-        if job not in worker.jobs:  # taken back (never started), or failed to pickle
-            return
-        if not reached:
-            _forget(worker, job)
-            worker.ready = False  # it is dying: the reader buries it, without this attempt
-            self._hold(job)
-        elif buried:
-            worker.jobs.remove(job)
-            self._died(worker, [job])
 
     def _hold(self, job: tuple[int, int]) -> None:
         """Keep an attempt in the driver until a worker is idle (hold the lock).
@@ -1046,6 +1073,12 @@ class ProcessLane(Lane):
             self._held.extend(_take_back(worker, len(worker.claims)))
             died = [job for job in worker.jobs if job != worker.sending]
             worker.jobs = deque(job for job in worker.jobs if job == worker.sending)
+            unread = [job for job in died if _never_read(worker, job)]
+            for job in unread:  # it died before it read all of that attempt
+                died.remove(job)
+                self._sent_ahead.add(job)  # its start is the next worker's stamp
+                self._held.append(job)
+                self._to_hold.append(job)  # its timeout waits too (see has_room)
             self._died(worker, died)
             if not worker.started and not self._closing:
                 self._failed_start(worker, exitcode)
@@ -1328,6 +1361,23 @@ def _may_wait_in(worker: _Worker, room: int) -> bool:
     waited for the attempt ahead to end).
     """
     return worker.ready and len(worker.jobs) + worker.dropping <= room
+
+
+def _never_read(worker: _Worker, job: tuple[int, int]) -> bool:
+    """Whether the dead ``worker`` never read all of ``job``, sent without a claim number.
+
+    (Hold the lock; its inbox still open.) What it did not read is still in the pipe: if
+    that reaches into the attempt's messages, the worker never had the attempt whole, so
+    it never started it. (One it read may have started, even if it died at once.)
+    """
+    if worker.unclaimed is None or worker.unclaimed[0] != job or worker.inbox < 0:
+        return False
+    try:
+        answer = fcntl.ioctl(worker.inbox, termios.FIONREAD, bytes(4))  # either end answers
+    except OSError:
+        return False
+    unread = int.from_bytes(answer, sys.byteorder)
+    return worker.written - unread < worker.unclaimed[1]
 
 
 def _forget(worker: _Worker, job: tuple[int, int]) -> None:
