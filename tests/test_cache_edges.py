@@ -605,6 +605,20 @@ def test_closures_of_one_code_in_other_namespaces_modules_and_names_are_keyed_as
     assert p.execute()["b1"] == (1, 2)
 
 
+def test_a_closure_kept_unread_is_keyed_with_the_module_it_had_when_added():
+    """A module assigned to a closure after add_unit kept it unread (in the template's
+    namespace or another) does not change its key: it is keyed with its module then."""
+    p = CachingQuantumPartitioner(cache_store=MemoryStore(), default_execution_mode=SEQUENTIAL)
+    first, second = _factory(1), _factory(2)
+    p.add_unit(first(0), name="a0", metadata={"cacheable": True})
+    when_added = {}
+    for name, closure in (("a1", first(1)), ("b1", second(1))):
+        when_added[name] = _fingerprint.function_fingerprint(closure)
+        p.add_unit(closure, name=name, metadata={"cacheable": True})
+        closure.__module__ = "json"  # afterwards: a library's module, keyed by name
+    assert {name: p._function_fingerprint(p.units[name]) for name in when_added} == when_added
+
+
 def test_a_closure_kept_unread_whose_namespace_cannot_be_fingerprinted_fails_the_run():
     """Its namespace is read when its record is made (the next run): the run raises
     TypeError naming the unit and the global before any unit runs."""

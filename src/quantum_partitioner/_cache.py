@@ -89,7 +89,6 @@ _NO_NAMES: Final[frozenset[str]] = frozenset()
 _CACHEABLE: Final = {"cacheable": True}
 _NO_RECORD: Final[Fingerprinted] = (None, _NO_NAMES, b"")
 _NAMESPACE_OF: Final = operator.attrgetter("__globals__")
-_MODULE_OF: Final = operator.attrgetter("__module__")
 
 # A unit's function, the names left out of its fingerprint and that fingerprint (bytes);
 # or the snapshot of a closure, which starts with the same two and has its template third,
@@ -301,14 +300,14 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         function = unit.function
         # The template's code is the function's own by identity (the template keeps it, so
         # ``is`` cannot match another's): closure_snapshot's test, without its frame. Its
-        # namespace and module are checked by _settle, in C loops: __globals__ cannot be
-        # assigned, and __module__ is set before a function is added (functools.wraps).
-        # Defaults (which make a closure's encoding longer) and a cell's value are read
-        # here: both can be assigned after the function is made, so only now says them.
+        # namespace is checked by _settle, in C loops: __globals__ cannot be assigned.
+        # Its module, defaults (which make a closure's encoding longer) and cell value are
+        # read here: each can be assigned after the function is added, so only now says them.
         recent = self._recent
         if (
             type(function) is FunctionType
             and function.__code__ is recent.code
+            and function.__module__ is recent.module
             and function.__defaults__ is None
             and function.__kwdefaults__ is None
         ):
@@ -366,9 +365,9 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
     def _settle(self) -> None:
         """Make the records of the closures ``_admit`` left in ``_pending`` (all of _recent).
 
-        A closure whose namespace or module is not the template's (the same code run
-        in another namespace, a module assigned by hand) has its fingerprint taken as the
-        long way would have taken it when it was added: of its code then and cell value then.
+        A closure whose namespace is not the template's (the same code run in another
+        namespace) has its fingerprint taken as the long way would have taken it when it was
+        added: of its code, module and cell value then (its module was the template's).
         """
         pending = self._pending
         if not pending:
@@ -378,19 +377,14 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         template, same = self._recent, itertools.repeat
         records = zip(functions, same(_NO_NAMES), same(template), values, strict=False)
         self._fingerprints.update(zip(names, records, strict=False))
-        if all(map(operator.is_, map(_NAMESPACE_OF, functions), same(template.namespace))) and all(
-            map(operator.is_, map(_MODULE_OF, functions), same(template.module))
-        ):
+        if all(map(operator.is_, map(_NAMESPACE_OF, functions), same(template.namespace))):
             return
         seen: set[str] = set()  # a name added twice: its last closure made its record
         for name, function, value in reversed(list(zip(names, functions, values, strict=True))):
             if name in seen:
                 continue
             seen.add(name)
-            if (
-                function.__globals__ is not template.namespace
-                or function.__module__ is not template.module
-            ):
+            if function.__globals__ is not template.namespace:
                 try:
                     taken = closure_fingerprint_as_added(
                         function, template, value, self._module_memo

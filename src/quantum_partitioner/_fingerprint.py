@@ -480,15 +480,15 @@ def closure_fingerprint_as_added(
     """The fingerprint ``fn`` had when its code was ``template``'s and its one cell held ``value``.
 
     For a closure whose cell value was kept (``_EMPTY_CELL``: an empty cell) but whose
-    namespace or module turned out not to be the template's: the fingerprint of a twin
-    made of those parts, its namespace, module and names.
+    namespace turned out not to be the template's: the fingerprint of a twin made of those
+    parts, the template's module (the closure's when it was kept), its namespace and names.
 
     Raises:
         UnfingerprintableError: As :func:`function_fingerprint`.
     """
     cell = types.CellType() if value is _EMPTY_CELL else types.CellType(value)
     twin = types.FunctionType(template.code, fn.__globals__, fn.__name__, None, (cell,))
-    twin.__module__, twin.__qualname__ = fn.__module__, fn.__qualname__
+    twin.__module__, twin.__qualname__ = template.module, fn.__qualname__
     found = _closure_fingerprint(twin, frozenset(), memo)
     return _function_fingerprint(twin, frozenset(), memo) if found is None else found
 
