@@ -798,3 +798,24 @@ def test_interrupt_in_a_run_hook_leaves_the_partitioner_usable(hook, runner):
     expected = UnitState.CANCELED if hook == "run_started" else UnitState.COMPLETED
     assert p.units["a"].state is expected
     assert run() == {"a": 1}  # no longer "already executing"
+
+
+def test_an_interrupt_as_a_run_begins_before_its_backend_claims_it_frees_the_partitioner(
+    monkeypatch,
+):
+    """A KeyboardInterrupt as the run's clock starts (before its backend is claimed and any
+    event): the run is refused like one its backend refused, and the next one runs."""
+    from quantum_partitioner._run import Run  # noqa: PLC0415 - the method interrupted
+
+    begin = Run.begin
+
+    def interrupted(run):
+        monkeypatch.setattr(Run, "begin", begin)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "begin", interrupted)
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: 1, name="a")
+    with pytest.raises(KeyboardInterrupt):
+        p.execute({}, SEQ)
+    assert p.execute({}, SEQ) == {"a": 1}  # not "already executing"

@@ -1142,9 +1142,9 @@ class QuantumPartitioner(Generic[T, R]):
             if self._active_run is not None:
                 raise RuntimeError("this partitioner is already executing; wait for it to end")
             self._active_run = run
-        # Its clock starts before the backend takes it on: workers starting are in the run.
-        run.begin()
         try:
+            # Its clock starts before the backend takes it on: workers starting are in the run.
+            run.begin()
             chosen.claim(run)
         except BaseException:  # refused, like bad input: no event, the last run's record kept
             run.withdraw()
