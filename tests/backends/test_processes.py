@@ -1949,3 +1949,25 @@ def test_a_reused_backend_run_again_after_close_stops_its_new_workers_on_close()
     second = p.execute(backend=backend)["a"]
     backend.close()
     assert _wait_gone(second, 5)
+
+
+def test_an_interrupt_as_one_lane_closes_still_closes_the_lanes_after_it():
+    """Ctrl-C as a run's first lane closes (a thread lane's, after its units): the process
+    lane after it is closed too, its worker stopped, and the interrupt is raised. (The lanes
+    after the interrupted one were left open, their workers running.)"""
+    from quantum_partitioner.backends import LaneBackend  # noqa: PLC0415
+    from quantum_partitioner.backends._thread_lane import ThreadLane  # noqa: PLC0415
+
+    class InterruptedClose(ThreadLane):
+        def close(self, *, cancel):
+            super().close(cancel=cancel)
+            raise KeyboardInterrupt
+
+    backend = LaneBackend([InterruptedClose(1), ProcessLane(1)], lane_for=lambda unit: 1)
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: os.getpid(), name="pid")
+    with pytest.raises(KeyboardInterrupt):
+        p.execute(backend=backend)
+    pid = p.get_partial_results()["pid"]
+    assert pid != os.getpid()
+    assert _wait_gone(pid)

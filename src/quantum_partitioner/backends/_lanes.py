@@ -161,6 +161,23 @@ class FutureLane(Lane):
         self._futures = {}
 
 
+def _close_lanes(lanes: Sequence[Lane], *, cancel: bool) -> None:
+    """Close every lane, even after one raised (Ctrl-C as it waits): the first error is raised.
+
+    A lane left open keeps its workers running.
+    """
+    error: BaseException | None = None
+    for lane in lanes:
+        try:
+            lane.close(cancel=cancel)
+        except BaseException as raised:
+            if error is None:
+                error = raised
+            cancel = True  # interrupted: stop what runs on the lanes after it
+    if error is not None:
+        raise error
+
+
 class LaneBackend(Backend):
     """Drive a run over one or more lanes from the calling thread.
 
@@ -230,8 +247,7 @@ class LaneBackend(Backend):
         except BaseException:
             run.wake = previous_wake
             try:
-                for lane in opened:
-                    lane.close(cancel=True)
+                _close_lanes(opened, cancel=True)
             finally:
                 self._driving.release()
             raise
@@ -250,8 +266,7 @@ class LaneBackend(Backend):
         self._claimed = None
         run.wake = previous_wake
         try:
-            for lane in self.lanes:
-                lane.close(cancel=cancel)
+            _close_lanes(self.lanes, cancel=cancel)
         finally:
             self._driving.release()
 
