@@ -619,6 +619,35 @@ def test_a_closure_kept_unread_is_keyed_with_the_module_it_had_when_added():
     assert {name: p._function_fingerprint(p.units[name]) for name in when_added} == when_added
 
 
+def test_a_refused_add_units_leaves_the_records_as_they_were():
+    """add_units refused at a unit whose function cannot be fingerprinted adds none: the
+    closures fingerprinted before it leave no record (one kept unread replaced the record of
+    a unit of its name added again, which then lost its defaults from its key), and a unit
+    it was to replace keeps the key it had when it was added."""
+    p = CachingQuantumPartitioner(cache_store=MemoryStore(), default_execution_mode=SEQUENTIAL)
+    first = _factory(1)
+    cacheable = {"metadata": {"cacheable": True}}
+    p.add_unit(first(0), name="a0", **cacheable)
+    replaced = first(5)
+    p.add_unit(replaced, name="replaced", **cacheable)
+    replaced_when_added = _fingerprint.function_fingerprint(replaced)
+    replaced.__closure__[0].cell_contents = 50  # after it was added: not in its key
+    again = first(1)
+    lock = threading.Lock()
+    refused = {
+        "again": (again, [], cacheable),
+        "replaced": (first(6), [], cacheable),
+        "bad": (lambda ctx: lock, [], cacheable),
+    }
+    with pytest.raises(TypeError, match="'bad'"):
+        p.add_units(refused, replace=True)
+    assert set(p.units) == {"a0", "replaced"}
+    again.__defaults__ = (None,)
+    p.add_unit(again, name="again", **cacheable)
+    assert p._function_fingerprint(p.units["again"]) == _fingerprint.function_fingerprint(again)
+    assert p._function_fingerprint(p.units["replaced"]) == replaced_when_added
+
+
 def test_a_closure_kept_unread_whose_namespace_cannot_be_fingerprinted_fails_the_run():
     """Its namespace is read when its record is made (the next run): the run raises
     TypeError naming the unit and the global before any unit runs."""

@@ -41,6 +41,7 @@ import logging
 import operator
 import pickle
 import threading
+from collections import abc
 from dataclasses import dataclass
 from types import FunctionType
 from typing import TYPE_CHECKING, Any, Final, Self, cast
@@ -61,7 +62,7 @@ from ._fingerprint import (
     snapshot_fingerprint,
 )
 from ._graph import ExecutionMode, ExecutionModeArg, QuantumUnit, R, T, UnitState, metadata_of
-from ._partitioner import QuantumPartitioner
+from ._partitioner import QuantumPartitioner, UnitSpec
 from ._stores import CacheEntry, CacheStore, MemoryStore, SQLiteStore
 
 if TYPE_CHECKING:
@@ -393,6 +394,30 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
                     del self._fingerprints[name]  # the run takes it anew, and says why it cannot
                 else:
                     self._fingerprints[name] = (function, _NO_NAMES, taken)
+
+    def add_units(self, units: Mapping[str, UnitSpec[R]], *, replace: bool = False) -> None:
+        """As :meth:`QuantumPartitioner.add_units`; when one unit is refused, none is kept.
+
+        The units fingerprinted before the one refused leave no record behind (a record
+        kept unread would later replace that of a unit of the same name added again), and
+        the units they were to replace keep theirs.
+        """
+        replaced: dict[str, _Taken | None] = {}
+        if replace and self.units and isinstance(units, abc.Mapping):
+            self._settle()  # the records of the units replaced, made now to be kept
+            get = self._fingerprints.get
+            replaced = {name: get(name) for name in units if name in self.units}
+        try:
+            super().add_units(units, replace=replace)
+        except BaseException:
+            if isinstance(units, abc.Mapping):
+                self._settle()
+                for name in units:
+                    if name in replaced:
+                        self._keep(name, replaced[name])
+                    elif name not in self.units:
+                        self._fingerprints.pop(name, None)
+            raise
 
     def remove_unit(self, name: str) -> QuantumUnit[T, R]:
         """Remove the unit ``name`` and return it (its stored results stay; see clear_cache).
