@@ -25,6 +25,7 @@ from quantum_partitioner import (
     CachingQuantumPartitioner,
     ExecutionMode,
     MemoryStore,
+    QuantumPartitioner,
     SQLiteStore,
     _fingerprint,
     _stores,
@@ -623,7 +624,7 @@ def test_a_refused_add_units_leaves_the_records_as_they_were():
     """add_units refused at a unit whose function cannot be fingerprinted adds none: the
     closures fingerprinted before it leave no record (one kept unread replaced the record of
     a unit of its name added again, which then lost its defaults from its key), and a unit
-    it was to replace keeps the key it had when it was added."""
+    it was to replace keeps the key it had when it was added. add_subgraph likewise."""
     p = CachingQuantumPartitioner(cache_store=MemoryStore(), default_execution_mode=SEQUENTIAL)
     first = _factory(1)
     cacheable = {"metadata": {"cacheable": True}}
@@ -646,6 +647,15 @@ def test_a_refused_add_units_leaves_the_records_as_they_were():
     p.add_unit(again, name="again", **cacheable)
     assert p._function_fingerprint(p.units["again"]) == _fingerprint.function_fingerprint(again)
     assert p._function_fingerprint(p.units["replaced"]) == replaced_when_added
+    # A subgraph refused at one of its units, likewise.
+    inner, copied = QuantumPartitioner(), first(2)
+    inner.add_unit(copied, name="x", **cacheable)
+    inner.add_unit(lambda ctx: lock, name="bad", **cacheable)
+    with pytest.raises(TypeError, match="'sub.bad'"):
+        p.add_subgraph(inner, "sub")
+    copied.__defaults__ = (None,)
+    p.add_unit(copied, name="sub.x", **cacheable)
+    assert p._function_fingerprint(p.units["sub.x"]) == _fingerprint.function_fingerprint(copied)
 
 
 def test_a_closure_kept_unread_whose_namespace_cannot_be_fingerprinted_fails_the_run():

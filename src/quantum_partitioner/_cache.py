@@ -41,7 +41,6 @@ import logging
 import operator
 import pickle
 import threading
-from collections import abc
 from dataclasses import dataclass
 from types import FunctionType
 from typing import TYPE_CHECKING, Any, Final, Self, cast
@@ -62,12 +61,12 @@ from ._fingerprint import (
     snapshot_fingerprint,
 )
 from ._graph import ExecutionMode, ExecutionModeArg, QuantumUnit, R, T, UnitState, metadata_of
-from ._partitioner import QuantumPartitioner, UnitSpec
+from ._partitioner import QuantumPartitioner
 from ._stores import CacheEntry, CacheStore, MemoryStore, SQLiteStore
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
     from types import TracebackType
 
     from ._graph import Graph
@@ -90,6 +89,7 @@ _NO_NAMES: Final[frozenset[str]] = frozenset()
 _CACHEABLE: Final = {"cacheable": True}
 _NO_RECORD: Final[Fingerprinted] = (None, _NO_NAMES, b"")
 _NAMESPACE_OF: Final = operator.attrgetter("__globals__")
+_NAME_OF: Final = operator.attrgetter("id")
 
 # A unit's function, the names left out of its fingerprint and that fingerprint (bytes);
 # or the snapshot of a closure, which starts with the same two and has its template third,
@@ -395,28 +395,29 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
                 else:
                     self._fingerprints[name] = (function, _NO_NAMES, taken)
 
-    def add_units(self, units: Mapping[str, UnitSpec[R]], *, replace: bool = False) -> None:
-        """As :meth:`QuantumPartitioner.add_units`; when one unit is refused, none is kept.
+    def _admit_all(self, units: Iterable[QuantumUnit[T, R]]) -> None:
+        """:meth:`_admit` units that join together (add_units, add_subgraph); none if one fails.
 
-        The units fingerprinted before the one refused leave no record behind (a record
-        kept unread would later replace that of a unit of the same name added again), and
-        the units they were to replace keep theirs.
+        When one is refused, those admitted before it leave no record behind (a record kept
+        unread would later replace that of a unit of its name added again), and the units
+        they were to replace keep theirs.
         """
+        units = list(units)
         replaced: dict[str, _Taken | None] = {}
-        if replace and self.units and isinstance(units, abc.Mapping):
+        if self.units and not self.units.keys().isdisjoint(map(_NAME_OF, units)):
             self._settle()  # the records of the units replaced, made now to be kept
             get = self._fingerprints.get
-            replaced = {name: get(name) for name in units if name in self.units}
+            replaced = {unit.id: get(unit.id) for unit in units if unit.id in self.units}
         try:
-            super().add_units(units, replace=replace)
+            for unit in units:
+                self._admit(unit)
         except BaseException:
-            if isinstance(units, abc.Mapping):
-                self._settle()
-                for name in units:
-                    if name in replaced:
-                        self._keep(name, replaced[name])
-                    elif name not in self.units:
-                        self._fingerprints.pop(name, None)
+            self._settle()
+            for unit in units:
+                if unit.id in replaced:
+                    self._keep(unit.id, replaced[unit.id])
+                else:
+                    self._fingerprints.pop(unit.id, None)
             raise
 
     def remove_unit(self, name: str) -> QuantumUnit[T, R]:

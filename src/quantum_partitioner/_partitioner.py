@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeAlias, TypeVar, overload
 
@@ -625,8 +625,7 @@ class QuantumPartitioner(Generic[T, R]):
                     f"subgraph {name!r}: its limit {limit_name!r} is not the limit of that "
                     "name here; share one Limit object (add_limit(limit) on both)"
                 )
-        for unit in units:
-            self._admit(unit)
+        self._admit_all(units)
         with self._lock:
             self._limits.update(limits)
         for unit in units:
@@ -682,8 +681,7 @@ class QuantumPartitioner(Generic[T, R]):
             if self.units and not replace and not new.keys().isdisjoint(self.units):
                 raise DuplicateUnitError(next(name for name in new if name in self.units))
             if self._admits:
-                for unit in new.values():
-                    self._admit(unit)
+                self._admit_all(new.values())
             self.units.update(new)
         self._graph = None
         self._plan = None
@@ -836,6 +834,11 @@ class QuantumPartitioner(Generic[T, R]):
 
     def _admit(self, unit: QuantumUnit[T, R]) -> None:
         """Check a valid unit before it joins; a subclass hook (raising adds nothing)."""
+
+    def _admit_all(self, units: Iterable[QuantumUnit[T, R]]) -> None:
+        """:meth:`_admit` each of units that join together: one refused, none joins."""
+        for unit in units:
+            self._admit(unit)
 
     #: Whether this class overrides :meth:`_admit`: adding a unit skips the call otherwise.
     _admits: ClassVar[bool] = False
