@@ -651,7 +651,7 @@ def test_a_refused_add_units_leaves_the_records_as_they_were():
     inner, copied = QuantumPartitioner(), first(2)
     inner.add_unit(copied, name="x", **cacheable)
     inner.add_unit(lambda ctx: lock, name="bad", **cacheable)
-    with pytest.raises(TypeError, match="'sub.bad'"):
+    with pytest.raises(TypeError, match=r"'sub\.bad'"):
         p.add_subgraph(inner, "sub")
     copied.__defaults__ = (None,)
     p.add_unit(copied, name="sub.x", **cacheable)
