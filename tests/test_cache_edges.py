@@ -347,6 +347,32 @@ def test_payloads_around_the_copy_bound_and_the_page_size_are_stored_whole(tmp_p
         assert store.corrupt == 0
 
 
+def test_a_memory_store_s_miss_takes_no_lock():
+    """A miss (every lookup of a cold run, from every thread of the run) is one dict lookup:
+    it does not wait for a write under way, nor make the run's threads queue on the lock."""
+    store = MemoryStore()
+    store.put(b"k" * 32, "u", b"stored")
+    found: list[bytes | None] = []
+    with store._lock:  # a write under way, as the lookups see it
+        reader = threading.Thread(target=lambda: found.append(store.get(b"m" * 32)))
+        reader.start()
+        reader.join(10)
+        assert found == [None]
+    assert store.get(b"k" * 32) == b"stored"
+
+
+def test_a_batch_s_statement_journal_is_kept_in_memory_not_in_a_temporary_file(tmp_path):
+    """A statement of many rows inside a transaction keeps a journal to undo that statement
+    alone; past 64 KiB SQLite would spill it to a temporary file, written and read back for
+    every large insert (a third of the writer's CPU): the store keeps it in memory."""
+    with SQLiteStore(tmp_path / "c.sqlite") as store:
+        assert store._connection().execute("PRAGMA temp_store").fetchone() == (2,)  # MEMORY
+        for i in range(3000):
+            store.put(i.to_bytes(32, "big"), "u", b"x" * 64)
+        store.flush()
+        assert len(store) == 3000
+
+
 # -- counters and the writer thread ------------------------------------------------------------
 
 
