@@ -274,15 +274,19 @@ def random_dag_units(n, fan_in, seed):
 
 
 def test_plan_200k_units_600k_edges_quickly():
-    """200,000 units with 600,000 edges compile and plan (levels, critical path) in < 20 s."""
+    """200,000 units with 600,000 edges compile and plan (levels, critical path) in < 20 s.
+
+    CPU seconds, not wall: on a loaded machine the wall time of this one-threaded work
+    grows with the load, its CPU time does not.
+    """
     units = random_dag_units(200_000, 3, seed=7)
-    start = time.perf_counter()
+    start = time.process_time()
     graph = compile_graph(units)
     plan = ExecutionPlan(graph, {unit.id: unit for unit in units})
     levels = plan.levels
     path = plan.critical_path
-    elapsed = time.perf_counter() - start
-    assert elapsed < 20, f"planning took {elapsed:.1f} s"
+    elapsed = time.process_time() - start
+    assert elapsed < 20, f"planning took {elapsed:.1f} s of CPU"
     assert plan.unit_count == 200_000
     assert sum(len(row) for row in graph.deps) == 3 * (200_000 - 3)
     assert sum(map(len, levels)) == 200_000

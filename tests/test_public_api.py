@@ -375,6 +375,9 @@ TaskMap({"a": (lambda ctx: 1, []), "b": lambda ctx: 2, "c": (doubles, ["a"])})
 """
 
 
+# mypy's own run bounds it (5 minutes); on a loaded machine it may need more than the
+# suite's 2-minute test timeout.
+@pytest.mark.timeout(300)
 def test_mypy_rejects_units_without_ctx_unknown_modes_and_wrong_result_types(tmp_path, mypy):
     """A unit or task taking no ctx, a misspelt mode or strategy, a wrong result type: errors."""
     (tmp_path / "rejected.py").write_text(REJECTED)
