@@ -46,9 +46,12 @@ nothing about units or pickling: :mod:`._cache` makes the keys and the payloads.
   still be served (it was valid: keys are content addresses).
 * **LRU.** With ``size_limit`` (bytes of payload), entries least recently read or written
   are evicted after a write that goes over it (or the first write after another process
-  changed the file, whose writes it cannot count). Read times are batched in memory and written
-  by the writer thread every 10,000 reads and after each run (``close``, a listing and an
-  eviction write them first), so a hit costs no write transaction and nobody waits for one.
+  changed the file, whose writes it cannot count). Once summed, the total is kept exact
+  from each batch's sizes and those of the entries it replaces (its own keys read), so a
+  store at its limit does not sum every entry's size at each commit. Read times are batched
+  in memory and written by the writer thread every 10,000 reads and after each run
+  (``close``, a listing and an eviction write them first), so a hit costs no write
+  transaction and nobody waits for one.
   A batch is stamped with the time it is written, not each read with its own: the order
   between runs is what eviction needs, and a hit then reads no clock.
 
@@ -99,6 +102,8 @@ _PREFETCH_QUERY: Final = (
     "SELECT key, CASE WHEN size <= ? THEN payload END, checksum FROM entries WHERE key IN ({})"
 )
 _TOUCH_QUERY: Final = "UPDATE entries SET accessed = MAX(accessed, ?) WHERE key IN ({})"
+_TOTAL_QUERY: Final = "SELECT COALESCE(SUM(size), 0) FROM entries"
+_REPLACED_QUERY: Final = "SELECT COALESCE(SUM(size), 0) FROM entries WHERE key IN ({})"
 # A store with at most _SCAN_RATIO entries per key wanted is read whole instead (a scan costs
 # a quarter of a keyed read per row), keeping the wanted rows; payloads over _SCAN_ENTRY_BYTES
 # are left out of the scan (it reads every row's) and read by key afterwards.
@@ -1118,11 +1123,14 @@ class SQLiteStore(CacheStore):
             try:
                 connection = self._connection()
                 with _Transaction(connection):
-                    _insert(connection, batch, units)
                     limit = self.size_limit
-                    if limit is not None:
+                    if limit is None:
+                        _insert(connection, batch, units)
+                    else:
                         added = sum(map(len, batch.values()))
-                        self._evict(connection, limit, next(reversed(batch)), added)
+                        replaced = self._replaced_size(connection, batch, limit, added)
+                        _insert(connection, batch, units)
+                        self._evict(connection, limit, next(reversed(batch)), added, replaced)
             except Exception as error:  # any: the writer thread must live on (out of memory)
                 self.write_errors += len(batch)
                 LOGGER.warning(
@@ -1134,24 +1142,66 @@ class SQLiteStore(CacheStore):
             finally:
                 self._committing = False
 
-    def _evict(self, connection: sqlite3.Connection, limit: int, keep: bytes, added: int) -> None:
+    def _replaced_size(
+        self, connection: sqlite3.Connection, batch: dict[bytes, bytes], limit: int, added: int
+    ) -> int | None:
+        """The payload bytes the batch replaces, when they decide whether it fits (in a write).
+
+        Only when the total is known exactly (summed, or kept since, with no write of
+        another process in between) and the batch may take it over the limit: the batch's
+        keys are read, a few hundred per query, instead of the whole store's sizes (at the
+        limit, every commit would sum them: linear in the store's rows). None otherwise.
+        """
+        known = self._known_total
+        if known is None or self._unchecked or known + added <= limit:
+            return None
+        (version,) = connection.execute("PRAGMA data_version").fetchone()
+        if version != self._summed_version:
+            return None
+        keys = list(batch)
+        replaced = 0
+        for start in range(0, len(keys), _PREFETCH_CHUNK):
+            chunk = keys[start : start + _PREFETCH_CHUNK]
+            query = _REPLACED_QUERY.format(",".join("?" * len(chunk)))
+            (size,) = connection.execute(query, chunk).fetchone()
+            replaced += size
+        return replaced
+
+    def _evict(
+        self,
+        connection: sqlite3.Connection,
+        limit: int,
+        keep: bytes,
+        added: int,
+        replaced: int | None,
+    ) -> None:
         """Delete least recently used entries while the store is over ``limit`` (in a write).
 
-        The total is summed only when the running estimate says it may be over the limit,
-        or another connection (process) changed the file since it was last summed: SQLite's
-        ``data_version`` tells, without reading the file.
+        With ``replaced`` (see _replaced_size) the total is exact without reading the store.
+        Otherwise it is summed only when the running estimate (which counts a replaced
+        entry twice) says it may be over the limit, or another connection (process) changed
+        the file since it was last summed: SQLite's ``data_version`` tells, without reading
+        the file. Once summed, the total is kept exact through the evictions that follow.
         """
-        self._unchecked += added
-        (version,) = connection.execute("PRAGMA data_version").fetchone()
-        if (
-            self._known_total is not None
-            and self._known_total + self._unchecked <= limit
-            and version == self._summed_version
-        ):
-            return
-        self._summed_version = version
-        self._apply_touches(connection)
-        (total,) = connection.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()
+        if replaced is not None:
+            assert self._known_total is not None  # (what gave a replaced size)
+            total = self._known_total + added - replaced
+            if total <= limit:
+                self._known_total = total
+                return
+            self._apply_touches(connection)
+        else:
+            self._unchecked += added
+            (version,) = connection.execute("PRAGMA data_version").fetchone()
+            if (
+                self._known_total is not None
+                and self._known_total + self._unchecked <= limit
+                and version == self._summed_version
+            ):
+                return
+            self._summed_version = version
+            self._apply_touches(connection)
+            (total,) = connection.execute(_TOTAL_QUERY).fetchone()
         if total > limit:
             self._index_for_eviction(connection)  # the limit may have been set after opening
             doomed = []
@@ -1182,6 +1232,7 @@ class SQLiteStore(CacheStore):
             connection = self._connection()
             with _Transaction(connection):
                 connection.execute("DELETE FROM entries WHERE key = ?", (key,))
+            self._known_total = None  # summed again when a write may take it over the limit
 
     def clear(self, unit: str | None = None) -> int:
         """Delete every entry, or ``unit``'s; return how many."""
@@ -1228,9 +1279,7 @@ class SQLiteStore(CacheStore):
         """Bytes of payload stored."""
         with self._lock:
             self._commit_queued()
-            (total,) = (
-                self._connection().execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()
-            )
+            (total,) = self._connection().execute(_TOTAL_QUERY).fetchone()
         return int(total)
 
     # -- batched read times ----------------------------------------------------------------
