@@ -347,6 +347,28 @@ def test_payloads_around_the_copy_bound_and_the_page_size_are_stored_whole(tmp_p
         assert store.corrupt == 0
 
 
+def test_a_scan_of_small_entries_checks_each_one_and_keeps_only_those_wanted(tmp_path):
+    """A read ahead that reads the store whole takes chunks of small payloads in C loops:
+    every entry is still checked (a damaged one dropped, never served), only the wanted
+    ones are kept, and the wanted ones it did not find are known absent."""
+    keys = [i.to_bytes(32, "big") for i in range(1200)]
+    with SQLiteStore(tmp_path / "c.sqlite") as store:
+        for key in keys[:1000]:
+            store.put(key, "u", key[-2:] * 3)
+        store.flush()
+        store._connection().execute(
+            "UPDATE entries SET payload = ? WHERE key = ?", (b"damaged", keys[700])
+        )
+        wanted = keys[200:]  # 800 wanted, 1,000 stored: read whole
+        store.prefetch(wanted)
+        assert keys[100] not in store._prefetched
+        assert store.get(keys[700]) is None
+        assert store.corrupt == 1
+        assert [store.get(key) for key in keys[200:700]] == [key[-2:] * 3 for key in keys[200:700]]
+        assert keys[1100] in store._absent
+        assert store.get(keys[1100]) is None
+
+
 def test_a_memory_store_s_miss_takes_no_lock():
     """A miss (every lookup of a cold run, from every thread of the run) is one dict lookup:
     it does not wait for a write under way, nor make the run's threads queue on the lock."""

@@ -65,7 +65,9 @@ import atexit
 import contextlib
 import errno
 import hashlib
+import itertools
 import logging
+import operator
 import os
 import sqlite3
 import stat
@@ -110,6 +112,7 @@ _REPLACED_QUERY: Final = "SELECT COALESCE(SUM(size), 0) FROM entries WHERE key I
 _SCAN_RATIO: Final = 2
 _SCAN_ENTRY_BYTES: Final = 16 << 10
 _SCAN_QUERY: Final = "SELECT key, size, CASE WHEN size <= ? THEN payload END, checksum FROM entries"
+_BYTES_ONLY: Final = frozenset({bytes})
 # How long an idle writer thread of a SQLiteStore waits for more writes before it ends.
 _WRITER_LINGER: Final = 0.5
 # Group commit: the writer lets writes gather for up to _COMMIT_DELAY seconds after the first
@@ -996,24 +999,41 @@ class SQLiteStore(CacheStore):
         Left: the wanted keys found with a payload the scan did not read (over
         ``_SCAN_ENTRY_BYTES``), for the keyed reads to decide about. The keys of damaged
         entries are added to ``damaged``.
+
+        The rows come a few hundred at a time (never the whole store in memory at once). A
+        chunk of small payloads within the budget (a warm run's, row after row) is checked
+        and kept in C loops, one pass per column instead of a Python loop per row; any other
+        chunk goes row by row.
         """
         prefetched = self._prefetched
         looking = set(wanted)
         left: list[bytes] = []
         crc32 = zlib.crc32
-        rows = connection.execute(_SCAN_QUERY, (_SCAN_ENTRY_BYTES,))
-        for key, size, payload, stored in rows:
-            if key not in looking:
+        cursor = connection.execute(_SCAN_QUERY, (_SCAN_ENTRY_BYTES,))
+        while rows := cursor.fetchmany(_PREFETCH_CHUNK):
+            keys, sizes, payloads, stored = zip(*rows, strict=True)
+            if set(map(type, payloads)) == _BYTES_ONLY and sum(sizes) <= budget:
+                wanted_here = list(map(looking.__contains__, keys))
+                intact = list(map(operator.eq, map(crc32, payloads, map(crc32, keys)), stored))
+                kept = list(map(operator.and_, wanted_here, intact))
+                prefetched.update(itertools.compress(zip(keys, payloads, strict=True), kept))
+                budget -= sum(itertools.compress(sizes, kept))
+                if not all(intact):
+                    checked = zip(keys, wanted_here, intact, strict=True)
+                    damaged.extend(key for key, want, ok in checked if want and not ok)
                 continue
-            if payload is None:
-                left.append(key)
-            elif size > budget:
-                prefetched[key] = None  # present, but read when looked up
-            elif type(payload) is bytes and crc32(payload, crc32(key)) == stored:  # _intact
-                prefetched[key] = payload
-                budget -= size
-            else:
-                damaged.append(key)
+            for key, size, payload, check in rows:
+                if key not in looking:
+                    continue
+                if payload is None:
+                    left.append(key)
+                elif size > budget:
+                    prefetched[key] = None  # present, but read when looked up
+                elif type(payload) is bytes and crc32(payload, crc32(key)) == check:  # _intact
+                    prefetched[key] = payload
+                    budget -= size
+                else:
+                    damaged.append(key)
         # Marked missing after the scan, not before (see _prefetch): what it did not find.
         self._absent.update(looking.difference(prefetched, left, damaged))
         return left, budget
