@@ -383,6 +383,26 @@ def test_a_memory_store_s_miss_takes_no_lock():
     assert store.get(b"k" * 32) == b"stored"
 
 
+def test_a_memory_store_s_entries_are_left_alone_by_the_garbage_collector():
+    """Its entries hold only strings, bytes and numbers: once the collector has seen them it
+    stops tracking them, so a store of many entries does not make every full collection
+    traverse them all (read or not, listed or not, they stay what they were)."""
+    import gc  # noqa: PLC0415 - this test only
+
+    store = MemoryStore()
+    for i in range(100):
+        store.put(i.to_bytes(32, "big"), f"u{i % 3}", b"p%d" % i)
+    assert store.get((7).to_bytes(32, "big")) == b"p7"
+    gc.collect()
+    assert not any(gc.is_tracked(entry) for entry in store._entries.values())
+    assert store.entries()[0].unit == "u1"  # the one read last
+    assert store.clear("u0") == 34
+    assert (len(store), store.total_size()) == (
+        66,
+        sum(len(b"p%d" % i) for i in range(100) if i % 3),
+    )
+
+
 def test_a_batch_s_statement_journal_is_kept_in_memory_not_in_a_temporary_file(tmp_path):
     """A statement of many rows inside a transaction keeps a journal to undo that statement
     alone; past 64 KiB SQLite would spill it to a temporary file, written and read back for

@@ -408,14 +408,12 @@ def _check_limit(size_limit: int | None) -> int | None:
     return size_limit
 
 
-class _MemoryEntry:
-    __slots__ = ("accessed", "created", "payload", "unit")
-
-    def __init__(self, unit: str, payload: bytes, now: float) -> None:
-        self.unit = unit
-        self.payload = payload
-        self.created = now
-        self.accessed = now
+# A MemoryStore entry: (unit, payload, created, accessed). A plain tuple of a str, a bytes
+# and two floats, not an object with attributes: the garbage collector stops tracking such
+# a tuple the first time it sees it, where ten thousand entry objects alive for the life of
+# the store were traversed by every full collection (and set them going: a tenth of what
+# caching a no-op unit costs). A read replaces the tuple (its time changes).
+_MemoryEntry = tuple[str, bytes, float, float]
 
 
 # The MemoryStores of this process, for _note_fork.
@@ -463,9 +461,10 @@ class MemoryStore(CacheStore):
             entry = self._entries.get(key)
             if entry is None:
                 return None
-            entry.accessed = time.time()
+            unit, payload, created, _ = entry
+            self._entries[key] = (unit, payload, created, time.time())
             self._entries.move_to_end(key)
-            return entry.payload
+            return payload
 
     def put(self, key: bytes, unit: str, payload: bytes) -> None:
         """Store ``payload``; evict least recently used entries over the size limit."""
@@ -475,20 +474,21 @@ class MemoryStore(CacheStore):
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
-                self._total -= len(old.payload)
-            self._entries[key] = _MemoryEntry(unit, payload, time.time())
+                self._total -= len(old[1])
+            now = time.time()
+            self._entries[key] = (unit, payload, now, now)
             self._total += len(payload)
             if limit is not None:
                 while self._total > limit:
                     _, evicted = self._entries.popitem(last=False)
-                    self._total -= len(evicted.payload)
+                    self._total -= len(evicted[1])
 
     def discard(self, key: bytes, *, corrupt: bool = False) -> None:
         """Delete the entry under ``key``, if any."""
         with self._lock:
             entry = self._entries.pop(key, None)
             if entry is not None:
-                self._total -= len(entry.payload)
+                self._total -= len(entry[1])
             if corrupt:
                 self.corrupt += 1
 
@@ -500,18 +500,18 @@ class MemoryStore(CacheStore):
                 self._entries.clear()
                 self._total = 0
                 return count
-            keys = [key for key, entry in self._entries.items() if entry.unit == unit]
+            keys = [key for key, entry in self._entries.items() if entry[0] == unit]
             for key in keys:
-                self._total -= len(self._entries.pop(key).payload)
+                self._total -= len(self._entries.pop(key)[1])
             return len(keys)
 
     def entries(self, unit: str | None = None) -> list[CacheEntry]:
         """Every entry (or ``unit``'s), most recently used first."""
         with self._lock:
             return [
-                CacheEntry(e.unit, key.hex(), len(e.payload), e.created, e.accessed)
-                for key, e in reversed(self._entries.items())
-                if unit is None or e.unit == unit
+                CacheEntry(name, key.hex(), len(payload), created, accessed)
+                for key, (name, payload, created, accessed) in reversed(self._entries.items())
+                if unit is None or name == unit
             ]
 
     def __len__(self) -> int:
