@@ -585,7 +585,9 @@ def test_closures_are_keyed_as_they_were_when_added_whatever_changes_after(chang
         closures.append((unit, rebind, delete))
     p.add_unit(functools.partial(_closure(2)[0]), name="partial", metadata={"cacheable": True})
     partial_when_added = _fingerprint.function_fingerprint(p.units["partial"].function)
-    # Some kept as snapshots (a template third, where a taken fingerprint has its bytes).
+    # Some kept as snapshots (a template third, where a taken fingerprint has its bytes);
+    # add_unit left the records of most to be made when they are first read.
+    p._settle()
     assert any(type(p._fingerprints[f"u{k}"][2]) is not bytes for k in range(len(starts)))
     for closure in closures:
         change(*closure)
@@ -593,6 +595,97 @@ def test_closures_are_keyed_as_they_were_when_added_whatever_changes_after(chang
     assert keyed == when_added
     assert len(set(keyed)) == len(starts)
     assert p._function_fingerprint(p.units["partial"]) == partial_when_added
+
+
+_FACTORY = compile(
+    "def make(k):\n    def unit(ctx):\n        return (k, OFFSET)\n    return unit\n",
+    "<factory>",
+    "exec",
+)
+
+
+def _plain(ctx):
+    return ctx.unit_id
+
+
+def _factory(offset):
+    """``make`` of one code object run in a namespace of its own (its global OFFSET)."""
+    namespace = {"OFFSET": offset, "__name__": "factory_module"}
+    exec(_FACTORY, namespace)  # the same code object in each namespace
+    return namespace["make"]
+
+
+def test_closures_of_one_code_in_other_namespaces_modules_and_names_are_keyed_as_added():
+    """add_unit keeps most closures of one code object unread (their name, function and
+    cell value) and checks their namespace and module later: each unit is keyed as the
+    long way keys it when it is added, whether its closure comes from another namespace
+    (the same code object run twice), claims a library's module, is given defaults, or
+    its unit is replaced, removed or added again between closures kept so."""
+    p = CachingQuantumPartitioner(cache_store=MemoryStore(), default_execution_mode=SEQUENTIAL)
+    first, second = _factory(1), _factory(2)
+    when_added = {}
+
+    def add(name, function, metadata_extra=(), **options):
+        metadata = {"cacheable": True, **dict(metadata_extra)}
+        ignore = frozenset(metadata.get("cache_ignore", ()))
+        when_added[name] = _fingerprint.function_fingerprint(function, ignore)
+        p.add_unit(function, name=name, metadata=metadata, **options)
+
+    for k in range(4):
+        add(f"a{k}", first(k))
+    add("b0", second(0))  # the same code, in another namespace: another OFFSET
+    add("b1", second(1))
+    add("a4", first(4))
+    library = first(5)
+    library.__module__ = "json"  # a library function: keyed by its name
+    add("lib", library)
+    with_defaults = first(6)
+    with_defaults.__defaults__ = (None,)
+    add("defaults", with_defaults)
+    add("a1", first(10), replace=True)  # a closure kept so, replaced by another
+    add("a2", _plain, replace=True)  # by a function taken the long way
+    add("s", _plain)
+    add("a0", _plain, replace=True)  # by the function of the unit before
+    add("ignoring", first(14), metadata_extra={"cache_ignore": ["k"]})
+    add("ignoring", first(15), replace=True)
+    p.add_unit(first(11), name="a3", replace=True)  # by a unit that is not cacheable
+    del when_added["a3"]
+    changed = first(16)
+    add("changed", changed)
+    changed.__defaults__ = (None,)  # then added again: keyed with its defaults
+    add("changed", changed, replace=True)
+    again = first(17)
+    add("again", again)
+    again.__defaults__ = (None,)
+    add("again2", again)
+    add("again", again, replace=True)  # as the unit before, with its defaults
+    add("twice", second(3))  # another namespace's closure, then one of the template's
+    add("twice", first(3), replace=True)
+    add("gone", first(12))
+    p.remove_unit("gone")
+    del when_added["gone"]
+    add("gone", first(13))  # added again
+    p._settle()
+    assert p._fingerprints["twice"][0] is p.units["twice"].function  # the last one's record
+    keyed = {name: p._function_fingerprint(p.units[name]) for name in when_added}
+    assert keyed == when_added
+    assert len(set(keyed.values())) == len(keyed) - 3  # all differ but a0/a2/s, again/again2
+    assert p.execute()["b1"] == (1, 2)
+
+
+def test_a_closure_kept_unread_whose_namespace_cannot_be_fingerprinted_fails_the_run():
+    """Its namespace is read when its record is made (the next run): the run raises
+    TypeError naming the unit and the global before any unit runs."""
+    p = CachingQuantumPartitioner(cache_store=MemoryStore(), default_execution_mode=SEQUENTIAL)
+    make, locked = _factory(1), _factory(threading.Lock())
+    ran = []
+    p.add_unit(lambda ctx: ran.append(1), name="first")
+    for k in range(3):
+        p.add_unit(make(k), name=f"u{k}", metadata={"cacheable": True})
+    p.add_unit(locked(3), name="locked", metadata={"cacheable": True})
+    with pytest.raises(TypeError, match=r"unit 'locked'.*global 'OFFSET'"):
+        p.execute()
+    assert ran == []
 
 
 # -- fork --------------------------------------------------------------------------------------

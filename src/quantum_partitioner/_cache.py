@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import operator
 import pickle
 import threading
 from dataclasses import dataclass
@@ -45,10 +46,15 @@ from types import FunctionType
 from typing import TYPE_CHECKING, Any, Final, Self, cast
 
 from ._fingerprint import (
+    _EMPTY_CELL,
+    _PLAIN_CELLS,
+    NO_TEMPLATE,
     ClosureSnapshot,
+    ClosureTemplate,
     Fingerprinted,
     ModuleMemo,
     UnfingerprintableError,
+    closure_fingerprint_as_added,
     closure_snapshot,
     digest,
     fingerprint,
@@ -88,6 +94,11 @@ _KEY_FORMAT: Final = b"quantum-partitioner cache key v1"
 _KEY_HEAD: Final = _KEY_FORMAT + b"\0"
 _NO_VERSION: Final = b"0:"  # the version part of a unit without metadata["cache_version"]
 _NO_NAMES: Final[frozenset[str]] = frozenset()
+# The metadata of most cacheable units: a dict equal to it says "cacheable" and nothing else.
+_CACHEABLE: Final = {"cacheable": True}
+_NO_RECORD: Final[Fingerprinted] = (None, _NO_NAMES, b"")
+_NAMESPACE_OF: Final = operator.attrgetter("__globals__")
+_MODULE_OF: Final = operator.attrgetter("__module__")
 
 # A unit's function, the names left out of its fingerprint and that fingerprint (bytes);
 # or the snapshot of a closure, which starts with the same two and has its template third,
@@ -242,6 +253,13 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         self._fingerprints: dict[str, _Taken] = {}
         # What the units added since the last run share: functions, code, module attributes.
         self._module_memo = ModuleMemo()
+        # The template of the closures _admit serves, those it served (name, function and
+        # cell value, flat) until _settle makes their records, and the function of the unit
+        # added before with its record (see _admit).
+        self._recent: ClosureTemplate = NO_TEMPLATE
+        self._pending: list[Any] = []
+        self._last_function: object = None
+        self._last_record: Fingerprinted = _NO_RECORD
         # What the keys of the compiled graph need that no run changes (its last cached run).
         self._graph_keys: _GraphKeys | None = None
 
@@ -266,28 +284,130 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         when a run first needs it (see closure_snapshot): the same bytes, since nothing in
         them can change.
 
+        The two commonest builds are served here, in this one frame: the unit before ran
+        the same function (its record is shared), or it was a closure of one free variable
+        of the same code object, namespace and module as this one (``make_unit(k)`` in a
+        loop), whose name, function and cell value are appended to ``_pending`` (three
+        appends: neither a record nor a dict entry per unit) until :meth:`_settle` makes
+        their records, in C loops, when they are first read. Everything else takes
+        :meth:`_admit_other`.
+
         Raises:
             TypeError: The unit is cacheable but its function depends on a value that cannot
                 be fingerprinted (the message names the unit and the value), or its cache
                 metadata has the wrong type. The unit is not added.
         """
         metadata = unit._metadata  # read directly: a unit without metadata has None here
-        if not metadata or not metadata.get("cacheable"):
-            self._fingerprints.pop(unit.id, None)  # it may replace a cacheable unit
+        if metadata != _CACHEABLE:  # anything but the commonest metadata: check it all
+            if not metadata or not metadata.get("cacheable"):
+                if self._pending and unit.id in self.units:  # _keep's test, inlined
+                    self._settle()
+                self._fingerprints.pop(unit.id, None)  # it may replace a cacheable unit
+                return
+            if "cache_ignore" in metadata:
+                self._admit_other(unit, _ignored(unit))
+                return
+        function = unit.function
+        # The template's code is the function's own by identity (the template keeps it, so
+        # ``is`` cannot match another's): closure_snapshot's test, without its frame. Its
+        # namespace and module are checked by _settle, in C loops: __globals__ cannot be
+        # assigned, and __module__ is set before a function is added (functools.wraps).
+        # Defaults (which make a closure's encoding longer) and a cell's value are read
+        # here: both can be assigned after the function is made, so only now says them.
+        recent = self._recent
+        if (
+            type(function) is FunctionType
+            and function.__code__ is recent.code
+            and function.__defaults__ is None
+            and function.__kwdefaults__ is None
+        ):
+            try:
+                value = function.__closure__[0].cell_contents  # type: ignore[index]  # one cell
+            except ValueError:  # a cell not assigned yet
+                value = _EMPTY_CELL
+            if type(value) is int or type(value) in _PLAIN_CELLS:  # (an int: the commonest)
+                pending = self._pending
+                pending.append(unit.id)
+                pending.append(function)
+                pending.append(value)
+                return
+        elif function is self._last_function:
+            if self._pending and unit.id in self.units:  # _keep's test, inlined
+                self._settle()
+            self._fingerprints[unit.id] = self._last_record
             return
-        ignore = _ignored(unit) if "cache_ignore" in metadata else _NO_NAMES
+        self._admit_other(unit, _NO_NAMES)
+
+    def _admit_other(self, unit: QuantumUnit[Any, Any], ignore: frozenset[str]) -> None:
+        """:meth:`_admit` for a unit neither of its two common cases serves."""
         function = unit.function
         if type(function) is FunctionType:
             memo = self._module_memo
-            # ModuleMemo.function's lookup, inlined: this is all a unit whose function an
-            # earlier unit of this build ran costs.
+            # ModuleMemo.function's lookup, inlined.
             known: _Taken | None = memo.functions.get((function, ignore) if ignore else function)
             if known is None:
                 known = closure_snapshot(function, ignore, memo)
+                if known is not None and not ignore and known[2].one_cell:
+                    # The first closure of a new template: _admit serves the next ones.
+                    self._settle()
+                    self._recent = known[2]
+                    self._pending += (unit.id, function, known[3])
+                    return
+            elif not ignore:
+                self._last_function, self._last_record = function, known
             if known is not None:
-                self._fingerprints[unit.id] = known
+                self._keep(unit.id, known)
                 return
-        self._take_fingerprint(unit, ignore)
+        known = self._take_fingerprint(unit, ignore)
+        if type(function) is FunctionType and not ignore:
+            self._last_function, self._last_record = function, known
+
+    def _keep(self, name: str, record: _Taken | None) -> None:
+        """Keep ``record`` as unit ``name``'s (None: drop the unit's)."""
+        # Pending records are the latest only until the unit is added again (replaced).
+        if self._pending and name in self.units:
+            self._settle()
+        if record is None:
+            self._fingerprints.pop(name, None)
+        else:
+            self._fingerprints[name] = record
+
+    def _settle(self) -> None:
+        """Make the records of the closures ``_admit`` left in ``_pending`` (all of _recent).
+
+        A closure whose namespace or module is not the template's (the same code run
+        in another namespace, a module assigned by hand) has its fingerprint taken as the
+        long way would have taken it when it was added: of its code then and cell value then.
+        """
+        pending = self._pending
+        if not pending:
+            return
+        names, functions, values = pending[0::3], pending[1::3], pending[2::3]
+        pending.clear()
+        template, same = self._recent, itertools.repeat
+        records = zip(functions, same(_NO_NAMES), same(template), values, strict=False)
+        self._fingerprints.update(zip(names, records, strict=False))
+        if all(map(operator.is_, map(_NAMESPACE_OF, functions), same(template.namespace))) and all(
+            map(operator.is_, map(_MODULE_OF, functions), same(template.module))
+        ):
+            return
+        seen: set[str] = set()  # a name added twice: its last closure made its record
+        for name, function, value in reversed(list(zip(names, functions, values, strict=True))):
+            if name in seen:
+                continue
+            seen.add(name)
+            if (
+                function.__globals__ is not template.namespace
+                or function.__module__ is not template.module
+            ):
+                try:
+                    taken = closure_fingerprint_as_added(
+                        function, template, value, self._module_memo
+                    )
+                except UnfingerprintableError:
+                    del self._fingerprints[name]  # the run takes it anew, and says why it cannot
+                else:
+                    self._fingerprints[name] = (function, _NO_NAMES, taken)
 
     def remove_unit(self, name: str) -> QuantumUnit[T, R]:
         """Remove the unit ``name`` and return it (its stored results stay; see clear_cache).
@@ -296,11 +416,14 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
             KeyError: There is no such unit.
         """
         unit = super().remove_unit(name)
+        self._settle()
         self._fingerprints.pop(name, None)
         return unit
 
     def _function_fingerprint(self, unit: QuantumUnit[Any, Any]) -> bytes:
         """The unit's function fingerprint: the one taken by add_unit, unless it changed."""
+        if self._pending:
+            self._settle()
         known = self._fingerprints.get(unit.id)
         if known is not None and known[0] is unit.function and known[1] == _ignored(unit):
             value = known[2]
@@ -309,9 +432,11 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
             value = snapshot_fingerprint(known)  # a closure's, deferred by _admit
             self._fingerprints[unit.id] = (known[0], known[1], value)
             return value
-        return self._take_fingerprint(unit, _ignored(unit))
+        return self._take_fingerprint(unit, _ignored(unit))[2]
 
-    def _take_fingerprint(self, unit: QuantumUnit[Any, Any], ignore: frozenset[str]) -> bytes:
+    def _take_fingerprint(
+        self, unit: QuantumUnit[Any, Any], ignore: frozenset[str]
+    ) -> Fingerprinted:
         """Fingerprint the unit's function now (shared with this build's other units)."""
         try:
             known = self._module_memo.function(unit.function, ignore)
@@ -321,8 +446,8 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
                 f"{error}. Make that value plain data, or list the variable in "
                 "metadata['cache_ignore'] if the result does not depend on it."
             ) from None
-        self._fingerprints[unit.id] = known
-        return known[2]
+        self._keep(unit.id, known)
+        return known
 
     # -- the engine's hooks ----------------------------------------------------------------
 
@@ -335,10 +460,18 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         known = self._graph_keys
         if known is None or known.graph is not graph:
             known = self._graph_keys = _GraphKeys(graph)
+        self._settle()
         try:
             return _RunCache(self, run, known)
         finally:
-            self._module_memo.clear()  # units added after this run read modules afresh
+            self._forget_build()  # units added after this run read modules afresh
+
+    def _forget_build(self) -> None:
+        """Forget what this build's units share (after their records are made)."""
+        self._settle()
+        self._module_memo.clear()
+        self._recent = NO_TEMPLATE
+        self._last_function, self._last_record = None, _NO_RECORD
 
     def _finish(self, run: Run) -> None:
         cache = run.cache

@@ -335,16 +335,22 @@ class WorkerDiedError(PartitionerError, RuntimeError):
     Attributes:
         unit_id: The unit the worker was running.
         exitcode: The process's exit status; negative for the signal that killed it.
+        reason: Why it was killed, when the driver killed it (bytes in its pipe that are
+            no message), else None.
     """
 
-    def __init__(self, unit_id: str, exitcode: int | None) -> None:
+    def __init__(self, unit_id: str, exitcode: int | None, reason: str | None = None) -> None:
         self.unit_id = unit_id
         self.exitcode = exitcode
-        super().__init__(f"unit {unit_id!r}: its worker process died ({describe_exit(exitcode)})")
+        self.reason = reason
+        why = f"; it was replaced: {reason}" if reason else ""
+        super().__init__(
+            f"unit {unit_id!r}: its worker process died ({describe_exit(exitcode)}){why}"
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle with the constructor's arguments (errors cross process boundaries)."""
-        return (type(self), (self.unit_id, self.exitcode))
+        return (type(self), (self.unit_id, self.exitcode, self.reason))
 
 
 def describe_exit(exitcode: int | None) -> str:

@@ -238,9 +238,9 @@ class ModuleMemo:
         self.globals_parts: dict[
             tuple[types.CodeType, int, frozenset[str]], tuple[dict[str, Any], bytes]
         ] = {}
-        self.closures: dict[int, _ClosureTemplate] = {}
+        self.closures: dict[int, ClosureTemplate] = {}
         # The template closure_snapshot used last (one of ``closures``).
-        self.recent: _ClosureTemplate | None = None
+        self.recent: ClosureTemplate | None = None
 
     def clear(self) -> None:
         """Forget every entry."""
@@ -325,7 +325,7 @@ _FUNCTION_TAG: Final = b"fn:" + (
 )
 
 
-class _ClosureTemplate:
+class ClosureTemplate:
     """What the functions of one code object, globals namespace and ignored names share.
 
     Their encoding is ``fn:``, the tag, ``L`` and the code's bytes (``head``), the default
@@ -431,7 +431,7 @@ def closure_snapshot(
 
 
 def _cell_values(
-    closure: tuple[types.CellType, ...], template: _ClosureTemplate
+    closure: tuple[types.CellType, ...], template: ClosureTemplate
 ) -> list[Any] | None:
     """A snapshot's values of the cells (None if one is not plain)."""
     values: list[Any] = []
@@ -452,7 +452,7 @@ def _cell_values(
 
 def snapshot_fingerprint(snapshot: ClosureSnapshot) -> bytes:
     """The fingerprint of the function a :func:`closure_snapshot` was taken of, as it was then."""
-    template: _ClosureTemplate = snapshot[2]
+    template: ClosureTemplate = snapshot[2]
     out = bytearray()
     for position, (name, ignored) in enumerate(template.cells, 3):
         out += name
@@ -472,6 +472,25 @@ def snapshot_fingerprint(snapshot: ClosureSnapshot) -> bytes:
     hasher = template.plain.copy()
     hasher.update(out)
     return hasher.digest()
+
+
+def closure_fingerprint_as_added(
+    fn: types.FunctionType, template: ClosureTemplate, value: Any, memo: ModuleMemo
+) -> bytes:
+    """The fingerprint ``fn`` had when its code was ``template``'s and its one cell held ``value``.
+
+    For a closure whose cell value was kept (``_EMPTY_CELL``: an empty cell) but whose
+    namespace or module turned out not to be the template's: the fingerprint of a twin
+    made of those parts, its namespace, module and names.
+
+    Raises:
+        UnfingerprintableError: As :func:`function_fingerprint`.
+    """
+    cell = types.CellType() if value is _EMPTY_CELL else types.CellType(value)
+    twin = types.FunctionType(template.code, fn.__globals__, fn.__name__, None, (cell,))
+    twin.__module__, twin.__qualname__ = fn.__module__, fn.__qualname__
+    found = _closure_fingerprint(twin, frozenset(), memo)
+    return _function_fingerprint(twin, frozenset(), memo) if found is None else found
 
 
 def _closure_fingerprint(
@@ -506,7 +525,7 @@ def _closure_fingerprint(
 
 def _template_for(
     fn: types.FunctionType, ignore: frozenset[str], memo: ModuleMemo
-) -> _ClosureTemplate | None:
+) -> ClosureTemplate | None:
     """The template of ``fn``'s code object in this build (made now if it can be), or None."""
     code = fn.__code__
     # The template keeps its code object, so an id found here is that code object's.
@@ -524,14 +543,14 @@ def _template_for(
 
 def _closure_template(
     fn: types.FunctionType, ignore: frozenset[str], memo: ModuleMemo
-) -> _ClosureTemplate | None:
+) -> ClosureTemplate | None:
     """What functions of ``fn``'s code object share, once its globals part is in ``memo``."""
     code, namespace = fn.__code__, fn.__globals__
     known = memo.globals_parts.get((code, id(namespace), ignore))
     module = fn.__module__ or ""
     if known is None or known[0] is not namespace or _is_library(module):
         return None
-    return _ClosureTemplate(code, namespace, module, ignore, known[1])
+    return ClosureTemplate(code, namespace, module, ignore, known[1])
 
 
 def _length_prefixed(tag: bytes, data: bytes) -> bytes:
@@ -1374,4 +1393,11 @@ _BASES: tuple[tuple[type, Any], ...] = (
     (dict, _Encoder.mapping),
     (set, _Encoder.set_),
     (frozenset, _Encoder.set_),
+)
+
+
+# A template no function matches, for a caller to hold in place of None: its code object
+# is its own, compiled here.
+NO_TEMPLATE: Final = ClosureTemplate(
+    compile("", "<no template>", "exec"), {}, "<no template>", frozenset(), b""
 )

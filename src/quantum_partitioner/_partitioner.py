@@ -996,7 +996,7 @@ class QuantumPartitioner(Generic[T, R]):
             _begin(run)  # its hooks may raise KeyboardInterrupt too: inside the cleanup
             chosen.run(run)
         finally:
-            _end(run, self._finish)
+            _end(run, chosen, self._finish)
         return self._outcome(run, raise_on_error=raise_on_error)
 
     async def aexecute(
@@ -1033,7 +1033,7 @@ class QuantumPartitioner(Generic[T, R]):
             _begin(run)  # its hooks may raise KeyboardInterrupt too: inside the cleanup
             await chosen.arun(run)
         finally:
-            _end(run, self._finish)
+            _end(run, chosen, self._finish)
         return self._outcome(run, raise_on_error=raise_on_error)
 
     def stream(
@@ -1142,6 +1142,15 @@ class QuantumPartitioner(Generic[T, R]):
             if self._active_run is not None:
                 raise RuntimeError("this partitioner is already executing; wait for it to end")
             self._active_run = run
+        # Its clock starts before the backend takes it on: workers starting are in the run.
+        run.begin()
+        try:
+            chosen.claim(run)
+        except BaseException:  # refused, like bad input: no event, the last run's record kept
+            run.withdraw()
+            with self._lock:
+                self._active_run = None
+            raise
         self._view.record = run
         self._last_run = run
         self._last_recorder = next((i for i in instruments if isinstance(i, TraceRecorder)), None)
@@ -1411,23 +1420,30 @@ class QuantumPartitioner(Generic[T, R]):
 
 
 def _begin(run: Run) -> None:
-    """Start the run's record; if a ``run_started`` hook interrupts it, cancel every unit.
+    """Announce the run; if a ``run_started`` hook interrupts it, cancel every unit.
 
     Once the backend drives the run, it cancels what is unfinished itself.
     """
     try:
-        run.begin()
+        run.announce()
     except BaseException as error:
         run.report(run.interrupt("interrupted", error))
         raise
 
 
-def _end(run: Run, finish: Callable[[Run], None]) -> None:
-    """Close the run's record; release the partitioner even if a ``run_finished`` hook raises."""
+def _end(run: Run, backend: Backend, finish: Callable[[Run], None]) -> None:
+    """Close the run's record; release the backend and the partitioner whatever raises.
+
+    The backend is released first: a run whose ``run_started`` hook interrupted it was
+    claimed but never driven.
+    """
     try:
-        run.end()
+        backend.release(run)
     finally:
-        finish(run)
+        try:
+            run.end()
+        finally:
+            finish(run)
 
 
 class _OnStart(Instrument):

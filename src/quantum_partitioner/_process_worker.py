@@ -97,40 +97,58 @@ def send_frame(fd: int, payload: bytes) -> None:
     send_frames(fd, (payload,))
 
 
-def send_frames(fd: int, payloads: tuple[bytes, ...] | list[bytes]) -> None:
+def send_frames(fd: int, payloads: tuple[bytes, ...] | list[bytes]) -> int:
     """Write several frames in one go (the pipe is blocking: returns when all is written).
 
     One ``writev``: the reader wakes once for all of them (a worker's first attempt comes
     with the run's context and its function), and no payload is copied to put its header
     in front of it (an attempt's inputs may be large).
+
+    Returns:
+        How many bytes were written.
     """
     parts: list[memoryview] = []
     for payload in payloads:
         parts += (memoryview(len(payload).to_bytes(_HEADER, "big")), memoryview(payload))
+    total = 0
     while parts:
         written = os.writev(fd, parts)
+        total += written
         while parts and written >= len(parts[0]):  # a pipe may take only part of it
             written -= len(parts.pop(0))
         if written:
             parts[0] = parts[0][written:]
+    return total
+
+
+class FrameError(ValueError):
+    """Bytes in a pipe that cannot be a frame: their header claims more than any can hold."""
 
 
 class FrameReader:
     """Splits what is read from a pipe into frames.
 
     :meth:`read` reads once (so on a readable descriptor it never blocks) and returns every
-    frame that is now complete, several at once if several arrived.
+    frame that is now complete, several at once if several arrived. Given ``max_size``, a
+    header that claims more raises :class:`FrameError` at once: waiting for that many bytes
+    would wait for ever.
     """
 
-    __slots__ = ("_buffer", "_fd")
+    __slots__ = ("_buffer", "_fd", "_max_size")
 
-    def __init__(self, fd: int) -> None:
-        """Read from ``fd``."""
+    def __init__(self, fd: int, max_size: int | None = None) -> None:
+        """Read from ``fd``; frames hold at most ``max_size`` bytes (None: no bound)."""
         self._fd = fd
         self._buffer = bytearray()
+        self._max_size = max_size
 
     def read(self) -> list[bytes]:
-        """The frames completed by one read; raises EOFError when the writer is gone."""
+        """The frames completed by one read.
+
+        Raises:
+            EOFError: The writer is gone.
+            FrameError: A header claims more than ``max_size`` bytes.
+        """
         chunk = os.read(self._fd, _READ_SIZE)
         if not chunk:
             raise EOFError
@@ -141,6 +159,11 @@ class FrameReader:
         while end - start >= _HEADER:
             size = int.from_bytes(buffer[start : start + _HEADER], "big")
             if end - start - _HEADER < size:
+                if self._max_size is not None and size > self._max_size:
+                    raise FrameError(
+                        f"a frame header claims {size} bytes, more than any message can "
+                        f"hold ({self._max_size})"
+                    )
                 break
             start += _HEADER
             frames.append(bytes(buffer[start : start + size]))

@@ -567,7 +567,7 @@ class Run:
     # -- events ----------------------------------------------------------------------------
 
     def begin(self) -> None:
-        """Mark the start of the run and tell the instruments."""
+        """Mark the start of the run (its backend is claimed next, then :meth:`announce`)."""
         self.started_at = self.clock()
         sched = self.scheduler
         if sched.gate is not None:
@@ -579,6 +579,14 @@ class Run:
                 self.started_at + self.deadline,
                 f"the run's deadline of {self.deadline:g} s passed",
             )
+
+    def withdraw(self) -> None:
+        """Undo :meth:`begin` for a run its backend refused: it never started."""
+        if self.scheduler.gate is not None:
+            self.scheduler.gate.close()
+
+    def announce(self) -> None:
+        """Tell the instruments the run started (its backend took it on)."""
         if self.dispatcher.run_started:
             event = RunStarted(
                 len(self.graph),

@@ -37,6 +37,7 @@ from quantum_partitioner import (  # noqa: E402
     DaskBackend,
     ExecutionMode,
     ExponentialBackoff,
+    Instrument,
     QuantumPartitioner,
     RetryPolicy,
     SkipCause,
@@ -764,14 +765,15 @@ def test_resource_type_becomes_a_dask_resource_only_if_workers_declare_it(client
 
 
 def test_context_that_cannot_be_sent_is_refused_naming_the_key(client):
-    """A context value that cannot be pickled: TypeError naming the key; no unit ran."""
+    """A context value that cannot be pickled: TypeError naming the key; the run is refused
+    before it begins, like bad input: no unit ran or was cancelled."""
     p = QuantumPartitioner()
     p.add_unit(lambda ctx: 1, name="a")
 
     with pytest.raises(TypeError, match="'lock'"):
         p.execute({"lock": threading.Lock(), "fine": 1}, backend=DaskBackend(client))
 
-    assert p.units["a"].state is UnitState.CANCELED
+    assert p.units["a"].state is UnitState.PENDING
 
 
 def test_unit_that_cannot_be_sent_fails_naming_it_and_the_run_goes_on(client):
@@ -849,18 +851,39 @@ def test_closures_keyed_in_the_caller_serve_a_build_in_the_other_order(client, t
         assert (q.cache_hits, q.cache_misses) == (len(values), 0)
 
 
-def test_a_closed_client_is_refused_before_anything_runs(cluster, tmp_path):
-    """A run on a closed client raises BrokenBackendError; no unit ran."""
+class _Heard(Instrument):
+    """Keeps the name of each run event it hears."""
+
+    def __init__(self):
+        self.heard = []
+
+    def _keep(self, event):
+        self.heard.append(type(event).__name__)
+
+    run_started = unit_cancelled = run_finished = _keep
+
+
+def test_a_closed_client_is_refused_before_anything_runs(client, cluster, tmp_path):
+    """A run on a closed client raises BrokenBackendError; so does one whose context cannot
+    be sent a TypeError: no unit ran, nothing was cancelled, no hook heard of the run (they
+    heard run_started and run_finished), and the last run's record stays."""
     closed = distributed.Client(cluster, set_as_default=False)
     closed.close()
-    p = QuantumPartitioner()
+    heard = _Heard()
+    p = QuantumPartitioner(instruments=[heard])
     p.add_unit(units.touch, name="a")
+    assert p.execute({"marker": str(tmp_path / "first")}, ExecutionMode.SEQUENTIAL)
+    heard.heard.clear()
 
     with pytest.raises(BrokenBackendError, match="closed"):
         p.execute({"marker": str(tmp_path / "a")}, backend=DaskBackend(closed))
+    with pytest.raises(TypeError, match="context key 'lock'"):
+        p.execute({"lock": threading.Lock()}, backend=DaskBackend(client))
 
     # Refused before it started: nothing ran and nothing was cancelled.
-    assert p.units["a"].state is UnitState.PENDING
+    assert heard.heard == []
+    assert p.units["a"].state is UnitState.COMPLETED  # the last run's
+    assert p.last_execution_metrics["execution_mode"] == "sequential"
     assert not (tmp_path / "a").exists()
 
 

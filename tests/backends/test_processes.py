@@ -7,6 +7,7 @@ value, which is what users' lambdas rely on.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import signal
@@ -49,8 +50,12 @@ def _alive(pid: int) -> bool:
         return False
     try:  # a zombie still answers kill(0); reap it if it is our child
         done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return True
+    except ChildProcessError:  # another's child: a zombie waits for its reaper
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True
+        return stat.rpartition(")")[2].split()[0] != "Z"
     return done == 0
 
 
@@ -414,12 +419,13 @@ def test_a_workers_path_is_the_callers_without_the_working_directory(tmp_path, m
     assert p.execute({}, execution_mode=PROCESS) == {"a": False}
 
 
+@pytest.mark.parametrize("lanes", ["process", "mixed"])
 def test_a_context_that_cannot_be_sent_fails_before_any_unit_and_stops_the_workers(
-    monkeypatch,
+    monkeypatch, lanes
 ):
     """The workers start while the context is pickled (cloudpickle's first import overlaps
     their start-up): one that cannot be sent fails the run before any unit runs, naming
-    the key, and the workers started for it are stopped."""
+    the key, and the workers started for it are stopped; alone or beside a thread lane."""
     started = []
     real_worker = processes._Worker
 
@@ -428,12 +434,22 @@ def test_a_context_that_cannot_be_sent_fails_before_any_unit_and_stops_the_worke
         return real_worker(process, *args)
 
     monkeypatch.setattr(processes, "_Worker", recording_worker)
-    p = QuantumPartitioner(max_workers=2)
-    p.add_unit(lambda ctx: 1, name="a")
-    p.add_unit(lambda ctx: 2, name="b")
+    heard = _Heard()
+    p = QuantumPartitioner(max_workers=2, instruments=[heard])
+    cpu = {"resource_type": "cpu"}
+    p.add_unit(lambda ctx: 1, name="a", metadata=cpu)
+    p.add_unit(lambda ctx: 2, name="b", metadata=cpu)
+    if lanes == "mixed":
+        p.add_unit(lambda ctx: 3, name="c", metadata={"resource_type": "io"})
+    run = {
+        "process": functools.partial(p.execute, execution_mode=PROCESS),
+        "mixed": functools.partial(p.execute_with_strategy, strategy="resource_balanced"),
+    }[lanes]
     with pytest.raises(TypeError, match="context key 'lock' \\(lock\\) cannot be sent"):
-        p.execute({"lock": threading.Lock()}, execution_mode=PROCESS)
+        run({"lock": threading.Lock()})
     assert p.units["a"].state is not UnitState.COMPLETED
+    assert heard.heard == []  # refused like bad input: no run began (none was cancelled)
+    assert p.last_execution_metrics is None
     assert len(started) == 2
     assert all(_wait_gone(pid) for pid in started)
 
@@ -468,6 +484,37 @@ def test_an_idle_worker_dying_before_submit_loses_no_attempt():
         lane.close(cancel=True)
 
 
+def _stop(pid: int) -> None:
+    """Stop a process (SIGSTOP) and wait until it is stopped: it reads nothing more."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "T":
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+
+
+def _slow_replacements(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers started once QP_TEST_START_DELAY is set sleep that long as they start."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, time\ntime.sleep(float(os.environ.get('QP_TEST_START_DELAY', '0')))\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+
+
+def _runs_on_the_slow_replacement(killed: list[int]) -> None:
+    """Unit "a" (timeout 0.5 s) completes, in its first attempt, on a worker that took 0.8 s
+    to start after the first was killed (its pid in ``killed``)."""
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(lambda ctx: 42, name="a", timeout=0.5)
+    started = time.perf_counter()
+    assert p.execute({}, execution_mode=PROCESS) == {"a": 42}
+    assert killed
+    assert time.perf_counter() - started > 0.8  # it did wait for the slow replacement
+    assert p.units["a"].attempt == 1
+
+
 def test_an_attempt_held_for_a_replacement_worker_times_out_from_its_real_start(
     tmp_path, monkeypatch
 ):
@@ -477,12 +524,7 @@ def test_an_attempt_held_for_a_replacement_worker_times_out_from_its_real_start(
     until it is buried), and its replacement takes longer to start than the unit's timeout
     (a slow site hook): the attempt waits in the driver, then runs well within it.
     """
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        "import os, time\ntime.sleep(float(os.environ.get('QP_TEST_START_DELAY', '0')))\n"
-    )
-    monkeypatch.syspath_prepend(str(site))
+    _slow_replacements(tmp_path, monkeypatch)
     real_has_room = ProcessLane.has_room
     killed = []
 
@@ -500,12 +542,7 @@ def test_an_attempt_held_for_a_replacement_worker_times_out_from_its_real_start(
         return room
 
     monkeypatch.setattr(ProcessLane, "has_room", has_room_then_kill)
-    p = QuantumPartitioner(max_workers=1)
-    p.add_unit(lambda ctx: 42, name="a", timeout=0.5)
-    started = time.perf_counter()
-    assert p.execute({}, execution_mode=PROCESS) == {"a": 42}
-    assert killed
-    assert time.perf_counter() - started > 0.8  # it did wait for the slow replacement
+    _runs_on_the_slow_replacement(killed)
 
 
 def test_an_attempt_sent_to_a_worker_that_just_died_waits_for_its_replacement():
@@ -543,6 +580,88 @@ def test_an_attempt_sent_to_a_worker_that_just_died_waits_for_its_replacement():
         lane.close(cancel=True)
 
 
+def test_an_attempt_whose_worker_is_buried_while_it_is_sent_waits_for_its_replacement(
+    monkeypatch,
+):
+    """The idle worker dies as its attempt is written, and the reader buries it before the
+    write fails: the attempt provably never started (the worker never had it), so it is not
+    failed and keeps its attempt number: it runs on the replacement. (The reader failed it
+    with WorkerDiedError, and the write went to a descriptor it had closed.)"""
+    graph = Graph([QuantumUnit("a", lambda ctx: 42)])
+    run = Run(graph, {}, mode="process", max_workers=1)
+    outcomes = queue.SimpleQueue()
+    lane = ProcessLane(1)
+    real_send = processes.send_frames
+    killed = []
+
+    def die_then_send(fd, payloads):
+        if not killed:
+            [worker] = lane._workers
+            killed.append(worker.process.pid)
+            os.kill(worker.process.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while worker in lane._workers:  # the reader thread buries it meanwhile
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        return real_send(fd, payloads)
+
+    monkeypatch.setattr(processes, "send_frames", die_then_send)
+    lane.open(run, outcomes.put)
+    try:
+        while not lane.has_room():
+            assert outcomes.get(timeout=30) is None
+        lane.submit(0, 1)
+        item = None
+        while item is None:
+            lane.has_room()
+            item = outcomes.get(timeout=30)
+        assert item == (0, 1, True, 42, None)
+        assert killed
+    finally:
+        lane.close(cancel=True)
+
+
+def test_an_attempt_its_worker_died_before_reading_waits_for_its_replacement():
+    """The idle worker's attempt is written into its pipe, but it dies before it reads it
+    (stopped, then killed): the bytes still in the pipe prove it never started, so it is
+    not failed and keeps its attempt number: it runs on the replacement. (It failed with
+    WorkerDiedError.)"""
+    _, lane, outcomes = _lane_sending_ahead(Graph([QuantumUnit("a", lambda ctx: 42)]))
+    try:
+        [worker] = lane._workers
+        _stop(worker.process.pid)  # it reads nothing more
+        lane.submit(0, 1)  # into the pipe's buffer: the write succeeds
+        os.kill(worker.process.pid, signal.SIGKILL)
+        assert _next_outcome(lane, outcomes) == (0, 1, True, 42, None)
+        assert lane._workers[0] is not worker
+    finally:
+        lane.close(cancel=True)
+
+
+def test_an_attempt_found_unread_in_a_dead_worker_times_out_from_its_real_start(
+    tmp_path, monkeypatch
+):
+    """Its timeout counts from when the replacement gets it: the worker died before it read
+    the attempt, and the replacement takes longer to start than the unit's timeout (a slow
+    site hook): the attempt waits in the driver, then runs well within it."""
+    _slow_replacements(tmp_path, monkeypatch)
+    real_submit = ProcessLane.submit
+    killed = []
+
+    def submit_to_a_worker_that_dies_unread(lane, i, attempt):
+        [worker] = lane._workers
+        if not killed:
+            monkeypatch.setenv("QP_TEST_START_DELAY", "0.8")  # for its replacement
+            _stop(worker.process.pid)
+        real_submit(lane, i, attempt)
+        if not killed:
+            os.kill(worker.process.pid, signal.SIGKILL)
+            killed.append(worker.process.pid)
+
+    monkeypatch.setattr(ProcessLane, "submit", submit_to_a_worker_that_dies_unread)
+    _runs_on_the_slow_replacement(killed)
+
+
 # -- attempts sent ahead (queued in a busy worker) ---------------------------------------------
 
 
@@ -555,13 +674,13 @@ def _wait_for_file(path: str, seconds: float = 30.0) -> None:
 
 
 def _lane_sending_ahead(
-    graph: Graph, workers: int = 1, *, short: bool = True
+    graph: Graph, workers: int = 1, *, short: bool = True, reuse: bool = False
 ) -> tuple[Run, ProcessLane, queue.SimpleQueue]:
     """A lane on ``graph``, driven by hand, its workers ready; its attempts count as short
     (else as long: they are sent ahead only while nothing can become ready before them)."""
     run = Run(graph, {}, mode="process", max_workers=workers)
     outcomes: queue.SimpleQueue = queue.SimpleQueue()
-    lane = ProcessLane(workers)
+    lane = ProcessLane(workers, reuse=reuse)
     lane.open(run, outcomes.put)
     while sum(w.ready for w in lane._workers) < workers:  # each posts a wake-up when ready
         assert outcomes.get(timeout=30) is None
@@ -1314,12 +1433,8 @@ def test_an_attempt_sent_ahead_cancelled_once_it_started_is_timed_from_its_real_
     assert p.units["second"].execution_time < 0.5
 
 
-def test_an_attempt_stopped_before_the_outcome_ahead_of_it_is_read_is_timed_from_its_start(
-    tmp_path,
-):
-    """The worker sends the outcome of the attempt ahead, then begins the next one. A stop
-    that comes before the driver has read that outcome times the stopped one from when it
-    began, once the outcome is read (it kept when it was sent: 1 s too early here)."""
+def _ahead_then_second(tmp_path: Path) -> tuple[Graph, str]:
+    """Units "ahead" (1 s) and "second" (30 s, which touches the file returned first)."""
     started = str(tmp_path / "started")
 
     def second(ctx):
@@ -1329,7 +1444,16 @@ def test_an_attempt_stopped_before_the_outcome_ahead_of_it_is_read_is_timed_from
     graph = Graph(
         [QuantumUnit("ahead", lambda ctx: time.sleep(1.0)), QuantumUnit("second", second)]
     )
-    run, lane, outcomes = _lane_sending_ahead(graph, short=False)
+    return graph, started
+
+
+def _stopped_once_begun(
+    tmp_path: Path, *, reuse: bool
+) -> tuple[Run, ProcessLane, queue.SimpleQueue, threading.Event]:
+    """Unit "second" sent ahead behind "ahead" (1 s), then stopped once it began, while the
+    reader holds back the outcome of "ahead" (until the event returned is set)."""
+    graph, started = _ahead_then_second(tmp_path)
+    run, lane, outcomes = _lane_sending_ahead(graph, short=False, reuse=reuse)
     reading = threading.Event()
     pass_on = lane._pass_on
 
@@ -1339,18 +1463,76 @@ def test_an_attempt_stopped_before_the_outcome_ahead_of_it_is_read_is_timed_from
 
     lane._pass_on = read_after_the_stop  # the reader takes no outcome until it is set
     try:
-        sched = run.scheduler
         _start_and_submit(run, lane, 0, 1)
         [worker] = lane._workers
         assert list(worker.jobs) == [(0, 1), (1, 1)]  # "second" waits behind "ahead"
         _wait_for_file(started)  # "ahead" ended, its outcome unread, and "second" began
         lane.abandon(1, 1)
+    except BaseException:
+        reading.set()
+        lane.close(cancel=True)
+        raise
+    return run, lane, outcomes, reading
+
+
+def test_an_attempt_stopped_before_the_outcome_ahead_of_it_is_read_is_timed_from_its_start(
+    tmp_path,
+):
+    """The worker sends the outcome of the attempt ahead, then begins the next one. A stop
+    that comes before the driver has read that outcome times the stopped one from when it
+    began, once the outcome is read (it kept when it was sent: 1 s too early here)."""
+    run, lane, outcomes, reading = _stopped_once_begun(tmp_path, reuse=False)
+    try:
         reading.set()
         assert _next_outcome(lane, outcomes)[:3] == (0, 1, True)
-        assert sched.started[1] - sched.started[0] > 0.9  # after "ahead"'s 1 s
+        assert run.scheduler.started[1] - run.scheduler.started[0] > 0.9  # after "ahead"
     finally:
         reading.set()
         lane.close(cancel=True)
+
+
+def test_a_run_on_kept_workers_ends_once_the_start_of_a_stopped_attempt_is_final(tmp_path):
+    """Reused workers: the run's end waits for the reader to bury the worker killed to stop
+    an attempt sent ahead, so the outcome ahead of it, still unread then, has corrected that
+    attempt's start before execute returns (it was corrected after, once the metrics were
+    taken)."""
+    run, lane, _, reading = _stopped_once_begun(tmp_path, reuse=True)
+    try:
+        threading.Timer(0.3, reading.set).start()
+        lane.close(cancel=False)  # the run ends
+        assert reading.is_set()
+        assert run.scheduler.started[1] - run.scheduler.started[0] > 0.9  # after "ahead"
+    finally:
+        reading.set()
+        lane.shutdown()
+
+
+def test_a_run_that_stops_its_workers_ends_once_their_last_answers_are_read(tmp_path, monkeypatch):
+    """Workers stopped at the run's end: the reader reads what each sent before it exited
+    before it ends, even what it had not got to (here: it wakes for nothing but the driver
+    once the attempts are sent), so the start of an attempt stopped in one is final when
+    the run ends. (It ended as soon as every worker had exited, reading nothing more: the
+    outcome ahead of the stopped attempt was never read.)"""
+    graph, started = _ahead_then_second(tmp_path)
+    run, lane, _ = _lane_sending_ahead(graph, short=False)
+    real_readable = processes._readable
+
+    def only_the_driver_wakes_the_reader(fds, timeout):
+        ready = real_readable(fds, timeout)
+        if threading.current_thread() is not lane._reader:
+            return ready
+        time.sleep(0.01)  # what it ignores stays readable
+        return [fd for fd in ready if fd == lane._wake_r]
+
+    monkeypatch.setattr(processes, "_readable", only_the_driver_wakes_the_reader)
+    lane._wake_reader()  # it waits in the real _readable: from its next wait on, it ignores
+    try:
+        _start_and_submit(run, lane, 0, 1)
+        _wait_for_file(started)  # "ahead" ended, its outcome unread, and "second" began
+        lane.abandon(1, 1)
+    finally:
+        lane.close(cancel=False)  # the run ends: its workers are stopped
+    assert run.scheduler.started[1] - run.scheduler.started[0] > 0.9  # after "ahead"'s 1 s
 
 
 def test_attempts_taken_back_count_against_what_may_wait_in_a_busy_worker(tmp_path):
@@ -1397,7 +1579,7 @@ def test_a_worker_that_dies_leaving_a_forked_child_fails_its_unit_at_once(
 ):
     """A unit's forked child (``os.fork``, a ``fork`` multiprocessing helper) holds the
     worker's pipe to the driver: the worker's death is still noticed at once, not when that
-    child exits."""
+    child exits; and the child goes with the worker (its process group)."""
     if not pidfds:
         monkeypatch.delattr(os, "pidfd_open", raising=False)
     elif not hasattr(os, "pidfd_open"):
@@ -1418,6 +1600,8 @@ def test_a_worker_that_dies_leaving_a_forked_child_fails_its_unit_at_once(
     try:
         p.execute(execution_mode=PROCESS)
         assert time.monotonic() - started < 30  # the child sleeps for 60 s
+        # The worker's process group died with it, as on a timeout (the child lived on).
+        assert _wait_gone(int(child.read_text()))
     finally:
         if child.exists():
             with contextlib.suppress(ProcessLookupError):
@@ -1454,12 +1638,27 @@ def test_workers_that_do_not_stop_are_all_killed_once_the_same_wait_is_over(tmp_
     assert 1.5 <= stopping < 4.5  # one wait of 1.5 s; one after the other took 6 s
 
 
+class _Heard(Instrument):
+    """Keeps the name of each event it hears, run and unit events alike."""
+
+    def __init__(self):
+        self.heard = []
+
+    def _keep(self, event):
+        self.heard.append(type(event).__name__)
+
+    run_started = unit_started = unit_finished = unit_failed = _keep
+    unit_skipped = unit_cancelled = run_finished = _keep
+
+
 @pytest.mark.parametrize("kind", ["process", "executor"])
 def test_a_backend_running_a_run_refuses_another_before_any_unit_runs(tmp_path, kind):
     """A backend whose lanes follow one run (a reused ProcessBackend, an ExecutorBackend)
     shared by two partitioners: the second run at once is refused, saying so, before any of
-    its units runs; the first goes on unharmed. (Both ran on the lanes: one hung, the
-    other got results of the first's units.)"""
+    its units runs, like bad input: no hook hears of it and the partitioner keeps the record
+    of its last run; the first goes on unharmed. (Both ran on the lanes: one hung, the
+    other got results of the first's units; then the refused run fired run_started and
+    run_finished, and replaced the last run's record with units left PENDING.)"""
     from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
     from quantum_partitioner.backends import ExecutorBackend  # noqa: PLC0415
@@ -1471,9 +1670,12 @@ def test_a_backend_running_a_run_refuses_another_before_any_unit_runs(tmp_path, 
         _wait_for_file(gate)
         return "first"
 
-    one, other = QuantumPartitioner(), QuantumPartitioner()
+    heard = _Heard()
+    one, other = QuantumPartitioner(), QuantumPartitioner(instruments=[heard])
     one.add_unit(first, name="a")
-    other.add_unit(lambda ctx: ran.touch(), name="a")
+    other.add_unit(lambda ctx: ctx.get("before") or ran.touch(), name="a")
+    assert other.execute({"before": "earlier"}) == {"a": "earlier"}
+    heard.heard.clear()
     with contextlib.ExitStack() as stack:
         if kind == "process":
             backend = stack.enter_context(ProcessBackend(1, reuse=True))
@@ -1491,7 +1693,12 @@ def test_a_backend_running_a_run_refuses_another_before_any_unit_runs(tmp_path, 
             running.join(30)
         assert results == {"a": "first"}
         assert not ran.exists()
+        assert heard.heard == []
+        assert other.get_partial_results() == {"a": "earlier"}
+        assert other.last_execution_metrics["execution_mode"] == "thread"
+        assert other.units["a"].state is UnitState.COMPLETED
         assert other.execute(backend=backend) == {"a": None}  # once it is free again
+        assert heard.heard == ["RunStarted", "UnitStarted", "UnitFinished", "RunFinished"]
 
 
 def _rebuild_raising(error: BaseException) -> None:
@@ -1678,21 +1885,55 @@ def test_an_error_whose_loading_raises_systemexit_still_fails_only_its_unit(boun
     assert "the unit's own error" in str(failure)
 
 
-def test_a_unit_writing_into_its_workers_pipe_to_the_driver_fails_only_itself(bounded):
+@pytest.mark.parametrize(
+    ("scribbled", "reason"),
+    [
+        ((20).to_bytes(8, "big") + b"not a pickle at all!", "a message that cannot be loaded"),
+        ((1 << 62).to_bytes(8, "big") + b"never the rest", f"a frame header claims {1 << 62}"),
+    ],
+    ids=["not-a-message", "a-header-claiming-too-much"],
+)
+def test_a_unit_writing_into_its_workers_pipe_to_the_driver_fails_only_itself(
+    bounded, scribbled, reason
+):
     """A unit writes bytes that are no message into the worker's pipe to the driver (a
-    descriptor it does not own): that worker is replaced, its unit fails, and the run goes
-    on. (The thread reading every worker's outcomes died of it: the run waited for ever.)"""
+    descriptor it does not own): that worker is replaced, its unit fails saying why, and the
+    run goes on. (The thread reading every worker's outcomes died of it: the run waited for
+    ever; a header claiming more than any message can hold made it wait for the rest for
+    ever; the reason was only logged.)"""
 
     def scribble(ctx):
         out = int(sys.argv[2])  # the worker's pipe to the driver
-        os.write(out, (20).to_bytes(8, "big") + b"not a pickle at all!")
+        os.write(out, scribbled)
         time.sleep(30)
 
     p = QuantumPartitioner(max_workers=1)
     p.add_unit(scribble, name="scribble", priority=1)
     p.add_unit(lambda ctx: 2, name="other")
-    assert bounded(lambda: p.execute(execution_mode=PROCESS), 30) == {"other": 2}
-    assert isinstance(p.units["scribble"].error, WorkerDiedError)
+    assert bounded(lambda: p.execute(execution_mode=PROCESS), 20) == {"other": 2}
+    error = p.units["scribble"].error
+    assert isinstance(error, WorkerDiedError)
+    assert reason in str(error)
+    assert reason in error.reason
+
+
+def test_a_worker_whose_pipe_to_the_driver_closes_while_it_lives_is_replaced_at_once():
+    """A unit closes the worker's pipe to the driver (a descriptor it does not own) and goes
+    on: the worker cannot answer any more, so it is killed and replaced at once, and its unit
+    fails saying why. (The reader waited 5 s for it to exit, reading no other worker.)"""
+
+    def close_the_pipe(ctx):
+        os.close(int(sys.argv[2]))  # the worker's pipe to the driver
+        time.sleep(30)
+
+    p = QuantumPartitioner(max_workers=1)
+    p.add_unit(close_the_pipe, name="closes", priority=1)
+    p.add_unit(lambda ctx: 2, name="other")
+    assert p.execute(execution_mode=PROCESS) == {"other": 2}
+    error = p.units["closes"].error
+    assert isinstance(error, WorkerDiedError)
+    assert "its pipe to the driver closed while it ran" in error.reason
+    assert p.units["closes"].execution_time < 2.5  # it took 5 s and more
 
 
 def test_a_reused_backend_run_again_after_close_stops_its_new_workers_on_close():

@@ -174,9 +174,22 @@ class Backend(ABC):
         del graph
         return None
 
+    def claim(self, run: Run) -> None:  # noqa: B027 - optional hook
+        """Take ``run`` on, or refuse it, before it begins (no instrument has heard of it).
+
+        A backend that can refuse a run (it drives another, its client is closed, the
+        context cannot reach its workers) raises here, so a refused run fires no event and
+        leaves no record. :meth:`run` follows a claim, or :meth:`release` if the run ends
+        before it is driven (a ``run_started`` hook interrupted it). The default refuses
+        nothing.
+        """
+
+    def release(self, run: Run) -> None:  # noqa: B027 - optional hook
+        """Let go of a claimed ``run`` that :meth:`run` did not drive (else nothing to do)."""
+
     @abstractmethod
     def run(self, run: Run) -> None:
-        """Drive ``run`` until every unit is terminal.
+        """Drive ``run`` until every unit is terminal (after :meth:`claim`, or claiming it).
 
         Raises:
             KeyboardInterrupt: After cancelling what had not finished.

@@ -376,19 +376,21 @@ class DaskBackend(Backend):
         self.gather: frozenset[str] | str | None = gather
         self.lookahead = bool(lookahead)
         self._distributed = distributed
+        #: Each run claimed and not yet driven: its state on the cluster.
+        self._claimed: dict[Run, _DaskRun] = {}
 
     def __repr__(self) -> str:
         """Name the client and the options."""
         return f"DaskBackend({self.client!r}, gather={self.gather!r}, lookahead={self.lookahead})"
 
-    def run(self, run: Run) -> None:
-        """Drive ``run`` on the cluster until every unit is terminal.
+    def claim(self, run: Run) -> None:
+        """Check the client can take ``run`` and send it the context, before the run begins.
 
         Raises:
-            ValueError: ``gather`` names a unit the graph does not have (before any unit runs).
-            BrokenBackendError: The client is closed (before any unit runs).
-            TypeError: The context cannot be sent to the cluster (before any unit runs).
-            KeyboardInterrupt: After cancelling the run's futures on the cluster.
+            ValueError: ``gather`` names a unit the graph does not have.
+            BrokenBackendError: The client is closed.
+            TypeError: The client is asynchronous, or the context cannot be sent to the
+                cluster.
         """
         client = self.client
         if client is None:
@@ -401,10 +403,32 @@ class DaskBackend(Backend):
             )
         keep = self._indices_to_gather(run)
         dask_run = _DaskRun(run, client, keep, lookahead=self.lookahead and run.cache is None)
+        try:
+            dask_run.open()
+        except BaseException:
+            dask_run.close()
+            raise
+        # Runs of several partitioners may share the backend: each has its own.
+        self._claimed[run] = dask_run
+
+    def release(self, run: Run) -> None:
+        """Let go of a claimed run that was not driven (its context leaves the cluster)."""
+        dask_run = self._claimed.pop(run, None)
+        if dask_run is not None:
+            dask_run.close()
+
+    def run(self, run: Run) -> None:
+        """Drive ``run`` on the cluster until every unit is terminal (claiming it first).
+
+        Raises:
+            KeyboardInterrupt: After cancelling the run's futures on the cluster.
+        """
+        if run not in self._claimed:
+            self.claim(run)
+        dask_run = self._claimed.pop(run)
         previous_wake = run.wake
         run.wake = dask_run.wake
         try:
-            dask_run.open()
             run.fetch_value = _fetch_output
             if run.scheduler.maps:
                 run.count_items = dask_run.count_items

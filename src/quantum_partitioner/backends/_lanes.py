@@ -184,8 +184,11 @@ class LaneBackend(Backend):
             lane.index = k
         self.lane_for = lane_for
         self.name = name or self.lanes[0].name
-        #: Held while a run is driven: the lanes follow one run at a time.
+        #: Held while a run is claimed or driven: the lanes follow one run at a time.
         self._driving = threading.Lock()
+        #: The claimed run, where its lanes post, and the run's ``wake`` before the claim;
+        #: until the run is driven to its end or released.
+        self._claimed: tuple[Run, queue.SimpleQueue[Outcome], Callable[[], None]] | None = None
 
     @property
     def concurrency(self) -> int | None:
@@ -202,43 +205,76 @@ class LaneBackend(Backend):
         lane_for = self.lane_for
         return [lane_for(unit) for unit in graph.units]
 
-    def run(self, run: Run) -> None:
-        """Drive ``run`` until every unit is terminal.
+    def claim(self, run: Run) -> None:
+        """Take ``run`` on and open its lanes (workers start), or refuse it before it begins.
 
         Raises:
             RuntimeError: The backend is driving another run (its lanes follow one at a
-                time: a reused ``ProcessBackend`` shared by two partitioners); before any
-                unit runs.
+                time: a reused ``ProcessBackend`` shared by two partitioners).
+            TypeError: A lane cannot take the run (a context that cannot be sent to worker
+                processes); the lanes opened for it are closed again.
         """
         if not self._driving.acquire(blocking=False):
             raise RuntimeError(
                 f"this {type(self).__name__} is already running a run; it runs one at a "
                 "time: give each run that may overlap a backend of its own"
             )
-        try:
-            self._run_alone(run)
-        finally:
-            self._driving.release()
-
-    def _run_alone(self, run: Run) -> None:
         outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         previous_wake = run.wake
         run.wake = lambda: outcomes.put(None)
         opened: list[Lane] = []
-        cancel = True
         try:
             for lane in self.lanes:
                 lane.open(run, outcomes.put)
                 opened.append(lane)
-            self._drive(run, outcomes)
+        except BaseException:
+            run.wake = previous_wake
+            try:
+                for lane in opened:
+                    lane.close(cancel=True)
+            finally:
+                self._driving.release()
+            raise
+        self._claimed = (run, outcomes, previous_wake)
+
+    def release(self, run: Run) -> None:
+        """Close the lanes of a claimed run that was not driven (nothing ran on them)."""
+        claimed = self._claimed
+        if claimed is not None and claimed[0] is run:
+            self._let_go(cancel=True)
+
+    def _let_go(self, *, cancel: bool) -> None:
+        """Close the claimed run's lanes (stopping what runs, with ``cancel``); free them."""
+        assert self._claimed is not None
+        run, _, previous_wake = self._claimed
+        self._claimed = None
+        run.wake = previous_wake
+        try:
+            for lane in self.lanes:
+                lane.close(cancel=cancel)
+        finally:
+            self._driving.release()
+
+    def run(self, run: Run) -> None:
+        """Drive ``run`` (claiming it first, unless it is claimed) until every unit is terminal.
+
+        Raises:
+            RuntimeError: The backend is driving another run; before any unit runs.
+        """
+        claimed = self._claimed
+        if claimed is None or claimed[0] is not run:
+            self.claim(run)
+            claimed = self._claimed
+            assert claimed is not None
+        cancel = True
+        try:
+            self._drive(run, claimed[1])
             cancel = False
         except BaseException as error:
             run.report(run.interrupt("interrupted", error))
             raise
         finally:
-            run.wake = previous_wake
-            for lane in opened:
-                lane.close(cancel=cancel)
+            self._let_go(cancel=cancel)
 
     def _drive(self, run: Run, outcomes: queue.SimpleQueue[Outcome]) -> None:
         sched, clock, lanes = run.scheduler, run.clock, self.lanes

@@ -6,6 +6,7 @@ stop one running call on a timeout. Here the driver knows which unit each worker
 
 * a worker that dies (segfault, ``os._exit``, SIGKILL, out of memory) fails only its unit,
   with :class:`WorkerDiedError` saying how it died, and a new worker takes its place;
+  however a worker ends, its process group (what its units started) goes with it;
 * a unit past its timeout is stopped for real: its worker's process group is killed (the
   CPU is free again, the unit's own children go too) and replaced;
 * functions and results travel with cloudpickle, so lambdas and closures work; a function,
@@ -55,7 +56,9 @@ attempt taken back (its message stays in the pipe until then: it counts among th
 may wait in the worker); until then it is not idle: the next attempt it is given has a
 number too, which the worker may take as it drops the one taken back (before it starts
 the next).
-Attempts waiting in a worker that dies never started: they go to other workers. A worker
+Attempts waiting in a worker that dies never started: they go to other workers, their
+attempt numbers (retry budgets) untouched; so does one the worker died before it read
+whole (the write failed, or what it did not read is still in its pipe). A worker
 sends each outcome as it ends; the reader takes every outcome that has arrived in one read.
 The reader learns that a worker died from its exit (a pidfd; where there are none, it looks
 twice a second), not from the end of its pipe, which a child its unit forked may hold open.
@@ -86,6 +89,7 @@ import select
 import signal
 import subprocess
 import sys
+import termios
 import threading
 import time
 import weakref
@@ -94,7 +98,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from .._errors import BrokenBackendError, WorkerDiedError, describe_exit
-from .._process_worker import CLAIM_BYTES, FrameReader, send_frame, send_frames
+from .._process_worker import (
+    CLAIM_BYTES,
+    FrameError,
+    FrameReader,
+    send_frame,
+    send_frames,
+)
 from ._base import pool_size
 from ._lanes import Lane, LaneBackend
 
@@ -124,6 +134,9 @@ _SENT_AHEAD_BYTES = 8 << 10
 #: Seconds the workers told to stop may take to exit before they are killed (a unit's
 #: thread that never ends, an atexit handler that hangs).
 _STOP_SECONDS = 5.0
+#: Seconds a worker whose pipe to the driver closed may take to be seen exiting (its pipe
+#: closes as it exits) before it counts as alive without it, and is killed.
+_EXITING_SECONDS = 0.25
 #: Seconds a worker may take to report ready (it imports little: well under one, normally).
 _START_TIMEOUT = 60.0
 #: The package's modules a worker runs before it is ready, in that order (each one's
@@ -203,25 +216,31 @@ class _Worker:
         "claim_r",
         "claim_w",
         "claims",
+        "corrupted",
         "dropping",
+        "exitcode",
         "exited",
         "functions",
         "has_context",
         "inbox",
         "jobs",
+        "killed",
         "last_answer",
         "late",
         "outbox",
         "process",
         "reader",
         "ready",
+        "sending",
         "slot",
         "spawned_at",
         "start_deadline",
         "start_log",
         "start_stderr",
         "started",
+        "unclaimed",
         "unsure_start",
+        "written",
     )
 
     def __init__(
@@ -241,13 +260,16 @@ class _Worker:
         self.exited = _open_pidfd(process.pid)
         self.inbox = inbox  # we write attempts here (-1 once closed)
         self.outbox = outbox  # the worker writes outcomes here (-1 once closed)
-        self.reader = FrameReader(outbox)
+        self.reader = FrameReader(outbox, _max_message_bytes())
         #: The read end of the worker's stderr until it is ready (-1 once closed).
         self.start_stderr = start_stderr
         self.start_log = bytearray()
         #: When it must have said it is ready (``time.monotonic``), until it has.
         self.start_deadline: float | None = time.monotonic() + _START_TIMEOUT
         self.late = False  # killed for not being ready in time
+        self.killed = False  # killed (its process group): the reader buries it
+        #: Why it was killed, if for bytes in its pipe that are no message.
+        self.corrupted: str | None = None
         self.started = False  # it said it is ready once
         self.ready = False  # it may be given an attempt
         #: The attempts it was sent and has not answered, oldest first: the first may be
@@ -271,6 +293,16 @@ class _Worker:
         self.unsure_start: tuple[int, int, float] | None = None
         self.has_context = False
         self.functions: set[int] = set()
+        #: The attempt the driver is writing into its inbox: if the worker dies meanwhile,
+        #: the driver settles it (it knows whether the worker got it) and closes the inbox.
+        self.sending: tuple[int, int] | None = None
+        #: How it exited, once buried.
+        self.exitcode: int | None = None
+        #: How many bytes were written into its inbox (what it starts from included).
+        self.written = 0
+        #: The last attempt sent to it without a claim number, and where its messages end
+        #: among the bytes written: if it dies before it read them all, it never started.
+        self.unclaimed: tuple[tuple[int, int], int] | None = None
 
 
 class ProcessLane(Lane):
@@ -299,7 +331,12 @@ class ProcessLane(Lane):
         #: ``submit``, or while they were sent): they go to the next idle worker (its
         #: replacement) before any new attempt.
         self._held: deque[tuple[int, int]] = deque()
+        #: Those the reader held (found unread in a dead worker's inbox), for the driver to
+        #: tell the scheduler (their timeouts wait until a worker has them).
+        self._to_hold: list[tuple[int, int]] = []
         self._failed_starts = 0
+        #: Notified when the reader has buried a worker (it read all it had sent).
+        self._buried = threading.Condition(self._lock)
         #: Why workers cannot start, once the lane gave up on them.
         self._broken: str | None = None
         #: The last claim number given (never reused: a reused worker may still hold an
@@ -322,6 +359,7 @@ class ProcessLane(Lane):
             self._functions: dict[int, tuple[Any, bytes | BaseException]] = {}
             self._closing = False
             self._held.clear()
+            self._to_hold.clear()
             #: Attempts sent ahead (or held after that): their start is when the worker
             #: began them, stamped there, kept here until the driver settles them.
             self._sent_ahead: set[tuple[int, int]] = set()
@@ -427,6 +465,8 @@ class ProcessLane(Lane):
                 while unwritten:
                     unwritten = unwritten[os.write(parent_out, unwritten) :]
         worker = _Worker(process, parent_out, parent_in, start_r, claim_pipe)
+        if boot is not None:
+            worker.written = len(boot) - len(unwritten)
         taken = {w.slot for w in self._workers}
         worker.slot = next(
             name for k in range(1, len(taken) + 2) if (name := f"process slot {k}") not in taken
@@ -459,8 +499,25 @@ class ProcessLane(Lane):
                 busy = [w for w in self._workers if w.jobs]
             for worker in busy:  # cannot happen after a finished run; be safe anyway
                 _kill(worker)
+            self._await_burials()
             return
         self.shutdown(kill=cancel)
+
+    def _await_burials(self) -> None:
+        """Wait until the reader has buried the workers killed during the run (kept ones).
+
+        The last answers a killed worker sent may still be in its pipe, and reading them
+        can correct the start of an attempt stopped in it (see :meth:`_answered`): the run's
+        record is final only once they are read, before ``execute`` returns.
+        """
+        stop_by = time.monotonic() + _STOP_SECONDS
+        with self._lock:
+            while any(w.killed for w in self._workers):
+                left = stop_by - time.monotonic()
+                if left <= 0:
+                    LOGGER.warning("PROCESS backend: a killed worker was not buried in time")
+                    return
+                self._buried.wait(left)
 
     def shutdown(self, *, kill: bool = False) -> None:
         """Stop every worker: politely when idle, by killing when busy or ``kill``."""
@@ -520,6 +577,9 @@ class ProcessLane(Lane):
         """
         while True:
             with self._lock:
+                for job in self._to_hold:  # held by the reader: the scheduler is ours
+                    self._run.scheduler.hold(*job)
+                self._to_hold.clear()
                 self._replace_dead()
                 if self._broken is not None:
                     raise BrokenBackendError(self._broken)
@@ -610,11 +670,13 @@ class ProcessLane(Lane):
                 self._hold(job)
                 return
             worker.jobs.append(job)
+            worker.sending = job
         try:
             messages = self._messages_for(worker, i, attempt, claim)
         except Exception as error:
             with self._lock:
                 _forget(worker, job)
+                self._sent(worker, job, reached=False)
             self._post((i, attempt, False, error, None))
             return
         if claim and sum(map(len, messages)) > _SENT_AHEAD_BYTES:
@@ -623,24 +685,52 @@ class ProcessLane(Lane):
             # instead, before any other (its start is still the worker's stamp).
             with self._lock:
                 _forget(worker, job)
+                self._sent(worker, job, reached=False)
                 self._hold(job)
             return
         run.attempt_workers[i, attempt] = worker.slot
+        reached, written = True, 0
         try:
             if claim:  # before the attempt, which the worker runs only once it took this
                 with self._lock:  # with its record: a worker buried now gets neither or both
                     worker.claims[claim] = job
                     os.write(worker.claim_w, claim.to_bytes(CLAIM_BYTES, "big"))
-            send_frames(worker.inbox, messages)
+            written = send_frames(worker.inbox, messages)
         except OSError:  # the worker died before it had the attempt: it never started
-            with self._lock:
-                if job in worker.jobs:  # not yet failed by the reader: hold it
-                    _forget(worker, job)
-                    worker.ready = False
-                    self._hold(job)
+            reached = False
         else:
             worker.has_context = True
             worker.functions.add(id(unit.function))
+        with self._lock:
+            if reached:
+                worker.written += written
+                if not claim:
+                    worker.unclaimed = (job, worker.written)
+            self._sent(worker, job, reached=reached)
+
+    def _sent(self, worker: _Worker, job: tuple[int, int], *, reached: bool) -> None:
+        """The driver is done writing ``job`` to ``worker``, which it ``reached`` or not.
+
+        (Hold the lock.) A worker the reader buried meanwhile left the attempt to this
+        (see :meth:`_bury`): one that never reached it, or never read all of it, never
+        started, so it waits for another worker, its attempt number (retry budget)
+        untouched, as those queued in a dead worker do; one that read it may have started:
+        it died with the worker.
+        """
+        worker.sending = None
+        buried = worker.exitcode is not None
+        if job in worker.jobs:  # else taken back (never started), or failed to pickle
+            if not reached or (buried and _never_read(worker, job)):
+                _forget(worker, job)
+                worker.ready = False  # it is dying: the reader buries it, without this one
+                self._hold(job)
+            elif buried:
+                worker.jobs.remove(job)
+                self._died(worker, [job])
+        if buried:  # the reader left the inbox open for this write
+            with contextlib.suppress(OSError):
+                os.close(worker.inbox)
+            worker.inbox = -1
 
     def _hold(self, job: tuple[int, int]) -> None:
         """Keep an attempt in the driver until a worker is idle (hold the lock).
@@ -833,33 +923,50 @@ class ProcessLane(Lane):
                 if worker.outbox >= 0 and worker.process.poll() is not None:
                     self._bury_exited(worker)
             with self._lock:
-                if self._closing and all(w.process.poll() is not None for w in self._workers):
-                    return
+                done = self._closing and all(w.process.poll() is not None for w in self._workers)
+                left = list(self._workers) if done else []
+            if done:
+                # Each one's last answers (what it sent before it exited, which this loop
+                # may not have woken for yet) make the run's record final: read them now.
+                for worker in left:
+                    if worker.outbox >= 0:
+                        self._bury_exited(worker)
+                return
 
     def _pass_on(self, worker: _Worker) -> bool:
         """Read the worker's outbox once and take its messages; False at its end.
 
         Bytes that are no message (a unit wrote into a descriptor it does not own) end it
-        too: the worker is killed, and its unit fails with it, as this thread must go on.
+        too: the worker is killed, and its unit fails with it, saying why, as this thread
+        must go on. So does a header that claims more than any message can hold, which
+        would have this thread wait for ever for the rest.
         """
         try:
             frames = worker.reader.read()
         except (EOFError, OSError):  # BlockingIOError too: drained (see _bury_exited)
             return False
+        except FrameError as error:
+            self._corrupted(worker, str(error))
+            return False
         for frame in frames:
             try:
                 self._receive(worker, pickle.loads(frame))  # noqa: S301 - our own worker
-            except Exception:
-                LOGGER.exception(
-                    "PROCESS backend: a worker wrote something that is not a message into "
-                    "its pipe to the driver (a unit writing to a descriptor it does not own?);"
-                    " it is replaced"
-                )
-                with self._lock:
-                    worker.ready = False
-                _kill(worker)
+            except Exception as error:
+                self._corrupted(worker, f"a message that cannot be loaded ({error!r})")
                 return False
         return True
+
+    def _corrupted(self, worker: _Worker, what: str) -> None:
+        """Kill a worker that wrote ``what`` into its pipe to the driver; it is replaced."""
+        reason = (
+            f"it wrote {what} into its pipe to the driver (a unit writing to a descriptor "
+            "it does not own?)"
+        )
+        LOGGER.error("PROCESS backend: a worker %s; it is replaced", reason)
+        with self._lock:
+            worker.ready = False
+            worker.corrupted = reason
+        _kill(worker)
 
     def _bury_exited(self, worker: _Worker) -> None:
         """The worker exited: take what it sent before it did, then bury it.
@@ -939,41 +1046,66 @@ class ProcessLane(Lane):
 
         The driver starts the replacement (:meth:`has_room`) after it has recorded this
         failure, so the replacement's start-up never begins before the attempt's end.
+
+        The worker never closes that pipe itself: it closes as the worker exits. One still
+        alive a moment later had it closed by a unit, and can never answer: it is killed
+        at once (this thread reads every worker: no wait of its own may hold it up).
         """
         try:
-            exitcode = _wait_exit(worker, 5)
+            exitcode = _wait_exit(worker, _EXITING_SECONDS)
         except subprocess.TimeoutExpired:
+            with self._lock:
+                worker.corrupted = worker.corrupted or (
+                    "its pipe to the driver closed while it ran (a unit closing a descriptor "
+                    "it does not own?)"
+                )
             _kill(worker)
             exitcode = worker.process.wait()
         _drain_start_log(worker)
         with self._lock:
+            worker.exitcode = exitcode
             if worker in self._workers:
                 self._workers.remove(worker)
+                self._buried.notify_all()
             # Those it had not begun go to the replacement; the one it ran (at most one: it
-            # sent the outcome of each before it took the next) failed with it.
+            # sent the outcome of each before it took the next) failed with it. One the
+            # driver is writing to it is the driver's to settle (see _sent).
             self._held.extend(_take_back(worker, len(worker.claims)))
-            died = list(worker.jobs)
-            worker.jobs.clear()
-            # It ended now, before its replacement may start (the driver may start one
-            # before it takes this failure): on their slot, one after the other.
-            now = self._run.clock()
-            for job in died:
-                self._ended[job] = now
-                if job in self._sent_ahead:
-                    self._sent_ahead.discard(job)
-                    self._started[job] = self._began_at(worker, job[0])
+            died = [job for job in worker.jobs if job != worker.sending]
+            worker.jobs = deque(job for job in worker.jobs if job == worker.sending)
+            unread = [job for job in died if _never_read(worker, job)]
+            for job in unread:  # it died before it read all of that attempt
+                died.remove(job)
+                self._sent_ahead.add(job)  # its start is the next worker's stamp
+                self._held.append(job)
+                self._to_hold.append(job)  # its timeout waits too (see has_room)
+            self._died(worker, died)
             if not worker.started and not self._closing:
                 self._failed_start(worker, exitcode)
             closing = self._closing
-        _close_pipes(worker)
+            sending = worker.sending is not None
+        _close_pipes(worker, keep_inbox=sending)
         if not closing:  # else shutdown() may be waiting on it: it closes it after
             _close_pidfd(worker)
-        for i, attempt in died:
-            self._post(
-                (i, attempt, False, WorkerDiedError(self._run.graph.names[i], exitcode), None)
-            )
         if not died and not closing:
             self._post(None)  # the driver replaces it (or raises why it cannot)
+
+    def _died(self, worker: _Worker, died: list[tuple[int, int]]) -> None:
+        """Fail the attempts that died with the buried ``worker`` (hold the lock).
+
+        They ended now, before its replacement may start (the driver may start one before
+        it takes this failure): on their slot, one after the other.
+        """
+        now = self._run.clock()
+        for job in died:
+            self._ended[job] = now
+            if job in self._sent_ahead:
+                self._sent_ahead.discard(job)
+                self._started[job] = self._began_at(worker, job[0])
+        assert worker.exitcode is not None
+        for i, attempt in died:
+            error = WorkerDiedError(self._run.graph.names[i], worker.exitcode, worker.corrupted)
+            self._post((i, attempt, False, error, None))
 
     def _kill_late_starters(self) -> None:
         """Kill the workers not ready in time: the reader buries them as failed starts."""
@@ -1032,12 +1164,18 @@ def _drain_start_log(worker: _Worker) -> None:
     _close_start_stderr(worker)
 
 
-def _close_pipes(worker: _Worker) -> None:
-    for fd in (worker.inbox, worker.outbox, worker.claim_r, worker.claim_w):
+def _close_pipes(worker: _Worker, *, keep_inbox: bool = False) -> None:
+    """Close the worker's pipes; with ``keep_inbox``, all but the one the driver writes to."""
+    for fd in (worker.outbox, worker.claim_r, worker.claim_w):
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
-    worker.inbox = worker.outbox = worker.claim_r = worker.claim_w = -1
+    worker.outbox = worker.claim_r = worker.claim_w = -1
+    if not keep_inbox:
+        if worker.inbox >= 0:
+            with contextlib.suppress(OSError):
+                os.close(worker.inbox)
+        worker.inbox = -1
 
 
 def _close_pidfd(worker: _Worker) -> None:
@@ -1077,19 +1215,29 @@ def _open_pidfd(pid: int) -> int:
 
 
 def _wait_exit(worker: _Worker, timeout: float) -> int:
-    """Reap a worker that is exiting; its exit status. Raises ``subprocess.TimeoutExpired``.
+    """Reap a worker that is exiting, and kill its process group; its exit status.
+
+    The group is what the worker's units started (outside a session of their own): it goes
+    with the worker however the worker ended, crash, kill or stop, as it goes on a timeout.
 
     ``Popen.wait(timeout)`` polls, sleeping twice as long between looks each time (up to
     50 ms): a worker that takes 5 ms to exit after ``stop`` (the interpreter's finalization)
     was reaped after 7.5 ms, one that takes 8 ms after 15.5 ms, and every run with a fresh
     pool ended that much later. Waiting on the worker's pidfd wakes the moment it exits.
+
+    Raises:
+        subprocess.TimeoutExpired: It has not exited within ``timeout`` seconds.
     """
     fd = worker.exited
     if fd < 0:
-        return worker.process.wait(timeout=timeout)
+        exitcode = worker.process.wait(timeout=timeout)
+        _kill_group(worker.process.pid)
+        return exitcode
     if worker.process.returncode is None and not _readable([fd], timeout):
         raise subprocess.TimeoutExpired(worker.process.args, timeout)
-    # It has exited: this returns at once (after the reader thread, if it reaps it first).
+    # It has exited. Its group is killed before it is reaped: the number is still its own.
+    _kill_group(worker.process.pid)
+    # This returns at once (after the reader thread, if it reaps it first).
     return worker.process.wait()
 
 
@@ -1118,6 +1266,19 @@ def _boot_code() -> bytes | None:
         return marshal.dumps(tuple(modules))
     except Exception:  # a loader without code (a frozen application): workers import them
         return None
+
+
+@functools.cache
+def _max_message_bytes() -> int:
+    """The most a worker's message can hold: this machine's memory.
+
+    A worker builds each message whole before it sends it, so a header claiming more comes
+    from bytes that are no message: waiting for the rest would wait for ever.
+    """
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not known here: what 64-bit can address
+        return 1 << 48
 
 
 def _pipe_capacity(fd: int) -> int:
@@ -1202,6 +1363,23 @@ def _may_wait_in(worker: _Worker, room: int) -> bool:
     return worker.ready and len(worker.jobs) + worker.dropping <= room
 
 
+def _never_read(worker: _Worker, job: tuple[int, int]) -> bool:
+    """Whether the dead ``worker`` never read all of ``job``, sent without a claim number.
+
+    (Hold the lock; its inbox still open.) What it did not read is still in the pipe: if
+    that reaches into the attempt's messages, the worker never had the attempt whole, so
+    it never started it. (One it read may have started, even if it died at once.)
+    """
+    if worker.unclaimed is None or worker.unclaimed[0] != job or worker.inbox < 0:
+        return False
+    try:
+        answer = fcntl.ioctl(worker.inbox, termios.FIONREAD, bytes(4))  # either end answers
+    except OSError:
+        return False
+    unread = int.from_bytes(answer, sys.byteorder)
+    return worker.written - unread < worker.unclaimed[1]
+
+
 def _forget(worker: _Worker, job: tuple[int, int]) -> None:
     """The worker no longer holds that attempt (hold the lock)."""
     with contextlib.suppress(ValueError):
@@ -1231,8 +1409,17 @@ def _picklable(pickler: Any, value: Any) -> bool:
 
 def _kill(worker: _Worker) -> None:
     """Kill a worker and whatever its unit started (its whole process group)."""
+    worker.killed = True
+    _kill_group(worker.process.pid)
+
+
+def _kill_group(worker_pid: int) -> None:
+    """Kill the process group a worker leads, the worker exited or not.
+
+    Its members are the processes its units started (outside a session of their own).
+    """
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(worker.process.pid, signal.SIGKILL)
+        os.killpg(worker_pid, signal.SIGKILL)
 
 
 class ProcessBackend(LaneBackend):
