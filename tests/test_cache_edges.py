@@ -348,6 +348,74 @@ def test_payloads_around_the_copy_bound_and_the_page_size_are_stored_whole(tmp_p
         assert store.corrupt == 0
 
 
+def test_a_scan_of_small_entries_checks_each_one_and_keeps_only_those_wanted(tmp_path):
+    """A read ahead that reads the store whole takes chunks of small payloads in C loops:
+    every entry is still checked (a damaged one dropped, never served), only the wanted
+    ones are kept, and the wanted ones it did not find are known absent."""
+    keys = [i.to_bytes(32, "big") for i in range(1200)]
+    with SQLiteStore(tmp_path / "c.sqlite") as store:
+        for key in keys[:1000]:
+            store.put(key, "u", key[-2:] * 3)
+        store.flush()
+        store._connection().execute(
+            "UPDATE entries SET payload = ? WHERE key = ?", (b"damaged", keys[700])
+        )
+        wanted = keys[200:]  # 800 wanted, 1,000 stored: read whole
+        store.prefetch(wanted)
+        assert keys[100] not in store._prefetched
+        assert store.get(keys[700]) is None
+        assert store.corrupt == 1
+        assert [store.get(key) for key in keys[200:700]] == [key[-2:] * 3 for key in keys[200:700]]
+        assert keys[1100] in store._absent
+        assert store.get(keys[1100]) is None
+
+
+def test_a_memory_store_s_miss_takes_no_lock():
+    """A miss (every lookup of a cold run, from every thread of the run) is one dict lookup:
+    it does not wait for a write under way, nor make the run's threads queue on the lock."""
+    store = MemoryStore()
+    store.put(b"k" * 32, "u", b"stored")
+    found: list[bytes | None] = []
+    with store._lock:  # a write under way, as the lookups see it
+        reader = threading.Thread(target=lambda: found.append(store.get(b"m" * 32)))
+        reader.start()
+        reader.join(10)
+        assert found == [None]
+    assert store.get(b"k" * 32) == b"stored"
+
+
+def test_a_memory_store_s_entries_are_left_alone_by_the_garbage_collector():
+    """Its entries hold only strings, bytes and numbers: once the collector has seen them it
+    stops tracking them, so a store of many entries does not make every full collection
+    traverse them all (read or not, listed or not, they stay what they were)."""
+    import gc  # noqa: PLC0415 - this test only
+
+    store = MemoryStore()
+    for i in range(100):
+        store.put(i.to_bytes(32, "big"), f"u{i % 3}", b"p%d" % i)
+    assert store.get((7).to_bytes(32, "big")) == b"p7"
+    gc.collect()
+    assert not any(gc.is_tracked(entry) for entry in store._entries.values())
+    assert store.entries()[0].unit == "u1"  # the one read last
+    assert store.clear("u0") == 34
+    assert (len(store), store.total_size()) == (
+        66,
+        sum(len(b"p%d" % i) for i in range(100) if i % 3),
+    )
+
+
+def test_a_batch_s_statement_journal_is_kept_in_memory_not_in_a_temporary_file(tmp_path):
+    """A statement of many rows inside a transaction keeps a journal to undo that statement
+    alone; past 64 KiB SQLite would spill it to a temporary file, written and read back for
+    every large insert (a third of the writer's CPU): the store keeps it in memory."""
+    with SQLiteStore(tmp_path / "c.sqlite") as store:
+        assert store._connection().execute("PRAGMA temp_store").fetchone() == (2,)  # MEMORY
+        for i in range(3000):
+            store.put(i.to_bytes(32, "big"), "u", b"x" * 64)
+        store.flush()
+        assert len(store) == 3000
+
+
 # -- counters and the writer thread ------------------------------------------------------------
 
 
@@ -792,6 +860,40 @@ def test_a_limit_given_to_a_store_made_without_one_evicts_the_least_recently_use
         for key in keys[:500]:
             store.put(key, "u", b"q" * 100)
         assert len(store) == 590
+
+
+def test_a_store_at_its_limit_keeps_its_total_without_summing_every_entry_at_each_commit(
+    tmp_path,
+):
+    """At the limit every commit evicts: the total is kept exact from what the batch replaced
+    (its own keys read), not summed over the whole store at each commit (linear in its rows:
+    23.6 ms at 100,000). A replaced entry counts once; what is evicted is still the least
+    recently used."""
+    with SQLiteStore(tmp_path / "c.sqlite", size_limit=100 * 50) as store:
+        statements: list[str] = []
+        store._connection().set_trace_callback(statements.append)
+        for _ in range(20):
+            for _ in range(30):
+                store.put(os.urandom(32), "u", b"x" * 50)
+            store.flush()
+        sums = [text for text in statements if "SUM(size)" in text and "WHERE" not in text]
+        # The first commit (no total known yet), and the first over the limit (an estimate
+        # until then); 17 (each commit from then on) when every one summed.
+        assert len(sums) <= 2
+        assert len(store) == 100
+        assert store.total_size() == 100 * 50
+    with SQLiteStore(tmp_path / "r.sqlite", size_limit=1000) as store:
+        a, b, c = (bytes([n]) * 32 for n in b"abc")
+        store.put(a, "u", b"1" * 400)
+        store.put(b, "u", b"2" * 400)
+        store.flush()
+        store.put(a, "u", b"3" * 400)  # replaces a's entry: 800 bytes stored, not 1200
+        store.flush()
+        assert (store.get(a), store.get(b)) == (b"3" * 400, b"2" * 400)
+        store.put(c, "u", b"4" * 400)  # over the limit: b is the least recently used
+        store.flush()
+        assert {bytes.fromhex(entry.key) for entry in store.entries()} == {a, c}
+        assert store.total_size() == 800
 
 
 _WRITE_MANY = """

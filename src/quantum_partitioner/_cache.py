@@ -60,7 +60,16 @@ from ._fingerprint import (
     fingerprint,
     snapshot_fingerprint,
 )
-from ._graph import ExecutionMode, ExecutionModeArg, QuantumUnit, R, T, UnitState, metadata_of
+from ._graph import (
+    _NO_METADATA,
+    ExecutionMode,
+    ExecutionModeArg,
+    QuantumUnit,
+    R,
+    T,
+    UnitState,
+    metadata_of,
+)
 from ._partitioner import QuantumPartitioner
 from ._stores import CacheEntry, CacheStore, MemoryStore, SQLiteStore
 
@@ -680,12 +689,8 @@ class _RunCache:
         self._labels = known.labels
         self._dep_order = known.dep_order
         n = len(graph)
-        self._keys: list[bytes | None] = [None] * n
-        self._static: list[bytes | None] = [None] * n
         statics, tails, labels = known.statics, known.tails, known.labels
-        keys, deps, fingerprints = self._keys, graph.deps, owner._fingerprints
-        fixed = self._static
-        reused = True  # every fixed part is the last run's (so are the expected keys)
+        deps, fingerprints = graph.deps, owner._fingerprints
         # Units often share one metadata dict (added in a loop): what it says is read once.
         last: Mapping[str, Any] | None = None
         cacheable = False
@@ -697,8 +702,9 @@ class _RunCache:
         # _function_fingerprint, per unit of a loop-built graph.
         checked: object = None
         tail = b""
+        reused = True  # every fixed part is the last run's (so are the expected keys)
         for i, unit in enumerate(graph.units):
-            metadata = metadata_of(unit)
+            metadata = unit._metadata or _NO_METADATA  # metadata_of, inlined: once per unit
             if metadata is not last:
                 last = metadata
                 checked = None
@@ -709,21 +715,23 @@ class _RunCache:
             if not cacheable:
                 if statics[i] is not None:  # cacheable last run
                     statics[i] = None
+                    tails[i] = b""  # (a unit has a tail exactly when it has a fixed part)
                     reused = False
                 continue
             record = fingerprints.get(unit.id)
             if record is not checked or record is None or record[0] is not unit.function:
                 tail = owner._function_fingerprint(unit) + context + version_part
                 checked = fingerprints.get(unit.id)  # the record it was found valid with
-            static = statics[i]
-            if static is None or tails[i] != tail:
-                static = digest(b"".join((_KEY_HEAD, labels[i], tail)))
-                statics[i] = static
+            if tails[i] != tail:  # (identical objects compare at once: a warm run's)
                 tails[i] = tail
+                statics[i] = digest(b"".join((_KEY_HEAD, labels[i], tail)))
                 reused = False
-            fixed[i] = static
-            if not deps[i]:  # a root's key is its fixed part (a map is never a root)
-                keys[i] = static
+        # None where a unit is not cacheable, as statics is; a root's key is its fixed part
+        # (a map is never a root), the others' are made once their dependencies are done.
+        self._static = statics.copy()
+        self._keys = keys = statics.copy()
+        for i in itertools.compress(range(n), deps):
+            keys[i] = None
         # Each expanded cacheable map -> its items' shared key part (b"": they run uncached).
         self._item_bases: dict[int, bytes] = {}
         # Keys of items of a map over a unit, computed as it expands, until looked up.

@@ -46,9 +46,12 @@ nothing about units or pickling: :mod:`._cache` makes the keys and the payloads.
   still be served (it was valid: keys are content addresses).
 * **LRU.** With ``size_limit`` (bytes of payload), entries least recently read or written
   are evicted after a write that goes over it (or the first write after another process
-  changed the file, whose writes it cannot count). Read times are batched in memory and written
-  by the writer thread every 10,000 reads and after each run (``close``, a listing and an
-  eviction write them first), so a hit costs no write transaction and nobody waits for one.
+  changed the file, whose writes it cannot count). Once summed, the total is kept exact
+  from each batch's sizes and those of the entries it replaces (its own keys read), so a
+  store at its limit does not sum every entry's size at each commit. Read times are batched
+  in memory and written by the writer thread every 10,000 reads and after each run
+  (``close``, a listing and an eviction write them first), so a hit costs no write
+  transaction and nobody waits for one.
   A batch is stamped with the time it is written, not each read with its own: the order
   between runs is what eviction needs, and a hit then reads no clock.
 
@@ -62,7 +65,9 @@ import atexit
 import contextlib
 import errno
 import hashlib
+import itertools
 import logging
+import operator
 import os
 import sqlite3
 import stat
@@ -99,12 +104,15 @@ _PREFETCH_QUERY: Final = (
     "SELECT key, CASE WHEN size <= ? THEN payload END, checksum FROM entries WHERE key IN ({})"
 )
 _TOUCH_QUERY: Final = "UPDATE entries SET accessed = MAX(accessed, ?) WHERE key IN ({})"
+_TOTAL_QUERY: Final = "SELECT COALESCE(SUM(size), 0) FROM entries"
+_REPLACED_QUERY: Final = "SELECT COALESCE(SUM(size), 0) FROM entries WHERE key IN ({})"
 # A store with at most _SCAN_RATIO entries per key wanted is read whole instead (a scan costs
 # a quarter of a keyed read per row), keeping the wanted rows; payloads over _SCAN_ENTRY_BYTES
 # are left out of the scan (it reads every row's) and read by key afterwards.
 _SCAN_RATIO: Final = 2
 _SCAN_ENTRY_BYTES: Final = 16 << 10
 _SCAN_QUERY: Final = "SELECT key, size, CASE WHEN size <= ? THEN payload END, checksum FROM entries"
+_BYTES_ONLY: Final = frozenset({bytes})
 # How long an idle writer thread of a SQLiteStore waits for more writes before it ends.
 _WRITER_LINGER: Final = 0.5
 # Group commit: the writer lets writes gather for up to _COMMIT_DELAY seconds after the first
@@ -400,14 +408,12 @@ def _check_limit(size_limit: int | None) -> int | None:
     return size_limit
 
 
-class _MemoryEntry:
-    __slots__ = ("accessed", "created", "payload", "unit")
-
-    def __init__(self, unit: str, payload: bytes, now: float) -> None:
-        self.unit = unit
-        self.payload = payload
-        self.created = now
-        self.accessed = now
+# A MemoryStore entry: (unit, payload, created, accessed). A plain tuple of a str, a bytes
+# and two floats, not an object with attributes: the garbage collector stops tracking such
+# a tuple the first time it sees it, where ten thousand entry objects alive for the life of
+# the store were traversed by every full collection (and set them going: a tenth of what
+# caching a no-op unit costs). A read replaces the tuple (its time changes).
+_MemoryEntry = tuple[str, bytes, float, float]
 
 
 # The MemoryStores of this process, for _note_fork.
@@ -444,14 +450,21 @@ class MemoryStore(CacheStore):
         return f"MemoryStore(entries={len(self)}, size_limit={self.size_limit})"
 
     def get(self, key: bytes) -> bytes | None:
-        """The payload under ``key``, now the most recently used, or None."""
+        """The payload under ``key``, now the most recently used, or None.
+
+        A miss (every lookup of a cold run) takes no lock: a single dict lookup is atomic,
+        and one that races a put of the same key is a lookup made just before it.
+        """
+        if key not in self._entries:
+            return None
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 return None
-            entry.accessed = time.time()
+            unit, payload, created, _ = entry
+            self._entries[key] = (unit, payload, created, time.time())
             self._entries.move_to_end(key)
-            return entry.payload
+            return payload
 
     def put(self, key: bytes, unit: str, payload: bytes) -> None:
         """Store ``payload``; evict least recently used entries over the size limit."""
@@ -461,20 +474,21 @@ class MemoryStore(CacheStore):
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
-                self._total -= len(old.payload)
-            self._entries[key] = _MemoryEntry(unit, payload, time.time())
+                self._total -= len(old[1])
+            now = time.time()
+            self._entries[key] = (unit, payload, now, now)
             self._total += len(payload)
             if limit is not None:
                 while self._total > limit:
                     _, evicted = self._entries.popitem(last=False)
-                    self._total -= len(evicted.payload)
+                    self._total -= len(evicted[1])
 
     def discard(self, key: bytes, *, corrupt: bool = False) -> None:
         """Delete the entry under ``key``, if any."""
         with self._lock:
             entry = self._entries.pop(key, None)
             if entry is not None:
-                self._total -= len(entry.payload)
+                self._total -= len(entry[1])
             if corrupt:
                 self.corrupt += 1
 
@@ -486,18 +500,18 @@ class MemoryStore(CacheStore):
                 self._entries.clear()
                 self._total = 0
                 return count
-            keys = [key for key, entry in self._entries.items() if entry.unit == unit]
+            keys = [key for key, entry in self._entries.items() if entry[0] == unit]
             for key in keys:
-                self._total -= len(self._entries.pop(key).payload)
+                self._total -= len(self._entries.pop(key)[1])
             return len(keys)
 
     def entries(self, unit: str | None = None) -> list[CacheEntry]:
         """Every entry (or ``unit``'s), most recently used first."""
         with self._lock:
             return [
-                CacheEntry(e.unit, key.hex(), len(e.payload), e.created, e.accessed)
-                for key, e in reversed(self._entries.items())
-                if unit is None or e.unit == unit
+                CacheEntry(name, key.hex(), len(payload), created, accessed)
+                for key, (name, payload, created, accessed) in reversed(self._entries.items())
+                if unit is None or name == unit
             ]
 
     def __len__(self) -> int:
@@ -769,6 +783,10 @@ class SQLiteStore(CacheStore):
             connection.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
             self._enable_wal(connection)
             connection.execute("PRAGMA synchronous = NORMAL")
+            # A statement of many rows inside a transaction keeps a statement journal (to
+            # undo that statement alone); past 64 KiB SQLite spills it to a temporary file,
+            # written and read back for every large insert: a third of the insert's CPU.
+            connection.execute("PRAGMA temp_store = MEMORY")
             connection.execute("BEGIN IMMEDIATE")
             try:
                 self._check_or_create(connection)
@@ -938,10 +956,11 @@ class SQLiteStore(CacheStore):
 
     def _prefetch(self, keys: Collection[bytes]) -> None:
         connection = self._connection()
-        wanted = [key for key in keys if key not in self._prefetched]
+        prefetched, absent = self._prefetched, self._absent
+        # (A run's first read ahead, the common case, finds nothing read yet: a copy.)
+        wanted = [key for key in keys if key not in prefetched] if prefetched else list(keys)
         if not wanted:
             return
-        prefetched, absent = self._prefetched, self._absent
         budget = _PREFETCH_BYTES - sum(len(payload) for payload in prefetched.values() if payload)
         damaged: list[bytes] = []
         if len(wanted) >= _PREFETCH_CHUNK:
@@ -980,26 +999,43 @@ class SQLiteStore(CacheStore):
         Left: the wanted keys found with a payload the scan did not read (over
         ``_SCAN_ENTRY_BYTES``), for the keyed reads to decide about. The keys of damaged
         entries are added to ``damaged``.
+
+        The rows come a few hundred at a time (never the whole store in memory at once). A
+        chunk of small payloads within the budget (a warm run's, row after row) is checked
+        and kept in C loops, one pass per column instead of a Python loop per row; any other
+        chunk goes row by row.
         """
-        prefetched, absent = self._prefetched, self._absent
+        prefetched = self._prefetched
         looking = set(wanted)
-        missing = set(looking)  # marked missing after the scan (see _prefetch)
-        left = []
-        rows = connection.execute(_SCAN_QUERY, (_SCAN_ENTRY_BYTES,))
-        for key, size, payload, stored in rows:
-            if key not in looking:
+        left: list[bytes] = []
+        crc32 = zlib.crc32
+        cursor = connection.execute(_SCAN_QUERY, (_SCAN_ENTRY_BYTES,))
+        while rows := cursor.fetchmany(_PREFETCH_CHUNK):
+            keys, sizes, payloads, stored = zip(*rows, strict=True)
+            if set(map(type, payloads)) == _BYTES_ONLY and sum(sizes) <= budget:
+                wanted_here = list(map(looking.__contains__, keys))
+                intact = list(map(operator.eq, map(crc32, payloads, map(crc32, keys)), stored))
+                kept = list(map(operator.and_, wanted_here, intact))
+                prefetched.update(itertools.compress(zip(keys, payloads, strict=True), kept))
+                budget -= sum(itertools.compress(sizes, kept))
+                if not all(intact):
+                    checked = zip(keys, wanted_here, intact, strict=True)
+                    damaged.extend(key for key, want, ok in checked if want and not ok)
                 continue
-            missing.discard(key)
-            if payload is None:
-                left.append(key)
-            elif size > budget:
-                prefetched[key] = None  # present, but read when looked up
-            elif _intact(key, payload, stored):
-                prefetched[key] = payload
-                budget -= size
-            else:
-                damaged.append(key)
-        absent.update(missing)
+            for key, size, payload, check in rows:
+                if key not in looking:
+                    continue
+                if payload is None:
+                    left.append(key)
+                elif size > budget:
+                    prefetched[key] = None  # present, but read when looked up
+                elif type(payload) is bytes and crc32(payload, crc32(key)) == check:  # _intact
+                    prefetched[key] = payload
+                    budget -= size
+                else:
+                    damaged.append(key)
+        # Marked missing after the scan, not before (see _prefetch): what it did not find.
+        self._absent.update(looking.difference(prefetched, left, damaged))
         return left, budget
 
     def _forget_prefetched(self) -> None:
@@ -1107,11 +1143,14 @@ class SQLiteStore(CacheStore):
             try:
                 connection = self._connection()
                 with _Transaction(connection):
-                    _insert(connection, batch, units)
                     limit = self.size_limit
-                    if limit is not None:
+                    if limit is None:
+                        _insert(connection, batch, units)
+                    else:
                         added = sum(map(len, batch.values()))
-                        self._evict(connection, limit, next(reversed(batch)), added)
+                        replaced = self._replaced_size(connection, batch, limit, added)
+                        _insert(connection, batch, units)
+                        self._evict(connection, limit, next(reversed(batch)), added, replaced)
             except Exception as error:  # any: the writer thread must live on (out of memory)
                 self.write_errors += len(batch)
                 LOGGER.warning(
@@ -1123,24 +1162,66 @@ class SQLiteStore(CacheStore):
             finally:
                 self._committing = False
 
-    def _evict(self, connection: sqlite3.Connection, limit: int, keep: bytes, added: int) -> None:
+    def _replaced_size(
+        self, connection: sqlite3.Connection, batch: dict[bytes, bytes], limit: int, added: int
+    ) -> int | None:
+        """The payload bytes the batch replaces, when they decide whether it fits (in a write).
+
+        Only when the total is known exactly (summed, or kept since, with no write of
+        another process in between) and the batch may take it over the limit: the batch's
+        keys are read, a few hundred per query, instead of the whole store's sizes (at the
+        limit, every commit would sum them: linear in the store's rows). None otherwise.
+        """
+        known = self._known_total
+        if known is None or self._unchecked or known + added <= limit:
+            return None
+        (version,) = connection.execute("PRAGMA data_version").fetchone()
+        if version != self._summed_version:
+            return None
+        keys = list(batch)
+        replaced = 0
+        for start in range(0, len(keys), _PREFETCH_CHUNK):
+            chunk = keys[start : start + _PREFETCH_CHUNK]
+            query = _REPLACED_QUERY.format(",".join("?" * len(chunk)))
+            (size,) = connection.execute(query, chunk).fetchone()
+            replaced += size
+        return replaced
+
+    def _evict(
+        self,
+        connection: sqlite3.Connection,
+        limit: int,
+        keep: bytes,
+        added: int,
+        replaced: int | None,
+    ) -> None:
         """Delete least recently used entries while the store is over ``limit`` (in a write).
 
-        The total is summed only when the running estimate says it may be over the limit,
-        or another connection (process) changed the file since it was last summed: SQLite's
-        ``data_version`` tells, without reading the file.
+        With ``replaced`` (see _replaced_size) the total is exact without reading the store.
+        Otherwise it is summed only when the running estimate (which counts a replaced
+        entry twice) says it may be over the limit, or another connection (process) changed
+        the file since it was last summed: SQLite's ``data_version`` tells, without reading
+        the file. Once summed, the total is kept exact through the evictions that follow.
         """
-        self._unchecked += added
-        (version,) = connection.execute("PRAGMA data_version").fetchone()
-        if (
-            self._known_total is not None
-            and self._known_total + self._unchecked <= limit
-            and version == self._summed_version
-        ):
-            return
-        self._summed_version = version
-        self._apply_touches(connection)
-        (total,) = connection.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()
+        if replaced is not None:
+            assert self._known_total is not None  # (what gave a replaced size)
+            total = self._known_total + added - replaced
+            if total <= limit:
+                self._known_total = total
+                return
+            self._apply_touches(connection)
+        else:
+            self._unchecked += added
+            (version,) = connection.execute("PRAGMA data_version").fetchone()
+            if (
+                self._known_total is not None
+                and self._known_total + self._unchecked <= limit
+                and version == self._summed_version
+            ):
+                return
+            self._summed_version = version
+            self._apply_touches(connection)
+            (total,) = connection.execute(_TOTAL_QUERY).fetchone()
         if total > limit:
             self._index_for_eviction(connection)  # the limit may have been set after opening
             doomed = []
@@ -1171,6 +1252,7 @@ class SQLiteStore(CacheStore):
             connection = self._connection()
             with _Transaction(connection):
                 connection.execute("DELETE FROM entries WHERE key = ?", (key,))
+            self._known_total = None  # summed again when a write may take it over the limit
 
     def clear(self, unit: str | None = None) -> int:
         """Delete every entry, or ``unit``'s; return how many."""
@@ -1217,9 +1299,7 @@ class SQLiteStore(CacheStore):
         """Bytes of payload stored."""
         with self._lock:
             self._commit_queued()
-            (total,) = (
-                self._connection().execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()
-            )
+            (total,) = self._connection().execute(_TOTAL_QUERY).fetchone()
         return int(total)
 
     # -- batched read times ----------------------------------------------------------------
