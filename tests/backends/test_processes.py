@@ -1971,3 +1971,27 @@ def test_an_interrupt_as_one_lane_closes_still_closes_the_lanes_after_it():
     pid = p.get_partial_results()["pid"]
     assert pid != os.getpid()
     assert _wait_gone(pid)
+
+
+def test_a_run_interrupted_before_it_is_driven_keeps_a_reused_backends_workers():
+    """A run_started hook's Ctrl-C (the run claimed, not driven: nothing ran) lets go of a
+    reused backend's workers as a run that ended does: the next run has the same worker.
+    (They were killed, and the next run started new ones.)"""
+
+    class InterruptOnce(Instrument):
+        armed = True
+
+        def run_started(self, event):
+            if self.armed:
+                self.armed = False
+                raise KeyboardInterrupt
+
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: os.getpid(), name="a")
+    with ProcessBackend(1, reuse=True) as backend:
+        first = p.execute(backend=backend)["a"]
+        p.instruments.append(InterruptOnce())
+        with pytest.raises(KeyboardInterrupt):
+            p.execute(backend=backend)
+        assert p.units["a"].state is UnitState.CANCELED
+        assert p.execute(backend=backend)["a"] == first

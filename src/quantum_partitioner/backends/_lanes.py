@@ -254,10 +254,13 @@ class LaneBackend(Backend):
         self._claimed = (run, outcomes, previous_wake)
 
     def release(self, run: Run) -> None:
-        """Close the lanes of a claimed run that was not driven (nothing ran on them)."""
+        """Close the lanes of a claimed run that was not driven (nothing ran on them).
+
+        As after a run that ended: a reused process lane keeps its idle workers.
+        """
         claimed = self._claimed
         if claimed is not None and claimed[0] is run:
-            self._let_go(cancel=True)
+            self._let_go(cancel=False)  # nothing ran: idle workers a reused lane keeps stay
 
     def _let_go(self, *, cancel: bool) -> None:
         """Close the claimed run's lanes (stopping what runs, with ``cancel``); free them."""
