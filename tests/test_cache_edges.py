@@ -688,6 +688,24 @@ def test_a_closure_kept_unread_is_keyed_with_the_module_it_had_when_added():
     assert {name: p._function_fingerprint(p.units[name]) for name in when_added} == when_added
 
 
+def test_a_global_rebound_after_a_run_without_cacheable_units_is_seen_by_units_added_then():
+    """A run ends the build whether or not any unit of it was cacheable: a closure added
+    after it is keyed with the globals of its namespace then. (A run without cacheable units
+    kept the build's template, and its globals as the first closure's add read them.)"""
+    p = CachingQuantumPartitioner(cache_store=MemoryStore(), default_execution_mode=SEQUENTIAL)
+    namespace = {"OFFSET": 1, "__name__": "factory_module"}
+    exec(_FACTORY, namespace)
+    make = namespace["make"]
+    p.add_unit(make(0), name="u0", metadata={"cacheable": True})
+    p.add_unit(make(0), name="u0", replace=True)  # not cacheable now
+    p.execute()
+    namespace["OFFSET"] = 2
+    later = make(1)
+    p.add_unit(later, name="u1", metadata={"cacheable": True})
+    assert p._function_fingerprint(p.units["u1"]) == _fingerprint.function_fingerprint(later)
+    assert p.execute()["u1"] == (1, 2)
+
+
 def test_a_refused_add_units_leaves_the_records_as_they_were():
     """add_units refused at a unit whose function cannot be fingerprinted adds none: the
     closures fingerprinted before it leave no record (one kept unread replaced the record of

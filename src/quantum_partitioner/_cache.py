@@ -475,6 +475,7 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         """A run's cache, or None when no unit is cacheable (then runs pay nothing)."""
         units = run.graph.units
         if not any(metadata_of(unit).get("cacheable") for unit in units):
+            self._forget_build()  # a run all the same: units added after it read modules afresh
             return None
         graph = self._compiled()  # the declared graph (a run with maps grows a copy of it)
         known = self._graph_keys
