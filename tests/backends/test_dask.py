@@ -1377,3 +1377,26 @@ def test_deadline_cancels_what_runs_on_the_cluster(client):
     assert p.last_execution_metrics["stop_reason"] == "deadline"
     assert wait_for(lambda: not run_keys(client, "slow-"))
     time.sleep(1.6)  # let the worker thread finish sleeping before the next test
+
+
+def test_a_run_interrupted_before_it_is_driven_lets_go_of_the_cluster(client):
+    """A run_started hook's Ctrl-C after the backend claimed the run (its context sent to
+    the cluster): the claim is let go of, every unit is CANCELED, and the next run on the
+    same backend runs."""
+
+    class InterruptOnce(Instrument):
+        armed = True
+
+        def run_started(self, event):
+            if self.armed:
+                self.armed = False
+                raise KeyboardInterrupt
+
+    backend = DaskBackend(client)
+    p = QuantumPartitioner(instruments=[InterruptOnce()])
+    p.add_unit(lambda ctx: ctx["x"], name="a")
+    with pytest.raises(KeyboardInterrupt):
+        p.execute({"x": 1}, backend=backend)
+    assert p.units["a"].state is UnitState.CANCELED
+    assert not backend._claimed  # its context left the cluster
+    assert p.execute({"x": 2}, backend=backend) == {"a": 2}
