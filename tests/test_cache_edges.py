@@ -958,3 +958,34 @@ def test_a_store_given_a_relative_path_stays_in_its_file_after_a_change_of_direc
         assert os.waitstatus_to_exitcode(status) == 0
         assert store.get(b"c" * 32) == b"yours"
     assert list((tmp_path / "second").iterdir()) == []
+
+
+def test_a_run_refused_while_another_runs_leaves_the_keys_alone():
+    """execute while the partitioner runs is refused before anything of the run is made:
+    its context is not fingerprinted (one that cannot be raised TypeError instead of the
+    refusal) and the keys the running run's graph keeps are not rewritten for it."""
+    p = CachingQuantumPartitioner(cache_store=MemoryStore())
+    started, release = threading.Event(), threading.Event()
+
+    def waits(ctx):
+        started.set()
+        release.wait(30)
+        return ctx["x"]
+
+    p.add_unit(
+        waits, name="waits", metadata={"cacheable": True, "cache_ignore": ["started", "release"]}
+    )
+    results = {}
+    running = threading.Thread(target=lambda: results.update(p.execute({"x": 1})))
+    running.start()
+    try:
+        assert started.wait(30)
+        statics = list(p._graph_keys.statics)
+        for refused in ({"x": 2}, {"x": threading.Lock()}):
+            with pytest.raises(RuntimeError, match="already executing"):
+                p.execute(refused, SEQUENTIAL)
+        assert p._graph_keys.statics == statics
+    finally:
+        release.set()
+        running.join(30)
+    assert results == {"waits": 1}

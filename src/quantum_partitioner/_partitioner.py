@@ -1140,12 +1140,13 @@ class QuantumPartitioner(Generic[T, R]):
             deadline=run_deadline,
             limit_plan=limit_plan,
         )
-        run.cache = self._cache_for(run)
         with self._lock:
             if self._active_run is not None:
                 raise RuntimeError("this partitioner is already executing; wait for it to end")
             self._active_run = run
         try:
+            # Once the partitioner is this run's: the keys' parts it keeps are the run's own.
+            run.cache = self._cache_for(run)
             # Its clock starts before the backend takes it on: workers starting are in the run.
             run.begin()
             chosen.claim(run)
