@@ -19,6 +19,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from quantum_partitioner import Instrument
+
 # -- returning values ------------------------------------------------------------------------
 
 
@@ -484,3 +486,19 @@ def _fail_first_item(seconds: float, ctx: Any) -> Any:
         raise ValueError("the first item fails")
     time.sleep(seconds)
     return ctx.item
+
+
+# -- instruments -----------------------------------------------------------------------------
+
+
+class InterruptOnFirstRunStart(Instrument):
+    """Raises KeyboardInterrupt from the first ``run_started`` it sees: a run its backend
+    claimed and that is let go of before it is driven."""
+
+    def __init__(self) -> None:
+        self.armed = True
+
+    def run_started(self, event: Any) -> None:
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt

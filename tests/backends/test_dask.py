@@ -50,6 +50,7 @@ from quantum_partitioner import (  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _dask_units as units  # noqa: E402 - needs the sys.path entry above
+from _contract_units import InterruptOnFirstRunStart  # noqa: E402 - the same directory
 
 #: Without a dashboard, a scheduler still serves HTTP, on port 8787 unless told otherwise;
 #: another cluster on this machine (the second one below, or anyone's) would collide with it.
@@ -1384,16 +1385,8 @@ def test_a_run_interrupted_before_it_is_driven_lets_go_of_the_cluster(client):
     the cluster): the claim is let go of, every unit is CANCELED, and the next run on the
     same backend runs."""
 
-    class InterruptOnce(Instrument):
-        armed = True
-
-        def run_started(self, event):
-            if self.armed:
-                self.armed = False
-                raise KeyboardInterrupt
-
     backend = DaskBackend(client)
-    p = QuantumPartitioner(instruments=[InterruptOnce()])
+    p = QuantumPartitioner(instruments=[InterruptOnFirstRunStart()])
     p.add_unit(lambda ctx: ctx["x"], name="a")
     with pytest.raises(KeyboardInterrupt):
         p.execute({"x": 1}, backend=backend)

@@ -39,6 +39,9 @@ from quantum_partitioner.backends import ProcessBackend, _processes
 from quantum_partitioner.backends import _processes as processes
 from quantum_partitioner.backends._processes import ProcessLane
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _contract_units import InterruptOnFirstRunStart  # needs the sys.path entry above
+
 PROCESS = ExecutionMode.PROCESS
 FAST_RETRY = RetryPolicy(backoff=ExponentialBackoff(initial=0.001, jitter=0))
 
@@ -1978,19 +1981,11 @@ def test_a_run_interrupted_before_it_is_driven_keeps_a_reused_backends_workers()
     reused backend's workers as a run that ended does: the next run has the same worker.
     (They were killed, and the next run started new ones.)"""
 
-    class InterruptOnce(Instrument):
-        armed = True
-
-        def run_started(self, event):
-            if self.armed:
-                self.armed = False
-                raise KeyboardInterrupt
-
     p = QuantumPartitioner()
     p.add_unit(lambda ctx: os.getpid(), name="a")
     with ProcessBackend(1, reuse=True) as backend:
         first = p.execute(backend=backend)["a"]
-        p.instruments.append(InterruptOnce())
+        p.instruments.append(InterruptOnFirstRunStart())
         with pytest.raises(KeyboardInterrupt):
             p.execute(backend=backend)
         assert p.units["a"].state is UnitState.CANCELED
