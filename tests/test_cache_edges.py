@@ -759,6 +759,62 @@ def test_a_closure_kept_unread_whose_namespace_cannot_be_fingerprinted_fails_the
     assert ran == []
 
 
+def test_one_metadata_dict_for_many_units_is_checked_as_each_new_one_is():
+    """add_unit checks a metadata object once while unit after unit passes that very
+    object; any other object is checked in full, whatever came before it: a unit without
+    metadata is not cached, bad cache metadata and a bad estimated_duration raise."""
+    p = CachingQuantumPartitioner(cache_store=MemoryStore(), default_execution_mode=SEQUENTIAL)
+    make, ran, lock = _factory(1), [], threading.Lock()
+
+    def not_cacheable(ctx):  # and it could not be: a lock cannot be fingerprinted
+        with lock:
+            ran.append(ctx.unit_id)
+
+    shared = {"cacheable": True}
+    p.add_unit(not_cacheable, name="plain")  # first, without any
+    for k in range(3):
+        p.add_unit(make(k), name=f"u{k}", metadata=shared)
+    with pytest.raises(TypeError, match=r"unit 'bad'.*cache_ignore"):
+        p.add_unit(make(9), name="bad", metadata={"cacheable": True, "cache_ignore": "k"})
+    with pytest.raises(ValueError, match=r"unit 'slow'.*estimated_duration"):
+        p.add_unit(make(9), name="slow", metadata={"cacheable": True, "estimated_duration": -1})
+    p.add_unit(make(3), name="u3", metadata=shared)
+    assert set(p.units) == {"plain", "u0", "u1", "u2", "u3"}
+    assert p.execute()["u3"] == (3, 1)
+    p.add_unit(not_cacheable, name="plain2")  # first after a run
+    p.execute()
+    p.execute()
+    assert ran == ["plain", "plain", "plain2", "plain", "plain2"]
+    assert (p.cache_hits, p.cache_misses) == (8, 4)
+
+
+def test_a_shared_metadata_dict_changed_after_add_unit_is_read_again_by_the_run():
+    """Units keep the metadata dict they are given: cache_ignore added to a dict that units
+    share, after some of them were added, is honoured for each of them by the next run."""
+    p = CachingQuantumPartitioner(cache_store=MemoryStore(), default_execution_mode=SEQUENTIAL)
+    make = _factory(1)
+    shared = {"cacheable": True}
+    p.add_unit(make(0), name="before", metadata=shared)
+    shared["cache_ignore"] = ["k"]
+    p.add_unit(make(1), name="after", metadata=shared)
+    ignoring = frozenset({"k"})
+    assert {name: p._function_fingerprint(unit) for name, unit in p.units.items()} == {
+        "before": _fingerprint.function_fingerprint(p.units["before"].function, ignoring),
+        "after": _fingerprint.function_fingerprint(p.units["after"].function, ignoring),
+    }
+
+
+def test_a_caching_partitioner_keeps_its_instance_dict_within_the_inline_limit():
+    """Its own attributes are slots: CPython keeps an instance's attributes inline (its
+    attribute reads and method lookups specialised) only up to 30 names, and a dict past
+    that made every unit added cost ~800 instructions more."""
+    p = CachingQuantumPartitioner(cache_store=MemoryStore())
+    assert len(p.__dict__) <= 30, sorted(p.__dict__)
+    assert p.cache_hits == 0
+    p.note = "a caller's own attribute"  # the instance dict stays
+    assert p.note == "a caller's own attribute"
+
+
 # -- fork --------------------------------------------------------------------------------------
 
 

@@ -221,6 +221,30 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
     .. versionadded:: 0.1
     """
 
+    # Its own attributes are slots, leaving the instance dict the base class's (24 names):
+    # CPython keeps an instance's attributes inline, where an attribute read or a method
+    # lookup on the partitioner is specialised, only up to 30 names (with its 15 here, a
+    # dict of 39 made each attribute and method on the partitioner a dict lookup: ~800
+    # instructions per added unit, in add_unit and the loop calling it). The instance dict
+    # stays, so a subclass or a caller can still set attributes of its own.
+    __slots__ = (
+        "_cache_errors",
+        "_cache_skipped",
+        "_cache_writes",
+        "_cacheable_metadata",
+        "_counts",
+        "_fingerprints",
+        "_graph_keys",
+        "_last_function",
+        "_last_record",
+        "_module_memo",
+        "_pending",
+        "_recent",
+        "cache",
+        "cache_hits",
+        "cache_misses",
+    )
+
     def __init__(
         self,
         max_workers: int | None = None,
@@ -260,6 +284,9 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         self._pending: list[Any] = []
         self._last_function: object = None
         self._last_record: Fingerprinted = _NO_RECORD
+        # The metadata object last found equal to {"cacheable": True} (see _admit); never
+        # None, a unit's metadata when it has none.
+        self._cacheable_metadata: object = _CACHEABLE
         # What the keys of the compiled graph need that no run changes (its last cached run).
         self._graph_keys: _GraphKeys | None = None
 
@@ -298,7 +325,15 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
                 metadata has the wrong type. The unit is not added.
         """
         metadata = unit._metadata  # read directly: a unit without metadata has None here
-        if metadata != _CACHEABLE:  # anything but the commonest metadata: check it all
+        # Most builds give their cacheable units one dict: the very object found equal to
+        # {"cacheable": True} for a unit before is one identity test, not a comparison.
+        # (Units keep the dict they are given: one changed since changed that unit's
+        # metadata too, and a run reads it again, see _function_fingerprint and _cache_for.)
+        if metadata is self._cacheable_metadata:
+            pass
+        elif metadata == _CACHEABLE:
+            self._cacheable_metadata = metadata
+        else:  # anything but the commonest metadata: check it all
             if not metadata or not metadata.get("cacheable"):
                 if self._pending and unit.id in self.units:  # _keep's test, inlined
                     self._settle()
@@ -493,6 +528,7 @@ class CachingQuantumPartitioner(QuantumPartitioner[T, R]):
         self._module_memo.clear()
         self._recent = NO_TEMPLATE
         self._last_function, self._last_record = None, _NO_RECORD
+        self._cacheable_metadata = _CACHEABLE
 
     def _finish(self, run: Run) -> None:
         cache = run.cache

@@ -249,6 +249,7 @@ class QuantumPartitioner(Generic[T, R]):
         self._last_recorder: TraceRecorder | None = None
         self._last_metrics: dict[str, Any] | None = None
         self._active_run: Run | None = None
+        self._checked_metadata: object = None  # the metadata add_unit checked last
         self._lock = threading.Lock()
         self._limits: dict[str, Limit] = {}
         #: The compiled limits of the last graph: ``(graph, limits by name, plan)``.
@@ -420,8 +421,13 @@ class QuantumPartitioner(Generic[T, R]):
             if metadata is not None:
                 # check_metadata's own test of a dict, inlined: a cacheable unit's metadata
                 # ({"cacheable": True}) is a dict without an estimated_duration to check.
-                if type(metadata) is not dict or "estimated_duration" in metadata:
-                    check_metadata(unit_id, metadata)
+                # The very object checked for a unit before (many units given one dict) is
+                # not checked again: units keep the dict they are given, so one changed
+                # since changed that unit's metadata too.
+                if metadata is not self._checked_metadata:
+                    if type(metadata) is not dict or "estimated_duration" in metadata:
+                        check_metadata(unit_id, metadata)
+                    self._checked_metadata = metadata
                 unit._metadata = metadata
         else:
             rule = ALL_SUCCESS if run_if == "all_success" else _join_rule_of(unit_id, run_if)
