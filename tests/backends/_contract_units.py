@@ -134,6 +134,17 @@ def _record(metrics: dict[str, Any], ctx: Any) -> None:
         ctx.record_metric(name, value)
 
 
+def sleep_then_record(seconds: float, name: str) -> partial[str]:
+    """A unit sleeping ``seconds``, then recording metric ``name`` and returning "late"."""
+    return partial(_sleep_then_record, seconds, name)
+
+
+def _sleep_then_record(seconds: float, name: str, ctx: Any) -> str:
+    time.sleep(seconds)
+    ctx.record_metric(name, 1)
+    return "late"
+
+
 # -- failing ---------------------------------------------------------------------------------
 
 

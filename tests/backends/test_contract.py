@@ -229,6 +229,20 @@ def test_record_metric_shows_up_in_unit_metrics(mode):
 # -- failures --------------------------------------------------------------------------------
 
 
+def test_a_timed_out_attempt_leaves_no_metrics(mode):
+    """An attempt that returns after its timeout keeps none of its metrics, as its result.
+
+    Where it cannot be stopped (a thread, an executor's worker) it returns while the run goes
+    on (``long``): CUSTOM kept what it recorded, under a unit that is TIMEOUT.
+    """
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.sleep_then_record(0.4, "late"), name="late", timeout=0.1)
+    p.add_unit(u.sleep(1.0, "long"), name="long")
+    assert mode.execute(p) == {"long": "long"}
+    assert p.units["late"].state is UnitState.TIMEOUT
+    assert p.last_execution_metrics["unit_metrics"] == {}
+
+
 def test_failure_marks_unit_failed_with_exception_and_traceback(mode):
     """A raising unit is FAILED with its exception, whose traceback names the unit function."""
     p = QuantumPartitioner()

@@ -21,9 +21,11 @@ runs next: it asks the run's scheduler. Each backend:
   :class:`CarriedBaseException` (the process there may not survive it otherwise) and the
   driver fails the unit with the exception it carries;
 * applies the ``ctx.pause_limit`` calls of an attempt that ran elsewhere, whatever its
-  outcome (``run.keep_metrics`` for a result, ``run.apply_pauses`` for a failure, before
-  reporting it): they travel in its metrics, or in the :class:`CarriedBaseException` of a
-  failure (:func:`carried_failure`);
+  outcome (``run.keep_attempt_metrics`` for a result, ``run.apply_pauses`` for a failure,
+  before reporting it): they travel in its metrics, or in the :class:`CarriedBaseException`
+  of a failure (:func:`carried_failure`); the other metrics of an attempt that is no longer
+  current (timed out, cancelled) are dropped with its result, and an attempt that consults
+  the cache itself stores its result with ``run.remember`` (never a late one);
 * for maps: grows its own per-unit lists when items appear (``run.on_grow``); a backend
   that keeps results elsewhere sets ``run.fetch_value`` (what ``when=`` predicates read)
   and ``run.count_items`` (measure the result a map maps over where it is, and hand each

@@ -380,7 +380,7 @@ class LaneBackend(Backend):
             now = run.clock()
         if ok:
             if metrics:
-                run.keep_metrics(i, metrics)
+                run.keep_attempt_metrics(i, attempt, metrics)
             current = sched.complete(i, attempt, value, now) >= 0
             if current and run.cache is not None and not lane.calls_in_process:
                 run.cache.remember(run, i, value)  # a fresh result: hits never come here
