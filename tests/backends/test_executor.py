@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import sys
 import threading
+import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -152,6 +153,40 @@ def test_any_executor_subclass_works():
     assert (results["a"], results["b"]) == (1, 2)
     assert results["where"] == threading.get_ident()
     assert p.units["fails"].state is UnitState.FAILED
+
+
+def _stopping_graph(how):
+    """Units the run must stop partway through, ``how`` being what stops it."""
+    p = QuantumPartitioner()
+    if how == "fail_fast":
+        p.add_unit(units.remote_failure, name="boom", priority=1)
+    if how == "cancel":
+        p.on_unit_complete = lambda unit_id, result: p.cancel()
+    for k in range(4):
+        p.add_unit(
+            lambda ctx: time.sleep(0.15), name=f"u{k}", timeout=0.1 if how == "timeout" else None
+        )
+    return p
+
+
+@pytest.mark.parametrize("how", ["deadline", "cancel", "fail_fast", "timeout"])
+def test_an_executor_that_runs_calls_inside_submit_stops_as_sequential_does(how):
+    """The run's deadline, cancel(), fail_fast and timeouts hold between inline calls.
+
+    The driver handed every ready unit over in one pass: with an executor that calls the
+    function inside submit(), all four ran (0.6 s) whatever stopped the run, and each ran
+    past its timeout was COMPLETED.
+    """
+    options = {"deadline": 0.2} if how == "deadline" else {"fail_fast": how == "fail_fast"}
+    reference = _stopping_graph(how)
+    reference.execute({}, ExecutionMode.SEQUENTIAL, **options)
+    p = _stopping_graph(how)
+    p.execute({}, CUSTOM, custom_executor=InlineExecutor(), **options)
+    assert {n: unit.state for n, unit in p.units.items()} == {
+        n: unit.state for n, unit in reference.units.items()
+    }
+    if how != "timeout":
+        assert p.units["u3"].state is UnitState.CANCELED
 
 
 # -- process pools ---------------------------------------------------------------------------

@@ -21,6 +21,11 @@ until the function returns: only the executor can stop its workers. Until then t
 counts as taken, so the next attempt is not queued behind it inside the executor, where its
 own timeout would run while it waits. The executor is never shut down here: it belongs to
 the caller.
+
+An executor may run the call inside ``submit`` (a synchronous one): the driver then settles
+each outcome before it hands over the next attempt, acting first on what fell due during
+the call, as SEQUENTIAL does: a call past its timeout is TIMEOUT, and the run's deadline,
+``cancel()`` and ``fail_fast`` stop the run between two calls.
 """
 
 from __future__ import annotations
@@ -106,6 +111,7 @@ class ExecutorLane(FutureLane):
     """
 
     name = "custom"
+    may_run_in_submit = True  # an executor may call the function before submit returns
 
     def __init__(self, executor: Executor, max_workers: int | None = None) -> None:
         """Wrap ``executor``."""
