@@ -194,6 +194,38 @@ def test_leaving_an_astream_cancels_its_coroutines(tmp_path):
     assert not any(line == f"end {name}" for line in lines(log) for name in cancelled)
 
 
+def test_a_timeout_around_an_astream_fires_while_it_waits_for_the_run_to_end():
+    """asyncio.timeout() fires while leaving the stream waits for a cancelled unit's cleanup.
+
+    The wait swallowed every exception, the caller's cancellation too: the timeout never
+    raised TimeoutError and the code after it went on as if nothing had happened.
+    """
+
+    async def cleans_up_slowly(ctx):
+        try:
+            await asyncio.sleep(30)
+        finally:
+            await asyncio.sleep(2)
+
+    p = QuantumPartitioner()
+    p.add_unit(u.async_times("x", 2), name="first", priority=1)
+    p.add_unit(cleans_up_slowly, name="slow")
+
+    async def main():
+        async with asyncio.timeout(0.5):
+            async with p.astream({"x": 1}) as results:
+                async for done in results:
+                    assert done.name == "first"
+                    break  # leaving waits for slow's cleanup (2 s): the timeout fires first
+
+    began = time.monotonic()
+    with pytest.raises(TimeoutError):
+        asyncio.run(main())
+    assert time.monotonic() - began < 1.9
+    assert p._active_run is None
+    assert p.units["slow"].state is UnitState.CANCELED
+
+
 def test_astream_raises_task_error_after_the_last_record():
     """raise_on_error=True: records first, then TaskError from the async iteration."""
     from quantum_partitioner import TaskError  # noqa: PLC0415 - only this test needs it

@@ -25,7 +25,6 @@ State: a stream follows one run; iterating it a second time yields nothing more.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import threading
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Self, final
@@ -362,8 +361,7 @@ class AsyncResultStream:
                 if isinstance(item, _End):
                     self._ended = True
                     assert self._task is not None
-                    with contextlib.suppress(BaseException):
-                        await self._task  # its outcome is ``item``
+                    await _wait_for_run(self._task)  # its outcome is ``item``
                     if item.error is not None:
                         raise item.error
                     return
@@ -379,5 +377,21 @@ class AsyncResultStream:
             return
         self._ended = True
         _cancel(self._collector.run if self._collector is not None else None)
-        with contextlib.suppress(BaseException):
-            await task
+        await _wait_for_run(task)
+
+
+async def _wait_for_run(task: asyncio.Task[object]) -> None:
+    """Wait until the run's task has ended, whatever it raised: its last record says that.
+
+    The caller's own cancellation while it waits (a timeout around the stream,
+    ``task.cancel()``) is not the run's outcome: it propagates (the run is cancelled with
+    it), or the caller's timeout would never fire.
+    """
+    try:
+        await task
+    except asyncio.CancelledError:
+        me = asyncio.current_task()
+        if me is not None and me.cancelling():
+            raise
+    except BaseException:  # noqa: S110 - the run's outcome, which its last record carries
+        pass
