@@ -222,6 +222,39 @@ def test_cancelled_units_finish_their_cleanup(strategy, bounded):
     assert p.units["timed"].state is UnitState.TIMEOUT
 
 
+def test_units_that_end_in_one_loop_iteration_are_reported_in_the_order_they_ended():
+    """Coroutines woken together end in the order they waited, and are reported so.
+
+    The driver settled the tasks that ended since it last looked last first: every
+    callback and stream record of such a batch came in reverse order.
+    """
+    waited: list[str] = []
+    events: dict[str, asyncio.Event] = {}
+
+    def event(name):
+        return events.setdefault(name, asyncio.Event())  # made on the run's loop
+
+    async def waits(ctx):
+        waited.append(ctx.unit_id)
+        if len(waited) == 5:
+            event("all waiting").set()
+        await event("open").wait()
+        return ctx.unit_id
+
+    async def opens(ctx):
+        await event("all waiting").wait()
+        event("open").set()
+
+    p = QuantumPartitioner()
+    for k in range(5):
+        p.add_unit(waits, name=f"w{k}")
+    p.add_unit(opens, name="opens")
+    ended = []
+    p.on_unit_complete = lambda unit_id, result: ended.append(unit_id)
+    p.execute({}, execution_mode=ASYNC)
+    assert [name for name in ended if name != "opens"] == waited
+
+
 @pytest.mark.parametrize("strategy", [None, "resource_balanced"])
 def test_a_coroutine_that_swallows_its_timeout_leaves_no_result_nor_metrics(strategy):
     """Its late return is not cached (a later run was served it, COMPLETED), nor its metrics kept.

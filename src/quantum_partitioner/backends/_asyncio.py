@@ -381,12 +381,15 @@ class AsyncBackend(Backend):
                     task = asyncio.create_task(finish_plain(run, i, attempt, called))
                 task.add_done_callback(functools.partial(on_done, i, attempt))
                 tasks[i] = (attempt, task, called)
-            while finished:
-                i, attempt, task = finished.pop()
-                current = tasks.get(i)
-                if current is not None and current[0] == attempt:
-                    del tasks[i]
-                self._settle(run, i, attempt, task)
+            if finished:
+                # In the order they ended (events, stream records); tasks' done callbacks
+                # run from the loop, never while this runs, so the list does not grow here.
+                for i, attempt, task in finished:
+                    current = tasks.get(i)
+                    if current is not None and current[0] == attempt:
+                        del tasks[i]
+                    self._settle(run, i, attempt, task)
+                finished.clear()
             if (
                 not sched.is_active()
                 or (
