@@ -1147,6 +1147,7 @@ class QuantumPartitioner(Generic[T, R]):
             deadline=run_deadline,
             limit_plan=limit_plan,
         )
+        recorder = next((i for i in instruments if isinstance(i, TraceRecorder)), None)
         with self._lock:
             if self._active_run is not None:
                 raise RuntimeError("this partitioner is already executing; wait for it to end")
@@ -1162,9 +1163,12 @@ class QuantumPartitioner(Generic[T, R]):
             with self._lock:
                 self._active_run = None
             raise
+        # From the claim to the caller's try (which releases both), no function is called:
+        # CPython raises a pending KeyboardInterrupt only at a call or a loop's jump back, so
+        # one cannot land where nothing would release the run (the recorder is found above).
         self._view.record = run
         self._last_run = run
-        self._last_recorder = next((i for i in instruments if isinstance(i, TraceRecorder)), None)
+        self._last_recorder = recorder
         self._last_metrics = None
         return chosen, run
 
