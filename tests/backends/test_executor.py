@@ -114,6 +114,24 @@ def test_a_worker_stuck_in_a_timed_out_unit_counts_as_busy(thread_pool):
     assert {p.units[f"stuck{k}"].state for k in range(2)} == {UnitState.TIMEOUT}
 
 
+def test_a_worker_stuck_since_an_earlier_run_counts_as_busy_in_the_next(bounded):
+    """The next run on the executor waits for that worker too, then runs its unit.
+
+    Each run started with no stuck worker: the next run's unit waited in the executor's
+    queue behind the stuck one and timed out there without ever starting.
+    """
+    release = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = QuantumPartitioner()
+        first.add_unit(lambda ctx: release.wait(0.8), name="stuck", timeout=0.1)
+        first.execute({}, CUSTOM, custom_executor=pool)
+        assert first.units["stuck"].state is UnitState.TIMEOUT
+        second = QuantumPartitioner()
+        second.add_unit(lambda ctx: "quick", name="quick", timeout=0.3)
+        results = bounded(lambda: second.execute({}, CUSTOM, custom_executor=pool), 30)
+        assert results == {"quick": "quick"}
+
+
 def test_shut_down_executor_fails_the_units_without_hanging():
     """An executor that refuses work fails the units (RuntimeError); dependents are skipped."""
     pool = ThreadPoolExecutor(max_workers=1)

@@ -18,9 +18,9 @@ would; in another (a process pool) it fails the unit.
 At a timeout the attempt's future is cancelled if it has not started; if it has, the unit is
 TIMEOUT at its deadline, its late result is discarded, and the executor's worker stays busy
 until the function returns: only the executor can stop its workers. Until then that worker
-counts as taken, so the next attempt is not queued behind it inside the executor, where its
-own timeout would run while it waits. The executor is never shut down here: it belongs to
-the caller.
+counts as taken, also by the next runs on the same executor, so the next attempt is not
+queued behind it inside the executor, where its own timeout would run while it waits. The
+executor is never shut down here: it belongs to the caller.
 
 An executor may run the call inside ``submit`` (a synchronous one): the driver then settles
 each outcome before it hands over the next attempt, acting first on what fell due during
@@ -31,6 +31,7 @@ the call, as SEQUENTIAL does: a call past its timeout is TIMEOUT, and the run's 
 from __future__ import annotations
 
 import os
+import weakref
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,19 @@ def call_unit(
     return True, value, ctx.metrics
 
 
+#: Per executor, the abandoned attempts still running on it, across runs: a worker stuck in
+#: an attempt that timed out in an earlier run is as taken as one stuck in this run.
+_STUCK: weakref.WeakKeyDictionary[Any, set[Any]] = weakref.WeakKeyDictionary()
+
+
+def _stuck_on(executor: Executor) -> set[Any]:
+    """The set of ``executor``'s abandoned attempts still running, shared by its runs."""
+    try:
+        return _STUCK.setdefault(executor, set())
+    except TypeError:  # not weakly referenceable, or not hashable: this run's alone
+        return set()
+
+
 def _result_serializer(executor: Executor) -> Callable[[Any], object] | None:
     """How ``executor`` may send results besides the standard pickle, as far as one can tell.
 
@@ -125,7 +139,8 @@ class ExecutorLane(FutureLane):
         self._serialize = _result_serializer(executor)
         self._futures = {}
         self._caller_pid = os.getpid()
-        #: Abandoned attempts still running: each holds an executor worker until it returns.
+        #: Abandoned attempts still running: each holds an executor worker until it returns
+        #: (shared by the runs on this executor, see :func:`_stuck_on`).
         self._stuck: set[Any] = set()
 
     def has_room(self) -> bool:
@@ -150,9 +165,14 @@ class ExecutorLane(FutureLane):
         self._post(None)
 
     def open(self, run: Run, post: Callable[[Outcome], None]) -> None:
-        """Start with no stuck attempt."""
+        """Count the executor's workers still stuck in attempts of earlier runs as taken.
+
+        Each wakes this run's driver when it returns, as one stuck in this run does.
+        """
         super().open(run, post)
-        self._stuck = set()
+        self._stuck = _stuck_on(self.executor)
+        for future in list(self._stuck):
+            future.add_done_callback(self._worker_free)
 
     def submit(self, i: int, attempt: int) -> None:
         """Send the attempt to the executor."""
