@@ -566,7 +566,8 @@ class Run:
     def attempt_abandoned(self, i: int, attempt: int) -> bool:
         """Whether attempt ``attempt`` of unit ``i`` is no longer wanted (``ctx.cancelled``).
 
-        With :attr:`clock_cancels` (SEQUENTIAL, whose driver cannot act while a unit runs),
+        With :attr:`clock_cancels` (SEQUENTIAL, whose driver cannot act while a unit runs, and
+        CUSTOM, whose executor may run the call inside ``submit``),
         also once its timeout or the run's deadline has passed, so that a unit watching
         ``ctx.cancelled`` stops there as in the other modes. Elsewhere the driver decides:
         a result it receives before it acts on a deadline still counts.

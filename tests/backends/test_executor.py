@@ -207,6 +207,32 @@ def test_an_executor_that_runs_calls_inside_submit_stops_as_sequential_does(how)
         assert p.units["u3"].state is UnitState.CANCELED
 
 
+@pytest.mark.parametrize("stopped_by", ["timeout", "deadline"])
+def test_ctx_cancelled_turns_true_inside_a_call_run_in_submit(stopped_by):
+    """A unit watching ctx.cancelled stops at its timeout or the deadline, as in SEQUENTIAL.
+
+    Nothing acts while submit() runs the call: ctx.cancelled stayed false, and a unit that
+    waits for it never returned (here it gives up after 10 s).
+    """
+
+    def waits_for_cancel(ctx):
+        began = time.monotonic()
+        while not ctx.cancelled:
+            if time.monotonic() - began > 10:
+                return "never cancelled"
+            time.sleep(0.01)
+        return "cancelled"
+
+    p = QuantumPartitioner()
+    p.add_unit(waits_for_cancel, name="waits", timeout=0.2 if stopped_by == "timeout" else None)
+    options = {"deadline": 0.2} if stopped_by == "deadline" else {}
+    began = time.monotonic()
+    assert p.execute({}, CUSTOM, custom_executor=InlineExecutor(), **options) == {}
+    assert time.monotonic() - began < 5
+    expected = UnitState.TIMEOUT if stopped_by == "timeout" else UnitState.CANCELED
+    assert p.units["waits"].state is expected
+
+
 # -- process pools ---------------------------------------------------------------------------
 
 

@@ -25,7 +25,8 @@ executor is never shut down here: it belongs to the caller.
 An executor may run the call inside ``submit`` (a synchronous one): the driver then settles
 each outcome before it hands over the next attempt, acting first on what fell due during
 the call, as SEQUENTIAL does: a call past its timeout is TIMEOUT, and the run's deadline,
-``cancel()`` and ``fail_fast`` stop the run between two calls.
+``cancel()`` and ``fail_fast`` stop the run between two calls. ``ctx.cancelled`` reads the
+clock against the timeout and the run's deadline, as there.
 """
 
 from __future__ import annotations

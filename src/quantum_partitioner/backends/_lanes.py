@@ -63,7 +63,7 @@ class Lane(ABC):
     calls_in_process = False
     #: Whether ``submit`` may run the attempt before it returns (a user's executor may):
     #: the driver then settles that outcome, and acts on what is due, before it hands over
-    #: the next attempt, as SEQUENTIAL does.
+    #: the next attempt, and ``ctx.cancelled`` reads the clock, as in SEQUENTIAL.
     may_run_in_submit = False
 
     def open(self, run: Run, post: Callable[[Outcome], None]) -> None:  # noqa: B027 - optional hook
@@ -255,6 +255,10 @@ class LaneBackend(Backend):
             finally:
                 self._driving.release()
             raise
+        if any(lane.may_run_in_submit for lane in self.lanes):
+            # This driver may not act while an attempt runs (inside submit): ctx.cancelled
+            # reads the clock against timeouts and the deadline, as in SEQUENTIAL.
+            run.clock_cancels = True
         self._claimed = (run, outcomes, previous_wake)
 
     def release(self, run: Run) -> None:
