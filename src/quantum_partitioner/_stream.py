@@ -14,8 +14,9 @@ slow consumer never blocks a worker, and the queue holds at most one record per 
   What ``execute`` raises after the run (``TaskError`` with ``raise_on_error=True``, a
   unit's ``KeyboardInterrupt`` in modes that run units in this process) is raised from the
   iteration after the last record; bad input is raised by ``stream()`` itself, before any
-  unit runs. Ctrl-C reaches the caller's thread, in the loop body or while it waits for a
-  record, and cancels the run like ``break``.
+  unit runs. Ctrl-C reaches the caller's thread, in the loop body, while it waits for a
+  record or while ``stream()`` waits for the run to start, and cancels the run like
+  ``break``.
 * :class:`AsyncResultStream` (``partitioner.astream(...)``) does the same for ``async for``
   with ``aexecute(...)`` on the caller's running loop.
 
@@ -25,6 +26,7 @@ State: a stream follows one run; iterating it a second time yields nothing more.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Self, final
@@ -117,6 +119,7 @@ class _Collector(Instrument):
         self._put = put
         self._active_run = active_run
         self._on_start = on_start
+        self._cancel_at_start = False
         #: The run being streamed, once it started.
         self.run: Run | None = None
 
@@ -124,7 +127,18 @@ class _Collector(Instrument):
         """Note the run: the partitioner's active one, as it starts."""
         del event
         self.run = self._active_run()
+        if self._cancel_at_start:
+            _cancel(self.run)
         self._on_start()
+
+    def cancel_run(self) -> None:
+        """Cancel the run now, or as it starts if it has not yet (any thread).
+
+        The flag is set before ``run`` is read, and :meth:`run_started` sets ``run`` before
+        it reads the flag: one of the two sees the other's write.
+        """
+        self._cancel_at_start = True
+        _cancel(self.run)
 
     def _attempts_and_start(self, name: str) -> tuple[int, float | None]:
         run = self.run
@@ -226,8 +240,17 @@ class ResultStream:
         # The thread refers to the queue and the collector, not to this object, so that
         # dropping the stream collects it (and ``__del__`` cancels the run).
         self._thread = threading.Thread(target=drive, name="quantum-partitioner-stream")
-        self._thread.start()
-        started.wait()
+        try:
+            self._thread.start()
+            started.wait()
+        except BaseException:  # Ctrl-C while the run gets ready (worker processes start)
+            # As leaving the loop: the run is cancelled, and ended, before this propagates
+            # (unless the thread's own start was cut short: then it is cancelled as it starts).
+            self._closed = self._ended = True
+            collector.cancel_run()
+            with contextlib.suppress(RuntimeError):  # "cannot join thread before it is started"
+                self._thread.join()
+            raise
         if collector.run is None:  # it ended before it started: bad input
             self._thread.join()
             end = self._records.get()
@@ -335,7 +358,14 @@ class AsyncResultStream:
             return value
 
         self._task = asyncio.ensure_future(drive())
-        await started.wait()
+        try:
+            await started.wait()
+        except BaseException:  # the caller is cancelled while the run gets ready
+            # As leaving the loop: the run is cancelled, and ended, before this propagates.
+            self._ended = True
+            collector.cancel_run()
+            await _wait_for_run(self._task)
+            raise
         if collector.run is None:  # it ended before it started: bad input
             self._ended = True
             await self._task  # raises it
