@@ -44,9 +44,9 @@ from quantum_partitioner import (
     RetryPolicy,
     SQLiteStore,
     UnitState,
-    _cache,
-    _fingerprint,
 )
+from quantum_partitioner.caching import _fingerprint
+from quantum_partitioner.caching import _partitioner as caching_partitioner
 
 SEQUENTIAL = ExecutionMode.SEQUENTIAL
 FAST_RETRY = RetryPolicy(backoff=ExponentialBackoff(initial=0.001, jitter=0))
@@ -375,7 +375,9 @@ def test_closures_after_the_first_keep_their_values_and_take_their_digests_at_th
     taken = []
     digest_of = _fingerprint.snapshot_fingerprint
     monkeypatch.setattr(
-        _cache, "snapshot_fingerprint", lambda snapshot: taken.append(1) or digest_of(snapshot)
+        caching_partitioner,
+        "snapshot_fingerprint",
+        lambda snapshot: taken.append(1) or digest_of(snapshot),
     )
     path = tmp_path / "results.sqlite"
     values = (1, 2, 3, "three", None)
@@ -1060,7 +1062,7 @@ def damage(path, unit, how):
         elif how == "checksum":
             checksum ^= 1
         elif how == "garbage":  # a valid checksum over bytes that are no pickle
-            from quantum_partitioner._stores import checksum as make_checksum  # noqa: PLC0415
+            from quantum_partitioner.caching._stores import checksum as make_checksum  # noqa: PLC0415
 
             key = db.execute("SELECT key FROM entries WHERE unit = ?", (unit,)).fetchone()[0]
             payload = b"not a pickle"

@@ -27,9 +27,8 @@ from quantum_partitioner import (
     MemoryStore,
     QuantumPartitioner,
     SQLiteStore,
-    _fingerprint,
-    _stores,
 )
+from quantum_partitioner.caching import _fingerprint, _stores
 
 SEQUENTIAL = ExecutionMode.SEQUENTIAL
 THREAD = ExecutionMode.THREAD
@@ -246,7 +245,7 @@ def test_sizes_and_times_are_read_without_reading_the_payloads(tmp_path):
 # checked half the entries, it says so (the marker file) and waits to be killed.
 _UPGRADE_STOPPED_HALFWAY = """
 import sys, time
-from quantum_partitioner import _stores
+from quantum_partitioner.caching import _stores
 checked = 0
 real = _stores._old_checksum_holds
 def counting(*args):

@@ -29,7 +29,7 @@ from quantum_partitioner import (  # noqa: E402
     UnitCancelledError,
     UnitState,
 )
-from quantum_partitioner._progress import unit_kind  # noqa: E402
+from quantum_partitioner.observability._progress import unit_kind  # noqa: E402
 
 
 def inc(x):

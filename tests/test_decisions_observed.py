@@ -16,7 +16,7 @@ from quantum_partitioner import (
     SkipCause,
     UnitState,
 )
-from quantum_partitioner._render import DECIDED_SKIP_COLOUR, STATE_COLOURS
+from quantum_partitioner.observability._render import DECIDED_SKIP_COLOUR, STATE_COLOURS
 
 SEQ = ExecutionMode.SEQUENTIAL
 

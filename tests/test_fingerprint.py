@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantum_partitioner import _fingerprint
-from quantum_partitioner._fingerprint import (
+from quantum_partitioner.caching import _fingerprint
+from quantum_partitioner.caching._fingerprint import (
     UnfingerprintableError,
     fingerprint,
     function_fingerprint,
@@ -425,7 +425,7 @@ def test_unpicklable_closure_names_the_variable_and_can_be_ignored():
 
 PROGRAM = """
 import json, sys
-from quantum_partitioner._fingerprint import fingerprint, function_fingerprint
+from quantum_partitioner.caching._fingerprint import fingerprint, function_fingerprint
 LIMIT = {"a": [1, 2], "b": frozenset({"x", "y", "z"})}
 def helper(x):
     return x * 2

@@ -7,7 +7,9 @@ API surface, mostly in SEQUENTIAL mode (deterministic) or the default THREAD mod
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from types import MappingProxyType
 
 import pytest
@@ -32,6 +34,7 @@ from quantum_partitioner import (
     UnitState,
     UnknownDependencyError,
 )
+from quantum_partitioner.backends import ExecutorBackend
 
 SEQ = ExecutionMode.SEQUENTIAL
 ORIGINAL_METRIC_KEYS = {
@@ -819,3 +822,47 @@ def test_an_interrupt_as_a_run_begins_before_its_backend_claims_it_frees_the_par
     with pytest.raises(KeyboardInterrupt):
         p.execute({}, SEQ)
     assert p.execute({}, SEQ) == {"a": 1}  # not "already executing"
+
+
+@pytest.mark.parametrize("runner", ["execute", "aexecute"])
+def test_an_interrupt_at_the_first_call_after_the_backend_claimed_the_run_frees_both(runner):
+    """Python raises a pending KeyboardInterrupt as a function is entered: at the first call
+    after the backend claimed the run, cleanup must already be armed (else the partitioner
+    stays "already executing", and a backend that takes one run at a time stays taken)."""
+    pool = ThreadPoolExecutor(2)
+    backend = ExecutorBackend(pool, 2)
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: 1, name="a")
+    state = {"claimed": False, "fired": False}
+
+    def in_claim(frame, event, arg):
+        if event == "return":
+            state["claimed"] = True
+        return in_claim
+
+    def tracer(frame, event, arg):
+        if event != "call":
+            return None
+        if frame.f_code.co_name == "claim" and "backends" in frame.f_code.co_filename:
+            return in_claim
+        if state["claimed"] and not state["fired"]:
+            state["fired"] = True
+            raise KeyboardInterrupt
+        return None
+
+    def run():
+        if runner == "execute":
+            return p.execute({}, backend=backend)
+        return asyncio.run(p.aexecute({}))
+
+    sys.settrace(tracer)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run()
+    finally:
+        sys.settrace(None)
+    try:
+        assert state["fired"]
+        assert run() == {"a": 1}  # neither the partitioner nor the backend is still taken
+    finally:
+        pool.shutdown()

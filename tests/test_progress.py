@@ -22,8 +22,8 @@ from quantum_partitioner import (
     QuantumPartitioner,
     RetryPolicy,
 )
-from quantum_partitioner._events import RunStarted, UnitFinished, UnitStarted
-from quantum_partitioner._progress import format_eta, format_rate, unit_kind
+from quantum_partitioner.observability._events import RunStarted, UnitFinished, UnitStarted
+from quantum_partitioner.observability._progress import format_eta, format_rate, unit_kind
 from quantum_partitioner.testing import FakeClock
 
 SEQ = ExecutionMode.SEQUENTIAL
@@ -359,7 +359,7 @@ def test_the_total_grows_as_a_map_creates_its_items_and_the_stream_and_hooks_see
 
 def test_a_map_weighs_nothing_and_its_items_learn_one_kind():
     """A map itself is no work; once it expands, its items are work of one kind."""
-    from quantum_partitioner._events import UnitsAdded  # noqa: PLC0415
+    from quantum_partitioner.observability._events import UnitsAdded  # noqa: PLC0415
 
     clock = FakeClock()
     qp = QuantumPartitioner()

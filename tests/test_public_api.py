@@ -21,7 +21,7 @@ INTERNAL = {
     "quantum_partitioner._graph": {"Graph", "compile_graph"},
     "quantum_partitioner._run": {"Run"},
     # Implementation of ExecutionPlan.visualize/to_mermaid/simulate and of metrics.
-    "quantum_partitioner._render": {
+    "quantum_partitioner.observability._render": {
         "DECIDED_SKIP_COLOUR",
         "STATE_COLOURS",
         "map_note",
@@ -38,7 +38,7 @@ INTERNAL = {
         "compile_limits",
         "normalize_unit_limits",
     },
-    "quantum_partitioner._metrics": {"build_metrics"},
+    "quantum_partitioner.observability._metrics": {"build_metrics"},
     # The join rules' definition, used by the scheduler; users name rules or call at_least.
     "quantum_partitioner._joins": {
         "ALL_DONE",

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from quantum_partitioner import ExecutionMode, QuantumPartitioner, UnitState
-from quantum_partitioner._render import STATE_COLOURS
+from quantum_partitioner.observability._render import STATE_COLOURS
 
 SEQ = ExecutionMode.SEQUENTIAL
 RED = "#d62728"

@@ -21,8 +21,8 @@ from quantum_partitioner import (
     RetryPolicy,
     UnitState,
 )
-from quantum_partitioner._render import STATE_COLOURS
-from quantum_partitioner._report import MAX_GRAPH_UNITS
+from quantum_partitioner.observability._render import STATE_COLOURS
+from quantum_partitioner.observability._report import MAX_GRAPH_UNITS
 
 SEQ = ExecutionMode.SEQUENTIAL
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")

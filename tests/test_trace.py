@@ -486,7 +486,7 @@ def test_every_map_item_is_in_the_trace_metrics_and_partial_results(tmp_path, mo
 
 def test_the_observed_critical_path_goes_through_the_item_that_ended_last():
     """A map never runs: the path steps from its dependent to its last item, then upstream."""
-    from quantum_partitioner._trace import observed_critical_path  # noqa: PLC0415
+    from quantum_partitioner.observability._trace import observed_critical_path  # noqa: PLC0415
 
     qp = QuantumPartitioner(max_workers=2)
     qp.add_unit(lambda ctx: [0.0, 0.05, 0.0], name="plan")

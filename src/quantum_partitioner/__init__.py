@@ -19,8 +19,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._cache import CacheStats as CacheStats
-    from ._cache import CachingQuantumPartitioner as CachingQuantumPartitioner
     from ._context import ExecutionContext as ExecutionContext
     from ._errors import BrokenBackendError as BrokenBackendError
     from ._errors import CircularDependency as CircularDependency
@@ -38,16 +36,6 @@ if TYPE_CHECKING:
     from ._errors import UnitTimeoutError as UnitTimeoutError
     from ._errors import UnknownDependencyError as UnknownDependencyError
     from ._errors import WorkerDiedError as WorkerDiedError
-    from ._events import Instrument as Instrument
-    from ._events import RunFinished as RunFinished
-    from ._events import RunStarted as RunStarted
-    from ._events import UnitCancelled as UnitCancelled
-    from ._events import UnitFailed as UnitFailed
-    from ._events import UnitFinished as UnitFinished
-    from ._events import UnitRetrying as UnitRetrying
-    from ._events import UnitsAdded as UnitsAdded
-    from ._events import UnitSkipped as UnitSkipped
-    from ._events import UnitStarted as UnitStarted
     from ._graph import ExecutionMode as ExecutionMode
     from ._graph import QuantumUnit as QuantumUnit
     from ._graph import UnitState as UnitState
@@ -59,27 +47,39 @@ if TYPE_CHECKING:
     from ._plan import ExecutionPlan as ExecutionPlan
     from ._policies import ExponentialBackoff as ExponentialBackoff
     from ._policies import RetryPolicy as RetryPolicy
-    from ._progress import ProgressBar as ProgressBar
     from ._scheduler import Scheduler as Scheduler
     from ._scheduler import Transition as Transition
     from ._simulate import Simulation as Simulation
-    from ._stores import CacheEntry as CacheEntry
-    from ._stores import CacheStore as CacheStore
-    from ._stores import InsecureCacheWarning as InsecureCacheWarning
-    from ._stores import MemoryStore as MemoryStore
-    from ._stores import SQLiteStore as SQLiteStore
     from ._strategies import select_execution_strategy as select_execution_strategy
     from ._strategies import select_optimal_workers as select_optimal_workers
     from ._stream import AsyncResultStream as AsyncResultStream
     from ._stream import ResultStream as ResultStream
     from ._stream import UnitResult as UnitResult
-    from ._trace import TraceRecorder as TraceRecorder
     from .backends import Backend as Backend
     from .backends._dask import DaskBackend as DaskBackend
+    from .caching._partitioner import CacheStats as CacheStats
+    from .caching._partitioner import CachingQuantumPartitioner as CachingQuantumPartitioner
+    from .caching._stores import CacheEntry as CacheEntry
+    from .caching._stores import CacheStore as CacheStore
+    from .caching._stores import InsecureCacheWarning as InsecureCacheWarning
+    from .caching._stores import MemoryStore as MemoryStore
+    from .caching._stores import SQLiteStore as SQLiteStore
+    from .observability._events import Instrument as Instrument
+    from .observability._events import RunFinished as RunFinished
+    from .observability._events import RunStarted as RunStarted
+    from .observability._events import UnitCancelled as UnitCancelled
+    from .observability._events import UnitFailed as UnitFailed
+    from .observability._events import UnitFinished as UnitFinished
+    from .observability._events import UnitRetrying as UnitRetrying
+    from .observability._events import UnitsAdded as UnitsAdded
+    from .observability._events import UnitSkipped as UnitSkipped
+    from .observability._events import UnitStarted as UnitStarted
+    from .observability._progress import ProgressBar as ProgressBar
+    from .observability._trace import TraceRecorder as TraceRecorder
 
 #: Where each public name lives, by module.
 _MODULES: dict[str, tuple[str, ...]] = {
-    "._cache": ("CacheStats", "CachingQuantumPartitioner"),
+    ".caching._partitioner": ("CacheStats", "CachingQuantumPartitioner"),
     "._context": ("ExecutionContext",),
     "._errors": (
         "BrokenBackendError",
@@ -99,7 +99,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "UnknownDependencyError",
         "WorkerDiedError",
     ),
-    "._events": (
+    ".observability._events": (
         "Instrument",
         "RunFinished",
         "RunStarted",
@@ -117,10 +117,10 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "._partitioner": ("QuantumPartitioner",),
     "._plan": ("ExecutionPlan",),
     "._policies": ("ExponentialBackoff", "RetryPolicy"),
-    "._progress": ("ProgressBar",),
+    ".observability._progress": ("ProgressBar",),
     "._scheduler": ("Scheduler", "Transition"),
     "._simulate": ("Simulation",),
-    "._stores": (
+    ".caching._stores": (
         "CacheEntry",
         "CacheStore",
         "InsecureCacheWarning",
@@ -129,7 +129,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     ),
     "._strategies": ("select_execution_strategy", "select_optimal_workers"),
     "._stream": ("AsyncResultStream", "ResultStream", "UnitResult"),
-    "._trace": ("TraceRecorder",),
+    ".observability._trace": ("TraceRecorder",),
     ".backends": ("Backend",),
     ".backends._dask": ("DaskBackend",),
 }

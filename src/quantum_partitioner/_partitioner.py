@@ -15,7 +15,6 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeAlias, TypeVar, overload
 
 from ._errors import DuplicateUnitError, TaskError
-from ._events import Instrument, UnitFailed, UnitFinished, UnitRetrying, UnitSkipped, UnitStarted
 from ._graph import (
     ExecutionMode,
     ExecutionModeArg,
@@ -44,15 +43,12 @@ from ._limits import (
     compile_limits,
     normalize_unit_limits,
 )
-from ._metrics import build_metrics
 from ._plan import ExecutionPlan
 from ._policies import RetryPolicy
-from ._progress import ProgressBar
 from ._run import Run, UnitCache
 from ._strategies import AdaptiveBackend, resource_balanced_backend
 from ._stream import AsyncResultStream, ResultStream, take_run_instruments
 from ._subgraph import inline_subgraph, subgraph_result
-from ._trace import TraceRecorder, export_spans, write_chrome_trace
 from .backends import (
     AsyncBackend,
     Backend,
@@ -63,6 +59,17 @@ from .backends import (
 )
 from .backends._asyncio import check_no_running_loop
 from .backends._pool import default_thread_workers
+from .observability._events import (
+    Instrument,
+    UnitFailed,
+    UnitFinished,
+    UnitRetrying,
+    UnitSkipped,
+    UnitStarted,
+)
+from .observability._metrics import build_metrics
+from .observability._progress import ProgressBar
+from .observability._trace import TraceRecorder, export_spans, write_chrome_trace
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -1140,6 +1147,7 @@ class QuantumPartitioner(Generic[T, R]):
             deadline=run_deadline,
             limit_plan=limit_plan,
         )
+        recorder = next((i for i in instruments if isinstance(i, TraceRecorder)), None)
         with self._lock:
             if self._active_run is not None:
                 raise RuntimeError("this partitioner is already executing; wait for it to end")
@@ -1155,9 +1163,12 @@ class QuantumPartitioner(Generic[T, R]):
             with self._lock:
                 self._active_run = None
             raise
+        # From the claim to the caller's try (which releases both), no function is called:
+        # CPython raises a pending KeyboardInterrupt only at a call or a loop's jump back, so
+        # one cannot land where nothing would release the run (the recorder is found above).
         self._view.record = run
         self._last_run = run
-        self._last_recorder = next((i for i in instruments if isinstance(i, TraceRecorder)), None)
+        self._last_recorder = recorder
         self._last_metrics = None
         return chosen, run
 
@@ -1398,7 +1409,7 @@ class QuantumPartitioner(Generic[T, R]):
 
         .. versionadded:: 0.1
         """
-        from ._report import write_report  # noqa: PLC0415 - only reports need html & co
+        from .observability._report import write_report  # noqa: PLC0415 - only reports need html & co
 
         return write_report(self._finished_run(), path, self._last_recorder, title=title)
 
@@ -1418,7 +1429,7 @@ class QuantumPartitioner(Generic[T, R]):
 
         .. versionadded:: 0.1
         """
-        from ._report import render_dot  # noqa: PLC0415 - only pictures need subprocess
+        from .observability._report import render_dot  # noqa: PLC0415 - only pictures need subprocess
 
         return render_dot(self.build_execution_plan().visualize(), path, format)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, final
 
-from ._render import to_dot, to_mermaid
 from ._simulate import Simulation, simulate
+from .observability._render import to_dot, to_mermaid
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping

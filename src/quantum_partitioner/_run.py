@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ._context import PAUSES_KEY, ExecutionContext, check_pause_seconds
 from ._errors import SkipCause, SkipUnit, UnitSkippedError, interrupts_run
-from ._events import (
+from ._graph import Graph, UnitState, materialise, too_many_items
+from ._limits import compile_limits
+from ._scheduler import Scheduler, Transition
+from .observability._events import (
     Dispatcher,
     Instrument,
     RunFinished,
@@ -31,9 +34,6 @@ from ._events import (
     UnitSkipped,
     UnitStarted,
 )
-from ._graph import Graph, UnitState, materialise, too_many_items
-from ._limits import compile_limits
-from ._scheduler import Scheduler, Transition
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence

@@ -15,10 +15,10 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ._events import LOGGER
 from ._graph import ExecutionMode, metadata_of
 from .backends import AsyncLane, Lane, LaneBackend, ProcessLane, ThreadLane
 from .backends._pool import default_thread_workers
+from .observability._events import LOGGER
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

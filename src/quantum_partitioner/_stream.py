@@ -30,20 +30,20 @@ import queue
 import threading
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Self, final
 
-from ._events import Instrument
 from ._graph import UnitState
+from .observability._events import Instrument
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
-    from ._events import (
+    from ._run import Run
+    from .observability._events import (
         RunStarted,
         UnitCancelled,
         UnitFailed,
         UnitFinished,
         UnitSkipped,
     )
-    from ._run import Run
 
 __all__ = ["AsyncResultStream", "ResultStream", "UnitResult"]
 

@@ -49,8 +49,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from ._demo import DemoReport
-    from ._events import Instrument
     from ._plan import ExecutionPlan
+    from .observability._events import Instrument
 
 __all__ = [
     "EXIT_BROKEN_PIPE",

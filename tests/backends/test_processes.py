@@ -34,10 +34,10 @@ from quantum_partitioner import (
 from quantum_partitioner._graph import Graph, QuantumUnit
 from quantum_partitioner._process_worker import FrameReader, send_frame, send_frames
 from quantum_partitioner._run import Run
-from quantum_partitioner._trace import chrome_trace, layout
 from quantum_partitioner.backends import ProcessBackend, _processes
 from quantum_partitioner.backends import _processes as processes
 from quantum_partitioner.backends._processes import ProcessLane
+from quantum_partitioner.observability._trace import chrome_trace, layout
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _contract_units import InterruptOnFirstRunStart  # needs the sys.path entry above

@@ -74,8 +74,8 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from .._context import PAUSES_KEY, ExecutionContext, call_unit_function
 from .._errors import BrokenBackendError, InternalError
-from .._events import UnitFinished
 from .._graph import UnitState, materialise, metadata_of
+from ..observability._events import UnitFinished
 from ._base import Backend, CarriedBaseException, carried_failure, check_sendable, root_cause
 
 if TYPE_CHECKING:
@@ -287,7 +287,7 @@ def measure_items(  # noqa: PLR0917 - called by client.run with positional argum
 
 def item_digests(items: list[Any]) -> list[bytes | None]:
     """Each item's fingerprint, or None where it has none (its item then runs uncached)."""
-    from .._fingerprint import UnfingerprintableError, fingerprint  # noqa: PLC0415 - cache only
+    from ..caching._fingerprint import UnfingerprintableError, fingerprint  # noqa: PLC0415 - cache only
 
     out: list[bytes | None] = []
     for item in items:

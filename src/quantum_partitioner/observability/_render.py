@@ -12,13 +12,13 @@ import re
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
-from ._errors import UnitSkippedError
-from ._graph import UnitState
+from .._errors import UnitSkippedError
+from .._graph import UnitState
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from ._graph import Graph, QuantumUnit
+    from .._graph import Graph, QuantumUnit
 
 __all__ = [
     "DECIDED_SKIP_COLOUR",

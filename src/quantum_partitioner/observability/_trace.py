@@ -42,13 +42,13 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._errors import UnitTimeoutError
+from .._errors import UnitTimeoutError
+from .._graph import UnitState
 from ._events import Instrument
-from ._graph import UnitState
 
 if TYPE_CHECKING:
+    from .._run import Run
     from ._events import RunStarted, UnitStarted
-    from ._run import Run
 
 __all__ = ["TraceRecorder"]
 
@@ -609,7 +609,7 @@ def export_spans(
     Returns:
         The run's span (already ended).
     """
-    from . import __version__  # noqa: PLC0415 - the package imports this module
+    from .. import __version__  # noqa: PLC0415 - the package imports this module
 
     otel = _load_otel()
     status_error = otel.StatusCode.ERROR

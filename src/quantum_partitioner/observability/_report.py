@@ -30,13 +30,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._graph import UnitState
+from .._graph import UnitState
 from ._render import DECIDED_SKIP_COLOUR, STATE_COLOURS, map_note, unit_colour
 from ._trace import describe_error, layout, observed_critical_path, workers_text
 
 if TYPE_CHECKING:
-    from ._limits import LimitGate
-    from ._run import Run
+    from .._limits import LimitGate
+    from .._run import Run
     from ._trace import Attempt, Layout, TraceRecorder
 
 __all__: list[str] = []

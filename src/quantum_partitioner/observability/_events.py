@@ -16,12 +16,12 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._errors import SkipCause, interrupts_run
+from .._errors import SkipCause, interrupts_run
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from ._graph import QuantumUnit, UnitState
+    from .._graph import QuantumUnit, UnitState
 
 __all__ = [
     "Instrument",

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._errors import UnitSkippedError
-from ._graph import UnitState
+from .._errors import UnitSkippedError
+from .._graph import UnitState
 
 if TYPE_CHECKING:
-    from ._run import Run
+    from .._run import Run
 
 __all__ = ["build_metrics"]
 

@@ -45,6 +45,17 @@ from dataclasses import dataclass
 from types import FunctionType
 from typing import TYPE_CHECKING, Any, Final, Self, cast
 
+from .._graph import (
+    _NO_METADATA,
+    ExecutionMode,
+    ExecutionModeArg,
+    QuantumUnit,
+    R,
+    T,
+    UnitState,
+    metadata_of,
+)
+from .._partitioner import QuantumPartitioner
 from ._fingerprint import (
     _EMPTY_CELL,
     _PLAIN_CELLS,
@@ -60,17 +71,6 @@ from ._fingerprint import (
     fingerprint,
     snapshot_fingerprint,
 )
-from ._graph import (
-    _NO_METADATA,
-    ExecutionMode,
-    ExecutionModeArg,
-    QuantumUnit,
-    R,
-    T,
-    UnitState,
-    metadata_of,
-)
-from ._partitioner import QuantumPartitioner
 from ._stores import CacheEntry, CacheStore, MemoryStore, SQLiteStore
 
 if TYPE_CHECKING:
@@ -78,8 +78,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
     from types import TracebackType
 
-    from ._graph import Graph
-    from ._run import Run
+    from .._graph import Graph
+    from .._run import Run
 
 __all__ = ["CacheStats", "CachingQuantumPartitioner"]
 

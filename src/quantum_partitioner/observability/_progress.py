@@ -33,13 +33,15 @@ import threading
 import time
 from typing import IO, TYPE_CHECKING, Any
 
+from .._graph import metadata_of
 from ._events import Instrument
-from ._graph import metadata_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterable, Sequence
     from types import CodeType
 
+    from .._graph import QuantumUnit
+    from .._limits import Limit
     from ._events import (
         RunFinished,
         RunStarted,
@@ -51,8 +53,6 @@ if TYPE_CHECKING:
         UnitSkipped,
         UnitStarted,
     )
-    from ._graph import QuantumUnit
-    from ._limits import Limit
 
 __all__ = ["ProgressBar"]
 
