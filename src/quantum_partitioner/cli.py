@@ -41,8 +41,8 @@ from . import __version__
 from ._errors import GraphError, PartitionerError
 from ._graph import ExecutionMode, UnitState
 from ._partitioner import QuantumPartitioner
-from ._render import UNSAFE_CODE_POINTS
 from ._strategies import RESOURCE_TYPES
+from .observability._render import UNSAFE_CODE_POINTS
 from .taskmap import TaskMap
 
 if TYPE_CHECKING:
