@@ -79,6 +79,26 @@ FACTORIES = textwrap.dedent(
         p.add_unit(lambda ctx: 1, ["café"], name="lone\\udc80surrogate")
         return p
 
+    class BadRepr:
+        def __repr__(self):
+            raise RuntimeError("repr is broken")
+
+    class UnprintableError(Exception):
+        def __str__(self):
+            raise RuntimeError("str is broken")
+
+    def raise_unprintable(ctx):
+        raise UnprintableError
+
+    def unprintable():
+        p = QuantumPartitioner()
+        p.add_unit(lambda ctx: BadRepr(), name="bad_repr")
+        p.add_unit(raise_unprintable, name="bad_str")
+        return p
+
+    def factory_raises_unprintable():
+        raise UnprintableError
+
     def hostile_error():
         raise RuntimeError("\\x1b]0;owned\\x07 title")
 
@@ -371,6 +391,24 @@ def test_defect_18_names_are_printed_with_control_characters_escaped(project):
     rows = {line.split()[0]: line for line in run.splitlines()[3:-2]}
     assert set(rows) == {r"\x1b[2Jclear", r"bidi\u202etxt.exe", r"two\nlines"}
     assert r"'\x1b[31mred'" in rows[r"\x1b[2Jclear"]
+
+
+def test_results_and_errors_whose_repr_or_str_raises_are_shown_as_such(project):
+    """A result whose repr() raises, an error whose str() raises: rows say so, no traceback."""
+    result = run_cli("run", "factories:unprintable", cwd=project)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == ""
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[3:-2]}
+    assert rows["bad_repr"].endswith("<repr() of BadRepr raised RuntimeError>")
+    assert rows["bad_str"].endswith(
+        "UnprintableError: <str() of UnprintableError raised RuntimeError>"
+    )
+    plan = run_cli("plan", "factories:factory_raises_unprintable", cwd=project)
+    assert plan.returncode == 2
+    raised = "raised UnprintableError: <str() of UnprintableError raised RuntimeError>"
+    assert plan.stderr.splitlines() == [
+        f"{ERROR_PREFIX}factories:factory_raises_unprintable() {raised}"
+    ]
 
 
 def test_defect_18_a_unit_calling_sys_exit_is_no_success(project):

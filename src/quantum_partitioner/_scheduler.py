@@ -61,6 +61,7 @@ from ._errors import (
     UnitCancelledError,
     UnitSkippedError,
     UnitTimeoutError,
+    error_text,
 )
 from ._graph import Graph, UnitState, customised
 from ._joins import ALL_SUCCESS, Verdict, judge
@@ -594,8 +595,8 @@ class Scheduler:
             except Exception as backoff_error:  # a backoff of the user's: fails the unit only
                 failure = RuntimeError(
                     f"unit {self.names[i]!r}: no retry after attempt {attempt} failed "
-                    f"({type(error).__name__}: {error}): {type(backoff_error).__name__}: "
-                    f"{backoff_error}"
+                    f"({type(error).__name__}: {error_text(error)}): "
+                    f"{type(backoff_error).__name__}: {error_text(backoff_error)}"
                 )
                 failure.__cause__ = backoff_error
                 failure.__context__ = error

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from ._errors import GraphError, PartitionerError
+from ._errors import GraphError, PartitionerError, error_text
 from ._graph import ExecutionMode, UnitState
 from ._partitioner import QuantumPartitioner
 from ._strategies import RESOURCE_TYPES
@@ -213,8 +213,16 @@ def _positive_seconds(text: str) -> float:
 
 def _one_line(error: BaseException) -> str:
     """``Type: message``, first line of the message only."""
-    lines = str(error).strip().splitlines()
+    lines = error_text(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _result_text(value: object) -> str:
+    """``repr(value)``, or a stand-in saying so when the result's ``__repr__`` raises."""
+    try:
+        return repr(value)
+    except Exception as problem:  # user code: shown, not handled
+        return f"<repr() of {type(value).__name__} raised {type(problem).__name__}>"
 
 
 def _shorten(text: str, width: int = _DETAIL_WIDTH) -> str:
@@ -350,8 +358,8 @@ def _add_plan(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         metavar="N",
         help=(
             "also print the makespan simulated on N workers, from each unit's "
-            "metadata['estimated_duration'] (the mean of the given ones without one, 1 when "
-            "none is given); text format only"
+            "metadata['estimated_duration'] (a unit without one counts as the mean of those "
+            "given, 1 when none is); text format only"
         ),
     )
     parser.set_defaults(handler=_run_plan)
@@ -556,7 +564,7 @@ def _error_detail(name: str, error: BaseException) -> str:
 
     The row already names the unit, so a message's leading ``unit 'name':`` is dropped.
     """
-    text = str(error)
+    text = error_text(error)
     if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(error.args[0], str):
         text = error.args[0]  # str(KeyError) is the repr of its key
     lines = text.strip().splitlines()
@@ -590,7 +598,7 @@ def _run_lines(
         duration = unit.execution_time
         ms = "-" if duration is None else f"{duration * 1000:.2f}"
         if state is UnitState.COMPLETED:
-            detail = _shorten(repr(unit.result))
+            detail = _shorten(_result_text(unit.result))
         elif unit.error is not None:
             detail = _shorten(_error_detail(name, unit.error), _ERROR_WIDTH)
         else:

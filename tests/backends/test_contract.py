@@ -367,6 +367,22 @@ def test_a_backoff_that_raises_fails_its_unit_not_the_run(mode, tmp_path):
     assert p.units["after"].state is UnitState.SKIPPED
 
 
+def test_an_error_whose_str_raises_is_shown_as_such_by_metrics_trace_and_report(mode, tmp_path):
+    """A unit's error whose ``__str__`` raises: metrics, trace and report say so, no crash."""
+    p = QuantumPartitioner()
+    p.add_unit(u.raise_unprintable, name="bad")
+    p.add_unit(u.const(1), name="fine")
+
+    assert mode.execute(p, trace=True) == {"fine": 1}
+
+    text = "<str() of UnprintableError raised RuntimeError>"
+    assert p.last_execution_metrics["unit_times"]["bad"]["error"] == text
+    assert text in p.export_trace(tmp_path / "t.json").read_text()
+    assert text.replace("<", "&lt;").replace(">", "&gt;") in (
+        p.write_report(tmp_path / "r.html").read_text()
+    )
+
+
 def test_fail_fast_cancels_units_that_have_not_started(mode, tmp_path):
     """With fail_fast=True, once a unit fails every unit not yet started is CANCELED."""
     # boom (fails first)      x -> y   (x waits until boom has failed, so y cannot start)
