@@ -902,3 +902,33 @@ def test_an_interrupt_at_the_first_call_after_the_backend_claimed_the_run_frees_
         assert run() == {"a": 1}  # neither the partitioner nor the backend is still taken
     finally:
         pool.shutdown()
+
+
+class _UnprintableError(Exception):
+    def __str__(self):
+        raise RuntimeError("__str__ is broken")
+
+
+class _NotIterable:
+    def __iter__(self):
+        raise _UnprintableError
+
+
+class _BreaksWhileRead:
+    def __iter__(self):
+        yield 1
+        raise _UnprintableError
+
+
+def test_a_map_over_a_result_whose_iteration_raises_an_unprintable_error_says_so():
+    """The map's error names the map and says that the error's ``str()`` raised."""
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: _NotIterable(), name="opaque")
+    p.add_unit(lambda ctx: _BreaksWhileRead(), name="breaks")
+    p.add_map(lambda ctx: ctx.item, over="opaque", name="first")
+    p.add_map(lambda ctx: ctx.item, over="breaks", name="second")
+    p.execute({}, SEQ)
+    failed = p.get_failed_units()
+    unprintable = "<str() of _UnprintableError raised RuntimeError>"
+    assert str(failed["first"]).endswith(f"is not iterable (_NotIterable): {unprintable}")
+    assert str(failed["second"]).endswith(f"raised _UnprintableError: {unprintable}")
