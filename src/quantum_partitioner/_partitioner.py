@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import is_not
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeAlias, TypeVar, overload
 
@@ -891,8 +892,13 @@ class QuantumPartitioner(Generic[T, R]):
     def _compiled(self) -> Graph:
         graph = self._graph
         view = self._view
-        if graph is not None and len(graph.units) != len(self.units):
-            view.changed = True  # a unit put into or deleted from the dict directly
+        units = self.units
+        if graph is not None and (
+            len(graph.units) != len(units) or any(map(is_not, graph.units, units.values()))
+        ):
+            # A unit put into or deleted from the dict directly: the count alone misses one
+            # deleted and another put in, which ran the deleted unit and left the new PENDING.
+            view.changed = True
         # changed: a unit's field was assigned since; a run under way keeps its graph (and
         # its units their states), the next run takes the change.
         if graph is None or (view.changed and self._active_run is None):
@@ -920,7 +926,13 @@ class QuantumPartitioner(Generic[T, R]):
             TypeError: A field has the wrong type (the message names the unit).
             ValueError: A field is out of range (the message names the unit).
         """
-        for unit in self.units.values():
+        for key, unit in self.units.items():
+            if not isinstance(unit, QuantumUnit):
+                raise TypeError(f"units[{key!r}] must be a QuantumUnit, got {unit!r}")
+            if unit.id != key:
+                raise ValueError(
+                    f"units[{key!r}] holds the unit {unit.id!r}: a unit's key is its name"
+                )
             rule: object = unit._options.run_if  # what was assigned: maybe a rule's name
             if isinstance(rule, str):  # the record, not the attribute: no change to report
                 unit._options = unit._options._replace(run_if=_join_rule_of(unit.id, rule))

@@ -330,7 +330,9 @@ def run_parallel(
 ) -> dict[str, Any]:
     """Run tasks in worker processes (for CPU-bound work), or on ``executor`` if given.
 
-    Lambdas and closures work: they travel with cloudpickle.
+    Lambdas and closures work in the worker processes this starts: they travel with
+    cloudpickle. An ``executor`` sends functions its own way: a ``ProcessPoolExecutor``
+    only those importable by name (a lambda fails its task with a ``TypeError`` naming it).
 
     Raises:
         TaskError: Some task failed; completed results are in ``partial_results``.

@@ -499,6 +499,17 @@ def _fail_first_item(seconds: float, ctx: Any) -> Any:
     return ctx.item
 
 
+class UnprintableError(Exception):
+    """An error whose ``str()`` raises, as a buggy ``__str__`` of user code does."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ is broken")
+
+
+def raise_unprintable(ctx: Any) -> None:
+    raise UnprintableError
+
+
 # -- instruments -----------------------------------------------------------------------------
 
 

@@ -325,16 +325,20 @@ def test_process_pool_retries_a_failing_unit(process_pool):
 
 
 def test_process_pool_unpicklable_unit_fails_only_that_unit(process_pool):
-    """A lambda cannot reach a plain process pool: that unit fails, the others complete."""
-    p = QuantumPartitioner()
-    p.add_unit(lambda ctx: 1, name="lambda")
+    """A lambda cannot reach a plain process pool: that unit fails naming itself, others run."""
+    p = QuantumPartitioner(retry_policy=FAST_RETRIES)
+    p.add_unit(lambda ctx: 1, name="lambda", retries=1)
     p.add_unit(units.pid, name="pid")
 
     results = p.execute({}, CUSTOM, custom_executor=process_pool)
 
     assert set(results) == {"pid"}
-    assert p.units["lambda"].state is UnitState.FAILED
-    assert "pickle" in repr(p.units["lambda"].error).lower()
+    unit = p.units["lambda"]
+    assert unit.state is UnitState.FAILED
+    assert isinstance(unit.error, TypeError)
+    assert str(unit.error).startswith("unit 'lambda': its function <function ")
+    assert "cannot be pickled for the ProcessPoolExecutor" in str(unit.error)
+    assert unit.attempt == 2  # retried as any failure is
 
 
 def test_process_pool_unpicklable_result_fails_that_unit(process_pool):

@@ -32,6 +32,7 @@ clock against the timeout and the run's deadline, as there.
 from __future__ import annotations
 
 import os
+import pickle
 import weakref
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -138,6 +139,11 @@ class ExecutorLane(FutureLane):
         own = getattr(executor, "_max_workers", None)
         self.capacity = own if isinstance(own, int) and own > 0 else (max_workers or 32)
         self._serialize = _result_serializer(executor)
+        # A ProcessPoolExecutor pickles functions by name, in its feeder thread: a lambda
+        # would fail its unit with a PicklingError that does not name it. Each function is
+        # tried once per run here instead (id -> (function, the error or None)).
+        self._by_name = isinstance(executor, ProcessPoolExecutor)
+        self._pickled: dict[int, tuple[Any, Exception | None]] = {}
         self._futures = {}
         self._caller_pid = os.getpid()
         #: Abandoned attempts still running: each holds an executor worker until it returns
@@ -174,14 +180,40 @@ class ExecutorLane(FutureLane):
         self._stuck = _stuck_on(self.executor)
         for future in list(self._stuck):
             future.add_done_callback(self._worker_free)
+        self._pickled = {}
+
+    def _unpicklable(self, function: Any) -> Exception | None:
+        """Why the standard pickle cannot send ``function``, or None (tried once a run)."""
+        cached = self._pickled.get(id(function))
+        if cached is None:
+            try:
+                pickle.dumps(function)
+            except Exception as error:
+                cached = (function, error)  # holding the function keeps its id unique
+            else:
+                cached = (function, None)
+            self._pickled[id(function)] = cached
+        return cached[1]
 
     def submit(self, i: int, attempt: int) -> None:
         """Send the attempt to the executor."""
         run = self._run
+        unit = run.graph.units[i]
+        if self._by_name:
+            problem = self._unpicklable(unit.function)
+            if problem is not None:
+                error = TypeError(
+                    f"unit {unit.id!r}: its function {unit.function!r} cannot be pickled for "
+                    f"the ProcessPoolExecutor, which sends functions by name (ExecutionMode."
+                    f"PROCESS sends lambdas and closures): {problem}"
+                )
+                error.__cause__ = problem
+                self._post((i, attempt, False, error, None))
+                return
         ctx = run.context_for(i, attempt)
         try:
             future = self.executor.submit(
-                call_unit, run.graph.units[i].function, ctx, self._caller_pid, self._serialize
+                call_unit, unit.function, ctx, self._caller_pid, self._serialize
             )
         except Exception as error:  # a shut-down or broken executor fails the attempt
             self._post((i, attempt, False, error, None))
