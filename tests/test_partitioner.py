@@ -34,7 +34,7 @@ from quantum_partitioner import (
     UnitState,
     UnknownDependencyError,
 )
-from quantum_partitioner.backends import ExecutorBackend
+from quantum_partitioner.backends import ExecutorBackend, SequentialBackend
 
 SEQ = ExecutionMode.SEQUENTIAL
 ORIGINAL_METRIC_KEYS = {
@@ -932,3 +932,18 @@ def test_a_map_over_a_result_whose_iteration_raises_an_unprintable_error_says_so
     unprintable = "<str() of _UnprintableError raised RuntimeError>"
     assert str(failed["first"]).endswith(f"is not iterable (_NotIterable): {unprintable}")
     assert str(failed["second"]).endswith(f"raised _UnprintableError: {unprintable}")
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("execution_mode", "process"), ("custom_executor", ThreadPoolExecutor(1))],
+)
+def test_a_backend_and_a_mode_or_executor_together_are_refused(option, value):
+    """``backend=`` decides where units run: a mode or an executor beside it (ignored until
+    now, so the run went elsewhere than asked) is a ValueError naming it, before any unit."""
+    ran = []
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: ran.append(1), name="a")
+    with pytest.raises(ValueError, match=f"backend= decides where units run; drop {option}="):
+        p.execute({}, backend=SequentialBackend(), **{option: value})
+    assert ran == []

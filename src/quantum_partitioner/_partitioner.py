@@ -980,7 +980,8 @@ class QuantumPartitioner(Generic[T, R]):
             custom_executor: The executor for ``ExecutionMode.CUSTOM``.
             fail_fast: Once a unit fails for good, cancel every unit that has not started.
             raise_on_error: Raise :class:`TaskError` if any unit failed or timed out.
-            backend: Run on this backend instead of the mode's own.
+            backend: Run on this backend instead of the mode's own (it decides where units
+                run: ``execution_mode`` and ``custom_executor`` are refused with it).
             progress: Draw a live progress bar on standard error, if it is a terminal
                 (needs the ``progress`` extra).
             trace: Record which worker runs each attempt, for :meth:`export_trace` and
@@ -1209,6 +1210,13 @@ class QuantumPartitioner(Generic[T, R]):
         if backend is not None:
             if not isinstance(backend, Backend):
                 raise TypeError(f"backend must be a Backend, got {backend!r}")
+            # Taken and then ignored, they would say the run went where it did not.
+            for name, value in (
+                ("execution_mode", execution_mode),
+                ("custom_executor", custom_executor),
+            ):
+                if value is not None:
+                    raise ValueError(f"backend= decides where units run; drop {name}=")
             return backend
         if execution_mode is None:
             mode = (
