@@ -981,7 +981,8 @@ class QuantumPartitioner(Generic[T, R]):
             fail_fast: Once a unit fails for good, cancel every unit that has not started.
             raise_on_error: Raise :class:`TaskError` if any unit failed or timed out.
             backend: Run on this backend instead of the mode's own (it decides where units
-                run: ``execution_mode`` and ``custom_executor`` are refused with it).
+                run: an ``execution_mode`` or a ``custom_executor`` that is not its own is
+                refused with it).
             progress: Draw a live progress bar on standard error, if it is a terminal
                 (needs the ``progress`` extra).
             trace: Record which worker runs each attempt, for :meth:`export_trace` and
@@ -1210,13 +1211,18 @@ class QuantumPartitioner(Generic[T, R]):
         if backend is not None:
             if not isinstance(backend, Backend):
                 raise TypeError(f"backend must be a Backend, got {backend!r}")
-            # Taken and then ignored, they would say the run went where it did not.
-            for name, value in (
-                ("execution_mode", execution_mode),
-                ("custom_executor", custom_executor),
-            ):
-                if value is not None:
-                    raise ValueError(f"backend= decides where units run; drop {name}=")
+            # A mode or an executor that is not the backend's would be ignored: the run would
+            # go elsewhere than asked.
+            if execution_mode is not None and _check_mode(execution_mode).value != backend.name:
+                raise ValueError(
+                    f"backend= runs units in {backend.name!r} mode, not in "
+                    f"execution_mode={_check_mode(execution_mode).value!r}; drop one of them"
+                )
+            if custom_executor is not None and backend.name != ExecutionMode.CUSTOM.value:
+                raise ValueError(
+                    f"backend= runs units in {backend.name!r} mode, not on custom_executor=; "
+                    "drop one of them"
+                )
             return backend
         if execution_mode is None:
             mode = (
