@@ -312,8 +312,8 @@ class QuantumPartitioner(Generic[T, R]):
         name: str | None = None,
         timeout: float | None = None,
         retries: int = 0,
-        priority: int = 0,
         metadata: dict[str, Any] | None = None,
+        priority: int = 0,
         *,
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
@@ -331,8 +331,8 @@ class QuantumPartitioner(Generic[T, R]):
         name: str | None = None,
         timeout: float | None = None,
         retries: int = 0,
-        priority: int = 0,
         metadata: dict[str, Any] | None = None,
+        priority: int = 0,
         *,
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
@@ -342,15 +342,16 @@ class QuantumPartitioner(Generic[T, R]):
         limits: list[str] | dict[str, int] | None = None,
     ) -> Callable[[_Decorated], _Decorated]: ...
 
-    def add_unit(  # noqa: PLR0917 - the original API's positional signature
+    def add_unit(  # noqa: PLR0917 - the original API's positional signature: its add_unit
+        # takes (fn, dependencies, name, timeout, retries, metadata); priority comes after
         self,
         fn: UnitFunction[R] | None = None,
         dependencies: list[str] | None = None,
         name: str | None = None,
         timeout: float | None = None,
         retries: int = 0,
-        priority: int = 0,
         metadata: dict[str, Any] | None = None,
+        priority: int = 0,
         *,
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
@@ -368,8 +369,8 @@ class QuantumPartitioner(Generic[T, R]):
                 the function's ``__name__`` when ``add_unit`` is used as a decorator.
             timeout: Seconds one attempt may take (> 0), or None.
             retries: Extra attempts after a failure (>= 0).
-            priority: Among ready units, higher runs sooner.
             metadata: Free-form; see :class:`QuantumUnit`.
+            priority: Among ready units, higher runs sooner.
             replace: Replace an existing unit of the same name instead of raising.
             retry_policy: This unit's retry policy, overriding the partitioner's.
             when: A condition: ``when(ctx)`` is called in the caller's process when the
@@ -407,7 +408,7 @@ class QuantumPartitioner(Generic[T, R]):
                 "limits": limits,
             }
             return self._unit_decorator(
-                (dependencies, name, timeout, retries, priority, metadata), options
+                (dependencies, name, timeout, retries, metadata, priority), options
             )
         if self._active_run is not None:
             self._check_not_executing("add_unit")
