@@ -464,6 +464,28 @@ def test_output_to_a_closed_pipe_exits_141(project):
         os.close(write_end)
 
 
+@pytest.mark.parametrize(
+    ("redirect", "args", "status"),
+    [(">&-", ["run", "factories:build"], 141), ("2>&-", ["run", "missing:build"], 2)],
+    ids=["stdout", "stderr"],
+)
+def test_started_with_stdout_or_stderr_closed_exits_with_its_status(
+    project, redirect, args, status
+):
+    """Python has no sys.stdout (or stderr) when it starts with it closed: same statuses."""
+    command = f'exec "$0" -m quantum_partitioner "$@" {redirect}'
+    result = subprocess.run(
+        ["sh", "-c", command, sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=project,
+        check=False,
+    )
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_no_command_is_a_usage_error():
     """Without a subcommand the CLI prints its usage and exits with status 2."""
     result = run_cli()

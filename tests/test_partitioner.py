@@ -34,7 +34,7 @@ from quantum_partitioner import (
     UnitState,
     UnknownDependencyError,
 )
-from quantum_partitioner.backends import ExecutorBackend
+from quantum_partitioner.backends import ExecutorBackend, SequentialBackend
 
 SEQ = ExecutionMode.SEQUENTIAL
 ORIGINAL_METRIC_KEYS = {
@@ -932,3 +932,23 @@ def test_a_map_over_a_result_whose_iteration_raises_an_unprintable_error_says_so
     unprintable = "<str() of _UnprintableError raised RuntimeError>"
     assert str(failed["first"]).endswith(f"is not iterable (_NotIterable): {unprintable}")
     assert str(failed["second"]).endswith(f"raised _UnprintableError: {unprintable}")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("execution_mode", "process", "not in execution_mode='process'"),
+        ("custom_executor", ThreadPoolExecutor(1), "not on custom_executor="),
+    ],
+)
+def test_a_backend_and_another_mode_or_an_executor_are_refused(option, value, message):
+    """``backend=`` decides where units run: a mode or an executor beside it that is not its
+    own (ignored until now, so the run went elsewhere than asked) is a ValueError, before
+    any unit runs; the backend's own mode beside it is fine."""
+    ran = []
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: ran.append(1), name="a")
+    with pytest.raises(ValueError, match=f"backend= runs units in 'sequential' mode, {message}"):
+        p.execute({}, backend=SequentialBackend(), **{option: value})
+    assert ran == []
+    assert p.execute({}, SEQ, backend=SequentialBackend()) == {"a": None}

@@ -20,10 +20,12 @@ INTERNAL = {
     # Backend.run(run)), never built by users.
     "quantum_partitioner._graph": {"Graph", "compile_graph"},
     "quantum_partitioner._run": {"Run"},
-    # Implementation of ExecutionPlan.visualize/to_mermaid/simulate and of metrics.
+    # Implementation of ExecutionPlan.visualize/to_mermaid/simulate and of metrics; the
+    # code points the pictures and the CLI escape.
     "quantum_partitioner.observability._render": {
         "DECIDED_SKIP_COLOUR",
         "STATE_COLOURS",
+        "UNSAFE_CODE_POINTS",
         "map_note",
         "to_dot",
         "to_mermaid",

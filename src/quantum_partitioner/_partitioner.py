@@ -312,8 +312,8 @@ class QuantumPartitioner(Generic[T, R]):
         name: str | None = None,
         timeout: float | None = None,
         retries: int = 0,
-        priority: int = 0,
         metadata: dict[str, Any] | None = None,
+        priority: int = 0,
         *,
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
@@ -331,8 +331,8 @@ class QuantumPartitioner(Generic[T, R]):
         name: str | None = None,
         timeout: float | None = None,
         retries: int = 0,
-        priority: int = 0,
         metadata: dict[str, Any] | None = None,
+        priority: int = 0,
         *,
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
@@ -342,15 +342,16 @@ class QuantumPartitioner(Generic[T, R]):
         limits: list[str] | dict[str, int] | None = None,
     ) -> Callable[[_Decorated], _Decorated]: ...
 
-    def add_unit(  # noqa: PLR0917 - the original API's positional signature
+    def add_unit(  # noqa: PLR0917 - the original API's positional signature: its add_unit
+        # takes (fn, dependencies, name, timeout, retries, metadata); priority comes after
         self,
         fn: UnitFunction[R] | None = None,
         dependencies: list[str] | None = None,
         name: str | None = None,
         timeout: float | None = None,
         retries: int = 0,
-        priority: int = 0,
         metadata: dict[str, Any] | None = None,
+        priority: int = 0,
         *,
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
@@ -368,8 +369,8 @@ class QuantumPartitioner(Generic[T, R]):
                 the function's ``__name__`` when ``add_unit`` is used as a decorator.
             timeout: Seconds one attempt may take (> 0), or None.
             retries: Extra attempts after a failure (>= 0).
-            priority: Among ready units, higher runs sooner.
             metadata: Free-form; see :class:`QuantumUnit`.
+            priority: Among ready units, higher runs sooner.
             replace: Replace an existing unit of the same name instead of raising.
             retry_policy: This unit's retry policy, overriding the partitioner's.
             when: A condition: ``when(ctx)`` is called in the caller's process when the
@@ -407,7 +408,7 @@ class QuantumPartitioner(Generic[T, R]):
                 "limits": limits,
             }
             return self._unit_decorator(
-                (dependencies, name, timeout, retries, priority, metadata), options
+                (dependencies, name, timeout, retries, metadata, priority), options
             )
         if self._active_run is not None:
             self._check_not_executing("add_unit")
@@ -980,7 +981,9 @@ class QuantumPartitioner(Generic[T, R]):
             custom_executor: The executor for ``ExecutionMode.CUSTOM``.
             fail_fast: Once a unit fails for good, cancel every unit that has not started.
             raise_on_error: Raise :class:`TaskError` if any unit failed or timed out.
-            backend: Run on this backend instead of the mode's own.
+            backend: Run on this backend instead of the mode's own (it decides where units
+                run: an ``execution_mode`` or a ``custom_executor`` that is not its own is
+                refused with it).
             progress: Draw a live progress bar on standard error, if it is a terminal
                 (needs the ``progress`` extra).
             trace: Record which worker runs each attempt, for :meth:`export_trace` and
@@ -1209,6 +1212,18 @@ class QuantumPartitioner(Generic[T, R]):
         if backend is not None:
             if not isinstance(backend, Backend):
                 raise TypeError(f"backend must be a Backend, got {backend!r}")
+            # A mode or an executor that is not the backend's would be ignored: the run would
+            # go elsewhere than asked.
+            if execution_mode is not None and _check_mode(execution_mode).value != backend.name:
+                raise ValueError(
+                    f"backend= runs units in {backend.name!r} mode, not in "
+                    f"execution_mode={_check_mode(execution_mode).value!r}; drop one of them"
+                )
+            if custom_executor is not None and backend.name != ExecutionMode.CUSTOM.value:
+                raise ValueError(
+                    f"backend= runs units in {backend.name!r} mode, not on custom_executor=; "
+                    "drop one of them"
+                )
             return backend
         if execution_mode is None:
             mode = (

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import json
 import os
@@ -86,7 +87,7 @@ _EXIT_STATUSES = (
     (EXIT_USAGE, "bad input (arguments, module, factory, graph): one line on stderr"),
     (EXIT_DEADLINE, "run --deadline passed and cancelled the units not finished"),
     (EXIT_INTERRUPTED, "interrupted by Ctrl-C"),
-    (EXIT_BROKEN_PIPE, "the output's reader went away (| head)"),
+    (EXIT_BROKEN_PIPE, "the output's reader went away (| head), or stdout is closed"),
 )
 
 #: The modes ``demo --mode`` and ``run --mode`` offer (CUSTOM needs an executor object).
@@ -147,16 +148,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except CommandError as error:
-        sys.stderr.write(f"{PROG}: error: {_printable(str(error))}\n")
+        _tell(f"{PROG}: error: {_printable(str(error))}")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted\n")
+        _tell(f"{PROG}: interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (``| head``). Point stdout at devnull so that the flush at
         # exit does not raise again, as the Python docs on SIGPIPE advise.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        if sys.stdout is not None:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
 
 
@@ -181,8 +183,16 @@ def _exit_statuses() -> str:
     return "\n".join(["exit status:", *rows])
 
 
+def _tell(line: str) -> None:
+    """Write one line on stderr, unless it is closed (``2>&-``: Python has no stderr then)."""
+    if sys.stderr is not None:
+        sys.stderr.write(line + "\n")
+
+
 def _write(lines: Iterable[str]) -> None:
     out = sys.stdout
+    if out is None:  # started with stdout closed (``>&-``): no reader, as a closed pipe
+        raise BrokenPipeError(errno.EPIPE, "standard output is closed")
     encoding = out.encoding or "utf-8"
     for line in lines:
         # A character the terminal cannot show (an ASCII or Latin-1 locale) is written as
@@ -547,7 +557,7 @@ def _run_run(args: argparse.Namespace) -> int:
         # A unit in this process called sys.exit(): the run stopped as on Ctrl-C. Show
         # what completed, and say so; exit status 0 would claim every unit completed.
         _write(_run_lines(args, partitioner, time.perf_counter() - started))
-        sys.stderr.write(f"{PROG}: the run was stopped: {_printable(_one_line(stop))}\n")
+        _tell(f"{PROG}: the run was stopped: {_printable(_one_line(stop))}")
         return EXIT_FAILED
     seconds = time.perf_counter() - started
     _write(_run_lines(args, partitioner, seconds))
