@@ -1,8 +1,9 @@
 """The original API document's usage examples, run as written with small real functions.
 
-Each test copies one example's code (seed/000_702f4953bf27369c.txt, "Usage Patterns" and the
-TaskMap calls of its implementation sketch) and checks what its reader would expect. The
-original document imports ``taskmap``; here that engine is ``quantum_partitioner.taskmap``.
+Each test copies one example's code (its "Usage Patterns" and the TaskMap calls of its
+implementation sketch) and checks what its reader would expect. The original document imports
+``taskmap`` and ``taskmap.exceptions``; here they are ``quantum_partitioner.taskmap`` and
+``quantum_partitioner.taskmap.exceptions``.
 """
 
 from __future__ import annotations

@@ -233,6 +233,18 @@ def test_taskmap_exports_the_original_engine_names(name):
     assert getattr(taskmap, name) is not None
 
 
+def test_taskmap_exceptions_is_where_the_original_api_imports_its_errors_from():
+    """``from taskmap.exceptions import TaskError, CircularDependency``, as the original API
+    writes it, works with the package's taskmap and gives the package's own classes."""
+    from quantum_partitioner.taskmap.exceptions import (  # noqa: PLC0415 - the import tested
+        CircularDependency,
+        TaskError,
+    )
+
+    assert TaskError is qp.TaskError
+    assert CircularDependency is qp.CircularDependencyError
+
+
 def test_taskmap_errors_are_the_packages_errors():
     """taskmap's TaskError and CircularDependency are the package's own classes."""
     assert taskmap.TaskError is qp.TaskError

@@ -22,16 +22,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from ._errors import CircularDependency, CircularDependencyError, TaskError
-from ._graph import ExecutionMode, QuantumUnit, validate_unit
-from ._limits import Limit
-from ._partitioner import _UNIT_OPTIONS, QuantumPartitioner
+from .._errors import CircularDependency, CircularDependencyError, TaskError
+from .._graph import ExecutionMode, QuantumUnit, validate_unit
+from .._limits import Limit
+from .._partitioner import _UNIT_OPTIONS, QuantumPartitioner
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
 
-    from ._graph import UnitFunction
-    from ._plan import ExecutionPlan
+    from .._graph import UnitFunction
+    from .._plan import ExecutionPlan
 
 __all__ = [
     "CircularDependency",
