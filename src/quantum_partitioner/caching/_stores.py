@@ -1409,8 +1409,8 @@ class SQLiteStore(CacheStore):
     def _request_checkpoint(self) -> None:
         """Have the checkpointer thread checkpoint the write-ahead log (nobody waits)."""
         self._uncheckpointed = 0
-        if self._pid != _this_process:
-            return  # a forked child: its close() checkpoints
+        if self._pid != _this_process or not self._connections:
+            return  # a forked child (its close() checkpoints), or a store closed meanwhile
         with self._queue_mutex:
             if self._stopping_checkpoints:
                 return
