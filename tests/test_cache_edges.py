@@ -1046,3 +1046,30 @@ def test_close_waits_for_a_checkpoint_under_way(tmp_path, monkeypatch):
     assert finished.is_set()
     assert not path.with_name(f"{path.name}-wal").exists()
     assert _entries_in_the_file_alone(path) == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_waits_for_a_checkpoint_under_way(tmp_path, monkeypatch):
+    """A fork while the checkpointer is inside SQLite waits for it: a child inheriting
+    SQLite's mutexes held by a thread it does not have would hang at its first connection
+    (a PROCESS pool forked right after a run met the run's checkpoint)."""
+    real = SQLiteStore._checkpoint_once
+    inside, done = threading.Event(), threading.Event()
+
+    def slow(self, connections):
+        inside.set()
+        time.sleep(0.2)  # stands for a long fsync
+        real(self, connections)
+        done.set()
+
+    monkeypatch.setattr(SQLiteStore, "_checkpoint_once", slow)
+    with SQLiteStore(tmp_path / "c.sqlite") as store:
+        store.put(b"a" * 32, "u", b"first")
+        store.flush()
+        assert inside.wait(30)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        assert done.is_set()  # the checkpoint ended before the fork
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0

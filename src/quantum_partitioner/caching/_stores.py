@@ -172,7 +172,41 @@ def _note_fork() -> None:
         memory._new_locks()
 
 
+# Checkpointer locks held across a fork (see _hold_checkpoints).
+_HELD_FOR_FORK: list[threading.Lock] = []
+
+
+def _hold_checkpoints() -> None:
+    """Before a fork: wait for the checkpoints under way, and start none until it is done.
+
+    A thread inside SQLite at the fork (a checkpoint's connect or fsync) holds SQLite's own
+    mutexes, which the child inherits held, with no thread to let go of them: the child's
+    first connection would wait for them for ever. (A checkpoint follows every run, so a
+    PROCESS pool forked for the next run would often meet one.)
+    """
+    for store in list(_LIVE_STORES):
+        lock = store._checkpoint_lock
+        lock.acquire()
+        _HELD_FOR_FORK.append(lock)
+
+
+def _let_checkpoints_go() -> None:
+    """After a fork, in the parent: let the checkpointers go on."""
+    while _HELD_FOR_FORK:
+        _HELD_FOR_FORK.pop().release()
+
+
+def _forget_held_checkpoints() -> None:
+    """After a fork, in the child: its stores have locks of their own (see _note_fork)."""
+    _HELD_FOR_FORK.clear()
+
+
 os.register_at_fork(after_in_child=_note_fork)
+os.register_at_fork(
+    before=_hold_checkpoints,
+    after_in_parent=_let_checkpoints_go,
+    after_in_child=_forget_held_checkpoints,
+)
 
 # Each index is one more b-tree every write updates; ``entries`` has only its primary key's.
 # A rowid table (rows appended in write order) with the key's index beside it, not a table
@@ -721,6 +755,8 @@ class SQLiteStore(CacheStore):
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_due = False
         self._checkpoint_wake = threading.Event()
+        # Held by the checkpointer while it is inside SQLite, and by a fork meanwhile.
+        self._checkpoint_lock = threading.Lock()
         self._uncheckpointed = 0
         self._checkpoint_connections: list[sqlite3.Connection] = []
         self._stopping_checkpoints = False
@@ -803,6 +839,7 @@ class SQLiteStore(CacheStore):
         self._queue_mutex = threading.Lock()
         self._wake = threading.Event()
         self._checkpoint_wake = threading.Event()
+        self._checkpoint_lock = threading.Lock()
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
         try:
@@ -1455,6 +1492,10 @@ class SQLiteStore(CacheStore):
 
         A failure is logged and forgotten: the log is checkpointed at close anyway.
         """
+        with self._checkpoint_lock:  # never inside SQLite at a fork (see _hold_checkpoints)
+            self._checkpoint_once(connections)
+
+    def _checkpoint_once(self, connections: list[sqlite3.Connection]) -> None:
         try:
             if not connections:
                 # Read-write, never created: a file deleted meanwhile is not made anew.
