@@ -1425,6 +1425,17 @@ def test_constructor_checks_its_cache_arguments(tmp_path):
         CachingQuantumPartitioner(cache_store={})
 
 
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [(math.nan, ValueError), (math.inf, ValueError), (-1, ValueError), (True, TypeError)],
+)
+def test_sqlite_store_checks_its_timeout_naming_it(tmp_path, timeout, error):
+    """A NaN, infinite, negative or bool timeout is refused naming it, before the file is made."""
+    with pytest.raises(error, match="SQLiteStore: timeout must be"):
+        SQLiteStore(tmp_path / "c.db", timeout=timeout)
+    assert not (tmp_path / "c.db").exists()
+
+
 def test_a_store_can_be_shared_by_partitioners():
     """Two partitioners on one MemoryStore serve each other's results."""
     store = MemoryStore()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -71,6 +72,32 @@ FACTORIES = textwrap.dedent(
         p.add_unit(lambda ctx: 1 / 0, ["\\x1b[2Jclear"], name="bidi\\u202etxt.exe")
         p.add_unit(lambda ctx: 1, name="two\\nlines")
         return p
+
+    def non_ascii():
+        p = QuantumPartitioner()
+        p.add_unit(lambda ctx: "résumé ✓", name="café")
+        p.add_unit(lambda ctx: 1, ["café"], name="lone\\udc80surrogate")
+        return p
+
+    class BadRepr:
+        def __repr__(self):
+            raise RuntimeError("repr is broken")
+
+    class UnprintableError(Exception):
+        def __str__(self):
+            raise RuntimeError("str is broken")
+
+    def raise_unprintable(ctx):
+        raise UnprintableError
+
+    def unprintable():
+        p = QuantumPartitioner()
+        p.add_unit(lambda ctx: BadRepr(), name="bad_repr")
+        p.add_unit(raise_unprintable, name="bad_str")
+        return p
+
+    def factory_raises_unprintable():
+        raise UnprintableError
 
     def hostile_error():
         raise RuntimeError("\\x1b]0;owned\\x07 title")
@@ -161,13 +188,16 @@ FACTORIES = textwrap.dedent(
 )
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "quantum_partitioner", *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=cwd,
+        env=None if env is None else {**os.environ, **env},
         check=False,
     )
 
@@ -240,6 +270,18 @@ def test_demo_writes_its_trace_report_and_picture(tmp_path):
     assert len(pictures) == 1
     for name in ("demo-trace.json", "demo-report.html", pictures[0].name):
         assert name in result.stdout
+
+
+def test_demo_out_that_cannot_be_a_directory_is_exit_status_2_before_the_run(tmp_path):
+    """`demo --out` at a file: one line naming --out, exit 2, before any unit runs."""
+    (tmp_path / "a_file").write_text("")
+    result = run_cli("demo", "--out", str(tmp_path / "a_file" / "out"), "--no-progress")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"{ERROR_PREFIX}--out ")
+    assert "NotADirectoryError" in lines[0]
 
 
 def test_demo_rejects_a_worker_count_below_one():
@@ -351,6 +393,24 @@ def test_defect_18_names_are_printed_with_control_characters_escaped(project):
     assert r"'\x1b[31mred'" in rows[r"\x1b[2Jclear"]
 
 
+def test_results_and_errors_whose_repr_or_str_raises_are_shown_as_such(project):
+    """A result whose repr() raises, an error whose str() raises: rows say so, no traceback."""
+    result = run_cli("run", "factories:unprintable", cwd=project)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == ""
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[3:-2]}
+    assert rows["bad_repr"].endswith("<repr() of BadRepr raised RuntimeError>")
+    assert rows["bad_str"].endswith(
+        "UnprintableError: <str() of UnprintableError raised RuntimeError>"
+    )
+    plan = run_cli("plan", "factories:factory_raises_unprintable", cwd=project)
+    assert plan.returncode == 2
+    raised = "raised UnprintableError: <str() of UnprintableError raised RuntimeError>"
+    assert plan.stderr.splitlines() == [
+        f"{ERROR_PREFIX}factories:factory_raises_unprintable() {raised}"
+    ]
+
+
 def test_defect_18_a_unit_calling_sys_exit_is_no_success(project):
     """A unit's SystemExit stops the run: rows printed, one line on stderr, exit status 1."""
     result = run_cli("run", "factories:unit_exits", cwd=project)
@@ -358,6 +418,72 @@ def test_defect_18_a_unit_calling_sys_exit_is_no_success(project):
     assert "first" in result.stdout
     assert "COMPLETED" in result.stdout
     assert result.stderr == "quantum-partitioner: the run was stopped: SystemExit: 0\n"
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "utf-8"])
+def test_output_a_terminal_cannot_encode_is_written_as_escapes(project, encoding):
+    """An ASCII terminal, or a lone surrogate on UTF-8: escapes, not a UnicodeEncodeError."""
+    env = {"PYTHONIOENCODING": encoding}
+    outputs = [
+        run_cli(*args, "factories:non_ascii", cwd=project, env=env)
+        for args in (["run"], ["plan", "--format", "dot"], ["plan", "--format", "mermaid"])
+    ]
+    for result in outputs:
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""
+    run, dot, mermaid = (result.stdout for result in outputs)
+    assert r"lone\udc80surrogate" in run
+    assert r'"lone\udc80surrogate"' in dot
+    assert '["lone#56448;surrogate"]' in mermaid
+    if encoding == "utf-8":
+        assert "café" in run
+        assert "'résumé ✓'" in run
+    else:
+        assert r"caf\xe9" in run
+        assert r"'r\xe9sum\xe9 \u2713'" in run
+
+
+def test_output_to_a_closed_pipe_exits_141(project):
+    """The output's reader gone (`| head`): exit 141 (128 + SIGPIPE), no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        for args in (["run", "factories:build"], ["plan", "factories:build"]):
+            result = subprocess.run(
+                [sys.executable, "-m", "quantum_partitioner", *args],
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=60,
+                cwd=project,
+                check=False,
+            )
+            assert result.returncode == 141, result.stderr
+            assert result.stderr == ""
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize(
+    ("redirect", "args", "status"),
+    [(">&-", ["run", "factories:build"], 141), ("2>&-", ["run", "missing:build"], 2)],
+    ids=["stdout", "stderr"],
+)
+def test_started_with_stdout_or_stderr_closed_exits_with_its_status(
+    project, redirect, args, status
+):
+    """Python has no sys.stdout (or stderr) when it starts with it closed: same statuses."""
+    command = f'exec "$0" -m quantum_partitioner "$@" {redirect}'
+    result = subprocess.run(
+        ["sh", "-c", command, sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=project,
+        check=False,
+    )
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_no_command_is_a_usage_error():
@@ -374,6 +500,16 @@ def test_help_lists_the_subcommands():
     assert "demo" in result.stdout
     assert "plan" in result.stdout
     assert "run" in result.stdout
+
+
+@pytest.mark.parametrize("command", [[], ["run"]])
+def test_help_lists_every_exit_status(command):
+    """`--help` and `run --help` list each exit status the command can end with."""
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0
+    statuses = result.stdout.split("exit status:\n", 1)[1]
+    codes = [int(line.split()[0]) for line in statuses.splitlines() if line.strip()]
+    assert codes == [0, 1, 2, 3, 130, 141]
 
 
 # -- plan --workers ------------------------------------------------------------------------
@@ -439,6 +575,17 @@ def test_run_completes_and_prints_a_row_per_unit(project):
     assert rows["store_results"][3:] == ["4"]  # the unit's result, as its repr
     assert lines[-1].startswith("4 completed in ")
     assert lines[-1].endswith(" ms")
+
+
+def test_run_columns_line_up_when_every_name_is_shorter_than_the_header(project):
+    """Unit names shorter than "unit": each row's state starts under the "state" header."""
+    result = run_cli("run", "factories:task_map", cwd=project)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.split()[:2] == ["unit", "state"])
+    rows = [line for line in lines if line.split()[:1] in (["a"], ["b"])]
+    assert len(rows) == 2
+    assert all(row.index("COMPLETED") == header.index("state") for row in rows)
 
 
 @pytest.mark.parametrize("mode", ["sequential", "thread", "process", "async"])

@@ -17,6 +17,7 @@ from quantum_partitioner import (
     DuplicateUnitError,
     ExecutionMode,
     GraphError,
+    JoinRule,
     QuantumPartitioner,
     QuantumUnit,
     RetryPolicy,
@@ -25,7 +26,7 @@ from quantum_partitioner import (
     at_least,
 )
 from quantum_partitioner._graph import Graph, compile_graph, validate_unit
-from quantum_partitioner._joins import ALL_SUCCESS
+from quantum_partitioner._joins import ALL_SUCCESS, join_rule
 
 
 def noop(ctx):
@@ -240,6 +241,23 @@ BAD_ADD_UNIT_ARGUMENTS = [
     pytest.param({"limits": "api"}, TypeError, "limits", id="str-limits"),
     pytest.param({"run_if": "most"}, ValueError, "join rule", id="unknown-run-if"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("most",), "unknown join rule 'most'"),
+        (("at_least", 0), r"needs an int k >= 1, got 0"),
+        (("at_least", True), r"needs an int k >= 1, got True"),
+        (("all_done", 2), "join rule 'all_done' takes no k, got k=2"),
+    ],
+)
+def test_join_rule_built_by_hand_is_checked_as_run_if_checks_a_name(args, message):
+    """JoinRule(...) with an unknown name or a bad k is refused (it ran the unit at once)."""
+    with pytest.raises(ValueError, match=message):
+        JoinRule(*args)
+    assert str(JoinRule("at_least", 2)) == "at_least(2)"
+    assert JoinRule("all_done") == join_rule("all_done")
 
 
 @pytest.mark.parametrize(("kwargs", "error", "field"), BAD_ADD_UNIT_ARGUMENTS)

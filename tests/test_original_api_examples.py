@@ -1,8 +1,9 @@
 """The original API document's usage examples, run as written with small real functions.
 
-Each test copies one example's code (seed/000_702f4953bf27369c.txt, "Usage Patterns" and the
-TaskMap calls of its implementation sketch) and checks what its reader would expect. The
-original document imports ``taskmap``; here that engine is ``quantum_partitioner.taskmap``.
+Each test copies one example's code (its "Usage Patterns" and the TaskMap calls of its
+implementation sketch) and checks what its reader would expect. The original document imports
+``taskmap`` and ``taskmap.exceptions``; here they are ``quantum_partitioner.taskmap`` and
+``quantum_partitioner.taskmap.exceptions``.
 """
 
 from __future__ import annotations
@@ -340,3 +341,23 @@ def test_task_error_carries_errors_partial_results_and_failed_tasks():
         "store_results": {"stored": 1, "valid": True},
     }
     assert failed == ["fetch"]
+
+
+# -- the original signatures, called positionally --------------------------------------------
+
+
+def test_add_unit_and_execute_take_the_original_positional_arguments():
+    """add_unit(fn, dependencies, name, timeout, retries, metadata) and execute(context,
+    execution_mode, max_workers, custom_executor), in the original order, as written."""
+    partitioner = QuantumPartitioner(4, ExecutionMode.THREAD)
+    partitioner.add_unit(fetch_data_from_api, [], "fetch", 5.0, 1, {"fallback_value": []})
+    partitioner.add_unit(lambda ctx: len(ctx["fetch"]), ["fetch"], "count")
+
+    with ThreadPoolExecutor(max_workers=2) as executor:
+        results = partitioner.execute({"api_url": "x"}, ExecutionMode.CUSTOM, 2, executor)
+
+    assert results == {"fetch": [], "count": 0}
+    fetch = partitioner.units["fetch"]
+    assert (fetch.timeout, fetch.retries, fetch.priority) == (5.0, 1, 0)
+    assert fetch.metadata == {"fallback_value": []}
+    assert fetch.attempt == 2

@@ -34,7 +34,7 @@ from quantum_partitioner import (
     UnitState,
     UnknownDependencyError,
 )
-from quantum_partitioner.backends import ExecutorBackend
+from quantum_partitioner.backends import ExecutorBackend, SequentialBackend
 
 SEQ = ExecutionMode.SEQUENTIAL
 ORIGINAL_METRIC_KEYS = {
@@ -347,6 +347,42 @@ def test_a_unit_put_into_or_deleted_from_the_units_dict_is_seen_by_the_next_run(
     assert p.build_execution_plan().levels == [["a"], ["b"]]
     p.units["bad"] = QuantumUnit("bad", lambda ctx: 3, timeout=-1)
     with pytest.raises(ValueError, match="'bad'"):
+        p.execute({}, SEQ)
+
+
+def test_a_unit_deleted_and_another_put_in_or_one_put_in_a_units_place_is_seen():
+    """As many units as before, but other ones (one deleted, one put in; one put under the
+    key of another): the next run runs those the dict holds, not the ones it held."""
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: 1, name="a")
+    p.add_unit(lambda ctx: 2, name="gone")
+    assert p.execute({}, SEQ) == {"a": 1, "gone": 2}
+
+    del p.units["gone"]
+    p.units["b"] = QuantumUnit("b", lambda ctx: 3)
+    assert p.execute({}, SEQ) == {"a": 1, "b": 3}
+    assert {name: unit.state for name, unit in p.units.items()} == {
+        "a": UnitState.COMPLETED,
+        "b": UnitState.COMPLETED,
+    }
+    p.units["a"] = QuantumUnit("a", lambda ctx: 4)
+    assert p.execute({}, SEQ) == {"a": 4, "b": 3}
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        (None, TypeError, r"units\['c'\] must be a QuantumUnit, got None"),
+        (QuantumUnit("other", exploding_unit), ValueError, r"units\['c'\] holds the unit 'other'"),
+    ],
+)
+def test_what_is_put_into_the_units_dict_is_a_unit_under_its_name(value, error, message):
+    """Something that is no unit, or a unit under another name's key: a clear error."""
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: 1, name="a")
+    p.execute({}, SEQ)
+    p.units["c"] = value
+    with pytest.raises(error, match=message):
         p.execute({}, SEQ)
 
 
@@ -866,3 +902,53 @@ def test_an_interrupt_at_the_first_call_after_the_backend_claimed_the_run_frees_
         assert run() == {"a": 1}  # neither the partitioner nor the backend is still taken
     finally:
         pool.shutdown()
+
+
+class _UnprintableError(Exception):
+    def __str__(self):
+        raise RuntimeError("__str__ is broken")
+
+
+class _NotIterable:
+    def __iter__(self):
+        raise _UnprintableError
+
+
+class _BreaksWhileRead:
+    def __iter__(self):
+        yield 1
+        raise _UnprintableError
+
+
+def test_a_map_over_a_result_whose_iteration_raises_an_unprintable_error_says_so():
+    """The map's error names the map and says that the error's ``str()`` raised."""
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: _NotIterable(), name="opaque")
+    p.add_unit(lambda ctx: _BreaksWhileRead(), name="breaks")
+    p.add_map(lambda ctx: ctx.item, over="opaque", name="first")
+    p.add_map(lambda ctx: ctx.item, over="breaks", name="second")
+    p.execute({}, SEQ)
+    failed = p.get_failed_units()
+    unprintable = "<str() of _UnprintableError raised RuntimeError>"
+    assert str(failed["first"]).endswith(f"is not iterable (_NotIterable): {unprintable}")
+    assert str(failed["second"]).endswith(f"raised _UnprintableError: {unprintable}")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("execution_mode", "process", "not in execution_mode='process'"),
+        ("custom_executor", ThreadPoolExecutor(1), "not on custom_executor="),
+    ],
+)
+def test_a_backend_and_another_mode_or_an_executor_are_refused(option, value, message):
+    """``backend=`` decides where units run: a mode or an executor beside it that is not its
+    own (ignored until now, so the run went elsewhere than asked) is a ValueError, before
+    any unit runs; the backend's own mode beside it is fine."""
+    ran = []
+    p = QuantumPartitioner()
+    p.add_unit(lambda ctx: ran.append(1), name="a")
+    with pytest.raises(ValueError, match=f"backend= runs units in 'sequential' mode, {message}"):
+        p.execute({}, backend=SequentialBackend(), **{option: value})
+    assert ran == []
+    assert p.execute({}, SEQ, backend=SequentialBackend()) == {"a": None}

@@ -86,6 +86,21 @@ def test_backoff_rejects_nan(field):
         ExponentialBackoff(**{field: math.nan})
 
 
+@pytest.mark.parametrize("field", ["initial", "multiplier", "maximum", "jitter"])
+def test_backoff_rejects_infinity(field):
+    """An infinite setting is rejected: the wait it gives is a retry that never comes."""
+    with pytest.raises(ValueError, match=f"{field} must be >= 0 and finite"):
+        ExponentialBackoff(**{field: math.inf})
+
+
+def test_backoff_past_the_float_range_waits_the_maximum():
+    """After 1,024+ failures ``multiplier**failures`` leaves the float range: the cap holds."""
+    backoff = ExponentialBackoff(initial=0, maximum=0.5, jitter=0)
+    assert backoff.delay(1100) == 0.0
+    assert ExponentialBackoff(maximum=0.5, jitter=0).delay(1100) == 0.5
+    assert ExponentialBackoff(multiplier=2, maximum=0.5, jitter=0).delay(1100) == 0.5
+
+
 def test_backoff_is_frozen_and_hashable():
     """A backoff is an immutable value."""
     backoff = ExponentialBackoff()
@@ -148,6 +163,22 @@ def test_policy_rejects_retry_on_that_is_not_exception_types(retry_on):
     """retry_on must be an exception class or a tuple of them (TypeError otherwise)."""
     with pytest.raises(TypeError, match="retry_on"):
         RetryPolicy(retry_on=retry_on)
+
+
+class _FixedBackoff:
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def delay(self, failures):
+        return self.seconds
+
+
+@pytest.mark.parametrize("seconds", [math.inf, math.nan, -1, "5", None, True])
+def test_policy_rejects_a_wait_its_backoff_gives_that_is_no_finite_number(seconds):
+    """A backoff of one's own that gives no finite wait >= 0: ValueError naming the value."""
+    with pytest.raises(ValueError, match=r"gave .* seconds after failure 1, not a finite"):
+        RetryPolicy(backoff=_FixedBackoff(seconds)).delay(1)
+    assert RetryPolicy(backoff=_FixedBackoff(0)).delay(1) == 0
 
 
 @pytest.mark.parametrize("backoff", [0.5, None, "exponential"], ids=["float", "none", "str"])

@@ -20,10 +20,12 @@ INTERNAL = {
     # Backend.run(run)), never built by users.
     "quantum_partitioner._graph": {"Graph", "compile_graph"},
     "quantum_partitioner._run": {"Run"},
-    # Implementation of ExecutionPlan.visualize/to_mermaid/simulate and of metrics.
+    # Implementation of ExecutionPlan.visualize/to_mermaid/simulate and of metrics; the
+    # code points the pictures and the CLI escape.
     "quantum_partitioner.observability._render": {
         "DECIDED_SKIP_COLOUR",
         "STATE_COLOURS",
+        "UNSAFE_CODE_POINTS",
         "map_note",
         "to_dot",
         "to_mermaid",
@@ -229,6 +231,18 @@ def test_taskmap_exports_the_original_engine_names(name):
     """quantum_partitioner.taskmap exports the original API's TaskMap names."""
     assert name in taskmap.__all__
     assert getattr(taskmap, name) is not None
+
+
+def test_taskmap_exceptions_is_where_the_original_api_imports_its_errors_from():
+    """``from taskmap.exceptions import TaskError, CircularDependency``, as the original API
+    writes it, works with the package's taskmap and gives the package's own classes."""
+    from quantum_partitioner.taskmap.exceptions import (  # noqa: PLC0415 - the import tested
+        CircularDependency,
+        TaskError,
+    )
+
+    assert TaskError is qp.TaskError
+    assert CircularDependency is qp.CircularDependencyError
 
 
 def test_taskmap_errors_are_the_packages_errors():

@@ -227,3 +227,23 @@ def test_render_draws_a_map_of_thousands_of_items(tmp_path):
     qp.execute(execution_mode=SEQ)
     svg = qp.render(tmp_path / "g.svg").read_text()
     assert "5000 items: 2500 completed, 2500 failed" in svg
+
+
+def test_dot_keeps_non_ascii_names_and_escapes_unsafe_code_points():
+    """DOT holds a name's letters as they are, and controls, bidi marks, surrogates escaped."""
+    qp = QuantumPartitioner()
+    qp.add_unit(lambda ctx: 1, name="café")
+    qp.add_unit(lambda ctx: 1, ["café"], name="\x1b[2J\u202e\x85\udc80")
+    dot = qp.build_execution_plan().visualize(states=False)
+    assert '  "café" -> "\\u001b[2J\\u202e\\u0085\\udc80"' in dot
+    dot.encode()  # no lone surrogate left: any UTF-8 reader takes it
+    assert "\\u00e9" not in dot
+
+
+@needs_dot
+def test_render_draws_non_ascii_names_as_letters(tmp_path):
+    """Graphviz draws ``café`` for a unit named ``café``, not its escape."""
+    qp = QuantumPartitioner()
+    qp.add_unit(lambda ctx: 1, name="café")
+    svg = qp.render(tmp_path / "g.svg").read_text(encoding="utf-8")
+    assert ">café</text>" in svg

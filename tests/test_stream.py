@@ -20,6 +20,7 @@ import pytest
 
 from quantum_partitioner import (
     ExecutionMode,
+    Instrument,
     QuantumPartitioner,
     UnitResult,
     UnitState,
@@ -119,6 +120,66 @@ def test_ctrl_c_while_waiting_for_a_record_cancels_the_run(tmp_path):
     assert worker_processes() == []
 
 
+class InterruptAsTheRunStarts(Instrument):
+    """Interrupts the consumer while it waits for the run to start (worker processes start).
+
+    It runs before the stream's own instrument hears of the run.
+    """
+
+    def __init__(self, interrupt):
+        self.interrupt = interrupt
+
+    def run_started(self, event):
+        self.interrupt()
+
+
+def ctrl_c_in_the_main_thread():
+    """SIGINT aimed at the main thread once it waits, then time to handle it."""
+    time.sleep(0.2)  # as worker processes would take to start
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+    time.sleep(0.3)
+
+
+def test_ctrl_c_while_the_run_gets_ready_cancels_it(tmp_path):
+    """SIGINT while stream() waits for the run to start: it is cancelled and over on the raise.
+
+    stream() raised KeyboardInterrupt and let the run go on in its thread, every unit
+    running to its end.
+    """
+    log = tmp_path / "log"
+    p = naps(log, count=4, seconds=1.0)
+    p.instruments.append(InterruptAsTheRunStarts(ctrl_c_in_the_main_thread))
+    with pytest.raises(KeyboardInterrupt):
+        p.stream(execution_mode=ExecutionMode.SEQUENTIAL)
+    assert p._active_run is None
+    assert lines(log) == []  # nothing started
+    assert {unit.state for unit in p.units.values()} == {UnitState.CANCELED}
+
+
+def test_cancelling_astream_while_the_run_gets_ready_cancels_it(tmp_path):
+    """The consumer is cancelled while astream() waits for the run to start: so is the run."""
+    log = tmp_path / "log"
+    p = naps(log, count=4, seconds=1.0)
+    consumer = []
+    p.instruments.append(InterruptAsTheRunStarts(lambda: consumer[0].cancel() and None))
+
+    async def consume():
+        async with p.astream() as results:
+            async for _ in results:
+                pass
+
+    async def main():
+        consumer.append(asyncio.current_task())
+        with pytest.raises(asyncio.CancelledError):
+            await consume()
+        assert p._active_run is None
+
+    asyncio.run(main())
+    # The run started units before the consumer's cancellation was delivered; none ended.
+    assert not [line for line in lines(log) if line.startswith("end")]
+    assert {p.units[f"nap_{k}"].state for k in range(4)} == {UnitState.CANCELED}
+
+
 def test_a_forgotten_stream_is_cancelled_when_collected(tmp_path):
     """Garbage collection is the last resort: a stream dropped unread cancels its run."""
     log = tmp_path / "log"
@@ -192,6 +253,38 @@ def test_leaving_an_astream_cancels_its_coroutines(tmp_path):
     time.sleep(1.6)  # longer than a nap: a coroutine still going would write its end
     assert len(lines(log)) == seen  # no attempt started or ended afterwards
     assert not any(line == f"end {name}" for line in lines(log) for name in cancelled)
+
+
+def test_a_timeout_around_an_astream_fires_while_it_waits_for_the_run_to_end():
+    """asyncio.timeout() fires while leaving the stream waits for a cancelled unit's cleanup.
+
+    The wait swallowed every exception, the caller's cancellation too: the timeout never
+    raised TimeoutError and the code after it went on as if nothing had happened.
+    """
+
+    async def cleans_up_slowly(ctx):
+        try:
+            await asyncio.sleep(30)
+        finally:
+            await asyncio.sleep(2)
+
+    p = QuantumPartitioner()
+    p.add_unit(u.async_times("x", 2), name="first", priority=1)
+    p.add_unit(cleans_up_slowly, name="slow")
+
+    async def main():
+        async with asyncio.timeout(0.5):
+            async with p.astream({"x": 1}) as results:
+                async for done in results:
+                    assert done.name == "first"
+                    break  # leaving waits for slow's cleanup (2 s): the timeout fires first
+
+    began = time.monotonic()
+    with pytest.raises(TimeoutError):
+        asyncio.run(main())
+    assert time.monotonic() - began < 1.9
+    assert p._active_run is None
+    assert p.units["slow"].state is UnitState.CANCELED
 
 
 def test_astream_raises_task_error_after_the_last_record():

@@ -358,6 +358,28 @@ def test_otel_one_run_span_and_one_child_per_attempt(otel):
     assert by_key["slow", 1].attributes["quantum_partitioner.unit.state"] == "timeout"
 
 
+def test_otel_an_error_whose_str_raises_is_an_exception_event_saying_so(otel):
+    """An attempt's error whose ``__str__`` raises: its span still ends, with the event."""
+
+    class UnprintableError(Exception):
+        def __str__(self):
+            raise RuntimeError("__str__ is broken")
+
+    def fails(ctx):
+        raise UnprintableError
+
+    provider, exporter = otel
+    qp = QuantumPartitioner()
+    qp.add_unit(fails, name="bad")
+    qp.execute(execution_mode=SEQ)
+    qp.export_otel(provider)
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "bad"]
+    (event,) = span.events
+    assert event.name == "exception"
+    message = event.attributes["exception.message"]
+    assert message == "<str() of UnprintableError raised RuntimeError>"
+
+
 def test_otel_run_span_has_counts_skips_and_error_status(otel):
     """The run span counts units by state, lists skipped units as events, and is ERROR."""
     StatusCode = status_code()  # noqa: N806 - the class's own name

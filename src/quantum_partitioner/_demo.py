@@ -334,6 +334,8 @@ def run_demo(
         output_dir: Where to write the run's trace, report and picture (None: nowhere).
         progress: Show a progress bar while the run goes on (on a terminal).
     """
+    if output_dir is not None:  # a directory that cannot be made fails before the run
+        output_dir.mkdir(parents=True, exist_ok=True)
     documents = bundled_documents()
     partitioner = create_document_pipeline(documents, max_workers)
     plan = partitioner.build_execution_plan()

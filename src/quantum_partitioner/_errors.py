@@ -61,6 +61,18 @@ __all__ = [
 _INTERRUPTS: Final = (KeyboardInterrupt, SystemExit)
 
 
+def error_text(error: BaseException) -> str:
+    """``str(error)``, or a stand-in saying so when the exception's ``__str__`` raises.
+
+    Errors come from user code: a metric, a trace, a report or the command line that shows
+    one must not fail because of it (``last_execution_metrics`` raised what it raised).
+    """
+    try:
+        return str(error)
+    except Exception as problem:
+        return f"<str() of {type(error).__name__} raised {type(problem).__name__}>"
+
+
 def interrupts_run(error: BaseException, caller_pid: int | None = None) -> bool:
     """Whether ``error``, raised by a unit or a hook, interrupts the run instead of failing.
 

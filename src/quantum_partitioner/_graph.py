@@ -29,6 +29,7 @@ from ._errors import (
     CircularDependencyError,
     DuplicateUnitError,
     UnknownDependencyError,
+    error_text,
     interrupts_run,
 )
 from ._joins import ALL_SUCCESS, JoinRule
@@ -788,7 +789,10 @@ def materialise(
     except BaseException as error:
         if in_caller and interrupts_run(error):
             raise
-        message = f"map {map_name!r}: the result of {over_name!r} is not iterable ({kind}): {error}"
+        message = (
+            f"map {map_name!r}: the result of {over_name!r} is not iterable ({kind}): "
+            f"{error_text(error)}"
+        )
         raise TypeError(message) from error
     try:
         items = list(iterator if max_items is None else itertools.islice(iterator, max_items + 1))
@@ -797,7 +801,7 @@ def materialise(
             raise
         message = (
             f"map {map_name!r}: reading the items of {over_name!r} ({kind}) raised "
-            f"{type(error).__name__}: {error}"
+            f"{type(error).__name__}: {error_text(error)}"
         )
         raise TypeError(message) from error
     if max_items is not None and len(items) > max_items:

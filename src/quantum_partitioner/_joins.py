@@ -39,6 +39,10 @@ __all__ = [
 ]
 
 
+#: The rules without a count, by the name ``run_if=`` takes.
+_RULE_NAMES: Final = ("all_success", "none_failed", "all_done", "any_success")
+
+
 @dataclass(frozen=True, slots=True)
 class JoinRule:
     """A unit's join rule; build one with :func:`join_rule` or :func:`at_least`.
@@ -54,6 +58,16 @@ class JoinRule:
     name: str
     k: int = 0
 
+    def __post_init__(self) -> None:
+        """Reject a rule :func:`judge` does not know (it would run the unit at once)."""
+        if self.name == "at_least":
+            if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+                raise ValueError(f"JoinRule('at_least', k) needs an int k >= 1, got {self.k!r}")
+        elif self.name not in _RULE_NAMES:
+            raise ValueError(_unknown_rule(self.name))
+        elif self.k != 0:
+            raise ValueError(f"join rule {self.name!r} takes no k, got k={self.k!r}")
+
     def __str__(self) -> str:
         """The rule as it is written: ``"none_failed"`` or ``at_least(2)``."""
         return f"at_least({self.k})" if self.name == "at_least" else self.name
@@ -64,6 +78,11 @@ NONE_FAILED: Final = JoinRule("none_failed")
 ALL_DONE: Final = JoinRule("all_done")
 ANY_SUCCESS: Final = JoinRule("any_success")
 _BY_NAME: Final = {rule.name: rule for rule in (ALL_SUCCESS, NONE_FAILED, ALL_DONE, ANY_SUCCESS)}
+
+
+def _unknown_rule(name: object) -> str:
+    known = ", ".join(map(repr, _RULE_NAMES))
+    return f"unknown join rule {name!r}; use one of {known} or at_least(k)"
 
 
 def at_least(k: int) -> JoinRule:
@@ -97,8 +116,7 @@ def join_rule(value: object) -> JoinRule:
     if isinstance(value, str):
         rule = _BY_NAME.get(value)
         if rule is None:
-            known = ", ".join(repr(name) for name in _BY_NAME)
-            raise ValueError(f"unknown join rule {value!r}; use one of {known} or at_least(k)")
+            raise ValueError(_unknown_rule(value))
         return rule
     raise TypeError(f"run_if must be a rule name or at_least(k), got {value!r}")
 

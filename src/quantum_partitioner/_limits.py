@@ -520,9 +520,28 @@ class LimitGate:
         self.due_at = [math.inf] * len(self.limits)
 
     def forget(self, i: int, now: float) -> None:
-        """Unit ``i`` ended while waiting or holding (cancelled): settle its record."""
-        if i in self.blocked_on:
-            self._end_wait(i, now)
+        """Unit ``i`` ended while waiting or holding (cancelled): settle its record.
+
+        One cancelled alone (``cancel_rest``) while it waits leaves the limit's queue, and
+        the next waiters get the room it waited for, or was moved to the ready queue for:
+        else, at the head of the queue, it would hold back every unit behind it and, once
+        room came, take that room for nobody, and the run would wait for ever.
+        """
+        lid = self.blocked_on.get(i)
+        if lid is None:
+            return
+        self._end_wait(i, now)
+        heap = self.waiting[lid]
+        position = self._position_of[i]
+        with _LOCK:
+            if position in heap:
+                heap.remove(position)
+                heapq.heapify(heap)
+                self.waiting_count -= 1
+                self.limits[lid].waiting -= 1
+        for other, _, _ in self.needs[i]:
+            if self.waiting[other]:
+                self._promote(other, now)
 
     # -- internals -------------------------------------------------------------------------
 

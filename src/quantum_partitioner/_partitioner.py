@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import is_not
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeAlias, TypeVar, overload
 
@@ -311,8 +312,8 @@ class QuantumPartitioner(Generic[T, R]):
         name: str | None = None,
         timeout: float | None = None,
         retries: int = 0,
-        priority: int = 0,
         metadata: dict[str, Any] | None = None,
+        priority: int = 0,
         *,
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
@@ -330,8 +331,8 @@ class QuantumPartitioner(Generic[T, R]):
         name: str | None = None,
         timeout: float | None = None,
         retries: int = 0,
-        priority: int = 0,
         metadata: dict[str, Any] | None = None,
+        priority: int = 0,
         *,
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
@@ -341,15 +342,16 @@ class QuantumPartitioner(Generic[T, R]):
         limits: list[str] | dict[str, int] | None = None,
     ) -> Callable[[_Decorated], _Decorated]: ...
 
-    def add_unit(  # noqa: PLR0917 - the original API's positional signature
+    def add_unit(  # noqa: PLR0917 - the original API's positional signature: its add_unit
+        # takes (fn, dependencies, name, timeout, retries, metadata); priority comes after
         self,
         fn: UnitFunction[R] | None = None,
         dependencies: list[str] | None = None,
         name: str | None = None,
         timeout: float | None = None,
         retries: int = 0,
-        priority: int = 0,
         metadata: dict[str, Any] | None = None,
+        priority: int = 0,
         *,
         replace: bool = False,
         retry_policy: RetryPolicy | None = None,
@@ -367,8 +369,8 @@ class QuantumPartitioner(Generic[T, R]):
                 the function's ``__name__`` when ``add_unit`` is used as a decorator.
             timeout: Seconds one attempt may take (> 0), or None.
             retries: Extra attempts after a failure (>= 0).
-            priority: Among ready units, higher runs sooner.
             metadata: Free-form; see :class:`QuantumUnit`.
+            priority: Among ready units, higher runs sooner.
             replace: Replace an existing unit of the same name instead of raising.
             retry_policy: This unit's retry policy, overriding the partitioner's.
             when: A condition: ``when(ctx)`` is called in the caller's process when the
@@ -406,7 +408,7 @@ class QuantumPartitioner(Generic[T, R]):
                 "limits": limits,
             }
             return self._unit_decorator(
-                (dependencies, name, timeout, retries, priority, metadata), options
+                (dependencies, name, timeout, retries, metadata, priority), options
             )
         if self._active_run is not None:
             self._check_not_executing("add_unit")
@@ -891,8 +893,13 @@ class QuantumPartitioner(Generic[T, R]):
     def _compiled(self) -> Graph:
         graph = self._graph
         view = self._view
-        if graph is not None and len(graph.units) != len(self.units):
-            view.changed = True  # a unit put into or deleted from the dict directly
+        units = self.units
+        if graph is not None and (
+            len(graph.units) != len(units) or any(map(is_not, graph.units, units.values()))
+        ):
+            # A unit put into or deleted from the dict directly: the count alone misses one
+            # deleted and another put in, which ran the deleted unit and left the new PENDING.
+            view.changed = True
         # changed: a unit's field was assigned since; a run under way keeps its graph (and
         # its units their states), the next run takes the change.
         if graph is None or (view.changed and self._active_run is None):
@@ -920,7 +927,13 @@ class QuantumPartitioner(Generic[T, R]):
             TypeError: A field has the wrong type (the message names the unit).
             ValueError: A field is out of range (the message names the unit).
         """
-        for unit in self.units.values():
+        for key, unit in self.units.items():
+            if not isinstance(unit, QuantumUnit):
+                raise TypeError(f"units[{key!r}] must be a QuantumUnit, got {unit!r}")
+            if unit.id != key:
+                raise ValueError(
+                    f"units[{key!r}] holds the unit {unit.id!r}: a unit's key is its name"
+                )
             rule: object = unit._options.run_if  # what was assigned: maybe a rule's name
             if isinstance(rule, str):  # the record, not the attribute: no change to report
                 unit._options = unit._options._replace(run_if=_join_rule_of(unit.id, rule))
@@ -968,7 +981,9 @@ class QuantumPartitioner(Generic[T, R]):
             custom_executor: The executor for ``ExecutionMode.CUSTOM``.
             fail_fast: Once a unit fails for good, cancel every unit that has not started.
             raise_on_error: Raise :class:`TaskError` if any unit failed or timed out.
-            backend: Run on this backend instead of the mode's own.
+            backend: Run on this backend instead of the mode's own (it decides where units
+                run: an ``execution_mode`` or a ``custom_executor`` that is not its own is
+                refused with it).
             progress: Draw a live progress bar on standard error, if it is a terminal
                 (needs the ``progress`` extra).
             trace: Record which worker runs each attempt, for :meth:`export_trace` and
@@ -1197,6 +1212,18 @@ class QuantumPartitioner(Generic[T, R]):
         if backend is not None:
             if not isinstance(backend, Backend):
                 raise TypeError(f"backend must be a Backend, got {backend!r}")
+            # A mode or an executor that is not the backend's would be ignored: the run would
+            # go elsewhere than asked.
+            if execution_mode is not None and _check_mode(execution_mode).value != backend.name:
+                raise ValueError(
+                    f"backend= runs units in {backend.name!r} mode, not in "
+                    f"execution_mode={_check_mode(execution_mode).value!r}; drop one of them"
+                )
+            if custom_executor is not None and backend.name != ExecutionMode.CUSTOM.value:
+                raise ValueError(
+                    f"backend= runs units in {backend.name!r} mode, not on custom_executor=; "
+                    "drop one of them"
+                )
             return backend
         if execution_mode is None:
             mode = (

@@ -39,17 +39,23 @@ class ExponentialBackoff:
     jitter: float = 0.1
 
     def __post_init__(self) -> None:
-        """Reject negative settings."""
+        """Reject negative and infinite settings (an infinite wait is a retry that never comes)."""
         for name in ("initial", "multiplier", "maximum", "jitter"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError(f"ExponentialBackoff: {name} must be a number, got {value!r}")
-            if math.isnan(value) or value < 0:
-                raise ValueError(f"ExponentialBackoff: {name} must be >= 0, got {value!r}")
+            if not 0 <= value < math.inf:
+                raise ValueError(
+                    f"ExponentialBackoff: {name} must be >= 0 and finite, got {value!r}"
+                )
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after the ``failures``-th failed attempt (1 for the first)."""
-        base = min(self.initial * self.multiplier**failures, self.maximum)
+        try:
+            grown = self.initial * self.multiplier**failures if self.initial else 0.0
+        except OverflowError:  # a float power past 1e308 raises: the wait is the maximum
+            grown = self.maximum
+        base = min(grown, self.maximum)
         if self.jitter:
             base += random.random() * self.jitter * base  # noqa: S311 - jitter, not crypto
         return base
@@ -90,8 +96,23 @@ class RetryPolicy:
         return isinstance(error, self.retry_on)
 
     def delay(self, failures: int) -> float:
-        """Seconds to wait after the ``failures``-th failure."""
-        return self.backoff.delay(failures)
+        """Seconds to wait after the ``failures``-th failure.
+
+        Raises:
+            ValueError: The backoff gave no finite number of seconds >= 0 (a backoff of
+                your own; an infinite wait would be a retry that never comes).
+        """
+        seconds = self.backoff.delay(failures)
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 0 <= seconds < math.inf
+        ):
+            raise ValueError(
+                f"the retry backoff {self.backoff!r} gave {seconds!r} seconds after failure "
+                f"{failures}, not a finite number >= 0"
+            )
+        return seconds
 
 
 DEFAULT_RETRY_POLICY = RetryPolicy()

@@ -263,6 +263,30 @@ class Run:
         if metrics:
             self.unit_metrics[i] = metrics
 
+    def keep_attempt_metrics(self, i: int, attempt: int, metrics: dict[str, Any]) -> None:
+        """:meth:`keep_metrics` for an outcome a driver is about to report, current or not.
+
+        Its pauses apply either way (a 429 is a 429), but the metrics of an attempt that is
+        no longer current (timed out, cancelled: its outcome will be discarded) are
+        dropped, as its result is: a late attempt leaves nothing behind.
+        """
+        self.apply_pauses(metrics)
+        sched = self.scheduler
+        if metrics and sched.attempts[i] == attempt and sched.state[i] is UnitState.RUNNING:
+            self.unit_metrics[i] = metrics
+
+    def remember(self, i: int, attempt: int, value: Any) -> None:
+        """Store attempt ``attempt``'s fresh result in the cache, unless it came too late.
+
+        For drivers whose attempts consult the cache themselves (coroutines, a loop's
+        plain functions), as :meth:`call` does: an attempt that outlived its timeout or
+        was cancelled (a coroutine that swallowed its cancellation) must leave no result
+        for a later run to be served.
+        """
+        cache = self.cache
+        if cache is not None and self.still_wanted(i, attempt):
+            cache.remember(self, i, value)
+
     def apply_pauses(self, metrics: dict[str, Any]) -> None:
         """Apply (and take out of ``metrics``) the pauses an attempt elsewhere asked for.
 
@@ -542,7 +566,8 @@ class Run:
     def attempt_abandoned(self, i: int, attempt: int) -> bool:
         """Whether attempt ``attempt`` of unit ``i`` is no longer wanted (``ctx.cancelled``).
 
-        With :attr:`clock_cancels` (SEQUENTIAL, whose driver cannot act while a unit runs),
+        With :attr:`clock_cancels` (SEQUENTIAL, whose driver cannot act while a unit runs, and
+        CUSTOM, whose executor may run the call inside ``submit``),
         also once its timeout or the run's deadline has passed, so that a unit watching
         ``ctx.cancelled`` stops there as in the other modes. Elsewhere the driver decides:
         a result it receives before it acts on a deadline still counts.

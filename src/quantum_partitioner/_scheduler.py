@@ -61,6 +61,7 @@ from ._errors import (
     UnitCancelledError,
     UnitSkippedError,
     UnitTimeoutError,
+    error_text,
 )
 from ._graph import Graph, UnitState, customised
 from ._joins import ALL_SUCCESS, Verdict, judge
@@ -589,7 +590,17 @@ class Scheduler:
         unit_policy = self.graph.units[i].retry_policy
         policy = self.default_policy if unit_policy is None else unit_policy
         if attempt <= self.retries[i] and not self.stopped and policy.should_retry(error):
-            retry_at = now + policy.delay(attempt)
+            try:
+                retry_at = now + policy.delay(attempt)
+            except Exception as backoff_error:  # a backoff of the user's: fails the unit only
+                failure = RuntimeError(
+                    f"unit {self.names[i]!r}: no retry after attempt {attempt} failed "
+                    f"({type(error).__name__}: {error_text(error)}): "
+                    f"{type(backoff_error).__name__}: {error_text(backoff_error)}"
+                )
+                failure.__cause__ = backoff_error
+                failure.__context__ = error
+                return self._fail_for_good(i, failure, now, timed_out=timed_out)
             self.state[i] = _PENDING
             heapq.heappush(self._retries_heap, (retry_at, i))
             return [Transition(i, _PENDING, attempt, error, retry_at, was_running=timed_out)]

@@ -14,8 +14,9 @@ slow consumer never blocks a worker, and the queue holds at most one record per 
   What ``execute`` raises after the run (``TaskError`` with ``raise_on_error=True``, a
   unit's ``KeyboardInterrupt`` in modes that run units in this process) is raised from the
   iteration after the last record; bad input is raised by ``stream()`` itself, before any
-  unit runs. Ctrl-C reaches the caller's thread, in the loop body or while it waits for a
-  record, and cancels the run like ``break``.
+  unit runs. Ctrl-C reaches the caller's thread, in the loop body, while it waits for a
+  record or while ``stream()`` waits for the run to start, and cancels the run like
+  ``break``.
 * :class:`AsyncResultStream` (``partitioner.astream(...)``) does the same for ``async for``
   with ``aexecute(...)`` on the caller's running loop.
 
@@ -118,6 +119,7 @@ class _Collector(Instrument):
         self._put = put
         self._active_run = active_run
         self._on_start = on_start
+        self._cancel_at_start = False
         #: The run being streamed, once it started.
         self.run: Run | None = None
 
@@ -125,7 +127,18 @@ class _Collector(Instrument):
         """Note the run: the partitioner's active one, as it starts."""
         del event
         self.run = self._active_run()
+        if self._cancel_at_start:
+            _cancel(self.run)
         self._on_start()
+
+    def cancel_run(self) -> None:
+        """Cancel the run now, or as it starts if it has not yet (any thread).
+
+        The flag is set before ``run`` is read, and :meth:`run_started` sets ``run`` before
+        it reads the flag: one of the two sees the other's write.
+        """
+        self._cancel_at_start = True
+        _cancel(self.run)
 
     def _attempts_and_start(self, name: str) -> tuple[int, float | None]:
         run = self.run
@@ -227,8 +240,17 @@ class ResultStream:
         # The thread refers to the queue and the collector, not to this object, so that
         # dropping the stream collects it (and ``__del__`` cancels the run).
         self._thread = threading.Thread(target=drive, name="quantum-partitioner-stream")
-        self._thread.start()
-        started.wait()
+        try:
+            self._thread.start()
+            started.wait()
+        except BaseException:  # Ctrl-C while the run gets ready (worker processes start)
+            # As leaving the loop: the run is cancelled, and ended, before this propagates
+            # (unless the thread's own start was cut short: then it is cancelled as it starts).
+            self._closed = self._ended = True
+            collector.cancel_run()
+            with contextlib.suppress(RuntimeError):  # "cannot join thread before it is started"
+                self._thread.join()
+            raise
         if collector.run is None:  # it ended before it started: bad input
             self._thread.join()
             end = self._records.get()
@@ -336,7 +358,14 @@ class AsyncResultStream:
             return value
 
         self._task = asyncio.ensure_future(drive())
-        await started.wait()
+        try:
+            await started.wait()
+        except BaseException:  # the caller is cancelled while the run gets ready
+            # As leaving the loop: the run is cancelled, and ended, before this propagates.
+            self._ended = True
+            collector.cancel_run()
+            await _wait_for_run(self._task)
+            raise
         if collector.run is None:  # it ended before it started: bad input
             self._ended = True
             await self._task  # raises it
@@ -362,8 +391,7 @@ class AsyncResultStream:
                 if isinstance(item, _End):
                     self._ended = True
                     assert self._task is not None
-                    with contextlib.suppress(BaseException):
-                        await self._task  # its outcome is ``item``
+                    await _wait_for_run(self._task)  # its outcome is ``item``
                     if item.error is not None:
                         raise item.error
                     return
@@ -379,5 +407,21 @@ class AsyncResultStream:
             return
         self._ended = True
         _cancel(self._collector.run if self._collector is not None else None)
-        with contextlib.suppress(BaseException):
-            await task
+        await _wait_for_run(task)
+
+
+async def _wait_for_run(task: asyncio.Task[object]) -> None:
+    """Wait until the run's task has ended, whatever it raised: its last record says that.
+
+    The caller's own cancellation while it waits (a timeout around the stream,
+    ``task.cancel()``) is not the run's outcome: it propagates (the run is cancelled with
+    it), or the caller's timeout would never fire.
+    """
+    try:
+        await task
+    except asyncio.CancelledError:
+        me = asyncio.current_task()
+        if me is not None and me.cancelling():
+            raise
+    except BaseException:  # noqa: S110 - the run's outcome, which its last record carries
+        pass

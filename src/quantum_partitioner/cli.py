@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import json
 import os
@@ -38,10 +39,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from ._errors import GraphError, PartitionerError
+from ._errors import GraphError, PartitionerError, error_text
 from ._graph import ExecutionMode, UnitState
 from ._partitioner import QuantumPartitioner
 from ._strategies import RESOURCE_TYPES
+from .observability._render import UNSAFE_CODE_POINTS
 from .taskmap import TaskMap
 
 if TYPE_CHECKING:
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from .observability._events import Instrument
 
 __all__ = [
+    "EXIT_BROKEN_PIPE",
     "EXIT_DEADLINE",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
@@ -74,6 +77,18 @@ EXIT_USAGE = 2
 EXIT_DEADLINE = 3
 #: Interrupted by Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
+#: The reader of the output went away (``| head``): 128 + SIGPIPE, as shells report a
+#: command a closed pipe stopped. Not 1, which would say that a unit failed.
+EXIT_BROKEN_PIPE = 141
+#: What each exit status means: the epilog of ``--help``, written once.
+_EXIT_STATUSES = (
+    (EXIT_OK, "success: no unit failed or timed out"),
+    (EXIT_FAILED, "a unit failed or timed out, or a unit stopped the run with sys.exit()"),
+    (EXIT_USAGE, "bad input (arguments, module, factory, graph): one line on stderr"),
+    (EXIT_DEADLINE, "run --deadline passed and cancelled the units not finished"),
+    (EXIT_INTERRUPTED, "interrupted by Ctrl-C"),
+    (EXIT_BROKEN_PIPE, "the output's reader went away (| head), or stdout is closed"),
+)
 
 #: The modes ``demo --mode`` and ``run --mode`` offer (CUSTOM needs an executor object).
 _MODES = ("sequential", "thread", "process", "async")
@@ -94,18 +109,11 @@ class CommandError(Exception):
     """Input a user can fix; :func:`main` prints it as one line and exits with status 2."""
 
 
-def _control_escapes() -> dict[int, str]:
-    """C0, DEL and C1 controls, and the Unicode marks that reorder or break a line."""
-    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-    codes = [*range(0x20), *range(0x7F, 0xA0), 0x061C, 0x200E, 0x200F, 0x2028, 0x2029]
-    codes += [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
-    return {
-        code: named.get(chr(code)) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-        for code in codes
-    }
-
-
-_ESCAPES = _control_escapes()
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_ESCAPES = {
+    code: _NAMED_ESCAPES.get(chr(code)) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    for code in UNSAFE_CODE_POINTS
+}
 
 
 def _printable(text: str) -> str:
@@ -127,8 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: The arguments after the program name.
 
     Returns:
-        0 on success, 1 if a run left some unit not completed, 2 for bad input, 130 if
-        interrupted.
+        The exit status: :data:`EXIT_OK`, :data:`EXIT_FAILED` (a unit failed or timed
+        out), :data:`EXIT_USAGE` (bad input), :data:`EXIT_DEADLINE`,
+        :data:`EXIT_INTERRUPTED` or :data:`EXIT_BROKEN_PIPE`.
     """
     parser = build_parser()
     try:
@@ -139,17 +148,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except CommandError as error:
-        sys.stderr.write(f"{PROG}: error: {_printable(str(error))}\n")
+        _tell(f"{PROG}: error: {_printable(str(error))}")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted\n")
+        _tell(f"{PROG}: interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (``| head``). Point stdout at devnull so that the flush at
         # exit does not raise again, as the Python docs on SIGPIPE advise.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_FAILED
+        if sys.stdout is not None:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Run a graph of Python callables at the highest concurrency it allows.",
+        epilog=_exit_statuses(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -166,10 +178,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_statuses() -> str:
+    rows = (f"  {status:<4} {meaning}" for status, meaning in _EXIT_STATUSES)
+    return "\n".join(["exit status:", *rows])
+
+
+def _tell(line: str) -> None:
+    """Write one line on stderr, unless it is closed (``2>&-``: Python has no stderr then)."""
+    if sys.stderr is not None:
+        sys.stderr.write(line + "\n")
+
+
 def _write(lines: Iterable[str]) -> None:
     out = sys.stdout
+    if out is None:  # started with stdout closed (``>&-``): no reader, as a closed pipe
+        raise BrokenPipeError(errno.EPIPE, "standard output is closed")
+    encoding = out.encoding or "utf-8"
     for line in lines:
-        out.write(line + "\n")
+        # A character the terminal cannot show (an ASCII or Latin-1 locale) is written as
+        # its escape, as Python writes stderr, instead of a UnicodeEncodeError after the run.
+        out.write((line + "\n").encode(encoding, "backslashreplace").decode(encoding))
     out.flush()
 
 
@@ -195,8 +223,16 @@ def _positive_seconds(text: str) -> float:
 
 def _one_line(error: BaseException) -> str:
     """``Type: message``, first line of the message only."""
-    lines = str(error).strip().splitlines()
+    lines = error_text(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _result_text(value: object) -> str:
+    """``repr(value)``, or a stand-in saying so when the result's ``__repr__`` raises."""
+    try:
+        return repr(value)
+    except Exception as problem:  # user code: shown, not handled
+        return f"<repr() of {type(value).__name__} raised {type(problem).__name__}>"
 
 
 def _shorten(text: str, width: int = _DETAIL_WIDTH) -> str:
@@ -245,12 +281,15 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 def _run_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo  # noqa: PLC0415 - only this subcommand needs it
 
-    report = run_demo(
-        ExecutionMode(args.mode),
-        args.workers,
-        output_dir=args.out,
-        progress=not args.no_progress,
-    )
+    try:
+        report = run_demo(
+            ExecutionMode(args.mode),
+            args.workers,
+            output_dir=args.out,
+            progress=not args.no_progress,
+        )
+    except OSError as error:  # the units' errors never escape a run: this is --out
+        raise CommandError(f"--out {str(args.out)!r}: {_one_line(error)}") from error
     _write(_demo_lines(report))
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -329,8 +368,8 @@ def _add_plan(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         metavar="N",
         help=(
             "also print the makespan simulated on N workers, from each unit's "
-            "metadata['estimated_duration'] (the mean of the given ones without one, 1 when "
-            "none is given); text format only"
+            "metadata['estimated_duration'] (a unit without one counts as the mean of those "
+            "given, 1 when none is); text format only"
         ),
     )
     parser.set_defaults(handler=_run_plan)
@@ -408,9 +447,10 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description=(
             "Import MODULE (as 'plan' does), call FACTORY() (or take it as is if it is a "
             "partitioner), run the QuantumPartitioner or TaskMap it returns, and print each "
-            "unit's state, attempts, duration and result or error. Exit status: 0 if no "
-            "unit failed or timed out, 1 if one did, 2 for bad input, 130 if interrupted."
+            "unit's state, attempts, duration and result or error."
         ),
+        epilog=_exit_statuses(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("target", metavar="MODULE:FACTORY", help=_TARGET_HELP)
     where = parser.add_argument_group("where units run")
@@ -517,7 +557,7 @@ def _run_run(args: argparse.Namespace) -> int:
         # A unit in this process called sys.exit(): the run stopped as on Ctrl-C. Show
         # what completed, and say so; exit status 0 would claim every unit completed.
         _write(_run_lines(args, partitioner, time.perf_counter() - started))
-        sys.stderr.write(f"{PROG}: the run was stopped: {_printable(_one_line(stop))}\n")
+        _tell(f"{PROG}: the run was stopped: {_printable(_one_line(stop))}")
         return EXIT_FAILED
     seconds = time.perf_counter() - started
     _write(_run_lines(args, partitioner, seconds))
@@ -534,7 +574,7 @@ def _error_detail(name: str, error: BaseException) -> str:
 
     The row already names the unit, so a message's leading ``unit 'name':`` is dropped.
     """
-    text = str(error)
+    text = error_text(error)
     if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(error.args[0], str):
         text = error.args[0]  # str(KeyError) is the repr of its key
     lines = text.strip().splitlines()
@@ -557,7 +597,7 @@ def _run_lines(
         where += f", {workers} worker{'' if workers == 1 else 's'}"
     units = partitioner.units
     shown = {name: _printable(name) for name in units}
-    width = min(40, max(map(len, shown.values()), default=4))
+    width = min(40, max(len("unit"), *map(len, shown.values())))
     lines = [
         f"{_printable(args.target)}: {len(units)} units, {where}",
         "",
@@ -568,7 +608,7 @@ def _run_lines(
         duration = unit.execution_time
         ms = "-" if duration is None else f"{duration * 1000:.2f}"
         if state is UnitState.COMPLETED:
-            detail = _shorten(repr(unit.result))
+            detail = _shorten(_result_text(unit.result))
         elif unit.error is not None:
             detail = _shorten(_error_detail(name, unit.error), _ERROR_WIDTH)
         else:

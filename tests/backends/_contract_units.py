@@ -134,6 +134,17 @@ def _record(metrics: dict[str, Any], ctx: Any) -> None:
         ctx.record_metric(name, value)
 
 
+def sleep_then_record(seconds: float, name: str) -> partial[str]:
+    """A unit sleeping ``seconds``, then recording metric ``name`` and returning "late"."""
+    return partial(_sleep_then_record, seconds, name)
+
+
+def _sleep_then_record(seconds: float, name: str, ctx: Any) -> str:
+    time.sleep(seconds)
+    ctx.record_metric(name, 1)
+    return "late"
+
+
 # -- failing ---------------------------------------------------------------------------------
 
 
@@ -486,6 +497,17 @@ def _fail_first_item(seconds: float, ctx: Any) -> Any:
         raise ValueError("the first item fails")
     time.sleep(seconds)
     return ctx.item
+
+
+class UnprintableError(Exception):
+    """An error whose ``str()`` raises, as a buggy ``__str__`` of user code does."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ is broken")
+
+
+def raise_unprintable(ctx: Any) -> None:
+    raise UnprintableError
 
 
 # -- instruments -----------------------------------------------------------------------------

@@ -9,7 +9,14 @@ import time
 
 import pytest
 
-from quantum_partitioner import ExecutionMode, QuantumPartitioner, UnitState, UnitTimeoutError
+from quantum_partitioner import (
+    CachingQuantumPartitioner,
+    ExecutionMode,
+    MemoryStore,
+    QuantumPartitioner,
+    UnitState,
+    UnitTimeoutError,
+)
 from quantum_partitioner.backends import _asyncio
 from quantum_partitioner.backends._pool import default_thread_workers
 
@@ -213,6 +220,77 @@ def test_cancelled_units_finish_their_cleanup(strategy, bounded):
     assert sorted(cleaned) == ["timed", "w0", "w1", "w2"]
     assert {p.units[f"w{k}"].state for k in range(3)} == {UnitState.CANCELED}
     assert p.units["timed"].state is UnitState.TIMEOUT
+
+
+def test_units_that_end_in_one_loop_iteration_are_reported_in_the_order_they_ended():
+    """Coroutines woken together end in the order they waited, and are reported so.
+
+    The driver settled the tasks that ended since it last looked last first: every
+    callback and stream record of such a batch came in reverse order.
+    """
+    waited: list[str] = []
+    events: dict[str, asyncio.Event] = {}
+
+    def event(name):
+        return events.setdefault(name, asyncio.Event())  # made on the run's loop
+
+    async def waits(ctx):
+        waited.append(ctx.unit_id)
+        if len(waited) == 5:
+            event("all waiting").set()
+        await event("open").wait()
+        return ctx.unit_id
+
+    async def opens(ctx):
+        await event("all waiting").wait()
+        event("open").set()
+
+    p = QuantumPartitioner()
+    for k in range(5):
+        p.add_unit(waits, name=f"w{k}")
+    p.add_unit(opens, name="opens")
+    ended = []
+    p.on_unit_complete = lambda unit_id, result: ended.append(unit_id)
+    p.execute({}, execution_mode=ASYNC)
+    assert [name for name in ended if name != "opens"] == waited
+
+
+@pytest.mark.parametrize("strategy", [None, "resource_balanced"])
+def test_a_coroutine_that_swallows_its_timeout_leaves_no_result_nor_metrics(strategy):
+    """Its late return is not cached (a later run was served it, COMPLETED), nor its metrics kept.
+
+    The coroutine outlives its timeout by catching the cancellation and returning; the run
+    goes on meanwhile (``long``), so the late outcome reaches the driver.
+    """
+
+    async def swallows(ctx):
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(30)
+        ctx.record_metric("late", 1)
+        return "late"
+
+    async def long(ctx):
+        await asyncio.sleep(0.6)
+        return "long"
+
+    p = CachingQuantumPartitioner(cache_store=MemoryStore())
+    p.add_unit(
+        swallows,
+        name="swallows",
+        timeout=0.1,
+        metadata={"cacheable": True, "resource_type": "async"},
+    )
+    p.add_unit(long, name="long", metadata={"resource_type": "async"})
+    for _ in range(2):
+        if strategy is None:
+            results = p.execute({}, execution_mode=ASYNC)
+        else:
+            results = p.execute_with_strategy({}, strategy)
+        assert results == {"long": "long"}
+        assert p.units["swallows"].state is UnitState.TIMEOUT
+        metrics = p.last_execution_metrics
+        assert metrics is not None
+        assert "swallows" not in metrics["unit_metrics"]
 
 
 @pytest.mark.parametrize("strategy", [None, "resource_balanced"])

@@ -229,6 +229,20 @@ def test_record_metric_shows_up_in_unit_metrics(mode):
 # -- failures --------------------------------------------------------------------------------
 
 
+def test_a_timed_out_attempt_leaves_no_metrics(mode):
+    """An attempt that returns after its timeout keeps none of its metrics, as its result.
+
+    Where it cannot be stopped (a thread, an executor's worker) it returns while the run goes
+    on (``long``): CUSTOM kept what it recorded, under a unit that is TIMEOUT.
+    """
+    p = QuantumPartitioner(max_workers=2)
+    p.add_unit(u.sleep_then_record(0.4, "late"), name="late", timeout=0.1)
+    p.add_unit(u.sleep(1.0, "long"), name="long")
+    assert mode.execute(p) == {"long": "long"}
+    assert p.units["late"].state is UnitState.TIMEOUT
+    assert p.last_execution_metrics["unit_metrics"] == {}
+
+
 def test_failure_marks_unit_failed_with_exception_and_traceback(mode):
     """A raising unit is FAILED with its exception, whose traceback names the unit function."""
     p = QuantumPartitioner()
@@ -335,6 +349,52 @@ def test_retries_exhausted_fail_with_the_last_error(mode, tmp_path):
     assert isinstance(unit.error, ConnectionError)
     assert str(unit.error) == "attempt 3"
     assert lines(attempts) == ["always 1", "always 2", "always 3"]
+
+
+class _BrokenBackoff:
+    """A backoff of the user's own whose delay raises."""
+
+    def delay(self, failures):
+        raise KeyError(f"no delay for failure {failures}")
+
+
+def test_a_backoff_that_raises_fails_its_unit_not_the_run(mode, tmp_path):
+    """A user's backoff that raises: its unit FAILED saying why, dependents SKIPPED, run ends."""
+    attempts = tmp_path / "attempts"
+    p = QuantumPartitioner(retry_policy=RetryPolicy(backoff=_BrokenBackoff()))
+    p.add_unit(u.flaky(succeed_on=99), name="always", retries=2)
+    p.add_unit(u.upper("always"), ["always"], name="after")
+    p.add_unit(u.const(1), name="other")
+
+    results = mode.execute(p, {"attempts": str(attempts)})
+
+    assert results == {"other": 1}
+    unit = p.units["always"]
+    assert unit.state is UnitState.FAILED
+    assert unit.attempt == 1
+    assert str(unit.error) == (
+        "unit 'always': no retry after attempt 1 failed (ConnectionError: attempt 1): "
+        "KeyError: 'no delay for failure 1'"
+    )
+    assert isinstance(unit.error.__cause__, KeyError)
+    assert isinstance(unit.error.__context__, ConnectionError)
+    assert p.units["after"].state is UnitState.SKIPPED
+
+
+def test_an_error_whose_str_raises_is_shown_as_such_by_metrics_trace_and_report(mode, tmp_path):
+    """A unit's error whose ``__str__`` raises: metrics, trace and report say so, no crash."""
+    p = QuantumPartitioner()
+    p.add_unit(u.raise_unprintable, name="bad")
+    p.add_unit(u.const(1), name="fine")
+
+    assert mode.execute(p, trace=True) == {"fine": 1}
+
+    text = "<str() of UnprintableError raised RuntimeError>"
+    assert p.last_execution_metrics["unit_times"]["bad"]["error"] == text
+    assert text in p.export_trace(tmp_path / "t.json").read_text()
+    assert text.replace("<", "&lt;").replace(">", "&gt;") in (
+        p.write_report(tmp_path / "r.html").read_text()
+    )
 
 
 def test_fail_fast_cancels_units_that_have_not_started(mode, tmp_path):

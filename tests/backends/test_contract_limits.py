@@ -20,6 +20,7 @@ from quantum_partitioner import (
     QuantumPartitioner,
     RetryPolicy,
     UnitState,
+    at_least,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -186,6 +187,32 @@ def test_a_failed_or_timed_out_unit_gives_its_slots_back(mode):
     assert p.units["boom"].state is UnitState.FAILED
     assert p.units["stuck"].state is UnitState.TIMEOUT
     assert p.limit_stats()["gpu"].released_at_timeout == 1
+
+
+def test_a_unit_cancel_rest_cancels_while_it_waits_for_a_limit_leaves_its_queue(mode, bounded):
+    """The units behind it start when there is room; the run ends.
+
+    ``big`` waits for both slots of ``gpu`` while ``long`` holds one; ``quorum`` needs one of
+    ``big`` and ``quick`` and cancels the other. ``big`` stayed in the limit's queue: ``small``
+    waited behind it although a slot was free, and when ``long`` ended, ``big`` took the room
+    for nobody: ``small`` never started and the run never ended.
+    """
+    p = QuantumPartitioner(max_workers=4)
+    p.add_limit("gpu", concurrency=2)
+    p.add_unit(u.sleep(0.6, "long"), name="long", limits=["gpu"], priority=5)
+    p.add_unit(u.const("big"), name="big", limits={"gpu": 2}, priority=4)
+    p.add_unit(u.sleep(0.05, "quick"), name="quick", priority=3)
+    p.add_unit(
+        u.const("quorum"), ["big", "quick"], name="quorum", run_if=at_least(1), cancel_rest=True
+    )
+    p.add_unit(u.const("small"), ["quick"], name="small", limits=["gpu"])
+    results = bounded(lambda: mode.execute(p), 30)
+    assert {"long", "quick", "quorum", "small"} <= set(results)
+    times = p.last_execution_metrics["unit_times"]
+    if mode.concurrent:  # SEQUENTIAL runs big before quick: nothing is cancelled there
+        assert p.units["big"].state is UnitState.CANCELED
+        assert times["small"]["start"] < times["long"]["end"]  # the free slot was used
+    assert p.limit_stats()["gpu"].peak <= 2
 
 
 def pause_after_a_429(**metadata):

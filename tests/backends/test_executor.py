@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import sys
 import threading
+import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -113,6 +114,24 @@ def test_a_worker_stuck_in_a_timed_out_unit_counts_as_busy(thread_pool):
     assert {p.units[f"stuck{k}"].state for k in range(2)} == {UnitState.TIMEOUT}
 
 
+def test_a_worker_stuck_since_an_earlier_run_counts_as_busy_in_the_next(bounded):
+    """The next run on the executor waits for that worker too, then runs its unit.
+
+    Each run started with no stuck worker: the next run's unit waited in the executor's
+    queue behind the stuck one and timed out there without ever starting.
+    """
+    release = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = QuantumPartitioner()
+        first.add_unit(lambda ctx: release.wait(0.8), name="stuck", timeout=0.1)
+        first.execute({}, CUSTOM, custom_executor=pool)
+        assert first.units["stuck"].state is UnitState.TIMEOUT
+        second = QuantumPartitioner()
+        second.add_unit(lambda ctx: "quick", name="quick", timeout=0.3)
+        results = bounded(lambda: second.execute({}, CUSTOM, custom_executor=pool), 30)
+        assert results == {"quick": "quick"}
+
+
 def test_shut_down_executor_fails_the_units_without_hanging():
     """An executor that refuses work fails the units (RuntimeError); dependents are skipped."""
     pool = ThreadPoolExecutor(max_workers=1)
@@ -152,6 +171,66 @@ def test_any_executor_subclass_works():
     assert (results["a"], results["b"]) == (1, 2)
     assert results["where"] == threading.get_ident()
     assert p.units["fails"].state is UnitState.FAILED
+
+
+def _stopping_graph(how):
+    """Units the run must stop partway through, ``how`` being what stops it."""
+    p = QuantumPartitioner()
+    if how == "fail_fast":
+        p.add_unit(units.remote_failure, name="boom", priority=1)
+    if how == "cancel":
+        p.on_unit_complete = lambda unit_id, result: p.cancel()
+    for k in range(4):
+        p.add_unit(
+            lambda ctx: time.sleep(0.15), name=f"u{k}", timeout=0.1 if how == "timeout" else None
+        )
+    return p
+
+
+@pytest.mark.parametrize("how", ["deadline", "cancel", "fail_fast", "timeout"])
+def test_an_executor_that_runs_calls_inside_submit_stops_as_sequential_does(how):
+    """The run's deadline, cancel(), fail_fast and timeouts hold between inline calls.
+
+    The driver handed every ready unit over in one pass: with an executor that calls the
+    function inside submit(), all four ran (0.6 s) whatever stopped the run, and each ran
+    past its timeout was COMPLETED.
+    """
+    options = {"deadline": 0.2} if how == "deadline" else {"fail_fast": how == "fail_fast"}
+    reference = _stopping_graph(how)
+    reference.execute({}, ExecutionMode.SEQUENTIAL, **options)
+    p = _stopping_graph(how)
+    p.execute({}, CUSTOM, custom_executor=InlineExecutor(), **options)
+    assert {n: unit.state for n, unit in p.units.items()} == {
+        n: unit.state for n, unit in reference.units.items()
+    }
+    if how != "timeout":
+        assert p.units["u3"].state is UnitState.CANCELED
+
+
+@pytest.mark.parametrize("stopped_by", ["timeout", "deadline"])
+def test_ctx_cancelled_turns_true_inside_a_call_run_in_submit(stopped_by):
+    """A unit watching ctx.cancelled stops at its timeout or the deadline, as in SEQUENTIAL.
+
+    Nothing acts while submit() runs the call: ctx.cancelled stayed false, and a unit that
+    waits for it never returned (here it gives up after 10 s).
+    """
+
+    def waits_for_cancel(ctx):
+        began = time.monotonic()
+        while not ctx.cancelled:
+            if time.monotonic() - began > 10:
+                return "never cancelled"
+            time.sleep(0.01)
+        return "cancelled"
+
+    p = QuantumPartitioner()
+    p.add_unit(waits_for_cancel, name="waits", timeout=0.2 if stopped_by == "timeout" else None)
+    options = {"deadline": 0.2} if stopped_by == "deadline" else {}
+    began = time.monotonic()
+    assert p.execute({}, CUSTOM, custom_executor=InlineExecutor(), **options) == {}
+    assert time.monotonic() - began < 5
+    expected = UnitState.TIMEOUT if stopped_by == "timeout" else UnitState.CANCELED
+    assert p.units["waits"].state is expected
 
 
 # -- process pools ---------------------------------------------------------------------------
@@ -246,16 +325,20 @@ def test_process_pool_retries_a_failing_unit(process_pool):
 
 
 def test_process_pool_unpicklable_unit_fails_only_that_unit(process_pool):
-    """A lambda cannot reach a plain process pool: that unit fails, the others complete."""
-    p = QuantumPartitioner()
-    p.add_unit(lambda ctx: 1, name="lambda")
+    """A lambda cannot reach a plain process pool: that unit fails naming itself, others run."""
+    p = QuantumPartitioner(retry_policy=FAST_RETRIES)
+    p.add_unit(lambda ctx: 1, name="lambda", retries=1)
     p.add_unit(units.pid, name="pid")
 
     results = p.execute({}, CUSTOM, custom_executor=process_pool)
 
     assert set(results) == {"pid"}
-    assert p.units["lambda"].state is UnitState.FAILED
-    assert "pickle" in repr(p.units["lambda"].error).lower()
+    unit = p.units["lambda"]
+    assert unit.state is UnitState.FAILED
+    assert isinstance(unit.error, TypeError)
+    assert str(unit.error).startswith("unit 'lambda': its function <function ")
+    assert "cannot be pickled for the ProcessPoolExecutor" in str(unit.error)
+    assert unit.attempt == 2  # retried as any failure is
 
 
 def test_process_pool_unpicklable_result_fails_that_unit(process_pool):

@@ -84,11 +84,13 @@ async def call_async(run: Run, i: int, attempt: int) -> AttemptOutcome:
     except BaseException as error:  # a unit may raise anything: see _failed
         return _failed(error)
     if cache is not None:
-        cache.remember(run, i, value)
+        run.remember(i, attempt, value)
     return True, value, ctx.metrics
 
 
-async def finish_plain(run: Run, i: int, called: asyncio.Future[Any]) -> AttemptOutcome:
+async def finish_plain(
+    run: Run, i: int, attempt: int, called: asyncio.Future[Any]
+) -> AttemptOutcome:
     """Wait for a plain unit's call in a pool thread; await what it returned if awaitable."""
     ok, value, ctx = await called
     if not ok:
@@ -101,7 +103,7 @@ async def finish_plain(run: Run, i: int, called: asyncio.Future[Any]) -> Attempt
         except BaseException as error:  # what the unit's awaitable raised
             return _failed(error)
     if run.cache is not None:
-        run.cache.remember(run, i, value)
+        run.remember(i, attempt, value)
     return True, value, ctx.metrics
 
 
@@ -376,15 +378,18 @@ class AsyncBackend(Backend):
                 else:
                     assert plain is not None
                     called = plain.start(i, attempt)
-                    task = asyncio.create_task(finish_plain(run, i, called))
+                    task = asyncio.create_task(finish_plain(run, i, attempt, called))
                 task.add_done_callback(functools.partial(on_done, i, attempt))
                 tasks[i] = (attempt, task, called)
-            while finished:
-                i, attempt, task = finished.pop()
-                current = tasks.get(i)
-                if current is not None and current[0] == attempt:
-                    del tasks[i]
-                self._settle(run, i, attempt, task)
+            if finished:
+                # In the order they ended (events, stream records); tasks' done callbacks
+                # run from the loop, never while this runs, so the list does not grow here.
+                for i, attempt, task in finished:
+                    current = tasks.get(i)
+                    if current is not None and current[0] == attempt:
+                        del tasks[i]
+                    self._settle(run, i, attempt, task)
+                finished.clear()
             if (
                 not sched.is_active()
                 or (
@@ -430,7 +435,7 @@ class AsyncBackend(Backend):
                 run.report(sched.fail(i, attempt, value, now))
                 return
             if metrics:
-                run.keep_metrics(i, metrics)
+                run.keep_attempt_metrics(i, attempt, metrics)
             if sched.complete(i, attempt, value, now) >= 0 and run.dispatcher.unit_finished:
                 run.emit_finished(i, attempt, now)
         elif isinstance(error, UnitInterrupt):
@@ -504,7 +509,7 @@ class AsyncLane(FutureLane):
     async def _call_plain(self, i: int, attempt: int) -> AttemptOutcome:
         if self._plain is None:  # the first plain function of the run starts the pool
             self._plain = PlainCalls(self._run, self._loop, self.threads, lambda: self._post(None))
-        return await finish_plain(self._run, i, self._plain.start(i, attempt))
+        return await finish_plain(self._run, i, attempt, self._plain.start(i, attempt))
 
     def close(self, *, cancel: bool) -> None:
         """Cancel what runs, let it clean up (``finally`` blocks), then stop the loop."""

@@ -21,9 +21,11 @@ runs next: it asks the run's scheduler. Each backend:
   :class:`CarriedBaseException` (the process there may not survive it otherwise) and the
   driver fails the unit with the exception it carries;
 * applies the ``ctx.pause_limit`` calls of an attempt that ran elsewhere, whatever its
-  outcome (``run.keep_metrics`` for a result, ``run.apply_pauses`` for a failure, before
-  reporting it): they travel in its metrics, or in the :class:`CarriedBaseException` of a
-  failure (:func:`carried_failure`);
+  outcome (``run.keep_attempt_metrics`` for a result, ``run.apply_pauses`` for a failure,
+  before reporting it): they travel in its metrics, or in the :class:`CarriedBaseException`
+  of a failure (:func:`carried_failure`); the other metrics of an attempt that is no longer
+  current (timed out, cancelled) are dropped with its result, and an attempt that consults
+  the cache itself stores its result with ``run.remember`` (never a late one);
 * for maps: grows its own per-unit lists when items appear (``run.on_grow``); a backend
   that keeps results elsewhere sets ``run.fetch_value`` (what ``when=`` predicates read)
   and ``run.count_items`` (measure the result a map maps over where it is, and hand each
@@ -42,6 +44,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Final
 
 from .._context import PAUSES_KEY
+from .._errors import error_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -152,7 +155,7 @@ def root_cause(error: BaseException) -> str:
     while error.__cause__ is not None and id(error.__cause__) not in seen:
         error = error.__cause__
         seen.add(id(error))
-    return f"{type(error).__name__}: {error}"
+    return f"{type(error).__name__}: {error_text(error)}"
 
 
 class Backend(ABC):

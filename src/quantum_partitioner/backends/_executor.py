@@ -18,14 +18,22 @@ would; in another (a process pool) it fails the unit.
 At a timeout the attempt's future is cancelled if it has not started; if it has, the unit is
 TIMEOUT at its deadline, its late result is discarded, and the executor's worker stays busy
 until the function returns: only the executor can stop its workers. Until then that worker
-counts as taken, so the next attempt is not queued behind it inside the executor, where its
-own timeout would run while it waits. The executor is never shut down here: it belongs to
-the caller.
+counts as taken, also by the next runs on the same executor, so the next attempt is not
+queued behind it inside the executor, where its own timeout would run while it waits. The
+executor is never shut down here: it belongs to the caller.
+
+An executor may run the call inside ``submit`` (a synchronous one): the driver then settles
+each outcome before it hands over the next attempt, acting first on what fell due during
+the call, as SEQUENTIAL does: a call past its timeout is TIMEOUT, and the run's deadline,
+``cancel()`` and ``fail_fast`` stop the run between two calls. ``ctx.cancelled`` reads the
+clock against the timeout and the run's deadline, as there.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import weakref
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +89,19 @@ def call_unit(
     return True, value, ctx.metrics
 
 
+#: Per executor, the abandoned attempts still running on it, across runs: a worker stuck in
+#: an attempt that timed out in an earlier run is as taken as one stuck in this run.
+_STUCK: weakref.WeakKeyDictionary[Any, set[Any]] = weakref.WeakKeyDictionary()
+
+
+def _stuck_on(executor: Executor) -> set[Any]:
+    """The set of ``executor``'s abandoned attempts still running, shared by its runs."""
+    try:
+        return _STUCK.setdefault(executor, set())
+    except TypeError:  # not weakly referenceable, or not hashable: this run's alone
+        return set()
+
+
 def _result_serializer(executor: Executor) -> Callable[[Any], object] | None:
     """How ``executor`` may send results besides the standard pickle, as far as one can tell.
 
@@ -106,6 +127,7 @@ class ExecutorLane(FutureLane):
     """
 
     name = "custom"
+    may_run_in_submit = True  # an executor may call the function before submit returns
 
     def __init__(self, executor: Executor, max_workers: int | None = None) -> None:
         """Wrap ``executor``."""
@@ -117,9 +139,15 @@ class ExecutorLane(FutureLane):
         own = getattr(executor, "_max_workers", None)
         self.capacity = own if isinstance(own, int) and own > 0 else (max_workers or 32)
         self._serialize = _result_serializer(executor)
+        # A ProcessPoolExecutor pickles functions by name, in its feeder thread: a lambda
+        # would fail its unit with a PicklingError that does not name it. Each function is
+        # tried once per run here instead (id -> (function, the error or None)).
+        self._by_name = isinstance(executor, ProcessPoolExecutor)
+        self._pickled: dict[int, tuple[Any, Exception | None]] = {}
         self._futures = {}
         self._caller_pid = os.getpid()
-        #: Abandoned attempts still running: each holds an executor worker until it returns.
+        #: Abandoned attempts still running: each holds an executor worker until it returns
+        #: (shared by the runs on this executor, see :func:`_stuck_on`).
         self._stuck: set[Any] = set()
 
     def has_room(self) -> bool:
@@ -144,17 +172,48 @@ class ExecutorLane(FutureLane):
         self._post(None)
 
     def open(self, run: Run, post: Callable[[Outcome], None]) -> None:
-        """Start with no stuck attempt."""
+        """Count the executor's workers still stuck in attempts of earlier runs as taken.
+
+        Each wakes this run's driver when it returns, as one stuck in this run does.
+        """
         super().open(run, post)
-        self._stuck = set()
+        self._stuck = _stuck_on(self.executor)
+        for future in list(self._stuck):
+            future.add_done_callback(self._worker_free)
+        self._pickled = {}
+
+    def _unpicklable(self, function: Any) -> Exception | None:
+        """Why the standard pickle cannot send ``function``, or None (tried once a run)."""
+        cached = self._pickled.get(id(function))
+        if cached is None:
+            try:
+                pickle.dumps(function)
+            except Exception as error:
+                cached = (function, error)  # holding the function keeps its id unique
+            else:
+                cached = (function, None)
+            self._pickled[id(function)] = cached
+        return cached[1]
 
     def submit(self, i: int, attempt: int) -> None:
         """Send the attempt to the executor."""
         run = self._run
+        unit = run.graph.units[i]
+        if self._by_name:
+            problem = self._unpicklable(unit.function)
+            if problem is not None:
+                error = TypeError(
+                    f"unit {unit.id!r}: its function {unit.function!r} cannot be pickled for "
+                    f"the ProcessPoolExecutor, which sends functions by name (ExecutionMode."
+                    f"PROCESS sends lambdas and closures): {problem}"
+                )
+                error.__cause__ = problem
+                self._post((i, attempt, False, error, None))
+                return
         ctx = run.context_for(i, attempt)
         try:
             future = self.executor.submit(
-                call_unit, run.graph.units[i].function, ctx, self._caller_pid, self._serialize
+                call_unit, unit.function, ctx, self._caller_pid, self._serialize
             )
         except Exception as error:  # a shut-down or broken executor fails the attempt
             self._post((i, attempt, False, error, None))

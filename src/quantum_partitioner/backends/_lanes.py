@@ -61,6 +61,10 @@ class Lane(ABC):
     #: Whether attempts go through ``Run.call`` (which consults the run's cache itself);
     #: otherwise the driver looks results up before ``submit`` and stores them after.
     calls_in_process = False
+    #: Whether ``submit`` may run the attempt before it returns (a user's executor may):
+    #: the driver then settles that outcome, and acts on what is due, before it hands over
+    #: the next attempt, and ``ctx.cancelled`` reads the clock, as in SEQUENTIAL.
+    may_run_in_submit = False
 
     def open(self, run: Run, post: Callable[[Outcome], None]) -> None:  # noqa: B027 - optional hook
         """Prepare to run attempts of ``run``; outcomes go to ``post`` (any thread)."""
@@ -251,6 +255,10 @@ class LaneBackend(Backend):
             finally:
                 self._driving.release()
             raise
+        if any(lane.may_run_in_submit for lane in self.lanes):
+            # This driver may not act while an attempt runs (inside submit): ctx.cancelled
+            # reads the clock against timeouts and the deadline, as in SEQUENTIAL.
+            run.clock_cancels = True
         self._claimed = (run, outcomes, previous_wake)
 
     def release(self, run: Run) -> None:
@@ -298,8 +306,6 @@ class LaneBackend(Backend):
         sched, clock, lanes = run.scheduler, run.clock, self.lanes
         lane_of = sched.lane_of
         in_flight: dict[int, int] = {}  # unit -> attempt, for what the lanes hold
-        started_hooks = run.dispatcher.unit_started
-        finished_hooks = run.dispatcher.unit_finished
         while sched.is_active():
             if run.cancel_requested.is_set():
                 for i, attempt in in_flight.items():
@@ -311,26 +317,13 @@ class LaneBackend(Backend):
                 self._stop_abandoned(run, sched.advance(now), in_flight)
             if sched.to_decide or sched.outbox:
                 self._stop_abandoned(run, run.settle_decisions(), in_flight)
-            for k, lane in enumerate(lanes):
-                while lane.has_room():
-                    # Handing the one before over took time (a process lane pickles and
-                    # writes it): this one starts now, not when the pass began.
-                    now = clock()
-                    i = sched.start_next(now, k)
-                    if i < 0:
-                        break
-                    attempt = sched.attempts[i]
-                    in_flight[i] = attempt
-                    if started_hooks:
-                        run.emit_started(i, attempt, now)
-                    if run.cache is not None and not lane.calls_in_process:
-                        hit, value = run.lookup_cached(i)
-                        if hit:  # served here: complete it now, and never store it again
-                            del in_flight[i]
-                            if sched.complete(i, attempt, value, now) >= 0 and finished_hooks:
-                                run.emit_finished(i, attempt, now)
-                            continue
-                    lane.submit(i, attempt)
+            if self._start_attempts(run, outcomes, in_flight):
+                # An attempt ran inside submit: what became due meanwhile (its timeout, the
+                # run's deadline) comes first, then its outcome, then cancel() and the rest.
+                if sched.has_deadlines:
+                    self._stop_abandoned(run, sched.advance(clock()), in_flight)
+                self._settle_arrived(run, outcomes, in_flight)
+                continue
             if sched.to_decide or sched.outbox:
                 continue  # a cache hit made decisions due (a map to expand, a condition)
             deadline = sched.next_deadline()
@@ -347,12 +340,54 @@ class LaneBackend(Backend):
             except queue.Empty:
                 continue
             self._settle(run, item, in_flight)
-            while True:  # drain what else arrived, without blocking
-                try:
-                    item = outcomes.get_nowait()
-                except queue.Empty:
+            self._settle_arrived(run, outcomes, in_flight)
+
+    def _settle_arrived(
+        self, run: Run, outcomes: queue.SimpleQueue[Outcome], in_flight: dict[int, int]
+    ) -> None:
+        """Settle every outcome that has arrived, without blocking."""
+        while True:
+            try:
+                item = outcomes.get_nowait()
+            except queue.Empty:
+                return
+            self._settle(run, item, in_flight)
+
+    def _start_attempts(
+        self, run: Run, outcomes: queue.SimpleQueue[Outcome], in_flight: dict[int, int]
+    ) -> bool:
+        """Hand ready attempts to the lanes while they have room.
+
+        Returns:
+            Whether it stopped early because an attempt ran inside ``submit``
+            (:attr:`Lane.may_run_in_submit`): its outcome waits in ``outcomes``.
+        """
+        sched, clock, lanes = run.scheduler, run.clock, self.lanes
+        started_hooks = run.dispatcher.unit_started
+        finished_hooks = run.dispatcher.unit_finished
+        for k, lane in enumerate(lanes):
+            while lane.has_room():
+                # Handing the one before over took time (a process lane pickles and
+                # writes it): this one starts now, not when the pass began.
+                now = clock()
+                i = sched.start_next(now, k)
+                if i < 0:
                     break
-                self._settle(run, item, in_flight)
+                attempt = sched.attempts[i]
+                in_flight[i] = attempt
+                if started_hooks:
+                    run.emit_started(i, attempt, now)
+                if run.cache is not None and not lane.calls_in_process:
+                    hit, value = run.lookup_cached(i)
+                    if hit:  # served here: complete it now, and never store it again
+                        del in_flight[i]
+                        if sched.complete(i, attempt, value, now) >= 0 and finished_hooks:
+                            run.emit_finished(i, attempt, now)
+                        continue
+                lane.submit(i, attempt)
+                if lane.may_run_in_submit and not outcomes.empty():
+                    return True
+        return False
 
     def _stop_abandoned(
         self, run: Run, transitions: list[Transition], in_flight: dict[int, int]
@@ -380,7 +415,7 @@ class LaneBackend(Backend):
             now = run.clock()
         if ok:
             if metrics:
-                run.keep_metrics(i, metrics)
+                run.keep_attempt_metrics(i, attempt, metrics)
             current = sched.complete(i, attempt, value, now) >= 0
             if current and run.cache is not None and not lane.calls_in_process:
                 run.cache.remember(run, i, value)  # a fresh result: hits never come here

@@ -72,6 +72,7 @@ import errno
 import hashlib
 import itertools
 import logging
+import math
 import operator
 import os
 import sqlite3
@@ -695,6 +696,16 @@ def _close_quietly(connections: list[sqlite3.Connection]) -> None:
     connections.clear()
 
 
+def _check_timeout(timeout: float) -> float:
+    # Checked here: sqlite3 and the busy_timeout pragma turn a NaN or an infinite wait into
+    # "cannot convert float NaN to integer" or an OverflowError that do not name it.
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"SQLiteStore: timeout must be a number of seconds, got {timeout!r}")
+    if not 0 <= timeout < math.inf:
+        raise ValueError(f"SQLiteStore: timeout must be >= 0 and finite, got {timeout!r}")
+    return timeout
+
+
 class SQLiteStore(CacheStore):
     """Entries in a SQLite file shared by runs, processes and restarts.
 
@@ -705,11 +716,13 @@ class SQLiteStore(CacheStore):
         path: The database file; created (mode 0o600, parent directories too) if missing.
             Not a symbolic link. A relative path is taken from the working directory now.
         size_limit: Bytes of payload to keep at most, or None for no limit.
-        timeout: Seconds a writer waits for another process's write lock.
+        timeout: Seconds a writer waits for another process's write lock (finite, >= 0).
 
     Raises:
+        TypeError: ``timeout`` is not a number.
         ValueError: The file is not a quantum-partitioner cache, or of another format
-            version, or ``path`` is a symbolic link.
+            version, or ``path`` is a symbolic link, or ``timeout`` is negative, NaN or
+            infinite.
         OSError: ``path`` is a directory, or cannot be created, read or written (the
             message names it).
         TimeoutError: Another connection held the file's write lock for longer than
@@ -730,7 +743,7 @@ class SQLiteStore(CacheStore):
         self.path = Path(path).absolute()
         self.size_limit = _check_limit(size_limit)
         self.corrupt = 0
-        self.timeout = timeout
+        self.timeout = _check_timeout(timeout)
         self._lock = threading.RLock()
         self._connections: list[sqlite3.Connection] = []
         self._pid = -1

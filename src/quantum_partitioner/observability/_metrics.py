@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .._errors import UnitSkippedError
+from .._errors import UnitSkippedError, error_text
 from .._graph import UnitState
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def build_metrics(run: Run) -> dict[str, Any]:
         trace.append({"event": "start", "unit": names[i], "time": epoch(start), "attempt": attempt})
         if attempt < sched.attempts[i] or not sched.state[i].is_terminal:
             retry = {"event": "retry", "unit": names[i], "time": epoch(end), "attempt": attempt}
-            trace.append({**retry, "error": str(error)})
+            trace.append({**retry, "error": error_text(error)})
     for i, state in enumerate(sched.state):
         name = names[i]
         attempts = sched.attempts[i]
@@ -72,7 +72,7 @@ def build_metrics(run: Run) -> dict[str, Any]:
                 "attempts": attempts,
             }
             if i in sched.errors:
-                times["error"] = str(sched.errors[i])
+                times["error"] = error_text(sched.errors[i])
             if i in run.unit_workers:
                 times["worker"] = run.unit_workers[i]
             if gate is not None and i in gate.needs:
@@ -85,7 +85,7 @@ def build_metrics(run: Run) -> dict[str, Any]:
             record: dict[str, Any] = {"event": event, "unit": name, "time": epoch(end)}
             if state is not UnitState.COMPLETED:
                 reason = sched.errors.get(i)
-                record["error"] = str(reason)
+                record["error"] = "None" if reason is None else error_text(reason)
                 if isinstance(reason, UnitSkippedError):
                     record["cause"] = reason.cause.value
             trace.append(record)

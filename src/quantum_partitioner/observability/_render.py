@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DECIDED_SKIP_COLOUR",
     "STATE_COLOURS",
+    "UNSAFE_CODE_POINTS",
     "map_note",
     "to_dot",
     "to_mermaid",
@@ -45,6 +46,14 @@ STATE_COLOURS = {
 DECIDED_SKIP_COLOUR = "#eef4e6"
 
 _CRITICAL = "#d62728"
+
+#: Code points that must not reach a terminal or a picture as they are: C0, DEL and C1
+#: controls and the marks that reorder or break a line (a viewer would obey them), and lone
+#: surrogates (no encoding holds them). Names come from user code; every picture and the
+#: command line write these as escapes.
+UNSAFE_CODE_POINTS = frozenset(
+    (*range(0x20), *range(0x7F, 0xA0), 0x061C, 0x200E, 0x200F, *range(0x2028, 0x202F))
+).union(range(0x2066, 0x206A), range(0xD800, 0xE000))
 
 
 def unit_colour(state: UnitState, error: BaseException | None) -> str:
@@ -80,9 +89,15 @@ def _map_notes(graph: Graph, *, states: bool) -> dict[int, str]:
     return notes
 
 
+# DOT reads UTF-8 text as it is, so only the unsafe code points become ``\uXXXX`` escapes
+# (drawn as text). ``json.dumps`` quotes the name and escapes the quote, the backslash and
+# C0 controls; with ``ensure_ascii`` it would escape every non-ASCII letter too, and
+# Graphviz would draw ``caf\u00e9`` for ``café``.
+_DOT_ESCAPES = {code: f"\\u{code:04x}" for code in UNSAFE_CODE_POINTS if code >= 0x20}
+
+
 def _dot_id(name: str) -> str:
-    # json.dumps gives a double-quoted string with backslash escapes, which DOT accepts.
-    return json.dumps(name)
+    return json.dumps(name, ensure_ascii=False).translate(_DOT_ESCAPES)
 
 
 def to_dot(graph: Graph, critical_path: Sequence[str], *, states: bool = True) -> str:
@@ -151,17 +166,13 @@ def _dot_legend(graph: Graph, states: list[UnitState], critical: set[str]) -> st
 
 
 _MERMAID_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
-# Characters a Mermaid label cannot hold as they are: the quote that ends it, and control
-# characters (a terminal showing the source would obey them). Written as entity codes.
-_MERMAID_LABEL_UNSAFE = re.compile(
-    r'["\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]'
-)
+# Characters a Mermaid label cannot hold as they are, written as entity codes: the quote
+# that ends it, and the unsafe code points.
+_MERMAID_ESCAPES = {code: f"#{code};" for code in UNSAFE_CODE_POINTS} | {ord('"'): "#quot;"}
 
 
 def _mermaid_label(name: str) -> str:
-    return _MERMAID_LABEL_UNSAFE.sub(
-        lambda match: "#quot;" if match[0] == '"' else f"#{ord(match[0])};", name
-    )
+    return name.translate(_MERMAID_ESCAPES)
 
 
 def to_mermaid(graph: Graph, critical_path: Sequence[str], *, states: bool = True) -> str:

@@ -42,7 +42,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .._errors import UnitTimeoutError
+from .._errors import UnitTimeoutError, error_text
 from .._graph import UnitState
 from ._events import Instrument
 
@@ -375,7 +375,7 @@ def describe_error(error: BaseException | None) -> str:
     """``Type: message`` on one line, or an empty string."""
     if error is None:
         return ""
-    text = " ".join(str(error).split())
+    text = " ".join(error_text(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
@@ -651,7 +651,14 @@ def export_spans(
             a.unit_id, context=parent, start_time=ns(a.start), attributes=attributes
         )
         if a.error is not None:
-            span.record_exception(a.error, timestamp=ns(a.end))
+            try:
+                span.record_exception(a.error, timestamp=ns(a.end))
+            except Exception:  # it calls str(), which user code may break
+                exception = {
+                    "exception.type": type(a.error).__qualname__,
+                    "exception.message": error_text(a.error),
+                }
+                span.add_event("exception", exception, timestamp=ns(a.end))
             span.set_status(otel.Status(status_error, describe_error(a.error)))
         span.end(end_time=ns(a.end))
     names = run.graph.names

@@ -22,16 +22,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from ._errors import CircularDependency, CircularDependencyError, TaskError
-from ._graph import ExecutionMode, QuantumUnit, validate_unit
-from ._limits import Limit
-from ._partitioner import _UNIT_OPTIONS, QuantumPartitioner
+from .._errors import CircularDependency, CircularDependencyError, TaskError
+from .._graph import ExecutionMode, QuantumUnit, validate_unit
+from .._limits import Limit
+from .._partitioner import _UNIT_OPTIONS, QuantumPartitioner
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
 
-    from ._graph import UnitFunction
-    from ._plan import ExecutionPlan
+    from .._graph import UnitFunction
+    from .._plan import ExecutionPlan
 
 __all__ = [
     "CircularDependency",
@@ -330,7 +330,9 @@ def run_parallel(
 ) -> dict[str, Any]:
     """Run tasks in worker processes (for CPU-bound work), or on ``executor`` if given.
 
-    Lambdas and closures work: they travel with cloudpickle.
+    Lambdas and closures work in the worker processes this starts: they travel with
+    cloudpickle. An ``executor`` sends functions its own way: a ``ProcessPoolExecutor``
+    only those importable by name (a lambda fails its task with a ``TypeError`` naming it).
 
     Raises:
         TaskError: Some task failed; completed results are in ``partial_results``.
