@@ -1044,3 +1044,88 @@ def test_a_run_refused_while_another_runs_leaves_the_keys_alone():
         release.set()
         running.join(30)
     assert results == {"waits": 1}
+
+
+def _entries_in_the_file_alone(path) -> int:
+    """How many entries the store's main file holds by itself, without its write-ahead log
+    (read as immutable: SQLite neither reads the log nor makes one)."""
+    uri = f"{path.as_uri()}?immutable=1"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+        except sqlite3.OperationalError:  # not even the table: nothing checkpointed yet
+            return 0
+
+
+@pytest.mark.parametrize("until", ["a run's end", "many rows"])
+def test_committed_results_are_checkpointed_into_the_file_before_close(tmp_path, until):
+    """The store's checkpointer thread copies the write-ahead log into the file while the
+    caller goes on: after a run's end (flush), and once enough rows were committed during
+    a run, the file alone holds them, before close() (which then finds little to copy)."""
+    path = tmp_path / "c.sqlite"
+    count = 50 if until == "a run's end" else _stores._CHECKPOINT_ROWS + 10
+    with SQLiteStore(path) as store:
+        for k in range(count):
+            store.put(k.to_bytes(32, "big"), "u", b"v%d" % k)
+        if until == "a run's end":
+            store.flush()
+        wanted = count if until == "a run's end" else _stores._CHECKPOINT_ROWS
+        deadline = time.monotonic() + 30
+        while _entries_in_the_file_alone(path) < wanted:
+            assert time.monotonic() < deadline, "not checkpointed before close()"
+            time.sleep(0.01)
+    assert _entries_in_the_file_alone(path) == count
+    assert not path.with_name(f"{path.name}-wal").exists()
+
+
+def test_close_waits_for_a_checkpoint_under_way(tmp_path, monkeypatch):
+    """close() lets the checkpointer finish the checkpoint it has under way, then closes
+    the last connection (which checkpoints the rest): the file alone holds every result
+    and no -wal is left once it returns."""
+    path = tmp_path / "c.sqlite"
+    real = SQLiteStore._checkpoint
+    started, finished = threading.Event(), threading.Event()
+
+    def slow_checkpoint(self, connections):
+        started.set()
+        time.sleep(0.2)
+        real(self, connections)
+        finished.set()
+
+    monkeypatch.setattr(SQLiteStore, "_checkpoint", slow_checkpoint)
+    store = SQLiteStore(path)
+    store.put(b"a" * 32, "u", b"first")
+    store.flush()
+    assert started.wait(30)
+    store.put(b"b" * 32, "u", b"second")
+    store.close()
+    assert finished.is_set()
+    assert not path.with_name(f"{path.name}-wal").exists()
+    assert _entries_in_the_file_alone(path) == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_waits_for_a_checkpoint_under_way(tmp_path, monkeypatch):
+    """A fork while the checkpointer is inside SQLite waits for it: a child inheriting
+    SQLite's mutexes held by a thread it does not have would hang at its first connection
+    (a PROCESS pool forked right after a run met the run's checkpoint)."""
+    real = SQLiteStore._checkpoint_once
+    inside, done = threading.Event(), threading.Event()
+
+    def slow(self, connections):
+        inside.set()
+        time.sleep(0.2)  # stands for a long fsync
+        real(self, connections)
+        done.set()
+
+    monkeypatch.setattr(SQLiteStore, "_checkpoint_once", slow)
+    with SQLiteStore(tmp_path / "c.sqlite") as store:
+        store.put(b"a" * 32, "u", b"first")
+        store.flush()
+        assert inside.wait(30)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        assert done.is_set()  # the checkpoint ended before the fork
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0

@@ -12,6 +12,11 @@ nothing about units or pickling: :mod:`._cache` makes the keys and the payloads.
 * **Crash safety.** Write-ahead logging (``journal_mode=WAL``, ``synchronous=NORMAL``): a
   committed entry survives the death of the process (``kill -9``); a power cut may lose the
   last few, never corrupt the file.
+* **Background checkpoints.** A checkpointer thread with a connection of its own folds the
+  write-ahead log into the file (a passive checkpoint) once ``_CHECKPOINT_ROWS`` rows were
+  committed since the last one and after each run (``flush``), so that the log is reused
+  instead of growing; ``close`` waits for one under way, then closing the last connection
+  copies the rest: the file alone then holds every entry.
 * **Group commit.** ``put`` only queues the entry (``get`` sees it at once); a writer thread
   lets the writes of a burst gather for ``_COMMIT_DELAY`` (10 ms) after the first, or until
   ``_COMMIT_BATCH`` (1,000) are queued, and commits them in one transaction, each entry
@@ -122,6 +127,15 @@ _WRITER_LINGER: Final = 0.5
 # transaction three times. The delay is the bound docs/caching.md states for a kill -9.
 _COMMIT_DELAY: Final = 0.01
 _COMMIT_BATCH: Final = 1_000
+# Background checkpoints: once this many rows were committed since the last one, and after
+# each run's last commit, a thread of the store with a connection of its own copies the
+# write-ahead log into the file (PRAGMA wal_checkpoint(PASSIVE): it never blocks a writer
+# or a reader, and SQLite lets go of the GIL meanwhile). Keys are random, so each commit
+# rewrites nearly every page of the key's index: a run of 10,000 entries left a WAL of
+# 8-10 MB from ~25 commits, which close() then had to fsync and copy (55-68 ms); checkpointed
+# as the run goes on, the WAL is reused from its start and close() finds little or nothing
+# left. Rows, not commits: a trickle of small commits is not checkpointed at each one.
+_CHECKPOINT_ROWS: Final = 1_000
 _INSERT: Final = (
     "INSERT OR REPLACE INTO entries (key, unit, payload, checksum, size, created, accessed)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -159,7 +173,41 @@ def _note_fork() -> None:
         memory._new_locks()
 
 
+# Checkpointer locks held across a fork (see _hold_checkpoints).
+_HELD_FOR_FORK: list[threading.Lock] = []
+
+
+def _hold_checkpoints() -> None:
+    """Before a fork: wait for the checkpoints under way, and start none until it is done.
+
+    A thread inside SQLite at the fork (a checkpoint's connect or fsync) holds SQLite's own
+    mutexes, which the child inherits held, with no thread to let go of them: the child's
+    first connection would wait for them for ever. (A checkpoint follows every run, so a
+    PROCESS pool forked for the next run would often meet one.)
+    """
+    for store in list(_LIVE_STORES):
+        lock = store._checkpoint_lock
+        lock.acquire()
+        _HELD_FOR_FORK.append(lock)
+
+
+def _let_checkpoints_go() -> None:
+    """After a fork, in the parent: let the checkpointers go on."""
+    while _HELD_FOR_FORK:
+        _HELD_FOR_FORK.pop().release()
+
+
+def _forget_held_checkpoints() -> None:
+    """After a fork, in the child: its stores have locks of their own (see _note_fork)."""
+    _HELD_FOR_FORK.clear()
+
+
 os.register_at_fork(after_in_child=_note_fork)
+os.register_at_fork(
+    before=_hold_checkpoints,
+    after_in_parent=_let_checkpoints_go,
+    after_in_child=_forget_held_checkpoints,
+)
 
 # Each index is one more b-tree every write updates; ``entries`` has only its primary key's.
 # A rowid table (rows appended in write order) with the key's index beside it, not a table
@@ -714,6 +762,17 @@ class SQLiteStore(CacheStore):
         self._queued_units: dict[bytes, str] = {}
         self._queue_mutex = threading.Lock()
         self._writer: threading.Thread | None = None
+        # The checkpointer thread (see _CHECKPOINT_ROWS), whether it is due to checkpoint
+        # (both under _queue_mutex), what wakes it, rows committed since it was last asked
+        # (the writer's), and its connection (a list, for a forked child: see _connection).
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_due = False
+        self._checkpoint_wake = threading.Event()
+        # Held by the checkpointer while it is inside SQLite, and by a fork meanwhile.
+        self._checkpoint_lock = threading.Lock()
+        self._uncheckpointed = 0
+        self._checkpoint_connections: list[sqlite3.Connection] = []
+        self._stopping_checkpoints = False
         # Wakes the writer thread. Not a Condition on _queue_mutex: a thread woken from a
         # Condition holds its lock while it waits for the GIL, and every write behind it
         # waits too (with the run's threads holding the GIL, for milliseconds).
@@ -750,7 +809,12 @@ class SQLiteStore(CacheStore):
             # A forked child: the parent's connection must be neither used nor closed here
             # (closing it could disturb the parent's locks), so it is kept, unused, for good.
             _INHERITED.extend(self._connections)
+            _INHERITED.extend(self._checkpoint_connections)
             self._connections.clear()
+            self._checkpoint_connections = []
+            self._checkpointer = None
+            self._checkpoint_due = False
+            self._uncheckpointed = 0
             self._touched.clear()
             self._forget_prefetched()
             # The parent commits its own queue; the child has no writer thread.
@@ -777,6 +841,7 @@ class SQLiteStore(CacheStore):
             connection.close()
             raise
         self._connections.append(connection)
+        self._opened = checked  # the file the checkpointer must find at the path too
         self._pid = os.getpid()
         self._summed_version = -1  # each connection counts its own data versions
         return connection
@@ -786,6 +851,8 @@ class SQLiteStore(CacheStore):
         self._lock = threading.RLock()
         self._queue_mutex = threading.Lock()
         self._wake = threading.Event()
+        self._checkpoint_wake = threading.Event()
+        self._checkpoint_lock = threading.Lock()
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
         try:
@@ -1112,6 +1179,8 @@ class SQLiteStore(CacheStore):
             if 0 < len(self._queued) < _COMMIT_BATCH:
                 wake.wait(_COMMIT_DELAY)  # let a burst gather (a full batch wakes it)
             self._commit_queued()
+            if self._uncheckpointed >= _CHECKPOINT_ROWS:
+                self._request_checkpoint()
             if self._touches_due:
                 self._touches_due = False
                 self._write_touches()
@@ -1164,6 +1233,7 @@ class SQLiteStore(CacheStore):
                         replaced = self._replaced_size(connection, batch, limit, added)
                         _insert(connection, batch, units)
                         self._evict(connection, limit, next(reversed(batch)), added, replaced)
+                self._uncheckpointed += len(batch)
             except Exception as error:  # any: the writer thread must live on (out of memory)
                 self.write_errors += len(batch)
                 LOGGER.warning(
@@ -1353,6 +1423,8 @@ class SQLiteStore(CacheStore):
         if self._queued or self._committing:
             with self._lock:
                 self._commit_queued()
+        if self._uncheckpointed:
+            self._request_checkpoint()  # what the run wrote, while the caller goes on
         if self._touched:
             self._hand_touches_over()
 
@@ -1370,11 +1442,102 @@ class SQLiteStore(CacheStore):
             self._write_touches()
 
     def close(self) -> None:
-        """Write the queued results and read times, and close the connection."""
+        """Write the queued results and read times, and close the connection.
+
+        Closing the last connection to the file checkpoints what is left of the write-ahead
+        log into it (see _CHECKPOINT_ROWS): once this returns, the file alone holds every
+        result.
+        """
         with self._lock:
             self._write_everything()
+            self._stop_checkpoints()
             _close_quietly(self._connections)
             self._pid = -1
+
+    # -- background checkpoints ------------------------------------------------------------
+
+    def _request_checkpoint(self) -> None:
+        """Have the checkpointer thread checkpoint the write-ahead log (nobody waits)."""
+        self._uncheckpointed = 0
+        if self._pid != _this_process or not self._connections:
+            return  # a forked child (its close() checkpoints), or a store closed meanwhile
+        with self._queue_mutex:
+            if self._stopping_checkpoints:
+                return
+            self._checkpoint_due = True
+            thread = self._checkpointer
+            start = thread is None
+            if thread is None:
+                thread = self._checkpointer = threading.Thread(
+                    target=self._checkpoint_loop,
+                    name="quantum-partitioner cache checkpointer",
+                    daemon=True,
+                )
+        if start:
+            thread.start()
+        else:
+            self._checkpoint_wake.set()
+
+    def _checkpoint_loop(self) -> None:
+        """The checkpointer thread: checkpoint when asked; end after ``_WRITER_LINGER`` idle.
+
+        A daemon, like the writer; ``close`` (also at exit) stops it and waits for the
+        checkpoint under way, then closes the last connection, which checkpoints the rest.
+        """
+        wake = self._checkpoint_wake
+        connections = self._checkpoint_connections
+        try:
+            while True:
+                if not self._checkpoint_due:
+                    wake.wait(_WRITER_LINGER)
+                with self._queue_mutex:
+                    if not self._checkpoint_due or self._stopping_checkpoints:
+                        self._checkpointer = None
+                        return
+                    self._checkpoint_due = False
+                    wake.clear()
+                self._checkpoint(connections)
+        finally:
+            _close_quietly(connections)
+
+    def _checkpoint(self, connections: list[sqlite3.Connection]) -> None:
+        """One passive checkpoint, on the checkpointer's own connection (opened on first use).
+
+        A failure is logged and forgotten: the log is checkpointed at close anyway.
+        """
+        with self._checkpoint_lock:  # never inside SQLite at a fork (see _hold_checkpoints)
+            self._checkpoint_once(connections)
+
+    def _checkpoint_once(self, connections: list[sqlite3.Connection]) -> None:
+        try:
+            if not connections:
+                # Read-write, never created: a file deleted meanwhile is not made anew.
+                uri = f"{self.path.as_uri()}?mode=rw"
+                connection = sqlite3.connect(
+                    uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False
+                )
+                connections.append(connection)
+                connection.execute("PRAGMA schema_version")  # SQLite opens the file here
+                _check_unchanged(self.path, self._opened)  # not a link swapped in since
+            connections[-1].execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except (sqlite3.Error, OSError, ValueError) as error:
+            LOGGER.debug("cache store %s: background checkpoint failed: %s", self.path, error)
+            _close_quietly(connections)
+
+    def _stop_checkpoints(self) -> None:
+        """Stop the checkpointer thread, after the checkpoint it may have under way."""
+        with self._queue_mutex:
+            thread = self._checkpointer
+            self._stopping_checkpoints = True
+        try:
+            if thread is not None and thread is not threading.current_thread():
+                self._checkpoint_wake.set()
+                thread.join()
+        finally:
+            with self._queue_mutex:
+                self._stopping_checkpoints = False
+                self._checkpoint_due = False
+            self._uncheckpointed = 0
 
 
 _LIVE_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
